@@ -1,0 +1,116 @@
+//! The `Agent` trait: what a kind of business agent declares (kind name,
+//! state, messages, replies, persistence, restart strategy). The runtime does
+//! the rest: activation, mailbox, supervision, passivation.
+
+use futures_util::future::BoxFuture;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::store::{Store, StoreError, VersionedState, encode_state};
+
+use super::envelope::{CorrelationId, Header, MessageId};
+use super::error::HandlerError;
+use super::supervisor::RestartStrategy;
+
+/// A message an agent accepts. Its name labels tracing spans.
+pub trait AgentMessage: Serialize + DeserializeOwned + Send + 'static {
+    /// A short, stable name of the message variant (`"create_model"`).
+    fn name(&self) -> &'static str;
+}
+
+/// A kind of business agent. One instance exists per key; the runtime
+/// activates it on its first message with its state loaded from the store.
+///
+/// Handlers are synchronous and must not block: they change `state` and
+/// return a reply. A handler that changed durable state calls
+/// [`Handling::persist`]; the runtime then writes the state through to the
+/// store (version-checked) before the caller sees the reply.
+pub trait Agent: Sized + Send + 'static {
+    /// The kind name that addresses this agent (`"architect"`).
+    const KIND: &'static str;
+    /// State of one instance.
+    type State: Serialize + DeserializeOwned + Send + Unpin + 'static;
+    type Msg: AgentMessage;
+    type Reply: Serialize + DeserializeOwned + Send + 'static;
+
+    /// State of an instance that has nothing in the store yet.
+    fn init(key: &str) -> Self::State;
+
+    /// Handles one message. A panic or [`HandlerError::Fatal`] restarts the
+    /// instance; [`HandlerError::Rejected`] only refuses this message.
+    fn handle(
+        state: &mut Self::State,
+        msg: Self::Msg,
+        ctx: &mut Handling<'_>,
+    ) -> Result<Self::Reply, HandlerError>;
+
+    /// Restart strategy of this kind unless configuration overrides it.
+    fn strategy() -> RestartStrategy {
+        RestartStrategy::default()
+    }
+
+    /// Loads an instance's state. The default reads the generic
+    /// `agent_state` row; agents with tables of their own override it.
+    fn load(
+        store: &Store,
+        key: &str,
+    ) -> BoxFuture<'static, Result<Option<VersionedState<Self::State>>, StoreError>> {
+        let store = store.clone();
+        let key = key.to_owned();
+        Box::pin(async move { store.load_state(Self::KIND, &key).await })
+    }
+
+    /// Saves an instance's state if the store still holds `expected_version`
+    /// (0: never saved); returns the new version.
+    fn save(
+        store: &Store,
+        key: &str,
+        state: &Self::State,
+        expected_version: i64,
+    ) -> BoxFuture<'static, Result<i64, StoreError>> {
+        let store = store.clone();
+        let key = key.to_owned();
+        let encoded = encode_state(Self::KIND, &key, state);
+        Box::pin(async move {
+            store
+                .save_state_text(Self::KIND, &key, encoded?, expected_version)
+                .await
+        })
+    }
+}
+
+/// What a handler knows about the message it handles.
+pub struct Handling<'a> {
+    header: &'a Header,
+    persist: bool,
+}
+
+impl<'a> Handling<'a> {
+    pub(crate) fn new(header: &'a Header) -> Handling<'a> {
+        Handling {
+            header,
+            persist: false,
+        }
+    }
+
+    pub fn key(&self) -> &str {
+        &self.header.target.key
+    }
+
+    pub fn message_id(&self) -> MessageId {
+        self.header.message_id
+    }
+
+    pub fn correlation_id(&self) -> Option<&CorrelationId> {
+        self.header.correlation_id.as_ref()
+    }
+
+    /// Marks the state as changed: it is saved before the reply is sent.
+    pub fn persist(&mut self) {
+        self.persist = true;
+    }
+
+    pub(crate) fn wants_persist(&self) -> bool {
+        self.persist
+    }
+}

@@ -1,0 +1,101 @@
+//! `AgentRef`: the only handle callers hold on an agent instance. It names
+//! the instance by `(kind, key)`, never by an actix address, so the instance
+//! may be activated, passivated, restarted (and later live on another node)
+//! without the caller noticing.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use super::agent::Agent;
+use super::envelope::{CorrelationId, Envelope, Header};
+use super::error::AgentError;
+use super::registry::KindRuntime;
+
+/// A reference to the agent instance `(A::KIND, key)`.
+pub struct AgentRef<A: Agent> {
+    kind: Arc<KindRuntime<A>>,
+    key: Arc<str>,
+    correlation_id: Option<CorrelationId>,
+}
+
+impl<A: Agent> Clone for AgentRef<A> {
+    fn clone(&self) -> AgentRef<A> {
+        AgentRef {
+            kind: Arc::clone(&self.kind),
+            key: self.key.clone(),
+            correlation_id: self.correlation_id.clone(),
+        }
+    }
+}
+
+impl<A: Agent> fmt::Debug for AgentRef<A> {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(formatter, "AgentRef({}/{})", A::KIND, self.key)
+    }
+}
+
+impl<A: Agent> AgentRef<A> {
+    pub(crate) fn new(kind: Arc<KindRuntime<A>>, key: Arc<str>) -> AgentRef<A> {
+        AgentRef {
+            kind,
+            key,
+            correlation_id: None,
+        }
+    }
+
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The same reference, stamping `correlation_id` on every message it sends.
+    pub fn with_correlation_id(mut self, correlation_id: CorrelationId) -> AgentRef<A> {
+        self.correlation_id = Some(correlation_id);
+        self
+    }
+
+    fn envelope(
+        &self,
+        payload: A::Msg,
+        deadline: Option<Instant>,
+        reply: Option<oneshot::Sender<Result<A::Reply, AgentError>>>,
+    ) -> Envelope<A> {
+        Envelope {
+            header: Header {
+                message_id: self.kind.node.next_message_id(),
+                correlation_id: self.correlation_id.clone(),
+                deadline,
+                target: KindRuntime::<A>::target(&self.key),
+            },
+            payload,
+            reply,
+        }
+    }
+
+    /// Sends without waiting for a reply. Fails at once with
+    /// [`AgentError::MailboxFull`] when the mailbox is full.
+    pub fn tell(&self, msg: A::Msg) -> Result<(), AgentError> {
+        self.kind.deliver(&self.key, self.envelope(msg, None, None))
+    }
+
+    /// Sends and waits for the reply at most `timeout`. The message carries
+    /// the deadline, so an instance that reaches it too late drops it.
+    pub async fn ask(&self, msg: A::Msg, timeout: Duration) -> Result<A::Reply, AgentError> {
+        let (reply, answer) = oneshot::channel();
+        let deadline = Instant::now() + timeout;
+        self.kind
+            .deliver(&self.key, self.envelope(msg, Some(deadline), Some(reply)))?;
+        match tokio::time::timeout_at(deadline.into(), answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_dropped)) => Err(AgentError::Stopped {
+                target: KindRuntime::<A>::target(&self.key),
+            }),
+            Err(_elapsed) => Err(AgentError::Timeout {
+                target: KindRuntime::<A>::target(&self.key),
+                after: timeout,
+            }),
+        }
+    }
+}

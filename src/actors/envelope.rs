@@ -1,0 +1,112 @@
+//! What travels with every message: ids, correlation, deadline and target.
+//!
+//! The header is designed for the wire from the start (the cluster layer will
+//! encode it next to the payload), so it holds only plain data: no channels,
+//! no actix types. The reply channel rides beside it in [`Envelope`] and stays
+//! on the node that asked.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::oneshot;
+
+use super::agent::Agent;
+use super::error::AgentError;
+
+/// Names one agent instance: its kind and its key.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct AgentId {
+    pub kind: &'static str,
+    pub key: Arc<str>,
+}
+
+impl fmt::Display for AgentId {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(formatter, "{}/{}", self.kind, self.key)
+    }
+}
+
+/// Unique per node: the node's sequence number of the message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MessageId(pub u64);
+
+/// The id that ties together everything done for one request, across actors
+/// and (later) nodes. Cheap to clone.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct CorrelationId(Arc<str>);
+
+/// Longest correlation id accepted from a client.
+pub const MAX_CORRELATION_ID_LEN: usize = 128;
+
+impl CorrelationId {
+    /// A fresh random id (UUID v4).
+    pub fn generate() -> CorrelationId {
+        CorrelationId(uuid::Uuid::new_v4().to_string().into())
+    }
+
+    /// Accepts a client's id when it is 1..=128 visible ASCII characters.
+    pub fn parse(text: &str) -> Option<CorrelationId> {
+        let valid = !text.is_empty()
+            && text.len() <= MAX_CORRELATION_ID_LEN
+            && text.bytes().all(|byte| byte.is_ascii_graphic());
+        valid.then(|| CorrelationId(text.into()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for CorrelationId {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(&self.0)
+    }
+}
+
+/// Routing and tracing data of one message.
+#[derive(Clone, Debug)]
+pub struct Header {
+    pub message_id: MessageId,
+    pub correlation_id: Option<CorrelationId>,
+    /// After this instant nobody waits for the answer: the message is dropped
+    /// unhandled and answered `Expired`.
+    pub deadline: Option<Instant>,
+    pub target: AgentId,
+}
+
+/// The answer to an `ask`, when the sender waits for one.
+pub(crate) type ReplySender<A> = oneshot::Sender<Result<<A as Agent>::Reply, AgentError>>;
+
+/// A message on its way into an instance's mailbox.
+pub(crate) struct Envelope<A: Agent> {
+    pub header: Header,
+    pub payload: A::Msg,
+    pub reply: Option<ReplySender<A>>,
+}
+
+impl<A: Agent> actix::Message for Envelope<A> {
+    type Result = ();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CorrelationId;
+
+    #[test]
+    fn correlation_ids_are_validated() {
+        let cases = [
+            ("abc-123", true),
+            ("", false),
+            ("has space", false),
+            ("tab\t", false),
+            ("é", false),
+        ];
+        for (text, valid) in cases {
+            assert_eq!(CorrelationId::parse(text).is_some(), valid, "{text:?}");
+        }
+        assert!(CorrelationId::parse(&"x".repeat(128)).is_some());
+        assert!(CorrelationId::parse(&"x".repeat(129)).is_none());
+        assert_ne!(CorrelationId::generate(), CorrelationId::generate());
+    }
+}

@@ -1,0 +1,93 @@
+//! Errors of the messaging boundary: what a caller of `tell`/`ask` can get
+//! back, and what a handler can raise.
+
+use std::time::Duration;
+
+use crate::store::StoreError;
+
+use super::envelope::AgentId;
+use super::supervisor::InstanceStatus;
+
+/// Why a `tell` or `ask` did not produce a reply.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("mailbox of {target} is full (capacity {capacity})")]
+    MailboxFull { target: AgentId, capacity: usize },
+    #[error("no reply from {target} within {after:?}")]
+    Timeout { target: AgentId, after: Duration },
+    #[error("message to {target} expired in the mailbox before it was handled")]
+    Expired { target: AgentId },
+    #[error("handler of {target} panicked: {message}")]
+    Panicked { target: AgentId, message: String },
+    #[error("handler of {target} failed: {message}")]
+    Fatal { target: AgentId, message: String },
+    #[error(
+        "{target} has failed after repeated restarts and is stopped until an operator resets it (last failure: {last_failure})"
+    )]
+    Failed {
+        target: AgentId,
+        last_failure: String,
+    },
+    #[error("{target} refused the message: {rejection}")]
+    Rejected {
+        target: AgentId,
+        rejection: Rejection,
+    },
+    #[error("{target} is {status}, not failed: nothing to reset")]
+    NotFailed {
+        target: AgentId,
+        status: InstanceStatus,
+    },
+    #[error("no instance {target} on this node")]
+    UnknownInstance { target: AgentId },
+    #[error("no agent kind `{kind}` on this node")]
+    UnknownKind { kind: String },
+    #[error("{target} stopped before it replied")]
+    Stopped { target: AgentId },
+    #[error("store error at {target}: {source}")]
+    Store {
+        target: AgentId,
+        #[source]
+        source: StoreError,
+    },
+}
+
+/// A business refusal: the instance is fine, the request is not. It reaches
+/// the caller as [`AgentError::Rejected`] and an HTTP 422 naming the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Rejection {
+    pub code: String,
+    pub message: String,
+    pub field: Option<String>,
+}
+
+/// What a handler returns instead of a reply.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// The request is refused; the instance and its state stay as they are.
+    #[error(transparent)]
+    Rejected(Rejection),
+    /// The instance can no longer trust its state: it is stopped and restarted
+    /// by its supervisor, state reloaded from the store.
+    #[error("fatal: {0}")]
+    Fatal(String),
+}
+
+impl HandlerError {
+    pub fn rejected(
+        code: impl Into<String>,
+        message: impl Into<String>,
+        field: Option<&str>,
+    ) -> HandlerError {
+        HandlerError::Rejected(Rejection {
+            code: code.into(),
+            message: message.into(),
+            field: field.map(str::to_owned),
+        })
+    }
+
+    pub fn fatal(message: impl Into<String>) -> HandlerError {
+        HandlerError::Fatal(message.into())
+    }
+}

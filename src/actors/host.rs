@@ -1,0 +1,337 @@
+//! The generic host actor that runs one agent instance: loads its state,
+//! handles its mailbox one message at a time inside `catch_unwind`, writes
+//! changed state through to the store, carries out its supervisor's decision
+//! on failure, and passivates it when idle.
+//!
+//! A restart happens in place: the state is dropped and reloaded after the
+//! backoff while the mailbox (and what waits in it) is kept, so a restart is
+//! another start from the store with nothing carried over but the queue.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::{Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, WrapFuture};
+
+use super::agent::{Agent, AgentMessage, Handling};
+use super::envelope::{Envelope, ReplySender};
+use super::error::{AgentError, HandlerError};
+use super::registry::{InstanceCell, KindRuntime};
+use super::supervisor::{Decision, InstanceStatus, LifecycleChange, RestartHistory};
+
+enum Phase<S> {
+    /// State is being loaded (activation, restart or reset).
+    Loading,
+    Active {
+        state: S,
+        version: i64,
+    },
+    /// Escalated: answers every message with an error until reset.
+    Failed,
+}
+
+pub(crate) struct Host<A: Agent> {
+    kind: Arc<KindRuntime<A>>,
+    cell: Arc<InstanceCell>,
+    key: Arc<str>,
+    phase: Phase<A::State>,
+    history: RestartHistory,
+    last_active: Instant,
+    /// Restart attempt whose reload is under way, if any.
+    restart_attempt: Option<u32>,
+}
+
+/// Operator request to bring a failed instance back.
+pub(crate) struct Reset;
+
+impl actix::Message for Reset {
+    type Result = Result<(), AgentError>;
+}
+
+impl<A: Agent> Host<A> {
+    pub(crate) fn new(
+        kind: Arc<KindRuntime<A>>,
+        cell: Arc<InstanceCell>,
+        key: Arc<str>,
+    ) -> Host<A> {
+        Host {
+            kind,
+            cell,
+            key,
+            phase: Phase::Loading,
+            history: RestartHistory::default(),
+            last_active: Instant::now(),
+            restart_attempt: None,
+        }
+    }
+
+    fn target(&self) -> super::envelope::AgentId {
+        KindRuntime::<A>::target(&self.key)
+    }
+
+    /// Loads the state after `delay`; the mailbox waits until it is loaded.
+    fn load_state(&mut self, ctx: &mut Context<Self>, delay: Duration) {
+        self.phase = Phase::Loading;
+        let store = self.kind.node.store.clone();
+        let key = self.key.clone();
+        let load = async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            A::load(&store, &key).await
+        };
+        ctx.wait(load.into_actor(self).map(|loaded, host, ctx| match loaded {
+            Ok(loaded) => {
+                let (state, version) = match loaded {
+                    Some(stored) => (stored.state, stored.version),
+                    None => (A::init(&host.key), 0),
+                };
+                host.phase = Phase::Active { state, version };
+                host.last_active = Instant::now();
+                host.cell.set_status(InstanceStatus::Active);
+                let change = match host.restart_attempt.take() {
+                    Some(attempt) => LifecycleChange::Restarted { attempt },
+                    None => LifecycleChange::Activated,
+                };
+                host.kind.node.emit(A::KIND, &host.key, change);
+            }
+            Err(error) => host.fail(ctx, format!("state load failed: {error}")),
+        }));
+    }
+
+    /// Drops the state and carries out the supervisor's decision.
+    fn fail(&mut self, ctx: &mut Context<Self>, reason: String) {
+        tracing::warn!(kind = A::KIND, key = %self.key, %reason, "agent instance failed");
+        self.phase = Phase::Loading;
+        self.cell.record_failure(reason.clone());
+        let node = &self.kind.node;
+        node.emit(A::KIND, &self.key, LifecycleChange::Failed { reason });
+        match self.history.on_failure(&self.kind.strategy, Instant::now()) {
+            Decision::Restart { attempt, after } => {
+                self.cell.set_status(InstanceStatus::Restarting);
+                self.cell.count_restart();
+                self.kind.metrics.restarts.inc();
+                self.restart_attempt = Some(attempt);
+                node.emit(
+                    A::KIND,
+                    &self.key,
+                    LifecycleChange::RestartScheduled { attempt, after },
+                );
+                self.load_state(ctx, after);
+            }
+            Decision::Escalate { restarts_in_window } => {
+                tracing::error!(
+                    kind = A::KIND,
+                    key = %self.key,
+                    restarts_in_window,
+                    "agent instance escalated: failed until reset"
+                );
+                self.phase = Phase::Failed;
+                self.cell.set_status(InstanceStatus::Failed);
+                self.kind.metrics.escalations.inc();
+                node.emit(
+                    A::KIND,
+                    &self.key,
+                    LifecycleChange::Escalated { restarts_in_window },
+                );
+            }
+        }
+    }
+
+    fn maybe_passivate(&mut self, ctx: &mut Context<Self>) {
+        let idle = self.last_active.elapsed() >= self.kind.node.runtime.passivate_after;
+        if !idle || !matches!(self.phase, Phase::Active { .. }) || !self.cell.try_close() {
+            return;
+        }
+        tracing::debug!(kind = A::KIND, key = %self.key, "passivating idle agent instance");
+        self.kind.on_passivated(&self.key, &self.cell);
+        ctx.stop();
+    }
+}
+
+fn respond<A: Agent>(reply: Option<ReplySender<A>>, result: Result<A::Reply, AgentError>) {
+    if let Some(reply) = reply {
+        // The asker may have timed out and gone: nobody to tell then.
+        let _ = reply.send(result);
+    }
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(text) = payload.downcast_ref::<&str>() {
+        (*text).to_owned()
+    } else if let Some(text) = payload.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "panic with a non-string payload".to_owned()
+    }
+}
+
+impl<A: Agent> Actor for Host<A> {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.load_state(ctx, Duration::ZERO);
+        let every = (self.kind.node.runtime.passivate_after / 4)
+            .clamp(Duration::from_millis(10), Duration::from_secs(30));
+        ctx.run_interval(every, |host, ctx| host.maybe_passivate(ctx));
+    }
+}
+
+impl<A: Agent> Handler<Envelope<A>> for Host<A> {
+    type Result = ();
+
+    fn handle(&mut self, envelope: Envelope<A>, ctx: &mut Context<Self>) {
+        self.cell.release();
+        self.cell.count_handled();
+        let Envelope {
+            header,
+            payload,
+            reply,
+        } = envelope;
+        let now = Instant::now();
+        self.last_active = now;
+        let metrics = &self.kind.metrics;
+        let (state, version) = match &mut self.phase {
+            Phase::Active { state, version } => (state, *version),
+            Phase::Failed => {
+                metrics.refused_failed.inc();
+                let last_failure = self.cell.last_failure_message();
+                respond::<A>(
+                    reply,
+                    Err(AgentError::Failed {
+                        target: header.target,
+                        last_failure,
+                    }),
+                );
+                return;
+            }
+            // `ctx.wait` holds the mailbox while loading, so this is not reached.
+            Phase::Loading => {
+                respond::<A>(
+                    reply,
+                    Err(AgentError::Stopped {
+                        target: header.target,
+                    }),
+                );
+                return;
+            }
+        };
+        if header.deadline.is_some_and(|deadline| deadline <= now) {
+            metrics.expired.inc();
+            respond::<A>(
+                reply,
+                Err(AgentError::Expired {
+                    target: header.target,
+                }),
+            );
+            return;
+        }
+        let span = tracing::info_span!(
+            "handle",
+            kind = A::KIND,
+            key = %self.key,
+            msg = payload.name(),
+            correlation_id = header.correlation_id.as_ref().map(|id| id.as_str()),
+        );
+        let entered = span.enter();
+        let mut handling = Handling::new(&header);
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            A::handle(state, payload, &mut handling)
+        }));
+        let persist = handling.wants_persist();
+        metrics
+            .handling_seconds
+            .observe(now.elapsed().as_secs_f64());
+        match outcome {
+            Ok(Ok(value)) if persist => {
+                metrics.handled_ok.inc();
+                let save = A::save(&self.kind.node.store, &self.key, state, version);
+                let target = header.target;
+                // The mailbox waits for the write: order holds and the reply
+                // is sent only once the change is durable.
+                ctx.wait(
+                    save.into_actor(self)
+                        .map(move |saved, host, ctx| match saved {
+                            Ok(new_version) => {
+                                if let Phase::Active { version, .. } = &mut host.phase {
+                                    *version = new_version;
+                                }
+                                respond::<A>(reply, Ok(value));
+                            }
+                            Err(error) => {
+                                let reason = format!("state save failed: {error}");
+                                respond::<A>(
+                                    reply,
+                                    Err(AgentError::Store {
+                                        target,
+                                        source: error,
+                                    }),
+                                );
+                                host.fail(ctx, reason);
+                            }
+                        }),
+                );
+            }
+            Ok(Ok(value)) => {
+                metrics.handled_ok.inc();
+                respond::<A>(reply, Ok(value));
+            }
+            Ok(Err(HandlerError::Rejected(rejection))) => {
+                metrics.rejected.inc();
+                respond::<A>(
+                    reply,
+                    Err(AgentError::Rejected {
+                        target: header.target,
+                        rejection,
+                    }),
+                );
+            }
+            Ok(Err(HandlerError::Fatal(message))) => {
+                metrics.fatal.inc();
+                respond::<A>(
+                    reply,
+                    Err(AgentError::Fatal {
+                        target: header.target,
+                        message: message.clone(),
+                    }),
+                );
+                drop(entered);
+                self.fail(ctx, message);
+            }
+            Err(payload) => {
+                metrics.panicked.inc();
+                let message = panic_message(payload.as_ref());
+                respond::<A>(
+                    reply,
+                    Err(AgentError::Panicked {
+                        target: header.target,
+                        message: message.clone(),
+                    }),
+                );
+                drop(entered);
+                self.fail(ctx, format!("panic: {message}"));
+            }
+        }
+    }
+}
+
+impl<A: Agent> Handler<Reset> for Host<A> {
+    type Result = Result<(), AgentError>;
+
+    fn handle(&mut self, _reset: Reset, ctx: &mut Context<Self>) -> Result<(), AgentError> {
+        if !matches!(self.phase, Phase::Failed) {
+            return Err(AgentError::NotFailed {
+                target: self.target(),
+                status: self.cell.status(),
+            });
+        }
+        tracing::info!(kind = A::KIND, key = %self.key, "operator reset of failed agent instance");
+        self.history.clear();
+        self.cell.set_status(InstanceStatus::Activating);
+        self.kind
+            .node
+            .emit(A::KIND, &self.key, LifecycleChange::Reset);
+        self.load_state(ctx, Duration::ZERO);
+        Ok(())
+    }
+}

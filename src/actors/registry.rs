@@ -1,0 +1,377 @@
+//! The per-node registry of one agent kind: which instances are active here,
+//! activation on first message, delivery into bounded mailboxes, and removal
+//! on passivation.
+//!
+//! Every instance has an [`InstanceCell`] shared by senders and its host. Its
+//! `depth` counts messages admitted and not yet taken by the host; it both
+//! bounds the mailbox and gates passivation: an idle host may close the cell
+//! only by swapping a depth of 0 for `CLOSED`, so no admitted message is ever
+//! stranded in a stopped mailbox.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use actix::{Actor, Addr};
+use chrono::{DateTime, Utc};
+use dashmap::DashMap;
+use futures_util::future::BoxFuture;
+
+use crate::metrics::KindMetrics;
+
+use super::agent::Agent;
+use super::envelope::{AgentId, Envelope};
+use super::error::AgentError;
+use super::host::{Host, Reset};
+use super::supervisor::{
+    FailureRecord, InstanceSnapshot, InstanceStatus, LifecycleChange, RestartStrategy,
+    SupervisorSnapshot,
+};
+use super::system::NodeContext;
+
+const CLOSED: usize = 1 << (usize::BITS - 1);
+
+/// How many passivated instances a kind keeps listing in its tree.
+const RECENTLY_PASSIVATED: usize = 256;
+
+/// Keeps a hot atomic on a cache line of its own, away from the counters the
+/// host alone writes.
+#[repr(align(64))]
+#[derive(Default)]
+struct CacheLine<T>(T);
+
+/// State of one instance shared by its senders, its host and observers.
+pub(crate) struct InstanceCell {
+    depth: CacheLine<AtomicUsize>,
+    status: AtomicU8,
+    messages_handled: AtomicU64,
+    restarts: AtomicU32,
+    activated_at: DateTime<Utc>,
+    last_failure: Mutex<Option<FailureRecord>>,
+}
+
+enum Admission {
+    Admitted,
+    Full,
+    Closed,
+}
+
+impl InstanceCell {
+    fn new() -> InstanceCell {
+        InstanceCell {
+            depth: CacheLine::default(),
+            status: AtomicU8::new(InstanceStatus::Activating.as_u8()),
+            messages_handled: AtomicU64::new(0),
+            restarts: AtomicU32::new(0),
+            activated_at: Utc::now(),
+            last_failure: Mutex::new(None),
+        }
+    }
+
+    fn admit(&self, capacity: usize) -> Admission {
+        let previous = self.depth.0.fetch_add(1, Ordering::AcqRel);
+        if previous & CLOSED != 0 {
+            self.depth.0.fetch_sub(1, Ordering::AcqRel);
+            Admission::Closed
+        } else if previous >= capacity {
+            self.depth.0.fetch_sub(1, Ordering::AcqRel);
+            Admission::Full
+        } else {
+            Admission::Admitted
+        }
+    }
+
+    /// Undoes an admission whose send did not happen, or marks one taken.
+    pub(crate) fn release(&self) {
+        self.depth.0.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Closes an empty mailbox for good; fails when anything is admitted.
+    pub(crate) fn try_close(&self) -> bool {
+        self.depth
+            .0
+            .compare_exchange(0, CLOSED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    fn force_close(&self) {
+        self.depth.0.fetch_or(CLOSED, Ordering::AcqRel);
+    }
+
+    fn is_closed(&self) -> bool {
+        self.depth.0.load(Ordering::Acquire) & CLOSED != 0
+    }
+
+    fn mailbox_depth(&self) -> usize {
+        self.depth.0.load(Ordering::Acquire) & !CLOSED
+    }
+
+    pub(crate) fn status(&self) -> InstanceStatus {
+        InstanceStatus::from_u8(self.status.load(Ordering::Acquire))
+    }
+
+    pub(crate) fn set_status(&self, status: InstanceStatus) {
+        self.status.store(status.as_u8(), Ordering::Release);
+    }
+
+    pub(crate) fn count_handled(&self) {
+        // Written by the host alone: a plain load and store is enough.
+        let handled = self.messages_handled.load(Ordering::Relaxed);
+        self.messages_handled.store(handled + 1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn record_failure(&self, message: String) {
+        let record = FailureRecord {
+            message,
+            at: Utc::now(),
+        };
+        *self
+            .last_failure
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(record);
+    }
+
+    pub(crate) fn last_failure_message(&self) -> String {
+        self.last_failure
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .as_ref()
+            .map(|record| record.message.clone())
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn count_restart(&self) {
+        self.restarts.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn snapshot(&self, key: &str, mailbox_capacity: usize) -> InstanceSnapshot {
+        InstanceSnapshot {
+            key: key.to_owned(),
+            status: self.status(),
+            restarts: self.restarts.load(Ordering::Acquire),
+            last_failure: self
+                .last_failure
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .clone(),
+            mailbox_depth: self.mailbox_depth(),
+            mailbox_capacity,
+            messages_handled: self.messages_handled.load(Ordering::Relaxed),
+            activated_at: self.activated_at,
+        }
+    }
+}
+
+/// A registry entry: the instance's cell and its host's address.
+struct Instance<A: Agent> {
+    cell: Arc<InstanceCell>,
+    addr: Addr<Host<A>>,
+}
+
+enum Offer<A: Agent> {
+    Full,
+    Closed(Envelope<A>),
+}
+
+impl<A: Agent> Instance<A> {
+    fn offer(&self, envelope: Envelope<A>, capacity: usize) -> Result<(), Offer<A>> {
+        match self.cell.admit(capacity) {
+            Admission::Admitted => {}
+            Admission::Full => return Err(Offer::Full),
+            Admission::Closed => return Err(Offer::Closed(envelope)),
+        }
+        // `try_send` (never `do_send`) so the actix queue is bounded too.
+        match self.addr.try_send(envelope) {
+            Ok(()) => Ok(()),
+            Err(actix::dev::SendError::Full(_)) => {
+                self.cell.release();
+                Err(Offer::Full)
+            }
+            Err(actix::dev::SendError::Closed(envelope)) => {
+                self.cell.release();
+                self.cell.force_close();
+                Err(Offer::Closed(envelope))
+            }
+        }
+    }
+}
+
+/// Everything one kind needs at run time on this node.
+pub(crate) struct KindRuntime<A: Agent> {
+    instances: DashMap<Arc<str>, Instance<A>>,
+    recently_passivated: Mutex<VecDeque<InstanceSnapshot>>,
+    pub(crate) node: Arc<NodeContext>,
+    pub(crate) strategy: RestartStrategy,
+    pub(crate) mailbox_capacity: usize,
+    pub(crate) metrics: KindMetrics,
+}
+
+impl<A: Agent> KindRuntime<A> {
+    pub(crate) fn new(node: Arc<NodeContext>, strategy: RestartStrategy) -> KindRuntime<A> {
+        KindRuntime {
+            instances: DashMap::new(),
+            recently_passivated: Mutex::new(VecDeque::new()),
+            mailbox_capacity: node.runtime.mailbox_capacity,
+            metrics: node.metrics.for_kind(A::KIND),
+            strategy,
+            node,
+        }
+    }
+
+    pub(crate) fn target(key: &Arc<str>) -> AgentId {
+        AgentId {
+            kind: A::KIND,
+            key: key.clone(),
+        }
+    }
+
+    /// Puts an envelope into the mailbox of the instance for `key`,
+    /// activating it when it is not active here. Never blocks, never queues
+    /// beyond the mailbox capacity.
+    pub(crate) fn deliver(
+        self: &Arc<Self>,
+        key: &Arc<str>,
+        envelope: Envelope<A>,
+    ) -> Result<(), AgentError> {
+        let mut envelope = envelope;
+        // A closed mailbox belongs to an instance that passivated between our
+        // lookup and our send: drop the entry and go again. Each pass removes
+        // one closed entry, so two passes nearly always suffice.
+        for _ in 0..16 {
+            let offered = match self.instances.get(key) {
+                Some(instance) => instance.offer(envelope, self.mailbox_capacity),
+                None => {
+                    let instance = self
+                        .instances
+                        .entry(key.clone())
+                        .or_insert_with(|| self.spawn(key));
+                    instance.offer(envelope, self.mailbox_capacity)
+                }
+            };
+            match offered {
+                Ok(()) => return Ok(()),
+                Err(Offer::Full) => {
+                    return Err(AgentError::MailboxFull {
+                        target: Self::target(key),
+                        capacity: self.mailbox_capacity,
+                    });
+                }
+                Err(Offer::Closed(returned)) => {
+                    self.instances
+                        .remove_if(key, |_, instance| instance.cell.is_closed());
+                    envelope = returned;
+                }
+            }
+        }
+        Err(AgentError::Stopped {
+            target: Self::target(key),
+        })
+    }
+
+    fn spawn(self: &Arc<Self>, key: &Arc<str>) -> Instance<A> {
+        let cell = Arc::new(InstanceCell::new());
+        let capacity = self.mailbox_capacity;
+        let kind = Arc::clone(self);
+        let host_cell = Arc::clone(&cell);
+        let host_key = key.clone();
+        let addr = Host::<A>::start_in_arbiter(&self.node.next_arbiter(), move |ctx| {
+            ctx.set_mailbox_capacity(capacity);
+            Host::new(kind, host_cell, host_key)
+        });
+        self.metrics.activations.inc();
+        Instance { cell, addr }
+    }
+
+    /// Called by a host that closed its idle mailbox and is stopping.
+    pub(crate) fn on_passivated(&self, key: &Arc<str>, cell: &Arc<InstanceCell>) {
+        cell.set_status(InstanceStatus::Passivated);
+        self.instances
+            .remove_if(key, |_, instance| Arc::ptr_eq(&instance.cell, cell));
+        let mut recent = self
+            .recently_passivated
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        recent.retain(|snapshot| snapshot.key != **key);
+        if recent.len() == RECENTLY_PASSIVATED {
+            recent.pop_front();
+        }
+        recent.push_back(cell.snapshot(key, self.mailbox_capacity));
+        drop(recent);
+        self.metrics.passivations.inc();
+        self.node.emit(A::KIND, key, LifecycleChange::Passivated);
+    }
+}
+
+/// The kind-independent face of a kind's registry, for the supervision tree
+/// and operator actions addressed by kind name.
+pub(crate) trait KindControl: Send + Sync {
+    fn snapshot(&self) -> SupervisorSnapshot;
+    fn reset(&self, key: &str) -> BoxFuture<'static, Result<InstanceSnapshot, AgentError>>;
+}
+
+impl<A: Agent> KindControl for KindRuntime<A> {
+    fn snapshot(&self) -> SupervisorSnapshot {
+        let mut instances: Vec<InstanceSnapshot> = self
+            .instances
+            .iter()
+            .map(|entry| {
+                entry
+                    .value()
+                    .cell
+                    .snapshot(entry.key(), self.mailbox_capacity)
+            })
+            .filter(|snapshot| snapshot.status != InstanceStatus::Passivated)
+            .collect();
+        instances.sort_by(|a, b| a.key.cmp(&b.key));
+        let count = |status| instances.iter().filter(|i| i.status == status).count();
+        let (num_active, num_restarting, num_failed) = (
+            count(InstanceStatus::Active),
+            count(InstanceStatus::Restarting),
+            count(InstanceStatus::Failed),
+        );
+        let recent = self
+            .recently_passivated
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let live_keys: std::collections::HashSet<String> =
+            instances.iter().map(|i| i.key.clone()).collect();
+        instances.extend(
+            recent
+                .iter()
+                .rev()
+                .filter(|snapshot| !live_keys.contains(&snapshot.key))
+                .cloned(),
+        );
+        SupervisorSnapshot {
+            kind: A::KIND.to_owned(),
+            strategy: self.strategy.clone(),
+            num_active,
+            num_restarting,
+            num_failed,
+            instances,
+        }
+    }
+
+    fn reset(&self, key: &str) -> BoxFuture<'static, Result<InstanceSnapshot, AgentError>> {
+        let key: Arc<str> = key.into();
+        let found = self
+            .instances
+            .get(&key)
+            .map(|instance| (instance.addr.clone(), Arc::clone(&instance.cell)));
+        let capacity = self.mailbox_capacity;
+        let Some((addr, cell)) = found else {
+            return Box::pin(async move {
+                Err(AgentError::UnknownInstance {
+                    target: KindRuntime::<A>::target(&key),
+                })
+            });
+        };
+        Box::pin(async move {
+            // `send` waits for mailbox room: an operator action, not a client flood.
+            addr.send(Reset).await.map_err(|_| AgentError::Stopped {
+                target: KindRuntime::<A>::target(&key),
+            })??;
+            Ok(cell.snapshot(&key, capacity))
+        })
+    }
+}

@@ -1,0 +1,318 @@
+//! `System`: the agent runtime of one node. It owns the actix arbiters the
+//! instances run on, the per-kind registries, the store, the metrics and the
+//! stream of supervision events.
+//!
+//! The arbiters live on a thread of their own, so `AgentRef`s work from any
+//! thread or runtime: HTTP workers, tokio tasks, tests, benchmarks.
+
+use std::any::Any;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use actix_rt::{Arbiter, ArbiterHandle};
+use tokio::sync::broadcast;
+
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+use super::agent::Agent;
+use super::agent_ref::AgentRef;
+use super::envelope::MessageId;
+use super::error::AgentError;
+use super::registry::{KindControl, KindRuntime};
+use super::supervisor::{
+    InstanceSnapshot, InstanceStatus, LifecycleChange, RestartStrategy, SupervisionEvent,
+    SupervisionTree,
+};
+
+/// Settings of the agent runtime (the `[runtime]` table of the configuration).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Actix arbiters (event-loop threads) that host agent instances.
+    pub workers: usize,
+    /// Messages an instance's mailbox holds before `tell`/`ask` fail with `MailboxFull`.
+    pub mailbox_capacity: usize,
+    /// Idle time after which an instance is passivated (its state stays in the store).
+    #[serde(with = "humantime_serde")]
+    pub passivate_after: Duration,
+    /// Default reply timeout of asks made on behalf of HTTP requests.
+    #[serde(with = "humantime_serde")]
+    pub ask_timeout: Duration,
+    /// Restart strategies by agent kind, overriding each kind's own default.
+    pub supervision: HashMap<String, RestartStrategy>,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> RuntimeConfig {
+        RuntimeConfig {
+            workers: std::thread::available_parallelism()
+                .map(usize::from)
+                .unwrap_or(2),
+            mailbox_capacity: 1024,
+            passivate_after: Duration::from_secs(300),
+            ask_timeout: Duration::from_secs(5),
+            supervision: HashMap::new(),
+        }
+    }
+}
+
+/// What every kind's registry shares on this node.
+pub(crate) struct NodeContext {
+    pub(crate) name: String,
+    pub(crate) store: Store,
+    pub(crate) metrics: Metrics,
+    pub(crate) runtime: RuntimeConfig,
+    arbiters: Vec<ArbiterHandle>,
+    next_arbiter: AtomicUsize,
+    next_message_id: AtomicU64,
+    events: broadcast::Sender<SupervisionEvent>,
+}
+
+impl NodeContext {
+    pub(crate) fn next_arbiter(&self) -> ArbiterHandle {
+        let index = self.next_arbiter.fetch_add(1, Ordering::Relaxed) % self.arbiters.len();
+        self.arbiters[index].clone()
+    }
+
+    pub(crate) fn next_message_id(&self) -> MessageId {
+        MessageId(self.next_message_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    pub(crate) fn emit(&self, kind: &'static str, key: &Arc<str>, change: LifecycleChange) {
+        // No subscriber is fine; a lagging one loses the oldest events.
+        let _ = self.events.send(SupervisionEvent {
+            kind,
+            key: key.clone(),
+            change,
+            at: Instant::now(),
+        });
+    }
+}
+
+struct RegisteredKind {
+    typed: Arc<dyn Any + Send + Sync>,
+    control: Arc<dyn KindControl>,
+}
+
+struct ActixThread {
+    system: actix_rt::System,
+    thread: JoinHandle<()>,
+}
+
+struct SystemInner {
+    node: Arc<NodeContext>,
+    kinds: RwLock<BTreeMap<&'static str, RegisteredKind>>,
+    actix: Mutex<Option<ActixThread>>,
+}
+
+impl Drop for SystemInner {
+    fn drop(&mut self) {
+        let actix = self.actix.get_mut().map(Option::take).unwrap_or(None);
+        stop_actix(actix);
+    }
+}
+
+fn stop_actix(actix: Option<ActixThread>) {
+    if let Some(actix) = actix {
+        actix.system.stop();
+        let _ = actix.thread.join();
+    }
+}
+
+/// The agent runtime of one node. Cheap to clone; the arbiters stop when
+/// [`System::shutdown`] is called or the last clone is dropped.
+#[derive(Clone)]
+pub struct System {
+    inner: Arc<SystemInner>,
+}
+
+impl System {
+    /// Starts the arbiters. `node_name` names this node in the supervision tree.
+    pub fn start(
+        node_name: impl Into<String>,
+        runtime: RuntimeConfig,
+        store: Store,
+    ) -> std::io::Result<System> {
+        let workers = runtime.workers.max(1);
+        let (ready, arbiters) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("valueverse-actors".into())
+            .spawn(move || {
+                let system = actix_rt::System::new();
+                let arbiters: Vec<Arbiter> =
+                    system.block_on(async { (0..workers).map(|_| Arbiter::new()).collect() });
+                let handles: Vec<ArbiterHandle> = arbiters.iter().map(Arbiter::handle).collect();
+                if ready.send((actix_rt::System::current(), handles)).is_err() {
+                    return;
+                }
+                let _ = system.run();
+                for arbiter in arbiters {
+                    arbiter.stop();
+                    let _ = arbiter.join();
+                }
+            })?;
+        let (system, arbiters) = arbiters
+            .recv()
+            .map_err(|_| std::io::Error::other("actor threads failed to start"))?;
+        let (events, _) = broadcast::channel(4096);
+        let node = NodeContext {
+            name: node_name.into(),
+            store,
+            metrics: Metrics::new(),
+            runtime,
+            arbiters,
+            next_arbiter: AtomicUsize::new(0),
+            next_message_id: AtomicU64::new(1),
+            events,
+        };
+        Ok(System {
+            inner: Arc::new(SystemInner {
+                node: Arc::new(node),
+                kinds: RwLock::new(BTreeMap::new()),
+                actix: Mutex::new(Some(ActixThread { system, thread })),
+            }),
+        })
+    }
+
+    /// Registers a kind so that it shows in the supervision tree before its
+    /// first message. Sending to an unregistered kind registers it too.
+    pub fn register<A: Agent>(&self) -> &System {
+        self.kind::<A>();
+        self
+    }
+
+    /// A reference to the instance `(A::KIND, key)`, wherever it lives.
+    pub fn agent<A: Agent>(&self, key: impl Into<Arc<str>>) -> AgentRef<A> {
+        AgentRef::new(self.kind::<A>(), key.into())
+    }
+
+    fn kind<A: Agent>(&self) -> Arc<KindRuntime<A>> {
+        let downcast = |registered: &RegisteredKind| {
+            Arc::clone(&registered.typed)
+                .downcast::<KindRuntime<A>>()
+                .unwrap_or_else(|_| panic!("two agent types declare the kind name `{}`", A::KIND))
+        };
+        if let Some(registered) = self.read_kinds().get(A::KIND) {
+            return downcast(registered);
+        }
+        let mut kinds = self
+            .inner
+            .kinds
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let registered = kinds.entry(A::KIND).or_insert_with(|| {
+            let node = &self.inner.node;
+            let strategy = node
+                .runtime
+                .supervision
+                .get(A::KIND)
+                .cloned()
+                .unwrap_or_else(A::strategy);
+            let runtime = Arc::new(KindRuntime::<A>::new(Arc::clone(node), strategy));
+            RegisteredKind {
+                typed: runtime.clone(),
+                control: runtime,
+            }
+        });
+        downcast(registered)
+    }
+
+    fn read_kinds(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<&'static str, RegisteredKind>> {
+        self.inner
+            .kinds
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn control(&self, kind: &str) -> Result<Arc<dyn KindControl>, AgentError> {
+        self.read_kinds()
+            .get(kind)
+            .map(|registered| Arc::clone(&registered.control))
+            .ok_or_else(|| AgentError::UnknownKind {
+                kind: kind.to_owned(),
+            })
+    }
+
+    pub fn node_name(&self) -> &str {
+        &self.inner.node.name
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.node.store
+    }
+
+    pub fn runtime_config(&self) -> &RuntimeConfig {
+        &self.inner.node.runtime
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.node.metrics
+    }
+
+    /// The live supervision tree of this node.
+    pub fn supervision_tree(&self) -> SupervisionTree {
+        let controls: Vec<Arc<dyn KindControl>> = self
+            .read_kinds()
+            .values()
+            .map(|registered| Arc::clone(&registered.control))
+            .collect();
+        SupervisionTree {
+            node: self.inner.node.name.clone(),
+            supervisors: controls.iter().map(|control| control.snapshot()).collect(),
+        }
+    }
+
+    /// Brings a failed instance back: restart history cleared, state reloaded.
+    pub async fn reset(&self, kind: &str, key: &str) -> Result<InstanceSnapshot, AgentError> {
+        self.control(kind)?.reset(key).await
+    }
+
+    /// Lifecycle changes of every instance on this node, from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<SupervisionEvent> {
+        self.inner.node.events.subscribe()
+    }
+
+    /// Prometheus text of this node's metrics, gauges refreshed from the tree.
+    pub fn render_metrics(&self) -> String {
+        let agents = &self.inner.node.metrics.agents;
+        for supervisor in self.supervision_tree().supervisors {
+            let depth: usize = supervisor.instances.iter().map(|i| i.mailbox_depth).sum();
+            agents
+                .mailbox_depth
+                .with_label_values(&[&supervisor.kind])
+                .set(depth as i64);
+            for status in [
+                InstanceStatus::Active,
+                InstanceStatus::Restarting,
+                InstanceStatus::Failed,
+            ] {
+                let count = supervisor
+                    .instances
+                    .iter()
+                    .filter(|i| i.status == status)
+                    .count();
+                agents
+                    .instances
+                    .with_label_values(&[supervisor.kind.as_str(), &status.to_string()])
+                    .set(count as i64);
+            }
+        }
+        self.inner.node.metrics.render()
+    }
+
+    /// Stops every instance and the arbiters. Messages still queued are
+    /// dropped and their askers get `Stopped`.
+    pub fn shutdown(&self) {
+        let actix = self
+            .inner
+            .actix
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        stop_actix(actix);
+    }
+}

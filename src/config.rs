@@ -1,0 +1,267 @@
+//! One configuration struct for a node. Sources, later ones winning:
+//! built-in defaults < TOML file < `VALUEVERSE_*` environment < flags.
+//! (Environment and flags reach here merged as [`Overrides`]; the CLI lets a
+//! flag win over its environment variable.)
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::actors::RuntimeConfig;
+
+/// Configuration of one node.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Name of this node in logs, metrics and the supervision tree.
+    pub node_name: String,
+    /// Address the HTTP API listens on.
+    pub http_addr: SocketAddr,
+    /// `sqlite://path` (embedded, created when missing) or `postgres://...`.
+    pub database_url: String,
+    /// Connections in the store's pool.
+    pub database_max_connections: u32,
+    /// Log filter in `RUST_LOG` syntax (`info`, `valueverse=debug,info`).
+    pub log: String,
+    pub log_format: LogFormat,
+    /// HTTP worker threads.
+    pub http_workers: usize,
+    pub runtime: RuntimeConfig,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            node_name: "node-1".into(),
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            database_url: "sqlite://valueverse.db".into(),
+            database_max_connections: 8,
+            log: "info".into(),
+            log_format: LogFormat::Text,
+            http_workers: 2,
+            runtime: RuntimeConfig::default(),
+        }
+    }
+}
+
+/// Values given on the command line or in the environment.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub node_name: Option<String>,
+    pub http_addr: Option<SocketAddr>,
+    pub database_url: Option<String>,
+    pub database_max_connections: Option<u32>,
+    pub log: Option<String>,
+    pub log_format: Option<LogFormat>,
+    pub http_workers: Option<usize>,
+    pub workers: Option<usize>,
+    pub mailbox_capacity: Option<usize>,
+    pub passivate_after: Option<Duration>,
+    pub ask_timeout: Option<Duration>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("invalid configuration: `{field}` {reason}")]
+    Invalid { field: String, reason: String },
+}
+
+impl Config {
+    /// Defaults, then the TOML file (if any), then the overrides; validated.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let mut config = match file {
+            Some(path) => Config::from_toml_file(path)?,
+            None => Config::default(),
+        };
+        config.apply(overrides);
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn from_toml_file(path: &Path) -> Result<Config, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|error| ConfigError::Parse {
+            path: shown,
+            message: error.to_string().trim_end().to_owned(),
+        })
+    }
+
+    fn apply(&mut self, overrides: &Overrides) {
+        let Overrides {
+            node_name,
+            http_addr,
+            database_url,
+            database_max_connections,
+            log,
+            log_format,
+            http_workers,
+            workers,
+            mailbox_capacity,
+            passivate_after,
+            ask_timeout,
+        } = overrides.clone();
+        fn set<T>(target: &mut T, value: Option<T>) {
+            if let Some(value) = value {
+                *target = value;
+            }
+        }
+        set(&mut self.node_name, node_name);
+        set(&mut self.http_addr, http_addr);
+        set(&mut self.database_url, database_url);
+        set(&mut self.database_max_connections, database_max_connections);
+        set(&mut self.log, log);
+        set(&mut self.log_format, log_format);
+        set(&mut self.http_workers, http_workers);
+        set(&mut self.runtime.workers, workers);
+        set(&mut self.runtime.mailbox_capacity, mailbox_capacity);
+        set(&mut self.runtime.passivate_after, passivate_after);
+        set(&mut self.runtime.ask_timeout, ask_timeout);
+    }
+
+    /// Checks every value; the error names the field at fault.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field: &str, reason: &str| {
+            Err(ConfigError::Invalid {
+                field: field.to_owned(),
+                reason: reason.to_owned(),
+            })
+        };
+        let valid_name = |name: &str| {
+            !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        };
+        if !valid_name(&self.node_name) {
+            return invalid(
+                "node_name",
+                "must be 1 to 64 characters of letters, digits, '-', '_' or '.'",
+            );
+        }
+        let url = &self.database_url;
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
+            return invalid(
+                "database_url",
+                "must start with sqlite:, postgres:// or postgresql://",
+            );
+        }
+        if !(1..=1000).contains(&self.database_max_connections) {
+            return invalid("database_max_connections", "must be within 1..=1000");
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log).is_err() {
+            return invalid(
+                "log",
+                "is not a valid log filter (e.g. `info` or `valueverse=debug`)",
+            );
+        }
+        if !(1..=256).contains(&self.http_workers) {
+            return invalid("http_workers", "must be within 1..=256");
+        }
+        let runtime = &self.runtime;
+        if !(1..=256).contains(&runtime.workers) {
+            return invalid("runtime.workers", "must be within 1..=256");
+        }
+        if !(1..=1 << 24).contains(&runtime.mailbox_capacity) {
+            return invalid("runtime.mailbox_capacity", "must be within 1..=16777216");
+        }
+        if runtime.passivate_after.is_zero() {
+            return invalid("runtime.passivate_after", "must be longer than 0s");
+        }
+        if runtime.ask_timeout.is_zero() {
+            return invalid("runtime.ask_timeout", "must be longer than 0s");
+        }
+        for (kind, strategy) in &runtime.supervision {
+            if let Err((field, reason)) = strategy.validate() {
+                return invalid(&format!("runtime.supervision.{kind}.{field}"), &reason);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> tempfile::NamedTempFile {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), text).unwrap();
+        file
+    }
+
+    #[test]
+    fn file_then_overrides_win_over_defaults() {
+        let file = write(
+            "node_name = \"from-file\"\nhttp_addr = \"127.0.0.1:9000\"\n\
+             [runtime]\nmailbox_capacity = 64\npassivate_after = \"2m\"\n",
+        );
+        let overrides = Overrides {
+            http_addr: Some("127.0.0.1:9100".parse().unwrap()),
+            ..Overrides::default()
+        };
+        let config = Config::load(Some(file.path()), &overrides).unwrap();
+        assert_eq!(config.node_name, "from-file");
+        assert_eq!(config.http_addr.port(), 9100);
+        assert_eq!(config.runtime.mailbox_capacity, 64);
+        assert_eq!(config.runtime.passivate_after, Duration::from_secs(120));
+        assert_eq!(config.database_url, "sqlite://valueverse.db");
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        let cases = [
+            (
+                "[runtime]\nmailbox_capacity = 0\n",
+                "runtime.mailbox_capacity",
+            ),
+            ("node_name = \"\"\n", "node_name"),
+            ("database_url = \"mysql://x\"\n", "database_url"),
+            (
+                "[runtime.supervision.architect]\njitter = 3.0\n",
+                "runtime.supervision.architect.jitter",
+            ),
+        ];
+        for (text, field) in cases {
+            let file = write(text);
+            let error = Config::load(Some(file.path()), &Overrides::default()).unwrap_err();
+            assert!(error.to_string().contains(field), "{text}: {error}");
+        }
+    }
+
+    #[test]
+    fn unknown_and_mistyped_keys_are_refused_with_their_name() {
+        for (text, needle) in [
+            ("colour = \"blue\"\n", "colour"),
+            ("[runtime]\npassivate_after = \"soon\"\n", "passivate_after"),
+        ] {
+            let file = write(text);
+            let error = Config::load(Some(file.path()), &Overrides::default()).unwrap_err();
+            assert!(error.to_string().contains(needle), "{error}");
+        }
+    }
+}

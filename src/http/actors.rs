@@ -1,0 +1,41 @@
+//! `/api/v1/actors`: the live supervision tree and operator resets.
+
+use actix_web::{HttpResponse, web};
+use serde::Deserialize;
+
+use crate::actors::{CorrelationId, System};
+
+use super::error::{ApiError, parse_json};
+
+/// The supervision tree of this node.
+pub(crate) async fn tree(system: web::Data<System>) -> HttpResponse {
+    HttpResponse::Ok().json(system.supervision_tree())
+}
+
+/// Optional body of a reset.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResetRequest {
+    /// Why the operator resets the instance; goes to the log.
+    reason: Option<String>,
+}
+
+/// Clears a failed instance: restart history forgotten, state reloaded.
+pub(crate) async fn reset(
+    system: web::Data<System>,
+    path: web::Path<(String, String)>,
+    correlation_id: web::ReqData<CorrelationId>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let request: ResetRequest = parse_json(&body, true)?;
+    let (kind, key) = path.into_inner();
+    tracing::info!(
+        %kind,
+        %key,
+        correlation_id = %correlation_id.into_inner(),
+        reason = request.reason.as_deref().unwrap_or(""),
+        "reset requested"
+    );
+    let snapshot = system.reset(&kind, &key).await?;
+    Ok(HttpResponse::Ok().json(snapshot))
+}

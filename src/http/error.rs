@@ -1,0 +1,242 @@
+//! The one JSON error shape of the API, `{"error":{"code","message","field"?}}`,
+//! and the one place where errors become HTTP statuses.
+
+use actix_web::body::{BoxBody, EitherBody};
+use actix_web::dev::ServiceResponse;
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::middleware::ErrorHandlerResponse;
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::actors::AgentError;
+use crate::store::StoreError;
+
+/// An error answered to an HTTP client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: String,
+    pub message: String,
+    pub field: Option<String>,
+    /// Seconds, sent as `Retry-After` with 503s the client should retry.
+    pub retry_after: Option<u32>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: BodyError<'a>,
+}
+
+#[derive(Serialize)]
+struct BodyError<'a> {
+    code: &'a str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
+}
+
+impl ApiError {
+    pub fn new(
+        status: StatusCode,
+        code: impl Into<String>,
+        message: impl Into<String>,
+    ) -> ApiError {
+        ApiError {
+            status,
+            code: code.into(),
+            message: message.into(),
+            field: None,
+            retry_after: None,
+        }
+    }
+
+    pub fn with_field(mut self, field: impl Into<String>) -> ApiError {
+        self.field = Some(field.into());
+        self
+    }
+
+    fn retry_after(mut self, seconds: u32) -> ApiError {
+        self.retry_after = Some(seconds);
+        self
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            formatter,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.code,
+            self.message
+        )
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse<BoxBody> {
+        let mut response = HttpResponse::build(self.status);
+        if let Some(seconds) = self.retry_after {
+            response.insert_header((header::RETRY_AFTER, seconds.to_string()));
+        }
+        response.json(Body {
+            error: BodyError {
+                code: &self.code,
+                message: &self.message,
+                field: self.field.as_deref(),
+            },
+        })
+    }
+}
+
+impl From<AgentError> for ApiError {
+    fn from(error: AgentError) -> ApiError {
+        let message = error.to_string();
+        match error {
+            AgentError::MailboxFull { .. } => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "mailbox_full", message)
+                    .retry_after(1)
+            }
+            AgentError::Timeout { .. } | AgentError::Expired { .. } => {
+                ApiError::new(StatusCode::GATEWAY_TIMEOUT, "timeout", message)
+            }
+            AgentError::Panicked { .. } | AgentError::Fatal { .. } => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "agent_failure", message)
+            }
+            AgentError::Failed { .. } => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "agent_failed", message)
+            }
+            AgentError::Stopped { .. } => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "agent_stopped", message)
+                    .retry_after(1)
+            }
+            AgentError::Rejected { rejection, .. } => ApiError {
+                field: rejection.field,
+                ..ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    rejection.code,
+                    rejection.message,
+                )
+            },
+            AgentError::NotFailed { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "not_failed", message)
+            }
+            AgentError::UnknownInstance { .. } => {
+                ApiError::new(StatusCode::NOT_FOUND, "unknown_instance", message)
+            }
+            AgentError::UnknownKind { .. } => {
+                ApiError::new(StatusCode::NOT_FOUND, "unknown_kind", message)
+            }
+            AgentError::Store { source, .. } => ApiError::from(source),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> ApiError {
+        let message = error.to_string();
+        match error {
+            StoreError::VersionConflict { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "version_conflict", message)
+            }
+            _ => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                message,
+            )
+            .retry_after(1),
+        }
+    }
+}
+
+/// Parses a JSON request body, naming the field at fault on error. An empty
+/// body reads as `{}` when `empty_is_object`.
+pub fn parse_json<T: DeserializeOwned>(body: &[u8], empty_is_object: bool) -> Result<T, ApiError> {
+    let body: &[u8] = if empty_is_object && body.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        body
+    };
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    match serde_path_to_error::deserialize::<_, T>(&mut deserializer) {
+        Ok(value) => {
+            deserializer.end().map_err(|error| {
+                ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", error.to_string())
+            })?;
+            Ok(value)
+        }
+        Err(error) => {
+            let path = error.path().to_string();
+            let inner = error.into_inner();
+            let code = if inner.is_data() {
+                "invalid_field"
+            } else {
+                "malformed_json"
+            };
+            let error = ApiError::new(StatusCode::BAD_REQUEST, code, inner.to_string());
+            // A syntax error has no field to name: the body is not JSON.
+            Err(if code == "invalid_field" && path != "." {
+                error.with_field(path)
+            } else {
+                error
+            })
+        }
+    }
+}
+
+fn code_for(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::BAD_REQUEST => "bad_request",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::UNAUTHORIZED => "unauthorized",
+        StatusCode::FORBIDDEN => "forbidden",
+        status if status.is_server_error() => "internal",
+        _ => "error",
+    }
+}
+
+/// Gives every error response that is not JSON yet (actix's own 404s, 405s,
+/// extractor errors) the API's JSON error shape.
+pub(crate) fn to_json_error<B>(
+    response: ServiceResponse<B>,
+) -> actix_web::Result<ErrorHandlerResponse<B>> {
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|value| value == HeaderValue::from_static("application/json"));
+    if is_json {
+        return Ok(ErrorHandlerResponse::Response(
+            response.map_into_left_body(),
+        ));
+    }
+    let status = response.status();
+    let request = response.request();
+    let message = match (status, response.response().error()) {
+        (_, Some(error)) => error.to_string(),
+        (StatusCode::NOT_FOUND, None) => {
+            format!("no route for {} {}", request.method(), request.path())
+        }
+        (StatusCode::METHOD_NOT_ALLOWED, None) => {
+            format!(
+                "method {} is not allowed on {}",
+                request.method(),
+                request.path()
+            )
+        }
+        (status, None) => status.canonical_reason().unwrap_or("error").to_lowercase(),
+    };
+    let (request, _) = response.into_parts();
+    let rewritten = ApiError::new(status, code_for(status), message).error_response();
+    let rewritten: ServiceResponse<EitherBody<B>> =
+        ServiceResponse::new(request, rewritten).map_into_right_body();
+    Ok(ErrorHandlerResponse::Response(rewritten))
+}

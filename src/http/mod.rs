@@ -1,0 +1,91 @@
+//! The HTTP API (actix-web). This is the only module that knows status codes
+//! and JSON error shapes.
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /health` | the process is alive |
+//! | `GET /ready` | the store is reachable and migrated |
+//! | `GET /metrics` | Prometheus text |
+//! | `GET /api/v1/actors` | the live supervision tree |
+//! | `POST /api/v1/actors/{kind}/{key}/reset` | clear a failed instance |
+
+mod actors;
+mod error;
+mod middleware;
+mod operations;
+
+use std::net::{SocketAddr, TcpListener};
+
+use actix_web::dev::ServerHandle;
+use actix_web::middleware::{ErrorHandlers, from_fn};
+use actix_web::{App, HttpServer, web};
+
+use crate::actors::System;
+
+pub use error::{ApiError, parse_json};
+pub use middleware::CORRELATION_HEADER;
+
+/// Largest request body accepted (bytes); larger ones get 413.
+const MAX_BODY_BYTES: usize = 1 << 20;
+
+/// Routes and middleware of the API, for `App::configure`.
+fn routes(config: &mut web::ServiceConfig) {
+    // Resources (not bare routes) so a known path with a wrong method is a 405.
+    config
+        .service(web::resource("/health").get(operations::health))
+        .service(web::resource("/ready").get(operations::ready))
+        .service(web::resource("/metrics").get(operations::metrics))
+        .service(
+            web::scope("/api/v1")
+                .service(web::resource("/actors").get(actors::tree))
+                .service(web::resource("/actors/{kind}/{key}/reset").post(actors::reset)),
+        );
+}
+
+/// A running HTTP server.
+pub struct HttpApi {
+    pub local_addr: SocketAddr,
+    handle: ServerHandle,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl HttpApi {
+    /// Binds `addr` (port 0 picks a free port) and serves the API of `system`.
+    /// Must be called inside a tokio runtime.
+    pub fn start(system: System, addr: SocketAddr, workers: usize) -> std::io::Result<HttpApi> {
+        let listener = TcpListener::bind(addr)?;
+        let local_addr = listener.local_addr()?;
+        let metrics = web::Data::new(system.metrics().clone());
+        let system = web::Data::new(system);
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(system.clone())
+                .app_data(metrics.clone())
+                .app_data(web::PayloadConfig::new(MAX_BODY_BYTES))
+                .configure(routes)
+                .wrap(ErrorHandlers::new().default_handler(error::to_json_error))
+                .wrap(from_fn(middleware::correlation))
+                .wrap(from_fn(middleware::record_metrics))
+        })
+        .workers(workers)
+        .disable_signals()
+        .shutdown_timeout(5)
+        .listen(listener)?
+        .run();
+        let handle = server.handle();
+        let task = tokio::spawn(server);
+        Ok(HttpApi {
+            local_addr,
+            handle,
+            task,
+        })
+    }
+
+    /// Stops accepting, finishes requests in flight, returns when stopped.
+    pub async fn stop(self) -> std::io::Result<()> {
+        self.handle.stop(true).await;
+        self.task
+            .await
+            .map_err(|error| std::io::Error::other(error.to_string()))?
+    }
+}

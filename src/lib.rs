@@ -1,0 +1,21 @@
+//! ValueVerse: business agents as supervised, location-transparent actors.
+//!
+//! A node runs a [`System`] of agent kinds; callers reach an instance through
+//! an [`AgentRef`] named by `(kind, key)`. State lives in a [`Store`]
+//! (SQLite embedded, PostgreSQL shared). The [`http`] module serves the API.
+
+pub mod actors;
+pub mod config;
+pub mod http;
+mod metrics;
+mod node;
+pub mod store;
+
+pub use actors::{
+    Agent, AgentError, AgentMessage, AgentRef, CorrelationId, HandlerError, Handling, Rejection,
+    RestartStrategy, RuntimeConfig, System,
+};
+pub use config::Config;
+pub use metrics::Metrics;
+pub use node::{Node, NodeError};
+pub use store::{Store, StoreError};

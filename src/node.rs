@@ -1,0 +1,73 @@
+//! A node: store opened and migrated, agent runtime started, HTTP API bound.
+//! `serve` runs one; tests start them in-process.
+
+use std::net::SocketAddr;
+
+use crate::actors::System;
+use crate::config::Config;
+use crate::http::HttpApi;
+use crate::store::{Store, StoreError, redact_url};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("cannot open the store at {url}: {source}")]
+    Store {
+        url: String,
+        #[source]
+        source: StoreError,
+    },
+    #[error("cannot start the agent runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    #[error("cannot listen for HTTP on {addr}: {source}")]
+    Http {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A running node.
+pub struct Node {
+    pub system: System,
+    pub http: HttpApi,
+}
+
+impl Node {
+    /// Opens and migrates the store, starts the runtime, lets `register` add
+    /// agent kinds, and serves HTTP. Must be called inside a tokio runtime.
+    pub async fn start(config: &Config, register: impl FnOnce(&System)) -> Result<Node, NodeError> {
+        let store = Store::open(&config.database_url, config.database_max_connections)
+            .await
+            .map_err(|source| NodeError::Store {
+                url: redact_url(&config.database_url),
+                source,
+            })?;
+        let system = System::start(config.node_name.clone(), config.runtime.clone(), store)
+            .map_err(NodeError::Runtime)?;
+        register(&system);
+        let http = HttpApi::start(system.clone(), config.http_addr, config.http_workers).map_err(
+            |source| NodeError::Http {
+                addr: config.http_addr,
+                source,
+            },
+        )?;
+        Ok(Node { system, http })
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http.local_addr
+    }
+
+    /// Stops HTTP (finishing requests in flight), then the runtime, then the store.
+    pub async fn stop(self) -> std::io::Result<()> {
+        let stopped = self.http.stop().await;
+        let system = self.system;
+        let store = system.store().clone();
+        // Joining the actor threads blocks: keep it off the async workers.
+        tokio::task::spawn_blocking(move || system.shutdown())
+            .await
+            .map_err(|error| std::io::Error::other(error.to_string()))?;
+        store.close().await;
+        stopped
+    }
+}

@@ -1,0 +1,342 @@
+//! The durable store: one `Store` over SQLite (embedded default) or PostgreSQL
+//! (the shared store of a cluster), chosen by the database URL.
+//!
+//! Every state row carries a version and every write names the version it
+//! read; a stale write fails with [`StoreError::VersionConflict`]. That check
+//! is what keeps two owners of one key from overwriting each other.
+//!
+//! Only this module touches sqlx.
+
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Errors of the store boundary.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("unsupported database url `{url}`: expected sqlite:// or postgres://")]
+    UnsupportedUrl { url: String },
+    #[error("invalid database url: {0}")]
+    InvalidUrl(String),
+    #[error(
+        "version conflict on {kind}/{key}: write expected version {expected}, store has {actual:?}"
+    )]
+    VersionConflict {
+        kind: String,
+        key: String,
+        expected: i64,
+        actual: Option<i64>,
+    },
+    #[error("state of {kind}/{key} could not be encoded or decoded: {reason}")]
+    Codec {
+        kind: String,
+        key: String,
+        reason: String,
+    },
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// Which database engine a [`Store`] runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A state row as read from the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionedState<S> {
+    pub version: i64,
+    pub state: S,
+}
+
+/// Connection pool over one of the supported databases.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: Pool,
+}
+
+#[derive(Clone, Debug)]
+enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Runs the same body against whichever pool the store holds: the SQL we
+/// write is shared by both dialects (`$n` placeholders work in both).
+macro_rules! with_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match &$store.pool {
+            Pool::Sqlite($pool) => $body,
+            Pool::Postgres($pool) => $body,
+        }
+    };
+}
+
+impl Store {
+    /// Opens a pool for `url` (`sqlite://path`, `sqlite::memory:`, `postgres://...`).
+    /// A SQLite file is created when missing. Nothing is migrated here.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Store, StoreError> {
+        let pool = if url.starts_with("sqlite:") {
+            let options = SqliteConnectOptions::from_str(url)
+                .map_err(|error| StoreError::InvalidUrl(error.to_string()))?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .busy_timeout(Duration::from_secs(10));
+            // An in-memory database lives in one connection: more would each see their own.
+            let max_connections = if url.contains(":memory:") {
+                1
+            } else {
+                max_connections
+            };
+            Pool::Sqlite(
+                SqlitePoolOptions::new()
+                    .max_connections(max_connections.max(1))
+                    .connect_with(options)
+                    .await?,
+            )
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let options = PgConnectOptions::from_str(url)
+                .map_err(|error| StoreError::InvalidUrl(error.to_string()))?;
+            Pool::Postgres(
+                PgPoolOptions::new()
+                    .max_connections(max_connections.max(1))
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect_with(options)
+                    .await?,
+            )
+        } else {
+            return Err(StoreError::UnsupportedUrl {
+                url: redact_url(url),
+            });
+        };
+        Ok(Store { pool })
+    }
+
+    /// Connects and applies the migrations.
+    pub async fn open(url: &str, max_connections: u32) -> Result<Store, StoreError> {
+        let store = Store::connect(url, max_connections).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self.pool {
+            Pool::Sqlite(_) => Backend::Sqlite,
+            Pool::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    fn migrator(&self) -> &'static Migrator {
+        match self.pool {
+            Pool::Sqlite(_) => &SQLITE_MIGRATIONS,
+            Pool::Postgres(_) => &POSTGRES_MIGRATIONS,
+        }
+    }
+
+    /// Applies every migration not applied yet; returns how many the store knows.
+    pub async fn migrate(&self) -> Result<usize, StoreError> {
+        let migrator = self.migrator();
+        with_pool!(self, pool => migrator.run(pool).await)?;
+        Ok(migrator.iter().count())
+    }
+
+    /// Ready means reachable and every embedded migration applied successfully.
+    pub async fn check_ready(&self) -> Result<(), String> {
+        let applied: Vec<i64> = with_pool!(self, pool => {
+            sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success = TRUE")
+                .fetch_all(pool)
+                .await
+        })
+        .map_err(|error| format!("store unreachable or not migrated: {error}"))?;
+        let missing: Vec<i64> = self
+            .migrator()
+            .iter()
+            .map(|migration| migration.version)
+            .filter(|version| !applied.contains(version))
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("migrations not applied: {missing:?}"))
+        }
+    }
+
+    /// Reads the state row of an agent instance.
+    pub async fn load_state<S: DeserializeOwned>(
+        &self,
+        kind: &str,
+        key: &str,
+    ) -> Result<Option<VersionedState<S>>, StoreError> {
+        let row: Option<(i64, String)> = with_pool!(self, pool => {
+            sqlx::query_as("SELECT version, state FROM agent_state WHERE kind = $1 AND key = $2")
+                .bind(kind)
+                .bind(key)
+                .fetch_optional(pool)
+                .await
+        })?;
+        row.map(|(version, text)| {
+            serde_json::from_str(&text)
+                .map(|state| VersionedState { version, state })
+                .map_err(|error| StoreError::Codec {
+                    kind: kind.to_owned(),
+                    key: key.to_owned(),
+                    reason: error.to_string(),
+                })
+        })
+        .transpose()
+    }
+
+    /// Writes the state row if the store still holds `expected_version`
+    /// (0: no row yet) and returns the new version.
+    pub async fn save_state<S: Serialize + ?Sized>(
+        &self,
+        kind: &str,
+        key: &str,
+        state: &S,
+        expected_version: i64,
+    ) -> Result<i64, StoreError> {
+        let text = encode_state(kind, key, state)?;
+        self.save_state_text(kind, key, text, expected_version)
+            .await
+    }
+
+    /// Like [`Store::save_state`] over state already encoded by [`encode_state`].
+    pub(crate) async fn save_state_text(
+        &self,
+        kind: &str,
+        key: &str,
+        text: String,
+        expected_version: i64,
+    ) -> Result<i64, StoreError> {
+        let now = unix_millis();
+        let rows = if expected_version == 0 {
+            with_pool!(self, pool => {
+                sqlx::query(
+                    "INSERT INTO agent_state (kind, key, version, state, updated_at_ms) \
+                     VALUES ($1, $2, 1, $3, $4) ON CONFLICT (kind, key) DO NOTHING",
+                )
+                .bind(kind)
+                .bind(key)
+                .bind(&text)
+                .bind(now)
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected())
+            })?
+        } else {
+            with_pool!(self, pool => {
+                sqlx::query(
+                    "UPDATE agent_state SET version = version + 1, state = $1, updated_at_ms = $2 \
+                     WHERE kind = $3 AND key = $4 AND version = $5",
+                )
+                .bind(&text)
+                .bind(now)
+                .bind(kind)
+                .bind(key)
+                .bind(expected_version)
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected())
+            })?
+        };
+        if rows == 1 {
+            return Ok(expected_version + 1);
+        }
+        let actual = self.state_version(kind, key).await?;
+        Err(StoreError::VersionConflict {
+            kind: kind.to_owned(),
+            key: key.to_owned(),
+            expected: expected_version,
+            actual,
+        })
+    }
+
+    /// The stored version of an instance's state, if it has a row.
+    pub async fn state_version(&self, kind: &str, key: &str) -> Result<Option<i64>, StoreError> {
+        Ok(with_pool!(self, pool => {
+            sqlx::query_scalar("SELECT version FROM agent_state WHERE kind = $1 AND key = $2")
+                .bind(kind)
+                .bind(key)
+                .fetch_optional(pool)
+                .await
+        })?)
+    }
+
+    /// Closes every connection; used at shutdown and by tests before dropping a database.
+    pub async fn close(&self) {
+        with_pool!(self, pool => pool.close().await)
+    }
+}
+
+/// Encodes state the way [`Store::save_state`] stores it (JSON text), so a
+/// caller can encode synchronously and write later.
+pub(crate) fn encode_state<S: Serialize + ?Sized>(
+    kind: &str,
+    key: &str,
+    state: &S,
+) -> Result<String, StoreError> {
+    serde_json::to_string(state).map_err(|error| StoreError::Codec {
+        kind: kind.to_owned(),
+        key: key.to_owned(),
+        reason: error.to_string(),
+    })
+}
+
+fn unix_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+/// Drops the password from a URL before it is shown in an error or a log.
+pub(crate) fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let credentials = &url[scheme_end + 3..at];
+            match credentials.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme_end + 3],
+                    &credentials[..colon],
+                    &url[at..]
+                ),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn redacts_passwords_only() {
+        let cases = [
+            (
+                "postgres://u:secret@h:5432/db",
+                "postgres://u:***@h:5432/db",
+            ),
+            ("postgres://u@h/db", "postgres://u@h/db"),
+            ("sqlite://valueverse.db", "sqlite://valueverse.db"),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(redact_url(input), expected);
+        }
+    }
+}

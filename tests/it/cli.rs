@@ -1,0 +1,171 @@
+//! The `valueverse` binary: configuration errors, migrate, and serve started
+//! as a real process on both stores.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::support::{BACKENDS, Backend, TestDb};
+
+fn valueverse() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_valueverse"));
+    // The developer's own environment must not leak into these checks.
+    for (name, _) in std::env::vars() {
+        if name.starts_with("VALUEVERSE_") {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
+#[test]
+fn serve_help_documents_every_option() {
+    let output = valueverse().args(["serve", "--help"]).output().unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8(output.stdout).unwrap();
+    for option in [
+        "--config",
+        "--node-name",
+        "--http",
+        "--database-url",
+        "--database-max-connections",
+        "--log",
+        "--log-format",
+        "--http-workers",
+        "--workers",
+        "--mailbox-capacity",
+        "--passivate-after",
+        "--ask-timeout",
+        "VALUEVERSE_HTTP_ADDR",
+        "VALUEVERSE_DATABASE_URL",
+    ] {
+        assert!(help.contains(option), "`{option}` missing from:\n{help}");
+    }
+}
+
+#[test]
+fn bad_values_stop_start_up_naming_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("x.db").display());
+    let config = dir.path().join("bad.toml");
+    std::fs::write(&config, "[runtime]\nworkers = \"many\"\n").unwrap();
+    // (flags, environment, what the error must name)
+    type Case<'a> = (Vec<String>, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            vec!["--mailbox-capacity".into(), "0".into()],
+            vec![],
+            "runtime.mailbox_capacity",
+        ),
+        (
+            vec!["--http".into(), "not-an-address".into()],
+            vec![],
+            "--http",
+        ),
+        (
+            vec![],
+            vec![("VALUEVERSE_PASSIVATE_AFTER", "soonish")],
+            "--passivate-after",
+        ),
+        (
+            vec!["--config".into(), config.display().to_string()],
+            vec![],
+            "workers",
+        ),
+        (
+            vec!["--database-url".into(), "mysql://x".into()],
+            vec![],
+            "database_url",
+        ),
+        (vec!["--log".into(), "[[".into()], vec![], "log"),
+    ];
+    for (args, env, needle) in cases {
+        let output = valueverse()
+            .arg("serve")
+            .env("VALUEVERSE_DATABASE_URL", &db)
+            .args(&args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?} must fail");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(
+            stderr.contains(needle),
+            "{args:?} {env:?}: `{needle}` not in: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn migrate_applies_the_migrations_and_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fresh.db");
+    let output = valueverse()
+        .args([
+            "migrate",
+            "--database-url",
+            &format!("sqlite://{}", path.display()),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("migrations applied"));
+    assert!(path.exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_runs_a_node_until_sigterm() {
+    for backend in BACKENDS {
+        let db = TestDb::new(backend).await;
+        let mut child = valueverse()
+            .args(["serve", "--http", "127.0.0.1:0", "--database-url", &db.url])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let line = tokio::task::spawn_blocking(move || {
+            BufReader::new(stdout)
+                .lines()
+                .map(Result::unwrap)
+                .find(|line| line.contains("listening on"))
+                .expect("serve announces its address")
+        })
+        .await
+        .unwrap();
+        let address = line
+            .trim()
+            .rsplit("http://")
+            .next()
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
+            .to_owned();
+        let ready: serde_json::Value = reqwest::get(format!("http://{address}/ready"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let expected = if backend == Backend::Sqlite {
+            "sqlite"
+        } else {
+            "postgres"
+        };
+        assert_eq!(ready["store"], expected);
+        let killed = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+            .await
+            .unwrap();
+        assert!(status.success(), "clean exit on SIGTERM: {status:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

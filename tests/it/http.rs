@@ -1,0 +1,277 @@
+//! The HTTP skeleton on a node started inside the test, on both stores.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use valueverse::{Config, Node};
+
+use crate::support::{BACKENDS, Backend, Counter, CounterMsg, TestDb};
+
+async fn start_node(db: &TestDb) -> (Node, String) {
+    let mut config = Config {
+        http_addr: "127.0.0.1:0".parse().unwrap(),
+        database_url: db.url.clone(),
+        ..Config::default()
+    };
+    config.runtime.workers = 2;
+    let node = Node::start(&config, |system| {
+        system.register::<Counter>();
+    })
+    .await
+    .expect("node starts");
+    let base = format!("http://{}", node.http_addr());
+    (node, base)
+}
+
+async fn json(response: reqwest::Response) -> Value {
+    assert_eq!(
+        response.headers().get("content-type").unwrap(),
+        "application/json",
+        "every answer here is JSON"
+    );
+    response.json().await.unwrap()
+}
+
+fn assert_error_shape(body: &Value, code: &str) {
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operational_endpoints_on_both_stores() {
+    for backend in BACKENDS {
+        let db = TestDb::new(backend).await;
+        let (node, base) = start_node(&db).await;
+        let client = reqwest::Client::new();
+
+        let health = client.get(format!("{base}/health")).send().await.unwrap();
+        assert_eq!(health.status(), StatusCode::OK);
+        assert_eq!(json(health).await["status"], "ok");
+
+        let ready = client.get(format!("{base}/ready")).send().await.unwrap();
+        assert_eq!(ready.status(), StatusCode::OK);
+        let expected = if backend == Backend::Sqlite {
+            "sqlite"
+        } else {
+            "postgres"
+        };
+        assert_eq!(json(ready).await["store"], expected);
+
+        node.system
+            .agent::<Counter>("x")
+            .ask(CounterMsg::Add(3), Duration::from_secs(5))
+            .await
+            .unwrap();
+        let tree = json(
+            client
+                .get(format!("{base}/api/v1/actors"))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(tree["node"], "node-1");
+        let counter = &tree["supervisors"][0];
+        assert_eq!(counter["kind"], "counter");
+        assert_eq!(counter["instances"][0]["key"], "x");
+        assert_eq!(counter["instances"][0]["status"], "active");
+        assert_eq!(counter["instances"][0]["messages_handled"], 1);
+        assert_eq!(counter["strategy"]["initial_backoff"], "20ms");
+
+        let metrics = client.get(format!("{base}/metrics")).send().await.unwrap();
+        assert_eq!(metrics.status(), StatusCode::OK);
+        assert!(
+            metrics.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/plain")
+        );
+        let text = metrics.text().await.unwrap();
+        for series in [
+            "valueverse_agent_messages_total{kind=\"counter\",outcome=\"ok\"} 1",
+            "valueverse_agent_handling_seconds_count{kind=\"counter\"} 1",
+            "valueverse_agent_mailbox_depth{kind=\"counter\"} 0",
+            "valueverse_agent_activations_total{kind=\"counter\"} 1",
+            "valueverse_agent_instances{kind=\"counter\",status=\"active\"} 1",
+            "valueverse_http_requests_total{method=\"GET\",route=\"/api/v1/actors\",status=\"200\"} 1",
+            "valueverse_http_request_duration_seconds_count{method=\"GET\",route=\"/health\"} 1",
+        ] {
+            assert!(
+                text.contains(series),
+                "{backend:?}: missing {series} in\n{text}"
+            );
+        }
+        node.stop().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_share_one_json_shape() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let (node, base) = start_node(&db).await;
+    let client = reqwest::Client::new();
+
+    let missing = client
+        .get(format!("{base}/api/v1/nothing"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    assert_error_shape(&json(missing).await, "not_found");
+
+    let wrong_method = client
+        .delete(format!("{base}/api/v1/actors"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong_method.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_error_shape(&json(wrong_method).await, "method_not_allowed");
+
+    let reset = format!("{base}/api/v1/actors/counter/x/reset");
+    let malformed = client.post(&reset).body("{not json").send().await.unwrap();
+    assert_eq!(malformed.status(), StatusCode::BAD_REQUEST);
+    assert_error_shape(&json(malformed).await, "malformed_json");
+
+    let wrong_type = client
+        .post(&reset)
+        .body(r#"{"reason": 7}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong_type.status(), StatusCode::BAD_REQUEST);
+    let body = json(wrong_type).await;
+    assert_error_shape(&body, "invalid_field");
+    assert_eq!(body["error"]["field"], "reason");
+
+    let unknown_field = client
+        .post(&reset)
+        .body(r#"{"reasn": "x"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown_field.status(), StatusCode::BAD_REQUEST);
+    assert!(
+        json(unknown_field).await["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("reasn")
+    );
+
+    let too_big = client
+        .post(&reset)
+        .body(vec![b' '; 2 << 20])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(too_big.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_error_shape(&json(too_big).await, "payload_too_large");
+
+    let unknown_kind = client
+        .post(format!("{base}/api/v1/actors/nobody/x/reset"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown_kind.status(), StatusCode::NOT_FOUND);
+    assert_error_shape(&json(unknown_kind).await, "unknown_kind");
+
+    let unknown_instance = client.post(&reset).send().await.unwrap();
+    assert_eq!(unknown_instance.status(), StatusCode::NOT_FOUND);
+    assert_error_shape(&json(unknown_instance).await, "unknown_instance");
+    node.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn correlation_ids_are_echoed_or_created() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let (node, base) = start_node(&db).await;
+    let client = reqwest::Client::new();
+    let given = client
+        .get(format!("{base}/health"))
+        .header("X-Correlation-ID", "trace-me-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(given.headers()["x-correlation-id"], "trace-me-1");
+    let created = client.get(format!("{base}/nowhere")).send().await.unwrap();
+    let id = created.headers()["x-correlation-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(id.len(), 36, "a UUID: {id}");
+    let invalid = client
+        .get(format!("{base}/health"))
+        .header("X-Correlation-ID", "x".repeat(200))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(invalid.headers()["x-correlation-id"].len(), 36, "replaced");
+    node.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_instance_is_reset_over_http() {
+    for backend in BACKENDS {
+        let db = TestDb::new(backend).await;
+        let (node, base) = start_node(&db).await;
+        let client = reqwest::Client::new();
+        let counter = node.system.agent::<Counter>("y");
+        let ask = Duration::from_secs(5);
+        counter.ask(CounterMsg::Add(4), ask).await.unwrap();
+        let mut events = node.system.subscribe();
+        for _ in 0..4 {
+            counter.ask(CounterMsg::Panic, ask).await.unwrap_err();
+        }
+        crate::support::wait_for_event(&mut events, "y", ask, |change| {
+            matches!(
+                change,
+                valueverse::actors::LifecycleChange::Escalated { .. }
+            )
+        })
+        .await;
+        let tree = json(
+            client
+                .get(format!("{base}/api/v1/actors"))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        let instance = &tree["supervisors"][0]["instances"][0];
+        assert_eq!(instance["status"], "failed");
+        assert_eq!(instance["restarts"], 3);
+        assert!(
+            instance["last_failure"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("panic")
+        );
+        assert!(instance["last_failure"]["at"].as_str().is_some());
+
+        let reset = client
+            .post(format!("{base}/api/v1/actors/counter/y/reset"))
+            .json(&serde_json::json!({ "reason": "fixed the bug" }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(reset.status(), StatusCode::OK, "{backend:?}");
+        assert_eq!(json(reset).await["key"], "y");
+        assert_eq!(
+            counter.ask(CounterMsg::Get, ask).await.unwrap(),
+            crate::support::CounterReply::Total(4)
+        );
+        let again = client
+            .post(format!("{base}/api/v1/actors/counter/y/reset"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(again.status(), StatusCode::CONFLICT);
+        assert_error_shape(&json(again).await, "not_failed");
+        node.stop().await.unwrap();
+    }
+}

@@ -1,0 +1,7 @@
+//! The one integration test binary (see STYLE.md): modules per area.
+
+mod cli;
+mod http;
+mod runtime;
+mod store;
+mod support;

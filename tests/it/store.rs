@@ -1,0 +1,85 @@
+//! The store on SQLite and PostgreSQL: migrations, readiness, versioned writes.
+
+use valueverse::{Store, StoreError};
+
+use crate::support::{BACKENDS, TestDb};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_are_version_checked_on_both_backends() {
+    for backend in BACKENDS {
+        let db = TestDb::new(backend).await;
+        let store = db.store().await;
+        assert_eq!(store.load_state::<Vec<u32>>("k", "a").await.unwrap(), None);
+        assert_eq!(store.save_state("k", "a", &vec![1], 0).await.unwrap(), 1);
+        // A second "first write" is stale.
+        let stale = store.save_state("k", "a", &vec![2], 0).await.unwrap_err();
+        assert!(
+            matches!(
+                stale,
+                StoreError::VersionConflict {
+                    expected: 0,
+                    actual: Some(1),
+                    ..
+                }
+            ),
+            "{backend:?}: {stale}"
+        );
+        assert_eq!(store.save_state("k", "a", &vec![3], 1).await.unwrap(), 2);
+        let stale = store.save_state("k", "a", &vec![4], 1).await.unwrap_err();
+        assert!(matches!(
+            stale,
+            StoreError::VersionConflict {
+                expected: 1,
+                actual: Some(2),
+                ..
+            }
+        ));
+        let loaded = store
+            .load_state::<Vec<u32>>("k", "a")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((loaded.version, loaded.state), (2, vec![3]), "{backend:?}");
+        // Other keys and kinds are separate rows.
+        assert_eq!(store.save_state("k", "b", &vec![9], 0).await.unwrap(), 1);
+        assert_eq!(
+            store.save_state("other", "a", &vec![9], 0).await.unwrap(),
+            1
+        );
+        store.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_only_once_migrated() {
+    for backend in BACKENDS {
+        let db = TestDb::new(backend).await;
+        let store = Store::connect(&db.url, 2).await.unwrap();
+        let not_ready = store.check_ready().await.unwrap_err();
+        assert!(!not_ready.is_empty());
+        let count = store.migrate().await.unwrap();
+        assert!(count >= 1);
+        store.check_ready().await.unwrap();
+        // Migrating again is a no-op.
+        store.migrate().await.unwrap();
+        store.close().await;
+    }
+}
+
+#[tokio::test]
+async fn bad_urls_are_refused_clearly() {
+    let error = Store::connect("mysql://root@localhost/x", 1)
+        .await
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("unsupported database url"),
+        "{error}"
+    );
+    let error = Store::connect("mysql://root:hunter2@localhost/x", 1)
+        .await
+        .unwrap_err();
+    assert!(
+        !error.to_string().contains("hunter2"),
+        "passwords never shown: {error}"
+    );
+}

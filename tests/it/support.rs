@@ -1,0 +1,217 @@
+//! Test harness: a fresh database per test (SQLite file or PostgreSQL
+//! database created and dropped), and a small agent that can be told to
+//! misbehave.
+
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use sqlx::Connection;
+use tokio::sync::broadcast;
+use valueverse::actors::{LifecycleChange, SupervisionEvent};
+use valueverse::{Agent, AgentMessage, HandlerError, Handling, RestartStrategy, Store};
+
+pub const POSTGRES_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+fn postgres_admin_url() -> String {
+    std::env::var("VALUEVERSE_TEST_POSTGRES_URL").unwrap_or_else(|_| POSTGRES_ADMIN_URL.to_owned())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub const BACKENDS: [Backend; 2] = [Backend::Sqlite, Backend::Postgres];
+
+/// A database of its own for one test, removed when dropped.
+pub struct TestDb {
+    pub url: String,
+    _dir: Option<tempfile::TempDir>,
+    postgres_name: Option<String>,
+}
+
+impl TestDb {
+    pub async fn new(backend: Backend) -> TestDb {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let url = format!("sqlite://{}", dir.path().join("test.db").display());
+                TestDb {
+                    url,
+                    _dir: Some(dir),
+                    postgres_name: None,
+                }
+            }
+            Backend::Postgres => {
+                let admin = postgres_admin_url();
+                let name = format!("vv_test_{}", uuid::Uuid::new_v4().simple());
+                let mut connection =
+                    sqlx::PgConnection::connect(&admin)
+                        .await
+                        .unwrap_or_else(|error| {
+                            panic!(
+                                "PostgreSQL must run at {admin} for the tests (see README): {error}"
+                            )
+                        });
+                sqlx::query(&format!("CREATE DATABASE {name}"))
+                    .execute(&mut connection)
+                    .await
+                    .expect("create test database");
+                connection.close().await.ok();
+                let base = admin
+                    .rsplit_once('/')
+                    .map(|(base, _)| base)
+                    .unwrap_or(&admin);
+                TestDb {
+                    url: format!("{base}/{name}"),
+                    _dir: None,
+                    postgres_name: Some(name),
+                }
+            }
+        }
+    }
+
+    pub async fn store(&self) -> Store {
+        Store::open(&self.url, 4).await.expect("open test store")
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some(name) = self.postgres_name.take() else {
+            return;
+        };
+        // Drop runs outside any runtime guarantee: use a thread with its own.
+        let admin = postgres_admin_url();
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                if let Ok(mut connection) = sqlx::PgConnection::connect(&admin).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&mut connection)
+                        .await;
+                }
+            })
+        });
+        let _ = dropped.join();
+    }
+}
+
+/// An agent that counts, and can be told to fail in every way a handler can.
+pub struct Counter;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct CounterState {
+    pub total: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum CounterMsg {
+    Add(i64),
+    Get,
+    Panic,
+    Fatal,
+    Reject,
+    EchoCorrelation,
+    /// Blocks the handler: only for filling a mailbox in tests.
+    Sleep(u64),
+}
+
+impl AgentMessage for CounterMsg {
+    fn name(&self) -> &'static str {
+        match self {
+            CounterMsg::Add(_) => "add",
+            CounterMsg::Get => "get",
+            CounterMsg::Panic => "panic",
+            CounterMsg::Fatal => "fatal",
+            CounterMsg::Reject => "reject",
+            CounterMsg::EchoCorrelation => "echo_correlation",
+            CounterMsg::Sleep(_) => "sleep",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub enum CounterReply {
+    Total(i64),
+    Correlation(Option<String>),
+    Done,
+}
+
+impl Agent for Counter {
+    const KIND: &'static str = "counter";
+    type State = CounterState;
+    type Msg = CounterMsg;
+    type Reply = CounterReply;
+
+    fn init(_key: &str) -> CounterState {
+        CounterState::default()
+    }
+
+    fn handle(
+        state: &mut CounterState,
+        msg: CounterMsg,
+        ctx: &mut Handling<'_>,
+    ) -> Result<CounterReply, HandlerError> {
+        match msg {
+            CounterMsg::Add(amount) => {
+                state.total += amount;
+                ctx.persist();
+                Ok(CounterReply::Total(state.total))
+            }
+            CounterMsg::Get => Ok(CounterReply::Total(state.total)),
+            CounterMsg::Panic => {
+                // Changed in memory, never saved: a restart must drop this.
+                state.total += 1_000_000;
+                panic!("counter told to panic")
+            }
+            CounterMsg::Fatal => Err(HandlerError::fatal("counter told to fail")),
+            CounterMsg::Reject => Err(HandlerError::rejected(
+                "too_much",
+                "amount is above the limit",
+                Some("amount"),
+            )),
+            CounterMsg::EchoCorrelation => Ok(CounterReply::Correlation(
+                ctx.correlation_id().map(|id| id.as_str().to_owned()),
+            )),
+            CounterMsg::Sleep(millis) => {
+                std::thread::sleep(Duration::from_millis(millis));
+                Ok(CounterReply::Done)
+            }
+        }
+    }
+
+    fn strategy() -> RestartStrategy {
+        RestartStrategy {
+            initial_backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_millis(200),
+            backoff_factor: 2.0,
+            jitter: 0.0,
+            max_restarts: 3,
+            restart_window: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Waits for the next event about `key` matching `wanted`, at most `within`.
+pub async fn wait_for_event(
+    events: &mut broadcast::Receiver<SupervisionEvent>,
+    key: &str,
+    within: Duration,
+    wanted: impl Fn(&LifecycleChange) -> bool,
+) -> SupervisionEvent {
+    let deadline = Instant::now() + within;
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(remaining, events.recv()).await {
+            Ok(Ok(event)) if *event.key == *key && wanted(&event.change) => return event,
+            Ok(Ok(_)) => continue,
+            Ok(Err(error)) => panic!("event stream broke: {error}"),
+            Err(_) => panic!("no matching event for {key} within {within:?}"),
+        }
+    }
+}
