@@ -1,1 +1,280 @@
-fn main() {}
+//! The agent layer against plain actix, side by side in one run:
+//! `AgentRef::ask` round trip vs `Addr::send`, and `AgentRef::tell`
+//! throughput vs `Addr::do_send`, into one active instance whose handler
+//! does no I/O (the layer is measured, not the store).
+//!
+//! Both actors run on an actix arbiter thread; the caller runs on a tokio
+//! current-thread runtime on the bench thread, the same for both.
+//!
+//! `cargo bench --bench local_messaging`
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use actix::{Actor, Addr, Context, Handler, Message};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use serde::{Deserialize, Serialize};
+use valueverse::{
+    Agent, AgentMessage, AgentRef, HandlerError, Handling, RuntimeConfig, Store, System,
+};
+
+/// Messages per `tell` batch; the batch ends with an ask, so the time covers
+/// every message handled, not only enqueued.
+const BATCH: u64 = 100_000;
+const ASK_TIMEOUT: Duration = Duration::from_secs(10);
+
+// --- the agent: a counter with no I/O -------------------------------------
+
+struct Tally;
+
+#[derive(Serialize, Deserialize)]
+enum TallyMsg {
+    Add(u64),
+    Get,
+}
+
+impl AgentMessage for TallyMsg {
+    fn name(&self) -> &'static str {
+        match self {
+            TallyMsg::Add(_) => "add",
+            TallyMsg::Get => "get",
+        }
+    }
+}
+
+impl Agent for Tally {
+    const KIND: &'static str = "tally";
+    type State = u64;
+    type Msg = TallyMsg;
+    type Reply = u64;
+
+    fn init(_key: &str) -> u64 {
+        0
+    }
+
+    fn handle(
+        state: &mut u64,
+        msg: TallyMsg,
+        _ctx: &mut Handling<'_>,
+    ) -> Result<u64, HandlerError> {
+        if let TallyMsg::Add(amount) = msg {
+            *state += amount;
+        }
+        Ok(*state)
+    }
+}
+
+// --- the baseline: the same counter as a plain actix actor ----------------
+
+struct PlainTally(u64);
+
+impl Actor for PlainTally {
+    type Context = Context<Self>;
+}
+
+struct Add(u64);
+
+impl Message for Add {
+    type Result = u64;
+}
+
+impl Handler<Add> for PlainTally {
+    type Result = u64;
+
+    fn handle(&mut self, msg: Add, _ctx: &mut Context<Self>) -> u64 {
+        self.0 += msg.0;
+        self.0
+    }
+}
+
+/// A plain actix actor on an arbiter of its own actix system thread, and
+/// that arbiter's handle (to run callers on the actor's own thread).
+fn start_plain_actor() -> (Addr<PlainTally>, actix_rt::ArbiterHandle) {
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let system = actix_rt::System::new();
+        let arbiter = system.block_on(async { actix_rt::Arbiter::new() });
+        let addr = PlainTally::start_in_arbiter(&arbiter.handle(), |_| PlainTally(0));
+        sender.send((addr, arbiter.handle())).unwrap();
+        system.run().unwrap();
+    });
+    receiver.recv().unwrap()
+}
+
+fn start_agent(runtime: &tokio::runtime::Runtime) -> (System, AgentRef<Tally>) {
+    let store = runtime
+        .block_on(Store::open("sqlite::memory:", 1))
+        .expect("in-memory store");
+    let config = RuntimeConfig {
+        // One event loop: the instance and the same-thread callers share it.
+        workers: 1,
+        // Room for a whole batch: the bench measures throughput, not refusals.
+        mailbox_capacity: 2 * BATCH as usize,
+        passivate_after: Duration::from_secs(3600),
+        ..RuntimeConfig::default()
+    };
+    let system = System::start("bench", config, store).expect("system");
+    let agent = system.agent::<Tally>("bench");
+    runtime
+        .block_on(agent.ask(TallyMsg::Get, ASK_TIMEOUT))
+        .expect("activated");
+    (system, agent)
+}
+
+/// Runs `work(iterations)` on an actor thread via `spawn` and returns the
+/// time it measured there.
+fn timed_on_actor_thread<S, F, W>(spawn: S, iterations: u64, work: W) -> Duration
+where
+    S: FnOnce(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>) -> bool,
+    W: FnOnce(u64) -> F,
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (done, elapsed) = std::sync::mpsc::channel();
+    let future = work(iterations);
+    let spawned = spawn(Box::pin(async move {
+        let started = Instant::now();
+        future.await;
+        done.send(started.elapsed()).unwrap();
+    }));
+    assert!(spawned, "actor thread gone");
+    elapsed.recv().unwrap()
+}
+
+/// Same thread: callers run on the actor's own event loop, as actix's own
+/// figures are taken. These carry the targets.
+fn same_thread(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (system, agent) = start_agent(&runtime);
+    let (plain, plain_arbiter) = start_plain_actor();
+
+    let mut ask = c.benchmark_group("same_thread_ask_round_trip");
+    ask.throughput(Throughput::Elements(1));
+    ask.bench_function("plain_actix_send", |b| {
+        b.iter_custom(|iterations| {
+            let plain = plain.clone();
+            timed_on_actor_thread(
+                |f| plain_arbiter.spawn(f),
+                iterations,
+                move |n| async move {
+                    for _ in 0..n {
+                        black_box(plain.send(Add(1)).await.unwrap());
+                    }
+                },
+            )
+        })
+    });
+    ask.bench_function("agent_ref_ask", |b| {
+        b.iter_custom(|iterations| {
+            let agent = agent.clone();
+            timed_on_actor_thread(
+                |f| system.spawn(f),
+                iterations,
+                move |n| async move {
+                    for _ in 0..n {
+                        black_box(agent.ask(TallyMsg::Add(1), ASK_TIMEOUT).await.unwrap());
+                    }
+                },
+            )
+        })
+    });
+    ask.finish();
+
+    let mut tell = c.benchmark_group("same_thread_tell_throughput");
+    tell.throughput(Throughput::Elements(BATCH));
+    tell.sample_size(30);
+    tell.bench_function("plain_actix_do_send", |b| {
+        b.iter_custom(|iterations| {
+            let plain = plain.clone();
+            timed_on_actor_thread(
+                |f| plain_arbiter.spawn(f),
+                iterations,
+                move |n| async move {
+                    for _ in 0..n {
+                        for _ in 0..BATCH {
+                            plain.do_send(Add(1));
+                        }
+                        plain.send(Add(0)).await.unwrap();
+                    }
+                },
+            )
+        })
+    });
+    tell.bench_function("agent_ref_tell", |b| {
+        b.iter_custom(|iterations| {
+            let agent = agent.clone();
+            timed_on_actor_thread(
+                |f| system.spawn(f),
+                iterations,
+                move |n| async move {
+                    for _ in 0..n {
+                        for _ in 0..BATCH {
+                            agent.tell(TallyMsg::Add(1)).unwrap();
+                        }
+                        agent.ask(TallyMsg::Get, ASK_TIMEOUT).await.unwrap();
+                    }
+                },
+            )
+        })
+    });
+    tell.finish();
+}
+
+/// Cross thread: the caller on a tokio runtime, the actor on an arbiter (how
+/// HTTP handlers reach agents). Wake-up latency dominates; informative only.
+fn cross_thread(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (_system, agent) = start_agent(&runtime);
+    let (plain, _plain_arbiter) = start_plain_actor();
+
+    let mut ask = c.benchmark_group("cross_thread_ask_round_trip");
+    ask.throughput(Throughput::Elements(1));
+    ask.bench_function("plain_actix_send", |b| {
+        b.to_async(&runtime)
+            .iter(|| async { plain.send(Add(1)).await.unwrap() })
+    });
+    ask.bench_function("agent_ref_ask", |b| {
+        b.to_async(&runtime)
+            .iter(|| async { agent.ask(TallyMsg::Add(1), ASK_TIMEOUT).await.unwrap() })
+    });
+    ask.finish();
+
+    let mut tell = c.benchmark_group("cross_thread_tell_throughput");
+    tell.throughput(Throughput::Elements(BATCH));
+    tell.sample_size(20);
+    tell.bench_function("plain_actix_do_send", |b| {
+        b.iter_custom(|iterations| {
+            let started = Instant::now();
+            for _ in 0..iterations {
+                for _ in 0..BATCH {
+                    plain.do_send(Add(1));
+                }
+                runtime.block_on(plain.send(Add(0))).unwrap();
+            }
+            started.elapsed()
+        })
+    });
+    tell.bench_function("agent_ref_tell", |b| {
+        b.iter_custom(|iterations| {
+            let started = Instant::now();
+            for _ in 0..iterations {
+                for _ in 0..BATCH {
+                    agent.tell(TallyMsg::Add(1)).unwrap();
+                }
+                runtime
+                    .block_on(agent.ask(TallyMsg::Get, ASK_TIMEOUT))
+                    .unwrap();
+            }
+            started.elapsed()
+        })
+    });
+    tell.finish();
+}
+
+criterion_group!(benches, same_thread, cross_thread);
+criterion_main!(benches);

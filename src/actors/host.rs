@@ -36,7 +36,8 @@ pub(crate) struct Host<A: Agent> {
     key: Arc<str>,
     phase: Phase<A::State>,
     history: RestartHistory,
-    last_active: Instant,
+    /// quanta's TSC clock: a tenth of the cost of `Instant::now` per message.
+    last_active: quanta::Instant,
     /// Restart attempt whose reload is under way, if any.
     restart_attempt: Option<u32>,
 }
@@ -60,7 +61,7 @@ impl<A: Agent> Host<A> {
             key,
             phase: Phase::Loading,
             history: RestartHistory::default(),
-            last_active: Instant::now(),
+            last_active: quanta::Instant::now(),
             restart_attempt: None,
         }
     }
@@ -87,7 +88,7 @@ impl<A: Agent> Host<A> {
                     None => (A::init(&host.key), 0),
                 };
                 host.phase = Phase::Active { state, version };
-                host.last_active = Instant::now();
+                host.last_active = quanta::Instant::now();
                 host.cell.set_status(InstanceStatus::Active);
                 let change = match host.restart_attempt.take() {
                     Some(attempt) => LifecycleChange::Restarted { attempt },
@@ -188,8 +189,8 @@ impl<A: Agent> Handler<Envelope<A>> for Host<A> {
             payload,
             reply,
         } = envelope;
-        let now = Instant::now();
-        self.last_active = now;
+        let started = quanta::Instant::now();
+        self.last_active = started;
         let metrics = &self.kind.metrics;
         let (state, version) = match &mut self.phase {
             Phase::Active { state, version } => (state, *version),
@@ -216,7 +217,10 @@ impl<A: Agent> Handler<Envelope<A>> for Host<A> {
                 return;
             }
         };
-        if header.deadline.is_some_and(|deadline| deadline <= now) {
+        if header
+            .deadline
+            .is_some_and(|deadline| deadline <= Instant::now())
+        {
             metrics.expired.inc();
             respond::<A>(
                 reply,
@@ -241,7 +245,7 @@ impl<A: Agent> Handler<Envelope<A>> for Host<A> {
         let persist = handling.wants_persist();
         metrics
             .handling_seconds
-            .observe(now.elapsed().as_secs_f64());
+            .observe(started.elapsed().as_secs_f64());
         match outcome {
             Ok(Ok(value)) if persist => {
                 metrics.handled_ok.inc();

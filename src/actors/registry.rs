@@ -198,7 +198,7 @@ impl<A: Agent> Instance<A> {
 
 /// Everything one kind needs at run time on this node.
 pub(crate) struct KindRuntime<A: Agent> {
-    instances: DashMap<Arc<str>, Instance<A>>,
+    instances: DashMap<Arc<str>, Instance<A>, foldhash::fast::RandomState>,
     recently_passivated: Mutex<VecDeque<InstanceSnapshot>>,
     pub(crate) node: Arc<NodeContext>,
     pub(crate) strategy: RestartStrategy,
@@ -209,7 +209,7 @@ pub(crate) struct KindRuntime<A: Agent> {
 impl<A: Agent> KindRuntime<A> {
     pub(crate) fn new(node: Arc<NodeContext>, strategy: RestartStrategy) -> KindRuntime<A> {
         KindRuntime {
-            instances: DashMap::new(),
+            instances: DashMap::with_hasher(foldhash::fast::RandomState::default()),
             recently_passivated: Mutex::new(VecDeque::new()),
             mailbox_capacity: node.runtime.mailbox_capacity,
             metrics: node.metrics.for_kind(A::KIND),

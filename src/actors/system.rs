@@ -304,6 +304,16 @@ impl System {
         self.inner.node.metrics.render()
     }
 
+    /// Runs `future` on one of the runtime's event-loop threads, next to agent
+    /// instances (with one worker: on the same thread as every instance).
+    /// Returns false once the runtime has shut down.
+    pub fn spawn<F>(&self, future: F) -> bool
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.inner.node.next_arbiter().spawn(future)
+    }
+
     /// Stops every instance and the arbiters. Messages still queued are
     /// dropped and their askers get `Stopped`.
     pub fn shutdown(&self) {
