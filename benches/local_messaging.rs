@@ -166,6 +166,21 @@ fn same_thread(c: &mut Criterion) {
             )
         })
     });
+    // Reference only: actix's send with a deadline, as our ask always has one.
+    ask.bench_function("plain_actix_send_with_timeout", |b| {
+        b.iter_custom(|iterations| {
+            let plain = plain.clone();
+            timed_on_actor_thread(
+                |f| plain_arbiter.spawn(f),
+                iterations,
+                move |n| async move {
+                    for _ in 0..n {
+                        black_box(plain.send(Add(1)).timeout(ASK_TIMEOUT).await.unwrap());
+                    }
+                },
+            )
+        })
+    });
     ask.bench_function("agent_ref_ask", |b| {
         b.iter_custom(|iterations| {
             let agent = agent.clone();

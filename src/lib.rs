@@ -6,6 +6,7 @@
 
 pub mod actors;
 pub mod config;
+pub mod gpu;
 pub mod http;
 mod metrics;
 mod node;

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use actix::{Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, WrapFuture};
 
 use super::agent::{Agent, AgentMessage, Handling};
-use super::envelope::{Envelope, ReplySender};
+use super::envelope::{CorrelationId, Envelope, ReplySender};
 use super::error::{AgentError, HandlerError};
 use super::registry::{InstanceCell, KindRuntime};
 use super::supervisor::{Decision, InstanceStatus, LifecycleChange, RestartHistory};
@@ -42,8 +42,11 @@ pub(crate) struct Host<A: Agent> {
     restart_attempt: Option<u32>,
 }
 
-/// Operator request to bring a failed instance back.
-pub(crate) struct Reset;
+/// Operator request to bring a failed instance back, with the correlation id
+/// of the request that asked for it.
+pub(crate) struct Reset {
+    pub(crate) correlation_id: Option<CorrelationId>,
+}
 
 impl actix::Message for Reset {
     type Result = Result<(), AgentError>;
@@ -322,14 +325,19 @@ impl<A: Agent> Handler<Envelope<A>> for Host<A> {
 impl<A: Agent> Handler<Reset> for Host<A> {
     type Result = Result<(), AgentError>;
 
-    fn handle(&mut self, _reset: Reset, ctx: &mut Context<Self>) -> Result<(), AgentError> {
+    fn handle(&mut self, reset: Reset, ctx: &mut Context<Self>) -> Result<(), AgentError> {
         if !matches!(self.phase, Phase::Failed) {
             return Err(AgentError::NotFailed {
                 target: self.target(),
                 status: self.cell.status(),
             });
         }
-        tracing::info!(kind = A::KIND, key = %self.key, "operator reset of failed agent instance");
+        tracing::info!(
+            kind = A::KIND,
+            key = %self.key,
+            correlation_id = reset.correlation_id.as_ref().map(CorrelationId::as_str),
+            "operator reset of failed agent instance"
+        );
         self.history.clear();
         self.cell.set_status(InstanceStatus::Activating);
         self.kind

@@ -20,7 +20,7 @@ use futures_util::future::BoxFuture;
 use crate::metrics::KindMetrics;
 
 use super::agent::Agent;
-use super::envelope::{AgentId, Envelope};
+use super::envelope::{AgentId, CorrelationId, Envelope};
 use super::error::AgentError;
 use super::host::{Host, Reset};
 use super::supervisor::{
@@ -306,7 +306,11 @@ impl<A: Agent> KindRuntime<A> {
 /// and operator actions addressed by kind name.
 pub(crate) trait KindControl: Send + Sync {
     fn snapshot(&self) -> SupervisorSnapshot;
-    fn reset(&self, key: &str) -> BoxFuture<'static, Result<InstanceSnapshot, AgentError>>;
+    fn reset(
+        &self,
+        key: &str,
+        correlation_id: Option<CorrelationId>,
+    ) -> BoxFuture<'static, Result<InstanceSnapshot, AgentError>>;
 }
 
 impl<A: Agent> KindControl for KindRuntime<A> {
@@ -352,7 +356,11 @@ impl<A: Agent> KindControl for KindRuntime<A> {
         }
     }
 
-    fn reset(&self, key: &str) -> BoxFuture<'static, Result<InstanceSnapshot, AgentError>> {
+    fn reset(
+        &self,
+        key: &str,
+        correlation_id: Option<CorrelationId>,
+    ) -> BoxFuture<'static, Result<InstanceSnapshot, AgentError>> {
         let key: Arc<str> = key.into();
         let found = self
             .instances
@@ -368,9 +376,11 @@ impl<A: Agent> KindControl for KindRuntime<A> {
         };
         Box::pin(async move {
             // `send` waits for mailbox room: an operator action, not a client flood.
-            addr.send(Reset).await.map_err(|_| AgentError::Stopped {
-                target: KindRuntime::<A>::target(&key),
-            })??;
+            addr.send(Reset { correlation_id })
+                .await
+                .map_err(|_| AgentError::Stopped {
+                    target: KindRuntime::<A>::target(&key),
+                })??;
             Ok(cell.snapshot(&key, capacity))
         })
     }

@@ -20,7 +20,7 @@ use crate::store::Store;
 
 use super::agent::Agent;
 use super::agent_ref::AgentRef;
-use super::envelope::MessageId;
+use super::envelope::{CorrelationId, MessageId};
 use super::error::AgentError;
 use super::registry::{KindControl, KindRuntime};
 use super::supervisor::{
@@ -267,8 +267,14 @@ impl System {
     }
 
     /// Brings a failed instance back: restart history cleared, state reloaded.
-    pub async fn reset(&self, kind: &str, key: &str) -> Result<InstanceSnapshot, AgentError> {
-        self.control(kind)?.reset(key).await
+    /// `correlation_id` ties the reset to the request that asked for it.
+    pub async fn reset(
+        &self,
+        kind: &str,
+        key: &str,
+        correlation_id: Option<CorrelationId>,
+    ) -> Result<InstanceSnapshot, AgentError> {
+        self.control(kind)?.reset(key, correlation_id).await
     }
 
     /// Lifecycle changes of every instance on this node, from now on.

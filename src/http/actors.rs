@@ -29,13 +29,14 @@ pub(crate) async fn reset(
 ) -> Result<HttpResponse, ApiError> {
     let request: ResetRequest = parse_json(&body, true)?;
     let (kind, key) = path.into_inner();
+    let correlation_id = correlation_id.into_inner();
     tracing::info!(
         %kind,
         %key,
-        correlation_id = %correlation_id.into_inner(),
+        %correlation_id,
         reason = request.reason.as_deref().unwrap_or(""),
         "reset requested"
     );
-    let snapshot = system.reset(&kind, &key).await?;
+    let snapshot = system.reset(&kind, &key, Some(correlation_id)).await?;
     Ok(HttpResponse::Ok().json(snapshot))
 }

@@ -190,7 +190,7 @@ async fn too_many_restarts_escalate_until_reset() {
         );
         assert_eq!(counter_supervisor(&system).num_failed, 1);
 
-        let snapshot = system.reset("counter", "d").await.unwrap();
+        let snapshot = system.reset("counter", "d", None).await.unwrap();
         assert_eq!(snapshot.key, "d");
         wait_for_event(&mut events, "d", ASK, |change| {
             *change == LifecycleChange::Activated
@@ -202,7 +202,7 @@ async fn too_many_restarts_escalate_until_reset() {
             "{backend:?}: state intact after reset"
         );
         assert_eq!(instance_status(&system, "d").0, InstanceStatus::Active);
-        let not_failed = system.reset("counter", "d").await.unwrap_err();
+        let not_failed = system.reset("counter", "d", None).await.unwrap_err();
         assert!(
             matches!(not_failed, AgentError::NotFailed { .. }),
             "{not_failed}"
