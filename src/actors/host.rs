@@ -233,13 +233,19 @@ impl<A: Agent> Handler<Envelope<A>> for Host<A> {
             );
             return;
         }
-        let span = tracing::info_span!(
-            "handle",
-            kind = A::KIND,
-            key = %self.key,
-            msg = payload.name(),
-            correlation_id = header.correlation_id.as_ref().map(|id| id.as_str()),
-        );
+        // With no subscriber at all, skip even the disabled span: tracing's
+        // `log` fallback would still build and check a record per message.
+        let span = if tracing::dispatcher::has_been_set() {
+            tracing::info_span!(
+                "handle",
+                kind = A::KIND,
+                key = %self.key,
+                msg = payload.name(),
+                correlation_id = header.correlation_id.as_ref().map(|id| id.as_str()),
+            )
+        } else {
+            tracing::Span::none()
+        };
         let entered = span.enter();
         let mut handling = Handling::new(&header);
         let outcome = catch_unwind(AssertUnwindSafe(|| {
