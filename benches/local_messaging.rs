@@ -140,15 +140,43 @@ where
     elapsed.recv().unwrap()
 }
 
+/// Both actors, and a current-thread runtime for callers off the actor threads.
+struct Fixture {
+    runtime: tokio::runtime::Runtime,
+    system: System,
+    agent: AgentRef<Tally>,
+    plain: Addr<PlainTally>,
+    plain_arbiter: actix_rt::ArbiterHandle,
+}
+
+impl Fixture {
+    fn start() -> Fixture {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (system, agent) = start_agent(&runtime);
+        let (plain, plain_arbiter) = start_plain_actor();
+        Fixture {
+            runtime,
+            system,
+            agent,
+            plain,
+            plain_arbiter,
+        }
+    }
+}
+
 /// Same thread: callers run on the actor's own event loop, as actix's own
 /// figures are taken. These carry the targets.
 fn same_thread(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let (system, agent) = start_agent(&runtime);
-    let (plain, plain_arbiter) = start_plain_actor();
+    let Fixture {
+        runtime: _runtime,
+        system,
+        agent,
+        plain,
+        plain_arbiter,
+    } = Fixture::start();
 
     let mut ask = c.benchmark_group("same_thread_ask_round_trip");
     ask.throughput(Throughput::Elements(1));
@@ -240,12 +268,13 @@ fn same_thread(c: &mut Criterion) {
 /// Cross thread: the caller on a tokio runtime, the actor on an arbiter (how
 /// HTTP handlers reach agents). Wake-up latency dominates; informative only.
 fn cross_thread(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let (_system, agent) = start_agent(&runtime);
-    let (plain, _plain_arbiter) = start_plain_actor();
+    let Fixture {
+        runtime,
+        system: _system,
+        agent,
+        plain,
+        plain_arbiter: _plain_arbiter,
+    } = Fixture::start();
 
     let mut ask = c.benchmark_group("cross_thread_ask_round_trip");
     ask.throughput(Throughput::Elements(1));

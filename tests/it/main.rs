@@ -5,3 +5,4 @@ mod http;
 mod runtime;
 mod store;
 mod support;
+mod tracing_spans;
