@@ -13,7 +13,7 @@ use super::error::HandlerError;
 use super::supervisor::RestartStrategy;
 
 /// A message an agent accepts. Its name labels tracing spans.
-pub trait AgentMessage: Serialize + DeserializeOwned + Send + 'static {
+pub trait AgentMessage: Serialize + DeserializeOwned + Send + Unpin + 'static {
     /// A short, stable name of the message variant (`"create_model"`).
     fn name(&self) -> &'static str;
 }

@@ -77,7 +77,9 @@ impl<A: Agent> AgentRef<A> {
     /// Sends without waiting for a reply. Fails at once with
     /// [`AgentError::MailboxFull`] when the mailbox is full.
     pub fn tell(&self, msg: A::Msg) -> Result<(), AgentError> {
-        self.kind.deliver(&self.key, self.envelope(msg, None, None))
+        self.kind
+            .deliver(&self.key, self.envelope(msg, None, None))
+            .map(|_worker| ())
     }
 
     /// Sends and waits for the reply at most `timeout`. The message carries
@@ -85,16 +87,25 @@ impl<A: Agent> AgentRef<A> {
     pub async fn ask(&self, msg: A::Msg, timeout: Duration) -> Result<A::Reply, AgentError> {
         let (reply, answer) = oneshot::channel();
         let deadline = Instant::now() + timeout;
-        self.kind
+        let worker = self
+            .kind
             .deliver(&self.key, self.envelope(msg, Some(deadline), Some(reply)))?;
-        match tokio::time::timeout_at(deadline.into(), answer).await {
+        let answered = if self.kind.node.is_current_worker(worker) {
+            // The instance runs on this very thread. While its handler runs,
+            // no timer of ours could fire; while it waits on the store or a
+            // backoff, the host itself answers by the deadline. So no timer.
+            Ok(answer.await)
+        } else {
+            tokio::time::timeout_at(deadline.into(), answer).await
+        };
+        match answered {
+            Ok(Ok(Err(AgentError::Expired { .. }))) | Err(_) => Err(AgentError::Timeout {
+                target: KindRuntime::<A>::target(&self.key),
+                after: timeout,
+            }),
             Ok(Ok(result)) => result,
             Ok(Err(_dropped)) => Err(AgentError::Stopped {
                 target: KindRuntime::<A>::target(&self.key),
-            }),
-            Err(_elapsed) => Err(AgentError::Timeout {
-                target: KindRuntime::<A>::target(&self.key),
-                after: timeout,
             }),
         }
     }

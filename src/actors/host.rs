@@ -6,12 +6,21 @@
 //! A restart happens in place: the state is dropped and reloaded after the
 //! backoff while the mailbox (and what waits in it) is kept, so a restart is
 //! another start from the store with nothing carried over but the queue.
+//!
+//! While the host waits (state load, write-through, restart backoff) it is
+//! `busy`: arriving messages are stashed in order, and asks among them are
+//! answered `Expired` at their deadline by a timer of the host's own. So an
+//! instance answers every ask by its deadline whenever its thread is free,
+//! which lets same-thread asks skip a timer of their own.
 
+use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix::{Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, WrapFuture};
+use actix::{
+    Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, SpawnHandle, WrapFuture,
+};
 
 use super::agent::{Agent, AgentMessage, Handling};
 use super::envelope::{CorrelationId, Envelope, ReplySender};
@@ -40,6 +49,13 @@ pub(crate) struct Host<A: Agent> {
     last_active: quanta::Instant,
     /// Restart attempt whose reload is under way, if any.
     restart_attempt: Option<u32>,
+    /// Waiting on the store or a backoff: messages go to `stash`.
+    busy: bool,
+    /// Messages that arrived while busy, in arrival order; still counted in
+    /// the mailbox depth, so the bound holds.
+    stash: VecDeque<Envelope<A>>,
+    /// Timer answering stashed asks at the earliest deadline among them.
+    expiry: Option<(Instant, SpawnHandle)>,
 }
 
 /// Operator request to bring a failed instance back, with the correlation id
@@ -66,6 +82,9 @@ impl<A: Agent> Host<A> {
             history: RestartHistory::default(),
             last_active: quanta::Instant::now(),
             restart_attempt: None,
+            busy: false,
+            stash: VecDeque::new(),
+            expiry: None,
         }
     }
 
@@ -73,9 +92,10 @@ impl<A: Agent> Host<A> {
         KindRuntime::<A>::target(&self.key)
     }
 
-    /// Loads the state after `delay`; the mailbox waits until it is loaded.
+    /// Loads the state after `delay`; messages are stashed until it is loaded.
     fn load_state(&mut self, ctx: &mut Context<Self>, delay: Duration) {
         self.phase = Phase::Loading;
+        self.busy = true;
         let store = self.kind.node.store.clone();
         let key = self.key.clone();
         let load = async move {
@@ -84,23 +104,98 @@ impl<A: Agent> Host<A> {
             }
             A::load(&store, &key).await
         };
-        ctx.wait(load.into_actor(self).map(|loaded, host, ctx| match loaded {
-            Ok(loaded) => {
-                let (state, version) = match loaded {
-                    Some(stored) => (stored.state, stored.version),
-                    None => (A::init(&host.key), 0),
-                };
-                host.phase = Phase::Active { state, version };
-                host.last_active = quanta::Instant::now();
-                host.cell.set_status(InstanceStatus::Active);
-                let change = match host.restart_attempt.take() {
-                    Some(attempt) => LifecycleChange::Restarted { attempt },
-                    None => LifecycleChange::Activated,
-                };
-                host.kind.node.emit(A::KIND, &host.key, change);
+        ctx.spawn(load.into_actor(self).map(|loaded, host, ctx| {
+            host.busy = false;
+            match loaded {
+                Ok(loaded) => {
+                    let (state, version) = match loaded {
+                        Some(stored) => (stored.state, stored.version),
+                        None => (A::init(&host.key), 0),
+                    };
+                    host.phase = Phase::Active { state, version };
+                    host.last_active = quanta::Instant::now();
+                    host.cell.set_status(InstanceStatus::Active);
+                    let change = match host.restart_attempt.take() {
+                        Some(attempt) => LifecycleChange::Restarted { attempt },
+                        None => LifecycleChange::Activated,
+                    };
+                    host.kind.node.emit(A::KIND, &host.key, change);
+                }
+                Err(error) => host.fail(ctx, format!("state load failed: {error}")),
             }
-            Err(error) => host.fail(ctx, format!("state load failed: {error}")),
+            host.drain_stash(ctx);
         }));
+    }
+
+    /// Keeps a message that arrived while busy, and makes sure an ask among
+    /// them is answered at its deadline.
+    fn stash(&mut self, envelope: Envelope<A>, ctx: &mut Context<Self>) {
+        let deadline = envelope.header.deadline;
+        self.stash.push_back(envelope);
+        if let Some(deadline) = deadline {
+            self.schedule_expiry(deadline, ctx);
+        }
+    }
+
+    fn schedule_expiry(&mut self, deadline: Instant, ctx: &mut Context<Self>) {
+        if let Some((scheduled, handle)) = self.expiry {
+            if scheduled <= deadline {
+                return;
+            }
+            ctx.cancel_future(handle);
+        }
+        let after = deadline.saturating_duration_since(Instant::now());
+        let handle = ctx.run_later(after, |host, ctx| {
+            host.expiry = None;
+            host.expire_stash(ctx);
+        });
+        self.expiry = Some((deadline, handle));
+    }
+
+    /// Answers the stashed asks whose deadline has passed.
+    fn expire_stash(&mut self, ctx: &mut Context<Self>) {
+        let now = Instant::now();
+        let mut next_deadline: Option<Instant> = None;
+        let mut kept = VecDeque::with_capacity(self.stash.len());
+        for envelope in self.stash.drain(..) {
+            match envelope.header.deadline {
+                Some(deadline) if deadline <= now => {
+                    self.cell.release();
+                    self.kind.metrics.expired.inc();
+                    respond::<A>(
+                        envelope.reply,
+                        Err(AgentError::Expired {
+                            target: envelope.header.target,
+                        }),
+                    );
+                }
+                deadline => {
+                    if let Some(deadline) = deadline {
+                        next_deadline = Some(next_deadline.map_or(deadline, |d| d.min(deadline)));
+                    }
+                    kept.push_back(envelope);
+                }
+            }
+        }
+        self.stash = kept;
+        if let Some(deadline) = next_deadline {
+            self.schedule_expiry(deadline, ctx);
+        }
+    }
+
+    /// Handles what was stashed, in order, until empty or busy again.
+    fn drain_stash(&mut self, ctx: &mut Context<Self>) {
+        while !self.busy {
+            let Some(envelope) = self.stash.pop_front() else {
+                break;
+            };
+            self.process(envelope, ctx);
+        }
+        if self.stash.is_empty()
+            && let Some((_, handle)) = self.expiry.take()
+        {
+            ctx.cancel_future(handle);
+        }
     }
 
     /// Drops the state and carries out the supervisor's decision.
@@ -144,7 +239,11 @@ impl<A: Agent> Host<A> {
 
     fn maybe_passivate(&mut self, ctx: &mut Context<Self>) {
         let idle = self.last_active.elapsed() >= self.kind.node.runtime.passivate_after;
-        if !idle || !matches!(self.phase, Phase::Active { .. }) || !self.cell.try_close() {
+        if !idle
+            || self.busy
+            || !matches!(self.phase, Phase::Active { .. })
+            || !self.cell.try_close()
+        {
             return;
         }
         tracing::debug!(kind = A::KIND, key = %self.key, "passivating idle agent instance");
@@ -185,6 +284,17 @@ impl<A: Agent> Handler<Envelope<A>> for Host<A> {
     type Result = ();
 
     fn handle(&mut self, envelope: Envelope<A>, ctx: &mut Context<Self>) {
+        if self.busy {
+            self.stash(envelope, ctx);
+        } else {
+            self.process(envelope, ctx);
+        }
+    }
+}
+
+impl<A: Agent> Host<A> {
+    /// Handles one message: the instance is not busy.
+    fn process(&mut self, envelope: Envelope<A>, ctx: &mut Context<Self>) {
         self.cell.release();
         self.cell.count_handled();
         let Envelope {
@@ -209,7 +319,7 @@ impl<A: Agent> Handler<Envelope<A>> for Host<A> {
                 );
                 return;
             }
-            // `ctx.wait` holds the mailbox while loading, so this is not reached.
+            // Loading means busy: such messages are stashed, not processed.
             Phase::Loading => {
                 respond::<A>(
                     reply,
@@ -260,30 +370,32 @@ impl<A: Agent> Handler<Envelope<A>> for Host<A> {
                 metrics.handled_ok.inc();
                 let save = A::save(&self.kind.node.store, &self.key, state, version);
                 let target = header.target;
-                // The mailbox waits for the write: order holds and the reply
-                // is sent only once the change is durable.
-                ctx.wait(
-                    save.into_actor(self)
-                        .map(move |saved, host, ctx| match saved {
-                            Ok(new_version) => {
-                                if let Phase::Active { version, .. } = &mut host.phase {
-                                    *version = new_version;
-                                }
-                                respond::<A>(reply, Ok(value));
+                // Later messages wait in the stash for the write: order holds
+                // and the reply is sent only once the change is durable.
+                self.busy = true;
+                ctx.spawn(save.into_actor(self).map(move |saved, host, ctx| {
+                    host.busy = false;
+                    match saved {
+                        Ok(new_version) => {
+                            if let Phase::Active { version, .. } = &mut host.phase {
+                                *version = new_version;
                             }
-                            Err(error) => {
-                                let reason = format!("state save failed: {error}");
-                                respond::<A>(
-                                    reply,
-                                    Err(AgentError::Store {
-                                        target,
-                                        source: error,
-                                    }),
-                                );
-                                host.fail(ctx, reason);
-                            }
-                        }),
-                );
+                            respond::<A>(reply, Ok(value));
+                        }
+                        Err(error) => {
+                            let reason = format!("state save failed: {error}");
+                            respond::<A>(
+                                reply,
+                                Err(AgentError::Store {
+                                    target,
+                                    source: error,
+                                }),
+                            );
+                            host.fail(ctx, reason);
+                        }
+                    }
+                    host.drain_stash(ctx);
+                }));
             }
             Ok(Ok(value)) => {
                 metrics.handled_ok.inc();

@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use actix::{Actor, Addr};
+use actix::Addr;
 use chrono::{DateTime, Utc};
 use dashmap::DashMap;
 use futures_util::future::BoxFuture;
@@ -166,6 +166,8 @@ impl InstanceCell {
 struct Instance<A: Agent> {
     cell: Arc<InstanceCell>,
     addr: Addr<Host<A>>,
+    /// Index of the event loop the host runs on.
+    worker: usize,
 }
 
 enum Offer<A: Agent> {
@@ -227,29 +229,33 @@ impl<A: Agent> KindRuntime<A> {
 
     /// Puts an envelope into the mailbox of the instance for `key`,
     /// activating it when it is not active here. Never blocks, never queues
-    /// beyond the mailbox capacity.
+    /// beyond the mailbox capacity. Returns the event loop the instance runs on.
     pub(crate) fn deliver(
         self: &Arc<Self>,
         key: &Arc<str>,
         envelope: Envelope<A>,
-    ) -> Result<(), AgentError> {
+    ) -> Result<usize, AgentError> {
         let mut envelope = envelope;
         // A closed mailbox belongs to an instance that passivated between our
         // lookup and our send: drop the entry and go again. Each pass removes
         // one closed entry, so two passes nearly always suffice.
         for _ in 0..16 {
             let offered = match self.instances.get(key) {
-                Some(instance) => instance.offer(envelope, self.mailbox_capacity),
+                Some(instance) => instance
+                    .offer(envelope, self.mailbox_capacity)
+                    .map(|()| instance.worker),
                 None => {
                     let instance = self
                         .instances
                         .entry(key.clone())
                         .or_insert_with(|| self.spawn(key));
-                    instance.offer(envelope, self.mailbox_capacity)
+                    instance
+                        .offer(envelope, self.mailbox_capacity)
+                        .map(|()| instance.worker)
                 }
             };
             match offered {
-                Ok(()) => return Ok(()),
+                Ok(worker) => return Ok(worker),
                 Err(Offer::Full) => {
                     return Err(AgentError::MailboxFull {
                         target: Self::target(key),
@@ -274,12 +280,19 @@ impl<A: Agent> KindRuntime<A> {
         let kind = Arc::clone(self);
         let host_cell = Arc::clone(&cell);
         let host_key = key.clone();
-        let addr = Host::<A>::start_in_arbiter(&self.node.next_arbiter(), move |ctx| {
-            ctx.set_mailbox_capacity(capacity);
-            Host::new(kind, host_cell, host_key)
+        let (worker, arbiter) = self.node.next_arbiter();
+        // The channel gets its capacity here, before the first send: set
+        // later from the arbiter, sends racing ahead would see actix's
+        // default of 16.
+        let (sender, receiver) = actix::dev::channel::channel(capacity);
+        arbiter.spawn_fn(move || {
+            let ctx = actix::Context::with_receiver(receiver);
+            let host = Host::new(kind, host_cell, host_key);
+            actix::spawn(ctx.into_future(host));
         });
+        let addr = Addr::new(sender);
         self.metrics.activations.inc();
-        Instance { cell, addr }
+        Instance { cell, addr, worker }
     }
 
     /// Called by a host that closed its idle mailbox and is stopping.

@@ -60,8 +60,17 @@ impl Default for RuntimeConfig {
     }
 }
 
+thread_local! {
+    /// `(system id, worker index)` of the event loop running on this thread.
+    static CURRENT_WORKER: std::cell::Cell<(u64, usize)> = const { std::cell::Cell::new((0, usize::MAX)) };
+}
+
+/// Distinguishes the systems of one process (tests run several).
+static NEXT_SYSTEM_ID: AtomicU64 = AtomicU64::new(1);
+
 /// What every kind's registry shares on this node.
 pub(crate) struct NodeContext {
+    id: u64,
     pub(crate) name: String,
     pub(crate) store: Store,
     pub(crate) metrics: Metrics,
@@ -73,9 +82,15 @@ pub(crate) struct NodeContext {
 }
 
 impl NodeContext {
-    pub(crate) fn next_arbiter(&self) -> ArbiterHandle {
+    /// The event loop the next instance goes to, and its index.
+    pub(crate) fn next_arbiter(&self) -> (usize, ArbiterHandle) {
         let index = self.next_arbiter.fetch_add(1, Ordering::Relaxed) % self.arbiters.len();
-        self.arbiters[index].clone()
+        (index, self.arbiters[index].clone())
+    }
+
+    /// Whether the calling thread is event loop `worker` of this node.
+    pub(crate) fn is_current_worker(&self, worker: usize) -> bool {
+        CURRENT_WORKER.with(|current| current.get() == (self.id, worker))
     }
 
     pub(crate) fn next_message_id(&self) -> MessageId {
@@ -159,7 +174,13 @@ impl System {
             .recv()
             .map_err(|_| std::io::Error::other("actor threads failed to start"))?;
         let (events, _) = broadcast::channel(4096);
+        let id = NEXT_SYSTEM_ID.fetch_add(1, Ordering::Relaxed);
+        for (index, arbiter) in arbiters.iter().enumerate() {
+            // Until this runs, asks from that thread take the timer path: safe.
+            arbiter.spawn_fn(move || CURRENT_WORKER.with(|current| current.set((id, index))));
+        }
         let node = NodeContext {
+            id,
             name: node_name.into(),
             store,
             metrics: Metrics::new(),
@@ -317,7 +338,7 @@ impl System {
     where
         F: std::future::Future<Output = ()> + Send + 'static,
     {
-        self.inner.node.next_arbiter().spawn(future)
+        self.inner.node.next_arbiter().1.spawn(future)
     }
 
     /// Stops every instance and the arbiters. Messages still queued are

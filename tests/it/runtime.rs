@@ -408,3 +408,96 @@ async fn the_tree_lists_registered_kinds_and_instance_details() {
     assert_eq!(instance.mailbox_depth, 0);
     assert!(instance.activated_at <= chrono::Utc::now());
 }
+
+fn slow_restarts() -> RuntimeConfig {
+    let mut config = RuntimeConfig {
+        workers: 1,
+        ..RuntimeConfig::default()
+    };
+    config.supervision.insert(
+        "counter".into(),
+        RestartStrategy {
+            initial_backoff: Duration::from_secs(3),
+            jitter: 0.0,
+            max_backoff: Duration::from_secs(3),
+            ..RestartStrategy::default()
+        },
+    );
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asks_time_out_at_their_deadline_while_the_instance_waits_out_a_backoff() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let system = start(&db, slow_restarts()).await;
+    let counter = system.agent::<Counter>("l");
+    counter.ask(CounterMsg::Panic, ASK).await.unwrap_err();
+
+    // From another thread: the caller's own timer answers.
+    let started = Instant::now();
+    let error = counter
+        .ask(CounterMsg::Get, Duration::from_millis(150))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, AgentError::Timeout { .. }), "{error}");
+    assert!(
+        started.elapsed() < Duration::from_millis(1000),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // From the instance's own thread (one worker): no caller timer; the host
+    // answers the stashed ask at its deadline although it is still in backoff.
+    let (done, outcome) = tokio::sync::oneshot::channel();
+    let same_thread = counter.clone();
+    assert!(system.spawn(async move {
+        let started = Instant::now();
+        let result = same_thread
+            .ask(CounterMsg::Get, Duration::from_millis(150))
+            .await;
+        let _ = done.send((result, started.elapsed()));
+    }));
+    let (result, elapsed) = outcome.await.unwrap();
+    assert!(
+        matches!(result, Err(AgentError::Timeout { .. })),
+        "{result:?}"
+    );
+    assert!(elapsed >= Duration::from_millis(150), "{elapsed:?}");
+    assert!(
+        elapsed < Duration::from_millis(1000),
+        "answered at the deadline: {elapsed:?}"
+    );
+    assert_eq!(instance_status(&system, "l").0, InstanceStatus::Restarting);
+    // After the backoff the instance serves again, and asks that outlived
+    // their deadline were never handled.
+    assert_eq!(total(&system, "l").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_arriving_during_a_write_are_handled_in_order() {
+    for backend in BACKENDS {
+        let db = TestDb::new(backend).await;
+        let system = start(&db, runtime()).await;
+        let counter = system.agent::<Counter>("m");
+        // Each Add writes through; the next ones arrive while it writes.
+        for amount in 1..=40 {
+            counter.tell(CounterMsg::Add(amount)).unwrap();
+        }
+        assert_eq!(
+            total(&system, "m").await,
+            (1..=40).sum::<i64>(),
+            "{backend:?}"
+        );
+        let stored = system
+            .store()
+            .load_state::<crate::support::CounterState>("counter", "m")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (stored.version, stored.state.total),
+            (40, 820),
+            "{backend:?}"
+        );
+    }
+}
