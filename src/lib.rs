@@ -9,6 +9,7 @@ pub mod config;
 pub mod gpu;
 pub mod http;
 mod metrics;
+pub mod model;
 mod node;
 pub mod store;
 
