@@ -3,8 +3,9 @@
 //! throughput vs `Addr::do_send`, into one active instance whose handler
 //! does no I/O (the layer is measured, not the store).
 //!
-//! Both actors run on an actix arbiter thread; the caller runs on a tokio
-//! current-thread runtime on the bench thread, the same for both.
+//! Both actors run on the agent runtime's one event loop (an actix arbiter),
+//! so they share a thread; same-thread callers run there too, cross-thread
+//! callers on a tokio current-thread runtime on the bench thread.
 //!
 //! `cargo bench --bench local_messaging`
 
@@ -12,7 +13,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use actix::{Actor, Addr, Context, Handler, Message};
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Criterion, Throughput, criterion_group};
 use serde::{Deserialize, Serialize};
 use valueverse::{
     Agent, AgentMessage, AgentRef, HandlerError, Handling, RuntimeConfig, Store, System,
@@ -87,17 +88,14 @@ impl Handler<Add> for PlainTally {
     }
 }
 
-/// A plain actix actor on an arbiter of its own actix system thread, and
-/// that arbiter's handle (to run callers on the actor's own thread).
-fn start_plain_actor() -> (Addr<PlainTally>, actix_rt::ArbiterHandle) {
+/// The plain actix actor, started on the agent runtime's one event loop, so
+/// that both actors (and their same-thread callers) share one thread and the
+/// comparison does not depend on how the OS places two threads.
+fn start_plain_actor(system: &System) -> Addr<PlainTally> {
     let (sender, receiver) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let system = actix_rt::System::new();
-        let arbiter = system.block_on(async { actix_rt::Arbiter::new() });
-        let addr = PlainTally::start_in_arbiter(&arbiter.handle(), |_| PlainTally(0));
-        sender.send((addr, arbiter.handle())).unwrap();
-        system.run().unwrap();
-    });
+    assert!(system.spawn(async move {
+        sender.send(PlainTally(0).start()).unwrap();
+    }));
     receiver.recv().unwrap()
 }
 
@@ -146,7 +144,6 @@ struct Fixture {
     system: System,
     agent: AgentRef<Tally>,
     plain: Addr<PlainTally>,
-    plain_arbiter: actix_rt::ArbiterHandle,
 }
 
 impl Fixture {
@@ -156,13 +153,12 @@ impl Fixture {
             .build()
             .unwrap();
         let (system, agent) = start_agent(&runtime);
-        let (plain, plain_arbiter) = start_plain_actor();
+        let plain = start_plain_actor(&system);
         Fixture {
             runtime,
             system,
             agent,
             plain,
-            plain_arbiter,
         }
     }
 }
@@ -175,7 +171,6 @@ fn same_thread(c: &mut Criterion) {
         system,
         agent,
         plain,
-        plain_arbiter,
     } = Fixture::start();
 
     let mut ask = c.benchmark_group("same_thread_ask_round_trip");
@@ -184,7 +179,7 @@ fn same_thread(c: &mut Criterion) {
         b.iter_custom(|iterations| {
             let plain = plain.clone();
             timed_on_actor_thread(
-                |f| plain_arbiter.spawn(f),
+                |f| system.spawn(f),
                 iterations,
                 move |n| async move {
                     for _ in 0..n {
@@ -199,7 +194,7 @@ fn same_thread(c: &mut Criterion) {
         b.iter_custom(|iterations| {
             let plain = plain.clone();
             timed_on_actor_thread(
-                |f| plain_arbiter.spawn(f),
+                |f| system.spawn(f),
                 iterations,
                 move |n| async move {
                     for _ in 0..n {
@@ -232,7 +227,7 @@ fn same_thread(c: &mut Criterion) {
         b.iter_custom(|iterations| {
             let plain = plain.clone();
             timed_on_actor_thread(
-                |f| plain_arbiter.spawn(f),
+                |f| system.spawn(f),
                 iterations,
                 move |n| async move {
                     for _ in 0..n {
@@ -273,7 +268,6 @@ fn cross_thread(c: &mut Criterion) {
         system: _system,
         agent,
         plain,
-        plain_arbiter: _plain_arbiter,
     } = Fixture::start();
 
     let mut ask = c.benchmark_group("cross_thread_ask_round_trip");
@@ -320,5 +314,80 @@ fn cross_thread(c: &mut Criterion) {
     tell.finish();
 }
 
+/// Same-thread ask against plain send, interleaved: rounds alternate the two
+/// so that drifts of this shared VM (seen at +-40% between runs) hit both
+/// alike. Prints the medians and the median of per-round ratios.
+fn paired_ask_report() {
+    const ROUNDS: usize = 101;
+    const PER_ROUND: u64 = 20_000;
+    let fixture = Fixture::start();
+    let mut plain_ns = Vec::with_capacity(ROUNDS);
+    let mut agent_ns = Vec::with_capacity(ROUNDS);
+    let mut ratios = Vec::with_capacity(ROUNDS);
+    for round in 0..ROUNDS {
+        let system = &fixture.system;
+        let measure_plain = || {
+            let plain = fixture.plain.clone();
+            timed_on_actor_thread(
+                |f| system.spawn(f),
+                PER_ROUND,
+                move |n| async move {
+                    for _ in 0..n {
+                        black_box(plain.send(Add(1)).await.unwrap());
+                    }
+                },
+            )
+        };
+        let measure_agent = || {
+            let agent = fixture.agent.clone();
+            timed_on_actor_thread(
+                |f| system.spawn(f),
+                PER_ROUND,
+                move |n| async move {
+                    for _ in 0..n {
+                        black_box(agent.ask(TallyMsg::Add(1), ASK_TIMEOUT).await.unwrap());
+                    }
+                },
+            )
+        };
+        let (plain, agent) = if round % 2 == 0 {
+            let plain = measure_plain();
+            (plain, measure_agent())
+        } else {
+            let agent = measure_agent();
+            (measure_plain(), agent)
+        };
+        let per_op = |elapsed: Duration| elapsed.as_nanos() as f64 / PER_ROUND as f64;
+        plain_ns.push(per_op(plain));
+        agent_ns.push(per_op(agent));
+        ratios.push(per_op(agent) / per_op(plain));
+    }
+    let median = |values: &mut Vec<f64>| {
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    };
+    println!(
+        "paired same-thread ask ({ROUNDS} rounds of {PER_ROUND}): plain actix send {:.1} ns, \
+         AgentRef::ask {:.1} ns, median ratio {:.2}x",
+        median(&mut plain_ns),
+        median(&mut agent_ns),
+        median(&mut ratios),
+    );
+}
+
 criterion_group!(benches, same_thread, cross_thread);
-criterion_main!(benches);
+
+fn main() {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    // `cargo bench -- <filter>` and `--test` runs skip the paired report
+    // unless the filter names it.
+    let args: Vec<String> = std::env::args().collect();
+    let filtered = args
+        .iter()
+        .skip(1)
+        .any(|arg| !arg.starts_with('-') && !"paired".contains(arg.as_str()));
+    if !filtered && !args.iter().any(|arg| arg == "--test") {
+        paired_ask_report();
+    }
+}

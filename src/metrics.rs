@@ -2,11 +2,18 @@
 //! default, so tests can run nodes side by side), the agent runtime's
 //! families and the HTTP layer's.
 //!
-//! Hot paths hold pre-resolved children ([`KindMetrics`]) so that counting a
-//! message is one atomic add, never a label lookup.
+//! Per-message figures (outcomes, handling time) are sharded by event loop:
+//! each worker writes its own [`WorkerShard`] with plain loads and stores (no
+//! locked instruction on the hot path) and a collector sums the shards at
+//! scrape time. Rarer events use prometheus counters directly.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{self, MetricFamily, MetricType};
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
     TextEncoder, exponential_buckets,
 };
 
@@ -20,8 +27,7 @@ pub struct Metrics {
 
 #[derive(Clone)]
 pub(crate) struct AgentMetrics {
-    messages: IntCounterVec,
-    handling_seconds: HistogramVec,
+    shards: Arc<RwLock<Vec<Arc<KindShards>>>>,
     pub(crate) mailbox_depth: IntGaugeVec,
     pub(crate) instances: IntGaugeVec,
     activations: IntCounterVec,
@@ -36,15 +42,191 @@ pub(crate) struct HttpMetrics {
     pub(crate) duration_seconds: HistogramVec,
 }
 
-/// Children of the agent families for one kind.
+/// What became of a handled message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Ok,
+    Rejected,
+    Fatal,
+    Panicked,
+    Expired,
+    RefusedFailed,
+}
+
+const OUTCOMES: [(Outcome, &str); 6] = [
+    (Outcome::Ok, "ok"),
+    (Outcome::Rejected, "rejected"),
+    (Outcome::Fatal, "fatal"),
+    (Outcome::Panicked, "panicked"),
+    (Outcome::Expired, "expired"),
+    (Outcome::RefusedFailed, "refused_failed"),
+];
+
+/// Upper bounds of the handling-time buckets, in nanoseconds: 1 µs * 4^k.
+const HANDLING_BUCKETS_NANOS: [u64; 12] = {
+    let mut bounds = [0u64; 12];
+    let mut index = 0;
+    let mut bound = 1_000u64;
+    while index < 12 {
+        bounds[index] = bound;
+        bound *= 4;
+        index += 1;
+    }
+    bounds
+};
+
+/// Per-message figures of one kind on one event loop. Written only by that
+/// event loop's thread, so increments are a load and a store.
+#[derive(Default)]
+#[repr(align(64))]
+pub(crate) struct WorkerShard {
+    outcomes: [AtomicU64; 6],
+    /// Per bucket (not cumulative); the last slot counts what exceeds every bound.
+    buckets: [AtomicU64; 13],
+    sum_nanos: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64, by: u64) {
+    counter.store(
+        counter.load(Ordering::Relaxed).wrapping_add(by),
+        Ordering::Relaxed,
+    );
+}
+
+impl WorkerShard {
+    #[inline]
+    pub(crate) fn count(&self, outcome: Outcome) {
+        bump(&self.outcomes[outcome as usize], 1);
+    }
+
+    #[inline]
+    pub(crate) fn observe_nanos(&self, nanos: u64) {
+        let bucket = HANDLING_BUCKETS_NANOS
+            .iter()
+            .position(|&bound| nanos <= bound)
+            .unwrap_or(HANDLING_BUCKETS_NANOS.len());
+        bump(&self.buckets[bucket], 1);
+        bump(&self.sum_nanos, nanos);
+    }
+}
+
+/// The shards of one kind, one per event loop.
+pub(crate) struct KindShards {
+    kind: String,
+    workers: Box<[WorkerShard]>,
+}
+
+impl KindShards {
+    pub(crate) fn worker(&self, index: usize) -> &WorkerShard {
+        &self.workers[index]
+    }
+}
+
+/// Exports the sharded families: messages by outcome, handling time.
+struct ShardCollector {
+    shards: Arc<RwLock<Vec<Arc<KindShards>>>>,
+    descs: Vec<Desc>,
+}
+
+const MESSAGES_NAME: &str = "valueverse_agent_messages_total";
+const MESSAGES_HELP: &str = "Messages handled by agent instances, by outcome";
+const HANDLING_NAME: &str = "valueverse_agent_handling_seconds";
+const HANDLING_HELP: &str = "Time spent in agent message handlers";
+
+fn label(name: &str, value: &str) -> proto::LabelPair {
+    let mut pair = proto::LabelPair::default();
+    pair.set_name(name.to_owned());
+    pair.set_value(value.to_owned());
+    pair
+}
+
+fn family(name: &str, help: &str, kind: MetricType, metrics: Vec<proto::Metric>) -> MetricFamily {
+    let mut family = MetricFamily::default();
+    family.set_name(name.to_owned());
+    family.set_help(help.to_owned());
+    family.set_field_type(kind);
+    family.set_metric(metrics);
+    family
+}
+
+impl Collector for ShardCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let shards = self
+            .shards
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut messages = Vec::new();
+        let mut handling = Vec::new();
+        for kind in shards.iter() {
+            let sum = |counter: fn(&WorkerShard) -> &AtomicU64| -> u64 {
+                kind.workers
+                    .iter()
+                    .map(|worker| counter(worker).load(Ordering::Relaxed))
+                    .sum()
+            };
+            for (outcome, name) in OUTCOMES {
+                let total: u64 = kind
+                    .workers
+                    .iter()
+                    .map(|worker| worker.outcomes[outcome as usize].load(Ordering::Relaxed))
+                    .sum();
+                let mut counter = proto::Counter::default();
+                counter.set_value(total as f64);
+                let mut metric = proto::Metric::from_label(vec![
+                    label("kind", &kind.kind),
+                    label("outcome", name),
+                ]);
+                metric.set_counter(counter);
+                messages.push(metric);
+            }
+            let mut cumulative = 0u64;
+            let mut buckets = Vec::with_capacity(HANDLING_BUCKETS_NANOS.len());
+            for (index, bound) in HANDLING_BUCKETS_NANOS.iter().enumerate() {
+                cumulative += kind
+                    .workers
+                    .iter()
+                    .map(|worker| worker.buckets[index].load(Ordering::Relaxed))
+                    .sum::<u64>();
+                let mut bucket = proto::Bucket::default();
+                bucket.set_cumulative_count(cumulative);
+                bucket.set_upper_bound(*bound as f64 / 1e9);
+                buckets.push(bucket);
+            }
+            let overflow: u64 = kind
+                .workers
+                .iter()
+                .map(|worker| worker.buckets[HANDLING_BUCKETS_NANOS.len()].load(Ordering::Relaxed))
+                .sum();
+            let mut histogram = proto::Histogram::default();
+            histogram.set_sample_count(cumulative + overflow);
+            histogram.set_sample_sum(sum(|worker| &worker.sum_nanos) as f64 / 1e9);
+            histogram.set_bucket(buckets);
+            let mut metric = proto::Metric::from_label(vec![label("kind", &kind.kind)]);
+            metric.set_histogram(histogram);
+            handling.push(metric);
+        }
+        if messages.is_empty() {
+            return Vec::new();
+        }
+        vec![
+            family(MESSAGES_NAME, MESSAGES_HELP, MetricType::COUNTER, messages),
+            family(
+                HANDLING_NAME,
+                HANDLING_HELP,
+                MetricType::HISTOGRAM,
+                handling,
+            ),
+        ]
+    }
+}
+
+/// Children of the rarer agent families for one kind, and its shards.
 pub(crate) struct KindMetrics {
-    pub(crate) handled_ok: IntCounter,
-    pub(crate) rejected: IntCounter,
-    pub(crate) fatal: IntCounter,
-    pub(crate) panicked: IntCounter,
-    pub(crate) expired: IntCounter,
-    pub(crate) refused_failed: IntCounter,
-    pub(crate) handling_seconds: Histogram,
+    pub(crate) shards: Arc<KindShards>,
     pub(crate) activations: IntCounter,
     pub(crate) passivations: IntCounter,
     pub(crate) restarts: IntCounter,
@@ -69,26 +251,31 @@ fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> 
 impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
-        let latency_buckets = exponential_buckets(1e-6, 4.0, 12).expect("valid buckets");
+        let shards = Arc::new(RwLock::new(Vec::new()));
+        let descs = vec![
+            Desc::new(
+                MESSAGES_NAME.into(),
+                MESSAGES_HELP.into(),
+                vec!["kind".into(), "outcome".into()],
+                Default::default(),
+            )
+            .expect("valid metric description"),
+            Desc::new(
+                HANDLING_NAME.into(),
+                HANDLING_HELP.into(),
+                vec!["kind".into()],
+                Default::default(),
+            )
+            .expect("valid metric description"),
+        ];
+        registry
+            .register(Box::new(ShardCollector {
+                shards: Arc::clone(&shards),
+                descs,
+            }))
+            .expect("metric names are unique and valid");
         let agents = AgentMetrics {
-            messages: counter_vec(
-                &registry,
-                "valueverse_agent_messages_total",
-                "Messages handled by agent instances, by outcome",
-                &["kind", "outcome"],
-            ),
-            handling_seconds: register(
-                &registry,
-                HistogramVec::new(
-                    HistogramOpts::new(
-                        "valueverse_agent_handling_seconds",
-                        "Time spent in agent message handlers",
-                    )
-                    .buckets(latency_buckets),
-                    &["kind"],
-                )
-                .expect("valid metric options"),
-            ),
+            shards,
             mailbox_depth: register(
                 &registry,
                 IntGaugeVec::new(
@@ -170,17 +357,20 @@ impl Metrics {
             .unwrap_or_else(|error| format!("# metrics encoding failed: {error}\n"))
     }
 
-    pub(crate) fn for_kind(&self, kind: &str) -> KindMetrics {
+    /// The metrics of one kind hosted on `workers` event loops.
+    pub(crate) fn for_kind(&self, kind: &str, workers: usize) -> KindMetrics {
         let agents = &self.agents;
-        let outcome = |name: &str| agents.messages.with_label_values(&[kind, name]);
+        let shards = Arc::new(KindShards {
+            kind: kind.to_owned(),
+            workers: (0..workers).map(|_| WorkerShard::default()).collect(),
+        });
+        agents
+            .shards
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(Arc::clone(&shards));
         KindMetrics {
-            handled_ok: outcome("ok"),
-            rejected: outcome("rejected"),
-            fatal: outcome("fatal"),
-            panicked: outcome("panicked"),
-            expired: outcome("expired"),
-            refused_failed: outcome("refused_failed"),
-            handling_seconds: agents.handling_seconds.with_label_values(&[kind]),
+            shards,
             activations: agents.activations.with_label_values(&[kind]),
             passivations: agents.passivations.with_label_values(&[kind]),
             restarts: agents.restarts.with_label_values(&[kind]),

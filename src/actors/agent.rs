@@ -82,19 +82,21 @@ pub trait Agent: Sized + Send + 'static {
 /// What a handler knows about the message it handles.
 pub struct Handling<'a> {
     header: &'a Header,
+    key: &'a str,
     persist: bool,
 }
 
 impl<'a> Handling<'a> {
-    pub(crate) fn new(header: &'a Header) -> Handling<'a> {
+    pub(crate) fn new(header: &'a Header, key: &'a str) -> Handling<'a> {
         Handling {
             header,
+            key,
             persist: false,
         }
     }
 
     pub fn key(&self) -> &str {
-        &self.header.target.key
+        self.key
     }
 
     pub fn message_id(&self) -> MessageId {

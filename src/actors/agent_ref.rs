@@ -4,21 +4,23 @@
 //! without the caller noticing.
 
 use std::fmt;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use tokio::sync::oneshot;
 
 use super::agent::Agent;
 use super::envelope::{CorrelationId, Envelope, Header};
 use super::error::AgentError;
-use super::registry::KindRuntime;
+use super::registry::{Instance, KindRuntime};
 
 /// A reference to the agent instance `(A::KIND, key)`.
 pub struct AgentRef<A: Agent> {
     kind: Arc<KindRuntime<A>>,
     key: Arc<str>,
     correlation_id: Option<CorrelationId>,
+    /// The instance this reference last reached, skipping the registry.
+    instance: OnceLock<Arc<Instance<A>>>,
 }
 
 impl<A: Agent> Clone for AgentRef<A> {
@@ -27,6 +29,7 @@ impl<A: Agent> Clone for AgentRef<A> {
             kind: Arc::clone(&self.kind),
             key: self.key.clone(),
             correlation_id: self.correlation_id.clone(),
+            instance: self.instance.clone(),
         }
     }
 }
@@ -43,6 +46,7 @@ impl<A: Agent> AgentRef<A> {
             kind,
             key,
             correlation_id: None,
+            instance: OnceLock::new(),
         }
     }
 
@@ -59,7 +63,7 @@ impl<A: Agent> AgentRef<A> {
     fn envelope(
         &self,
         payload: A::Msg,
-        deadline: Option<Instant>,
+        deadline: Option<quanta::Instant>,
         reply: Option<oneshot::Sender<Result<A::Reply, AgentError>>>,
     ) -> Envelope<A> {
         Envelope {
@@ -67,7 +71,6 @@ impl<A: Agent> AgentRef<A> {
                 message_id: self.kind.node.next_message_id(),
                 correlation_id: self.correlation_id.clone(),
                 deadline,
-                target: KindRuntime::<A>::target(&self.key),
             },
             payload,
             reply,
@@ -78,7 +81,7 @@ impl<A: Agent> AgentRef<A> {
     /// [`AgentError::MailboxFull`] when the mailbox is full.
     pub fn tell(&self, msg: A::Msg) -> Result<(), AgentError> {
         self.kind
-            .deliver(&self.key, self.envelope(msg, None, None))
+            .deliver(&self.key, self.envelope(msg, None, None), &self.instance)
             .map(|_worker| ())
     }
 
@@ -86,17 +89,19 @@ impl<A: Agent> AgentRef<A> {
     /// the deadline, so an instance that reaches it too late drops it.
     pub async fn ask(&self, msg: A::Msg, timeout: Duration) -> Result<A::Reply, AgentError> {
         let (reply, answer) = oneshot::channel();
-        let deadline = Instant::now() + timeout;
-        let worker = self
-            .kind
-            .deliver(&self.key, self.envelope(msg, Some(deadline), Some(reply)))?;
+        let deadline = quanta::Instant::now() + timeout;
+        let worker = self.kind.deliver(
+            &self.key,
+            self.envelope(msg, Some(deadline), Some(reply)),
+            &self.instance,
+        )?;
         let answered = if self.kind.node.is_current_worker(worker) {
             // The instance runs on this very thread. While its handler runs,
             // no timer of ours could fire; while it waits on the store or a
             // backoff, the host itself answers by the deadline. So no timer.
             Ok(answer.await)
         } else {
-            tokio::time::timeout_at(deadline.into(), answer).await
+            tokio::time::timeout(timeout, answer).await
         };
         match answered {
             Ok(Ok(Err(AgentError::Expired { .. }))) | Err(_) => Err(AgentError::Timeout {

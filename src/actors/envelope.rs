@@ -1,13 +1,11 @@
 //! What travels with every message: ids, correlation, deadline and target.
 //!
-//! The header is designed for the wire from the start (the cluster layer will
-//! encode it next to the payload), so it holds only plain data: no channels,
-//! no actix types. The reply channel rides beside it in [`Envelope`] and stays
-//! on the node that asked.
+//! The header holds only plain data (no channels, no actix types), so the
+//! cluster layer can encode it next to the payload and the target. The reply
+//! channel rides beside it in [`Envelope`] and stays on the node that asked.
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Instant;
 
 use tokio::sync::oneshot;
 
@@ -64,15 +62,16 @@ impl fmt::Display for CorrelationId {
     }
 }
 
-/// Routing and tracing data of one message.
+/// Tracing and timing data of one message. Locally the mailbox a message
+/// sits in is its target; the cluster's wire frame pairs this header with
+/// the target's [`AgentId`].
 #[derive(Clone, Debug)]
-pub struct Header {
-    pub message_id: MessageId,
-    pub correlation_id: Option<CorrelationId>,
-    /// After this instant nobody waits for the answer: the message is dropped
-    /// unhandled and answered `Expired`.
-    pub deadline: Option<Instant>,
-    pub target: AgentId,
+pub(crate) struct Header {
+    pub(crate) message_id: MessageId,
+    pub(crate) correlation_id: Option<CorrelationId>,
+    /// After this instant (TSC clock) nobody waits for the answer: the
+    /// message is dropped unhandled and answered `Expired`.
+    pub(crate) deadline: Option<quanta::Instant>,
 }
 
 /// The answer to an `ask`, when the sender waits for one.

@@ -27,6 +27,7 @@ use super::envelope::{CorrelationId, Envelope, ReplySender};
 use super::error::{AgentError, HandlerError};
 use super::registry::{InstanceCell, KindRuntime};
 use super::supervisor::{Decision, InstanceStatus, LifecycleChange, RestartHistory};
+use crate::metrics::Outcome;
 
 enum Phase<S> {
     /// State is being loaded (activation, restart or reset).
@@ -41,6 +42,8 @@ enum Phase<S> {
 
 pub(crate) struct Host<A: Agent> {
     kind: Arc<KindRuntime<A>>,
+    /// The event loop this host runs on (its metric shard).
+    worker: usize,
     cell: Arc<InstanceCell>,
     key: Arc<str>,
     phase: Phase<A::State>,
@@ -55,7 +58,7 @@ pub(crate) struct Host<A: Agent> {
     /// the mailbox depth, so the bound holds.
     stash: VecDeque<Envelope<A>>,
     /// Timer answering stashed asks at the earliest deadline among them.
-    expiry: Option<(Instant, SpawnHandle)>,
+    expiry: Option<(quanta::Instant, SpawnHandle)>,
 }
 
 /// Operator request to bring a failed instance back, with the correlation id
@@ -71,11 +74,13 @@ impl actix::Message for Reset {
 impl<A: Agent> Host<A> {
     pub(crate) fn new(
         kind: Arc<KindRuntime<A>>,
+        worker: usize,
         cell: Arc<InstanceCell>,
         key: Arc<str>,
     ) -> Host<A> {
         Host {
             kind,
+            worker,
             cell,
             key,
             phase: Phase::Loading,
@@ -137,14 +142,14 @@ impl<A: Agent> Host<A> {
         }
     }
 
-    fn schedule_expiry(&mut self, deadline: Instant, ctx: &mut Context<Self>) {
+    fn schedule_expiry(&mut self, deadline: quanta::Instant, ctx: &mut Context<Self>) {
         if let Some((scheduled, handle)) = self.expiry {
             if scheduled <= deadline {
                 return;
             }
             ctx.cancel_future(handle);
         }
-        let after = deadline.saturating_duration_since(Instant::now());
+        let after = deadline.saturating_duration_since(quanta::Instant::now());
         let handle = ctx.run_later(after, |host, ctx| {
             host.expiry = None;
             host.expire_stash(ctx);
@@ -154,20 +159,20 @@ impl<A: Agent> Host<A> {
 
     /// Answers the stashed asks whose deadline has passed.
     fn expire_stash(&mut self, ctx: &mut Context<Self>) {
-        let now = Instant::now();
-        let mut next_deadline: Option<Instant> = None;
+        let now = quanta::Instant::now();
+        let mut next_deadline: Option<quanta::Instant> = None;
         let mut kept = VecDeque::with_capacity(self.stash.len());
         for envelope in self.stash.drain(..) {
             match envelope.header.deadline {
                 Some(deadline) if deadline <= now => {
                     self.cell.release();
-                    self.kind.metrics.expired.inc();
-                    respond::<A>(
-                        envelope.reply,
-                        Err(AgentError::Expired {
-                            target: envelope.header.target,
-                        }),
-                    );
+                    self.kind
+                        .metrics
+                        .shards
+                        .worker(self.worker)
+                        .count(Outcome::Expired);
+                    let target = KindRuntime::<A>::target(&self.key);
+                    respond::<A>(envelope.reply, Err(AgentError::Expired { target }));
                 }
                 deadline => {
                     if let Some(deadline) = deadline {
@@ -304,16 +309,17 @@ impl<A: Agent> Host<A> {
         } = envelope;
         let started = quanta::Instant::now();
         self.last_active = started;
-        let metrics = &self.kind.metrics;
+        let shard = self.kind.metrics.shards.worker(self.worker);
         let (state, version) = match &mut self.phase {
             Phase::Active { state, version } => (state, *version),
             Phase::Failed => {
-                metrics.refused_failed.inc();
+                shard.count(Outcome::RefusedFailed);
                 let last_failure = self.cell.last_failure_message();
+                let target = KindRuntime::<A>::target(&self.key);
                 respond::<A>(
                     reply,
                     Err(AgentError::Failed {
-                        target: header.target,
+                        target,
                         last_failure,
                     }),
                 );
@@ -321,26 +327,15 @@ impl<A: Agent> Host<A> {
             }
             // Loading means busy: such messages are stashed, not processed.
             Phase::Loading => {
-                respond::<A>(
-                    reply,
-                    Err(AgentError::Stopped {
-                        target: header.target,
-                    }),
-                );
+                let target = KindRuntime::<A>::target(&self.key);
+                respond::<A>(reply, Err(AgentError::Stopped { target }));
                 return;
             }
         };
-        if header
-            .deadline
-            .is_some_and(|deadline| deadline <= Instant::now())
-        {
-            metrics.expired.inc();
-            respond::<A>(
-                reply,
-                Err(AgentError::Expired {
-                    target: header.target,
-                }),
-            );
+        if header.deadline.is_some_and(|deadline| deadline <= started) {
+            shard.count(Outcome::Expired);
+            let target = KindRuntime::<A>::target(&self.key);
+            respond::<A>(reply, Err(AgentError::Expired { target }));
             return;
         }
         // With no subscriber at all, skip even the disabled span: tracing's
@@ -357,19 +352,16 @@ impl<A: Agent> Host<A> {
             tracing::Span::none()
         };
         let entered = span.enter();
-        let mut handling = Handling::new(&header);
+        let mut handling = Handling::new(&header, &self.key);
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             A::handle(state, payload, &mut handling)
         }));
         let persist = handling.wants_persist();
-        metrics
-            .handling_seconds
-            .observe(started.elapsed().as_secs_f64());
-        match outcome {
+        shard.observe_nanos(started.elapsed().as_nanos() as u64);
+        let outcome = match outcome {
             Ok(Ok(value)) if persist => {
-                metrics.handled_ok.inc();
+                shard.count(Outcome::Ok);
                 let save = A::save(&self.kind.node.store, &self.key, state, version);
-                let target = header.target;
                 // Later messages wait in the stash for the write: order holds
                 // and the reply is sent only once the change is durable.
                 self.busy = true;
@@ -384,59 +376,51 @@ impl<A: Agent> Host<A> {
                         }
                         Err(error) => {
                             let reason = format!("state save failed: {error}");
-                            respond::<A>(
-                                reply,
-                                Err(AgentError::Store {
-                                    target,
-                                    source: error,
-                                }),
-                            );
+                            let target = KindRuntime::<A>::target(&host.key);
+                            let error = AgentError::Store {
+                                target,
+                                source: error,
+                            };
+                            respond::<A>(reply, Err(error));
                             host.fail(ctx, reason);
                         }
                     }
                     host.drain_stash(ctx);
                 }));
+                return;
             }
             Ok(Ok(value)) => {
-                metrics.handled_ok.inc();
+                shard.count(Outcome::Ok);
                 respond::<A>(reply, Ok(value));
+                return;
             }
             Ok(Err(HandlerError::Rejected(rejection))) => {
-                metrics.rejected.inc();
-                respond::<A>(
-                    reply,
-                    Err(AgentError::Rejected {
-                        target: header.target,
-                        rejection,
-                    }),
-                );
+                shard.count(Outcome::Rejected);
+                let target = KindRuntime::<A>::target(&self.key);
+                respond::<A>(reply, Err(AgentError::Rejected { target, rejection }));
+                return;
             }
             Ok(Err(HandlerError::Fatal(message))) => {
-                metrics.fatal.inc();
-                respond::<A>(
-                    reply,
-                    Err(AgentError::Fatal {
-                        target: header.target,
-                        message: message.clone(),
-                    }),
-                );
-                drop(entered);
-                self.fail(ctx, message);
+                shard.count(Outcome::Fatal);
+                (message.clone(), message, false)
             }
             Err(payload) => {
-                metrics.panicked.inc();
+                shard.count(Outcome::Panicked);
                 let message = panic_message(payload.as_ref());
-                respond::<A>(
-                    reply,
-                    Err(AgentError::Panicked {
-                        target: header.target,
-                        message: message.clone(),
-                    }),
-                );
-                drop(entered);
-                self.fail(ctx, format!("panic: {message}"));
+                (format!("panic: {message}"), message, true)
             }
-        }
+        };
+        // A panic or fatal error: answer, then let the supervisor decide.
+        let (reason, message, panicked) = outcome;
+        let target = KindRuntime::<A>::target(&self.key);
+        let error = if panicked {
+            AgentError::Panicked { target, message }
+        } else {
+            AgentError::Fatal { target, message }
+        };
+        respond::<A>(reply, Err(error));
+        drop(entered);
+        self.fail(ctx, reason);
     }
 }
 

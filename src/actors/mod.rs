@@ -28,7 +28,7 @@ mod system;
 
 pub use agent::{Agent, AgentMessage, Handling};
 pub use agent_ref::AgentRef;
-pub use envelope::{AgentId, CorrelationId, Header, MAX_CORRELATION_ID_LEN, MessageId};
+pub use envelope::{AgentId, CorrelationId, MAX_CORRELATION_ID_LEN, MessageId};
 pub use error::{AgentError, HandlerError, Rejection};
 pub use supervisor::{
     FailureRecord, InstanceSnapshot, InstanceStatus, LifecycleChange, RestartStrategy,

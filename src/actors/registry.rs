@@ -10,7 +10,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use actix::Addr;
 use chrono::{DateTime, Utc};
@@ -163,7 +163,7 @@ impl InstanceCell {
 }
 
 /// A registry entry: the instance's cell and its host's address.
-struct Instance<A: Agent> {
+pub(crate) struct Instance<A: Agent> {
     cell: Arc<InstanceCell>,
     addr: Addr<Host<A>>,
     /// Index of the event loop the host runs on.
@@ -200,7 +200,7 @@ impl<A: Agent> Instance<A> {
 
 /// Everything one kind needs at run time on this node.
 pub(crate) struct KindRuntime<A: Agent> {
-    instances: DashMap<Arc<str>, Instance<A>, foldhash::fast::RandomState>,
+    instances: DashMap<Arc<str>, Arc<Instance<A>>, foldhash::fast::RandomState>,
     recently_passivated: Mutex<VecDeque<InstanceSnapshot>>,
     pub(crate) node: Arc<NodeContext>,
     pub(crate) strategy: RestartStrategy,
@@ -214,7 +214,7 @@ impl<A: Agent> KindRuntime<A> {
             instances: DashMap::with_hasher(foldhash::fast::RandomState::default()),
             recently_passivated: Mutex::new(VecDeque::new()),
             mailbox_capacity: node.runtime.mailbox_capacity,
-            metrics: node.metrics.for_kind(A::KIND),
+            metrics: node.metrics.for_kind(A::KIND, node.num_workers()),
             strategy,
             node,
         }
@@ -230,38 +230,46 @@ impl<A: Agent> KindRuntime<A> {
     /// Puts an envelope into the mailbox of the instance for `key`,
     /// activating it when it is not active here. Never blocks, never queues
     /// beyond the mailbox capacity. Returns the event loop the instance runs on.
+    ///
+    /// `cache` is the caller's memory of the instance: tried first, and
+    /// filled on the first delivery through the registry. Once its instance
+    /// has passivated, the cached entry refuses (closed) and the registry
+    /// answers instead.
     pub(crate) fn deliver(
         self: &Arc<Self>,
         key: &Arc<str>,
         envelope: Envelope<A>,
+        cache: &OnceLock<Arc<Instance<A>>>,
     ) -> Result<usize, AgentError> {
         let mut envelope = envelope;
+        if let Some(instance) = cache.get() {
+            match instance.offer(envelope, self.mailbox_capacity) {
+                Ok(()) => return Ok(instance.worker),
+                Err(Offer::Full) => return Err(self.mailbox_full(key)),
+                Err(Offer::Closed(returned)) => envelope = returned,
+            }
+        }
         // A closed mailbox belongs to an instance that passivated between our
         // lookup and our send: drop the entry and go again. Each pass removes
         // one closed entry, so two passes nearly always suffice.
         for _ in 0..16 {
-            let offered = match self.instances.get(key) {
-                Some(instance) => instance
-                    .offer(envelope, self.mailbox_capacity)
-                    .map(|()| instance.worker),
-                None => {
-                    let instance = self
+            let instance = match self.instances.get(key) {
+                Some(instance) => Arc::clone(&instance),
+                None => Arc::clone(
+                    &self
                         .instances
                         .entry(key.clone())
-                        .or_insert_with(|| self.spawn(key));
-                    instance
-                        .offer(envelope, self.mailbox_capacity)
-                        .map(|()| instance.worker)
-                }
+                        .or_insert_with(|| Arc::new(self.spawn(key))),
+                ),
             };
-            match offered {
-                Ok(worker) => return Ok(worker),
-                Err(Offer::Full) => {
-                    return Err(AgentError::MailboxFull {
-                        target: Self::target(key),
-                        capacity: self.mailbox_capacity,
-                    });
+            match instance.offer(envelope, self.mailbox_capacity) {
+                Ok(()) => {
+                    let worker = instance.worker;
+                    // Already set (to a passivated instance) is fine: rarer path.
+                    let _ = cache.set(instance);
+                    return Ok(worker);
                 }
+                Err(Offer::Full) => return Err(self.mailbox_full(key)),
                 Err(Offer::Closed(returned)) => {
                     self.instances
                         .remove_if(key, |_, instance| instance.cell.is_closed());
@@ -272,6 +280,13 @@ impl<A: Agent> KindRuntime<A> {
         Err(AgentError::Stopped {
             target: Self::target(key),
         })
+    }
+
+    fn mailbox_full(&self, key: &Arc<str>) -> AgentError {
+        AgentError::MailboxFull {
+            target: Self::target(key),
+            capacity: self.mailbox_capacity,
+        }
     }
 
     fn spawn(self: &Arc<Self>, key: &Arc<str>) -> Instance<A> {
@@ -287,7 +302,7 @@ impl<A: Agent> KindRuntime<A> {
         let (sender, receiver) = actix::dev::channel::channel(capacity);
         arbiter.spawn_fn(move || {
             let ctx = actix::Context::with_receiver(receiver);
-            let host = Host::new(kind, host_cell, host_key);
+            let host = Host::new(kind, worker, host_cell, host_key);
             actix::spawn(ctx.into_future(host));
         });
         let addr = Addr::new(sender);

@@ -65,6 +65,14 @@ thread_local! {
     static CURRENT_WORKER: std::cell::Cell<(u64, usize)> = const { std::cell::Cell::new((0, usize::MAX)) };
 }
 
+/// Message ids a thread takes from the node's counter at a time.
+const MESSAGE_ID_BLOCK: u64 = 1 << 16;
+
+thread_local! {
+    /// `(system id, next id, end of block)` of this thread's message ids.
+    static MESSAGE_IDS: std::cell::Cell<(u64, u64, u64)> = const { std::cell::Cell::new((0, 0, 0)) };
+}
+
 /// Distinguishes the systems of one process (tests run several).
 static NEXT_SYSTEM_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -88,13 +96,31 @@ impl NodeContext {
         (index, self.arbiters[index].clone())
     }
 
+    pub(crate) fn num_workers(&self) -> usize {
+        self.arbiters.len()
+    }
+
     /// Whether the calling thread is event loop `worker` of this node.
     pub(crate) fn is_current_worker(&self, worker: usize) -> bool {
         CURRENT_WORKER.with(|current| current.get() == (self.id, worker))
     }
 
+    /// Unique on this node. Each thread takes ids from a block of its own,
+    /// so minting one is a thread-local increment, not a shared atomic.
     pub(crate) fn next_message_id(&self) -> MessageId {
-        MessageId(self.next_message_id.fetch_add(1, Ordering::Relaxed))
+        MESSAGE_IDS.with(|ids| {
+            let (system, next, end) = ids.get();
+            let (next, end) = if system == self.id && next < end {
+                (next, end)
+            } else {
+                let start = self
+                    .next_message_id
+                    .fetch_add(MESSAGE_ID_BLOCK, Ordering::Relaxed);
+                (start, start + MESSAGE_ID_BLOCK)
+            };
+            ids.set((self.id, next + 1, end));
+            MessageId(next)
+        })
     }
 
     pub(crate) fn emit(&self, kind: &'static str, key: &Arc<str>, change: LifecycleChange) {
