@@ -3,3 +3,4 @@
 //! actix or HTTP.)
 
 pub mod philox;
+pub mod sampling;

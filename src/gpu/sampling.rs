@@ -1,0 +1,423 @@
+//! Turns `(seed, path)` into one draw of every driver's quantity, by inverse
+//! transform: each driver's uniform comes from Philox keyed by `(seed, path,
+//! driver)`, correlated drivers pass through a Gaussian copula (normal
+//! scores times the Cholesky factor), and each marginal's quantile function
+//! maps the uniform to a quantity. Inverse transform everywhere keeps the
+//! copula exact and lets the CUDA kernel reproduce every draw.
+
+use statrs::function::beta::beta_reg;
+use statrs::function::erf::{erfc, erfc_inv};
+
+use crate::model::{Distribution, ValueModel};
+
+use super::philox::{draws, open_unit};
+
+/// Points of a tabulated quantile function (PERT); linear in between.
+const QUANTILE_TABLE_POINTS: usize = 4097;
+
+/// Standard normal quantile.
+#[inline]
+pub fn normal_quantile(u: f64) -> f64 {
+    -std::f64::consts::SQRT_2 * erfc_inv(2.0 * u)
+}
+
+/// Standard normal distribution function.
+#[inline]
+pub fn normal_cdf(z: f64) -> f64 {
+    0.5 * erfc(-z / std::f64::consts::SQRT_2)
+}
+
+/// A driver's marginal distribution, ready for quantile lookups.
+#[derive(Debug, Clone)]
+enum Marginal {
+    Fixed(f64),
+    Normal {
+        mean: f64,
+        sd: f64,
+    },
+    Lognormal {
+        mu: f64,
+        sigma: f64,
+    },
+    Triangular {
+        min: f64,
+        mode: f64,
+        max: f64,
+    },
+    /// `min + (max - min) * BetaInv(u)`, the inverse tabulated once.
+    Tabulated {
+        min: f64,
+        span: f64,
+        table: Vec<f64>,
+    },
+    Uniform {
+        min: f64,
+        max: f64,
+    },
+    Bernoulli {
+        p: f64,
+        impact: f64,
+    },
+}
+
+impl Marginal {
+    fn new(distribution: &Distribution) -> Marginal {
+        match *distribution {
+            Distribution::Fixed { value } => Marginal::Fixed(value),
+            Distribution::Normal { mean, sd } => Marginal::Normal { mean, sd },
+            Distribution::Lognormal { mean, sd } => {
+                // Moments of the quantity itself, as the model states them.
+                let sigma_squared = (1.0 + (sd / mean).powi(2)).ln();
+                Marginal::Lognormal {
+                    mu: mean.ln() - sigma_squared / 2.0,
+                    sigma: sigma_squared.sqrt(),
+                }
+            }
+            Distribution::Triangular { min, mode, max } => Marginal::Triangular { min, mode, max },
+            Distribution::Pert { min, mode, max } => {
+                let span = max - min;
+                if span <= 0.0 {
+                    return Marginal::Fixed(min);
+                }
+                let alpha = 1.0 + 4.0 * (mode - min) / span;
+                let beta = 1.0 + 4.0 * (max - mode) / span;
+                Marginal::Tabulated {
+                    min,
+                    span,
+                    table: beta_quantile_table(alpha, beta),
+                }
+            }
+            Distribution::Uniform { min, max } => Marginal::Uniform { min, max },
+            Distribution::Bernoulli { p, impact } => Marginal::Bernoulli { p, impact },
+        }
+    }
+
+    #[inline]
+    fn quantile(&self, u: f64) -> f64 {
+        match *self {
+            Marginal::Fixed(value) => value,
+            Marginal::Normal { mean, sd } => mean + sd * normal_quantile(u),
+            Marginal::Lognormal { mu, sigma } => (mu + sigma * normal_quantile(u)).exp(),
+            Marginal::Triangular { min, mode, max } => {
+                let span = max - min;
+                if span <= 0.0 {
+                    return min;
+                }
+                let cut = (mode - min) / span;
+                if u < cut {
+                    min + (u * span * (mode - min)).sqrt()
+                } else {
+                    max - ((1.0 - u) * span * (max - mode)).sqrt()
+                }
+            }
+            Marginal::Tabulated {
+                min,
+                span,
+                ref table,
+            } => {
+                let position = u * (table.len() - 1) as f64;
+                let index = (position as usize).min(table.len() - 2);
+                let fraction = position - index as f64;
+                min + span * (table[index] + fraction * (table[index + 1] - table[index]))
+            }
+            Marginal::Uniform { min, max } => min + u * (max - min),
+            Marginal::Bernoulli { p, impact } => {
+                if u < p {
+                    impact
+                } else {
+                    0.0
+                }
+            }
+        }
+    }
+}
+
+/// `BetaInv(i / (n - 1))` for i in 0..n, by bisection on the regularized
+/// incomplete beta function (monotone, so bisection cannot miss).
+fn beta_quantile_table(alpha: f64, beta: f64) -> Vec<f64> {
+    let last = QUANTILE_TABLE_POINTS - 1;
+    (0..QUANTILE_TABLE_POINTS)
+        .map(|index| {
+            if index == 0 {
+                return 0.0;
+            }
+            if index == last {
+                return 1.0;
+            }
+            let target = index as f64 / last as f64;
+            let (mut low, mut high) = (0.0f64, 1.0f64);
+            for _ in 0..60 {
+                let middle = 0.5 * (low + high);
+                if beta_reg(alpha, beta, middle) < target {
+                    low = middle;
+                } else {
+                    high = middle;
+                }
+            }
+            0.5 * (low + high)
+        })
+        .collect()
+}
+
+/// Draws every driver's quantity for a path.
+#[derive(Debug, Clone)]
+pub struct Sampler {
+    marginals: Vec<Marginal>,
+    /// Lower Cholesky factor (row-major) when any drivers are correlated.
+    cholesky: Option<Vec<f64>>,
+}
+
+impl Sampler {
+    /// A sampler for a model that passed [`ValueModel::validate`].
+    pub fn new(model: &ValueModel) -> Sampler {
+        let cholesky = if model.correlations.is_empty() {
+            None
+        } else {
+            // Validation refused any matrix without a factor.
+            model.correlation_matrix().cholesky().ok()
+        };
+        Sampler {
+            marginals: model
+                .drivers
+                .iter()
+                .map(|d| Marginal::new(&d.quantity))
+                .collect(),
+            cholesky,
+        }
+    }
+
+    pub fn num_drivers(&self) -> usize {
+        self.marginals.len()
+    }
+
+    /// Fills `quantities` (one per driver) for `(seed, path)`; `scratch`
+    /// holds the normal scores of a correlated draw (same length).
+    #[inline]
+    pub fn draw(&self, seed: u64, path: u64, quantities: &mut [f64], scratch: &mut [f64]) {
+        let n = self.marginals.len();
+        for (driver, slot) in quantities.iter_mut().enumerate().take(n) {
+            let [high, low, _, _] = draws(seed, path, driver as u32, 0);
+            *slot = open_unit(high, low);
+        }
+        if let Some(lower) = &self.cholesky {
+            for (score, &u) in scratch.iter_mut().zip(quantities.iter()) {
+                *score = normal_quantile(u);
+            }
+            for row in 0..n {
+                let correlated: f64 = (0..=row).map(|k| lower[row * n + k] * scratch[k]).sum();
+                // Clamp away from 0 and 1, which the quantiles cannot take.
+                quantities[row] =
+                    normal_cdf(correlated).clamp(f64::MIN_POSITIVE, 1.0 - f64::EPSILON);
+            }
+        }
+        for (slot, marginal) in quantities.iter_mut().zip(&self.marginals) {
+            *slot = marginal.quantile(*slot);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model(distributions: Vec<Distribution>, correlations: &[(usize, usize, f64)]) -> ValueModel {
+        let drivers: Vec<serde_json::Value> = distributions
+            .iter()
+            .enumerate()
+            .map(|(index, quantity)| {
+                serde_json::json!({ "name": format!("d{index}"), "category": "revenue",
+                    "unit_value": 1.0, "quantity": quantity })
+            })
+            .collect();
+        let correlations: Vec<serde_json::Value> = correlations
+            .iter()
+            .map(|(a, b, rho)| serde_json::json!({ "a": format!("d{a}"), "b": format!("d{b}"), "rho": rho }))
+            .collect();
+        let model: ValueModel = serde_json::from_value(serde_json::json!({
+            "name": "m", "customer": "c", "industry": "saas", "currency": "USD",
+            "horizon_months": 12, "discount_rate": 0.0, "costs": { "one_off": 0, "monthly": 0 },
+            "drivers": drivers, "correlations": correlations
+        }))
+        .unwrap();
+        model.validate().unwrap();
+        model
+    }
+
+    /// Mean and standard deviation of each driver over `n` paths.
+    fn moments(sampler: &Sampler, n: u64, seed: u64) -> Vec<(f64, f64)> {
+        let d = sampler.num_drivers();
+        let (mut q, mut scratch) = (vec![0.0; d], vec![0.0; d]);
+        let mut sums = vec![(0.0, 0.0); d];
+        for path in 0..n {
+            sampler.draw(seed, path, &mut q, &mut scratch);
+            for (sum, value) in sums.iter_mut().zip(&q) {
+                sum.0 += value;
+                sum.1 += value * value;
+            }
+        }
+        sums.iter()
+            .map(|(s, s2)| {
+                let mean = s / n as f64;
+                (mean, (s2 / n as f64 - mean * mean).max(0.0).sqrt())
+            })
+            .collect()
+    }
+
+    /// `|observed - expected|` within five standard errors.
+    fn assert_mean(observed: f64, expected: f64, sd: f64, n: u64, what: &str) {
+        let tolerance = 5.0 * sd / (n as f64).sqrt() + 1e-12;
+        assert!(
+            (observed - expected).abs() <= tolerance,
+            "{what}: {observed} vs {expected} (±{tolerance})"
+        );
+    }
+
+    #[test]
+    fn marginal_moments_match_their_closed_forms() {
+        let n = 200_000;
+        let (a, c, b) = (1.0, 3.0, 8.0);
+        let triangular_sd = ((a * a + b * b + c * c - a * b - a * c - b * c) / 18.0f64).sqrt();
+        let pert_mean = (a + 4.0 * c + b) / 6.0;
+        let sampler = Sampler::new(&model(
+            vec![
+                Distribution::Normal {
+                    mean: 10.0,
+                    sd: 2.0,
+                },
+                Distribution::Lognormal { mean: 5.0, sd: 3.0 },
+                Distribution::Triangular {
+                    min: a,
+                    mode: c,
+                    max: b,
+                },
+                Distribution::Pert {
+                    min: a,
+                    mode: c,
+                    max: b,
+                },
+                Distribution::Uniform {
+                    min: -2.0,
+                    max: 6.0,
+                },
+                Distribution::Bernoulli {
+                    p: 0.3,
+                    impact: 100.0,
+                },
+                Distribution::Fixed { value: 7.0 },
+            ],
+            &[],
+        ));
+        let m = moments(&sampler, n, 11);
+        assert_mean(m[0].0, 10.0, 2.0, n, "normal mean");
+        assert!((m[0].1 - 2.0).abs() < 0.03, "normal sd {}", m[0].1);
+        assert_mean(m[1].0, 5.0, 3.0, n, "lognormal mean");
+        assert!((m[1].1 - 3.0).abs() < 0.1, "lognormal sd {}", m[1].1);
+        assert_mean(
+            m[2].0,
+            (a + b + c) / 3.0,
+            triangular_sd,
+            n,
+            "triangular mean",
+        );
+        assert!(
+            (m[2].1 - triangular_sd).abs() < 0.02,
+            "triangular sd {}",
+            m[2].1
+        );
+        // PERT variance with lambda 4: (mean - a)(b - mean) / 7.
+        let pert_sd = ((pert_mean - a) * (b - pert_mean) / 7.0f64).sqrt();
+        assert_mean(m[3].0, pert_mean, pert_sd, n, "pert mean");
+        assert!((m[3].1 - pert_sd).abs() < 0.02, "pert sd {}", m[3].1);
+        assert_mean(m[4].0, 2.0, 8.0 / 12f64.sqrt(), n, "uniform mean");
+        assert_mean(
+            m[5].0,
+            30.0,
+            (0.3f64 * 0.7).sqrt() * 100.0,
+            n,
+            "bernoulli frequency",
+        );
+        assert_eq!(m[6], (7.0, 0.0));
+    }
+
+    #[test]
+    fn a_requested_correlation_is_recovered() {
+        let n = 100_000u64;
+        let sampler = Sampler::new(&model(
+            vec![
+                Distribution::Normal { mean: 0.0, sd: 1.0 },
+                Distribution::Normal { mean: 5.0, sd: 2.0 },
+                Distribution::Uniform { min: 0.0, max: 1.0 },
+            ],
+            &[(0, 1, 0.6), (1, 2, -0.3)],
+        ));
+        let (mut q, mut scratch) = (vec![0.0; 3], vec![0.0; 3]);
+        let mut samples = vec![Vec::new(); 3];
+        for path in 0..n {
+            sampler.draw(3, path, &mut q, &mut scratch);
+            for (column, value) in samples.iter_mut().zip(&q) {
+                column.push(*value);
+            }
+        }
+        let pearson = |x: &[f64], y: &[f64]| {
+            let (mx, my) = (
+                x.iter().sum::<f64>() / n as f64,
+                y.iter().sum::<f64>() / n as f64,
+            );
+            let cov: f64 = x.iter().zip(y).map(|(a, b)| (a - mx) * (b - my)).sum();
+            let vx: f64 = x.iter().map(|a| (a - mx).powi(2)).sum();
+            let vy: f64 = y.iter().map(|b| (b - my).powi(2)).sum();
+            cov / (vx * vy).sqrt()
+        };
+        let between_normals = pearson(&samples[0], &samples[1]);
+        assert!((between_normals - 0.6).abs() < 0.01, "{between_normals}");
+        // Normal scores of a uniform margin carry the copula's rho.
+        let scores: Vec<f64> = samples[2].iter().map(|&u| normal_quantile(u)).collect();
+        let with_uniform = pearson(&samples[1], &scores);
+        assert!((with_uniform + 0.3).abs() < 0.01, "{with_uniform}");
+        assert!(
+            pearson(&samples[0], &scores).abs() < 0.3,
+            "no rho given between d0 and d2"
+        );
+    }
+
+    #[test]
+    fn draws_are_a_function_of_seed_and_path_only() {
+        let sampler = Sampler::new(&model(
+            vec![
+                Distribution::Pert {
+                    min: 0.0,
+                    mode: 1.0,
+                    max: 4.0,
+                },
+                Distribution::Normal { mean: 0.0, sd: 1.0 },
+            ],
+            &[(0, 1, 0.5)],
+        ));
+        let draw = |seed, path| {
+            let (mut q, mut s) = (vec![0.0; 2], vec![0.0; 2]);
+            sampler.draw(seed, path, &mut q, &mut s);
+            q
+        };
+        assert_eq!(draw(1, 99), draw(1, 99));
+        assert_ne!(draw(1, 99), draw(2, 99));
+        assert_ne!(draw(1, 99), draw(1, 100));
+    }
+
+    #[test]
+    fn normal_quantile_and_cdf_invert_each_other() {
+        for &u in &[1e-12, 1e-6, 0.01, 0.2, 0.5, 0.8, 0.99, 1.0 - 1e-9] {
+            let z = normal_quantile(u);
+            assert!((normal_cdf(z) - u).abs() < 1e-12 * u.max(1e-3) * 1e3, "{u}");
+        }
+        assert!((normal_quantile(0.975) - 1.959_963_984_540_054).abs() < 1e-12);
+    }
+
+    #[test]
+    fn the_beta_table_is_monotone_and_pinned_at_both_ends() {
+        let table = beta_quantile_table(2.0, 5.0);
+        assert_eq!((table[0], table[table.len() - 1]), (0.0, 1.0));
+        assert!(table.windows(2).all(|pair| pair[0] <= pair[1]));
+        // The median of Beta(2, 5) is about 0.26445.
+        assert!((table[table.len() / 2] - 0.26445).abs() < 1e-4);
+    }
+}
