@@ -190,6 +190,11 @@ impl Sampler {
         self.marginals.len()
     }
 
+    /// The `u` quantile of driver `driver`'s own distribution.
+    pub fn quantile(&self, driver: usize, u: f64) -> f64 {
+        self.marginals[driver].quantile(u)
+    }
+
     /// Fills `quantities` (one per driver) for `(seed, path)`; `scratch`
     /// holds the normal scores of a correlated draw (same length).
     #[inline]
