@@ -25,6 +25,39 @@ enum Command {
     Serve(ServeArgs),
     /// Apply the database migrations and exit.
     Migrate(MigrateArgs),
+    /// Run a Monte Carlo simulation of a value model file.
+    Simulate(SimulateArgs),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Device {
+    /// The GPU when one is found, else the CPU.
+    Auto,
+    Cpu,
+    Gpu,
+}
+
+#[derive(Args)]
+struct SimulateArgs {
+    /// The value model (JSON).
+    model: PathBuf,
+    /// Paths to simulate, 1 to 1000000000.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
+    paths: u64,
+    /// Seed: the same seed gives the same result, whatever the thread count.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    #[arg(long, value_enum, default_value_t = Device::Auto)]
+    device: Device,
+    /// Bins of the NPV histogram.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    bins: u64,
+    /// Stop once the standard error of the mean is below this fraction of it.
+    #[arg(long, value_name = "FRACTION")]
+    stop_at_rel_se: Option<f64>,
+    /// Print the result as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -156,6 +189,93 @@ async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
+    use valueverse::gpu::cpu::{Control, RunSettings, run};
+    use valueverse::model::ValueModel;
+
+    let bytes = std::fs::read(&args.model)
+        .with_context(|| format!("cannot read {}", args.model.display()))?;
+    let model = ValueModel::from_json(&bytes)
+        .map_err(|invalid| anyhow::anyhow!("invalid model {}: {invalid}", args.model.display()))?;
+    if args.device == Device::Gpu {
+        anyhow::bail!("--device gpu: this build has no CUDA engine yet; use --device cpu or auto");
+    }
+    if let Some(target) = args.stop_at_rel_se
+        && !(target > 0.0 && target < 1.0)
+    {
+        anyhow::bail!("--stop-at-rel-se must be within (0, 1), got {target}");
+    }
+    let settings = RunSettings {
+        paths: args.paths,
+        seed: args.seed,
+        bins: args.bins as usize,
+        stop_at_rel_se: args.stop_at_rel_se,
+    };
+    let bar = indicatif::ProgressBar::new(args.paths);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} paths ({eta}) {msg}",
+        )
+        .expect("valid progress template"),
+    );
+    let result = run(&model, &settings, |progress| {
+        bar.set_position(progress.paths_done);
+        bar.set_message(format!(
+            "mean {:.0}, {:.1} M samples/s",
+            progress.running_mean,
+            progress.samples_per_second / 1e6
+        ));
+        Control::Continue
+    });
+    bar.finish_and_clear();
+    let result = result?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+        return Ok(());
+    }
+    let currency = &model.currency;
+    let npv = &result.npv;
+    let p = &npv.percentiles;
+    println!(
+        "{}: {} paths, seed {}, {} engine, {:.2} s ({:.1} M samples/s)",
+        model.name,
+        result.paths,
+        result.seed,
+        result.engine,
+        result.wall_seconds,
+        result.samples_per_second / 1e6
+    );
+    println!(
+        "NPV ({currency})   mean {:>14.0}   std {:>14.0}   std error {:.0}",
+        npv.mean, npv.std, result.std_error
+    );
+    println!(
+        "             min  {:>14.0}   max {:>14.0}",
+        npv.min, npv.max
+    );
+    println!(
+        "             P5 {:.0}  P10 {:.0}  P25 {:.0}  P50 {:.0}  P75 {:.0}  P90 {:.0}  P95 {:.0}",
+        p.p5, p.p10, p.p25, p.p50, p.p75, p.p90, p.p95
+    );
+    println!("P(loss)      {:.2} %", result.prob_loss * 100.0);
+    if let Some(roi) = &result.roi {
+        println!(
+            "ROI          mean {:.1} %   P10 {:.1} %   P90 {:.1} %",
+            roi.mean * 100.0,
+            roi.percentiles.p10 * 100.0,
+            roi.percentiles.p90 * 100.0
+        );
+    }
+    println!("Tornado (NPV with the driver at its P10 / P90, others at their means):");
+    for bar in &result.sensitivity {
+        println!(
+            "  {:<28} {:>14.0} {:>14.0}   swing {:>14.0}   rank corr {:+.2}",
+            bar.driver, bar.npv_at_p10, bar.npv_at_p90, bar.swing, bar.rank_correlation
+        );
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -168,12 +288,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(async {
-        match cli.command {
-            Command::Serve(args) => serve(args).await,
-            Command::Migrate(args) => migrate(args).await,
-        }
-    });
+    let result = match cli.command {
+        Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Migrate(args) => runtime.block_on(migrate(args)),
+        // CPU-bound on rayon's threads: no async runtime involved.
+        Command::Simulate(args) => simulate(args),
+    };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -150,7 +150,11 @@ impl fmt::Display for InvalidModel {
             if index > 0 {
                 formatter.write_str("; ")?;
             }
-            write!(formatter, "{}: {}", error.path, error.message)?;
+            if error.path == "." {
+                formatter.write_str(&error.message)?;
+            } else {
+                write!(formatter, "{}: {}", error.path, error.message)?;
+            }
         }
         Ok(())
     }
@@ -246,6 +250,22 @@ impl Checker {
 }
 
 impl ValueModel {
+    /// Parses and validates a model from JSON; every error names the JSON
+    /// path of the field at fault (`.` for the document itself).
+    pub fn from_json(json: &[u8]) -> Result<ValueModel, InvalidModel> {
+        let single = |path: String, message: String| InvalidModel {
+            errors: vec![FieldError { path, message }],
+        };
+        let mut deserializer = serde_json::Deserializer::from_slice(json);
+        let model: ValueModel = serde_path_to_error::deserialize(&mut deserializer)
+            .map_err(|error| single(error.path().to_string(), error.into_inner().to_string()))?;
+        deserializer
+            .end()
+            .map_err(|error| single(".".into(), error.to_string()))?;
+        model.validate()?;
+        Ok(model)
+    }
+
     /// Checks every field; the errors name their JSON paths.
     pub fn validate(&self) -> Result<(), InvalidModel> {
         let mut check = Checker { errors: Vec::new() };
@@ -669,6 +689,24 @@ mod tests {
             let errors = model.validate().unwrap_err().errors;
             assert!(errors.iter().any(|e| e.path == path), "{path}: {errors:?}");
         }
+    }
+
+    #[test]
+    fn from_json_names_the_path_of_a_malformed_field() {
+        let mut value = serde_json::to_value(model()).unwrap();
+        value["drivers"][1]["quantity"]["sd"] = "wide".into();
+        let error = ValueModel::from_json(value.to_string().as_bytes()).unwrap_err();
+        // serde buffers an internally tagged enum, so a type error inside a
+        // distribution is placed at the distribution; the message says what.
+        assert_eq!(error.errors[0].path, "drivers[1].quantity", "{error}");
+        assert!(error.errors[0].message.contains("expected f64"), "{error}");
+        let mut value = serde_json::to_value(model()).unwrap();
+        value["horizon_months"] = 0.into();
+        let error = ValueModel::from_json(value.to_string().as_bytes()).unwrap_err();
+        assert_eq!(error.errors[0].path, "horizon_months");
+        assert!(ValueModel::from_json(b"{").is_err());
+        let good = serde_json::to_vec(&model()).unwrap();
+        assert_eq!(ValueModel::from_json(&good).unwrap(), model());
     }
 
     #[test]

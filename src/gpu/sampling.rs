@@ -121,12 +121,10 @@ impl Marginal {
                 min + span * (table[index] + fraction * (table[index + 1] - table[index]))
             }
             Marginal::Uniform { min, max } => min + u * (max - min),
+            // Nondecreasing in u, as a quantile must be (the copula relies on it).
             Marginal::Bernoulli { p, impact } => {
-                if u < p {
-                    impact
-                } else {
-                    0.0
-                }
+                let is_impact = if impact >= 0.0 { u > 1.0 - p } else { u <= p };
+                if is_impact { impact } else { 0.0 }
             }
         }
     }
@@ -415,6 +413,39 @@ mod tests {
             assert!((normal_cdf(z) - u).abs() < 1e-12 * u.max(1e-3) * 1e3, "{u}");
         }
         assert!((normal_quantile(0.975) - 1.959_963_984_540_054).abs() < 1e-12);
+    }
+
+    #[test]
+    fn quantiles_are_nondecreasing_for_every_marginal() {
+        let marginals = [
+            Marginal::new(&Distribution::Bernoulli {
+                p: 0.35,
+                impact: 1.0,
+            }),
+            Marginal::new(&Distribution::Bernoulli {
+                p: 0.35,
+                impact: -1.0,
+            }),
+            Marginal::new(&Distribution::Triangular {
+                min: 0.0,
+                mode: 1.0,
+                max: 5.0,
+            }),
+            Marginal::new(&Distribution::Pert {
+                min: 0.0,
+                mode: 1.0,
+                max: 5.0,
+            }),
+            Marginal::new(&Distribution::Lognormal { mean: 2.0, sd: 1.0 }),
+        ];
+        for marginal in &marginals {
+            let values: Vec<f64> = (1..1000)
+                .map(|i| marginal.quantile(i as f64 / 1000.0))
+                .collect();
+            assert!(values.windows(2).all(|w| w[0] <= w[1]), "{marginal:?}");
+        }
+        assert_eq!(marginals[0].quantile(0.1), 0.0);
+        assert_eq!(marginals[0].quantile(0.9), 1.0);
     }
 
     #[test]

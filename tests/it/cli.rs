@@ -169,3 +169,79 @@ async fn serve_runs_a_node_until_sigterm() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+#[test]
+fn simulate_prints_a_summary_or_json_and_refuses_bad_models() {
+    let model = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/models/acme-support.json");
+    let output = valueverse()
+        .args([
+            "simulate", model, "--paths", "20000", "--seed", "3", "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let result: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(result["paths"], 20000);
+    assert_eq!(result["engine"], "cpu");
+    let p = &result["npv"]["percentiles"];
+    assert!(p["p5"].as_f64().unwrap() < p["p50"].as_f64().unwrap());
+    assert!(p["p50"].as_f64().unwrap() < p["p95"].as_f64().unwrap());
+    assert_eq!(result["sensitivity"].as_array().unwrap().len(), 5);
+    let again = valueverse()
+        .args([
+            "simulate", model, "--paths", "20000", "--seed", "3", "--json",
+        ])
+        .output()
+        .unwrap();
+    let again: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(result["npv"], again["npv"], "a seed reproduces its result");
+
+    let table = valueverse()
+        .args(["simulate", model, "--paths", "5000"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(table.stdout).unwrap();
+    assert!(
+        text.contains("NPV (USD)") && text.contains("Tornado"),
+        "{text}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.json");
+    let mut value: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model).unwrap()).unwrap();
+    value["drivers"][0]["quantity"]["max"] = 10.into();
+    std::fs::write(&bad, value.to_string()).unwrap();
+    for args in [
+        vec!["simulate".to_owned(), bad.display().to_string()],
+        vec![
+            "simulate".to_owned(),
+            model.to_owned(),
+            "--paths".into(),
+            "0".into(),
+        ],
+        vec![
+            "simulate".to_owned(),
+            model.to_owned(),
+            "--device".into(),
+            "gpu".into(),
+        ],
+        vec!["simulate".to_owned(), "/nonexistent.json".into()],
+    ] {
+        let output = valueverse().args(&args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(!stderr.is_empty());
+    }
+    let output = valueverse()
+        .args(["simulate", &bad.display().to_string()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("drivers[0].quantity.mode"), "{stderr}");
+}
