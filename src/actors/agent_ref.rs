@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use super::agent::Agent;
-use super::envelope::{CorrelationId, Envelope, Header};
+use super::envelope::{CorrelationId, Envelope, Header, ReplySender};
 use super::error::AgentError;
 use super::registry::{Instance, KindRuntime};
 
@@ -64,7 +64,7 @@ impl<A: Agent> AgentRef<A> {
         &self,
         payload: A::Msg,
         deadline: Option<quanta::Instant>,
-        reply: Option<oneshot::Sender<Result<A::Reply, AgentError>>>,
+        reply: Option<ReplySender<A>>,
     ) -> Envelope<A> {
         Envelope {
             header: Header {
@@ -104,11 +104,17 @@ impl<A: Agent> AgentRef<A> {
             tokio::time::timeout(timeout, answer).await
         };
         match answered {
-            Ok(Ok(Err(AgentError::Expired { .. }))) | Err(_) => Err(AgentError::Timeout {
+            Ok(Ok(Err(error))) if matches!(*error, AgentError::Expired { .. }) => {
+                Err(AgentError::Timeout {
+                    target: KindRuntime::<A>::target(&self.key),
+                    after: timeout,
+                })
+            }
+            Err(_) => Err(AgentError::Timeout {
                 target: KindRuntime::<A>::target(&self.key),
                 after: timeout,
             }),
-            Ok(Ok(result)) => result,
+            Ok(Ok(result)) => result.map_err(|error| *error),
             Ok(Err(_dropped)) => Err(AgentError::Stopped {
                 target: KindRuntime::<A>::target(&self.key),
             }),

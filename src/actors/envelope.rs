@@ -75,7 +75,9 @@ pub(crate) struct Header {
 }
 
 /// The answer to an `ask`, when the sender waits for one.
-pub(crate) type ReplySender<A> = oneshot::Sender<Result<<A as Agent>::Reply, AgentError>>;
+/// Errors travel boxed: the channel then carries a small value on the hot
+/// path instead of the size of the largest error.
+pub(crate) type ReplySender<A> = oneshot::Sender<Result<<A as Agent>::Reply, Box<AgentError>>>;
 
 /// A message on its way into an instance's mailbox.
 pub(crate) struct Envelope<A: Agent> {

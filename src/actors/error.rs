@@ -31,7 +31,9 @@ pub enum AgentError {
     #[error("{target} refused the message: {rejection}")]
     Rejected {
         target: AgentId,
-        rejection: Rejection,
+        // Boxed, as is `Store`'s source: every ask's result is as large as
+        // the largest error, and it is moved on the hot path.
+        rejection: Box<Rejection>,
     },
     #[error("{target} is {status}, not failed: nothing to reset")]
     NotFailed {
@@ -48,7 +50,7 @@ pub enum AgentError {
     Store {
         target: AgentId,
         #[source]
-        source: StoreError,
+        source: Box<StoreError>,
     },
 }
 

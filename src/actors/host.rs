@@ -260,7 +260,7 @@ impl<A: Agent> Host<A> {
 fn respond<A: Agent>(reply: Option<ReplySender<A>>, result: Result<A::Reply, AgentError>) {
     if let Some(reply) = reply {
         // The asker may have timed out and gone: nobody to tell then.
-        let _ = reply.send(result);
+        let _ = reply.send(result.map_err(Box::new));
     }
 }
 
@@ -379,7 +379,7 @@ impl<A: Agent> Host<A> {
                             let target = KindRuntime::<A>::target(&host.key);
                             let error = AgentError::Store {
                                 target,
-                                source: error,
+                                source: Box::new(error),
                             };
                             respond::<A>(reply, Err(error));
                             host.fail(ctx, reason);
@@ -397,6 +397,7 @@ impl<A: Agent> Host<A> {
             Ok(Err(HandlerError::Rejected(rejection))) => {
                 shard.count(Outcome::Rejected);
                 let target = KindRuntime::<A>::target(&self.key);
+                let rejection = Box::new(rejection);
                 respond::<A>(reply, Err(AgentError::Rejected { target, rejection }));
                 return;
             }

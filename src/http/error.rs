@@ -116,14 +116,17 @@ impl From<AgentError> for ApiError {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "agent_stopped", message)
                     .retry_after(1)
             }
-            AgentError::Rejected { rejection, .. } => ApiError {
-                field: rejection.field,
-                ..ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    rejection.code,
-                    rejection.message,
-                )
-            },
+            AgentError::Rejected { rejection, .. } => {
+                let rejection = *rejection;
+                ApiError {
+                    field: rejection.field,
+                    ..ApiError::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        rejection.code,
+                        rejection.message,
+                    )
+                }
+            }
             AgentError::NotFailed { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "not_failed", message)
             }
@@ -133,7 +136,7 @@ impl From<AgentError> for ApiError {
             AgentError::UnknownKind { .. } => {
                 ApiError::new(StatusCode::NOT_FOUND, "unknown_kind", message)
             }
-            AgentError::Store { source, .. } => ApiError::from(source),
+            AgentError::Store { source, .. } => ApiError::from(*source),
         }
     }
 }
