@@ -89,7 +89,7 @@ impl<A: Agent> AgentRef<A> {
     /// the deadline, so an instance that reaches it too late drops it.
     pub async fn ask(&self, msg: A::Msg, timeout: Duration) -> Result<A::Reply, AgentError> {
         let (reply, answer) = oneshot::channel();
-        let deadline = quanta::Instant::now() + timeout;
+        let deadline = self.kind.node.clock.now() + timeout;
         let worker = self.kind.deliver(
             &self.key,
             self.envelope(msg, Some(deadline), Some(reply)),

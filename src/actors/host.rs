@@ -118,7 +118,7 @@ impl<A: Agent> Host<A> {
                         None => (A::init(&host.key), 0),
                     };
                     host.phase = Phase::Active { state, version };
-                    host.last_active = quanta::Instant::now();
+                    host.last_active = host.kind.node.clock.now();
                     host.cell.set_status(InstanceStatus::Active);
                     let change = match host.restart_attempt.take() {
                         Some(attempt) => LifecycleChange::Restarted { attempt },
@@ -149,7 +149,7 @@ impl<A: Agent> Host<A> {
             }
             ctx.cancel_future(handle);
         }
-        let after = deadline.saturating_duration_since(quanta::Instant::now());
+        let after = deadline.saturating_duration_since(self.kind.node.clock.now());
         let handle = ctx.run_later(after, |host, ctx| {
             host.expiry = None;
             host.expire_stash(ctx);
@@ -159,7 +159,7 @@ impl<A: Agent> Host<A> {
 
     /// Answers the stashed asks whose deadline has passed.
     fn expire_stash(&mut self, ctx: &mut Context<Self>) {
-        let now = quanta::Instant::now();
+        let now = self.kind.node.clock.now();
         let mut next_deadline: Option<quanta::Instant> = None;
         let mut kept = VecDeque::with_capacity(self.stash.len());
         for envelope in self.stash.drain(..) {
@@ -307,7 +307,9 @@ impl<A: Agent> Host<A> {
             payload,
             reply,
         } = envelope;
-        let started = quanta::Instant::now();
+        let clock = &self.kind.node.clock;
+        let started_raw = clock.raw();
+        let started = clock.scaled(started_raw);
         self.last_active = started;
         let shard = self.kind.metrics.shards.worker(self.worker);
         let (state, version) = match &mut self.phase {
@@ -357,7 +359,7 @@ impl<A: Agent> Host<A> {
             A::handle(state, payload, &mut handling)
         }));
         let persist = handling.wants_persist();
-        shard.observe_nanos(started.elapsed().as_nanos() as u64);
+        shard.observe_nanos(clock.delta_as_nanos(started_raw, clock.raw()));
         let outcome = match outcome {
             Ok(Ok(value)) if persist => {
                 shard.count(Outcome::Ok);

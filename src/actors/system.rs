@@ -80,6 +80,9 @@ static NEXT_SYSTEM_ID: AtomicU64 = AtomicU64::new(1);
 pub(crate) struct NodeContext {
     id: u64,
     pub(crate) name: String,
+    /// The TSC clock, held directly: reading it skips quanta's thread-local
+    /// override check and global lookup on every message.
+    pub(crate) clock: quanta::Clock,
     pub(crate) store: Store,
     pub(crate) metrics: Metrics,
     pub(crate) runtime: RuntimeConfig,
@@ -208,6 +211,7 @@ impl System {
         let node = NodeContext {
             id,
             name: node_name.into(),
+            clock: quanta::Clock::new(),
             store,
             metrics: Metrics::new(),
             runtime,
