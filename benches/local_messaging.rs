@@ -163,6 +163,15 @@ impl Fixture {
     }
 }
 
+/// Times `work(iterations)` run on the agent runtime's event loop.
+fn iter_on_loop<W, F>(bencher: &mut criterion::Bencher<'_>, system: &System, work: W)
+where
+    W: Fn(u64) -> F,
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    bencher.iter_custom(|iterations| timed_on_actor_thread(|f| system.spawn(f), iterations, &work));
+}
+
 /// Same thread: callers run on the actor's own event loop, as actix's own
 /// figures are taken. These carry the targets.
 fn same_thread(c: &mut Criterion) {
@@ -176,46 +185,34 @@ fn same_thread(c: &mut Criterion) {
     let mut ask = c.benchmark_group("same_thread_ask_round_trip");
     ask.throughput(Throughput::Elements(1));
     ask.bench_function("plain_actix_send", |b| {
-        b.iter_custom(|iterations| {
+        iter_on_loop(b, &system, |n| {
             let plain = plain.clone();
-            timed_on_actor_thread(
-                |f| system.spawn(f),
-                iterations,
-                move |n| async move {
-                    for _ in 0..n {
-                        black_box(plain.send(Add(1)).await.unwrap());
-                    }
-                },
-            )
+            async move {
+                for _ in 0..n {
+                    black_box(plain.send(Add(1)).await.unwrap());
+                }
+            }
         })
     });
     // Reference only: actix's send with a deadline, as our ask always has one.
     ask.bench_function("plain_actix_send_with_timeout", |b| {
-        b.iter_custom(|iterations| {
+        iter_on_loop(b, &system, |n| {
             let plain = plain.clone();
-            timed_on_actor_thread(
-                |f| system.spawn(f),
-                iterations,
-                move |n| async move {
-                    for _ in 0..n {
-                        black_box(plain.send(Add(1)).timeout(ASK_TIMEOUT).await.unwrap());
-                    }
-                },
-            )
+            async move {
+                for _ in 0..n {
+                    black_box(plain.send(Add(1)).timeout(ASK_TIMEOUT).await.unwrap());
+                }
+            }
         })
     });
     ask.bench_function("agent_ref_ask", |b| {
-        b.iter_custom(|iterations| {
+        iter_on_loop(b, &system, |n| {
             let agent = agent.clone();
-            timed_on_actor_thread(
-                |f| system.spawn(f),
-                iterations,
-                move |n| async move {
-                    for _ in 0..n {
-                        black_box(agent.ask(TallyMsg::Add(1), ASK_TIMEOUT).await.unwrap());
-                    }
-                },
-            )
+            async move {
+                for _ in 0..n {
+                    black_box(agent.ask(TallyMsg::Add(1), ASK_TIMEOUT).await.unwrap());
+                }
+            }
         })
     });
     ask.finish();
@@ -224,37 +221,29 @@ fn same_thread(c: &mut Criterion) {
     tell.throughput(Throughput::Elements(BATCH));
     tell.sample_size(30);
     tell.bench_function("plain_actix_do_send", |b| {
-        b.iter_custom(|iterations| {
+        iter_on_loop(b, &system, |n| {
             let plain = plain.clone();
-            timed_on_actor_thread(
-                |f| system.spawn(f),
-                iterations,
-                move |n| async move {
-                    for _ in 0..n {
-                        for _ in 0..BATCH {
-                            plain.do_send(Add(1));
-                        }
-                        plain.send(Add(0)).await.unwrap();
+            async move {
+                for _ in 0..n {
+                    for _ in 0..BATCH {
+                        plain.do_send(Add(1));
                     }
-                },
-            )
+                    plain.send(Add(0)).await.unwrap();
+                }
+            }
         })
     });
     tell.bench_function("agent_ref_tell", |b| {
-        b.iter_custom(|iterations| {
+        iter_on_loop(b, &system, |n| {
             let agent = agent.clone();
-            timed_on_actor_thread(
-                |f| system.spawn(f),
-                iterations,
-                move |n| async move {
-                    for _ in 0..n {
-                        for _ in 0..BATCH {
-                            agent.tell(TallyMsg::Add(1)).unwrap();
-                        }
-                        agent.ask(TallyMsg::Get, ASK_TIMEOUT).await.unwrap();
+            async move {
+                for _ in 0..n {
+                    for _ in 0..BATCH {
+                        agent.tell(TallyMsg::Add(1)).unwrap();
                     }
-                },
-            )
+                    agent.ask(TallyMsg::Get, ASK_TIMEOUT).await.unwrap();
+                }
+            }
         })
     });
     tell.finish();
