@@ -10,15 +10,15 @@ use crate::store::{Store, StoreError, redact_url};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
-    #[error("cannot open the store at {url}: {source}")]
+    #[error("cannot open the store at {url}")]
     Store {
         url: String,
         #[source]
         source: StoreError,
     },
-    #[error("cannot start the agent runtime: {0}")]
+    #[error("cannot start the agent runtime")]
     Runtime(#[source] std::io::Error),
-    #[error("cannot listen for HTTP on {addr}: {source}")]
+    #[error("cannot listen for HTTP on {addr}")]
     Http {
         addr: SocketAddr,
         #[source]

@@ -46,11 +46,12 @@ pub enum AgentError {
     UnknownKind { kind: String },
     #[error("{target} stopped before it replied")]
     Stopped { target: AgentId },
-    #[error("store error at {target}: {source}")]
+    /// The store failed under the instance (its message is included here,
+    /// so it is not also a `source`: chains would print it twice).
+    #[error("store error at {target}: {cause}")]
     Store {
         target: AgentId,
-        #[source]
-        source: Box<StoreError>,
+        cause: Box<StoreError>,
     },
 }
 

@@ -381,7 +381,7 @@ impl<A: Agent> Host<A> {
                             let target = KindRuntime::<A>::target(&host.key);
                             let error = AgentError::Store {
                                 target,
-                                source: Box::new(error),
+                                cause: Box::new(error),
                             };
                             respond::<A>(reply, Err(error));
                             host.fail(ctx, reason);

@@ -136,7 +136,7 @@ impl From<AgentError> for ApiError {
             AgentError::UnknownKind { .. } => {
                 ApiError::new(StatusCode::NOT_FOUND, "unknown_kind", message)
             }
-            AgentError::Store { source, .. } => ApiError::from(*source),
+            AgentError::Store { cause, .. } => ApiError::from(*cause),
         }
     }
 }

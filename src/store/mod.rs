@@ -41,9 +41,11 @@ pub enum StoreError {
         key: String,
         reason: String,
     },
-    #[error("migration failed: {0}")]
+    // Transparent: the inner error says what failed; repeating it here
+    // would print it twice in an error chain.
+    #[error(transparent)]
     Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("database error: {0}")]
+    #[error(transparent)]
     Database(#[from] sqlx::Error),
 }
 

@@ -99,6 +99,25 @@ fn bad_values_stop_start_up_naming_them() {
 }
 
 #[test]
+fn an_unreachable_store_is_named_once_and_stops_start_up() {
+    let output = valueverse()
+        .args(["serve", "--database-url", "sqlite:///nonexistent/dir/x.db"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("cannot open the store at sqlite:///nonexistent/dir/x.db"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("unable to open database file").count(),
+        1,
+        "{stderr}"
+    );
+}
+
+#[test]
 fn migrate_applies_the_migrations_and_exits() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("fresh.db");

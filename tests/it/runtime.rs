@@ -372,8 +372,8 @@ async fn a_stale_version_never_overwrites_the_store() {
         // The instance still holds the old version: its write is refused...
         let error = counter.ask(CounterMsg::Add(1), ASK).await.unwrap_err();
         assert!(
-            matches!(&error, AgentError::Store { source, .. }
-                if matches!(**source, valueverse::StoreError::VersionConflict { .. })),
+            matches!(&error, AgentError::Store { cause, .. }
+                if matches!(**cause, valueverse::StoreError::VersionConflict { .. })),
             "{backend:?}: {error}"
         );
         // ...and its restart reloads what the store holds.
