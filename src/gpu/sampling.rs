@@ -6,7 +6,7 @@
 //! copula exact and lets the CUDA kernel reproduce every draw.
 
 use statrs::function::beta::beta_reg;
-use statrs::function::erf::{erfc, erfc_inv};
+use statrs::function::erf::erfc;
 
 use crate::model::{Distribution, ValueModel};
 
@@ -15,10 +15,95 @@ use super::philox::{draws, open_unit};
 /// Points of a tabulated quantile function (PERT); linear in between.
 const QUANTILE_TABLE_POINTS: usize = 4097;
 
-/// Standard normal quantile.
+/// Standard normal quantile for u in (0, 1): Wichura's AS 241 (PPND16),
+/// about 16 digits, a few multiply-adds (three times faster here than going
+/// through `erfc_inv`, and the form the CUDA kernel can carry as is).
+// The published constants, digit for digit, so they can be checked against
+// the paper; f64 rounds the last digits.
+#[allow(clippy::excessive_precision)]
 #[inline]
 pub fn normal_quantile(u: f64) -> f64 {
-    -std::f64::consts::SQRT_2 * erfc_inv(2.0 * u)
+    fn rational(x: f64, numerator: &[f64; 8], denominator: &[f64; 8]) -> f64 {
+        let mut top = numerator[7];
+        let mut bottom = denominator[7];
+        for index in (0..7).rev() {
+            top = top * x + numerator[index];
+            bottom = bottom * x + denominator[index];
+        }
+        top / bottom
+    }
+    const A: [f64; 8] = [
+        3.387_132_872_796_366_608_0,
+        1.331_416_678_917_843_774_5e2,
+        1.971_590_950_306_551_442_7e3,
+        1.373_169_376_550_946_112_5e4,
+        4.592_195_393_154_987_145_7e4,
+        6.726_577_092_700_870_085_3e4,
+        3.343_057_558_358_812_810_5e4,
+        2.509_080_928_730_122_672_7e3,
+    ];
+    const B: [f64; 8] = [
+        1.0,
+        4.231_333_070_160_091_125_2e1,
+        6.871_870_074_920_579_083_0e2,
+        5.394_196_021_424_751_107_7e3,
+        2.121_379_430_158_659_586_7e4,
+        3.930_789_580_009_271_061_0e4,
+        2.872_908_573_572_194_267_4e4,
+        5.226_495_278_852_854_561_0e3,
+    ];
+    const C: [f64; 8] = [
+        1.423_437_110_749_683_577_34,
+        4.630_337_846_156_545_295_90,
+        5.769_497_221_460_691_405_50,
+        3.647_848_324_763_204_605_04,
+        1.270_458_252_452_368_382_58,
+        2.417_807_251_774_506_117_70e-1,
+        2.272_384_498_926_918_458_33e-2,
+        7.745_450_142_783_414_076_40e-4,
+    ];
+    const D: [f64; 8] = [
+        1.0,
+        2.053_191_626_637_758_821_87,
+        1.676_384_830_183_803_849_40,
+        6.897_673_349_851_000_045_50e-1,
+        1.481_039_764_274_800_745_90e-1,
+        1.519_866_656_361_645_719_66e-2,
+        5.475_938_084_995_344_946_00e-4,
+        1.050_750_071_644_416_843_24e-9,
+    ];
+    const E: [f64; 8] = [
+        6.657_904_643_501_103_777_20,
+        5.463_784_911_164_114_369_90,
+        1.784_826_539_917_291_335_80,
+        2.965_605_718_285_048_912_30e-1,
+        2.653_218_952_657_612_309_30e-2,
+        1.242_660_947_388_078_438_60e-3,
+        2.711_555_568_743_487_578_15e-5,
+        2.010_334_399_292_288_132_65e-7,
+    ];
+    const F: [f64; 8] = [
+        1.0,
+        5.998_322_065_558_879_376_90e-1,
+        1.369_298_809_227_358_053_10e-1,
+        1.487_536_129_085_061_485_25e-2,
+        7.868_691_311_456_132_591_00e-4,
+        1.846_318_317_510_054_681_80e-5,
+        1.421_511_758_316_445_888_70e-7,
+        2.044_263_103_389_939_785_64e-15,
+    ];
+    let q = u - 0.5;
+    if q.abs() <= 0.425 {
+        return q * rational(0.180_625 - q * q, &A, &B);
+    }
+    let tail = if q < 0.0 { u } else { 1.0 - u };
+    let r = (-tail.ln()).sqrt();
+    let magnitude = if r <= 5.0 {
+        rational(r - 1.6, &C, &D)
+    } else {
+        rational(r - 5.0, &E, &F)
+    };
+    if q < 0.0 { -magnitude } else { magnitude }
 }
 
 /// Standard normal distribution function.
@@ -404,6 +489,23 @@ mod tests {
         assert_eq!(draw(1, 99), draw(1, 99));
         assert_ne!(draw(1, 99), draw(2, 99));
         assert_ne!(draw(1, 99), draw(1, 100));
+    }
+
+    #[test]
+    fn as241_agrees_with_the_erfc_inverse() {
+        let reference =
+            |u: f64| -std::f64::consts::SQRT_2 * statrs::function::erf::erfc_inv(2.0 * u);
+        let mut u = 1e-15;
+        while u < 1.0 {
+            for v in [u, 1.0 - u, 0.5 - u / 2.0] {
+                let (ours, theirs) = (normal_quantile(v), reference(v));
+                assert!(
+                    (ours - theirs).abs() <= 1e-12 * theirs.abs().max(1.0),
+                    "{v}: {ours} vs {theirs}"
+                );
+            }
+            u *= 1.7;
+        }
     }
 
     #[test]
