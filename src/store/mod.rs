@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use sqlx::migrate::Migrator;
+use sqlx::migrate::{MigrateDatabase, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 
@@ -89,7 +89,8 @@ macro_rules! with_pool {
 
 impl Store {
     /// Opens a pool for `url` (`sqlite://path`, `sqlite::memory:`, `postgres://...`).
-    /// A SQLite file is created when missing. Nothing is migrated here.
+    /// A missing SQLite file or PostgreSQL database is created. Nothing is
+    /// migrated here.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Store, StoreError> {
         let pool = if url.starts_with("sqlite:") {
             let options = SqliteConnectOptions::from_str(url)
@@ -112,6 +113,14 @@ impl Store {
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let options = PgConnectOptions::from_str(url)
                 .map_err(|error| StoreError::InvalidUrl(error.to_string()))?;
+            // Like the SQLite file, a missing database is created. Nodes
+            // starting together may race: losing the race is fine.
+            if !sqlx::Postgres::database_exists(url).await?
+                && let Err(error) = sqlx::Postgres::create_database(url).await
+                && !sqlx::Postgres::database_exists(url).await?
+            {
+                return Err(error.into());
+            }
             Pool::Postgres(
                 PgPoolOptions::new()
                     .max_connections(max_connections.max(1))

@@ -83,3 +83,18 @@ async fn bad_urls_are_refused_clearly() {
         "passwords never shown: {error}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_postgres_database_is_created() {
+    // TestDb names a fresh database and drops it at the end; here the store
+    // creates it instead of the harness.
+    let db = TestDb::new(crate::support::Backend::Postgres).await;
+    let missing = format!("{}_new", db.url);
+    let store = Store::open(&missing, 2)
+        .await
+        .expect("created and migrated");
+    store.check_ready().await.unwrap();
+    store.close().await;
+    let name = missing.rsplit('/').next().unwrap().to_owned();
+    crate::support::drop_postgres_database(&name).await;
+}

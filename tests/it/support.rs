@@ -101,6 +101,17 @@ impl Drop for TestDb {
     }
 }
 
+/// Drops a database the tests made by other means than [`TestDb`].
+pub async fn drop_postgres_database(name: &str) {
+    let mut connection = sqlx::PgConnection::connect(&postgres_admin_url())
+        .await
+        .expect("admin connection");
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&mut connection)
+        .await
+        .expect("drop database");
+}
+
 /// An agent that counts, and can be told to fail in every way a handler can.
 pub struct Counter;
 
