@@ -266,6 +266,16 @@ fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
             roi.percentiles.p90 * 100.0
         );
     }
+    let month = |m: Option<u32>| m.map_or("never".to_owned(), |m| format!("month {m}"));
+    let payback = &result.payback;
+    println!(
+        "Payback      {:.1} % within the horizon   P10 {}   P50 {}   P90 {}   (first {} paths)",
+        payback.prob_within_horizon * 100.0,
+        month(payback.p10),
+        month(payback.p50),
+        month(payback.p90),
+        payback.sampled_paths
+    );
     println!("Tornado (NPV with the driver at its P10 / P90, others at their means):");
     for bar in &result.sensitivity {
         println!(

@@ -441,28 +441,39 @@ impl ValueModel {
         }
     }
 
+    /// Cumulative discounted cash flow of every month, linear in the
+    /// quantities, for payback months.
+    pub fn payback_curves(&self) -> PaybackCurves {
+        let factors = self.discount_factors();
+        let months = factors.len();
+        let mut base = Vec::with_capacity(months);
+        let mut cumulative_costs = self.costs.one_off;
+        for factor in &factors {
+            cumulative_costs += self.costs.monthly * factor;
+            base.push(-cumulative_costs);
+        }
+        let mut per_driver = Vec::with_capacity(months * self.drivers.len());
+        for driver in &self.drivers {
+            let mut cumulative = 0.0;
+            for (month, factor) in factors.iter().enumerate() {
+                cumulative +=
+                    driver.unit_value * ramp(driver.ramp_months, month as u32 + 1) * factor;
+                per_driver.push(cumulative);
+            }
+        }
+        PaybackCurves {
+            months,
+            base,
+            per_driver,
+        }
+    }
+
     /// NPV, ROI and payback with every driver at its mean.
     pub fn analytics(&self) -> Analytics {
         let means: Vec<f64> = self.drivers.iter().map(|d| d.quantity.mean()).collect();
         let weights = self.npv_weights();
         let npv = weights.npv(&means);
-        let factors = self.discount_factors();
-        let mut cumulative = -self.costs.one_off;
-        let mut payback_month = None;
-        for (month, factor) in (1..=self.horizon_months).zip(&factors) {
-            let cash_flow: f64 = self
-                .drivers
-                .iter()
-                .zip(&means)
-                .map(|(driver, mean)| driver.unit_value * mean * ramp(driver.ramp_months, month))
-                .sum::<f64>()
-                - self.costs.monthly;
-            cumulative += cash_flow * factor;
-            if cumulative >= 0.0 {
-                payback_month = Some(month);
-                break;
-            }
-        }
+        let payback_month = self.payback_curves().payback_month(&means);
         let drivers = self
             .drivers
             .iter()
@@ -481,6 +492,34 @@ impl ValueModel {
             payback_month,
             drivers,
         }
+    }
+}
+
+/// Cumulative discounted cash flow by month: `base[m] + sum_d
+/// per_driver[d][m] * q_d`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PaybackCurves {
+    months: usize,
+    base: Vec<f64>,
+    /// Driver-major: `per_driver[d * months + m]`.
+    per_driver: Vec<f64>,
+}
+
+impl PaybackCurves {
+    /// First month (1-based) whose cumulative discounted cash flow is >= 0.
+    pub fn payback_month(&self, quantities: &[f64]) -> Option<u32> {
+        (0..self.months)
+            .find(|&month| {
+                let driven: f64 = quantities
+                    .iter()
+                    .enumerate()
+                    .map(|(driver, quantity)| {
+                        self.per_driver[driver * self.months + month] * quantity
+                    })
+                    .sum();
+                self.base[month] + driven >= 0.0
+            })
+            .map(|month| month as u32 + 1)
     }
 }
 

@@ -104,6 +104,19 @@ pub struct Sensitivity {
     pub rank_correlation: f64,
 }
 
+/// Payback months over the first paths of the run (payback needs a month
+/// loop per path, so it is estimated from a sample).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct PaybackSummary {
+    pub sampled_paths: u64,
+    /// Share of sampled paths that pay back within the horizon.
+    pub prob_within_horizon: f64,
+    /// Payback month percentiles; `None` where that share never pays back.
+    pub p10: Option<u32>,
+    pub p50: Option<u32>,
+    pub p90: Option<u32>,
+}
+
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct SimulationResult {
     pub npv: Summary,
@@ -113,6 +126,7 @@ pub struct SimulationResult {
     pub std_error: f64,
     pub histogram: Histogram,
     pub sensitivity: Vec<Sensitivity>,
+    pub payback: PaybackSummary,
     pub paths: u64,
     pub seed: u64,
     pub engine: &'static str,
@@ -319,7 +333,8 @@ pub fn run(
     let edges = (0..=output_bins)
         .map(|index| low + width * index as f64 / output_bins as f64)
         .collect();
-    let sensitivity = sensitivity(model, &sampler, &weights, seed, paths.min(RANK_SAMPLE));
+    let (sensitivity, payback) =
+        sample_statistics(model, &sampler, &weights, seed, paths.min(RANK_SAMPLE));
     let wall_seconds = started.elapsed().as_secs_f64();
     Ok(SimulationResult {
         prob_loss: moments.losses as f64 / paths as f64,
@@ -331,6 +346,7 @@ pub fn run(
             counts: coarse,
         },
         sensitivity,
+        payback,
         paths,
         seed,
         engine: "cpu",
@@ -374,15 +390,17 @@ fn scale_summary(summary: &Summary, factor: f64) -> Summary {
     }
 }
 
-/// Tornado bars (closed form: NPV is linear in the quantities) and rank
-/// correlations over the first `sample` paths.
-fn sensitivity(
+/// Tornado bars (closed form: NPV is linear in the quantities), and rank
+/// correlations and payback months over the first `sample` paths.
+fn sample_statistics(
     model: &ValueModel,
     sampler: &Sampler,
     weights: &NpvWeights,
     seed: u64,
     sample: u64,
-) -> Vec<Sensitivity> {
+) -> (Vec<Sensitivity>, PaybackSummary) {
+    let curves = model.payback_curves();
+    let mut paybacks: Vec<u32> = Vec::with_capacity(sample as usize);
     let means: Vec<f64> = model.drivers.iter().map(|d| d.quantity.mean()).collect();
     let at_means = weights.npv(&means);
     let drivers = means.len();
@@ -392,6 +410,8 @@ fn sensitivity(
     for path in 0..sample {
         sampler.draw(seed, path, &mut quantities, &mut scratch);
         npvs.push(weights.npv(&quantities));
+        // Never paying back sorts after every month.
+        paybacks.push(curves.payback_month(&quantities).unwrap_or(u32::MAX));
         for (column, &quantity) in columns.iter_mut().zip(&quantities) {
             column.push(quantity);
         }
@@ -416,7 +436,23 @@ fn sensitivity(
         })
         .collect();
     bars.sort_by(|a, b| b.swing.total_cmp(&a.swing));
-    bars
+    paybacks.sort_unstable();
+    let at = |p: f64| {
+        let index = ((p * paybacks.len() as f64) as usize).min(paybacks.len().saturating_sub(1));
+        paybacks
+            .get(index)
+            .copied()
+            .filter(|&month| month != u32::MAX)
+    };
+    let paid_back = paybacks.iter().filter(|&&month| month != u32::MAX).count();
+    let payback = PaybackSummary {
+        sampled_paths: sample,
+        prob_within_horizon: paid_back as f64 / sample.max(1) as f64,
+        p10: at(0.10),
+        p50: at(0.50),
+        p90: at(0.90),
+    };
+    (bars, payback)
 }
 
 /// Ranks (ties share their mean rank), for Spearman's correlation.
@@ -534,6 +570,11 @@ mod tests {
         // Tornado: b swings more (0.5 * 200 * ... vs 2 * 30 * ...), sorted first.
         assert_eq!(result.sensitivity[0].driver, "b");
         assert!(result.sensitivity.iter().all(|s| s.rank_correlation > 0.3));
+        let payback = &result.payback;
+        assert_eq!(payback.sampled_paths, 20_000);
+        let month = |m: Option<u32>| m.unwrap_or(u32::MAX);
+        assert!(month(payback.p10) <= month(payback.p50));
+        assert!(month(payback.p50) <= month(payback.p90));
         let roi = result.roi.unwrap();
         assert!((roi.mean - result.npv.mean / weights.cost_basis).abs() < 1e-9);
     }
@@ -605,6 +646,26 @@ mod tests {
         assert_eq!(result.stop_reason, StopReason::PrecisionReached);
         assert!(result.paths < 50_000_000);
         assert!(result.std_error <= 0.01 * result.npv.mean.abs());
+    }
+
+    #[test]
+    fn payback_of_a_certain_model_is_its_deterministic_payback() {
+        let model = model(
+            serde_json::json!([
+                { "name": "a", "category": "revenue", "unit_value": 10.0, "ramp_months": 3,
+                  "quantity": { "dist": "fixed", "value": 20.0 } }
+            ]),
+            0.05,
+        );
+        let expected = model.analytics().payback_month;
+        assert!(expected.is_some());
+        let result = run(&model, &settings(1_000), |_| Control::Continue).unwrap();
+        let payback = &result.payback;
+        assert_eq!(
+            (payback.p10, payback.p50, payback.p90),
+            (expected, expected, expected)
+        );
+        assert_eq!(payback.prob_within_horizon, 1.0);
     }
 
     #[test]
