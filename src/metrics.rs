@@ -120,6 +120,14 @@ impl KindShards {
     pub(crate) fn worker(&self, index: usize) -> &WorkerShard {
         &self.workers[index]
     }
+
+    /// One figure summed over every worker's shard.
+    fn total(&self, field: impl Fn(&WorkerShard) -> &AtomicU64) -> u64 {
+        self.workers
+            .iter()
+            .map(|worker| field(worker).load(Ordering::Relaxed))
+            .sum()
+    }
 }
 
 /// Exports the sharded families: messages by outcome, handling time.
@@ -162,20 +170,9 @@ impl Collector for ShardCollector {
         let mut messages = Vec::new();
         let mut handling = Vec::new();
         for kind in shards.iter() {
-            let sum = |counter: fn(&WorkerShard) -> &AtomicU64| -> u64 {
-                kind.workers
-                    .iter()
-                    .map(|worker| counter(worker).load(Ordering::Relaxed))
-                    .sum()
-            };
             for (outcome, name) in OUTCOMES {
-                let total: u64 = kind
-                    .workers
-                    .iter()
-                    .map(|worker| worker.outcomes[outcome as usize].load(Ordering::Relaxed))
-                    .sum();
                 let mut counter = proto::Counter::default();
-                counter.set_value(total as f64);
+                counter.set_value(kind.total(|worker| &worker.outcomes[outcome as usize]) as f64);
                 let mut metric = proto::Metric::from_label(vec![
                     label("kind", &kind.kind),
                     label("outcome", name),
@@ -186,24 +183,16 @@ impl Collector for ShardCollector {
             let mut cumulative = 0u64;
             let mut buckets = Vec::with_capacity(HANDLING_BUCKETS_NANOS.len());
             for (index, bound) in HANDLING_BUCKETS_NANOS.iter().enumerate() {
-                cumulative += kind
-                    .workers
-                    .iter()
-                    .map(|worker| worker.buckets[index].load(Ordering::Relaxed))
-                    .sum::<u64>();
+                cumulative += kind.total(|worker| &worker.buckets[index]);
                 let mut bucket = proto::Bucket::default();
                 bucket.set_cumulative_count(cumulative);
                 bucket.set_upper_bound(*bound as f64 / 1e9);
                 buckets.push(bucket);
             }
-            let overflow: u64 = kind
-                .workers
-                .iter()
-                .map(|worker| worker.buckets[HANDLING_BUCKETS_NANOS.len()].load(Ordering::Relaxed))
-                .sum();
+            let overflow = kind.total(|worker| &worker.buckets[HANDLING_BUCKETS_NANOS.len()]);
             let mut histogram = proto::Histogram::default();
             histogram.set_sample_count(cumulative + overflow);
-            histogram.set_sample_sum(sum(|worker| &worker.sum_nanos) as f64 / 1e9);
+            histogram.set_sample_sum(kind.total(|worker| &worker.sum_nanos) as f64 / 1e9);
             histogram.set_bucket(buckets);
             let mut metric = proto::Metric::from_label(vec![label("kind", &kind.kind)]);
             metric.set_histogram(histogram);

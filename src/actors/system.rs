@@ -296,10 +296,6 @@ impl System {
         &self.inner.node.store
     }
 
-    pub fn runtime_config(&self) -> &RuntimeConfig {
-        &self.inner.node.runtime
-    }
-
     pub fn metrics(&self) -> &Metrics {
         &self.inner.node.metrics
     }

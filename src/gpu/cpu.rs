@@ -77,6 +77,21 @@ pub struct Percentiles {
     pub p95: f64,
 }
 
+impl Percentiles {
+    /// The percentiles of a distribution given its quantile function.
+    fn from_quantiles(quantile: impl Fn(f64) -> f64) -> Percentiles {
+        Percentiles {
+            p5: quantile(0.05),
+            p10: quantile(0.10),
+            p25: quantile(0.25),
+            p50: quantile(0.50),
+            p75: quantile(0.75),
+            p90: quantile(0.90),
+            p95: quantile(0.95),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Summary {
     pub mean: f64,
@@ -288,20 +303,18 @@ pub fn run(
     let bin_of =
         |value: f64, bins: usize| (((value - low) / width * bins as f64) as usize).min(bins - 1);
     let output_bins = settings.bins;
+    let empty = || (vec![0u64; FINE_BINS], vec![0u64; output_bins]);
     let (fine, coarse) = chunks(0, paths)
         .into_par_iter()
-        .fold(
-            || (vec![0u64; FINE_BINS], vec![0u64; output_bins]),
-            |(mut fine, mut coarse), range| {
-                for_each_npv(&sampler, &weights, seed, range, |npv| {
-                    fine[bin_of(npv, FINE_BINS)] += 1;
-                    coarse[bin_of(npv, output_bins)] += 1;
-                });
-                (fine, coarse)
-            },
-        )
+        .fold(empty, |(mut fine, mut coarse), range| {
+            for_each_npv(&sampler, &weights, seed, range, |npv| {
+                fine[bin_of(npv, FINE_BINS)] += 1;
+                coarse[bin_of(npv, output_bins)] += 1;
+            });
+            (fine, coarse)
+        })
         .reduce(
-            || (vec![0u64; FINE_BINS], vec![0u64; output_bins]),
+            empty,
             |(mut fine, mut coarse), (other_fine, other_coarse)| {
                 fine.iter_mut().zip(other_fine).for_each(|(a, b)| *a += b);
                 coarse
@@ -311,21 +324,12 @@ pub fn run(
                 (fine, coarse)
             },
         );
-    let percentile = |p: f64| fine_percentile(&fine, paths, low, width, p);
     let npv = Summary {
         mean: moments.mean,
         std: moments.std(),
         min: low,
         max: high,
-        percentiles: Percentiles {
-            p5: percentile(0.05),
-            p10: percentile(0.10),
-            p25: percentile(0.25),
-            p50: percentile(0.50),
-            p75: percentile(0.75),
-            p90: percentile(0.90),
-            p95: percentile(0.95),
-        },
+        percentiles: Percentiles::from_quantiles(|p| fine_percentile(&fine, paths, low, width, p)),
     };
     let roi = weights
         .roi(1.0)
