@@ -190,21 +190,18 @@ async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
 }
 
 fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
-    use valueverse::gpu::cpu::{Control, RunSettings, run};
+    use valueverse::gpu::{self, Control, RunSettings};
     use valueverse::model::ValueModel;
 
     let bytes = std::fs::read(&args.model)
         .with_context(|| format!("cannot read {}", args.model.display()))?;
     let model = ValueModel::from_json(&bytes)
         .map_err(|invalid| anyhow::anyhow!("invalid model {}: {invalid}", args.model.display()))?;
-    if args.device == Device::Gpu {
-        anyhow::bail!("--device gpu: this build has no CUDA engine yet; use --device cpu or auto");
-    }
-    if let Some(target) = args.stop_at_rel_se
-        && !(target > 0.0 && target < 1.0)
-    {
-        anyhow::bail!("--stop-at-rel-se must be within (0, 1), got {target}");
-    }
+    let device = match args.device {
+        Device::Auto => gpu::Device::Auto,
+        Device::Cpu => gpu::Device::Cpu,
+        Device::Gpu => gpu::Device::Gpu,
+    };
     let settings = RunSettings {
         paths: args.paths,
         seed: args.seed,
@@ -218,7 +215,13 @@ fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
         )
         .expect("valid progress template"),
     );
-    let result = run(&model, &settings, |progress| {
+    gpu::engine::check_settings(&settings).map_err(|error| match error {
+        gpu::RunError::RelativeError(target) => {
+            anyhow::anyhow!("--stop-at-rel-se must be within (0, 1), got {target}")
+        }
+        other => other.into(),
+    })?;
+    let result = gpu::run(&model, &settings, device, |progress| {
         bar.set_position(progress.paths_done);
         bar.set_message(format!(
             "mean {:.0}, {:.1} M samples/s",

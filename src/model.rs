@@ -545,13 +545,14 @@ pub struct NpvWeights {
 
 impl NpvWeights {
     pub fn npv(&self, quantities: &[f64]) -> f64 {
-        self.base
-            + self
-                .weights
-                .iter()
-                .zip(quantities)
-                .map(|(weight, quantity)| weight * quantity)
-                .sum::<f64>()
+        // Added onto the base driver by driver: the order every engine uses,
+        // so their NPVs agree bit for bit.
+        self.weights
+            .iter()
+            .zip(quantities)
+            .fold(self.base, |total, (weight, quantity)| {
+                total + weight * quantity
+            })
     }
 
     /// `None` when there is no cost to return on.

@@ -3,13 +3,15 @@
 //! `(seed, path, driver)` and any thread, chunk or device computes the same
 //! numbers. The CUDA kernel carries the same rounds bit for bit.
 //!
-//! Counter layout: `[path low 32 bits, path high 32 bits, driver, block]`,
+//! Counter layout: `[path low 32 bits, path high 32 bits, driver pair, block]`
+//! (drivers `2k` and `2k + 1` share a block: see `sampling::uniform`),
 //! key: `[seed low 32 bits, seed high 32 bits]`.
 
 const MULTIPLIER_0: u32 = 0xD251_1F53;
 const MULTIPLIER_1: u32 = 0xCD9E_8D57;
 const WEYL_0: u32 = 0x9E37_79B9;
 const WEYL_1: u32 = 0xBB67_AE85;
+const TWO_TO_52: f64 = (1u64 << 52) as f64;
 
 #[inline(always)]
 fn mul_hi_lo(a: u32, b: u32) -> (u32, u32) {
@@ -18,7 +20,7 @@ fn mul_hi_lo(a: u32, b: u32) -> (u32, u32) {
 }
 
 /// Ten rounds of Philox4x32 over `counter` with `key`.
-#[inline]
+#[inline(always)]
 pub fn philox4x32_10(counter: [u32; 4], key: [u32; 2]) -> [u32; 4] {
     let mut c = counter;
     let mut k = key;
@@ -34,11 +36,11 @@ pub fn philox4x32_10(counter: [u32; 4], key: [u32; 2]) -> [u32; 4] {
     c
 }
 
-/// Four 32-bit draws for block `block` of `(seed, path, driver)`.
-#[inline]
-pub fn draws(seed: u64, path: u64, driver: u32, block: u32) -> [u32; 4] {
+/// Four 32-bit draws for block `block` of `(seed, path, driver pair)`.
+#[inline(always)]
+pub fn draws(seed: u64, path: u64, pair: u32, block: u32) -> [u32; 4] {
     philox4x32_10(
-        [path as u32, (path >> 32) as u32, driver, block],
+        [path as u32, (path >> 32) as u32, pair, block],
         [seed as u32, (seed >> 32) as u32],
     )
 }
@@ -48,8 +50,11 @@ pub fn draws(seed: u64, path: u64, driver: u32, block: u32) -> [u32; 4] {
 #[inline]
 pub fn open_unit(high: u32, low: u32) -> f64 {
     let bits = (u64::from(high) << 20) | (u64::from(low) >> 12);
+    // `bits as f64`, exactly (bits < 2^52), in a form that vectorizes
+    // without AVX-512's u64 conversion: 2^52 + bits, less 2^52.
+    let exact = f64::from_bits(0x4330_0000_0000_0000 | bits) - TWO_TO_52;
     // Centre each of the 2^52 cells: never 0, never 1.
-    ((bits as f64) + 0.5) * (1.0 / (1u64 << 52) as f64)
+    (exact + 0.5) * (1.0 / TWO_TO_52)
 }
 
 #[cfg(test)]
