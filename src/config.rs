@@ -29,6 +29,30 @@ pub struct Config {
     /// HTTP worker threads.
     pub http_workers: usize,
     pub runtime: RuntimeConfig,
+    pub simulation: SimulationConfig,
+}
+
+/// The simulation agent's workers and queue.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SimulationConfig {
+    /// Jobs run on the CPU at once (each spreads over every core: one is
+    /// usually best).
+    pub cpu_workers: usize,
+    /// Jobs waiting to run before a submission is refused with 503.
+    pub queue_capacity: usize,
+    /// Use a GPU when one is found (one worker for it).
+    pub gpu: bool,
+}
+
+impl Default for SimulationConfig {
+    fn default() -> SimulationConfig {
+        SimulationConfig {
+            cpu_workers: 1,
+            queue_capacity: 64,
+            gpu: true,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -49,6 +73,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             http_workers: 2,
             runtime: RuntimeConfig::default(),
+            simulation: SimulationConfig::default(),
         }
     }
 }
@@ -67,6 +92,8 @@ pub struct Overrides {
     pub mailbox_capacity: Option<usize>,
     pub passivate_after: Option<Duration>,
     pub ask_timeout: Option<Duration>,
+    pub simulation_cpu_workers: Option<usize>,
+    pub simulation_queue_capacity: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +147,8 @@ impl Config {
             mailbox_capacity,
             passivate_after,
             ask_timeout,
+            simulation_cpu_workers,
+            simulation_queue_capacity,
         } = overrides.clone();
         fn set<T>(target: &mut T, value: Option<T>) {
             if let Some(value) = value {
@@ -137,6 +166,11 @@ impl Config {
         set(&mut self.runtime.mailbox_capacity, mailbox_capacity);
         set(&mut self.runtime.passivate_after, passivate_after);
         set(&mut self.runtime.ask_timeout, ask_timeout);
+        set(&mut self.simulation.cpu_workers, simulation_cpu_workers);
+        set(
+            &mut self.simulation.queue_capacity,
+            simulation_queue_capacity,
+        );
     }
 
     /// Checks every value; the error names the field at fault.
@@ -194,6 +228,12 @@ impl Config {
         }
         if runtime.ask_timeout.is_zero() {
             return invalid("runtime.ask_timeout", "must be longer than 0s");
+        }
+        if !(1..=64).contains(&self.simulation.cpu_workers) {
+            return invalid("simulation.cpu_workers", "must be within 1..=64");
+        }
+        if !(1..=100_000).contains(&self.simulation.queue_capacity) {
+            return invalid("simulation.queue_capacity", "must be within 1..=100000");
         }
         for (kind, strategy) in &runtime.supervision {
             if let Err((field, reason)) = strategy.validate() {

@@ -104,6 +104,12 @@ struct ServeArgs {
     /// Reply timeout of asks made for HTTP requests, e.g. 5s [default: 5s].
     #[arg(long, env = "VALUEVERSE_ASK_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
     ask_timeout: Option<Duration>,
+    /// Simulation jobs run on the CPU at once [default: 1].
+    #[arg(long, env = "VALUEVERSE_SIMULATION_CPU_WORKERS", value_name = "N")]
+    simulation_cpu_workers: Option<usize>,
+    /// Simulation jobs that may wait before submissions get 503 [default: 64].
+    #[arg(long, env = "VALUEVERSE_SIMULATION_QUEUE_CAPACITY", value_name = "N")]
+    simulation_queue_capacity: Option<usize>,
 }
 
 #[derive(Args)]
@@ -129,6 +135,8 @@ impl ServeArgs {
             mailbox_capacity: self.mailbox_capacity,
             passivate_after: self.passivate_after,
             ask_timeout: self.ask_timeout,
+            simulation_cpu_workers: self.simulation_cpu_workers,
+            simulation_queue_capacity: self.simulation_queue_capacity,
         }
     }
 }

@@ -339,6 +339,11 @@ impl Metrics {
         }
     }
 
+    /// The node's registry, for subsystems that add families of their own.
+    pub(crate) fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// The registry's families in the Prometheus text format.
     pub fn render(&self) -> String {
         TextEncoder::new()

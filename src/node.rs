@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use crate::actors::System;
 use crate::config::Config;
 use crate::http::HttpApi;
+use crate::simulation::{Simulations, StartError};
 use crate::store::{Store, StoreError, redact_url};
 
 #[derive(Debug, thiserror::Error)]
@@ -18,6 +19,8 @@ pub enum NodeError {
     },
     #[error("cannot start the agent runtime")]
     Runtime(#[source] std::io::Error),
+    #[error("cannot start the simulation service")]
+    Simulations(#[source] StartError),
     #[error("cannot listen for HTTP on {addr}")]
     Http {
         addr: SocketAddr,
@@ -29,6 +32,7 @@ pub enum NodeError {
 /// A running node.
 pub struct Node {
     pub system: System,
+    pub simulations: Simulations,
     pub http: HttpApi,
 }
 
@@ -45,22 +49,41 @@ impl Node {
         let system = System::start(config.node_name.clone(), config.runtime.clone(), store)
             .map_err(NodeError::Runtime)?;
         register(&system);
-        let http = HttpApi::start(system.clone(), config.http_addr, config.http_workers).map_err(
-            |source| NodeError::Http {
-                addr: config.http_addr,
-                source,
-            },
-        )?;
-        Ok(Node { system, http })
+        let simulations = Simulations::start(system.clone(), &config.simulation)
+            .await
+            .map_err(NodeError::Simulations)?;
+        let http = match HttpApi::start(
+            system.clone(),
+            simulations.clone(),
+            config.http_addr,
+            config.http_workers,
+        ) {
+            Ok(http) => http,
+            Err(source) => {
+                simulations.stop().await;
+                return Err(NodeError::Http {
+                    addr: config.http_addr,
+                    source,
+                });
+            }
+        };
+        Ok(Node {
+            system,
+            simulations,
+            http,
+        })
     }
 
     pub fn http_addr(&self) -> SocketAddr {
         self.http.local_addr
     }
 
-    /// Stops HTTP (finishing requests in flight), then the runtime, then the store.
+    /// Stops HTTP (finishing requests in flight), then the simulation
+    /// workers (a running job is left to run again at the next start), then
+    /// the runtime, then the store.
     pub async fn stop(self) -> std::io::Result<()> {
         let stopped = self.http.stop().await;
+        self.simulations.stop().await;
         let system = self.system;
         let store = system.store().clone();
         // Joining the actor threads blocks: keep it off the async workers.

@@ -23,6 +23,7 @@ mod envelope;
 mod error;
 mod host;
 mod registry;
+pub mod simulation;
 mod supervisor;
 mod system;
 

@@ -288,6 +288,10 @@ impl System {
             })
     }
 
+    pub fn runtime_config(&self) -> &RuntimeConfig {
+        &self.inner.node.runtime
+    }
+
     pub fn node_name(&self) -> &str {
         &self.inner.node.name
     }

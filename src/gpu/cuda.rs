@@ -318,7 +318,7 @@ mod tests {
             let model = model(correlations);
             let cpu = run(&model, &settings, Device::Cpu, |_| Control::Continue).unwrap();
             let gpu = run(&model, &settings, Device::Gpu, |_| Control::Continue).unwrap();
-            assert_eq!((cpu.engine, gpu.engine), ("cpu", "cuda"));
+            assert_eq!((cpu.engine.as_str(), gpu.engine.as_str()), ("cpu", "cuda"));
             let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * a.abs().max(1.0);
             assert!(
                 close(cpu.npv.mean, gpu.npv.mean),

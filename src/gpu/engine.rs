@@ -56,7 +56,7 @@ pub enum Control {
     Cancel,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StopReason {
     AllPaths,
@@ -89,7 +89,7 @@ pub enum Device {
     Gpu,
 }
 
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Percentiles {
     pub p5: f64,
     pub p10: f64,
@@ -100,7 +100,7 @@ pub struct Percentiles {
     pub p95: f64,
 }
 
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Summary {
     pub mean: f64,
     pub std: f64,
@@ -109,7 +109,7 @@ pub struct Summary {
     pub percentiles: Percentiles,
 }
 
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Histogram {
     /// `bins + 1` edges.
     pub edges: Vec<f64>,
@@ -118,7 +118,7 @@ pub struct Histogram {
 
 /// One bar of the tornado: NPV with this driver at its P10 and P90, every
 /// other driver at its mean; and the driver's rank correlation with NPV.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Sensitivity {
     pub driver: String,
     pub npv_at_p10: f64,
@@ -129,7 +129,7 @@ pub struct Sensitivity {
 
 /// Payback months over the first paths of the run (payback needs a month
 /// loop per path, so it is estimated from a sample).
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PaybackSummary {
     pub sampled_paths: u64,
     /// Share of sampled paths that pay back within the horizon.
@@ -140,7 +140,7 @@ pub struct PaybackSummary {
     pub p90: Option<u32>,
 }
 
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SimulationResult {
     pub npv: Summary,
     pub prob_loss: f64,
@@ -152,7 +152,8 @@ pub struct SimulationResult {
     pub payback: PaybackSummary,
     pub paths: u64,
     pub seed: u64,
-    pub engine: &'static str,
+    /// `cpu` or `cuda`.
+    pub engine: String,
     pub stop_reason: StopReason,
     pub wall_seconds: f64,
     /// Paths times drivers per second of wall time, pilot and statistics
@@ -563,7 +564,7 @@ fn run_on(
         payback,
         paths,
         seed,
-        engine: backend.name(),
+        engine: backend.name().to_owned(),
         stop_reason,
         wall_seconds,
         samples_per_second: paths as f64 * drivers / wall_seconds.max(1e-9),

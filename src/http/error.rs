@@ -57,7 +57,7 @@ impl ApiError {
         self
     }
 
-    fn retry_after(mut self, seconds: u32) -> ApiError {
+    pub(crate) fn retry_after(mut self, seconds: u32) -> ApiError {
         self.retry_after = Some(seconds);
         self
     }
@@ -118,13 +118,16 @@ impl From<AgentError> for ApiError {
             }
             AgentError::Rejected { rejection, .. } => {
                 let rejection = *rejection;
+                // A refusal is a 422 unless its code says the target is
+                // missing or in a state that forbids the request.
+                let status = match rejection.code.as_str() {
+                    "not_found" => StatusCode::NOT_FOUND,
+                    "conflict" => StatusCode::CONFLICT,
+                    _ => StatusCode::UNPROCESSABLE_ENTITY,
+                };
                 ApiError {
                     field: rejection.field,
-                    ..ApiError::new(
-                        StatusCode::UNPROCESSABLE_ENTITY,
-                        rejection.code,
-                        rejection.message,
-                    )
+                    ..ApiError::new(status, rejection.code, rejection.message)
                 }
             }
             AgentError::NotFailed { .. } => {

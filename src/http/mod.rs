@@ -8,11 +8,18 @@
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /api/v1/actors` | the live supervision tree |
 //! | `POST /api/v1/actors/{kind}/{key}/reset` | clear a failed instance |
+//! | `POST /api/v1/simulations` | queue a Monte Carlo job |
+//! | `GET /api/v1/simulations/queue` | running and waiting jobs |
+//! | `GET /api/v1/simulations/{id}` | a job's status and progress |
+//! | `GET /api/v1/simulations/{id}/results` | a finished job's result |
+//! | `PUT /api/v1/simulations/{id}/cancel` | cancel a job |
+//! | `GET /ws/simulations/{id}` | WebSocket: a job's progress, then its result |
 
 mod actors;
 mod error;
 mod middleware;
 mod operations;
+mod simulations;
 
 use std::net::{SocketAddr, TcpListener};
 
@@ -21,6 +28,7 @@ use actix_web::middleware::{ErrorHandlers, from_fn};
 use actix_web::{App, HttpServer, web};
 
 use crate::actors::System;
+use crate::simulation::Simulations;
 
 pub use error::{ApiError, parse_json};
 pub use middleware::CORRELATION_HEADER;
@@ -38,8 +46,15 @@ fn routes(config: &mut web::ServiceConfig) {
         .service(
             web::scope("/api/v1")
                 .service(web::resource("/actors").get(actors::tree))
-                .service(web::resource("/actors/{kind}/{key}/reset").post(actors::reset)),
-        );
+                .service(web::resource("/actors/{kind}/{key}/reset").post(actors::reset))
+                .service(web::resource("/simulations").post(simulations::submit))
+                // Before `{id}`, which would otherwise match it.
+                .service(web::resource("/simulations/queue").get(simulations::queue))
+                .service(web::resource("/simulations/{id}").get(simulations::get))
+                .service(web::resource("/simulations/{id}/results").get(simulations::results))
+                .service(web::resource("/simulations/{id}/cancel").put(simulations::cancel)),
+        )
+        .service(web::resource("/ws/simulations/{id}").get(simulations::events));
 }
 
 /// A running HTTP server.
@@ -52,14 +67,21 @@ pub struct HttpApi {
 impl HttpApi {
     /// Binds `addr` (port 0 picks a free port) and serves the API of `system`.
     /// Must be called inside a tokio runtime.
-    pub fn start(system: System, addr: SocketAddr, workers: usize) -> std::io::Result<HttpApi> {
+    pub fn start(
+        system: System,
+        simulations: Simulations,
+        addr: SocketAddr,
+        workers: usize,
+    ) -> std::io::Result<HttpApi> {
         let listener = TcpListener::bind(addr)?;
         let local_addr = listener.local_addr()?;
         let metrics = web::Data::new(system.metrics().clone());
         let system = web::Data::new(system);
+        let simulations = web::Data::new(simulations);
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(system.clone())
+                .app_data(simulations.clone())
                 .app_data(metrics.clone())
                 .app_data(web::PayloadConfig::new(MAX_BODY_BYTES))
                 .configure(routes)

@@ -49,6 +49,22 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
 }
 
+impl StoreError {
+    pub(crate) fn conflict(
+        kind: &str,
+        key: &str,
+        expected: i64,
+        actual: Option<i64>,
+    ) -> StoreError {
+        StoreError::VersionConflict {
+            kind: kind.to_owned(),
+            key: key.to_owned(),
+            expected,
+            actual,
+        }
+    }
+}
+
 /// Which database engine a [`Store`] runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -78,14 +94,19 @@ enum Pool {
 
 /// Runs the same body against whichever pool the store holds: the SQL we
 /// write is shared by both dialects (`$n` placeholders work in both).
+mod simulations;
+
+pub use simulations::SimulationRecord;
+
 macro_rules! with_pool {
     ($store:expr, $pool:ident => $body:expr) => {
         match &$store.pool {
-            Pool::Sqlite($pool) => $body,
-            Pool::Postgres($pool) => $body,
+            $crate::store::Pool::Sqlite($pool) => $body,
+            $crate::store::Pool::Postgres($pool) => $body,
         }
     };
 }
+use with_pool;
 
 impl Store {
     /// Opens a pool for `url` (`sqlite://path`, `sqlite::memory:`, `postgres://...`).
@@ -267,12 +288,7 @@ impl Store {
             return Ok(expected_version + 1);
         }
         let actual = self.state_version(kind, key).await?;
-        Err(StoreError::VersionConflict {
-            kind: kind.to_owned(),
-            key: key.to_owned(),
-            expected: expected_version,
-            actual,
-        })
+        Err(StoreError::conflict(kind, key, expected_version, actual))
     }
 
     /// The stored version of an instance's state, if it has a row.

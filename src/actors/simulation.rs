@@ -1,0 +1,343 @@
+//! The simulation agent: one instance per job, keyed by the job id. It owns
+//! the job's record (request, status, progress, result) and writes it to its
+//! own table at every change of status; the work runs on the simulation
+//! workers (`crate::simulation`), which report to it by message. Progress is
+//! kept in memory only: a restart runs an unfinished job again.
+
+use chrono::{DateTime, Utc};
+use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+
+use crate::gpu::{Device, SimulationResult};
+use crate::model::ValueModel;
+use crate::store::{SimulationRecord, Store, StoreError, VersionedState};
+
+use super::agent::{Agent, AgentMessage, Handling};
+use super::error::HandlerError;
+
+/// What a client asked to run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SimulationRequest {
+    pub model: ValueModel,
+    pub paths: u64,
+    pub seed: u64,
+    /// As asked (`auto`, `cpu`, `gpu`); the job's `engine` says where it ran.
+    pub device: Device,
+    pub bins: usize,
+    pub stop_at_rel_se: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    Queued,
+    Running,
+    Done,
+    Failed,
+    Cancelled,
+}
+
+impl JobStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Queued => "queued",
+            JobStatus::Running => "running",
+            JobStatus::Done => "done",
+            JobStatus::Failed => "failed",
+            JobStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn is_finished(self) -> bool {
+        matches!(
+            self,
+            JobStatus::Done | JobStatus::Failed | JobStatus::Cancelled
+        )
+    }
+}
+
+/// Where a running job is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobProgress {
+    pub paths_done: u64,
+    pub paths_total: u64,
+    pub percent: f64,
+    pub samples_per_second: f64,
+    pub running_mean: f64,
+    pub p50: Option<f64>,
+    pub p90: Option<f64>,
+    pub eta_seconds: Option<f64>,
+}
+
+/// A simulation job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SimulationJob {
+    pub id: String,
+    pub status: JobStatus,
+    /// Who submitted it: the unit of fairness in the queue.
+    pub submitter: String,
+    pub model_id: Option<String>,
+    pub model_version: Option<i64>,
+    pub request: SimulationRequest,
+    /// `cpu` or `cuda`, once chosen.
+    pub engine: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Times the job was started (more than one after a node restart).
+    pub attempts: u32,
+    pub cancel_requested: bool,
+    pub progress: Option<JobProgress>,
+    pub result: Option<Box<SimulationResult>>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum SimulationMsg {
+    /// Records a new job, queued.
+    Submit(Box<SimulationJob>),
+    Get,
+    /// A worker takes the job.
+    Start {
+        engine: String,
+    },
+    Progress(JobProgress),
+    Finish(Box<SimulationResult>),
+    Fail {
+        error: String,
+    },
+    /// A client asks to cancel: a queued job is cancelled at once, a running
+    /// one is marked and its worker stops it.
+    Cancel,
+    /// The worker stopped a job whose cancellation was asked.
+    Cancelled {
+        paths_done: u64,
+    },
+    /// After a node restart: a job that was running is queued again.
+    Requeue,
+}
+
+impl AgentMessage for SimulationMsg {
+    fn name(&self) -> &'static str {
+        match self {
+            SimulationMsg::Submit(_) => "submit",
+            SimulationMsg::Get => "get",
+            SimulationMsg::Start { .. } => "start",
+            SimulationMsg::Progress(_) => "progress",
+            SimulationMsg::Finish(_) => "finish",
+            SimulationMsg::Fail { .. } => "fail",
+            SimulationMsg::Cancel => "cancel",
+            SimulationMsg::Cancelled { .. } => "cancelled",
+            SimulationMsg::Requeue => "requeue",
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum SimulationReply {
+    Job(Box<SimulationJob>),
+    /// Progress is not answered with the whole job.
+    Ack,
+}
+
+impl SimulationReply {
+    /// The job, for the messages that answer with it.
+    pub fn into_job(self) -> Option<SimulationJob> {
+        match self {
+            SimulationReply::Job(job) => Some(*job),
+            SimulationReply::Ack => None,
+        }
+    }
+}
+
+pub struct Simulation;
+
+fn not_found(key: &str) -> HandlerError {
+    HandlerError::rejected("not_found", format!("no simulation `{key}`"), None)
+}
+
+fn conflict(job: &SimulationJob, what: &str) -> HandlerError {
+    HandlerError::rejected(
+        "conflict",
+        format!(
+            "simulation `{}` is {}: cannot {what}",
+            job.id,
+            job.status.as_str()
+        ),
+        None,
+    )
+}
+
+impl Agent for Simulation {
+    const KIND: &'static str = "simulation";
+    type State = Option<SimulationJob>;
+    type Msg = SimulationMsg;
+    type Reply = SimulationReply;
+
+    fn init(_key: &str) -> Option<SimulationJob> {
+        None
+    }
+
+    fn handle(
+        state: &mut Option<SimulationJob>,
+        msg: SimulationMsg,
+        ctx: &mut Handling<'_>,
+    ) -> Result<SimulationReply, HandlerError> {
+        let key = ctx.key().to_owned();
+        if let SimulationMsg::Submit(job) = msg {
+            if let Some(existing) = state {
+                return Err(conflict(existing, "submit it again"));
+            }
+            if job.id != key {
+                return Err(HandlerError::fatal("job id differs from the instance key"));
+            }
+            *state = Some(*job);
+            ctx.persist();
+            return Ok(reply(state));
+        }
+        let Some(job) = state.as_mut() else {
+            return Err(not_found(&key));
+        };
+        let now = Utc::now();
+        match msg {
+            SimulationMsg::Submit(_) => unreachable!("handled above"),
+            SimulationMsg::Get => {}
+            SimulationMsg::Start { engine } => {
+                if job.status != JobStatus::Queued {
+                    return Err(conflict(job, "start it"));
+                }
+                job.status = JobStatus::Running;
+                job.engine = Some(engine);
+                job.started_at = Some(now);
+                job.attempts += 1;
+                ctx.persist();
+            }
+            SimulationMsg::Progress(progress) => {
+                if job.status == JobStatus::Running {
+                    job.progress = Some(progress);
+                }
+                return Ok(SimulationReply::Ack);
+            }
+            SimulationMsg::Finish(result) => {
+                if job.status != JobStatus::Running {
+                    return Err(conflict(job, "finish it"));
+                }
+                job.status = JobStatus::Done;
+                job.finished_at = Some(now);
+                job.progress = Some(final_progress(job, &result));
+                job.result = Some(result);
+                ctx.persist();
+            }
+            SimulationMsg::Fail { error } => {
+                if job.status != JobStatus::Running {
+                    return Err(conflict(job, "fail it"));
+                }
+                job.status = JobStatus::Failed;
+                job.finished_at = Some(now);
+                job.error = Some(error);
+                ctx.persist();
+            }
+            SimulationMsg::Cancel => match job.status {
+                JobStatus::Queued => {
+                    job.status = JobStatus::Cancelled;
+                    job.cancel_requested = true;
+                    job.finished_at = Some(now);
+                    ctx.persist();
+                }
+                JobStatus::Running => {
+                    if !job.cancel_requested {
+                        job.cancel_requested = true;
+                        ctx.persist();
+                    }
+                }
+                _ => return Err(conflict(job, "cancel it")),
+            },
+            SimulationMsg::Cancelled { paths_done } => {
+                if job.status != JobStatus::Running {
+                    return Err(conflict(job, "record its cancellation"));
+                }
+                job.status = JobStatus::Cancelled;
+                job.finished_at = Some(now);
+                job.error = Some(format!("cancelled after {paths_done} paths"));
+                ctx.persist();
+            }
+            SimulationMsg::Requeue => {
+                if job.status == JobStatus::Running {
+                    job.status = JobStatus::Queued;
+                    job.progress = None;
+                    ctx.persist();
+                }
+            }
+        }
+        Ok(reply(state))
+    }
+
+    fn load(
+        store: &Store,
+        key: &str,
+    ) -> BoxFuture<'static, Result<Option<VersionedState<Self::State>>, StoreError>> {
+        let store = store.clone();
+        let key = key.to_owned();
+        Box::pin(async move {
+            let Some((version, text)) = store.load_simulation(&key).await? else {
+                return Ok(None);
+            };
+            let job: SimulationJob =
+                serde_json::from_str(&text).map_err(|error| StoreError::Codec {
+                    kind: Self::KIND.into(),
+                    key: key.clone(),
+                    reason: error.to_string(),
+                })?;
+            Ok(Some(VersionedState {
+                version,
+                state: Some(job),
+            }))
+        })
+    }
+
+    fn save(
+        store: &Store,
+        key: &str,
+        state: &Self::State,
+        expected_version: i64,
+    ) -> BoxFuture<'static, Result<i64, StoreError>> {
+        let store = store.clone();
+        let codec = |reason: String| StoreError::Codec {
+            kind: Self::KIND.into(),
+            key: key.to_owned(),
+            reason,
+        };
+        let record = match state {
+            None => Err(codec("no job to save".into())),
+            Some(job) => serde_json::to_string(job)
+                .map_err(|error| codec(error.to_string()))
+                .map(|text| SimulationRecord {
+                    id: job.id.clone(),
+                    status: job.status.as_str().into(),
+                    model_id: job.model_id.clone(),
+                    model_version: job.model_version,
+                    submitter: job.submitter.clone(),
+                    created_at_ms: job.created_at.timestamp_millis(),
+                    job: text,
+                }),
+        };
+        Box::pin(async move { store.save_simulation(&record?, expected_version).await })
+    }
+}
+
+fn reply(state: &Option<SimulationJob>) -> SimulationReply {
+    SimulationReply::Job(Box::new(state.clone().expect("a job exists here")))
+}
+
+fn final_progress(job: &SimulationJob, result: &SimulationResult) -> JobProgress {
+    JobProgress {
+        paths_done: result.paths,
+        paths_total: job.request.paths,
+        percent: 100.0,
+        samples_per_second: result.samples_per_second,
+        running_mean: result.npv.mean,
+        p50: Some(result.npv.percentiles.p50),
+        p90: Some(result.npv.percentiles.p90),
+        eta_seconds: Some(0.0),
+    }
+}

@@ -1,0 +1,287 @@
+//! `/api/v1/simulations` and `/ws/simulations/{id}`: submit, follow, read
+//! and cancel Monte Carlo jobs.
+
+use actix_web::http::StatusCode;
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, web};
+use actix_ws::Message;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::actors::simulation::{JobProgress, JobStatus, SimulationJob, SimulationRequest};
+use crate::gpu::Device;
+use crate::model::ValueModel;
+use crate::simulation::{SimulationEvent, Simulations, SubmitError};
+
+use super::error::{ApiError, parse_json};
+
+/// Largest WebSocket frame read from a client (they only send control
+/// frames): anything larger drops the connection.
+const MAX_CLIENT_FRAME: usize = 4096;
+
+fn default_paths() -> u64 {
+    100_000
+}
+
+fn default_bins() -> usize {
+    50
+}
+
+/// Body of `POST /api/v1/simulations`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubmitBody {
+    model: ValueModel,
+    /// 1 to 10^9 [default: 100000].
+    #[serde(default = "default_paths")]
+    paths: u64,
+    /// [default: drawn at random; the job reports it].
+    seed: Option<u64>,
+    #[serde(default)]
+    device: Device,
+    /// Bins of the result's histogram, 1 to 10000 [default: 50].
+    #[serde(default = "default_bins")]
+    bins: usize,
+    /// Stop once the standard error of the mean is below this fraction of it.
+    stop_at_rel_se: Option<f64>,
+}
+
+/// A job as the API shows it: the request without its model, the status,
+/// the progress; the result has a route of its own.
+#[derive(Debug, Serialize)]
+struct JobView {
+    id: String,
+    status: JobStatus,
+    submitter: String,
+    model_name: String,
+    model_id: Option<String>,
+    model_version: Option<i64>,
+    paths: u64,
+    seed: u64,
+    device: Device,
+    bins: usize,
+    stop_at_rel_se: Option<f64>,
+    engine: Option<String>,
+    attempts: u32,
+    cancel_requested: bool,
+    created_at: DateTime<Utc>,
+    started_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
+    progress: Option<JobProgress>,
+    error: Option<String>,
+    links: Links,
+}
+
+#[derive(Debug, Serialize)]
+struct Links {
+    #[serde(rename = "self")]
+    this: String,
+    results: String,
+    events: String,
+    cancel: String,
+}
+
+impl From<SimulationJob> for JobView {
+    fn from(job: SimulationJob) -> JobView {
+        let base = format!("/api/v1/simulations/{}", job.id);
+        let request = job.request;
+        JobView {
+            links: Links {
+                results: format!("{base}/results"),
+                events: format!("/ws/simulations/{}", job.id),
+                cancel: format!("{base}/cancel"),
+                this: base,
+            },
+            id: job.id,
+            status: job.status,
+            submitter: job.submitter,
+            model_name: request.model.name,
+            model_id: job.model_id,
+            model_version: job.model_version,
+            paths: request.paths,
+            seed: request.seed,
+            device: request.device,
+            bins: request.bins,
+            stop_at_rel_se: request.stop_at_rel_se,
+            engine: job.engine,
+            attempts: job.attempts,
+            cancel_requested: job.cancel_requested,
+            created_at: job.created_at,
+            started_at: job.started_at,
+            finished_at: job.finished_at,
+            progress: job.progress,
+            error: job.error,
+        }
+    }
+}
+
+impl From<SubmitError> for ApiError {
+    fn from(error: SubmitError) -> ApiError {
+        let message = error.to_string();
+        match error {
+            SubmitError::Invalid { field, .. } => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", message)
+                    .with_field(field)
+            }
+            SubmitError::NoGpu { .. } => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "no_gpu", message)
+                    .with_field("device")
+            }
+            SubmitError::QueueFull { .. } => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "queue_full", message).retry_after(5)
+            }
+            SubmitError::Stopping => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "stopping", message).retry_after(5)
+            }
+            SubmitError::Agent(error) => error.into(),
+        }
+    }
+}
+
+/// The client's address: the unit of fairness until API keys name clients.
+fn submitter(request: &HttpRequest) -> String {
+    request
+        .peer_addr()
+        .map(|addr| addr.ip().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+pub(crate) async fn submit(
+    simulations: web::Data<Simulations>,
+    request: HttpRequest,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let body: SubmitBody = parse_json(&body, false)?;
+    let request_data = SimulationRequest {
+        model: body.model,
+        paths: body.paths,
+        seed: body.seed.unwrap_or_else(rand::random),
+        device: body.device,
+        bins: body.bins,
+        stop_at_rel_se: body.stop_at_rel_se,
+    };
+    let job = simulations
+        .submit(request_data, submitter(&request))
+        .await?;
+    let view = JobView::from(job);
+    Ok(HttpResponse::Accepted()
+        .insert_header((header::LOCATION, view.links.this.clone()))
+        .json(view))
+}
+
+pub(crate) async fn get(
+    simulations: web::Data<Simulations>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let job = simulations.get(&id).await?;
+    Ok(HttpResponse::Ok().json(JobView::from(job)))
+}
+
+pub(crate) async fn results(
+    simulations: web::Data<Simulations>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let job = simulations.get(&id).await?;
+    match (job.status, job.result) {
+        (JobStatus::Done, Some(result)) => Ok(HttpResponse::Ok().json(serde_json::json!({
+            "id": job.id,
+            "model_name": job.request.model.name,
+            "currency": job.request.model.currency,
+            "result": result,
+        }))),
+        (status, _) => {
+            let mut message = format!(
+                "simulation `{}` is {}: it has no results",
+                job.id,
+                status.as_str()
+            );
+            if let Some(error) = job.error {
+                message.push_str(&format!(" ({error})"));
+            }
+            Err(ApiError::new(StatusCode::CONFLICT, "not_finished", message))
+        }
+    }
+}
+
+pub(crate) async fn cancel(
+    simulations: web::Data<Simulations>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let job = simulations.cancel(&id).await?;
+    Ok(HttpResponse::Ok().json(JobView::from(job)))
+}
+
+pub(crate) async fn queue(simulations: web::Data<Simulations>) -> HttpResponse {
+    HttpResponse::Ok().json(simulations.queue())
+}
+
+/// `/ws/simulations/{id}`: the job's state at once, then an event after each
+/// batch, then the final event with the result or the failure; then the
+/// server closes. Closing the socket leaves the job running.
+pub(crate) async fn events(
+    simulations: web::Data<Simulations>,
+    id: web::Path<String>,
+    request: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, actix_web::Error> {
+    let live = simulations.subscribe(&id);
+    // An unknown job is a 404 before any upgrade.
+    let finished = match live {
+        Some(_) => None,
+        None => Some(SimulationEvent::of(
+            &simulations.get(&id).await.map_err(ApiError::from)?,
+        )),
+    };
+    let (response, mut session, stream) = actix_ws::handle(&request, payload)?;
+    let mut stream = stream.max_frame_size(MAX_CLIENT_FRAME);
+    actix_web::rt::spawn(async move {
+        let send = |event: &SimulationEvent| {
+            serde_json::to_string(event).unwrap_or_else(|error| {
+                format!(r#"{{"type":"error","error":"cannot encode the event: {error}"}}"#)
+            })
+        };
+        let mut live = match (live, finished) {
+            (_, Some(event)) => {
+                let _ = session.text(send(&event)).await;
+                let _ = session.close(None).await;
+                return;
+            }
+            (Some(live), None) => live,
+            (None, None) => return,
+        };
+        let mut event = live.borrow_and_update().clone();
+        loop {
+            if session.text(send(&event)).await.is_err() {
+                return;
+            }
+            if event.is_final() {
+                let _ = session.close(None).await;
+                return;
+            }
+            // Wait for the next state, answering the client's pings.
+            loop {
+                tokio::select! {
+                    changed = live.changed() => {
+                        if changed.is_err() {
+                            // The node is stopping: no final event will come.
+                            let _ = session.close(None).await;
+                            return;
+                        }
+                        event = live.borrow_and_update().clone();
+                        break;
+                    }
+                    message = stream.recv() => match message {
+                        Some(Ok(Message::Ping(bytes))) => {
+                            if session.pong(&bytes).await.is_err() {
+                                return;
+                            }
+                        }
+                        Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                        Some(Ok(_)) => {}
+                    },
+                }
+            }
+        }
+    });
+    Ok(response)
+}

@@ -1,0 +1,787 @@
+//! The simulation service beside the simulation agent: admission (checks,
+//! the bounded fair queue), the workers (threads that run the engines: a
+//! configurable number for the CPU, one for the GPU when there is one), live
+//! events for WebSocket clients, and recovery after a restart.
+//!
+//! The agent instance of a job is its record; workers report to it by
+//! message and it persists every change of status. Live events go through
+//! a `watch` channel per job: a slow reader sees the latest state, never a
+//! growing queue.
+
+mod queue;
+
+use std::collections::BTreeMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use dashmap::DashMap;
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts};
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::actors::simulation::{
+    JobProgress, JobStatus, Simulation, SimulationJob, SimulationMsg, SimulationReply,
+    SimulationRequest,
+};
+use crate::actors::{Agent, AgentError, AgentId, System};
+use crate::config::SimulationConfig;
+use crate::gpu::{self, Control, Device, RunError, RunSettings, SimulationResult};
+use crate::store::StoreError;
+
+use queue::FairQueue;
+
+/// Longest interval between progress reports to the job's agent.
+const AGENT_PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
+/// Attempts at recording a job's outcome before giving up (the job then
+/// stays `running` in the store and runs again after a restart).
+const RECORD_ATTEMPTS: u32 = 5;
+
+/// Why a submission was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("`{field}` {reason}")]
+    Invalid { field: String, reason: String },
+    #[error("the simulation queue is full ({capacity} jobs waiting); retry later")]
+    QueueFull { capacity: usize },
+    #[error("`device` is gpu but this node has no GPU engine: {reason}")]
+    NoGpu { reason: String },
+    #[error("the node is stopping")]
+    Stopping,
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+}
+
+/// Why the service did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot start a simulation worker")]
+    Worker(#[source] std::io::Error),
+    #[error("cannot list the unfinished simulations")]
+    Store(#[source] StoreError),
+    #[error("cannot queue simulation {id} again")]
+    Requeue {
+        id: String,
+        #[source]
+        source: AgentError,
+    },
+}
+
+/// One event of a job's live stream (`/ws/simulations/{id}`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SimulationEvent {
+    /// `queued`, `progress`, `done`, `failed` or `cancelled`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub id: String,
+    pub status: JobStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress: Option<JobProgress>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<Box<SimulationResult>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl SimulationEvent {
+    pub fn of(job: &SimulationJob) -> SimulationEvent {
+        let kind = match job.status {
+            JobStatus::Queued => "queued",
+            JobStatus::Running => "progress",
+            JobStatus::Done => "done",
+            JobStatus::Failed => "failed",
+            JobStatus::Cancelled => "cancelled",
+        };
+        SimulationEvent {
+            kind,
+            id: job.id.clone(),
+            status: job.status,
+            progress: job.progress.clone(),
+            result: job.result.clone(),
+            error: job.error.clone(),
+        }
+    }
+
+    pub fn is_final(&self) -> bool {
+        self.status.is_finished()
+    }
+}
+
+/// Which workers run a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Lane {
+    Cpu,
+    Gpu,
+}
+
+#[derive(Debug)]
+struct Queued {
+    id: String,
+    paths: u64,
+    since: Instant,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunningJob {
+    pub id: String,
+    pub submitter: String,
+    pub lane: Lane,
+    pub paths: u64,
+    pub running_seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct QueuedJob {
+    pub id: String,
+    pub submitter: String,
+    pub lane: Lane,
+    pub paths: u64,
+    /// 0 is served next (in its lane).
+    pub position: usize,
+    pub waiting_seconds: f64,
+}
+
+/// The queue as `GET /api/v1/simulations/queue` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueueSnapshot {
+    pub capacity: usize,
+    pub cpu_workers: usize,
+    pub gpu_workers: usize,
+    /// The GPU the GPU worker uses, or why there is none.
+    pub gpu: String,
+    pub running: Vec<RunningJob>,
+    pub queued: Vec<QueuedJob>,
+}
+
+#[derive(Default)]
+struct Queues {
+    cpu: FairQueue<Queued>,
+    gpu: FairQueue<Queued>,
+    /// Admitted but not yet recorded by the agent: counted against the
+    /// capacity so concurrent submissions cannot overrun it.
+    reserved: usize,
+    running: BTreeMap<String, (RunningJob, Instant)>,
+    stopping: bool,
+}
+
+impl Queues {
+    fn lane(&mut self, lane: Lane) -> &mut FairQueue<Queued> {
+        match lane {
+            Lane::Cpu => &mut self.cpu,
+            Lane::Gpu => &mut self.gpu,
+        }
+    }
+
+    fn waiting(&self) -> usize {
+        self.cpu.len() + self.gpu.len()
+    }
+}
+
+struct Live {
+    events: watch::Sender<SimulationEvent>,
+    cancel: Arc<AtomicBool>,
+}
+
+#[derive(Clone)]
+struct SimulationMetrics {
+    jobs: IntCounterVec,
+    queued: IntGauge,
+    running: IntGauge,
+    samples: IntCounter,
+}
+
+impl SimulationMetrics {
+    fn new(registry: &prometheus::Registry) -> SimulationMetrics {
+        let jobs = IntCounterVec::new(
+            Opts::new(
+                "valueverse_simulation_jobs_total",
+                "Simulation jobs by how they ended",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric options");
+        let queued = IntGauge::new(
+            "valueverse_simulation_queue_depth",
+            "Simulation jobs waiting for a worker",
+        )
+        .expect("valid metric options");
+        let running = IntGauge::new("valueverse_simulation_running", "Simulation jobs running")
+            .expect("valid metric options");
+        let samples = IntCounter::new(
+            "valueverse_simulation_samples_total",
+            "Driver samples drawn by finished simulations (paths x drivers)",
+        )
+        .expect("valid metric options");
+        for collector in [
+            Box::new(jobs.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(queued.clone()),
+            Box::new(running.clone()),
+            Box::new(samples.clone()),
+        ] {
+            // A second node in one process has its own registry; a clash
+            // here would be a programming error caught by the tests.
+            registry
+                .register(collector)
+                .expect("simulation metric names are unique");
+        }
+        SimulationMetrics {
+            jobs,
+            queued,
+            running,
+            samples,
+        }
+    }
+}
+
+struct Inner {
+    system: System,
+    runtime: tokio::runtime::Handle,
+    capacity: usize,
+    cpu_workers: usize,
+    /// The GPU's name when a GPU worker runs, else why not.
+    gpu: Result<String, String>,
+    queues: Mutex<Queues>,
+    wake: Condvar,
+    live: DashMap<String, Live>,
+    workers: Mutex<Vec<JoinHandle<()>>>,
+    metrics: SimulationMetrics,
+}
+
+/// The simulation service of a node. Cheap to clone.
+#[derive(Clone)]
+pub struct Simulations {
+    inner: Arc<Inner>,
+}
+
+impl Simulations {
+    /// Starts the workers and queues again the jobs a previous run of the
+    /// node left unfinished. Must be called inside a tokio runtime.
+    pub async fn start(
+        system: System,
+        config: &SimulationConfig,
+    ) -> Result<Simulations, StartError> {
+        system.register::<Simulation>();
+        let gpu = if config.gpu {
+            // Probing loads libraries and may compile the kernel: not on an
+            // async worker.
+            tokio::task::spawn_blocking(gpu::cuda::probe)
+                .await
+                .unwrap_or_else(|error| Err(format!("the GPU probe failed: {error}")))
+        } else {
+            Err("disabled by configuration (simulation.gpu = false)".into())
+        };
+        match &gpu {
+            Ok(name) => tracing::info!(gpu = %name, "simulation: GPU engine ready"),
+            Err(reason) => tracing::info!(%reason, "simulation: no GPU engine, CPU only"),
+        }
+        let inner = Arc::new(Inner {
+            metrics: SimulationMetrics::new(system.metrics().registry()),
+            system,
+            runtime: tokio::runtime::Handle::current(),
+            capacity: config.queue_capacity,
+            cpu_workers: config.cpu_workers,
+            gpu,
+            queues: Mutex::new(Queues::default()),
+            wake: Condvar::new(),
+            live: DashMap::new(),
+            workers: Mutex::new(Vec::new()),
+        });
+        let mut lanes = vec![Lane::Cpu; config.cpu_workers];
+        if inner.gpu.is_ok() {
+            lanes.push(Lane::Gpu);
+        }
+        for (index, lane) in lanes.into_iter().enumerate() {
+            let worker = Arc::clone(&inner);
+            let handle = std::thread::Builder::new()
+                .name(format!("valueverse-sim-{index}"))
+                .spawn(move || worker.work(lane))
+                .map_err(StartError::Worker)?;
+            inner.workers().push(handle);
+        }
+        let simulations = Simulations { inner };
+        simulations.recover().await?;
+        Ok(simulations)
+    }
+
+    /// Checks and queues a job; answers at once with the queued job.
+    pub async fn submit(
+        &self,
+        request: SimulationRequest,
+        submitter: String,
+    ) -> Result<SimulationJob, SubmitError> {
+        let inner = &self.inner;
+        check_request(&request)?;
+        let lane = inner
+            .lane_for(request.device)
+            .map_err(|reason| SubmitError::NoGpu { reason })?;
+        {
+            let mut queues = inner.queues();
+            if queues.stopping {
+                return Err(SubmitError::Stopping);
+            }
+            if queues.waiting() + queues.reserved >= inner.capacity {
+                return Err(SubmitError::QueueFull {
+                    capacity: inner.capacity,
+                });
+            }
+            queues.reserved += 1;
+        }
+        let id = uuid::Uuid::now_v7().to_string();
+        let job = SimulationJob {
+            id: id.clone(),
+            status: JobStatus::Queued,
+            submitter: submitter.clone(),
+            model_id: None,
+            model_version: None,
+            request,
+            engine: None,
+            created_at: Utc::now(),
+            started_at: None,
+            finished_at: None,
+            attempts: 0,
+            cancel_requested: false,
+            progress: None,
+            result: None,
+            error: None,
+        };
+        let paths = job.request.paths;
+        inner.publish_new(&job);
+        let recorded = inner.ask(&id, SimulationMsg::Submit(Box::new(job))).await;
+        let mut queues = inner.queues();
+        queues.reserved -= 1;
+        let job = match recorded {
+            Ok(job) => job,
+            Err(error) => {
+                drop(queues);
+                inner.live.remove(&id);
+                return Err(error.into());
+            }
+        };
+        queues.lane(lane).push(
+            &submitter,
+            Queued {
+                id,
+                paths,
+                since: Instant::now(),
+            },
+        );
+        inner.metrics.queued.set(queues.waiting() as i64);
+        drop(queues);
+        inner.wake.notify_all();
+        Ok(job)
+    }
+
+    /// The job as its agent holds it (with live progress).
+    pub async fn get(&self, id: &str) -> Result<SimulationJob, AgentError> {
+        self.inner.ask(id, SimulationMsg::Get).await
+    }
+
+    /// Cancels a queued job at once, or asks its worker to stop a running
+    /// one (it stops within one batch).
+    pub async fn cancel(&self, id: &str) -> Result<SimulationJob, AgentError> {
+        let inner = &self.inner;
+        let job = inner.ask(id, SimulationMsg::Cancel).await?;
+        match job.status {
+            JobStatus::Cancelled => {
+                let mut queues = inner.queues();
+                let matches = |queued: &Queued| queued.id == id;
+                if queues.cpu.remove(matches).is_none() {
+                    queues.gpu.remove(matches);
+                }
+                inner.metrics.queued.set(queues.waiting() as i64);
+                drop(queues);
+                inner.metrics.jobs.with_label_values(&["cancelled"]).inc();
+                inner.publish_final(&job);
+            }
+            _ => {
+                if let Some(live) = inner.live.get(id) {
+                    live.cancel.store(true, Ordering::Release);
+                }
+            }
+        }
+        Ok(job)
+    }
+
+    /// Live events of a queued or running job; `None` once it has finished
+    /// (its record then has the final state).
+    pub fn subscribe(&self, id: &str) -> Option<watch::Receiver<SimulationEvent>> {
+        self.inner.live.get(id).map(|live| live.events.subscribe())
+    }
+
+    pub fn queue(&self) -> QueueSnapshot {
+        let inner = &self.inner;
+        let queues = inner.queues();
+        let now = Instant::now();
+        let mut queued = Vec::new();
+        for (lane, queue) in [(Lane::Cpu, &queues.cpu), (Lane::Gpu, &queues.gpu)] {
+            for (position, (submitter, job)) in queue.in_order().into_iter().enumerate() {
+                queued.push(QueuedJob {
+                    id: job.id.clone(),
+                    submitter: submitter.to_owned(),
+                    lane,
+                    paths: job.paths,
+                    position,
+                    waiting_seconds: now.duration_since(job.since).as_secs_f64(),
+                });
+            }
+        }
+        QueueSnapshot {
+            capacity: inner.capacity,
+            cpu_workers: inner.cpu_workers,
+            gpu_workers: usize::from(inner.gpu.is_ok()),
+            gpu: match &inner.gpu {
+                Ok(name) => name.clone(),
+                Err(reason) => format!("none: {reason}"),
+            },
+            running: queues
+                .running
+                .values()
+                .map(|(job, since)| RunningJob {
+                    running_seconds: now.duration_since(*since).as_secs_f64(),
+                    ..job.clone()
+                })
+                .collect(),
+            queued,
+        }
+    }
+
+    /// Stops the workers. A job they were running stays `running` in the
+    /// store and runs again when the node restarts.
+    pub async fn stop(&self) {
+        self.inner.queues().stopping = true;
+        self.inner.wake.notify_all();
+        let workers = std::mem::take(&mut *self.inner.workers());
+        let _ = tokio::task::spawn_blocking(move || {
+            for worker in workers {
+                let _ = worker.join();
+            }
+        })
+        .await;
+    }
+
+    async fn recover(&self) -> Result<(), StartError> {
+        let inner = &self.inner;
+        let ids = inner
+            .system
+            .store()
+            .unfinished_simulations()
+            .await
+            .map_err(StartError::Store)?;
+        for id in ids {
+            let requeue = |source| StartError::Requeue {
+                id: id.clone(),
+                source,
+            };
+            let job = inner
+                .ask(&id, SimulationMsg::Requeue)
+                .await
+                .map_err(requeue)?;
+            let lane = match inner.lane_for(job.request.device) {
+                Ok(lane) => lane,
+                Err(reason) => {
+                    // Asked for a GPU this node no longer has.
+                    let error = format!("no GPU on this node after a restart: {reason}");
+                    let engine = "none".to_owned();
+                    inner
+                        .ask(&id, SimulationMsg::Start { engine })
+                        .await
+                        .map_err(requeue)?;
+                    let job = inner
+                        .ask(&id, SimulationMsg::Fail { error })
+                        .await
+                        .map_err(requeue)?;
+                    inner.metrics.jobs.with_label_values(&["failed"]).inc();
+                    tracing::warn!(job = %job.id, "simulation: failed after a restart, no GPU");
+                    continue;
+                }
+            };
+            tracing::info!(job = %id, attempts = job.attempts, "simulation: queued again after a restart");
+            inner.publish_new(&job);
+            let mut queues = inner.queues();
+            queues.lane(lane).push(
+                &job.submitter,
+                Queued {
+                    id,
+                    paths: job.request.paths,
+                    since: Instant::now(),
+                },
+            );
+            inner.metrics.queued.set(queues.waiting() as i64);
+        }
+        inner.wake.notify_all();
+        Ok(())
+    }
+}
+
+/// Settings the engine checks too, checked here first so that a bad
+/// request never reaches the queue.
+fn check_request(request: &SimulationRequest) -> Result<(), SubmitError> {
+    let invalid = |field: &str, reason: String| SubmitError::Invalid {
+        field: field.to_owned(),
+        reason,
+    };
+    if let Err(invalid_model) = request.model.validate() {
+        let first = &invalid_model.errors[0];
+        return Err(invalid(
+            &format!("model.{}", first.path),
+            first.message.clone(),
+        ));
+    }
+    let settings = settings_of(request);
+    match gpu::engine::check_settings(&settings) {
+        Ok(()) => Ok(()),
+        Err(RunError::Paths(paths)) => Err(invalid(
+            "paths",
+            format!("must be within 1..=1000000000, got {paths}"),
+        )),
+        Err(RunError::Bins(bins)) => Err(invalid(
+            "bins",
+            format!("must be within 1..=10000, got {bins}"),
+        )),
+        Err(RunError::RelativeError(target)) => Err(invalid(
+            "stop_at_rel_se",
+            format!("must be within (0, 1), got {target}"),
+        )),
+        Err(other) => Err(invalid("request", other.to_string())),
+    }
+}
+
+fn settings_of(request: &SimulationRequest) -> RunSettings {
+    RunSettings {
+        paths: request.paths,
+        seed: request.seed,
+        bins: request.bins,
+        stop_at_rel_se: request.stop_at_rel_se,
+    }
+}
+
+impl Inner {
+    fn queues(&self) -> MutexGuard<'_, Queues> {
+        // A worker never panics while holding the lock (engines run
+        // outside it), so poisoning cannot happen; recover anyway.
+        self.queues
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn workers(&self) -> MutexGuard<'_, Vec<JoinHandle<()>>> {
+        self.workers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn ask_timeout(&self) -> Duration {
+        self.system.runtime_config().ask_timeout
+    }
+
+    fn agent(&self, id: &str) -> crate::actors::AgentRef<Simulation> {
+        self.system.agent::<Simulation>(id.to_owned())
+    }
+
+    /// Asks a job's agent with a message that answers with the job.
+    async fn ask(&self, id: &str, msg: SimulationMsg) -> Result<SimulationJob, AgentError> {
+        match self.agent(id).ask(msg, self.ask_timeout()).await? {
+            SimulationReply::Job(job) => Ok(*job),
+            SimulationReply::Ack => Err(AgentError::Fatal {
+                target: AgentId {
+                    kind: Simulation::KIND,
+                    key: id.into(),
+                },
+                message: "answered a request for the job with an acknowledgement".into(),
+            }),
+        }
+    }
+
+    fn lane_for(&self, device: Device) -> Result<Lane, String> {
+        match (device, &self.gpu) {
+            (Device::Cpu, _) | (Device::Auto, Err(_)) => Ok(Lane::Cpu),
+            (Device::Gpu | Device::Auto, Ok(_)) => Ok(Lane::Gpu),
+            (Device::Gpu, Err(reason)) => Err(reason.clone()),
+        }
+    }
+
+    fn publish_new(&self, job: &SimulationJob) {
+        let (events, _) = watch::channel(SimulationEvent::of(job));
+        self.live.insert(
+            job.id.clone(),
+            Live {
+                events,
+                cancel: Arc::new(AtomicBool::new(false)),
+            },
+        );
+    }
+
+    /// Sends the last event and forgets the job: subscribers still read it.
+    fn publish_final(&self, job: &SimulationJob) {
+        if let Some((_, live)) = self.live.remove(&job.id) {
+            live.events.send_replace(SimulationEvent::of(job));
+        }
+    }
+
+    fn stopping(&self) -> bool {
+        self.queues().stopping
+    }
+
+    /// A worker: takes jobs of its lane until the service stops.
+    fn work(self: Arc<Self>, lane: Lane) {
+        loop {
+            let queued = {
+                let mut queues = self.queues();
+                loop {
+                    if queues.stopping {
+                        return;
+                    }
+                    if let Some(queued) = queues.lane(lane).pop() {
+                        self.metrics.queued.set(queues.waiting() as i64);
+                        break queued;
+                    }
+                    queues = self
+                        .wake
+                        .wait(queues)
+                        .unwrap_or_else(|poisoned| poisoned.into_inner());
+                }
+            };
+            self.run(queued, lane);
+        }
+    }
+
+    fn run(&self, queued: Queued, lane: Lane) {
+        let id = queued.id;
+        let engine = match lane {
+            Lane::Cpu => "cpu",
+            Lane::Gpu => "cuda",
+        };
+        let started = self.runtime.block_on(self.ask(
+            &id,
+            SimulationMsg::Start {
+                engine: engine.into(),
+            },
+        ));
+        let job = match started {
+            Ok(job) => job,
+            // Cancelled while it waited, or its record is unreachable.
+            Err(error) => {
+                tracing::debug!(job = %id, %error, "simulation: not started");
+                return;
+            }
+        };
+        let Some((events, cancel)) = self
+            .live
+            .get(&id)
+            .map(|live| (live.events.clone(), Arc::clone(&live.cancel)))
+        else {
+            return;
+        };
+        events.send_replace(SimulationEvent::of(&job));
+        self.queues().running.insert(
+            id.clone(),
+            (
+                RunningJob {
+                    id: id.clone(),
+                    submitter: job.submitter.clone(),
+                    lane,
+                    paths: job.request.paths,
+                    running_seconds: 0.0,
+                },
+                Instant::now(),
+            ),
+        );
+        self.metrics.running.inc();
+        let agent = self.agent(&id);
+        let request = &job.request;
+        let device = match lane {
+            Lane::Cpu => Device::Cpu,
+            Lane::Gpu => Device::Gpu,
+        };
+        let began = Instant::now();
+        let mut last_report = began;
+        let mut event = SimulationEvent::of(&job);
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            gpu::run(&request.model, &settings_of(request), device, |progress| {
+                if cancel.load(Ordering::Acquire) || self.stopping() {
+                    return Control::Cancel;
+                }
+                let elapsed = began.elapsed().as_secs_f64();
+                let rate = progress.paths_done as f64 / elapsed.max(1e-9);
+                let left = progress.paths_total - progress.paths_done;
+                let progress = JobProgress {
+                    paths_done: progress.paths_done,
+                    paths_total: progress.paths_total,
+                    percent: 100.0 * progress.paths_done as f64 / progress.paths_total as f64,
+                    samples_per_second: progress.samples_per_second,
+                    running_mean: progress.running_mean,
+                    p50: progress.p50,
+                    p90: progress.p90,
+                    eta_seconds: (rate > 0.0).then(|| left as f64 / rate),
+                };
+                event.progress = Some(progress.clone());
+                events.send_replace(event.clone());
+                if last_report.elapsed() >= AGENT_PROGRESS_INTERVAL {
+                    last_report = Instant::now();
+                    // Best effort: a full mailbox only delays the display.
+                    let _ = agent.tell(SimulationMsg::Progress(progress));
+                }
+                Control::Continue
+            })
+        }));
+        self.queues().running.remove(&id);
+        self.metrics.running.dec();
+        let outcome_msg = match outcome {
+            Ok(Ok(result)) => {
+                self.metrics
+                    .samples
+                    .inc_by(result.paths * request.model.drivers.len() as u64);
+                SimulationMsg::Finish(Box::new(result))
+            }
+            Ok(Err(RunError::Cancelled { paths_done })) => {
+                if !cancel.load(Ordering::Acquire) {
+                    // Stopped by the node's shutdown: left `running`, so the
+                    // next start runs it again.
+                    return;
+                }
+                SimulationMsg::Cancelled { paths_done }
+            }
+            Ok(Err(error)) => SimulationMsg::Fail {
+                error: error.to_string(),
+            },
+            Err(panic) => SimulationMsg::Fail {
+                error: format!("the engine panicked: {}", panic_message(&panic)),
+            },
+        };
+        self.record(&id, outcome_msg);
+    }
+
+    /// Records a job's outcome with its agent, retrying a few times; then
+    /// publishes the final event.
+    fn record(&self, id: &str, msg: SimulationMsg) {
+        let mut delay = Duration::from_millis(100);
+        for attempt in 1..=RECORD_ATTEMPTS {
+            match self.runtime.block_on(self.ask(id, msg.clone())) {
+                Ok(job) => {
+                    let outcome = job.status.as_str();
+                    self.metrics.jobs.with_label_values(&[outcome]).inc();
+                    tracing::info!(job = %id, %outcome, "simulation finished");
+                    self.publish_final(&job);
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(job = %id, attempt, %error, "simulation: cannot record the outcome");
+                    std::thread::sleep(delay);
+                    delay *= 2;
+                }
+            }
+        }
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|text| (*text).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into())
+}
