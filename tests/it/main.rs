@@ -3,6 +3,7 @@
 mod cli;
 mod http;
 mod runtime;
+mod simulations;
 mod store;
 mod support;
 mod tracing_spans;
