@@ -29,7 +29,7 @@ const BLOCKS_PER_SM: u32 = 8;
 /// of progress and cancellation.
 const BATCH_PATHS: u64 = 1 << 25;
 
-/// The first GPU, its context and the loaded kernel.
+/// A GPU, its context and the loaded kernel.
 struct Gpu {
     context: Arc<CudaContext>,
     function: CudaFunction,
@@ -37,7 +37,8 @@ struct Gpu {
     name: String,
 }
 
-static GPU: OnceLock<Result<Gpu, String>> = OnceLock::new();
+/// Every GPU of the machine, opened once per process.
+static GPUS: OnceLock<Result<Vec<Gpu>, String>> = OnceLock::new();
 
 /// Whether libnvrtc can be loaded (all the kernel's compilation needs).
 pub fn nvrtc_present() -> bool {
@@ -63,7 +64,7 @@ pub fn compile_kernel() -> Result<Ptx, String> {
     .map_err(|error| format!("the kernel did not compile: {error}"))
 }
 
-fn open_gpu() -> Result<Gpu, String> {
+fn open_gpus() -> Result<Vec<Gpu>, String> {
     // SAFETY: only tries to open the shared library by its known names.
     if !unsafe { cudarc::driver::sys::is_culib_present() } {
         return Err("no CUDA driver (libcuda) on this machine".into());
@@ -73,10 +74,17 @@ fn open_gpu() -> Result<Gpu, String> {
         return Err("the CUDA driver reports no device".into());
     }
     let ptx = compile_kernel()?;
-    let context = CudaContext::new(0).map_err(|e| format!("cannot open GPU 0: {e}"))?;
+    (0..count as usize)
+        .map(|ordinal| open_gpu(ordinal, ptx.clone()))
+        .collect()
+}
+
+fn open_gpu(ordinal: usize, ptx: Ptx) -> Result<Gpu, String> {
+    let context =
+        CudaContext::new(ordinal).map_err(|e| format!("cannot open GPU {ordinal}: {e}"))?;
     let module = context
         .load_module(ptx)
-        .map_err(|e| format!("cannot load the kernel: {e}"))?;
+        .map_err(|e| format!("cannot load the kernel on GPU {ordinal}: {e}"))?;
     let function = module
         .load_function(KERNEL_NAME)
         .map_err(|e| format!("cannot find the kernel: {e}"))?;
@@ -84,8 +92,8 @@ fn open_gpu() -> Result<Gpu, String> {
         .attribute(
             cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
         )
-        .map_err(|e| format!("cannot read the GPU's attributes: {e}"))?;
-    let name = context.name().unwrap_or_else(|_| "GPU 0".into());
+        .map_err(|e| format!("cannot read the attributes of GPU {ordinal}: {e}"))?;
+    let name = context.name().unwrap_or_else(|_| format!("GPU {ordinal}"));
     Ok(Gpu {
         context,
         function,
@@ -94,18 +102,25 @@ fn open_gpu() -> Result<Gpu, String> {
     })
 }
 
-fn gpu() -> Result<&'static Gpu, RunError> {
-    GPU.get_or_init(open_gpu)
+fn gpu(ordinal: usize) -> Result<&'static Gpu, RunError> {
+    let gpus = GPUS
+        .get_or_init(open_gpus)
         .as_ref()
-        .map_err(|reason| RunError::NoGpu(reason.clone()))
+        .map_err(|reason| RunError::NoGpu(reason.clone()))?;
+    gpus.get(ordinal).ok_or_else(|| {
+        RunError::NoGpu(format!(
+            "no GPU {ordinal} (this machine has {})",
+            gpus.len()
+        ))
+    })
 }
 
-/// The GPU the engine would use, or why there is none (probed once per
-/// process).
-pub fn probe() -> Result<String, String> {
-    GPU.get_or_init(open_gpu)
+/// The names of the GPUs the engine can use, or why there is none (probed
+/// once per process).
+pub fn probe() -> Result<Vec<String>, String> {
+    GPUS.get_or_init(open_gpus)
         .as_ref()
-        .map(|gpu| gpu.name.clone())
+        .map(|gpus| gpus.iter().map(|gpu| gpu.name.clone()).collect())
         .map_err(Clone::clone)
 }
 
@@ -141,8 +156,9 @@ impl CudaBackend {
         sampler: &Sampler,
         weights: &NpvWeights,
         seed: u64,
+        ordinal: usize,
     ) -> Result<CudaBackend, RunError> {
-        let gpu = gpu()?;
+        let gpu = gpu(ordinal)?;
         let stream = gpu.context.new_stream().map_err(failed)?;
         let layout = sampler.device_layout();
         let blocks = gpu.blocks as usize;

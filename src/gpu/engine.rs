@@ -422,37 +422,47 @@ pub fn check_settings(settings: &RunSettings) -> Result<(), RunError> {
     Ok(())
 }
 
-/// Runs a model on the engine `device` names. `on_progress` is called
-/// between batches on the calling thread; returning [`Control::Cancel`]
-/// stops.
+/// Runs a model on the engine `device` names (`gpu` is the first GPU).
+/// `on_progress` is called between batches on the calling thread; returning
+/// [`Control::Cancel`] stops.
 pub fn run(
     model: &ValueModel,
     settings: &RunSettings,
     device: Device,
     on_progress: impl FnMut(&Progress) -> Control,
 ) -> Result<SimulationResult, RunError> {
+    let gpu = match device {
+        Device::Cpu => None,
+        Device::Gpu => Some(0),
+        Device::Auto => super::cuda::probe().ok().map(|_| 0),
+    };
+    run_with(model, settings, gpu, on_progress)
+}
+
+/// Runs a model on GPU `ordinal`, or on the CPU when `None`.
+pub fn run_with(
+    model: &ValueModel,
+    settings: &RunSettings,
+    gpu: Option<usize>,
+    on_progress: impl FnMut(&Progress) -> Control,
+) -> Result<SimulationResult, RunError> {
     check_settings(settings)?;
     let sampler = Sampler::new(model);
     let weights = model.npv_weights();
-    let gpu = match device {
-        Device::Cpu => None,
-        Device::Gpu => Some(super::cuda::CudaBackend::new(
-            &sampler,
-            &weights,
-            settings.seed,
-        )?),
-        Device::Auto => super::cuda::CudaBackend::new(&sampler, &weights, settings.seed).ok(),
-    };
     match gpu {
-        Some(mut backend) => run_on(
-            model,
-            settings,
-            &sampler,
-            &weights,
-            &mut backend,
-            PILOT_PATHS,
-            on_progress,
-        ),
+        Some(ordinal) => {
+            let mut backend =
+                super::cuda::CudaBackend::new(&sampler, &weights, settings.seed, ordinal)?;
+            run_on(
+                model,
+                settings,
+                &sampler,
+                &weights,
+                &mut backend,
+                PILOT_PATHS,
+                on_progress,
+            )
+        }
         None => {
             let mut backend = super::cpu::CpuBackend::new(&sampler, &weights, settings.seed);
             run_on(

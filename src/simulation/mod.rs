@@ -151,8 +151,10 @@ pub struct QueueSnapshot {
     pub capacity: usize,
     pub cpu_workers: usize,
     pub gpu_workers: usize,
-    /// The GPU the GPU worker uses, or why there is none.
-    pub gpu: String,
+    /// The GPUs, one worker each.
+    pub gpus: Vec<String>,
+    /// Why there is no GPU worker, when there is none.
+    pub no_gpu_reason: Option<String>,
     pub running: Vec<RunningJob>,
     pub queued: Vec<QueuedJob>,
 }
@@ -242,8 +244,8 @@ struct Inner {
     runtime: tokio::runtime::Handle,
     capacity: usize,
     cpu_workers: usize,
-    /// The GPU's name when a GPU worker runs, else why not.
-    gpu: Result<String, String>,
+    /// The GPUs (one worker each), or why there are none.
+    gpu: Result<Vec<String>, String>,
     queues: Mutex<Queues>,
     wake: Condvar,
     live: DashMap<String, Live>,
@@ -275,7 +277,7 @@ impl Simulations {
             Err("disabled by configuration (simulation.gpu = false)".into())
         };
         match &gpu {
-            Ok(name) => tracing::info!(gpu = %name, "simulation: GPU engine ready"),
+            Ok(names) => tracing::info!(gpus = ?names, "simulation: GPU engine ready"),
             Err(reason) => tracing::info!(%reason, "simulation: no GPU engine, CPU only"),
         }
         let inner = Arc::new(Inner {
@@ -290,15 +292,15 @@ impl Simulations {
             live: DashMap::new(),
             workers: Mutex::new(Vec::new()),
         });
-        let mut lanes = vec![Lane::Cpu; config.cpu_workers];
-        if inner.gpu.is_ok() {
-            lanes.push(Lane::Gpu);
-        }
-        for (index, lane) in lanes.into_iter().enumerate() {
+        // (lane, GPU ordinal) of each worker.
+        let mut workers = vec![(Lane::Cpu, None); config.cpu_workers];
+        let gpus = inner.gpu.as_ref().map_or(0, Vec::len);
+        workers.extend((0..gpus).map(|ordinal| (Lane::Gpu, Some(ordinal))));
+        for (index, (lane, ordinal)) in workers.into_iter().enumerate() {
             let worker = Arc::clone(&inner);
             let handle = std::thread::Builder::new()
                 .name(format!("valueverse-sim-{index}"))
-                .spawn(move || worker.work(lane))
+                .spawn(move || worker.work(lane, ordinal))
                 .map_err(StartError::Worker)?;
             inner.workers().push(handle);
         }
@@ -432,11 +434,9 @@ impl Simulations {
         QueueSnapshot {
             capacity: inner.capacity,
             cpu_workers: inner.cpu_workers,
-            gpu_workers: usize::from(inner.gpu.is_ok()),
-            gpu: match &inner.gpu {
-                Ok(name) => name.clone(),
-                Err(reason) => format!("none: {reason}"),
-            },
+            gpu_workers: inner.gpu.as_ref().map_or(0, Vec::len),
+            gpus: inner.gpu.clone().unwrap_or_default(),
+            no_gpu_reason: inner.gpu.as_ref().err().cloned(),
             running: queues
                 .running
                 .values()
@@ -627,7 +627,7 @@ impl Inner {
     }
 
     /// A worker: takes jobs of its lane until the service stops.
-    fn work(self: Arc<Self>, lane: Lane) {
+    fn work(self: Arc<Self>, lane: Lane, gpu: Option<usize>) {
         loop {
             let queued = {
                 let mut queues = self.queues();
@@ -645,11 +645,11 @@ impl Inner {
                         .unwrap_or_else(|poisoned| poisoned.into_inner());
                 }
             };
-            self.run(queued, lane);
+            self.run(queued, lane, gpu);
         }
     }
 
-    fn run(&self, queued: Queued, lane: Lane) {
+    fn run(&self, queued: Queued, lane: Lane, gpu: Option<usize>) {
         let id = queued.id;
         let engine = match lane {
             Lane::Cpu => "cpu",
@@ -693,15 +693,11 @@ impl Inner {
         self.metrics.running.inc();
         let agent = self.agent(&id);
         let request = &job.request;
-        let device = match lane {
-            Lane::Cpu => Device::Cpu,
-            Lane::Gpu => Device::Gpu,
-        };
         let began = Instant::now();
         let mut last_report = began;
         let mut event = SimulationEvent::of(&job);
         let outcome = catch_unwind(AssertUnwindSafe(|| {
-            gpu::run(&request.model, &settings_of(request), device, |progress| {
+            gpu::engine::run_with(&request.model, &settings_of(request), gpu, |progress| {
                 if cancel.load(Ordering::Acquire) || self.stopping() {
                     return Control::Cancel;
                 }

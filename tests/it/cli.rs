@@ -243,12 +243,6 @@ fn simulate_prints_a_summary_or_json_and_refuses_bad_models() {
             "--paths".into(),
             "0".into(),
         ],
-        vec![
-            "simulate".to_owned(),
-            model.to_owned(),
-            "--device".into(),
-            "gpu".into(),
-        ],
         vec!["simulate".to_owned(), "/nonexistent.json".into()],
     ] {
         let output = valueverse().args(&args).output().unwrap();
@@ -263,4 +257,21 @@ fn simulate_prints_a_summary_or_json_and_refuses_bad_models() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("drivers[0].quantity.mode"), "{stderr}");
+    // Without a GPU, `--device gpu` says why; `auto` runs on the CPU.
+    if valueverse::gpu::cuda::probe().is_err() {
+        let output = valueverse()
+            .args(["simulate", model, "--paths", "1000", "--device", "gpu"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success());
+        assert!(stderr.contains("no GPU engine"), "{stderr}");
+        let output = valueverse()
+            .args(["simulate", model, "--paths", "1000", "--json"])
+            .output()
+            .unwrap();
+        assert!(output.status.success());
+        let result: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(result["engine"], "cpu");
+    }
 }
