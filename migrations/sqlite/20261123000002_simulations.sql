@@ -9,7 +9,7 @@ CREATE TABLE simulations (
     submitter     TEXT   NOT NULL,
     created_at_ms BIGINT NOT NULL,
     updated_at_ms BIGINT NOT NULL,
-    job           TEXT   NOT NULL
+    body          TEXT   NOT NULL
 );
 CREATE INDEX simulations_by_status ON simulations (status, created_at_ms);
 CREATE INDEX simulations_by_model ON simulations (model_id, model_version, status, updated_at_ms);

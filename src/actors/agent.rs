@@ -6,7 +6,7 @@ use futures_util::future::BoxFuture;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::store::{Store, StoreError, VersionedState, encode_state};
+use crate::store::{Column, Record, Store, StoreError, VersionedState, encode_state};
 
 use super::envelope::{CorrelationId, Header, MessageId};
 use super::error::HandlerError;
@@ -115,4 +115,69 @@ impl<'a> Handling<'a> {
     pub(crate) fn wants_persist(&self) -> bool {
         self.persist
     }
+}
+
+/// `Agent::load` for kinds with a table of their own: the row's `body` is
+/// the state's JSON; no row is `Ok(None)` (an optional state's `None`).
+pub(crate) fn load_json_record<S: DeserializeOwned + Send + 'static>(
+    store: &Store,
+    kind: &'static str,
+    table: &'static str,
+    key: &str,
+) -> BoxFuture<'static, Result<Option<VersionedState<Option<S>>>, StoreError>> {
+    let store = store.clone();
+    let key = key.to_owned();
+    Box::pin(async move {
+        let Some((version, body)) = store.load_record(table, &key).await? else {
+            return Ok(None);
+        };
+        let state = serde_json::from_str(&body).map_err(|error| StoreError::Codec {
+            kind: kind.into(),
+            key: key.clone(),
+            reason: error.to_string(),
+        })?;
+        Ok(Some(VersionedState {
+            version,
+            state: Some(state),
+        }))
+    })
+}
+
+/// `Agent::save` for kinds with a table of their own: `state` as the row's
+/// body, `columns` beside it for the kind's queries.
+pub(crate) fn save_json_record<S: Serialize>(
+    store: &Store,
+    kind: &'static str,
+    table: &'static str,
+    key: &str,
+    state: &S,
+    columns: Vec<(&'static str, Column)>,
+    expected_version: i64,
+) -> BoxFuture<'static, Result<i64, StoreError>> {
+    let store = store.clone();
+    let key = key.to_owned();
+    let body = encode_state(kind, &key, state);
+    Box::pin(async move {
+        let record = Record {
+            table,
+            id: &key,
+            columns,
+            body: body?,
+        };
+        store.save_record(&record, expected_version).await
+    })
+}
+
+/// What `save` answers for an optional state that is `None` (handlers
+/// only persist a state they created).
+pub(crate) fn nothing_to_save(
+    kind: &'static str,
+    key: &str,
+) -> BoxFuture<'static, Result<i64, StoreError>> {
+    let error = StoreError::Codec {
+        kind: kind.into(),
+        key: key.to_owned(),
+        reason: "no state to save".into(),
+    };
+    Box::pin(async move { Err(error) })
 }

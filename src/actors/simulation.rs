@@ -10,9 +10,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::gpu::{Device, SimulationResult};
 use crate::model::ValueModel;
-use crate::store::{SimulationRecord, Store, StoreError, VersionedState};
+use crate::store::{Column, Store, StoreError, VersionedState};
 
-use super::agent::{Agent, AgentMessage, Handling};
+use super::agent::{
+    Agent, AgentMessage, Handling, load_json_record, nothing_to_save, save_json_record,
+};
 use super::error::HandlerError;
 
 /// What a client asked to run.
@@ -276,23 +278,7 @@ impl Agent for Simulation {
         store: &Store,
         key: &str,
     ) -> BoxFuture<'static, Result<Option<VersionedState<Self::State>>, StoreError>> {
-        let store = store.clone();
-        let key = key.to_owned();
-        Box::pin(async move {
-            let Some((version, text)) = store.load_simulation(&key).await? else {
-                return Ok(None);
-            };
-            let job: SimulationJob =
-                serde_json::from_str(&text).map_err(|error| StoreError::Codec {
-                    kind: Self::KIND.into(),
-                    key: key.clone(),
-                    reason: error.to_string(),
-                })?;
-            Ok(Some(VersionedState {
-                version,
-                state: Some(job),
-            }))
-        })
+        load_json_record(store, Self::KIND, TABLE, key)
     }
 
     fn save(
@@ -301,29 +287,32 @@ impl Agent for Simulation {
         state: &Self::State,
         expected_version: i64,
     ) -> BoxFuture<'static, Result<i64, StoreError>> {
-        let store = store.clone();
-        let codec = |reason: String| StoreError::Codec {
-            kind: Self::KIND.into(),
-            key: key.to_owned(),
-            reason,
+        let Some(job) = state else {
+            return nothing_to_save(Self::KIND, key);
         };
-        let record = match state {
-            None => Err(codec("no job to save".into())),
-            Some(job) => serde_json::to_string(job)
-                .map_err(|error| codec(error.to_string()))
-                .map(|text| SimulationRecord {
-                    id: job.id.clone(),
-                    status: job.status.as_str().into(),
-                    model_id: job.model_id.clone(),
-                    model_version: job.model_version,
-                    submitter: job.submitter.clone(),
-                    created_at_ms: job.created_at.timestamp_millis(),
-                    job: text,
-                }),
-        };
-        Box::pin(async move { store.save_simulation(&record?, expected_version).await })
+        let columns = vec![
+            ("status", Column::Text(Some(job.status.as_str().into()))),
+            ("model_id", Column::Text(job.model_id.clone())),
+            ("model_version", Column::Int(job.model_version)),
+            ("submitter", Column::Text(Some(job.submitter.clone()))),
+            (
+                "created_at_ms",
+                Column::Int(Some(job.created_at.timestamp_millis())),
+            ),
+        ];
+        save_json_record(
+            store,
+            Self::KIND,
+            TABLE,
+            key,
+            job,
+            columns,
+            expected_version,
+        )
     }
 }
+
+const TABLE: &str = "simulations";
 
 fn reply(state: &Option<SimulationJob>) -> SimulationReply {
     SimulationReply::Job(Box::new(state.clone().expect("a job exists here")))

@@ -94,9 +94,10 @@ enum Pool {
 
 /// Runs the same body against whichever pool the store holds: the SQL we
 /// write is shared by both dialects (`$n` placeholders work in both).
+mod records;
 mod simulations;
 
-pub use simulations::SimulationRecord;
+pub use records::{Column, Record};
 
 macro_rules! with_pool {
     ($store:expr, $pool:ident => $body:expr) => {
