@@ -561,7 +561,7 @@ impl NpvWeights {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Analytics {
     pub npv: f64,
     pub roi: Option<f64>,
@@ -569,7 +569,7 @@ pub struct Analytics {
     pub drivers: Vec<DriverAnalytics>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DriverAnalytics {
     pub name: String,
     pub mean_quantity: f64,

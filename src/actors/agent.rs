@@ -84,6 +84,9 @@ pub struct Handling<'a> {
     header: &'a Header,
     key: &'a str,
     persist: bool,
+    /// `(type, data)` to publish once the handler succeeded and its state
+    /// is saved.
+    events: Vec<(&'static str, serde_json::Value)>,
 }
 
 impl<'a> Handling<'a> {
@@ -92,6 +95,7 @@ impl<'a> Handling<'a> {
             header,
             key,
             persist: false,
+            events: Vec::new(),
         }
     }
 
@@ -114,6 +118,36 @@ impl<'a> Handling<'a> {
 
     pub(crate) fn wants_persist(&self) -> bool {
         self.persist
+    }
+
+    /// Announces a domain event (`model.created`...). It is published only
+    /// if the handler returns `Ok` and, when it persists, once the state is
+    /// written; a failed or refused message announces nothing.
+    pub fn emit(&mut self, event_type: &'static str, data: impl Serialize) {
+        let data = serde_json::to_value(data)
+            .unwrap_or_else(|error| serde_json::json!({ "encoding_error": error.to_string() }));
+        self.events.push((event_type, data));
+    }
+
+    /// The emitted events as published, stamped with their source.
+    pub(crate) fn take_events(&mut self, kind: &str) -> Vec<super::events::DomainEvent> {
+        let source = format!("{kind}/{}", self.key);
+        let correlation_id = self
+            .header
+            .correlation_id
+            .as_ref()
+            .map(|id| id.as_str().to_owned());
+        self.events
+            .drain(..)
+            .map(|(event_type, data)| super::events::DomainEvent {
+                id: uuid::Uuid::now_v7().to_string(),
+                event_type: event_type.to_owned(),
+                occurred_at: chrono::Utc::now(),
+                source: source.clone(),
+                correlation_id: correlation_id.clone(),
+                data,
+            })
+            .collect()
     }
 }
 

@@ -359,6 +359,7 @@ impl<A: Agent> Host<A> {
             A::handle(state, payload, &mut handling)
         }));
         let persist = handling.wants_persist();
+        let events = handling.take_events(A::KIND);
         shard.observe_nanos(clock.delta_as_nanos(started_raw, clock.raw()));
         let outcome = match outcome {
             Ok(Ok(value)) if persist => {
@@ -374,6 +375,7 @@ impl<A: Agent> Host<A> {
                             if let Phase::Active { version, .. } = &mut host.phase {
                                 *version = new_version;
                             }
+                            host.kind.node.publish(events);
                             respond::<A>(reply, Ok(value));
                         }
                         Err(error) => {
@@ -393,6 +395,7 @@ impl<A: Agent> Host<A> {
             }
             Ok(Ok(value)) => {
                 shard.count(Outcome::Ok);
+                self.kind.node.publish(events);
                 respond::<A>(reply, Ok(value));
                 return;
             }

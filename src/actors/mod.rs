@@ -19,8 +19,10 @@
 
 mod agent;
 mod agent_ref;
+pub mod architect;
 mod envelope;
 mod error;
+mod events;
 mod host;
 mod registry;
 pub mod simulation;
@@ -31,6 +33,7 @@ pub use agent::{Agent, AgentMessage, Handling};
 pub use agent_ref::AgentRef;
 pub use envelope::{AgentId, CorrelationId, MAX_CORRELATION_ID_LEN, MessageId};
 pub use error::{AgentError, HandlerError, Rejection};
+pub use events::DomainEvent;
 pub use supervisor::{
     FailureRecord, InstanceSnapshot, InstanceStatus, LifecycleChange, RestartStrategy,
     SupervisionEvent, SupervisionTree, SupervisorSnapshot,

@@ -227,6 +227,19 @@ impl Agent for Simulation {
                 job.status = JobStatus::Done;
                 job.finished_at = Some(now);
                 job.progress = Some(final_progress(job, &result));
+                ctx.emit(
+                    "simulation.finished",
+                    serde_json::json!({
+                        "simulation_id": job.id,
+                        "model_id": job.model_id,
+                        "model_version": job.model_version,
+                        "model_name": job.request.model.name,
+                        "paths": result.paths,
+                        "npv_mean": result.npv.mean,
+                        "npv_p50": result.npv.percentiles.p50,
+                        "prob_loss": result.prob_loss,
+                    }),
+                );
                 job.result = Some(result);
                 ctx.persist();
             }

@@ -22,6 +22,7 @@ use super::agent::Agent;
 use super::agent_ref::AgentRef;
 use super::envelope::{CorrelationId, MessageId};
 use super::error::AgentError;
+use super::events::DomainEvent;
 use super::registry::{KindControl, KindRuntime};
 use super::supervisor::{
     InstanceSnapshot, InstanceStatus, LifecycleChange, RestartStrategy, SupervisionEvent,
@@ -90,6 +91,7 @@ pub(crate) struct NodeContext {
     next_arbiter: AtomicUsize,
     next_message_id: AtomicU64,
     events: broadcast::Sender<SupervisionEvent>,
+    pub(crate) domain_events: broadcast::Sender<DomainEvent>,
 }
 
 impl NodeContext {
@@ -124,6 +126,13 @@ impl NodeContext {
             ids.set((self.id, next + 1, end));
             MessageId(next)
         })
+    }
+
+    /// Publishes domain events (no subscriber is fine).
+    pub(crate) fn publish(&self, events: Vec<DomainEvent>) {
+        for event in events {
+            let _ = self.domain_events.send(event);
+        }
     }
 
     pub(crate) fn emit(&self, kind: &'static str, key: &Arc<str>, change: LifecycleChange) {
@@ -203,6 +212,9 @@ impl System {
             .recv()
             .map_err(|_| std::io::Error::other("actor threads failed to start"))?;
         let (events, _) = broadcast::channel(4096);
+        // A subscriber more than this many events behind loses the oldest
+        // (and says so in its log): memory stays bounded.
+        let (domain_events, _) = broadcast::channel(16_384);
         let id = NEXT_SYSTEM_ID.fetch_add(1, Ordering::Relaxed);
         for (index, arbiter) in arbiters.iter().enumerate() {
             // Until this runs, asks from that thread take the timer path: safe.
@@ -219,6 +231,7 @@ impl System {
             next_arbiter: AtomicUsize::new(0),
             next_message_id: AtomicU64::new(1),
             events,
+            domain_events,
         };
         Ok(System {
             inner: Arc::new(SystemInner {
@@ -331,6 +344,16 @@ impl System {
     /// Lifecycle changes of every instance on this node, from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<SupervisionEvent> {
         self.inner.node.events.subscribe()
+    }
+
+    /// Domain events of every agent on this node, from now on.
+    pub fn subscribe_domain_events(&self) -> broadcast::Receiver<DomainEvent> {
+        self.inner.node.domain_events.subscribe()
+    }
+
+    /// Publishes an event that no agent handler emitted (a service's own).
+    pub fn publish(&self, event: DomainEvent) {
+        let _ = self.inner.node.domain_events.send(event);
     }
 
     /// Prometheus text of this node's metrics, gauges refreshed from the tree.

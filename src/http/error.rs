@@ -196,6 +196,25 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8], empty_is_object: bool) -> Re
     }
 }
 
+/// Parses a query string, naming the parameter at fault on error.
+pub fn parse_query<T: DeserializeOwned>(query: &str) -> Result<T, ApiError> {
+    let deserializer = serde_urlencoded::Deserializer::new(url_decode_pairs(query.as_bytes()));
+    serde_path_to_error::deserialize(deserializer).map_err(|error| {
+        let path = error.path().to_string();
+        let message = format!("invalid query: {}", error.into_inner());
+        let error = ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", message);
+        if path == "." {
+            error
+        } else {
+            error.with_field(path)
+        }
+    })
+}
+
+fn url_decode_pairs(query: &[u8]) -> form_urlencoded::Parse<'_> {
+    form_urlencoded::parse(query)
+}
+
 fn code_for(status: StatusCode) -> &'static str {
     match status {
         StatusCode::NOT_FOUND => "not_found",

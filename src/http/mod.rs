@@ -14,12 +14,18 @@
 //! | `GET /api/v1/simulations/{id}/results` | a finished job's result |
 //! | `PUT /api/v1/simulations/{id}/cancel` | cancel a job |
 //! | `GET /ws/simulations/{id}` | WebSocket: a job's progress, then its result |
+//! | `POST /api/v1/value-models`, `GET` (list) | architect: store a model, list with filters |
+//! | `GET`, `PATCH /api/v1/value-models/{id}` | a model (any version), a new version |
+//! | `GET /api/v1/value-models/{id}/versions` | every version |
+//! | `POST /api/v1/value-models/{id}/archive` | archive |
+//! | `POST /api/v1/value-models/{id}/hypotheses` | candidate drivers from the catalogue |
 
 mod actors;
 mod error;
 mod middleware;
 mod operations;
 mod simulations;
+mod value_models;
 
 use std::net::{SocketAddr, TcpListener};
 
@@ -52,7 +58,22 @@ fn routes(config: &mut web::ServiceConfig) {
                 .service(web::resource("/simulations/queue").get(simulations::queue))
                 .service(web::resource("/simulations/{id}").get(simulations::get))
                 .service(web::resource("/simulations/{id}/results").get(simulations::results))
-                .service(web::resource("/simulations/{id}/cancel").put(simulations::cancel)),
+                .service(web::resource("/simulations/{id}/cancel").put(simulations::cancel))
+                .service(
+                    web::resource("/value-models")
+                        .post(value_models::create)
+                        .get(value_models::list),
+                )
+                .service(
+                    web::resource("/value-models/{id}")
+                        .get(value_models::get)
+                        .patch(value_models::patch),
+                )
+                .service(web::resource("/value-models/{id}/versions").get(value_models::versions))
+                .service(web::resource("/value-models/{id}/archive").post(value_models::archive))
+                .service(
+                    web::resource("/value-models/{id}/hypotheses").post(value_models::hypotheses),
+                ),
         )
         .service(web::resource("/ws/simulations/{id}").get(simulations::events));
 }

@@ -8,12 +8,15 @@ use actix_ws::Message;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::actors::System;
+use crate::actors::architect::ArchitectMsg;
 use crate::actors::simulation::{JobProgress, JobStatus, SimulationJob, SimulationRequest};
 use crate::gpu::Device;
 use crate::model::ValueModel;
 use crate::simulation::{SimulationEvent, Simulations, SubmitError};
 
 use super::error::{ApiError, parse_json};
+use super::value_models::ask_model;
 
 /// Largest WebSocket frame read from a client (they only send control
 /// frames): anything larger drops the connection.
@@ -31,7 +34,11 @@ fn default_bins() -> usize {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SubmitBody {
-    model: ValueModel,
+    /// The model inline, or
+    model: Option<ValueModel>,
+    /// a model the architect stores (at `model_version`, default current).
+    model_id: Option<String>,
+    model_version: Option<i64>,
     /// 1 to 10^9 [default: 100000].
     #[serde(default = "default_paths")]
     paths: u64,
@@ -148,12 +155,45 @@ fn submitter(request: &HttpRequest) -> String {
 
 pub(crate) async fn submit(
     simulations: web::Data<Simulations>,
+    system: web::Data<System>,
     request: HttpRequest,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let body: SubmitBody = parse_json(&body, false)?;
+    let (model, source) = match (body.model, body.model_id) {
+        (Some(model), None) => {
+            if body.model_version.is_some() {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_field",
+                    "`model_version` goes with `model_id`, not with an inline `model`",
+                )
+                .with_field("model_version"));
+            }
+            (model, None)
+        }
+        (None, Some(id)) => {
+            let msg = ArchitectMsg::Get {
+                version: body.model_version,
+            };
+            let (record, version) = ask_model(&system, &id, msg).await?;
+            let model = record
+                .version(version)
+                .map(|at| at.model.clone())
+                .expect("the architect answered with an existing version");
+            (model, Some((id, version)))
+        }
+        (Some(_), Some(_)) | (None, None) => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_field",
+                "give either `model` (inline) or `model_id` (a stored model), not both",
+            )
+            .with_field("model"));
+        }
+    };
     let request_data = SimulationRequest {
-        model: body.model,
+        model,
         paths: body.paths,
         seed: body.seed.unwrap_or_else(rand::random),
         device: body.device,
@@ -161,7 +201,7 @@ pub(crate) async fn submit(
         stop_at_rel_se: body.stop_at_rel_se,
     };
     let job = simulations
-        .submit(request_data, submitter(&request))
+        .submit(request_data, submitter(&request), source)
         .await?;
     let view = JobView::from(job);
     Ok(HttpResponse::Accepted()

@@ -310,10 +310,13 @@ impl Simulations {
     }
 
     /// Checks and queues a job; answers at once with the queued job.
+    /// `model` names the stored model and version the request's model came
+    /// from, when it did.
     pub async fn submit(
         &self,
         request: SimulationRequest,
         submitter: String,
+        model: Option<(String, i64)>,
     ) -> Result<SimulationJob, SubmitError> {
         let inner = &self.inner;
         check_request(&request)?;
@@ -337,8 +340,8 @@ impl Simulations {
             id: id.clone(),
             status: JobStatus::Queued,
             submitter: submitter.clone(),
-            model_id: None,
-            model_version: None,
+            model_version: model.as_ref().map(|(_, version)| *version),
+            model_id: model.map(|(id, _)| id),
             request,
             engine: None,
             created_at: Utc::now(),

@@ -97,7 +97,7 @@ enum Pool {
 mod records;
 mod simulations;
 
-pub use records::{Column, Record};
+pub use records::{Column, Page, Record};
 
 macro_rules! with_pool {
     ($store:expr, $pool:ident => $body:expr) => {

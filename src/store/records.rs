@@ -97,3 +97,59 @@ impl Store {
         ))
     }
 }
+
+/// A page of rows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page {
+    /// Rows matching the filters, all pages together.
+    pub total: i64,
+    /// Bodies of this page's rows.
+    pub bodies: Vec<String>,
+}
+
+impl Store {
+    /// Bodies of `table`'s rows whose text columns equal the given values
+    /// (`None` filters nothing), newest first.
+    pub async fn list_records(
+        &self,
+        table: &'static str,
+        filters: &[(&'static str, Option<&str>)],
+        limit: i64,
+        offset: i64,
+    ) -> Result<Page, StoreError> {
+        let active: Vec<(&str, &str)> = filters
+            .iter()
+            .filter_map(|(name, value)| value.map(|value| (*name, value)))
+            .collect();
+        let clause: String = active
+            .iter()
+            .enumerate()
+            .map(|(index, (name, _))| {
+                format!(
+                    "{} {name} = ${}",
+                    if index == 0 { " WHERE" } else { " AND" },
+                    index + 1
+                )
+            })
+            .collect();
+        let count_sql = format!("SELECT COUNT(*) FROM {table}{clause}");
+        let page_sql = format!(
+            "SELECT body FROM {table}{clause} ORDER BY created_at_ms DESC, id DESC \
+             LIMIT ${} OFFSET ${}",
+            active.len() + 1,
+            active.len() + 2
+        );
+        let (total, bodies) = with_pool!(self, pool => {
+            let mut count = sqlx::query_scalar::<_, i64>(&count_sql);
+            let mut page = sqlx::query_scalar::<_, String>(&page_sql);
+            for (_, value) in &active {
+                count = count.bind(*value);
+                page = page.bind(*value);
+            }
+            let total = count.fetch_one(pool).await?;
+            let bodies = page.bind(limit).bind(offset).fetch_all(pool).await?;
+            Ok::<_, sqlx::Error>((total, bodies))
+        })?;
+        Ok(Page { total, bodies })
+    }
+}

@@ -33,6 +33,16 @@ async fn json(response: reqwest::Response) -> Value {
     response.json().await.unwrap()
 }
 
+/// The supervisor of `kind` in a supervision tree.
+fn supervisor<'a>(tree: &'a Value, kind: &str) -> &'a Value {
+    tree["supervisors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|supervisor| supervisor["kind"] == kind)
+        .unwrap_or_else(|| panic!("no supervisor {kind} in {tree}"))
+}
+
 fn assert_error_shape(body: &Value, code: &str) {
     assert_eq!(body["error"]["code"], code, "{body}");
     assert!(
@@ -77,7 +87,7 @@ async fn operational_endpoints_on_both_stores() {
         )
         .await;
         assert_eq!(tree["node"], "node-1");
-        let counter = &tree["supervisors"][0];
+        let counter = supervisor(&tree, "counter");
         assert_eq!(counter["kind"], "counter");
         assert_eq!(counter["instances"][0]["key"], "x");
         assert_eq!(counter["instances"][0]["status"], "active");
@@ -288,7 +298,7 @@ async fn a_failed_instance_is_reset_over_http() {
                 .unwrap(),
         )
         .await;
-        let instance = &tree["supervisors"][0]["instances"][0];
+        let instance = &supervisor(&tree, "counter")["instances"][0];
         assert_eq!(instance["status"], "failed");
         assert_eq!(instance["restarts"], 3);
         assert!(

@@ -7,3 +7,4 @@ mod simulations;
 mod store;
 mod support;
 mod tracing_spans;
+mod value_models;

@@ -360,7 +360,11 @@ async fn bad_requests_name_the_field() {
             StatusCode::BAD_REQUEST,
             "colour",
         ),
-        (json!({ "paths": 10 }), StatusCode::BAD_REQUEST, ""),
+        (
+            json!({ "paths": 10 }),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "model",
+        ),
     ];
     for (body, status, field) in cases {
         let response = submit(client, &base, body.clone()).await;

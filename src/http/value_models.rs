@@ -1,0 +1,405 @@
+//! `/api/v1/value-models`: the architect agent's models, their versions,
+//! listing with filters, archiving and hypotheses.
+
+use std::time::Duration;
+
+use actix_web::http::{StatusCode, header};
+use actix_web::{HttpRequest, HttpResponse, web};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::actors::System;
+use crate::actors::architect::{Architect, ArchitectMsg, ArchitectReply, ModelRecord, ModelStatus};
+use crate::model::{Analytics, ValueModel};
+
+use super::error::{ApiError, parse_json, parse_query};
+
+/// A model at one version, as the API shows it.
+#[derive(Debug, Serialize)]
+pub(crate) struct ModelView {
+    id: String,
+    status: ModelStatus,
+    version: i64,
+    latest_version: i64,
+    archive_reason: Option<String>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    version_created_at: DateTime<Utc>,
+    model: ValueModel,
+    analytics: Analytics,
+}
+
+impl ModelView {
+    fn of(record: &ModelRecord, version: i64) -> Option<ModelView> {
+        let at = record.version(version)?;
+        Some(ModelView {
+            id: record.id.clone(),
+            status: record.status,
+            version,
+            latest_version: record.current().version,
+            archive_reason: record.archive_reason.clone(),
+            created_at: record.created_at,
+            updated_at: record.updated_at,
+            version_created_at: at.created_at,
+            model: at.model.clone(),
+            analytics: at.analytics.clone(),
+        })
+    }
+}
+
+fn ask_timeout(system: &System) -> Duration {
+    system.runtime_config().ask_timeout
+}
+
+/// Asks the architect instance `id`; answers the record and version.
+pub(crate) async fn ask_model(
+    system: &System,
+    id: &str,
+    msg: ArchitectMsg,
+) -> Result<(ModelRecord, i64), ApiError> {
+    match system
+        .agent::<Architect>(id.to_owned())
+        .ask(msg, ask_timeout(system))
+        .await?
+    {
+        ArchitectReply::Model { record, version } => Ok((*record, version)),
+        ArchitectReply::Hypotheses { .. } => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the architect answered a model request with hypotheses",
+        )),
+    }
+}
+
+fn view(record: &ModelRecord, version: i64) -> Result<ModelView, ApiError> {
+    ModelView::of(record, version).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no version {version}"),
+        )
+        .with_field("version")
+    })
+}
+
+/// A model from a request body: parsed (unknown fields refused) and
+/// validated, each error naming its JSON path.
+fn model_from(body: &[u8]) -> Result<ValueModel, ApiError> {
+    let model: ValueModel = parse_json(body, false)?;
+    validated(model)
+}
+
+fn validated(model: ValueModel) -> Result<ValueModel, ApiError> {
+    match model.validate() {
+        Ok(()) => Ok(model),
+        Err(invalid) => {
+            let first = &invalid.errors[0];
+            Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_field",
+                invalid.to_string(),
+            )
+            .with_field(first.path.clone()))
+        }
+    }
+}
+
+pub(crate) async fn create(
+    system: web::Data<System>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let model = model_from(&body)?;
+    let id = uuid::Uuid::now_v7().to_string();
+    let (record, version) = ask_model(&system, &id, ArchitectMsg::Create(Box::new(model))).await?;
+    Ok(HttpResponse::Created()
+        .insert_header((header::LOCATION, format!("/api/v1/value-models/{id}")))
+        .json(view(&record, version)?))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VersionQuery {
+    version: Option<i64>,
+}
+
+pub(crate) async fn get(
+    system: web::Data<System>,
+    id: web::Path<String>,
+    request: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let query: VersionQuery = parse_query(request.query_string())?;
+    let (record, version) = ask_model(
+        &system,
+        &id,
+        ArchitectMsg::Get {
+            version: query.version,
+        },
+    )
+    .await?;
+    Ok(HttpResponse::Ok().json(view(&record, version)?))
+}
+
+#[derive(Debug, Serialize)]
+struct VersionSummary {
+    version: i64,
+    created_at: DateTime<Utc>,
+    name: String,
+    npv: f64,
+    roi: Option<f64>,
+    payback_month: Option<u32>,
+}
+
+pub(crate) async fn versions(
+    system: web::Data<System>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let (record, _) = ask_model(&system, &id, ArchitectMsg::Get { version: None }).await?;
+    let versions: Vec<VersionSummary> = record
+        .versions
+        .iter()
+        .map(|version| VersionSummary {
+            version: version.version,
+            created_at: version.created_at,
+            name: version.model.name.clone(),
+            npv: version.analytics.npv,
+            roi: version.analytics.roi,
+            payback_month: version.analytics.payback_month,
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "id": record.id, "versions": versions })))
+}
+
+fn default_limit() -> i64 {
+    20
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    customer: Option<String>,
+    industry: Option<String>,
+    status: Option<ModelStatus>,
+    #[serde(default = "default_limit")]
+    limit: i64,
+    #[serde(default)]
+    offset: i64,
+}
+
+#[derive(Debug, Serialize)]
+struct ModelSummary {
+    id: String,
+    status: ModelStatus,
+    version: i64,
+    name: String,
+    customer: String,
+    industry: String,
+    currency: String,
+    npv: f64,
+    roi: Option<f64>,
+    payback_month: Option<u32>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+pub(crate) async fn list(
+    system: web::Data<System>,
+    request: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let query: ListQuery = parse_query(request.query_string())?;
+    if !(1..=100).contains(&query.limit) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            format!("`limit` must be within 1..=100, got {}", query.limit),
+        )
+        .with_field("limit"));
+    }
+    if query.offset < 0 {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            format!("`offset` must be >= 0, got {}", query.offset),
+        )
+        .with_field("offset"));
+    }
+    let status = query.status.map(ModelStatus::as_str);
+    let page = system
+        .store()
+        .list_records(
+            "value_models",
+            &[
+                ("customer", query.customer.as_deref()),
+                ("industry", query.industry.as_deref()),
+                ("status", status),
+            ],
+            query.limit,
+            query.offset,
+        )
+        .await?;
+    let mut items = Vec::with_capacity(page.bodies.len());
+    for body in &page.bodies {
+        let record: ModelRecord = serde_json::from_str(body).map_err(|error| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("a stored model does not decode: {error}"),
+            )
+        })?;
+        let current = record.current();
+        items.push(ModelSummary {
+            id: record.id.clone(),
+            status: record.status,
+            version: current.version,
+            name: current.model.name.clone(),
+            customer: current.model.customer.clone(),
+            industry: current.model.industry.clone(),
+            currency: current.model.currency.clone(),
+            npv: current.analytics.npv,
+            roi: current.analytics.roi,
+            payback_month: current.analytics.payback_month,
+            created_at: record.created_at,
+            updated_at: record.updated_at,
+        });
+    }
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "total": page.total,
+        "limit": query.limit,
+        "offset": query.offset,
+        "items": items,
+    })))
+}
+
+/// `PATCH`: a JSON merge patch (RFC 7396) over the current version makes
+/// the next one. `If-Match: "N"` names the version the patch was written
+/// against; without it, the version read here.
+pub(crate) async fn patch(
+    system: web::Data<System>,
+    id: web::Path<String>,
+    request: HttpRequest,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let patch: serde_json::Value = parse_json(&body, false)?;
+    if !patch.is_object() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            "a merge patch must be a JSON object",
+        ));
+    }
+    let (record, current) = ask_model(&system, &id, ArchitectMsg::Get { version: None }).await?;
+    let base_version = match request.headers().get(header::IF_MATCH) {
+        None => current,
+        Some(value) => value
+            .to_str()
+            .ok()
+            .map(|text| text.trim().trim_matches('"'))
+            .and_then(|text| text.parse::<i64>().ok())
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_header",
+                    "If-Match must be a model version, e.g. \"3\"",
+                )
+                .with_field("If-Match")
+            })?,
+    };
+    let mut merged = serde_json::to_value(&record.current().model).map_err(|error| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            error.to_string(),
+        )
+    })?;
+    json_patch::merge(&mut merged, &patch);
+    let merged = serde_json::to_vec(&merged).map_err(|error| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            error.to_string(),
+        )
+    })?;
+    let model = model_from(&merged)?;
+    let (record, version) = ask_model(
+        &system,
+        &id,
+        ArchitectMsg::Update {
+            model: Box::new(model),
+            base_version,
+        },
+    )
+    .await?;
+    Ok(HttpResponse::Ok()
+        .insert_header((header::ETAG, format!("\"{version}\"")))
+        .json(view(&record, version)?))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ArchiveBody {
+    reason: Option<String>,
+}
+
+pub(crate) async fn archive(
+    system: web::Data<System>,
+    id: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let body: ArchiveBody = parse_json(&body, true)?;
+    let (record, version) = ask_model(
+        &system,
+        &id,
+        ArchitectMsg::Archive {
+            reason: body.reason,
+        },
+    )
+    .await?;
+    Ok(HttpResponse::Ok().json(view(&record, version)?))
+}
+
+fn default_hypotheses() -> usize {
+    10
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HypothesesBody {
+    #[serde(default = "default_hypotheses")]
+    limit: usize,
+}
+
+pub(crate) async fn hypotheses(
+    system: web::Data<System>,
+    id: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let body: HypothesesBody = parse_json(&body, true)?;
+    if !(1..=50).contains(&body.limit) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            format!("`limit` must be within 1..=50, got {}", body.limit),
+        )
+        .with_field("limit"));
+    }
+    let reply = system
+        .agent::<Architect>(id.into_inner())
+        .ask(
+            ArchitectMsg::Hypotheses { limit: body.limit },
+            ask_timeout(&system),
+        )
+        .await?;
+    match reply {
+        ArchitectReply::Hypotheses {
+            industry,
+            hypotheses,
+        } => Ok(HttpResponse::Ok().json(serde_json::json!({
+            "industry": industry,
+            "hypotheses": hypotheses,
+        }))),
+        ArchitectReply::Model { .. } => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the architect answered a hypotheses request with a model",
+        )),
+    }
+}
