@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 
 use crate::actors::System;
 use crate::actors::architect::Architect;
+use crate::actors::committer::Committer;
 use crate::config::Config;
 use crate::http::HttpApi;
 use crate::simulation::{Simulations, StartError};
@@ -49,7 +50,7 @@ impl Node {
             })?;
         let system = System::start(config.node_name.clone(), config.runtime.clone(), store)
             .map_err(NodeError::Runtime)?;
-        system.register::<Architect>();
+        system.register::<Architect>().register::<Committer>();
         register(&system);
         let simulations = Simulations::start(system.clone(), &config.simulation)
             .await

@@ -20,6 +20,7 @@
 mod agent;
 mod agent_ref;
 pub mod architect;
+pub mod committer;
 mod envelope;
 mod error;
 mod events;

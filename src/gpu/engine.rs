@@ -143,6 +143,8 @@ pub struct PaybackSummary {
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SimulationResult {
     pub npv: Summary,
+    /// NPV percentiles P1 to P99 (`npv_quantiles[i]` is P(i + 1)).
+    pub npv_quantiles: Vec<f64>,
     pub prob_loss: f64,
     /// NPV over the cost basis; absent when the model has no costs.
     pub roi: Option<Summary>,
@@ -159,6 +161,21 @@ pub struct SimulationResult {
     /// Paths times drivers per second of wall time, pilot and statistics
     /// included.
     pub samples_per_second: f64,
+}
+
+impl SimulationResult {
+    /// The NPV that the outcome reaches or exceeds with probability
+    /// `confidence` (in [0.01, 0.99]): the `1 - confidence` quantile,
+    /// interpolated between whole percentiles.
+    pub fn npv_at_confidence(&self, confidence: f64) -> f64 {
+        // Rounded so that 0.9 means P10 exactly, not 9.999999999999998.
+        let percent = (((1.0 - confidence) * 100.0 * 1e9).round() / 1e9).clamp(1.0, 99.0);
+        let below = (percent.floor() as usize).clamp(1, 99);
+        let above = (below + 1).min(99);
+        let fraction = percent - below as f64;
+        let at = |percent: usize| self.npv_quantiles[percent - 1];
+        at(below) + fraction * (at(above) - at(below))
+    }
 }
 
 /// Moments (merged by Chan's parallel update), extremes and losses of some
@@ -313,16 +330,11 @@ impl FineHistogram {
         None
     }
 
-    fn percentiles(&self) -> Option<Percentiles> {
-        Some(Percentiles {
-            p5: self.percentile(0.05)?,
-            p10: self.percentile(0.10)?,
-            p25: self.percentile(0.25)?,
-            p50: self.percentile(0.50)?,
-            p75: self.percentile(0.75)?,
-            p90: self.percentile(0.90)?,
-            p95: self.percentile(0.95)?,
-        })
+    /// P1 to P99; `None` when any lies outside the range.
+    fn quantiles(&self) -> Option<Vec<f64>> {
+        (1..=99)
+            .map(|percent| self.percentile(f64::from(percent) / 100.0))
+            .collect()
     }
 
     /// `bins` equal bins over `[min, max]`, each fine bin counted where its
@@ -531,8 +543,8 @@ fn run_on(
     }
     let paths = done;
     let (low, high) = (moments.min, moments.max);
-    let percentiles = match histogram.percentiles() {
-        Some(percentiles) => percentiles,
+    let quantiles = match histogram.quantiles() {
+        Some(quantiles) => quantiles,
         None => {
             // A percentile beyond the pilot's range: bin every path again
             // over the run's true extremes, which hold all of them.
@@ -547,9 +559,19 @@ fn run_on(
             histogram.counts[0] += std::mem::take(&mut histogram.under);
             histogram.counts[FINE_BINS - 1] += std::mem::take(&mut histogram.over);
             histogram
-                .percentiles()
+                .quantiles()
                 .expect("every path lies within the run's extremes")
         }
+    };
+    let at = |percent: usize| quantiles[percent - 1];
+    let percentiles = Percentiles {
+        p5: at(5),
+        p10: at(10),
+        p25: at(25),
+        p50: at(50),
+        p75: at(75),
+        p90: at(90),
+        p95: at(95),
     };
     let npv = Summary {
         mean: moments.mean,
@@ -565,6 +587,7 @@ fn run_on(
         sample_statistics(model, sampler, weights, seed, paths.min(RANK_SAMPLE));
     let wall_seconds = started.elapsed().as_secs_f64();
     Ok(SimulationResult {
+        npv_quantiles: quantiles,
         prob_loss: moments.losses as f64 / paths as f64,
         std_error: moments.std_error(),
         histogram: histogram.coarsen(low, high, settings.bins),
@@ -835,6 +858,22 @@ mod tests {
         )
         .unwrap();
         assert_ne!(other_seed.npv.min, a.npv.min);
+    }
+
+    #[test]
+    fn npv_at_confidence_reads_the_quantiles() {
+        let model = normals();
+        let result = run(&model, &settings(200_000), Device::Cpu, |_| {
+            Control::Continue
+        })
+        .unwrap();
+        assert_eq!(result.npv_quantiles.len(), 99);
+        assert!(result.npv_quantiles.windows(2).all(|w| w[0] <= w[1]));
+        assert_eq!(result.npv_quantiles[49], result.npv.percentiles.p50);
+        assert_eq!(result.npv_at_confidence(0.9), result.npv.percentiles.p10);
+        assert_eq!(result.npv_at_confidence(0.5), result.npv.percentiles.p50);
+        let between = result.npv_at_confidence(0.875);
+        assert!(between > result.npv_quantiles[11] && between < result.npv_quantiles[12]);
     }
 
     #[test]

@@ -19,9 +19,13 @@
 //! | `GET /api/v1/value-models/{id}/versions` | every version |
 //! | `POST /api/v1/value-models/{id}/archive` | archive |
 //! | `POST /api/v1/value-models/{id}/hypotheses` | candidate drivers from the catalogue |
+//! | `POST /api/v1/commitments`, `GET` (list) | committer: commit to a simulated target |
+//! | `GET /api/v1/commitments/{id}`, `POST .../void` | a commitment; void it with a reason |
 
 mod actors;
+mod commitments;
 mod error;
+mod listing;
 mod middleware;
 mod operations;
 mod simulations;
@@ -73,7 +77,14 @@ fn routes(config: &mut web::ServiceConfig) {
                 .service(web::resource("/value-models/{id}/archive").post(value_models::archive))
                 .service(
                     web::resource("/value-models/{id}/hypotheses").post(value_models::hypotheses),
-                ),
+                )
+                .service(
+                    web::resource("/commitments")
+                        .post(commitments::commit)
+                        .get(commitments::list),
+                )
+                .service(web::resource("/commitments/{id}").get(commitments::get))
+                .service(web::resource("/commitments/{id}/void").post(commitments::void)),
         )
         .service(web::resource("/ws/simulations/{id}").get(simulations::events));
 }

@@ -13,6 +13,7 @@ use crate::actors::architect::{Architect, ArchitectMsg, ArchitectReply, ModelRec
 use crate::model::{Analytics, ValueModel};
 
 use super::error::{ApiError, parse_json, parse_query};
+use super::listing::{check_paging, decode};
 
 /// A model at one version, as the API shows it.
 #[derive(Debug, Serialize)]
@@ -169,17 +170,13 @@ pub(crate) async fn versions(
     Ok(HttpResponse::Ok().json(serde_json::json!({ "id": record.id, "versions": versions })))
 }
 
-fn default_limit() -> i64 {
-    20
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
     customer: Option<String>,
     industry: Option<String>,
     status: Option<ModelStatus>,
-    #[serde(default = "default_limit")]
+    #[serde(default = "super::listing::default_limit")]
     limit: i64,
     #[serde(default)]
     offset: i64,
@@ -206,22 +203,7 @@ pub(crate) async fn list(
     request: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let query: ListQuery = parse_query(request.query_string())?;
-    if !(1..=100).contains(&query.limit) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_query",
-            format!("`limit` must be within 1..=100, got {}", query.limit),
-        )
-        .with_field("limit"));
-    }
-    if query.offset < 0 {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_query",
-            format!("`offset` must be >= 0, got {}", query.offset),
-        )
-        .with_field("offset"));
-    }
+    check_paging(query.limit, query.offset)?;
     let status = query.status.map(ModelStatus::as_str);
     let page = system
         .store()
@@ -237,14 +219,7 @@ pub(crate) async fn list(
         )
         .await?;
     let mut items = Vec::with_capacity(page.bodies.len());
-    for body in &page.bodies {
-        let record: ModelRecord = serde_json::from_str(body).map_err(|error| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                format!("a stored model does not decode: {error}"),
-            )
-        })?;
+    for record in decode::<ModelRecord>(&page)? {
         let current = record.current();
         items.push(ModelSummary {
             id: record.id.clone(),

@@ -385,6 +385,29 @@ impl Simulations {
         self.inner.ask(id, SimulationMsg::Get).await
     }
 
+    /// The latest `done` job of a model version, asked of its agent.
+    pub async fn latest_done(
+        &self,
+        model_id: &str,
+        model_version: i64,
+    ) -> Result<Option<SimulationJob>, AgentError> {
+        let store = self.inner.system.store();
+        let id = store
+            .latest_done_simulation(model_id, model_version)
+            .await
+            .map_err(|cause| AgentError::Store {
+                target: AgentId {
+                    kind: Simulation::KIND,
+                    key: format!("model {model_id} v{model_version}").into(),
+                },
+                cause: Box::new(cause),
+            })?;
+        match id {
+            Some(id) => Ok(Some(self.get(&id).await?)),
+            None => Ok(None),
+        }
+    }
+
     /// Cancels a queued job at once, or asks its worker to stop a running
     /// one (it stops within one batch).
     pub async fn cancel(&self, id: &str) -> Result<SimulationJob, AgentError> {

@@ -1,6 +1,7 @@
 //! The one integration test binary (see STYLE.md): modules per area.
 
 mod cli;
+mod commitments;
 mod http;
 mod runtime;
 mod simulations;

@@ -1,0 +1,282 @@
+//! The committer agent: one instance per commitment. A commitment promises
+//! a value target for a model version at a confidence level; the committer
+//! accepts it only when the model version's latest finished simulation
+//! supports it (the NPV reached with that probability is at least the
+//! target), and records the contract terms and milestones.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+
+use crate::store::{Column, Store, StoreError, VersionedState};
+
+use super::agent::{
+    Agent, AgentMessage, Handling, load_json_record, nothing_to_save, save_json_record,
+};
+use super::error::HandlerError;
+
+const TABLE: &str = "commitments";
+
+/// Contract terms: a fixed fee, plus a share of realized value above the
+/// target, the whole capped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Terms {
+    pub fixed_fee: f64,
+    /// Share (0 to 1) of realized value above the target.
+    pub outcome_share: f64,
+    /// Most the customer pays in all; `None`: no cap.
+    pub cap: Option<f64>,
+}
+
+impl Terms {
+    /// What the customer owes for `realized` value against `target`.
+    pub fn fee(&self, realized: f64, target: f64) -> f64 {
+        let fee = self.fixed_fee + self.outcome_share * (realized - target).max(0.0);
+        self.cap.map_or(fee, |cap| fee.min(cap))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Milestone {
+    pub name: String,
+    pub due_date: NaiveDate,
+    pub expected_value: f64,
+}
+
+/// What the simulation said, as the commitment was made.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SimulatedSupport {
+    pub simulation_id: String,
+    pub paths: u64,
+    pub npv_mean: f64,
+    /// The NPV reached with probability `confidence`.
+    pub npv_at_confidence: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommitmentStatus {
+    Active,
+    Voided,
+}
+
+impl CommitmentStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CommitmentStatus::Active => "active",
+            CommitmentStatus::Voided => "voided",
+        }
+    }
+}
+
+/// What a client asks to commit to (checked by the caller).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommitmentRequest {
+    pub model_id: String,
+    pub model_version: i64,
+    pub model_name: String,
+    pub currency: String,
+    pub confidence: f64,
+    pub target: f64,
+    pub terms: Terms,
+    pub milestones: Vec<Milestone>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Commitment {
+    pub id: String,
+    pub status: CommitmentStatus,
+    #[serde(flatten)]
+    pub request: CommitmentRequest,
+    pub simulated: SimulatedSupport,
+    pub created_at: DateTime<Utc>,
+    pub voided_at: Option<DateTime<Utc>>,
+    pub void_reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum CommitterMsg {
+    /// Commits, given the model version's latest finished simulation
+    /// (`None`: there is none, and the commitment is refused).
+    Commit {
+        request: Box<CommitmentRequest>,
+        simulated: Option<SimulatedSupport>,
+    },
+    Get,
+    Void {
+        reason: String,
+    },
+}
+
+impl AgentMessage for CommitterMsg {
+    fn name(&self) -> &'static str {
+        match self {
+            CommitterMsg::Commit { .. } => "commit",
+            CommitterMsg::Get => "get",
+            CommitterMsg::Void { .. } => "void",
+        }
+    }
+}
+
+pub struct Committer;
+
+impl Agent for Committer {
+    const KIND: &'static str = "committer";
+    type State = Option<Commitment>;
+    type Msg = CommitterMsg;
+    type Reply = Commitment;
+
+    fn init(_key: &str) -> Option<Commitment> {
+        None
+    }
+
+    fn handle(
+        state: &mut Option<Commitment>,
+        msg: CommitterMsg,
+        ctx: &mut Handling<'_>,
+    ) -> Result<Commitment, HandlerError> {
+        let key = ctx.key().to_owned();
+        match (msg, state.as_mut()) {
+            (CommitterMsg::Commit { .. }, Some(_)) => Err(HandlerError::rejected(
+                "conflict",
+                format!("commitment `{key}` exists"),
+                None,
+            )),
+            (CommitterMsg::Commit { request, simulated }, None) => {
+                let Some(simulated) = simulated else {
+                    return Err(HandlerError::rejected(
+                        "no_simulation",
+                        format!(
+                            "model `{}` version {} has no finished simulation: simulate it first",
+                            request.model_id, request.model_version
+                        ),
+                        Some("model_version"),
+                    ));
+                };
+                if request.target > simulated.npv_at_confidence {
+                    return Err(HandlerError::rejected(
+                        "target_not_supported",
+                        format!(
+                            "target {:.0} {} is {:.0} above the NPV the simulation reaches \
+                             with {:.0}% confidence ({:.0}, simulation {})",
+                            request.target,
+                            request.currency,
+                            request.target - simulated.npv_at_confidence,
+                            request.confidence * 100.0,
+                            simulated.npv_at_confidence,
+                            simulated.simulation_id
+                        ),
+                        Some("target"),
+                    ));
+                }
+                let commitment = Commitment {
+                    id: key,
+                    status: CommitmentStatus::Active,
+                    request: *request,
+                    simulated,
+                    created_at: Utc::now(),
+                    voided_at: None,
+                    void_reason: None,
+                };
+                ctx.emit("commitment.made", event_data(&commitment));
+                ctx.persist();
+                Ok(state.insert(commitment).clone())
+            }
+            (_, None) => Err(HandlerError::rejected(
+                "not_found",
+                format!("no commitment `{key}`"),
+                None,
+            )),
+            (CommitterMsg::Get, Some(commitment)) => Ok(commitment.clone()),
+            (CommitterMsg::Void { reason }, Some(commitment)) => {
+                if commitment.status == CommitmentStatus::Voided {
+                    return Err(HandlerError::rejected(
+                        "conflict",
+                        format!("commitment `{key}` is already voided"),
+                        None,
+                    ));
+                }
+                commitment.status = CommitmentStatus::Voided;
+                commitment.voided_at = Some(Utc::now());
+                commitment.void_reason = Some(reason);
+                ctx.emit("commitment.voided", event_data(commitment));
+                ctx.persist();
+                Ok(commitment.clone())
+            }
+        }
+    }
+
+    fn load(
+        store: &Store,
+        key: &str,
+    ) -> BoxFuture<'static, Result<Option<VersionedState<Self::State>>, StoreError>> {
+        load_json_record(store, Self::KIND, TABLE, key)
+    }
+
+    fn save(
+        store: &Store,
+        key: &str,
+        state: &Self::State,
+        expected_version: i64,
+    ) -> BoxFuture<'static, Result<i64, StoreError>> {
+        let Some(commitment) = state else {
+            return nothing_to_save(Self::KIND, key);
+        };
+        let columns = vec![
+            (
+                "status",
+                Column::Text(Some(commitment.status.as_str().into())),
+            ),
+            (
+                "model_id",
+                Column::Text(Some(commitment.request.model_id.clone())),
+            ),
+            (
+                "created_at_ms",
+                Column::Int(Some(commitment.created_at.timestamp_millis())),
+            ),
+        ];
+        save_json_record(
+            store,
+            Self::KIND,
+            TABLE,
+            key,
+            commitment,
+            columns,
+            expected_version,
+        )
+    }
+}
+
+fn event_data(commitment: &Commitment) -> serde_json::Value {
+    serde_json::json!({
+        "commitment_id": commitment.id,
+        "model_id": commitment.request.model_id,
+        "model_version": commitment.request.model_version,
+        "target": commitment.request.target,
+        "confidence": commitment.request.confidence,
+        "status": commitment.status,
+        "void_reason": commitment.void_reason,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Terms;
+
+    #[test]
+    fn the_fee_is_fixed_plus_a_share_above_target_capped() {
+        let terms = Terms {
+            fixed_fee: 100.0,
+            outcome_share: 0.2,
+            cap: Some(300.0),
+        };
+        assert_eq!(terms.fee(500.0, 1000.0), 100.0);
+        assert_eq!(terms.fee(1500.0, 1000.0), 200.0);
+        assert_eq!(terms.fee(10_000.0, 1000.0), 300.0);
+        let uncapped = Terms { cap: None, ..terms };
+        assert_eq!(uncapped.fee(10_000.0, 1000.0), 1900.0);
+    }
+}

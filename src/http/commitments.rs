@@ -1,0 +1,251 @@
+//! `/api/v1/commitments`: commit to a value target that the model's latest
+//! simulation supports; read, list and void commitments.
+
+use std::collections::HashSet;
+
+use actix_web::http::{StatusCode, header};
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde::Deserialize;
+
+use crate::actors::System;
+use crate::actors::architect::{ArchitectMsg, ModelStatus};
+use crate::actors::committer::{
+    Commitment, CommitmentRequest, CommitmentStatus, Committer, CommitterMsg, Milestone,
+    SimulatedSupport, Terms,
+};
+use crate::simulation::Simulations;
+
+use super::error::{ApiError, parse_json, parse_query};
+use super::listing::{check_paging, decode};
+use super::value_models::ask_model;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CommitBody {
+    model_id: String,
+    /// [default: the model's current version]
+    model_version: Option<i64>,
+    /// 0.5 to 0.95: the probability the outcome reaches the target.
+    confidence: f64,
+    target: f64,
+    terms: Terms,
+    #[serde(default)]
+    milestones: Vec<Milestone>,
+}
+
+fn invalid(field: &str, message: String) -> ApiError {
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", message).with_field(field)
+}
+
+fn check(body: &CommitBody) -> Result<(), ApiError> {
+    if !(0.5..=0.95).contains(&body.confidence) {
+        return Err(invalid(
+            "confidence",
+            format!(
+                "`confidence` must be within 0.5..=0.95, got {}",
+                body.confidence
+            ),
+        ));
+    }
+    if !body.target.is_finite() {
+        return Err(invalid("target", "`target` must be a finite number".into()));
+    }
+    let terms = &body.terms;
+    if !(terms.fixed_fee.is_finite() && terms.fixed_fee >= 0.0) {
+        return Err(invalid(
+            "terms.fixed_fee",
+            "`terms.fixed_fee` must be >= 0".into(),
+        ));
+    }
+    if !(0.0..=1.0).contains(&terms.outcome_share) {
+        return Err(invalid(
+            "terms.outcome_share",
+            format!(
+                "`terms.outcome_share` must be within 0..=1, got {}",
+                terms.outcome_share
+            ),
+        ));
+    }
+    if let Some(cap) = terms.cap
+        && !(cap.is_finite() && cap >= terms.fixed_fee)
+    {
+        return Err(invalid(
+            "terms.cap",
+            format!(
+                "`terms.cap` must be at least the fixed fee ({}), got {cap}",
+                terms.fixed_fee
+            ),
+        ));
+    }
+    if body.milestones.len() > 100 {
+        return Err(invalid("milestones", "at most 100 milestones".into()));
+    }
+    let mut names = HashSet::new();
+    for (index, milestone) in body.milestones.iter().enumerate() {
+        let name = milestone.name.trim();
+        if name.is_empty() || name.len() > 200 {
+            return Err(invalid(
+                &format!("milestones[{index}].name"),
+                "a milestone name has 1 to 200 characters".into(),
+            ));
+        }
+        if !names.insert(name.to_lowercase()) {
+            return Err(invalid(
+                &format!("milestones[{index}].name"),
+                format!("milestone `{name}` is listed twice"),
+            ));
+        }
+        if !(milestone.expected_value.is_finite() && milestone.expected_value >= 0.0) {
+            return Err(invalid(
+                &format!("milestones[{index}].expected_value"),
+                "must be >= 0".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+async fn ask(system: &System, id: &str, msg: CommitterMsg) -> Result<Commitment, ApiError> {
+    Ok(system
+        .agent::<Committer>(id.to_owned())
+        .ask(msg, system.runtime_config().ask_timeout)
+        .await?)
+}
+
+pub(crate) async fn commit(
+    system: web::Data<System>,
+    simulations: web::Data<Simulations>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let body: CommitBody = parse_json(&body, false)?;
+    check(&body)?;
+    let (record, version) = ask_model(
+        &system,
+        &body.model_id,
+        ArchitectMsg::Get {
+            version: body.model_version,
+        },
+    )
+    .await?;
+    if record.status == ModelStatus::Archived {
+        return Err(invalid(
+            "model_id",
+            format!(
+                "value model `{}` is archived: nothing can be committed to it",
+                record.id
+            ),
+        ));
+    }
+    let model = &record.version(version).expect("an existing version").model;
+    // The committer decides; the simulation kind answers what it needs.
+    let simulated = simulations
+        .latest_done(&record.id, version)
+        .await?
+        .and_then(|job| {
+            let result = job.result?;
+            Some(SimulatedSupport {
+                simulation_id: job.id,
+                paths: result.paths,
+                npv_mean: result.npv.mean,
+                npv_at_confidence: result.npv_at_confidence(body.confidence),
+            })
+        });
+    let request = CommitmentRequest {
+        model_id: record.id.clone(),
+        model_version: version,
+        model_name: model.name.clone(),
+        currency: model.currency.clone(),
+        confidence: body.confidence,
+        target: body.target,
+        terms: body.terms,
+        milestones: body.milestones,
+    };
+    let id = uuid::Uuid::now_v7().to_string();
+    let commitment = ask(
+        &system,
+        &id,
+        CommitterMsg::Commit {
+            request: Box::new(request),
+            simulated,
+        },
+    )
+    .await?;
+    Ok(HttpResponse::Created()
+        .insert_header((header::LOCATION, format!("/api/v1/commitments/{id}")))
+        .json(commitment))
+}
+
+pub(crate) async fn get(
+    system: web::Data<System>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(ask(&system, &id, CommitterMsg::Get).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VoidBody {
+    reason: String,
+}
+
+pub(crate) async fn void(
+    system: web::Data<System>,
+    id: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let body: VoidBody = parse_json(&body, false)?;
+    let reason = body.reason.trim();
+    if reason.is_empty() || reason.len() > 1000 {
+        return Err(invalid(
+            "reason",
+            "a reason has 1 to 1000 characters".into(),
+        ));
+    }
+    let commitment = ask(
+        &system,
+        &id,
+        CommitterMsg::Void {
+            reason: reason.to_owned(),
+        },
+    )
+    .await?;
+    Ok(HttpResponse::Ok().json(commitment))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    model_id: Option<String>,
+    status: Option<CommitmentStatus>,
+    #[serde(default = "super::listing::default_limit")]
+    limit: i64,
+    #[serde(default)]
+    offset: i64,
+}
+
+pub(crate) async fn list(
+    system: web::Data<System>,
+    request: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let query: ListQuery = parse_query(request.query_string())?;
+    check_paging(query.limit, query.offset)?;
+    let page = system
+        .store()
+        .list_records(
+            "commitments",
+            &[
+                ("model_id", query.model_id.as_deref()),
+                ("status", query.status.map(CommitmentStatus::as_str)),
+            ],
+            query.limit,
+            query.offset,
+        )
+        .await?;
+    let items: Vec<Commitment> = decode(&page)?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "total": page.total,
+        "limit": query.limit,
+        "offset": query.offset,
+        "items": items,
+    })))
+}

@@ -1,0 +1,46 @@
+//! What every list route shares: `limit`/`offset` checks and decoding a
+//! page of stored rows.
+
+use actix_web::http::StatusCode;
+use serde::de::DeserializeOwned;
+
+use crate::store::Page;
+
+use super::error::ApiError;
+
+pub(crate) fn default_limit() -> i64 {
+    20
+}
+
+/// `limit` within 1..=100, `offset` >= 0.
+pub(crate) fn check_paging(limit: i64, offset: i64) -> Result<(), ApiError> {
+    let invalid = |field: &str, message: String| {
+        Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", message).with_field(field))
+    };
+    if !(1..=100).contains(&limit) {
+        return invalid(
+            "limit",
+            format!("`limit` must be within 1..=100, got {limit}"),
+        );
+    }
+    if offset < 0 {
+        return invalid("offset", format!("`offset` must be >= 0, got {offset}"));
+    }
+    Ok(())
+}
+
+/// The rows of a page as `T`.
+pub(crate) fn decode<T: DeserializeOwned>(page: &Page) -> Result<Vec<T>, ApiError> {
+    page.bodies
+        .iter()
+        .map(|body| {
+            serde_json::from_str(body).map_err(|error| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    format!("a stored row does not decode: {error}"),
+                )
+            })
+        })
+        .collect()
+}

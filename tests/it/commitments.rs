@@ -1,0 +1,228 @@
+//! The committer through `/api/v1/commitments`: it commits only to what the
+//! model version's latest simulation supports.
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::support::{BACKENDS, Backend, TestDb};
+use crate::value_models::{acme, create_model, start_node};
+
+async fn send(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Simulates a stored model version to the end; answers the result.
+pub(crate) async fn simulate(
+    client: &reqwest::Client,
+    base: &str,
+    model_id: &str,
+    version: i64,
+) -> Value {
+    let (status, job) = send(client.post(format!("{base}/simulations")).json(&json!({
+        "model_id": model_id, "model_version": version, "paths": 50_000, "seed": 3, "device": "cpu"
+    })))
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    let id = job["id"].as_str().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, job) = send(client.get(format!("{base}/simulations/{id}"))).await;
+        if job["status"] == "done" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{job}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    send(client.get(format!("{base}/simulations/{id}/results")))
+        .await
+        .1["result"]
+        .clone()
+}
+
+pub(crate) fn commitment(model_id: &str, target: f64) -> Value {
+    json!({
+        "model_id": model_id,
+        "confidence": 0.8,
+        "target": target,
+        "terms": { "fixed_fee": 50000, "outcome_share": 0.2, "cap": 400000 },
+        "milestones": [
+            { "name": "pilot live", "due_date": "2027-03-31", "expected_value": 100000 },
+            { "name": "full rollout", "due_date": "2027-09-30", "expected_value": 400000 }
+        ]
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commitments_follow_the_simulation_on_both_stores() {
+    for backend in BACKENDS {
+        let db = TestDb::new(backend).await;
+        let (node, base) = start_node(&db).await;
+        let client = reqwest::Client::new();
+        let model_id = create_model(&client, &base, &acme()).await;
+
+        // No simulation of the version yet: refused, naming the gap.
+        let (status, error) = send(
+            client
+                .post(format!("{base}/commitments"))
+                .json(&commitment(&model_id, 1.0)),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{error}");
+        assert_eq!(error["error"]["code"], "no_simulation");
+        assert_eq!(error["error"]["field"], "model_version");
+
+        let result = simulate(&client, &base, &model_id, 1).await;
+        let p20 = result["npv_quantiles"][19].as_f64().unwrap();
+        // Above what the simulation reaches with 80% confidence: refused.
+        let (status, error) = send(
+            client
+                .post(format!("{base}/commitments"))
+                .json(&commitment(&model_id, p20 + 1000.0)),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{error}");
+        assert_eq!(error["error"]["code"], "target_not_supported");
+        assert_eq!(error["error"]["field"], "target");
+        assert!(
+            error["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("1000 above"),
+            "{error}"
+        );
+
+        let (status, made) = send(
+            client
+                .post(format!("{base}/commitments"))
+                .json(&commitment(&model_id, p20 - 1000.0)),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{made}");
+        assert_eq!(made["status"], "active");
+        assert_eq!(made["model_version"], 1);
+        assert_eq!(
+            made["simulated"]["npv_at_confidence"].as_f64().unwrap(),
+            p20
+        );
+        assert_eq!(made["milestones"].as_array().unwrap().len(), 2);
+        let id = made["id"].as_str().unwrap().to_owned();
+
+        // A new model version has no simulation of its own.
+        send(
+            client
+                .patch(format!("{base}/value-models/{model_id}"))
+                .json(&json!({ "discount_rate": 0.15 })),
+        )
+        .await;
+        let (status, error) = send(
+            client
+                .post(format!("{base}/commitments"))
+                .json(&commitment(&model_id, 1.0)),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(error["error"]["code"], "no_simulation");
+
+        let (_, listed) = send(client.get(format!("{base}/commitments?model_id={model_id}"))).await;
+        assert_eq!(listed["total"], 1);
+        assert_eq!(listed["items"][0]["id"], id.as_str());
+
+        let (status, voided) = send(
+            client
+                .post(format!("{base}/commitments/{id}/void"))
+                .json(&json!({ "reason": "customer withdrew" })),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(voided["status"], "voided");
+        assert_eq!(voided["void_reason"], "customer withdrew");
+        let (status, _) = send(
+            client
+                .post(format!("{base}/commitments/{id}/void"))
+                .json(&json!({ "reason": "again" })),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        let (_, active) = send(client.get(format!("{base}/commitments?status=active"))).await;
+        assert_eq!(active["total"], 0, "{backend:?}");
+        drop(client);
+        node.stop().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_commitments_name_the_field() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let (node, base) = start_node(&db).await;
+    let client = reqwest::Client::new();
+    let model_id = create_model(&client, &base, &acme()).await;
+    let with = |path: &str, value: Value| {
+        let mut body = commitment(&model_id, 1.0);
+        let mut target = &mut body;
+        let parts: Vec<&str> = path.split('.').collect();
+        for part in &parts[..parts.len() - 1] {
+            target = match part.parse::<usize>() {
+                Ok(index) => &mut target[index],
+                Err(_) => &mut target[*part],
+            };
+        }
+        target[*parts.last().unwrap()] = value;
+        body
+    };
+    for (body, field) in [
+        (with("confidence", json!(0.99)), "confidence"),
+        (with("confidence", json!(0.4)), "confidence"),
+        (
+            with("terms.outcome_share", json!(1.5)),
+            "terms.outcome_share",
+        ),
+        (with("terms.fixed_fee", json!(-1)), "terms.fixed_fee"),
+        (with("terms.cap", json!(10)), "terms.cap"),
+        (
+            with("milestones.1.name", json!("Pilot live")),
+            "milestones[1].name",
+        ),
+        (
+            with("milestones.0.expected_value", json!(-5)),
+            "milestones[0].expected_value",
+        ),
+    ] {
+        let (status, error) = send(client.post(format!("{base}/commitments")).json(&body)).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{field}: {error}");
+        assert_eq!(error["error"]["field"], field);
+    }
+    for (body, field) in [
+        (
+            with("milestones.0.due_date", json!("next spring")),
+            "milestones[0].due_date",
+        ),
+        (with("terms.surprise", json!(1)), "terms.surprise"),
+    ] {
+        let (status, error) = send(client.post(format!("{base}/commitments")).json(&body)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{field}: {error}");
+        assert_eq!(error["error"]["field"], field);
+    }
+    let (status, _) = send(
+        client
+            .post(format!("{base}/commitments"))
+            .json(&commitment("no-such-model", 1.0)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, error) = send(
+        client
+            .post(format!("{base}/commitments/nope/void"))
+            .json(&json!({ "reason": "" })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(error["error"]["field"], "reason");
+    let (_, listed) = send(client.get(format!("{base}/commitments"))).await;
+    assert_eq!(listed["total"], 0);
+    drop(client);
+    node.stop().await.unwrap();
+}
