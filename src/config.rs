@@ -30,6 +30,9 @@ pub struct Config {
     pub http_workers: usize,
     pub runtime: RuntimeConfig,
     pub simulation: SimulationConfig,
+    /// How often active execution plans look for overdue milestones.
+    #[serde(with = "humantime_serde")]
+    pub executor_tick: Duration,
 }
 
 /// The simulation agent's workers and queue.
@@ -74,6 +77,7 @@ impl Default for Config {
             http_workers: 2,
             runtime: RuntimeConfig::default(),
             simulation: SimulationConfig::default(),
+            executor_tick: Duration::from_secs(60),
         }
     }
 }
@@ -228,6 +232,9 @@ impl Config {
         }
         if runtime.ask_timeout.is_zero() {
             return invalid("runtime.ask_timeout", "must be longer than 0s");
+        }
+        if self.executor_tick < Duration::from_millis(10) {
+            return invalid("executor_tick", "must be at least 10ms");
         }
         if !(1..=64).contains(&self.simulation.cpu_workers) {
             return invalid("simulation.cpu_workers", "must be within 1..=64");

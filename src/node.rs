@@ -4,8 +4,10 @@
 use std::net::SocketAddr;
 
 use crate::actors::System;
+use crate::actors::amplifier::Amplifier;
 use crate::actors::architect::Architect;
 use crate::actors::committer::Committer;
+use crate::actors::executor::{Executor, tick_active_plans};
 use crate::config::Config;
 use crate::http::HttpApi;
 use crate::simulation::{Simulations, StartError};
@@ -36,6 +38,7 @@ pub struct Node {
     pub system: System,
     pub simulations: Simulations,
     pub http: HttpApi,
+    ticker: tokio::task::JoinHandle<()>,
 }
 
 impl Node {
@@ -50,7 +53,11 @@ impl Node {
             })?;
         let system = System::start(config.node_name.clone(), config.runtime.clone(), store)
             .map_err(NodeError::Runtime)?;
-        system.register::<Architect>().register::<Committer>();
+        system
+            .register::<Architect>()
+            .register::<Committer>()
+            .register::<Executor>()
+            .register::<Amplifier>();
         register(&system);
         let simulations = Simulations::start(system.clone(), &config.simulation)
             .await
@@ -70,10 +77,12 @@ impl Node {
                 });
             }
         };
+        let ticker = tokio::spawn(tick_plans(system.clone(), config.executor_tick));
         Ok(Node {
             system,
             simulations,
             http,
+            ticker,
         })
     }
 
@@ -85,6 +94,7 @@ impl Node {
     /// workers (a running job is left to run again at the next start), then
     /// the runtime, then the store.
     pub async fn stop(self) -> std::io::Result<()> {
+        self.ticker.abort();
         let stopped = self.http.stop().await;
         self.simulations.stop().await;
         let system = self.system;
@@ -95,5 +105,17 @@ impl Node {
             .map_err(|error| std::io::Error::other(error.to_string()))?;
         store.close().await;
         stopped
+    }
+}
+
+/// The executor's periodic tick: active plans look for overdue milestones.
+async fn tick_plans(system: System, every: std::time::Duration) {
+    let mut interval = tokio::time::interval(every);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        if let Err(error) = tick_active_plans(&system).await {
+            tracing::warn!(%error, "executor tick: cannot list the active plans");
+        }
     }
 }

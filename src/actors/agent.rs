@@ -215,3 +215,43 @@ pub(crate) fn nothing_to_save(
     };
     Box::pin(async move { Err(error) })
 }
+
+/// `Agent::load` and `Agent::save` for a kind whose state is
+/// `Option<Record>` kept in a table of its own: the record as the row's
+/// JSON body, and beside it the columns `|record| [...]` names for the
+/// kind's queries.
+macro_rules! table_persistence {
+    ($table:expr, |$record:ident| $columns:expr) => {
+        fn load(
+            store: &$crate::store::Store,
+            key: &str,
+        ) -> futures_util::future::BoxFuture<
+            'static,
+            Result<Option<$crate::store::VersionedState<Self::State>>, $crate::store::StoreError>,
+        > {
+            $crate::actors::agent::load_json_record(store, Self::KIND, $table, key)
+        }
+
+        fn save(
+            store: &$crate::store::Store,
+            key: &str,
+            state: &Self::State,
+            expected_version: i64,
+        ) -> futures_util::future::BoxFuture<'static, Result<i64, $crate::store::StoreError>> {
+            let Some($record) = state else {
+                return $crate::actors::agent::nothing_to_save(Self::KIND, key);
+            };
+            let columns = $columns;
+            $crate::actors::agent::save_json_record(
+                store,
+                Self::KIND,
+                $table,
+                key,
+                $record,
+                columns,
+                expected_version,
+            )
+        }
+    };
+}
+pub(crate) use table_persistence;

@@ -7,15 +7,12 @@ use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use chrono::{DateTime, Utc};
-use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{Analytics, Driver, ValueModel};
-use crate::store::{Column, Store, StoreError, VersionedState};
+use crate::store::Column;
 
-use super::agent::{
-    Agent, AgentMessage, Handling, load_json_record, nothing_to_save, save_json_record,
-};
+use super::agent::{Agent, AgentMessage, Handling};
 use super::error::HandlerError;
 
 const TABLE: &str = "value_models";
@@ -275,24 +272,9 @@ impl Agent for Architect {
         })
     }
 
-    fn load(
-        store: &Store,
-        key: &str,
-    ) -> BoxFuture<'static, Result<Option<VersionedState<Self::State>>, StoreError>> {
-        load_json_record(store, Self::KIND, TABLE, key)
-    }
-
-    fn save(
-        store: &Store,
-        key: &str,
-        state: &Self::State,
-        expected_version: i64,
-    ) -> BoxFuture<'static, Result<i64, StoreError>> {
-        let Some(record) = state else {
-            return nothing_to_save(Self::KIND, key);
-        };
+    super::agent::table_persistence!(TABLE, |record| {
         let model = &record.current().model;
-        let columns = vec![
+        vec![
             ("status", Column::Text(Some(record.status.as_str().into()))),
             ("name", Column::Text(Some(model.name.clone()))),
             ("customer", Column::Text(Some(model.customer.clone()))),
@@ -305,17 +287,8 @@ impl Agent for Architect {
                 "created_at_ms",
                 Column::Int(Some(record.created_at.timestamp_millis())),
             ),
-        ];
-        save_json_record(
-            store,
-            Self::KIND,
-            TABLE,
-            key,
-            record,
-            columns,
-            expected_version,
-        )
-    }
+        ]
+    });
 }
 
 fn event_data(record: &ModelRecord) -> serde_json::Value {

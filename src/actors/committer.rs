@@ -5,14 +5,11 @@
 //! target), and records the contract terms and milestones.
 
 use chrono::{DateTime, NaiveDate, Utc};
-use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
-use crate::store::{Column, Store, StoreError, VersionedState};
+use crate::store::Column;
 
-use super::agent::{
-    Agent, AgentMessage, Handling, load_json_record, nothing_to_save, save_json_record,
-};
+use super::agent::{Agent, AgentMessage, Handling};
 use super::error::HandlerError;
 
 const TABLE: &str = "commitments";
@@ -208,46 +205,20 @@ impl Agent for Committer {
         }
     }
 
-    fn load(
-        store: &Store,
-        key: &str,
-    ) -> BoxFuture<'static, Result<Option<VersionedState<Self::State>>, StoreError>> {
-        load_json_record(store, Self::KIND, TABLE, key)
-    }
-
-    fn save(
-        store: &Store,
-        key: &str,
-        state: &Self::State,
-        expected_version: i64,
-    ) -> BoxFuture<'static, Result<i64, StoreError>> {
-        let Some(commitment) = state else {
-            return nothing_to_save(Self::KIND, key);
-        };
-        let columns = vec![
-            (
-                "status",
-                Column::Text(Some(commitment.status.as_str().into())),
-            ),
-            (
-                "model_id",
-                Column::Text(Some(commitment.request.model_id.clone())),
-            ),
-            (
-                "created_at_ms",
-                Column::Int(Some(commitment.created_at.timestamp_millis())),
-            ),
-        ];
-        save_json_record(
-            store,
-            Self::KIND,
-            TABLE,
-            key,
-            commitment,
-            columns,
-            expected_version,
-        )
-    }
+    super::agent::table_persistence!(TABLE, |commitment| vec![
+        (
+            "status",
+            Column::Text(Some(commitment.status.as_str().into()))
+        ),
+        (
+            "model_id",
+            Column::Text(Some(commitment.request.model_id.clone()))
+        ),
+        (
+            "created_at_ms",
+            Column::Int(Some(commitment.created_at.timestamp_millis()))
+        ),
+    ]);
 }
 
 fn event_data(commitment: &Commitment) -> serde_json::Value {

@@ -19,11 +19,13 @@
 
 mod agent;
 mod agent_ref;
+pub mod amplifier;
 pub mod architect;
 pub mod committer;
 mod envelope;
 mod error;
 mod events;
+pub mod executor;
 mod host;
 mod registry;
 pub mod simulation;

@@ -5,16 +5,13 @@
 //! kept in memory only: a restart runs an unfinished job again.
 
 use chrono::{DateTime, Utc};
-use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 use crate::gpu::{Device, SimulationResult};
 use crate::model::ValueModel;
-use crate::store::{Column, Store, StoreError, VersionedState};
+use crate::store::Column;
 
-use super::agent::{
-    Agent, AgentMessage, Handling, load_json_record, nothing_to_save, save_json_record,
-};
+use super::agent::{Agent, AgentMessage, Handling};
 use super::error::HandlerError;
 
 /// What a client asked to run.
@@ -287,42 +284,16 @@ impl Agent for Simulation {
         Ok(reply(state))
     }
 
-    fn load(
-        store: &Store,
-        key: &str,
-    ) -> BoxFuture<'static, Result<Option<VersionedState<Self::State>>, StoreError>> {
-        load_json_record(store, Self::KIND, TABLE, key)
-    }
-
-    fn save(
-        store: &Store,
-        key: &str,
-        state: &Self::State,
-        expected_version: i64,
-    ) -> BoxFuture<'static, Result<i64, StoreError>> {
-        let Some(job) = state else {
-            return nothing_to_save(Self::KIND, key);
-        };
-        let columns = vec![
-            ("status", Column::Text(Some(job.status.as_str().into()))),
-            ("model_id", Column::Text(job.model_id.clone())),
-            ("model_version", Column::Int(job.model_version)),
-            ("submitter", Column::Text(Some(job.submitter.clone()))),
-            (
-                "created_at_ms",
-                Column::Int(Some(job.created_at.timestamp_millis())),
-            ),
-        ];
-        save_json_record(
-            store,
-            Self::KIND,
-            TABLE,
-            key,
-            job,
-            columns,
-            expected_version,
-        )
-    }
+    super::agent::table_persistence!(TABLE, |job| vec![
+        ("status", Column::Text(Some(job.status.as_str().into()))),
+        ("model_id", Column::Text(job.model_id.clone())),
+        ("model_version", Column::Int(job.model_version)),
+        ("submitter", Column::Text(Some(job.submitter.clone()))),
+        (
+            "created_at_ms",
+            Column::Int(Some(job.created_at.timestamp_millis()))
+        ),
+    ]);
 }
 
 const TABLE: &str = "simulations";

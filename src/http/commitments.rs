@@ -16,7 +16,7 @@ use crate::actors::committer::{
 use crate::simulation::Simulations;
 
 use super::error::{ApiError, parse_json, parse_query};
-use super::listing::{check_paging, decode};
+use super::listing::{check_paging, decode, page_json};
 use super::value_models::ask_model;
 
 #[derive(Debug, Deserialize)]
@@ -242,10 +242,5 @@ pub(crate) async fn list(
         )
         .await?;
     let items: Vec<Commitment> = decode(&page)?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({
-        "total": page.total,
-        "limit": query.limit,
-        "offset": query.offset,
-        "items": items,
-    })))
+    Ok(page_json(&page, query.limit, query.offset, items))
 }

@@ -44,3 +44,18 @@ pub(crate) fn decode<T: DeserializeOwned>(page: &Page) -> Result<Vec<T>, ApiErro
         })
         .collect()
 }
+
+/// The JSON answer of a list route.
+pub(crate) fn page_json<T: serde::Serialize>(
+    page: &Page,
+    limit: i64,
+    offset: i64,
+    items: Vec<T>,
+) -> actix_web::HttpResponse {
+    actix_web::HttpResponse::Ok().json(serde_json::json!({
+        "total": page.total,
+        "limit": limit,
+        "offset": offset,
+        "items": items,
+    }))
+}

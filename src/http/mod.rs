@@ -21,6 +21,9 @@
 //! | `POST /api/v1/value-models/{id}/hypotheses` | candidate drivers from the catalogue |
 //! | `POST /api/v1/commitments`, `GET` (list) | committer: commit to a simulated target |
 //! | `GET /api/v1/commitments/{id}`, `POST .../void` | a commitment; void it with a reason |
+//! | `POST /api/v1/plans`, `GET` (list), `GET /api/v1/plans/{id}` | executor: plans from commitments |
+//! | `POST /api/v1/plans/{id}/progress`, `.../deliveries`, `.../cancel` | task and milestone progress, realized value |
+//! | `GET /api/v1/amplifications/{model_id}/insights` | amplifier: realized vs committed, opportunities, risks |
 
 mod actors;
 mod commitments;
@@ -28,6 +31,7 @@ mod error;
 mod listing;
 mod middleware;
 mod operations;
+mod plans;
 mod simulations;
 mod value_models;
 
@@ -84,7 +88,13 @@ fn routes(config: &mut web::ServiceConfig) {
                         .get(commitments::list),
                 )
                 .service(web::resource("/commitments/{id}").get(commitments::get))
-                .service(web::resource("/commitments/{id}/void").post(commitments::void)),
+                .service(web::resource("/commitments/{id}/void").post(commitments::void))
+                .service(web::resource("/plans").post(plans::create).get(plans::list))
+                .service(web::resource("/plans/{id}").get(plans::get))
+                .service(web::resource("/plans/{id}/progress").post(plans::progress))
+                .service(web::resource("/plans/{id}/deliveries").post(plans::deliver))
+                .service(web::resource("/plans/{id}/cancel").post(plans::cancel))
+                .service(web::resource("/amplifications/{model_id}/insights").get(plans::insights)),
         )
         .service(web::resource("/ws/simulations/{id}").get(simulations::events));
 }

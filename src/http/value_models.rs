@@ -13,7 +13,7 @@ use crate::actors::architect::{Architect, ArchitectMsg, ArchitectReply, ModelRec
 use crate::model::{Analytics, ValueModel};
 
 use super::error::{ApiError, parse_json, parse_query};
-use super::listing::{check_paging, decode};
+use super::listing::{check_paging, decode, page_json};
 
 /// A model at one version, as the API shows it.
 #[derive(Debug, Serialize)]
@@ -236,12 +236,7 @@ pub(crate) async fn list(
             updated_at: record.updated_at,
         });
     }
-    Ok(HttpResponse::Ok().json(serde_json::json!({
-        "total": page.total,
-        "limit": query.limit,
-        "offset": query.offset,
-        "items": items,
-    })))
+    Ok(page_json(&page, query.limit, query.offset, items))
 }
 
 /// `PATCH`: a JSON merge patch (RFC 7396) over the current version makes

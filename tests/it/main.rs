@@ -3,6 +3,7 @@
 mod cli;
 mod commitments;
 mod http;
+mod plans;
 mod runtime;
 mod simulations;
 mod store;

@@ -1,0 +1,398 @@
+//! `/api/v1/plans` (executor) and `/api/v1/amplifications` (amplifier):
+//! execution plans from commitments, progress, deliveries, and insights.
+
+use std::collections::HashSet;
+
+use actix_web::http::{StatusCode, header};
+use actix_web::{HttpRequest, HttpResponse, web};
+use chrono::{NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::actors::System;
+use crate::actors::amplifier::{Amplifier, AmplifierMsg, AmplifierReply, Baseline, DriverBaseline};
+use crate::actors::architect::ArchitectMsg;
+use crate::actors::committer::{CommitmentStatus, Committer, CommitterMsg};
+use crate::actors::executor::{
+    Delivery, Executor, ExecutorMsg, MilestoneStatus, Plan, PlanMilestone, PlanStatus, Task,
+    TaskStatus,
+};
+
+use super::error::{ApiError, parse_json, parse_query};
+use super::listing::{check_paging, decode, page_json};
+use super::value_models::ask_model;
+
+fn invalid(field: &str, message: String) -> ApiError {
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", message).with_field(field)
+}
+
+fn timeout(system: &System) -> std::time::Duration {
+    system.runtime_config().ask_timeout
+}
+
+async fn ask(system: &System, id: &str, msg: ExecutorMsg) -> Result<Plan, ApiError> {
+    Ok(system
+        .agent::<Executor>(id.to_owned())
+        .ask(msg, timeout(system))
+        .await?)
+}
+
+async fn amplify(
+    system: &System,
+    model_id: &str,
+    msg: AmplifierMsg,
+) -> Result<AmplifierReply, ApiError> {
+    Ok(system
+        .agent::<Amplifier>(model_id.to_owned())
+        .ask(msg, timeout(system))
+        .await?)
+}
+
+/// A plan with its progress.
+#[derive(Debug, Serialize)]
+struct PlanView {
+    #[serde(flatten)]
+    plan: Plan,
+    progress_percent: f64,
+    realized_value: f64,
+}
+
+impl From<Plan> for PlanView {
+    fn from(plan: Plan) -> PlanView {
+        PlanView {
+            progress_percent: 100.0 * plan.progress(),
+            realized_value: plan.deliveries.iter().map(|d| d.value).sum(),
+            plan,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TaskBody {
+    name: String,
+    owner: String,
+    due_date: NaiveDate,
+    milestone: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlanBody {
+    commitment_id: String,
+    /// [default: today]
+    start_date: Option<NaiveDate>,
+    #[serde(default)]
+    tasks: Vec<TaskBody>,
+}
+
+/// The plan of a commitment: its milestones, the tasks given, and the
+/// amplifier's baseline registered for its model.
+pub(crate) async fn create(
+    system: web::Data<System>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let body: PlanBody = parse_json(&body, false)?;
+    let commitment = system
+        .agent::<Committer>(body.commitment_id.clone())
+        .ask(CommitterMsg::Get, timeout(&system))
+        .await?;
+    if commitment.status != CommitmentStatus::Active {
+        return Err(invalid(
+            "commitment_id",
+            format!(
+                "commitment `{}` is voided: it cannot be planned",
+                commitment.id
+            ),
+        ));
+    }
+    let request = &commitment.request;
+    let milestones: Vec<PlanMilestone> = request
+        .milestones
+        .iter()
+        .map(|m| PlanMilestone {
+            name: m.name.clone(),
+            due_date: m.due_date,
+            expected_value: m.expected_value,
+            status: MilestoneStatus::Pending,
+            completed_on: None,
+        })
+        .collect();
+    let names: HashSet<&str> = milestones.iter().map(|m| m.name.as_str()).collect();
+    let mut tasks = Vec::with_capacity(body.tasks.len());
+    for (index, task) in body.tasks.iter().enumerate() {
+        for (field, text) in [("name", &task.name), ("owner", &task.owner)] {
+            if text.trim().is_empty() || text.len() > 200 {
+                return Err(invalid(
+                    &format!("tasks[{index}].{field}"),
+                    "must have 1 to 200 characters".into(),
+                ));
+            }
+        }
+        if let Some(milestone) = &task.milestone
+            && !names.contains(milestone.as_str())
+        {
+            return Err(invalid(
+                &format!("tasks[{index}].milestone"),
+                format!("the commitment has no milestone `{milestone}`"),
+            ));
+        }
+        tasks.push(Task {
+            id: format!("t{}", index + 1),
+            name: task.name.trim().to_owned(),
+            owner: task.owner.trim().to_owned(),
+            due_date: task.due_date,
+            milestone: task.milestone.clone(),
+            status: TaskStatus::Todo,
+            updated_at: Utc::now(),
+        });
+    }
+    let (record, version) = ask_model(
+        &system,
+        &request.model_id,
+        ArchitectMsg::Get {
+            version: Some(request.model_version),
+        },
+    )
+    .await?;
+    let at = record.version(version).expect("an existing version");
+    let start_date = body.start_date.unwrap_or_else(|| Utc::now().date_naive());
+    let id = uuid::Uuid::now_v7().to_string();
+    let plan = Plan {
+        id: id.clone(),
+        status: PlanStatus::Active,
+        commitment_id: commitment.id.clone(),
+        model_id: request.model_id.clone(),
+        model_version: version,
+        drivers: at.model.drivers.iter().map(|d| d.name.clone()).collect(),
+        start_date,
+        milestones,
+        tasks,
+        deliveries: Vec::new(),
+        created_at: Utc::now(),
+        cancelled_at: None,
+        cancel_reason: None,
+    };
+    let plan = ask(&system, &id, ExecutorMsg::Create(Box::new(plan))).await?;
+    let baseline = Baseline {
+        plan_id: id.clone(),
+        commitment_id: commitment.id.clone(),
+        model_version: version,
+        start_date,
+        horizon_months: at.model.horizon_months,
+        drivers: at
+            .model
+            .drivers
+            .iter()
+            .zip(&at.analytics.drivers)
+            .map(|(driver, analytics)| DriverBaseline {
+                name: driver.name.clone(),
+                monthly_value: driver.unit_value * analytics.mean_quantity,
+                ramp_months: driver.ramp_months,
+            })
+            .collect(),
+    };
+    amplify(
+        &system,
+        &request.model_id,
+        AmplifierMsg::RegisterBaseline(Box::new(baseline)),
+    )
+    .await?;
+    Ok(HttpResponse::Created()
+        .insert_header((header::LOCATION, format!("/api/v1/plans/{id}")))
+        .json(PlanView::from(plan)))
+}
+
+pub(crate) async fn get(
+    system: web::Data<System>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(PlanView::from(ask(&system, &id, ExecutorMsg::Get).await?)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProgressBody {
+    /// A task id (`t1`) and its new status, or
+    task: Option<String>,
+    status: Option<TaskStatus>,
+    /// a milestone reached (on `on`, default today).
+    milestone: Option<String>,
+    on: Option<NaiveDate>,
+}
+
+pub(crate) async fn progress(
+    system: web::Data<System>,
+    id: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let body: ProgressBody = parse_json(&body, false)?;
+    let msg = match (body.task, body.status, body.milestone) {
+        (Some(task), Some(status), None) => ExecutorMsg::UpdateTask { task, status },
+        (Some(_), None, None) => {
+            return Err(invalid("status", "a task update needs its `status`".into()));
+        }
+        (None, None, Some(milestone)) => ExecutorMsg::CompleteMilestone {
+            milestone,
+            on: body.on.unwrap_or_else(|| Utc::now().date_naive()),
+        },
+        _ => {
+            return Err(invalid(
+                "task",
+                "give `task` and `status`, or `milestone` (and `on`)".into(),
+            ));
+        }
+    };
+    Ok(HttpResponse::Ok().json(PlanView::from(ask(&system, &id, msg).await?)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeliveryBody {
+    /// The client's id for the delivery: sending it again records it once
+    /// [default: a new id].
+    id: Option<String>,
+    driver: String,
+    value: f64,
+    date: NaiveDate,
+    note: Option<String>,
+}
+
+/// Records realized value with the executor, then with the amplifier (both
+/// idempotent on the delivery id, so a retry after a failure is safe).
+pub(crate) async fn deliver(
+    system: web::Data<System>,
+    id: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let body: DeliveryBody = parse_json(&body, false)?;
+    if !body.value.is_finite() {
+        return Err(invalid("value", "`value` must be a finite number".into()));
+    }
+    if let Some(delivery_id) = &body.id
+        && (delivery_id.is_empty() || delivery_id.len() > 100)
+    {
+        return Err(invalid(
+            "id",
+            "a delivery id has 1 to 100 characters".into(),
+        ));
+    }
+    let delivery = Delivery {
+        id: body.id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
+        driver: body.driver,
+        value: body.value,
+        date: body.date,
+        note: body.note,
+    };
+    let plan = ask(&system, &id, ExecutorMsg::RecordDelivery(delivery.clone())).await?;
+    amplify(
+        &system,
+        &plan.model_id,
+        AmplifierMsg::RecordDelivery(delivery.clone()),
+    )
+    .await?;
+    Ok(HttpResponse::Created().json(serde_json::json!({
+        "plan_id": plan.id,
+        "delivery": delivery,
+        "realized_value": plan.deliveries.iter().map(|d| d.value).sum::<f64>(),
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CancelBody {
+    reason: String,
+}
+
+pub(crate) async fn cancel(
+    system: web::Data<System>,
+    id: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let body: CancelBody = parse_json(&body, false)?;
+    if body.reason.trim().is_empty() {
+        return Err(invalid("reason", "a reason is required".into()));
+    }
+    let plan = ask(
+        &system,
+        &id,
+        ExecutorMsg::Cancel {
+            reason: body.reason,
+        },
+    )
+    .await?;
+    Ok(HttpResponse::Ok().json(PlanView::from(plan)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    commitment_id: Option<String>,
+    model_id: Option<String>,
+    status: Option<PlanStatus>,
+    #[serde(default = "super::listing::default_limit")]
+    limit: i64,
+    #[serde(default)]
+    offset: i64,
+}
+
+pub(crate) async fn list(
+    system: web::Data<System>,
+    request: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let query: ListQuery = parse_query(request.query_string())?;
+    check_paging(query.limit, query.offset)?;
+    let page = system
+        .store()
+        .list_records(
+            "plans",
+            &[
+                ("commitment_id", query.commitment_id.as_deref()),
+                ("model_id", query.model_id.as_deref()),
+                ("status", query.status.map(PlanStatus::as_str)),
+            ],
+            query.limit,
+            query.offset,
+        )
+        .await?;
+    let items: Vec<PlanView> = decode::<Plan>(&page)?
+        .into_iter()
+        .map(PlanView::from)
+        .collect();
+    Ok(page_json(&page, query.limit, query.offset, items))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InsightsQuery {
+    /// [default: today]
+    as_of: Option<NaiveDate>,
+    /// Fraction around 100% realization beyond which a driver is an
+    /// opportunity or a risk [default: 0.1].
+    margin: Option<f64>,
+}
+
+pub(crate) async fn insights(
+    system: web::Data<System>,
+    model_id: web::Path<String>,
+    request: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let query: InsightsQuery = parse_query(request.query_string())?;
+    let margin = query.margin.unwrap_or(0.1);
+    if !(0.0..1.0).contains(&margin) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            format!("`margin` must be within [0, 1), got {margin}"),
+        )
+        .with_field("margin"));
+    }
+    let as_of = query.as_of.unwrap_or_else(|| Utc::now().date_naive());
+    match amplify(&system, &model_id, AmplifierMsg::Insights { as_of, margin }).await? {
+        AmplifierReply::Insights(insights) => Ok(HttpResponse::Ok().json(insights)),
+        AmplifierReply::Done => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the amplifier answered an insights request without insights",
+        )),
+    }
+}

@@ -1,0 +1,229 @@
+//! The executor and amplifier through `/api/v1/plans` and
+//! `/api/v1/amplifications`: plans from commitments, progress, deliveries,
+//! the overdue tick and its event, insights.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use valueverse::{Config, Node};
+
+use crate::commitments::{commitment, simulate};
+use crate::support::{Backend, TestDb};
+use crate::value_models::{acme, create_model};
+
+async fn send(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn start_node(db: &TestDb) -> (Node, String) {
+    let mut config = Config {
+        http_addr: "127.0.0.1:0".parse().unwrap(),
+        database_url: db.url.clone(),
+        executor_tick: Duration::from_millis(50),
+        ..Config::default()
+    };
+    config.runtime.workers = 2;
+    let node = Node::start(&config, |_| {}).await.expect("node starts");
+    let base = format!("http://{}/api/v1", node.http_addr());
+    (node, base)
+}
+
+/// A model, simulated, and an active commitment with one milestone long
+/// past due; answers (model id, commitment id).
+pub(crate) async fn committed_model(client: &reqwest::Client, base: &str) -> (String, String) {
+    let model_id = create_model(client, base, &acme()).await;
+    let result = simulate(client, base, &model_id, 1).await;
+    let target = result["npv_quantiles"][19].as_f64().unwrap() - 1000.0;
+    let mut body = commitment(&model_id, target);
+    body["milestones"][0]["due_date"] = json!("2020-01-31");
+    let (status, made) = send(client.post(format!("{base}/commitments")).json(&body)).await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    (model_id, made["id"].as_str().unwrap().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_tracks_progress_deliveries_overdue_milestones_and_insights() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let (node, base) = start_node(&db).await;
+    let mut events = node.system.subscribe_domain_events();
+    let client = reqwest::Client::new();
+    let (model_id, commitment_id) = committed_model(&client, &base).await;
+
+    let (status, plan) = send(client.post(format!("{base}/plans")).json(&json!({
+        "commitment_id": commitment_id,
+        "start_date": "2026-01-01",
+        "tasks": [
+            { "name": "deploy bot", "owner": "ana", "due_date": "2027-06-01", "milestone": "full rollout" },
+            { "name": "train agents", "owner": "bo", "due_date": "2027-07-01" }
+        ]
+    })))
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{plan}");
+    let plan_id = plan["id"].as_str().unwrap().to_owned();
+    assert_eq!(plan["milestones"].as_array().unwrap().len(), 2);
+    assert_eq!(plan["tasks"][0]["id"], "t1");
+    assert_eq!(plan["progress_percent"], 0.0);
+
+    // The tick finds the milestone past due, marks it and announces it once.
+    let overdue = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let event = events.recv().await.unwrap();
+            if event.event_type == "milestone.overdue" && event.data["plan_id"] == plan_id.as_str()
+            {
+                return event;
+            }
+        }
+    })
+    .await
+    .expect("a milestone.overdue event");
+    assert_eq!(overdue.data["milestone"], "pilot live");
+    assert_eq!(overdue.source, format!("executor/{plan_id}"));
+    let (_, plan) = send(client.get(format!("{base}/plans/{plan_id}"))).await;
+    assert_eq!(plan["milestones"][0]["status"], "overdue");
+    assert_eq!(plan["milestones"][1]["status"], "pending");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    while let Ok(event) = events.try_recv() {
+        assert_ne!(
+            event.event_type, "milestone.overdue",
+            "announced once: {event:?}"
+        );
+    }
+
+    // Progress: the only task of a milestone done completes it.
+    let (status, plan) = send(
+        client
+            .post(format!("{base}/plans/{plan_id}/progress"))
+            .json(&json!({ "task": "t1", "status": "done" })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{plan}");
+    assert_eq!(plan["milestones"][1]["status"], "done");
+    assert_eq!(plan["progress_percent"], 50.0);
+
+    // Deliveries: the same id twice counts once; unknown drivers refused.
+    let delivery = json!({ "id": "d-1", "driver": "ticket deflection", "value": 150000, "date": "2026-03-15" });
+    for _ in 0..2 {
+        let (status, body) = send(
+            client
+                .post(format!("{base}/plans/{plan_id}/deliveries"))
+                .json(&delivery),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        assert_eq!(body["realized_value"], 150000.0);
+    }
+    let (status, error) = send(
+        client
+            .post(format!("{base}/plans/{plan_id}/deliveries"))
+            .json(&json!({ "driver": "unicorns", "value": 1, "date": "2026-03-15" })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(error["error"]["field"], "driver");
+    send(
+        client
+            .post(format!("{base}/plans/{plan_id}/deliveries"))
+            .json(&json!({ "driver": "escalations avoided", "value": 100, "date": "2026-02-10" })),
+    )
+    .await;
+
+    // Insights three months in: ticket deflection far ahead, escalations behind.
+    let (status, insights) = send(client.get(format!(
+        "{base}/amplifications/{model_id}/insights?as_of=2026-04-01&margin=0.1"
+    )))
+    .await;
+    assert_eq!(status, StatusCode::OK, "{insights}");
+    assert_eq!(insights["plan_id"], plan_id.as_str());
+    assert_eq!(insights["realized_to_date"], 150100.0);
+    let opportunities: Vec<&str> = insights["opportunities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["driver"].as_str().unwrap())
+        .collect();
+    assert_eq!(opportunities, ["ticket deflection"]);
+    assert!(
+        insights["opportunities"][0]["added_value_at_horizon"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+    let risks: Vec<&str> = insights["risks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["driver"].as_str().unwrap())
+        .collect();
+    assert!(risks.contains(&"escalations avoided"), "{risks:?}");
+    assert_eq!(insights["trend"].as_array().unwrap().len(), 2);
+
+    // Cancelled plans take nothing more.
+    let (status, _) = send(
+        client
+            .post(format!("{base}/plans/{plan_id}/cancel"))
+            .json(&json!({ "reason": "scope changed" })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = send(
+        client
+            .post(format!("{base}/plans/{plan_id}/deliveries"))
+            .json(&delivery),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let (_, listed) = send(client.get(format!("{base}/plans?commitment_id={commitment_id}"))).await;
+    assert_eq!(listed["items"][0]["status"], "cancelled");
+
+    // No plan, no baseline.
+    let other = create_model(&client, &base, &acme()).await;
+    let (status, error) = send(client.get(format!("{base}/amplifications/{other}/insights"))).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(error["error"]["code"], "no_baseline");
+    drop(client);
+    node.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_plans_name_the_field() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let (node, base) = start_node(&db).await;
+    let client = reqwest::Client::new();
+    let (_, commitment_id) = committed_model(&client, &base).await;
+    for (body, field) in [
+        (
+            json!({ "commitment_id": commitment_id, "tasks": [{ "name": "", "owner": "a", "due_date": "2027-01-01" }] }),
+            "tasks[0].name",
+        ),
+        (
+            json!({ "commitment_id": commitment_id, "tasks": [{ "name": "x", "owner": "a", "due_date": "2027-01-01", "milestone": "nope" }] }),
+            "tasks[0].milestone",
+        ),
+    ] {
+        let (status, error) = send(client.post(format!("{base}/plans")).json(&body)).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{error}");
+        assert_eq!(error["error"]["field"], field);
+    }
+    let (status, error) = send(
+        client
+            .post(format!("{base}/plans"))
+            .json(&json!({ "commitment_id": commitment_id, "start_date": "soon" })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(error["error"]["field"], "start_date");
+    let (status, _) = send(
+        client
+            .post(format!("{base}/plans"))
+            .json(&json!({ "commitment_id": "nope" })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, listed) = send(client.get(format!("{base}/plans"))).await;
+    assert_eq!(listed["total"], 0);
+    drop(client);
+    node.stop().await.unwrap();
+}
