@@ -33,6 +33,42 @@ pub struct Config {
     /// How often active execution plans look for overdue milestones.
     #[serde(with = "humantime_serde")]
     pub executor_tick: Duration,
+    pub notifier: NotifierConfig,
+}
+
+/// Webhook and email delivery.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NotifierConfig {
+    /// Attempts at a notification before it is dead-lettered.
+    pub max_attempts: u32,
+    /// Backoff before the second attempt; doubled each time, with jitter.
+    #[serde(with = "humantime_serde")]
+    pub initial_backoff: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// Time a webhook receiver has to answer.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Notifications delivered at once.
+    pub concurrency: usize,
+    /// `smtp://host:port` of a relay (plain SMTP); email is off without it.
+    pub smtp_url: Option<String>,
+    pub email_from: String,
+}
+
+impl Default for NotifierConfig {
+    fn default() -> NotifierConfig {
+        NotifierConfig {
+            max_attempts: 6,
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(300),
+            timeout: Duration::from_secs(10),
+            concurrency: 32,
+            smtp_url: None,
+            email_from: "ValueVerse <valueverse@localhost>".into(),
+        }
+    }
 }
 
 /// The simulation agent's workers and queue.
@@ -78,6 +114,7 @@ impl Default for Config {
             runtime: RuntimeConfig::default(),
             simulation: SimulationConfig::default(),
             executor_tick: Duration::from_secs(60),
+            notifier: NotifierConfig::default(),
         }
     }
 }
@@ -235,6 +272,27 @@ impl Config {
         }
         if self.executor_tick < Duration::from_millis(10) {
             return invalid("executor_tick", "must be at least 10ms");
+        }
+        let notifier = &self.notifier;
+        if !(1..=50).contains(&notifier.max_attempts) {
+            return invalid("notifier.max_attempts", "must be within 1..=50");
+        }
+        if notifier.initial_backoff.is_zero() || notifier.max_backoff < notifier.initial_backoff {
+            return invalid(
+                "notifier.max_backoff",
+                "must be at least notifier.initial_backoff, which must be longer than 0s",
+            );
+        }
+        if notifier.timeout.is_zero() {
+            return invalid("notifier.timeout", "must be longer than 0s");
+        }
+        if !(1..=1024).contains(&notifier.concurrency) {
+            return invalid("notifier.concurrency", "must be within 1..=1024");
+        }
+        if let Some(url) = &notifier.smtp_url
+            && !url.starts_with("smtp://")
+        {
+            return invalid("notifier.smtp_url", "must be smtp://host[:port]");
         }
         if !(1..=64).contains(&self.simulation.cpu_workers) {
             return invalid("simulation.cpu_workers", "must be within 1..=64");

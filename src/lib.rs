@@ -11,6 +11,7 @@ pub mod http;
 mod metrics;
 pub mod model;
 mod node;
+pub mod notifier;
 pub mod simulation;
 pub mod store;
 

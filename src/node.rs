@@ -8,8 +8,10 @@ use crate::actors::amplifier::Amplifier;
 use crate::actors::architect::Architect;
 use crate::actors::committer::Committer;
 use crate::actors::executor::{Executor, tick_active_plans};
+use crate::actors::notifier::Notifier;
 use crate::config::Config;
 use crate::http::HttpApi;
+use crate::notifier::{Notifications, NotifierError};
 use crate::simulation::{Simulations, StartError};
 use crate::store::{Store, StoreError, redact_url};
 
@@ -25,6 +27,8 @@ pub enum NodeError {
     Runtime(#[source] std::io::Error),
     #[error("cannot start the simulation service")]
     Simulations(#[source] StartError),
+    #[error("cannot start the notifier")]
+    Notifier(#[source] NotifierError),
     #[error("cannot listen for HTTP on {addr}")]
     Http {
         addr: SocketAddr,
@@ -38,7 +42,9 @@ pub struct Node {
     pub system: System,
     pub simulations: Simulations,
     pub http: HttpApi,
+    pub notifications: Notifications,
     ticker: tokio::task::JoinHandle<()>,
+    listener: tokio::task::JoinHandle<()>,
 }
 
 impl Node {
@@ -57,20 +63,30 @@ impl Node {
             .register::<Architect>()
             .register::<Committer>()
             .register::<Executor>()
-            .register::<Amplifier>();
+            .register::<Amplifier>()
+            .register::<Notifier>();
         register(&system);
-        let simulations = Simulations::start(system.clone(), &config.simulation)
+        let (notifications, listener) = Notifications::start(system.clone(), &config.notifier)
             .await
-            .map_err(NodeError::Simulations)?;
+            .map_err(NodeError::Notifier)?;
+        let simulations = match Simulations::start(system.clone(), &config.simulation).await {
+            Ok(simulations) => simulations,
+            Err(error) => {
+                listener.abort();
+                return Err(NodeError::Simulations(error));
+            }
+        };
         let http = match HttpApi::start(
             system.clone(),
             simulations.clone(),
+            notifications.clone(),
             config.http_addr,
             config.http_workers,
         ) {
             Ok(http) => http,
             Err(source) => {
                 simulations.stop().await;
+                listener.abort();
                 return Err(NodeError::Http {
                     addr: config.http_addr,
                     source,
@@ -82,7 +98,9 @@ impl Node {
             system,
             simulations,
             http,
+            notifications,
             ticker,
+            listener,
         })
     }
 
@@ -95,6 +113,7 @@ impl Node {
     /// the runtime, then the store.
     pub async fn stop(self) -> std::io::Result<()> {
         self.ticker.abort();
+        self.listener.abort();
         let stopped = self.http.stop().await;
         self.simulations.stop().await;
         let system = self.system;

@@ -27,6 +27,7 @@ mod error;
 mod events;
 pub mod executor;
 mod host;
+pub mod notifier;
 mod registry;
 pub mod simulation;
 mod supervisor;

@@ -24,6 +24,8 @@
 //! | `POST /api/v1/plans`, `GET` (list), `GET /api/v1/plans/{id}` | executor: plans from commitments |
 //! | `POST /api/v1/plans/{id}/progress`, `.../deliveries`, `.../cancel` | task and milestone progress, realized value |
 //! | `GET /api/v1/amplifications/{model_id}/insights` | amplifier: realized vs committed, opportunities, risks |
+//! | `POST /api/v1/webhooks`, `GET` (list), `GET`/`DELETE /api/v1/webhooks/{id}` | notifier subscriptions |
+//! | `GET /api/v1/webhooks/{id}/deliveries`, `POST .../{delivery_id}/redeliver` | delivery log, dead letters |
 
 mod actors;
 mod commitments;
@@ -34,6 +36,7 @@ mod operations;
 mod plans;
 mod simulations;
 mod value_models;
+mod webhooks;
 
 use std::net::{SocketAddr, TcpListener};
 
@@ -42,6 +45,7 @@ use actix_web::middleware::{ErrorHandlers, from_fn};
 use actix_web::{App, HttpServer, web};
 
 use crate::actors::System;
+use crate::notifier::Notifications;
 use crate::simulation::Simulations;
 
 pub use error::{ApiError, parse_json};
@@ -94,7 +98,22 @@ fn routes(config: &mut web::ServiceConfig) {
                 .service(web::resource("/plans/{id}/progress").post(plans::progress))
                 .service(web::resource("/plans/{id}/deliveries").post(plans::deliver))
                 .service(web::resource("/plans/{id}/cancel").post(plans::cancel))
-                .service(web::resource("/amplifications/{model_id}/insights").get(plans::insights)),
+                .service(web::resource("/amplifications/{model_id}/insights").get(plans::insights))
+                .service(
+                    web::resource("/webhooks")
+                        .post(webhooks::subscribe)
+                        .get(webhooks::list),
+                )
+                .service(
+                    web::resource("/webhooks/{id}")
+                        .get(webhooks::get)
+                        .delete(webhooks::delete),
+                )
+                .service(web::resource("/webhooks/{id}/deliveries").get(webhooks::deliveries))
+                .service(
+                    web::resource("/webhooks/{id}/deliveries/{delivery_id}/redeliver")
+                        .post(webhooks::redeliver),
+                ),
         )
         .service(web::resource("/ws/simulations/{id}").get(simulations::events));
 }
@@ -112,6 +131,7 @@ impl HttpApi {
     pub fn start(
         system: System,
         simulations: Simulations,
+        notifications: Notifications,
         addr: SocketAddr,
         workers: usize,
     ) -> std::io::Result<HttpApi> {
@@ -120,10 +140,12 @@ impl HttpApi {
         let metrics = web::Data::new(system.metrics().clone());
         let system = web::Data::new(system);
         let simulations = web::Data::new(simulations);
+        let notifications = web::Data::new(notifications);
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(system.clone())
                 .app_data(simulations.clone())
+                .app_data(notifications.clone())
                 .app_data(metrics.clone())
                 .app_data(web::PayloadConfig::new(MAX_BODY_BYTES))
                 .configure(routes)

@@ -94,9 +94,11 @@ enum Pool {
 
 /// Runs the same body against whichever pool the store holds: the SQL we
 /// write is shared by both dialects (`$n` placeholders work in both).
+mod notifications;
 mod records;
 mod simulations;
 
+pub use notifications::{Attempt, Notification};
 pub use records::{Column, Page, Record};
 
 macro_rules! with_pool {
@@ -323,7 +325,7 @@ pub(crate) fn encode_state<S: Serialize + ?Sized>(
     })
 }
 
-fn unix_millis() -> i64 {
+pub(crate) fn unix_millis() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|elapsed| elapsed.as_millis() as i64)

@@ -10,3 +10,4 @@ mod store;
 mod support;
 mod tracing_spans;
 mod value_models;
+mod webhooks;

@@ -1,0 +1,143 @@
+//! The notifier agent: one instance per subscription (a webhook or an email
+//! address, and the event types it wants). Delivery itself (signing,
+//! retries, the log, dead letters) is the notifier service's
+//! (`crate::notifier`), which keeps the active subscriptions in memory.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::store::Column;
+
+use super::agent::{Agent, AgentMessage, Handling};
+use super::error::HandlerError;
+
+/// Where notifications go.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "channel", rename_all = "snake_case")]
+pub enum Channel {
+    /// POSTed, signed with HMAC-SHA256 under `secret`.
+    Webhook {
+        url: String,
+        secret: String,
+    },
+    Email {
+        address: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SubscriptionStatus {
+    Active,
+    Deleted,
+}
+
+impl SubscriptionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SubscriptionStatus::Active => "active",
+            SubscriptionStatus::Deleted => "deleted",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Subscription {
+    pub id: String,
+    pub status: SubscriptionStatus,
+    #[serde(flatten)]
+    pub channel: Channel,
+    /// Event types (`model.created`...), or `*` for all.
+    pub event_types: Vec<String>,
+    pub created_at: DateTime<Utc>,
+    pub deleted_at: Option<DateTime<Utc>>,
+}
+
+impl Subscription {
+    pub fn wants(&self, event_type: &str) -> bool {
+        self.status == SubscriptionStatus::Active
+            && self
+                .event_types
+                .iter()
+                .any(|wanted| wanted == "*" || wanted == event_type)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum NotifierMsg {
+    Create(Box<Subscription>),
+    Get,
+    Delete,
+}
+
+impl AgentMessage for NotifierMsg {
+    fn name(&self) -> &'static str {
+        match self {
+            NotifierMsg::Create(_) => "create",
+            NotifierMsg::Get => "get",
+            NotifierMsg::Delete => "delete",
+        }
+    }
+}
+
+pub struct Notifier;
+
+impl Agent for Notifier {
+    const KIND: &'static str = "notifier";
+    type State = Option<Subscription>;
+    type Msg = NotifierMsg;
+    type Reply = Subscription;
+
+    fn init(_key: &str) -> Option<Subscription> {
+        None
+    }
+
+    fn handle(
+        state: &mut Option<Subscription>,
+        msg: NotifierMsg,
+        ctx: &mut Handling<'_>,
+    ) -> Result<Subscription, HandlerError> {
+        let key = ctx.key().to_owned();
+        match (msg, state.as_mut()) {
+            (NotifierMsg::Create(subscription), None) => {
+                ctx.persist();
+                Ok(state.insert(*subscription).clone())
+            }
+            (NotifierMsg::Create(_), Some(_)) => Err(HandlerError::rejected(
+                "conflict",
+                format!("subscription `{key}` exists"),
+                None,
+            )),
+            (_, None) => Err(HandlerError::rejected(
+                "not_found",
+                format!("no subscription `{key}`"),
+                None,
+            )),
+            (NotifierMsg::Get, Some(subscription)) => Ok(subscription.clone()),
+            (NotifierMsg::Delete, Some(subscription)) => {
+                if subscription.status == SubscriptionStatus::Deleted {
+                    return Err(HandlerError::rejected(
+                        "conflict",
+                        format!("subscription `{key}` is already deleted"),
+                        None,
+                    ));
+                }
+                subscription.status = SubscriptionStatus::Deleted;
+                subscription.deleted_at = Some(Utc::now());
+                ctx.persist();
+                Ok(subscription.clone())
+            }
+        }
+    }
+
+    super::agent::table_persistence!("subscriptions", |subscription| vec![
+        (
+            "status",
+            Column::Text(Some(subscription.status.as_str().into()))
+        ),
+        (
+            "created_at_ms",
+            Column::Int(Some(subscription.created_at.timestamp_millis()))
+        ),
+    ]);
+}

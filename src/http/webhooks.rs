@@ -1,0 +1,270 @@
+//! `/api/v1/webhooks`: subscriptions (webhooks and email), their delivery
+//! log, and redelivery of dead letters.
+
+use actix_web::http::{StatusCode, header};
+use actix_web::{HttpRequest, HttpResponse, web};
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+
+use crate::actors::System;
+use crate::actors::notifier::{Channel, Notifier, NotifierMsg, Subscription, SubscriptionStatus};
+use crate::notifier::{EVENT_TYPES, Notifications};
+use crate::store::{Attempt, Notification};
+
+use super::error::{ApiError, parse_json, parse_query};
+use super::listing::{check_paging, decode, page_json};
+
+fn invalid(field: &str, message: String) -> ApiError {
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", message).with_field(field)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubscribeBody {
+    /// An http or https URL to POST signed events to, or
+    url: Option<String>,
+    /// its HMAC secret (16 to 256 characters);
+    secret: Option<String>,
+    /// an email address.
+    email: Option<String>,
+    event_types: Vec<String>,
+}
+
+/// A subscription as shown: the secret never leaves the node.
+#[derive(Debug, Serialize)]
+struct SubscriptionView {
+    id: String,
+    status: SubscriptionStatus,
+    channel: &'static str,
+    url: Option<String>,
+    email: Option<String>,
+    event_types: Vec<String>,
+    created_at: chrono::DateTime<Utc>,
+    deleted_at: Option<chrono::DateTime<Utc>>,
+}
+
+impl From<Subscription> for SubscriptionView {
+    fn from(subscription: Subscription) -> SubscriptionView {
+        let (channel, url, email) = match subscription.channel {
+            Channel::Webhook { url, .. } => ("webhook", Some(url), None),
+            Channel::Email { address } => ("email", None, Some(address)),
+        };
+        SubscriptionView {
+            id: subscription.id,
+            status: subscription.status,
+            channel,
+            url,
+            email,
+            event_types: subscription.event_types,
+            created_at: subscription.created_at,
+            deleted_at: subscription.deleted_at,
+        }
+    }
+}
+
+fn channel_of(body: SubscribeBody) -> Result<(Channel, Vec<String>), ApiError> {
+    if body.event_types.is_empty() {
+        return Err(invalid(
+            "event_types",
+            "name at least one event type, or \"*\"".into(),
+        ));
+    }
+    for (index, event_type) in body.event_types.iter().enumerate() {
+        if event_type != "*" && !EVENT_TYPES.contains(&event_type.as_str()) {
+            return Err(invalid(
+                &format!("event_types[{index}]"),
+                format!(
+                    "unknown event type `{event_type}`; known: *, {}",
+                    EVENT_TYPES.join(", ")
+                ),
+            ));
+        }
+    }
+    let channel = match (body.url, body.secret, body.email) {
+        (Some(url), Some(secret), None) => {
+            let parsed = reqwest::Url::parse(&url)
+                .map_err(|error| invalid("url", format!("not a URL: {error}")))?;
+            if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+                return Err(invalid(
+                    "url",
+                    "must be an http or https URL with a host".into(),
+                ));
+            }
+            if !(16..=256).contains(&secret.len()) {
+                return Err(invalid("secret", "must have 16 to 256 characters".into()));
+            }
+            Channel::Webhook { url, secret }
+        }
+        (Some(_), None, None) => {
+            return Err(invalid(
+                "secret",
+                "a webhook needs a `secret` to sign with".into(),
+            ));
+        }
+        (None, None, Some(address)) => {
+            address
+                .parse::<lettre::Address>()
+                .map_err(|error| invalid("email", format!("not an email address: {error}")))?;
+            Channel::Email { address }
+        }
+        _ => {
+            return Err(invalid(
+                "url",
+                "give `url` and `secret` (a webhook) or `email`, not both".into(),
+            ));
+        }
+    };
+    Ok((channel, body.event_types))
+}
+
+async fn ask(system: &System, id: &str, msg: NotifierMsg) -> Result<Subscription, ApiError> {
+    Ok(system
+        .agent::<Notifier>(id.to_owned())
+        .ask(msg, system.runtime_config().ask_timeout)
+        .await?)
+}
+
+pub(crate) async fn subscribe(
+    system: web::Data<System>,
+    notifications: web::Data<Notifications>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let body: SubscribeBody = parse_json(&body, false)?;
+    let (channel, event_types) = channel_of(body)?;
+    let id = uuid::Uuid::now_v7().to_string();
+    let subscription = Subscription {
+        id: id.clone(),
+        status: SubscriptionStatus::Active,
+        channel,
+        event_types,
+        created_at: Utc::now(),
+        deleted_at: None,
+    };
+    let subscription = ask(&system, &id, NotifierMsg::Create(Box::new(subscription))).await?;
+    notifications.update(subscription.clone());
+    Ok(HttpResponse::Created()
+        .insert_header((header::LOCATION, format!("/api/v1/webhooks/{id}")))
+        .json(SubscriptionView::from(subscription)))
+}
+
+pub(crate) async fn get(
+    system: web::Data<System>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let subscription = ask(&system, &id, NotifierMsg::Get).await?;
+    Ok(HttpResponse::Ok().json(SubscriptionView::from(subscription)))
+}
+
+pub(crate) async fn delete(
+    system: web::Data<System>,
+    notifications: web::Data<Notifications>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let subscription = ask(&system, &id, NotifierMsg::Delete).await?;
+    notifications.update(subscription.clone());
+    Ok(HttpResponse::Ok().json(SubscriptionView::from(subscription)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    status: Option<SubscriptionStatus>,
+    #[serde(default = "super::listing::default_limit")]
+    limit: i64,
+    #[serde(default)]
+    offset: i64,
+}
+
+pub(crate) async fn list(
+    system: web::Data<System>,
+    request: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let query: ListQuery = parse_query(request.query_string())?;
+    check_paging(query.limit, query.offset)?;
+    let page = system
+        .store()
+        .list_records(
+            "subscriptions",
+            &[("status", query.status.map(SubscriptionStatus::as_str))],
+            query.limit,
+            query.offset,
+        )
+        .await?;
+    let items: Vec<SubscriptionView> = decode::<Subscription>(&page)?
+        .into_iter()
+        .map(SubscriptionView::from)
+        .collect();
+    Ok(page_json(&page, query.limit, query.offset, items))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PageQuery {
+    #[serde(default = "super::listing::default_limit")]
+    limit: i64,
+    #[serde(default)]
+    offset: i64,
+}
+
+#[derive(Debug, Serialize)]
+struct DeliveryView {
+    #[serde(flatten)]
+    notification: Notification,
+    attempts: Vec<Attempt>,
+}
+
+/// Every notification of the subscription, newest first, with each attempt
+/// (outcome, HTTP status, latency, error).
+pub(crate) async fn deliveries(
+    system: web::Data<System>,
+    id: web::Path<String>,
+    request: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let query: PageQuery = parse_query(request.query_string())?;
+    check_paging(query.limit, query.offset)?;
+    // 404 for an unknown subscription.
+    ask(&system, &id, NotifierMsg::Get).await?;
+    let (total, rows) = system
+        .store()
+        .notifications_of(&id, query.limit, query.offset)
+        .await?;
+    let items: Vec<DeliveryView> = rows
+        .into_iter()
+        .map(|(notification, attempts)| DeliveryView {
+            notification,
+            attempts,
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "total": total, "limit": query.limit, "offset": query.offset, "items": items,
+    })))
+}
+
+pub(crate) async fn redeliver(
+    system: web::Data<System>,
+    notifications: web::Data<Notifications>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (id, notification_id) = path.into_inner();
+    let notification = system.store().notification(&notification_id).await?;
+    match notification {
+        Some(notification) if notification.subscription_id == id => {}
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("subscription `{id}` has no delivery `{notification_id}`"),
+            ));
+        }
+    }
+    if !notifications.redeliver(&notification_id).await? {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_dead",
+            format!("delivery `{notification_id}` is not dead-lettered: nothing to redeliver"),
+        ));
+    }
+    Ok(HttpResponse::Accepted().json(serde_json::json!({
+        "id": notification_id, "status": "pending",
+    })))
+}

@@ -1,0 +1,310 @@
+//! The notifier: signed webhook deliveries to a real HTTP receiver started
+//! by the test, retries on 500s, dead letters and redelivery, email without
+//! SMTP, validation.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use hmac::{Hmac, Mac};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sha2::Sha256;
+use valueverse::{Config, Node};
+
+use crate::support::{Backend, TestDb};
+use crate::value_models::{acme, create_model};
+
+const SECRET: &str = "a-test-secret-of-some-length";
+
+/// What the receiver saw, and how it answers: the first `failures`
+/// requests get 500.
+#[derive(Default)]
+struct Receiver {
+    requests: Vec<(String, String, String)>,
+    failures: usize,
+}
+
+async fn receive(
+    state: web::Data<Arc<Mutex<Receiver>>>,
+    request: HttpRequest,
+    body: web::Bytes,
+) -> HttpResponse {
+    let mut state = state.lock().unwrap();
+    let header = |name: &str| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    };
+    state.requests.push((
+        header("ValueVerse-Signature"),
+        header("ValueVerse-Event"),
+        String::from_utf8_lossy(&body).into_owned(),
+    ));
+    if state.requests.len() <= state.failures {
+        HttpResponse::InternalServerError().body("not now")
+    } else {
+        HttpResponse::Ok().body("thanks")
+    }
+}
+
+/// Starts the receiver; answers its URL, its state and its handle.
+fn start_receiver(failures: usize) -> (String, Arc<Mutex<Receiver>>, actix_web::dev::ServerHandle) {
+    let state = Arc::new(Mutex::new(Receiver {
+        failures,
+        ..Receiver::default()
+    }));
+    let data = web::Data::new(state.clone());
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .route("/hook", web::post().to(receive))
+    })
+    .workers(1)
+    .disable_signals()
+    .bind("127.0.0.1:0")
+    .unwrap();
+    let addr = server.addrs()[0];
+    let server = server.run();
+    let handle = server.handle();
+    tokio::spawn(server);
+    (format!("http://{addr}/hook"), state, handle)
+}
+
+async fn start_node(db: &TestDb) -> (Node, String) {
+    let mut config = Config {
+        http_addr: "127.0.0.1:0".parse().unwrap(),
+        database_url: db.url.clone(),
+        ..Config::default()
+    };
+    config.runtime.workers = 2;
+    config.notifier.max_attempts = 4;
+    config.notifier.initial_backoff = Duration::from_millis(20);
+    config.notifier.max_backoff = Duration::from_millis(100);
+    let node = Node::start(&config, |_| {}).await.expect("node starts");
+    let base = format!("http://{}/api/v1", node.http_addr());
+    (node, base)
+}
+
+async fn send(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn subscribe(client: &reqwest::Client, base: &str, body: Value) -> String {
+    let (status, subscription) = send(client.post(format!("{base}/webhooks")).json(&body)).await;
+    assert_eq!(status, StatusCode::CREATED, "{subscription}");
+    assert!(
+        subscription.get("secret").is_none(),
+        "the secret stays on the node"
+    );
+    subscription["id"].as_str().unwrap().to_owned()
+}
+
+/// The subscription's deliveries once the first is `status`.
+async fn wait_for_delivery(client: &reqwest::Client, base: &str, id: &str, status: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, log) = send(client.get(format!("{base}/webhooks/{id}/deliveries"))).await;
+        if log["items"][0]["status"] == status {
+            return log;
+        }
+        assert!(Instant::now() < deadline, "never {status}: {log}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn outcomes(delivery: &Value) -> Vec<String> {
+    delivery["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|attempt| attempt["outcome"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_are_signed_retried_and_logged() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let (node, base) = start_node(&db).await;
+    let (url, receiver, server) = start_receiver(2);
+    let client = reqwest::Client::new();
+    let id = subscribe(
+        &client,
+        &base,
+        json!({ "url": url, "secret": SECRET, "event_types": ["model.created"] }),
+    )
+    .await;
+    let other = subscribe(
+        &client,
+        &base,
+        json!({ "url": url, "secret": SECRET, "event_types": ["commitment.made"] }),
+    )
+    .await;
+    let model_id = create_model(&client, &base, &acme()).await;
+
+    let log = wait_for_delivery(&client, &base, &id, "delivered").await;
+    assert_eq!(log["total"], 1);
+    let delivery = &log["items"][0];
+    assert_eq!(delivery["event_type"], "model.created");
+    assert_eq!(outcomes(delivery), ["failed", "failed", "succeeded"]);
+    let attempts = delivery["attempts"].as_array().unwrap();
+    assert_eq!(attempts[0]["http_status"], 500);
+    assert_eq!(attempts[2]["http_status"], 200);
+    assert!(attempts.iter().all(|a| a["latency_ms"].as_i64().is_some()));
+
+    let requests = receiver.lock().unwrap().requests.clone();
+    assert_eq!(requests.len(), 3);
+    for (signature, event, body) in &requests {
+        assert_eq!(event, "model.created");
+        let event: Value = serde_json::from_str(body).unwrap();
+        assert_eq!(event["data"]["model_id"], model_id.as_str());
+        // Verified independently of the node's own code.
+        let parts: Vec<&str> = signature.split(',').collect();
+        let timestamp = parts[0].strip_prefix("t=").unwrap();
+        let given = hex::decode(parts[1].strip_prefix("v1=").unwrap()).unwrap();
+        let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+        mac.update(format!("{timestamp}.{body}").as_bytes());
+        mac.verify_slice(&given).expect("a valid signature");
+        assert!(valueverse::notifier::verify(
+            SECRET,
+            signature,
+            body.as_bytes(),
+            chrono::Utc::now().timestamp(),
+            300
+        ));
+    }
+    // The other subscription wanted another type: nothing for it.
+    let (_, none) = send(client.get(format!("{base}/webhooks/{other}/deliveries"))).await;
+    assert_eq!(none["total"], 0);
+    server.stop(true).await;
+    drop(client);
+    node.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_can_be_redelivered() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let (node, base) = start_node(&db).await;
+    let (url, receiver, server) = start_receiver(usize::MAX);
+    let client = reqwest::Client::new();
+    let id = subscribe(
+        &client,
+        &base,
+        json!({ "url": url, "secret": SECRET, "event_types": ["*"] }),
+    )
+    .await;
+    create_model(&client, &base, &acme()).await;
+    let log = wait_for_delivery(&client, &base, &id, "dead").await;
+    let delivery = &log["items"][0];
+    assert_eq!(outcomes(delivery), ["failed", "failed", "failed", "dead"]);
+    let delivery_id = delivery["id"].as_str().unwrap().to_owned();
+
+    // Not dead yet is a conflict; dead is sent again once the receiver is back.
+    receiver.lock().unwrap().failures = 0;
+    let (status, _) = send(client.post(format!(
+        "{base}/webhooks/{id}/deliveries/{delivery_id}/redeliver"
+    )))
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let log = wait_for_delivery(&client, &base, &id, "delivered").await;
+    assert_eq!(
+        outcomes(&log["items"][0]),
+        ["failed", "failed", "failed", "dead", "succeeded"]
+    );
+    let (status, error) = send(client.post(format!(
+        "{base}/webhooks/{id}/deliveries/{delivery_id}/redeliver"
+    )))
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{error}");
+    let (status, _) =
+        send(client.post(format!("{base}/webhooks/{id}/deliveries/nope/redeliver"))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // A deleted subscription gets nothing more.
+    let (status, deleted) = send(client.delete(format!("{base}/webhooks/{id}"))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(deleted["status"], "deleted");
+    let seen = receiver.lock().unwrap().requests.len();
+    create_model(&client, &base, &acme()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.lock().unwrap().requests.len(), seen);
+    server.stop(true).await;
+    drop(client);
+    node.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn email_without_smtp_says_so_in_the_log() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let (node, base) = start_node(&db).await;
+    let client = reqwest::Client::new();
+    let id = subscribe(
+        &client,
+        &base,
+        json!({ "email": "ops@acme.example", "event_types": ["model.created"] }),
+    )
+    .await;
+    create_model(&client, &base, &acme()).await;
+    let log = wait_for_delivery(&client, &base, &id, "dead").await;
+    let attempt = &log["items"][0]["attempts"][0];
+    assert_eq!(attempt["outcome"], "not_configured");
+    assert!(
+        attempt["error"]
+            .as_str()
+            .unwrap()
+            .contains("email is not configured")
+    );
+    drop(client);
+    node.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_subscriptions_name_the_field() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let (node, base) = start_node(&db).await;
+    let client = reqwest::Client::new();
+    let hook = "http://127.0.0.1:9/hook";
+    for (body, field) in [
+        (
+            json!({ "url": "ftp://x/y", "secret": SECRET, "event_types": ["*"] }),
+            "url",
+        ),
+        (
+            json!({ "url": "not a url", "secret": SECRET, "event_types": ["*"] }),
+            "url",
+        ),
+        (
+            json!({ "url": hook, "secret": "short", "event_types": ["*"] }),
+            "secret",
+        ),
+        (json!({ "url": hook, "event_types": ["*"] }), "secret"),
+        (
+            json!({ "url": hook, "secret": SECRET, "event_types": ["model.exploded"] }),
+            "event_types[0]",
+        ),
+        (
+            json!({ "url": hook, "secret": SECRET, "event_types": [] }),
+            "event_types",
+        ),
+        (json!({ "email": "nobody", "event_types": ["*"] }), "email"),
+        (
+            json!({ "email": "a@b.example", "url": hook, "secret": SECRET, "event_types": ["*"] }),
+            "url",
+        ),
+    ] {
+        let (status, error) = send(client.post(format!("{base}/webhooks")).json(&body)).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {error}");
+        assert_eq!(error["error"]["field"], field, "{body}");
+    }
+    let (_, listed) = send(client.get(format!("{base}/webhooks"))).await;
+    assert_eq!(listed["total"], 0);
+    let (status, _) = send(client.get(format!("{base}/webhooks/nope/deliveries"))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    drop(client);
+    node.stop().await.unwrap();
+}
