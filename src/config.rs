@@ -34,6 +34,10 @@ pub struct Config {
     #[serde(with = "humantime_serde")]
     pub executor_tick: Duration,
     pub notifier: NotifierConfig,
+    /// Development mode: no API keys checked (said loudly in the log).
+    pub dev: bool,
+    /// Largest request body accepted (bytes); larger ones get 413.
+    pub http_body_limit: usize,
 }
 
 /// Webhook and email delivery.
@@ -115,6 +119,8 @@ impl Default for Config {
             simulation: SimulationConfig::default(),
             executor_tick: Duration::from_secs(60),
             notifier: NotifierConfig::default(),
+            dev: false,
+            http_body_limit: 1 << 20,
         }
     }
 }
@@ -135,6 +141,8 @@ pub struct Overrides {
     pub ask_timeout: Option<Duration>,
     pub simulation_cpu_workers: Option<usize>,
     pub simulation_queue_capacity: Option<usize>,
+    pub dev: Option<bool>,
+    pub http_body_limit: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -190,6 +198,8 @@ impl Config {
             ask_timeout,
             simulation_cpu_workers,
             simulation_queue_capacity,
+            dev,
+            http_body_limit,
         } = overrides.clone();
         fn set<T>(target: &mut T, value: Option<T>) {
             if let Some(value) = value {
@@ -212,6 +222,8 @@ impl Config {
             &mut self.simulation.queue_capacity,
             simulation_queue_capacity,
         );
+        set(&mut self.dev, dev);
+        set(&mut self.http_body_limit, http_body_limit);
     }
 
     /// Checks every value; the error names the field at fault.
@@ -269,6 +281,9 @@ impl Config {
         }
         if runtime.ask_timeout.is_zero() {
             return invalid("runtime.ask_timeout", "must be longer than 0s");
+        }
+        if !(1024..=1 << 30).contains(&self.http_body_limit) {
+            return invalid("http_body_limit", "must be within 1024..=1073741824 bytes");
         }
         if self.executor_tick < Duration::from_millis(10) {
             return invalid("executor_tick", "must be at least 10ms");

@@ -5,6 +5,7 @@
 //! (SQLite embedded, PostgreSQL shared). The [`http`] module serves the API.
 
 pub mod actors;
+pub mod auth;
 pub mod config;
 pub mod gpu;
 pub mod http;

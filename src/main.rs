@@ -27,6 +27,38 @@ enum Command {
     Migrate(MigrateArgs),
     /// Run a Monte Carlo simulation of a value model file.
     Simulate(SimulateArgs),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Apikey(ApikeyCommand),
+}
+
+#[derive(Subcommand)]
+enum ApikeyCommand {
+    /// Create a key and print it (only its hash is stored: it is shown once).
+    Create(ApikeyCreateArgs),
+    /// List keys (never the keys themselves).
+    List(MigrateArgs),
+    /// Revoke a key by id.
+    Revoke(ApikeyRevokeArgs),
+}
+
+#[derive(Args)]
+struct ApikeyCreateArgs {
+    /// viewer (read), editor (write) or admin (keys, actors, operations).
+    #[arg(long, value_enum)]
+    role: valueverse::auth::Role,
+    /// What the key is for.
+    #[arg(long, default_value = "")]
+    name: String,
+    #[command(flatten)]
+    store: MigrateArgs,
+}
+
+#[derive(Args)]
+struct ApikeyRevokeArgs {
+    id: String,
+    #[command(flatten)]
+    store: MigrateArgs,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -107,6 +139,12 @@ struct ServeArgs {
     /// Simulation jobs run on the CPU at once [default: 1].
     #[arg(long, env = "VALUEVERSE_SIMULATION_CPU_WORKERS", value_name = "N")]
     simulation_cpu_workers: Option<usize>,
+    /// Development mode: no API keys are checked. Never in production.
+    #[arg(long, env = "VALUEVERSE_DEV")]
+    dev: bool,
+    /// Largest request body in bytes; larger ones get 413 [default: 1048576].
+    #[arg(long, env = "VALUEVERSE_HTTP_BODY_LIMIT", value_name = "BYTES")]
+    http_body_limit: Option<usize>,
     /// Simulation jobs that may wait before submissions get 503 [default: 64].
     #[arg(long, env = "VALUEVERSE_SIMULATION_QUEUE_CAPACITY", value_name = "N")]
     simulation_queue_capacity: Option<usize>,
@@ -137,6 +175,8 @@ impl ServeArgs {
             ask_timeout: self.ask_timeout,
             simulation_cpu_workers: self.simulation_cpu_workers,
             simulation_queue_capacity: self.simulation_queue_capacity,
+            dev: self.dev.then_some(true),
+            http_body_limit: self.http_body_limit,
         }
     }
 }
@@ -157,6 +197,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = Config::load(args.config_file.config.as_deref(), &args.overrides())?;
     init_tracing(&config);
     let node = Node::start(&config, |_system| {}).await?;
+    if config.dev {
+        tracing::warn!(
+            "DEVELOPMENT MODE: authentication is OFF, every request acts as admin; \
+             never run --dev where others can reach this port"
+        );
+    } else if node.system.store().api_keys().await?.is_empty() {
+        tracing::warn!(
+            "no API keys yet: every API request will get 401. Create one with \
+             `valueverse apikey create --role admin --database-url {}` (or run `serve --dev` locally)",
+            valueverse::store::redact_url(&config.database_url)
+        );
+    }
     tracing::info!(
         node = %config.node_name,
         http = %node.http_addr(),
@@ -183,17 +235,62 @@ async fn wait_for_shutdown_signal() -> anyhow::Result<()> {
 }
 
 async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
+    let store = open_store(args, false).await?;
+    let count = store.migrate().await.context("migration failed")?;
+    store.close().await;
+    println!("{count} migrations applied to {:?} store", store.backend());
+    Ok(())
+}
+
+/// The store `args` names; migrated first when `migrated`.
+async fn open_store(args: MigrateArgs, migrated: bool) -> anyhow::Result<Store> {
     let overrides = Overrides {
         database_url: args.database_url,
         ..Overrides::default()
     };
     let config = Config::load(args.config_file.config.as_deref(), &overrides)?;
-    let store = Store::connect(&config.database_url, 1)
-        .await
-        .context("cannot open the store")?;
-    let count = store.migrate().await.context("migration failed")?;
-    store.close().await;
-    println!("{count} migrations applied to {:?} store", store.backend());
+    let store = if migrated {
+        Store::open(&config.database_url, 1).await
+    } else {
+        Store::connect(&config.database_url, 1).await
+    };
+    store.context("cannot open the store")
+}
+
+async fn apikey(command: ApikeyCommand) -> anyhow::Result<()> {
+    match command {
+        ApikeyCommand::Create(args) => {
+            let store = open_store(args.store, true).await?;
+            let (row, key) = valueverse::auth::create_key(&store, args.role, &args.name).await?;
+            store.close().await;
+            eprintln!(
+                "API key {} ({}) created; it is shown once, keep it now:",
+                row.id, row.role
+            );
+            println!("{key}");
+        }
+        ApikeyCommand::List(args) => {
+            let store = open_store(args, true).await?;
+            for row in store.api_keys().await? {
+                let state = if row.revoked_at_ms.is_some() {
+                    "revoked"
+                } else {
+                    "live"
+                };
+                println!("{}  {:<6}  {:<7}  {}", row.id, row.role, state, row.name);
+            }
+            store.close().await;
+        }
+        ApikeyCommand::Revoke(args) => {
+            let store = open_store(args.store, true).await?;
+            let revoked = store.revoke_api_key(&args.id).await?;
+            store.close().await;
+            if !revoked {
+                anyhow::bail!("no live API key `{}`", args.id);
+            }
+            println!("revoked {}", args.id);
+        }
+    }
     Ok(())
 }
 
@@ -329,6 +426,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
         Command::Migrate(args) => runtime.block_on(migrate(args)),
+        Command::Apikey(command) => runtime.block_on(apikey(command)),
         // CPU-bound on rayon's threads: no async runtime involved.
         Command::Simulate(args) => simulate(args),
     };

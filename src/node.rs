@@ -80,8 +80,7 @@ impl Node {
             system.clone(),
             simulations.clone(),
             notifications.clone(),
-            config.http_addr,
-            config.http_workers,
+            config,
         ) {
             Ok(http) => http,
             Err(source) => {

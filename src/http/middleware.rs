@@ -4,15 +4,18 @@
 
 use std::time::Instant;
 
-use actix_web::body::MessageBody;
+use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::{Error, HttpMessage, web};
 use tracing::Instrument;
 
-use crate::actors::CorrelationId;
+use crate::actors::{CorrelationId, System};
+use crate::auth::{KeyCache, Role};
 use crate::metrics::Metrics;
+
+use super::error::ApiError;
 
 pub const CORRELATION_HEADER: HeaderName = HeaderName::from_static("x-correlation-id");
 
@@ -67,4 +70,117 @@ pub(crate) async fn record_metrics(
             .observe(started.elapsed().as_secs_f64());
     }
     Ok(response)
+}
+
+/// Whether and how a node checks API keys.
+pub(crate) struct Auth {
+    /// `serve --dev`: every request is admin.
+    pub dev: bool,
+    pub keys: KeyCache,
+}
+
+/// The role a request needs; `None`: open to all (probes, metrics, docs).
+fn required_role(method: &actix_web::http::Method, path: &str) -> Option<Role> {
+    use actix_web::http::Method;
+    if matches!(path, "/health" | "/ready" | "/metrics") || path.starts_with("/api-docs") {
+        return None;
+    }
+    let reads = matches!(*method, Method::GET | Method::HEAD);
+    if path.starts_with("/api/v1/api-keys") || (path.starts_with("/api/v1/actors") && !reads) {
+        Some(Role::Admin)
+    } else if reads {
+        Some(Role::Viewer)
+    } else {
+        Some(Role::Editor)
+    }
+}
+
+/// The key a request carries: `Authorization: Bearer <key>`, or for
+/// WebSocket upgrades (browsers cannot set headers there) `?access_token=`.
+fn presented_key(request: &ServiceRequest) -> Option<String> {
+    if let Some(value) = request
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+    {
+        return value
+            .to_str()
+            .ok()
+            .and_then(|text| text.strip_prefix("Bearer "))
+            .map(|key| key.trim().to_owned());
+    }
+    if request.path().starts_with("/ws/") {
+        return form_urlencoded::parse(request.query_string().as_bytes())
+            .find(|(name, _)| name == "access_token")
+            .map(|(_, value)| value.into_owned());
+    }
+    None
+}
+
+/// 401 without a valid key, 403 with too weak a role.
+pub(crate) async fn authenticate<B: MessageBody>(
+    request: ServiceRequest,
+    next: Next<B>,
+) -> Result<ServiceResponse<EitherBody<B>>, Error> {
+    let Some(needed) = required_role(request.method(), request.path()) else {
+        return Ok(next.call(request).await?.map_into_left_body());
+    };
+    let auth = request.app_data::<web::Data<Auth>>().cloned();
+    let system = request.app_data::<web::Data<System>>().cloned();
+    let (Some(auth), Some(system)) = (auth, system) else {
+        return Ok(next.call(request).await?.map_into_left_body());
+    };
+    if auth.dev {
+        return Ok(next.call(request).await?.map_into_left_body());
+    }
+    let refuse = |request: ServiceRequest, error: ApiError| {
+        let (request, _) = request.into_parts();
+        let mut response = actix_web::ResponseError::error_response(&error);
+        if error.status == actix_web::http::StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                actix_web::http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer"),
+            );
+        }
+        Ok(ServiceResponse::new(request, response).map_into_right_body())
+    };
+    let Some(key) = presented_key(&request) else {
+        return refuse(
+            request,
+            ApiError::new(
+                actix_web::http::StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "send an API key as `Authorization: Bearer <key>` (create one with `valueverse apikey create`)",
+            ),
+        );
+    };
+    let role = match auth.keys.role_of(system.store(), &key).await {
+        Ok(role) => role,
+        Err(error) => return refuse(request, ApiError::from(error)),
+    };
+    match role {
+        None => refuse(
+            request,
+            ApiError::new(
+                actix_web::http::StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "the API key is unknown or revoked",
+            ),
+        ),
+        Some(role) if role < needed => refuse(
+            request,
+            ApiError::new(
+                actix_web::http::StatusCode::FORBIDDEN,
+                "forbidden",
+                format!(
+                    "this needs the {} role; the key has {}",
+                    needed.as_str(),
+                    role.as_str()
+                ),
+            ),
+        ),
+        Some(role) => {
+            request.extensions_mut().insert(role);
+            Ok(next.call(request).await?.map_into_left_body())
+        }
+    }
 }

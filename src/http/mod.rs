@@ -8,6 +8,7 @@
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /api/v1/actors` | the live supervision tree |
 //! | `POST /api/v1/actors/{kind}/{key}/reset` | clear a failed instance |
+//! | `POST /api/v1/api-keys`, `GET`, `DELETE /api/v1/api-keys/{id}` | admin: API keys |
 //! | `POST /api/v1/simulations` | queue a Monte Carlo job |
 //! | `GET /api/v1/simulations/queue` | running and waiting jobs |
 //! | `GET /api/v1/simulations/{id}` | a job's status and progress |
@@ -28,6 +29,7 @@
 //! | `GET /api/v1/webhooks/{id}/deliveries`, `POST .../{delivery_id}/redeliver` | delivery log, dead letters |
 
 mod actors;
+mod api_keys;
 mod commitments;
 mod error;
 mod listing;
@@ -45,14 +47,13 @@ use actix_web::middleware::{ErrorHandlers, from_fn};
 use actix_web::{App, HttpServer, web};
 
 use crate::actors::System;
+use crate::auth::KeyCache;
+use crate::config::Config;
 use crate::notifier::Notifications;
 use crate::simulation::Simulations;
 
 pub use error::{ApiError, parse_json};
 pub use middleware::CORRELATION_HEADER;
-
-/// Largest request body accepted (bytes); larger ones get 413.
-const MAX_BODY_BYTES: usize = 1 << 20;
 
 /// Routes and middleware of the API, for `App::configure`.
 fn routes(config: &mut web::ServiceConfig) {
@@ -64,6 +65,12 @@ fn routes(config: &mut web::ServiceConfig) {
         .service(
             web::scope("/api/v1")
                 .service(web::resource("/actors").get(actors::tree))
+                .service(
+                    web::resource("/api-keys")
+                        .post(api_keys::create)
+                        .get(api_keys::list),
+                )
+                .service(web::resource("/api-keys/{id}").delete(api_keys::revoke))
                 .service(web::resource("/actors/{kind}/{key}/reset").post(actors::reset))
                 .service(web::resource("/simulations").post(simulations::submit))
                 // Before `{id}`, which would otherwise match it.
@@ -126,16 +133,20 @@ pub struct HttpApi {
 }
 
 impl HttpApi {
-    /// Binds `addr` (port 0 picks a free port) and serves the API of `system`.
-    /// Must be called inside a tokio runtime.
+    /// Binds `config.http_addr` (port 0 picks a free port) and serves the
+    /// API of `system`. Must be called inside a tokio runtime.
     pub fn start(
         system: System,
         simulations: Simulations,
         notifications: Notifications,
-        addr: SocketAddr,
-        workers: usize,
+        config: &Config,
     ) -> std::io::Result<HttpApi> {
-        let listener = TcpListener::bind(addr)?;
+        let listener = TcpListener::bind(config.http_addr)?;
+        let body_limit = config.http_body_limit;
+        let auth = web::Data::new(middleware::Auth {
+            dev: config.dev,
+            keys: KeyCache::default(),
+        });
         let local_addr = listener.local_addr()?;
         let metrics = web::Data::new(system.metrics().clone());
         let system = web::Data::new(system);
@@ -147,13 +158,15 @@ impl HttpApi {
                 .app_data(simulations.clone())
                 .app_data(notifications.clone())
                 .app_data(metrics.clone())
-                .app_data(web::PayloadConfig::new(MAX_BODY_BYTES))
+                .app_data(auth.clone())
+                .app_data(web::PayloadConfig::new(body_limit))
                 .configure(routes)
+                .wrap(from_fn(middleware::authenticate))
                 .wrap(ErrorHandlers::new().default_handler(error::to_json_error))
                 .wrap(from_fn(middleware::correlation))
                 .wrap(from_fn(middleware::record_metrics))
         })
-        .workers(workers)
+        .workers(config.http_workers)
         .disable_signals()
         .shutdown_timeout(5)
         .listen(listener)?

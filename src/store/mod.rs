@@ -94,10 +94,12 @@ enum Pool {
 
 /// Runs the same body against whichever pool the store holds: the SQL we
 /// write is shared by both dialects (`$n` placeholders work in both).
+mod api_keys;
 mod notifications;
 mod records;
 mod simulations;
 
+pub use api_keys::ApiKeyRow;
 pub use notifications::{Attempt, Notification};
 pub use records::{Column, Page, Record};
 
@@ -333,7 +335,7 @@ pub(crate) fn unix_millis() -> i64 {
 }
 
 /// Drops the password from a URL before it is shown in an error or a log.
-pub(crate) fn redact_url(url: &str) -> String {
+pub fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
             let credentials = &url[scheme_end + 3..at];

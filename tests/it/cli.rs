@@ -275,3 +275,53 @@ fn simulate_prints_a_summary_or_json_and_refuses_bad_models() {
         assert_eq!(result["engine"], "cpu");
     }
 }
+
+#[test]
+fn apikey_create_prints_a_key_once_and_list_and_revoke_manage_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("keys.db").display());
+    let created = valueverse()
+        .args([
+            "apikey",
+            "create",
+            "--role",
+            "admin",
+            "--name",
+            "ops",
+            "--database-url",
+            &url,
+        ])
+        .output()
+        .unwrap();
+    assert!(created.status.success(), "{created:?}");
+    let key = String::from_utf8(created.stdout).unwrap().trim().to_owned();
+    assert!(key.starts_with("vv_") && key.len() == 46, "{key}");
+    let listed = valueverse()
+        .args(["apikey", "list", "--database-url", &url])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(listed.stdout).unwrap();
+    assert!(
+        text.contains("admin") && text.contains("live") && text.contains("ops"),
+        "{text}"
+    );
+    assert!(!text.contains(&key), "the key is never shown again");
+    let id = text.split_whitespace().next().unwrap().to_owned();
+    let revoked = valueverse()
+        .args(["apikey", "revoke", &id, "--database-url", &url])
+        .output()
+        .unwrap();
+    assert!(revoked.status.success());
+    let again = valueverse()
+        .args(["apikey", "revoke", &id, "--database-url", &url])
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("no live API key"));
+    let bad_role = valueverse()
+        .args(["apikey", "create", "--role", "root", "--database-url", &url])
+        .output()
+        .unwrap();
+    assert!(!bad_role.status.success());
+    assert!(String::from_utf8_lossy(&bad_role.stderr).contains("root"));
+}

@@ -4,17 +4,12 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::Value;
-use valueverse::{Config, Node};
+use valueverse::Node;
 
 use crate::support::{BACKENDS, Backend, Counter, CounterMsg, TestDb};
 
 async fn start_node(db: &TestDb) -> (Node, String) {
-    let mut config = Config {
-        http_addr: "127.0.0.1:0".parse().unwrap(),
-        database_url: db.url.clone(),
-        ..Config::default()
-    };
-    config.runtime.workers = 2;
+    let config = crate::support::test_config(db);
     let node = Node::start(&config, |system| {
         system.register::<Counter>();
     })

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use valueverse::{Config, Node};
+use valueverse::Node;
 
 use crate::commitments::{commitment, simulate};
 use crate::support::{Backend, TestDb};
@@ -19,13 +19,8 @@ async fn send(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
 }
 
 async fn start_node(db: &TestDb) -> (Node, String) {
-    let mut config = Config {
-        http_addr: "127.0.0.1:0".parse().unwrap(),
-        database_url: db.url.clone(),
-        executor_tick: Duration::from_millis(50),
-        ..Config::default()
-    };
-    config.runtime.workers = 2;
+    let mut config = crate::support::test_config(db);
+    config.executor_tick = Duration::from_millis(50);
     let node = Node::start(&config, |_| {}).await.expect("node starts");
     let base = format!("http://{}/api/v1", node.http_addr());
     (node, base)

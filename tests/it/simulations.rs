@@ -7,9 +7,9 @@ use futures_util::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
+use valueverse::Node;
 use valueverse::gpu::{self, Control, Device, RunSettings};
 use valueverse::model::ValueModel;
-use valueverse::{Config, Node};
 
 use crate::support::{BACKENDS, Backend, TestDb};
 
@@ -68,12 +68,7 @@ impl Running {
 }
 
 async fn start_node(db: &TestDb, queue_capacity: usize) -> (Node, String) {
-    let mut config = Config {
-        http_addr: "127.0.0.1:0".parse().unwrap(),
-        database_url: db.url.clone(),
-        ..Config::default()
-    };
-    config.runtime.workers = 2;
+    let mut config = crate::support::test_config(db);
     config.simulation.queue_capacity = queue_capacity;
     let node = Node::start(&config, |_| {}).await.expect("node starts");
     let base = format!("http://{}", node.http_addr());

@@ -226,3 +226,17 @@ pub async fn wait_for_event(
         }
     }
 }
+
+/// A node's configuration for tests: a free port, this database, two
+/// agent event loops, development mode (no API keys; the auth tests turn
+/// it off).
+pub fn test_config(db: &TestDb) -> valueverse::Config {
+    let mut config = valueverse::Config {
+        http_addr: "127.0.0.1:0".parse().unwrap(),
+        database_url: db.url.clone(),
+        dev: true,
+        ..valueverse::Config::default()
+    };
+    config.runtime.workers = 2;
+    config
+}

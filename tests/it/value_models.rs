@@ -2,7 +2,7 @@
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use valueverse::{Config, Node};
+use valueverse::Node;
 
 use crate::support::{BACKENDS, TestDb};
 
@@ -13,12 +13,7 @@ pub(crate) fn acme() -> Value {
 }
 
 pub(crate) async fn start_node(db: &TestDb) -> (Node, String) {
-    let mut config = Config {
-        http_addr: "127.0.0.1:0".parse().unwrap(),
-        database_url: db.url.clone(),
-        ..Config::default()
-    };
-    config.runtime.workers = 2;
+    let config = crate::support::test_config(db);
     let node = Node::start(&config, |_| {}).await.expect("node starts");
     let base = format!("http://{}/api/v1", node.http_addr());
     (node, base)

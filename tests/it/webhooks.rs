@@ -10,7 +10,7 @@ use hmac::{Hmac, Mac};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sha2::Sha256;
-use valueverse::{Config, Node};
+use valueverse::Node;
 
 use crate::support::{Backend, TestDb};
 use crate::value_models::{acme, create_model};
@@ -75,12 +75,7 @@ fn start_receiver(failures: usize) -> (String, Arc<Mutex<Receiver>>, actix_web::
 }
 
 async fn start_node(db: &TestDb) -> (Node, String) {
-    let mut config = Config {
-        http_addr: "127.0.0.1:0".parse().unwrap(),
-        database_url: db.url.clone(),
-        ..Config::default()
-    };
-    config.runtime.workers = 2;
+    let mut config = crate::support::test_config(db);
     config.notifier.max_attempts = 4;
     config.notifier.initial_backoff = Duration::from_millis(20);
     config.notifier.max_backoff = Duration::from_millis(100);

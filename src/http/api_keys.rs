@@ -1,0 +1,61 @@
+//! `/api/v1/api-keys` (admin): create, list and revoke API keys.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, web};
+use serde::Deserialize;
+
+use crate::actors::System;
+use crate::auth::{Role, create_key};
+
+use super::error::{ApiError, parse_json};
+use super::middleware::Auth;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    role: Role,
+    /// What the key is for [default: empty].
+    #[serde(default)]
+    name: String,
+}
+
+/// Answers the key itself, once; only its hash is stored.
+pub(crate) async fn create(
+    system: web::Data<System>,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let body: CreateBody = parse_json(&body, false)?;
+    if body.name.len() > 200 {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            "`name` has at most 200 characters",
+        )
+        .with_field("name"));
+    }
+    let (row, key) = create_key(system.store(), body.role, &body.name).await?;
+    Ok(HttpResponse::Created().json(serde_json::json!({
+        "id": row.id, "name": row.name, "role": row.role, "key": key,
+        "created_at_ms": row.created_at_ms,
+    })))
+}
+
+pub(crate) async fn list(system: web::Data<System>) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "items": system.store().api_keys().await? })))
+}
+
+pub(crate) async fn revoke(
+    system: web::Data<System>,
+    auth: web::Data<Auth>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    if !system.store().revoke_api_key(&id).await? {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no live API key `{id}`"),
+        ));
+    }
+    auth.keys.clear();
+    Ok(HttpResponse::NoContent().finish())
+}

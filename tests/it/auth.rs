@@ -1,0 +1,189 @@
+//! API keys and roles on a node with authentication on: the role matrix,
+//! keys made and revoked over the API and by the CLI, the body limit.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use valueverse::Node;
+use valueverse::auth::{Role, create_key};
+
+use crate::support::{Backend, TestDb, test_config};
+use crate::value_models::acme;
+
+async fn start_node(db: &TestDb) -> (Node, String) {
+    let mut config = test_config(db);
+    config.dev = false;
+    config.http_body_limit = 64 * 1024;
+    let node = Node::start(&config, |_| {}).await.expect("node starts");
+    let base = format!("http://{}", node.http_addr());
+    (node, base)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_checks_the_key_and_its_role() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let (node, base) = start_node(&db).await;
+    let store = node.system.store();
+    let keys: Vec<(Role, String)> = {
+        let mut keys = Vec::new();
+        for role in [Role::Viewer, Role::Editor, Role::Admin] {
+            keys.push((role, create_key(store, role, "test").await.unwrap().1));
+        }
+        keys
+    };
+    let key = |role: Role| keys.iter().find(|(r, _)| *r == role).unwrap().1.clone();
+    let client = reqwest::Client::new();
+    let call = |method: Method, path: &str, key: Option<String>| {
+        let mut request = client.request(method, format!("{base}{path}"));
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        request.json(&json!({}))
+    };
+    // (method, path, weakest role that passes)
+    let routes = [
+        (Method::GET, "/api/v1/value-models", Role::Viewer),
+        (Method::POST, "/api/v1/value-models", Role::Editor),
+        (Method::GET, "/api/v1/simulations/queue", Role::Viewer),
+        (Method::POST, "/api/v1/simulations", Role::Editor),
+        (Method::GET, "/api/v1/commitments", Role::Viewer),
+        (Method::POST, "/api/v1/webhooks", Role::Editor),
+        (Method::GET, "/api/v1/actors", Role::Viewer),
+        (
+            Method::POST,
+            "/api/v1/actors/architect/x/reset",
+            Role::Admin,
+        ),
+        (Method::GET, "/api/v1/api-keys", Role::Admin),
+    ];
+    for (method, path, needed) in routes {
+        let response = call(method.clone(), path, None).send().await.unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::UNAUTHORIZED,
+            "{method} {path}"
+        );
+        assert_eq!(response.headers()["www-authenticate"], "Bearer");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "unauthorized");
+        let wrong = call(method.clone(), path, Some("vv_not-a-key".into()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED, "{method} {path}");
+        for (role, _) in &keys {
+            let status = call(method.clone(), path, Some(key(*role)))
+                .send()
+                .await
+                .unwrap()
+                .status();
+            if *role < needed {
+                assert_eq!(status, StatusCode::FORBIDDEN, "{role:?} on {method} {path}");
+            } else {
+                assert!(
+                    status != StatusCode::FORBIDDEN && status != StatusCode::UNAUTHORIZED,
+                    "{role:?} on {method} {path}: {status}"
+                );
+            }
+        }
+    }
+    // Probes and metrics stay open.
+    for path in ["/health", "/ready", "/metrics"] {
+        let status = client
+            .get(format!("{base}{path}"))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, StatusCode::OK, "{path}");
+    }
+    drop(client);
+    node.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_made_and_revoked_over_the_api() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let (node, base) = start_node(&db).await;
+    let (_, admin) = create_key(node.system.store(), Role::Admin, "bootstrap")
+        .await
+        .unwrap();
+    let client = reqwest::Client::new();
+    let response = client
+        .post(format!("{base}/api/v1/api-keys"))
+        .bearer_auth(&admin)
+        .json(&json!({ "role": "editor", "name": "ci" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let made: Value = response.json().await.unwrap();
+    let editor = made["key"].as_str().unwrap().to_owned();
+    assert!(editor.starts_with("vv_"));
+    let listed: Value = client
+        .get(format!("{base}/api/v1/api-keys"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["items"].as_array().unwrap().len(), 2);
+    assert!(
+        !listed.to_string().contains(&editor),
+        "keys are never listed"
+    );
+    assert!(listed["items"][0].get("hash").is_none());
+
+    let created = client
+        .post(format!("{base}/api/v1/value-models"))
+        .bearer_auth(&editor)
+        .json(&acme())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let revoke = client
+        .delete(format!(
+            "{base}/api/v1/api-keys/{}",
+            made["id"].as_str().unwrap()
+        ))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoke.status(), StatusCode::NO_CONTENT);
+    let refused = client
+        .get(format!("{base}/api/v1/value-models"))
+        .bearer_auth(&editor)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    // A bad role is a 400 naming the field.
+    let bad: Value = client
+        .post(format!("{base}/api/v1/api-keys"))
+        .bearer_auth(&admin)
+        .json(&json!({ "role": "root" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(bad["error"]["field"], "role");
+    // Bodies over the limit get 413 in the JSON shape.
+    let big = client
+        .post(format!("{base}/api/v1/value-models"))
+        .bearer_auth(&admin)
+        .header("content-type", "application/json")
+        .body(vec![b' '; 100 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(big.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let body: Value = big.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "payload_too_large");
+    drop(client);
+    node.stop().await.unwrap();
+}
