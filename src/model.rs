@@ -24,7 +24,7 @@ pub const MAX_HORIZON_MONTHS: u32 = 600;
 /// Most drivers a model may have.
 pub const MAX_DRIVERS: usize = 256;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ValueModel {
     pub name: String,
@@ -41,14 +41,14 @@ pub struct ValueModel {
     pub correlations: Vec<Correlation>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Costs {
     pub one_off: f64,
     pub monthly: f64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Driver {
     pub name: String,
@@ -62,7 +62,7 @@ pub struct Driver {
     pub quantity: Distribution,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DriverCategory {
     Revenue,
@@ -72,7 +72,7 @@ pub enum DriverCategory {
 }
 
 /// The distribution of a driver's monthly quantity.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "dist", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Distribution {
     Fixed {
@@ -122,7 +122,7 @@ impl Distribution {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Correlation {
     pub a: String,
@@ -561,7 +561,7 @@ impl NpvWeights {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Analytics {
     pub npv: f64,
     pub roi: Option<f64>,
@@ -569,7 +569,7 @@ pub struct Analytics {
     pub drivers: Vec<DriverAnalytics>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DriverAnalytics {
     pub name: String,
     pub mean_quantity: f64,

@@ -17,7 +17,7 @@ use super::error::HandlerError;
 
 const TABLE: &str = "value_models";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ModelStatus {
     Active,
@@ -67,7 +67,7 @@ impl ModelRecord {
 }
 
 /// A candidate driver from the catalogue.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Hypothesis {
     #[serde(flatten)]
     pub driver: Driver,

@@ -16,7 +16,7 @@ const TABLE: &str = "commitments";
 
 /// Contract terms: a fixed fee, plus a share of realized value above the
 /// target, the whole capped.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Terms {
     pub fixed_fee: f64,
@@ -34,7 +34,7 @@ impl Terms {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Milestone {
     pub name: String,
@@ -43,7 +43,7 @@ pub struct Milestone {
 }
 
 /// What the simulation said, as the commitment was made.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SimulatedSupport {
     pub simulation_id: String,
     pub paths: u64,
@@ -52,7 +52,7 @@ pub struct SimulatedSupport {
     pub npv_at_confidence: f64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CommitmentStatus {
     Active,
@@ -69,7 +69,7 @@ impl CommitmentStatus {
 }
 
 /// What a client asks to commit to (checked by the caller).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CommitmentRequest {
     pub model_id: String,
     pub model_version: i64,
@@ -81,7 +81,7 @@ pub struct CommitmentRequest {
     pub milestones: Vec<Milestone>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Commitment {
     pub id: String,
     pub status: CommitmentStatus,

@@ -56,7 +56,9 @@ pub enum Control {
     Cancel,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum StopReason {
     AllPaths,
@@ -80,7 +82,17 @@ pub enum RunError {
 }
 
 /// Where to run: `auto` takes the GPU when one is usable, else the CPU.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Device {
     #[default]
@@ -89,7 +101,7 @@ pub enum Device {
     Gpu,
 }
 
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Percentiles {
     pub p5: f64,
     pub p10: f64,
@@ -100,7 +112,7 @@ pub struct Percentiles {
     pub p95: f64,
 }
 
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Summary {
     pub mean: f64,
     pub std: f64,
@@ -109,7 +121,7 @@ pub struct Summary {
     pub percentiles: Percentiles,
 }
 
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Histogram {
     /// `bins + 1` edges.
     pub edges: Vec<f64>,
@@ -118,7 +130,7 @@ pub struct Histogram {
 
 /// One bar of the tornado: NPV with this driver at its P10 and P90, every
 /// other driver at its mean; and the driver's rank correlation with NPV.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Sensitivity {
     pub driver: String,
     pub npv_at_p10: f64,
@@ -129,7 +141,7 @@ pub struct Sensitivity {
 
 /// Payback months over the first paths of the run (payback needs a month
 /// loop per path, so it is estimated from a sample).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct PaybackSummary {
     pub sampled_paths: u64,
     /// Share of sampled paths that pay back within the horizon.
@@ -140,7 +152,7 @@ pub struct PaybackSummary {
     pub p90: Option<u32>,
 }
 
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct SimulationResult {
     pub npv: Summary,
     /// NPV percentiles P1 to P99 (`npv_quantiles[i]` is P(i + 1)).

@@ -5,15 +5,27 @@ use serde::Deserialize;
 
 use crate::actors::{CorrelationId, System};
 
+use super::error::ErrorDoc;
 use super::error::{ApiError, parse_json};
 
 /// The supervision tree of this node.
+#[utoipa::path(
+    get,
+    path = "/api/v1/actors",
+    tag = "actors",
+    responses(
+        (status = 200, description = "the live supervision tree of this node", body = Object),
+        (status = 401, description = "no or unknown API key", body = ErrorDoc),
+        (status = 403, description = "the key's role is too weak", body = ErrorDoc),
+    ),
+    security(("bearer" = [])),
+)]
 pub(crate) async fn tree(system: web::Data<System>) -> HttpResponse {
     HttpResponse::Ok().json(system.supervision_tree())
 }
 
 /// Optional body of a reset.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ResetRequest {
     /// Why the operator resets the instance; goes to the log.
@@ -21,6 +33,24 @@ struct ResetRequest {
 }
 
 /// Clears a failed instance: restart history forgotten, state reloaded.
+#[utoipa::path(
+    post,
+    path = "/api/v1/actors/{kind}/{key}/reset",
+    tag = "actors",
+    request_body = ResetRequest,
+    params(
+        ("kind" = String, Path, description = "agent kind"),
+        ("key" = String, Path, description = "instance key"),
+    ),
+    responses(
+        (status = 200, description = "the instance, reset", body = Object),
+        (status = 401, description = "no or unknown API key", body = ErrorDoc),
+        (status = 403, description = "the key's role is too weak", body = ErrorDoc),
+        (status = 404, description = "not found", body = ErrorDoc),
+        (status = 409, description = "conflict with the current state", body = ErrorDoc),
+    ),
+    security(("bearer" = [])),
+)]
 pub(crate) async fn reset(
     system: web::Data<System>,
     path: web::Path<(String, String)>,

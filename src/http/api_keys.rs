@@ -7,10 +7,11 @@ use serde::Deserialize;
 use crate::actors::System;
 use crate::auth::{Role, create_key};
 
+use super::error::ErrorDoc;
 use super::error::{ApiError, parse_json};
 use super::middleware::Auth;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateBody {
     role: Role,
@@ -20,6 +21,20 @@ struct CreateBody {
 }
 
 /// Answers the key itself, once; only its hash is stored.
+#[utoipa::path(
+    post,
+    path = "/api/v1/api-keys",
+    tag = "api-keys",
+    request_body = CreateBody,
+    responses(
+        (status = 201, description = "the key, shown once", body = Object),
+        (status = 400, description = "malformed JSON, unknown field or bad query", body = ErrorDoc),
+        (status = 422, description = "invalid field, named", body = ErrorDoc),
+        (status = 401, description = "no or unknown API key", body = ErrorDoc),
+        (status = 403, description = "the key's role is too weak", body = ErrorDoc),
+    ),
+    security(("bearer" = [])),
+)]
 pub(crate) async fn create(
     system: web::Data<System>,
     body: web::Bytes,
@@ -40,10 +55,36 @@ pub(crate) async fn create(
     })))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/api-keys",
+    tag = "api-keys",
+    responses(
+        (status = 200, description = "every key (never the keys themselves)", body = Object),
+        (status = 401, description = "no or unknown API key", body = ErrorDoc),
+        (status = 403, description = "the key's role is too weak", body = ErrorDoc),
+    ),
+    security(("bearer" = [])),
+)]
 pub(crate) async fn list(system: web::Data<System>) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(serde_json::json!({ "items": system.store().api_keys().await? })))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/api-keys/{id}",
+    tag = "api-keys",
+    params(
+        ("id" = String, Path, description = "id"),
+    ),
+    responses(
+        (status = 204, description = "revoked"),
+        (status = 401, description = "no or unknown API key", body = ErrorDoc),
+        (status = 403, description = "the key's role is too weak", body = ErrorDoc),
+        (status = 404, description = "not found", body = ErrorDoc),
+    ),
+    security(("bearer" = [])),
+)]
 pub(crate) async fn revoke(
     system: web::Data<System>,
     auth: web::Data<Auth>,

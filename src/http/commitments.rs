@@ -15,11 +15,12 @@ use crate::actors::committer::{
 };
 use crate::simulation::Simulations;
 
+use super::error::ErrorDoc;
 use super::error::{ApiError, parse_json, parse_query};
 use super::listing::{check_paging, decode, page_json};
 use super::value_models::ask_model;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CommitBody {
     model_id: String,
@@ -112,6 +113,21 @@ async fn ask(system: &System, id: &str, msg: CommitterMsg) -> Result<Commitment,
         .await?)
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/commitments",
+    tag = "committer",
+    request_body = CommitBody,
+    responses(
+        (status = 201, description = "committed", body = Commitment),
+        (status = 400, description = "malformed JSON, unknown field or bad query", body = ErrorDoc),
+        (status = 404, description = "not found", body = ErrorDoc),
+        (status = 422, description = "invalid field, named", body = ErrorDoc),
+        (status = 401, description = "no or unknown API key", body = ErrorDoc),
+        (status = 403, description = "the key's role is too weak", body = ErrorDoc),
+    ),
+    security(("bearer" = [])),
+)]
 pub(crate) async fn commit(
     system: web::Data<System>,
     simulations: web::Data<Simulations>,
@@ -175,6 +191,21 @@ pub(crate) async fn commit(
         .json(commitment))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/commitments/{id}",
+    tag = "committer",
+    params(
+        ("id" = String, Path, description = "id"),
+    ),
+    responses(
+        (status = 200, description = "the commitment", body = Commitment),
+        (status = 404, description = "not found", body = ErrorDoc),
+        (status = 401, description = "no or unknown API key", body = ErrorDoc),
+        (status = 403, description = "the key's role is too weak", body = ErrorDoc),
+    ),
+    security(("bearer" = [])),
+)]
 pub(crate) async fn get(
     system: web::Data<System>,
     id: web::Path<String>,
@@ -182,12 +213,30 @@ pub(crate) async fn get(
     Ok(HttpResponse::Ok().json(ask(&system, &id, CommitterMsg::Get).await?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct VoidBody {
     reason: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/commitments/{id}/void",
+    tag = "committer",
+    request_body = VoidBody,
+    params(
+        ("id" = String, Path, description = "id"),
+    ),
+    responses(
+        (status = 200, description = "voided", body = Commitment),
+        (status = 404, description = "not found", body = ErrorDoc),
+        (status = 409, description = "conflict with the current state", body = ErrorDoc),
+        (status = 422, description = "invalid field, named", body = ErrorDoc),
+        (status = 401, description = "no or unknown API key", body = ErrorDoc),
+        (status = 403, description = "the key's role is too weak", body = ErrorDoc),
+    ),
+    security(("bearer" = [])),
+)]
 pub(crate) async fn void(
     system: web::Data<System>,
     id: web::Path<String>,
@@ -223,6 +272,24 @@ struct ListQuery {
     offset: i64,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/commitments",
+    tag = "committer",
+    params(
+        ("model_id" = Option<String>, Query, description = "filter"),
+        ("status" = Option<CommitmentStatus>, Query, description = "filter"),
+        ("limit" = Option<i64>, Query, description = "1 to 100 [default: 20]"),
+        ("offset" = Option<i64>, Query, description = "rows to skip [default: 0]"),
+    ),
+    responses(
+        (status = 200, description = "a page of commitments", body = Object),
+        (status = 400, description = "malformed JSON, unknown field or bad query", body = ErrorDoc),
+        (status = 401, description = "no or unknown API key", body = ErrorDoc),
+        (status = 403, description = "the key's role is too weak", body = ErrorDoc),
+    ),
+    security(("bearer" = [])),
+)]
 pub(crate) async fn list(
     system: web::Data<System>,
     request: HttpRequest,

@@ -24,6 +24,21 @@ pub struct ApiError {
     pub retry_after: Option<u32>,
 }
 
+/// The error shape, as the OpenAPI document shows it.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct ErrorDoc {
+    error: ErrorDocDetail,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct ErrorDocDetail {
+    /// Stable machine-readable code (`invalid_field`, `not_found`...).
+    code: String,
+    message: String,
+    /// The JSON path of the field at fault, when there is one.
+    field: Option<String>,
+}
+
 #[derive(Serialize)]
 struct Body<'a> {
     error: BodyError<'a>,

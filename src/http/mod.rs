@@ -55,74 +55,101 @@ use crate::simulation::Simulations;
 pub use error::{ApiError, parse_json};
 pub use middleware::CORRELATION_HEADER;
 
-/// Routes and middleware of the API, for `App::configure`.
-fn routes(config: &mut web::ServiceConfig) {
-    // Resources (not bare routes) so a known path with a wrong method is a 405.
-    config
-        .service(web::resource("/health").get(operations::health))
-        .service(web::resource("/ready").get(operations::ready))
-        .service(web::resource("/metrics").get(operations::metrics))
-        .service(
-            web::scope("/api/v1")
-                .service(web::resource("/actors").get(actors::tree))
-                .service(
-                    web::resource("/api-keys")
-                        .post(api_keys::create)
-                        .get(api_keys::list),
-                )
-                .service(web::resource("/api-keys/{id}").delete(api_keys::revoke))
-                .service(web::resource("/actors/{kind}/{key}/reset").post(actors::reset))
-                .service(web::resource("/simulations").post(simulations::submit))
-                // Before `{id}`, which would otherwise match it.
-                .service(web::resource("/simulations/queue").get(simulations::queue))
-                .service(web::resource("/simulations/{id}").get(simulations::get))
-                .service(web::resource("/simulations/{id}/results").get(simulations::results))
-                .service(web::resource("/simulations/{id}/cancel").put(simulations::cancel))
-                .service(
-                    web::resource("/value-models")
-                        .post(value_models::create)
-                        .get(value_models::list),
-                )
-                .service(
-                    web::resource("/value-models/{id}")
-                        .get(value_models::get)
-                        .patch(value_models::patch),
-                )
-                .service(web::resource("/value-models/{id}/versions").get(value_models::versions))
-                .service(web::resource("/value-models/{id}/archive").post(value_models::archive))
-                .service(
-                    web::resource("/value-models/{id}/hypotheses").post(value_models::hypotheses),
-                )
-                .service(
-                    web::resource("/commitments")
-                        .post(commitments::commit)
-                        .get(commitments::list),
-                )
-                .service(web::resource("/commitments/{id}").get(commitments::get))
-                .service(web::resource("/commitments/{id}/void").post(commitments::void))
-                .service(web::resource("/plans").post(plans::create).get(plans::list))
-                .service(web::resource("/plans/{id}").get(plans::get))
-                .service(web::resource("/plans/{id}/progress").post(plans::progress))
-                .service(web::resource("/plans/{id}/deliveries").post(plans::deliver))
-                .service(web::resource("/plans/{id}/cancel").post(plans::cancel))
-                .service(web::resource("/amplifications/{model_id}/insights").get(plans::insights))
-                .service(
-                    web::resource("/webhooks")
-                        .post(webhooks::subscribe)
-                        .get(webhooks::list),
-                )
-                .service(
-                    web::resource("/webhooks/{id}")
-                        .get(webhooks::get)
-                        .delete(webhooks::delete),
-                )
-                .service(web::resource("/webhooks/{id}/deliveries").get(webhooks::deliveries))
-                .service(
-                    web::resource("/webhooks/{id}/deliveries/{delivery_id}/redeliver")
-                        .post(webhooks::redeliver),
-                ),
-        )
-        .service(web::resource("/ws/simulations/{id}").get(simulations::events));
+/// Declares every route once: the router registers them, `ROUTES` lists
+/// them (a test checks each is in the OpenAPI document), one resource per
+/// path so that a known path with a wrong method is a 405.
+macro_rules! api {
+    ($( $path:literal => { $( $method:ident : $handler:path ),+ $(,)? } )*) => {
+        /// `(method, path)` of every route.
+        pub const ROUTES: &[(&str, &str)] = &[ $( $( (stringify!($method), $path), )+ )* ];
+
+        fn routes(config: &mut web::ServiceConfig) {
+            $( config.service(web::resource($path) $( .route(web::$method().to($handler)) )+ ); )*
+            config.service(web::resource("/api-docs/openapi.json").route(web::get().to(openapi_json)));
+        }
+    };
+}
+
+api! {
+    "/health" => { get: operations::health }
+    "/ready" => { get: operations::ready }
+    "/metrics" => { get: operations::metrics }
+    "/api/v1/actors" => { get: actors::tree }
+    "/api/v1/actors/{kind}/{key}/reset" => { post: actors::reset }
+    "/api/v1/api-keys" => { post: api_keys::create, get: api_keys::list }
+    "/api/v1/api-keys/{id}" => { delete: api_keys::revoke }
+    "/api/v1/simulations" => { post: simulations::submit }
+    // Before `{id}`, which would otherwise match it.
+    "/api/v1/simulations/queue" => { get: simulations::queue }
+    "/api/v1/simulations/{id}" => { get: simulations::get }
+    "/api/v1/simulations/{id}/results" => { get: simulations::results }
+    "/api/v1/simulations/{id}/cancel" => { put: simulations::cancel }
+    "/ws/simulations/{id}" => { get: simulations::events }
+    "/api/v1/value-models" => { post: value_models::create, get: value_models::list }
+    "/api/v1/value-models/{id}" => { get: value_models::get, patch: value_models::patch }
+    "/api/v1/value-models/{id}/versions" => { get: value_models::versions }
+    "/api/v1/value-models/{id}/archive" => { post: value_models::archive }
+    "/api/v1/value-models/{id}/hypotheses" => { post: value_models::hypotheses }
+    "/api/v1/commitments" => { post: commitments::commit, get: commitments::list }
+    "/api/v1/commitments/{id}" => { get: commitments::get }
+    "/api/v1/commitments/{id}/void" => { post: commitments::void }
+    "/api/v1/plans" => { post: plans::create, get: plans::list }
+    "/api/v1/plans/{id}" => { get: plans::get }
+    "/api/v1/plans/{id}/progress" => { post: plans::progress }
+    "/api/v1/plans/{id}/deliveries" => { post: plans::deliver }
+    "/api/v1/plans/{id}/cancel" => { post: plans::cancel }
+    "/api/v1/amplifications/{model_id}/insights" => { get: plans::insights }
+    "/api/v1/webhooks" => { post: webhooks::subscribe, get: webhooks::list }
+    "/api/v1/webhooks/{id}" => { get: webhooks::get, delete: webhooks::delete }
+    "/api/v1/webhooks/{id}/deliveries" => { get: webhooks::deliveries }
+    "/api/v1/webhooks/{id}/deliveries/{delivery_id}/redeliver" => { post: webhooks::redeliver }
+}
+
+/// The OpenAPI 3 document, generated from the handlers' annotations and
+/// the request and response types.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "ValueVerse API",
+        description = "Business agents as supervised actors: value models, simulations, commitments, plans, insights, notifications."
+    ),
+    paths(operations::health, operations::ready, operations::metrics, actors::tree, actors::reset, api_keys::create, api_keys::list, api_keys::revoke, value_models::create, value_models::list, value_models::get, value_models::patch, value_models::versions, value_models::archive, value_models::hypotheses, simulations::submit, simulations::queue, simulations::get, simulations::results, simulations::cancel, simulations::events, commitments::commit, commitments::list, commitments::get, commitments::void, plans::create, plans::list, plans::get, plans::progress, plans::deliver, plans::cancel, plans::insights, webhooks::subscribe, webhooks::list, webhooks::get, webhooks::delete, webhooks::deliveries, webhooks::redeliver),
+    components(schemas(error::ErrorDoc)),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "operations", description = "probes and metrics (no key needed)"),
+        (name = "actors", description = "the supervision tree and operator resets"),
+        (name = "api-keys", description = "admin: API keys"),
+        (name = "architect", description = "value models, versions, hypotheses"),
+        (name = "simulations", description = "Monte Carlo jobs and their WebSocket"),
+        (name = "committer", description = "commitments"),
+        (name = "executor", description = "execution plans, progress, deliveries"),
+        (name = "amplifier", description = "realization insights"),
+        (name = "notifier", description = "webhooks, email, delivery log"),
+    )
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("an API key: `valueverse apikey create --role ...`"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+async fn openapi_json() -> actix_web::HttpResponse {
+    actix_web::HttpResponse::Ok().json(<ApiDoc as utoipa::OpenApi>::openapi())
 }
 
 /// A running HTTP server.

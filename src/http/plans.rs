@@ -9,7 +9,9 @@ use chrono::{NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::actors::System;
-use crate::actors::amplifier::{Amplifier, AmplifierMsg, AmplifierReply, Baseline, DriverBaseline};
+use crate::actors::amplifier::{
+    Amplifier, AmplifierMsg, AmplifierReply, Baseline, DriverBaseline, Insights,
+};
 use crate::actors::architect::ArchitectMsg;
 use crate::actors::committer::{CommitmentStatus, Committer, CommitterMsg};
 use crate::actors::executor::{
@@ -17,6 +19,7 @@ use crate::actors::executor::{
     TaskStatus,
 };
 
+use super::error::ErrorDoc;
 use super::error::{ApiError, parse_json, parse_query};
 use super::listing::{check_paging, decode, page_json};
 use super::value_models::ask_model;
@@ -48,7 +51,7 @@ async fn amplify(
 }
 
 /// A plan with its progress.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct PlanView {
     #[serde(flatten)]
     plan: Plan,
@@ -66,7 +69,7 @@ impl From<Plan> for PlanView {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct TaskBody {
     name: String,
@@ -75,7 +78,7 @@ struct TaskBody {
     milestone: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PlanBody {
     commitment_id: String,
@@ -87,6 +90,21 @@ struct PlanBody {
 
 /// The plan of a commitment: its milestones, the tasks given, and the
 /// amplifier's baseline registered for its model.
+#[utoipa::path(
+    post,
+    path = "/api/v1/plans",
+    tag = "executor",
+    request_body = PlanBody,
+    responses(
+        (status = 201, description = "the plan, and the amplifier baseline registered", body = PlanView),
+        (status = 400, description = "malformed JSON, unknown field or bad query", body = ErrorDoc),
+        (status = 404, description = "not found", body = ErrorDoc),
+        (status = 422, description = "invalid field, named", body = ErrorDoc),
+        (status = 401, description = "no or unknown API key", body = ErrorDoc),
+        (status = 403, description = "the key's role is too weak", body = ErrorDoc),
+    ),
+    security(("bearer" = [])),
+)]
 pub(crate) async fn create(
     system: web::Data<System>,
     body: web::Bytes,
@@ -202,6 +220,21 @@ pub(crate) async fn create(
         .json(PlanView::from(plan)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/plans/{id}",
+    tag = "executor",
+    params(
+        ("id" = String, Path, description = "id"),
+    ),
+    responses(
+        (status = 200, description = "the plan", body = PlanView),
+        (status = 404, description = "not found", body = ErrorDoc),
+        (status = 401, description = "no or unknown API key", body = ErrorDoc),
+        (status = 403, description = "the key's role is too weak", body = ErrorDoc),
+    ),
+    security(("bearer" = [])),
+)]
 pub(crate) async fn get(
     system: web::Data<System>,
     id: web::Path<String>,
@@ -209,7 +242,7 @@ pub(crate) async fn get(
     Ok(HttpResponse::Ok().json(PlanView::from(ask(&system, &id, ExecutorMsg::Get).await?)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ProgressBody {
     /// A task id (`t1`) and its new status, or
@@ -220,6 +253,24 @@ struct ProgressBody {
     on: Option<NaiveDate>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/plans/{id}/progress",
+    tag = "executor",
+    request_body = ProgressBody,
+    params(
+        ("id" = String, Path, description = "id"),
+    ),
+    responses(
+        (status = 200, description = "the plan", body = PlanView),
+        (status = 404, description = "not found", body = ErrorDoc),
+        (status = 409, description = "conflict with the current state", body = ErrorDoc),
+        (status = 422, description = "invalid field, named", body = ErrorDoc),
+        (status = 401, description = "no or unknown API key", body = ErrorDoc),
+        (status = 403, description = "the key's role is too weak", body = ErrorDoc),
+    ),
+    security(("bearer" = [])),
+)]
 pub(crate) async fn progress(
     system: web::Data<System>,
     id: web::Path<String>,
@@ -245,7 +296,7 @@ pub(crate) async fn progress(
     Ok(HttpResponse::Ok().json(PlanView::from(ask(&system, &id, msg).await?)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct DeliveryBody {
     /// The client's id for the delivery: sending it again records it once
@@ -259,6 +310,24 @@ struct DeliveryBody {
 
 /// Records realized value with the executor, then with the amplifier (both
 /// idempotent on the delivery id, so a retry after a failure is safe).
+#[utoipa::path(
+    post,
+    path = "/api/v1/plans/{id}/deliveries",
+    tag = "executor",
+    request_body = DeliveryBody,
+    params(
+        ("id" = String, Path, description = "id"),
+    ),
+    responses(
+        (status = 201, description = "recorded (idempotent on `id`)", body = Object),
+        (status = 404, description = "not found", body = ErrorDoc),
+        (status = 409, description = "conflict with the current state", body = ErrorDoc),
+        (status = 422, description = "invalid field, named", body = ErrorDoc),
+        (status = 401, description = "no or unknown API key", body = ErrorDoc),
+        (status = 403, description = "the key's role is too weak", body = ErrorDoc),
+    ),
+    security(("bearer" = [])),
+)]
 pub(crate) async fn deliver(
     system: web::Data<System>,
     id: web::Path<String>,
@@ -297,12 +366,30 @@ pub(crate) async fn deliver(
     })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CancelBody {
     reason: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/plans/{id}/cancel",
+    tag = "executor",
+    request_body = CancelBody,
+    params(
+        ("id" = String, Path, description = "id"),
+    ),
+    responses(
+        (status = 200, description = "cancelled", body = PlanView),
+        (status = 404, description = "not found", body = ErrorDoc),
+        (status = 409, description = "conflict with the current state", body = ErrorDoc),
+        (status = 422, description = "invalid field, named", body = ErrorDoc),
+        (status = 401, description = "no or unknown API key", body = ErrorDoc),
+        (status = 403, description = "the key's role is too weak", body = ErrorDoc),
+    ),
+    security(("bearer" = [])),
+)]
 pub(crate) async fn cancel(
     system: web::Data<System>,
     id: web::Path<String>,
@@ -335,6 +422,25 @@ struct ListQuery {
     offset: i64,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/plans",
+    tag = "executor",
+    params(
+        ("commitment_id" = Option<String>, Query, description = "filter"),
+        ("model_id" = Option<String>, Query, description = "filter"),
+        ("status" = Option<PlanStatus>, Query, description = "filter"),
+        ("limit" = Option<i64>, Query, description = "1 to 100 [default: 20]"),
+        ("offset" = Option<i64>, Query, description = "rows to skip [default: 0]"),
+    ),
+    responses(
+        (status = 200, description = "a page of plans", body = Object),
+        (status = 400, description = "malformed JSON, unknown field or bad query", body = ErrorDoc),
+        (status = 401, description = "no or unknown API key", body = ErrorDoc),
+        (status = 403, description = "the key's role is too weak", body = ErrorDoc),
+    ),
+    security(("bearer" = [])),
+)]
 pub(crate) async fn list(
     system: web::Data<System>,
     request: HttpRequest,
@@ -371,6 +477,24 @@ struct InsightsQuery {
     margin: Option<f64>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/amplifications/{model_id}/insights",
+    tag = "amplifier",
+    params(
+        ("model_id" = String, Path, description = "value model id"),
+        ("as_of" = Option<String>, Query, description = "YYYY-MM-DD [default: today]"),
+        ("margin" = Option<f64>, Query, description = "0 to 1 [default: 0.1]"),
+    ),
+    responses(
+        (status = 200, description = "realized vs committed, trend, opportunities, risks", body = Insights),
+        (status = 400, description = "malformed JSON, unknown field or bad query", body = ErrorDoc),
+        (status = 422, description = "invalid field, named", body = ErrorDoc),
+        (status = 401, description = "no or unknown API key", body = ErrorDoc),
+        (status = 403, description = "the key's role is too weak", body = ErrorDoc),
+    ),
+    security(("bearer" = [])),
+)]
 pub(crate) async fn insights(
     system: web::Data<System>,
     model_id: web::Path<String>,

@@ -11,10 +11,11 @@ use serde::{Deserialize, Serialize};
 use crate::actors::System;
 use crate::actors::architect::ArchitectMsg;
 use crate::actors::simulation::{JobProgress, JobStatus, SimulationJob, SimulationRequest};
-use crate::gpu::Device;
+use crate::gpu::{Device, SimulationResult};
 use crate::model::ValueModel;
-use crate::simulation::{SimulationEvent, Simulations, SubmitError};
+use crate::simulation::{QueueSnapshot, SimulationEvent, Simulations, SubmitError};
 
+use super::error::ErrorDoc;
 use super::error::{ApiError, parse_json};
 use super::value_models::ask_model;
 
@@ -31,7 +32,7 @@ fn default_bins() -> usize {
 }
 
 /// Body of `POST /api/v1/simulations`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SubmitBody {
     /// The model inline, or
@@ -55,7 +56,7 @@ struct SubmitBody {
 
 /// A job as the API shows it: the request without its model, the status,
 /// the progress; the result has a route of its own.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct JobView {
     id: String,
     status: JobStatus,
@@ -79,13 +80,22 @@ struct JobView {
     links: Links,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct Links {
     #[serde(rename = "self")]
     this: String,
     results: String,
     events: String,
     cancel: String,
+}
+
+/// A finished job's result.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct ResultsView {
+    id: String,
+    model_name: String,
+    currency: String,
+    result: SimulationResult,
 }
 
 impl From<SimulationJob> for JobView {
@@ -153,6 +163,22 @@ fn submitter(request: &HttpRequest) -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/simulations",
+    tag = "simulations",
+    request_body = SubmitBody,
+    responses(
+        (status = 202, description = "queued", body = JobView),
+        (status = 400, description = "malformed JSON, unknown field or bad query", body = ErrorDoc),
+        (status = 404, description = "not found", body = ErrorDoc),
+        (status = 422, description = "invalid field, named", body = ErrorDoc),
+        (status = 503, description = "store unavailable or queue full (Retry-After)", body = ErrorDoc),
+        (status = 401, description = "no or unknown API key", body = ErrorDoc),
+        (status = 403, description = "the key's role is too weak", body = ErrorDoc),
+    ),
+    security(("bearer" = [])),
+)]
 pub(crate) async fn submit(
     simulations: web::Data<Simulations>,
     system: web::Data<System>,
@@ -209,6 +235,21 @@ pub(crate) async fn submit(
         .json(view))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/simulations/{id}",
+    tag = "simulations",
+    params(
+        ("id" = String, Path, description = "id"),
+    ),
+    responses(
+        (status = 200, description = "status and progress", body = JobView),
+        (status = 404, description = "not found", body = ErrorDoc),
+        (status = 401, description = "no or unknown API key", body = ErrorDoc),
+        (status = 403, description = "the key's role is too weak", body = ErrorDoc),
+    ),
+    security(("bearer" = [])),
+)]
 pub(crate) async fn get(
     simulations: web::Data<Simulations>,
     id: web::Path<String>,
@@ -217,18 +258,34 @@ pub(crate) async fn get(
     Ok(HttpResponse::Ok().json(JobView::from(job)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/simulations/{id}/results",
+    tag = "simulations",
+    params(
+        ("id" = String, Path, description = "id"),
+    ),
+    responses(
+        (status = 200, description = "the result of a finished job", body = ResultsView),
+        (status = 404, description = "not found", body = ErrorDoc),
+        (status = 409, description = "conflict with the current state", body = ErrorDoc),
+        (status = 401, description = "no or unknown API key", body = ErrorDoc),
+        (status = 403, description = "the key's role is too weak", body = ErrorDoc),
+    ),
+    security(("bearer" = [])),
+)]
 pub(crate) async fn results(
     simulations: web::Data<Simulations>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let job = simulations.get(&id).await?;
     match (job.status, job.result) {
-        (JobStatus::Done, Some(result)) => Ok(HttpResponse::Ok().json(serde_json::json!({
-            "id": job.id,
-            "model_name": job.request.model.name,
-            "currency": job.request.model.currency,
-            "result": result,
-        }))),
+        (JobStatus::Done, Some(result)) => Ok(HttpResponse::Ok().json(ResultsView {
+            id: job.id,
+            model_name: job.request.model.name,
+            currency: job.request.model.currency,
+            result: *result,
+        })),
         (status, _) => {
             let mut message = format!(
                 "simulation `{}` is {}: it has no results",
@@ -243,6 +300,22 @@ pub(crate) async fn results(
     }
 }
 
+#[utoipa::path(
+    put,
+    path = "/api/v1/simulations/{id}/cancel",
+    tag = "simulations",
+    params(
+        ("id" = String, Path, description = "id"),
+    ),
+    responses(
+        (status = 200, description = "cancelled, or cancelling", body = JobView),
+        (status = 404, description = "not found", body = ErrorDoc),
+        (status = 409, description = "conflict with the current state", body = ErrorDoc),
+        (status = 401, description = "no or unknown API key", body = ErrorDoc),
+        (status = 403, description = "the key's role is too weak", body = ErrorDoc),
+    ),
+    security(("bearer" = [])),
+)]
 pub(crate) async fn cancel(
     simulations: web::Data<Simulations>,
     id: web::Path<String>,
@@ -251,6 +324,17 @@ pub(crate) async fn cancel(
     Ok(HttpResponse::Ok().json(JobView::from(job)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/simulations/queue",
+    tag = "simulations",
+    responses(
+        (status = 200, description = "running and queued jobs", body = QueueSnapshot),
+        (status = 401, description = "no or unknown API key", body = ErrorDoc),
+        (status = 403, description = "the key's role is too weak", body = ErrorDoc),
+    ),
+    security(("bearer" = [])),
+)]
 pub(crate) async fn queue(simulations: web::Data<Simulations>) -> HttpResponse {
     HttpResponse::Ok().json(simulations.queue())
 }
@@ -258,6 +342,22 @@ pub(crate) async fn queue(simulations: web::Data<Simulations>) -> HttpResponse {
 /// `/ws/simulations/{id}`: the job's state at once, then an event after each
 /// batch, then the final event with the result or the failure; then the
 /// server closes. Closing the socket leaves the job running.
+#[utoipa::path(
+    get,
+    path = "/ws/simulations/{id}",
+    tag = "simulations",
+    params(
+        ("id" = String, Path, description = "id"),
+        ("access_token" = Option<String>, Query, description = "the API key, for clients that cannot set headers"),
+    ),
+    responses(
+        (status = 101, description = "WebSocket: JSON events (the state at once, progress after each batch, then done/failed/cancelled)"),
+        (status = 404, description = "not found", body = ErrorDoc),
+        (status = 401, description = "no or unknown API key", body = ErrorDoc),
+        (status = 403, description = "the key's role is too weak", body = ErrorDoc),
+    ),
+    security(("bearer" = [])),
+)]
 pub(crate) async fn events(
     simulations: web::Data<Simulations>,
     id: web::Path<String>,

@@ -12,11 +12,12 @@ use crate::actors::System;
 use crate::actors::architect::{Architect, ArchitectMsg, ArchitectReply, ModelRecord, ModelStatus};
 use crate::model::{Analytics, ValueModel};
 
+use super::error::ErrorDoc;
 use super::error::{ApiError, parse_json, parse_query};
 use super::listing::{check_paging, decode, page_json};
 
 /// A model at one version, as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct ModelView {
     id: String,
     status: ModelStatus,
@@ -105,6 +106,20 @@ fn validated(model: ValueModel) -> Result<ValueModel, ApiError> {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/value-models",
+    tag = "architect",
+    request_body = ValueModel,
+    responses(
+        (status = 201, description = "stored as version 1, with analytics", body = ModelView),
+        (status = 400, description = "malformed JSON, unknown field or bad query", body = ErrorDoc),
+        (status = 422, description = "invalid field, named", body = ErrorDoc),
+        (status = 401, description = "no or unknown API key", body = ErrorDoc),
+        (status = 403, description = "the key's role is too weak", body = ErrorDoc),
+    ),
+    security(("bearer" = [])),
+)]
 pub(crate) async fn create(
     system: web::Data<System>,
     body: web::Bytes,
@@ -123,6 +138,22 @@ struct VersionQuery {
     version: Option<i64>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/value-models/{id}",
+    tag = "architect",
+    params(
+        ("id" = String, Path, description = "id"),
+        ("version" = Option<i64>, Query, description = "[default: the current one]"),
+    ),
+    responses(
+        (status = 200, description = "the model at a version", body = ModelView),
+        (status = 404, description = "not found", body = ErrorDoc),
+        (status = 401, description = "no or unknown API key", body = ErrorDoc),
+        (status = 403, description = "the key's role is too weak", body = ErrorDoc),
+    ),
+    security(("bearer" = [])),
+)]
 pub(crate) async fn get(
     system: web::Data<System>,
     id: web::Path<String>,
@@ -140,7 +171,7 @@ pub(crate) async fn get(
     Ok(HttpResponse::Ok().json(view(&record, version)?))
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct VersionSummary {
     version: i64,
     created_at: DateTime<Utc>,
@@ -150,6 +181,21 @@ struct VersionSummary {
     payback_month: Option<u32>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/value-models/{id}/versions",
+    tag = "architect",
+    params(
+        ("id" = String, Path, description = "id"),
+    ),
+    responses(
+        (status = 200, description = "every version", body = Object),
+        (status = 404, description = "not found", body = ErrorDoc),
+        (status = 401, description = "no or unknown API key", body = ErrorDoc),
+        (status = 403, description = "the key's role is too weak", body = ErrorDoc),
+    ),
+    security(("bearer" = [])),
+)]
 pub(crate) async fn versions(
     system: web::Data<System>,
     id: web::Path<String>,
@@ -182,7 +228,7 @@ struct ListQuery {
     offset: i64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct ModelSummary {
     id: String,
     status: ModelStatus,
@@ -198,6 +244,25 @@ struct ModelSummary {
     updated_at: DateTime<Utc>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/value-models",
+    tag = "architect",
+    params(
+        ("customer" = Option<String>, Query, description = "filter"),
+        ("industry" = Option<String>, Query, description = "filter"),
+        ("status" = Option<ModelStatus>, Query, description = "filter"),
+        ("limit" = Option<i64>, Query, description = "1 to 100 [default: 20]"),
+        ("offset" = Option<i64>, Query, description = "rows to skip [default: 0]"),
+    ),
+    responses(
+        (status = 200, description = "a page of model summaries", body = Object),
+        (status = 400, description = "malformed JSON, unknown field or bad query", body = ErrorDoc),
+        (status = 401, description = "no or unknown API key", body = ErrorDoc),
+        (status = 403, description = "the key's role is too weak", body = ErrorDoc),
+    ),
+    security(("bearer" = [])),
+)]
 pub(crate) async fn list(
     system: web::Data<System>,
     request: HttpRequest,
@@ -242,6 +307,25 @@ pub(crate) async fn list(
 /// `PATCH`: a JSON merge patch (RFC 7396) over the current version makes
 /// the next one. `If-Match: "N"` names the version the patch was written
 /// against; without it, the version read here.
+#[utoipa::path(
+    patch,
+    path = "/api/v1/value-models/{id}",
+    tag = "architect",
+    request_body(content = Object, description = "a JSON merge patch (RFC 7396) over the model", content_type = "application/merge-patch+json"),
+    params(
+        ("id" = String, Path, description = "id"),
+    ),
+    responses(
+        (status = 200, description = "the new version (a JSON merge patch over the current one; If-Match: the version it was written against)", body = ModelView),
+        (status = 400, description = "malformed JSON, unknown field or bad query", body = ErrorDoc),
+        (status = 404, description = "not found", body = ErrorDoc),
+        (status = 409, description = "conflict with the current state", body = ErrorDoc),
+        (status = 422, description = "invalid field, named", body = ErrorDoc),
+        (status = 401, description = "no or unknown API key", body = ErrorDoc),
+        (status = 403, description = "the key's role is too weak", body = ErrorDoc),
+    ),
+    security(("bearer" = [])),
+)]
 pub(crate) async fn patch(
     system: web::Data<System>,
     id: web::Path<String>,
@@ -303,12 +387,29 @@ pub(crate) async fn patch(
         .json(view(&record, version)?))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ArchiveBody {
     reason: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/value-models/{id}/archive",
+    tag = "architect",
+    request_body = ArchiveBody,
+    params(
+        ("id" = String, Path, description = "id"),
+    ),
+    responses(
+        (status = 200, description = "archived", body = ModelView),
+        (status = 404, description = "not found", body = ErrorDoc),
+        (status = 409, description = "conflict with the current state", body = ErrorDoc),
+        (status = 401, description = "no or unknown API key", body = ErrorDoc),
+        (status = 403, description = "the key's role is too weak", body = ErrorDoc),
+    ),
+    security(("bearer" = [])),
+)]
 pub(crate) async fn archive(
     system: web::Data<System>,
     id: web::Path<String>,
@@ -330,13 +431,30 @@ fn default_hypotheses() -> usize {
     10
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct HypothesesBody {
     #[serde(default = "default_hypotheses")]
     limit: usize,
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/value-models/{id}/hypotheses",
+    tag = "architect",
+    request_body = HypothesesBody,
+    params(
+        ("id" = String, Path, description = "id"),
+    ),
+    responses(
+        (status = 200, description = "candidate drivers, best first", body = Object),
+        (status = 404, description = "not found", body = ErrorDoc),
+        (status = 422, description = "invalid field, named", body = ErrorDoc),
+        (status = 401, description = "no or unknown API key", body = ErrorDoc),
+        (status = 403, description = "the key's role is too weak", body = ErrorDoc),
+    ),
+    security(("bearer" = [])),
+)]
 pub(crate) async fn hypotheses(
     system: web::Data<System>,
     id: web::Path<String>,

@@ -11,6 +11,7 @@ use crate::actors::notifier::{Channel, Notifier, NotifierMsg, Subscription, Subs
 use crate::notifier::{EVENT_TYPES, Notifications};
 use crate::store::{Attempt, Notification};
 
+use super::error::ErrorDoc;
 use super::error::{ApiError, parse_json, parse_query};
 use super::listing::{check_paging, decode, page_json};
 
@@ -18,7 +19,7 @@ fn invalid(field: &str, message: String) -> ApiError {
     ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", message).with_field(field)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SubscribeBody {
     /// An http or https URL to POST signed events to, or
@@ -31,7 +32,7 @@ struct SubscribeBody {
 }
 
 /// A subscription as shown: the secret never leaves the node.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct SubscriptionView {
     id: String,
     status: SubscriptionStatus,
@@ -124,6 +125,20 @@ async fn ask(system: &System, id: &str, msg: NotifierMsg) -> Result<Subscription
         .await?)
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/webhooks",
+    tag = "notifier",
+    request_body = SubscribeBody,
+    responses(
+        (status = 201, description = "subscribed", body = SubscriptionView),
+        (status = 400, description = "malformed JSON, unknown field or bad query", body = ErrorDoc),
+        (status = 422, description = "invalid field, named", body = ErrorDoc),
+        (status = 401, description = "no or unknown API key", body = ErrorDoc),
+        (status = 403, description = "the key's role is too weak", body = ErrorDoc),
+    ),
+    security(("bearer" = [])),
+)]
 pub(crate) async fn subscribe(
     system: web::Data<System>,
     notifications: web::Data<Notifications>,
@@ -147,6 +162,21 @@ pub(crate) async fn subscribe(
         .json(SubscriptionView::from(subscription)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/webhooks/{id}",
+    tag = "notifier",
+    params(
+        ("id" = String, Path, description = "id"),
+    ),
+    responses(
+        (status = 200, description = "the subscription (never its secret)", body = SubscriptionView),
+        (status = 404, description = "not found", body = ErrorDoc),
+        (status = 401, description = "no or unknown API key", body = ErrorDoc),
+        (status = 403, description = "the key's role is too weak", body = ErrorDoc),
+    ),
+    security(("bearer" = [])),
+)]
 pub(crate) async fn get(
     system: web::Data<System>,
     id: web::Path<String>,
@@ -155,6 +185,22 @@ pub(crate) async fn get(
     Ok(HttpResponse::Ok().json(SubscriptionView::from(subscription)))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/webhooks/{id}",
+    tag = "notifier",
+    params(
+        ("id" = String, Path, description = "id"),
+    ),
+    responses(
+        (status = 200, description = "deleted", body = SubscriptionView),
+        (status = 404, description = "not found", body = ErrorDoc),
+        (status = 409, description = "conflict with the current state", body = ErrorDoc),
+        (status = 401, description = "no or unknown API key", body = ErrorDoc),
+        (status = 403, description = "the key's role is too weak", body = ErrorDoc),
+    ),
+    security(("bearer" = [])),
+)]
 pub(crate) async fn delete(
     system: web::Data<System>,
     notifications: web::Data<Notifications>,
@@ -175,6 +221,23 @@ struct ListQuery {
     offset: i64,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/webhooks",
+    tag = "notifier",
+    params(
+        ("status" = Option<SubscriptionStatus>, Query, description = "filter"),
+        ("limit" = Option<i64>, Query, description = "1 to 100 [default: 20]"),
+        ("offset" = Option<i64>, Query, description = "rows to skip [default: 0]"),
+    ),
+    responses(
+        (status = 200, description = "a page of subscriptions", body = Object),
+        (status = 400, description = "malformed JSON, unknown field or bad query", body = ErrorDoc),
+        (status = 401, description = "no or unknown API key", body = ErrorDoc),
+        (status = 403, description = "the key's role is too weak", body = ErrorDoc),
+    ),
+    security(("bearer" = [])),
+)]
 pub(crate) async fn list(
     system: web::Data<System>,
     request: HttpRequest,
@@ -206,7 +269,7 @@ struct PageQuery {
     offset: i64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct DeliveryView {
     #[serde(flatten)]
     notification: Notification,
@@ -215,6 +278,23 @@ struct DeliveryView {
 
 /// Every notification of the subscription, newest first, with each attempt
 /// (outcome, HTTP status, latency, error).
+#[utoipa::path(
+    get,
+    path = "/api/v1/webhooks/{id}/deliveries",
+    tag = "notifier",
+    params(
+        ("id" = String, Path, description = "id"),
+        ("limit" = Option<i64>, Query, description = "1 to 100 [default: 20]"),
+        ("offset" = Option<i64>, Query, description = "rows to skip [default: 0]"),
+    ),
+    responses(
+        (status = 200, description = "notifications with every attempt", body = Object),
+        (status = 404, description = "not found", body = ErrorDoc),
+        (status = 401, description = "no or unknown API key", body = ErrorDoc),
+        (status = 403, description = "the key's role is too weak", body = ErrorDoc),
+    ),
+    security(("bearer" = [])),
+)]
 pub(crate) async fn deliveries(
     system: web::Data<System>,
     id: web::Path<String>,
@@ -240,6 +320,23 @@ pub(crate) async fn deliveries(
     })))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/webhooks/{id}/deliveries/{delivery_id}/redeliver",
+    tag = "notifier",
+    params(
+        ("id" = String, Path, description = "id"),
+        ("delivery_id" = String, Path, description = "delivery id"),
+    ),
+    responses(
+        (status = 202, description = "sent again", body = Object),
+        (status = 404, description = "not found", body = ErrorDoc),
+        (status = 409, description = "conflict with the current state", body = ErrorDoc),
+        (status = 401, description = "no or unknown API key", body = ErrorDoc),
+        (status = 403, description = "the key's role is too weak", body = ErrorDoc),
+    ),
+    security(("bearer" = [])),
+)]
 pub(crate) async fn redeliver(
     system: web::Data<System>,
     notifications: web::Data<Notifications>,

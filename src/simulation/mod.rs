@@ -111,7 +111,7 @@ impl SimulationEvent {
 }
 
 /// Which workers run a job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Lane {
     Cpu,
@@ -125,7 +125,7 @@ struct Queued {
     since: Instant,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RunningJob {
     pub id: String,
     pub submitter: String,
@@ -134,7 +134,7 @@ pub struct RunningJob {
     pub running_seconds: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct QueuedJob {
     pub id: String,
     pub submitter: String,
@@ -146,7 +146,7 @@ pub struct QueuedJob {
 }
 
 /// The queue as `GET /api/v1/simulations/queue` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct QueueSnapshot {
     pub capacity: usize,
     pub cpu_workers: usize,

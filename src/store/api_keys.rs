@@ -4,7 +4,7 @@ use serde::Serialize;
 
 use super::{Store, StoreError, unix_millis, with_pool};
 
-#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct ApiKeyRow {
     pub id: String,
     pub name: String,

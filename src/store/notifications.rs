@@ -6,7 +6,7 @@ use serde::Serialize;
 use super::{Store, StoreError, unix_millis, with_pool};
 
 /// One event bound for one subscription.
-#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Notification {
     pub id: String,
     pub subscription_id: String,
@@ -21,7 +21,7 @@ pub struct Notification {
 }
 
 /// One attempt at a notification.
-#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Attempt {
     pub id: String,
     pub notification_id: String,

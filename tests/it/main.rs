@@ -4,6 +4,7 @@ mod auth;
 mod cli;
 mod commitments;
 mod http;
+mod openapi;
 mod plans;
 mod runtime;
 mod simulations;
