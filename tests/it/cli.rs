@@ -145,7 +145,7 @@ async fn serve_runs_a_node_until_sigterm() {
         let mut child = valueverse()
             .args(["serve", "--http", "127.0.0.1:0", "--database-url", &db.url])
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
@@ -181,10 +181,13 @@ async fn serve_runs_a_node_until_sigterm() {
             .status()
             .unwrap();
         assert!(killed.success());
-        let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        let output = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
             .await
             .unwrap();
-        assert!(status.success(), "clean exit on SIGTERM: {status:?}");
+        assert!(output.status.success(), "clean exit on SIGTERM: {output:?}");
+        // A fresh database has no key: the log says how to make one.
+        let log = String::from_utf8_lossy(&output.stderr);
+        assert!(log.contains("no API keys yet") && log.contains("valueverse apikey create"), "{log}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
