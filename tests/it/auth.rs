@@ -187,3 +187,42 @@ async fn keys_are_made_and_revoked_over_the_api() {
     drop(client);
     node.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_client_may_send_its_key_as_access_token() {
+    use futures_util::StreamExt;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let (node, base) = start_node(&db).await;
+    let (_, key) = create_key(node.system.store(), Role::Viewer, "ws")
+        .await
+        .unwrap();
+    let (_, editor) = create_key(node.system.store(), Role::Editor, "sim")
+        .await
+        .unwrap();
+    let client = reqwest::Client::new();
+    let job: Value = client
+        .post(format!("{base}/api/v1/simulations"))
+        .bearer_auth(&editor)
+        .json(&json!({ "model": acme(), "paths": 1000, "device": "cpu" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = job["id"].as_str().unwrap();
+    let ws = format!("{}/ws/simulations/{id}", base.replace("http://", "ws://"));
+    assert!(
+        tokio_tungstenite::connect_async(&ws).await.is_err(),
+        "no key, no upgrade"
+    );
+    let (mut socket, _) = tokio_tungstenite::connect_async(format!("{ws}?access_token={key}"))
+        .await
+        .expect("the key in the query string is accepted");
+    let first = socket.next().await.unwrap().unwrap();
+    let event: Value = serde_json::from_str(first.to_text().unwrap()).unwrap();
+    assert_eq!(event["id"], id);
+    drop(socket);
+    drop(client);
+    node.stop().await.unwrap();
+}

@@ -187,7 +187,10 @@ async fn serve_runs_a_node_until_sigterm() {
         assert!(output.status.success(), "clean exit on SIGTERM: {output:?}");
         // A fresh database has no key: the log says how to make one.
         let log = String::from_utf8_lossy(&output.stderr);
-        assert!(log.contains("no API keys yet") && log.contains("valueverse apikey create"), "{log}");
+        assert!(
+            log.contains("no API keys yet") && log.contains("valueverse apikey create"),
+            "{log}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
