@@ -13,6 +13,7 @@ mod metrics;
 pub mod model;
 mod node;
 pub mod notifier;
+pub mod saga;
 pub mod simulation;
 pub mod store;
 

@@ -1,0 +1,711 @@
+//! Sagas: definitions as data (an ordered list of steps, each with its
+//! compensation) and the state machine of one saga instance. The machine is
+//! pure: it says which action is due and records outcomes; the coordinator
+//! agent persists every transition before the next action is taken, and
+//! the time of the next action is part of the same state, so a timer and
+//! the state it belongs to are always written together.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Retry policy of a step (and of its compensation), as Temporal's default:
+/// 1 s initial interval, factor 2, capped at 100 times the initial interval;
+/// attempts bounded here.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RetryPolicy {
+    pub initial: Duration,
+    pub factor: f64,
+    pub max_interval: Duration,
+    pub max_attempts: u32,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> RetryPolicy {
+        RetryPolicy {
+            initial: Duration::from_secs(1),
+            factor: 2.0,
+            max_interval: Duration::from_secs(100),
+            max_attempts: 5,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait after failed attempt `attempt` (1-based).
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let exponent = attempt.saturating_sub(1).min(60) as i32;
+        self.initial
+            .mul_f64(self.factor.powi(exponent))
+            .min(self.max_interval)
+    }
+}
+
+/// One step: what it does and what undoes it (both named, carried out by
+/// the saga runner against the agents).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepDef {
+    pub name: &'static str,
+    pub action: &'static str,
+    pub compensation: Option<&'static str>,
+    pub timeout: Duration,
+    pub retry: RetryPolicy,
+}
+
+impl StepDef {
+    fn new(name: &'static str, action: &'static str, compensation: Option<&'static str>) -> Self {
+        StepDef {
+            name,
+            action,
+            compensation,
+            timeout: Duration::from_secs(30),
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+/// A saga kind at one version. A running saga records the version it
+/// started with and keeps it, so a changed definition never breaks it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SagaDefinition {
+    pub name: &'static str,
+    pub version: u32,
+    pub steps: Vec<StepDef>,
+}
+
+/// Value creation: design, simulate, commit, plan, amplify.
+pub fn value_creation() -> SagaDefinition {
+    SagaDefinition {
+        name: "value-creation",
+        version: 1,
+        steps: vec![
+            StepDef::new(
+                "design",
+                "architect.create_model",
+                Some("architect.archive_model"),
+            ),
+            StepDef {
+                timeout: Duration::from_secs(120),
+                ..StepDef::new("simulate", "simulation.run", None)
+            },
+            StepDef::new("commit", "committer.commit", Some("committer.void")),
+            StepDef::new("plan", "executor.create_plan", Some("executor.cancel_plan")),
+            StepDef::new(
+                "amplify",
+                "amplifier.register_baseline",
+                Some("amplifier.remove_baseline"),
+            ),
+        ],
+    }
+}
+
+/// Renewal: simulate the current model version again, amend the
+/// commitment, plan again.
+pub fn renewal() -> SagaDefinition {
+    SagaDefinition {
+        name: "renewal",
+        version: 1,
+        steps: vec![
+            StepDef {
+                timeout: Duration::from_secs(120),
+                ..StepDef::new("resimulate", "simulation.run", None)
+            },
+            StepDef::new("amend", "committer.amend", Some("committer.void")),
+            StepDef::new(
+                "replan",
+                "executor.create_plan",
+                Some("executor.cancel_plan"),
+            ),
+        ],
+    }
+}
+
+/// The definition a saga recorded, by name and version.
+pub fn definition(name: &str, version: u32) -> Option<SagaDefinition> {
+    [value_creation(), renewal()]
+        .into_iter()
+        .find(|definition| definition.name == name && definition.version == version)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SagaStatus {
+    Running,
+    Completed,
+    Compensating,
+    Compensated,
+    NeedsAttention,
+}
+
+impl SagaStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SagaStatus::Running => "running",
+            SagaStatus::Completed => "completed",
+            SagaStatus::Compensating => "compensating",
+            SagaStatus::Compensated => "compensated",
+            SagaStatus::NeedsAttention => "needs_attention",
+        }
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(self, SagaStatus::Completed | SagaStatus::Compensated)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    Pending,
+    Succeeded,
+    Failed,
+    Compensated,
+    /// Its compensation keeps failing: the saga needs attention.
+    CompensationFailed,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepState {
+    pub name: String,
+    pub status: StepStatus,
+    pub attempts: u32,
+    pub compensation_attempts: u32,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    /// What the step produced (ids), for later steps and compensations.
+    pub output: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    Forward,
+    Compensate,
+}
+
+/// What is due now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Due {
+    pub step: usize,
+    pub direction: Direction,
+    pub attempt: u32,
+    /// `(saga id, step, direction)`: what agents record to apply it once.
+    pub idempotency_key: String,
+}
+
+/// One saga instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Saga {
+    pub id: String,
+    pub definition: String,
+    pub definition_version: u32,
+    pub status: SagaStatus,
+    /// The request that started it.
+    pub input: serde_json::Value,
+    pub steps: Vec<StepState>,
+    /// When the next action is due (`None` when nothing is). While an
+    /// action is in flight, its deadline: past it, the action is due again
+    /// (the runner that took it may have died; agents apply it once).
+    pub next_action_at: Option<DateTime<Utc>>,
+    /// The action handed to a runner and not yet reported.
+    pub in_flight: Option<(usize, Direction)>,
+    pub cancel_requested: bool,
+    pub error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Why a transition was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransitionError {
+    #[error("the saga is {0}: {1}")]
+    WrongState(&'static str, &'static str),
+    #[error("step {0} is not the one due")]
+    NotDue(usize),
+}
+
+fn chrono_add(at: DateTime<Utc>, wait: Duration) -> DateTime<Utc> {
+    at + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX)
+}
+
+impl Saga {
+    pub fn new(
+        id: String,
+        definition: &SagaDefinition,
+        input: serde_json::Value,
+        now: DateTime<Utc>,
+    ) -> Saga {
+        Saga {
+            id,
+            definition: definition.name.to_owned(),
+            definition_version: definition.version,
+            status: SagaStatus::Running,
+            input,
+            steps: definition
+                .steps
+                .iter()
+                .map(|step| StepState {
+                    name: step.name.to_owned(),
+                    status: StepStatus::Pending,
+                    attempts: 0,
+                    compensation_attempts: 0,
+                    started_at: None,
+                    finished_at: None,
+                    last_error: None,
+                    output: None,
+                })
+                .collect(),
+            next_action_at: Some(now),
+            in_flight: None,
+            cancel_requested: false,
+            error: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    fn key(&self, step: usize, direction: Direction) -> String {
+        let direction = match direction {
+            Direction::Forward => "do",
+            Direction::Compensate => "undo",
+        };
+        format!("{}:{}:{direction}", self.id, self.steps[step].name)
+    }
+
+    /// The step that runs next going forward.
+    fn forward_step(&self) -> Option<usize> {
+        self.steps
+            .iter()
+            .position(|step| step.status == StepStatus::Pending)
+    }
+
+    /// The step compensated next: the latest one that succeeded and has a
+    /// compensation.
+    fn compensation_step(&self, definition: &SagaDefinition) -> Option<usize> {
+        (0..self.steps.len()).rev().find(|&index| {
+            self.steps[index].status == StepStatus::Succeeded
+                && definition.steps[index].compensation.is_some()
+        })
+    }
+
+    /// The action due at `now`, if any: an in-flight action past its
+    /// deadline again, else the next one.
+    pub fn due(&self, definition: &SagaDefinition, now: DateTime<Utc>) -> Option<Due> {
+        if self.next_action_at.is_none_or(|at| at > now) {
+            return None;
+        }
+        let (step, direction) = match (self.in_flight, self.status) {
+            // A forward step lost while compensating: it may have been
+            // applied, so it is compensated (compensations tolerate a step
+            // that never happened).
+            (Some((step, Direction::Forward)), SagaStatus::Compensating) => {
+                (step, Direction::Compensate)
+            }
+            (Some(in_flight), _) => in_flight,
+            (None, SagaStatus::Running) => (self.forward_step()?, Direction::Forward),
+            (None, SagaStatus::Compensating) => {
+                (self.compensation_step(definition)?, Direction::Compensate)
+            }
+            _ => return None,
+        };
+        let attempt = match direction {
+            Direction::Forward => self.steps[step].attempts + 1,
+            Direction::Compensate => self.steps[step].compensation_attempts + 1,
+        };
+        Some(Due {
+            step,
+            direction,
+            attempt,
+            idempotency_key: self.key(step, direction),
+        })
+    }
+
+    /// Hands the due action to a runner: it is in flight until reported,
+    /// or until its timeout, when it is due again.
+    pub fn begin(&mut self, definition: &SagaDefinition, due: &Due, now: DateTime<Utc>) {
+        let step = &mut self.steps[due.step];
+        if due.direction == Direction::Forward && step.started_at.is_none() {
+            step.started_at = Some(now);
+        }
+        if due.direction == Direction::Compensate && step.status == StepStatus::Pending {
+            // The lost forward step of a cancelled saga: undo it as done.
+            step.status = StepStatus::Succeeded;
+        }
+        self.in_flight = Some((due.step, due.direction));
+        self.next_action_at = Some(chrono_add(now, definition.steps[due.step].timeout));
+        self.updated_at = now;
+    }
+
+    fn report(&mut self, step: usize, direction: Direction) -> Result<(), TransitionError> {
+        if self.in_flight != Some((step, direction)) {
+            return Err(TransitionError::NotDue(step));
+        }
+        self.in_flight = None;
+        Ok(())
+    }
+
+    /// A forward step succeeded. While compensating (a cancel came while it
+    /// ran), it is recorded too, so that its compensation runs.
+    pub fn succeeded(
+        &mut self,
+        definition: &SagaDefinition,
+        step: usize,
+        output: serde_json::Value,
+        now: DateTime<Utc>,
+    ) -> Result<(), TransitionError> {
+        self.report(step, Direction::Forward)?;
+        let state = &mut self.steps[step];
+        state.status = StepStatus::Succeeded;
+        state.attempts += 1;
+        state.finished_at = Some(now);
+        state.output = Some(output);
+        state.last_error = None;
+        self.updated_at = now;
+        match self.status {
+            SagaStatus::Running if self.forward_step().is_none() => {
+                self.status = SagaStatus::Completed;
+                self.next_action_at = None;
+            }
+            SagaStatus::Running => self.next_action_at = Some(now),
+            SagaStatus::Compensating => self.settle_compensation(definition, now),
+            _ => {
+                return Err(TransitionError::WrongState(
+                    self.status.as_str(),
+                    "no step runs",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A forward step failed: retried after its backoff while attempts
+    /// remain (and `retryable`), else the saga compensates.
+    pub fn failed(
+        &mut self,
+        definition: &SagaDefinition,
+        step: usize,
+        error: String,
+        retryable: bool,
+        now: DateTime<Utc>,
+    ) -> Result<(), TransitionError> {
+        self.report(step, Direction::Forward)?;
+        let policy = definition.steps[step].retry;
+        let state = &mut self.steps[step];
+        state.attempts += 1;
+        state.last_error = Some(error.clone());
+        self.updated_at = now;
+        if self.status == SagaStatus::Running && retryable && state.attempts < policy.max_attempts {
+            self.next_action_at = Some(chrono_add(now, policy.backoff(state.attempts)));
+            return Ok(());
+        }
+        state.status = StepStatus::Failed;
+        state.finished_at = Some(now);
+        self.error = Some(format!("step {} failed: {error}", state.name));
+        self.status = SagaStatus::Compensating;
+        self.settle_compensation(definition, now);
+        Ok(())
+    }
+
+    /// A compensation succeeded.
+    pub fn compensated(
+        &mut self,
+        definition: &SagaDefinition,
+        step: usize,
+        now: DateTime<Utc>,
+    ) -> Result<(), TransitionError> {
+        if self.status != SagaStatus::Compensating {
+            return Err(TransitionError::WrongState(
+                self.status.as_str(),
+                "nothing to compensate",
+            ));
+        }
+        self.report(step, Direction::Compensate)?;
+        let state = &mut self.steps[step];
+        state.status = StepStatus::Compensated;
+        state.compensation_attempts += 1;
+        state.finished_at = Some(now);
+        self.updated_at = now;
+        self.settle_compensation(definition, now);
+        Ok(())
+    }
+
+    /// A compensation failed: retried after its backoff, then the saga
+    /// needs attention (it is never skipped).
+    pub fn compensation_failed(
+        &mut self,
+        definition: &SagaDefinition,
+        step: usize,
+        error: String,
+        now: DateTime<Utc>,
+    ) -> Result<(), TransitionError> {
+        if self.status != SagaStatus::Compensating {
+            return Err(TransitionError::WrongState(
+                self.status.as_str(),
+                "nothing to compensate",
+            ));
+        }
+        self.report(step, Direction::Compensate)?;
+        let policy = definition.steps[step].retry;
+        let state = &mut self.steps[step];
+        state.compensation_attempts += 1;
+        state.last_error = Some(error.clone());
+        self.updated_at = now;
+        if state.compensation_attempts < policy.max_attempts {
+            self.next_action_at =
+                Some(chrono_add(now, policy.backoff(state.compensation_attempts)));
+        } else {
+            state.status = StepStatus::CompensationFailed;
+            self.status = SagaStatus::NeedsAttention;
+            self.error = Some(format!(
+                "compensation of {} keeps failing: {error}",
+                state.name
+            ));
+            self.next_action_at = None;
+        }
+        Ok(())
+    }
+
+    /// Stops a running saga: the steps done are compensated.
+    pub fn cancel(
+        &mut self,
+        definition: &SagaDefinition,
+        now: DateTime<Utc>,
+    ) -> Result<(), TransitionError> {
+        if self.status != SagaStatus::Running {
+            return Err(TransitionError::WrongState(
+                self.status.as_str(),
+                "only a running saga can be cancelled",
+            ));
+        }
+        self.cancel_requested = true;
+        self.error = Some("cancelled".into());
+        self.status = SagaStatus::Compensating;
+        self.updated_at = now;
+        // A step in flight reports first (or times out); then compensation.
+        if self.in_flight.is_none() {
+            self.settle_compensation(definition, now);
+        }
+        Ok(())
+    }
+
+    /// An operator tries the failing compensation again.
+    pub fn retry(
+        &mut self,
+        definition: &SagaDefinition,
+        now: DateTime<Utc>,
+    ) -> Result<(), TransitionError> {
+        if self.status != SagaStatus::NeedsAttention {
+            return Err(TransitionError::WrongState(
+                self.status.as_str(),
+                "only a saga that needs attention can be retried",
+            ));
+        }
+        for step in &mut self.steps {
+            if step.status == StepStatus::CompensationFailed {
+                step.status = StepStatus::Succeeded;
+                step.compensation_attempts = 0;
+            }
+        }
+        self.status = SagaStatus::Compensating;
+        self.updated_at = now;
+        self.settle_compensation(definition, now);
+        Ok(())
+    }
+
+    /// After a compensation transition: done when nothing is left to undo.
+    fn settle_compensation(&mut self, definition: &SagaDefinition, now: DateTime<Utc>) {
+        if self.in_flight.is_some() {
+            return;
+        }
+        if self.compensation_step(definition).is_some() {
+            self.next_action_at = Some(now);
+        } else {
+            self.status = SagaStatus::Compensated;
+            self.next_action_at = None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Takes the due action (it must be `step`) and hands it out.
+    fn take(saga: &mut Saga, definition: &SagaDefinition, step: usize, now: DateTime<Utc>) -> Due {
+        let due = saga.due(definition, now).expect("an action is due");
+        assert_eq!(due.step, step);
+        saga.begin(definition, &due, now);
+        due
+    }
+
+    fn start() -> (SagaDefinition, Saga, DateTime<Utc>) {
+        let definition = value_creation();
+        let now = Utc::now();
+        let saga = Saga::new("s1".into(), &definition, serde_json::json!({}), now);
+        (definition, saga, now)
+    }
+
+    #[test]
+    fn steps_run_in_order_to_completion() {
+        let (definition, mut saga, now) = start();
+        for index in 0..5 {
+            let due = take(&mut saga, &definition, index, now);
+            assert_eq!(
+                (due.step, due.direction, due.attempt),
+                (index, Direction::Forward, 1)
+            );
+            assert_eq!(
+                due.idempotency_key,
+                format!("s1:{}:do", definition.steps[index].name)
+            );
+            saga.succeeded(&definition, index, serde_json::json!({ "i": index }), now)
+                .unwrap();
+        }
+        assert_eq!(saga.status, SagaStatus::Completed);
+        assert_eq!(saga.due(&definition, now), None);
+        assert!(
+            saga.succeeded(&definition, 0, serde_json::json!({}), now)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn a_failing_step_retries_with_backoff_then_compensates_in_reverse() {
+        let (definition, mut saga, now) = start();
+        for index in 0..3 {
+            take(&mut saga, &definition, index, now);
+            saga.succeeded(&definition, index, serde_json::json!({}), now)
+                .unwrap();
+        }
+        // Step 3 (plan) fails: retried at 1 s, 2 s, 4 s, 8 s, then given up.
+        let mut at = now;
+        for attempt in 1..=4 {
+            take(&mut saga, &definition, 3, at);
+            saga.failed(&definition, 3, "boom".into(), true, at)
+                .unwrap();
+            let next = saga.next_action_at.unwrap();
+            let expected = chrono::Duration::seconds(1 << (attempt - 1));
+            assert_eq!(next - at, expected);
+            assert_eq!(
+                saga.due(&definition, at),
+                None,
+                "not due before its backoff"
+            );
+            at = next;
+            assert_eq!(saga.due(&definition, at).unwrap().attempt, attempt + 1);
+        }
+        take(&mut saga, &definition, 3, at);
+        saga.failed(&definition, 3, "boom".into(), true, at)
+            .unwrap();
+        assert_eq!(saga.status, SagaStatus::Compensating);
+        // Compensations in reverse, skipping the simulation (none).
+        let due = take(&mut saga, &definition, 2, at);
+        assert_eq!(due.direction, Direction::Compensate);
+        assert_eq!(due.idempotency_key, "s1:commit:undo");
+        saga.compensated(&definition, 2, at).unwrap();
+        take(&mut saga, &definition, 0, at);
+        saga.compensated(&definition, 0, at).unwrap();
+        assert_eq!(saga.status, SagaStatus::Compensated);
+        assert_eq!(
+            saga.steps[1].status,
+            StepStatus::Succeeded,
+            "nothing undoes a simulation"
+        );
+    }
+
+    #[test]
+    fn a_compensation_that_keeps_failing_needs_attention_until_retried() {
+        let (definition, mut saga, now) = start();
+        take(&mut saga, &definition, 0, now);
+        saga.succeeded(&definition, 0, serde_json::json!({}), now)
+            .unwrap();
+        take(&mut saga, &definition, 1, now);
+        saga.failed(&definition, 1, "injected".into(), false, now)
+            .unwrap();
+        let mut at = now;
+        for _ in 0..5 {
+            take(&mut saga, &definition, 0, at);
+            saga.compensation_failed(&definition, 0, "store down".into(), at)
+                .unwrap();
+            at = saga.next_action_at.unwrap_or(at);
+        }
+        assert_eq!(saga.status, SagaStatus::NeedsAttention);
+        assert_eq!(saga.steps[0].status, StepStatus::CompensationFailed);
+        assert!(saga.error.as_deref().unwrap().contains("store down"));
+        saga.retry(&definition, at).unwrap();
+        take(&mut saga, &definition, 0, at);
+        saga.compensated(&definition, 0, at).unwrap();
+        assert_eq!(saga.status, SagaStatus::Compensated);
+    }
+
+    #[test]
+    fn a_cancel_compensates_what_is_done_even_a_step_that_finishes_late() {
+        let (definition, mut saga, now) = start();
+        take(&mut saga, &definition, 0, now);
+        saga.succeeded(&definition, 0, serde_json::json!({}), now)
+            .unwrap();
+        // Step 2 (commit, which has a compensation) is in flight when the
+        // cancel arrives: nothing is due until it reports.
+        take(&mut saga, &definition, 1, now);
+        saga.succeeded(&definition, 1, serde_json::json!({}), now)
+            .unwrap();
+        take(&mut saga, &definition, 2, now);
+        saga.cancel(&definition, now).unwrap();
+        assert_eq!(saga.status, SagaStatus::Compensating);
+        assert_eq!(saga.due(&definition, now), None);
+        saga.succeeded(&definition, 2, serde_json::json!({}), now)
+            .unwrap();
+        saga.succeeded(&definition, 3, serde_json::json!({}), now)
+            .unwrap_err();
+        take(&mut saga, &definition, 2, now);
+        saga.compensated(&definition, 2, now).unwrap();
+        take(&mut saga, &definition, 0, now);
+        saga.compensated(&definition, 0, now).unwrap();
+        assert_eq!(saga.status, SagaStatus::Compensated);
+        assert!(saga.cancel(&definition, now).is_err());
+    }
+
+    #[test]
+    fn an_action_whose_runner_died_is_due_again_after_its_timeout() {
+        let (definition, mut saga, now) = start();
+        let first = take(&mut saga, &definition, 0, now);
+        assert_eq!(saga.due(&definition, now), None, "in flight");
+        let later = now + chrono::Duration::seconds(31);
+        let again = saga.due(&definition, later).unwrap();
+        assert_eq!(again.idempotency_key, first.idempotency_key);
+        saga.begin(&definition, &again, later);
+        saga.succeeded(&definition, 0, serde_json::json!({}), later)
+            .unwrap();
+        take(&mut saga, &definition, 1, later);
+        saga.succeeded(&definition, 1, serde_json::json!({}), later)
+            .unwrap();
+        // Cancelled while the commit is in flight, and its runner dies: past
+        // the timeout the commit is compensated as if it had happened.
+        take(&mut saga, &definition, 2, later);
+        saga.cancel(&definition, later).unwrap();
+        let expired = later + chrono::Duration::seconds(31);
+        let due = saga.due(&definition, expired).unwrap();
+        assert_eq!((due.step, due.direction), (2, Direction::Compensate));
+        saga.begin(&definition, &due, expired);
+        saga.compensated(&definition, 2, expired).unwrap();
+        take(&mut saga, &definition, 0, expired);
+        saga.compensated(&definition, 0, expired).unwrap();
+        assert_eq!(saga.status, SagaStatus::Compensated);
+    }
+
+    #[test]
+    fn definitions_are_found_by_the_version_a_saga_recorded() {
+        assert_eq!(definition("value-creation", 1), Some(value_creation()));
+        assert_eq!(definition("renewal", 1).unwrap().steps.len(), 3);
+        assert_eq!(definition("value-creation", 2), None);
+        let policy = RetryPolicy::default();
+        assert_eq!(policy.backoff(1), Duration::from_secs(1));
+        assert_eq!(
+            policy.backoff(8),
+            Duration::from_secs(100),
+            "capped at 100x"
+        );
+    }
+}
