@@ -9,9 +9,11 @@ use crate::actors::architect::Architect;
 use crate::actors::committer::Committer;
 use crate::actors::executor::{Executor, tick_active_plans};
 use crate::actors::notifier::Notifier;
+use crate::actors::saga::SagaCoordinator;
 use crate::config::Config;
 use crate::http::HttpApi;
 use crate::notifier::{Notifications, NotifierError};
+use crate::saga::SagaRunner;
 use crate::simulation::{Simulations, StartError};
 use crate::store::{Store, StoreError, redact_url};
 
@@ -43,6 +45,8 @@ pub struct Node {
     pub simulations: Simulations,
     pub http: HttpApi,
     pub notifications: Notifications,
+    pub sagas: SagaRunner,
+    saga_poller: tokio::task::JoinHandle<()>,
     ticker: tokio::task::JoinHandle<()>,
     listener: tokio::task::JoinHandle<()>,
 }
@@ -64,7 +68,8 @@ impl Node {
             .register::<Committer>()
             .register::<Executor>()
             .register::<Amplifier>()
-            .register::<Notifier>();
+            .register::<Notifier>()
+            .register::<SagaCoordinator>();
         register(&system);
         let (notifications, listener) = Notifications::start(system.clone(), &config.notifier)
             .await
@@ -76,14 +81,17 @@ impl Node {
                 return Err(NodeError::Simulations(error));
             }
         };
+        let (sagas, saga_poller) = SagaRunner::start(system.clone(), simulations.clone());
         let http = match HttpApi::start(
             system.clone(),
             simulations.clone(),
             notifications.clone(),
+            sagas.clone(),
             config,
         ) {
             Ok(http) => http,
             Err(source) => {
+                saga_poller.abort();
                 simulations.stop().await;
                 listener.abort();
                 return Err(NodeError::Http {
@@ -98,6 +106,8 @@ impl Node {
             simulations,
             http,
             notifications,
+            sagas,
+            saga_poller,
             ticker,
             listener,
         })
@@ -113,6 +123,7 @@ impl Node {
     pub async fn stop(self) -> std::io::Result<()> {
         self.ticker.abort();
         self.listener.abort();
+        self.saga_poller.abort();
         let stopped = self.http.stop().await;
         self.simulations.stop().await;
         let system = self.system;

@@ -322,6 +322,32 @@ pub fn insights(
     }
 }
 
+/// The baseline a plan registers: each driver's expected monthly value at
+/// full ramp (unit value x mean quantity) of the plan's model version.
+pub fn baseline_for(
+    plan: &super::executor::Plan,
+    version: &super::architect::ModelVersion,
+) -> Baseline {
+    Baseline {
+        plan_id: plan.id.clone(),
+        commitment_id: plan.commitment_id.clone(),
+        model_version: version.version,
+        start_date: plan.start_date,
+        horizon_months: version.model.horizon_months,
+        drivers: version
+            .model
+            .drivers
+            .iter()
+            .zip(&version.analytics.drivers)
+            .map(|(driver, analytics)| DriverBaseline {
+                name: driver.name.clone(),
+                monthly_value: driver.unit_value * analytics.mean_quantity,
+                ramp_months: driver.ramp_months,
+            })
+            .collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -368,3 +368,45 @@ pub async fn tick_active_plans(system: &super::System) -> Result<usize, StoreErr
         offset += 100;
     }
 }
+
+/// The plan of a commitment at a model version: the commitment's
+/// milestones, the tasks given, the version's drivers.
+pub fn plan_for(
+    id: String,
+    commitment: &super::committer::Commitment,
+    version: &super::architect::ModelVersion,
+    start_date: NaiveDate,
+    tasks: Vec<Task>,
+) -> Plan {
+    Plan {
+        id,
+        status: PlanStatus::Active,
+        commitment_id: commitment.id.clone(),
+        model_id: commitment.request.model_id.clone(),
+        model_version: version.version,
+        drivers: version
+            .model
+            .drivers
+            .iter()
+            .map(|d| d.name.clone())
+            .collect(),
+        start_date,
+        milestones: commitment
+            .request
+            .milestones
+            .iter()
+            .map(|m| PlanMilestone {
+                name: m.name.clone(),
+                due_date: m.due_date,
+                expected_value: m.expected_value,
+                status: MilestoneStatus::Pending,
+                completed_on: None,
+            })
+            .collect(),
+        tasks,
+        deliveries: Vec::new(),
+        created_at: Utc::now(),
+        cancelled_at: None,
+        cancel_reason: None,
+    }
+}

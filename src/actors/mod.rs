@@ -29,6 +29,7 @@ pub mod executor;
 mod host;
 pub mod notifier;
 mod registry;
+pub mod saga;
 pub mod simulation;
 mod supervisor;
 mod system;

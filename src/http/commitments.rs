@@ -17,7 +17,7 @@ use crate::simulation::Simulations;
 
 use super::error::ErrorDoc;
 use super::error::{ApiError, parse_json, parse_query};
-use super::listing::{check_paging, decode, page_json};
+use super::listing::list_page;
 use super::value_models::ask_model;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -295,19 +295,15 @@ pub(crate) async fn list(
     request: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let query: ListQuery = parse_query(request.query_string())?;
-    check_paging(query.limit, query.offset)?;
-    let page = system
-        .store()
-        .list_records(
-            "commitments",
-            &[
-                ("model_id", query.model_id.as_deref()),
-                ("status", query.status.map(CommitmentStatus::as_str)),
-            ],
-            query.limit,
-            query.offset,
-        )
-        .await?;
-    let items: Vec<Commitment> = decode(&page)?;
-    Ok(page_json(&page, query.limit, query.offset, items))
+    list_page::<Commitment, _>(
+        &system,
+        "commitments",
+        &[
+            ("model_id", query.model_id.as_deref()),
+            ("status", query.status.map(CommitmentStatus::as_str)),
+        ],
+        (query.limit, query.offset),
+        |commitment| commitment,
+    )
+    .await
 }

@@ -59,3 +59,21 @@ pub(crate) fn page_json<T: serde::Serialize>(
         "items": items,
     }))
 }
+
+/// A list route's answer: a page of `table`'s rows matching `filters`,
+/// each decoded as `T` and shown as `view(row)`.
+pub(crate) async fn list_page<T: DeserializeOwned, V: serde::Serialize>(
+    system: &crate::actors::System,
+    table: &'static str,
+    filters: &[(&'static str, Option<&str>)],
+    (limit, offset): (i64, i64),
+    view: impl Fn(T) -> V,
+) -> Result<actix_web::HttpResponse, ApiError> {
+    check_paging(limit, offset)?;
+    let page = system
+        .store()
+        .list_records(table, filters, limit, offset)
+        .await?;
+    let items: Vec<V> = decode::<T>(&page)?.into_iter().map(view).collect();
+    Ok(page_json(&page, limit, offset, items))
+}

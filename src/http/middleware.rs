@@ -86,7 +86,11 @@ fn required_role(method: &actix_web::http::Method, path: &str) -> Option<Role> {
         return None;
     }
     let reads = matches!(*method, Method::GET | Method::HEAD);
-    if path.starts_with("/api/v1/api-keys") || (path.starts_with("/api/v1/actors") && !reads) {
+    let saga_retry = path.starts_with("/api/v1/sagas/") && path.ends_with("/retry");
+    if path.starts_with("/api/v1/api-keys")
+        || (path.starts_with("/api/v1/actors") && !reads)
+        || saga_retry
+    {
         Some(Role::Admin)
     } else if reads {
         Some(Role::Viewer)

@@ -36,6 +36,7 @@ mod listing;
 mod middleware;
 mod operations;
 mod plans;
+mod sagas;
 mod simulations;
 mod value_models;
 mod webhooks;
@@ -50,6 +51,7 @@ use crate::actors::System;
 use crate::auth::KeyCache;
 use crate::config::Config;
 use crate::notifier::Notifications;
+use crate::saga::SagaRunner;
 use crate::simulation::Simulations;
 
 pub use error::{ApiError, parse_json};
@@ -103,6 +105,12 @@ api! {
     "/api/v1/webhooks/{id}" => { get: webhooks::get, delete: webhooks::delete }
     "/api/v1/webhooks/{id}/deliveries" => { get: webhooks::deliveries }
     "/api/v1/webhooks/{id}/deliveries/{delivery_id}/redeliver" => { post: webhooks::redeliver }
+    "/api/v1/sagas" => { get: sagas::list }
+    "/api/v1/sagas/value-creation" => { post: sagas::start_value_creation }
+    "/api/v1/sagas/renewal" => { post: sagas::start_renewal }
+    "/api/v1/sagas/{id}" => { get: sagas::get }
+    "/api/v1/sagas/{id}/cancel" => { post: sagas::cancel }
+    "/api/v1/sagas/{id}/retry" => { post: sagas::retry }
 }
 
 /// The OpenAPI 3 document, generated from the handlers' annotations and
@@ -113,7 +121,7 @@ api! {
         title = "ValueVerse API",
         description = "Business agents as supervised actors: value models, simulations, commitments, plans, insights, notifications."
     ),
-    paths(operations::health, operations::ready, operations::metrics, actors::tree, actors::reset, api_keys::create, api_keys::list, api_keys::revoke, value_models::create, value_models::list, value_models::get, value_models::patch, value_models::versions, value_models::archive, value_models::hypotheses, simulations::submit, simulations::queue, simulations::get, simulations::results, simulations::cancel, simulations::events, commitments::commit, commitments::list, commitments::get, commitments::void, plans::create, plans::list, plans::get, plans::progress, plans::deliver, plans::cancel, plans::insights, webhooks::subscribe, webhooks::list, webhooks::get, webhooks::delete, webhooks::deliveries, webhooks::redeliver),
+    paths(operations::health, operations::ready, operations::metrics, actors::tree, actors::reset, api_keys::create, api_keys::list, api_keys::revoke, value_models::create, value_models::list, value_models::get, value_models::patch, value_models::versions, value_models::archive, value_models::hypotheses, simulations::submit, simulations::queue, simulations::get, simulations::results, simulations::cancel, simulations::events, commitments::commit, commitments::list, commitments::get, commitments::void, plans::create, plans::list, plans::get, plans::progress, plans::deliver, plans::cancel, plans::insights, webhooks::subscribe, webhooks::list, webhooks::get, webhooks::delete, webhooks::deliveries, webhooks::redeliver, sagas::list, sagas::start_value_creation, sagas::start_renewal, sagas::get, sagas::cancel, sagas::retry),
     components(schemas(error::ErrorDoc)),
     modifiers(&BearerAuth),
     tags(
@@ -126,6 +134,7 @@ api! {
         (name = "executor", description = "execution plans, progress, deliveries"),
         (name = "amplifier", description = "realization insights"),
         (name = "notifier", description = "webhooks, email, delivery log"),
+        (name = "sagas", description = "value creation and renewal, with compensation"),
     )
 )]
 pub struct ApiDoc;
@@ -166,6 +175,7 @@ impl HttpApi {
         system: System,
         simulations: Simulations,
         notifications: Notifications,
+        sagas: SagaRunner,
         config: &Config,
     ) -> std::io::Result<HttpApi> {
         let listener = TcpListener::bind(config.http_addr)?;
@@ -179,11 +189,13 @@ impl HttpApi {
         let system = web::Data::new(system);
         let simulations = web::Data::new(simulations);
         let notifications = web::Data::new(notifications);
+        let sagas = web::Data::new(sagas);
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(system.clone())
                 .app_data(simulations.clone())
                 .app_data(notifications.clone())
+                .app_data(sagas.clone())
                 .app_data(metrics.clone())
                 .app_data(auth.clone())
                 .app_data(web::PayloadConfig::new(body_limit))

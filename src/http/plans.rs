@@ -9,19 +9,16 @@ use chrono::{NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::actors::System;
-use crate::actors::amplifier::{
-    Amplifier, AmplifierMsg, AmplifierReply, Baseline, DriverBaseline, Insights,
-};
+use crate::actors::amplifier::{Amplifier, AmplifierMsg, AmplifierReply, Insights, baseline_for};
 use crate::actors::architect::ArchitectMsg;
 use crate::actors::committer::{CommitmentStatus, Committer, CommitterMsg};
 use crate::actors::executor::{
-    Delivery, Executor, ExecutorMsg, MilestoneStatus, Plan, PlanMilestone, PlanStatus, Task,
-    TaskStatus,
+    Delivery, Executor, ExecutorMsg, Plan, PlanStatus, Task, TaskStatus, plan_for,
 };
 
 use super::error::ErrorDoc;
 use super::error::{ApiError, parse_json, parse_query};
-use super::listing::{check_paging, decode, page_json};
+use super::listing::list_page;
 use super::value_models::ask_model;
 
 fn invalid(field: &str, message: String) -> ApiError {
@@ -124,18 +121,7 @@ pub(crate) async fn create(
         ));
     }
     let request = &commitment.request;
-    let milestones: Vec<PlanMilestone> = request
-        .milestones
-        .iter()
-        .map(|m| PlanMilestone {
-            name: m.name.clone(),
-            due_date: m.due_date,
-            expected_value: m.expected_value,
-            status: MilestoneStatus::Pending,
-            completed_on: None,
-        })
-        .collect();
-    let names: HashSet<&str> = milestones.iter().map(|m| m.name.as_str()).collect();
+    let names: HashSet<&str> = request.milestones.iter().map(|m| m.name.as_str()).collect();
     let mut tasks = Vec::with_capacity(body.tasks.len());
     for (index, task) in body.tasks.iter().enumerate() {
         for (field, text) in [("name", &task.name), ("owner", &task.owner)] {
@@ -175,40 +161,9 @@ pub(crate) async fn create(
     let at = record.version(version).expect("an existing version");
     let start_date = body.start_date.unwrap_or_else(|| Utc::now().date_naive());
     let id = uuid::Uuid::now_v7().to_string();
-    let plan = Plan {
-        id: id.clone(),
-        status: PlanStatus::Active,
-        commitment_id: commitment.id.clone(),
-        model_id: request.model_id.clone(),
-        model_version: version,
-        drivers: at.model.drivers.iter().map(|d| d.name.clone()).collect(),
-        start_date,
-        milestones,
-        tasks,
-        deliveries: Vec::new(),
-        created_at: Utc::now(),
-        cancelled_at: None,
-        cancel_reason: None,
-    };
+    let plan = plan_for(id.clone(), &commitment, at, start_date, tasks);
     let plan = ask(&system, &id, ExecutorMsg::Create(Box::new(plan))).await?;
-    let baseline = Baseline {
-        plan_id: id.clone(),
-        commitment_id: commitment.id.clone(),
-        model_version: version,
-        start_date,
-        horizon_months: at.model.horizon_months,
-        drivers: at
-            .model
-            .drivers
-            .iter()
-            .zip(&at.analytics.drivers)
-            .map(|(driver, analytics)| DriverBaseline {
-                name: driver.name.clone(),
-                monthly_value: driver.unit_value * analytics.mean_quantity,
-                ramp_months: driver.ramp_months,
-            })
-            .collect(),
-    };
+    let baseline = baseline_for(&plan, at);
     amplify(
         &system,
         &request.model_id,
@@ -446,25 +401,18 @@ pub(crate) async fn list(
     request: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let query: ListQuery = parse_query(request.query_string())?;
-    check_paging(query.limit, query.offset)?;
-    let page = system
-        .store()
-        .list_records(
-            "plans",
-            &[
-                ("commitment_id", query.commitment_id.as_deref()),
-                ("model_id", query.model_id.as_deref()),
-                ("status", query.status.map(PlanStatus::as_str)),
-            ],
-            query.limit,
-            query.offset,
-        )
-        .await?;
-    let items: Vec<PlanView> = decode::<Plan>(&page)?
-        .into_iter()
-        .map(PlanView::from)
-        .collect();
-    Ok(page_json(&page, query.limit, query.offset, items))
+    list_page::<Plan, _>(
+        &system,
+        "plans",
+        &[
+            ("commitment_id", query.commitment_id.as_deref()),
+            ("model_id", query.model_id.as_deref()),
+            ("status", query.status.map(PlanStatus::as_str)),
+        ],
+        (query.limit, query.offset),
+        PlanView::from,
+    )
+    .await
 }
 
 #[derive(Debug, Deserialize)]

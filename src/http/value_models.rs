@@ -14,7 +14,7 @@ use crate::model::{Analytics, ValueModel};
 
 use super::error::ErrorDoc;
 use super::error::{ApiError, parse_json, parse_query};
-use super::listing::{check_paging, decode, page_json};
+use super::listing::list_page;
 
 /// A model at one version, as the API shows it.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -268,40 +268,35 @@ pub(crate) async fn list(
     request: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let query: ListQuery = parse_query(request.query_string())?;
-    check_paging(query.limit, query.offset)?;
-    let status = query.status.map(ModelStatus::as_str);
-    let page = system
-        .store()
-        .list_records(
-            "value_models",
-            &[
-                ("customer", query.customer.as_deref()),
-                ("industry", query.industry.as_deref()),
-                ("status", status),
-            ],
-            query.limit,
-            query.offset,
-        )
-        .await?;
-    let mut items = Vec::with_capacity(page.bodies.len());
-    for record in decode::<ModelRecord>(&page)? {
-        let current = record.current();
-        items.push(ModelSummary {
-            id: record.id.clone(),
-            status: record.status,
-            version: current.version,
-            name: current.model.name.clone(),
-            customer: current.model.customer.clone(),
-            industry: current.model.industry.clone(),
-            currency: current.model.currency.clone(),
-            npv: current.analytics.npv,
-            roi: current.analytics.roi,
-            payback_month: current.analytics.payback_month,
-            created_at: record.created_at,
-            updated_at: record.updated_at,
-        });
-    }
-    Ok(page_json(&page, query.limit, query.offset, items))
+    let filters = [
+        ("customer", query.customer.as_deref()),
+        ("industry", query.industry.as_deref()),
+        ("status", query.status.map(ModelStatus::as_str)),
+    ];
+    list_page::<ModelRecord, _>(
+        &system,
+        "value_models",
+        &filters,
+        (query.limit, query.offset),
+        |record| {
+            let current = record.current();
+            ModelSummary {
+                id: record.id.clone(),
+                status: record.status,
+                version: current.version,
+                name: current.model.name.clone(),
+                customer: current.model.customer.clone(),
+                industry: current.model.industry.clone(),
+                currency: current.model.currency.clone(),
+                npv: current.analytics.npv,
+                roi: current.analytics.roi,
+                payback_month: current.analytics.payback_month,
+                created_at: record.created_at,
+                updated_at: record.updated_at,
+            }
+        },
+    )
+    .await
 }
 
 /// `PATCH`: a JSON merge patch (RFC 7396) over the current version makes

@@ -13,7 +13,7 @@ use crate::store::{Attempt, Notification};
 
 use super::error::ErrorDoc;
 use super::error::{ApiError, parse_json, parse_query};
-use super::listing::{check_paging, decode, page_json};
+use super::listing::{check_paging, list_page};
 
 fn invalid(field: &str, message: String) -> ApiError {
     ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", message).with_field(field)
@@ -243,21 +243,14 @@ pub(crate) async fn list(
     request: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let query: ListQuery = parse_query(request.query_string())?;
-    check_paging(query.limit, query.offset)?;
-    let page = system
-        .store()
-        .list_records(
-            "subscriptions",
-            &[("status", query.status.map(SubscriptionStatus::as_str))],
-            query.limit,
-            query.offset,
-        )
-        .await?;
-    let items: Vec<SubscriptionView> = decode::<Subscription>(&page)?
-        .into_iter()
-        .map(SubscriptionView::from)
-        .collect();
-    Ok(page_json(&page, query.limit, query.offset, items))
+    list_page::<Subscription, _>(
+        &system,
+        "subscriptions",
+        &[("status", query.status.map(SubscriptionStatus::as_str))],
+        (query.limit, query.offset),
+        SubscriptionView::from,
+    )
+    .await
 }
 
 #[derive(Debug, Deserialize)]

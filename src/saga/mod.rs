@@ -5,10 +5,14 @@
 //! the time of the next action is part of the same state, so a timer and
 //! the state it belongs to are always written together.
 
+mod runner;
+
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+
+pub use runner::{RenewalInput, SagaRunner, ValueCreationInput};
 
 /// Retry policy of a step (and of its compensation), as Temporal's default:
 /// 1 s initial interval, factor 2, capped at 100 times the initial interval;
@@ -128,7 +132,7 @@ pub fn definition(name: &str, version: u32) -> Option<SagaDefinition> {
         .find(|definition| definition.name == name && definition.version == version)
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SagaStatus {
     Running,
@@ -154,7 +158,7 @@ impl SagaStatus {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StepStatus {
     Pending,
@@ -165,7 +169,7 @@ pub enum StepStatus {
     CompensationFailed,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StepState {
     pub name: String,
     pub status: StepStatus,
@@ -178,7 +182,7 @@ pub struct StepState {
     pub output: Option<serde_json::Value>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Direction {
     Forward,
@@ -196,7 +200,7 @@ pub struct Due {
 }
 
 /// One saga instance.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Saga {
     pub id: String,
     pub definition: String,
@@ -209,7 +213,9 @@ pub struct Saga {
     /// action is in flight, its deadline: past it, the action is due again
     /// (the runner that took it may have died; agents apply it once).
     pub next_action_at: Option<DateTime<Utc>>,
-    /// The action handed to a runner and not yet reported.
+    /// The action handed to a runner and not yet reported: `[step,
+    /// direction]`.
+    #[schema(value_type = Option<Vec<Object>>)]
     pub in_flight: Option<(usize, Direction)>,
     pub cancel_requested: bool,
     pub error: Option<String>,

@@ -318,6 +318,22 @@ impl Simulations {
         submitter: String,
         model: Option<(String, i64)>,
     ) -> Result<SimulationJob, SubmitError> {
+        let id = uuid::Uuid::now_v7().to_string();
+        self.submit_as(id, request, submitter, model).await
+    }
+
+    /// [`Simulations::submit`] under a given id; a job that exists already
+    /// is answered as it is (a saga's step sent twice runs once).
+    pub async fn submit_as(
+        &self,
+        id: String,
+        request: SimulationRequest,
+        submitter: String,
+        model: Option<(String, i64)>,
+    ) -> Result<SimulationJob, SubmitError> {
+        if let Ok(existing) = self.get(&id).await {
+            return Ok(existing);
+        }
         let inner = &self.inner;
         check_request(&request)?;
         let lane = inner
@@ -335,7 +351,6 @@ impl Simulations {
             }
             queues.reserved += 1;
         }
-        let id = uuid::Uuid::now_v7().to_string();
         let job = SimulationJob {
             id: id.clone(),
             status: JobStatus::Queued,

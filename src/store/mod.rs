@@ -97,6 +97,7 @@ enum Pool {
 mod api_keys;
 mod notifications;
 mod records;
+mod sagas;
 mod simulations;
 
 pub use api_keys::ApiKeyRow;

@@ -7,6 +7,7 @@ mod http;
 mod openapi;
 mod plans;
 mod runtime;
+mod sagas;
 mod simulations;
 mod store;
 mod support;

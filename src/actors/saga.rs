@@ -1,0 +1,196 @@
+//! The saga coordinator agent: one instance per saga, keyed by its id, so
+//! that the cluster can place it like any other instance. It owns the
+//! durable saga log (table `sagas`): every transition of the state machine
+//! in `crate::saga` is written before the reply, so before the runner takes
+//! the next action; the time of the next action is a column of the same
+//! row, so a restart finds every saga that something must drive.
+
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+
+use crate::saga::{Due, Saga, SagaDefinition, SagaStatus, TransitionError, definition};
+use crate::store::Column;
+
+use super::agent::{Agent, AgentMessage, Handling};
+use super::error::HandlerError;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum SagaMsg {
+    Start(Box<Saga>),
+    Get,
+    /// The action due now, handed out (recorded as in flight), if any.
+    Take,
+    Succeeded {
+        step: usize,
+        output: serde_json::Value,
+    },
+    Failed {
+        step: usize,
+        error: String,
+        retryable: bool,
+    },
+    Compensated {
+        step: usize,
+    },
+    CompensationFailed {
+        step: usize,
+        error: String,
+    },
+    Cancel,
+    Retry,
+}
+
+impl AgentMessage for SagaMsg {
+    fn name(&self) -> &'static str {
+        match self {
+            SagaMsg::Start(_) => "start",
+            SagaMsg::Get => "get",
+            SagaMsg::Take => "take",
+            SagaMsg::Succeeded { .. } => "succeeded",
+            SagaMsg::Failed { .. } => "failed",
+            SagaMsg::Compensated { .. } => "compensated",
+            SagaMsg::CompensationFailed { .. } => "compensation_failed",
+            SagaMsg::Cancel => "cancel",
+            SagaMsg::Retry => "retry",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum SagaReply {
+    Saga(Box<Saga>),
+    Due(Option<Due>, Box<Saga>),
+}
+
+impl SagaReply {
+    pub fn saga(self) -> Saga {
+        match self {
+            SagaReply::Saga(saga) | SagaReply::Due(_, saga) => *saga,
+        }
+    }
+}
+
+pub struct SagaCoordinator;
+
+fn refused(error: TransitionError) -> HandlerError {
+    HandlerError::rejected("conflict", error.to_string(), None)
+}
+
+fn definition_of(saga: &Saga) -> Result<SagaDefinition, HandlerError> {
+    definition(&saga.definition, saga.definition_version).ok_or_else(|| {
+        // A definition version this build no longer has: nothing can drive
+        // the saga safely, so it stops here.
+        HandlerError::fatal(format!(
+            "no saga definition {} v{}",
+            saga.definition, saga.definition_version
+        ))
+    })
+}
+
+impl Agent for SagaCoordinator {
+    const KIND: &'static str = "saga";
+    type State = Option<Saga>;
+    type Msg = SagaMsg;
+    type Reply = SagaReply;
+
+    fn init(_key: &str) -> Option<Saga> {
+        None
+    }
+
+    fn handle(
+        state: &mut Option<Saga>,
+        msg: SagaMsg,
+        ctx: &mut Handling<'_>,
+    ) -> Result<SagaReply, HandlerError> {
+        let key = ctx.key().to_owned();
+        let saga = match (msg, state.as_mut()) {
+            (SagaMsg::Start(saga), None) => {
+                ctx.persist();
+                ctx.emit(
+                    "saga.started",
+                    serde_json::json!({ "saga_id": saga.id, "definition": saga.definition }),
+                );
+                state.insert(*saga)
+            }
+            // Starting twice (a retried request) answers the saga as it is.
+            (SagaMsg::Start(_), Some(saga)) => saga,
+            (_, None) => {
+                return Err(HandlerError::rejected(
+                    "not_found",
+                    format!("no saga `{key}`"),
+                    None,
+                ));
+            }
+            (SagaMsg::Get, Some(saga)) => saga,
+            (SagaMsg::Take, Some(saga)) => {
+                let definition = definition_of(saga)?;
+                let due = saga.due(&definition, Utc::now());
+                if let Some(due) = &due {
+                    saga.begin(&definition, due, Utc::now());
+                    ctx.persist();
+                }
+                return Ok(SagaReply::Due(due, Box::new(saga.clone())));
+            }
+            (msg, Some(saga)) => {
+                let definition = definition_of(saga)?;
+                let now = Utc::now();
+                let before = saga.status;
+                match msg {
+                    SagaMsg::Succeeded { step, output } => {
+                        saga.succeeded(&definition, step, output, now)
+                    }
+                    SagaMsg::Failed {
+                        step,
+                        error,
+                        retryable,
+                    } => saga.failed(&definition, step, error, retryable, now),
+                    SagaMsg::Compensated { step } => saga.compensated(&definition, step, now),
+                    SagaMsg::CompensationFailed { step, error } => {
+                        saga.compensation_failed(&definition, step, error, now)
+                    }
+                    SagaMsg::Cancel => saga.cancel(&definition, now),
+                    SagaMsg::Retry => saga.retry(&definition, now),
+                    SagaMsg::Start(_) | SagaMsg::Get | SagaMsg::Take => Ok(()),
+                }
+                .map_err(refused)?;
+                ctx.persist();
+                if saga.status != before {
+                    let event = if saga.status.is_final() {
+                        "saga.finished"
+                    } else {
+                        "saga.transition"
+                    };
+                    ctx.emit(
+                        event,
+                        serde_json::json!({
+                            "saga_id": saga.id, "definition": saga.definition,
+                            "status": saga.status, "error": saga.error,
+                        }),
+                    );
+                }
+                saga
+            }
+        };
+        Ok(SagaReply::Saga(Box::new(saga.clone())))
+    }
+
+    super::agent::table_persistence!("sagas", |saga| vec![
+        ("status", Column::Text(Some(saga.status.as_str().into()))),
+        ("definition", Column::Text(Some(saga.definition.clone()))),
+        (
+            "next_action_at_ms",
+            Column::Int(
+                saga.next_action_at
+                    .filter(|_| !matches!(
+                        saga.status,
+                        SagaStatus::Completed | SagaStatus::Compensated
+                    ))
+                    .map(|at| at.timestamp_millis())
+            )
+        ),
+        (
+            "created_at_ms",
+            Column::Int(Some(saga.created_at.timestamp_millis()))
+        ),
+    ]);
+}

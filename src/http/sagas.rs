@@ -1,0 +1,264 @@
+//! `/api/v1/sagas`: start value-creation and renewal sagas, follow them,
+//! cancel them, retry one that needs attention.
+
+use actix_web::http::{StatusCode, header};
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
+use chrono::Utc;
+use serde::Deserialize;
+
+use crate::actors::System;
+use crate::actors::committer::{Committer, CommitterMsg};
+use crate::actors::saga::SagaMsg;
+use crate::auth::Role;
+use crate::saga::{
+    RenewalInput, Saga, SagaDefinition, SagaRunner, SagaStatus, ValueCreationInput, renewal,
+    value_creation,
+};
+
+use super::error::{ApiError, ErrorDoc, parse_json, parse_query};
+use super::listing::list_page;
+use super::middleware::Auth;
+
+fn invalid(field: &str, message: String) -> ApiError {
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", message).with_field(field)
+}
+
+/// Fault injection is for admins (and `--dev`).
+fn check_fail_step(
+    request: &HttpRequest,
+    auth: &Auth,
+    fail_step: &Option<String>,
+    definition: &SagaDefinition,
+) -> Result<(), ApiError> {
+    let Some(step) = fail_step else {
+        return Ok(());
+    };
+    let role = request.extensions().get::<Role>().copied();
+    if !auth.dev && role != Some(Role::Admin) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "`fail_step` (fault injection) needs the admin role",
+        ));
+    }
+    if !definition.steps.iter().any(|s| s.name == step) {
+        let names: Vec<&str> = definition.steps.iter().map(|s| s.name).collect();
+        return Err(invalid(
+            "fail_step",
+            format!(
+                "{} has no step `{step}` (steps: {})",
+                definition.name,
+                names.join(", ")
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn accepted(saga: Saga) -> HttpResponse {
+    HttpResponse::Accepted()
+        .insert_header((header::LOCATION, format!("/api/v1/sagas/{}", saga.id)))
+        .json(saga)
+}
+
+fn start(definition: &SagaDefinition, input: serde_json::Value) -> Saga {
+    Saga::new(
+        uuid::Uuid::now_v7().to_string(),
+        definition,
+        input,
+        Utc::now(),
+    )
+}
+
+#[utoipa::path(
+    post,
+    path = "/api/v1/sagas/value-creation",
+    tag = "sagas",
+    request_body = ValueCreationInput,
+    responses(
+        (status = 202, description = "started", body = Saga),
+        (status = 400, description = "malformed JSON or unknown field", body = ErrorDoc),
+        (status = 403, description = "fail_step without the admin role", body = ErrorDoc),
+        (status = 422, description = "invalid field, named", body = ErrorDoc),
+    ),
+    security(("bearer" = [])),
+)]
+pub(crate) async fn start_value_creation(
+    runner: web::Data<SagaRunner>,
+    auth: web::Data<Auth>,
+    request: HttpRequest,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let input: ValueCreationInput = parse_json(&body, false)?;
+    let definition = value_creation();
+    check_fail_step(&request, &auth, &input.fail_step, &definition)?;
+    if let Err(invalid_model) = input.model.validate() {
+        let first = &invalid_model.errors[0];
+        return Err(invalid(
+            &format!("model.{}", first.path),
+            invalid_model.to_string(),
+        ));
+    }
+    if !(0.5..=0.95).contains(&input.confidence) {
+        return Err(invalid(
+            "confidence",
+            format!("must be within 0.5..=0.95, got {}", input.confidence),
+        ));
+    }
+    if !(1..=10_000_000).contains(&input.paths) {
+        return Err(invalid(
+            "paths",
+            format!("must be within 1..=10000000, got {}", input.paths),
+        ));
+    }
+    let input = serde_json::to_value(&input).map_err(|error| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            error.to_string(),
+        )
+    })?;
+    Ok(accepted(
+        runner.start_saga(start(&definition, input)).await?,
+    ))
+}
+
+#[utoipa::path(
+    post,
+    path = "/api/v1/sagas/renewal",
+    tag = "sagas",
+    request_body = RenewalInput,
+    responses(
+        (status = 202, description = "started", body = Saga),
+        (status = 404, description = "no such commitment", body = ErrorDoc),
+        (status = 422, description = "invalid field, named", body = ErrorDoc),
+    ),
+    security(("bearer" = [])),
+)]
+pub(crate) async fn start_renewal(
+    runner: web::Data<SagaRunner>,
+    system: web::Data<System>,
+    auth: web::Data<Auth>,
+    request: HttpRequest,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let input: RenewalInput = parse_json(&body, false)?;
+    let definition = renewal();
+    check_fail_step(&request, &auth, &input.fail_step, &definition)?;
+    // 404 now rather than a failed saga later.
+    system
+        .agent::<Committer>(input.commitment_id.clone())
+        .ask(CommitterMsg::Get, system.runtime_config().ask_timeout)
+        .await?;
+    let input = serde_json::to_value(&input).map_err(|error| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            error.to_string(),
+        )
+    })?;
+    Ok(accepted(
+        runner.start_saga(start(&definition, input)).await?,
+    ))
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/sagas/{id}",
+    tag = "sagas",
+    params(("id" = String, Path, description = "saga id")),
+    responses(
+        (status = 200, description = "the saga: status, each step's state, attempts, timings, errors", body = Saga),
+        (status = 404, description = "not found", body = ErrorDoc),
+    ),
+    security(("bearer" = [])),
+)]
+pub(crate) async fn get(
+    runner: web::Data<SagaRunner>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(runner.get(&id).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    status: Option<SagaStatus>,
+    definition: Option<String>,
+    #[serde(default = "super::listing::default_limit")]
+    limit: i64,
+    #[serde(default)]
+    offset: i64,
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/sagas",
+    tag = "sagas",
+    params(
+        ("status" = Option<SagaStatus>, Query, description = "filter"),
+        ("definition" = Option<String>, Query, description = "value-creation or renewal"),
+        ("limit" = Option<i64>, Query, description = "1 to 100 [default: 20]"),
+        ("offset" = Option<i64>, Query, description = "rows to skip"),
+    ),
+    responses(
+        (status = 200, description = "a page of sagas", body = Object),
+        (status = 400, description = "bad query", body = ErrorDoc),
+    ),
+    security(("bearer" = [])),
+)]
+pub(crate) async fn list(
+    system: web::Data<System>,
+    request: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let query: ListQuery = parse_query(request.query_string())?;
+    list_page::<Saga, _>(
+        &system,
+        "sagas",
+        &[
+            ("status", query.status.map(SagaStatus::as_str)),
+            ("definition", query.definition.as_deref()),
+        ],
+        (query.limit, query.offset),
+        |saga| saga,
+    )
+    .await
+}
+
+#[utoipa::path(
+    post,
+    path = "/api/v1/sagas/{id}/cancel",
+    tag = "sagas",
+    params(("id" = String, Path, description = "saga id")),
+    responses(
+        (status = 200, description = "compensating what was done", body = Saga),
+        (status = 404, description = "not found", body = ErrorDoc),
+        (status = 409, description = "not running", body = ErrorDoc),
+    ),
+    security(("bearer" = [])),
+)]
+pub(crate) async fn cancel(
+    runner: web::Data<SagaRunner>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(runner.tell(&id, SagaMsg::Cancel).await?))
+}
+
+#[utoipa::path(
+    post,
+    path = "/api/v1/sagas/{id}/retry",
+    tag = "sagas",
+    params(("id" = String, Path, description = "saga id")),
+    responses(
+        (status = 200, description = "compensating again", body = Saga),
+        (status = 404, description = "not found", body = ErrorDoc),
+        (status = 409, description = "does not need attention", body = ErrorDoc),
+    ),
+    security(("bearer" = [])),
+)]
+pub(crate) async fn retry(
+    runner: web::Data<SagaRunner>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(runner.tell(&id, SagaMsg::Retry).await?))
+}

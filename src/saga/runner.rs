@@ -1,0 +1,628 @@
+//! The saga runner: finds sagas whose next action is due (in the durable
+//! log, so a restarted node finds them all), takes the action from the
+//! coordinator, carries it out against the agents, and reports the outcome
+//! back, which the coordinator writes before anything else happens.
+//!
+//! Every step and compensation addresses instances by keys derived from the
+//! saga id (`{saga}-model`, `{saga}-commitment`...): an action sent twice
+//! finds its instance already made and is applied once.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::NaiveDate;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+use crate::actors::amplifier::{Amplifier, AmplifierMsg, baseline_for};
+use crate::actors::architect::{Architect, ArchitectMsg, ArchitectReply, ModelRecord};
+use crate::actors::committer::{
+    Commitment, CommitmentRequest, Committer, CommitterMsg, Milestone, SimulatedSupport, Terms,
+};
+use crate::actors::executor::{Executor, ExecutorMsg, plan_for};
+use crate::actors::saga::{SagaCoordinator, SagaMsg, SagaReply};
+use crate::actors::simulation::{JobStatus, SimulationRequest};
+use crate::actors::{AgentError, System};
+use crate::gpu::Device;
+use crate::model::ValueModel;
+use crate::simulation::Simulations;
+
+use super::{Direction, Due, Saga};
+
+/// What a value-creation saga is asked to do.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ValueCreationInput {
+    pub model: ValueModel,
+    /// 0.5 to 0.95.
+    pub confidence: f64,
+    /// [default: the NPV the simulation reaches at `confidence`]
+    pub target: Option<f64>,
+    pub terms: Terms,
+    #[serde(default)]
+    pub milestones: Vec<Milestone>,
+    /// [default: today]
+    pub start_date: Option<NaiveDate>,
+    /// Paths of the simulation step [default: 20000].
+    #[serde(default = "default_paths")]
+    pub paths: u64,
+    /// Admin only: the step to fail, to see the compensations run.
+    pub fail_step: Option<String>,
+}
+
+/// What a renewal saga is asked to do.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RenewalInput {
+    /// The commitment renewed: its model is simulated again at its current
+    /// version and committed to again with the same terms.
+    pub commitment_id: String,
+    /// [default: today]
+    pub start_date: Option<NaiveDate>,
+    #[serde(default = "default_paths")]
+    pub paths: u64,
+    pub fail_step: Option<String>,
+}
+
+fn default_paths() -> u64 {
+    20_000
+}
+
+/// Why an action failed, and whether trying again may help.
+struct ActionError {
+    message: String,
+    retryable: bool,
+}
+
+impl From<AgentError> for ActionError {
+    fn from(error: AgentError) -> ActionError {
+        // A refusal will be refused again; anything else may pass later.
+        let retryable = !matches!(error, AgentError::Rejected { .. });
+        ActionError {
+            message: error.to_string(),
+            retryable,
+        }
+    }
+}
+
+fn final_error(message: impl Into<String>) -> ActionError {
+    ActionError {
+        message: message.into(),
+        retryable: false,
+    }
+}
+
+fn rejection_code(error: &AgentError) -> Option<&str> {
+    match error {
+        AgentError::Rejected { rejection, .. } => Some(rejection.code.as_str()),
+        _ => None,
+    }
+}
+
+/// Drives the sagas of a node.
+#[derive(Clone)]
+pub struct SagaRunner {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    system: System,
+    simulations: Simulations,
+    /// Sagas a task of this node is driving now.
+    driving: Mutex<HashSet<String>>,
+    wake: Notify,
+}
+
+const POLL_EVERY: Duration = Duration::from_millis(100);
+
+impl SagaRunner {
+    /// Starts the poller. Call inside a tokio runtime.
+    pub fn start(
+        system: System,
+        simulations: Simulations,
+    ) -> (SagaRunner, tokio::task::JoinHandle<()>) {
+        let runner = SagaRunner {
+            inner: Arc::new(Inner {
+                system,
+                simulations,
+                driving: Mutex::new(HashSet::new()),
+                wake: Notify::new(),
+            }),
+        };
+        let poller = tokio::spawn(runner.clone().poll());
+        (runner, poller)
+    }
+
+    /// Records a new saga and starts driving it.
+    pub async fn start_saga(&self, saga: Saga) -> Result<Saga, AgentError> {
+        let id = saga.id.clone();
+        let saga = self.ask(&id, SagaMsg::Start(Box::new(saga))).await?.saga();
+        self.drive(id);
+        Ok(saga)
+    }
+
+    /// Sends a message to a saga's coordinator, then makes sure something
+    /// drives it (a cancel or retry makes actions due).
+    pub async fn tell(&self, id: &str, msg: SagaMsg) -> Result<Saga, AgentError> {
+        let saga = self.ask(id, msg).await?.saga();
+        self.drive(id.to_owned());
+        Ok(saga)
+    }
+
+    pub async fn get(&self, id: &str) -> Result<Saga, AgentError> {
+        Ok(self.ask(id, SagaMsg::Get).await?.saga())
+    }
+
+    async fn ask(&self, id: &str, msg: SagaMsg) -> Result<SagaReply, AgentError> {
+        let system = &self.inner.system;
+        system
+            .agent::<SagaCoordinator>(id.to_owned())
+            .ask(msg, system.runtime_config().ask_timeout)
+            .await
+    }
+
+    async fn poll(self) {
+        loop {
+            let now = chrono::Utc::now().timestamp_millis();
+            match self.inner.system.store().due_sagas(now, 500).await {
+                Ok(ids) => ids.into_iter().for_each(|id| self.drive(id)),
+                Err(error) => tracing::warn!(%error, "saga runner: cannot read the saga log"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(POLL_EVERY) => {}
+                _ = self.inner.wake.notified() => {}
+            }
+        }
+    }
+
+    /// Drives one saga until nothing is due, unless a task does already.
+    fn drive(&self, id: String) {
+        let mut driving = self.inner.driving.lock().unwrap_or_else(|p| p.into_inner());
+        if !driving.insert(id.clone()) {
+            return;
+        }
+        drop(driving);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let outcome = this.drive_now(&id).await;
+            this.inner
+                .driving
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+            if let Err(error) = outcome {
+                tracing::warn!(saga = %id, %error, "saga runner: cannot drive the saga now");
+            }
+            // A retry's backoff is found again by the poller.
+        });
+    }
+
+    async fn drive_now(&self, id: &str) -> Result<(), AgentError> {
+        loop {
+            let SagaReply::Due(Some(due), saga) = self.ask(id, SagaMsg::Take).await? else {
+                return Ok(());
+            };
+            let started = Instant::now();
+            let outcome = tokio::time::timeout(
+                super::definition(&saga.definition, saga.definition_version)
+                    .map(|definition| definition.steps[due.step].timeout)
+                    .unwrap_or(Duration::from_secs(30)),
+                self.perform(&saga, &due),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(ActionError {
+                    message: "timed out".into(),
+                    retryable: true,
+                })
+            });
+            tracing::debug!(saga = %id, step = due.step, direction = ?due.direction,
+                ok = outcome.is_ok(), elapsed_ms = started.elapsed().as_millis() as u64, "saga action");
+            let report = match (due.direction, outcome) {
+                (Direction::Forward, Ok(output)) => SagaMsg::Succeeded {
+                    step: due.step,
+                    output,
+                },
+                (Direction::Forward, Err(error)) => SagaMsg::Failed {
+                    step: due.step,
+                    error: error.message,
+                    retryable: error.retryable,
+                },
+                (Direction::Compensate, Ok(_)) => SagaMsg::Compensated { step: due.step },
+                (Direction::Compensate, Err(error)) => SagaMsg::CompensationFailed {
+                    step: due.step,
+                    error: error.message,
+                },
+            };
+            self.ask(id, report).await?;
+        }
+    }
+
+    /// Carries out one action; answers what a forward step produced.
+    async fn perform(&self, saga: &Saga, due: &Due) -> Result<serde_json::Value, ActionError> {
+        let step = saga.steps[due.step].name.as_str();
+        let fail_step = saga.input.get("fail_step").and_then(|value| value.as_str());
+        if due.direction == Direction::Forward && fail_step == Some(step) {
+            return Err(final_error(format!("failure injected at step {step}")));
+        }
+        let keys = Keys::of(&saga.id);
+        match (saga.definition.as_str(), step, due.direction) {
+            ("value-creation", "design", Direction::Forward) => {
+                let input = value_creation_input(saga)?;
+                self.design(&keys, input.model).await
+            }
+            (_, "design", Direction::Compensate) => self.archive(&keys.model).await,
+            ("value-creation", "simulate", Direction::Forward) => {
+                let input = value_creation_input(saga)?;
+                self.simulate(&keys, &keys.model, input.paths).await
+            }
+            ("value-creation", "commit", Direction::Forward) => {
+                let input = value_creation_input(saga)?;
+                self.commit(
+                    &keys,
+                    &keys.model,
+                    input.confidence,
+                    input.target,
+                    input.terms,
+                    input.milestones,
+                )
+                .await
+            }
+            (_, "commit" | "amend", Direction::Compensate) => {
+                self.void(&keys.commitment, &saga.id).await
+            }
+            (_, "plan" | "replan", Direction::Forward) => {
+                let start = saga
+                    .input
+                    .get("start_date")
+                    .and_then(|value| serde_json::from_value::<NaiveDate>(value.clone()).ok());
+                self.plan(&keys, start).await
+            }
+            (_, "plan" | "replan", Direction::Compensate) => {
+                self.cancel_plan(&keys.plan, &saga.id).await
+            }
+            (_, "amplify", Direction::Forward) => self.baseline(&keys).await,
+            (_, "amplify", Direction::Compensate) => self.remove_baseline(&keys).await,
+            ("renewal", "resimulate", Direction::Forward) => {
+                let input: RenewalInput = serde_json::from_value(saga.input.clone())
+                    .map_err(|error| final_error(format!("bad saga input: {error}")))?;
+                let old = self.commitment(&input.commitment_id).await?;
+                self.simulate(&keys, &old.request.model_id, input.paths)
+                    .await
+            }
+            ("renewal", "amend", Direction::Forward) => {
+                let input: RenewalInput = serde_json::from_value(saga.input.clone())
+                    .map_err(|error| final_error(format!("bad saga input: {error}")))?;
+                let old = self.commitment(&input.commitment_id).await?;
+                let request = old.request;
+                self.commit(
+                    &keys,
+                    &request.model_id,
+                    request.confidence,
+                    Some(request.target),
+                    request.terms,
+                    request.milestones,
+                )
+                .await
+            }
+            (_, _, Direction::Compensate) => Ok(serde_json::Value::Null),
+            (definition, step, _) => Err(final_error(format!(
+                "{definition} has no action for step {step}"
+            ))),
+        }
+    }
+
+    fn timeout(&self) -> Duration {
+        self.inner.system.runtime_config().ask_timeout
+    }
+
+    async fn model(&self, id: &str) -> Result<(ModelRecord, i64), ActionError> {
+        match self
+            .inner
+            .system
+            .agent::<Architect>(id.to_owned())
+            .ask(ArchitectMsg::Get { version: None }, self.timeout())
+            .await?
+        {
+            ArchitectReply::Model { record, version } => Ok((*record, version)),
+            ArchitectReply::Hypotheses { .. } => Err(final_error("unexpected reply")),
+        }
+    }
+
+    async fn commitment(&self, id: &str) -> Result<Commitment, ActionError> {
+        Ok(self
+            .inner
+            .system
+            .agent::<Committer>(id.to_owned())
+            .ask(CommitterMsg::Get, self.timeout())
+            .await?)
+    }
+
+    async fn design(
+        &self,
+        keys: &Keys,
+        model: ValueModel,
+    ) -> Result<serde_json::Value, ActionError> {
+        if let Err(invalid) = model.validate() {
+            return Err(final_error(format!("invalid model: {invalid}")));
+        }
+        let created = self
+            .inner
+            .system
+            .agent::<Architect>(keys.model.clone())
+            .ask(ArchitectMsg::Create(Box::new(model)), self.timeout())
+            .await;
+        match created {
+            // Made by an earlier attempt: applied once.
+            Err(error) if rejection_code(&error) == Some("conflict") => {}
+            Err(error) => return Err(error.into()),
+            Ok(_) => {}
+        }
+        Ok(serde_json::json!({ "model_id": keys.model, "model_version": 1 }))
+    }
+
+    async fn archive(&self, model_id: &str) -> Result<serde_json::Value, ActionError> {
+        let archived = self
+            .inner
+            .system
+            .agent::<Architect>(model_id.to_owned())
+            .ask(
+                ArchitectMsg::Archive {
+                    reason: Some("saga compensation".into()),
+                },
+                self.timeout(),
+            )
+            .await;
+        tolerate_done(archived.map(|_| ()))
+    }
+
+    async fn simulate(
+        &self,
+        keys: &Keys,
+        model_id: &str,
+        paths: u64,
+    ) -> Result<serde_json::Value, ActionError> {
+        let (record, version) = self.model(model_id).await?;
+        let model = record
+            .version(version)
+            .map(|at| at.model.clone())
+            .ok_or_else(|| final_error("no version"))?;
+        let request = SimulationRequest {
+            model,
+            paths,
+            seed: 1,
+            device: Device::Auto,
+            bins: 20,
+            stop_at_rel_se: None,
+        };
+        let job = self
+            .inner
+            .simulations
+            .submit_as(
+                keys.simulation.clone(),
+                request,
+                "saga".into(),
+                Some((model_id.to_owned(), version)),
+            )
+            .await
+            .map_err(|error| ActionError {
+                message: error.to_string(),
+                retryable: true,
+            })?;
+        let mut job = job;
+        while !job.status.is_finished() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            job = self.inner.simulations.get(&keys.simulation).await?;
+        }
+        if job.status != JobStatus::Done {
+            return Err(final_error(format!(
+                "the simulation ended {}: {}",
+                job.status.as_str(),
+                job.error.unwrap_or_default()
+            )));
+        }
+        Ok(serde_json::json!({ "simulation_id": job.id, "model_version": version }))
+    }
+
+    async fn commit(
+        &self,
+        keys: &Keys,
+        model_id: &str,
+        confidence: f64,
+        target: Option<f64>,
+        terms: Terms,
+        milestones: Vec<Milestone>,
+    ) -> Result<serde_json::Value, ActionError> {
+        let job = self.inner.simulations.get(&keys.simulation).await?;
+        let (Some(result), Some(version)) = (job.result, job.model_version) else {
+            return Err(final_error("the saga's simulation has no result"));
+        };
+        let npv_at_confidence = result.npv_at_confidence(confidence);
+        let (record, _) = self.model(model_id).await?;
+        let model = &record
+            .version(version)
+            .ok_or_else(|| final_error("no version"))?
+            .model;
+        let request = CommitmentRequest {
+            model_id: model_id.to_owned(),
+            model_version: version,
+            model_name: model.name.clone(),
+            currency: model.currency.clone(),
+            confidence,
+            target: target.unwrap_or(npv_at_confidence),
+            terms,
+            milestones,
+        };
+        let committed = self
+            .inner
+            .system
+            .agent::<Committer>(keys.commitment.clone())
+            .ask(
+                CommitterMsg::Commit {
+                    request: Box::new(request),
+                    simulated: Some(SimulatedSupport {
+                        simulation_id: job.id,
+                        paths: result.paths,
+                        npv_mean: result.npv.mean,
+                        npv_at_confidence,
+                    }),
+                },
+                self.timeout(),
+            )
+            .await;
+        match committed {
+            Err(error) if rejection_code(&error) == Some("conflict") => {}
+            Err(error) => return Err(error.into()),
+            Ok(_) => {}
+        }
+        Ok(serde_json::json!({ "commitment_id": keys.commitment }))
+    }
+
+    async fn void(
+        &self,
+        commitment_id: &str,
+        saga: &str,
+    ) -> Result<serde_json::Value, ActionError> {
+        let voided = self
+            .inner
+            .system
+            .agent::<Committer>(commitment_id.to_owned())
+            .ask(
+                CommitterMsg::Void {
+                    reason: format!("compensation of saga {saga}"),
+                },
+                self.timeout(),
+            )
+            .await;
+        tolerate_done(voided.map(|_| ()))
+    }
+
+    async fn plan(
+        &self,
+        keys: &Keys,
+        start: Option<NaiveDate>,
+    ) -> Result<serde_json::Value, ActionError> {
+        let commitment = self.commitment(&keys.commitment).await?;
+        let (record, _) = self.model(&commitment.request.model_id).await?;
+        let version = record
+            .version(commitment.request.model_version)
+            .ok_or_else(|| final_error("no version"))?;
+        let start = start.unwrap_or_else(|| chrono::Utc::now().date_naive());
+        let plan = plan_for(keys.plan.clone(), &commitment, version, start, Vec::new());
+        let created = self
+            .inner
+            .system
+            .agent::<Executor>(keys.plan.clone())
+            .ask(ExecutorMsg::Create(Box::new(plan)), self.timeout())
+            .await;
+        match created {
+            Err(error) if rejection_code(&error) == Some("conflict") => {}
+            Err(error) => return Err(error.into()),
+            Ok(_) => {}
+        }
+        Ok(serde_json::json!({ "plan_id": keys.plan }))
+    }
+
+    async fn cancel_plan(
+        &self,
+        plan_id: &str,
+        saga: &str,
+    ) -> Result<serde_json::Value, ActionError> {
+        let cancelled = self
+            .inner
+            .system
+            .agent::<Executor>(plan_id.to_owned())
+            .ask(
+                ExecutorMsg::Cancel {
+                    reason: format!("compensation of saga {saga}"),
+                },
+                self.timeout(),
+            )
+            .await;
+        tolerate_done(cancelled.map(|_| ()))
+    }
+
+    async fn baseline(&self, keys: &Keys) -> Result<serde_json::Value, ActionError> {
+        let plan = self
+            .inner
+            .system
+            .agent::<Executor>(keys.plan.clone())
+            .ask(ExecutorMsg::Get, self.timeout())
+            .await?;
+        let (record, _) = self.model(&plan.model_id).await?;
+        let version = record
+            .version(plan.model_version)
+            .ok_or_else(|| final_error("no version"))?;
+        self.inner
+            .system
+            .agent::<Amplifier>(plan.model_id.clone())
+            .ask(
+                AmplifierMsg::RegisterBaseline(Box::new(baseline_for(&plan, version))),
+                self.timeout(),
+            )
+            .await?;
+        Ok(serde_json::json!({ "model_id": plan.model_id, "plan_id": plan.id }))
+    }
+
+    async fn remove_baseline(&self, keys: &Keys) -> Result<serde_json::Value, ActionError> {
+        let plan = self
+            .inner
+            .system
+            .agent::<Executor>(keys.plan.clone())
+            .ask(ExecutorMsg::Get, self.timeout())
+            .await;
+        let plan = match plan {
+            Ok(plan) => plan,
+            Err(error) if rejection_code(&error) == Some("not_found") => {
+                return Ok(serde_json::Value::Null);
+            }
+            Err(error) => return Err(error.into()),
+        };
+        self.inner
+            .system
+            .agent::<Amplifier>(plan.model_id.clone())
+            .ask(
+                AmplifierMsg::RemoveBaseline { plan_id: plan.id },
+                self.timeout(),
+            )
+            .await?;
+        Ok(serde_json::Value::Null)
+    }
+}
+
+/// A compensation finding its work done already, or nothing to undo, has
+/// succeeded: compensations are idempotent.
+fn tolerate_done(outcome: Result<(), AgentError>) -> Result<serde_json::Value, ActionError> {
+    match outcome {
+        Ok(()) => Ok(serde_json::Value::Null),
+        Err(error) if matches!(rejection_code(&error), Some("conflict" | "not_found")) => {
+            Ok(serde_json::Value::Null)
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+fn value_creation_input(saga: &Saga) -> Result<ValueCreationInput, ActionError> {
+    serde_json::from_value(saga.input.clone())
+        .map_err(|error| final_error(format!("bad saga input: {error}")))
+}
+
+/// The instance keys of a saga's steps.
+struct Keys {
+    model: String,
+    simulation: String,
+    commitment: String,
+    plan: String,
+}
+
+impl Keys {
+    fn of(saga: &str) -> Keys {
+        Keys {
+            model: format!("{saga}-model"),
+            simulation: format!("{saga}-simulation"),
+            commitment: format!("{saga}-commitment"),
+            plan: format!("{saga}-plan"),
+        }
+    }
+}

@@ -1,0 +1,252 @@
+//! Sagas through `/api/v1/sagas`: value creation to completion, a failure
+//! injected at a step compensated in reverse, a cancel, renewal, bad input.
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use valueverse::Node;
+
+use crate::support::{BACKENDS, Backend, TestDb, test_config};
+use crate::value_models::acme;
+
+async fn start_node(db: &TestDb) -> (Node, String) {
+    let node = Node::start(&test_config(db), |_| {})
+        .await
+        .expect("node starts");
+    let base = format!("http://{}/api/v1", node.http_addr());
+    (node, base)
+}
+
+async fn send(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+fn value_creation(fail_step: Option<&str>, paths: u64) -> Value {
+    json!({
+        "model": acme(),
+        "confidence": 0.8,
+        "terms": { "fixed_fee": 1000, "outcome_share": 0.1, "cap": null },
+        "milestones": [{ "name": "go live", "due_date": "2027-06-30", "expected_value": 1000 }],
+        "start_date": "2027-01-01",
+        "paths": paths,
+        "fail_step": fail_step,
+    })
+}
+
+async fn wait_until(client: &reqwest::Client, base: &str, id: &str, status: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, saga) = send(client.get(format!("{base}/sagas/{id}"))).await;
+        if saga["status"] == status {
+            return saga;
+        }
+        assert!(Instant::now() < deadline, "never {status}: {saga}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn step_statuses(saga: &Value) -> Vec<String> {
+    saga["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|step| step["status"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn value_creation_completes_on_both_stores() {
+    for backend in BACKENDS {
+        let db = TestDb::new(backend).await;
+        let (node, base) = start_node(&db).await;
+        let client = reqwest::Client::new();
+        let (status, saga) = send(
+            client
+                .post(format!("{base}/sagas/value-creation"))
+                .json(&value_creation(None, 5_000)),
+        )
+        .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{saga}");
+        let id = saga["id"].as_str().unwrap().to_owned();
+        let saga = wait_until(&client, &base, &id, "completed").await;
+        assert_eq!(step_statuses(&saga), ["succeeded"; 5], "{backend:?}");
+        assert!(
+            saga["steps"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|s| s["attempts"] == 1)
+        );
+        let (status, commitment) =
+            send(client.get(format!("{base}/commitments/{id}-commitment"))).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(commitment["status"], "active");
+        let (status, plan) = send(client.get(format!("{base}/plans/{id}-plan"))).await;
+        assert_eq!(status, StatusCode::OK, "{plan}");
+        let (status, _) = send(client.get(format!(
+            "{base}/amplifications/{id}-model/insights?as_of=2027-03-01"
+        )))
+        .await;
+        assert_eq!(status, StatusCode::OK, "the baseline is registered");
+        let (_, listed) = send(client.get(format!("{base}/sagas?status=completed"))).await;
+        assert_eq!(listed["total"], 1);
+        drop(client);
+        node.stop().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_step_compensates_the_steps_before_it_in_reverse() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let (node, base) = start_node(&db).await;
+    let mut events = node.system.subscribe_domain_events();
+    let client = reqwest::Client::new();
+    let (_, saga) = send(
+        client
+            .post(format!("{base}/sagas/value-creation"))
+            .json(&value_creation(Some("amplify"), 5_000)),
+    )
+    .await;
+    let id = saga["id"].as_str().unwrap().to_owned();
+    let saga = wait_until(&client, &base, &id, "compensated").await;
+    assert_eq!(
+        step_statuses(&saga),
+        [
+            "compensated",
+            "succeeded",
+            "compensated",
+            "compensated",
+            "failed"
+        ]
+    );
+    assert!(saga["error"].as_str().unwrap().contains("injected"));
+    let (_, commitment) = send(client.get(format!("{base}/commitments/{id}-commitment"))).await;
+    assert_eq!(commitment["status"], "voided");
+    let (_, plan) = send(client.get(format!("{base}/plans/{id}-plan"))).await;
+    assert_eq!(plan["status"], "cancelled");
+    let (_, model) = send(client.get(format!("{base}/value-models/{id}-model"))).await;
+    assert_eq!(model["status"], "archived");
+    // The compensations ran in reverse: plan, commitment, model.
+    let mut order = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        if ["plan.cancelled", "commitment.voided", "model.archived"]
+            .contains(&event.event_type.as_str())
+        {
+            order.push(event.event_type);
+        }
+    }
+    assert_eq!(
+        order,
+        ["plan.cancelled", "commitment.voided", "model.archived"]
+    );
+    drop(client);
+    node.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_compensates_what_was_done() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let (node, base) = start_node(&db).await;
+    let client = reqwest::Client::new();
+    // A long simulation step, cancelled while it runs.
+    let (_, saga) = send(
+        client
+            .post(format!("{base}/sagas/value-creation"))
+            .json(&value_creation(None, 10_000_000)),
+    )
+    .await;
+    let id = saga["id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, saga) = send(client.get(format!("{base}/sagas/{id}"))).await;
+        if saga["steps"][0]["status"] == "succeeded" {
+            break;
+        }
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (status, cancelled) = send(client.post(format!("{base}/sagas/{id}/cancel"))).await;
+    assert_eq!(status, StatusCode::OK, "{cancelled}");
+    // The simulation is stopped by its own cancel here so the test is quick.
+    send(client.put(format!("{base}/simulations/{id}-simulation/cancel"))).await;
+    let saga = wait_until(&client, &base, &id, "compensated").await;
+    assert_eq!(saga["cancel_requested"], true);
+    assert_eq!(saga["steps"][0]["status"], "compensated");
+    let (_, model) = send(client.get(format!("{base}/value-models/{id}-model"))).await;
+    assert_eq!(model["status"], "archived");
+    let (status, _) = send(client.post(format!("{base}/sagas/{id}/cancel"))).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    drop(client);
+    node.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewal_resimulates_amends_and_replans() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let (node, base) = start_node(&db).await;
+    let client = reqwest::Client::new();
+    let (_, first) = send(
+        client
+            .post(format!("{base}/sagas/value-creation"))
+            .json(&value_creation(None, 5_000)),
+    )
+    .await;
+    let first = first["id"].as_str().unwrap().to_owned();
+    wait_until(&client, &base, &first, "completed").await;
+    let (status, renewal) = send(
+        client
+            .post(format!("{base}/sagas/renewal"))
+            .json(&json!({ "commitment_id": format!("{first}-commitment"), "paths": 5000 })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{renewal}");
+    let id = renewal["id"].as_str().unwrap().to_owned();
+    let renewal = wait_until(&client, &base, &id, "completed").await;
+    assert_eq!(step_statuses(&renewal), ["succeeded"; 3]);
+    let (_, amended) = send(client.get(format!("{base}/commitments/{id}-commitment"))).await;
+    assert_eq!(amended["status"], "active");
+    assert_eq!(amended["model_id"], format!("{first}-model"));
+    let (status, _) = send(client.get(format!("{base}/plans/{id}-plan"))).await;
+    assert_eq!(status, StatusCode::OK);
+    drop(client);
+    node.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_saga_requests_name_the_field() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let (node, base) = start_node(&db).await;
+    let client = reqwest::Client::new();
+    let mut low = value_creation(None, 5_000);
+    low["confidence"] = json!(0.2);
+    let mut model = value_creation(None, 5_000);
+    model["model"]["horizon_months"] = json!(0);
+    for (body, field) in [
+        (low, "confidence"),
+        (model, "model.horizon_months"),
+        (value_creation(Some("teleport"), 5_000), "fail_step"),
+    ] {
+        let (status, error) = send(
+            client
+                .post(format!("{base}/sagas/value-creation"))
+                .json(&body),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{error}");
+        assert_eq!(error["error"]["field"], field);
+    }
+    let (status, _) = send(
+        client
+            .post(format!("{base}/sagas/renewal"))
+            .json(&json!({ "commitment_id": "nope" })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, listed) = send(client.get(format!("{base}/sagas"))).await;
+    assert_eq!(listed["total"], 0);
+    drop(client);
+    node.stop().await.unwrap();
+}
