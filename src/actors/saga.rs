@@ -87,6 +87,19 @@ fn definition_of(saga: &Saga) -> Result<SagaDefinition, HandlerError> {
     })
 }
 
+fn transition(saga: &Saga) -> serde_json::Value {
+    serde_json::json!({
+        "saga_id": saga.id,
+        "definition": saga.definition,
+        "status": saga.status,
+        "error": saga.error,
+        "steps": saga.steps.iter().map(|step| serde_json::json!({
+            "name": step.name, "status": step.status, "attempts": step.attempts,
+            "compensation_attempts": step.compensation_attempts, "last_error": step.last_error,
+        })).collect::<Vec<_>>(),
+    })
+}
+
 impl Agent for SagaCoordinator {
     const KIND: &'static str = "saga";
     type State = Option<Saga>;
@@ -106,10 +119,7 @@ impl Agent for SagaCoordinator {
         let saga = match (msg, state.as_mut()) {
             (SagaMsg::Start(saga), None) => {
                 ctx.persist();
-                ctx.emit(
-                    "saga.started",
-                    serde_json::json!({ "saga_id": saga.id, "definition": saga.definition }),
-                );
+                ctx.emit("saga.transition", transition(&saga));
                 state.insert(*saga)
             }
             // Starting twice (a retried request) answers the saga as it is.
@@ -128,6 +138,7 @@ impl Agent for SagaCoordinator {
                 if let Some(due) = &due {
                     saga.begin(&definition, due, Utc::now());
                     ctx.persist();
+                    ctx.emit("saga.transition", transition(saga));
                 }
                 return Ok(SagaReply::Due(due, Box::new(saga.clone())));
             }
@@ -154,19 +165,11 @@ impl Agent for SagaCoordinator {
                 }
                 .map_err(refused)?;
                 ctx.persist();
-                if saga.status != before {
-                    let event = if saga.status.is_final() {
-                        "saga.finished"
-                    } else {
-                        "saga.transition"
-                    };
-                    ctx.emit(
-                        event,
-                        serde_json::json!({
-                            "saga_id": saga.id, "definition": saga.definition,
-                            "status": saga.status, "error": saga.error,
-                        }),
-                    );
+                // Every transition, for `/ws/sagas/{id}`; and the end, for
+                // the notifier's subscribers.
+                ctx.emit("saga.transition", transition(saga));
+                if saga.status != before && saga.status.is_final() {
+                    ctx.emit("saga.finished", transition(saga));
                 }
                 saga
             }

@@ -262,3 +262,89 @@ pub(crate) async fn retry(
 ) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(runner.tell(&id, SagaMsg::Retry).await?))
 }
+
+#[utoipa::path(
+    get,
+    path = "/ws/sagas/{id}",
+    tag = "sagas",
+    params(
+        ("id" = String, Path, description = "saga id"),
+        ("access_token" = Option<String>, Query, description = "the API key, for clients that cannot set headers"),
+    ),
+    responses(
+        (status = 101, description = "WebSocket: `{\"type\":\"state\"}` with the saga at once, then `{\"type\":\"transition\"}` for each transition; closes at completed or compensated"),
+        (status = 404, description = "not found", body = ErrorDoc),
+    ),
+    security(("bearer" = [])),
+)]
+pub(crate) async fn events(
+    runner: web::Data<SagaRunner>,
+    system: web::Data<System>,
+    id: web::Path<String>,
+    request: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, actix_web::Error> {
+    use actix_ws::Message;
+    use tokio::sync::broadcast::error::RecvError;
+    // Subscribed before the state is read, so no transition falls between.
+    let mut bus = system.subscribe_domain_events();
+    let saga = runner.get(&id).await.map_err(ApiError::from)?;
+    let (response, mut session, stream) = actix_ws::handle(&request, payload)?;
+    let mut stream = stream.max_frame_size(4096);
+    let runner = runner.into_inner();
+    let source = format!("saga/{}", id.into_inner());
+    actix_web::rt::spawn(async move {
+        let state = |saga: &Saga| serde_json::json!({ "type": "state", "saga": saga }).to_string();
+        if session.text(state(&saga)).await.is_err() {
+            return;
+        }
+        if saga.status.is_final() {
+            let _ = session.close(None).await;
+            return;
+        }
+        loop {
+            tokio::select! {
+                event = bus.recv() => match event {
+                    Ok(event) if event.source == source && event.event_type == "saga.transition" => {
+                        let done = event.data["status"]
+                            .as_str()
+                            .is_some_and(|status| status == "completed" || status == "compensated");
+                        let text = serde_json::json!({ "type": "transition", "at": event.occurred_at, "transition": event.data });
+                        if session.text(text.to_string()).await.is_err() {
+                            return;
+                        }
+                        if done {
+                            let _ = session.close(None).await;
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    // Too slow for the bus: the current state instead of
+                    // what was missed.
+                    Err(RecvError::Lagged(_)) => {
+                        let Ok(saga) = runner.get(source.trim_start_matches("saga/")).await else {
+                            return;
+                        };
+                        if session.text(state(&saga)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(RecvError::Closed) => {
+                        let _ = session.close(None).await;
+                        return;
+                    }
+                },
+                message = stream.recv() => match message {
+                    Some(Ok(Message::Ping(bytes))) => {
+                        if session.pong(&bytes).await.is_err() {
+                            return;
+                        }
+                    }
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                    Some(Ok(_)) => {}
+                },
+            }
+        }
+    });
+    Ok(response)
+}

@@ -106,9 +106,58 @@ pub struct SagaRunner {
     inner: Arc<Inner>,
 }
 
+#[derive(Clone)]
+struct SagaMetrics {
+    started: prometheus::IntCounterVec,
+    finished: prometheus::IntCounterVec,
+    step_seconds: prometheus::HistogramVec,
+}
+
+impl SagaMetrics {
+    fn new(registry: &prometheus::Registry) -> SagaMetrics {
+        let started = prometheus::IntCounterVec::new(
+            prometheus::Opts::new("valueverse_sagas_started_total", "Sagas started"),
+            &["definition"],
+        )
+        .expect("valid metric options");
+        let finished = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "valueverse_sagas_finished_total",
+                "Sagas that reached completed, compensated or needs_attention",
+            ),
+            &["definition", "status"],
+        )
+        .expect("valid metric options");
+        let step_seconds = prometheus::HistogramVec::new(
+            prometheus::HistogramOpts::new(
+                "valueverse_saga_step_seconds",
+                "Time a saga step or compensation took",
+            )
+            .buckets(prometheus::exponential_buckets(1e-4, 4.0, 10).expect("valid buckets")),
+            &["definition", "step", "direction"],
+        )
+        .expect("valid metric options");
+        for collector in [
+            Box::new(started.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(finished.clone()),
+            Box::new(step_seconds.clone()),
+        ] {
+            registry
+                .register(collector)
+                .expect("saga metric names are unique");
+        }
+        SagaMetrics {
+            started,
+            finished,
+            step_seconds,
+        }
+    }
+}
+
 struct Inner {
     system: System,
     simulations: Simulations,
+    metrics: SagaMetrics,
     /// Sagas a task of this node is driving now.
     driving: Mutex<HashSet<String>>,
     wake: Notify,
@@ -124,6 +173,7 @@ impl SagaRunner {
     ) -> (SagaRunner, tokio::task::JoinHandle<()>) {
         let runner = SagaRunner {
             inner: Arc::new(Inner {
+                metrics: SagaMetrics::new(system.metrics().registry()),
                 system,
                 simulations,
                 driving: Mutex::new(HashSet::new()),
@@ -137,7 +187,13 @@ impl SagaRunner {
     /// Records a new saga and starts driving it.
     pub async fn start_saga(&self, saga: Saga) -> Result<Saga, AgentError> {
         let id = saga.id.clone();
+        let definition = saga.definition.clone();
         let saga = self.ask(&id, SagaMsg::Start(Box::new(saga))).await?.saga();
+        self.inner
+            .metrics
+            .started
+            .with_label_values(&[definition.as_str()])
+            .inc();
         self.drive(id);
         Ok(saga)
     }
@@ -217,8 +273,19 @@ impl SagaRunner {
                     retryable: true,
                 })
             });
-            tracing::debug!(saga = %id, step = due.step, direction = ?due.direction,
-                ok = outcome.is_ok(), elapsed_ms = started.elapsed().as_millis() as u64, "saga action");
+            let direction = match due.direction {
+                Direction::Forward => "forward",
+                Direction::Compensate => "compensate",
+            };
+            self.inner
+                .metrics
+                .step_seconds
+                .with_label_values(&[
+                    saga.definition.as_str(),
+                    saga.steps[due.step].name.as_str(),
+                    direction,
+                ])
+                .observe(started.elapsed().as_secs_f64());
             let report = match (due.direction, outcome) {
                 (Direction::Forward, Ok(output)) => SagaMsg::Succeeded {
                     step: due.step,
@@ -235,7 +302,16 @@ impl SagaRunner {
                     error: error.message,
                 },
             };
-            self.ask(id, report).await?;
+            let after = self.ask(id, report).await?.saga();
+            if after.status != saga.status
+                && (after.status.is_final() || after.status == super::SagaStatus::NeedsAttention)
+            {
+                self.inner
+                    .metrics
+                    .finished
+                    .with_label_values(&[after.definition.as_str(), after.status.as_str()])
+                    .inc();
+            }
         }
     }
 

@@ -250,3 +250,56 @@ async fn bad_saga_requests_name_the_field() {
     drop(client);
     node.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_websocket_streams_every_transition_and_metrics_count_sagas() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let (node, base) = start_node(&db).await;
+    let client = reqwest::Client::new();
+    let (_, saga) = send(
+        client
+            .post(format!("{base}/sagas/value-creation"))
+            .json(&value_creation(Some("plan"), 200_000)),
+    )
+    .await;
+    let id = saga["id"].as_str().unwrap();
+    let ws = format!("ws://{}/ws/sagas/{id}", node.http_addr());
+    let (mut socket, _) = tokio_tungstenite::connect_async(&ws).await.unwrap();
+    let mut messages = Vec::new();
+    while let Some(message) = tokio::time::timeout(Duration::from_secs(30), socket.next())
+        .await
+        .expect("a message within 30 s")
+    {
+        match message.unwrap() {
+            Message::Text(text) => messages.push(serde_json::from_str::<Value>(&text).unwrap()),
+            Message::Close(_) => break,
+            _ => {}
+        }
+    }
+    assert_eq!(messages[0]["type"], "state");
+    let last = messages.last().unwrap();
+    assert_eq!(last["type"], "transition");
+    assert_eq!(last["transition"]["status"], "compensated");
+    let statuses: Vec<&str> = messages
+        .iter()
+        .filter_map(|m| m["transition"]["status"].as_str())
+        .collect();
+    assert!(statuses.contains(&"compensating"), "{statuses:?}");
+    let metrics = client
+        .get(format!("http://{}/metrics", node.http_addr()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("valueverse_sagas_started_total{definition=\"value-creation\"} 1"));
+    assert!(metrics.contains(
+        "valueverse_sagas_finished_total{definition=\"value-creation\",status=\"compensated\"} 1"
+    ));
+    assert!(metrics.contains("valueverse_saga_step_seconds_bucket"));
+    drop(client);
+    node.stop().await.unwrap();
+}
