@@ -38,6 +38,8 @@ pub enum SagaMsg {
     },
     Cancel,
     Retry,
+    /// The node restarted: what was in flight is due now.
+    Resume,
 }
 
 impl AgentMessage for SagaMsg {
@@ -52,6 +54,7 @@ impl AgentMessage for SagaMsg {
             SagaMsg::CompensationFailed { .. } => "compensation_failed",
             SagaMsg::Cancel => "cancel",
             SagaMsg::Retry => "retry",
+            SagaMsg::Resume => "resume",
         }
     }
 }
@@ -132,6 +135,12 @@ impl Agent for SagaCoordinator {
                 ));
             }
             (SagaMsg::Get, Some(saga)) => saga,
+            (SagaMsg::Resume, Some(saga)) => {
+                if saga.resume(Utc::now()) {
+                    ctx.persist();
+                }
+                saga
+            }
             (SagaMsg::Take, Some(saga)) => {
                 let definition = definition_of(saga)?;
                 let due = saga.due(&definition, Utc::now());
@@ -161,7 +170,7 @@ impl Agent for SagaCoordinator {
                     }
                     SagaMsg::Cancel => saga.cancel(&definition, now),
                     SagaMsg::Retry => saga.retry(&definition, now),
-                    SagaMsg::Start(_) | SagaMsg::Get | SagaMsg::Take => Ok(()),
+                    SagaMsg::Start(_) | SagaMsg::Get | SagaMsg::Take | SagaMsg::Resume => Ok(()),
                 }
                 .map_err(refused)?;
                 ctx.persist();

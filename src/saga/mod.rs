@@ -328,6 +328,17 @@ impl Saga {
         })
     }
 
+    /// After a restart: an action that was in flight will never be
+    /// reported, so it is due again now rather than at its timeout.
+    pub fn resume(&mut self, now: DateTime<Utc>) -> bool {
+        if self.in_flight.is_some() && !self.status.is_final() {
+            self.next_action_at = Some(now);
+            self.updated_at = now;
+            return true;
+        }
+        false
+    }
+
     /// Hands the due action to a runner: it is in flight until reported,
     /// or until its timeout, when it is due again.
     pub fn begin(&mut self, definition: &SagaDefinition, due: &Due, now: DateTime<Utc>) {

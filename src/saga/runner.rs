@@ -219,6 +219,17 @@ impl SagaRunner {
     }
 
     async fn poll(self) {
+        // A restart: whatever was in flight died with the previous run.
+        match self.inner.system.store().unfinished_sagas().await {
+            Ok(ids) => {
+                for id in ids {
+                    if let Err(error) = self.ask(&id, SagaMsg::Resume).await {
+                        tracing::warn!(saga = %id, %error, "saga runner: cannot resume");
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(%error, "saga runner: cannot read the saga log"),
+        }
         loop {
             let now = chrono::Utc::now().timestamp_millis();
             match self.inner.system.store().due_sagas(now, 500).await {

@@ -17,4 +17,15 @@ impl Store {
             .await
         })?)
     }
+
+    /// Sagas not yet completed or compensated.
+    pub async fn unfinished_sagas(&self) -> Result<Vec<String>, StoreError> {
+        Ok(with_pool!(self, pool => {
+            sqlx::query_scalar(
+                "SELECT id FROM sagas WHERE status IN ('running', 'compensating') ORDER BY created_at_ms",
+            )
+            .fetch_all(pool)
+            .await
+        })?)
+    }
 }

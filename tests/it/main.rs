@@ -3,6 +3,7 @@
 mod auth;
 mod cli;
 mod commitments;
+mod crash;
 mod http;
 mod openapi;
 mod plans;
