@@ -30,6 +30,34 @@ enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Apikey(ApikeyCommand),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Value-creation sagas per second end to end, with p50/p99 latency.
+    Sagas(BenchSagasArgs),
+}
+
+#[derive(Args)]
+struct BenchSagasArgs {
+    /// Sagas in flight at once; a list runs each in turn.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
+    concurrency: Vec<usize>,
+    /// Sagas per concurrency level.
+    #[arg(long, default_value_t = 500)]
+    sagas: usize,
+    /// Paths of each saga's simulation (small: the saga machinery is measured).
+    #[arg(long, default_value_t = 1000)]
+    paths: u64,
+    /// A scratch database: sqlite://FILE or postgres://... [default: a new SQLite file in the temp directory].
+    #[arg(long, value_name = "URL")]
+    database_url: Option<String>,
+    /// Print the results as JSON lines.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -257,6 +285,61 @@ async fn open_store(args: MigrateArgs, migrated: bool) -> anyhow::Result<Store> 
     store.context("cannot open the store")
 }
 
+async fn bench_sagas(args: BenchSagasArgs) -> anyhow::Result<()> {
+    if args.concurrency.iter().any(|&c| !(1..=4096).contains(&c)) {
+        anyhow::bail!("--concurrency values must be within 1..=4096");
+    }
+    if !(1..=1_000_000).contains(&args.sagas) {
+        anyhow::bail!("--sagas must be within 1..=1000000");
+    }
+    let url = args.database_url.clone().unwrap_or_else(|| {
+        let file =
+            std::env::temp_dir().join(format!("valueverse-bench-{}.db", uuid::Uuid::new_v4()));
+        format!("sqlite://{}", file.display())
+    });
+    let mut config = Config {
+        database_url: url,
+        http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        dev: true,
+        database_max_connections: 16,
+        ..Config::default()
+    };
+    config.simulation.queue_capacity = 100_000;
+    // Each saga's simulation is tiny: run several at once.
+    config.simulation.cpu_workers = 4;
+    config.runtime.mailbox_capacity = 100_000;
+    config.runtime.ask_timeout = Duration::from_secs(60);
+    config.validate()?;
+    if !args.json {
+        println!("| store | concurrency | sagas | seconds | sagas/s | p50 ms | p99 ms |");
+        println!("|---|---|---|---|---|---|---|");
+    }
+    for &concurrency in &args.concurrency {
+        let bar = indicatif::ProgressBar::new(args.sagas as u64);
+        let result =
+            valueverse::bench::sagas(&config, concurrency, args.sagas, args.paths, |done| {
+                bar.set_position(done as u64)
+            })
+            .await?;
+        bar.finish_and_clear();
+        if args.json {
+            println!("{}", serde_json::to_string(&result)?);
+        } else {
+            println!(
+                "| {} | {} | {} | {:.2} | {:.0} | {:.1} | {:.1} |",
+                result.store,
+                result.concurrency,
+                result.sagas,
+                result.seconds,
+                result.sagas_per_second,
+                result.p50_ms,
+                result.p99_ms
+            );
+        }
+    }
+    Ok(())
+}
+
 async fn apikey(command: ApikeyCommand) -> anyhow::Result<()> {
     match command {
         ApikeyCommand::Create(args) => {
@@ -427,6 +510,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => runtime.block_on(serve(args)),
         Command::Migrate(args) => runtime.block_on(migrate(args)),
         Command::Apikey(command) => runtime.block_on(apikey(command)),
+        Command::Bench(BenchCommand::Sagas(args)) => runtime.block_on(bench_sagas(args)),
         // CPU-bound on rayon's threads: no async runtime involved.
         Command::Simulate(args) => simulate(args),
     };

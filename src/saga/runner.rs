@@ -498,8 +498,18 @@ impl SagaRunner {
                 retryable: true,
             })?;
         let mut job = job;
+        // Follow the job's live events; read its record once they end
+        // (or when there are none: it finished, or a restart requeued it).
         while !job.status.is_finished() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            if let Some(mut events) = self.inner.simulations.subscribe(&keys.simulation) {
+                while !events.borrow_and_update().is_final() {
+                    if events.changed().await.is_err() {
+                        break;
+                    }
+                }
+            } else {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
             job = self.inner.simulations.get(&keys.simulation).await?;
         }
         if job.status != JobStatus::Done {
