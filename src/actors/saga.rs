@@ -19,6 +19,7 @@ pub enum SagaMsg {
     Start(Box<Saga>),
     Get,
     /// The action due now, handed out (recorded as in flight), if any.
+    /// The outcome messages below answer the next one the same way.
     Take,
     Succeeded {
         step: usize,
@@ -155,6 +156,15 @@ impl Agent for SagaCoordinator {
                 let definition = definition_of(saga)?;
                 let now = Utc::now();
                 let before = saga.status;
+                // An outcome reported by the runner hands out the next
+                // action in the same write: one log write per step, not two.
+                let reported = matches!(
+                    msg,
+                    SagaMsg::Succeeded { .. }
+                        | SagaMsg::Failed { .. }
+                        | SagaMsg::Compensated { .. }
+                        | SagaMsg::CompensationFailed { .. }
+                );
                 match msg {
                     SagaMsg::Succeeded { step, output } => {
                         saga.succeeded(&definition, step, output, now)
@@ -179,6 +189,14 @@ impl Agent for SagaCoordinator {
                 ctx.emit("saga.transition", transition(saga));
                 if saga.status != before && saga.status.is_final() {
                     ctx.emit("saga.finished", transition(saga));
+                }
+                if reported {
+                    let next = saga.due(&definition, now);
+                    if let Some(due) = &next {
+                        saga.begin(&definition, due, now);
+                        ctx.emit("saga.transition", transition(saga));
+                    }
+                    return Ok(SagaReply::Due(next, Box::new(saga.clone())));
                 }
                 saga
             }

@@ -266,8 +266,9 @@ impl SagaRunner {
     }
 
     async fn drive_now(&self, id: &str) -> Result<(), AgentError> {
+        let mut next = self.ask(id, SagaMsg::Take).await?;
         loop {
-            let SagaReply::Due(Some(due), saga) = self.ask(id, SagaMsg::Take).await? else {
+            let SagaReply::Due(Some(due), saga) = next else {
                 return Ok(());
             };
             let started = Instant::now();
@@ -313,7 +314,10 @@ impl SagaRunner {
                     error: error.message,
                 },
             };
-            let after = self.ask(id, report).await?.saga();
+            next = self.ask(id, report).await?;
+            let after = match &next {
+                SagaReply::Saga(saga) | SagaReply::Due(_, saga) => saga,
+            };
             if after.status != saga.status
                 && (after.status.is_final() || after.status == super::SagaStatus::NeedsAttention)
             {
