@@ -303,3 +303,76 @@ async fn bad_subscriptions_name_the_field() {
     drop(client);
     node.stop().await.unwrap();
 }
+
+/// A minimal SMTP server: accepts one session and answers the message
+/// (envelope and data) it received.
+async fn smtp_server() -> (String, tokio::task::JoinHandle<String>) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let task = tokio::spawn(async move {
+        let (socket, _) = listener.accept().await.unwrap();
+        let (read, mut write) = socket.into_split();
+        let mut lines = BufReader::new(read).lines();
+        let mut seen = String::new();
+        write.write_all(b"220 test ESMTP\r\n").await.unwrap();
+        let mut in_data = false;
+        while let Ok(Some(line)) = lines.next_line().await {
+            seen.push_str(&line);
+            seen.push('\n');
+            let reply: &[u8] = if in_data {
+                if line == "." {
+                    in_data = false;
+                    b"250 queued\r\n"
+                } else {
+                    continue;
+                }
+            } else if line.starts_with("EHLO") || line.starts_with("HELO") {
+                b"250 test\r\n"
+            } else if line.starts_with("DATA") {
+                in_data = true;
+                b"354 go ahead\r\n"
+            } else if line.starts_with("QUIT") {
+                write.write_all(b"221 bye\r\n").await.unwrap();
+                break;
+            } else {
+                b"250 ok\r\n"
+            };
+            write.write_all(reply).await.unwrap();
+        }
+        seen
+    });
+    (address, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn email_goes_through_a_configured_smtp_relay() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let (smtp, session) = smtp_server().await;
+    let mut config = crate::support::test_config(&db);
+    config.notifier.smtp_url = Some(format!("smtp://{smtp}"));
+    config.notifier.email_from = "ValueVerse <vv@example.com>".into();
+    let node = Node::start(&config, |_| {}).await.expect("node starts");
+    let base = format!("http://{}/api/v1", node.http_addr());
+    let client = reqwest::Client::new();
+    let id = subscribe(
+        &client,
+        &base,
+        json!({ "email": "ops@acme.example", "event_types": ["model.created"] }),
+    )
+    .await;
+    create_model(&client, &base, &acme()).await;
+    let log = wait_for_delivery(&client, &base, &id, "delivered").await;
+    assert_eq!(outcomes(&log["items"][0]), ["succeeded"]);
+    let seen = tokio::time::timeout(Duration::from_secs(10), session)
+        .await
+        .expect("the session ends")
+        .unwrap();
+    assert!(seen.contains("RCPT TO:<ops@acme.example>"), "{seen}");
+    assert!(
+        seen.contains("Subject: [ValueVerse] model.created"),
+        "{seen}"
+    );
+    drop(client);
+    node.stop().await.unwrap();
+}
