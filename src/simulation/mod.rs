@@ -319,7 +319,7 @@ impl Simulations {
         model: Option<(String, i64)>,
     ) -> Result<SimulationJob, SubmitError> {
         let id = uuid::Uuid::now_v7().to_string();
-        self.submit_as(id, request, submitter, model).await
+        self.enqueue(id, request, submitter, model).await
     }
 
     /// [`Simulations::submit`] under a given id; a job that exists already
@@ -331,9 +331,19 @@ impl Simulations {
         submitter: String,
         model: Option<(String, i64)>,
     ) -> Result<SimulationJob, SubmitError> {
-        if let Ok(existing) = self.get(&id).await {
-            return Ok(existing);
+        match self.get(&id).await {
+            Ok(existing) => Ok(existing),
+            Err(_) => self.enqueue(id, request, submitter, model).await,
         }
+    }
+
+    async fn enqueue(
+        &self,
+        id: String,
+        request: SimulationRequest,
+        submitter: String,
+        model: Option<(String, i64)>,
+    ) -> Result<SimulationJob, SubmitError> {
         let inner = &self.inner;
         check_request(&request)?;
         let lane = inner

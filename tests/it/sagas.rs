@@ -287,18 +287,27 @@ async fn the_websocket_streams_every_transition_and_metrics_count_sagas() {
         .filter_map(|m| m["transition"]["status"].as_str())
         .collect();
     assert!(statuses.contains(&"compensating"), "{statuses:?}");
-    let metrics = client
-        .get(format!("http://{}/metrics", node.http_addr()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    // The runner counts the end once the coordinator's reply reaches it,
+    // a moment after the socket saw the last transition.
+    let finished =
+        "valueverse_sagas_finished_total{definition=\"value-creation\",status=\"compensated\"} 1";
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let metrics = loop {
+        let metrics = client
+            .get(format!("http://{}/metrics", node.http_addr()))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metrics.contains(finished) || Instant::now() > deadline {
+            break metrics;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(metrics.contains(finished), "{metrics}");
     assert!(metrics.contains("valueverse_sagas_started_total{definition=\"value-creation\"} 1"));
-    assert!(metrics.contains(
-        "valueverse_sagas_finished_total{definition=\"value-creation\",status=\"compensated\"} 1"
-    ));
     assert!(metrics.contains("valueverse_saga_step_seconds_bucket"));
     drop(client);
     node.stop().await.unwrap();
