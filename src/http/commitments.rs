@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use actix_web::http::{StatusCode, header};
+use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 
@@ -34,13 +34,9 @@ struct CommitBody {
     milestones: Vec<Milestone>,
 }
 
-fn invalid(field: &str, message: String) -> ApiError {
-    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", message).with_field(field)
-}
-
 fn check(body: &CommitBody) -> Result<(), ApiError> {
     if !(0.5..=0.95).contains(&body.confidence) {
-        return Err(invalid(
+        return Err(ApiError::invalid_field(
             "confidence",
             format!(
                 "`confidence` must be within 0.5..=0.95, got {}",
@@ -49,17 +45,20 @@ fn check(body: &CommitBody) -> Result<(), ApiError> {
         ));
     }
     if !body.target.is_finite() {
-        return Err(invalid("target", "`target` must be a finite number".into()));
+        return Err(ApiError::invalid_field(
+            "target",
+            "`target` must be a finite number".into(),
+        ));
     }
     let terms = &body.terms;
     if !(terms.fixed_fee.is_finite() && terms.fixed_fee >= 0.0) {
-        return Err(invalid(
+        return Err(ApiError::invalid_field(
             "terms.fixed_fee",
             "`terms.fixed_fee` must be >= 0".into(),
         ));
     }
     if !(0.0..=1.0).contains(&terms.outcome_share) {
-        return Err(invalid(
+        return Err(ApiError::invalid_field(
             "terms.outcome_share",
             format!(
                 "`terms.outcome_share` must be within 0..=1, got {}",
@@ -70,7 +69,7 @@ fn check(body: &CommitBody) -> Result<(), ApiError> {
     if let Some(cap) = terms.cap
         && !(cap.is_finite() && cap >= terms.fixed_fee)
     {
-        return Err(invalid(
+        return Err(ApiError::invalid_field(
             "terms.cap",
             format!(
                 "`terms.cap` must be at least the fixed fee ({}), got {cap}",
@@ -79,25 +78,28 @@ fn check(body: &CommitBody) -> Result<(), ApiError> {
         ));
     }
     if body.milestones.len() > 100 {
-        return Err(invalid("milestones", "at most 100 milestones".into()));
+        return Err(ApiError::invalid_field(
+            "milestones",
+            "at most 100 milestones".into(),
+        ));
     }
     let mut names = HashSet::new();
     for (index, milestone) in body.milestones.iter().enumerate() {
         let name = milestone.name.trim();
         if name.is_empty() || name.len() > 200 {
-            return Err(invalid(
+            return Err(ApiError::invalid_field(
                 &format!("milestones[{index}].name"),
                 "a milestone name has 1 to 200 characters".into(),
             ));
         }
         if !names.insert(name.to_lowercase()) {
-            return Err(invalid(
+            return Err(ApiError::invalid_field(
                 &format!("milestones[{index}].name"),
                 format!("milestone `{name}` is listed twice"),
             ));
         }
         if !(milestone.expected_value.is_finite() && milestone.expected_value >= 0.0) {
-            return Err(invalid(
+            return Err(ApiError::invalid_field(
                 &format!("milestones[{index}].expected_value"),
                 "must be >= 0".into(),
             ));
@@ -144,7 +146,7 @@ pub(crate) async fn commit(
     )
     .await?;
     if record.status == ModelStatus::Archived {
-        return Err(invalid(
+        return Err(ApiError::invalid_field(
             "model_id",
             format!(
                 "value model `{}` is archived: nothing can be committed to it",
@@ -245,7 +247,7 @@ pub(crate) async fn void(
     let body: VoidBody = parse_json(&body, false)?;
     let reason = body.reason.trim();
     if reason.is_empty() || reason.len() > 1000 {
-        return Err(invalid(
+        return Err(ApiError::invalid_field(
             "reason",
             "a reason has 1 to 1000 characters".into(),
         ));

@@ -67,6 +67,11 @@ impl ApiError {
         }
     }
 
+    /// 422 `invalid_field` naming the field at fault.
+    pub(crate) fn invalid_field(field: &str, message: String) -> ApiError {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", message).with_field(field)
+    }
+
     pub fn with_field(mut self, field: impl Into<String>) -> ApiError {
         self.field = Some(field.into());
         self

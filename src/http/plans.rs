@@ -21,10 +21,6 @@ use super::error::{ApiError, parse_json, parse_query};
 use super::listing::list_page;
 use super::value_models::ask_model;
 
-fn invalid(field: &str, message: String) -> ApiError {
-    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", message).with_field(field)
-}
-
 fn timeout(system: &System) -> std::time::Duration {
     system.runtime_config().ask_timeout
 }
@@ -112,7 +108,7 @@ pub(crate) async fn create(
         .ask(CommitterMsg::Get, timeout(&system))
         .await?;
     if commitment.status != CommitmentStatus::Active {
-        return Err(invalid(
+        return Err(ApiError::invalid_field(
             "commitment_id",
             format!(
                 "commitment `{}` is voided: it cannot be planned",
@@ -126,7 +122,7 @@ pub(crate) async fn create(
     for (index, task) in body.tasks.iter().enumerate() {
         for (field, text) in [("name", &task.name), ("owner", &task.owner)] {
             if text.trim().is_empty() || text.len() > 200 {
-                return Err(invalid(
+                return Err(ApiError::invalid_field(
                     &format!("tasks[{index}].{field}"),
                     "must have 1 to 200 characters".into(),
                 ));
@@ -135,7 +131,7 @@ pub(crate) async fn create(
         if let Some(milestone) = &task.milestone
             && !names.contains(milestone.as_str())
         {
-            return Err(invalid(
+            return Err(ApiError::invalid_field(
                 &format!("tasks[{index}].milestone"),
                 format!("the commitment has no milestone `{milestone}`"),
             ));
@@ -235,14 +231,17 @@ pub(crate) async fn progress(
     let msg = match (body.task, body.status, body.milestone) {
         (Some(task), Some(status), None) => ExecutorMsg::UpdateTask { task, status },
         (Some(_), None, None) => {
-            return Err(invalid("status", "a task update needs its `status`".into()));
+            return Err(ApiError::invalid_field(
+                "status",
+                "a task update needs its `status`".into(),
+            ));
         }
         (None, None, Some(milestone)) => ExecutorMsg::CompleteMilestone {
             milestone,
             on: body.on.unwrap_or_else(|| Utc::now().date_naive()),
         },
         _ => {
-            return Err(invalid(
+            return Err(ApiError::invalid_field(
                 "task",
                 "give `task` and `status`, or `milestone` (and `on`)".into(),
             ));
@@ -290,12 +289,15 @@ pub(crate) async fn deliver(
 ) -> Result<HttpResponse, ApiError> {
     let body: DeliveryBody = parse_json(&body, false)?;
     if !body.value.is_finite() {
-        return Err(invalid("value", "`value` must be a finite number".into()));
+        return Err(ApiError::invalid_field(
+            "value",
+            "`value` must be a finite number".into(),
+        ));
     }
     if let Some(delivery_id) = &body.id
         && (delivery_id.is_empty() || delivery_id.len() > 100)
     {
-        return Err(invalid(
+        return Err(ApiError::invalid_field(
             "id",
             "a delivery id has 1 to 100 characters".into(),
         ));
@@ -352,7 +354,10 @@ pub(crate) async fn cancel(
 ) -> Result<HttpResponse, ApiError> {
     let body: CancelBody = parse_json(&body, false)?;
     if body.reason.trim().is_empty() {
-        return Err(invalid("reason", "a reason is required".into()));
+        return Err(ApiError::invalid_field(
+            "reason",
+            "a reason is required".into(),
+        ));
     }
     let plan = ask(
         &system,

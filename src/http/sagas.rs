@@ -19,10 +19,6 @@ use super::error::{ApiError, ErrorDoc, parse_json, parse_query};
 use super::listing::list_page;
 use super::middleware::Auth;
 
-fn invalid(field: &str, message: String) -> ApiError {
-    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", message).with_field(field)
-}
-
 /// Fault injection is for admins (and `--dev`).
 fn check_fail_step(
     request: &HttpRequest,
@@ -43,7 +39,7 @@ fn check_fail_step(
     }
     if !definition.steps.iter().any(|s| s.name == step) {
         let names: Vec<&str> = definition.steps.iter().map(|s| s.name).collect();
-        return Err(invalid(
+        return Err(ApiError::invalid_field(
             "fail_step",
             format!(
                 "{} has no step `{step}` (steps: {})",
@@ -94,19 +90,19 @@ pub(crate) async fn start_value_creation(
     check_fail_step(&request, &auth, &input.fail_step, &definition)?;
     if let Err(invalid_model) = input.model.validate() {
         let first = &invalid_model.errors[0];
-        return Err(invalid(
+        return Err(ApiError::invalid_field(
             &format!("model.{}", first.path),
             invalid_model.to_string(),
         ));
     }
     if !(0.5..=0.95).contains(&input.confidence) {
-        return Err(invalid(
+        return Err(ApiError::invalid_field(
             "confidence",
             format!("must be within 0.5..=0.95, got {}", input.confidence),
         ));
     }
     if !(1..=10_000_000).contains(&input.paths) {
-        return Err(invalid(
+        return Err(ApiError::invalid_field(
             "paths",
             format!("must be within 1..=10000000, got {}", input.paths),
         ));

@@ -15,10 +15,6 @@ use super::error::ErrorDoc;
 use super::error::{ApiError, parse_json, parse_query};
 use super::listing::{check_paging, list_page};
 
-fn invalid(field: &str, message: String) -> ApiError {
-    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", message).with_field(field)
-}
-
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SubscribeBody {
@@ -65,14 +61,14 @@ impl From<Subscription> for SubscriptionView {
 
 fn channel_of(body: SubscribeBody) -> Result<(Channel, Vec<String>), ApiError> {
     if body.event_types.is_empty() {
-        return Err(invalid(
+        return Err(ApiError::invalid_field(
             "event_types",
             "name at least one event type, or \"*\"".into(),
         ));
     }
     for (index, event_type) in body.event_types.iter().enumerate() {
         if event_type != "*" && !EVENT_TYPES.contains(&event_type.as_str()) {
-            return Err(invalid(
+            return Err(ApiError::invalid_field(
                 &format!("event_types[{index}]"),
                 format!(
                     "unknown event type `{event_type}`; known: *, {}",
@@ -84,32 +80,35 @@ fn channel_of(body: SubscribeBody) -> Result<(Channel, Vec<String>), ApiError> {
     let channel = match (body.url, body.secret, body.email) {
         (Some(url), Some(secret), None) => {
             let parsed = reqwest::Url::parse(&url)
-                .map_err(|error| invalid("url", format!("not a URL: {error}")))?;
+                .map_err(|error| ApiError::invalid_field("url", format!("not a URL: {error}")))?;
             if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
-                return Err(invalid(
+                return Err(ApiError::invalid_field(
                     "url",
                     "must be an http or https URL with a host".into(),
                 ));
             }
             if !(16..=256).contains(&secret.len()) {
-                return Err(invalid("secret", "must have 16 to 256 characters".into()));
+                return Err(ApiError::invalid_field(
+                    "secret",
+                    "must have 16 to 256 characters".into(),
+                ));
             }
             Channel::Webhook { url, secret }
         }
         (Some(_), None, None) => {
-            return Err(invalid(
+            return Err(ApiError::invalid_field(
                 "secret",
                 "a webhook needs a `secret` to sign with".into(),
             ));
         }
         (None, None, Some(address)) => {
-            address
-                .parse::<lettre::Address>()
-                .map_err(|error| invalid("email", format!("not an email address: {error}")))?;
+            address.parse::<lettre::Address>().map_err(|error| {
+                ApiError::invalid_field("email", format!("not an email address: {error}"))
+            })?;
             Channel::Email { address }
         }
         _ => {
-            return Err(invalid(
+            return Err(ApiError::invalid_field(
                 "url",
                 "give `url` and `secret` (a webhook) or `email`, not both".into(),
             ));

@@ -36,6 +36,10 @@ use queue::FairQueue;
 
 /// Longest interval between progress reports to the job's agent.
 const AGENT_PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
+/// Reply timeout of the asks that queue jobs again at start: a node
+/// starting under load (many jobs to recover, a busy store) must not give up
+/// after the usual HTTP timeout.
+const RECOVERY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Attempts at recording a job's outcome before giving up (the job then
 /// stays `running` in the store and runs again after a restart).
 const RECORD_ATTEMPTS: u32 = 5;
@@ -528,7 +532,7 @@ impl Simulations {
                 source,
             };
             let job = inner
-                .ask(&id, SimulationMsg::Requeue)
+                .ask_within(&id, SimulationMsg::Requeue, RECOVERY_TIMEOUT)
                 .await
                 .map_err(requeue)?;
             let lane = match inner.lane_for(job.request.device) {
@@ -538,11 +542,11 @@ impl Simulations {
                     let error = format!("no GPU on this node after a restart: {reason}");
                     let engine = "none".to_owned();
                     inner
-                        .ask(&id, SimulationMsg::Start { engine })
+                        .ask_within(&id, SimulationMsg::Start { engine }, RECOVERY_TIMEOUT)
                         .await
                         .map_err(requeue)?;
                     let job = inner
-                        .ask(&id, SimulationMsg::Fail { error })
+                        .ask_within(&id, SimulationMsg::Fail { error }, RECOVERY_TIMEOUT)
                         .await
                         .map_err(requeue)?;
                     inner.metrics.jobs.with_label_values(&["failed"]).inc();
@@ -635,7 +639,16 @@ impl Inner {
 
     /// Asks a job's agent with a message that answers with the job.
     async fn ask(&self, id: &str, msg: SimulationMsg) -> Result<SimulationJob, AgentError> {
-        match self.agent(id).ask(msg, self.ask_timeout()).await? {
+        self.ask_within(id, msg, self.ask_timeout()).await
+    }
+
+    async fn ask_within(
+        &self,
+        id: &str,
+        msg: SimulationMsg,
+        timeout: Duration,
+    ) -> Result<SimulationJob, AgentError> {
+        match self.agent(id).ask(msg, timeout).await? {
             SimulationReply::Job(job) => Ok(*job),
             SimulationReply::Ack => Err(AgentError::Fatal {
                 target: AgentId {

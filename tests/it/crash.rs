@@ -54,14 +54,21 @@ fn spawn(binary: &PathBuf, url: &str) -> (Child, String) {
         ])
         .env("VALUEVERSE_LOG", "warn")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("the node starts");
     let stdout = child.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
-    let line = lines
-        .find_map(|line| line.ok().filter(|line| line.contains("listening on")))
-        .expect("the node says where it listens");
+    let Some(line) = lines.find_map(|line| line.ok().filter(|line| line.contains("listening on")))
+    else {
+        let output = child.wait_with_output().unwrap();
+        panic!(
+            "the node did not start: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || BufReader::new(stderr).lines().for_each(drop));
     let address = line.rsplit("http://").next().unwrap().trim().to_owned();
     // Keep draining stdout so the child never blocks on it.
     std::thread::spawn(move || lines.for_each(drop));
