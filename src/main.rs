@@ -58,6 +58,9 @@ struct BenchSagasArgs {
     /// Print the results as JSON lines.
     #[arg(long)]
     json: bool,
+    /// Also print the mean time of each step.
+    #[arg(long)]
+    steps: bool,
 }
 
 #[derive(Subcommand)]
@@ -306,7 +309,7 @@ async fn bench_sagas(args: BenchSagasArgs) -> anyhow::Result<()> {
     };
     config.simulation.queue_capacity = 100_000;
     // Each saga's simulation is tiny: run several at once.
-    config.simulation.cpu_workers = 4;
+    config.simulation.cpu_workers = 64;
     config.runtime.mailbox_capacity = 100_000;
     config.runtime.ask_timeout = Duration::from_secs(60);
     config.validate()?;
@@ -335,6 +338,11 @@ async fn bench_sagas(args: BenchSagasArgs) -> anyhow::Result<()> {
                 result.p50_ms,
                 result.p99_ms
             );
+        }
+        if args.steps {
+            for (step, ms) in &result.step_ms {
+                eprintln!("  {step}: {ms:.2} ms");
+            }
         }
     }
     Ok(())

@@ -112,7 +112,9 @@ impl Backend for CpuBackend<'_> {
         let threads = rayon::current_num_threads().max(1);
         let fits = |own: &Mutex<FineHistogram>| {
             let own = own.lock().expect("histogram lock");
-            own.low == histogram.low && own.width == histogram.width
+            own.low == histogram.low
+                && own.width == histogram.width
+                && own.counts.len() == histogram.counts.len()
         };
         if self.per_thread.len() != threads || !self.per_thread.iter().all(fits) {
             self.per_thread = (0..threads)
@@ -134,7 +136,7 @@ impl Backend for CpuBackend<'_> {
         for own in &self.per_thread {
             let mut own = own.lock().expect("histogram lock");
             histogram.merge(&own);
-            *own = histogram.empty_like();
+            own.clear();
         }
         Ok(partials
             .into_iter()

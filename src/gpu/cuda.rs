@@ -208,6 +208,7 @@ impl Backend for CudaBackend {
         let (seed_lo, seed_hi) = (self.seed as u32, (self.seed >> 32) as u32);
         let (first, count) = (paths.start, paths.end - paths.start);
         let (low, scale) = (histogram.low, histogram.scale());
+        let bins = histogram.counts.len() as i32;
         let config = LaunchConfig {
             grid_dim: (self.gpu.blocks, 1, 1),
             block_dim: (THREADS, 1, 1),
@@ -231,6 +232,7 @@ impl Backend for CudaBackend {
             .arg(&shift)
             .arg(&low)
             .arg(&scale)
+            .arg(&bins)
             .arg(&mut self.histogram)
             .arg(&mut self.outside)
             .arg(&mut self.block_sum)
@@ -240,7 +242,7 @@ impl Backend for CudaBackend {
             .arg(&mut self.block_losses);
         // SAFETY: the arguments match the kernel's signature in type and
         // order, and every buffer is as long as the kernel indexes it
-        // (FINE_BINS bins, 2 outside counters, one partial per block).
+        // (FINE_BINS >= bins bins, 2 outside counters, one partial per block).
         unsafe { launch.launch(config) }.map_err(failed)?;
         let counts = stream.clone_dtoh(&self.histogram).map_err(failed)?;
         let outside = stream.clone_dtoh(&self.outside).map_err(failed)?;

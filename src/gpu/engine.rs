@@ -262,8 +262,8 @@ impl Moments {
     }
 }
 
-/// [`FINE_BINS`] equal bins over `[low, low + width)`, with what falls
-/// below or above counted apart.
+/// Equal bins (at most [`FINE_BINS`]) over `[low, low + width)`, with
+/// what falls below or above counted apart.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct FineHistogram {
     pub low: f64,
@@ -274,11 +274,11 @@ pub(crate) struct FineHistogram {
 }
 
 impl FineHistogram {
-    pub fn new(low: f64, high: f64) -> FineHistogram {
+    pub fn new(low: f64, high: f64, bins: usize) -> FineHistogram {
         FineHistogram {
             low,
             width: (high - low).max(f64::MIN_POSITIVE),
-            counts: vec![0; FINE_BINS],
+            counts: vec![0; bins.clamp(1, FINE_BINS)],
             under: 0,
             over: 0,
         }
@@ -286,7 +286,7 @@ impl FineHistogram {
 
     /// Bins per unit of NPV; the CUDA kernel bins with the same expression.
     pub fn scale(&self) -> f64 {
-        FINE_BINS as f64 / self.width
+        self.counts.len() as f64 / self.width
     }
 
     #[inline(always)]
@@ -294,7 +294,7 @@ impl FineHistogram {
         let position = (value - self.low) * scale;
         if position < 0.0 {
             self.under += 1;
-        } else if position >= FINE_BINS as f64 {
+        } else if position >= self.counts.len() as f64 {
             self.over += 1;
         } else {
             self.counts[position as usize] += 1;
@@ -312,41 +312,67 @@ impl FineHistogram {
 
     pub fn empty_like(&self) -> FineHistogram {
         FineHistogram {
-            counts: vec![0; FINE_BINS],
+            counts: vec![0; self.counts.len()],
             under: 0,
             over: 0,
             ..*self
         }
     }
 
+    /// Empties the bins in place (no new allocation).
+    pub fn clear(&mut self) {
+        self.counts.fill(0);
+        self.under = 0;
+        self.over = 0;
+    }
+
     fn total(&self) -> u64 {
         self.under + self.over + self.counts.iter().sum::<u64>()
     }
 
-    /// The `p` quantile, interpolated inside its bin; `None` when it lies
-    /// below or above the range.
-    fn percentile(&self, p: f64) -> Option<f64> {
-        let target = p * self.total() as f64;
+    /// The quantiles at `ps` (ascending), each interpolated inside its bin
+    /// and `None` when it lies below or above the range, in one walk over
+    /// the bins: a walk per quantile made P1..P99 the dearest part of a
+    /// small run.
+    fn percentiles(&self, ps: &[f64]) -> Vec<Option<f64>> {
+        let total = self.total() as f64;
+        let bin_count = self.counts.len() as f64;
+        let mut found = Vec::with_capacity(ps.len());
         let mut cumulative = self.under as f64;
-        if cumulative >= target && self.under > 0 {
-            return None;
-        }
-        for (index, &count) in self.counts.iter().enumerate() {
-            let next = cumulative + count as f64;
-            if next >= target && count > 0 {
-                let within = ((target - cumulative) / count as f64).clamp(0.0, 1.0);
-                return Some(self.low + self.width * (index as f64 + within) / FINE_BINS as f64);
+        let mut bins = self.counts.iter().enumerate();
+        let mut current: Option<(usize, u64)> = None;
+        for &p in ps {
+            let target = p * total;
+            if self.under > 0 && self.under as f64 >= target {
+                found.push(None);
+                continue;
             }
-            cumulative = next;
+            let quantile = loop {
+                let (index, count) = match current {
+                    Some(bin) => bin,
+                    None => match bins.next() {
+                        Some((index, &count)) => (index, count),
+                        None => break None,
+                    },
+                };
+                current = Some((index, count));
+                let next = cumulative + count as f64;
+                if next >= target && count > 0 {
+                    let within = ((target - cumulative) / count as f64).clamp(0.0, 1.0);
+                    break Some(self.low + self.width * (index as f64 + within) / bin_count);
+                }
+                cumulative = next;
+                current = None;
+            };
+            found.push(quantile);
         }
-        None
+        found
     }
 
     /// P1 to P99; `None` when any lies outside the range.
     fn quantiles(&self) -> Option<Vec<f64>> {
-        (1..=99)
-            .map(|percent| self.percentile(f64::from(percent) / 100.0))
-            .collect()
+        let ps: Vec<f64> = (1..=99).map(|percent| f64::from(percent) / 100.0).collect();
+        self.percentiles(&ps).into_iter().collect()
     }
 
     /// `bins` equal bins over `[min, max]`, each fine bin counted where its
@@ -361,7 +387,7 @@ impl FineHistogram {
             if count == 0 {
                 continue;
             }
-            let centre = self.low + self.width * (index as f64 + 0.5) / FINE_BINS as f64;
+            let centre = self.low + self.width * (index as f64 + 0.5) / self.counts.len() as f64;
             let bin = ((centre - min) / span * bins as f64).clamp(0.0, (bins - 1) as f64);
             counts[bin as usize] += count;
         }
@@ -502,6 +528,15 @@ pub fn run_with(
     }
 }
 
+/// Fine bins for a run of `paths`: four per path up to [`FINE_BINS`]. A
+/// bin's width stays well under the spacing of the run's own order
+/// statistics, and a small run does not pay for 65,536 bins it cannot fill.
+fn fine_bins(paths: u64) -> usize {
+    (paths.saturating_mul(4).min(FINE_BINS as u64) as usize)
+        .next_power_of_two()
+        .clamp(1024, FINE_BINS)
+}
+
 fn run_on(
     model: &ValueModel,
     settings: &RunSettings,
@@ -518,10 +553,12 @@ fn run_on(
     // The pilot fixes the fine histogram's range: its extremes, widened by
     // half their span on each side.
     let pilot_paths = settings.paths.min(pilot_paths);
-    let mut unbounded = FineHistogram::new(0.0, 1.0);
+    // The pilot's own binning is thrown away.
+    let mut unbounded = FineHistogram::new(0.0, 1.0, 1);
     let pilot = npv_moments(sampler, weights, seed, 0..pilot_paths, 0.0, &mut unbounded);
     let margin = (pilot.max - pilot.min) * 0.5;
-    let mut histogram = FineHistogram::new(pilot.min - margin, pilot.max + margin);
+    let bins = fine_bins(settings.paths);
+    let mut histogram = FineHistogram::new(pilot.min - margin, pilot.max + margin, bins);
     let shift = pilot.mean;
 
     let mut moments = Moments::EMPTY;
@@ -532,14 +569,18 @@ fn run_on(
         moments = moments.merge(backend.run_batch(done..end, shift, &mut histogram)?);
         done = end;
         let elapsed = started.elapsed().as_secs_f64().max(1e-9);
+        let (p50, p90) = match histogram.percentiles(&[0.5, 0.9])[..] {
+            [p50, p90] => (p50, p90),
+            _ => (None, None),
+        };
         let progress = Progress {
             paths_done: done,
             paths_total: settings.paths,
             running_mean: moments.mean,
             running_std: moments.std(),
             samples_per_second: done as f64 * drivers / elapsed,
-            p50: histogram.percentile(0.5),
-            p90: histogram.percentile(0.9),
+            p50,
+            p90,
         };
         if on_progress(&progress) == Control::Cancel {
             return Err(RunError::Cancelled { paths_done: done });
@@ -560,7 +601,7 @@ fn run_on(
         None => {
             // A percentile beyond the pilot's range: bin every path again
             // over the run's true extremes, which hold all of them.
-            histogram = FineHistogram::new(low, high);
+            histogram = FineHistogram::new(low, high, bins);
             let mut redone = 0;
             while redone < paths {
                 let end = (redone + backend.batch_paths()).min(paths);
@@ -569,7 +610,7 @@ fn run_on(
             }
             // Rounding can put the extremes themselves just outside.
             histogram.counts[0] += std::mem::take(&mut histogram.under);
-            histogram.counts[FINE_BINS - 1] += std::mem::take(&mut histogram.over);
+            histogram.counts[bins - 1] += std::mem::take(&mut histogram.over);
             histogram
                 .quantiles()
                 .expect("every path lies within the run's extremes")
@@ -893,7 +934,7 @@ mod tests {
         let model = normals();
         let sampler = Sampler::new(&model);
         let weights = model.npv_weights();
-        let whole_histogram = FineHistogram::new(-5_000.0, 20_000.0);
+        let whole_histogram = FineHistogram::new(-5_000.0, 20_000.0, FINE_BINS);
         let mut whole = whole_histogram.clone();
         let one = npv_moments(&sampler, &weights, 9, 0..50_000, 4_000.0, &mut whole);
         // Odd chunk sizes, not multiples of the block.
@@ -920,6 +961,48 @@ mod tests {
         );
         assert!((one.mean - merged.mean).abs() < 1e-9 * one.mean.abs());
         assert!((one.m2 - merged.m2).abs() < 1e-9 * one.m2);
+    }
+
+    #[test]
+    fn one_walk_finds_every_percentile_a_walk_each_finds() {
+        // The definition, one walk from the start per quantile.
+        fn walk(histogram: &FineHistogram, p: f64) -> Option<f64> {
+            let target = p * histogram.total() as f64;
+            let mut cumulative = histogram.under as f64;
+            if cumulative >= target && histogram.under > 0 {
+                return None;
+            }
+            for (index, &count) in histogram.counts.iter().enumerate() {
+                let next = cumulative + count as f64;
+                if next >= target && count > 0 {
+                    let within = ((target - cumulative) / count as f64).clamp(0.0, 1.0);
+                    return Some(
+                        histogram.low
+                            + histogram.width * (index as f64 + within)
+                                / histogram.counts.len() as f64,
+                    );
+                }
+                cumulative = next;
+            }
+            None
+        }
+        let ps: Vec<f64> = (0..=100)
+            .map(|percent| f64::from(percent) / 100.0)
+            .collect();
+        for (under, over, values) in [
+            (0, 0, vec![5.0, 5.0, 5.0]),
+            (3, 0, vec![1.0, 2.0, 50.0, 99.0]),
+            (0, 7, vec![10.0, 10.5, 11.0, 80.0]),
+            (2, 2, (0..1000).map(|v| f64::from(v) / 10.0).collect()),
+        ] {
+            let mut histogram = FineHistogram::new(0.0, 100.0, FINE_BINS);
+            let scale = histogram.scale();
+            values.iter().for_each(|&v| histogram.add(v, scale));
+            histogram.under = under;
+            histogram.over = over;
+            let expected: Vec<Option<f64>> = ps.iter().map(|&p| walk(&histogram, p)).collect();
+            assert_eq!(histogram.percentiles(&ps), expected);
+        }
     }
 
     #[test]

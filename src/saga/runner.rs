@@ -314,7 +314,13 @@ impl SagaRunner {
                     error: error.message,
                 },
             };
+            let reported = Instant::now();
             next = self.ask(id, report).await?;
+            self.inner
+                .metrics
+                .step_seconds
+                .with_label_values(&[saga.definition.as_str(), "log", direction])
+                .observe(reported.elapsed().as_secs_f64());
             let after = match &next {
                 SagaReply::Saga(saga) | SagaReply::Due(_, saga) => saga,
             };

@@ -84,6 +84,9 @@ pub struct VersionedState<S> {
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: Pool,
+    /// Batching of the agents' row writes and loads.
+    writer: Option<batch::Writer>,
+    reader: Option<batch::Reader>,
 }
 
 #[derive(Clone, Debug)]
@@ -95,6 +98,7 @@ enum Pool {
 /// Runs the same body against whichever pool the store holds: the SQL we
 /// write is shared by both dialects (`$n` placeholders work in both).
 mod api_keys;
+mod batch;
 mod notifications;
 mod records;
 mod sagas;
@@ -160,7 +164,17 @@ impl Store {
                 url: redact_url(url),
             });
         };
-        Ok(Store { pool })
+        let direct = Store {
+            pool,
+            writer: None,
+            reader: None,
+        };
+        let (writer, reader) = batch::start(&direct);
+        Ok(Store {
+            writer: Some(writer),
+            reader,
+            ..direct
+        })
     }
 
     /// Connects and applies the migrations.

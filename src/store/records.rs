@@ -28,61 +28,47 @@ impl Store {
         table: &'static str,
         id: &str,
     ) -> Result<Option<(i64, String)>, StoreError> {
+        if let Some(reader) = &self.reader
+            && let Some(outcome) = reader.submit((table, id.to_owned())).await
+        {
+            return outcome;
+        }
         let sql = format!("SELECT version, body FROM {table} WHERE id = $1");
         Ok(with_pool!(self, pool => {
             sqlx::query_as(&sql).bind(id).fetch_optional(pool).await
         })?)
     }
 
-    /// Writes a row if the store still holds `expected_version` (0: new).
+    /// Writes a row if the store still holds `expected_version` (0: new);
+    /// concurrent writes share a transaction (see `batch`).
     pub async fn save_record(
         &self,
         record: &Record<'_>,
         expected_version: i64,
     ) -> Result<i64, StoreError> {
-        let now = unix_millis();
-        let names: Vec<&str> = record.columns.iter().map(|(name, _)| *name).collect();
-        let sql = if expected_version == 0 {
-            let placeholders: Vec<String> = (0..names.len())
-                .map(|index| format!("${}", index + 4))
-                .collect();
-            format!(
-                "INSERT INTO {} (id, version, updated_at_ms, body{}{}) VALUES ($1, 1, $2, $3{}{}) \
-                 ON CONFLICT (id) DO NOTHING",
-                record.table,
-                if names.is_empty() { "" } else { ", " },
-                names.join(", "),
-                if names.is_empty() { "" } else { ", " },
-                placeholders.join(", "),
-            )
-        } else {
-            let sets: Vec<String> = names
-                .iter()
-                .enumerate()
-                .map(|(index, name)| format!(", {name} = ${}", index + 4))
-                .collect();
-            format!(
-                "UPDATE {} SET version = version + 1, updated_at_ms = $2, body = $3{} \
-                 WHERE id = $1 AND version = ${}",
-                record.table,
-                sets.concat(),
-                names.len() + 4,
-            )
+        let owned = OwnedRecord {
+            table: record.table,
+            id: record.id.to_owned(),
+            columns: record.columns.clone(),
+            body: record.body.clone(),
         };
-        let rows = with_pool!(self, pool => {
-            let mut query = sqlx::query(&sql).bind(record.id).bind(now).bind(&record.body);
-            for (_, value) in &record.columns {
-                query = match value {
-                    Column::Text(text) => query.bind(text.clone()),
-                    Column::Int(number) => query.bind(*number),
+        let now = unix_millis();
+        let batched = match &self.writer {
+            Some(writer) => {
+                let pending = super::batch::Pending {
+                    record: owned.clone(),
+                    expected_version,
+                    now,
                 };
+                writer.submit(pending).await
             }
-            if expected_version != 0 {
-                query = query.bind(expected_version);
-            }
-            query.execute(pool).await.map(|done| done.rows_affected())
-        })?;
-        if rows == 1 {
+            None => None,
+        };
+        let applied = match batched {
+            Some(outcome) => outcome?,
+            None => self.write_record(&owned, expected_version, now).await?,
+        };
+        if applied {
             return Ok(expected_version + 1);
         }
         let sql = format!("SELECT version FROM {} WHERE id = $1", record.table);
@@ -96,7 +82,88 @@ impl Store {
             actual,
         ))
     }
+
+    /// One row write on its own; `Ok(false)`: not at `expected_version`.
+    pub(super) async fn write_record(
+        &self,
+        record: &OwnedRecord,
+        expected_version: i64,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let sql = single_row_sql(record, expected_version);
+        let rows = with_pool!(self, pool => {
+            bind_row!(sqlx::query(&sql), record, expected_version, now)
+                .execute(pool)
+                .await
+                .map(|done| done.rows_affected())
+        })?;
+        Ok(rows == 1)
+    }
 }
+
+/// A [`Record`] that owns its id, for a write that waits in a batch.
+#[derive(Debug, Clone)]
+pub(super) struct OwnedRecord {
+    pub table: &'static str,
+    pub id: String,
+    pub columns: Vec<(&'static str, Column)>,
+    pub body: String,
+}
+
+/// The statement of one row write: binds id, now, body, the columns, and
+/// for an update the expected version (see [`bind_row`]).
+pub(super) fn single_row_sql(record: &OwnedRecord, expected_version: i64) -> String {
+    let names: Vec<&str> = record.columns.iter().map(|(name, _)| *name).collect();
+    if expected_version == 0 {
+        let placeholders: Vec<String> = (0..names.len())
+            .map(|index| format!("${}", index + 4))
+            .collect();
+        format!(
+            "INSERT INTO {} (id, version, updated_at_ms, body{}{}) VALUES ($1, 1, $2, $3{}{}) \
+             ON CONFLICT (id) DO NOTHING",
+            record.table,
+            if names.is_empty() { "" } else { ", " },
+            names.join(", "),
+            if names.is_empty() { "" } else { ", " },
+            placeholders.join(", "),
+        )
+    } else {
+        let sets: Vec<String> = names
+            .iter()
+            .enumerate()
+            .map(|(index, name)| format!(", {name} = ${}", index + 4))
+            .collect();
+        format!(
+            "UPDATE {} SET version = version + 1, updated_at_ms = $2, body = $3{} \
+             WHERE id = $1 AND version = ${}",
+            record.table,
+            sets.concat(),
+            names.len() + 4,
+        )
+    }
+}
+
+/// Binds what [`single_row_sql`] expects (a macro: the query type differs
+/// per database).
+macro_rules! bind_row {
+    ($query:expr, $record:expr, $expected_version:expr, $now:expr) => {{
+        let mut query = $query
+            .bind($record.id.as_str())
+            .bind($now)
+            .bind($record.body.as_str());
+        for (_, value) in &$record.columns {
+            query = match value {
+                $crate::store::Column::Text(text) => query.bind(text.clone()),
+                $crate::store::Column::Int(number) => query.bind(*number),
+            };
+        }
+        if $expected_version != 0 {
+            query = query.bind($expected_version);
+        }
+        query
+    }};
+}
+pub(super) use bind_row;
 
 /// A page of rows.
 #[derive(Debug, Clone, PartialEq)]

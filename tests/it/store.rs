@@ -1,5 +1,6 @@
 //! The store on SQLite and PostgreSQL: migrations, readiness, versioned writes.
 
+use valueverse::store::{Column, Record};
 use valueverse::{Store, StoreError};
 
 use crate::support::{BACKENDS, TestDb};
@@ -46,6 +47,64 @@ async fn writes_are_version_checked_on_both_backends() {
             store.save_state("other", "a", &vec![9], 0).await.unwrap(),
             1
         );
+        store.close().await;
+    }
+}
+
+fn saga_row<'a>(id: &'a str, body: &str) -> Record<'a> {
+    Record {
+        table: "sagas",
+        id,
+        columns: vec![
+            ("status", Column::Text(Some("running".into()))),
+            ("definition", Column::Text(Some("test".into()))),
+            ("next_action_at_ms", Column::Int(None)),
+            ("created_at_ms", Column::Int(Some(1))),
+        ],
+        body: body.to_owned(),
+    }
+}
+
+/// Concurrent row writes share transactions (group commit); each still
+/// gets its own outcome, and a stale one fails alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_row_writes_each_get_their_own_outcome() {
+    for backend in BACKENDS {
+        let db = TestDb::new(backend).await;
+        let store = db.store().await;
+        let write = |id: String, body: &'static str, expected: i64| {
+            let store = store.clone();
+            tokio::spawn(async move { store.save_record(&saga_row(&id, body), expected).await })
+        };
+        let firsts: Vec<_> = (0..200).map(|n| write(format!("s{n}"), "one", 0)).collect();
+        for first in firsts {
+            assert_eq!(first.await.unwrap().unwrap(), 1, "{backend:?}");
+        }
+        // Even rows are written at their version, odd ones from a stale read.
+        let seconds: Vec<_> = (0..200)
+            .map(|n| write(format!("s{n}"), "two", if n % 2 == 0 { 1 } else { 0 }))
+            .collect();
+        for (n, second) in seconds.into_iter().enumerate() {
+            match (n % 2, second.await.unwrap()) {
+                (0, Ok(version)) => assert_eq!(version, 2),
+                (1, Err(StoreError::VersionConflict { actual, .. })) => {
+                    assert_eq!(actual, Some(1))
+                }
+                (_, other) => panic!("{backend:?}: row {n}: {other:?}"),
+            }
+        }
+        let loads: Vec<_> = (0..200)
+            .map(|n| {
+                let store = store.clone();
+                tokio::spawn(async move { store.load_record("sagas", &format!("s{n}")).await })
+            })
+            .collect();
+        for (n, load) in loads.into_iter().enumerate() {
+            let expected = if n % 2 == 0 { (2, "two") } else { (1, "one") };
+            let (version, body) = load.await.unwrap().unwrap().unwrap();
+            assert_eq!((version, body.as_str()), expected, "{backend:?}: row {n}");
+        }
+        assert_eq!(store.load_record("sagas", "absent").await.unwrap(), None);
         store.close().await;
     }
 }

@@ -7,7 +7,6 @@
 typedef unsigned int u32;
 typedef unsigned long long u64;
 
-#define FINE_BINS 65536
 #define MAX_DRIVERS 256
 #define TABLE_POINTS 4097
 
@@ -140,7 +139,7 @@ extern "C" __global__ void simulate_paths(
     int drivers, const int* kinds, const double* params, const int* table_offsets,
     const double* tables, const double* cholesky, int correlated,
     const double* weights, double base,
-    double shift, double hist_low, double hist_scale,
+    double shift, double hist_low, double hist_scale, int bins,
     u64* histogram, u64* outside,
     double* block_sum, double* block_sum_sq, double* block_min, double* block_max,
     u64* block_losses)
@@ -182,7 +181,7 @@ extern "C" __global__ void simulate_paths(
         double position = (npv - hist_low) * hist_scale;
         if (position < 0.0) {
             atomicAdd(&outside[0], 1ull);
-        } else if (position >= (double)FINE_BINS) {
+        } else if (position >= (double)bins) {
             atomicAdd(&outside[1], 1ull);
         } else {
             atomicAdd(&histogram[(int)position], 1ull);
