@@ -91,17 +91,44 @@ fn definition_of(saga: &Saga) -> Result<SagaDefinition, HandlerError> {
     })
 }
 
-fn transition(saga: &Saga) -> serde_json::Value {
-    serde_json::json!({
-        "saga_id": saga.id,
-        "definition": saga.definition,
-        "status": saga.status,
-        "error": saga.error,
-        "steps": saga.steps.iter().map(|step| serde_json::json!({
-            "name": step.name, "status": step.status, "attempts": step.attempts,
-            "compensation_attempts": step.compensation_attempts, "last_error": step.last_error,
-        })).collect::<Vec<_>>(),
-    })
+/// What `/ws/sagas/{id}` and the notifier see of a transition: typed and
+/// borrowed, so that it is encoded once (a `json!` tree was encoded twice).
+#[derive(Serialize)]
+struct Transition<'a> {
+    saga_id: &'a str,
+    definition: &'a str,
+    status: SagaStatus,
+    error: &'a Option<String>,
+    steps: Vec<StepTransition<'a>>,
+}
+
+#[derive(Serialize)]
+struct StepTransition<'a> {
+    name: &'a str,
+    status: crate::saga::StepStatus,
+    attempts: u32,
+    compensation_attempts: u32,
+    last_error: &'a Option<String>,
+}
+
+fn transition(saga: &Saga) -> Transition<'_> {
+    Transition {
+        saga_id: &saga.id,
+        definition: &saga.definition,
+        status: saga.status,
+        error: &saga.error,
+        steps: saga
+            .steps
+            .iter()
+            .map(|step| StepTransition {
+                name: &step.name,
+                status: step.status,
+                attempts: step.attempts,
+                compensation_attempts: step.compensation_attempts,
+                last_error: &step.last_error,
+            })
+            .collect(),
+    }
 }
 
 impl Agent for SagaCoordinator {

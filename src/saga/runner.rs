@@ -373,7 +373,7 @@ impl SagaRunner {
                 let start = saga
                     .input
                     .get("start_date")
-                    .and_then(|value| serde_json::from_value::<NaiveDate>(value.clone()).ok());
+                    .and_then(|value| NaiveDate::deserialize(value).ok());
                 self.plan(&keys, start).await
             }
             (_, "plan" | "replan", Direction::Compensate) => {
@@ -382,14 +382,14 @@ impl SagaRunner {
             (_, "amplify", Direction::Forward) => self.baseline(&keys).await,
             (_, "amplify", Direction::Compensate) => self.remove_baseline(&keys).await,
             ("renewal", "resimulate", Direction::Forward) => {
-                let input: RenewalInput = serde_json::from_value(saga.input.clone())
+                let input: RenewalInput = Deserialize::deserialize(&saga.input)
                     .map_err(|error| final_error(format!("bad saga input: {error}")))?;
                 let old = self.commitment(&input.commitment_id).await?;
                 self.simulate(&keys, &old.request.model_id, input.paths)
                     .await
             }
             ("renewal", "amend", Direction::Forward) => {
-                let input: RenewalInput = serde_json::from_value(saga.input.clone())
+                let input: RenewalInput = Deserialize::deserialize(&saga.input)
                     .map_err(|error| final_error(format!("bad saga input: {error}")))?;
                 let old = self.commitment(&input.commitment_id).await?;
                 let request = old.request;
@@ -711,7 +711,7 @@ fn tolerate_done(outcome: Result<(), AgentError>) -> Result<serde_json::Value, A
 }
 
 fn value_creation_input(saga: &Saga) -> Result<ValueCreationInput, ActionError> {
-    serde_json::from_value(saga.input.clone())
+    Deserialize::deserialize(&saga.input)
         .map_err(|error| final_error(format!("bad saga input: {error}")))
 }
 
