@@ -151,7 +151,17 @@ impl Agent for SagaCoordinator {
             (SagaMsg::Start(saga), None) => {
                 ctx.persist();
                 ctx.emit("saga.transition", transition(&saga));
-                state.insert(*saga)
+                let saga = state.insert(*saga);
+                // The first action goes out in the start's write, as the
+                // next action does in an outcome's.
+                let definition = definition_of(saga)?;
+                let now = Utc::now();
+                let due = saga.due(&definition, now);
+                if let Some(due) = &due {
+                    saga.begin(&definition, due, now);
+                    ctx.emit("saga.transition", transition(saga));
+                }
+                return Ok(SagaReply::Due(due, Box::new(saga.clone())));
             }
             // Starting twice (a retried request) answers the saga as it is.
             (SagaMsg::Start(_), Some(saga)) => saga,

@@ -188,13 +188,21 @@ impl SagaRunner {
     pub async fn start_saga(&self, saga: Saga) -> Result<Saga, AgentError> {
         let id = saga.id.clone();
         let definition = saga.definition.clone();
-        let saga = self.ask(&id, SagaMsg::Start(Box::new(saga))).await?.saga();
+        let reply = self.ask(&id, SagaMsg::Start(Box::new(saga))).await?;
         self.inner
             .metrics
             .started
             .with_label_values(&[definition.as_str()])
             .inc();
-        self.drive(id);
+        let saga = match &reply {
+            SagaReply::Saga(saga) | SagaReply::Due(_, saga) => (**saga).clone(),
+        };
+        match reply {
+            // A new saga: its first action was handed out with the start.
+            SagaReply::Due(Some(_), _) => self.drive_from(id, Some(reply)),
+            // Started before (a retried request): drive it as it stands.
+            _ => self.drive(id),
+        }
         Ok(saga)
     }
 
@@ -245,6 +253,11 @@ impl SagaRunner {
 
     /// Drives one saga until nothing is due, unless a task does already.
     fn drive(&self, id: String) {
+        self.drive_from(id, None)
+    }
+
+    /// Like [`SagaRunner::drive`], from an action already handed out.
+    fn drive_from(&self, id: String, first: Option<SagaReply>) {
         let mut driving = self.inner.driving.lock().unwrap_or_else(|p| p.into_inner());
         if !driving.insert(id.clone()) {
             return;
@@ -252,7 +265,7 @@ impl SagaRunner {
         drop(driving);
         let this = self.clone();
         tokio::spawn(async move {
-            let outcome = this.drive_now(&id).await;
+            let outcome = this.drive_now(&id, first).await;
             this.inner
                 .driving
                 .lock()
@@ -265,8 +278,11 @@ impl SagaRunner {
         });
     }
 
-    async fn drive_now(&self, id: &str) -> Result<(), AgentError> {
-        let mut next = self.ask(id, SagaMsg::Take).await?;
+    async fn drive_now(&self, id: &str, first: Option<SagaReply>) -> Result<(), AgentError> {
+        let mut next = match first {
+            Some(reply) => reply,
+            None => self.ask(id, SagaMsg::Take).await?,
+        };
         loop {
             let SagaReply::Due(Some(due), saga) = next else {
                 return Ok(());
