@@ -1,0 +1,242 @@
+//! The wire format between nodes: length-prefixed frames (a big-endian
+//! `u32` length, then a bincode 2 body), size-checked before anything is
+//! read into memory. bincode has no schema evolution, so every payload
+//! type has a stable id and the protocol version is checked at the
+//! handshake: a changed payload is a new id or a new version.
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Version of the frames and envelopes below; peers must agree.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// Largest frame body a node sends or accepts.
+pub const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
+
+/// bincode with the frame limit, so that a length inside a frame cannot
+/// make the decoder allocate more than a frame holds.
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<MAX_FRAME_BYTES>()
+}
+
+/// Which agent instance a message is for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Target {
+    pub kind: String,
+    pub key: String,
+}
+
+/// One message between nodes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub message_id: u64,
+    /// Set on an ask: the reply carries it back.
+    pub correlation_id: Option<u64>,
+    /// W3C `traceparent` of the sender's span.
+    pub trace_context: Option<String>,
+    /// Unix milliseconds after which the receiver drops the message.
+    pub deadline_ms: Option<u64>,
+    pub target: Target,
+    /// Stable id of the payload's type.
+    pub type_id: u32,
+    /// The message, bincode-encoded.
+    pub payload: Vec<u8>,
+}
+
+/// Why a remote ask failed on the far side.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RemoteFailure {
+    /// The receiving node does not own the target (placement moved).
+    NotOwner {
+        owner: Option<String>,
+    },
+    /// No handler for the type id (an older or newer peer).
+    UnknownType {
+        type_id: u32,
+    },
+    /// The agent answered with an error, as text.
+    Agent {
+        message: String,
+    },
+    DeadlineExpired,
+}
+
+/// The answer to an envelope that carried a correlation id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reply {
+    pub correlation_id: u64,
+    pub outcome: Result<Vec<u8>, RemoteFailure>,
+}
+
+/// What travels on a link once the handshake is done.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Frame {
+    Message(Envelope),
+    Reply(Reply),
+}
+
+/// The handshake, before any frame: each side says who it is with a fresh
+/// nonce, then proves it holds the cluster secret over the other's nonce.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Handshake {
+    Hello {
+        version: u16,
+        node: String,
+        nonce: [u8; 32],
+    },
+    Proof {
+        mac: [u8; 32],
+    },
+    Refused {
+        reason: String,
+    },
+}
+
+/// Why a frame could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error("frame of {size} bytes exceeds the limit of {limit}")]
+    TooLarge { size: usize, limit: usize },
+    #[error("undecodable frame: {0}")]
+    Decode(String),
+    #[error("unencodable frame: {0}")]
+    Encode(String),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// Encodes `value` as one frame (length prefix included) onto `out`.
+pub fn encode_into<T: Serialize>(value: &T, out: &mut Vec<u8>) -> Result<(), CodecError> {
+    let start = out.len();
+    out.extend_from_slice(&[0; 4]);
+    bincode::serde::encode_into_std_write(value, out, config())
+        .map_err(|error| CodecError::Encode(error.to_string()))?;
+    let size = out.len() - start - 4;
+    if size > MAX_FRAME_BYTES {
+        out.truncate(start);
+        return Err(CodecError::TooLarge {
+            size,
+            limit: MAX_FRAME_BYTES,
+        });
+    }
+    out[start..start + 4].copy_from_slice(&(size as u32).to_be_bytes());
+    Ok(())
+}
+
+/// Writes one frame and flushes.
+pub async fn write_frame<T: Serialize>(
+    writer: &mut (impl AsyncWrite + Unpin),
+    value: &T,
+) -> Result<(), CodecError> {
+    let mut bytes = Vec::new();
+    encode_into(value, &mut bytes)?;
+    writer.write_all(&bytes).await?;
+    writer.flush().await?;
+    Ok(())
+}
+
+/// Reads one frame; the length is checked before the body is read.
+/// `buffer` is reused between calls.
+pub async fn read_frame<T: for<'de> Deserialize<'de>>(
+    reader: &mut (impl AsyncRead + Unpin),
+    buffer: &mut Vec<u8>,
+) -> Result<T, CodecError> {
+    let mut prefix = [0u8; 4];
+    reader.read_exact(&mut prefix).await?;
+    let size = u32::from_be_bytes(prefix) as usize;
+    if size > MAX_FRAME_BYTES {
+        return Err(CodecError::TooLarge {
+            size,
+            limit: MAX_FRAME_BYTES,
+        });
+    }
+    buffer.resize(size, 0);
+    reader.read_exact(buffer).await?;
+    decode(buffer)
+}
+
+/// Decodes one frame body; trailing bytes are an error.
+pub fn decode<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, CodecError> {
+    let (value, used) = bincode::serde::decode_from_slice(body, config())
+        .map_err(|error| CodecError::Decode(error.to_string()))?;
+    if used != body.len() {
+        return Err(CodecError::Decode(format!(
+            "{} bytes left after the frame's value",
+            body.len() - used
+        )));
+    }
+    Ok(value)
+}
+
+/// Encodes a payload for an [`Envelope`] or a [`Reply`].
+pub fn encode_payload<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
+    bincode::serde::encode_to_vec(value, config())
+        .map_err(|error| CodecError::Encode(error.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope() -> Envelope {
+        Envelope {
+            message_id: 7,
+            correlation_id: Some(9),
+            trace_context: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+            deadline_ms: Some(1_800_000_000_000),
+            target: Target {
+                kind: "architect".into(),
+                key: "m-1".into(),
+            },
+            type_id: 3,
+            payload: encode_payload(&("hello", 42u32)).unwrap(),
+        }
+    }
+
+    #[tokio::test]
+    async fn frames_round_trip_back_to_back() {
+        let frames = vec![
+            Frame::Message(envelope()),
+            Frame::Reply(Reply {
+                correlation_id: 9,
+                outcome: Err(RemoteFailure::NotOwner {
+                    owner: Some("n2".into()),
+                }),
+            }),
+        ];
+        let mut bytes = Vec::new();
+        for frame in &frames {
+            encode_into(frame, &mut bytes).unwrap();
+        }
+        let mut reader = bytes.as_slice();
+        let mut buffer = Vec::new();
+        for frame in &frames {
+            let read: Frame = read_frame(&mut reader, &mut buffer).await.unwrap();
+            assert_eq!(&read, frame);
+        }
+        assert!(reader.is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_oversized_length_is_refused_before_reading_the_body() {
+        let mut bytes = ((MAX_FRAME_BYTES + 1) as u32).to_be_bytes().to_vec();
+        bytes.extend_from_slice(&[0; 16]);
+        let error = read_frame::<Frame>(&mut bytes.as_slice(), &mut Vec::new())
+            .await
+            .unwrap_err();
+        assert!(matches!(error, CodecError::TooLarge { .. }), "{error}");
+    }
+
+    #[test]
+    fn garbage_and_trailing_bytes_are_decode_errors() {
+        assert!(matches!(
+            decode::<Frame>(&[0xff; 12]),
+            Err(CodecError::Decode(_))
+        ));
+        let mut body = encode_payload(&Frame::Message(envelope())).unwrap();
+        body.push(0);
+        assert!(matches!(decode::<Frame>(&body), Err(CodecError::Decode(_))));
+        // A length inside the body claiming more than a frame can hold.
+        let lying = [0u8, 0xfd, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f];
+        assert!(decode::<Frame>(&lying).is_err());
+    }
+}

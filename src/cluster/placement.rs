@@ -1,0 +1,122 @@
+//! Who owns an agent instance: `owner(kind, key)` is the candidate with the
+//! highest hash of `(node, kind, key)` (rendezvous hashing). A node joining
+//! or leaving moves only the keys it gains or held; every node computes the
+//! same owner from the same member list, with no coordination. The hash is
+//! XXH3, whose output is fixed by its specification, so nodes of different
+//! builds agree.
+
+use xxhash_rust::xxh3::Xxh3;
+
+/// A node that may own instances.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    pub node: String,
+    /// Agent kinds it hosts.
+    pub kinds: Vec<String>,
+    pub gpus: u32,
+}
+
+fn score(node: &str, kind: &str, key: &str) -> u64 {
+    let mut hasher = Xxh3::new();
+    // Lengths first: ("ab", "c") and ("a", "bc") must not collide.
+    for part in [node, kind, key] {
+        hasher.update(&(part.len() as u64).to_le_bytes());
+        hasher.update(part.as_bytes());
+    }
+    hasher.digest()
+}
+
+/// The owner of `(kind, key)` among `candidates`: the highest score among
+/// those hosting the kind; with `prefer_gpu`, among those with a GPU when
+/// any has one. Ties (never in practice) go to the smaller node name.
+pub fn owner<'a>(
+    kind: &str,
+    key: &str,
+    candidates: &'a [Candidate],
+    prefer_gpu: bool,
+) -> Option<&'a Candidate> {
+    let hosting = || {
+        candidates
+            .iter()
+            .filter(move |candidate| candidate.kinds.iter().any(|hosted| hosted == kind))
+    };
+    let with_gpu = prefer_gpu && hosting().any(|candidate| candidate.gpus > 0);
+    hosting()
+        .filter(|candidate| !with_gpu || candidate.gpus > 0)
+        .max_by(|a, b| {
+            score(&a.node, kind, key)
+                .cmp(&score(&b.node, kind, key))
+                .then_with(|| b.node.cmp(&a.node))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nodes(names: &[&str]) -> Vec<Candidate> {
+        names
+            .iter()
+            .map(|name| Candidate {
+                node: (*name).to_owned(),
+                kinds: vec!["architect".into(), "simulation".into()],
+                gpus: 0,
+            })
+            .collect()
+    }
+
+    fn owners(candidates: &[Candidate]) -> Vec<String> {
+        (0..3000)
+            .map(|key| {
+                owner("architect", &format!("m-{key}"), candidates, false)
+                    .unwrap()
+                    .node
+                    .clone()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn keys_spread_evenly_and_a_leaving_node_moves_only_its_own() {
+        let three = nodes(&["n1", "n2", "n3"]);
+        let before = owners(&three);
+        for node in ["n1", "n2", "n3"] {
+            let share = before.iter().filter(|owner| *owner == node).count();
+            assert!((800..1200).contains(&share), "{node}: {share} of 3000");
+        }
+        let after = owners(&nodes(&["n1", "n3"]));
+        for (before, after) in before.iter().zip(&after) {
+            if before != "n2" {
+                assert_eq!(before, after, "a key of a staying node moved");
+            } else {
+                assert_ne!(after, "n2");
+            }
+        }
+        // And a node coming back takes back exactly what it had.
+        assert_eq!(owners(&three), before);
+    }
+
+    #[test]
+    fn only_nodes_hosting_the_kind_own_it_and_gpus_are_preferred() {
+        // Pinned: a change of hash would move every key of a running cluster.
+        const GOLDEN: u64 = 8_438_380_971_054_567_257;
+        let mut candidates = nodes(&["n1", "n2", "n3"]);
+        candidates[0].kinds = vec!["simulation".into()];
+        candidates[2].gpus = 1;
+        for key in 0..200 {
+            let key = format!("k{key}");
+            assert_ne!(
+                owner("architect", &key, &candidates, false).unwrap().node,
+                "n1"
+            );
+            assert_eq!(
+                owner("simulation", &key, &candidates, true).unwrap().node,
+                "n3"
+            );
+        }
+        assert!(owner("executor", "k", &candidates, false).is_none());
+        // The hash is fixed by XXH3's specification: nodes of other builds agree.
+        assert_eq!(score("n1", "architect", "m-1"), GOLDEN);
+        assert_ne!(score("ab", "c", "k"), score("a", "bc", "k"));
+    }
+}

@@ -1,0 +1,725 @@
+//! TCP links between nodes. A link is one connection, used both ways,
+//! opened by a handshake that checks the protocol version and proves on
+//! both sides that each holds the cluster secret (HMAC-SHA256 over the
+//! other side's fresh nonce) before any frame passes. Each link has a
+//! bounded queue (a full queue makes senders wait: backpressure, never
+//! unbounded memory) and a writer task that sends whatever queued while it
+//! wrote in one write (batching). A peer that sends garbage, an oversized
+//! frame or a bad proof loses its connection, and nothing else does.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+
+use super::codec::{
+    self, CodecError, Envelope, Frame, Handshake, PROTOCOL_VERSION, RemoteFailure, Reply,
+};
+
+/// Time a peer has to complete the handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bytes the writer gathers before it writes.
+const WRITE_BATCH_BYTES: usize = 64 * 1024;
+/// First and longest wait before dialing an address that failed again.
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Who this node is on the wire.
+#[derive(Clone)]
+pub struct TransportConfig {
+    /// The node's name, as peers log it.
+    pub node: String,
+    /// The shared cluster secret.
+    pub secret: Vec<u8>,
+    /// Frames queued per link before senders wait.
+    pub queue_frames: usize,
+}
+
+impl std::fmt::Debug for TransportConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TransportConfig")
+            .field("node", &self.node)
+            .field("secret", &"***")
+            .field("queue_frames", &self.queue_frames)
+            .finish()
+    }
+}
+
+/// Why a link could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{addr} failed recently; next try in {retry_in:?}")]
+    Backoff {
+        addr: SocketAddr,
+        retry_in: Duration,
+    },
+    #[error("handshake with {peer} failed: {reason}")]
+    Handshake { peer: String, reason: String },
+    #[error("the link to {peer} is closed")]
+    Closed { peer: String },
+    #[error("no reply from {peer} within {timeout:?}")]
+    Timeout { peer: String, timeout: Duration },
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+}
+
+/// What the node does with a message that arrived; `link` answers on the
+/// same connection.
+pub type Inbound = Arc<dyn Fn(&Link, Envelope) + Send + Sync>;
+
+/// Asks waiting for their reply, by correlation id.
+type Waiting = HashMap<u64, oneshot::Sender<Result<Vec<u8>, RemoteFailure>>>;
+
+/// The sending side of one connection.
+#[derive(Clone)]
+pub struct Link {
+    peer: Arc<str>,
+    sender: mpsc::Sender<Frame>,
+}
+
+impl Link {
+    /// The peer's node name, from its handshake.
+    pub fn peer(&self) -> &str {
+        &self.peer
+    }
+
+    /// Queues a frame, waiting while the link's queue is full; gives the
+    /// frame back when the link is closed, so it can go elsewhere.
+    pub async fn send(&self, frame: Frame) -> Result<(), Frame> {
+        self.sender.send(frame).await.map_err(|error| error.0)
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.sender.is_closed()
+    }
+}
+
+/// Dial backoff of one address.
+struct Backoff {
+    wait: Duration,
+    until: Instant,
+}
+
+struct Inner {
+    config: TransportConfig,
+    inbound: Inbound,
+    links: Mutex<HashMap<SocketAddr, Link>>,
+    backoff: Mutex<HashMap<SocketAddr, Backoff>>,
+    pending: Mutex<Waiting>,
+    next_id: AtomicU64,
+    listen: SocketAddr,
+}
+
+/// This node's end of the transport: the listener and the links it dialed.
+#[derive(Clone)]
+pub struct Transport {
+    inner: Arc<Inner>,
+}
+
+impl Transport {
+    /// Listens on `addr` and serves peers with `inbound`. Call inside a
+    /// tokio runtime.
+    pub async fn bind(
+        addr: SocketAddr,
+        config: TransportConfig,
+        inbound: Inbound,
+    ) -> std::io::Result<Transport> {
+        let listener = TcpListener::bind(addr).await?;
+        let transport = Transport {
+            inner: Arc::new(Inner {
+                config,
+                inbound,
+                links: Mutex::new(HashMap::new()),
+                backoff: Mutex::new(HashMap::new()),
+                pending: Mutex::new(HashMap::new()),
+                next_id: AtomicU64::new(1),
+                listen: listener.local_addr()?,
+            }),
+        };
+        tokio::spawn(transport.clone().accept(listener));
+        Ok(transport)
+    }
+
+    /// The address peers dial.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.listen
+    }
+
+    /// A fresh message or correlation id, unique on this node.
+    pub fn next_id(&self) -> u64 {
+        self.inner.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    async fn accept(self, listener: TcpListener) {
+        loop {
+            match listener.accept().await {
+                Ok((stream, from)) => {
+                    let this = self.clone();
+                    tokio::spawn(async move {
+                        if let Err(error) = this.open(stream, from).await {
+                            tracing::warn!(%from, %error, "transport: refused a connection");
+                        }
+                    });
+                }
+                Err(error) => {
+                    // Out of descriptors, say: wait rather than spin.
+                    tracing::warn!(%error, "transport: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    /// The link to the node listening at `addr`: the open one, or a new
+    /// connection and handshake.
+    pub async fn link(&self, addr: SocketAddr) -> Result<Link, LinkError> {
+        if let Some(link) = self
+            .lock_links()
+            .get(&addr)
+            .filter(|link| !link.is_closed())
+        {
+            return Ok(link.clone());
+        }
+        if let Some(backoff) = self.lock_backoff().get(&addr) {
+            let now = Instant::now();
+            if backoff.until > now {
+                return Err(LinkError::Backoff {
+                    addr,
+                    retry_in: backoff.until - now,
+                });
+            }
+        }
+        let dialed = async {
+            let stream = TcpStream::connect(addr)
+                .await
+                .map_err(|source| LinkError::Connect { addr, source })?;
+            self.open(stream, addr).await
+        }
+        .await;
+        match dialed {
+            Ok(link) => {
+                self.lock_backoff().remove(&addr);
+                let mut links = self.lock_links();
+                // Two dials at once: the first link in stays.
+                let link = links
+                    .entry(addr)
+                    .and_modify(|open| {
+                        if open.is_closed() {
+                            *open = link.clone();
+                        }
+                    })
+                    .or_insert(link)
+                    .clone();
+                Ok(link)
+            }
+            Err(error) => {
+                let mut backoff = self.lock_backoff();
+                let wait = backoff
+                    .get(&addr)
+                    .map(|last| (last.wait * 2).min(BACKOFF_MAX))
+                    .unwrap_or(BACKOFF_FIRST);
+                backoff.insert(
+                    addr,
+                    Backoff {
+                        wait,
+                        until: Instant::now() + wait,
+                    },
+                );
+                Err(error)
+            }
+        }
+    }
+
+    /// Sends `envelope` and waits for the reply to its correlation id.
+    pub async fn ask(
+        &self,
+        addr: SocketAddr,
+        mut envelope: Envelope,
+        timeout: Duration,
+    ) -> Result<Result<Vec<u8>, RemoteFailure>, LinkError> {
+        let link = self.link(addr).await?;
+        let correlation_id = self.next_id();
+        envelope.correlation_id = Some(correlation_id);
+        let (reply, answer) = oneshot::channel();
+        self.lock_pending().insert(correlation_id, reply);
+        let outcome = async {
+            link.send(Frame::Message(envelope))
+                .await
+                .map_err(|_| LinkError::Closed {
+                    peer: link.peer().to_owned(),
+                })?;
+            match tokio::time::timeout(timeout, answer).await {
+                Ok(Ok(outcome)) => Ok(outcome),
+                Ok(Err(_)) => Err(LinkError::Closed {
+                    peer: link.peer().to_owned(),
+                }),
+                Err(_) => Err(LinkError::Timeout {
+                    peer: link.peer().to_owned(),
+                    timeout,
+                }),
+            }
+        }
+        .await;
+        self.lock_pending().remove(&correlation_id);
+        outcome
+    }
+
+    /// Handshake on a fresh connection (either side), then the link's
+    /// writer and reader tasks.
+    async fn open(&self, stream: TcpStream, addr: SocketAddr) -> Result<Link, LinkError> {
+        stream.set_nodelay(true).map_err(CodecError::Io)?;
+        let (mut reader, mut writer) = stream.into_split();
+        let peer = tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            handshake(&self.inner.config, &mut reader, &mut writer),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(LinkError::Handshake {
+                peer: addr.to_string(),
+                reason: "timed out".into(),
+            })
+        })?;
+        tracing::info!(peer = %peer, %addr, "transport: link open");
+        let (sender, queue) = mpsc::channel(self.inner.config.queue_frames.max(1));
+        let link = Link {
+            peer: peer.into(),
+            sender,
+        };
+        // The reader's end stops the writer, which closes the connection.
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(write_frames(queue, writer, stopped, link.peer.clone()));
+        tokio::spawn(self.clone().read_frames(reader, link.clone(), stop));
+        Ok(link)
+    }
+
+    async fn read_frames(self, mut reader: OwnedReadHalf, link: Link, stop: oneshot::Sender<()>) {
+        let mut buffer = Vec::new();
+        loop {
+            match codec::read_frame::<Frame>(&mut reader, &mut buffer).await {
+                Ok(Frame::Message(envelope)) => (self.inner.inbound)(&link, envelope),
+                Ok(Frame::Reply(Reply {
+                    correlation_id,
+                    outcome,
+                })) => {
+                    if let Some(waiting) = self.lock_pending().remove(&correlation_id) {
+                        let _ = waiting.send(outcome);
+                    }
+                }
+                Err(CodecError::Io(error)) if error.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    tracing::info!(peer = %link.peer(), "transport: link closed by the peer");
+                    break;
+                }
+                Err(error) => {
+                    tracing::warn!(peer = %link.peer(), %error, "transport: dropping the link");
+                    break;
+                }
+            }
+        }
+        self.lock_links()
+            .retain(|_, open| !Arc::ptr_eq(&open.peer, &link.peer));
+        drop(stop);
+    }
+
+    fn lock_links(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Link>> {
+        self.inner.links.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_backoff(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Backoff>> {
+        self.inner.backoff.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, Waiting> {
+        self.inner.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Sends what queued in as few writes as it can, until the reader stops.
+async fn write_frames(
+    mut queue: mpsc::Receiver<Frame>,
+    mut writer: OwnedWriteHalf,
+    mut stopped: oneshot::Receiver<()>,
+    peer: Arc<str>,
+) {
+    let mut bytes = Vec::with_capacity(WRITE_BATCH_BYTES);
+    loop {
+        let frame = tokio::select! {
+            frame = queue.recv() => match frame {
+                Some(frame) => frame,
+                None => return,
+            },
+            _ = &mut stopped => {
+                queue.close();
+                return;
+            }
+        };
+        bytes.clear();
+        let mut next = Some(frame);
+        while let Some(frame) = next.take() {
+            if let Err(error) = codec::encode_into(&frame, &mut bytes) {
+                tracing::warn!(%peer, %error, "transport: frame not sent");
+            }
+            if bytes.len() < WRITE_BATCH_BYTES {
+                next = queue.try_recv().ok();
+            }
+        }
+        if let Err(error) = writer.write_all(&bytes).await {
+            tracing::info!(%peer, %error, "transport: link write failed");
+            queue.close();
+            return;
+        }
+    }
+}
+
+fn mac(secret: &[u8], nonce: &[u8; 32], node: &str) -> Hmac<Sha256> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
+    mac.update(b"valueverse-link-v1");
+    mac.update(nonce);
+    mac.update(node.as_bytes());
+    mac
+}
+
+/// Both sides: hello, then proof over the other's nonce. Answers the
+/// peer's node name.
+async fn handshake(
+    config: &TransportConfig,
+    reader: &mut OwnedReadHalf,
+    writer: &mut OwnedWriteHalf,
+) -> Result<String, LinkError> {
+    let nonce: [u8; 32] = rand::random();
+    codec::write_frame(
+        writer,
+        &Handshake::Hello {
+            version: PROTOCOL_VERSION,
+            node: config.node.clone(),
+            nonce,
+        },
+    )
+    .await?;
+    let mut buffer = Vec::new();
+    let refuse = |peer: &str, reason: String| LinkError::Handshake {
+        peer: peer.to_owned(),
+        reason,
+    };
+    let (peer, peer_nonce) = match codec::read_frame::<Handshake>(reader, &mut buffer).await? {
+        Handshake::Hello {
+            version,
+            node,
+            nonce,
+        } => {
+            if version != PROTOCOL_VERSION {
+                let reason =
+                    format!("protocol version {version} is not this node's {PROTOCOL_VERSION}");
+                let _ = codec::write_frame(
+                    writer,
+                    &Handshake::Refused {
+                        reason: reason.clone(),
+                    },
+                )
+                .await;
+                return Err(refuse(&node, reason));
+            }
+            (node, nonce)
+        }
+        Handshake::Refused { reason } => return Err(refuse("?", format!("refused: {reason}"))),
+        Handshake::Proof { .. } => return Err(refuse("?", "proof before hello".into())),
+    };
+    let proof = mac(&config.secret, &peer_nonce, &config.node)
+        .finalize()
+        .into_bytes();
+    codec::write_frame(writer, &Handshake::Proof { mac: proof.into() }).await?;
+    match codec::read_frame::<Handshake>(reader, &mut buffer).await? {
+        Handshake::Proof { mac: theirs } => {
+            if mac(&config.secret, &nonce, &peer)
+                .verify_slice(&theirs)
+                .is_err()
+            {
+                let reason = "the peer does not hold the cluster secret".to_owned();
+                let _ = codec::write_frame(
+                    writer,
+                    &Handshake::Refused {
+                        reason: reason.clone(),
+                    },
+                )
+                .await;
+                return Err(refuse(&peer, reason));
+            }
+        }
+        Handshake::Refused { reason } => return Err(refuse(&peer, format!("refused: {reason}"))),
+        Handshake::Hello { .. } => return Err(refuse(&peer, "a second hello".into())),
+    }
+    Ok(peer)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use tokio::io::AsyncReadExt;
+
+    use super::super::codec::{Target, encode_payload};
+    use super::*;
+
+    fn config(node: &str, secret: &str) -> TransportConfig {
+        TransportConfig {
+            node: node.into(),
+            secret: secret.as_bytes().to_vec(),
+            queue_frames: 1024,
+        }
+    }
+
+    /// Answers every ask with its payload; counts every message.
+    fn echo(count: Arc<AtomicUsize>) -> Inbound {
+        Arc::new(move |link: &Link, envelope: Envelope| {
+            count.fetch_add(1, Ordering::Relaxed);
+            if let Some(correlation_id) = envelope.correlation_id {
+                let link = link.clone();
+                tokio::spawn(async move {
+                    let _ = link
+                        .send(Frame::Reply(Reply {
+                            correlation_id,
+                            outcome: Ok(envelope.payload),
+                        }))
+                        .await;
+                });
+            }
+        })
+    }
+
+    fn envelope(n: u64) -> Envelope {
+        Envelope {
+            message_id: n,
+            correlation_id: None,
+            trace_context: None,
+            deadline_ms: None,
+            target: Target {
+                kind: "architect".into(),
+                key: format!("m-{n}"),
+            },
+            type_id: 1,
+            payload: encode_payload(&n).unwrap(),
+        }
+    }
+
+    async fn server(secret: &str) -> (Transport, Arc<AtomicUsize>) {
+        let count = Arc::new(AtomicUsize::new(0));
+        let transport = Transport::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            config("server", secret),
+            echo(count.clone()),
+        )
+        .await
+        .unwrap();
+        (transport, count)
+    }
+
+    async fn client(secret: &str) -> Transport {
+        Transport::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            config("client", secret),
+            echo(Arc::new(AtomicUsize::new(0))),
+        )
+        .await
+        .unwrap()
+    }
+
+    async fn works(server: &Transport) {
+        let client = client("s3cret").await;
+        let answer = client
+            .ask(server.local_addr(), envelope(5), Duration::from_secs(5))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(answer, encode_payload(&5u64).unwrap());
+    }
+
+    #[tokio::test]
+    async fn asks_round_trip_and_tells_all_arrive_on_one_link() {
+        let (server, count) = server("s3cret").await;
+        let client = client("s3cret").await;
+        let link = client.link(server.local_addr()).await.unwrap();
+        assert_eq!(link.peer(), "server");
+        for n in 0..10_000 {
+            link.send(Frame::Message(envelope(n))).await.unwrap();
+        }
+        works(&server).await;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while count.load(Ordering::Relaxed) < 10_001 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(count.load(Ordering::Relaxed), 10_001);
+        // The same link serves the next call.
+        let again = client.link(server.local_addr()).await.unwrap();
+        assert!(Arc::ptr_eq(&again.peer, &link.peer));
+    }
+
+    #[tokio::test]
+    async fn a_wrong_secret_is_refused_on_both_sides() {
+        let (server, count) = server("s3cret").await;
+        let intruder = client("guess").await;
+        let error = intruder.link(server.local_addr()).await.err().unwrap();
+        assert!(matches!(error, LinkError::Handshake { .. }), "{error}");
+        // A failed address waits before the next dial.
+        let again = intruder.link(server.local_addr()).await.err().unwrap();
+        assert!(matches!(again, LinkError::Backoff { .. }), "{again}");
+        assert_eq!(count.load(Ordering::Relaxed), 0);
+        works(&server).await;
+    }
+
+    #[tokio::test]
+    async fn another_protocol_version_is_refused_with_a_reason() {
+        let (server, _) = server("s3cret").await;
+        let mut raw = TcpStream::connect(server.local_addr()).await.unwrap();
+        let hello = Handshake::Hello {
+            version: PROTOCOL_VERSION + 1,
+            node: "future".into(),
+            nonce: [1; 32],
+        };
+        codec::write_frame(&mut raw, &hello).await.unwrap();
+        let mut buffer = Vec::new();
+        assert!(matches!(
+            codec::read_frame::<Handshake>(&mut raw, &mut buffer)
+                .await
+                .unwrap(),
+            Handshake::Hello { .. }
+        ));
+        match codec::read_frame::<Handshake>(&mut raw, &mut buffer)
+            .await
+            .unwrap()
+        {
+            Handshake::Refused { reason } => assert!(reason.contains("version"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+        works(&server).await;
+    }
+
+    /// Reads until the server closes the connection.
+    async fn closed_by_server(raw: &mut TcpStream) -> bool {
+        let mut sink = [0u8; 4096];
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), raw.read(&mut sink)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(_)) => continue,
+                Err(_) => return false,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn garbage_and_oversized_frames_cost_only_their_connection() {
+        let (server, count) = server("s3cret").await;
+        // Garbage instead of a hello.
+        let mut raw = TcpStream::connect(server.local_addr()).await.unwrap();
+        raw.write_all(&[0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4, 5, 6, 7, 8])
+            .await
+            .unwrap();
+        assert!(closed_by_server(&mut raw).await);
+        // A correct handshake, then a frame over the limit.
+        let mut raw = TcpStream::connect(server.local_addr()).await.unwrap();
+        let nonce = [7u8; 32];
+        codec::write_frame(
+            &mut raw,
+            &Handshake::Hello {
+                version: PROTOCOL_VERSION,
+                node: "raw".into(),
+                nonce,
+            },
+        )
+        .await
+        .unwrap();
+        let mut buffer = Vec::new();
+        let Handshake::Hello {
+            nonce: server_nonce,
+            node,
+            ..
+        } = codec::read_frame::<Handshake>(&mut raw, &mut buffer)
+            .await
+            .unwrap()
+        else {
+            panic!("no hello");
+        };
+        assert_eq!(node, "server");
+        let proof = mac(b"s3cret", &server_nonce, "raw").finalize().into_bytes();
+        codec::write_frame(&mut raw, &Handshake::Proof { mac: proof.into() })
+            .await
+            .unwrap();
+        assert!(matches!(
+            codec::read_frame::<Handshake>(&mut raw, &mut buffer)
+                .await
+                .unwrap(),
+            Handshake::Proof { .. }
+        ));
+        raw.write_all(&((codec::MAX_FRAME_BYTES + 1) as u32).to_be_bytes())
+            .await
+            .unwrap();
+        assert!(closed_by_server(&mut raw).await);
+        assert_eq!(count.load(Ordering::Relaxed), 0);
+        works(&server).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_full_queue_makes_the_sender_wait() {
+        // A server stuck in its first message stops reading its socket.
+        let release = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let held = release.clone();
+        let slow_handler: Inbound = Arc::new(move |_: &Link, _: Envelope| {
+            while !held.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        let server = Transport::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            config("server", "s3cret"),
+            slow_handler,
+        )
+        .await
+        .unwrap();
+        let sender = Transport::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            TransportConfig {
+                queue_frames: 4,
+                ..config("sender", "s3cret")
+            },
+            echo(Arc::new(AtomicUsize::new(0))),
+        )
+        .await
+        .unwrap();
+        let link = sender.link(server.local_addr()).await.unwrap();
+        // Frames of 1 MiB: the socket buffers fill, then the queue of 4,
+        // then `send` waits instead of growing memory.
+        let big = Envelope {
+            payload: vec![0; 1 << 20],
+            ..envelope(1)
+        };
+        let mut sent = 0;
+        while sent < 256 {
+            let queued = tokio::time::timeout(
+                Duration::from_secs(1),
+                link.send(Frame::Message(big.clone())),
+            )
+            .await;
+            match queued {
+                Err(_) => break,
+                Ok(Ok(())) => sent += 1,
+                Ok(Err(_)) => panic!("the link closed after {sent} frames"),
+            }
+        }
+        release.store(true, Ordering::Relaxed);
+        assert!(sent < 64, "{sent} MiB queued without waiting");
+        assert!(!link.is_closed());
+    }
+}
