@@ -44,6 +44,25 @@ enum Command {
 enum BenchCommand {
     /// Value-creation sagas per second end to end, with p50/p99 latency.
     Sagas(BenchSagasArgs),
+    /// The cluster transport between two node processes on loopback: tells
+    /// per second, ask round trips, beside a bare TCP ping-pong.
+    Remote(BenchRemoteArgs),
+}
+
+#[derive(Args)]
+struct BenchRemoteArgs {
+    /// Tells sent one way.
+    #[arg(long, default_value_t = 2_000_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    tells: u64,
+    /// Asks timed one at a time (and again with 64 in flight).
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(64..=10_000_000))]
+    asks: u64,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Be the peer process (started by the benchmark itself).
+    #[arg(long, hide = true)]
+    serve: bool,
 }
 
 #[derive(Args)]
@@ -293,6 +312,35 @@ async fn open_store(args: MigrateArgs, migrated: bool) -> anyhow::Result<Store> 
     store.context("cannot open the store")
 }
 
+async fn bench_remote(args: BenchRemoteArgs) -> anyhow::Result<()> {
+    use valueverse::cluster::bench;
+    if args.serve {
+        let secret = std::env::var(bench::SECRET_ENV)
+            .ok()
+            .and_then(|text| hex::decode(text).ok())
+            .context("the peer process needs its secret")?;
+        return Ok(bench::serve(&secret).await?);
+    }
+    let exe = std::env::current_exe().context("cannot find this executable")?;
+    let result = bench::run(&exe, args.tells, args.asks as usize).await?;
+    if args.json {
+        println!("{}", serde_json::to_string(&result)?);
+    } else {
+        println!("| measure | remote (2 processes) | bare TCP, 64-byte frames |");
+        println!("|---|---|---|");
+        println!("| tells/s | {:.0} | |", result.tells_per_second);
+        println!(
+            "| ask round trip p50 / p99, 1 in flight | {:.1} / {:.1} us | {:.1} / {:.1} us |",
+            result.ask_p50_us, result.ask_p99_us, result.tcp_ping_p50_us, result.tcp_ping_p99_us
+        );
+        println!(
+            "| asks/s, {} in flight | {:.0} | |",
+            result.asks_in_flight, result.asks_per_second_in_flight
+        );
+    }
+    Ok(())
+}
+
 async fn bench_sagas(args: BenchSagasArgs) -> anyhow::Result<()> {
     if args.concurrency.iter().any(|&c| !(1..=4096).contains(&c)) {
         anyhow::bail!("--concurrency values must be within 1..=4096");
@@ -524,6 +572,7 @@ fn main() -> ExitCode {
         Command::Migrate(args) => runtime.block_on(migrate(args)),
         Command::Apikey(command) => runtime.block_on(apikey(command)),
         Command::Bench(BenchCommand::Sagas(args)) => runtime.block_on(bench_sagas(args)),
+        Command::Bench(BenchCommand::Remote(args)) => runtime.block_on(bench_remote(args)),
         // CPU-bound on rayon's threads: no async runtime involved.
         Command::Simulate(args) => simulate(args),
     };

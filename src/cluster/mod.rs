@@ -3,6 +3,7 @@
 //! ([`placement`]). Membership and routing through `AgentRef` build on
 //! these.
 
+pub mod bench;
 pub mod codec;
 pub mod placement;
 pub mod transport;

@@ -103,6 +103,16 @@ impl Link {
         self.sender.send(frame).await.map_err(|error| error.0)
     }
 
+    /// Queues a frame if the queue has room now; gives it back otherwise
+    /// (for an inbound handler, which must not wait).
+    pub fn try_send(&self, frame: Frame) -> Result<(), Box<Frame>> {
+        self.sender.try_send(frame).map_err(|error| match error {
+            mpsc::error::TrySendError::Full(frame) | mpsc::error::TrySendError::Closed(frame) => {
+                Box::new(frame)
+            }
+        })
+    }
+
     pub fn is_closed(&self) -> bool {
         self.sender.is_closed()
     }
@@ -307,7 +317,10 @@ impl Transport {
         Ok(link)
     }
 
-    async fn read_frames(self, mut reader: OwnedReadHalf, link: Link, stop: oneshot::Sender<()>) {
+    async fn read_frames(self, reader: OwnedReadHalf, link: Link, stop: oneshot::Sender<()>) {
+        // Buffered: a frame is two reads, and a syscall each would cost
+        // more than the frame.
+        let mut reader = tokio::io::BufReader::with_capacity(WRITE_BATCH_BYTES, reader);
         let mut buffer = Vec::new();
         loop {
             match codec::read_frame::<Frame>(&mut reader, &mut buffer).await {

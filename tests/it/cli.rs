@@ -331,3 +331,30 @@ fn apikey_create_prints_a_key_once_and_list_and_revoke_manage_it() {
     assert!(!bad_role.status.success());
     assert!(String::from_utf8_lossy(&bad_role.stderr).contains("root"));
 }
+
+#[test]
+fn bench_remote_measures_two_processes_and_refuses_bad_counts() {
+    let output = valueverse()
+        .args(["bench", "remote", "--tells", "20000", "--asks", "640", "--json"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let result: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(result["tells"], 20000);
+    assert_eq!(result["asks"], 640);
+    for field in [
+        "tells_per_second",
+        "ask_p50_us",
+        "ask_p99_us",
+        "asks_per_second_in_flight",
+        "tcp_ping_p99_us",
+    ] {
+        assert!(result[field].as_f64().unwrap() > 0.0, "{field}: {result}");
+    }
+    let refused = valueverse()
+        .args(["bench", "remote", "--asks", "3"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--asks"));
+}

@@ -1,0 +1,238 @@
+//! `valueverse bench remote`: the transport between two node processes on
+//! loopback. The parent starts a second `valueverse` process that serves a
+//! transport (it counts tells and answers asks with their payload) and a
+//! bare TCP echo of 64-byte frames, the baseline the ask round trip is
+//! set beside.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::codec::{Envelope, Frame, Reply, Target};
+use super::transport::{Inbound, Link, LinkError, Transport, TransportConfig};
+
+/// The environment variable that carries the run's secret to the child.
+pub const SECRET_ENV: &str = "VALUEVERSE_BENCH_SECRET";
+
+/// Type id of a tell (counted) and of the ask for the count.
+const TELL: u32 = 1;
+const ECHO: u32 = 2;
+const COUNT: u32 = 3;
+
+/// Why the benchmark stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("the peer process: {0}")]
+    Peer(String),
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// What one run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct RemoteBench {
+    pub tells: u64,
+    pub tells_per_second: f64,
+    pub asks: usize,
+    pub ask_p50_us: f64,
+    pub ask_p99_us: f64,
+    pub asks_in_flight: usize,
+    pub asks_per_second_in_flight: f64,
+    pub tcp_ping_p50_us: f64,
+    pub tcp_ping_p99_us: f64,
+}
+
+fn config(node: &str, secret: &[u8]) -> TransportConfig {
+    TransportConfig {
+        node: node.into(),
+        secret: secret.to_vec(),
+        queue_frames: 8192,
+    }
+}
+
+fn envelope(type_id: u32, n: u64) -> Envelope {
+    Envelope {
+        message_id: n,
+        correlation_id: None,
+        trace_context: None,
+        deadline_ms: None,
+        target: Target {
+            kind: "bench".into(),
+            key: "k".into(),
+        },
+        type_id,
+        payload: n.to_le_bytes().to_vec(),
+    }
+}
+
+/// The child's side: serves until its stdin closes. Prints the transport
+/// address and the echo address on one line.
+pub async fn serve(secret: &[u8]) -> Result<(), BenchError> {
+    let tells = Arc::new(AtomicU64::new(0));
+    let counted = tells.clone();
+    let inbound: Inbound = Arc::new(move |link: &Link, envelope: Envelope| {
+        if envelope.type_id == TELL {
+            counted.fetch_add(1, Ordering::Relaxed);
+        }
+        let Some(correlation_id) = envelope.correlation_id else {
+            return;
+        };
+        let payload = match envelope.type_id {
+            COUNT => counted.load(Ordering::Relaxed).to_le_bytes().to_vec(),
+            _ => envelope.payload,
+        };
+        let reply = Frame::Reply(Reply {
+            correlation_id,
+            outcome: Ok(payload),
+        });
+        // A full queue: wait for room off the reader's path.
+        if let Err(reply) = link.try_send(reply) {
+            let link = link.clone();
+            tokio::spawn(async move { link.send(*reply).await });
+        }
+    });
+    let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
+    let transport = Transport::bind(loopback, config("peer", secret), inbound).await?;
+    let echo = TcpListener::bind(loopback).await?;
+    println!("{} {}", transport.local_addr(), echo.local_addr()?);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = echo.accept().await {
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(async move {
+                let mut frame = [0u8; 64];
+                while stream.read_exact(&mut frame).await.is_ok() {
+                    if stream.write_all(&frame).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    // The parent holds our stdin: its end is ours.
+    let mut stdin = tokio::io::stdin();
+    let mut sink = [0u8; 64];
+    while stdin.read(&mut sink).await.unwrap_or(0) > 0 {}
+    Ok(())
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted
+        .get(((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or(f64::NAN)
+}
+
+/// The parent's side: starts the peer process from `exe` and measures.
+pub async fn run(
+    exe: &std::path::Path,
+    tells: u64,
+    asks: usize,
+) -> Result<RemoteBench, BenchError> {
+    let secret: [u8; 32] = rand::random();
+    let mut child = tokio::process::Command::new(exe)
+        .args(["bench", "remote", "--serve"])
+        .env(SECRET_ENV, hex::encode(secret))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| BenchError::Peer("no stdout".into()))?;
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).await?;
+    let mut addresses = line.split_whitespace().map(str::parse::<SocketAddr>);
+    let (Some(Ok(peer)), Some(Ok(echo))) = (addresses.next(), addresses.next()) else {
+        return Err(BenchError::Peer(format!("unexpected first line {line:?}")));
+    };
+    let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
+    let ignore: Inbound = Arc::new(|_: &Link, _: Envelope| {});
+    let transport = Transport::bind(loopback, config("bench", &secret), ignore).await?;
+    let link = transport.link(peer).await?;
+    let timeout = Duration::from_secs(30);
+
+    // Tells: all sent, then counted on the far side.
+    let started = Instant::now();
+    for n in 0..tells {
+        link.send(Frame::Message(envelope(TELL, n)))
+            .await
+            .map_err(|_| BenchError::Peer("the link closed".into()))?;
+    }
+    loop {
+        let answer = transport.ask(peer, envelope(COUNT, 0), timeout).await?;
+        let count = answer
+            .ok()
+            .and_then(|bytes| bytes.try_into().ok())
+            .map(u64::from_le_bytes)
+            .unwrap_or_default();
+        if count >= tells {
+            break;
+        }
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    let tells_per_second = tells as f64 / started.elapsed().as_secs_f64();
+
+    // Asks, one in flight.
+    let mut latencies = Vec::with_capacity(asks);
+    for n in 0..asks as u64 {
+        let sent = Instant::now();
+        transport.ask(peer, envelope(ECHO, n), timeout).await?.ok();
+        latencies.push(sent.elapsed().as_secs_f64() * 1e6);
+    }
+    latencies.sort_by(f64::total_cmp);
+
+    // Asks, 64 in flight.
+    let in_flight = 64;
+    let per_task = (asks / in_flight).max(1);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..in_flight)
+        .map(|_| {
+            let transport = transport.clone();
+            tokio::spawn(async move {
+                for n in 0..per_task as u64 {
+                    transport.ask(peer, envelope(ECHO, n), timeout).await?.ok();
+                }
+                Ok::<_, LinkError>(())
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await
+            .map_err(|error| BenchError::Peer(error.to_string()))??;
+    }
+    let asks_per_second_in_flight = (per_task * in_flight) as f64 / started.elapsed().as_secs_f64();
+
+    // The baseline: bare TCP ping-pong of 64-byte frames.
+    let mut stream = TcpStream::connect(echo).await?;
+    stream.set_nodelay(true)?;
+    let mut pings = Vec::with_capacity(asks);
+    let mut frame = [7u8; 64];
+    for _ in 0..asks {
+        let sent = Instant::now();
+        stream.write_all(&frame).await?;
+        stream.read_exact(&mut frame).await?;
+        pings.push(sent.elapsed().as_secs_f64() * 1e6);
+    }
+    pings.sort_by(f64::total_cmp);
+    drop(child.stdin.take());
+    let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+    Ok(RemoteBench {
+        tells,
+        tells_per_second,
+        asks,
+        ask_p50_us: percentile(&latencies, 0.5),
+        ask_p99_us: percentile(&latencies, 0.99),
+        asks_in_flight: in_flight,
+        asks_per_second_in_flight,
+        tcp_ping_p50_us: percentile(&pings, 0.5),
+        tcp_ping_p99_us: percentile(&pings, 0.99),
+    })
+}
