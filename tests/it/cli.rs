@@ -335,10 +335,16 @@ fn apikey_create_prints_a_key_once_and_list_and_revoke_manage_it() {
 #[test]
 fn bench_remote_measures_two_processes_and_refuses_bad_counts() {
     let output = valueverse()
-        .args(["bench", "remote", "--tells", "20000", "--asks", "640", "--json"])
+        .args([
+            "bench", "remote", "--tells", "20000", "--asks", "640", "--json",
+        ])
         .output()
         .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let result: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(result["tells"], 20000);
     assert_eq!(result["asks"], 640);
