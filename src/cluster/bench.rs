@@ -53,7 +53,7 @@ fn config(node: &str, secret: &[u8]) -> TransportConfig {
     TransportConfig {
         node: node.into(),
         secret: secret.to_vec(),
-        queue_frames: 8192,
+        queue_bytes: 4 << 20,
     }
 }
 

@@ -1,15 +1,16 @@
 //! TCP links between nodes. A link is one connection, used both ways,
 //! opened by a handshake that checks the protocol version and proves on
 //! both sides that each holds the cluster secret (HMAC-SHA256 over the
-//! other side's fresh nonce) before any frame passes. Each link has a
-//! bounded queue (a full queue makes senders wait: backpressure, never
-//! unbounded memory) and a writer task that sends whatever queued while it
-//! wrote in one write (batching). A peer that sends garbage, an oversized
+//! other side's fresh nonce) before any frame passes. Senders encode their
+//! frame straight into the link's outbox, a byte buffer bounded in size (a
+//! full outbox makes senders wait: backpressure, never unbounded memory),
+//! and a writer task sends whatever gathered while it wrote in one write
+//! (batching) — no per-frame queue operation, one copy of each frame. A peer that sends garbage, an oversized
 //! frame or a bad proof loses its connection, and nothing else does.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,7 +19,7 @@ use sha2::Sha256;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, oneshot};
 
 use super::codec::{
     self, CodecError, Envelope, Frame, Handshake, PROTOCOL_VERSION, RemoteFailure, Reply,
@@ -39,8 +40,9 @@ pub struct TransportConfig {
     pub node: String,
     /// The shared cluster secret.
     pub secret: Vec<u8>,
-    /// Frames queued per link before senders wait.
-    pub queue_frames: usize,
+    /// Encoded bytes waiting per link before senders wait (a frame is
+    /// always taken when the outbox is below this, whatever its size).
+    pub queue_bytes: usize,
 }
 
 impl std::fmt::Debug for TransportConfig {
@@ -48,7 +50,7 @@ impl std::fmt::Debug for TransportConfig {
         f.debug_struct("TransportConfig")
             .field("node", &self.node)
             .field("secret", &"***")
-            .field("queue_frames", &self.queue_frames)
+            .field("queue_bytes", &self.queue_bytes)
             .finish()
     }
 }
@@ -84,11 +86,54 @@ pub type Inbound = Arc<dyn Fn(&Link, Envelope) + Send + Sync>;
 /// Asks waiting for their reply, by correlation id.
 type Waiting = HashMap<u64, oneshot::Sender<Result<Vec<u8>, RemoteFailure>>>;
 
+/// Frames encoded and waiting for the writer.
+struct Outbox {
+    bytes: Mutex<Vec<u8>>,
+    limit: usize,
+    closed: AtomicBool,
+    /// Wakes the writer when bytes arrive.
+    filled: Notify,
+    /// Wakes senders when the writer took the bytes, or the link closed.
+    drained: Notify,
+}
+
+impl Outbox {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<u8>> {
+        self.bytes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.drained.notify_waiters();
+    }
+
+    /// Appends `frame` if there is room: `Ok(true)` taken, `Ok(false)` full.
+    fn offer(&self, frame: &Frame, peer: &str) -> Result<bool, ()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(());
+        }
+        let mut bytes = self.lock();
+        if bytes.len() >= self.limit {
+            return Ok(false);
+        }
+        let was_empty = bytes.is_empty();
+        if let Err(error) = codec::encode_into(frame, &mut bytes) {
+            tracing::warn!(%peer, %error, "transport: frame not sent");
+            return Ok(true);
+        }
+        drop(bytes);
+        if was_empty {
+            self.filled.notify_one();
+        }
+        Ok(true)
+    }
+}
+
 /// The sending side of one connection.
 #[derive(Clone)]
 pub struct Link {
     peer: Arc<str>,
-    sender: mpsc::Sender<Frame>,
+    outbox: Arc<Outbox>,
 }
 
 impl Link {
@@ -97,24 +142,39 @@ impl Link {
         &self.peer
     }
 
-    /// Queues a frame, waiting while the link's queue is full; gives the
+    /// Queues a frame, waiting while the link's outbox is full; gives the
     /// frame back when the link is closed, so it can go elsewhere.
     pub async fn send(&self, frame: Frame) -> Result<(), Frame> {
-        self.sender.send(frame).await.map_err(|error| error.0)
+        loop {
+            match self.outbox.offer(&frame, &self.peer) {
+                Ok(true) => return Ok(()),
+                Err(()) => return Err(frame),
+                Ok(false) => {}
+            }
+            // Full: wait for a drain, registered before checking again so
+            // that a drain in between is not missed.
+            let drained = self.outbox.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            match self.outbox.offer(&frame, &self.peer) {
+                Ok(true) => return Ok(()),
+                Err(()) => return Err(frame),
+                Ok(false) => drained.await,
+            }
+        }
     }
 
-    /// Queues a frame if the queue has room now; gives it back otherwise
+    /// Queues a frame if the outbox has room now; gives it back otherwise
     /// (for an inbound handler, which must not wait).
     pub fn try_send(&self, frame: Frame) -> Result<(), Box<Frame>> {
-        self.sender.try_send(frame).map_err(|error| match error {
-            mpsc::error::TrySendError::Full(frame) | mpsc::error::TrySendError::Closed(frame) => {
-                Box::new(frame)
-            }
-        })
+        match self.outbox.offer(&frame, &self.peer) {
+            Ok(true) => Ok(()),
+            Ok(false) | Err(()) => Err(Box::new(frame)),
+        }
     }
 
     pub fn is_closed(&self) -> bool {
-        self.sender.is_closed()
+        self.outbox.closed.load(Ordering::Acquire)
     }
 }
 
@@ -305,14 +365,24 @@ impl Transport {
             })
         })?;
         tracing::info!(peer = %peer, %addr, "transport: link open");
-        let (sender, queue) = mpsc::channel(self.inner.config.queue_frames.max(1));
         let link = Link {
             peer: peer.into(),
-            sender,
+            outbox: Arc::new(Outbox {
+                bytes: Mutex::new(Vec::with_capacity(WRITE_BATCH_BYTES)),
+                limit: self.inner.config.queue_bytes.max(1),
+                closed: AtomicBool::new(false),
+                filled: Notify::new(),
+                drained: Notify::new(),
+            }),
         };
         // The reader's end stops the writer, which closes the connection.
         let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(write_frames(queue, writer, stopped, link.peer.clone()));
+        tokio::spawn(write_frames(
+            link.outbox.clone(),
+            writer,
+            stopped,
+            link.peer.clone(),
+        ));
         tokio::spawn(self.clone().read_frames(reader, link.clone(), stop));
         Ok(link)
     }
@@ -361,41 +431,34 @@ impl Transport {
     }
 }
 
-/// Sends what queued in as few writes as it can, until the reader stops.
+/// Sends what gathered in the outbox in one write each time, until the
+/// reader stops or a write fails; then closes the outbox.
 async fn write_frames(
-    mut queue: mpsc::Receiver<Frame>,
+    outbox: Arc<Outbox>,
     mut writer: OwnedWriteHalf,
     mut stopped: oneshot::Receiver<()>,
     peer: Arc<str>,
 ) {
-    let mut bytes = Vec::with_capacity(WRITE_BATCH_BYTES);
+    let mut sending = Vec::with_capacity(WRITE_BATCH_BYTES);
     loop {
-        let frame = tokio::select! {
-            frame = queue.recv() => match frame {
-                Some(frame) => frame,
-                None => return,
-            },
-            _ = &mut stopped => {
-                queue.close();
-                return;
-            }
-        };
-        bytes.clear();
-        let mut next = Some(frame);
-        while let Some(frame) = next.take() {
-            if let Err(error) = codec::encode_into(&frame, &mut bytes) {
-                tracing::warn!(%peer, %error, "transport: frame not sent");
-            }
-            if bytes.len() < WRITE_BATCH_BYTES {
-                next = queue.try_recv().ok();
+        {
+            let mut bytes = outbox.lock();
+            std::mem::swap(&mut *bytes, &mut sending);
+        }
+        if sending.is_empty() {
+            tokio::select! {
+                _ = outbox.filled.notified() => continue,
+                _ = &mut stopped => break,
             }
         }
-        if let Err(error) = writer.write_all(&bytes).await {
+        outbox.drained.notify_waiters();
+        if let Err(error) = writer.write_all(&sending).await {
             tracing::info!(%peer, %error, "transport: link write failed");
-            queue.close();
-            return;
+            break;
         }
+        sending.clear();
     }
+    outbox.close();
 }
 
 fn mac(secret: &[u8], nonce: &[u8; 32], node: &str) -> Hmac<Sha256> {
@@ -491,7 +554,7 @@ mod tests {
         TransportConfig {
             node: node.into(),
             secret: secret.as_bytes().to_vec(),
-            queue_frames: 1024,
+            queue_bytes: 1 << 20,
         }
     }
 
@@ -704,7 +767,7 @@ mod tests {
         let sender = Transport::bind(
             "127.0.0.1:0".parse().unwrap(),
             TransportConfig {
-                queue_frames: 4,
+                queue_bytes: 4 << 20,
                 ..config("sender", "s3cret")
             },
             echo(Arc::new(AtomicUsize::new(0))),
@@ -712,8 +775,8 @@ mod tests {
         .await
         .unwrap();
         let link = sender.link(server.local_addr()).await.unwrap();
-        // Frames of 1 MiB: the socket buffers fill, then the queue of 4,
-        // then `send` waits instead of growing memory.
+        // Frames of 1 MiB: the socket buffers fill, then the outbox of
+        // 4 MiB, then `send` waits instead of growing memory.
         let big = Envelope {
             payload: vec![0; 1 << 20],
             ..envelope(1)
