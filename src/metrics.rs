@@ -29,6 +29,7 @@ pub struct Metrics {
 pub(crate) struct AgentMetrics {
     shards: Arc<RwLock<Vec<Arc<KindShards>>>>,
     pub(crate) mailbox_depth: IntGaugeVec,
+    pub(crate) mailbox_fill: prometheus::GaugeVec,
     pub(crate) instances: IntGaugeVec,
     activations: IntCounterVec,
     passivations: IntCounterVec,
@@ -271,6 +272,17 @@ impl Metrics {
                     Opts::new(
                         "valueverse_agent_mailbox_depth",
                         "Messages waiting in the mailboxes of a kind's instances",
+                    ),
+                    &["kind"],
+                )
+                .expect("valid metric options"),
+            ),
+            mailbox_fill: register(
+                &registry,
+                prometheus::GaugeVec::new(
+                    Opts::new(
+                        "valueverse_agent_mailbox_fill_ratio",
+                        "Fullest mailbox of a kind's instances: depth over capacity (1: senders are refused)",
                     ),
                     &["kind"],
                 )

@@ -365,6 +365,15 @@ impl System {
                 .mailbox_depth
                 .with_label_values(&[&supervisor.kind])
                 .set(depth as i64);
+            let fill = supervisor
+                .instances
+                .iter()
+                .map(|i| i.mailbox_depth as f64 / i.mailbox_capacity.max(1) as f64)
+                .fold(0.0, f64::max);
+            agents
+                .mailbox_fill
+                .with_label_values(&[&supervisor.kind])
+                .set(fill);
             for status in [
                 InstanceStatus::Active,
                 InstanceStatus::Restarting,

@@ -126,8 +126,13 @@ pub fn renewal() -> SagaDefinition {
 }
 
 /// The definition a saga recorded, by name and version.
-pub fn definition(name: &str, version: u32) -> Option<SagaDefinition> {
+/// Every saga definition this build has, in their current versions.
+pub fn definitions() -> [SagaDefinition; 2] {
     [value_creation(), renewal()]
+}
+
+pub fn definition(name: &str, version: u32) -> Option<SagaDefinition> {
+    definitions()
         .into_iter()
         .find(|definition| definition.name == name && definition.version == version)
 }

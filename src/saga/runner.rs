@@ -137,6 +137,19 @@ impl SagaMetrics {
             &["definition", "step", "direction"],
         )
         .expect("valid metric options");
+        // Every series exists from the start, at 0: alerts on an increase
+        // (a first saga needing attention) and dashboards see it.
+        for definition in super::definitions() {
+            started.with_label_values(&[definition.name]);
+            for status in ["completed", "compensated", "needs_attention"] {
+                finished.with_label_values(&[definition.name, status]);
+            }
+            for step in definition.steps.iter().map(|step| step.name).chain(["log"]) {
+                for direction in ["forward", "compensate"] {
+                    step_seconds.with_label_values(&[definition.name, step, direction]);
+                }
+            }
+        }
         for collector in [
             Box::new(started.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(finished.clone()),

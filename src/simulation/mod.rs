@@ -210,6 +210,10 @@ impl SimulationMetrics {
             &["outcome"],
         )
         .expect("valid metric options");
+        // At 0 from the start, so that rates and alerts see every outcome.
+        for outcome in [JobStatus::Done, JobStatus::Failed, JobStatus::Cancelled] {
+            jobs.with_label_values(&[outcome.as_str()]);
+        }
         let queued = IntGauge::new(
             "valueverse_simulation_queue_depth",
             "Simulation jobs waiting for a worker",

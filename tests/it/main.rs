@@ -5,6 +5,7 @@ mod cli;
 mod commitments;
 mod crash;
 mod http;
+mod monitoring;
 mod openapi;
 mod plans;
 mod runtime;
