@@ -81,6 +81,9 @@ pub enum Handshake {
     Hello {
         version: u16,
         node: String,
+        /// Where the node's transport listens: an accepted link is kept
+        /// under this address, so the pair shares one connection.
+        listen: std::net::SocketAddr,
         nonce: [u8; 32],
     },
     Proof {

@@ -192,6 +192,8 @@ struct Inner {
     pending: Mutex<Waiting>,
     next_id: AtomicU64,
     listen: SocketAddr,
+    /// Connections accepted, handshake or not.
+    accepted: AtomicU64,
 }
 
 /// This node's end of the transport: the listener and the links it dialed.
@@ -217,6 +219,7 @@ impl Transport {
                 backoff: Mutex::new(HashMap::new()),
                 pending: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
+                accepted: AtomicU64::new(0),
                 listen: listener.local_addr()?,
             }),
         };
@@ -240,7 +243,8 @@ impl Transport {
                 Ok((stream, from)) => {
                     let this = self.clone();
                     tokio::spawn(async move {
-                        if let Err(error) = this.open(stream, from).await {
+                        this.inner.accepted.fetch_add(1, Ordering::Relaxed);
+                        if let Err(error) = this.open(stream, from, true).await {
                             tracing::warn!(%from, %error, "transport: refused a connection");
                         }
                     });
@@ -277,7 +281,7 @@ impl Transport {
             let stream = TcpStream::connect(addr)
                 .await
                 .map_err(|source| LinkError::Connect { addr, source })?;
-            self.open(stream, addr).await
+            self.open(stream, addr, false).await
         }
         .await;
         match dialed {
@@ -350,12 +354,22 @@ impl Transport {
 
     /// Handshake on a fresh connection (either side), then the link's
     /// writer and reader tasks.
-    async fn open(&self, stream: TcpStream, addr: SocketAddr) -> Result<Link, LinkError> {
+    async fn open(
+        &self,
+        stream: TcpStream,
+        addr: SocketAddr,
+        accepted: bool,
+    ) -> Result<Link, LinkError> {
         stream.set_nodelay(true).map_err(CodecError::Io)?;
         let (mut reader, mut writer) = stream.into_split();
-        let peer = tokio::time::timeout(
+        let (peer, peer_listen) = tokio::time::timeout(
             HANDSHAKE_TIMEOUT,
-            handshake(&self.inner.config, &mut reader, &mut writer),
+            handshake(
+                &self.inner.config,
+                self.inner.listen,
+                &mut reader,
+                &mut writer,
+            ),
         )
         .await
         .unwrap_or_else(|_| {
@@ -384,6 +398,17 @@ impl Transport {
             link.peer.clone(),
         ));
         tokio::spawn(self.clone().read_frames(reader, link.clone(), stop));
+        if accepted {
+            // Messages to the peer reuse its connection rather than dial back.
+            self.lock_links()
+                .entry(peer_listen)
+                .and_modify(|open| {
+                    if open.is_closed() {
+                        *open = link.clone();
+                    }
+                })
+                .or_insert_with(|| link.clone());
+        }
         Ok(link)
     }
 
@@ -461,11 +486,15 @@ async fn write_frames(
     outbox.close();
 }
 
-fn mac(secret: &[u8], nonce: &[u8; 32], node: &str) -> Hmac<Sha256> {
+/// The proof over the other side's nonce, binding who we say we are.
+fn mac(secret: &[u8], nonce: &[u8; 32], node: &str, listen: SocketAddr) -> Hmac<Sha256> {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
     mac.update(b"valueverse-link-v1");
     mac.update(nonce);
-    mac.update(node.as_bytes());
+    for part in [node.as_bytes(), listen.to_string().as_bytes()] {
+        mac.update(&(part.len() as u64).to_le_bytes());
+        mac.update(part);
+    }
     mac
 }
 
@@ -473,15 +502,17 @@ fn mac(secret: &[u8], nonce: &[u8; 32], node: &str) -> Hmac<Sha256> {
 /// peer's node name.
 async fn handshake(
     config: &TransportConfig,
+    listen: SocketAddr,
     reader: &mut OwnedReadHalf,
     writer: &mut OwnedWriteHalf,
-) -> Result<String, LinkError> {
+) -> Result<(String, SocketAddr), LinkError> {
     let nonce: [u8; 32] = rand::random();
     codec::write_frame(
         writer,
         &Handshake::Hello {
             version: PROTOCOL_VERSION,
             node: config.node.clone(),
+            listen,
             nonce,
         },
     )
@@ -491,36 +522,38 @@ async fn handshake(
         peer: peer.to_owned(),
         reason,
     };
-    let (peer, peer_nonce) = match codec::read_frame::<Handshake>(reader, &mut buffer).await? {
-        Handshake::Hello {
-            version,
-            node,
-            nonce,
-        } => {
-            if version != PROTOCOL_VERSION {
-                let reason =
-                    format!("protocol version {version} is not this node's {PROTOCOL_VERSION}");
-                let _ = codec::write_frame(
-                    writer,
-                    &Handshake::Refused {
-                        reason: reason.clone(),
-                    },
-                )
-                .await;
-                return Err(refuse(&node, reason));
+    let (peer, peer_listen, peer_nonce) =
+        match codec::read_frame::<Handshake>(reader, &mut buffer).await? {
+            Handshake::Hello {
+                version,
+                node,
+                listen,
+                nonce,
+            } => {
+                if version != PROTOCOL_VERSION {
+                    let reason =
+                        format!("protocol version {version} is not this node's {PROTOCOL_VERSION}");
+                    let _ = codec::write_frame(
+                        writer,
+                        &Handshake::Refused {
+                            reason: reason.clone(),
+                        },
+                    )
+                    .await;
+                    return Err(refuse(&node, reason));
+                }
+                (node, listen, nonce)
             }
-            (node, nonce)
-        }
-        Handshake::Refused { reason } => return Err(refuse("?", format!("refused: {reason}"))),
-        Handshake::Proof { .. } => return Err(refuse("?", "proof before hello".into())),
-    };
-    let proof = mac(&config.secret, &peer_nonce, &config.node)
+            Handshake::Refused { reason } => return Err(refuse("?", format!("refused: {reason}"))),
+            Handshake::Proof { .. } => return Err(refuse("?", "proof before hello".into())),
+        };
+    let proof = mac(&config.secret, &peer_nonce, &config.node, listen)
         .finalize()
         .into_bytes();
     codec::write_frame(writer, &Handshake::Proof { mac: proof.into() }).await?;
     match codec::read_frame::<Handshake>(reader, &mut buffer).await? {
         Handshake::Proof { mac: theirs } => {
-            if mac(&config.secret, &nonce, &peer)
+            if mac(&config.secret, &nonce, &peer, peer_listen)
                 .verify_slice(&theirs)
                 .is_err()
             {
@@ -538,7 +571,7 @@ async fn handshake(
         Handshake::Refused { reason } => return Err(refuse(&peer, format!("refused: {reason}"))),
         Handshake::Hello { .. } => return Err(refuse(&peer, "a second hello".into())),
     }
-    Ok(peer)
+    Ok((peer, peer_listen))
 }
 
 #[cfg(test)]
@@ -644,6 +677,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_pair_of_nodes_shares_one_connection_both_ways() {
+        let (server, _) = server("s3cret").await;
+        let count = Arc::new(AtomicUsize::new(0));
+        let client = Transport::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            config("client", "s3cret"),
+            echo(count.clone()),
+        )
+        .await
+        .unwrap();
+        client.link(server.local_addr()).await.unwrap();
+        // The server reaches the client on the connection the client opened.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let back = loop {
+            if let Some(link) = server.lock_links().get(&client.local_addr()).cloned() {
+                break link;
+            }
+            assert!(Instant::now() < deadline, "the accepted link was not kept");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert_eq!(back.peer(), "client");
+        let link = server.link(client.local_addr()).await.unwrap();
+        assert!(Arc::ptr_eq(&link.peer, &back.peer));
+        let answer = server
+            .ask(client.local_addr(), envelope(8), Duration::from_secs(5))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(answer, encode_payload(&8u64).unwrap());
+        assert_eq!(count.load(Ordering::Relaxed), 1);
+        assert_eq!(client.inner.accepted.load(Ordering::Relaxed), 0);
+        assert_eq!(server.inner.accepted.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
     async fn a_wrong_secret_is_refused_on_both_sides() {
         let (server, count) = server("s3cret").await;
         let intruder = client("guess").await;
@@ -663,6 +731,7 @@ mod tests {
         let hello = Handshake::Hello {
             version: PROTOCOL_VERSION + 1,
             node: "future".into(),
+            listen: "127.0.0.1:1".parse().unwrap(),
             nonce: [1; 32],
         };
         codec::write_frame(&mut raw, &hello).await.unwrap();
@@ -712,6 +781,7 @@ mod tests {
             &Handshake::Hello {
                 version: PROTOCOL_VERSION,
                 node: "raw".into(),
+                listen: "127.0.0.1:1".parse().unwrap(),
                 nonce,
             },
         )
@@ -729,7 +799,14 @@ mod tests {
             panic!("no hello");
         };
         assert_eq!(node, "server");
-        let proof = mac(b"s3cret", &server_nonce, "raw").finalize().into_bytes();
+        let proof = mac(
+            b"s3cret",
+            &server_nonce,
+            "raw",
+            "127.0.0.1:1".parse().unwrap(),
+        )
+        .finalize()
+        .into_bytes();
         codec::write_frame(&mut raw, &Handshake::Proof { mac: proof.into() })
             .await
             .unwrap();
