@@ -361,7 +361,8 @@ async fn bench_sagas(args: BenchSagasArgs) -> anyhow::Result<()> {
         ..Config::default()
     };
     config.simulation.queue_capacity = 100_000;
-    // Each saga's simulation is tiny: run several at once.
+    // Each saga's simulation is tiny: its worker mostly waits on the job's
+    // writes, so many run at once.
     config.simulation.cpu_workers = 64;
     config.runtime.mailbox_capacity = 100_000;
     config.runtime.ask_timeout = Duration::from_secs(60);

@@ -131,6 +131,23 @@ fn transition(saga: &Saga) -> Transition<'_> {
     }
 }
 
+/// Begins the action due now, if any, in the write this message makes,
+/// and answers it with the saga.
+fn hand_out(
+    saga: &mut Saga,
+    definition: &SagaDefinition,
+    now: chrono::DateTime<Utc>,
+    ctx: &mut Handling<'_>,
+) -> SagaReply {
+    let due = saga.due(definition, now);
+    if let Some(due) = &due {
+        saga.begin(definition, due, now);
+        ctx.persist();
+        ctx.emit("saga.transition", transition(saga));
+    }
+    SagaReply::Due(due, Box::new(saga.clone()))
+}
+
 impl Agent for SagaCoordinator {
     const KIND: &'static str = "saga";
     type State = Option<Saga>;
@@ -155,13 +172,7 @@ impl Agent for SagaCoordinator {
                 // The first action goes out in the start's write, as the
                 // next action does in an outcome's.
                 let definition = definition_of(saga)?;
-                let now = Utc::now();
-                let due = saga.due(&definition, now);
-                if let Some(due) = &due {
-                    saga.begin(&definition, due, now);
-                    ctx.emit("saga.transition", transition(saga));
-                }
-                return Ok(SagaReply::Due(due, Box::new(saga.clone())));
+                return Ok(hand_out(saga, &definition, Utc::now(), ctx));
             }
             // Starting twice (a retried request) answers the saga as it is.
             (SagaMsg::Start(_), Some(saga)) => saga,
@@ -181,13 +192,7 @@ impl Agent for SagaCoordinator {
             }
             (SagaMsg::Take, Some(saga)) => {
                 let definition = definition_of(saga)?;
-                let due = saga.due(&definition, Utc::now());
-                if let Some(due) = &due {
-                    saga.begin(&definition, due, Utc::now());
-                    ctx.persist();
-                    ctx.emit("saga.transition", transition(saga));
-                }
-                return Ok(SagaReply::Due(due, Box::new(saga.clone())));
+                return Ok(hand_out(saga, &definition, Utc::now(), ctx));
             }
             (msg, Some(saga)) => {
                 let definition = definition_of(saga)?;
@@ -228,12 +233,7 @@ impl Agent for SagaCoordinator {
                     ctx.emit("saga.finished", transition(saga));
                 }
                 if reported {
-                    let next = saga.due(&definition, now);
-                    if let Some(due) = &next {
-                        saga.begin(&definition, due, now);
-                        ctx.emit("saga.transition", transition(saga));
-                    }
-                    return Ok(SagaReply::Due(next, Box::new(saga.clone())));
+                    return Ok(hand_out(saga, &definition, now, ctx));
                 }
                 saga
             }

@@ -49,14 +49,6 @@ pub struct RemoteBench {
     pub tcp_ping_p99_us: f64,
 }
 
-fn config(node: &str, secret: &[u8]) -> TransportConfig {
-    TransportConfig {
-        node: node.into(),
-        secret: secret.to_vec(),
-        queue_bytes: 4 << 20,
-    }
-}
-
 fn envelope(type_id: u32, n: u64) -> Envelope {
     Envelope {
         message_id: n,
@@ -99,7 +91,8 @@ pub async fn serve(secret: &[u8]) -> Result<(), BenchError> {
         }
     });
     let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
-    let transport = Transport::bind(loopback, config("peer", secret), inbound).await?;
+    let transport =
+        Transport::bind(loopback, TransportConfig::new("peer", secret), inbound).await?;
     let echo = TcpListener::bind(loopback).await?;
     println!("{} {}", transport.local_addr(), echo.local_addr()?);
     tokio::spawn(async move {
@@ -155,7 +148,8 @@ pub async fn run(
     };
     let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
     let ignore: Inbound = Arc::new(|_: &Link, _: Envelope| {});
-    let transport = Transport::bind(loopback, config("bench", &secret), ignore).await?;
+    let transport =
+        Transport::bind(loopback, TransportConfig::new("bench", &secret), ignore).await?;
     let link = transport.link(peer).await?;
     let timeout = Duration::from_secs(30);
 

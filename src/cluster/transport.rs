@@ -45,6 +45,17 @@ pub struct TransportConfig {
     pub queue_bytes: usize,
 }
 
+impl TransportConfig {
+    /// A node's config with an outbox of 4 MiB per link.
+    pub fn new(node: &str, secret: &[u8]) -> TransportConfig {
+        TransportConfig {
+            node: node.to_owned(),
+            secret: secret.to_vec(),
+            queue_bytes: 4 << 20,
+        }
+    }
+}
+
 impl std::fmt::Debug for TransportConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TransportConfig")
@@ -498,6 +509,19 @@ fn mac(secret: &[u8], nonce: &[u8; 32], node: &str, listen: SocketAddr) -> Hmac<
     mac
 }
 
+/// Tells the peer why it is refused (best effort: it may be gone), and
+/// answers the error for this side.
+async fn refuse_peer(writer: &mut OwnedWriteHalf, peer: &str, reason: String) -> LinkError {
+    let refusal = Handshake::Refused {
+        reason: reason.clone(),
+    };
+    let _ = codec::write_frame(writer, &refusal).await;
+    LinkError::Handshake {
+        peer: peer.to_owned(),
+        reason,
+    }
+}
+
 /// Both sides: hello, then proof over the other's nonce. Answers the
 /// peer's node name.
 async fn handshake(
@@ -533,14 +557,7 @@ async fn handshake(
                 if version != PROTOCOL_VERSION {
                     let reason =
                         format!("protocol version {version} is not this node's {PROTOCOL_VERSION}");
-                    let _ = codec::write_frame(
-                        writer,
-                        &Handshake::Refused {
-                            reason: reason.clone(),
-                        },
-                    )
-                    .await;
-                    return Err(refuse(&node, reason));
+                    return Err(refuse_peer(writer, &node, reason).await);
                 }
                 (node, listen, nonce)
             }
@@ -558,14 +575,7 @@ async fn handshake(
                 .is_err()
             {
                 let reason = "the peer does not hold the cluster secret".to_owned();
-                let _ = codec::write_frame(
-                    writer,
-                    &Handshake::Refused {
-                        reason: reason.clone(),
-                    },
-                )
-                .await;
-                return Err(refuse(&peer, reason));
+                return Err(refuse_peer(writer, &peer, reason).await);
             }
         }
         Handshake::Refused { reason } => return Err(refuse(&peer, format!("refused: {reason}"))),
@@ -584,11 +594,7 @@ mod tests {
     use super::*;
 
     fn config(node: &str, secret: &str) -> TransportConfig {
-        TransportConfig {
-            node: node.into(),
-            secret: secret.as_bytes().to_vec(),
-            queue_bytes: 1 << 20,
-        }
+        TransportConfig::new(node, secret.as_bytes())
     }
 
     /// Answers every ask with its payload; counts every message.

@@ -339,30 +339,26 @@ impl FineHistogram {
         let bin_count = self.counts.len() as f64;
         let mut found = Vec::with_capacity(ps.len());
         let mut cumulative = self.under as f64;
-        let mut bins = self.counts.iter().enumerate();
-        let mut current: Option<(usize, u64)> = None;
+        let mut bins = self.counts.iter().enumerate().peekable();
         for &p in ps {
             let target = p * total;
             if self.under > 0 && self.under as f64 >= target {
                 found.push(None);
                 continue;
             }
+            // The bin that holds a quantile may hold the next one too: it
+            // stays under the cursor.
             let quantile = loop {
-                let (index, count) = match current {
-                    Some(bin) => bin,
-                    None => match bins.next() {
-                        Some((index, &count)) => (index, count),
-                        None => break None,
-                    },
+                let Some(&(index, &count)) = bins.peek() else {
+                    break None;
                 };
-                current = Some((index, count));
                 let next = cumulative + count as f64;
                 if next >= target && count > 0 {
                     let within = ((target - cumulative) / count as f64).clamp(0.0, 1.0);
                     break Some(self.low + self.width * (index as f64 + within) / bin_count);
                 }
                 cumulative = next;
-                current = None;
+                bins.next();
             };
             found.push(quantile);
         }

@@ -123,12 +123,7 @@ pub(super) fn start(store: &Store) -> (Writer, Option<Reader>) {
 
 async fn write_batch(store: &Store, batch: Vec<Pending>) -> Vec<Result<bool, StoreError>> {
     match commit(store, &batch).await {
-        Ok(applied) => batch
-            .iter()
-            .map(
-                |pending| Ok(applied.contains(&(pending.record.table, pending.record.id.as_str()))),
-            )
-            .collect(),
+        Ok(applied) => applied.into_iter().map(Ok).collect(),
         Err(error) => {
             // One bad row must not fail the others: write each alone.
             tracing::debug!(%error, writes = batch.len(), "store: batch failed, writing one by one");
@@ -188,35 +183,32 @@ async fn read_batch(
     outcomes
 }
 
-/// Writes `batch` in one transaction; answers the rows it applied.
-async fn commit<'a>(
-    store: &Store,
-    batch: &'a [Pending],
-) -> Result<HashSet<(&'static str, &'a str)>, StoreError> {
-    let mut applied = HashSet::with_capacity(batch.len());
+/// Writes `batch` in one transaction; answers, per write, whether it
+/// applied.
+async fn commit(store: &Store, batch: &[Pending]) -> Result<Vec<bool>, StoreError> {
+    let mut applied = vec![false; batch.len()];
     match &store.pool {
         Pool::Postgres(pool) => {
             let mut tx = pool.begin().await?;
             for group in groups(batch) {
-                let sql = postgres_sql(&group);
-                let ids: Vec<String> = bind_postgres(sqlx::query(&sql), &group)
+                let rows: Vec<&Pending> = group.iter().map(|&at| &batch[at]).collect();
+                let sql = postgres_sql(&rows);
+                let ids: HashSet<String> = bind_postgres(sqlx::query(&sql), &rows)
                     .fetch_all(&mut *tx)
                     .await?
                     .into_iter()
                     .map(|row| sqlx::Row::get::<String, _>(&row, 0))
                     .collect();
-                let ids: HashSet<String> = ids.into_iter().collect();
-                for pending in group {
-                    if ids.contains(&pending.record.id) {
-                        applied.insert((pending.record.table, pending.record.id.as_str()));
-                    }
+                // A group holds each row once, so its id says which write.
+                for at in group {
+                    applied[at] = ids.contains(&batch[at].record.id);
                 }
             }
             tx.commit().await?;
         }
         Pool::Sqlite(pool) => {
             let mut tx = pool.begin().await?;
-            for pending in batch {
+            for (at, pending) in batch.iter().enumerate() {
                 let sql = super::records::single_row_sql(&pending.record, pending.expected_version);
                 let query = super::records::bind_row!(
                     sqlx::query(&sql),
@@ -224,9 +216,7 @@ async fn commit<'a>(
                     pending.expected_version,
                     pending.now
                 );
-                if query.execute(&mut *tx).await?.rows_affected() == 1 {
-                    applied.insert((pending.record.table, pending.record.id.as_str()));
-                }
+                applied[at] = query.execute(&mut *tx).await?.rows_affected() == 1;
             }
             tx.commit().await?;
         }
@@ -234,14 +224,14 @@ async fn commit<'a>(
     Ok(applied)
 }
 
-/// The batch in groups that one statement writes: same table, same
-/// columns, all inserts or all updates, no row twice (a second write of a
-/// row goes in a later group, after the first).
-fn groups(batch: &[Pending]) -> Vec<Vec<&Pending>> {
-    let mut groups: Vec<Vec<&Pending>> = Vec::new();
+/// The batch, by index, in groups that one statement writes: same table,
+/// same columns, all inserts or all updates, no row twice (a second write
+/// of a row goes in a later group, after the first).
+fn groups(batch: &[Pending]) -> Vec<Vec<usize>> {
+    let mut groups: Vec<Vec<usize>> = Vec::new();
     let mut index: HashMap<(&str, bool, Vec<&str>, usize), usize> = HashMap::new();
     let mut rounds: HashMap<(&str, &str), usize> = HashMap::new();
-    for pending in batch {
+    for (at, pending) in batch.iter().enumerate() {
         let record = &pending.record;
         let round = rounds
             .entry((record.table, record.id.as_str()))
@@ -253,11 +243,11 @@ fn groups(batch: &[Pending]) -> Vec<Vec<&Pending>> {
             *round,
         );
         *round += 1;
-        let at = *index.entry(key).or_insert_with(|| {
+        let group = *index.entry(key).or_insert_with(|| {
             groups.push(Vec::new());
             groups.len() - 1
         });
-        groups[at].push(pending);
+        groups[group].push(at);
     }
     groups
 }

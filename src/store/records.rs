@@ -46,7 +46,7 @@ impl Store {
         record: &Record<'_>,
         expected_version: i64,
     ) -> Result<i64, StoreError> {
-        let owned = OwnedRecord {
+        let owned = || OwnedRecord {
             table: record.table,
             id: record.id.to_owned(),
             columns: record.columns.clone(),
@@ -56,7 +56,7 @@ impl Store {
         let batched = match &self.writer {
             Some(writer) => {
                 let pending = super::batch::Pending {
-                    record: owned.clone(),
+                    record: owned(),
                     expected_version,
                     now,
                 };
@@ -66,7 +66,8 @@ impl Store {
         };
         let applied = match batched {
             Some(outcome) => outcome?,
-            None => self.write_record(&owned, expected_version, now).await?,
+            // No batcher (its runtime ended): write alone.
+            None => self.write_record(&owned(), expected_version, now).await?,
         };
         if applied {
             return Ok(expected_version + 1);

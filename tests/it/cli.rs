@@ -7,6 +7,17 @@ use std::time::Duration;
 
 use crate::support::{BACKENDS, Backend, TestDb};
 
+/// Runs the CLI with `args`, which must succeed, and parses its JSON output.
+fn json_of(args: &[&str]) -> serde_json::Value {
+    let output = valueverse().args(args).output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
 fn valueverse() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_valueverse"));
     // The developer's own environment must not leak into these checks.
@@ -198,18 +209,9 @@ async fn serve_runs_a_node_until_sigterm() {
 #[test]
 fn simulate_prints_a_summary_or_json_and_refuses_bad_models() {
     let model = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/models/acme-support.json");
-    let output = valueverse()
-        .args([
-            "simulate", model, "--paths", "20000", "--seed", "3", "--json",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let result: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let result = json_of(&[
+        "simulate", model, "--paths", "20000", "--seed", "3", "--json",
+    ]);
     assert_eq!(result["paths"], 20000);
     assert_eq!(result["engine"], "cpu");
     let p = &result["npv"]["percentiles"];
@@ -334,18 +336,9 @@ fn apikey_create_prints_a_key_once_and_list_and_revoke_manage_it() {
 
 #[test]
 fn bench_remote_measures_two_processes_and_refuses_bad_counts() {
-    let output = valueverse()
-        .args([
-            "bench", "remote", "--tells", "20000", "--asks", "640", "--json",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let result: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let result = json_of(&[
+        "bench", "remote", "--tells", "20000", "--asks", "640", "--json",
+    ]);
     assert_eq!(result["tells"], 20000);
     assert_eq!(result["asks"], 640);
     for field in [
