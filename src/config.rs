@@ -38,7 +38,66 @@ pub struct Config {
     pub dev: bool,
     /// Largest request body accepted (bytes); larger ones get 413.
     pub http_body_limit: usize,
+    pub cluster: ClusterConfig,
 }
+
+/// Joining a cluster (`valueverse node`). Off, the node is a cluster of
+/// one: the same lease and placement code runs, with no transport or gossip.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    pub enabled: bool,
+    /// Where the node-to-node transport listens (TCP).
+    pub listen: SocketAddr,
+    /// Where gossip listens (UDP); others reach this node there.
+    pub gossip: SocketAddr,
+    /// Gossip addresses of nodes to contact first (`host:port`).
+    pub seeds: Vec<String>,
+    /// Shared secret every node of the cluster proves at the handshake.
+    pub secret: Option<String>,
+    /// Nodes gossip only with nodes of the same cluster id.
+    pub cluster_id: String,
+    /// A node whose lease is this old without renewal leaves placement.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    #[serde(with = "humantime_serde")]
+    pub gossip_interval: Duration,
+    /// GPUs this node offers to simulation jobs (placement prefers them).
+    pub gpus: u32,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> ClusterConfig {
+        ClusterConfig {
+            enabled: false,
+            listen: SocketAddr::from(([127, 0, 0, 1], 7001)),
+            gossip: SocketAddr::from(([127, 0, 0, 1], 7101)),
+            seeds: Vec::new(),
+            secret: None,
+            cluster_id: "valueverse".into(),
+            lease_ttl: Duration::from_secs(3),
+            gossip_interval: Duration::from_millis(200),
+            gpus: 0,
+        }
+    }
+}
+
+impl std::fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("enabled", &self.enabled)
+            .field("listen", &self.listen)
+            .field("gossip", &self.gossip)
+            .field("seeds", &self.seeds)
+            .field("secret", &self.secret.as_ref().map(|_| "***"))
+            .field("cluster_id", &self.cluster_id)
+            .field("lease_ttl", &self.lease_ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Shortest cluster secret accepted.
+pub const MIN_SECRET_LEN: usize = 16;
 
 /// Webhook and email delivery.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -121,6 +180,7 @@ impl Default for Config {
             notifier: NotifierConfig::default(),
             dev: false,
             http_body_limit: 1 << 20,
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -143,6 +203,19 @@ pub struct Overrides {
     pub simulation_queue_capacity: Option<usize>,
     pub dev: Option<bool>,
     pub http_body_limit: Option<usize>,
+    /// `valueverse node`: join a cluster with these.
+    pub cluster: Option<ClusterOverrides>,
+}
+
+/// The flags of `valueverse node`.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterOverrides {
+    pub listen: Option<SocketAddr>,
+    pub gossip: Option<SocketAddr>,
+    pub seeds: Option<Vec<String>>,
+    pub secret: Option<String>,
+    pub cluster_id: Option<String>,
+    pub gpus: Option<u32>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -200,6 +273,7 @@ impl Config {
             simulation_queue_capacity,
             dev,
             http_body_limit,
+            cluster,
         } = overrides.clone();
         fn set<T>(target: &mut T, value: Option<T>) {
             if let Some(value) = value {
@@ -224,6 +298,17 @@ impl Config {
         );
         set(&mut self.dev, dev);
         set(&mut self.http_body_limit, http_body_limit);
+        if let Some(cluster) = cluster {
+            self.cluster.enabled = true;
+            set(&mut self.cluster.listen, cluster.listen);
+            set(&mut self.cluster.gossip, cluster.gossip);
+            set(&mut self.cluster.seeds, cluster.seeds);
+            set(&mut self.cluster.cluster_id, cluster.cluster_id);
+            set(&mut self.cluster.gpus, cluster.gpus);
+            if cluster.secret.is_some() {
+                self.cluster.secret = cluster.secret;
+            }
+        }
     }
 
     /// Checks every value; the error names the field at fault.
@@ -314,6 +399,45 @@ impl Config {
         }
         if !(1..=100_000).contains(&self.simulation.queue_capacity) {
             return invalid("simulation.queue_capacity", "must be within 1..=100000");
+        }
+        let cluster = &self.cluster;
+        if cluster.enabled {
+            if url.starts_with("sqlite:") {
+                return invalid(
+                    "database_url",
+                    "is SQLite, but the nodes of a cluster share one PostgreSQL database: \
+                     give --database-url postgres://..., or run `valueverse serve` for a \
+                     single node on SQLite",
+                );
+            }
+            match &cluster.secret {
+                Some(secret) if secret.len() >= MIN_SECRET_LEN => {}
+                _ => {
+                    return invalid(
+                        "cluster.secret",
+                        "must be set (--secret or VALUEVERSE_CLUSTER_SECRET) to at least 16 \
+                         characters, the same on every node",
+                    );
+                }
+            }
+            if cluster.gossip.port() == 0 {
+                return invalid(
+                    "cluster.gossip",
+                    "needs a fixed port: other nodes reach this node there",
+                );
+            }
+            if cluster.listen == cluster.gossip {
+                return invalid("cluster.gossip", "must differ from cluster.listen");
+            }
+        }
+        if cluster.lease_ttl < Duration::from_millis(300) {
+            return invalid("cluster.lease_ttl", "must be at least 300ms");
+        }
+        if cluster.gossip_interval.is_zero() || cluster.gossip_interval > cluster.lease_ttl {
+            return invalid(
+                "cluster.gossip_interval",
+                "must be longer than 0s and no longer than cluster.lease_ttl",
+            );
         }
         for (kind, strategy) in &runtime.supervision {
             if let Err((field, reason)) = strategy.validate() {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
-use valueverse::config::{LogFormat, Overrides};
+use valueverse::config::{ClusterOverrides, LogFormat, Overrides};
 use valueverse::{Config, Node, Store};
 
 /// ValueVerse: business agents as supervised, location-transparent actors.
@@ -28,6 +28,8 @@ struct Cli {
 enum Command {
     /// Run one node: HTTP API, agent runtime, store (SQLite by default).
     Serve(ServeArgs),
+    /// Run a node that joins (or forms) a cluster on a shared PostgreSQL.
+    Node(NodeArgs),
     /// Apply the database migrations and exit.
     Migrate(MigrateArgs),
     /// Run a Monte Carlo simulation of a value model file.
@@ -159,7 +161,12 @@ struct ServeArgs {
     #[command(flatten)]
     config_file: ConfigFileArg,
     /// Name of this node in logs, metrics and the supervision tree [default: node-1].
-    #[arg(long, env = "VALUEVERSE_NODE_NAME", value_name = "NAME")]
+    #[arg(
+        long,
+        alias = "name",
+        env = "VALUEVERSE_NODE_NAME",
+        value_name = "NAME"
+    )]
     node_name: Option<String>,
     /// Address the HTTP API listens on [default: 127.0.0.1:8080].
     #[arg(long = "http", env = "VALUEVERSE_HTTP_ADDR", value_name = "ADDR")]
@@ -206,6 +213,56 @@ struct ServeArgs {
 }
 
 #[derive(Args)]
+struct NodeArgs {
+    #[command(flatten)]
+    serve: ServeArgs,
+    /// Address the cluster transport (TCP) listens on [default: 127.0.0.1:7001].
+    #[arg(long, env = "VALUEVERSE_CLUSTER_LISTEN", value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// Address gossip (UDP) listens on [default: 127.0.0.1:7101].
+    #[arg(long, env = "VALUEVERSE_CLUSTER_GOSSIP", value_name = "ADDR")]
+    gossip: Option<SocketAddr>,
+    /// Gossip addresses of other nodes to contact first, comma-separated.
+    #[arg(
+        long,
+        env = "VALUEVERSE_CLUSTER_SEEDS",
+        value_name = "HOST:PORT,...",
+        value_delimiter = ','
+    )]
+    seeds: Option<Vec<String>>,
+    /// Shared cluster secret, at least 16 characters, the same on every node.
+    #[arg(
+        long,
+        env = "VALUEVERSE_CLUSTER_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    secret: Option<String>,
+    /// Nodes gossip only with nodes of the same cluster id [default: valueverse].
+    #[arg(long, env = "VALUEVERSE_CLUSTER_ID", value_name = "ID")]
+    cluster_id: Option<String>,
+    /// GPUs this node offers; simulation jobs prefer such nodes [default: 0].
+    #[arg(long, env = "VALUEVERSE_CLUSTER_GPUS", value_name = "N")]
+    gpus: Option<u32>,
+}
+
+impl NodeArgs {
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            cluster: Some(ClusterOverrides {
+                listen: self.listen,
+                gossip: self.gossip,
+                seeds: self.seeds.clone(),
+                secret: self.secret.clone(),
+                cluster_id: self.cluster_id.clone(),
+                gpus: self.gpus,
+            }),
+            ..self.serve.overrides()
+        }
+    }
+}
+
+#[derive(Args)]
 struct MigrateArgs {
     #[command(flatten)]
     config_file: ConfigFileArg,
@@ -232,6 +289,7 @@ impl ServeArgs {
             simulation_queue_capacity: self.simulation_queue_capacity,
             dev: self.dev.then_some(true),
             http_body_limit: self.http_body_limit,
+            cluster: None,
         }
     }
 }
@@ -250,6 +308,15 @@ fn init_tracing(config: &Config) {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = Config::load(args.config_file.config.as_deref(), &args.overrides())?;
+    run_node(config).await
+}
+
+async fn node(args: NodeArgs) -> anyhow::Result<()> {
+    let config = Config::load(args.serve.config_file.config.as_deref(), &args.overrides())?;
+    run_node(config).await
+}
+
+async fn run_node(config: Config) -> anyhow::Result<()> {
     init_tracing(&config);
     let node = Node::start(&config, |_system| {}).await?;
     if config.dev {
@@ -273,6 +340,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     );
     // On stdout, for people and scripts (port 0 picks a free port).
     println!("valueverse listening on http://{}", node.http_addr());
+    if config.cluster.enabled {
+        println!(
+            "node {} in cluster {}: transport {}, gossip {}, seeds [{}]",
+            config.node_name,
+            config.cluster.cluster_id,
+            config.cluster.listen,
+            config.cluster.gossip,
+            config.cluster.seeds.join(", ")
+        );
+    }
     wait_for_shutdown_signal().await?;
     tracing::info!("shutting down");
     node.stop().await.context("shutdown failed")?;
@@ -570,6 +647,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Node(args) => runtime.block_on(node(args)),
         Command::Migrate(args) => runtime.block_on(migrate(args)),
         Command::Apikey(command) => runtime.block_on(apikey(command)),
         Command::Bench(BenchCommand::Sagas(args)) => runtime.block_on(bench_sagas(args)),

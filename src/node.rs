@@ -10,8 +10,9 @@ use crate::actors::committer::Committer;
 use crate::actors::executor::{Executor, tick_active_plans};
 use crate::actors::notifier::Notifier;
 use crate::actors::saga::SagaCoordinator;
+use crate::cluster::node::{ClusterError, ClusterNode};
 use crate::config::Config;
-use crate::http::HttpApi;
+use crate::http::{HttpApi, Services};
 use crate::notifier::{Notifications, NotifierError};
 use crate::saga::SagaRunner;
 use crate::simulation::{Simulations, StartError};
@@ -31,6 +32,8 @@ pub enum NodeError {
     Simulations(#[source] StartError),
     #[error("cannot start the notifier")]
     Notifier(#[source] NotifierError),
+    #[error("cannot join the cluster")]
+    Cluster(#[source] ClusterError),
     #[error("cannot listen for HTTP on {addr}")]
     Http {
         addr: SocketAddr,
@@ -46,6 +49,8 @@ pub struct Node {
     pub http: HttpApi,
     pub notifications: Notifications,
     pub sagas: SagaRunner,
+    pub cluster: ClusterNode,
+    cluster_task: tokio::task::JoinHandle<()>,
     saga_poller: tokio::task::JoinHandle<()>,
     ticker: tokio::task::JoinHandle<()>,
     listener: tokio::task::JoinHandle<()>,
@@ -71,31 +76,52 @@ impl Node {
             .register::<Notifier>()
             .register::<SagaCoordinator>();
         register(&system);
-        let (notifications, listener) = Notifications::start(system.clone(), &config.notifier)
+        // Bound first: the lease and gossip advertise the real address
+        // (port 0 picks one).
+        let (http_listener, http_addr) = std::net::TcpListener::bind(config.http_addr)
+            .and_then(|bound| bound.local_addr().map(|addr| (bound, addr)))
+            .map_err(|source| NodeError::Http {
+                addr: config.http_addr,
+                source,
+            })?;
+        // Before anything that acts on ownership (the saga poller resumes
+        // the sagas this node owns): the view holds the cluster by then.
+        let (cluster, cluster_task) = ClusterNode::start(&system, &config.cluster, http_addr)
             .await
-            .map_err(NodeError::Notifier)?;
+            .map_err(NodeError::Cluster)?;
+        let (notifications, listener) =
+            match Notifications::start(system.clone(), &config.notifier).await {
+                Ok(started) => started,
+                Err(error) => {
+                    cluster.leave(cluster_task).await;
+                    return Err(NodeError::Notifier(error));
+                }
+            };
         let simulations = match Simulations::start(system.clone(), &config.simulation).await {
             Ok(simulations) => simulations,
             Err(error) => {
                 listener.abort();
+                cluster.leave(cluster_task).await;
                 return Err(NodeError::Simulations(error));
             }
         };
         let (sagas, saga_poller) = SagaRunner::start(system.clone(), simulations.clone());
-        let http = match HttpApi::start(
-            system.clone(),
-            simulations.clone(),
-            notifications.clone(),
-            sagas.clone(),
-            config,
-        ) {
+        let services = Services {
+            system: system.clone(),
+            simulations: simulations.clone(),
+            notifications: notifications.clone(),
+            sagas: sagas.clone(),
+            cluster: cluster.clone(),
+        };
+        let http = match HttpApi::start(http_listener, services, config) {
             Ok(http) => http,
             Err(source) => {
                 saga_poller.abort();
                 simulations.stop().await;
                 listener.abort();
+                cluster.leave(cluster_task).await;
                 return Err(NodeError::Http {
-                    addr: config.http_addr,
+                    addr: http_addr,
                     source,
                 });
             }
@@ -107,6 +133,8 @@ impl Node {
             http,
             notifications,
             sagas,
+            cluster,
+            cluster_task,
             saga_poller,
             ticker,
             listener,
@@ -125,6 +153,7 @@ impl Node {
         self.listener.abort();
         self.saga_poller.abort();
         let stopped = self.http.stop().await;
+        self.cluster.leave(self.cluster_task).await;
         self.simulations.stop().await;
         let system = self.system;
         let store = system.store().clone();

@@ -80,6 +80,9 @@ impl<A: Agent> AgentRef<A> {
     /// Sends without waiting for a reply. Fails at once with
     /// [`AgentError::MailboxFull`] when the mailbox is full.
     pub fn tell(&self, msg: A::Msg) -> Result<(), AgentError> {
+        if let Some((router, route)) = self.kind.node.route(A::KIND, &self.key) {
+            return router.tell::<A>(&route, &self.key, self.correlation_id.as_ref(), &msg);
+        }
         self.kind
             .deliver(&self.key, self.envelope(msg, None, None), &self.instance)
             .map(|_worker| ())
@@ -87,7 +90,37 @@ impl<A: Agent> AgentRef<A> {
 
     /// Sends and waits for the reply at most `timeout`. The message carries
     /// the deadline, so an instance that reaches it too late drops it.
+    ///
+    /// When another node owns the instance the ask goes there. An owner
+    /// that answers it is not the owner (views differ while membership
+    /// changes) makes the ask route again, a few times, within `timeout`.
     pub async fn ask(&self, msg: A::Msg, timeout: Duration) -> Result<A::Reply, AgentError> {
+        let started = std::time::Instant::now();
+        let mut pause = Duration::from_millis(10);
+        loop {
+            let Some((router, route)) = self.kind.node.route(A::KIND, &self.key) else {
+                return self.ask_here(msg, timeout).await;
+            };
+            let left = timeout.saturating_sub(started.elapsed());
+            let correlation_id = self.correlation_id.as_ref();
+            if let Some(reply) = router
+                .ask::<A>(&route, &self.key, correlation_id, &msg, left)
+                .await?
+            {
+                return Ok(reply);
+            }
+            if started.elapsed() + pause >= timeout {
+                return Err(AgentError::Timeout {
+                    target: KindRuntime::<A>::target(&self.key),
+                    after: timeout,
+                });
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(200));
+        }
+    }
+
+    async fn ask_here(&self, msg: A::Msg, timeout: Duration) -> Result<A::Reply, AgentError> {
         let (reply, answer) = oneshot::channel();
         let deadline = self.kind.node.clock.now() + timeout;
         let worker = self.kind.deliver(

@@ -46,6 +46,20 @@ pub enum AgentError {
     UnknownKind { kind: String },
     #[error("{target} stopped before it replied")]
     Stopped { target: AgentId },
+    /// The node that owns the instance could not be reached.
+    #[error("{target} lives on node {node}, which cannot be reached: {reason}")]
+    Unreachable {
+        target: AgentId,
+        node: String,
+        reason: String,
+    },
+    /// The owner's node answered with an error that has no local variant.
+    #[error("{target} on node {node} failed: {message}")]
+    Remote {
+        target: AgentId,
+        node: String,
+        message: String,
+    },
     /// The store failed under the instance (its message is included here,
     /// so it is not also a `source`: chains would print it twice).
     #[error("store error at {target}: {cause}")]

@@ -353,6 +353,10 @@ pub async fn tick_active_plans(system: &super::System) -> Result<usize, StoreErr
             let Ok(plan) = serde_json::from_str::<Plan>(body) else {
                 continue;
             };
+            // Each node ticks the plans it owns.
+            if !system.router().is_local(Executor::KIND, &plan.id) {
+                continue;
+            }
             // A full mailbox only delays the check to the next tick.
             if system
                 .agent::<Executor>(plan.id)

@@ -71,6 +71,16 @@ impl actix::Message for Reset {
     type Result = Result<(), AgentError>;
 }
 
+/// Placement moved the key to another node: passivate once idle.
+pub(crate) struct Handoff;
+
+impl actix::Message for Handoff {
+    type Result = ();
+}
+
+/// How soon a hand-off that found the instance busy looks again.
+const HAND_OFF_RETRY: Duration = Duration::from_millis(20);
+
 impl<A: Agent> Host<A> {
     pub(crate) fn new(
         kind: Arc<KindRuntime<A>>,
@@ -244,16 +254,32 @@ impl<A: Agent> Host<A> {
 
     fn maybe_passivate(&mut self, ctx: &mut Context<Self>) {
         let idle = self.last_active.elapsed() >= self.kind.node.runtime.passivate_after;
-        if !idle
-            || self.busy
-            || !matches!(self.phase, Phase::Active { .. })
-            || !self.cell.try_close()
-        {
-            return;
+        if idle && self.passivate(ctx) {
+            tracing::debug!(kind = A::KIND, key = %self.key, "passivated idle agent instance");
         }
-        tracing::debug!(kind = A::KIND, key = %self.key, "passivating idle agent instance");
+    }
+
+    /// Stops the instance if nothing is in its mailbox or in progress.
+    fn passivate(&mut self, ctx: &mut Context<Self>) -> bool {
+        if self.busy || !matches!(self.phase, Phase::Active { .. }) || !self.cell.try_close() {
+            return false;
+        }
         self.kind.on_passivated(&self.key, &self.cell);
         ctx.stop();
+        true
+    }
+
+    /// Passivates as soon as the mailbox is empty, while another node owns
+    /// the key; its state is in the store for the new owner to load.
+    fn hand_off(&mut self, ctx: &mut Context<Self>) {
+        if self.kind.node.route(A::KIND, &self.key).is_none() {
+            return;
+        }
+        if self.passivate(ctx) {
+            tracing::debug!(kind = A::KIND, key = %self.key, "handed off to its new owner");
+        } else if !matches!(self.phase, Phase::Failed) {
+            ctx.run_later(HAND_OFF_RETRY, |host, ctx| host.hand_off(ctx));
+        }
     }
 }
 
@@ -427,6 +453,14 @@ impl<A: Agent> Host<A> {
         respond::<A>(reply, Err(error));
         drop(entered);
         self.fail(ctx, reason);
+    }
+}
+
+impl<A: Agent> Handler<Handoff> for Host<A> {
+    type Result = ();
+
+    fn handle(&mut self, _: Handoff, ctx: &mut Context<Self>) {
+        self.hand_off(ctx);
     }
 }
 

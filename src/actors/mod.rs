@@ -43,4 +43,5 @@ pub use supervisor::{
     FailureRecord, InstanceSnapshot, InstanceStatus, LifecycleChange, RestartStrategy,
     SupervisionEvent, SupervisionTree, SupervisorSnapshot,
 };
+pub(crate) use system::WeakSystem;
 pub use system::{RuntimeConfig, System};

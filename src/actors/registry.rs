@@ -17,12 +17,14 @@ use chrono::{DateTime, Utc};
 use dashmap::DashMap;
 use futures_util::future::BoxFuture;
 
+use crate::cluster::codec::{self, RemoteFailure};
+use crate::cluster::router::{self, RemoteAnswer};
 use crate::metrics::KindMetrics;
 
 use super::agent::Agent;
-use super::envelope::{AgentId, CorrelationId, Envelope};
+use super::envelope::{AgentId, CorrelationId, Envelope, Header, ReplySender};
 use super::error::AgentError;
-use super::host::{Host, Reset};
+use super::host::{Handoff, Host, Reset};
 use super::supervisor::{
     FailureRecord, InstanceSnapshot, InstanceStatus, LifecycleChange, RestartStrategy,
     SupervisorSnapshot,
@@ -339,9 +341,93 @@ pub(crate) trait KindControl: Send + Sync {
         key: &str,
         correlation_id: Option<CorrelationId>,
     ) -> BoxFuture<'static, Result<InstanceSnapshot, AgentError>>;
+    /// Asks every instance whose key another node owns now to passivate;
+    /// answers how many were asked.
+    fn hand_off_unowned(&self) -> usize;
+    /// Delivers a message from another node; an ask gets its answer's future.
+    fn deliver_remote(self: Arc<Self>, envelope: codec::Envelope) -> Option<RemoteAnswer>;
+}
+
+impl<A: Agent> KindRuntime<A> {
+    fn accept_remote(
+        self: &Arc<Self>,
+        envelope: codec::Envelope,
+        reply: Option<ReplySender<A>>,
+    ) -> Result<(), RemoteFailure> {
+        if envelope.type_id != router::type_id::<A>() {
+            return Err(RemoteFailure::UnknownType {
+                type_id: envelope.type_id,
+            });
+        }
+        let key: Arc<str> = envelope.target.key.into();
+        // The sender's view put the key here; ours may not (yet): the
+        // sender routes again rather than two nodes serving one key.
+        if let Some((_, route)) = self.node.route(A::KIND, &key) {
+            return Err(RemoteFailure::NotOwner {
+                owner: Some(route.node),
+            });
+        }
+        let deadline = match envelope.deadline_ms {
+            Some(deadline_ms) => {
+                let left = router::time_left(deadline_ms).ok_or(RemoteFailure::DeadlineExpired)?;
+                Some(self.node.clock.now() + left)
+            }
+            None => None,
+        };
+        let payload = router::decode_payload::<A::Msg>(&envelope.payload)
+            .map_err(|reason| RemoteFailure::Undecodable { reason })?;
+        let envelope = Envelope {
+            header: Header {
+                message_id: self.node.next_message_id(),
+                correlation_id: envelope
+                    .correlation_id
+                    .as_deref()
+                    .and_then(CorrelationId::parse),
+                deadline,
+            },
+            payload,
+            reply,
+        };
+        self.deliver(&key, envelope, &OnceLock::new())
+            .map(|_worker| ())
+            .map_err(router::failure_of)
+    }
 }
 
 impl<A: Agent> KindControl for KindRuntime<A> {
+    fn hand_off_unowned(&self) -> usize {
+        let mut asked = 0;
+        for entry in self.instances.iter() {
+            if self.node.route(A::KIND, entry.key()).is_some() {
+                // A full mailbox will not take it: that instance passivates
+                // when idle, and gets no new messages meanwhile.
+                let _ = entry.value().addr.try_send(Handoff);
+                asked += 1;
+            }
+        }
+        asked
+    }
+
+    fn deliver_remote(self: Arc<Self>, envelope: codec::Envelope) -> Option<RemoteAnswer> {
+        if envelope.ask_id.is_none() {
+            if let Err(failure) = self.accept_remote(envelope, None) {
+                tracing::debug!(kind = A::KIND, ?failure, "cluster: remote tell dropped");
+            }
+            return None;
+        }
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let accepted = self.accept_remote(envelope, Some(reply));
+        Some(Box::pin(async move {
+            accepted?;
+            match answer.await {
+                Ok(Ok(reply)) => router::encode_payload(&reply)
+                    .map_err(|message| RemoteFailure::Agent { message }),
+                Ok(Err(error)) => Err(router::failure_of(*error)),
+                Err(_) => Err(RemoteFailure::Stopped),
+            }
+        }))
+    }
+
     fn snapshot(&self) -> SupervisorSnapshot {
         let mut instances: Vec<InstanceSnapshot> = self
             .instances

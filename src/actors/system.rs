@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 use actix_rt::{Arbiter, ArbiterHandle};
 use tokio::sync::broadcast;
 
+use crate::cluster::codec;
+use crate::cluster::router::{RemoteAnswer, Route, Router};
 use crate::metrics::Metrics;
 use crate::store::Store;
 
@@ -92,6 +94,8 @@ pub(crate) struct NodeContext {
     next_message_id: AtomicU64,
     events: broadcast::Sender<SupervisionEvent>,
     pub(crate) domain_events: broadcast::Sender<DomainEvent>,
+    /// Where instances live; local for all while the view is this node.
+    pub(crate) router: Arc<Router>,
 }
 
 impl NodeContext {
@@ -126,6 +130,14 @@ impl NodeContext {
             ids.set((self.id, next + 1, end));
             MessageId(next)
         })
+    }
+
+    /// The owner's node of `(kind, key)` when that is not this one.
+    #[inline]
+    pub(crate) fn route(&self, kind: &str, key: &str) -> Option<(&Router, Route)> {
+        self.router
+            .route(kind, key)
+            .map(|route| (self.router.as_ref(), route))
     }
 
     /// Publishes domain events (no subscriber is fine).
@@ -176,6 +188,18 @@ fn stop_actix(actix: Option<ActixThread>) {
     }
 }
 
+/// A [`System`] that may have stopped.
+#[derive(Clone)]
+pub(crate) struct WeakSystem {
+    inner: std::sync::Weak<SystemInner>,
+}
+
+impl WeakSystem {
+    pub(crate) fn upgrade(&self) -> Option<System> {
+        self.inner.upgrade().map(|inner| System { inner })
+    }
+}
+
 /// The agent runtime of one node. Cheap to clone; the arbiters stop when
 /// [`System::shutdown`] is called or the last clone is dropped.
 #[derive(Clone)]
@@ -220,9 +244,11 @@ impl System {
             // Until this runs, asks from that thread take the timer path: safe.
             arbiter.spawn_fn(move || CURRENT_WORKER.with(|current| current.set((id, index))));
         }
+        let name: String = node_name.into();
         let node = NodeContext {
             id,
-            name: node_name.into(),
+            router: Arc::new(Router::new(&name)),
+            name,
             clock: quanta::Clock::new(),
             store,
             metrics: Metrics::new(),
@@ -240,6 +266,51 @@ impl System {
                 actix: Mutex::new(Some(ActixThread { system, thread })),
             }),
         })
+    }
+
+    /// A handle that does not keep the runtime alive.
+    pub(crate) fn downgrade(&self) -> WeakSystem {
+        WeakSystem {
+            inner: Arc::downgrade(&self.inner),
+        }
+    }
+
+    /// This node's routing: its view of the cluster and its transport.
+    pub fn router(&self) -> &Arc<Router> {
+        &self.inner.node.router
+    }
+
+    /// After a change of placement: instances whose keys another node owns
+    /// now passivate once idle. Answers how many were asked to.
+    pub fn hand_off_unowned(&self) -> usize {
+        let controls = self.controls();
+        controls
+            .iter()
+            .map(|control| control.hand_off_unowned())
+            .sum()
+    }
+
+    /// The kinds registered on this node.
+    pub fn kinds(&self) -> Vec<String> {
+        self.read_kinds()
+            .keys()
+            .map(|kind| (*kind).to_owned())
+            .collect()
+    }
+
+    /// Delivers a message from another node to the instance here; an ask
+    /// gets the future of its encoded reply.
+    pub(crate) fn deliver_remote(&self, envelope: codec::Envelope) -> Option<RemoteAnswer> {
+        let asked = envelope.ask_id.is_some();
+        match self.control(&envelope.target.kind) {
+            Ok(control) => control.deliver_remote(envelope),
+            Err(_) => {
+                let failure = codec::RemoteFailure::UnknownKind {
+                    kind: envelope.target.kind,
+                };
+                asked.then(|| Box::pin(async move { Err(failure) }) as RemoteAnswer)
+            }
+        }
     }
 
     /// Registers a kind so that it shows in the supervision tree before its
@@ -292,6 +363,14 @@ impl System {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Every kind's control, taken out of the lock (their calls may block).
+    fn controls(&self) -> Vec<Arc<dyn KindControl>> {
+        self.read_kinds()
+            .values()
+            .map(|registered| Arc::clone(&registered.control))
+            .collect()
+    }
+
     fn control(&self, kind: &str) -> Result<Arc<dyn KindControl>, AgentError> {
         self.read_kinds()
             .get(kind)
@@ -319,11 +398,7 @@ impl System {
 
     /// The live supervision tree of this node.
     pub fn supervision_tree(&self) -> SupervisionTree {
-        let controls: Vec<Arc<dyn KindControl>> = self
-            .read_kinds()
-            .values()
-            .map(|registered| Arc::clone(&registered.control))
-            .collect();
+        let controls = self.controls();
         SupervisionTree {
             node: self.inner.node.name.clone(),
             supervisors: controls.iter().map(|control| control.snapshot()).collect(),

@@ -52,6 +52,7 @@ pub struct RemoteBench {
 fn envelope(type_id: u32, n: u64) -> Envelope {
     Envelope {
         message_id: n,
+        ask_id: None,
         correlation_id: None,
         trace_context: None,
         deadline_ms: None,
@@ -73,7 +74,7 @@ pub async fn serve(secret: &[u8]) -> Result<(), BenchError> {
         if envelope.type_id == TELL {
             counted.fetch_add(1, Ordering::Relaxed);
         }
-        let Some(correlation_id) = envelope.correlation_id else {
+        let Some(ask_id) = envelope.ask_id else {
             return;
         };
         let payload = match envelope.type_id {
@@ -81,7 +82,7 @@ pub async fn serve(secret: &[u8]) -> Result<(), BenchError> {
             _ => envelope.payload,
         };
         let reply = Frame::Reply(Reply {
-            correlation_id,
+            ask_id,
             outcome: Ok(payload),
         });
         // A full queue: wait for room off the reader's path.

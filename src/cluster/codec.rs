@@ -30,7 +30,9 @@ pub struct Target {
 pub struct Envelope {
     pub message_id: u64,
     /// Set on an ask: the reply carries it back.
-    pub correlation_id: Option<u64>,
+    pub ask_id: Option<u64>,
+    /// The id that ties together everything done for one request.
+    pub correlation_id: Option<String>,
     /// W3C `traceparent` of the sender's span.
     pub trace_context: Option<String>,
     /// Unix milliseconds after which the receiver drops the message.
@@ -38,11 +40,14 @@ pub struct Envelope {
     pub target: Target,
     /// Stable id of the payload's type.
     pub type_id: u32,
-    /// The message, bincode-encoded.
+    /// The message: MessagePack with field names (self-describing, so
+    /// tagged and flattened serde types survive, which bincode cannot do).
     pub payload: Vec<u8>,
 }
 
-/// Why a remote ask failed on the far side.
+/// Why a remote ask failed on the far side. The agent's own errors keep
+/// their shape, so a refusal reaches an HTTP client on another node as the
+/// same 422 naming the same field.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RemoteFailure {
     /// The receiving node does not own the target (placement moved).
@@ -53,17 +58,37 @@ pub enum RemoteFailure {
     UnknownType {
         type_id: u32,
     },
-    /// The agent answered with an error, as text.
+    /// The receiving node does not host the kind.
+    UnknownKind {
+        kind: String,
+    },
+    /// The payload is not a message of the kind.
+    Undecodable {
+        reason: String,
+    },
+    DeadlineExpired,
+    MailboxFull {
+        capacity: u64,
+    },
+    Rejected {
+        code: String,
+        message: String,
+        field: Option<String>,
+    },
+    Failed {
+        last_failure: String,
+    },
+    Stopped,
+    /// Any other error of the agent, as text.
     Agent {
         message: String,
     },
-    DeadlineExpired,
 }
 
 /// The answer to an envelope that carried a correlation id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reply {
-    pub correlation_id: u64,
+    pub ask_id: u64,
     pub outcome: Result<Vec<u8>, RemoteFailure>,
 }
 
@@ -183,7 +208,8 @@ mod tests {
     fn envelope() -> Envelope {
         Envelope {
             message_id: 7,
-            correlation_id: Some(9),
+            ask_id: Some(9),
+            correlation_id: Some("req-1".into()),
             trace_context: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
             deadline_ms: Some(1_800_000_000_000),
             target: Target {
@@ -200,7 +226,7 @@ mod tests {
         let frames = vec![
             Frame::Message(envelope()),
             Frame::Reply(Reply {
-                correlation_id: 9,
+                ask_id: 9,
                 outcome: Err(RemoteFailure::NotOwner {
                     owner: Some("n2".into()),
                 }),

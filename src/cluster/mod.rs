@@ -1,10 +1,12 @@
 //! The cluster layer: who is in the cluster ([`membership`]), the wire
 //! format between nodes ([`codec`]), the TCP links that carry it
 //! ([`transport`]), and who owns which agent instance ([`placement`]).
-//! Routing through `AgentRef`, leases and `valueverse node` build on these.
+//! [`router`] sends an `AgentRef`'s messages to the owner's node.
 
 pub mod bench;
 pub mod codec;
 pub mod membership;
+pub mod node;
 pub mod placement;
+pub mod router;
 pub mod transport;

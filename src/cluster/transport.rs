@@ -269,15 +269,19 @@ impl Transport {
         }
     }
 
+    /// The open link to `addr`, if there is one; never dials.
+    pub fn open_link(&self, addr: SocketAddr) -> Option<Link> {
+        self.lock_links()
+            .get(&addr)
+            .filter(|link| !link.is_closed())
+            .cloned()
+    }
+
     /// The link to the node listening at `addr`: the open one, or a new
     /// connection and handshake.
     pub async fn link(&self, addr: SocketAddr) -> Result<Link, LinkError> {
-        if let Some(link) = self
-            .lock_links()
-            .get(&addr)
-            .filter(|link| !link.is_closed())
-        {
-            return Ok(link.clone());
+        if let Some(link) = self.open_link(addr) {
+            return Ok(link);
         }
         if let Some(backoff) = self.lock_backoff().get(&addr) {
             let now = Instant::now();
@@ -337,10 +341,10 @@ impl Transport {
         timeout: Duration,
     ) -> Result<Result<Vec<u8>, RemoteFailure>, LinkError> {
         let link = self.link(addr).await?;
-        let correlation_id = self.next_id();
-        envelope.correlation_id = Some(correlation_id);
+        let ask_id = self.next_id();
+        envelope.ask_id = Some(ask_id);
         let (reply, answer) = oneshot::channel();
-        self.lock_pending().insert(correlation_id, reply);
+        self.lock_pending().insert(ask_id, reply);
         let outcome = async {
             link.send(Frame::Message(envelope))
                 .await
@@ -359,7 +363,7 @@ impl Transport {
             }
         }
         .await;
-        self.lock_pending().remove(&correlation_id);
+        self.lock_pending().remove(&ask_id);
         outcome
     }
 
@@ -431,11 +435,8 @@ impl Transport {
         loop {
             match codec::read_frame::<Frame>(&mut reader, &mut buffer).await {
                 Ok(Frame::Message(envelope)) => (self.inner.inbound)(&link, envelope),
-                Ok(Frame::Reply(Reply {
-                    correlation_id,
-                    outcome,
-                })) => {
-                    if let Some(waiting) = self.lock_pending().remove(&correlation_id) {
+                Ok(Frame::Reply(Reply { ask_id, outcome })) => {
+                    if let Some(waiting) = self.lock_pending().remove(&ask_id) {
                         let _ = waiting.send(outcome);
                     }
                 }
@@ -601,12 +602,12 @@ mod tests {
     fn echo(count: Arc<AtomicUsize>) -> Inbound {
         Arc::new(move |link: &Link, envelope: Envelope| {
             count.fetch_add(1, Ordering::Relaxed);
-            if let Some(correlation_id) = envelope.correlation_id {
+            if let Some(ask_id) = envelope.ask_id {
                 let link = link.clone();
                 tokio::spawn(async move {
                     let _ = link
                         .send(Frame::Reply(Reply {
-                            correlation_id,
+                            ask_id,
                             outcome: Ok(envelope.payload),
                         }))
                         .await;
@@ -618,6 +619,7 @@ mod tests {
     fn envelope(n: u64) -> Envelope {
         Envelope {
             message_id: n,
+            ask_id: None,
             correlation_id: None,
             trace_context: None,
             deadline_ms: None,

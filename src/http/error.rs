@@ -160,6 +160,13 @@ impl From<AgentError> for ApiError {
                 ApiError::new(StatusCode::NOT_FOUND, "unknown_kind", message)
             }
             AgentError::Store { cause, .. } => ApiError::from(*cause),
+            AgentError::Unreachable { .. } => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "node_unreachable", message)
+                    .retry_after(1)
+            }
+            AgentError::Remote { .. } => {
+                ApiError::new(StatusCode::BAD_GATEWAY, "remote_failure", message)
+            }
         }
     }
 }

@@ -8,6 +8,7 @@
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /api/v1/actors` | the live supervision tree |
 //! | `POST /api/v1/actors/{kind}/{key}/reset` | clear a failed instance |
+//! | `GET /api/v1/cluster` | members, their state and leases, ownership |
 //! | `POST /api/v1/api-keys`, `GET`, `DELETE /api/v1/api-keys/{id}` | admin: API keys |
 //! | `POST /api/v1/simulations` | queue a Monte Carlo job |
 //! | `GET /api/v1/simulations/queue` | running and waiting jobs |
@@ -30,6 +31,7 @@
 
 mod actors;
 mod api_keys;
+mod cluster;
 mod commitments;
 mod error;
 mod listing;
@@ -49,6 +51,7 @@ use actix_web::{App, HttpServer, web};
 
 use crate::actors::System;
 use crate::auth::KeyCache;
+use crate::cluster::node::ClusterNode;
 use crate::config::Config;
 use crate::notifier::Notifications;
 use crate::saga::SagaRunner;
@@ -78,6 +81,7 @@ api! {
     "/metrics" => { get: operations::metrics }
     "/api/v1/actors" => { get: actors::tree }
     "/api/v1/actors/{kind}/{key}/reset" => { post: actors::reset }
+    "/api/v1/cluster" => { get: cluster::view }
     "/api/v1/api-keys" => { post: api_keys::create, get: api_keys::list }
     "/api/v1/api-keys/{id}" => { delete: api_keys::revoke }
     "/api/v1/simulations" => { post: simulations::submit }
@@ -122,12 +126,13 @@ api! {
         title = "ValueVerse API",
         description = "Business agents as supervised actors: value models, simulations, commitments, plans, insights, notifications."
     ),
-    paths(operations::health, operations::ready, operations::metrics, actors::tree, actors::reset, api_keys::create, api_keys::list, api_keys::revoke, value_models::create, value_models::list, value_models::get, value_models::patch, value_models::versions, value_models::archive, value_models::hypotheses, simulations::submit, simulations::queue, simulations::get, simulations::results, simulations::cancel, simulations::events, commitments::commit, commitments::list, commitments::get, commitments::void, plans::create, plans::list, plans::get, plans::progress, plans::deliver, plans::cancel, plans::insights, webhooks::subscribe, webhooks::list, webhooks::get, webhooks::delete, webhooks::deliveries, webhooks::redeliver, sagas::list, sagas::start_value_creation, sagas::start_renewal, sagas::get, sagas::cancel, sagas::retry, sagas::events),
+    paths(operations::health, operations::ready, operations::metrics, actors::tree, actors::reset, cluster::view, api_keys::create, api_keys::list, api_keys::revoke, value_models::create, value_models::list, value_models::get, value_models::patch, value_models::versions, value_models::archive, value_models::hypotheses, simulations::submit, simulations::queue, simulations::get, simulations::results, simulations::cancel, simulations::events, commitments::commit, commitments::list, commitments::get, commitments::void, plans::create, plans::list, plans::get, plans::progress, plans::deliver, plans::cancel, plans::insights, webhooks::subscribe, webhooks::list, webhooks::get, webhooks::delete, webhooks::deliveries, webhooks::redeliver, sagas::list, sagas::start_value_creation, sagas::start_renewal, sagas::get, sagas::cancel, sagas::retry, sagas::events),
     components(schemas(error::ErrorDoc)),
     modifiers(&BearerAuth),
     tags(
         (name = "operations", description = "probes and metrics (no key needed)"),
         (name = "actors", description = "the supervision tree and operator resets"),
+        (name = "cluster", description = "members, leases and ownership"),
         (name = "api-keys", description = "admin: API keys"),
         (name = "architect", description = "value models, versions, hypotheses"),
         (name = "simulations", description = "Monte Carlo jobs and their WebSocket"),
@@ -162,6 +167,15 @@ async fn openapi_json() -> actix_web::HttpResponse {
     actix_web::HttpResponse::Ok().json(<ApiDoc as utoipa::OpenApi>::openapi())
 }
 
+/// What the handlers serve.
+pub struct Services {
+    pub system: System,
+    pub simulations: Simulations,
+    pub notifications: Notifications,
+    pub sagas: SagaRunner,
+    pub cluster: ClusterNode,
+}
+
 /// A running HTTP server.
 pub struct HttpApi {
     pub local_addr: SocketAddr,
@@ -170,16 +184,20 @@ pub struct HttpApi {
 }
 
 impl HttpApi {
-    /// Binds `config.http_addr` (port 0 picks a free port) and serves the
-    /// API of `system`. Must be called inside a tokio runtime.
+    /// Serves the API of `system` on `listener`. Must be called inside a
+    /// tokio runtime.
     pub fn start(
-        system: System,
-        simulations: Simulations,
-        notifications: Notifications,
-        sagas: SagaRunner,
+        listener: TcpListener,
+        services: Services,
         config: &Config,
     ) -> std::io::Result<HttpApi> {
-        let listener = TcpListener::bind(config.http_addr)?;
+        let Services {
+            system,
+            simulations,
+            notifications,
+            sagas,
+            cluster,
+        } = services;
         let body_limit = config.http_body_limit;
         let auth = web::Data::new(middleware::Auth {
             dev: config.dev,
@@ -191,12 +209,14 @@ impl HttpApi {
         let simulations = web::Data::new(simulations);
         let notifications = web::Data::new(notifications);
         let sagas = web::Data::new(sagas);
+        let cluster = web::Data::new(cluster);
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(system.clone())
                 .app_data(simulations.clone())
                 .app_data(notifications.clone())
                 .app_data(sagas.clone())
+                .app_data(cluster.clone())
                 .app_data(metrics.clone())
                 .app_data(auth.clone())
                 .app_data(web::PayloadConfig::new(body_limit))

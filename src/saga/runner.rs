@@ -239,11 +239,26 @@ impl SagaRunner {
             .await
     }
 
-    async fn poll(self) {
-        // A restart: whatever was in flight died with the previous run.
+    /// Whether this node owns the saga's coordinator (each node drives the
+    /// sagas it owns; in a cluster of one, all of them).
+    fn owns(&self, id: &str) -> bool {
+        self.inner
+            .system
+            .router()
+            .is_local(<SagaCoordinator as crate::actors::Agent>::KIND, id)
+    }
+
+    /// Whatever was in flight for sagas owned here died with its node: at
+    /// a restart this node's previous run, after a change of placement the
+    /// node that owned them before. Sagas this node is driving are left be.
+    async fn resume_owned(&self) {
         match self.inner.system.store().unfinished_sagas().await {
             Ok(ids) => {
                 for id in ids {
+                    let driving = self.lock_driving().contains(&id);
+                    if driving || !self.owns(&id) {
+                        continue;
+                    }
                     if let Err(error) = self.ask(&id, SagaMsg::Resume).await {
                         tracing::warn!(saga = %id, %error, "saga runner: cannot resume");
                     }
@@ -251,17 +266,35 @@ impl SagaRunner {
             }
             Err(error) => tracing::warn!(%error, "saga runner: cannot read the saga log"),
         }
+    }
+
+    async fn poll(self) {
+        let mut placement = self.inner.system.router().watch();
+        placement.mark_unchanged();
+        self.resume_owned().await;
         loop {
             let now = chrono::Utc::now().timestamp_millis();
             match self.inner.system.store().due_sagas(now, 500).await {
-                Ok(ids) => ids.into_iter().for_each(|id| self.drive(id)),
+                Ok(ids) => ids
+                    .into_iter()
+                    .filter(|id| self.owns(id))
+                    .for_each(|id| self.drive(id)),
                 Err(error) => tracing::warn!(%error, "saga runner: cannot read the saga log"),
             }
             tokio::select! {
                 _ = tokio::time::sleep(POLL_EVERY) => {}
                 _ = self.inner.wake.notified() => {}
+                changed = placement.changed() => {
+                    if changed.is_ok() {
+                        self.resume_owned().await;
+                    }
+                }
             }
         }
+    }
+
+    fn lock_driving(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.inner.driving.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Drives one saga until nothing is due, unless a task does already.

@@ -326,7 +326,18 @@ impl Simulations {
         submitter: String,
         model: Option<(String, i64)>,
     ) -> Result<SimulationJob, SubmitError> {
-        let id = uuid::Uuid::now_v7().to_string();
+        // An id this node owns, so that the job's agent lives where its
+        // worker runs and a restart of another node never queues it again.
+        // (With GPU members in the view, a CPU-only node owns no simulation
+        // key: the job then runs here all the same.)
+        let router = self.inner.system.router();
+        let mut id = uuid::Uuid::now_v7().to_string();
+        for _ in 0..64 {
+            if router.is_local(Simulation::KIND, &id) {
+                break;
+            }
+            id = uuid::Uuid::now_v7().to_string();
+        }
         self.enqueue(id, request, submitter, model).await
     }
 
@@ -530,7 +541,13 @@ impl Simulations {
             .unfinished_simulations()
             .await
             .map_err(StartError::Store)?;
-        for id in ids {
+        let router = inner.system.router();
+        // Each node queues again the jobs it owns; another node's running
+        // jobs are its own.
+        for id in ids
+            .into_iter()
+            .filter(|id| router.is_local(Simulation::KIND, id))
+        {
             let requeue = |source| StartError::Requeue {
                 id: id.clone(),
                 source,

@@ -99,12 +99,14 @@ enum Pool {
 /// write is shared by both dialects (`$n` placeholders work in both).
 mod api_keys;
 mod batch;
+mod leases;
 mod notifications;
 mod records;
 mod sagas;
 mod simulations;
 
 pub use api_keys::ApiKeyRow;
+pub use leases::Lease;
 pub use notifications::{Attempt, Notification};
 pub use records::{Column, Page, Record};
 

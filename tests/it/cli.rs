@@ -55,6 +55,37 @@ fn serve_help_documents_every_option() {
 }
 
 #[test]
+fn a_node_refuses_sqlite_and_a_missing_or_short_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = format!("sqlite://{}", dir.path().join("x.db").display());
+    let postgres = "postgres://postgres@127.0.0.1:5432/never_created";
+    let cases = [
+        (
+            sqlite.as_str(),
+            Some("a-long-enough-secret-123"),
+            "PostgreSQL",
+        ),
+        (postgres, None, "cluster.secret"),
+        (postgres, Some("short"), "cluster.secret"),
+    ];
+    for (url, secret, needle) in cases {
+        let mut command = valueverse();
+        command
+            .args(["node", "--name", "n1", "--database-url", url])
+            .env_remove("VALUEVERSE_CLUSTER_SECRET")
+            .stdin(Stdio::null());
+        if let Some(secret) = secret {
+            command.args(["--secret", secret]);
+        }
+        let output = command.output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{url} {secret:?} must fail");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(stderr.contains(needle), "`{needle}` not in: {stderr}");
+    }
+}
+
+#[test]
 fn bad_values_stop_start_up_naming_them() {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("x.db").display());

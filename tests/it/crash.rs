@@ -18,7 +18,7 @@ use crate::value_models::acme;
 /// The release binary: `VALUEVERSE_RELEASE_BIN` (`.ci/run` builds it), or
 /// built here into a target directory of its own (no lock shared with the
 /// `cargo test` that runs this).
-fn release_binary() -> PathBuf {
+pub(crate) fn release_binary() -> PathBuf {
     if let Ok(path) = std::env::var("VALUEVERSE_RELEASE_BIN") {
         return PathBuf::from(path);
     }
@@ -43,15 +43,23 @@ fn release_binary() -> PathBuf {
 
 /// A node as a child process; answers it and its base URL.
 fn spawn(binary: &PathBuf, url: &str) -> (Child, String) {
-    let mut child = Command::new(binary)
-        .args([
-            "serve",
-            "--dev",
-            "--http",
-            "127.0.0.1:0",
-            "--database-url",
-            url,
-        ])
+    let mut command = Command::new(binary);
+    command.args([
+        "serve",
+        "--dev",
+        "--http",
+        "127.0.0.1:0",
+        "--database-url",
+        url,
+    ]);
+    start_child(command).unwrap_or_else(|stderr| panic!("the node did not start: {stderr}"))
+}
+
+/// Starts a node process (logging at warn) and waits for the line that
+/// gives its HTTP address; answers it and its API base URL, or what it
+/// wrote on stderr when it exited instead.
+pub(crate) fn start_child(mut command: Command) -> Result<(Child, String), String> {
+    let mut child = command
         .env("VALUEVERSE_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -62,20 +70,17 @@ fn spawn(binary: &PathBuf, url: &str) -> (Child, String) {
     let Some(line) = lines.find_map(|line| line.ok().filter(|line| line.contains("listening on")))
     else {
         let output = child.wait_with_output().unwrap();
-        panic!(
-            "the node did not start: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        return Err(String::from_utf8_lossy(&output.stderr).into_owned());
     };
     let stderr = child.stderr.take().unwrap();
     std::thread::spawn(move || BufReader::new(stderr).lines().for_each(drop));
     let address = line.rsplit("http://").next().unwrap().trim().to_owned();
     // Keep draining stdout so the child never blocks on it.
     std::thread::spawn(move || lines.for_each(drop));
-    (child, format!("http://{address}/api/v1"))
+    Ok((child, format!("http://{address}/api/v1")))
 }
 
-fn body(index: usize) -> Value {
+pub(crate) fn body(index: usize) -> Value {
     let steps = ["design", "simulate", "commit", "plan", "amplify"];
     // Every third saga fails at some step, the rest complete.
     let fail_step = index.is_multiple_of(3).then(|| steps[index % steps.len()]);
@@ -90,7 +95,7 @@ fn body(index: usize) -> Value {
     })
 }
 
-async fn start_some(
+pub(crate) async fn start_some(
     client: &reqwest::Client,
     base: &str,
     from: usize,
@@ -115,7 +120,7 @@ async fn start_some(
     }
 }
 
-fn kill_9(child: &mut Child) {
+pub(crate) fn kill_9(child: &mut Child) {
     let killed = Command::new("kill")
         .args(["-KILL", &child.id().to_string()])
         .status()
@@ -141,88 +146,101 @@ async fn sagas_survive_kill_9_at_random_moments() {
         }
         assert!(ids.len() >= 30, "{} sagas started", ids.len());
 
-        // Every saga ends completed or compensated.
-        let deadline = Instant::now() + Duration::from_secs(120);
-        let mut sagas = Vec::new();
-        for (index, id) in &ids {
-            let saga = loop {
-                let saga: Value = client
-                    .get(format!("{base}/sagas/{id}"))
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
-                if saga["status"] == "completed" || saga["status"] == "compensated" {
-                    break saga;
-                }
-                assert!(Instant::now() < deadline, "saga {id} stuck: {saga}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            };
-            sagas.push((*index, saga));
-        }
+        let sagas = wait_until_final(&client, &base, &ids).await;
         kill_9(&mut child);
+        check_agent_tables(&db, &sagas).await;
+    }
+}
 
-        // The agents' tables agree with each saga, each change made once.
-        let store = db.store().await;
-        for (index, saga) in &sagas {
-            let id = saga["id"].as_str().unwrap();
-            let completed = saga["status"] == "completed";
+/// Waits until every saga of `ids` is completed or compensated; answers
+/// them with the index each was started with.
+pub(crate) async fn wait_until_final(
+    client: &reqwest::Client,
+    base: &str,
+    ids: &[(usize, String)],
+) -> Vec<(usize, Value)> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut sagas = Vec::new();
+    for (index, id) in ids {
+        let saga = loop {
+            let saga: Value = client
+                .get(format!("{base}/sagas/{id}"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if saga["status"] == "completed" || saga["status"] == "compensated" {
+                break saga;
+            }
+            assert!(Instant::now() < deadline, "saga {id} stuck: {saga}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        sagas.push((*index, saga));
+    }
+    sagas
+}
+
+/// The agents' tables agree with each saga, each change made once.
+pub(crate) async fn check_agent_tables(db: &TestDb, sagas: &[(usize, Value)]) {
+    let backend = &db.url;
+    let store = db.store().await;
+
+    for (index, saga) in sagas {
+        let id = saga["id"].as_str().unwrap();
+        let completed = saga["status"] == "completed";
+        assert_eq!(
+            completed,
+            index % 3 != 0,
+            "{backend:?} saga {index}: {saga}"
+        );
+        let row = |table: &'static str, key: String| {
+            let store = store.clone();
+            async move { store.load_record(table, &key).await.unwrap() }
+        };
+        let field = |body: &str, name: &str| -> Value {
+            serde_json::from_str::<Value>(body).unwrap()[name].clone()
+        };
+        let model = row("value_models", format!("{id}-model")).await;
+        let commitment = row("commitments", format!("{id}-commitment")).await;
+        let plan = row("plans", format!("{id}-plan")).await;
+        if completed {
+            let (version, model) = model.expect("the model");
+            assert_eq!((version, field(&model, "status")), (1, json!("active")));
+            let (version, commitment) = commitment.expect("the commitment");
             assert_eq!(
-                completed,
-                index % 3 != 0,
-                "{backend:?} saga {index}: {saga}"
+                (version, field(&commitment, "status")),
+                (1, json!("active"))
             );
-            let row = |table: &'static str, key: String| {
-                let store = store.clone();
-                async move { store.load_record(table, &key).await.unwrap() }
-            };
-            let field = |body: &str, name: &str| -> Value {
-                serde_json::from_str::<Value>(body).unwrap()[name].clone()
-            };
-            let model = row("value_models", format!("{id}-model")).await;
-            let commitment = row("commitments", format!("{id}-commitment")).await;
-            let plan = row("plans", format!("{id}-plan")).await;
-            if completed {
-                let (version, model) = model.expect("the model");
-                assert_eq!((version, field(&model, "status")), (1, json!("active")));
-                let (version, commitment) = commitment.expect("the commitment");
-                assert_eq!(
-                    (version, field(&commitment, "status")),
-                    (1, json!("active"))
-                );
-                let (version, plan) = plan.expect("the plan");
-                assert_eq!((version, field(&plan, "status")), (1, json!("active")));
-                let (_, amplification) = row("amplifications", format!("{id}-model"))
-                    .await
-                    .expect("the baseline");
-                assert_eq!(
-                    serde_json::from_str::<Value>(&amplification).unwrap()["baseline"]["plan_id"],
-                    json!(format!("{id}-plan"))
-                );
-            } else {
-                // Made at most once and undone at most once: version 2 at most.
-                for (what, record, undone) in [
-                    ("model", model, "archived"),
-                    ("commitment", commitment, "voided"),
-                    ("plan", plan, "cancelled"),
-                ] {
-                    if let Some((version, body)) = record {
-                        assert!(version <= 2, "{what} of {id} written {version} times");
-                        assert_eq!(field(&body, "status"), json!(undone), "{what} of {id}");
-                    }
-                }
-                if let Some((_, amplification)) = row("amplifications", format!("{id}-model")).await
-                {
-                    assert!(
-                        serde_json::from_str::<Value>(&amplification).unwrap()["baseline"]
-                            .is_null(),
-                        "baseline of {id} removed"
-                    );
+            let (version, plan) = plan.expect("the plan");
+            assert_eq!((version, field(&plan, "status")), (1, json!("active")));
+            let (_, amplification) = row("amplifications", format!("{id}-model"))
+                .await
+                .expect("the baseline");
+            assert_eq!(
+                serde_json::from_str::<Value>(&amplification).unwrap()["baseline"]["plan_id"],
+                json!(format!("{id}-plan"))
+            );
+        } else {
+            // Made at most once and undone at most once: version 2 at most.
+            for (what, record, undone) in [
+                ("model", model, "archived"),
+                ("commitment", commitment, "voided"),
+                ("plan", plan, "cancelled"),
+            ] {
+                if let Some((version, body)) = record {
+                    assert!(version <= 2, "{what} of {id} written {version} times");
+                    assert_eq!(field(&body, "status"), json!(undone), "{what} of {id}");
                 }
             }
+            if let Some((_, amplification)) = row("amplifications", format!("{id}-model")).await {
+                assert!(
+                    serde_json::from_str::<Value>(&amplification).unwrap()["baseline"].is_null(),
+                    "baseline of {id} removed"
+                );
+            }
         }
-        store.close().await;
     }
+    store.close().await;
 }

@@ -59,6 +59,22 @@ async fn operational_endpoints_on_both_stores() {
         assert_eq!(health.status(), StatusCode::OK);
         assert_eq!(json(health).await["status"], "ok");
 
+        // A single node is a cluster of one: its lease, itself alive.
+        let cluster = client
+            .get(format!("{base}/api/v1/cluster"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(cluster.status(), StatusCode::OK);
+        let cluster = json(cluster).await;
+        assert_eq!(cluster["clustered"], false, "{cluster}");
+        let members = cluster["members"].as_array().unwrap();
+        assert_eq!(members.len(), 1, "{cluster}");
+        assert_eq!(members[0]["node"], cluster["node"]);
+        assert_eq!(members[0]["state"], "alive");
+        assert_eq!(members[0]["owns_share"], 1.0);
+        assert!(members[0]["lease_token"].as_i64() > Some(0), "{cluster}");
+
         let ready = client.get(format!("{base}/ready")).send().await.unwrap();
         assert_eq!(ready.status(), StatusCode::OK);
         let expected = if backend == Backend::Sqlite {

@@ -1,0 +1,463 @@
+//! This node's part in the cluster: its lease row, its transport and gossip
+//! (when it joined a cluster), and the loop that turns leases and gossip
+//! into the router's view.
+//!
+//! Placement chooses among the nodes whose lease is valid: the database,
+//! not gossip, decides who is down, so a partition cannot give one key two
+//! owners that both reach the store. Gossip tells what each node hosts (its
+//! kinds, GPUs, load) and how each looks from here (alive or suspect).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prometheus::{IntCounter, IntGauge};
+use serde::Serialize;
+
+use crate::actors::System;
+use crate::config::ClusterConfig;
+use crate::store::{Lease, StoreError, unix_millis};
+
+use super::membership::{Member, MemberInfo, Membership, MembershipConfig, MembershipError};
+use super::placement::Candidate;
+use super::router::{self, Placed};
+use super::transport::{Transport, TransportConfig};
+
+/// How often the view is rebuilt from the leases and gossip.
+const VIEW_REFRESH: Duration = Duration::from_millis(250);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("cannot listen for the cluster transport on {addr}: {source}")]
+    Transport {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Membership(#[from] MembershipError),
+    #[error("cannot take this node's lease: {0}")]
+    Lease(#[source] StoreError),
+    #[error(
+        "node {node} of this cluster holds another cluster secret: give every node the same --secret"
+    )]
+    WrongSecret { node: String },
+}
+
+/// One member as `GET /api/v1/cluster` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct MemberView {
+    pub node: String,
+    /// `alive` (gossip hears it, lease valid), `suspect` (gossip does not
+    /// hear it, lease still valid: it keeps its keys), `down` (lease expired).
+    pub state: String,
+    pub transport_addr: String,
+    pub http_addr: String,
+    pub kinds: Vec<String>,
+    pub gpus: u32,
+    pub load: f64,
+    /// Fencing token of the node's current lease.
+    pub lease_token: i64,
+    pub lease_expires_in_ms: i64,
+    /// Instances this node would place on the member, out of a sample of
+    /// keys per kind: how evenly the view spreads ownership.
+    pub owns_share: f64,
+    pub is_self: bool,
+}
+
+/// `GET /api/v1/cluster`.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct ClusterView {
+    pub node: String,
+    /// Whether this node joined a cluster (`valueverse node`) or is a
+    /// cluster of one (`serve`).
+    pub clustered: bool,
+    pub members: Vec<MemberView>,
+    /// Instances active on this node, and how many of them this node owns
+    /// in the current view (the rest are being handed off).
+    pub local_instances: usize,
+    pub rebalances: u64,
+}
+
+struct Metrics {
+    rebalances: IntCounter,
+    members: IntGauge,
+    handoffs: IntCounter,
+}
+
+impl Metrics {
+    fn new(registry: &prometheus::Registry) -> Metrics {
+        let rebalances = IntCounter::new(
+            "valueverse_cluster_rebalances_total",
+            "Changes of the placement view (a node joined, left or lost its lease)",
+        )
+        .expect("valid metric");
+        let members = IntGauge::new(
+            "valueverse_cluster_members",
+            "Nodes in this node's placement view",
+        )
+        .expect("valid metric");
+        let handoffs = IntCounter::new(
+            "valueverse_cluster_handoffs_total",
+            "Instances asked to passivate because another node owns them now",
+        )
+        .expect("valid metric");
+        for collector in [
+            Box::new(rebalances.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(members.clone()),
+            Box::new(handoffs.clone()),
+        ] {
+            let _ = registry.register(collector);
+        }
+        Metrics {
+            rebalances,
+            members,
+            handoffs,
+        }
+    }
+}
+
+struct Shared {
+    system: System,
+    config: ClusterConfig,
+    transport_addr: String,
+    http_addr: String,
+    membership: tokio::sync::RwLock<Option<Membership>>,
+    token: AtomicI64,
+    /// Another run of this node took the lease: this one serves nothing.
+    fenced: AtomicBool,
+    metrics: Metrics,
+    last_leases: Mutex<Vec<Lease>>,
+}
+
+/// This node's membership in the cluster. Cheap to clone;
+/// [`ClusterNode::leave`] ends it.
+#[derive(Clone)]
+pub struct ClusterNode {
+    shared: Arc<Shared>,
+}
+
+impl ClusterNode {
+    /// Takes the lease, and with `config.enabled` binds the transport and
+    /// joins gossip; the task returned keeps the router's view current.
+    pub async fn start(
+        system: &System,
+        config: &ClusterConfig,
+        http_addr: SocketAddr,
+    ) -> Result<(ClusterNode, tokio::task::JoinHandle<()>), ClusterError> {
+        let name = system.node_name().to_owned();
+        let mut membership = None;
+        let mut transport_addr = String::new();
+        if config.enabled {
+            let secret = config.secret.clone().unwrap_or_default();
+            let transport = Transport::bind(
+                config.listen,
+                TransportConfig::new(&name, secret.as_bytes()),
+                router::inbound(system.downgrade()),
+            )
+            .await
+            .map_err(|source| ClusterError::Transport {
+                addr: config.listen,
+                source,
+            })?;
+            let listen = transport.local_addr();
+            transport_addr = listen.to_string();
+            system
+                .router()
+                .attach(transport, tokio::runtime::Handle::current());
+            membership = Some(
+                Membership::start(MembershipConfig {
+                    cluster_id: config.cluster_id.clone(),
+                    gossip_addr: config.gossip,
+                    seeds: config.seeds.clone(),
+                    gossip_interval: config.gossip_interval,
+                    info: MemberInfo {
+                        node: name.clone(),
+                        transport_addr: listen,
+                        http_addr,
+                        kinds: system.kinds(),
+                        gpus: config.gpus,
+                        load: 0.0,
+                    },
+                })
+                .await?,
+            );
+        }
+        let ttl = config.lease_ttl.as_millis() as i64;
+        let store = system.store();
+        if config.enabled {
+            let now = unix_millis();
+            let leases = store.leases().await.map_err(ClusterError::Lease)?;
+            if let Some(other) = leases.iter().find(|lease| {
+                lease.node != name
+                    && lease.is_valid_at(now)
+                    && lease.proof != proof(config, &lease.node)
+            }) {
+                return Err(ClusterError::WrongSecret {
+                    node: other.node.clone(),
+                });
+            }
+        }
+        let token = store
+            .acquire_lease(
+                &name,
+                &transport_addr,
+                &http_addr.to_string(),
+                &proof(config, &name),
+                ttl,
+            )
+            .await
+            .map_err(ClusterError::Lease)?;
+        tracing::info!(node = %name, token, clustered = config.enabled, "cluster: lease taken");
+        let shared = Arc::new(Shared {
+            system: system.clone(),
+            config: config.clone(),
+            transport_addr,
+            http_addr: http_addr.to_string(),
+            membership: tokio::sync::RwLock::new(membership),
+            token: AtomicI64::new(token),
+            fenced: AtomicBool::new(false),
+            metrics: Metrics::new(system.metrics().registry()),
+            last_leases: Mutex::new(Vec::new()),
+        });
+        shared.refresh().await;
+        let task = tokio::spawn(Arc::clone(&shared).run());
+        Ok((ClusterNode { shared }, task))
+    }
+
+    /// The members as this node sees them.
+    pub async fn view(&self) -> ClusterView {
+        self.shared.view().await
+    }
+
+    /// Leaves, once `task` is stopped: the lease is released (placement
+    /// moves at once, without waiting for expiry) and gossip stops.
+    pub async fn leave(&self, task: tokio::task::JoinHandle<()>) {
+        task.abort();
+        let _ = task.await;
+        let shared = &self.shared;
+        let name = shared.system.node_name();
+        let token = shared.token.load(Ordering::Acquire);
+        if let Err(error) = shared.system.store().release_lease(name, token).await {
+            tracing::warn!(%error, "cluster: could not release the lease");
+        }
+        if let Some(membership) = shared.membership.write().await.take() {
+            membership.shutdown().await;
+        }
+    }
+}
+
+impl Shared {
+    async fn run(self: Arc<Self>) {
+        let renew_every = self.config.lease_ttl / 3;
+        let mut renew = tokio::time::interval(renew_every);
+        let mut refresh = tokio::time::interval(VIEW_REFRESH);
+        for timer in [&mut renew, &mut refresh] {
+            timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        }
+        loop {
+            tokio::select! {
+                _ = renew.tick() => self.renew().await,
+                _ = refresh.tick() => self.refresh().await,
+            }
+        }
+    }
+
+    async fn renew(&self) {
+        if self.fenced.load(Ordering::Acquire) {
+            return;
+        }
+        let name = self.system.node_name();
+        let token = self.token.load(Ordering::Acquire);
+        let ttl = self.config.lease_ttl.as_millis() as i64;
+        match self.system.store().renew_lease(name, token, ttl).await {
+            Ok(true) => {}
+            Ok(false) => {
+                // Another run of this node holds the lease now: serving
+                // beside it would make two owners of our keys.
+                tracing::error!(
+                    node = %name,
+                    token,
+                    "cluster: this node's lease was taken over; it stops serving its keys"
+                );
+                self.fenced.store(true, Ordering::Release);
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cluster: cannot renew the lease; keys move elsewhere when it expires")
+            }
+        }
+    }
+
+    /// Rebuilds the router's view: the nodes with a valid lease.
+    async fn refresh(&self) {
+        let leases = match self.system.store().leases().await {
+            Ok(leases) => leases,
+            Err(error) => {
+                tracing::warn!(%error, "cluster: cannot read the leases; keeping the view");
+                return;
+            }
+        };
+        let gossip = self.gossip().await;
+        let me = self.system.node_name();
+        let now = unix_millis();
+        let fenced = self.fenced.load(Ordering::Acquire);
+        let mut placed = Vec::new();
+        for lease in &leases {
+            let mine = lease.node == me;
+            let proven = lease.proof == proof(&self.config, &lease.node);
+            if !lease.is_valid_at(now) || !proven || (mine && fenced) {
+                continue;
+            }
+            let transport_addr = match lease.transport_addr.parse() {
+                Ok(addr) => addr,
+                // A cluster of one has no transport: only itself to place on.
+                Err(_) if mine => SocketAddr::from(([127, 0, 0, 1], 0)),
+                Err(_) => continue,
+            };
+            // Until gossip says what a node hosts, it is taken to host every
+            // kind: every node runs the same kinds.
+            let (kinds, gpus) = match gossip.get(&lease.node) {
+                Some(member) => (member.info.kinds.clone(), member.info.gpus),
+                None if mine => (self.system.kinds(), self.config.gpus),
+                None => (self.system.kinds(), 0),
+            };
+            placed.push(Placed {
+                candidate: Candidate {
+                    node: lease.node.clone(),
+                    kinds,
+                    gpus,
+                },
+                transport_addr,
+            });
+        }
+        if !self.config.enabled {
+            // A cluster of one places on itself alone, whatever else the
+            // database holds.
+            placed.retain(|placed| placed.candidate.node == me);
+        }
+        let count = placed.len();
+        let nodes: Vec<String> = placed.iter().map(|p| p.candidate.node.clone()).collect();
+        if self.system.router().set_view(placed) {
+            self.metrics.rebalances.inc();
+            self.metrics.members.set(count as i64);
+            let handed_off = self.system.hand_off_unowned();
+            self.metrics.handoffs.inc_by(handed_off as u64);
+            tracing::info!(
+                members = ?nodes,
+                handed_off,
+                "cluster: placement changed"
+            );
+        }
+        *self.last_leases.lock().unwrap_or_else(|p| p.into_inner()) = leases;
+    }
+
+    /// Members gossip knows, by name; the newest run of each name wins.
+    async fn gossip(&self) -> HashMap<String, Member> {
+        let membership = self.membership.read().await;
+        let Some(membership) = membership.as_ref() else {
+            return HashMap::new();
+        };
+        let mut by_name: HashMap<String, Member> = HashMap::new();
+        for member in membership.members().await {
+            let keep = by_name
+                .get(&member.info.node)
+                .is_none_or(|known| known.state != "alive");
+            if keep {
+                by_name.insert(member.info.node.clone(), member);
+            }
+        }
+        by_name
+    }
+
+    async fn view(&self) -> ClusterView {
+        let gossip = self.gossip().await;
+        let leases = self
+            .last_leases
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let router = self.system.router();
+        let placed = router.view();
+        let me = self.system.node_name().to_owned();
+        let now = unix_millis();
+        let kinds = self.system.kinds();
+        // Ownership shares over a fixed sample of keys per kind.
+        const SAMPLE: usize = 256;
+        let mut owned: HashMap<String, usize> = HashMap::new();
+        for kind in &kinds {
+            for i in 0..SAMPLE {
+                *owned
+                    .entry(router.owner_of(kind, &format!("k-{i}")))
+                    .or_default() += 1;
+            }
+        }
+        let total = (SAMPLE * kinds.len()).max(1) as f64;
+        let members = leases
+            .iter()
+            .filter(|lease| self.config.enabled || lease.node == me)
+            .map(|lease| {
+                let heard = gossip.get(&lease.node);
+                let in_view = placed.iter().any(|p| p.candidate.node == lease.node);
+                let state = if !lease.is_valid_at(now) || !in_view {
+                    "down"
+                } else if heard.is_none_or(|m| m.state == "alive") {
+                    "alive"
+                } else {
+                    "suspect"
+                };
+                MemberView {
+                    node: lease.node.clone(),
+                    state: state.into(),
+                    transport_addr: lease.transport_addr.clone(),
+                    http_addr: lease.http_addr.clone(),
+                    kinds: heard.map(|m| m.info.kinds.clone()).unwrap_or_default(),
+                    gpus: heard.map(|m| m.info.gpus).unwrap_or_default(),
+                    load: heard.map(|m| m.info.load).unwrap_or_default(),
+                    lease_token: lease.token,
+                    lease_expires_in_ms: lease.expires_at_ms - now,
+                    owns_share: *owned.get(&lease.node).unwrap_or(&0) as f64 / total,
+                    is_self: lease.node == me,
+                }
+            })
+            .collect();
+        let tree = self.system.supervision_tree();
+        let local_instances = tree
+            .supervisors
+            .iter()
+            .map(|supervisor| supervisor.num_active)
+            .sum();
+        ClusterView {
+            node: me,
+            clustered: self.config.enabled,
+            members,
+            local_instances,
+            rebalances: self.metrics.rebalances.get(),
+        }
+    }
+}
+
+/// What a node's lease carries to show it holds the cluster secret:
+/// HMAC-SHA256 of its name. A cluster of one has no secret and no proof.
+fn proof(config: &ClusterConfig, node: &str) -> String {
+    use hmac::{Hmac, Mac};
+    let Some(secret) = config.secret.as_ref().filter(|_| config.enabled) else {
+        return String::new();
+    };
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes())
+        .expect("HMAC takes keys of any length");
+    mac.update(b"valueverse-lease-v1:");
+    mac.update(node.as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+impl std::fmt::Debug for ClusterNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterNode")
+            .field("node", &self.shared.system.node_name())
+            .field("transport", &self.shared.transport_addr)
+            .field("http", &self.shared.http_addr)
+            .finish()
+    }
+}

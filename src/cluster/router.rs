@@ -1,0 +1,438 @@
+//! Routing: this node's view of the members that may own instances, and
+//! the remote half of every `AgentRef`. `AgentRef::tell`/`ask` ask the
+//! router first; when the owner of `(kind, key)` is another node, the
+//! message is encoded and sent over the transport, and the far node's
+//! inbound handler delivers it into the instance's mailbox there and sends
+//! the reply back. With one member in the view (a single node, or a node
+//! before it hears of others) every route is local at the cost of one
+//! atomic load.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::actors::{Agent, AgentError, AgentId, CorrelationId};
+
+use super::codec::{self, Frame, RemoteFailure, Reply, Target};
+use super::placement::{Candidate, owner};
+use super::transport::{Inbound, Link, LinkError, Transport};
+
+/// The kind whose placement prefers members with a GPU.
+const GPU_KIND: &str = "simulation";
+
+/// A member placement may choose, and where its transport listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placed {
+    pub candidate: Candidate,
+    pub transport_addr: SocketAddr,
+}
+
+/// Where a message for a remote instance goes.
+#[derive(Debug, Clone)]
+pub(crate) struct Route {
+    pub node: String,
+    pub addr: SocketAddr,
+}
+
+/// This node's routing state.
+pub struct Router {
+    me: String,
+    view: RwLock<Arc<Vec<Placed>>>,
+    /// The view is this node alone: every route is local.
+    solo: AtomicBool,
+    transport: OnceLock<(Transport, tokio::runtime::Handle)>,
+    /// Counts changes of the view, for those who act on one.
+    changes: tokio::sync::watch::Sender<u64>,
+}
+
+impl Router {
+    /// A router whose view is `me` alone until [`Router::set_view`].
+    pub fn new(me: &str) -> Router {
+        Router {
+            me: me.to_owned(),
+            view: RwLock::new(Arc::new(Vec::new())),
+            solo: AtomicBool::new(true),
+            transport: OnceLock::new(),
+            changes: tokio::sync::watch::Sender::new(0),
+        }
+    }
+
+    pub fn node(&self) -> &str {
+        &self.me
+    }
+
+    /// Remote messages go out through `transport`; dials happen on `runtime`.
+    pub fn attach(&self, transport: Transport, runtime: tokio::runtime::Handle) {
+        let _ = self.transport.set((transport, runtime));
+    }
+
+    pub fn transport(&self) -> Option<&Transport> {
+        self.transport.get().map(|(transport, _)| transport)
+    }
+
+    /// Replaces the view; answers whether it changed. A view without this
+    /// node routes everything elsewhere (a node whose lease lapsed serves
+    /// nothing); an empty view routes everything here.
+    pub fn set_view(&self, mut members: Vec<Placed>) -> bool {
+        members.sort_by(|a, b| a.candidate.node.cmp(&b.candidate.node));
+        let mut view = self.view.write().unwrap_or_else(|p| p.into_inner());
+        if **view == members {
+            return false;
+        }
+        let solo =
+            members.is_empty() || (members.len() == 1 && members[0].candidate.node == self.me);
+        *view = Arc::new(members);
+        self.solo.store(solo, Ordering::Release);
+        drop(view);
+        self.changes.send_modify(|count| *count += 1);
+        true
+    }
+
+    /// Wakes at every change of the view.
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Whether `(kind, key)` is owned here in the current view.
+    pub fn is_local(&self, kind: &str, key: &str) -> bool {
+        self.route(kind, key).is_none()
+    }
+
+    /// The members placement chooses among now.
+    pub fn view(&self) -> Arc<Vec<Placed>> {
+        Arc::clone(&self.view.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The node that owns `(kind, key)` in this view (this node when the
+    /// view is empty or no member hosts the kind).
+    pub fn owner_of(&self, kind: &str, key: &str) -> String {
+        self.route(kind, key)
+            .map(|route| route.node)
+            .unwrap_or_else(|| self.me.clone())
+    }
+
+    /// `None` when `(kind, key)` is owned here.
+    pub(crate) fn route(&self, kind: &str, key: &str) -> Option<Route> {
+        if self.solo.load(Ordering::Acquire) {
+            return None;
+        }
+        let view = self.view();
+        let candidates: Vec<Candidate> = view.iter().map(|p| p.candidate.clone()).collect();
+        let chosen = owner(kind, key, &candidates, kind == GPU_KIND)?;
+        if chosen.node == self.me {
+            return None;
+        }
+        let placed = view.iter().find(|p| p.candidate.node == chosen.node)?;
+        Some(Route {
+            node: placed.candidate.node.clone(),
+            addr: placed.transport_addr,
+        })
+    }
+
+    fn unreachable(&self, target: AgentId, route: &Route, reason: String) -> AgentError {
+        AgentError::Unreachable {
+            target,
+            node: route.node.clone(),
+            reason,
+        }
+    }
+
+    /// Sends `msg` to the remote owner without waiting for a reply. With
+    /// no open link yet the send waits for the dial on a task of its own.
+    pub(crate) fn tell<A: Agent>(
+        &self,
+        route: &Route,
+        key: &str,
+        correlation_id: Option<&CorrelationId>,
+        msg: &A::Msg,
+    ) -> Result<(), AgentError> {
+        let target = target_of::<A>(key);
+        let Some((transport, runtime)) = self.transport.get() else {
+            return Err(self.unreachable(target, route, "this node has no transport".into()));
+        };
+        let envelope = envelope::<A>(transport, key, correlation_id, msg, None)
+            .map_err(|error| self.unreachable(target.clone(), route, error))?;
+        match transport.open_link(route.addr) {
+            Some(link) => link
+                .try_send(Frame::Message(envelope))
+                .map_err(|_| self.unreachable(target, route, "the link's outbox is full".into())),
+            None => {
+                let transport = transport.clone();
+                let addr = route.addr;
+                runtime.spawn(async move {
+                    match transport.link(addr).await {
+                        Ok(link) => {
+                            let _ = link.send(Frame::Message(envelope)).await;
+                        }
+                        Err(error) => tracing::debug!(%addr, %error, "cluster: tell dropped"),
+                    }
+                });
+                Ok(())
+            }
+        }
+    }
+
+    /// Asks the remote owner; `Ok(None)` when it answers that it is not the
+    /// owner (the caller routes again).
+    pub(crate) async fn ask<A: Agent>(
+        &self,
+        route: &Route,
+        key: &str,
+        correlation_id: Option<&CorrelationId>,
+        msg: &A::Msg,
+        timeout: Duration,
+    ) -> Result<Option<A::Reply>, AgentError> {
+        let target = target_of::<A>(key);
+        let Some((transport, _)) = self.transport.get() else {
+            return Err(self.unreachable(target, route, "this node has no transport".into()));
+        };
+        let envelope = envelope::<A>(transport, key, correlation_id, msg, Some(timeout))
+            .map_err(|error| self.unreachable(target.clone(), route, error))?;
+        let outcome = match transport.ask(route.addr, envelope, timeout).await {
+            Ok(outcome) => outcome,
+            Err(LinkError::Timeout { .. }) => {
+                return Err(AgentError::Timeout {
+                    target,
+                    after: timeout,
+                });
+            }
+            Err(error) => return Err(self.unreachable(target, route, error.to_string())),
+        };
+        match outcome {
+            Ok(bytes) => decode_payload(&bytes)
+                .map(Some)
+                .map_err(|reason| AgentError::Remote {
+                    target,
+                    node: route.node.clone(),
+                    message: format!("undecodable reply: {reason}"),
+                }),
+            Err(RemoteFailure::NotOwner { .. }) => Ok(None),
+            Err(failure) => Err(error_of(failure, target, &route.node, timeout)),
+        }
+    }
+}
+
+fn target_of<A: Agent>(key: &str) -> AgentId {
+    AgentId {
+        kind: A::KIND,
+        key: key.into(),
+    }
+}
+
+/// The stable id of a kind's message type on the wire.
+pub(crate) fn type_id<A: Agent>() -> u32 {
+    let hash = xxhash_rust::xxh3::xxh3_64(A::KIND.as_bytes());
+    (hash as u32) ^ (hash >> 32) as u32
+}
+
+fn unix_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+/// Time left before a wire deadline; `None` once it has passed.
+pub(crate) fn time_left(deadline_ms: u64) -> Option<Duration> {
+    deadline_ms
+        .checked_sub(unix_millis())
+        .filter(|left| *left > 0)
+        .map(Duration::from_millis)
+}
+
+fn envelope<A: Agent>(
+    transport: &Transport,
+    key: &str,
+    correlation_id: Option<&CorrelationId>,
+    msg: &A::Msg,
+    timeout: Option<Duration>,
+) -> Result<codec::Envelope, String> {
+    Ok(codec::Envelope {
+        message_id: transport.next_id(),
+        ask_id: None,
+        correlation_id: correlation_id.map(|id| id.as_str().to_owned()),
+        trace_context: None,
+        deadline_ms: timeout.map(|timeout| unix_millis() + timeout.as_millis() as u64),
+        target: Target {
+            kind: A::KIND.to_owned(),
+            key: key.to_owned(),
+        },
+        type_id: type_id::<A>(),
+        payload: encode_payload(msg)?,
+    })
+}
+
+/// Payloads are MessagePack with field names: self-describing, so the
+/// agents' tagged and flattened serde types round-trip.
+pub(crate) fn encode_payload<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
+    rmp_serde::to_vec_named(value).map_err(|error| error.to_string())
+}
+
+pub(crate) fn decode_payload<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    rmp_serde::from_slice(bytes).map_err(|error| error.to_string())
+}
+
+/// How an agent's error travels back to the asking node.
+pub(crate) fn failure_of(error: AgentError) -> RemoteFailure {
+    match error {
+        AgentError::MailboxFull { capacity, .. } => RemoteFailure::MailboxFull {
+            capacity: capacity as u64,
+        },
+        AgentError::Timeout { .. } | AgentError::Expired { .. } => RemoteFailure::DeadlineExpired,
+        AgentError::Rejected { rejection, .. } => RemoteFailure::Rejected {
+            code: rejection.code,
+            message: rejection.message,
+            field: rejection.field,
+        },
+        AgentError::Failed { last_failure, .. } => RemoteFailure::Failed { last_failure },
+        AgentError::Stopped { .. } => RemoteFailure::Stopped,
+        other => RemoteFailure::Agent {
+            message: other.to_string(),
+        },
+    }
+}
+
+/// The local error for a failure the owner's node answered.
+fn error_of(failure: RemoteFailure, target: AgentId, node: &str, timeout: Duration) -> AgentError {
+    match failure {
+        RemoteFailure::MailboxFull { capacity } => AgentError::MailboxFull {
+            target,
+            capacity: capacity as usize,
+        },
+        RemoteFailure::DeadlineExpired => AgentError::Timeout {
+            target,
+            after: timeout,
+        },
+        RemoteFailure::Rejected {
+            code,
+            message,
+            field,
+        } => AgentError::Rejected {
+            target,
+            rejection: Box::new(crate::actors::Rejection {
+                code,
+                message,
+                field,
+            }),
+        },
+        RemoteFailure::Failed { last_failure } => AgentError::Failed {
+            target,
+            last_failure,
+        },
+        RemoteFailure::Stopped => AgentError::Stopped { target },
+        other => AgentError::Remote {
+            target,
+            node: node.to_owned(),
+            message: format!("{other:?}"),
+        },
+    }
+}
+
+/// The transport's handler of messages from other nodes: each goes to its
+/// kind's registry here, which checks that this node owns the target;
+/// asks are answered on the link they came on.
+pub(crate) fn inbound(system: crate::actors::WeakSystem) -> Inbound {
+    Arc::new(move |link: &Link, envelope: codec::Envelope| {
+        let ask_id = envelope.ask_id;
+        let answer = match system.upgrade() {
+            Some(system) => system.deliver_remote(envelope),
+            None => Some(Box::pin(async { Err(RemoteFailure::Stopped) }) as _),
+        };
+        if let (Some(ask_id), Some(answer)) = (ask_id, answer) {
+            let link = link.clone();
+            tokio::spawn(async move {
+                let outcome = answer.await;
+                let _ = link.send(Frame::Reply(Reply { ask_id, outcome })).await;
+            });
+        }
+    })
+}
+
+/// The reply a remote ask waits for.
+pub(crate) type RemoteAnswer =
+    futures_util::future::BoxFuture<'static, Result<Vec<u8>, RemoteFailure>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn placed(node: &str, port: u16) -> Placed {
+        Placed {
+            candidate: Candidate {
+                node: node.into(),
+                kinds: vec!["architect".into(), "simulation".into()],
+                gpus: 0,
+            },
+            transport_addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        }
+    }
+
+    #[test]
+    fn a_view_of_this_node_alone_routes_everything_here() {
+        let router = Router::new("n1");
+        assert!(router.route("architect", "m-1").is_none());
+        assert!(!router.set_view(Vec::new()));
+        assert!(router.set_view(vec![placed("n1", 7001)]));
+        assert!(router.route("architect", "m-1").is_none());
+        assert!(!router.set_view(vec![placed("n1", 7001)]));
+    }
+
+    #[test]
+    fn keys_spread_over_the_view_and_all_move_off_a_node_that_left_it() {
+        let router = Router::new("n1");
+        router.set_view(vec![
+            placed("n1", 7001),
+            placed("n2", 7002),
+            placed("n3", 7003),
+        ]);
+        let remote = (0..300)
+            .filter_map(|i| router.route("architect", &format!("m-{i}")))
+            .collect::<Vec<_>>();
+        assert!((150..250).contains(&remote.len()), "{}", remote.len());
+        assert!(remote.iter().all(|route| route.node != "n1"));
+        // A view without this node (its lease lapsed): nothing is local.
+        router.set_view(vec![placed("n2", 7002), placed("n3", 7003)]);
+        assert!((0..100).all(|i| router.route("architect", &format!("m-{i}")).is_some()));
+    }
+
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    #[serde(tag = "channel", rename_all = "snake_case")]
+    enum Tagged {
+        Webhook { url: String },
+    }
+
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct Outer {
+        #[serde(flatten)]
+        inner: Inner,
+        data: serde_json::Value,
+        tagged: Tagged,
+    }
+
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct Inner {
+        id: String,
+        amount: f64,
+    }
+
+    #[test]
+    fn payloads_keep_tagged_flattened_and_json_values() {
+        let value = Outer {
+            inner: Inner {
+                id: "m-1".into(),
+                amount: 1.5,
+            },
+            data: serde_json::json!({"a": [1, "two", null], "b": {"c": true}}),
+            tagged: Tagged::Webhook {
+                url: "http://x".into(),
+            },
+        };
+        let bytes = encode_payload(&value).unwrap();
+        assert_eq!(decode_payload::<Outer>(&bytes).unwrap(), value);
+        assert!(decode_payload::<Outer>(&[0xc1, 0x00]).is_err());
+    }
+}

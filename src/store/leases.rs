@@ -1,0 +1,132 @@
+//! Node leases (`cluster_leases`): each node holds a row it renews while it
+//! runs. Expiry is what takes a silent node out of placement; the token,
+//! larger at every acquisition, fences an older run of the same node.
+
+use serde::Serialize;
+
+use super::{Store, StoreError, unix_millis, with_pool};
+
+/// A node's lease as the database holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct Lease {
+    pub node: String,
+    pub token: i64,
+    pub transport_addr: String,
+    pub http_addr: String,
+    #[serde(skip)]
+    pub proof: String,
+    pub acquired_at_ms: i64,
+    pub expires_at_ms: i64,
+}
+
+impl Lease {
+    pub fn is_valid_at(&self, now_ms: i64) -> bool {
+        self.expires_at_ms > now_ms
+    }
+}
+
+impl Store {
+    /// Takes (or takes over) `node`'s lease with a token larger than any
+    /// before it; answers the token.
+    pub async fn acquire_lease(
+        &self,
+        node: &str,
+        transport_addr: &str,
+        http_addr: &str,
+        proof: &str,
+        ttl_ms: i64,
+    ) -> Result<i64, StoreError> {
+        // Tokens are unique (an index): an acquisition that raced another
+        // to the same token fails and computes the next one.
+        let mut attempt = 0;
+        loop {
+            match self
+                .try_acquire_lease(node, transport_addr, http_addr, proof, ttl_ms)
+                .await
+            {
+                Err(StoreError::Database(sqlx::Error::Database(_))) if attempt < 5 => attempt += 1,
+                outcome => return outcome,
+            }
+        }
+    }
+
+    async fn try_acquire_lease(
+        &self,
+        node: &str,
+        transport_addr: &str,
+        http_addr: &str,
+        proof: &str,
+        ttl_ms: i64,
+    ) -> Result<i64, StoreError> {
+        let now = unix_millis();
+        let token: i64 = with_pool!(self, pool => {
+            sqlx::query_scalar(
+                "INSERT INTO cluster_leases (node, token, transport_addr, http_addr, proof, \
+                 acquired_at_ms, expires_at_ms) \
+                 VALUES ($1, (SELECT COALESCE(MAX(token), 0) + 1 FROM cluster_leases), \
+                 $2, $3, $4, $5, $6) \
+                 ON CONFLICT (node) DO UPDATE SET \
+                 token = (SELECT COALESCE(MAX(token), 0) + 1 FROM cluster_leases), \
+                 transport_addr = excluded.transport_addr, http_addr = excluded.http_addr, \
+                 proof = excluded.proof, \
+                 acquired_at_ms = excluded.acquired_at_ms, expires_at_ms = excluded.expires_at_ms \
+                 RETURNING token",
+            )
+            .bind(node)
+            .bind(transport_addr)
+            .bind(http_addr)
+            .bind(proof)
+            .bind(now)
+            .bind(now + ttl_ms)
+            .fetch_one(pool)
+            .await
+        })?;
+        Ok(token)
+    }
+
+    /// Extends `node`'s lease if it still holds `token`; false when another
+    /// run of the node took it over (or the row is gone).
+    pub async fn renew_lease(
+        &self,
+        node: &str,
+        token: i64,
+        ttl_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let renewed = with_pool!(self, pool => {
+            sqlx::query(
+                "UPDATE cluster_leases SET expires_at_ms = $3 WHERE node = $1 AND token = $2",
+            )
+            .bind(node)
+            .bind(token)
+            .bind(unix_millis() + ttl_ms)
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected())
+        })?;
+        Ok(renewed == 1)
+    }
+
+    /// Gives the lease up at a clean stop, so placement moves at once.
+    pub async fn release_lease(&self, node: &str, token: i64) -> Result<(), StoreError> {
+        with_pool!(self, pool => {
+            sqlx::query(
+                "UPDATE cluster_leases SET expires_at_ms = 0 WHERE node = $1 AND token = $2",
+            )
+            .bind(node)
+            .bind(token)
+            .execute(pool)
+            .await
+            .map(|_| ())
+        })?;
+        Ok(())
+    }
+
+    /// Every lease, expired ones included, by node name.
+    pub async fn leases(&self) -> Result<Vec<Lease>, StoreError> {
+        Ok(with_pool!(self, pool => {
+            sqlx::query_as("SELECT * FROM cluster_leases ORDER BY node")
+                .fetch_all(pool)
+                .await
+        })?)
+    }
+}

@@ -1,0 +1,319 @@
+//! A cluster for real: three release-binary node processes on loopback
+//! sharing one PostgreSQL database. Every node serves every key (asks cross
+//! the transport to the owner), a kill -9 moves the dead node's keys to the
+//! survivors and its sagas still end, a restarted node takes its share
+//! back, and a node with the wrong secret or a peer sending garbage gets
+//! nowhere.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::crash::{
+    check_agent_tables, kill_9, release_binary, start_child, start_some, wait_until_final,
+};
+use crate::support::{Backend, TestDb};
+use crate::value_models::acme;
+
+const SECRET: &str = "cluster-test-secret-0123456789";
+
+/// A free port for TCP and for UDP (the OS may hand it out again before
+/// the node binds it; on loopback in a test that is rare).
+fn free_port() -> u16 {
+    loop {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+struct Ports {
+    transport: u16,
+    gossip: u16,
+}
+
+struct Node {
+    name: String,
+    child: Child,
+    base: String,
+}
+
+fn spawn_node(
+    binary: &PathBuf,
+    url: &str,
+    name: &str,
+    ports: &Ports,
+    seeds: &[u16],
+    secret: &str,
+) -> Result<Node, String> {
+    let seeds: Vec<String> = seeds
+        .iter()
+        .map(|port| format!("127.0.0.1:{port}"))
+        .collect();
+    let mut command = Command::new(binary);
+    command
+        .args(["node", "--dev", "--name", name, "--http", "127.0.0.1:0"])
+        .args(["--listen", &format!("127.0.0.1:{}", ports.transport)])
+        .args(["--gossip", &format!("127.0.0.1:{}", ports.gossip)])
+        .args(["--seeds", &seeds.join(",")])
+        .args(["--database-url", url])
+        .env("VALUEVERSE_CLUSTER_SECRET", secret);
+    let (child, base) = start_child(command)?;
+    Ok(Node {
+        name: name.to_owned(),
+        child,
+        base,
+    })
+}
+
+async fn get(client: &reqwest::Client, url: &str) -> Option<Value> {
+    let response = client.get(url).send().await.ok()?;
+    response.status().is_success().then_some(())?;
+    response.json().await.ok()
+}
+
+/// Waits until `node` sees exactly `alive` as its alive members.
+async fn wait_for_members(client: &reqwest::Client, node: &Node, alive: &[&str]) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(view) = get(client, &format!("{}/cluster", node.base)).await {
+            let mut seen: Vec<&str> = view["members"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|member| member["state"] == "alive")
+                .map(|member| member["node"].as_str().unwrap())
+                .collect();
+            seen.sort();
+            if seen == alive {
+                return view;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} never saw {alive:?}: {view}",
+                node.name
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Active architect instances in a node's supervision tree.
+async fn architects_on(client: &reqwest::Client, node: &Node) -> Vec<String> {
+    let tree = get(client, &format!("{}/actors", node.base)).await.unwrap();
+    tree["supervisors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|supervisor| supervisor["kind"] == "architect")
+        .flat_map(|supervisor| supervisor["instances"].as_array().unwrap().clone())
+        .filter(|instance| instance["status"] == "active")
+        .map(|instance| instance["key"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+async fn create_models(client: &reqwest::Client, base: &str, count: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for i in 0..count {
+        let mut model = acme();
+        model["name"] = json!(format!("model {i}"));
+        let response = client
+            .post(format!("{base}/value-models"))
+            .json(&model)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+        let created: Value = response.json().await.unwrap();
+        ids.push(created["id"].as_str().unwrap().to_owned());
+    }
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_serve_every_key_and_survive_a_kill_9() {
+    let binary = tokio::task::spawn_blocking(release_binary).await.unwrap();
+    let db = TestDb::new(Backend::Postgres).await;
+    let client = reqwest::Client::new();
+    let ports: Vec<Ports> = (0..3)
+        .map(|_| Ports {
+            transport: free_port(),
+            gossip: free_port(),
+        })
+        .collect();
+    let seeds: Vec<u16> = ports.iter().map(|p| p.gossip).collect();
+    let names = ["n1", "n2", "n3"];
+    let mut nodes: Vec<Node> = names
+        .iter()
+        .zip(&ports)
+        .map(|(name, ports)| spawn_node(&binary, &db.url, name, ports, &seeds, SECRET).unwrap())
+        .collect();
+    for node in &nodes {
+        wait_for_members(&client, node, &names).await;
+    }
+
+    // Models created through n1 live on their owners: all three host some.
+    let models = create_models(&client, &nodes[0].base, 30).await;
+    let mut hosts: HashMap<String, String> = HashMap::new();
+    for node in &nodes {
+        for key in architects_on(&client, node).await {
+            assert!(
+                hosts.insert(key.clone(), node.name.clone()).is_none(),
+                "{key} is active on two nodes"
+            );
+        }
+    }
+    for node in &nodes {
+        let count = hosts.values().filter(|host| **host == node.name).count();
+        assert!(
+            count >= 1,
+            "{} hosts none of 30 models: {hosts:?}",
+            node.name
+        );
+    }
+    // Every node answers for every model, the same.
+    for id in &models {
+        let mut seen = Vec::new();
+        for node in &nodes {
+            let model = get(&client, &format!("{}/value-models/{id}", node.base))
+                .await
+                .unwrap_or_else(|| panic!("{} cannot serve {id}", node.name));
+            seen.push(model);
+        }
+        assert!(seen.windows(2).all(|pair| pair[0] == pair[1]), "{seen:?}");
+    }
+    // A refusal on the owner keeps its status and field on another node.
+    let remote_model = models
+        .iter()
+        .find(|id| hosts.get(*id).map(String::as_str) != Some("n1"))
+        .unwrap();
+    let response = client
+        .patch(format!("{}/value-models/{remote_model}", nodes[0].base))
+        .json(&json!({ "horizon_months": 0 }))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let refusal: Value = response.json().await.unwrap();
+    assert_eq!(status, 422, "{refusal}");
+    assert_eq!(refusal["error"]["field"], "horizon_months", "{refusal}");
+
+    // Sagas run across the cluster while n3 dies.
+    let mut sagas = Vec::new();
+    start_some(&client, &nodes[0].base, 0, 12, &mut sagas).await;
+    start_some(&client, &nodes[1].base, 12, 12, &mut sagas).await;
+    let on_n3: Vec<&String> = models
+        .iter()
+        .filter(|id| hosts.get(*id).map(String::as_str) == Some("n3"))
+        .collect();
+    kill_9(&mut nodes[2].child);
+    let killed = Instant::now();
+    // Until every one of n3's models answers again from n1 and n2.
+    let mut pending: Vec<&String> = on_n3.clone();
+    while !pending.is_empty() {
+        let mut still = Vec::new();
+        for id in pending {
+            let mut served = true;
+            for node in &nodes[..2] {
+                served &= get(&client, &format!("{}/value-models/{id}", node.base))
+                    .await
+                    .is_some();
+            }
+            if !served {
+                still.push(id);
+            }
+        }
+        pending = still;
+        assert!(
+            killed.elapsed() < Duration::from_secs(20),
+            "n3's keys not served after 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let failover = killed.elapsed();
+    println!(
+        "FAILOVER: n3's {} models served by the survivors {:.2} s after kill -9",
+        on_n3.len(),
+        failover.as_secs_f64()
+    );
+    let view = wait_for_members(&client, &nodes[0], &["n1", "n2"]).await;
+    let n3 = view["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|member| member["node"] == "n3")
+        .unwrap();
+    assert_eq!(n3["state"], "down", "{view}");
+
+    // Every saga ends, each change applied once.
+    let finished = wait_until_final(&client, &nodes[0].base, &sagas).await;
+    println!(
+        "SAGAS: all {} final {:.1} s after the kill",
+        finished.len(),
+        killed.elapsed().as_secs_f64()
+    );
+    check_agent_tables(&db, &finished).await;
+
+    // n3 comes back and takes its share again.
+    nodes[2] = spawn_node(&binary, &db.url, "n3", &ports[2], &seeds, SECRET).unwrap();
+    for node in &nodes {
+        wait_for_members(&client, node, &names).await;
+    }
+    for id in &on_n3 {
+        assert!(
+            get(&client, &format!("{}/value-models/{id}", nodes[0].base))
+                .await
+                .is_some()
+        );
+    }
+    println!(
+        "REJOIN: {:.1} s after the kill",
+        killed.elapsed().as_secs_f64()
+    );
+    let back = architects_on(&client, &nodes[2]).await;
+    assert!(
+        on_n3.iter().all(|id| back.contains(id)),
+        "n3 hosts {back:?}, not all of {on_n3:?}"
+    );
+
+    // A node with another secret is refused and says why.
+    let stranger = Ports {
+        transport: free_port(),
+        gossip: free_port(),
+    };
+    let refused = spawn_node(
+        &binary,
+        &db.url,
+        "n4",
+        &stranger,
+        &seeds,
+        "another-secret-0123456789",
+    );
+    let Err(stderr) = refused else {
+        panic!("a node with the wrong secret started");
+    };
+    assert!(stderr.contains("secret"), "{stderr}");
+
+    // Garbage and an oversized frame on n1's transport port: dropped, and
+    // n1 goes on serving remote keys.
+    for bytes in [vec![0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4], vec![0xff; 4]] {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", ports[0].transport)).unwrap();
+        stream.write_all(&bytes).unwrap();
+    }
+    for id in &models {
+        assert!(
+            get(&client, &format!("{}/value-models/{id}", nodes[0].base))
+                .await
+                .is_some()
+        );
+    }
+    for node in &mut nodes {
+        kill_9(&mut node.child);
+    }
+}
