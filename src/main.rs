@@ -37,9 +37,45 @@ enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Apikey(ApikeyCommand),
+    /// Local clusters.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Launch N nodes here as child processes on free ports, sharing one
+    /// PostgreSQL database; Ctrl-C stops them all.
+    Up(ClusterUpArgs),
+}
+
+#[derive(Args)]
+struct ClusterUpArgs {
+    /// Nodes to launch.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=32))]
+    nodes: u16,
+    /// The shared PostgreSQL database (created when missing).
+    #[arg(
+        long,
+        env = "VALUEVERSE_DATABASE_URL",
+        value_name = "URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/valueverse_cluster"
+    )]
+    database_url: String,
+    /// Shared cluster secret [default: a random one].
+    #[arg(
+        long,
+        env = "VALUEVERSE_CLUSTER_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    secret: Option<String>,
+    /// Development mode on every node: no API keys are checked.
+    #[arg(long)]
+    dev: bool,
 }
 
 #[derive(Subcommand)]
@@ -297,8 +333,10 @@ impl ServeArgs {
 fn init_tracing(config: &Config) {
     let filter = EnvFilter::try_new(&config.log).unwrap_or_else(|_| EnvFilter::new("info"));
     // Logs go to stderr; stdout carries what a person or script reads.
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match config.log_format {
         LogFormat::Text => builder.init(),
@@ -354,6 +392,23 @@ async fn run_node(config: Config) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     node.stop().await.context("shutdown failed")?;
     Ok(())
+}
+
+async fn cluster_up(args: ClusterUpArgs) -> anyhow::Result<()> {
+    use valueverse::cluster::launch::{LaunchOptions, up};
+    if !args.database_url.starts_with("postgres") {
+        anyhow::bail!(
+            "--database-url must be postgres://...: the nodes of a cluster share one PostgreSQL database"
+        );
+    }
+    let exe = std::env::current_exe().context("cannot find this executable")?;
+    let options = LaunchOptions {
+        nodes: usize::from(args.nodes),
+        database_url: args.database_url,
+        secret: args.secret,
+        dev: args.dev,
+    };
+    Ok(up(&exe, options).await?)
 }
 
 async fn wait_for_shutdown_signal() -> anyhow::Result<()> {
@@ -648,6 +703,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
         Command::Node(args) => runtime.block_on(node(args)),
+        Command::Cluster(ClusterCommand::Up(args)) => runtime.block_on(cluster_up(args)),
         Command::Migrate(args) => runtime.block_on(migrate(args)),
         Command::Apikey(command) => runtime.block_on(apikey(command)),
         Command::Bench(BenchCommand::Sagas(args)) => runtime.block_on(bench_sagas(args)),

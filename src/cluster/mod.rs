@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod codec;
+pub mod launch;
 pub mod membership;
 pub mod node;
 pub mod placement;

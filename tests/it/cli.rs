@@ -388,3 +388,79 @@ fn bench_remote_measures_two_processes_and_refuses_bad_counts() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--asks"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_up_launches_nodes_that_form_a_cluster_and_stops_them() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let db = crate::support::TestDb::new(crate::support::Backend::Postgres).await;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_valueverse"))
+        .args([
+            "cluster",
+            "up",
+            "--nodes",
+            "2",
+            "--dev",
+            "--database-url",
+            &db.url,
+        ])
+        .env("VALUEVERSE_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut urls = Vec::new();
+    while let Some(line) = lines.next_line().await.unwrap() {
+        if line.starts_with("| n") && line.contains("http://") {
+            let url = line.split('|').nth(2).unwrap().trim().to_owned();
+            urls.push(url);
+        }
+        if line.starts_with("Ctrl-C") {
+            break;
+        }
+    }
+    assert_eq!(urls.len(), 2, "{urls:?}");
+    let client = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    for url in &urls {
+        loop {
+            let view: serde_json::Value = client
+                .get(format!("{url}/cluster"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let alive = view["members"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|member| member["state"] == "alive")
+                .count();
+            if alive == 2 && view["clustered"] == true {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{view}");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    // Ctrl-C stops every node, and the launcher exits cleanly.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id().unwrap() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let status = tokio::time::timeout(std::time::Duration::from_secs(20), child.wait())
+        .await
+        .expect("the launcher stops")
+        .unwrap();
+    assert!(status.success(), "{status}");
+    for url in &urls {
+        assert!(
+            client.get(format!("{url}/cluster")).send().await.is_err(),
+            "{url} still answers"
+        );
+    }
+}
