@@ -94,6 +94,10 @@ pub(crate) struct NodeContext {
     next_message_id: AtomicU64,
     events: broadcast::Sender<SupervisionEvent>,
     pub(crate) domain_events: broadcast::Sender<DomainEvent>,
+    /// Events of every node of the cluster: this node's domain events and
+    /// shared ones, and those peers forwarded. Streams to clients read it;
+    /// the notifier does not (each event is notified once, where it arose).
+    cluster_events: broadcast::Sender<DomainEvent>,
     /// Where instances live; local for all while the view is this node.
     pub(crate) router: Arc<Router>,
 }
@@ -140,11 +144,23 @@ impl NodeContext {
             .map(|route| (self.router.as_ref(), route))
     }
 
-    /// Publishes domain events (no subscriber is fine).
+    /// Publishes domain events (no subscriber is fine), here and to the
+    /// cluster's streams.
     pub(crate) fn publish(&self, events: Vec<DomainEvent>) {
+        // No stream listening and no peer: no copy.
+        let shared = self.cluster_events.receiver_count() > 0 || !self.router.is_solo();
         for event in events {
+            if shared {
+                self.share(event.clone());
+            }
             let _ = self.domain_events.send(event);
         }
+    }
+
+    /// To every node's stream subscribers, this one's included.
+    pub(crate) fn share(&self, event: DomainEvent) {
+        self.router.forward_event(&event);
+        let _ = self.cluster_events.send(event);
     }
 
     pub(crate) fn emit(&self, kind: &'static str, key: &Arc<str>, change: LifecycleChange) {
@@ -239,6 +255,7 @@ impl System {
         // A subscriber more than this many events behind loses the oldest
         // (and says so in its log): memory stays bounded.
         let (domain_events, _) = broadcast::channel(16_384);
+        let (cluster_events, _) = broadcast::channel(16_384);
         let id = NEXT_SYSTEM_ID.fetch_add(1, Ordering::Relaxed);
         for (index, arbiter) in arbiters.iter().enumerate() {
             // Until this runs, asks from that thread take the timer path: safe.
@@ -258,6 +275,7 @@ impl System {
             next_message_id: AtomicU64::new(1),
             events,
             domain_events,
+            cluster_events,
         };
         Ok(System {
             inner: Arc::new(SystemInner {
@@ -428,7 +446,24 @@ impl System {
 
     /// Publishes an event that no agent handler emitted (a service's own).
     pub fn publish(&self, event: DomainEvent) {
-        let _ = self.inner.node.domain_events.send(event);
+        self.inner.node.publish(vec![event]);
+    }
+
+    /// Events of every node of the cluster, from now on: what streams to
+    /// clients follow, wherever the instance lives.
+    pub fn subscribe_cluster_events(&self) -> broadcast::Receiver<DomainEvent> {
+        self.inner.node.cluster_events.subscribe()
+    }
+
+    /// Shares an event with the cluster's streams only (live progress,
+    /// which the notifier has no business with).
+    pub fn share(&self, event: DomainEvent) {
+        self.inner.node.share(event);
+    }
+
+    /// An event another node shared.
+    pub(crate) fn receive_shared(&self, event: DomainEvent) {
+        let _ = self.inner.node.cluster_events.send(event);
     }
 
     /// Prometheus text of this node's metrics, gauges refreshed from the tree.

@@ -21,6 +21,10 @@ use super::codec::{self, Frame, RemoteFailure, Reply, Target};
 use super::placement::{Candidate, owner};
 use super::transport::{Inbound, Link, LinkError, Transport};
 
+/// Target kind of a shared event (no agent has this name: it starts with _).
+pub(crate) const EVENTS_KIND: &str = "_events";
+const EVENTS_TYPE: u32 = 0x6576_7473;
+
 /// The kind whose placement prefers members with a GPU.
 const GPU_KIND: &str = "simulation";
 
@@ -97,6 +101,11 @@ impl Router {
         self.changes.subscribe()
     }
 
+    /// Whether this node is the whole view.
+    pub fn is_solo(&self) -> bool {
+        self.solo.load(Ordering::Acquire)
+    }
+
     /// Whether `(kind, key)` is owned here in the current view.
     pub fn is_local(&self, kind: &str, key: &str) -> bool {
         self.route(kind, key).is_none()
@@ -131,6 +140,53 @@ impl Router {
             node: placed.candidate.node.clone(),
             addr: placed.transport_addr,
         })
+    }
+
+    /// Sends `event` to every other member, best effort: a member without
+    /// an open link gets it once the link is up, one that is gone never.
+    pub(crate) fn forward_event(&self, event: &crate::actors::DomainEvent) {
+        if self.solo.load(Ordering::Acquire) {
+            return;
+        }
+        let Some((transport, runtime)) = self.transport.get() else {
+            return;
+        };
+        let payload = match encode_payload(event) {
+            Ok(payload) => payload,
+            Err(error) => {
+                tracing::warn!(%error, "cluster: cannot encode an event to share");
+                return;
+            }
+        };
+        let envelope = codec::Envelope {
+            message_id: transport.next_id(),
+            ask_id: None,
+            correlation_id: event.correlation_id.clone(),
+            trace_context: None,
+            deadline_ms: None,
+            target: Target {
+                kind: EVENTS_KIND.to_owned(),
+                key: event.source.clone(),
+            },
+            type_id: EVENTS_TYPE,
+            payload,
+        };
+        for member in self.view().iter().filter(|p| p.candidate.node != self.me) {
+            let frame = Frame::Message(envelope.clone());
+            match transport.open_link(member.transport_addr) {
+                // A full outbox drops the event: streams are best effort.
+                Some(link) => drop(link.try_send(frame)),
+                None => {
+                    let transport = transport.clone();
+                    let addr = member.transport_addr;
+                    runtime.spawn(async move {
+                        if let Ok(link) = transport.link(addr).await {
+                            let _ = link.send(frame).await;
+                        }
+                    });
+                }
+            }
+        }
     }
 
     fn unreachable(&self, target: AgentId, route: &Route, reason: String) -> AgentError {
@@ -337,6 +393,15 @@ fn error_of(failure: RemoteFailure, target: AgentId, node: &str, timeout: Durati
 /// asks are answered on the link they came on.
 pub(crate) fn inbound(system: crate::actors::WeakSystem) -> Inbound {
     Arc::new(move |link: &Link, envelope: codec::Envelope| {
+        if envelope.target.kind == EVENTS_KIND {
+            if envelope.type_id == EVENTS_TYPE
+                && let Ok(event) = decode_payload(&envelope.payload)
+                && let Some(system) = system.upgrade()
+            {
+                system.receive_shared(event);
+            }
+            return;
+        }
         let ask_id = envelope.ask_id;
         let answer = match system.upgrade() {
             Some(system) => system.deliver_remote(envelope),

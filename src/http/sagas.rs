@@ -283,7 +283,8 @@ pub(crate) async fn events(
     use actix_ws::Message;
     use tokio::sync::broadcast::error::RecvError;
     // Subscribed before the state is read, so no transition falls between.
-    let mut bus = system.subscribe_domain_events();
+    // The cluster's events: the coordinator may live on another node.
+    let mut bus = system.subscribe_cluster_events();
     let saga = runner.get(&id).await.map_err(ApiError::from)?;
     let (response, mut session, stream) = actix_ws::handle(&request, payload)?;
     let mut stream = stream.max_frame_size(4096);

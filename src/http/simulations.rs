@@ -360,56 +360,36 @@ pub(crate) async fn queue(simulations: web::Data<Simulations>) -> HttpResponse {
 )]
 pub(crate) async fn events(
     simulations: web::Data<Simulations>,
+    system: web::Data<System>,
     id: web::Path<String>,
     request: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, actix_web::Error> {
-    let live = simulations.subscribe(&id);
-    // An unknown job is a 404 before any upgrade.
-    let finished = match live {
-        Some(_) => None,
-        None => Some(SimulationEvent::of(
-            &simulations.get(&id).await.map_err(ApiError::from)?,
-        )),
+    // Where the events come from: this node's worker, or (for a job that
+    // runs on another node of the cluster) the events it shares.
+    let mut feed = match simulations.subscribe(&id) {
+        Some(live) => Feed::Local { live, sent: false },
+        None => {
+            // Subscribed before the state is read, so no event falls between.
+            let bus = system.subscribe_cluster_events();
+            // An unknown job is a 404 before any upgrade.
+            let job = simulations.get(&id).await.map_err(ApiError::from)?;
+            let event = serde_json::to_value(SimulationEvent::of(&job)).unwrap_or_default();
+            Feed::Shared {
+                bus,
+                source: format!("simulation/{}", id.as_str()),
+                first: Some(event),
+            }
+        }
     };
     let (response, mut session, stream) = actix_ws::handle(&request, payload)?;
     let mut stream = stream.max_frame_size(MAX_CLIENT_FRAME);
     actix_web::rt::spawn(async move {
-        let send = |event: &SimulationEvent| {
-            serde_json::to_string(event).unwrap_or_else(|error| {
-                format!(r#"{{"type":"error","error":"cannot encode the event: {error}"}}"#)
-            })
-        };
-        let mut live = match (live, finished) {
-            (_, Some(event)) => {
-                let _ = session.text(send(&event)).await;
-                let _ = session.close(None).await;
-                return;
-            }
-            (Some(live), None) => live,
-            (None, None) => return,
-        };
-        let mut event = live.borrow_and_update().clone();
         loop {
-            if session.text(send(&event)).await.is_err() {
-                return;
-            }
-            if event.is_final() {
-                let _ = session.close(None).await;
-                return;
-            }
-            // Wait for the next state, answering the client's pings.
-            loop {
+            // The next state, answering the client's pings meanwhile.
+            let event = loop {
                 tokio::select! {
-                    changed = live.changed() => {
-                        if changed.is_err() {
-                            // The node is stopping: no final event will come.
-                            let _ = session.close(None).await;
-                            return;
-                        }
-                        event = live.borrow_and_update().clone();
-                        break;
-                    }
+                    event = feed.next() => break event,
                     message = stream.recv() => match message {
                         Some(Ok(Message::Ping(bytes))) => {
                             if session.pong(&bytes).await.is_err() {
@@ -420,8 +400,68 @@ pub(crate) async fn events(
                         Some(Ok(_)) => {}
                     },
                 }
+            };
+            // None: the node is stopping, no final event will come.
+            let Some(event) = event else {
+                let _ = session.close(None).await;
+                return;
+            };
+            let last = matches!(
+                event["type"].as_str(),
+                Some("done" | "failed" | "cancelled")
+            );
+            if session.text(event.to_string()).await.is_err() {
+                return;
+            }
+            if last {
+                let _ = session.close(None).await;
+                return;
             }
         }
     });
     Ok(response)
+}
+
+/// A job's events for one WebSocket client, as JSON.
+enum Feed {
+    Local {
+        live: tokio::sync::watch::Receiver<SimulationEvent>,
+        sent: bool,
+    },
+    Shared {
+        bus: tokio::sync::broadcast::Receiver<crate::actors::DomainEvent>,
+        source: String,
+        first: Option<serde_json::Value>,
+    },
+}
+
+impl Feed {
+    async fn next(&mut self) -> Option<serde_json::Value> {
+        match self {
+            Feed::Local { live, sent } => {
+                // The current state at once, then each change.
+                if std::mem::replace(sent, true) {
+                    live.changed().await.ok()?;
+                }
+                serde_json::to_value(&*live.borrow_and_update()).ok()
+            }
+            Feed::Shared { bus, source, first } => {
+                if let Some(first) = first.take() {
+                    return Some(first);
+                }
+                loop {
+                    match bus.recv().await {
+                        Ok(event)
+                            if event.source == *source
+                                && event.event_type == crate::simulation::SHARED_EVENT =>
+                        {
+                            return Some(event.data);
+                        }
+                        Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                    }
+                }
+            }
+        }
+    }
 }

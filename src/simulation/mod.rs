@@ -74,6 +74,9 @@ pub enum StartError {
     },
 }
 
+/// Type of the cluster event that carries a [`SimulationEvent`] as data.
+pub const SHARED_EVENT: &str = "simulation.event";
+
 /// One event of a job's live stream (`/ws/simulations/{id}`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SimulationEvent {
@@ -702,9 +705,30 @@ impl Inner {
 
     /// Sends the last event and forgets the job: subscribers still read it.
     fn publish_final(&self, job: &SimulationJob) {
+        let event = SimulationEvent::of(job);
+        self.share(&event);
         if let Some((_, live)) = self.live.remove(&job.id) {
-            live.events.send_replace(SimulationEvent::of(job));
+            live.events.send_replace(event);
         }
+    }
+
+    /// Hands a job's event to streams on other nodes of the cluster (a
+    /// WebSocket client may follow the job from any node).
+    fn share(&self, event: &SimulationEvent) {
+        if self.system.router().is_solo() {
+            return;
+        }
+        let Ok(data) = serde_json::to_value(event) else {
+            return;
+        };
+        self.system.share(crate::actors::DomainEvent {
+            id: uuid::Uuid::now_v7().to_string(),
+            event_type: SHARED_EVENT.into(),
+            occurred_at: chrono::Utc::now(),
+            source: format!("{}/{}", Simulation::KIND, event.id),
+            correlation_id: None,
+            data,
+        });
     }
 
     fn stopping(&self) -> bool {
@@ -803,6 +827,7 @@ impl Inner {
                 events.send_replace(event.clone());
                 if last_report.elapsed() >= AGENT_PROGRESS_INTERVAL {
                     last_report = Instant::now();
+                    self.share(&event);
                     // Best effort: a full mailbox only delays the display.
                     let _ = agent.tell(SimulationMsg::Progress(progress));
                 }

@@ -136,6 +136,28 @@ async fn create_models(client: &reqwest::Client, base: &str, count: usize) -> Ve
     ids
 }
 
+/// Every JSON message of a WebSocket until the server closes it.
+async fn follow(url: String) -> (String, Vec<Value>) {
+    use futures_util::StreamExt;
+    let (mut socket, _) = tokio_tungstenite::connect_async(&url)
+        .await
+        .unwrap_or_else(|error| panic!("{url}: {error}"));
+    let mut events = Vec::new();
+    while let Some(message) = tokio::time::timeout(Duration::from_secs(60), socket.next())
+        .await
+        .unwrap_or_else(|_| panic!("{url}: silent for 60 s after {events:?}"))
+    {
+        match message {
+            Ok(tokio_tungstenite::tungstenite::Message::Text(text)) => {
+                events.push(serde_json::from_str(&text).unwrap())
+            }
+            Ok(tokio_tungstenite::tungstenite::Message::Close(_)) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    (url, events)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_serve_every_key_and_survive_a_kill_9() {
     let binary = tokio::task::spawn_blocking(release_binary).await.unwrap();
@@ -203,6 +225,54 @@ async fn three_nodes_serve_every_key_and_survive_a_kill_9() {
     let refusal: Value = response.json().await.unwrap();
     assert_eq!(status, 422, "{refusal}");
     assert_eq!(refusal["error"]["field"], "horizon_months", "{refusal}");
+
+    // Streams follow work on other nodes: a simulation submitted to n1
+    // runs there, and a saga started on n1 has its coordinator anywhere;
+    // clients of every node see their events to the end.
+    let model: Value =
+        serde_json::from_str(include_str!("../../docs/models/ten-drivers.json")).unwrap();
+    let job: Value = client
+        .post(format!("{}/simulations", nodes[0].base))
+        .json(&json!({ "model": model, "paths": 4_000_000, "seed": 3, "device": "cpu" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let job_id = job["id"].as_str().unwrap().to_owned();
+    let mut saga_ids = Vec::new();
+    start_some(&client, &nodes[0].base, 1, 1, &mut saga_ids).await;
+    let saga_id = saga_ids[0].1.clone();
+    let followers: Vec<_> = nodes
+        .iter()
+        .flat_map(|node| {
+            let ws = node.base.replace("http://", "ws://").replace("/api/v1", "");
+            [
+                format!("{ws}/ws/simulations/{job_id}"),
+                format!("{ws}/ws/sagas/{saga_id}"),
+            ]
+        })
+        .map(|url| tokio::spawn(follow(url)))
+        .collect();
+    for follower in followers {
+        let (url, events) = follower.await.unwrap();
+        let last = events.last().unwrap_or_else(|| panic!("{url}: no events"));
+        if url.contains("/ws/simulations/") {
+            assert_eq!(last["type"], "done", "{url}: {events:?}");
+            assert!(
+                events.len() >= 2,
+                "{url}: no progress before the result: {events:?}"
+            );
+        } else {
+            let status = if last["type"] == "state" {
+                &last["saga"]["status"]
+            } else {
+                &last["transition"]["status"]
+            };
+            assert_eq!(status, "completed", "{url}: {events:?}");
+        }
+    }
 
     // Sagas run across the cluster while n3 dies.
     let mut sagas = Vec::new();
