@@ -53,6 +53,9 @@ pub struct ClusterConfig {
     pub gossip: SocketAddr,
     /// Gossip addresses of nodes to contact first (`host:port`).
     pub seeds: Vec<String>,
+    /// Host name or IP other nodes reach this one at, when the bound
+    /// addresses are wildcards (`0.0.0.0`) or private to a container.
+    pub advertise_host: Option<String>,
     /// Shared secret every node of the cluster proves at the handshake.
     pub secret: Option<String>,
     /// Nodes gossip only with nodes of the same cluster id.
@@ -73,6 +76,7 @@ impl Default for ClusterConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7001)),
             gossip: SocketAddr::from(([127, 0, 0, 1], 7101)),
             seeds: Vec::new(),
+            advertise_host: None,
             secret: None,
             cluster_id: "valueverse".into(),
             lease_ttl: Duration::from_secs(3),
@@ -213,6 +217,7 @@ pub struct ClusterOverrides {
     pub listen: Option<SocketAddr>,
     pub gossip: Option<SocketAddr>,
     pub seeds: Option<Vec<String>>,
+    pub advertise_host: Option<String>,
     pub secret: Option<String>,
     pub cluster_id: Option<String>,
     pub gpus: Option<u32>,
@@ -307,6 +312,9 @@ impl Config {
             set(&mut self.cluster.gpus, cluster.gpus);
             if cluster.secret.is_some() {
                 self.cluster.secret = cluster.secret;
+            }
+            if cluster.advertise_host.is_some() {
+                self.cluster.advertise_host = cluster.advertise_host;
             }
         }
     }
@@ -419,6 +427,15 @@ impl Config {
                          characters, the same on every node",
                     );
                 }
+            }
+            let wildcard =
+                cluster.listen.ip().is_unspecified() || cluster.gossip.ip().is_unspecified();
+            if wildcard && cluster.advertise_host.is_none() {
+                return invalid(
+                    "cluster.advertise_host",
+                    "must be set when cluster.listen or cluster.gossip binds a wildcard address: \
+                     other nodes need an address they can reach",
+                );
             }
             if cluster.gossip.port() == 0 {
                 return invalid(

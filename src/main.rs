@@ -266,6 +266,10 @@ struct NodeArgs {
         value_delimiter = ','
     )]
     seeds: Option<Vec<String>>,
+    /// Host name or IP other nodes reach this one at (needed when --listen
+    /// or --gossip binds 0.0.0.0, as in a container).
+    #[arg(long, env = "VALUEVERSE_CLUSTER_ADVERTISE_HOST", value_name = "HOST")]
+    advertise_host: Option<String>,
     /// Shared cluster secret, at least 16 characters, the same on every node.
     #[arg(
         long,
@@ -289,6 +293,7 @@ impl NodeArgs {
                 listen: self.listen,
                 gossip: self.gossip,
                 seeds: self.seeds.clone(),
+                advertise_host: self.advertise_host.clone(),
                 secret: self.secret.clone(),
                 cluster_id: self.cluster_id.clone(),
                 gpus: self.gpus,

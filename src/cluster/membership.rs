@@ -39,8 +39,10 @@ pub struct MemberInfo {
 #[derive(Debug, Clone)]
 pub struct MembershipConfig {
     pub cluster_id: String,
-    /// UDP address to gossip on (also the address others reach us at).
+    /// UDP address to gossip on.
     pub gossip_addr: SocketAddr,
+    /// Where others reach this node's gossip (the bound address when `None`).
+    pub advertise_addr: Option<SocketAddr>,
     /// Gossip addresses of nodes to contact first (`host:port`).
     pub seeds: Vec<String>,
     pub gossip_interval: Duration,
@@ -80,7 +82,11 @@ impl Membership {
             .unwrap_or_default();
         let info = &config.info;
         let chitchat = ChitchatConfig {
-            chitchat_id: ChitchatId::new(info.node.clone(), generation, config.gossip_addr),
+            chitchat_id: ChitchatId::new(
+                info.node.clone(),
+                generation,
+                config.advertise_addr.unwrap_or(config.gossip_addr),
+            ),
             cluster_id: config.cluster_id.clone(),
             gossip_interval: config.gossip_interval,
             listen_addr: config.gossip_addr,
@@ -208,6 +214,7 @@ mod tests {
         MembershipConfig {
             cluster_id: "test".into(),
             gossip_addr: gossip,
+            advertise_addr: None,
             seeds: seeds.iter().map(ToString::to_string).collect(),
             gossip_interval: Duration::from_millis(100),
             info: MemberInfo {

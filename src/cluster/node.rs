@@ -38,6 +38,8 @@ pub enum ClusterError {
     },
     #[error(transparent)]
     Membership(#[from] MembershipError),
+    #[error("cannot resolve the advertised host {host}: {reason}")]
+    Advertise { host: String, reason: String },
     #[error("cannot take this node's lease: {0}")]
     Lease(#[source] StoreError),
     #[error(
@@ -152,9 +154,16 @@ impl ClusterNode {
         let mut transport_addr = String::new();
         if config.enabled {
             let secret = config.secret.clone().unwrap_or_default();
+            let advertised = match &config.advertise_host {
+                Some(host) => Some(advertised_ip(host).await?),
+                None => None,
+            };
+            let mut transport_config = TransportConfig::new(&name, secret.as_bytes());
+            transport_config.advertise =
+                advertised.map(|ip| SocketAddr::new(ip, config.listen.port()));
             let transport = Transport::bind(
                 config.listen,
-                TransportConfig::new(&name, secret.as_bytes()),
+                transport_config,
                 router::inbound(system.downgrade()),
             )
             .await
@@ -171,6 +180,7 @@ impl ClusterNode {
                 Membership::start(MembershipConfig {
                     cluster_id: config.cluster_id.clone(),
                     gossip_addr: config.gossip,
+                    advertise_addr: advertised.map(|ip| SocketAddr::new(ip, config.gossip.port())),
                     seeds: config.seeds.clone(),
                     gossip_interval: config.gossip_interval,
                     info: MemberInfo {
@@ -185,6 +195,11 @@ impl ClusterNode {
                 .await?,
             );
         }
+        // The HTTP address others can use, for the member list.
+        let http_addr = match (&config.advertise_host, http_addr.ip().is_unspecified()) {
+            (Some(host), true) => SocketAddr::new(advertised_ip(host).await?, http_addr.port()),
+            _ => http_addr,
+        };
         let ttl = config.lease_ttl.as_millis() as i64;
         let store = system.store();
         if config.enabled {
@@ -436,6 +451,24 @@ impl Shared {
             rebalances: self.metrics.rebalances.get(),
         }
     }
+}
+
+/// The address `host` (a name or an IP) resolves to, IPv4 first.
+async fn advertised_ip(host: &str) -> Result<std::net::IpAddr, ClusterError> {
+    let failed = |reason: String| ClusterError::Advertise {
+        host: host.to_owned(),
+        reason,
+    };
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, 0))
+        .await
+        .map_err(|error| failed(error.to_string()))?
+        .collect();
+    addrs
+        .iter()
+        .find(|addr| addr.is_ipv4())
+        .or(addrs.first())
+        .map(|addr| addr.ip())
+        .ok_or_else(|| failed("no address".into()))
 }
 
 /// What a node's lease carries to show it holds the cluster secret:

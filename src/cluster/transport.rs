@@ -43,6 +43,9 @@ pub struct TransportConfig {
     /// Encoded bytes waiting per link before senders wait (a frame is
     /// always taken when the outbox is below this, whatever its size).
     pub queue_bytes: usize,
+    /// The address peers dial, when it is not the one bound (a wildcard
+    /// bind, a container's name).
+    pub advertise: Option<SocketAddr>,
 }
 
 impl TransportConfig {
@@ -52,6 +55,7 @@ impl TransportConfig {
             node: node.to_owned(),
             secret: secret.to_vec(),
             queue_bytes: 4 << 20,
+            advertise: None,
         }
     }
 }
@@ -222,6 +226,10 @@ impl Transport {
         inbound: Inbound,
     ) -> std::io::Result<Transport> {
         let listener = TcpListener::bind(addr).await?;
+        let listen = match config.advertise {
+            Some(advertised) => advertised,
+            None => listener.local_addr()?,
+        };
         let transport = Transport {
             inner: Arc::new(Inner {
                 config,
@@ -231,7 +239,7 @@ impl Transport {
                 pending: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
                 accepted: AtomicU64::new(0),
-                listen: listener.local_addr()?,
+                listen,
             }),
         };
         tokio::spawn(transport.clone().accept(listener));
