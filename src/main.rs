@@ -463,16 +463,32 @@ async fn bench_remote(args: BenchRemoteArgs) -> anyhow::Result<()> {
     if args.json {
         println!("{}", serde_json::to_string(&result)?);
     } else {
-        println!("| measure | remote (2 processes) | bare TCP, 64-byte frames |");
-        println!("|---|---|---|");
-        println!("| tells/s | {:.0} | |", result.tells_per_second);
+        let (remote, local) = (&result.agent_remote, &result.agent_local);
         println!(
-            "| ask round trip p50 / p99, 1 in flight | {:.1} / {:.1} us | {:.1} / {:.1} us |",
-            result.ask_p50_us, result.ask_p99_us, result.tcp_ping_p50_us, result.tcp_ping_p99_us
+            "| measure | AgentRef, remote (2 processes) | AgentRef, local | transport only | bare TCP, 64-byte frames |"
+        );
+        println!("|---|---|---|---|---|");
+        println!(
+            "| tells/s | {:.0} | {:.0} | {:.0} | |",
+            remote.tells_per_second, local.tells_per_second, result.tells_per_second
         );
         println!(
-            "| asks/s, {} in flight | {:.0} | |",
-            result.asks_in_flight, result.asks_per_second_in_flight
+            "| ask p50 / p99, 1 in flight | {:.1} / {:.1} us | {:.1} / {:.1} us | {:.1} / {:.1} us | {:.1} / {:.1} us |",
+            remote.ask_p50_us,
+            remote.ask_p99_us,
+            local.ask_p50_us,
+            local.ask_p99_us,
+            result.ask_p50_us,
+            result.ask_p99_us,
+            result.tcp_ping_p50_us,
+            result.tcp_ping_p99_us
+        );
+        println!(
+            "| asks/s, {} in flight | {:.0} | {:.0} | {:.0} | |",
+            result.asks_in_flight,
+            remote.asks_per_second_in_flight,
+            local.asks_per_second_in_flight,
+            result.asks_per_second_in_flight
         );
     }
     Ok(())

@@ -53,6 +53,9 @@ pub enum AgentError {
         node: String,
         reason: String,
     },
+    /// The link to the owner's node has a full outbox: try again shortly.
+    #[error("the link to node {node}, which owns {target}, is full")]
+    Backpressure { target: AgentId, node: String },
     /// The owner's node answered with an error that has no local variant.
     #[error("{target} on node {node} failed: {message}")]
     Remote {

@@ -18,7 +18,7 @@ use dashmap::DashMap;
 use futures_util::future::BoxFuture;
 
 use crate::cluster::codec::{self, RemoteFailure};
-use crate::cluster::router::{self, RemoteAnswer};
+use crate::cluster::router::{self, Delivery};
 use crate::metrics::KindMetrics;
 
 use super::agent::Agent;
@@ -345,13 +345,13 @@ pub(crate) trait KindControl: Send + Sync {
     /// answers how many were asked.
     fn hand_off_unowned(&self) -> usize;
     /// Delivers a message from another node; an ask gets its answer's future.
-    fn deliver_remote(self: Arc<Self>, envelope: codec::Envelope) -> Option<RemoteAnswer>;
+    fn deliver_remote(self: Arc<Self>, envelope: codec::Envelope) -> Delivery;
 }
 
 impl<A: Agent> KindRuntime<A> {
     fn accept_remote(
         self: &Arc<Self>,
-        envelope: codec::Envelope,
+        envelope: &codec::Envelope,
         reply: Option<ReplySender<A>>,
     ) -> Result<(), RemoteFailure> {
         if envelope.type_id != router::type_id::<A>() {
@@ -359,7 +359,7 @@ impl<A: Agent> KindRuntime<A> {
                 type_id: envelope.type_id,
             });
         }
-        let key: Arc<str> = envelope.target.key.into();
+        let key: Arc<str> = envelope.target.key.as_str().into();
         // The sender's view put the key here; ours may not (yet): the
         // sender routes again rather than two nodes serving one key.
         if let Some((_, route)) = self.node.route(A::KIND, &key) {
@@ -394,6 +394,37 @@ impl<A: Agent> KindRuntime<A> {
     }
 }
 
+impl<A: Agent> KindRuntime<A> {
+    /// Offers a remote tell again until the mailbox takes it (or a while
+    /// has passed: then it is dropped, as a local tell to a full mailbox
+    /// would have been refused).
+    async fn hold_until_taken(self: Arc<Self>, envelope: codec::Envelope) {
+        let give_up = std::time::Instant::now() + REMOTE_TELL_HOLD;
+        let mut tries = 0u32;
+        loop {
+            // Spin on the scheduler first (a mailbox drains in microseconds),
+            // then wait on the timer.
+            if tries < 64 {
+                tokio::task::yield_now().await;
+            } else {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            tries += 1;
+            match self.accept_remote(&envelope, None) {
+                Err(RemoteFailure::MailboxFull { .. }) if std::time::Instant::now() < give_up => {}
+                Ok(()) => return,
+                Err(failure) => {
+                    tracing::warn!(kind = A::KIND, ?failure, "cluster: remote tell dropped");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// How long a remote tell waits for room in a full mailbox.
+const REMOTE_TELL_HOLD: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl<A: Agent> KindControl for KindRuntime<A> {
     fn hand_off_unowned(&self) -> usize {
         let mut asked = 0;
@@ -408,16 +439,22 @@ impl<A: Agent> KindControl for KindRuntime<A> {
         asked
     }
 
-    fn deliver_remote(self: Arc<Self>, envelope: codec::Envelope) -> Option<RemoteAnswer> {
+    fn deliver_remote(self: Arc<Self>, envelope: codec::Envelope) -> Delivery {
         if envelope.ask_id.is_none() {
-            if let Err(failure) = self.accept_remote(envelope, None) {
-                tracing::debug!(kind = A::KIND, ?failure, "cluster: remote tell dropped");
-            }
-            return None;
+            return match self.accept_remote(&envelope, None) {
+                Ok(()) => Delivery::Done,
+                Err(RemoteFailure::MailboxFull { .. }) => {
+                    Delivery::Hold(Box::pin(self.hold_until_taken(envelope)))
+                }
+                Err(failure) => {
+                    tracing::debug!(kind = A::KIND, ?failure, "cluster: remote tell dropped");
+                    Delivery::Done
+                }
+            };
         }
         let (reply, answer) = tokio::sync::oneshot::channel();
-        let accepted = self.accept_remote(envelope, Some(reply));
-        Some(Box::pin(async move {
+        let accepted = self.accept_remote(&envelope, Some(reply));
+        Delivery::Answer(Box::pin(async move {
             accepted?;
             match answer.await {
                 Ok(Ok(reply)) => router::encode_payload(&reply)

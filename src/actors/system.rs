@@ -16,7 +16,7 @@ use actix_rt::{Arbiter, ArbiterHandle};
 use tokio::sync::broadcast;
 
 use crate::cluster::codec;
-use crate::cluster::router::{RemoteAnswer, Route, Router};
+use crate::cluster::router::{Delivery, Route, Router};
 use crate::metrics::Metrics;
 use crate::store::Store;
 
@@ -318,16 +318,16 @@ impl System {
 
     /// Delivers a message from another node to the instance here; an ask
     /// gets the future of its encoded reply.
-    pub(crate) fn deliver_remote(&self, envelope: codec::Envelope) -> Option<RemoteAnswer> {
-        let asked = envelope.ask_id.is_some();
+    pub(crate) fn deliver_remote(&self, envelope: codec::Envelope) -> Delivery {
         match self.control(&envelope.target.kind) {
             Ok(control) => control.deliver_remote(envelope),
-            Err(_) => {
+            Err(_) if envelope.ask_id.is_some() => {
                 let failure = codec::RemoteFailure::UnknownKind {
                     kind: envelope.target.kind,
                 };
-                asked.then(|| Box::pin(async move { Err(failure) }) as RemoteAnswer)
+                Delivery::Answer(Box::pin(async move { Err(failure) }))
             }
+            Err(_) => Delivery::Done,
         }
     }
 

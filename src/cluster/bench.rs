@@ -1,8 +1,12 @@
-//! `valueverse bench remote`: the transport between two node processes on
-//! loopback. The parent starts a second `valueverse` process that serves a
-//! transport (it counts tells and answers asks with their payload) and a
-//! bare TCP echo of 64-byte frames, the baseline the ask round trip is
-//! set beside.
+//! `valueverse bench remote`: messaging between two node processes on
+//! loopback. The parent starts a second `valueverse` process that runs an
+//! agent runtime with an echo agent behind a cluster transport, a bare
+//! transport (it counts tells and answers asks with their payload), and a
+//! bare TCP echo of 64-byte frames. The parent measures, in one run:
+//! `AgentRef` tells and asks to an instance on the other process (the
+//! whole path: routing, encoding, transport, mailbox, handler, reply), the
+//! same to an instance in its own process (the local path), the bare
+//! transport, and the TCP ping-pong baseline.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,8 +17,74 @@ use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::actors::{Agent, AgentError, AgentMessage, AgentRef, HandlerError, Handling, System};
+use crate::store::Store;
+
 use super::codec::{Envelope, Frame, Reply, Target};
+use super::placement::Candidate;
+use super::router::{self, Placed};
 use super::transport::{Inbound, Link, LinkError, Transport, TransportConfig};
+
+/// The agent both processes host: counts pings, answers each with its
+/// number, and the count when asked.
+struct Echo;
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+enum EchoMsg {
+    Ping(u64),
+    Count,
+}
+
+impl AgentMessage for EchoMsg {
+    fn name(&self) -> &'static str {
+        match self {
+            EchoMsg::Ping(_) => "ping",
+            EchoMsg::Count => "count",
+        }
+    }
+}
+
+impl Agent for Echo {
+    const KIND: &'static str = "bench_echo";
+    type State = u64;
+    type Msg = EchoMsg;
+    type Reply = u64;
+
+    fn init(_key: &str) -> u64 {
+        0
+    }
+
+    fn handle(state: &mut u64, msg: EchoMsg, _: &mut Handling<'_>) -> Result<u64, HandlerError> {
+        Ok(match msg {
+            EchoMsg::Ping(n) => {
+                *state += 1;
+                n
+            }
+            EchoMsg::Count => *state,
+        })
+    }
+}
+
+/// A node of the benchmark: an agent runtime on an in-memory store, with
+/// a transport that delivers to it.
+async fn echo_node(name: &str, secret: &[u8]) -> Result<(System, Transport), BenchError> {
+    let store = Store::open("sqlite::memory:", 1)
+        .await
+        .map_err(|error| BenchError::Peer(error.to_string()))?;
+    let system = System::start(name, crate::actors::RuntimeConfig::default(), store)?;
+    system.register::<Echo>();
+    let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
+    let transport = Transport::bind(
+        loopback,
+        TransportConfig::new(name, secret),
+        router::inbound(system.downgrade()),
+    )
+    .await?;
+    system
+        .router()
+        .attach(transport.clone(), tokio::runtime::Handle::current());
+    Ok((system, transport))
+}
 
 /// The environment variable that carries the run's secret to the child.
 pub const SECRET_ENV: &str = "VALUEVERSE_BENCH_SECRET";
@@ -35,9 +105,24 @@ pub enum BenchError {
     Io(#[from] std::io::Error),
 }
 
+/// One path's figures: tells/s (all sent, then counted by the agent), ask
+/// round trip with one in flight, asks/s with 64 in flight.
+#[derive(Debug, Clone, Serialize)]
+pub struct PathFigures {
+    pub tells_per_second: f64,
+    pub ask_p50_us: f64,
+    pub ask_p99_us: f64,
+    pub asks_per_second_in_flight: f64,
+}
+
 /// What one run measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct RemoteBench {
+    /// `AgentRef` to an instance on the other process.
+    pub agent_remote: PathFigures,
+    /// `AgentRef` to an instance in this process.
+    pub agent_local: PathFigures,
+    /// The rest: the bare transport between the processes.
     pub tells: u64,
     pub tells_per_second: f64,
     pub asks: usize,
@@ -74,9 +159,7 @@ pub async fn serve(secret: &[u8]) -> Result<(), BenchError> {
         if envelope.type_id == TELL {
             counted.fetch_add(1, Ordering::Relaxed);
         }
-        let Some(ask_id) = envelope.ask_id else {
-            return;
-        };
+        let ask_id = envelope.ask_id?;
         let payload = match envelope.type_id {
             COUNT => counted.load(Ordering::Relaxed).to_le_bytes().to_vec(),
             _ => envelope.payload,
@@ -90,12 +173,20 @@ pub async fn serve(secret: &[u8]) -> Result<(), BenchError> {
             let link = link.clone();
             tokio::spawn(async move { link.send(*reply).await });
         }
+        None
     });
     let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
     let transport =
         Transport::bind(loopback, TransportConfig::new("peer", secret), inbound).await?;
     let echo = TcpListener::bind(loopback).await?;
-    println!("{} {}", transport.local_addr(), echo.local_addr()?);
+    // Its view is itself: every key sent here is served here.
+    let (_system, agents) = echo_node("peer-agents", secret).await?;
+    println!(
+        "{} {} {}",
+        transport.local_addr(),
+        echo.local_addr()?,
+        agents.local_addr()
+    );
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = echo.accept().await {
             let _ = stream.set_nodelay(true);
@@ -114,6 +205,77 @@ pub async fn serve(secret: &[u8]) -> Result<(), BenchError> {
     let mut sink = [0u8; 64];
     while stdin.read(&mut sink).await.unwrap_or(0) > 0 {}
     Ok(())
+}
+
+/// Tells, then asks one at a time, then asks 64 at a time, through `agent`.
+async fn measure_agent(
+    agent: AgentRef<Echo>,
+    tells: u64,
+    asks: usize,
+) -> Result<PathFigures, BenchError> {
+    let timeout = Duration::from_secs(30);
+    let failed = |error: AgentError| BenchError::Peer(error.to_string());
+    // Warm: the instance activated, the link open.
+    agent.ask(EchoMsg::Ping(0), timeout).await.map_err(failed)?;
+    let before = agent.ask(EchoMsg::Count, timeout).await.map_err(failed)?;
+    let started = Instant::now();
+    let mut sent = 0;
+    while sent < tells {
+        match agent.tell(EchoMsg::Ping(sent)) {
+            Ok(()) => sent += 1,
+            // A full mailbox or outbox: the sender waits its turn.
+            Err(AgentError::MailboxFull { .. } | AgentError::Backpressure { .. }) => {
+                tokio::task::yield_now().await
+            }
+            Err(error) => return Err(failed(error)),
+        }
+    }
+    let mut counted = before;
+    while counted < before + tells {
+        if started.elapsed() > timeout {
+            return Err(BenchError::Peer(format!(
+                "{} of {tells} tells arrived within {timeout:?}",
+                counted - before
+            )));
+        }
+        tokio::time::sleep(Duration::from_micros(200)).await;
+        counted = agent.ask(EchoMsg::Count, timeout).await.map_err(failed)?;
+    }
+    let tells_per_second = tells as f64 / started.elapsed().as_secs_f64();
+
+    let mut latencies = Vec::with_capacity(asks);
+    for n in 0..asks as u64 {
+        let sent = Instant::now();
+        agent.ask(EchoMsg::Ping(n), timeout).await.map_err(failed)?;
+        latencies.push(sent.elapsed().as_secs_f64() * 1e6);
+    }
+    latencies.sort_by(f64::total_cmp);
+
+    let in_flight = 64;
+    let per_task = (asks / in_flight).max(1);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..in_flight)
+        .map(|_| {
+            let agent = agent.clone();
+            tokio::spawn(async move {
+                for n in 0..per_task as u64 {
+                    agent.ask(EchoMsg::Ping(n), timeout).await?;
+                }
+                Ok::<_, AgentError>(())
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await
+            .map_err(|error| BenchError::Peer(error.to_string()))?
+            .map_err(failed)?;
+    }
+    Ok(PathFigures {
+        tells_per_second,
+        ask_p50_us: percentile(&latencies, 0.5),
+        ask_p99_us: percentile(&latencies, 0.99),
+        asks_per_second_in_flight: (per_task * in_flight) as f64 / started.elapsed().as_secs_f64(),
+    })
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -144,11 +306,37 @@ pub async fn run(
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line).await?;
     let mut addresses = line.split_whitespace().map(str::parse::<SocketAddr>);
-    let (Some(Ok(peer)), Some(Ok(echo))) = (addresses.next(), addresses.next()) else {
+    let (Some(Ok(peer)), Some(Ok(echo)), Some(Ok(peer_agents))) =
+        (addresses.next(), addresses.next(), addresses.next())
+    else {
         return Err(BenchError::Peer(format!("unexpected first line {line:?}")));
     };
+
+    // AgentRef: this process and the peer in the view, one key each side.
+    let (system, agents) = echo_node("bench-agents", &secret).await?;
+    let placed = |node: &str, addr: SocketAddr| Placed {
+        candidate: Candidate {
+            node: node.to_owned(),
+            kinds: vec![Echo::KIND.to_owned()],
+            gpus: 0,
+        },
+        transport_addr: addr,
+    };
+    system.router().set_view(vec![
+        placed("bench-agents", agents.local_addr()),
+        placed("peer-agents", peer_agents),
+    ]);
+    let key_where = |remote: bool| {
+        (0..)
+            .map(|i| format!("k-{i}"))
+            .find(|key| system.router().is_local(Echo::KIND, key) != remote)
+            .expect("keys on both sides")
+    };
+    let agent_remote = measure_agent(system.agent(key_where(true)), tells, asks).await?;
+    let agent_local = measure_agent(system.agent(key_where(false)), tells, asks).await?;
+    system.shutdown();
     let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
-    let ignore: Inbound = Arc::new(|_: &Link, _: Envelope| {});
+    let ignore: Inbound = Arc::new(|_: &Link, _: Envelope| None);
     let transport =
         Transport::bind(loopback, TransportConfig::new("bench", &secret), ignore).await?;
     let link = transport.link(peer).await?;
@@ -220,6 +408,8 @@ pub async fn run(
     drop(child.stdin.take());
     let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
     Ok(RemoteBench {
+        agent_remote,
+        agent_local,
         tells,
         tells_per_second,
         asks,

@@ -213,9 +213,16 @@ impl Router {
         let envelope = envelope::<A>(transport, key, correlation_id, msg, None)
             .map_err(|error| self.unreachable(target.clone(), route, error))?;
         match transport.open_link(route.addr) {
-            Some(link) => link
-                .try_send(Frame::Message(envelope))
-                .map_err(|_| self.unreachable(target, route, "the link's outbox is full".into())),
+            Some(link) => link.try_send(Frame::Message(envelope)).map_err(|_| {
+                if link.is_closed() {
+                    self.unreachable(target, route, "the link closed".into())
+                } else {
+                    AgentError::Backpressure {
+                        target,
+                        node: route.node.clone(),
+                    }
+                }
+            }),
             None => {
                 let transport = transport.clone();
                 let addr = route.addr;
@@ -400,19 +407,24 @@ pub(crate) fn inbound(system: crate::actors::WeakSystem) -> Inbound {
             {
                 system.receive_shared(event);
             }
-            return;
+            return None;
         }
         let ask_id = envelope.ask_id;
-        let answer = match system.upgrade() {
+        let delivery = match system.upgrade() {
             Some(system) => system.deliver_remote(envelope),
-            None => Some(Box::pin(async { Err(RemoteFailure::Stopped) }) as _),
+            None => Delivery::Answer(Box::pin(async { Err(RemoteFailure::Stopped) })),
         };
-        if let (Some(ask_id), Some(answer)) = (ask_id, answer) {
-            let link = link.clone();
-            tokio::spawn(async move {
-                let outcome = answer.await;
-                let _ = link.send(Frame::Reply(Reply { ask_id, outcome })).await;
-            });
+        match (ask_id, delivery) {
+            (Some(ask_id), Delivery::Answer(answer)) => {
+                let link = link.clone();
+                tokio::spawn(async move {
+                    let outcome = answer.await;
+                    let _ = link.send(Frame::Reply(Reply { ask_id, outcome })).await;
+                });
+                None
+            }
+            (_, Delivery::Hold(hold)) => Some(hold),
+            _ => None,
         }
     })
 }
@@ -420,6 +432,16 @@ pub(crate) fn inbound(system: crate::actors::WeakSystem) -> Inbound {
 /// The reply a remote ask waits for.
 pub(crate) type RemoteAnswer =
     futures_util::future::BoxFuture<'static, Result<Vec<u8>, RemoteFailure>>;
+
+/// What became of a message from another node.
+pub(crate) enum Delivery {
+    /// A tell, in the mailbox or dropped (logged).
+    Done,
+    /// An ask: its reply, when it comes.
+    Answer(RemoteAnswer),
+    /// A tell that found the mailbox full: the link reads on once it is in.
+    Hold(super::transport::Hold),
+}
 
 #[cfg(test)]
 mod tests {

@@ -95,8 +95,13 @@ pub enum LinkError {
 }
 
 /// What the node does with a message that arrived; `link` answers on the
-/// same connection.
-pub type Inbound = Arc<dyn Fn(&Link, Envelope) + Send + Sync>;
+/// same connection. A [`Hold`] it returns is awaited before the link's next
+/// frame is read: a receiver that cannot take a message yet (a full
+/// mailbox) stops reading, TCP fills, and the sender's outbox pushes back.
+pub type Inbound = Arc<dyn Fn(&Link, Envelope) -> Option<Hold> + Send + Sync>;
+
+/// See [`Inbound`].
+pub type Hold = futures_util::future::BoxFuture<'static, ()>;
 
 /// Asks waiting for their reply, by correlation id.
 type Waiting = HashMap<u64, oneshot::Sender<Result<Vec<u8>, RemoteFailure>>>;
@@ -442,7 +447,11 @@ impl Transport {
         let mut buffer = Vec::new();
         loop {
             match codec::read_frame::<Frame>(&mut reader, &mut buffer).await {
-                Ok(Frame::Message(envelope)) => (self.inner.inbound)(&link, envelope),
+                Ok(Frame::Message(envelope)) => {
+                    if let Some(hold) = (self.inner.inbound)(&link, envelope) {
+                        hold.await;
+                    }
+                }
                 Ok(Frame::Reply(Reply { ask_id, outcome })) => {
                     if let Some(waiting) = self.lock_pending().remove(&ask_id) {
                         let _ = waiting.send(outcome);
@@ -621,6 +630,7 @@ mod tests {
                         .await;
                 });
             }
+            None
         })
     }
 
@@ -849,6 +859,7 @@ mod tests {
             while !held.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(5));
             }
+            None
         });
         let server = Transport::bind(
             "127.0.0.1:0".parse().unwrap(),

@@ -164,6 +164,10 @@ impl From<AgentError> for ApiError {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "node_unreachable", message)
                     .retry_after(1)
             }
+            AgentError::Backpressure { .. } => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "backpressure", message)
+                    .retry_after(1)
+            }
             AgentError::Remote { .. } => {
                 ApiError::new(StatusCode::BAD_GATEWAY, "remote_failure", message)
             }

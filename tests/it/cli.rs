@@ -380,6 +380,12 @@ fn bench_remote_measures_two_processes_and_refuses_bad_counts() {
         "tcp_ping_p99_us",
     ] {
         assert!(result[field].as_f64().unwrap() > 0.0, "{field}: {result}");
+        if field != "tcp_ping_p99_us" {
+            for path in ["agent_remote", "agent_local"] {
+                let value = result[path][field].as_f64().unwrap();
+                assert!(value > 0.0, "{path}.{field}: {result}");
+            }
+        }
     }
     let refused = valueverse()
         .args(["bench", "remote", "--asks", "3"])
