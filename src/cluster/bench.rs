@@ -243,25 +243,45 @@ async fn measure_agent(
     }
     let tells_per_second = tells as f64 / started.elapsed().as_secs_f64();
 
+    let ask = move |n| {
+        let agent = agent.clone();
+        async move { agent.ask(EchoMsg::Ping(n), timeout).await.map(drop) }
+    };
+    let (latencies, asks_per_second_in_flight) = time_asks(asks, ask).await?;
+    Ok(PathFigures {
+        tells_per_second,
+        ask_p50_us: percentile(&latencies, 0.5),
+        ask_p99_us: percentile(&latencies, 0.99),
+        asks_per_second_in_flight,
+    })
+}
+
+/// Asks timed one at a time (round trips in us, sorted), then asks per
+/// second with [`IN_FLIGHT`] at once.
+async fn time_asks<F, Fut, E>(asks: usize, ask: F) -> Result<(Vec<f64>, f64), BenchError>
+where
+    F: Fn(u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), E>> + Send,
+    E: std::fmt::Display + Send + 'static,
+{
+    let failed = |error: E| BenchError::Peer(error.to_string());
     let mut latencies = Vec::with_capacity(asks);
     for n in 0..asks as u64 {
         let sent = Instant::now();
-        agent.ask(EchoMsg::Ping(n), timeout).await.map_err(failed)?;
+        ask(n).await.map_err(failed)?;
         latencies.push(sent.elapsed().as_secs_f64() * 1e6);
     }
     latencies.sort_by(f64::total_cmp);
-
-    let in_flight = 64;
-    let per_task = (asks / in_flight).max(1);
+    let per_task = (asks / IN_FLIGHT).max(1);
     let started = Instant::now();
-    let tasks: Vec<_> = (0..in_flight)
+    let tasks: Vec<_> = (0..IN_FLIGHT)
         .map(|_| {
-            let agent = agent.clone();
+            let ask = ask.clone();
             tokio::spawn(async move {
                 for n in 0..per_task as u64 {
-                    agent.ask(EchoMsg::Ping(n), timeout).await?;
+                    ask(n).await?;
                 }
-                Ok::<_, AgentError>(())
+                Ok::<_, E>(())
             })
         })
         .collect();
@@ -270,13 +290,12 @@ async fn measure_agent(
             .map_err(|error| BenchError::Peer(error.to_string()))?
             .map_err(failed)?;
     }
-    Ok(PathFigures {
-        tells_per_second,
-        ask_p50_us: percentile(&latencies, 0.5),
-        ask_p99_us: percentile(&latencies, 0.99),
-        asks_per_second_in_flight: (per_task * in_flight) as f64 / started.elapsed().as_secs_f64(),
-    })
+    let per_second = (per_task * IN_FLIGHT) as f64 / started.elapsed().as_secs_f64();
+    Ok((latencies, per_second))
 }
+
+/// Asks in flight at once in the throughput runs.
+const IN_FLIGHT: usize = 64;
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted
@@ -363,35 +382,20 @@ pub async fn run(
     }
     let tells_per_second = tells as f64 / started.elapsed().as_secs_f64();
 
-    // Asks, one in flight.
-    let mut latencies = Vec::with_capacity(asks);
-    for n in 0..asks as u64 {
-        let sent = Instant::now();
-        transport.ask(peer, envelope(ECHO, n), timeout).await?.ok();
-        latencies.push(sent.elapsed().as_secs_f64() * 1e6);
-    }
-    latencies.sort_by(f64::total_cmp);
-
-    // Asks, 64 in flight.
-    let in_flight = 64;
-    let per_task = (asks / in_flight).max(1);
-    let started = Instant::now();
-    let tasks: Vec<_> = (0..in_flight)
-        .map(|_| {
+    // Asks, one in flight, then 64.
+    let ask = {
+        let transport = transport.clone();
+        move |n| {
             let transport = transport.clone();
-            tokio::spawn(async move {
-                for n in 0..per_task as u64 {
-                    transport.ask(peer, envelope(ECHO, n), timeout).await?.ok();
-                }
-                Ok::<_, LinkError>(())
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await
-            .map_err(|error| BenchError::Peer(error.to_string()))??;
-    }
-    let asks_per_second_in_flight = (per_task * in_flight) as f64 / started.elapsed().as_secs_f64();
+            async move {
+                transport
+                    .ask(peer, envelope(ECHO, n), timeout)
+                    .await
+                    .map(drop)
+            }
+        }
+    };
+    let (latencies, asks_per_second_in_flight) = time_asks(asks, ask).await?;
 
     // The baseline: bare TCP ping-pong of 64-byte frames.
     let mut stream = TcpStream::connect(echo).await?;
@@ -415,7 +419,7 @@ pub async fn run(
         asks,
         ask_p50_us: percentile(&latencies, 0.5),
         ask_p99_us: percentile(&latencies, 0.99),
-        asks_in_flight: in_flight,
+        asks_in_flight: IN_FLIGHT,
         asks_per_second_in_flight,
         tcp_ping_p50_us: percentile(&pings, 0.5),
         tcp_ping_p99_us: percentile(&pings, 0.99),
