@@ -100,6 +100,15 @@ pub async fn up(exe: &Path, options: LaunchOptions) -> Result<(), LaunchError> {
         if options.dev {
             command.arg("--dev");
         }
+        // SAFETY: between fork and exec only `prctl` runs, which is
+        // async-signal-safe. If this launcher dies without its Ctrl-C path
+        // (SIGKILL), its nodes get SIGTERM instead of living on orphaned.
+        unsafe {
+            command.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
+                    .map_err(std::io::Error::from)
+            });
+        }
         if std::env::var_os("VALUEVERSE_LOG").is_none() {
             // Warnings, and the cluster's own news (joins, leaves, moves).
             command.env("VALUEVERSE_LOG", "warn,valueverse::cluster=info");

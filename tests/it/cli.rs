@@ -397,35 +397,8 @@ fn bench_remote_measures_two_processes_and_refuses_bad_counts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_up_launches_nodes_that_form_a_cluster_and_stops_them() {
-    use tokio::io::{AsyncBufReadExt, BufReader};
     let db = crate::support::TestDb::new(crate::support::Backend::Postgres).await;
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_valueverse"))
-        .args([
-            "cluster",
-            "up",
-            "--nodes",
-            "2",
-            "--dev",
-            "--database-url",
-            &db.url,
-        ])
-        .env("VALUEVERSE_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut urls = Vec::new();
-    while let Some(line) = lines.next_line().await.unwrap() {
-        if line.starts_with("| n") && line.contains("http://") {
-            let url = line.split('|').nth(2).unwrap().trim().to_owned();
-            urls.push(url);
-        }
-        if line.starts_with("Ctrl-C") {
-            break;
-        }
-    }
+    let (mut child, urls) = cluster_up(&db.url, 2).await;
     assert_eq!(urls.len(), 2, "{urls:?}");
     let client = reqwest::Client::new();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -469,4 +442,49 @@ async fn cluster_up_launches_nodes_that_form_a_cluster_and_stops_them() {
             "{url} still answers"
         );
     }
+    // A launcher killed outright takes its nodes with it (no orphans).
+    let (mut child, urls) = cluster_up(&db.url, 1).await;
+    child.kill().await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while client
+        .get(format!("{}/cluster", urls[0]))
+        .send()
+        .await
+        .is_ok()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the node outlived its launcher"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// `valueverse cluster up --nodes N --dev`, with each node's API base URL
+/// once it printed how to try them.
+async fn cluster_up(url: &str, nodes: usize) -> (tokio::process::Child, Vec<String>) {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_valueverse"))
+        .args(["cluster", "up", "--dev", "--database-url", url])
+        .args(["--nodes", &nodes.to_string()])
+        .env("VALUEVERSE_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut urls = Vec::new();
+    while let Some(line) = lines.next_line().await.unwrap() {
+        if line.starts_with("| n") && line.contains("http://") {
+            urls.push(line.split('|').nth(2).unwrap().trim().to_owned());
+        }
+        if line.starts_with("Ctrl-C") {
+            break;
+        }
+    }
+    assert_eq!(urls.len(), nodes, "{urls:?}");
+    // Keep reading, so the launcher never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, urls)
 }
