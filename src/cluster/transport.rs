@@ -104,7 +104,9 @@ pub type Inbound = Arc<dyn Fn(&Link, Envelope) -> Option<Hold> + Send + Sync>;
 pub type Hold = futures_util::future::BoxFuture<'static, ()>;
 
 /// Asks waiting for their reply, by correlation id.
-type Waiting = HashMap<u64, oneshot::Sender<Result<Vec<u8>, RemoteFailure>>>;
+/// Each with the link it went out on: a link that closes fails its asks at
+/// once instead of leaving them to their timeouts.
+type Waiting = HashMap<u64, (Arc<str>, oneshot::Sender<Result<Vec<u8>, RemoteFailure>>)>;
 
 /// Frames encoded and waiting for the writer.
 struct Outbox {
@@ -282,6 +284,12 @@ impl Transport {
         }
     }
 
+    /// Forgets the failures of dials to `addr`: the next dial is at once
+    /// (a node that is back, as its new lease says).
+    pub fn forget_failures(&self, addr: SocketAddr) {
+        self.lock_backoff().remove(&addr);
+    }
+
     /// The open link to `addr`, if there is one; never dials.
     pub fn open_link(&self, addr: SocketAddr) -> Option<Link> {
         self.lock_links()
@@ -357,7 +365,8 @@ impl Transport {
         let ask_id = self.next_id();
         envelope.ask_id = Some(ask_id);
         let (reply, answer) = oneshot::channel();
-        self.lock_pending().insert(ask_id, reply);
+        self.lock_pending()
+            .insert(ask_id, (Arc::clone(&link.peer), reply));
         let outcome = async {
             link.send(Frame::Message(envelope))
                 .await
@@ -453,7 +462,7 @@ impl Transport {
                     }
                 }
                 Ok(Frame::Reply(Reply { ask_id, outcome })) => {
-                    if let Some(waiting) = self.lock_pending().remove(&ask_id) {
+                    if let Some((_, waiting)) = self.lock_pending().remove(&ask_id) {
                         let _ = waiting.send(outcome);
                     }
                 }
@@ -469,6 +478,9 @@ impl Transport {
         }
         self.lock_links()
             .retain(|_, open| !Arc::ptr_eq(&open.peer, &link.peer));
+        // Dropping their senders answers them `Closed`.
+        self.lock_pending()
+            .retain(|_, (peer, _)| !Arc::ptr_eq(peer, &link.peer));
         drop(stop);
     }
 

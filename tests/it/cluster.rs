@@ -339,7 +339,8 @@ async fn three_nodes_serve_every_key_and_survive_a_kill_9() {
         assert!(
             get(&client, &format!("{}/value-models/{id}", nodes[0].base))
                 .await
-                .is_some()
+                .is_some(),
+            "{id} not served through n1 after n3 rejoined"
         );
     }
     println!(
