@@ -17,13 +17,27 @@ pub struct Candidate {
 }
 
 fn score(node: &str, kind: &str, key: &str) -> u64 {
-    let mut hasher = Xxh3::new();
-    // Lengths first: ("ab", "c") and ("a", "bc") must not collide.
-    for part in [node, kind, key] {
-        hasher.update(&(part.len() as u64).to_le_bytes());
-        hasher.update(part.as_bytes());
+    // Lengths first: ("ab", "c") and ("a", "bc") must not collide. The
+    // parts go into one buffer and one hash (it is on every message's
+    // path); the streaming hasher gives the same value for longer input.
+    const INLINE: usize = 256;
+    let size = 24 + node.len() + kind.len() + key.len();
+    if size > INLINE {
+        let mut hasher = Xxh3::new();
+        for part in [node, kind, key] {
+            hasher.update(&(part.len() as u64).to_le_bytes());
+            hasher.update(part.as_bytes());
+        }
+        return hasher.digest();
     }
-    hasher.digest()
+    let mut buffer = [0u8; INLINE];
+    let mut at = 0;
+    for part in [node, kind, key] {
+        buffer[at..at + 8].copy_from_slice(&(part.len() as u64).to_le_bytes());
+        buffer[at + 8..at + 8 + part.len()].copy_from_slice(part.as_bytes());
+        at += 8 + part.len();
+    }
+    xxhash_rust::xxh3::xxh3_64(&buffer[..at])
 }
 
 /// The owner of `(kind, key)` among `candidates`: the highest score among
@@ -117,6 +131,20 @@ mod tests {
         assert!(owner("executor", "k", &candidates, false).is_none());
         // The hash is fixed by XXH3's specification: nodes of other builds agree.
         assert_eq!(score("n1", "architect", "m-1"), GOLDEN);
+        // Long keys take the streaming path: the same function of the bytes.
+        let long = "x".repeat(300);
+        let mut hasher = Xxh3::new();
+        for part in ["n1", "architect", long.as_str()] {
+            hasher.update(&(part.len() as u64).to_le_bytes());
+            hasher.update(part.as_bytes());
+        }
+        assert_eq!(score("n1", "architect", &long), hasher.digest());
+        let mut joined = Vec::new();
+        for part in ["n1", "architect", "m-1"] {
+            joined.extend_from_slice(&(part.len() as u64).to_le_bytes());
+            joined.extend_from_slice(part.as_bytes());
+        }
+        assert_eq!(xxhash_rust::xxh3::xxh3_64(&joined), GOLDEN);
         assert_ne!(score("ab", "c", "k"), score("a", "bc", "k"));
     }
 }

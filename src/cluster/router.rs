@@ -42,10 +42,18 @@ pub(crate) struct Route {
     pub addr: SocketAddr,
 }
 
+/// The members placement chooses among, and their candidates apart (the
+/// hashing reads them on every message: no copy per route).
+#[derive(Default)]
+struct View {
+    placed: Arc<Vec<Placed>>,
+    candidates: Vec<Candidate>,
+}
+
 /// This node's routing state.
 pub struct Router {
     me: String,
-    view: RwLock<Arc<Vec<Placed>>>,
+    view: RwLock<Arc<View>>,
     /// The view is this node alone: every route is local.
     solo: AtomicBool,
     transport: OnceLock<(Transport, tokio::runtime::Handle)>,
@@ -58,7 +66,7 @@ impl Router {
     pub fn new(me: &str) -> Router {
         Router {
             me: me.to_owned(),
-            view: RwLock::new(Arc::new(Vec::new())),
+            view: RwLock::new(Arc::new(View::default())),
             solo: AtomicBool::new(true),
             transport: OnceLock::new(),
             changes: tokio::sync::watch::Sender::new(0),
@@ -84,12 +92,24 @@ impl Router {
     pub fn set_view(&self, mut members: Vec<Placed>) -> bool {
         members.sort_by(|a, b| a.candidate.node.cmp(&b.candidate.node));
         let mut view = self.view.write().unwrap_or_else(|p| p.into_inner());
-        if **view == members {
+        if *view.placed == members {
             return false;
         }
         let solo =
             members.is_empty() || (members.len() == 1 && members[0].candidate.node == self.me);
-        *view = Arc::new(members);
+        // A member that joins (or comes back) is dialed at once, whatever
+        // failed while it was away.
+        if let Some((transport, _)) = self.transport.get() {
+            for member in &members {
+                if !view.placed.contains(member) {
+                    transport.forget_failures(member.transport_addr);
+                }
+            }
+        }
+        *view = Arc::new(View {
+            candidates: members.iter().map(|p| p.candidate.clone()).collect(),
+            placed: Arc::new(members),
+        });
         self.solo.store(solo, Ordering::Release);
         drop(view);
         self.changes.send_modify(|count| *count += 1);
@@ -113,7 +133,7 @@ impl Router {
 
     /// The members placement chooses among now.
     pub fn view(&self) -> Arc<Vec<Placed>> {
-        Arc::clone(&self.view.read().unwrap_or_else(|p| p.into_inner()))
+        Arc::clone(&self.view.read().unwrap_or_else(|p| p.into_inner()).placed)
     }
 
     /// The node that owns `(kind, key)` in this view (this node when the
@@ -129,13 +149,17 @@ impl Router {
         if self.solo.load(Ordering::Acquire) {
             return None;
         }
-        let view = self.view();
-        let candidates: Vec<Candidate> = view.iter().map(|p| p.candidate.clone()).collect();
-        let chosen = owner(kind, key, &candidates, kind == GPU_KIND)?;
+        let view = Arc::clone(&self.view.read().unwrap_or_else(|p| p.into_inner()));
+        let chosen = owner(kind, key, &view.candidates, kind == GPU_KIND)?;
         if chosen.node == self.me {
             return None;
         }
-        let placed = view.iter().find(|p| p.candidate.node == chosen.node)?;
+        // Candidates and placed members are in the same order.
+        let index = view
+            .candidates
+            .iter()
+            .position(|candidate| std::ptr::eq(candidate, chosen))?;
+        let placed = &view.placed[index];
         Some(Route {
             node: placed.candidate.node.clone(),
             addr: placed.transport_addr,
