@@ -65,14 +65,8 @@ struct ClusterUpArgs {
         default_value = "postgres://postgres@127.0.0.1:5432/valueverse_cluster"
     )]
     database_url: String,
-    /// Shared cluster secret [default: a random one].
-    #[arg(
-        long,
-        env = "VALUEVERSE_CLUSTER_SECRET",
-        value_name = "SECRET",
-        hide_env_values = true
-    )]
-    secret: Option<String>,
+    #[command(flatten)]
+    secret: SecretArg,
     /// Development mode on every node: no API keys are checked.
     #[arg(long)]
     dev: bool,
@@ -249,6 +243,19 @@ struct ServeArgs {
 }
 
 #[derive(Args)]
+struct SecretArg {
+    /// Shared cluster secret, at least 16 characters, the same on every
+    /// node (`cluster up` makes a random one when none is given).
+    #[arg(
+        long,
+        env = "VALUEVERSE_CLUSTER_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    secret: Option<String>,
+}
+
+#[derive(Args)]
 struct NodeArgs {
     #[command(flatten)]
     serve: ServeArgs,
@@ -270,14 +277,8 @@ struct NodeArgs {
     /// or --gossip binds 0.0.0.0, as in a container).
     #[arg(long, env = "VALUEVERSE_CLUSTER_ADVERTISE_HOST", value_name = "HOST")]
     advertise_host: Option<String>,
-    /// Shared cluster secret, at least 16 characters, the same on every node.
-    #[arg(
-        long,
-        env = "VALUEVERSE_CLUSTER_SECRET",
-        value_name = "SECRET",
-        hide_env_values = true
-    )]
-    secret: Option<String>,
+    #[command(flatten)]
+    secret: SecretArg,
     /// Nodes gossip only with nodes of the same cluster id [default: valueverse].
     #[arg(long, env = "VALUEVERSE_CLUSTER_ID", value_name = "ID")]
     cluster_id: Option<String>,
@@ -294,7 +295,7 @@ impl NodeArgs {
                 gossip: self.gossip,
                 seeds: self.seeds.clone(),
                 advertise_host: self.advertise_host.clone(),
-                secret: self.secret.clone(),
+                secret: self.secret.secret.clone(),
                 cluster_id: self.cluster_id.clone(),
                 gpus: self.gpus,
             }),
@@ -410,7 +411,7 @@ async fn cluster_up(args: ClusterUpArgs) -> anyhow::Result<()> {
     let options = LaunchOptions {
         nodes: usize::from(args.nodes),
         database_url: args.database_url,
-        secret: args.secret,
+        secret: args.secret.secret,
         dev: args.dev,
     };
     Ok(up(&exe, options).await?)

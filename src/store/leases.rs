@@ -40,48 +40,34 @@ impl Store {
         // to the same token fails and computes the next one.
         let mut attempt = 0;
         loop {
-            match self
-                .try_acquire_lease(node, transport_addr, http_addr, proof, ttl_ms)
+            let now = unix_millis();
+            let token: Result<i64, sqlx::Error> = with_pool!(self, pool => {
+                sqlx::query_scalar(
+                    "INSERT INTO cluster_leases (node, token, transport_addr, http_addr, proof, \
+                     acquired_at_ms, expires_at_ms) \
+                     VALUES ($1, (SELECT COALESCE(MAX(token), 0) + 1 FROM cluster_leases), \
+                     $2, $3, $4, $5, $6) \
+                     ON CONFLICT (node) DO UPDATE SET \
+                     token = (SELECT COALESCE(MAX(token), 0) + 1 FROM cluster_leases), \
+                     transport_addr = excluded.transport_addr, http_addr = excluded.http_addr, \
+                     proof = excluded.proof, \
+                     acquired_at_ms = excluded.acquired_at_ms, expires_at_ms = excluded.expires_at_ms \
+                     RETURNING token",
+                )
+                .bind(node)
+                .bind(transport_addr)
+                .bind(http_addr)
+                .bind(proof)
+                .bind(now)
+                .bind(now + ttl_ms)
+                .fetch_one(pool)
                 .await
-            {
-                Err(StoreError::Database(sqlx::Error::Database(_))) if attempt < 5 => attempt += 1,
-                outcome => return outcome,
+            });
+            match token {
+                Err(sqlx::Error::Database(_)) if attempt < 5 => attempt += 1,
+                outcome => return Ok(outcome?),
             }
         }
-    }
-
-    async fn try_acquire_lease(
-        &self,
-        node: &str,
-        transport_addr: &str,
-        http_addr: &str,
-        proof: &str,
-        ttl_ms: i64,
-    ) -> Result<i64, StoreError> {
-        let now = unix_millis();
-        let token: i64 = with_pool!(self, pool => {
-            sqlx::query_scalar(
-                "INSERT INTO cluster_leases (node, token, transport_addr, http_addr, proof, \
-                 acquired_at_ms, expires_at_ms) \
-                 VALUES ($1, (SELECT COALESCE(MAX(token), 0) + 1 FROM cluster_leases), \
-                 $2, $3, $4, $5, $6) \
-                 ON CONFLICT (node) DO UPDATE SET \
-                 token = (SELECT COALESCE(MAX(token), 0) + 1 FROM cluster_leases), \
-                 transport_addr = excluded.transport_addr, http_addr = excluded.http_addr, \
-                 proof = excluded.proof, \
-                 acquired_at_ms = excluded.acquired_at_ms, expires_at_ms = excluded.expires_at_ms \
-                 RETURNING token",
-            )
-            .bind(node)
-            .bind(transport_addr)
-            .bind(http_addr)
-            .bind(proof)
-            .bind(now)
-            .bind(now + ttl_ms)
-            .fetch_one(pool)
-            .await
-        })?;
-        Ok(token)
     }
 
     /// Extends `node`'s lease if it still holds `token`; false when another

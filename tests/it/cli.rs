@@ -404,14 +404,7 @@ async fn cluster_up_launches_nodes_that_form_a_cluster_and_stops_them() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     for url in &urls {
         loop {
-            let view: serde_json::Value = client
-                .get(format!("{url}/cluster"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let view = crate::support::get_json(&client, &format!("{url}/cluster")).await;
             let alive = view["members"]
                 .as_array()
                 .unwrap()

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use serde_json::{Value, json};
 
-use crate::support::{BACKENDS, TestDb};
+use crate::support::{BACKENDS, TestDb, get_json};
 use crate::value_models::acme;
 
 /// The release binary: `VALUEVERSE_RELEASE_BIN` (`.ci/run` builds it), or
@@ -163,14 +163,7 @@ pub(crate) async fn wait_until_final(
     let mut sagas = Vec::new();
     for (index, id) in ids {
         let saga = loop {
-            let saga: Value = client
-                .get(format!("{base}/sagas/{id}"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let saga = get_json(client, &format!("{base}/sagas/{id}")).await;
             if saga["status"] == "completed" || saga["status"] == "compensated" {
                 break saga;
             }

@@ -240,3 +240,15 @@ pub fn test_config(db: &TestDb) -> valueverse::Config {
     config.runtime.workers = 2;
     config
 }
+
+/// GET `url` and its JSON body; panics on a transport or decoding error.
+pub async fn get_json(client: &reqwest::Client, url: &str) -> serde_json::Value {
+    client
+        .get(url)
+        .send()
+        .await
+        .unwrap_or_else(|error| panic!("GET {url}: {error}"))
+        .json()
+        .await
+        .unwrap_or_else(|error| panic!("GET {url}: not JSON: {error}"))
+}
