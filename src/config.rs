@@ -38,6 +38,8 @@ pub struct Config {
     pub dev: bool,
     /// Largest request body accepted (bytes); larger ones get 413.
     pub http_body_limit: usize,
+    /// Serve `/dashboard` and its data (off: those routes answer 404).
+    pub dashboard: bool,
     pub cluster: ClusterConfig,
 }
 
@@ -184,6 +186,7 @@ impl Default for Config {
             notifier: NotifierConfig::default(),
             dev: false,
             http_body_limit: 1 << 20,
+            dashboard: true,
             cluster: ClusterConfig::default(),
         }
     }
@@ -207,6 +210,7 @@ pub struct Overrides {
     pub simulation_queue_capacity: Option<usize>,
     pub dev: Option<bool>,
     pub http_body_limit: Option<usize>,
+    pub dashboard: Option<bool>,
     /// `valueverse node`: join a cluster with these.
     pub cluster: Option<ClusterOverrides>,
 }
@@ -278,6 +282,7 @@ impl Config {
             simulation_queue_capacity,
             dev,
             http_body_limit,
+            dashboard,
             cluster,
         } = overrides.clone();
         fn set<T>(target: &mut T, value: Option<T>) {
@@ -303,6 +308,7 @@ impl Config {
         );
         set(&mut self.dev, dev);
         set(&mut self.http_body_limit, http_body_limit);
+        set(&mut self.dashboard, dashboard);
         if let Some(cluster) = cluster {
             self.cluster.enabled = true;
             set(&mut self.cluster.listen, cluster.listen);

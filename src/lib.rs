@@ -9,6 +9,7 @@ pub mod auth;
 pub mod bench;
 pub mod cluster;
 pub mod config;
+pub mod dashboard;
 pub mod gpu;
 pub mod http;
 mod metrics;

@@ -79,6 +79,22 @@ enum BenchCommand {
     /// The cluster transport between two node processes on loopback: tells
     /// per second, ask round trips, beside a bare TCP ping-pong.
     Remote(BenchRemoteArgs),
+    /// What the dashboard costs a node: its CPU with nobody watching, then
+    /// with viewers connected.
+    Dashboard(BenchDashboardArgs),
+}
+
+#[derive(Args)]
+struct BenchDashboardArgs {
+    /// Viewer counts measured in turn (the first is the baseline).
+    #[arg(long, value_delimiter = ',', default_value = "0,1,10", value_parser = clap::value_parser!(u16).range(0..=1000))]
+    viewers: Vec<u16>,
+    /// Seconds measured per viewer count.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(2..=3600))]
+    seconds: u64,
+    /// Print the results as JSON lines.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -237,6 +253,9 @@ struct ServeArgs {
     /// Largest request body in bytes; larger ones get 413 [default: 1048576].
     #[arg(long, env = "VALUEVERSE_HTTP_BODY_LIMIT", value_name = "BYTES")]
     http_body_limit: Option<usize>,
+    /// Do not serve /dashboard and its data.
+    #[arg(long, env = "VALUEVERSE_NO_DASHBOARD")]
+    no_dashboard: bool,
     /// Simulation jobs that may wait before submissions get 503 [default: 64].
     #[arg(long, env = "VALUEVERSE_SIMULATION_QUEUE_CAPACITY", value_name = "N")]
     simulation_queue_capacity: Option<usize>,
@@ -331,6 +350,7 @@ impl ServeArgs {
             simulation_queue_capacity: self.simulation_queue_capacity,
             dev: self.dev.then_some(true),
             http_body_limit: self.http_body_limit,
+            dashboard: self.no_dashboard.then_some(false),
             cluster: None,
         }
     }
@@ -491,6 +511,45 @@ async fn bench_remote(args: BenchRemoteArgs) -> anyhow::Result<()> {
             local.asks_per_second_in_flight,
             result.asks_per_second_in_flight
         );
+    }
+    Ok(())
+}
+
+async fn bench_dashboard(args: BenchDashboardArgs) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("cannot find this executable")?;
+    let viewers: Vec<usize> = args.viewers.iter().map(|&v| v as usize).collect();
+    let bar = indicatif::ProgressBar::new(args.seconds * (viewers.len() as u64 + 1));
+    let runs = valueverse::dashboard::bench::run(&exe, &viewers, args.seconds, |done| {
+        bar.set_position(done)
+    })
+    .await?;
+    bar.finish_and_clear();
+    // The first run is the node without the dashboard.
+    let baseline = runs.first().map_or(0.0, |run| run.cpu_percent);
+    if !args.json {
+        println!(
+            "| node | viewers | node CPU, % of a core | minus the node without it | frames/s per viewer | bytes/frame |"
+        );
+        println!("|---|---|---|---|---|---|");
+    }
+    for run in &runs {
+        if args.json {
+            println!("{}", serde_json::to_string(run)?);
+        } else {
+            println!(
+                "| {} | {} | {:.2} | {:+.2} | {:.2} | {:.0} |",
+                if run.dashboard {
+                    "with the dashboard"
+                } else {
+                    "--no-dashboard"
+                },
+                run.viewers,
+                run.cpu_percent,
+                run.cpu_percent - baseline,
+                run.frames_per_viewer_per_second,
+                run.bytes_per_frame
+            );
+        }
     }
     Ok(())
 }
@@ -730,6 +789,7 @@ fn main() -> ExitCode {
         Command::Apikey(command) => runtime.block_on(apikey(command)),
         Command::Bench(BenchCommand::Sagas(args)) => runtime.block_on(bench_sagas(args)),
         Command::Bench(BenchCommand::Remote(args)) => runtime.block_on(bench_remote(args)),
+        Command::Bench(BenchCommand::Dashboard(args)) => runtime.block_on(bench_dashboard(args)),
         // CPU-bound on rayon's threads: no async runtime involved.
         Command::Simulate(args) => simulate(args),
     };

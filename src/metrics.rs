@@ -214,6 +214,14 @@ impl Collector for ShardCollector {
     }
 }
 
+/// Running totals of one kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct KindActivity {
+    pub kind: String,
+    pub messages: u64,
+    pub restarts: u64,
+}
+
 /// Children of the rarer agent families for one kind, and its shards.
 pub(crate) struct KindMetrics {
     pub(crate) shards: Arc<KindShards>,
@@ -354,6 +362,27 @@ impl Metrics {
     /// The node's registry, for subsystems that add families of their own.
     pub(crate) fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// Messages handled and restarts so far, per kind (cheap: a few atomic
+    /// loads per kind; the dashboard samples it).
+    pub(crate) fn activity(&self) -> Vec<KindActivity> {
+        let agents = &self.agents;
+        let shards = agents
+            .shards
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        shards
+            .iter()
+            .map(|kind| KindActivity {
+                kind: kind.kind.clone(),
+                messages: OUTCOMES
+                    .iter()
+                    .map(|(outcome, _)| kind.total(|worker| &worker.outcomes[*outcome as usize]))
+                    .sum(),
+                restarts: agents.restarts.with_label_values(&[&kind.kind]).get(),
+            })
+            .collect()
     }
 
     /// The registry's families in the Prometheus text format.

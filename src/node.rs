@@ -12,6 +12,7 @@ use crate::actors::notifier::Notifier;
 use crate::actors::saga::SagaCoordinator;
 use crate::cluster::node::{ClusterError, ClusterNode};
 use crate::config::Config;
+use crate::dashboard::Dashboard;
 use crate::http::{HttpApi, Services};
 use crate::notifier::{Notifications, NotifierError};
 use crate::saga::SagaRunner;
@@ -112,6 +113,18 @@ impl Node {
             notifications: notifications.clone(),
             sagas: sagas.clone(),
             cluster: cluster.clone(),
+            dashboard: config.dashboard.then(|| {
+                Dashboard::start(
+                    system.clone(),
+                    simulations.clone(),
+                    cluster.clone(),
+                    config
+                        .cluster
+                        .secret
+                        .clone()
+                        .filter(|_| config.cluster.enabled),
+                )
+            }),
         };
         let http = match HttpApi::start(http_listener, services, config) {
             Ok(http) => http,

@@ -40,6 +40,11 @@ pub enum AgentError {
         target: AgentId,
         status: InstanceStatus,
     },
+    #[error("{target} is {status}, not active: only a running instance can be crashed")]
+    NotActive {
+        target: AgentId,
+        status: InstanceStatus,
+    },
     #[error("no instance {target} on this node")]
     UnknownInstance { target: AgentId },
     #[error("no agent kind `{kind}` on this node")]

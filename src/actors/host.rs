@@ -26,7 +26,9 @@ use super::agent::{Agent, AgentMessage, Handling};
 use super::envelope::{CorrelationId, Envelope, ReplySender};
 use super::error::{AgentError, HandlerError};
 use super::registry::{InstanceCell, KindRuntime};
-use super::supervisor::{Decision, InstanceStatus, LifecycleChange, RestartHistory};
+use super::supervisor::{
+    Decision, InstanceStatus, LifecycleChange, OperatorAction, RestartHistory,
+};
 use crate::metrics::Outcome;
 
 enum Phase<S> {
@@ -63,11 +65,12 @@ pub(crate) struct Host<A: Agent> {
 
 /// Operator request to bring a failed instance back, with the correlation id
 /// of the request that asked for it.
-pub(crate) struct Reset {
+pub(crate) struct Operate {
+    pub(crate) action: OperatorAction,
     pub(crate) correlation_id: Option<CorrelationId>,
 }
 
-impl actix::Message for Reset {
+impl actix::Message for Operate {
     type Result = Result<(), AgentError>;
 }
 
@@ -464,28 +467,50 @@ impl<A: Agent> Handler<Handoff> for Host<A> {
     }
 }
 
-impl<A: Agent> Handler<Reset> for Host<A> {
+impl<A: Agent> Handler<Operate> for Host<A> {
     type Result = Result<(), AgentError>;
 
-    fn handle(&mut self, reset: Reset, ctx: &mut Context<Self>) -> Result<(), AgentError> {
-        if !matches!(self.phase, Phase::Failed) {
-            return Err(AgentError::NotFailed {
-                target: self.target(),
-                status: self.cell.status(),
-            });
+    fn handle(&mut self, operate: Operate, ctx: &mut Context<Self>) -> Result<(), AgentError> {
+        let correlation_id = operate.correlation_id.as_ref().map(CorrelationId::as_str);
+        match operate.action {
+            OperatorAction::Reset => {
+                if !matches!(self.phase, Phase::Failed) {
+                    return Err(AgentError::NotFailed {
+                        target: self.target(),
+                        status: self.cell.status(),
+                    });
+                }
+                tracing::info!(
+                    kind = A::KIND,
+                    key = %self.key,
+                    correlation_id,
+                    "operator reset of failed agent instance"
+                );
+                self.history.clear();
+                self.cell.set_status(InstanceStatus::Activating);
+                self.kind
+                    .node
+                    .emit(A::KIND, &self.key, LifecycleChange::Reset);
+                self.load_state(ctx, Duration::ZERO);
+            }
+            OperatorAction::Crash { reason } => {
+                // Only a running instance: crashing one that is loading or
+                // failed would count a failure the supervisor never saw.
+                if !matches!(self.phase, Phase::Active { .. }) || self.busy {
+                    return Err(AgentError::NotActive {
+                        target: self.target(),
+                        status: self.cell.status(),
+                    });
+                }
+                tracing::info!(
+                    kind = A::KIND,
+                    key = %self.key,
+                    correlation_id,
+                    "operator fault injection"
+                );
+                self.fail(ctx, format!("fault injected by an operator: {reason}"));
+            }
         }
-        tracing::info!(
-            kind = A::KIND,
-            key = %self.key,
-            correlation_id = reset.correlation_id.as_ref().map(CorrelationId::as_str),
-            "operator reset of failed agent instance"
-        );
-        self.history.clear();
-        self.cell.set_status(InstanceStatus::Activating);
-        self.kind
-            .node
-            .emit(A::KIND, &self.key, LifecycleChange::Reset);
-        self.load_state(ctx, Duration::ZERO);
         Ok(())
     }
 }

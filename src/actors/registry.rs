@@ -24,10 +24,10 @@ use crate::metrics::KindMetrics;
 use super::agent::Agent;
 use super::envelope::{AgentId, CorrelationId, Envelope, Header, ReplySender};
 use super::error::AgentError;
-use super::host::{Handoff, Host, Reset};
+use super::host::{Handoff, Host, Operate};
 use super::supervisor::{
-    FailureRecord, InstanceSnapshot, InstanceStatus, LifecycleChange, RestartStrategy,
-    SupervisorSnapshot,
+    FailureRecord, InstanceSnapshot, InstanceStatus, LifecycleChange, OperatorAction,
+    RestartStrategy, SupervisorSnapshot,
 };
 use super::system::NodeContext;
 
@@ -336,9 +336,11 @@ impl<A: Agent> KindRuntime<A> {
 /// and operator actions addressed by kind name.
 pub(crate) trait KindControl: Send + Sync {
     fn snapshot(&self) -> SupervisorSnapshot;
-    fn reset(
+    /// Resets or crashes one instance of this node.
+    fn operate(
         &self,
         key: &str,
+        action: OperatorAction,
         correlation_id: Option<CorrelationId>,
     ) -> BoxFuture<'static, Result<InstanceSnapshot, AgentError>>;
     /// Asks every instance whose key another node owns now to passivate;
@@ -507,9 +509,10 @@ impl<A: Agent> KindControl for KindRuntime<A> {
         }
     }
 
-    fn reset(
+    fn operate(
         &self,
         key: &str,
+        action: OperatorAction,
         correlation_id: Option<CorrelationId>,
     ) -> BoxFuture<'static, Result<InstanceSnapshot, AgentError>> {
         let key: Arc<str> = key.into();
@@ -527,11 +530,14 @@ impl<A: Agent> KindControl for KindRuntime<A> {
         };
         Box::pin(async move {
             // `send` waits for mailbox room: an operator action, not a client flood.
-            addr.send(Reset { correlation_id })
-                .await
-                .map_err(|_| AgentError::Stopped {
-                    target: KindRuntime::<A>::target(&key),
-                })??;
+            addr.send(Operate {
+                action,
+                correlation_id,
+            })
+            .await
+            .map_err(|_| AgentError::Stopped {
+                target: KindRuntime::<A>::target(&key),
+            })??;
             Ok(cell.snapshot(&key, capacity))
         })
     }

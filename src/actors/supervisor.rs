@@ -218,6 +218,16 @@ pub struct SupervisionEvent {
     pub at: Instant,
 }
 
+/// What an operator does to one instance.
+#[derive(Debug, Clone)]
+pub(crate) enum OperatorAction {
+    /// Brings a failed instance back: restart history cleared, state reloaded.
+    Reset,
+    /// Fault injection: the instance fails as if its handler had, and its
+    /// supervisor decides (for drills, demos and the dashboard test).
+    Crash { reason: String },
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum LifecycleChange {
     Activated,

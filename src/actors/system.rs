@@ -27,8 +27,8 @@ use super::error::AgentError;
 use super::events::DomainEvent;
 use super::registry::{KindControl, KindRuntime};
 use super::supervisor::{
-    InstanceSnapshot, InstanceStatus, LifecycleChange, RestartStrategy, SupervisionEvent,
-    SupervisionTree,
+    InstanceSnapshot, InstanceStatus, LifecycleChange, OperatorAction, RestartStrategy,
+    SupervisionEvent, SupervisionTree,
 };
 
 /// Settings of the agent runtime (the `[runtime]` table of the configuration).
@@ -431,7 +431,23 @@ impl System {
         key: &str,
         correlation_id: Option<CorrelationId>,
     ) -> Result<InstanceSnapshot, AgentError> {
-        self.control(kind)?.reset(key, correlation_id).await
+        self.control(kind)?
+            .operate(key, OperatorAction::Reset, correlation_id)
+            .await
+    }
+
+    /// Fault injection: a running instance fails as if its handler had, and
+    /// its supervisor restarts it (or escalates). Admin only, over HTTP.
+    pub async fn crash(
+        &self,
+        kind: &str,
+        key: &str,
+        reason: String,
+        correlation_id: Option<CorrelationId>,
+    ) -> Result<InstanceSnapshot, AgentError> {
+        self.control(kind)?
+            .operate(key, OperatorAction::Crash { reason }, correlation_id)
+            .await
     }
 
     /// Lifecycle changes of every instance on this node, from now on.

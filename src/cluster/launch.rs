@@ -181,11 +181,11 @@ fn print_summary(launched: &[Launched], options: &LaunchOptions, secret: &str) {
         crate::store::redact_url(&options.database_url)
     );
     println!();
-    println!("| node | HTTP API | members | supervision tree |");
+    println!("| node | dashboard | HTTP API | members |");
     println!("|---|---|---|---|");
     for node in launched {
         println!(
-            "| {} | {}/api/v1 | {}/api/v1/cluster | {}/api/v1/actors |",
+            "| {} | {}/dashboard | {}/api/v1 | {}/api/v1/cluster |",
             node.name, node.http, node.http, node.http
         );
     }

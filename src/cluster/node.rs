@@ -474,14 +474,11 @@ async fn advertised_ip(host: &str) -> Result<std::net::IpAddr, ClusterError> {
 /// What a node's lease carries to show it holds the cluster secret:
 /// HMAC-SHA256 of its name. A cluster of one has no secret and no proof.
 fn proof(config: &ClusterConfig, node: &str) -> String {
-    use hmac::{Hmac, Mac};
+    use hmac::Mac;
     let Some(secret) = config.secret.as_ref().filter(|_| config.enabled) else {
         return String::new();
     };
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes())
-        .expect("HMAC takes keys of any length");
-    mac.update(b"valueverse-lease-v1:");
-    mac.update(node.as_bytes());
+    let mac = super::signed(secret, &[b"valueverse-lease-v1:", node.as_bytes()]);
     hex::encode(mac.finalize().into_bytes())
 }
 

@@ -1,12 +1,13 @@
 //! `/api/v1/actors`: the live supervision tree and operator resets.
 
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 
 use crate::actors::{CorrelationId, System};
 
 use super::error::ErrorDoc;
 use super::error::{ApiError, parse_json};
+use super::forward::{self, NodeQuery};
 
 /// The supervision tree of this node.
 #[utoipa::path(
@@ -41,6 +42,7 @@ struct ResetRequest {
     params(
         ("kind" = String, Path, description = "agent kind"),
         ("key" = String, Path, description = "instance key"),
+        NodeQuery,
     ),
     responses(
         (status = 200, description = "the instance, reset", body = Object),
@@ -55,8 +57,12 @@ pub(crate) async fn reset(
     system: web::Data<System>,
     path: web::Path<(String, String)>,
     correlation_id: web::ReqData<CorrelationId>,
+    http: HttpRequest,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
+    if let Some(answer) = forward::elsewhere(&http, &body).await? {
+        return Ok(answer);
+    }
     let request: ResetRequest = parse_json(&body, true)?;
     let (kind, key) = path.into_inner();
     let correlation_id = correlation_id.into_inner();
@@ -68,5 +74,61 @@ pub(crate) async fn reset(
         "reset requested"
     );
     let snapshot = system.reset(&kind, &key, Some(correlation_id)).await?;
+    Ok(HttpResponse::Ok().json(snapshot))
+}
+
+/// Body of a fault injection.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct CrashRequest {
+    /// Why: goes to the log and the instance's last failure.
+    reason: String,
+}
+
+/// Fault injection (admin): a running instance fails as if its handler had,
+/// and its supervisor restarts it or, past its restart budget, escalates.
+#[utoipa::path(
+    post,
+    path = "/api/v1/actors/{kind}/{key}/crash",
+    tag = "actors",
+    request_body = CrashRequest,
+    params(
+        ("kind" = String, Path, description = "agent kind"),
+        ("key" = String, Path, description = "instance key"),
+        NodeQuery,
+    ),
+    responses(
+        (status = 200, description = "the instance, failed and in its supervisor's hands", body = Object),
+        (status = 401, description = "no or unknown API key", body = ErrorDoc),
+        (status = 403, description = "the key's role is too weak", body = ErrorDoc),
+        (status = 404, description = "no such instance on the node", body = ErrorDoc),
+        (status = 409, description = "the instance is not running", body = ErrorDoc),
+        (status = 422, description = "invalid body", body = ErrorDoc),
+    ),
+    security(("bearer" = [])),
+)]
+pub(crate) async fn crash(
+    system: web::Data<System>,
+    path: web::Path<(String, String)>,
+    correlation_id: web::ReqData<CorrelationId>,
+    http: HttpRequest,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    if let Some(answer) = forward::elsewhere(&http, &body).await? {
+        return Ok(answer);
+    }
+    let request: CrashRequest = parse_json(&body, false)?;
+    if request.reason.trim().is_empty() || request.reason.len() > 500 {
+        return Err(ApiError::invalid_field(
+            "reason",
+            "give a reason of 1 to 500 characters".into(),
+        ));
+    }
+    let (kind, key) = path.into_inner();
+    let correlation_id = correlation_id.into_inner();
+    tracing::warn!(%kind, %key, %correlation_id, reason = %request.reason, "fault injection requested");
+    let snapshot = system
+        .crash(&kind, &key, request.reason, Some(correlation_id))
+        .await?;
     Ok(HttpResponse::Ok().json(snapshot))
 }

@@ -153,6 +153,9 @@ impl From<AgentError> for ApiError {
             AgentError::NotFailed { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "not_failed", message)
             }
+            AgentError::NotActive { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "not_active", message)
+            }
             AgentError::UnknownInstance { .. } => {
                 ApiError::new(StatusCode::NOT_FOUND, "unknown_instance", message)
             }
@@ -216,12 +219,21 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8], empty_is_object: bool) -> Re
             } else {
                 "malformed_json"
             };
-            let error = ApiError::new(StatusCode::BAD_REQUEST, code, inner.to_string());
+            let message = inner.to_string();
+            // serde reports a missing field at the object that lacks it.
+            let missing = message
+                .strip_prefix("missing field `")
+                .and_then(|rest| rest.split_once('`'))
+                .map(|(name, _)| match path.as_str() {
+                    "." => name.to_owned(),
+                    parent => format!("{parent}.{name}"),
+                });
+            let error = ApiError::new(StatusCode::BAD_REQUEST, code, message);
             // A syntax error has no field to name: the body is not JSON.
-            Err(if code == "invalid_field" && path != "." {
-                error.with_field(path)
-            } else {
-                error
+            Err(match missing {
+                Some(field) if code == "invalid_field" => error.with_field(field),
+                None if code == "invalid_field" && path != "." => error.with_field(path),
+                _ => error,
             })
         }
     }

@@ -82,7 +82,10 @@ pub(crate) struct Auth {
 /// The role a request needs; `None`: open to all (probes, metrics, docs).
 fn required_role(method: &actix_web::http::Method, path: &str) -> Option<Role> {
     use actix_web::http::Method;
-    if matches!(path, "/health" | "/ready" | "/metrics") || path.starts_with("/api-docs") {
+    if matches!(path, "/health" | "/ready" | "/metrics" | "/dashboard")
+        || path.starts_with("/api-docs")
+        || path.starts_with("/dashboard/")
+    {
         return None;
     }
     let reads = matches!(*method, Method::GET | Method::HEAD);
@@ -120,6 +123,19 @@ fn presented_key(request: &ServiceRequest) -> Option<String> {
     None
 }
 
+/// Another node of the cluster asking for this node's dashboard panel,
+/// signed with the cluster secret (the one route a peer may read).
+fn is_peer(request: &ServiceRequest) -> bool {
+    request.path() == "/api/v1/dashboard/node"
+        && request.method() == actix_web::http::Method::GET
+        && request
+            .headers()
+            .get(crate::dashboard::PEER_HEADER)
+            .and_then(|value| value.to_str().ok())
+            .zip(request.app_data::<web::Data<crate::dashboard::Dashboard>>())
+            .is_some_and(|(token, dashboard)| dashboard.is_peer(token))
+}
+
 /// 401 without a valid key, 403 with too weak a role.
 pub(crate) async fn authenticate<B: MessageBody>(
     request: ServiceRequest,
@@ -133,7 +149,7 @@ pub(crate) async fn authenticate<B: MessageBody>(
     let (Some(auth), Some(system)) = (auth, system) else {
         return Ok(next.call(request).await?.map_into_left_body());
     };
-    if auth.dev {
+    if auth.dev || is_peer(&request) {
         return Ok(next.call(request).await?.map_into_left_body());
     }
     let refuse = |request: ServiceRequest, error: ApiError| {

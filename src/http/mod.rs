@@ -7,7 +7,10 @@
 //! | `GET /ready` | the store is reachable and migrated |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /api/v1/actors` | the live supervision tree |
-//! | `POST /api/v1/actors/{kind}/{key}/reset` | clear a failed instance |
+//! | `POST /api/v1/actors/{kind}/{key}/reset` | clear a failed instance (`?node=` another node's) |
+//! | `POST /api/v1/actors/{kind}/{key}/crash` | admin: fault injection, the supervisor restarts it |
+//! | `GET /dashboard` | the operator page; `GET /ws/dashboard` its live frames |
+//! | `GET /api/v1/dashboard`, `GET /api/v1/dashboard/node` | one frame of the cluster; this node's panel |
 //! | `GET /api/v1/cluster` | members, their state and leases, ownership |
 //! | `POST /api/v1/api-keys`, `GET`, `DELETE /api/v1/api-keys/{id}` | admin: API keys |
 //! | `POST /api/v1/simulations` | queue a Monte Carlo job |
@@ -33,7 +36,9 @@ mod actors;
 mod api_keys;
 mod cluster;
 mod commitments;
+mod dashboard;
 mod error;
+mod forward;
 mod listing;
 mod middleware;
 mod operations;
@@ -53,6 +58,7 @@ use crate::actors::System;
 use crate::auth::KeyCache;
 use crate::cluster::node::ClusterNode;
 use crate::config::Config;
+use crate::dashboard::Dashboard;
 use crate::notifier::Notifications;
 use crate::saga::SagaRunner;
 use crate::simulation::Simulations;
@@ -71,6 +77,10 @@ macro_rules! api {
         fn routes(config: &mut web::ServiceConfig) {
             $( config.service(web::resource($path) $( .route(web::$method().to($handler)) )+ ); )*
             config.service(web::resource("/api-docs/openapi.json").route(web::get().to(openapi_json)));
+            // The page and its assets: static, open to all (the data behind
+            // them needs a key).
+            config.service(web::resource("/dashboard").route(web::get().to(dashboard::page)));
+            config.service(web::resource("/dashboard/{file}").route(web::get().to(dashboard::file)));
         }
     };
 }
@@ -81,6 +91,10 @@ api! {
     "/metrics" => { get: operations::metrics }
     "/api/v1/actors" => { get: actors::tree }
     "/api/v1/actors/{kind}/{key}/reset" => { post: actors::reset }
+    "/api/v1/actors/{kind}/{key}/crash" => { post: actors::crash }
+    "/api/v1/dashboard" => { get: dashboard::frame }
+    "/api/v1/dashboard/node" => { get: dashboard::node }
+    "/ws/dashboard" => { get: dashboard::events }
     "/api/v1/cluster" => { get: cluster::view }
     "/api/v1/api-keys" => { post: api_keys::create, get: api_keys::list }
     "/api/v1/api-keys/{id}" => { delete: api_keys::revoke }
@@ -126,13 +140,14 @@ api! {
         title = "ValueVerse API",
         description = "Business agents as supervised actors: value models, simulations, commitments, plans, insights, notifications."
     ),
-    paths(operations::health, operations::ready, operations::metrics, actors::tree, actors::reset, cluster::view, api_keys::create, api_keys::list, api_keys::revoke, value_models::create, value_models::list, value_models::get, value_models::patch, value_models::versions, value_models::archive, value_models::hypotheses, simulations::submit, simulations::queue, simulations::get, simulations::results, simulations::cancel, simulations::events, commitments::commit, commitments::list, commitments::get, commitments::void, plans::create, plans::list, plans::get, plans::progress, plans::deliver, plans::cancel, plans::insights, webhooks::subscribe, webhooks::list, webhooks::get, webhooks::delete, webhooks::deliveries, webhooks::redeliver, sagas::list, sagas::start_value_creation, sagas::start_renewal, sagas::get, sagas::cancel, sagas::retry, sagas::events),
+    paths(operations::health, operations::ready, operations::metrics, actors::tree, actors::reset, actors::crash, cluster::view, dashboard::frame, dashboard::node, dashboard::events, api_keys::create, api_keys::list, api_keys::revoke, value_models::create, value_models::list, value_models::get, value_models::patch, value_models::versions, value_models::archive, value_models::hypotheses, simulations::submit, simulations::queue, simulations::get, simulations::results, simulations::cancel, simulations::events, commitments::commit, commitments::list, commitments::get, commitments::void, plans::create, plans::list, plans::get, plans::progress, plans::deliver, plans::cancel, plans::insights, webhooks::subscribe, webhooks::list, webhooks::get, webhooks::delete, webhooks::deliveries, webhooks::redeliver, sagas::list, sagas::start_value_creation, sagas::start_renewal, sagas::get, sagas::cancel, sagas::retry, sagas::events),
     components(schemas(error::ErrorDoc)),
     modifiers(&BearerAuth),
     tags(
         (name = "operations", description = "probes and metrics (no key needed)"),
         (name = "actors", description = "the supervision tree and operator resets"),
         (name = "cluster", description = "members, leases and ownership"),
+        (name = "dashboard", description = "the operator dashboard's data (the page is /dashboard)"),
         (name = "api-keys", description = "admin: API keys"),
         (name = "architect", description = "value models, versions, hypotheses"),
         (name = "simulations", description = "Monte Carlo jobs and their WebSocket"),
@@ -174,6 +189,8 @@ pub struct Services {
     pub notifications: Notifications,
     pub sagas: SagaRunner,
     pub cluster: ClusterNode,
+    /// `None` where the dashboard is turned off.
+    pub dashboard: Option<Dashboard>,
 }
 
 /// A running HTTP server.
@@ -197,6 +214,7 @@ impl HttpApi {
             notifications,
             sagas,
             cluster,
+            dashboard,
         } = services;
         let body_limit = config.http_body_limit;
         let auth = web::Data::new(middleware::Auth {
@@ -210,9 +228,14 @@ impl HttpApi {
         let notifications = web::Data::new(notifications);
         let sagas = web::Data::new(sagas);
         let cluster = web::Data::new(cluster);
+        let dashboard = dashboard.map(web::Data::new);
         let server = HttpServer::new(move || {
-            App::new()
-                .app_data(system.clone())
+            // Absent where turned off: its handlers then answer 404.
+            let app = match &dashboard {
+                Some(dashboard) => App::new().app_data(dashboard.clone()),
+                None => App::new(),
+            };
+            app.app_data(system.clone())
                 .app_data(simulations.clone())
                 .app_data(notifications.clone())
                 .app_data(sagas.clone())

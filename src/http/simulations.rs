@@ -306,6 +306,7 @@ pub(crate) async fn results(
     tag = "simulations",
     params(
         ("id" = String, Path, description = "id"),
+        super::forward::NodeQuery,
     ),
     responses(
         (status = 200, description = "cancelled, or cancelling", body = JobView),
@@ -319,7 +320,13 @@ pub(crate) async fn results(
 pub(crate) async fn cancel(
     simulations: web::Data<Simulations>,
     id: web::Path<String>,
+    request: HttpRequest,
+    body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
+    // A running job stops where it runs: `?node=` names that node.
+    if let Some(answer) = super::forward::elsewhere(&request, &body).await? {
+        return Ok(answer);
+    }
     let job = simulations.cancel(&id).await?;
     Ok(HttpResponse::Ok().json(JobView::from(job)))
 }

@@ -139,6 +139,8 @@ pub struct RunningJob {
     pub lane: Lane,
     pub paths: u64,
     pub running_seconds: f64,
+    /// The last progress its worker reported.
+    pub progress: Option<JobProgress>,
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -515,6 +517,10 @@ impl Simulations {
                 .values()
                 .map(|(job, since)| RunningJob {
                     running_seconds: now.duration_since(*since).as_secs_f64(),
+                    progress: inner
+                        .live
+                        .get(&job.id)
+                        .and_then(|live| live.events.borrow().progress.clone()),
                     ..job.clone()
                 })
                 .collect(),
@@ -795,6 +801,7 @@ impl Inner {
                     lane,
                     paths: job.request.paths,
                     running_seconds: 0.0,
+                    progress: None,
                 },
                 Instant::now(),
             ),

@@ -156,6 +156,34 @@ impl Store {
         Ok((total, out))
     }
 
+    /// The latest notifications of every subscription, newest change first
+    /// (the dashboard's feed; payloads left out).
+    pub async fn recent_notifications(&self, limit: i64) -> Result<Vec<Notification>, StoreError> {
+        Ok(with_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT id, subscription_id, event_id, event_type, '' AS payload, status, \
+                 attempts, created_at_ms, updated_at_ms FROM notifications \
+                 ORDER BY updated_at_ms DESC, id DESC LIMIT $1",
+            )
+            .bind(limit)
+            .fetch_all(pool)
+            .await
+        })?)
+    }
+
+    /// The latest attempts that did not deliver, newest first.
+    pub async fn recent_failed_attempts(&self, limit: i64) -> Result<Vec<Attempt>, StoreError> {
+        Ok(with_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT * FROM notification_attempts WHERE outcome <> 'succeeded' \
+                 ORDER BY at_ms DESC, id DESC LIMIT $1",
+            )
+            .bind(limit)
+            .fetch_all(pool)
+            .await
+        })?)
+    }
+
     /// Notifications left `pending` (a restart interrupted them).
     pub async fn pending_notifications(&self) -> Result<Vec<Notification>, StoreError> {
         Ok(with_pool!(self, pool => {

@@ -418,6 +418,15 @@ async fn cluster_up_launches_nodes_that_form_a_cluster_and_stops_them() {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
     }
+    // Each node serves the dashboard the summary points to.
+    for url in &urls {
+        let page = client
+            .get(url.replace("/api/v1", "/dashboard"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(page.status(), reqwest::StatusCode::OK);
+    }
     // Ctrl-C stops every node, and the launcher exits cleanly.
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id().unwrap() as i32),
@@ -470,7 +479,10 @@ async fn cluster_up(url: &str, nodes: usize) -> (tokio::process::Child, Vec<Stri
     let mut urls = Vec::new();
     while let Some(line) = lines.next_line().await.unwrap() {
         if line.starts_with("| n") && line.contains("http://") {
-            urls.push(line.split('|').nth(2).unwrap().trim().to_owned());
+            // | node | dashboard | HTTP API | members |
+            let columns: Vec<&str> = line.split('|').map(str::trim).collect();
+            assert!(columns[2].ends_with("/dashboard"), "{line}");
+            urls.push(columns[3].to_owned());
         }
         if line.starts_with("Ctrl-C") {
             break;

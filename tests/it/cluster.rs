@@ -210,6 +210,50 @@ async fn three_nodes_serve_every_key_and_survive_a_kill_9() {
         }
         assert!(seen.windows(2).all(|pair| pair[0] == pair[1]), "{seen:?}");
     }
+    // The dashboard of any node shows every node's tree (peers sign their
+    // panel requests with the cluster secret), and an operator action
+    // sent to n1 for an instance on another node is carried out there.
+    let frame = get(&client, &format!("{}/dashboard", nodes[1].base))
+        .await
+        .unwrap();
+    let panels = frame["nodes"].as_array().unwrap();
+    assert_eq!(panels.len(), 3, "{frame}");
+    let mut shown = 0;
+    for panel in panels {
+        assert!(panel.get("error").is_none(), "{panel}");
+        let architect = panel["kinds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|kind| kind["kind"] == "architect")
+            .unwrap();
+        shown += architect["num_active"].as_u64().unwrap();
+    }
+    assert_eq!(shown as usize, hosts.len(), "{frame}");
+    let (victim, victim_host) = hosts.iter().find(|(_, host)| *host != "n1").unwrap();
+    let crashed = client
+        .post(format!(
+            "{}/actors/architect/{victim}/crash?node={victim_host}",
+            nodes[0].base
+        ))
+        .json(&json!({ "reason": "drill across nodes" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(crashed.status(), 200, "{}", crashed.text().await.unwrap());
+    let host = nodes.iter().find(|node| &node.name == victim_host).unwrap();
+    let tree = get(&client, &format!("{}/actors", host.base))
+        .await
+        .unwrap();
+    let restarted = tree["supervisors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|kind| kind["instances"].as_array().unwrap())
+        .find(|instance| instance["key"] == victim.as_str())
+        .unwrap();
+    assert_eq!(restarted["restarts"], 1, "{restarted}");
+
     // A refusal on the owner keeps its status and field on another node.
     let remote_model = models
         .iter()

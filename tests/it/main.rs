@@ -5,6 +5,7 @@ mod cli;
 mod cluster;
 mod commitments;
 mod crash;
+mod dashboard;
 mod http;
 mod monitoring;
 mod openapi;

@@ -1,0 +1,578 @@
+//! The operator dashboard's data: one frame of the whole cluster (members,
+//! each node's supervision tree and activity, sagas, simulations,
+//! notifications), built once per interval while somebody watches and
+//! shared by every viewer.
+//!
+//! Cost: with nobody watching the builder sleeps on a `Notify` and does
+//! nothing; a sampler reads a few atomic counters every two seconds so that
+//! a viewer who arrives sees the last minutes. Any number of viewers share
+//! one frame (one build, one serialization per interval).
+
+mod assets;
+pub mod bench;
+
+pub(crate) use assets::asset;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use prometheus::{IntCounter, IntGauge};
+use serde::Serialize;
+use tokio::sync::{Notify, watch};
+
+use crate::actors::{InstanceSnapshot, InstanceStatus, System};
+use crate::cluster::node::{ClusterNode, ClusterView};
+use crate::saga::Saga;
+use crate::simulation::{QueueSnapshot, Simulations};
+use crate::store::{Attempt, Notification, StoreError, unix_millis};
+
+/// How often a watched dashboard is rebuilt.
+pub const FRAME_INTERVAL: Duration = Duration::from_secs(1);
+/// How often activity is sampled, and how many samples are kept (5 min).
+const SAMPLE_INTERVAL: Duration = Duration::from_secs(2);
+const SAMPLES_KEPT: usize = 150;
+/// Instances shown per kind: failed and busy ones first.
+const INSTANCES_SHOWN: usize = 40;
+/// How long a peer may take to answer before its panel shows it unreachable.
+const PEER_TIMEOUT: Duration = Duration::from_millis(800);
+/// Header by which a node asks a peer for its panel, and how long the
+/// signed timestamp in it stays good.
+pub(crate) const PEER_HEADER: &str = "x-valueverse-peer";
+const PEER_TOKEN_TTL_MS: i64 = 30_000;
+
+/// Activity of a node at one moment: running totals.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sample {
+    pub at_ms: i64,
+    pub messages: u64,
+    pub restarts: u64,
+}
+
+/// One kind's supervisor on one node, trimmed for the page.
+#[derive(Debug, Clone, Serialize)]
+pub struct KindPanel {
+    pub kind: String,
+    pub num_active: usize,
+    pub num_restarting: usize,
+    pub num_failed: usize,
+    /// Instances in the tree (only the first [`INSTANCES_SHOWN`] are listed).
+    pub instances_total: usize,
+    pub instances: Vec<InstanceSnapshot>,
+    pub messages_total: u64,
+    pub restarts_total: u64,
+    /// Messages handled per second over the last sample interval.
+    pub messages_per_second: f64,
+}
+
+/// What one node shows of itself.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodePanel {
+    pub node: String,
+    pub at_ms: i64,
+    pub kinds: Vec<KindPanel>,
+    pub history: Vec<Sample>,
+    pub simulations: QueueSnapshot,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SagaPanel {
+    pub running_total: i64,
+    pub compensating_total: i64,
+    pub needs_attention_total: i64,
+    /// Running, compensating and needs_attention sagas, newest first.
+    pub in_flight: Vec<Saga>,
+    /// The latest sagas that ended.
+    pub recent: Vec<Saga>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NotificationPanel {
+    pub recent: Vec<Notification>,
+    pub failures: Vec<Attempt>,
+}
+
+/// Everything the page shows, as one JSON frame.
+#[derive(Debug, Clone, Serialize)]
+pub struct Frame {
+    pub at_ms: i64,
+    /// The node that built the frame.
+    pub node: String,
+    pub viewers: usize,
+    pub cluster: ClusterView,
+    /// Each member's panel, or `{node, error}` where it did not answer.
+    pub nodes: Vec<serde_json::Value>,
+    pub sagas: SagaPanel,
+    /// The latest simulation jobs, with results where finished.
+    pub simulations: Vec<serde_json::Value>,
+    pub notifications: NotificationPanel,
+}
+
+struct Metrics {
+    viewers: IntGauge,
+    frames: IntCounter,
+}
+
+struct Inner {
+    system: System,
+    simulations: Simulations,
+    cluster: ClusterNode,
+    /// Signs panel requests to peers; `None` in a cluster of one.
+    peer_secret: Option<String>,
+    http: reqwest::Client,
+    history: Mutex<History>,
+    frames: watch::Sender<Option<Arc<str>>>,
+    wake: Arc<Notify>,
+    metrics: Metrics,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+#[derive(Default)]
+struct History {
+    samples: VecDeque<Sample>,
+    /// Per kind: the last totals and the rate between the last two samples.
+    kinds: HashMap<String, (u64, f64)>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let tasks = self.tasks.get_mut().unwrap_or_else(|p| p.into_inner());
+        for task in tasks.drain(..) {
+            task.abort();
+        }
+    }
+}
+
+/// The dashboard of one node. Cheap to clone.
+#[derive(Clone)]
+pub struct Dashboard {
+    inner: Arc<Inner>,
+}
+
+/// A viewer's subscription: frames as they are built. Dropping it is
+/// leaving; the builder stops when the last viewer leaves.
+pub struct Viewer {
+    pub frames: watch::Receiver<Option<Arc<str>>>,
+    inner: Arc<Inner>,
+}
+
+impl Drop for Viewer {
+    fn drop(&mut self) {
+        // The receiver is still counted here, hence the minus one.
+        let left = self.inner.frames.receiver_count().saturating_sub(1);
+        self.inner.metrics.viewers.set(left as i64);
+    }
+}
+
+impl Dashboard {
+    /// Starts the sampler and the (idle) frame builder. Must be called
+    /// inside a tokio runtime.
+    pub fn start(
+        system: System,
+        simulations: Simulations,
+        cluster: ClusterNode,
+        peer_secret: Option<String>,
+    ) -> Dashboard {
+        let registry = system.metrics().registry();
+        let viewers = IntGauge::new(
+            "valueverse_dashboard_viewers",
+            "Dashboard viewers connected to this node",
+        )
+        .expect("valid metric");
+        let frames = IntCounter::new(
+            "valueverse_dashboard_frames_total",
+            "Dashboard frames built by this node (none while nobody watches)",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(viewers.clone()))
+            .and_then(|()| registry.register(Box::new(frames.clone())))
+            .expect("dashboard metrics registered once per node");
+        let inner = Arc::new(Inner {
+            system,
+            simulations,
+            cluster,
+            peer_secret,
+            http: reqwest::Client::builder()
+                .timeout(PEER_TIMEOUT)
+                .build()
+                .unwrap_or_default(),
+            history: Mutex::new(History::default()),
+            frames: watch::Sender::new(None),
+            wake: Arc::new(Notify::new()),
+            metrics: Metrics { viewers, frames },
+            tasks: Mutex::new(Vec::new()),
+        });
+        inner.sample();
+        let sampler = tokio::spawn(sample_forever(Arc::downgrade(&inner)));
+        let builder = tokio::spawn(build_while_watched(
+            Arc::downgrade(&inner),
+            Arc::clone(&inner.wake),
+        ));
+        inner.tasks().extend([sampler, builder]);
+        Dashboard { inner }
+    }
+
+    /// Joins the viewers; the first frame comes within one interval (at
+    /// once if one was built recently).
+    pub fn watch(&self) -> Viewer {
+        let inner = &self.inner;
+        let frames = inner.frames.subscribe();
+        inner
+            .metrics
+            .viewers
+            .set(inner.frames.receiver_count() as i64);
+        inner.wake.notify_one();
+        Viewer {
+            frames,
+            inner: Arc::clone(inner),
+        }
+    }
+
+    /// A frame built now, for a client that polls (`GET /api/v1/dashboard`).
+    pub async fn frame(&self) -> Result<Frame, StoreError> {
+        self.inner.frame(None).await
+    }
+
+    /// This node's own panel (peers fetch it to build their frames).
+    pub fn node_panel(&self) -> NodePanel {
+        self.inner.node_panel()
+    }
+
+    /// Whether `token` (a peer's request header) was signed with this
+    /// cluster's secret within the last half minute.
+    pub fn is_peer(&self, token: &str) -> bool {
+        self.inner
+            .peer_secret
+            .as_deref()
+            .is_some_and(|secret| peer_token_is_good(secret, token, unix_millis()))
+    }
+}
+
+async fn sample_forever(inner: Weak<Inner>) {
+    let mut every = tokio::time::interval(SAMPLE_INTERVAL);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    every.tick().await;
+    loop {
+        every.tick().await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        inner.sample();
+    }
+}
+
+async fn build_while_watched(inner: Weak<Inner>, wake: Arc<Notify>) {
+    loop {
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        if strong.frames.receiver_count() == 0 {
+            drop(strong);
+            wake.notified().await;
+            continue;
+        }
+        let viewers = strong.frames.receiver_count();
+        match strong.frame(Some(viewers)).await {
+            Ok(frame) => match serde_json::to_string(&frame) {
+                Ok(text) => {
+                    strong.metrics.frames.inc();
+                    strong.frames.send_replace(Some(text.into()));
+                }
+                Err(error) => tracing::warn!(%error, "dashboard: cannot encode a frame"),
+            },
+            Err(error) => tracing::warn!(%error, "dashboard: cannot read the store"),
+        }
+        drop(strong);
+        tokio::time::sleep(FRAME_INTERVAL).await;
+    }
+}
+
+/// `<unix ms>.<hex HMAC-SHA256(secret, "valueverse-dashboard-v1:" ms)>`.
+fn peer_token(secret: &str, at_ms: i64) -> String {
+    use hmac::Mac;
+    let at = at_ms.to_string();
+    let mac = crate::cluster::signed(secret, &[PEER_DOMAIN, at.as_bytes()]);
+    format!("{at}.{}", hex::encode(mac.finalize().into_bytes()))
+}
+
+const PEER_DOMAIN: &[u8] = b"valueverse-dashboard-v1:";
+
+fn peer_token_is_good(secret: &str, token: &str, now_ms: i64) -> bool {
+    use hmac::Mac;
+    let Some((at, mac)) = token.split_once('.') else {
+        return false;
+    };
+    let (Ok(at_ms), Ok(mac)) = (at.parse::<i64>(), hex::decode(mac)) else {
+        return false;
+    };
+    (now_ms - at_ms).abs() <= PEER_TOKEN_TTL_MS
+        && crate::cluster::signed(secret, &[PEER_DOMAIN, at.as_bytes()])
+            .verify_slice(&mac)
+            .is_ok()
+}
+
+impl Inner {
+    fn tasks(&self) -> std::sync::MutexGuard<'_, Vec<tokio::task::JoinHandle<()>>> {
+        self.tasks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn history(&self) -> std::sync::MutexGuard<'_, History> {
+        self.history.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn sample(&self) {
+        let now = unix_millis();
+        let activity = self.system.metrics().activity();
+        let mut history = self.history();
+        let elapsed = history
+            .samples
+            .back()
+            .map(|last| (now - last.at_ms) as f64 / 1000.0);
+        for kind in &activity {
+            let (last, rate) = history.kinds.entry(kind.kind.clone()).or_default();
+            if let Some(seconds) = elapsed.filter(|s| *s > 0.0) {
+                *rate = kind.messages.saturating_sub(*last) as f64 / seconds;
+            }
+            *last = kind.messages;
+        }
+        if history.samples.len() == SAMPLES_KEPT {
+            history.samples.pop_front();
+        }
+        history.samples.push_back(Sample {
+            at_ms: now,
+            messages: activity.iter().map(|kind| kind.messages).sum(),
+            restarts: activity.iter().map(|kind| kind.restarts).sum(),
+        });
+    }
+
+    fn node_panel(&self) -> NodePanel {
+        let tree = self.system.supervision_tree();
+        let activity: HashMap<String, (u64, u64)> = self
+            .system
+            .metrics()
+            .activity()
+            .into_iter()
+            .map(|kind| (kind.kind, (kind.messages, kind.restarts)))
+            .collect();
+        let history = self.history();
+        let kinds = tree
+            .supervisors
+            .into_iter()
+            .map(|supervisor| {
+                let (messages_total, restarts_total) =
+                    activity.get(&supervisor.kind).copied().unwrap_or_default();
+                let messages_per_second = history
+                    .kinds
+                    .get(&supervisor.kind)
+                    .map_or(0.0, |(_, rate)| *rate);
+                let instances_total = supervisor.instances.len();
+                let mut instances = supervisor.instances;
+                instances.sort_by(|a, b| {
+                    rank(a.status)
+                        .cmp(&rank(b.status))
+                        .then(b.mailbox_depth.cmp(&a.mailbox_depth))
+                        .then(b.messages_handled.cmp(&a.messages_handled))
+                });
+                instances.truncate(INSTANCES_SHOWN);
+                KindPanel {
+                    kind: supervisor.kind,
+                    num_active: supervisor.num_active,
+                    num_restarting: supervisor.num_restarting,
+                    num_failed: supervisor.num_failed,
+                    instances_total,
+                    instances,
+                    messages_total,
+                    restarts_total,
+                    messages_per_second,
+                }
+            })
+            .collect();
+        NodePanel {
+            node: tree.node,
+            at_ms: unix_millis(),
+            kinds,
+            history: history.samples.iter().cloned().collect(),
+            simulations: self.simulations.queue(),
+        }
+    }
+
+    async fn frame(&self, viewers: Option<usize>) -> Result<Frame, StoreError> {
+        let cluster = self.cluster.view().await;
+        let me = self.system.node_name().to_owned();
+        let peers = cluster
+            .members
+            .iter()
+            .filter(|member| !member.is_self && member.state != "down")
+            .map(|member| self.peer_panel(member.node.clone(), member.http_addr.clone()));
+        let (peers, sagas, simulations, notifications) = tokio::join!(
+            futures_util::future::join_all(peers),
+            self.sagas(),
+            self.recent_simulations(),
+            self.notifications(),
+        );
+        let own = serde_json::to_value(self.node_panel()).unwrap_or_default();
+        let mut nodes = vec![own];
+        nodes.extend(peers);
+        Ok(Frame {
+            at_ms: unix_millis(),
+            node: me,
+            viewers: viewers.unwrap_or_else(|| self.frames.receiver_count()),
+            cluster,
+            nodes,
+            sagas: sagas?,
+            simulations: simulations?,
+            notifications: notifications?,
+        })
+    }
+
+    async fn peer_panel(&self, node: String, http_addr: String) -> serde_json::Value {
+        let unreachable = |error: String| serde_json::json!({ "node": node, "error": error });
+        let Some(secret) = &self.peer_secret else {
+            return unreachable("no cluster secret to sign the request".into());
+        };
+        let request = self
+            .http
+            .get(format!("http://{http_addr}/api/v1/dashboard/node"))
+            .header(PEER_HEADER, peer_token(secret, unix_millis()));
+        let response = match request.send().await {
+            Ok(response) if response.status().is_success() => response,
+            Ok(response) => return unreachable(format!("answered {}", response.status())),
+            Err(error) => return unreachable(error.to_string()),
+        };
+        match response.json::<serde_json::Value>().await {
+            Ok(panel) => panel,
+            Err(error) => unreachable(error.to_string()),
+        }
+    }
+
+    async fn sagas(&self) -> Result<SagaPanel, StoreError> {
+        let store = self.system.store();
+        let page = |status: Option<&'static str>, limit| async move {
+            store
+                .list_records("sagas", &[("status", status)], limit, 0)
+                .await
+        };
+        let (running, compensating, attention, completed, compensated) = tokio::join!(
+            page(Some("running"), 15),
+            page(Some("compensating"), 10),
+            page(Some("needs_attention"), 10),
+            page(Some("completed"), 10),
+            page(Some("compensated"), 10),
+        );
+        let (running, compensating, attention) = (running?, compensating?, attention?);
+        let parse = |bodies: Vec<String>| -> Vec<Saga> {
+            bodies
+                .iter()
+                .filter_map(|body| serde_json::from_str(body).ok())
+                .collect()
+        };
+        let mut in_flight = parse(attention.bodies);
+        in_flight.extend(parse(compensating.bodies));
+        in_flight.extend(parse(running.bodies));
+        let mut recent = parse(completed?.bodies);
+        recent.extend(parse(compensated?.bodies));
+        recent.sort_by_key(|saga| std::cmp::Reverse(saga.updated_at));
+        recent.truncate(10);
+        Ok(SagaPanel {
+            running_total: running.total,
+            compensating_total: compensating.total,
+            needs_attention_total: attention.total,
+            in_flight,
+            recent,
+        })
+    }
+
+    /// The latest jobs, the request's model and the raw quantiles left out
+    /// (the page draws the histogram, the tornado and the summary).
+    async fn recent_simulations(&self) -> Result<Vec<serde_json::Value>, StoreError> {
+        let page = self
+            .system
+            .store()
+            .list_records("simulations", &[], 8, 0)
+            .await?;
+        Ok(page
+            .bodies
+            .iter()
+            .filter_map(|body| serde_json::from_str::<serde_json::Value>(body).ok())
+            .map(|mut job| {
+                if let Some(request) = job.get_mut("request").and_then(|r| r.as_object_mut()) {
+                    request.remove("model");
+                }
+                if let Some(result) = job.get_mut("result").and_then(|r| r.as_object_mut()) {
+                    result.remove("npv_quantiles");
+                }
+                job
+            })
+            .collect())
+    }
+
+    async fn notifications(&self) -> Result<NotificationPanel, StoreError> {
+        let store = self.system.store();
+        let (recent, failures) = tokio::join!(
+            store.recent_notifications(10),
+            store.recent_failed_attempts(10)
+        );
+        Ok(NotificationPanel {
+            recent: recent?,
+            failures: failures?,
+        })
+    }
+}
+
+/// Failed first, then restarting, activating, active, passivated.
+fn rank(status: InstanceStatus) -> u8 {
+    match status {
+        InstanceStatus::Failed => 0,
+        InstanceStatus::Restarting => 1,
+        InstanceStatus::Activating => 2,
+        InstanceStatus::Active => 3,
+        _ => 4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "a cluster secret of some length";
+
+    #[test]
+    fn a_peer_token_is_good_only_fresh_and_under_the_same_secret() {
+        let now = 1_800_000_000_000;
+        let token = peer_token(SECRET, now);
+        assert!(peer_token_is_good(SECRET, &token, now));
+        assert!(peer_token_is_good(SECRET, &token, now + PEER_TOKEN_TTL_MS));
+        assert!(!peer_token_is_good(
+            SECRET,
+            &token,
+            now + PEER_TOKEN_TTL_MS + 1
+        ));
+        assert!(!peer_token_is_good(
+            "another secret, just as long",
+            &token,
+            now
+        ));
+        // The timestamp is signed: moving it breaks the MAC.
+        let (_, mac) = token.split_once('.').unwrap();
+        assert!(!peer_token_is_good(
+            SECRET,
+            &format!("{}.{mac}", now + 1),
+            now
+        ));
+        for garbage in ["", ".", "x.y", "1.zz", &format!("{now}.")] {
+            assert!(!peer_token_is_good(SECRET, garbage, now), "{garbage:?}");
+        }
+    }
+
+    #[test]
+    fn instances_are_ranked_failed_first() {
+        use InstanceStatus::*;
+        let mut statuses = [Active, Passivated, Failed, Activating, Restarting];
+        statuses.sort_by_key(|status| rank(*status));
+        assert_eq!(
+            statuses,
+            [Failed, Restarting, Activating, Active, Passivated]
+        );
+    }
+}

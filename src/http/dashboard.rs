@@ -1,0 +1,148 @@
+//! `/dashboard`: the operator page (assets compiled in), its live frames
+//! over a WebSocket, and the same frame for clients that poll.
+
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, web};
+use actix_ws::Message;
+
+use crate::dashboard::{Dashboard, Frame, NodePanel, asset};
+
+use super::error::{ApiError, ErrorDoc};
+
+/// Client frames are pings and closes: anything big is a misbehaving client.
+const MAX_CLIENT_FRAME: usize = 4 * 1024;
+
+/// The dashboard of this node, or 404 where it is turned off.
+fn enabled(dashboard: Option<web::Data<Dashboard>>) -> Result<web::Data<Dashboard>, ApiError> {
+    dashboard.ok_or_else(|| {
+        ApiError::new(
+            actix_web::http::StatusCode::NOT_FOUND,
+            "dashboard_disabled",
+            "this node runs without the dashboard (--no-dashboard)",
+        )
+    })
+}
+
+pub(crate) async fn page(
+    dashboard: Option<web::Data<Dashboard>>,
+) -> Result<HttpResponse, ApiError> {
+    enabled(dashboard)?;
+    Ok(serve("index.html"))
+}
+
+pub(crate) async fn file(
+    dashboard: Option<web::Data<Dashboard>>,
+    name: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    enabled(dashboard)?;
+    Ok(serve(&name))
+}
+
+fn serve(name: &str) -> HttpResponse {
+    match asset(name) {
+        Some((content_type, body)) => HttpResponse::Ok()
+            .content_type(content_type)
+            // Compiled into the binary: a new binary is a new page.
+            .insert_header((header::CACHE_CONTROL, "no-cache"))
+            .body(body),
+        None => actix_web::ResponseError::error_response(&ApiError::new(
+            actix_web::http::StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no dashboard asset `{name}`"),
+        )),
+    }
+}
+
+/// One frame of the dashboard, built now: members, each node's supervision
+/// tree and activity, sagas, simulations and notifications.
+#[utoipa::path(
+    get,
+    path = "/api/v1/dashboard",
+    tag = "dashboard",
+    responses(
+        (status = 200, description = "the whole cluster as the dashboard shows it", body = Object),
+        (status = 404, description = "the dashboard is turned off", body = ErrorDoc),
+        (status = 401, description = "no or unknown API key", body = ErrorDoc),
+    ),
+    security(("bearer" = [])),
+)]
+pub(crate) async fn frame(
+    dashboard: Option<web::Data<Dashboard>>,
+) -> Result<HttpResponse, ApiError> {
+    let frame: Frame = enabled(dashboard)?.frame().await?;
+    Ok(HttpResponse::Ok().json(frame))
+}
+
+/// This node's panel: its supervision tree (failed and busy instances
+/// first), activity history and simulation queue. Peers fetch it.
+#[utoipa::path(
+    get,
+    path = "/api/v1/dashboard/node",
+    tag = "dashboard",
+    responses(
+        (status = 200, description = "this node's panel", body = Object),
+        (status = 404, description = "the dashboard is turned off", body = ErrorDoc),
+        (status = 401, description = "no or unknown API key", body = ErrorDoc),
+    ),
+    security(("bearer" = [])),
+)]
+pub(crate) async fn node(
+    dashboard: Option<web::Data<Dashboard>>,
+) -> Result<HttpResponse, ApiError> {
+    let panel: NodePanel = enabled(dashboard)?.node_panel();
+    Ok(HttpResponse::Ok().json(panel))
+}
+
+/// WebSocket: a frame (as `/api/v1/dashboard` answers) every second while
+/// connected; frames are built once and shared by every viewer.
+#[utoipa::path(
+    get,
+    path = "/ws/dashboard",
+    tag = "dashboard",
+    params(("access_token" = Option<String>, Query, description = "API key (browsers cannot set headers on a WebSocket)")),
+    responses(
+        (status = 101, description = "frames follow as JSON text messages"),
+        (status = 401, description = "no or unknown API key", body = ErrorDoc),
+    ),
+    security(("bearer" = [])),
+)]
+pub(crate) async fn events(
+    dashboard: Option<web::Data<Dashboard>>,
+    request: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, actix_web::Error> {
+    let dashboard = enabled(dashboard)?;
+    let (response, mut session, stream) = actix_ws::handle(&request, payload)?;
+    let mut stream = stream.max_frame_size(MAX_CLIENT_FRAME);
+    let mut viewer = dashboard.watch();
+    actix_web::rt::spawn(async move {
+        // A frame built before this viewer came is shown at once.
+        viewer.frames.mark_changed();
+        loop {
+            tokio::select! {
+                changed = viewer.frames.changed() => {
+                    if changed.is_err() {
+                        let _ = session.close(None).await;
+                        return;
+                    }
+                    let frame = viewer.frames.borrow_and_update().clone();
+                    if let Some(frame) = frame
+                        && session.text(frame.to_string()).await.is_err()
+                    {
+                        return;
+                    }
+                }
+                message = stream.recv() => match message {
+                    Some(Ok(Message::Ping(bytes))) => {
+                        if session.pong(&bytes).await.is_err() {
+                            return;
+                        }
+                    }
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                    Some(Ok(_)) => {}
+                },
+            }
+        }
+    });
+    Ok(response)
+}
