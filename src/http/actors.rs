@@ -60,20 +60,49 @@ pub(crate) async fn reset(
     http: HttpRequest,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    if let Some(answer) = forward::elsewhere(&http, &body).await? {
+    operate(&system, path, correlation_id, &http, &body, |body| {
+        let request: ResetRequest = parse_json(body, true)?;
+        Ok(OperatorAction::Reset {
+            reason: request.reason.unwrap_or_default(),
+        })
+    })
+    .await
+}
+
+/// What an operator asked for, parsed from the body.
+enum OperatorAction {
+    Reset { reason: String },
+    Crash { reason: String },
+}
+
+/// An operator action on one instance: passed on to the node that holds
+/// it (`?node=`), or carried out here and logged with its reason.
+async fn operate(
+    system: &System,
+    path: web::Path<(String, String)>,
+    correlation_id: web::ReqData<CorrelationId>,
+    http: &HttpRequest,
+    body: &web::Bytes,
+    parse: impl FnOnce(&[u8]) -> Result<OperatorAction, ApiError>,
+) -> Result<HttpResponse, ApiError> {
+    if let Some(answer) = forward::elsewhere(http, body).await? {
         return Ok(answer);
     }
-    let request: ResetRequest = parse_json(&body, true)?;
+    let action = parse(body)?;
     let (kind, key) = path.into_inner();
     let correlation_id = correlation_id.into_inner();
-    tracing::info!(
-        %kind,
-        %key,
-        %correlation_id,
-        reason = request.reason.as_deref().unwrap_or(""),
-        "reset requested"
-    );
-    let snapshot = system.reset(&kind, &key, Some(correlation_id)).await?;
+    let snapshot = match action {
+        OperatorAction::Reset { reason } => {
+            tracing::info!(%kind, %key, %correlation_id, %reason, "reset requested");
+            system.reset(&kind, &key, Some(correlation_id)).await?
+        }
+        OperatorAction::Crash { reason } => {
+            tracing::warn!(%kind, %key, %correlation_id, %reason, "fault injection requested");
+            system
+                .crash(&kind, &key, reason, Some(correlation_id))
+                .await?
+        }
+    };
     Ok(HttpResponse::Ok().json(snapshot))
 }
 
@@ -114,21 +143,17 @@ pub(crate) async fn crash(
     http: HttpRequest,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    if let Some(answer) = forward::elsewhere(&http, &body).await? {
-        return Ok(answer);
-    }
-    let request: CrashRequest = parse_json(&body, false)?;
-    if request.reason.trim().is_empty() || request.reason.len() > 500 {
-        return Err(ApiError::invalid_field(
-            "reason",
-            "give a reason of 1 to 500 characters".into(),
-        ));
-    }
-    let (kind, key) = path.into_inner();
-    let correlation_id = correlation_id.into_inner();
-    tracing::warn!(%kind, %key, %correlation_id, reason = %request.reason, "fault injection requested");
-    let snapshot = system
-        .crash(&kind, &key, request.reason, Some(correlation_id))
-        .await?;
-    Ok(HttpResponse::Ok().json(snapshot))
+    operate(&system, path, correlation_id, &http, &body, |body| {
+        let request: CrashRequest = parse_json(body, false)?;
+        if request.reason.trim().is_empty() || request.reason.len() > 500 {
+            return Err(ApiError::invalid_field(
+                "reason",
+                "give a reason of 1 to 500 characters".into(),
+            ));
+        }
+        Ok(OperatorAction::Crash {
+            reason: request.reason,
+        })
+    })
+    .await
 }

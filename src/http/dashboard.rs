@@ -3,11 +3,11 @@
 
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
-use actix_ws::Message;
 
-use crate::dashboard::{Dashboard, Frame, NodePanel, asset};
+use crate::dashboard::{Dashboard, Frame, NodePanel, Viewer, asset};
 
 use super::error::{ApiError, ErrorDoc};
+use super::ws::{Outgoing, Source};
 
 /// Client frames are pings and closes: anything big is a misbehaving client.
 const MAX_CLIENT_FRAME: usize = 4 * 1024;
@@ -111,38 +111,26 @@ pub(crate) async fn events(
     request: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, actix_web::Error> {
-    let dashboard = enabled(dashboard)?;
-    let (response, mut session, stream) = actix_ws::handle(&request, payload)?;
-    let mut stream = stream.max_frame_size(MAX_CLIENT_FRAME);
-    let mut viewer = dashboard.watch();
-    actix_web::rt::spawn(async move {
-        // A frame built before this viewer came is shown at once.
-        viewer.frames.mark_changed();
+    let mut viewer = enabled(dashboard)?.watch();
+    // A frame built before this viewer came is shown at once.
+    viewer.frames.mark_changed();
+    super::ws::relay(&request, payload, MAX_CLIENT_FRAME, Frames(viewer))
+}
+
+/// A viewer's frames, as they are built; held while the socket is open.
+struct Frames(Viewer);
+
+impl Source for Frames {
+    async fn next(&mut self) -> Outgoing {
+        let frames = &mut self.0.frames;
         loop {
-            tokio::select! {
-                changed = viewer.frames.changed() => {
-                    if changed.is_err() {
-                        let _ = session.close(None).await;
-                        return;
-                    }
-                    let frame = viewer.frames.borrow_and_update().clone();
-                    if let Some(frame) = frame
-                        && session.text(frame.to_string()).await.is_err()
-                    {
-                        return;
-                    }
-                }
-                message = stream.recv() => match message {
-                    Some(Ok(Message::Ping(bytes))) => {
-                        if session.pong(&bytes).await.is_err() {
-                            return;
-                        }
-                    }
-                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
-                    Some(Ok(_)) => {}
-                },
+            if frames.changed().await.is_err() {
+                return Outgoing::End;
+            }
+            let frame = frames.borrow_and_update().clone();
+            if let Some(frame) = frame {
+                return Outgoing::Text(frame.to_string());
             }
         }
-    });
-    Ok(response)
+    }
 }

@@ -47,6 +47,7 @@ mod sagas;
 mod simulations;
 mod value_models;
 mod webhooks;
+mod ws;
 
 use std::net::{SocketAddr, TcpListener};
 

@@ -18,6 +18,7 @@ use crate::saga::{
 use super::error::{ApiError, ErrorDoc, parse_json, parse_query};
 use super::listing::list_page;
 use super::middleware::Auth;
+use super::ws::{Outgoing, Source};
 
 /// Fault injection is for admins (and `--dev`).
 fn check_fail_step(
@@ -280,68 +281,70 @@ pub(crate) async fn events(
     request: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, actix_web::Error> {
-    use actix_ws::Message;
-    use tokio::sync::broadcast::error::RecvError;
     // Subscribed before the state is read, so no transition falls between.
     // The cluster's events: the coordinator may live on another node.
-    let mut bus = system.subscribe_cluster_events();
+    let bus = system.subscribe_cluster_events();
     let saga = runner.get(&id).await.map_err(ApiError::from)?;
-    let (response, mut session, stream) = actix_ws::handle(&request, payload)?;
-    let mut stream = stream.max_frame_size(4096);
-    let runner = runner.into_inner();
-    let source = format!("saga/{}", id.into_inner());
-    actix_web::rt::spawn(async move {
-        let state = |saga: &Saga| serde_json::json!({ "type": "state", "saga": saga }).to_string();
-        if session.text(state(&saga)).await.is_err() {
-            return;
-        }
-        if saga.status.is_final() {
-            let _ = session.close(None).await;
-            return;
+    let feed = Transitions {
+        bus,
+        runner: runner.into_inner(),
+        id: id.into_inner(),
+        first: Some(saga),
+    };
+    super::ws::relay(&request, payload, 4096, feed)
+}
+
+/// A saga's state, then each of its transitions until it completes or is
+/// compensated.
+struct Transitions {
+    bus: tokio::sync::broadcast::Receiver<crate::actors::DomainEvent>,
+    runner: std::sync::Arc<SagaRunner>,
+    id: String,
+    first: Option<Saga>,
+}
+
+fn state_message(saga: &Saga) -> String {
+    serde_json::json!({ "type": "state", "saga": saga }).to_string()
+}
+
+impl Source for Transitions {
+    async fn next(&mut self) -> Outgoing {
+        use tokio::sync::broadcast::error::RecvError;
+        if let Some(saga) = self.first.take() {
+            let text = state_message(&saga);
+            return if saga.status.is_final() {
+                Outgoing::Last(text)
+            } else {
+                Outgoing::Text(text)
+            };
         }
         loop {
-            tokio::select! {
-                event = bus.recv() => match event {
-                    Ok(event) if event.source == source && event.event_type == "saga.transition" => {
-                        let done = event.data["status"]
-                            .as_str()
-                            .is_some_and(|status| status == "completed" || status == "compensated");
-                        let text = serde_json::json!({ "type": "transition", "at": event.occurred_at, "transition": event.data });
-                        if session.text(text.to_string()).await.is_err() {
-                            return;
-                        }
-                        if done {
-                            let _ = session.close(None).await;
-                            return;
-                        }
-                    }
-                    Ok(_) => {}
-                    // Too slow for the bus: the current state instead of
-                    // what was missed.
-                    Err(RecvError::Lagged(_)) => {
-                        let Ok(saga) = runner.get(source.trim_start_matches("saga/")).await else {
-                            return;
-                        };
-                        if session.text(state(&saga)).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(RecvError::Closed) => {
-                        let _ = session.close(None).await;
-                        return;
-                    }
-                },
-                message = stream.recv() => match message {
-                    Some(Ok(Message::Ping(bytes))) => {
-                        if session.pong(&bytes).await.is_err() {
-                            return;
-                        }
-                    }
-                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
-                    Some(Ok(_)) => {}
-                },
+            match self.bus.recv().await {
+                Ok(event)
+                    if event.event_type == "saga.transition"
+                        && event.source.strip_prefix("saga/") == Some(self.id.as_str()) =>
+                {
+                    let done = event.data["status"]
+                        .as_str()
+                        .is_some_and(|status| status == "completed" || status == "compensated");
+                    let text = serde_json::json!({ "type": "transition", "at": event.occurred_at, "transition": event.data }).to_string();
+                    return if done {
+                        Outgoing::Last(text)
+                    } else {
+                        Outgoing::Text(text)
+                    };
+                }
+                Ok(_) => {}
+                // Too slow for the bus: the current state instead of what
+                // was missed.
+                Err(RecvError::Lagged(_)) => {
+                    return match self.runner.get(&self.id).await {
+                        Ok(saga) => Outgoing::Text(state_message(&saga)),
+                        Err(_) => Outgoing::End,
+                    };
+                }
+                Err(RecvError::Closed) => return Outgoing::End,
             }
         }
-    });
-    Ok(response)
+    }
 }

@@ -4,7 +4,6 @@
 use actix_web::http::StatusCode;
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
-use actix_ws::Message;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -18,6 +17,7 @@ use crate::simulation::{QueueSnapshot, SimulationEvent, Simulations, SubmitError
 use super::error::ErrorDoc;
 use super::error::{ApiError, parse_json};
 use super::value_models::ask_model;
+use super::ws::{Outgoing, Source};
 
 /// Largest WebSocket frame read from a client (they only send control
 /// frames): anything larger drops the connection.
@@ -374,7 +374,7 @@ pub(crate) async fn events(
 ) -> Result<HttpResponse, actix_web::Error> {
     // Where the events come from: this node's worker, or (for a job that
     // runs on another node of the cluster) the events it shares.
-    let mut feed = match simulations.subscribe(&id) {
+    let feed = match simulations.subscribe(&id) {
         Some(live) => Feed::Local { live, sent: false },
         None => {
             // Subscribed before the state is read, so no event falls between.
@@ -389,44 +389,7 @@ pub(crate) async fn events(
             }
         }
     };
-    let (response, mut session, stream) = actix_ws::handle(&request, payload)?;
-    let mut stream = stream.max_frame_size(MAX_CLIENT_FRAME);
-    actix_web::rt::spawn(async move {
-        loop {
-            // The next state, answering the client's pings meanwhile.
-            let event = loop {
-                tokio::select! {
-                    event = feed.next() => break event,
-                    message = stream.recv() => match message {
-                        Some(Ok(Message::Ping(bytes))) => {
-                            if session.pong(&bytes).await.is_err() {
-                                return;
-                            }
-                        }
-                        Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
-                        Some(Ok(_)) => {}
-                    },
-                }
-            };
-            // None: the node is stopping, no final event will come.
-            let Some(event) = event else {
-                let _ = session.close(None).await;
-                return;
-            };
-            let last = matches!(
-                event["type"].as_str(),
-                Some("done" | "failed" | "cancelled")
-            );
-            if session.text(event.to_string()).await.is_err() {
-                return;
-            }
-            if last {
-                let _ = session.close(None).await;
-                return;
-            }
-        }
-    });
-    Ok(response)
+    super::ws::relay(&request, payload, MAX_CLIENT_FRAME, feed)
 }
 
 /// A job's events for one WebSocket client, as JSON.
@@ -442,8 +405,26 @@ enum Feed {
     },
 }
 
+impl Source for Feed {
+    async fn next(&mut self) -> Outgoing {
+        // None: the node is stopping, no final event will come.
+        let Some(event) = self.event().await else {
+            return Outgoing::End;
+        };
+        let last = matches!(
+            event["type"].as_str(),
+            Some("done" | "failed" | "cancelled")
+        );
+        if last {
+            Outgoing::Last(event.to_string())
+        } else {
+            Outgoing::Text(event.to_string())
+        }
+    }
+}
+
 impl Feed {
-    async fn next(&mut self) -> Option<serde_json::Value> {
+    async fn event(&mut self) -> Option<serde_json::Value> {
         match self {
             Feed::Local { live, sent } => {
                 // The current state at once, then each change.

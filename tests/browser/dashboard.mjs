@@ -97,6 +97,29 @@ try {
   await page.locator("#sim-histogram rect").first().waitFor({ timeout: 5000 });
   findings.checks.histogram_bars = await page.locator("#sim-histogram rect").count();
   findings.checks.tornado_bars = await page.locator("#sim-tornado rect").count();
+
+  // Operator control: a failed instance is reset from the page. Crashing
+  // it past its restart budget (5 in a minute) escalates it to failed.
+  const instance = `tr[data-instance="${node}/architect/${env("VV_ARCHITECT_KEY")}"]`;
+  const crashUrl = `${url}/api/v1/actors/architect/${env("VV_ARCHITECT_KEY")}/crash`;
+  for (let i = 0; i < 10; i++) {
+    if ((await page.locator(instance).getAttribute("data-status")) === "failed") break;
+    await page.locator(`${instance}[data-status="active"]`).waitFor({ timeout: 8000 });
+    const response = await fetch(crashUrl, {
+      method: "POST",
+      headers: { Authorization: `Bearer ${key}`, "Content-Type": "application/json" },
+      body: JSON.stringify({ reason: `drill ${i}` }),
+    });
+    if (!response.ok) fail(`crash ${i}: ${response.status} ${await response.text()}`);
+    await page.waitForTimeout(300);
+    await page.locator(`${instance}:not([data-status="active"])`).waitFor({ timeout: 3000 }).catch(() => {});
+  }
+  await page.locator(`${instance}[data-status="failed"]`).waitFor({ timeout: 5000 })
+    .catch(() => fail("the instance did not escalate to failed"));
+  await page.locator(`${instance} button[data-action="reset"]`).click();
+  await page.locator(`${instance}[data-status="active"]`).waitFor({ timeout: 5000 })
+    .catch(() => fail("the reset from the page did not bring the instance back"));
+  findings.checks.reset_from_page = true;
 } finally {
   await browser.close();
 }

@@ -394,6 +394,7 @@ async fn the_page_is_live_in_a_real_browser() {
     assert!(findings["checks"]["histogram_bars"].as_u64().unwrap() >= 10);
     assert!(findings["checks"]["tornado_bars"].as_u64().unwrap() >= 2);
     assert!(std::fs::metadata(&screenshot).unwrap().len() > 10_000);
+    assert_eq!(findings["checks"]["reset_from_page"], true);
     // The page's cancel reached the job.
     let job = get_json(&client, &format!("{api}/simulations/{long}")).await;
     assert_eq!(job["status"], "cancelled", "{job}");
