@@ -76,6 +76,36 @@ pub enum StartError {
 
 /// Type of the cluster event that carries a [`SimulationEvent`] as data.
 pub const SHARED_EVENT: &str = "simulation.event";
+/// Type of the cluster event that asks the node running a job to stop it.
+const CANCEL_EVENT: &str = "simulation.cancel";
+
+/// Stops the jobs this node runs when a cancel for them was taken on
+/// another node (the cancel flag a worker reads lives where it runs).
+async fn follow_cancels(
+    mut bus: tokio::sync::broadcast::Receiver<crate::actors::DomainEvent>,
+    inner: std::sync::Weak<Inner>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match bus.recv().await {
+            Ok(event) if event.event_type == CANCEL_EVENT => {
+                let Some(inner) = inner.upgrade() else {
+                    return;
+                };
+                let id = event
+                    .source
+                    .strip_prefix(Simulation::KIND)
+                    .and_then(|rest| rest.strip_prefix('/'));
+                if let Some(live) = id.and_then(|id| inner.live.get(id)) {
+                    tracing::info!(job = %live.key(), "simulation: cancelled from another node");
+                    live.cancel.store(true, Ordering::Release);
+                }
+            }
+            Ok(_) | Err(RecvError::Lagged(_)) => {}
+            Err(RecvError::Closed) => return,
+        }
+    }
+}
 
 /// One event of a job's live stream (`/ws/simulations/{id}`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -317,6 +347,10 @@ impl Simulations {
                 .map_err(StartError::Worker)?;
             inner.workers().push(handle);
         }
+        tokio::spawn(follow_cancels(
+            inner.system.subscribe_cluster_events(),
+            Arc::downgrade(&inner),
+        ));
         let simulations = Simulations { inner };
         simulations.recover().await?;
         Ok(simulations)
@@ -474,11 +508,21 @@ impl Simulations {
                 inner.metrics.jobs.with_label_values(&["cancelled"]).inc();
                 inner.publish_final(&job);
             }
-            _ => {
-                if let Some(live) = inner.live.get(id) {
-                    live.cancel.store(true, Ordering::Release);
+            _ => match inner.live.get(id) {
+                Some(live) => live.cancel.store(true, Ordering::Release),
+                // Running on another node: its worker's flag is there.
+                None if !inner.system.router().is_solo() => {
+                    inner.system.share(crate::actors::DomainEvent {
+                        id: uuid::Uuid::now_v7().to_string(),
+                        event_type: CANCEL_EVENT.into(),
+                        occurred_at: chrono::Utc::now(),
+                        source: format!("{}/{id}", Simulation::KIND),
+                        correlation_id: None,
+                        data: serde_json::Value::Null,
+                    });
                 }
-            }
+                None => {}
+            },
         }
         Ok(job)
     }

@@ -318,6 +318,44 @@ async fn three_nodes_serve_every_key_and_survive_a_kill_9() {
         }
     }
 
+    // A job running on n1 stops when it is cancelled through n2.
+    let long: Value = client
+        .post(format!("{}/simulations", nodes[0].base))
+        .json(&json!({ "model": model, "paths": 1_000_000_000, "seed": 4, "device": "cpu" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let long_id = long["id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(&client, &format!("{}/simulations/{long_id}", nodes[0].base))
+        .await
+        .is_none_or(|job| job["status"] != "running")
+    {
+        assert!(Instant::now() < deadline, "the long job never ran");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let cancelled = client
+        .put(format!("{}/simulations/{long_id}/cancel", nodes[1].base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancelled.status(), 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let job = get(&client, &format!("{}/simulations/{long_id}", nodes[0].base)).await;
+        if job.as_ref().is_some_and(|job| job["status"] == "cancelled") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a cancel through another node did not stop the job: {job:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
     // Sagas run across the cluster while n3 dies.
     let mut sagas = Vec::new();
     start_some(&client, &nodes[0].base, 0, 12, &mut sagas).await;
