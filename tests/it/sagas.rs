@@ -312,3 +312,120 @@ async fn the_websocket_streams_every_transition_and_metrics_count_sagas() {
     drop(client);
     node.stop().await.unwrap();
 }
+
+/// An instance of the architect in a node's tree.
+async fn architect_instance(client: &reqwest::Client, base: &str, key: &str) -> Option<Value> {
+    let (_, tree) = send(client.get(format!("{base}/actors"))).await;
+    tree["supervisors"]
+        .as_array()?
+        .iter()
+        .find(|kind| kind["kind"] == "architect")?["instances"]
+        .as_array()?
+        .iter()
+        .find(|instance| instance["key"] == key)
+        .cloned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compensation_that_keeps_failing_needs_attention_until_reset_and_retried() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let (node, base) = start_node(&db).await;
+    let client = reqwest::Client::new();
+    // The one simulation worker is busy: the saga waits at its simulate step.
+    let (status, blocker) = send(
+        client
+            .post(format!("{base}/simulations"))
+            .json(&json!({ "model": acme(), "paths": 1_000_000_000, "device": "cpu" })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{blocker}");
+    let blocker = blocker["id"].as_str().unwrap().to_owned();
+    let (status, saga) = send(
+        client
+            .post(format!("{base}/sagas/value-creation"))
+            .json(&value_creation(Some("commit"), 2000)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{saga}");
+    let id = saga["id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let model = loop {
+        let (_, saga) = send(client.get(format!("{base}/sagas/{id}"))).await;
+        if let Some(model) = saga["steps"][0]["output"]["model_id"].as_str() {
+            break model.to_owned();
+        }
+        assert!(Instant::now() < deadline, "design never done: {saga}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+
+    // The model's architect instance fails past its restart budget (5 in a
+    // minute): failed until an operator resets it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let instance = architect_instance(&client, &base, &model).await;
+        let status = instance.as_ref().map(|i| i["status"].clone());
+        if status == Some(json!("failed")) {
+            break;
+        }
+        if status == Some(json!("active")) {
+            let crashed = client
+                .post(format!("{base}/actors/architect/{model}/crash"))
+                .json(&json!({ "reason": "drill" }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(crashed.status(), StatusCode::OK);
+        } else if status.is_none() {
+            // Passivated or not yet active: a read brings it back.
+            let _ = client
+                .get(format!("{base}/value-models/{model}"))
+                .send()
+                .await;
+        }
+        assert!(Instant::now() < deadline, "never escalated: {instance:?}");
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+
+    // The saga goes on: commit fails (injected), archiving the model keeps
+    // failing (its instance is failed), so the saga needs attention.
+    let cancelled = client
+        .put(format!("{base}/simulations/{blocker}/cancel"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancelled.status(), StatusCode::OK);
+    let stuck = wait_until(&client, &base, &id, "needs_attention").await;
+    assert_eq!(
+        stuck["steps"][0]["status"], "compensation_failed",
+        "{stuck}"
+    );
+    assert!(
+        stuck["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{stuck}"
+    );
+
+    // The operator resets the instance and retries: the compensation runs.
+    let (status, reset) = send(
+        client
+            .post(format!("{base}/actors/architect/{model}/reset"))
+            .json(&json!({ "reason": "saga needs attention" })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{reset}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, saga) = send(client.get(format!("{base}/sagas/{id}"))).await;
+        if saga["status"] == "compensated" {
+            break;
+        }
+        if saga["status"] == "needs_attention" {
+            let (status, _) = send(client.post(format!("{base}/sagas/{id}/retry"))).await;
+            assert_eq!(status, StatusCode::OK);
+        }
+        assert!(Instant::now() < deadline, "never compensated: {saga}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, archived) = send(client.get(format!("{base}/value-models/{model}"))).await;
+    assert_eq!(archived["status"], "archived", "{archived}");
+    node.stop().await.unwrap();
+}
