@@ -42,6 +42,10 @@ enum Phase<S> {
     Failed,
 }
 
+/// Backoff of loads while the store is unreachable: 100 ms doubling to 10 s.
+const STORE_RETRY_FIRST: Duration = Duration::from_millis(50);
+const STORE_RETRY_MAX: Duration = Duration::from_secs(10);
+
 pub(crate) struct Host<A: Agent> {
     kind: Arc<KindRuntime<A>>,
     /// The event loop this host runs on (its metric shard).
@@ -54,6 +58,8 @@ pub(crate) struct Host<A: Agent> {
     last_active: quanta::Instant,
     /// Restart attempt whose reload is under way, if any.
     restart_attempt: Option<u32>,
+    /// Loads in a row that found the store unreachable.
+    store_retries: u32,
     /// Waiting on the store or a backoff: messages go to `stash`.
     busy: bool,
     /// Messages that arrived while busy, in arrival order; still counted in
@@ -100,6 +106,7 @@ impl<A: Agent> Host<A> {
             history: RestartHistory::default(),
             last_active: quanta::Instant::now(),
             restart_attempt: None,
+            store_retries: 0,
             busy: false,
             stash: VecDeque::new(),
             expiry: None,
@@ -126,6 +133,7 @@ impl<A: Agent> Host<A> {
             host.busy = false;
             match loaded {
                 Ok(loaded) => {
+                    host.store_retries = 0;
                     let (state, version) = match loaded {
                         Some(stored) => (stored.state, stored.version),
                         None => (A::init(&host.key), 0),
@@ -138,6 +146,26 @@ impl<A: Agent> Host<A> {
                         None => LifecycleChange::Activated,
                     };
                     host.kind.node.emit(A::KIND, &host.key, change);
+                }
+                // The store, not the instance, is at fault: load again
+                // with a backoff, counting no restart (an outage must not
+                // leave instances failed until an operator resets them).
+                Err(error) if error.is_unavailable() => {
+                    host.store_retries += 1;
+                    let after = STORE_RETRY_FIRST
+                        .saturating_mul(1 << host.store_retries.min(8))
+                        .min(STORE_RETRY_MAX);
+                    tracing::warn!(
+                        kind = A::KIND,
+                        key = %host.key,
+                        %error,
+                        retry_in = ?after,
+                        "state load failed: the store is unreachable"
+                    );
+                    host.cell
+                        .record_failure(format!("state load failed: {error}"));
+                    host.cell.set_status(InstanceStatus::Restarting);
+                    host.load_state(ctx, after);
                 }
                 Err(error) => host.fail(ctx, format!("state load failed: {error}")),
             }

@@ -50,6 +50,17 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// The database could not be reached (connection refused or lost, no
+    /// connection free in time): a retry later may succeed.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Database(
+                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_)
+            )
+        )
+    }
+
     pub(crate) fn conflict(
         kind: &str,
         key: &str,
@@ -372,7 +383,17 @@ pub fn redact_url(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::redact_url;
+
+    #[test]
+    fn only_an_unreachable_database_is_unavailable() {
+        let io = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert!(StoreError::Database(sqlx::Error::Io(io)).is_unavailable());
+        assert!(StoreError::Database(sqlx::Error::PoolTimedOut).is_unavailable());
+        assert!(!StoreError::Database(sqlx::Error::RowNotFound).is_unavailable());
+        assert!(!StoreError::conflict("k", "key", 1, Some(2)).is_unavailable());
+    }
+
+    use super::{StoreError, redact_url};
 
     #[test]
     fn redacts_passwords_only() {

@@ -9,6 +9,7 @@ mod dashboard;
 mod http;
 mod monitoring;
 mod openapi;
+mod partition;
 mod plans;
 mod runtime;
 mod sagas;
