@@ -8,8 +8,9 @@
 //! a node out of placement also needs its lease row in PostgreSQL to have
 //! expired (the database arbitrates; gossip alone could split a cluster).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use chitchat::transport::UdpTransport;
 use chitchat::{ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, NodeState};
@@ -57,6 +58,45 @@ pub struct Member {
     /// `alive`, or `suspect` when the failure detector no longer hears it.
     pub state: &'static str,
     pub gossip_addr: SocketAddr,
+    /// Suspicion: time since its heartbeat last moved over the mean time
+    /// between moves (chitchat's phi, which it keeps private); `None` for
+    /// this node and until two moves were seen.
+    pub phi: Option<f64>,
+}
+
+/// Heartbeat arrivals of each member, seen at each read of the members.
+#[derive(Default)]
+struct Arrivals {
+    by_node: HashMap<ChitchatId, Arrival>,
+}
+
+struct Arrival {
+    heartbeat: u64,
+    at: Instant,
+    /// Mean time between heartbeat moves, smoothed (EWMA, 1/8).
+    mean: Option<Duration>,
+}
+
+impl Arrivals {
+    /// Records `heartbeat` of `id` seen at `now`; answers its phi.
+    fn observe(&mut self, id: &ChitchatId, heartbeat: u64, now: Instant) -> Option<f64> {
+        let arrival = self.by_node.entry(id.clone()).or_insert(Arrival {
+            heartbeat,
+            at: now,
+            mean: None,
+        });
+        if heartbeat > arrival.heartbeat {
+            let interval = now.duration_since(arrival.at);
+            arrival.mean = Some(match arrival.mean {
+                None => interval,
+                Some(mean) => (mean * 7 + interval) / 8,
+            });
+            arrival.heartbeat = heartbeat;
+            arrival.at = now;
+        }
+        let mean = arrival.mean?.as_secs_f64();
+        (mean > 0.0).then(|| now.duration_since(arrival.at).as_secs_f64() / mean)
+    }
 }
 
 /// Why membership did not start.
@@ -70,6 +110,7 @@ pub enum MembershipError {
 /// [`Membership::shutdown`].
 pub struct Membership {
     handle: ChitchatHandle,
+    arrivals: std::sync::Mutex<Arrivals>,
 }
 
 impl Membership {
@@ -118,7 +159,10 @@ impl Membership {
                 addr: config.gossip_addr,
                 reason: error.to_string(),
             })?;
-        Ok(Membership { handle })
+        Ok(Membership {
+            handle,
+            arrivals: std::sync::Mutex::new(Arrivals::default()),
+        })
     }
 
     /// Publishes this node's load.
@@ -135,11 +179,17 @@ impl Membership {
             .handle
             .with_chitchat(|chitchat| {
                 let live: Vec<ChitchatId> = chitchat.live_nodes().cloned().collect();
+                let me = chitchat.self_chitchat_id().clone();
+                let now = Instant::now();
+                let mut arrivals = self.arrivals.lock().unwrap_or_else(|p| p.into_inner());
                 chitchat
                     .node_states()
                     .iter()
                     .filter_map(|(id, state)| {
                         let info = info_of(id, state)?;
+                        let phi = (*id != me)
+                            .then(|| arrivals.observe(id, u64::from(state.heartbeat()), now))
+                            .flatten();
                         Some(Member {
                             info,
                             state: if live.contains(id) {
@@ -148,6 +198,7 @@ impl Membership {
                                 "suspect"
                             },
                             gossip_addr: id.gossip_advertise_addr,
+                            phi,
                         })
                     })
                     .collect::<Vec<_>>()
@@ -298,5 +349,30 @@ mod tests {
         );
         first.shutdown().await;
         second.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod phi_tests {
+    use super::*;
+
+    #[test]
+    fn phi_is_silence_over_the_mean_interval() {
+        let id = ChitchatId::new("n2", 1, "127.0.0.1:7101".parse().unwrap());
+        let mut arrivals = Arrivals::default();
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        assert_eq!(arrivals.observe(&id, 1, at(0)), None);
+        // Still one arrival only: no interval yet.
+        assert_eq!(arrivals.observe(&id, 1, at(100)), None);
+        // A move every 250 ms: phi is 0 on arrival, 1 a mean later.
+        for beat in 2..=10 {
+            assert_eq!(arrivals.observe(&id, beat, at(250 * (beat - 1))), Some(0.0));
+        }
+        let phi = arrivals.observe(&id, 10, at(250 * 9 + 250)).unwrap();
+        assert!((phi - 1.0).abs() < 1e-9, "{phi}");
+        // Silence: phi grows with it.
+        let phi = arrivals.observe(&id, 10, at(250 * 9 + 2500)).unwrap();
+        assert!((phi - 10.0).abs() < 1e-9, "{phi}");
     }
 }

@@ -60,6 +60,9 @@ pub struct MemberView {
     pub kinds: Vec<String>,
     pub gpus: u32,
     pub load: f64,
+    /// How long gossip has not heard the member, over its usual heartbeat
+    /// interval (phi; about 8 marks it suspect); `None` for this node.
+    pub phi: Option<f64>,
     /// Fencing token of the node's current lease.
     pub lease_token: i64,
     pub lease_expires_in_ms: i64,
@@ -430,6 +433,9 @@ impl Shared {
                     kinds: heard.map(|m| m.info.kinds.clone()).unwrap_or_default(),
                     gpus: heard.map(|m| m.info.gpus).unwrap_or_default(),
                     load: heard.map(|m| m.info.load).unwrap_or_default(),
+                    phi: heard
+                        .and_then(|m| m.phi)
+                        .map(|phi| (phi * 100.0).round() / 100.0),
                     lease_token: lease.token,
                     lease_expires_in_ms: lease.expires_at_ms - now,
                     owns_share: *owned.get(&lease.node).unwrap_or(&0) as f64 / total,

@@ -179,6 +179,19 @@ async fn three_nodes_serve_every_key_and_survive_a_kill_9() {
     for node in &nodes {
         wait_for_members(&client, node, &names).await;
     }
+    // Each node reports the others' phi (small: heard lately), not its own.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let view = get(&client, &format!("{}/cluster", nodes[0].base))
+        .await
+        .unwrap();
+    for member in view["members"].as_array().unwrap() {
+        if member["is_self"] == true {
+            assert!(member["phi"].is_null(), "{member}");
+        } else {
+            let phi = member["phi"].as_f64().unwrap_or_else(|| panic!("{member}"));
+            assert!((0.0..8.0).contains(&phi), "{member}");
+        }
+    }
 
     // Models created through n1 live on their owners: all three host some.
     let models = create_models(&client, &nodes[0].base, 30).await;

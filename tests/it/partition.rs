@@ -326,9 +326,18 @@ async fn a_partition_never_yields_conflicting_writes() {
     // holds, so its keys stay its own: each side writes what it owns.
     net.cut_peers(2, true);
     let suspect_after = wait_for_state(&client, &base[0], "n3", "suspect").await;
+    let view = cluster_view(&client, &base[0]).await.unwrap();
+    let phi = view["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|member| member["node"] == "n3")
+        .and_then(|member| member["phi"].as_f64())
+        .unwrap_or_else(|| panic!("no phi for n3: {view}"));
+    assert!(phi >= 4.0, "n3 is suspect at phi {phi}");
     let (n1_writes, n3_writes) = write_both(&mut written, 4).await;
     eprintln!(
-        "PARTITION (peers): n3 suspect after {suspect_after:.1} s; writes answered: {n1_writes} via n1, {n3_writes} via n3"
+        "PARTITION (peers): n3 suspect after {suspect_after:.1} s at phi {phi}; writes answered: {n1_writes} via n1, {n3_writes} via n3"
     );
     assert!(n1_writes > 0 && n3_writes > 0);
     assert_eq!(

@@ -183,10 +183,10 @@
     const rows = frame.cluster.members.map((m) => `<tr>
       <td><span class="dot ${esc(m.state)}"></span> ${esc(m.node)}${m.is_self ? ' <span class="muted">(this node)</span>' : ""}</td>
       <td>${esc(m.state)}</td><td>${esc(m.http_addr)}</td><td>${esc(m.transport_addr || "-")}</td>
-      <td>${m.gpus}</td><td>${m.load.toFixed(2)}</td><td>${(m.owns_share * 100).toFixed(0)}%</td>
+      <td>${m.phi == null ? "-" : m.phi.toFixed(1)}</td><td>${m.gpus}</td><td>${m.load.toFixed(2)}</td><td>${(m.owns_share * 100).toFixed(0)}%</td>
       <td>${m.lease_token}</td><td>${(m.lease_expires_in_ms / 1000).toFixed(1)} s</td></tr>`).join("");
     put(body("cluster"), `<table><thead><tr><th>node</th><th>state</th><th>HTTP</th><th>transport</th>
-      <th>GPUs</th><th>load</th><th>owns</th><th>lease token</th><th>lease left</th></tr></thead><tbody>${rows}</tbody></table>
+      <th>phi</th><th>GPUs</th><th>load</th><th>owns</th><th>lease token</th><th>lease left</th></tr></thead><tbody>${rows}</tbody></table>
       <div class="muted">${frame.cluster.clustered ? "cluster" : "a cluster of one (serve)"} · ${frame.cluster.rebalances} rebalances seen by ${esc(frame.node)}</div>`);
   }
 
