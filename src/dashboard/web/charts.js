@@ -77,14 +77,14 @@ const Charts = (() => {
     const shown = [...bars].sort((a, b) => Math.abs(b.npv_at_p90 - b.npv_at_p10) - Math.abs(a.npv_at_p90 - a.npv_at_p10)).slice(0, 8);
     const values = shown.flatMap((b) => [b.npv_at_p10, b.npv_at_p90]).concat([base]);
     const lo = Math.min(...values), hi = Math.max(...values);
-    const left = 110, h = Math.max(60, shown.length * 18 + 24);
+    const left = 140, h = Math.max(60, shown.length * 18 + 24);
     const x = (v) => left + (W - left - PAD.r) * ((v - lo) / (hi - lo || 1));
     let inner = "";
     shown.forEach((b, i) => {
       const y0 = 6 + i * 18;
       const a = x(Math.min(b.npv_at_p10, b.npv_at_p90)), z = x(Math.max(b.npv_at_p10, b.npv_at_p90));
       const xb = x(base);
-      inner += `<text x="${left - 6}" y="${y0 + 11}" text-anchor="end">${esc(b.driver.slice(0, 22))}</text>` +
+      inner += `<text x="${left - 6}" y="${y0 + 11}" text-anchor="end">${esc(b.driver.length > 24 ? b.driver.slice(0, 23) + "…" : b.driver)}</text>` +
         `<rect x="${Math.min(a, xb)}" y="${y0}" width="${Math.max(1, Math.abs(xb - a))}" height="14" fill="#f85149"><title>${esc(b.driver)} at P10: ${compact(b.npv_at_p10)}</title></rect>` +
         `<rect x="${Math.min(z, xb)}" y="${y0}" width="${Math.max(1, Math.abs(z - xb))}" height="14" fill="#3fb950"><title>${esc(b.driver)} at P90: ${compact(b.npv_at_p90)}</title></rect>`;
     });
