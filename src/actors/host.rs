@@ -43,7 +43,7 @@ enum Phase<S> {
 }
 
 /// Backoff of loads while the store is unreachable: 100 ms doubling to 10 s.
-const STORE_RETRY_FIRST: Duration = Duration::from_millis(50);
+const STORE_RETRY_FIRST: Duration = Duration::from_millis(100);
 const STORE_RETRY_MAX: Duration = Duration::from_secs(10);
 
 pub(crate) struct Host<A: Agent> {
@@ -153,7 +153,7 @@ impl<A: Agent> Host<A> {
                 Err(error) if error.is_unavailable() => {
                     host.store_retries += 1;
                     let after = STORE_RETRY_FIRST
-                        .saturating_mul(1 << host.store_retries.min(8))
+                        .saturating_mul(1 << (host.store_retries - 1).min(7))
                         .min(STORE_RETRY_MAX);
                     tracing::warn!(
                         kind = A::KIND,

@@ -231,7 +231,7 @@ impl Dashboard {
 
     /// A frame built now, for a client that polls (`GET /api/v1/dashboard`).
     pub async fn frame(&self) -> Result<Frame, StoreError> {
-        self.inner.frame(None).await
+        self.inner.frame().await
     }
 
     /// This node's own panel (peers fetch it to build their frames).
@@ -272,8 +272,7 @@ async fn build_while_watched(inner: Weak<Inner>, wake: Arc<Notify>) {
             wake.notified().await;
             continue;
         }
-        let viewers = strong.frames.receiver_count();
-        match strong.frame(Some(viewers)).await {
+        match strong.frame().await {
             Ok(frame) => match serde_json::to_string(&frame) {
                 Ok(text) => {
                     strong.metrics.frames.inc();
@@ -397,7 +396,7 @@ impl Inner {
         }
     }
 
-    async fn frame(&self, viewers: Option<usize>) -> Result<Frame, StoreError> {
+    async fn frame(&self) -> Result<Frame, StoreError> {
         let cluster = self.cluster.view().await;
         let me = self.system.node_name().to_owned();
         let peers = cluster
@@ -417,7 +416,7 @@ impl Inner {
         Ok(Frame {
             at_ms: unix_millis(),
             node: me,
-            viewers: viewers.unwrap_or_else(|| self.frames.receiver_count()),
+            viewers: self.frames.receiver_count(),
             cluster,
             nodes,
             sagas: sagas?,
@@ -448,17 +447,25 @@ impl Inner {
 
     async fn sagas(&self) -> Result<SagaPanel, StoreError> {
         let store = self.system.store();
-        let page = |status: Option<&'static str>, limit| async move {
+        let page = |status: &'static str, limit| async move {
             store
-                .list_records("sagas", &[("status", status)], limit, 0)
+                .list_records("sagas", &[("status", Some(status))], limit, 0)
+                .await
+        };
+        // Counts of the states that stay small; only the latest of the
+        // ended ones (counting every completed saga each second would cost
+        // more than the rest of the frame).
+        let latest = |status: &'static str| async move {
+            store
+                .latest_records("sagas", &[("status", Some(status))], 10)
                 .await
         };
         let (running, compensating, attention, completed, compensated) = tokio::join!(
-            page(Some("running"), 15),
-            page(Some("compensating"), 10),
-            page(Some("needs_attention"), 10),
-            page(Some("completed"), 10),
-            page(Some("compensated"), 10),
+            page("running", 15),
+            page("compensating", 10),
+            page("needs_attention", 10),
+            latest("completed"),
+            latest("compensated"),
         );
         let (running, compensating, attention) = (running?, compensating?, attention?);
         let parse = |bodies: Vec<String>| -> Vec<Saga> {
@@ -470,8 +477,8 @@ impl Inner {
         let mut in_flight = parse(attention.bodies);
         in_flight.extend(parse(compensating.bodies));
         in_flight.extend(parse(running.bodies));
-        let mut recent = parse(completed?.bodies);
-        recent.extend(parse(compensated?.bodies));
+        let mut recent = parse(completed?);
+        recent.extend(parse(compensated?));
         recent.sort_by_key(|saga| std::cmp::Reverse(saga.updated_at));
         recent.truncate(10);
         Ok(SagaPanel {
@@ -486,13 +493,12 @@ impl Inner {
     /// The latest jobs, the request's model and the raw quantiles left out
     /// (the page draws the histogram, the tornado and the summary).
     async fn recent_simulations(&self) -> Result<Vec<serde_json::Value>, StoreError> {
-        let page = self
+        let bodies = self
             .system
             .store()
-            .list_records("simulations", &[], 8, 0)
+            .latest_records("simulations", &[], 8)
             .await?;
-        Ok(page
-            .bodies
+        Ok(bodies
             .iter()
             .filter_map(|body| serde_json::from_str::<serde_json::Value>(body).ok())
             .map(|mut job| {

@@ -511,17 +511,7 @@ impl Simulations {
             _ => match inner.live.get(id) {
                 Some(live) => live.cancel.store(true, Ordering::Release),
                 // Running on another node: its worker's flag is there.
-                None if !inner.system.router().is_solo() => {
-                    inner.system.share(crate::actors::DomainEvent {
-                        id: uuid::Uuid::now_v7().to_string(),
-                        event_type: CANCEL_EVENT.into(),
-                        occurred_at: chrono::Utc::now(),
-                        source: format!("{}/{id}", Simulation::KIND),
-                        correlation_id: None,
-                        data: serde_json::Value::Null,
-                    });
-                }
-                None => {}
+                None => inner.share_about(id, CANCEL_EVENT, || Some(serde_json::Value::Null)),
             },
         }
         Ok(job)
@@ -765,17 +755,28 @@ impl Inner {
     /// Hands a job's event to streams on other nodes of the cluster (a
     /// WebSocket client may follow the job from any node).
     fn share(&self, event: &SimulationEvent) {
+        self.share_about(&event.id, SHARED_EVENT, || serde_json::to_value(event).ok());
+    }
+
+    /// Shares an event about job `id` with the other nodes (there are none
+    /// in a cluster of one: `data` is not even built then).
+    fn share_about(
+        &self,
+        id: &str,
+        event_type: &str,
+        data: impl FnOnce() -> Option<serde_json::Value>,
+    ) {
         if self.system.router().is_solo() {
             return;
         }
-        let Ok(data) = serde_json::to_value(event) else {
+        let Some(data) = data() else {
             return;
         };
         self.system.share(crate::actors::DomainEvent {
             id: uuid::Uuid::now_v7().to_string(),
-            event_type: SHARED_EVENT.into(),
+            event_type: event_type.into(),
             occurred_at: chrono::Utc::now(),
-            source: format!("{}/{}", Simulation::KIND, event.id),
+            source: format!("{}/{id}", Simulation::KIND),
             correlation_id: None,
             data,
         });

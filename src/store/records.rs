@@ -185,6 +185,35 @@ impl Store {
         limit: i64,
         offset: i64,
     ) -> Result<Page, StoreError> {
+        let (total, bodies) = self
+            .select_records(table, filters, limit, offset, true)
+            .await?;
+        Ok(Page {
+            total: total.unwrap_or_default(),
+            bodies,
+        })
+    }
+
+    /// The newest `limit` bodies only: no count of all the matching rows
+    /// (which a caller polling the latest rows of a large table pays for).
+    pub async fn latest_records(
+        &self,
+        table: &'static str,
+        filters: &[(&'static str, Option<&str>)],
+        limit: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        let (_, bodies) = self.select_records(table, filters, limit, 0, false).await?;
+        Ok(bodies)
+    }
+
+    async fn select_records(
+        &self,
+        table: &'static str,
+        filters: &[(&'static str, Option<&str>)],
+        limit: i64,
+        offset: i64,
+        counted: bool,
+    ) -> Result<(Option<i64>, Vec<String>), StoreError> {
         let active: Vec<(&str, &str)> = filters
             .iter()
             .filter_map(|(name, value)| value.map(|value| (*name, value)))
@@ -207,17 +236,22 @@ impl Store {
             active.len() + 1,
             active.len() + 2
         );
-        let (total, bodies) = with_pool!(self, pool => {
-            let mut count = sqlx::query_scalar::<_, i64>(&count_sql);
+        Ok(with_pool!(self, pool => {
             let mut page = sqlx::query_scalar::<_, String>(&page_sql);
             for (_, value) in &active {
-                count = count.bind(*value);
                 page = page.bind(*value);
             }
-            let total = count.fetch_one(pool).await?;
             let bodies = page.bind(limit).bind(offset).fetch_all(pool).await?;
+            let total = if counted {
+                let mut count = sqlx::query_scalar::<_, i64>(&count_sql);
+                for (_, value) in &active {
+                    count = count.bind(*value);
+                }
+                Some(count.fetch_one(pool).await?)
+            } else {
+                None
+            };
             Ok::<_, sqlx::Error>((total, bodies))
-        })?;
-        Ok(Page { total, bodies })
+        })?)
     }
 }

@@ -14,6 +14,7 @@ use valueverse::Node;
 use valueverse::auth::{Role, create_key};
 
 use crate::crash::wait_until_final;
+use crate::simulations::submit_ok;
 use crate::support::{Backend, TestDb, get_json};
 use crate::value_models::{acme, create_model};
 
@@ -317,15 +318,12 @@ async fn the_page_is_live_in_a_real_browser() {
 
     // A finished simulation (its histogram and tornado), a compensated
     // saga, and a long simulation whose progress bar must move.
-    let small = client
-        .post(format!("{api}/simulations"))
-        .json(&json!({ "model": acme(), "paths": 20_000, "seed": 7, "bins": 30, "device": "cpu" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(small.status(), StatusCode::ACCEPTED);
-    let small: Value = small.json().await.unwrap();
-    let small = small["id"].as_str().unwrap().to_owned();
+    let small = submit_ok(
+        &client,
+        &base,
+        json!({ "model": acme(), "paths": 20_000, "seed": 7, "bins": 30, "device": "cpu" }),
+    )
+    .await;
     let deadline = Instant::now() + Duration::from_secs(60);
     while get_json(&client, &format!("{api}/simulations/{small}")).await["status"] != "done" {
         assert!(
@@ -348,16 +346,12 @@ async fn the_page_is_live_in_a_real_browser() {
     let saga = saga["id"].as_str().unwrap().to_owned();
     let finished = wait_until_final(&client, &api, &[(0, saga.clone())]).await;
     assert_eq!(finished[0].1["status"], "compensated");
-    let long: Value = client
-        .post(format!("{api}/simulations"))
-        .json(&json!({ "model": acme(), "paths": 1_000_000_000, "seed": 8, "device": "cpu" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let long = long["id"].as_str().unwrap().to_owned();
+    let long = submit_ok(
+        &client,
+        &base,
+        json!({ "model": acme(), "paths": 1_000_000_000, "seed": 8, "device": "cpu" }),
+    )
+    .await;
 
     let screenshot = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("target")

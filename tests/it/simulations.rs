@@ -84,7 +84,8 @@ async fn submit(client: &reqwest::Client, base: &str, body: Value) -> reqwest::R
         .unwrap()
 }
 
-async fn submit_ok(client: &reqwest::Client, base: &str, body: Value) -> String {
+/// Submits a job through the API at `base` (the node's root URL); answers its id.
+pub(crate) async fn submit_ok(client: &reqwest::Client, base: &str, body: Value) -> String {
     let response = submit(client, base, body).await;
     assert_eq!(response.status(), StatusCode::ACCEPTED);
     let location = response.headers()["location"].to_str().unwrap().to_owned();

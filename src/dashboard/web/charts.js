@@ -5,8 +5,7 @@
 const Charts = (() => {
   // Time series span a wide card; the histogram and tornado sit in a half
   // card, so they get a narrower view box (larger text once scaled).
-  let W = 600;
-  const H = 150, PAD = { l: 48, r: 8, t: 8, b: 18 };
+  const WIDE = 600, HALF = 420, H = 150, PAD = { l: 48, r: 8, t: 8, b: 18 };
   const esc = (s) => String(s).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
 
   function compact(v) {
@@ -18,7 +17,7 @@ const Charts = (() => {
     return v.toFixed(1);
   }
 
-  function frame(inner, yMin, yMax, xLabels) {
+  function frame(W, inner, yMin, yMax, xLabels) {
     const y = (v) => PAD.t + (H - PAD.t - PAD.b) * (1 - (v - yMin) / (yMax - yMin || 1));
     let axis = `<line class="axis" x1="${PAD.l}" y1="${H - PAD.b}" x2="${W - PAD.r}" y2="${H - PAD.b}"/>`;
     for (const v of [yMin, (yMin + yMax) / 2, yMax]) {
@@ -31,7 +30,7 @@ const Charts = (() => {
 
   // series: [{name, color, points: [[ms, value], ...]}]
   function lines(series, { span = 300000 } = {}) {
-    W = 600;
+    const W = WIDE;
     const now = Date.now();
     const all = series.flatMap((s) => s.points.map((p) => p[1]));
     const yMax = Math.max(1, ...all) * 1.1;
@@ -45,13 +44,13 @@ const Charts = (() => {
       inner += `<path d="${d}" fill="none" stroke="${s.color}" stroke-width="1.5"><title>${esc(s.name)}</title></path>`;
     }
     const labels = [[x(now - span) + 14, "-5 min"], [x(now - span / 2), "-2.5 min"], [x(now) - 12, "now"]];
-    return frame(inner, 0, yMax, labels);
+    return frame(W, inner, 0, yMax, labels);
   }
 
   // edges: bins + 1 boundaries; counts: bins; markers: [{at, label, color}]
   function histogram(edges, counts, markers = []) {
     if (!edges || edges.length < 2) return "";
-    W = 420;
+    const W = HALF;
     const lo = edges[0], hi = edges[edges.length - 1];
     const yMax = Math.max(1, ...counts);
     const x = (v) => PAD.l + (W - PAD.l - PAD.r) * ((v - lo) / (hi - lo || 1));
@@ -67,13 +66,13 @@ const Charts = (() => {
       inner += `<line x1="${x(m.at)}" x2="${x(m.at)}" y1="${PAD.t}" y2="${H - PAD.b}" stroke="${m.color}" stroke-dasharray="3 2"/>` +
         `<text x="${x(m.at) + 3}" y="${PAD.t + 9}">${esc(m.label)}</text>`;
     }
-    return frame(inner, 0, yMax, [[x(lo) + 10, compact(lo)], [x((lo + hi) / 2), compact((lo + hi) / 2)], [x(hi) - 10, compact(hi)]]);
+    return frame(W, inner, 0, yMax, [[x(lo) + 10, compact(lo)], [x((lo + hi) / 2), compact((lo + hi) / 2)], [x(hi) - 10, compact(hi)]]);
   }
 
   // bars: [{driver, npv_at_p10, npv_at_p90}], base: the mean NPV
   function tornado(bars, base) {
     if (!bars || !bars.length) return "";
-    W = 420;
+    const W = HALF;
     const shown = [...bars].sort((a, b) => Math.abs(b.npv_at_p90 - b.npv_at_p10) - Math.abs(a.npv_at_p90 - a.npv_at_p10)).slice(0, 8);
     const values = shown.flatMap((b) => [b.npv_at_p10, b.npv_at_p90]).concat([base]);
     const lo = Math.min(...values), hi = Math.max(...values);
