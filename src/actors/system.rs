@@ -93,11 +93,13 @@ pub(crate) struct NodeContext {
     next_arbiter: AtomicUsize,
     next_message_id: AtomicU64,
     events: broadcast::Sender<SupervisionEvent>,
-    pub(crate) domain_events: broadcast::Sender<DomainEvent>,
+    /// Events travel shared: every subscriber's receive clones the
+    /// pointer, not the event's JSON tree.
+    pub(crate) domain_events: broadcast::Sender<Arc<DomainEvent>>,
     /// Events of every node of the cluster: this node's domain events and
     /// shared ones, and those peers forwarded. Streams to clients read it;
     /// the notifier does not (each event is notified once, where it arose).
-    cluster_events: broadcast::Sender<DomainEvent>,
+    cluster_events: broadcast::Sender<Arc<DomainEvent>>,
     /// Where instances live; local for all while the view is this node.
     pub(crate) router: Arc<Router>,
 }
@@ -150,15 +152,16 @@ impl NodeContext {
         // No stream listening and no peer: no copy.
         let shared = self.cluster_events.receiver_count() > 0 || !self.router.is_solo();
         for event in events {
+            let event = Arc::new(event);
             if shared {
-                self.share(event.clone());
+                self.share(Arc::clone(&event));
             }
             let _ = self.domain_events.send(event);
         }
     }
 
     /// To every node's stream subscribers, this one's included.
-    pub(crate) fn share(&self, event: DomainEvent) {
+    pub(crate) fn share(&self, event: Arc<DomainEvent>) {
         self.router.forward_event(&event);
         let _ = self.cluster_events.send(event);
     }
@@ -456,7 +459,7 @@ impl System {
     }
 
     /// Domain events of every agent on this node, from now on.
-    pub fn subscribe_domain_events(&self) -> broadcast::Receiver<DomainEvent> {
+    pub fn subscribe_domain_events(&self) -> broadcast::Receiver<Arc<DomainEvent>> {
         self.inner.node.domain_events.subscribe()
     }
 
@@ -467,19 +470,19 @@ impl System {
 
     /// Events of every node of the cluster, from now on: what streams to
     /// clients follow, wherever the instance lives.
-    pub fn subscribe_cluster_events(&self) -> broadcast::Receiver<DomainEvent> {
+    pub fn subscribe_cluster_events(&self) -> broadcast::Receiver<Arc<DomainEvent>> {
         self.inner.node.cluster_events.subscribe()
     }
 
     /// Shares an event with the cluster's streams only (live progress,
     /// which the notifier has no business with).
     pub fn share(&self, event: DomainEvent) {
-        self.inner.node.share(event);
+        self.inner.node.share(Arc::new(event));
     }
 
     /// An event another node shared.
     pub(crate) fn receive_shared(&self, event: DomainEvent) {
-        let _ = self.inner.node.cluster_events.send(event);
+        let _ = self.inner.node.cluster_events.send(Arc::new(event));
     }
 
     /// Prometheus text of this node's metrics, gauges refreshed from the tree.

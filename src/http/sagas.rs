@@ -297,7 +297,7 @@ pub(crate) async fn events(
 /// A saga's state, then each of its transitions until it completes or is
 /// compensated.
 struct Transitions {
-    bus: tokio::sync::broadcast::Receiver<crate::actors::DomainEvent>,
+    bus: tokio::sync::broadcast::Receiver<std::sync::Arc<crate::actors::DomainEvent>>,
     runner: std::sync::Arc<SagaRunner>,
     id: String,
     first: Option<Saga>,

@@ -399,7 +399,7 @@ enum Feed {
         sent: bool,
     },
     Shared {
-        bus: tokio::sync::broadcast::Receiver<crate::actors::DomainEvent>,
+        bus: tokio::sync::broadcast::Receiver<std::sync::Arc<crate::actors::DomainEvent>>,
         source: String,
         first: Option<serde_json::Value>,
     },
@@ -443,7 +443,7 @@ impl Feed {
                             if event.source == *source
                                 && event.event_type == crate::simulation::SHARED_EVENT =>
                         {
-                            return Some(event.data);
+                            return Some(event.data.clone());
                         }
                         Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                         Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,

@@ -166,7 +166,7 @@ impl Notifications {
         Ok(true)
     }
 
-    async fn listen(self, mut events: broadcast::Receiver<DomainEvent>) {
+    async fn listen(self, mut events: broadcast::Receiver<std::sync::Arc<DomainEvent>>) {
         loop {
             match events.recv().await {
                 Ok(event) => {

@@ -211,8 +211,10 @@ pub struct Saga {
     pub definition: String,
     pub definition_version: u32,
     pub status: SagaStatus,
-    /// The request that started it.
-    pub input: serde_json::Value,
+    /// The request that started it. Shared: a saga is copied into every
+    /// reply of its coordinator, the model in its input need not be.
+    #[schema(value_type = Object)]
+    pub input: std::sync::Arc<serde_json::Value>,
     pub steps: Vec<StepState>,
     /// When the next action is due (`None` when nothing is). While an
     /// action is in flight, its deadline: past it, the action is due again
@@ -253,7 +255,7 @@ impl Saga {
             definition: definition.name.to_owned(),
             definition_version: definition.version,
             status: SagaStatus::Running,
-            input,
+            input: input.into(),
             steps: definition
                 .steps
                 .iter()

@@ -444,14 +444,14 @@ impl SagaRunner {
             (_, "amplify", Direction::Forward) => self.baseline(&keys).await,
             (_, "amplify", Direction::Compensate) => self.remove_baseline(&keys).await,
             ("renewal", "resimulate", Direction::Forward) => {
-                let input: RenewalInput = Deserialize::deserialize(&saga.input)
+                let input: RenewalInput = Deserialize::deserialize(&*saga.input)
                     .map_err(|error| final_error(format!("bad saga input: {error}")))?;
                 let old = self.commitment(&input.commitment_id).await?;
                 self.simulate(&keys, &old.request.model_id, input.paths)
                     .await
             }
             ("renewal", "amend", Direction::Forward) => {
-                let input: RenewalInput = Deserialize::deserialize(&saga.input)
+                let input: RenewalInput = Deserialize::deserialize(&*saga.input)
                     .map_err(|error| final_error(format!("bad saga input: {error}")))?;
                 let old = self.commitment(&input.commitment_id).await?;
                 let request = old.request;
@@ -773,7 +773,7 @@ fn tolerate_done(outcome: Result<(), AgentError>) -> Result<serde_json::Value, A
 }
 
 fn value_creation_input(saga: &Saga) -> Result<ValueCreationInput, ActionError> {
-    Deserialize::deserialize(&saga.input)
+    Deserialize::deserialize(&*saga.input)
         .map_err(|error| final_error(format!("bad saga input: {error}")))
 }
 

@@ -82,7 +82,7 @@ const CANCEL_EVENT: &str = "simulation.cancel";
 /// Stops the jobs this node runs when a cancel for them was taken on
 /// another node (the cancel flag a worker reads lives where it runs).
 async fn follow_cancels(
-    mut bus: tokio::sync::broadcast::Receiver<crate::actors::DomainEvent>,
+    mut bus: tokio::sync::broadcast::Receiver<std::sync::Arc<crate::actors::DomainEvent>>,
     inner: std::sync::Weak<Inner>,
 ) {
     use tokio::sync::broadcast::error::RecvError;

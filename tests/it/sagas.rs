@@ -135,7 +135,7 @@ async fn a_failed_step_compensates_the_steps_before_it_in_reverse() {
         if ["plan.cancelled", "commitment.voided", "model.archived"]
             .contains(&event.event_type.as_str())
         {
-            order.push(event.event_type);
+            order.push(event.event_type.clone());
         }
     }
     assert_eq!(
