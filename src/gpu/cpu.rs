@@ -103,6 +103,11 @@ impl Backend for CpuBackend<'_> {
         shift: f64,
         histogram: &mut FineHistogram,
     ) -> Result<Moments, RunError> {
+        if paths.end - paths.start <= CHUNK_PATHS {
+            // One chunk (a small run): on this thread, straight into the
+            // run's histogram, without the pool or per-thread histograms.
+            return Ok(self.chunk(paths, shift, histogram));
+        }
         let chunks: Vec<Range<u64>> = (paths.start..paths.end)
             .step_by(CHUNK_PATHS as usize)
             .map(|from| from..(from + CHUNK_PATHS).min(paths.end))

@@ -427,28 +427,59 @@ pub(crate) fn npv_moments(
 ) -> Moments {
     let mut block = Block::default();
     let scale = histogram.scale();
-    let (mut sum, mut sum_sq) = (0.0, 0.0);
-    let (mut min, mut max, mut losses) = (f64::INFINITY, f64::NEG_INFINITY, 0u64);
+    let mut sums = Sums::new(shift);
     let mut first = paths.start;
     while first < paths.end {
         let count = (paths.end - first).min(BLOCK_PATHS as u64) as usize;
         let npvs = sampler.npv_block(weights, seed, first, count, &mut block);
         for &npv in npvs {
-            let centred = npv - shift;
-            sum += centred;
-            sum_sq += centred * centred;
-            min = min.min(npv);
-            max = max.max(npv);
-            losses += u64::from(npv < 0.0);
+            sums.add(npv);
             histogram.add(npv, scale);
         }
         first += count as u64;
     }
-    Moments {
-        min,
-        max,
-        losses,
-        ..Moments::from_shifted_sums(paths.end - paths.start, shift, sum, sum_sq)
+    sums.moments(paths.end - paths.start)
+}
+
+/// Running sums of NPVs, shifted by `shift` (see [`Moments::from_shifted_sums`]).
+struct Sums {
+    shift: f64,
+    sum: f64,
+    sum_sq: f64,
+    min: f64,
+    max: f64,
+    losses: u64,
+}
+
+impl Sums {
+    fn new(shift: f64) -> Sums {
+        Sums {
+            shift,
+            sum: 0.0,
+            sum_sq: 0.0,
+            min: f64::INFINITY,
+            max: f64::NEG_INFINITY,
+            losses: 0,
+        }
+    }
+
+    #[inline]
+    fn add(&mut self, npv: f64) {
+        let centred = npv - self.shift;
+        self.sum += centred;
+        self.sum_sq += centred * centred;
+        self.min = self.min.min(npv);
+        self.max = self.max.max(npv);
+        self.losses += u64::from(npv < 0.0);
+    }
+
+    fn moments(&self, count: u64) -> Moments {
+        Moments {
+            min: self.min,
+            max: self.max,
+            losses: self.losses,
+            ..Moments::from_shifted_sums(count, self.shift, self.sum, self.sum_sq)
+        }
     }
 }
 
@@ -549,9 +580,25 @@ fn run_on(
     // The pilot fixes the fine histogram's range: its extremes, widened by
     // half their span on each side.
     let pilot_paths = settings.paths.min(pilot_paths);
-    // The pilot's own binning is thrown away.
-    let mut unbounded = FineHistogram::new(0.0, 1.0, 1);
-    let pilot = npv_moments(sampler, weights, seed, 0..pilot_paths, 0.0, &mut unbounded);
+    // A small run's statistics sample holds the pilot's paths: drawn once,
+    // they serve both (a saga's run of 1,000 paths drew them three times).
+    let sample = (settings.paths.min(RANK_SAMPLE) >= pilot_paths).then(|| {
+        Sample::draw(
+            model,
+            sampler,
+            weights,
+            seed,
+            settings.paths.min(RANK_SAMPLE),
+        )
+    });
+    let pilot = match &sample {
+        Some(sample) => sample.pilot(pilot_paths),
+        None => {
+            // The pilot's own binning is thrown away.
+            let mut unbounded = FineHistogram::new(0.0, 1.0, 1);
+            npv_moments(sampler, weights, seed, 0..pilot_paths, 0.0, &mut unbounded)
+        }
+    };
     let margin = (pilot.max - pilot.min) * 0.5;
     let bins = fine_bins(settings.paths);
     let mut histogram = FineHistogram::new(pilot.min - margin, pilot.max + margin, bins);
@@ -632,8 +679,12 @@ fn run_on(
     let roi = weights
         .roi(1.0)
         .map(|per_unit| scale_summary(&npv, per_unit));
-    let (sensitivity, payback) =
-        sample_statistics(model, sampler, weights, seed, paths.min(RANK_SAMPLE));
+    // A run stopped early by its precision samples fewer paths.
+    let sample = match sample {
+        Some(sample) if sample.npvs.len() as u64 == paths.min(RANK_SAMPLE) => sample,
+        _ => Sample::draw(model, sampler, weights, seed, paths.min(RANK_SAMPLE)),
+    };
+    let (sensitivity, payback) = sample.statistics(model, sampler, weights);
     let wall_seconds = started.elapsed().as_secs_f64();
     Ok(SimulationResult {
         npv_quantiles: quantiles,
@@ -672,69 +723,105 @@ fn scale_summary(summary: &Summary, factor: f64) -> Summary {
     }
 }
 
-/// Tornado bars (closed form: NPV is linear in the quantities), and rank
-/// correlations and payback months over the first `sample` paths.
-fn sample_statistics(
-    model: &ValueModel,
-    sampler: &Sampler,
-    weights: &NpvWeights,
-    seed: u64,
-    sample: u64,
-) -> (Vec<Sensitivity>, PaybackSummary) {
-    let curves = model.payback_curves();
-    let mut paybacks: Vec<u32> = Vec::with_capacity(sample as usize);
-    let means: Vec<f64> = model.drivers.iter().map(|d| d.quantity.mean()).collect();
-    let at_means = weights.npv(&means);
-    let drivers = means.len();
-    let mut columns = vec![Vec::with_capacity(sample as usize); drivers];
-    let mut npvs = Vec::with_capacity(sample as usize);
-    let (mut quantities, mut scratch) = (vec![0.0; drivers], vec![0.0; drivers]);
-    for path in 0..sample {
-        sampler.draw(seed, path, &mut quantities, &mut scratch);
-        npvs.push(weights.npv(&quantities));
-        // Never paying back sorts after every month.
-        paybacks.push(curves.payback_month(&quantities).unwrap_or(u32::MAX));
-        for (column, &quantity) in columns.iter_mut().zip(&quantities) {
-            column.push(quantity);
+/// The first paths of a run with each driver's quantity and the payback
+/// month: what the rank correlations and the payback figures are read from.
+struct Sample {
+    npvs: Vec<f64>,
+    /// Per driver, its quantity on each path.
+    columns: Vec<Vec<f64>>,
+    /// Never paying back is `u32::MAX`.
+    paybacks: Vec<u32>,
+}
+
+impl Sample {
+    fn draw(
+        model: &ValueModel,
+        sampler: &Sampler,
+        weights: &NpvWeights,
+        seed: u64,
+        sample: u64,
+    ) -> Sample {
+        let curves = model.payback_curves();
+        let drivers = model.drivers.len();
+        let mut paybacks: Vec<u32> = Vec::with_capacity(sample as usize);
+        let mut columns = vec![Vec::with_capacity(sample as usize); drivers];
+        let mut npvs = Vec::with_capacity(sample as usize);
+        let (mut quantities, mut scratch) = (vec![0.0; drivers], vec![0.0; drivers]);
+        for path in 0..sample {
+            sampler.draw(seed, path, &mut quantities, &mut scratch);
+            npvs.push(weights.npv(&quantities));
+            paybacks.push(curves.payback_month(&quantities).unwrap_or(u32::MAX));
+            for (column, &quantity) in columns.iter_mut().zip(&quantities) {
+                column.push(quantity);
+            }
+        }
+        Sample {
+            npvs,
+            columns,
+            paybacks,
         }
     }
-    let npv_ranks = ranks(&npvs);
-    let mut bars: Vec<Sensitivity> = model
-        .drivers
-        .iter()
-        .enumerate()
-        .map(|(index, driver)| {
-            let at = |u: f64| {
-                at_means + weights.weights[index] * (sampler.quantile(index, u) - means[index])
-            };
-            let (npv_at_p10, npv_at_p90) = (at(0.10), at(0.90));
-            Sensitivity {
-                driver: driver.name.clone(),
-                npv_at_p10,
-                npv_at_p90,
-                swing: (npv_at_p90 - npv_at_p10).abs(),
-                rank_correlation: pearson(&ranks(&columns[index]), &npv_ranks),
-            }
-        })
-        .collect();
-    bars.sort_by(|a, b| b.swing.total_cmp(&a.swing));
-    paybacks.sort_unstable();
-    let at = |p: f64| {
-        let index = ((p * paybacks.len() as f64) as usize).min(paybacks.len().saturating_sub(1));
-        paybacks
-            .get(index)
-            .copied()
-            .filter(|&month| month != u32::MAX)
-    };
-    let paid_back = paybacks.iter().filter(|&&month| month != u32::MAX).count();
-    let payback = PaybackSummary {
-        sampled_paths: sample,
-        prob_within_horizon: paid_back as f64 / sample.max(1) as f64,
-        p10: at(0.10),
-        p50: at(0.50),
-        p90: at(0.90),
-    };
-    (bars, payback)
+
+    /// The moments of the first `paths` paths, as the pilot takes them.
+    fn pilot(&self, paths: u64) -> Moments {
+        let mut sums = Sums::new(0.0);
+        for &npv in &self.npvs[..paths as usize] {
+            sums.add(npv);
+        }
+        sums.moments(paths)
+    }
+
+    /// Tornado bars (closed form: NPV is linear in the quantities), and rank
+    /// correlations and payback months over the sample.
+    fn statistics(
+        mut self,
+        model: &ValueModel,
+        sampler: &Sampler,
+        weights: &NpvWeights,
+    ) -> (Vec<Sensitivity>, PaybackSummary) {
+        let sample = self.npvs.len() as u64;
+        let means: Vec<f64> = model.drivers.iter().map(|d| d.quantity.mean()).collect();
+        let at_means = weights.npv(&means);
+        let npv_ranks = ranks(&self.npvs);
+        let mut bars: Vec<Sensitivity> = model
+            .drivers
+            .iter()
+            .enumerate()
+            .map(|(index, driver)| {
+                let at = |u: f64| {
+                    at_means + weights.weights[index] * (sampler.quantile(index, u) - means[index])
+                };
+                let (npv_at_p10, npv_at_p90) = (at(0.10), at(0.90));
+                Sensitivity {
+                    driver: driver.name.clone(),
+                    npv_at_p10,
+                    npv_at_p90,
+                    swing: (npv_at_p90 - npv_at_p10).abs(),
+                    rank_correlation: pearson(&ranks(&self.columns[index]), &npv_ranks),
+                }
+            })
+            .collect();
+        bars.sort_by(|a, b| b.swing.total_cmp(&a.swing));
+        let paybacks = &mut self.paybacks;
+        paybacks.sort_unstable();
+        let at = |p: f64| {
+            let index =
+                ((p * paybacks.len() as f64) as usize).min(paybacks.len().saturating_sub(1));
+            paybacks
+                .get(index)
+                .copied()
+                .filter(|&month| month != u32::MAX)
+        };
+        let paid_back = paybacks.iter().filter(|&&month| month != u32::MAX).count();
+        let payback = PaybackSummary {
+            sampled_paths: sample,
+            prob_within_horizon: paid_back as f64 / sample.max(1) as f64,
+            p10: at(0.10),
+            p50: at(0.50),
+            p90: at(0.90),
+        };
+        (bars, payback)
+    }
 }
 
 /// Ranks (ties share their mean rank), for Spearman's correlation.
@@ -863,6 +950,32 @@ mod tests {
         assert!(month(payback.p50) <= month(payback.p90));
         let roi = result.roi.unwrap();
         assert!((roi.mean - result.npv.mean / weights.cost_basis).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_small_runs_sample_gives_the_pilot_its_draws_unchanged() {
+        // The sample draws path by path, the pilot block by block: the
+        // same paths, so the same extremes and mean.
+        let model = normals();
+        let (sampler, weights) = (Sampler::new(&model), model.npv_weights());
+        let sample = Sample::draw(&model, &sampler, &weights, 42, 3_000);
+        let from_sample = sample.pilot(3_000);
+        let mut unbounded = FineHistogram::new(0.0, 1.0, 1);
+        let drawn = npv_moments(&sampler, &weights, 42, 0..3_000, 0.0, &mut unbounded);
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * a.abs().max(1.0);
+        assert!(
+            close(from_sample.min, drawn.min),
+            "{from_sample:?} vs {drawn:?}"
+        );
+        assert!(close(from_sample.max, drawn.max));
+        assert!(close(from_sample.mean, drawn.mean));
+        assert_eq!(from_sample.losses, drawn.losses);
+        assert_eq!(from_sample.count, 3_000);
+        // And the run reads its statistics from that same sample.
+        let result = run(&model, &settings(3_000), Device::Cpu, |_| Control::Continue).unwrap();
+        assert_eq!(result.payback.sampled_paths, 3_000);
+        assert_eq!(result.histogram.counts.iter().sum::<u64>(), 3_000);
+        assert!((result.npv.mean - drawn.mean).abs() < 1e-6 * drawn.mean.abs());
     }
 
     #[test]
