@@ -827,7 +827,8 @@ impl Sample {
 /// Ranks (ties share their mean rank), for Spearman's correlation.
 fn ranks(values: &[f64]) -> Vec<f64> {
     let mut order: Vec<usize> = (0..values.len()).collect();
-    order.sort_by(|&a, &b| values[a].total_cmp(&values[b]));
+    // Ties are grouped below, so the order among them does not matter.
+    order.sort_unstable_by(|&a, &b| values[a].total_cmp(&values[b]));
     let mut ranks = vec![0.0; values.len()];
     let mut start = 0;
     while start < order.len() {
