@@ -125,7 +125,7 @@ impl<A: Agent> AgentRef<A> {
         let deadline = self.kind.node.clock.now() + timeout;
         let worker = self.kind.deliver(
             &self.key,
-            self.envelope(msg, Some(deadline), Some(reply)),
+            self.envelope(msg, Some(deadline), Some(ReplySender::Local(reply))),
             &self.instance,
         )?;
         let answered = if self.kind.node.is_current_worker(worker) {

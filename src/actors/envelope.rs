@@ -1,8 +1,9 @@
 //! What travels with every message: ids, correlation, deadline and target.
 //!
 //! The header holds only plain data (no channels, no actix types), so the
-//! cluster layer can encode it next to the payload and the target. The reply
-//! channel rides beside it in [`Envelope`] and stays on the node that asked.
+//! cluster layer can encode it next to the payload and the target. Where the
+//! reply goes rides beside it in [`Envelope`]: a channel on the node that
+//! asked, or the link an ask from another node came on.
 
 use std::fmt;
 use std::sync::Arc;
@@ -74,10 +75,31 @@ pub(crate) struct Header {
     pub(crate) deadline: Option<quanta::Instant>,
 }
 
-/// The answer to an `ask`, when the sender waits for one.
-/// Errors travel boxed: the channel then carries a small value on the hot
-/// path instead of the size of the largest error.
-pub(crate) type ReplySender<A> = oneshot::Sender<Result<<A as Agent>::Reply, Box<AgentError>>>;
+/// Where the answer to an `ask` goes, when the sender waits for one.
+pub(crate) enum ReplySender<A: Agent> {
+    /// An ask made on this node. Errors travel boxed: the channel then
+    /// carries a small value on the hot path, not the largest error's size.
+    Local(oneshot::Sender<Result<A::Reply, Box<AgentError>>>),
+    /// An ask from another node: the handler's thread encodes the answer
+    /// straight onto the link it came on (no task per ask to carry it).
+    Remote(crate::cluster::router::RemoteReply),
+}
+
+impl<A: Agent> ReplySender<A> {
+    /// Answers; an asker that timed out and went is no error.
+    pub(crate) fn send(self, result: Result<A::Reply, AgentError>) {
+        match self {
+            ReplySender::Local(sender) => {
+                let _ = sender.send(result.map_err(Box::new));
+            }
+            ReplySender::Remote(reply) => reply.send(match result {
+                Ok(value) => crate::cluster::router::encode_payload(&value)
+                    .map_err(|message| crate::cluster::codec::RemoteFailure::Agent { message }),
+                Err(error) => Err(crate::cluster::router::failure_of(error)),
+            }),
+        }
+    }
+}
 
 /// A message on its way into an instance's mailbox.
 pub(crate) struct Envelope<A: Agent> {

@@ -316,8 +316,7 @@ impl<A: Agent> Host<A> {
 
 fn respond<A: Agent>(reply: Option<ReplySender<A>>, result: Result<A::Reply, AgentError>) {
     if let Some(reply) = reply {
-        // The asker may have timed out and gone: nobody to tell then.
-        let _ = reply.send(result.map_err(Box::new));
+        reply.send(result);
     }
 }
 

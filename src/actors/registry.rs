@@ -18,7 +18,8 @@ use dashmap::DashMap;
 use futures_util::future::BoxFuture;
 
 use crate::cluster::codec::{self, RemoteFailure};
-use crate::cluster::router::{self, Delivery};
+use crate::cluster::router::{self, RemoteReply};
+use crate::cluster::transport::Hold;
 use crate::metrics::KindMetrics;
 
 use super::agent::Agent;
@@ -173,7 +174,7 @@ pub(crate) struct Instance<A: Agent> {
 }
 
 enum Offer<A: Agent> {
-    Full,
+    Full(Envelope<A>),
     Closed(Envelope<A>),
 }
 
@@ -181,15 +182,15 @@ impl<A: Agent> Instance<A> {
     fn offer(&self, envelope: Envelope<A>, capacity: usize) -> Result<(), Offer<A>> {
         match self.cell.admit(capacity) {
             Admission::Admitted => {}
-            Admission::Full => return Err(Offer::Full),
+            Admission::Full => return Err(Offer::Full(envelope)),
             Admission::Closed => return Err(Offer::Closed(envelope)),
         }
         // `try_send` (never `do_send`) so the actix queue is bounded too.
         match self.addr.try_send(envelope) {
             Ok(()) => Ok(()),
-            Err(actix::dev::SendError::Full(_)) => {
+            Err(actix::dev::SendError::Full(envelope)) => {
                 self.cell.release();
-                Err(Offer::Full)
+                Err(Offer::Full(envelope))
             }
             Err(actix::dev::SendError::Closed(envelope)) => {
                 self.cell.release();
@@ -247,7 +248,7 @@ impl<A: Agent> KindRuntime<A> {
         if let Some(instance) = cache.get() {
             match instance.offer(envelope, self.mailbox_capacity) {
                 Ok(()) => return Ok(instance.worker),
-                Err(Offer::Full) => return Err(self.mailbox_full(key)),
+                Err(Offer::Full(refused)) => return Err(self.refuse(refused, key, Self::full)),
                 Err(Offer::Closed(returned)) => envelope = returned,
             }
         }
@@ -271,7 +272,7 @@ impl<A: Agent> KindRuntime<A> {
                     let _ = cache.set(instance);
                     return Ok(worker);
                 }
-                Err(Offer::Full) => return Err(self.mailbox_full(key)),
+                Err(Offer::Full(refused)) => return Err(self.refuse(refused, key, Self::full)),
                 Err(Offer::Closed(returned)) => {
                     self.instances
                         .remove_if(key, |_, instance| instance.cell.is_closed());
@@ -279,12 +280,26 @@ impl<A: Agent> KindRuntime<A> {
                 }
             }
         }
-        Err(AgentError::Stopped {
+        Err(self.refuse(envelope, key, |_, key| AgentError::Stopped {
             target: Self::target(key),
-        })
+        }))
     }
 
-    fn mailbox_full(&self, key: &Arc<str>) -> AgentError {
+    /// The error of an envelope not delivered, answered to its asker too:
+    /// a local one also has it returned, a remote one hears only this way.
+    fn refuse(
+        &self,
+        envelope: Envelope<A>,
+        key: &Arc<str>,
+        error: impl Fn(&Self, &Arc<str>) -> AgentError,
+    ) -> AgentError {
+        if let Some(reply) = envelope.reply {
+            reply.send(Err(error(self, key)));
+        }
+        error(self, key)
+    }
+
+    fn full(&self, key: &Arc<str>) -> AgentError {
         AgentError::MailboxFull {
             target: Self::target(key),
             capacity: self.mailbox_capacity,
@@ -347,15 +362,46 @@ pub(crate) trait KindControl: Send + Sync {
     /// answers how many were asked.
     fn hand_off_unowned(&self) -> usize;
     /// Delivers a message from another node; an ask gets its answer's future.
-    fn deliver_remote(self: Arc<Self>, envelope: codec::Envelope) -> Delivery;
+    /// Delivers a message from another node; an ask is answered through
+    /// `reply`. A tell that found the mailbox full comes back as the wait
+    /// for room, which holds the link's reader.
+    fn deliver_remote(
+        self: Arc<Self>,
+        envelope: codec::Envelope,
+        reply: Option<RemoteReply>,
+    ) -> Option<Hold>;
 }
 
 impl<A: Agent> KindRuntime<A> {
+    /// Delivers a message from another node. Its failure is returned, and
+    /// an ask's is also answered on its link (so are the asks the instance
+    /// takes: by its handler).
     fn accept_remote(
         self: &Arc<Self>,
         envelope: &codec::Envelope,
-        reply: Option<ReplySender<A>>,
+        reply: Option<RemoteReply>,
     ) -> Result<(), RemoteFailure> {
+        let (key, mut local) = match self.check_remote(envelope) {
+            Ok(checked) => checked,
+            Err(failure) => {
+                if let Some(reply) = reply {
+                    reply.send(Err(failure.clone()));
+                }
+                return Err(failure);
+            }
+        };
+        local.reply = reply.map(ReplySender::Remote);
+        self.deliver(&key, local, &OnceLock::new())
+            .map(|_worker| ())
+            .map_err(router::failure_of)
+    }
+
+    /// The target key and the local envelope (no reply yet) of a message
+    /// this node takes.
+    fn check_remote(
+        &self,
+        envelope: &codec::Envelope,
+    ) -> Result<(Arc<str>, Envelope<A>), RemoteFailure> {
         if envelope.type_id != router::type_id::<A>() {
             return Err(RemoteFailure::UnknownType {
                 type_id: envelope.type_id,
@@ -378,21 +424,22 @@ impl<A: Agent> KindRuntime<A> {
         };
         let payload = router::decode_payload::<A::Msg>(&envelope.payload)
             .map_err(|reason| RemoteFailure::Undecodable { reason })?;
-        let envelope = Envelope {
-            header: Header {
-                message_id: self.node.next_message_id(),
-                correlation_id: envelope
-                    .correlation_id
-                    .as_deref()
-                    .and_then(CorrelationId::parse),
-                deadline,
-            },
-            payload,
-            reply,
+        let header = Header {
+            message_id: self.node.next_message_id(),
+            correlation_id: envelope
+                .correlation_id
+                .as_deref()
+                .and_then(CorrelationId::parse),
+            deadline,
         };
-        self.deliver(&key, envelope, &OnceLock::new())
-            .map(|_worker| ())
-            .map_err(router::failure_of)
+        Ok((
+            key,
+            Envelope {
+                header,
+                payload,
+                reply: None,
+            },
+        ))
     }
 }
 
@@ -441,30 +488,26 @@ impl<A: Agent> KindControl for KindRuntime<A> {
         asked
     }
 
-    fn deliver_remote(self: Arc<Self>, envelope: codec::Envelope) -> Delivery {
-        if envelope.ask_id.is_none() {
-            return match self.accept_remote(&envelope, None) {
-                Ok(()) => Delivery::Done,
-                Err(RemoteFailure::MailboxFull { .. }) => {
-                    Delivery::Hold(Box::pin(self.hold_until_taken(envelope)))
-                }
-                Err(failure) => {
-                    tracing::debug!(kind = A::KIND, ?failure, "cluster: remote tell dropped");
-                    Delivery::Done
-                }
-            };
+    fn deliver_remote(
+        self: Arc<Self>,
+        envelope: codec::Envelope,
+        reply: Option<RemoteReply>,
+    ) -> Option<Hold> {
+        if reply.is_some() {
+            // Answered on the link, whatever becomes of it.
+            let _ = self.accept_remote(&envelope, reply);
+            return None;
         }
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        let accepted = self.accept_remote(&envelope, Some(reply));
-        Delivery::Answer(Box::pin(async move {
-            accepted?;
-            match answer.await {
-                Ok(Ok(reply)) => router::encode_payload(&reply)
-                    .map_err(|message| RemoteFailure::Agent { message }),
-                Ok(Err(error)) => Err(router::failure_of(*error)),
-                Err(_) => Err(RemoteFailure::Stopped),
+        match self.accept_remote(&envelope, None) {
+            Ok(()) => None,
+            Err(RemoteFailure::MailboxFull { .. }) => {
+                Some(Box::pin(self.hold_until_taken(envelope)))
             }
-        }))
+            Err(failure) => {
+                tracing::debug!(kind = A::KIND, ?failure, "cluster: remote tell dropped");
+                None
+            }
+        }
     }
 
     fn snapshot(&self) -> SupervisorSnapshot {

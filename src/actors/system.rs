@@ -16,7 +16,8 @@ use actix_rt::{Arbiter, ArbiterHandle};
 use tokio::sync::broadcast;
 
 use crate::cluster::codec;
-use crate::cluster::router::{Delivery, Route, Router};
+use crate::cluster::router::{RemoteReply, Route, Router};
+use crate::cluster::transport::Hold;
 use crate::metrics::Metrics;
 use crate::store::Store;
 
@@ -320,17 +321,22 @@ impl System {
     }
 
     /// Delivers a message from another node to the instance here; an ask
-    /// gets the future of its encoded reply.
-    pub(crate) fn deliver_remote(&self, envelope: codec::Envelope) -> Delivery {
+    /// is answered through `reply`.
+    pub(crate) fn deliver_remote(
+        &self,
+        envelope: codec::Envelope,
+        reply: Option<RemoteReply>,
+    ) -> Option<Hold> {
         match self.control(&envelope.target.kind) {
-            Ok(control) => control.deliver_remote(envelope),
-            Err(_) if envelope.ask_id.is_some() => {
-                let failure = codec::RemoteFailure::UnknownKind {
-                    kind: envelope.target.kind,
-                };
-                Delivery::Answer(Box::pin(async move { Err(failure) }))
+            Ok(control) => control.deliver_remote(envelope, reply),
+            Err(_) => {
+                if let Some(reply) = reply {
+                    reply.send(Err(codec::RemoteFailure::UnknownKind {
+                        kind: envelope.target.kind,
+                    }));
+                }
+                None
             }
-            Err(_) => Delivery::Done,
         }
     }
 

@@ -68,10 +68,18 @@ impl Agent for Echo {
 /// A node of the benchmark: an agent runtime on an in-memory store, with
 /// a transport that delivers to it.
 async fn echo_node(name: &str, secret: &[u8]) -> Result<(System, Transport), BenchError> {
+    agent_node(name, secret, crate::actors::RuntimeConfig::default()).await
+}
+
+async fn agent_node(
+    name: &str,
+    secret: &[u8],
+    config: crate::actors::RuntimeConfig,
+) -> Result<(System, Transport), BenchError> {
     let store = Store::open("sqlite::memory:", 1)
         .await
         .map_err(|error| BenchError::Peer(error.to_string()))?;
-    let system = System::start(name, crate::actors::RuntimeConfig::default(), store)?;
+    let system = System::start(name, config, store)?;
     system.register::<Echo>();
     let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
     let transport = Transport::bind(
@@ -424,4 +432,96 @@ pub async fn run(
         tcp_ping_p50_us: percentile(&pings, 0.5),
         tcp_ping_p99_us: percentile(&pings, 0.99),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Takes its time over each message, so that its mailbox fills.
+    struct Slow;
+
+    impl Agent for Slow {
+        const KIND: &'static str = "test_slow";
+        type State = u64;
+        type Msg = EchoMsg;
+        type Reply = u64;
+
+        fn init(_key: &str) -> u64 {
+            0
+        }
+
+        fn handle(state: &mut u64, _: EchoMsg, _: &mut Handling<'_>) -> Result<u64, HandlerError> {
+            std::thread::sleep(Duration::from_millis(20));
+            *state += 1;
+            Ok(*state)
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn remote_asks_are_answered_by_the_far_handler_or_refused_typed() {
+        let secret = [9u8; 32];
+        let config = crate::actors::RuntimeConfig {
+            mailbox_capacity: 2,
+            ..Default::default()
+        };
+        let (near, near_transport) = agent_node("near", &secret, config.clone()).await.unwrap();
+        let (far, far_transport) = agent_node("far", &secret, config).await.unwrap();
+        near.register::<Slow>();
+        far.register::<Slow>();
+        let placed = |node: &str, addr: SocketAddr| Placed {
+            candidate: Candidate {
+                node: node.to_owned(),
+                kinds: vec![Slow::KIND.to_owned(), Echo::KIND.to_owned()],
+                gpus: 0,
+            },
+            transport_addr: addr,
+        };
+        let view = vec![
+            placed("near", near_transport.local_addr()),
+            placed("far", far_transport.local_addr()),
+        ];
+        near.router().set_view(view.clone());
+        far.router().set_view(view);
+        let far_key = |kind| {
+            (0..)
+                .map(|i| format!("k-{i}"))
+                .find(|key| !near.router().is_local(kind, key))
+                .unwrap()
+        };
+
+        // Answered by the handler on the far node, over the link.
+        let echo = near.agent::<Echo>(far_key(Echo::KIND));
+        for n in 0..100 {
+            assert_eq!(
+                echo.ask(EchoMsg::Ping(n), Duration::from_secs(5))
+                    .await
+                    .unwrap(),
+                n
+            );
+        }
+
+        // A full mailbox there is refused as such here, at once: not a
+        // timeout, not `Stopped`.
+        let slow = near.agent::<Slow>(far_key(Slow::KIND));
+        let asks = (0..12).map(|_| {
+            let slow = slow.clone();
+            tokio::spawn(async move { slow.ask(EchoMsg::Count, Duration::from_secs(5)).await })
+        });
+        let (mut answered, mut full) = (0, 0);
+        for ask in futures_util::future::join_all(asks).await {
+            match ask.unwrap() {
+                Ok(_) => answered += 1,
+                Err(AgentError::MailboxFull { capacity: 2, .. }) => full += 1,
+                Err(other) => panic!("unexpected {other:?}"),
+            }
+        }
+        assert!(
+            answered >= 1 && full >= 1,
+            "{answered} answered, {full} full"
+        );
+        assert_eq!(answered + full, 12);
+        near.shutdown();
+        far.shutdown();
+    }
 }

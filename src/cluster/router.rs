@@ -430,38 +430,70 @@ pub(crate) fn inbound(system: crate::actors::WeakSystem) -> Inbound {
             }
             return None;
         }
-        let ask_id = envelope.ask_id;
-        let delivery = match system.upgrade() {
-            Some(system) => system.deliver_remote(envelope),
-            None => Delivery::Answer(Box::pin(async { Err(RemoteFailure::Stopped) })),
-        };
-        match (ask_id, delivery) {
-            (Some(ask_id), Delivery::Answer(answer)) => {
-                let link = link.clone();
-                tokio::spawn(async move {
-                    let outcome = answer.await;
-                    let _ = link.send(Frame::Reply(Reply { ask_id, outcome })).await;
-                });
+        let reply = envelope
+            .ask_id
+            .map(|ask_id| RemoteReply::new(link.clone(), ask_id));
+        match system.upgrade() {
+            Some(system) => system.deliver_remote(envelope, reply),
+            None => {
+                if let Some(reply) = reply {
+                    reply.send(Err(RemoteFailure::Stopped));
+                }
                 None
             }
-            (_, Delivery::Hold(hold)) => Some(hold),
-            _ => None,
         }
     })
 }
 
-/// The reply a remote ask waits for.
-pub(crate) type RemoteAnswer =
-    futures_util::future::BoxFuture<'static, Result<Vec<u8>, RemoteFailure>>;
+/// Where the answer to an ask from another node goes: the link it came
+/// on. Whoever answers (the instance's handler, or the delivery that could
+/// not take it) queues the reply frame from its own thread. Dropped
+/// unanswered (its mailbox went away with it), it answers `Stopped`, as a
+/// local asker's dropped channel does.
+pub(crate) struct RemoteReply {
+    link: Option<Link>,
+    ask_id: u64,
+}
 
-/// What became of a message from another node.
-pub(crate) enum Delivery {
-    /// A tell, in the mailbox or dropped (logged).
-    Done,
-    /// An ask: its reply, when it comes.
-    Answer(RemoteAnswer),
-    /// A tell that found the mailbox full: the link reads on once it is in.
-    Hold(super::transport::Hold),
+impl RemoteReply {
+    fn new(link: Link, ask_id: u64) -> RemoteReply {
+        RemoteReply {
+            link: Some(link),
+            ask_id,
+        }
+    }
+
+    pub(crate) fn send(mut self, outcome: Result<Vec<u8>, RemoteFailure>) {
+        self.answer(outcome);
+    }
+
+    fn answer(&mut self, outcome: Result<Vec<u8>, RemoteFailure>) {
+        let Some(link) = self.link.take() else {
+            return;
+        };
+        let frame = Frame::Reply(Reply {
+            ask_id: self.ask_id,
+            outcome,
+        });
+        if let Err(frame) = link.try_send(frame) {
+            // The outbox is full: wait for room on a task, where a runtime
+            // runs here (every node thread has one). A closed link has
+            // nobody left to answer.
+            if !link.is_closed()
+                && let Ok(runtime) = tokio::runtime::Handle::try_current()
+            {
+                runtime.spawn(async move {
+                    let _ = link.send(*frame).await;
+                });
+            }
+        }
+    }
+}
+
+impl Drop for RemoteReply {
+    fn drop(&mut self) {
+        self.answer(Err(RemoteFailure::Stopped));
+    }
 }
 
 #[cfg(test)]
