@@ -131,6 +131,10 @@ impl<'a> Handling<'a> {
 
     /// The emitted events as published, stamped with their source.
     pub(crate) fn take_events(&mut self, kind: &str) -> Vec<super::events::DomainEvent> {
+        // Most messages emit nothing: no source string for them.
+        if self.events.is_empty() {
+            return Vec::new();
+        }
         let source = format!("{kind}/{}", self.key);
         let correlation_id = self
             .header

@@ -150,6 +150,9 @@ impl NodeContext {
     /// Publishes domain events (no subscriber is fine), here and to the
     /// cluster's streams.
     pub(crate) fn publish(&self, events: Vec<DomainEvent>) {
+        if events.is_empty() {
+            return;
+        }
         // No stream listening and no peer: no copy.
         let shared = self.cluster_events.receiver_count() > 0 || !self.router.is_solo();
         for event in events {
