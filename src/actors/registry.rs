@@ -361,7 +361,6 @@ pub(crate) trait KindControl: Send + Sync {
     /// Asks every instance whose key another node owns now to passivate;
     /// answers how many were asked.
     fn hand_off_unowned(&self) -> usize;
-    /// Delivers a message from another node; an ask gets its answer's future.
     /// Delivers a message from another node; an ask is answered through
     /// `reply`. A tell that found the mailbox full comes back as the wait
     /// for room, which holds the link's reader.
@@ -384,9 +383,7 @@ impl<A: Agent> KindRuntime<A> {
         let (key, mut local) = match self.check_remote(envelope) {
             Ok(checked) => checked,
             Err(failure) => {
-                if let Some(reply) = reply {
-                    reply.send(Err(failure.clone()));
-                }
+                RemoteReply::refuse(reply, failure.clone());
                 return Err(failure);
             }
         };

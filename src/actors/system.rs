@@ -333,11 +333,8 @@ impl System {
         match self.control(&envelope.target.kind) {
             Ok(control) => control.deliver_remote(envelope, reply),
             Err(_) => {
-                if let Some(reply) = reply {
-                    reply.send(Err(codec::RemoteFailure::UnknownKind {
-                        kind: envelope.target.kind,
-                    }));
-                }
+                let kind = envelope.target.kind;
+                RemoteReply::refuse(reply, codec::RemoteFailure::UnknownKind { kind });
                 None
             }
         }

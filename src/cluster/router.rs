@@ -436,9 +436,7 @@ pub(crate) fn inbound(system: crate::actors::WeakSystem) -> Inbound {
         match system.upgrade() {
             Some(system) => system.deliver_remote(envelope, reply),
             None => {
-                if let Some(reply) = reply {
-                    reply.send(Err(RemoteFailure::Stopped));
-                }
+                RemoteReply::refuse(reply, RemoteFailure::Stopped);
                 None
             }
         }
@@ -465,6 +463,13 @@ impl RemoteReply {
 
     pub(crate) fn send(mut self, outcome: Result<Vec<u8>, RemoteFailure>) {
         self.answer(outcome);
+    }
+
+    /// Answers `failure` to the ask, if the message was one.
+    pub(crate) fn refuse(reply: Option<RemoteReply>, failure: RemoteFailure) {
+        if let Some(reply) = reply {
+            reply.send(Err(failure));
+        }
     }
 
     fn answer(&mut self, outcome: Result<Vec<u8>, RemoteFailure>) {
