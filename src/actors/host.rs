@@ -353,6 +353,30 @@ impl<A: Agent> Handler<Envelope<A>> for Host<A> {
     }
 }
 
+/// Messages from one link for this instance, sent as one: each is handled
+/// in order as if it had come alone. One mailbox push and one wake of the
+/// event loop for the lot.
+pub(crate) struct Batch<A: Agent>(pub(crate) Vec<Envelope<A>>);
+
+impl<A: Agent> actix::Message for Batch<A> {
+    type Result = ();
+}
+
+impl<A: Agent> Handler<Batch<A>> for Host<A> {
+    type Result = ();
+
+    fn handle(&mut self, batch: Batch<A>, ctx: &mut Context<Self>) {
+        for envelope in batch.0 {
+            // Stopping (a failure it does not survive): the rest are
+            // dropped, as actix drops what is left in a mailbox.
+            if ctx.state() != actix::ActorState::Running {
+                break;
+            }
+            Handler::<Envelope<A>>::handle(self, envelope, ctx);
+        }
+    }
+}
+
 impl<A: Agent> Host<A> {
     /// Handles one message: the instance is not busy.
     fn process(&mut self, envelope: Envelope<A>, ctx: &mut Context<Self>) {

@@ -39,6 +39,7 @@ pub use agent_ref::AgentRef;
 pub use envelope::{AgentId, CorrelationId, MAX_CORRELATION_ID_LEN, MessageId};
 pub use error::{AgentError, HandlerError, Rejection};
 pub use events::DomainEvent;
+pub(crate) use registry::Stage;
 pub use supervisor::{
     FailureRecord, InstanceSnapshot, InstanceStatus, LifecycleChange, RestartStrategy,
     SupervisionEvent, SupervisionTree, SupervisorSnapshot,

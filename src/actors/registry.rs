@@ -9,7 +9,7 @@
 //! stranded in a stopped mailbox.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use actix::Addr;
@@ -25,7 +25,7 @@ use crate::metrics::KindMetrics;
 use super::agent::Agent;
 use super::envelope::{AgentId, CorrelationId, Envelope, Header, ReplySender};
 use super::error::AgentError;
-use super::host::{Handoff, Host, Operate};
+use super::host::{Batch, Handoff, Host, Operate};
 use super::supervisor::{
     FailureRecord, InstanceSnapshot, InstanceStatus, LifecycleChange, OperatorAction,
     RestartStrategy, SupervisorSnapshot,
@@ -46,6 +46,12 @@ struct CacheLine<T>(T);
 /// State of one instance shared by its senders, its host and observers.
 pub(crate) struct InstanceCell {
     depth: CacheLine<AtomicUsize>,
+    /// A sender waits for room (a remote tell holding its link): the host
+    /// wakes it once the mailbox has drained to `room_at`, so that it
+    /// resumes with room for a burst rather than one message at a time.
+    waiting: AtomicBool,
+    room: tokio::sync::Notify,
+    room_at: usize,
     status: AtomicU8,
     messages_handled: AtomicU64,
     restarts: AtomicU32,
@@ -60,9 +66,12 @@ enum Admission {
 }
 
 impl InstanceCell {
-    fn new() -> InstanceCell {
+    fn new(capacity: usize) -> InstanceCell {
         InstanceCell {
             depth: CacheLine::default(),
+            waiting: AtomicBool::new(false),
+            room: tokio::sync::Notify::new(),
+            room_at: capacity / 2,
             status: AtomicU8::new(InstanceStatus::Activating.as_u8()),
             messages_handled: AtomicU64::new(0),
             restarts: AtomicU32::new(0),
@@ -86,7 +95,17 @@ impl InstanceCell {
 
     /// Undoes an admission whose send did not happen, or marks one taken.
     pub(crate) fn release(&self) {
-        self.depth.0.fetch_sub(1, Ordering::AcqRel);
+        let previous = self.depth.0.fetch_sub(1, Ordering::AcqRel);
+        // Ordered after a waiter's flag by the depth it changed before
+        // trying again: a waiter that found the mailbox full is seen here.
+        if (previous - 1) & !CLOSED <= self.room_at && self.waiting.load(Ordering::Acquire) {
+            self.wake_waiting();
+        }
+    }
+
+    fn wake_waiting(&self) {
+        self.waiting.store(false, Ordering::Release);
+        self.room.notify_waiters();
     }
 
     /// Closes an empty mailbox for good; fails when anything is admitted.
@@ -99,6 +118,7 @@ impl InstanceCell {
 
     fn force_close(&self) {
         self.depth.0.fetch_or(CLOSED, Ordering::AcqRel);
+        self.wake_waiting();
     }
 
     fn is_closed(&self) -> bool {
@@ -178,6 +198,13 @@ enum Offer<A: Agent> {
     Closed(Envelope<A>),
 }
 
+/// An envelope the registry could not deliver, given back.
+enum Undelivered<A: Agent> {
+    /// The instance's mailbox is full: its cell tells when it has room.
+    Full(Envelope<A>, Arc<InstanceCell>),
+    Stopped(Envelope<A>),
+}
+
 impl<A: Agent> Instance<A> {
     fn offer(&self, envelope: Envelope<A>, capacity: usize) -> Result<(), Offer<A>> {
         match self.cell.admit(capacity) {
@@ -198,6 +225,23 @@ impl<A: Agent> Instance<A> {
                 Err(Offer::Closed(envelope))
             }
         }
+    }
+
+    /// Sends envelopes already admitted as one batch; gives them back
+    /// (admissions undone) when the host will not take it.
+    fn send_batch(&self, batch: Vec<Envelope<A>>) -> Result<(), Vec<Envelope<A>>> {
+        let (Batch(batch), closed) = match self.addr.try_send(Batch(batch)) {
+            Ok(()) => return Ok(()),
+            Err(actix::dev::SendError::Full(batch)) => (batch, false),
+            Err(actix::dev::SendError::Closed(batch)) => (batch, true),
+        };
+        for _ in &batch {
+            self.cell.release();
+        }
+        if closed {
+            self.cell.force_close();
+        }
+        Err(batch)
     }
 }
 
@@ -244,11 +288,31 @@ impl<A: Agent> KindRuntime<A> {
         envelope: Envelope<A>,
         cache: &OnceLock<Arc<Instance<A>>>,
     ) -> Result<usize, AgentError> {
+        self.try_deliver(key, envelope, cache)
+            .map_err(|undelivered| match undelivered {
+                Undelivered::Full(envelope, _) => self.refuse(envelope, key, Self::full),
+                Undelivered::Stopped(envelope) => {
+                    self.refuse(envelope, key, |_, key| AgentError::Stopped {
+                        target: Self::target(key),
+                    })
+                }
+            })
+    }
+
+    /// [`KindRuntime::deliver`], giving back what was not delivered.
+    fn try_deliver(
+        self: &Arc<Self>,
+        key: &Arc<str>,
+        envelope: Envelope<A>,
+        cache: &OnceLock<Arc<Instance<A>>>,
+    ) -> Result<usize, Undelivered<A>> {
         let mut envelope = envelope;
         if let Some(instance) = cache.get() {
             match instance.offer(envelope, self.mailbox_capacity) {
                 Ok(()) => return Ok(instance.worker),
-                Err(Offer::Full(refused)) => return Err(self.refuse(refused, key, Self::full)),
+                Err(Offer::Full(refused)) => {
+                    return Err(Undelivered::Full(refused, Arc::clone(&instance.cell)));
+                }
                 Err(Offer::Closed(returned)) => envelope = returned,
             }
         }
@@ -272,7 +336,9 @@ impl<A: Agent> KindRuntime<A> {
                     let _ = cache.set(instance);
                     return Ok(worker);
                 }
-                Err(Offer::Full(refused)) => return Err(self.refuse(refused, key, Self::full)),
+                Err(Offer::Full(refused)) => {
+                    return Err(Undelivered::Full(refused, Arc::clone(&instance.cell)));
+                }
                 Err(Offer::Closed(returned)) => {
                     self.instances
                         .remove_if(key, |_, instance| instance.cell.is_closed());
@@ -280,9 +346,7 @@ impl<A: Agent> KindRuntime<A> {
                 }
             }
         }
-        Err(self.refuse(envelope, key, |_, key| AgentError::Stopped {
-            target: Self::target(key),
-        }))
+        Err(Undelivered::Stopped(envelope))
     }
 
     /// The error of an envelope not delivered, answered to its asker too:
@@ -307,8 +371,8 @@ impl<A: Agent> KindRuntime<A> {
     }
 
     fn spawn(self: &Arc<Self>, key: &Arc<str>) -> Instance<A> {
-        let cell = Arc::new(InstanceCell::new());
         let capacity = self.mailbox_capacity;
+        let cell = Arc::new(InstanceCell::new(capacity));
         let kind = Arc::clone(self);
         let host_cell = Arc::clone(&cell);
         let host_key = key.clone();
@@ -361,50 +425,23 @@ pub(crate) trait KindControl: Send + Sync {
     /// Asks every instance whose key another node owns now to passivate;
     /// answers how many were asked.
     fn hand_off_unowned(&self) -> usize;
-    /// Delivers a message from another node; an ask is answered through
-    /// `reply`. A tell that found the mailbox full comes back as the wait
-    /// for room, which holds the link's reader.
-    fn deliver_remote(
-        self: Arc<Self>,
-        envelope: codec::Envelope,
-        reply: Option<RemoteReply>,
-    ) -> Option<Hold>;
+    /// Where one link's messages for this kind wait to be delivered.
+    fn stage(self: Arc<Self>) -> Box<dyn Stage>;
 }
 
 impl<A: Agent> KindRuntime<A> {
-    /// Delivers a message from another node. Its failure is returned, and
-    /// an ask's is also answered on its link (so are the asks the instance
-    /// takes: by its handler).
-    fn accept_remote(
-        self: &Arc<Self>,
-        envelope: &codec::Envelope,
-        reply: Option<RemoteReply>,
-    ) -> Result<(), RemoteFailure> {
-        let (key, mut local) = match self.check_remote(envelope) {
-            Ok(checked) => checked,
-            Err(failure) => {
-                RemoteReply::refuse(reply, failure.clone());
-                return Err(failure);
-            }
-        };
-        local.reply = reply.map(ReplySender::Remote);
-        self.deliver(&key, local, &OnceLock::new())
-            .map(|_worker| ())
-            .map_err(router::failure_of)
-    }
-
     /// The target key and the local envelope (no reply yet) of a message
     /// this node takes.
     fn check_remote(
         &self,
-        envelope: &codec::Envelope,
+        envelope: &codec::Envelope<'_>,
     ) -> Result<(Arc<str>, Envelope<A>), RemoteFailure> {
         if envelope.type_id != router::type_id::<A>() {
             return Err(RemoteFailure::UnknownType {
                 type_id: envelope.type_id,
             });
         }
-        let key: Arc<str> = envelope.target.key.as_str().into();
+        let key: Arc<str> = envelope.target.key.as_ref().into();
         // The sender's view put the key here; ours may not (yet): the
         // sender routes again rather than two nodes serving one key.
         if let Some((_, route)) = self.node.route(A::KIND, &key) {
@@ -440,33 +477,192 @@ impl<A: Agent> KindRuntime<A> {
     }
 }
 
-impl<A: Agent> KindRuntime<A> {
-    /// Offers a remote tell again until the mailbox takes it (or a while
-    /// has passed: then it is dropped, as a local tell to a full mailbox
-    /// would have been refused).
-    async fn hold_until_taken(self: Arc<Self>, envelope: codec::Envelope) {
-        let give_up = std::time::Instant::now() + REMOTE_TELL_HOLD;
-        let mut tries = 0u32;
-        loop {
-            // Spin on the scheduler first (a mailbox drains in microseconds),
-            // then wait on the timer.
-            if tries < 64 {
-                tokio::task::yield_now().await;
-            } else {
-                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+/// One link's messages for a kind: decoded as the link's reader takes
+/// them, delivered when it has taken all it read. Offered in a burst, they
+/// reach a mailbox faster than its host empties it, so the host is woken
+/// once per burst rather than once every few messages (a cross-thread
+/// wake costs more than handling a message).
+pub(crate) trait Stage: Send {
+    /// Decodes and keeps `envelope`; a message this node will not take is
+    /// refused at once (answered, if an ask).
+    fn take(&mut self, envelope: codec::Envelope<'_>, reply: Option<RemoteReply>);
+    /// Delivers what was taken, in order. A tell that finds its mailbox
+    /// full comes back, with those after it, as the wait for room, which
+    /// holds the link's reader; an ask is answered `MailboxFull` at once,
+    /// as a local one would be.
+    fn flush(&mut self) -> Option<Hold>;
+}
+
+type Staged<A> = VecDeque<(Arc<str>, Envelope<A>)>;
+
+struct KindStage<A: Agent> {
+    kind: Arc<KindRuntime<A>>,
+    staged: Staged<A>,
+}
+
+impl<A: Agent> Stage for KindStage<A> {
+    fn take(&mut self, envelope: codec::Envelope<'_>, reply: Option<RemoteReply>) {
+        match self.kind.check_remote(&envelope) {
+            Ok((key, mut local)) => {
+                local.reply = reply.map(ReplySender::Remote);
+                self.staged.push_back((key, local));
             }
-            tries += 1;
-            match self.accept_remote(&envelope, None) {
-                Err(RemoteFailure::MailboxFull { .. }) if std::time::Instant::now() < give_up => {}
-                Ok(()) => return,
-                Err(failure) => {
-                    tracing::warn!(kind = A::KIND, ?failure, "cluster: remote tell dropped");
-                    return;
-                }
+            Err(failure) if reply.is_some() => RemoteReply::refuse(reply, failure),
+            Err(failure) => {
+                tracing::debug!(kind = A::KIND, ?failure, "cluster: remote tell dropped");
             }
         }
     }
+
+    fn flush(&mut self) -> Option<Hold> {
+        let cell = self.kind.deliver_all(&mut self.staged)?;
+        let rest = std::mem::take(&mut self.staged);
+        Some(Box::pin(
+            Arc::clone(&self.kind).hold_until_taken(rest, cell),
+        ))
+    }
 }
+
+impl<A: Agent> KindRuntime<A> {
+    /// Delivers one staged message; gives back a tell its full mailbox
+    /// did not take, with the mailbox's cell.
+    fn deliver_staged(
+        self: &Arc<Self>,
+        key: &Arc<str>,
+        envelope: Envelope<A>,
+    ) -> Option<(Envelope<A>, Arc<InstanceCell>)> {
+        match self.try_deliver(key, envelope, &OnceLock::new()) {
+            Ok(_) => None,
+            Err(Undelivered::Full(envelope, cell)) if envelope.reply.is_none() => {
+                Some((envelope, cell))
+            }
+            Err(Undelivered::Full(envelope, _)) => {
+                self.refuse(envelope, key, Self::full);
+                None
+            }
+            Err(Undelivered::Stopped(envelope)) => {
+                self.refuse(envelope, key, |_, key| AgentError::Stopped {
+                    target: Self::target(key),
+                });
+                None
+            }
+        }
+    }
+
+    /// Delivers `staged` in order, a run of messages for one active
+    /// instance as one batch. Stops at a tell whose mailbox is full: it
+    /// stays first in `staged`, and the mailbox's cell is returned.
+    fn deliver_all(self: &Arc<Self>, staged: &mut Staged<A>) -> Option<Arc<InstanceCell>> {
+        while let Some((key, first)) = staged.pop_front() {
+            let run = staged.front().is_some_and(|(next, _)| *next == key);
+            let envelope = match self.instances.get(&key).map(|entry| Arc::clone(&entry)) {
+                Some(instance) if run => match self.deliver_run(&instance, &key, first, staged) {
+                    Some(refused) => refused,
+                    None => continue,
+                },
+                _ => first,
+            };
+            if let Some((envelope, cell)) = self.deliver_staged(&key, envelope) {
+                staged.push_front((key, envelope));
+                return Some(cell);
+            }
+        }
+        None
+    }
+
+    /// Admits `first` and the messages for `key` after it into
+    /// `instance`'s mailbox and sends them as one batch; answers the first
+    /// one it could not admit (the rest stay in `staged`).
+    fn deliver_run(
+        &self,
+        instance: &Instance<A>,
+        key: &Arc<str>,
+        first: Envelope<A>,
+        staged: &mut Staged<A>,
+    ) -> Option<Envelope<A>> {
+        let mut batch = Vec::new();
+        let mut next = first;
+        let refused = loop {
+            if !matches!(
+                instance.cell.admit(self.mailbox_capacity),
+                Admission::Admitted
+            ) {
+                break Some(next);
+            }
+            batch.push(next);
+            match staged.pop_front() {
+                Some((following, envelope)) if following == *key => next = envelope,
+                Some(other) => {
+                    staged.push_front(other);
+                    break None;
+                }
+                None => break None,
+            }
+        };
+        let Err(back) = instance.send_batch(batch) else {
+            return refused;
+        };
+        // The host went away: all of them go the single way, in order.
+        let mut back = back.into_iter();
+        let first = back.next();
+        if let Some(refused) = refused {
+            staged.push_front((key.clone(), refused));
+        }
+        for envelope in back.rev() {
+            staged.push_front((key.clone(), envelope));
+        }
+        first
+    }
+
+    /// Delivers `staged`, whose first is a tell its full mailbox (`cell`)
+    /// refused, offering it again whenever that mailbox has room, until it
+    /// is taken (or a while has passed without the host taking anything:
+    /// then what waits for it is dropped, as a local tell to a full
+    /// mailbox would have been refused).
+    async fn hold_until_taken(self: Arc<Self>, mut staged: Staged<A>, mut cell: Arc<InstanceCell>) {
+        let mut give_up = tokio::time::Instant::now() + REMOTE_TELL_HOLD;
+        loop {
+            let watched = Arc::clone(&cell);
+            let room = watched.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            // Raised before the offer: a host that drains after it sees it.
+            watched.waiting.store(true, Ordering::Release);
+            let before = staged.len();
+            let Some(full) = self.deliver_all(&mut staged) else {
+                return;
+            };
+            let now = tokio::time::Instant::now();
+            if staged.len() < before || !Arc::ptr_eq(&full, &cell) {
+                cell = full;
+                give_up = now + REMOTE_TELL_HOLD;
+                continue;
+            }
+            if now >= give_up {
+                // A host that has not taken a message for so long: drop
+                // what waits for it (answering its asks), keep the rest.
+                let (stuck, _) = staged.front().expect("a full mailbox stopped the delivery");
+                let stuck = stuck.clone();
+                tracing::warn!(kind = A::KIND, key = %stuck, "cluster: remote tells dropped, mailbox full");
+                for (key, envelope) in std::mem::take(&mut staged) {
+                    if key == stuck {
+                        self.refuse(envelope, &key, Self::full);
+                    } else {
+                        staged.push_back((key, envelope));
+                    }
+                }
+                give_up = now + REMOTE_TELL_HOLD;
+                continue;
+            }
+            // Woken by the host; the cap only bounds a wait for a host that
+            // went away without a word.
+            let _ = tokio::time::timeout_at(give_up.min(now + ROOM_RECHECK), room).await;
+        }
+    }
+}
+
+/// Longest wait for a wake from a full mailbox's host before offering again.
+const ROOM_RECHECK: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// How long a remote tell waits for room in a full mailbox.
 const REMOTE_TELL_HOLD: std::time::Duration = std::time::Duration::from_secs(10);
@@ -485,26 +681,11 @@ impl<A: Agent> KindControl for KindRuntime<A> {
         asked
     }
 
-    fn deliver_remote(
-        self: Arc<Self>,
-        envelope: codec::Envelope,
-        reply: Option<RemoteReply>,
-    ) -> Option<Hold> {
-        if reply.is_some() {
-            // Answered on the link, whatever becomes of it.
-            let _ = self.accept_remote(&envelope, reply);
-            return None;
-        }
-        match self.accept_remote(&envelope, None) {
-            Ok(()) => None,
-            Err(RemoteFailure::MailboxFull { .. }) => {
-                Some(Box::pin(self.hold_until_taken(envelope)))
-            }
-            Err(failure) => {
-                tracing::debug!(kind = A::KIND, ?failure, "cluster: remote tell dropped");
-                None
-            }
-        }
+    fn stage(self: Arc<Self>) -> Box<dyn Stage> {
+        Box::new(KindStage {
+            kind: self,
+            staged: VecDeque::new(),
+        })
     }
 
     fn snapshot(&self) -> SupervisorSnapshot {

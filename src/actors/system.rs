@@ -15,9 +15,7 @@ use std::time::{Duration, Instant};
 use actix_rt::{Arbiter, ArbiterHandle};
 use tokio::sync::broadcast;
 
-use crate::cluster::codec;
-use crate::cluster::router::{RemoteReply, Route, Router};
-use crate::cluster::transport::Hold;
+use crate::cluster::router::{Route, Router};
 use crate::metrics::Metrics;
 use crate::store::Store;
 
@@ -26,7 +24,7 @@ use super::agent_ref::AgentRef;
 use super::envelope::{CorrelationId, MessageId};
 use super::error::AgentError;
 use super::events::DomainEvent;
-use super::registry::{KindControl, KindRuntime};
+use super::registry::{KindControl, KindRuntime, Stage};
 use super::supervisor::{
     InstanceSnapshot, InstanceStatus, LifecycleChange, OperatorAction, RestartStrategy,
     SupervisionEvent, SupervisionTree,
@@ -323,21 +321,10 @@ impl System {
             .collect()
     }
 
-    /// Delivers a message from another node to the instance here; an ask
-    /// is answered through `reply`.
-    pub(crate) fn deliver_remote(
-        &self,
-        envelope: codec::Envelope,
-        reply: Option<RemoteReply>,
-    ) -> Option<Hold> {
-        match self.control(&envelope.target.kind) {
-            Ok(control) => control.deliver_remote(envelope, reply),
-            Err(_) => {
-                let kind = envelope.target.kind;
-                RemoteReply::refuse(reply, codec::RemoteFailure::UnknownKind { kind });
-                None
-            }
-        }
+    /// Where one link's messages for `kind` wait to be delivered here;
+    /// `None` when no agent of that kind is registered.
+    pub(crate) fn stage(&self, kind: &str) -> Option<Box<dyn Stage>> {
+        self.control(kind).ok().map(KindControl::stage)
     }
 
     /// Registers a kind so that it shows in the supervision tree before its

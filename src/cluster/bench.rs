@@ -23,7 +23,7 @@ use crate::store::Store;
 use super::codec::{Envelope, Frame, Reply, Target};
 use super::placement::Candidate;
 use super::router::{self, Placed};
-use super::transport::{Inbound, Link, LinkError, Transport, TransportConfig};
+use super::transport::{self, Inbound, Link, LinkError, Transport, TransportConfig};
 
 /// The agent both processes host: counts pings, answers each with its
 /// number, and the count when asked.
@@ -142,7 +142,7 @@ pub struct RemoteBench {
     pub tcp_ping_p99_us: f64,
 }
 
-fn envelope(type_id: u32, n: u64) -> Envelope {
+fn envelope(type_id: u32, n: u64) -> Envelope<'static> {
     Envelope {
         message_id: n,
         ask_id: None,
@@ -154,7 +154,7 @@ fn envelope(type_id: u32, n: u64) -> Envelope {
             key: "k".into(),
         },
         type_id,
-        payload: n.to_le_bytes().to_vec(),
+        payload: n.to_le_bytes().to_vec().into(),
     }
 }
 
@@ -163,14 +163,14 @@ fn envelope(type_id: u32, n: u64) -> Envelope {
 pub async fn serve(secret: &[u8]) -> Result<(), BenchError> {
     let tells = Arc::new(AtomicU64::new(0));
     let counted = tells.clone();
-    let inbound: Inbound = Arc::new(move |link: &Link, envelope: Envelope| {
+    let inbound: Inbound = transport::each(move |link: &Link, envelope: Envelope<'_>| {
         if envelope.type_id == TELL {
             counted.fetch_add(1, Ordering::Relaxed);
         }
         let ask_id = envelope.ask_id?;
         let payload = match envelope.type_id {
             COUNT => counted.load(Ordering::Relaxed).to_le_bytes().to_vec(),
-            _ => envelope.payload,
+            _ => envelope.payload.into_owned(),
         };
         let reply = Frame::Reply(Reply {
             ask_id,
@@ -232,8 +232,9 @@ async fn measure_agent(
         match agent.tell(EchoMsg::Ping(sent)) {
             Ok(()) => sent += 1,
             // A full mailbox or outbox: the sender waits its turn.
-            Err(AgentError::MailboxFull { .. } | AgentError::Backpressure { .. }) => {
-                tokio::task::yield_now().await
+            Err(AgentError::MailboxFull { .. }) => tokio::task::yield_now().await,
+            Err(AgentError::Backpressure { .. }) => {
+                tokio::time::sleep(Duration::from_millis(1)).await
             }
             Err(error) => return Err(failed(error)),
         }
@@ -363,7 +364,7 @@ pub async fn run(
     let agent_local = measure_agent(system.agent(key_where(false)), tells, asks).await?;
     system.shutdown();
     let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
-    let ignore: Inbound = Arc::new(|_: &Link, _: Envelope| None);
+    let ignore: Inbound = transport::each(|_: &Link, _: Envelope<'_>| None);
     let transport =
         Transport::bind(loopback, TransportConfig::new("bench", &secret), ignore).await?;
     let link = transport.link(peer).await?;
@@ -456,6 +457,93 @@ mod tests {
             *state += 1;
             Ok(*state)
         }
+    }
+
+    /// Counts pings and those that came out of order.
+    struct Ordered;
+
+    impl Agent for Ordered {
+        const KIND: &'static str = "test_ordered";
+        type State = (u64, u64);
+        type Msg = EchoMsg;
+        type Reply = u64;
+
+        fn init(_key: &str) -> (u64, u64) {
+            (0, 0)
+        }
+
+        fn handle(
+            (count, misordered): &mut (u64, u64),
+            msg: EchoMsg,
+            _: &mut Handling<'_>,
+        ) -> Result<u64, HandlerError> {
+            Ok(match msg {
+                EchoMsg::Ping(n) => {
+                    if n != *count {
+                        *misordered += 1;
+                    }
+                    *count += 1;
+                    *count
+                }
+                EchoMsg::Count => *count * 1_000_000 + *misordered,
+            })
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn remote_tells_into_a_small_mailbox_all_arrive_in_order() {
+        let secret = [7u8; 32];
+        // Far smaller than one read of frames: every burst finds the
+        // mailbox full and waits for room.
+        let config = crate::actors::RuntimeConfig {
+            mailbox_capacity: 8,
+            ..Default::default()
+        };
+        let (near, near_transport) = agent_node("near", &secret, config.clone()).await.unwrap();
+        let (far, far_transport) = agent_node("far", &secret, config).await.unwrap();
+        near.register::<Ordered>();
+        far.register::<Ordered>();
+        let placed = |node: &str, addr: SocketAddr| Placed {
+            candidate: Candidate {
+                node: node.to_owned(),
+                kinds: vec![Ordered::KIND.to_owned()],
+                gpus: 0,
+            },
+            transport_addr: addr,
+        };
+        let view = vec![
+            placed("near", near_transport.local_addr()),
+            placed("far", far_transport.local_addr()),
+        ];
+        near.router().set_view(view.clone());
+        far.router().set_view(view);
+        let key = (0..)
+            .map(|i| format!("k-{i}"))
+            .find(|key| !near.router().is_local(Ordered::KIND, key))
+            .unwrap();
+        let agent = near.agent::<Ordered>(key);
+        let timeout = Duration::from_secs(10);
+        agent.ask(EchoMsg::Count, timeout).await.unwrap();
+        const TELLS: u64 = 20_000;
+        let mut sent = 0;
+        while sent < TELLS {
+            match agent.tell(EchoMsg::Ping(sent)) {
+                Ok(()) => sent += 1,
+                Err(AgentError::Backpressure { .. }) => tokio::task::yield_now().await,
+                Err(other) => panic!("tell {sent}: {other:?}"),
+            }
+        }
+        let started = Instant::now();
+        let counted = loop {
+            let counted = agent.ask(EchoMsg::Count, timeout).await.unwrap();
+            if counted / 1_000_000 >= TELLS || started.elapsed() > timeout {
+                break counted;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(counted, TELLS * 1_000_000, "count * 10^6 + out of order");
+        near.shutdown();
+        far.shutdown();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

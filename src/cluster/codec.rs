@@ -3,6 +3,12 @@
 //! read into memory. bincode has no schema evolution, so every payload
 //! type has a stable id and the protocol version is checked at the
 //! handshake: a changed payload is a new id or a new version.
+//!
+//! Envelopes borrow their strings and payload: a sender encodes from its
+//! own, a receiver decodes views into the bytes it read (no allocation per
+//! message), and either takes an owned copy only to keep one.
+
+use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -20,29 +26,53 @@ fn config() -> impl bincode::config::Config {
 
 /// Which agent instance a message is for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Target {
-    pub kind: String,
-    pub key: String,
+pub struct Target<'a> {
+    #[serde(borrow)]
+    pub kind: Cow<'a, str>,
+    #[serde(borrow)]
+    pub key: Cow<'a, str>,
 }
 
 /// One message between nodes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Envelope {
+pub struct Envelope<'a> {
     pub message_id: u64,
     /// Set on an ask: the reply carries it back.
     pub ask_id: Option<u64>,
     /// The id that ties together everything done for one request.
-    pub correlation_id: Option<String>,
+    pub correlation_id: Option<Cow<'a, str>>,
     /// W3C `traceparent` of the sender's span.
-    pub trace_context: Option<String>,
+    pub trace_context: Option<Cow<'a, str>>,
     /// Unix milliseconds after which the receiver drops the message.
     pub deadline_ms: Option<u64>,
-    pub target: Target,
+    #[serde(borrow)]
+    pub target: Target<'a>,
     /// Stable id of the payload's type.
     pub type_id: u32,
     /// The message: MessagePack with field names (self-describing, so
     /// tagged and flattened serde types survive, which bincode cannot do).
-    pub payload: Vec<u8>,
+    /// Bytes, not a sequence: one copy instead of a visit per byte.
+    #[serde(borrow, with = "serde_bytes")]
+    pub payload: Cow<'a, [u8]>,
+}
+
+impl Envelope<'_> {
+    /// The same envelope, owning what it borrowed.
+    pub fn into_owned(self) -> Envelope<'static> {
+        Envelope {
+            message_id: self.message_id,
+            ask_id: self.ask_id,
+            correlation_id: self.correlation_id.map(|id| Cow::Owned(id.into_owned())),
+            trace_context: self.trace_context.map(|tc| Cow::Owned(tc.into_owned())),
+            deadline_ms: self.deadline_ms,
+            target: Target {
+                kind: Cow::Owned(self.target.kind.into_owned()),
+                key: Cow::Owned(self.target.key.into_owned()),
+            },
+            type_id: self.type_id,
+            payload: Cow::Owned(self.payload.into_owned()),
+        }
+    }
 }
 
 /// Why a remote ask failed on the far side. The agent's own errors keep
@@ -94,8 +124,9 @@ pub struct Reply {
 
 /// What travels on a link once the handshake is done.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Frame {
-    Message(Envelope),
+pub enum Frame<'a> {
+    #[serde(borrow)]
+    Message(Envelope<'a>),
     Reply(Reply),
 }
 
@@ -182,9 +213,33 @@ pub async fn read_frame<T: for<'de> Deserialize<'de>>(
     decode(buffer)
 }
 
+/// The first whole frame in `bytes`, decoded as a view into them, and
+/// the bytes it took; or, when no whole frame is there yet, the size in
+/// all of the one that has begun (0 when not even its length has come),
+/// so that a reader knows how much more to read. An oversized length is
+/// an error before its body is read.
+pub fn next_frame<'a, T: Deserialize<'a>>(
+    bytes: &'a [u8],
+) -> Result<Result<(T, usize), usize>, CodecError> {
+    let Some(prefix) = bytes.get(..4) else {
+        return Ok(Err(0));
+    };
+    let size = u32::from_be_bytes(prefix.try_into().expect("four bytes")) as usize;
+    if size > MAX_FRAME_BYTES {
+        return Err(CodecError::TooLarge {
+            size,
+            limit: MAX_FRAME_BYTES,
+        });
+    }
+    let Some(body) = bytes.get(4..4 + size) else {
+        return Ok(Err(4 + size));
+    };
+    Ok(Ok((decode(body)?, 4 + size)))
+}
+
 /// Decodes one frame body; trailing bytes are an error.
-pub fn decode<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, CodecError> {
-    let (value, used) = bincode::serde::decode_from_slice(body, config())
+pub fn decode<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, CodecError> {
+    let (value, used) = bincode::serde::borrow_decode_from_slice(body, config())
         .map_err(|error| CodecError::Decode(error.to_string()))?;
     if used != body.len() {
         return Err(CodecError::Decode(format!(
@@ -205,7 +260,7 @@ pub fn encode_payload<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
 mod tests {
     use super::*;
 
-    fn envelope() -> Envelope {
+    fn envelope() -> Envelope<'static> {
         Envelope {
             message_id: 7,
             ask_id: Some(9),
@@ -217,7 +272,7 @@ mod tests {
                 key: "m-1".into(),
             },
             type_id: 3,
-            payload: encode_payload(&("hello", 42u32)).unwrap(),
+            payload: encode_payload(&("hello", 42u32)).unwrap().into(),
         }
     }
 
@@ -236,22 +291,34 @@ mod tests {
         for frame in &frames {
             encode_into(frame, &mut bytes).unwrap();
         }
-        let mut reader = bytes.as_slice();
-        let mut buffer = Vec::new();
+        // A partial frame asks for its whole size, or for its length.
+        let first = bytes.len() - encode_payload(&frames[1]).unwrap().len() - 4;
+        assert_eq!(next_frame::<Frame>(&bytes[..first - 1]).unwrap(), Err(first));
+        assert_eq!(next_frame::<Frame>(&bytes[..3]).unwrap(), Err(0));
+        let mut taken = 0;
         for frame in &frames {
-            let read: Frame = read_frame(&mut reader, &mut buffer).await.unwrap();
+            let (read, used) = next_frame::<Frame>(&bytes[taken..]).unwrap().unwrap();
             assert_eq!(&read, frame);
+            // A view into the bytes read, not a copy.
+            if let Frame::Message(envelope) = &read {
+                assert!(matches!(envelope.target.key, Cow::Borrowed(_)));
+                assert!(matches!(envelope.payload, Cow::Borrowed(_)));
+            }
+            taken += used;
         }
-        assert!(reader.is_empty());
+        assert_eq!(taken, bytes.len());
+        assert_eq!(next_frame::<Frame>(&bytes[taken..]).unwrap(), Err(0));
     }
 
     #[tokio::test]
     async fn an_oversized_length_is_refused_before_reading_the_body() {
         let mut bytes = ((MAX_FRAME_BYTES + 1) as u32).to_be_bytes().to_vec();
         bytes.extend_from_slice(&[0; 16]);
-        let error = read_frame::<Frame>(&mut bytes.as_slice(), &mut Vec::new())
+        let error = read_frame::<Handshake>(&mut bytes.as_slice(), &mut Vec::new())
             .await
             .unwrap_err();
+        assert!(matches!(error, CodecError::TooLarge { .. }), "{error}");
+        let error = next_frame::<Frame>(&bytes).unwrap_err();
         assert!(matches!(error, CodecError::TooLarge { .. }), "{error}");
     }
 

@@ -7,6 +7,7 @@
 //! before it hears of others) every route is local at the cost of one
 //! atomic load.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
@@ -15,11 +16,12 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::actors::Stage;
 use crate::actors::{Agent, AgentError, AgentId, CorrelationId};
 
 use super::codec::{self, Frame, RemoteFailure, Reply, Target};
 use super::placement::{Candidate, owner};
-use super::transport::{Inbound, Link, LinkError, Transport};
+use super::transport::{Hold, Inbound, Link, LinkError, Receiver, Transport};
 
 /// Target kind of a shared event (no agent has this name: it starts with _).
 pub(crate) const EVENTS_KIND: &str = "_events";
@@ -185,18 +187,18 @@ impl Router {
         let envelope = codec::Envelope {
             message_id: transport.next_id(),
             ask_id: None,
-            correlation_id: event.correlation_id.clone(),
+            correlation_id: event.correlation_id.as_deref().map(Cow::Borrowed),
             trace_context: None,
             deadline_ms: None,
             target: Target {
-                kind: EVENTS_KIND.to_owned(),
-                key: event.source.clone(),
+                kind: Cow::Borrowed(EVENTS_KIND),
+                key: Cow::Borrowed(&event.source),
             },
             type_id: EVENTS_TYPE,
-            payload,
+            payload: Cow::Owned(payload),
         };
         for member in self.view().iter().filter(|p| p.candidate.node != self.me) {
-            let frame = Frame::Message(envelope.clone());
+            let frame = Frame::Message(envelope.clone().into_owned());
             match transport.open_link(member.transport_addr) {
                 // A full outbox drops the event: streams are best effort.
                 Some(link) => drop(link.try_send(frame)),
@@ -250,6 +252,7 @@ impl Router {
             None => {
                 let transport = transport.clone();
                 let addr = route.addr;
+                let envelope = envelope.into_owned();
                 runtime.spawn(async move {
                     match transport.link(addr).await {
                         Ok(link) => {
@@ -328,25 +331,25 @@ pub(crate) fn time_left(deadline_ms: u64) -> Option<Duration> {
         .map(Duration::from_millis)
 }
 
-fn envelope<A: Agent>(
+fn envelope<'a, A: Agent>(
     transport: &Transport,
-    key: &str,
-    correlation_id: Option<&CorrelationId>,
+    key: &'a str,
+    correlation_id: Option<&'a CorrelationId>,
     msg: &A::Msg,
     timeout: Option<Duration>,
-) -> Result<codec::Envelope, String> {
+) -> Result<codec::Envelope<'a>, String> {
     Ok(codec::Envelope {
         message_id: transport.next_id(),
         ask_id: None,
-        correlation_id: correlation_id.map(|id| id.as_str().to_owned()),
+        correlation_id: correlation_id.map(|id| Cow::Borrowed(id.as_str())),
         trace_context: None,
         deadline_ms: timeout.map(|timeout| unix_millis() + timeout.as_millis() as u64),
         target: Target {
-            kind: A::KIND.to_owned(),
-            key: key.to_owned(),
+            kind: Cow::Borrowed(A::KIND),
+            key: Cow::Borrowed(key),
         },
         type_id: type_id::<A>(),
-        payload: encode_payload(msg)?,
+        payload: Cow::Owned(encode_payload(msg)?),
     })
 }
 
@@ -420,11 +423,27 @@ fn error_of(failure: RemoteFailure, target: AgentId, node: &str, timeout: Durati
 /// kind's registry here, which checks that this node owns the target;
 /// asks are answered on the link they came on.
 pub(crate) fn inbound(system: crate::actors::WeakSystem) -> Inbound {
-    Arc::new(move |link: &Link, envelope: codec::Envelope| {
+    Arc::new(move || {
+        Box::new(SystemReceiver {
+            system: system.clone(),
+            stages: Vec::new(),
+        })
+    })
+}
+
+/// One link's receiver: each kind's messages staged by its registry (the
+/// kinds looked up once per link, not once per message).
+struct SystemReceiver {
+    system: crate::actors::WeakSystem,
+    stages: Vec<(String, Box<dyn Stage>)>,
+}
+
+impl Receiver for SystemReceiver {
+    fn take(&mut self, link: &Link, envelope: codec::Envelope<'_>) -> Option<Hold> {
         if envelope.target.kind == EVENTS_KIND {
             if envelope.type_id == EVENTS_TYPE
                 && let Ok(event) = decode_payload(&envelope.payload)
-                && let Some(system) = system.upgrade()
+                && let Some(system) = self.system.upgrade()
             {
                 system.receive_shared(event);
             }
@@ -433,14 +452,41 @@ pub(crate) fn inbound(system: crate::actors::WeakSystem) -> Inbound {
         let reply = envelope
             .ask_id
             .map(|ask_id| RemoteReply::new(link.clone(), ask_id));
-        match system.upgrade() {
-            Some(system) => system.deliver_remote(envelope, reply),
+        let kind = &envelope.target.kind;
+        let index = match self.stages.iter().position(|(staged, _)| staged == kind) {
+            Some(index) => index,
             None => {
-                RemoteReply::refuse(reply, RemoteFailure::Stopped);
-                None
+                let Some(system) = self.system.upgrade() else {
+                    RemoteReply::refuse(reply, RemoteFailure::Stopped);
+                    return None;
+                };
+                let Some(stage) = system.stage(kind) else {
+                    let kind = kind.clone().into_owned();
+                    RemoteReply::refuse(reply, RemoteFailure::UnknownKind { kind });
+                    return None;
+                };
+                self.stages.push((kind.clone().into_owned(), stage));
+                self.stages.len() - 1
             }
+        };
+        self.stages[index].1.take(envelope, reply);
+        None
+    }
+
+    fn flush(&mut self) -> Option<Hold> {
+        let mut holds: Vec<Hold> = self
+            .stages
+            .iter_mut()
+            .filter_map(|(_, stage)| stage.flush())
+            .collect();
+        match holds.len() {
+            0 => None,
+            1 => holds.pop(),
+            _ => Some(Box::pin(async move {
+                futures_util::future::join_all(holds).await;
+            })),
         }
-    })
+    }
 }
 
 /// Where the answer to an ask from another node goes: the link it came

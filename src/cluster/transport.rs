@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, oneshot};
@@ -29,6 +29,8 @@ use super::codec::{
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bytes the writer gathers before it writes.
 const WRITE_BATCH_BYTES: usize = 64 * 1024;
+/// Bytes a link's reader asks for at a time.
+const READ_BYTES: usize = 64 * 1024;
 /// First and longest wait before dialing an address that failed again.
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -94,11 +96,43 @@ pub enum LinkError {
     Codec(#[from] CodecError),
 }
 
-/// What the node does with a message that arrived; `link` answers on the
-/// same connection. A [`Hold`] it returns is awaited before the link's next
-/// frame is read: a receiver that cannot take a message yet (a full
-/// mailbox) stops reading, TCP fills, and the sender's outbox pushes back.
-pub type Inbound = Arc<dyn Fn(&Link, Envelope) -> Option<Hold> + Send + Sync>;
+/// What the node does with the messages of one link, on the link's reader
+/// task; `link` answers on the same connection. A [`Hold`] it returns is
+/// awaited before the link's next frame is read: a receiver that cannot
+/// take a message yet (a full mailbox) stops reading, TCP fills, and the
+/// sender's outbox pushes back.
+pub trait Receiver: Send {
+    /// One message. The receiver may deliver it now, or stage it until
+    /// [`Receiver::flush`].
+    fn take(&mut self, link: &Link, envelope: Envelope<'_>) -> Option<Hold>;
+
+    /// Every frame read so far has been taken: deliver what was staged.
+    /// Called before the reader waits for more bytes.
+    fn flush(&mut self) -> Option<Hold> {
+        None
+    }
+}
+
+/// Makes the [`Receiver`] of each link.
+pub type Inbound = Arc<dyn Fn() -> Box<dyn Receiver> + Send + Sync>;
+
+/// An [`Inbound`] that hands every message to `handler` as it comes.
+pub fn each(
+    handler: impl Fn(&Link, Envelope<'_>) -> Option<Hold> + Send + Sync + 'static,
+) -> Inbound {
+    let handler: Arc<Handler> = Arc::new(handler);
+    Arc::new(move || Box::new(Each(Arc::clone(&handler))))
+}
+
+type Handler = dyn Fn(&Link, Envelope<'_>) -> Option<Hold> + Send + Sync;
+
+struct Each(Arc<Handler>);
+
+impl Receiver for Each {
+    fn take(&mut self, link: &Link, envelope: Envelope<'_>) -> Option<Hold> {
+        (self.0)(link, envelope)
+    }
+}
 
 /// See [`Inbound`].
 pub type Hold = futures_util::future::BoxFuture<'static, ()>;
@@ -130,7 +164,7 @@ impl Outbox {
     }
 
     /// Appends `frame` if there is room: `Ok(true)` taken, `Ok(false)` full.
-    fn offer(&self, frame: &Frame, peer: &str) -> Result<bool, ()> {
+    fn offer(&self, frame: &Frame<'_>, peer: &str) -> Result<bool, ()> {
         if self.closed.load(Ordering::Acquire) {
             return Err(());
         }
@@ -166,7 +200,7 @@ impl Link {
 
     /// Queues a frame, waiting while the link's outbox is full; gives the
     /// frame back when the link is closed, so it can go elsewhere.
-    pub async fn send(&self, frame: Frame) -> Result<(), Frame> {
+    pub async fn send<'a>(&self, frame: Frame<'a>) -> Result<(), Frame<'a>> {
         loop {
             match self.outbox.offer(&frame, &self.peer) {
                 Ok(true) => return Ok(()),
@@ -188,7 +222,7 @@ impl Link {
 
     /// Queues a frame if the outbox has room now; gives it back otherwise
     /// (for an inbound handler, which must not wait).
-    pub fn try_send(&self, frame: Frame) -> Result<(), Box<Frame>> {
+    pub fn try_send<'a>(&self, frame: Frame<'a>) -> Result<(), Box<Frame<'a>>> {
         match self.outbox.offer(&frame, &self.peer) {
             Ok(true) => Ok(()),
             Ok(false) | Err(()) => Err(Box::new(frame)),
@@ -358,7 +392,7 @@ impl Transport {
     pub async fn ask(
         &self,
         addr: SocketAddr,
-        mut envelope: Envelope,
+        mut envelope: Envelope<'_>,
         timeout: Duration,
     ) -> Result<Result<Vec<u8>, RemoteFailure>, LinkError> {
         let link = self.link(addr).await?;
@@ -449,27 +483,38 @@ impl Transport {
         Ok(link)
     }
 
-    async fn read_frames(self, reader: OwnedReadHalf, link: Link, stop: oneshot::Sender<()>) {
-        // Buffered: a frame is two reads, and a syscall each would cost
-        // more than the frame.
-        let mut reader = tokio::io::BufReader::with_capacity(WRITE_BATCH_BYTES, reader);
-        let mut buffer = Vec::new();
+    async fn read_frames(self, mut reader: OwnedReadHalf, link: Link, stop: oneshot::Sender<()>) {
+        // Each read takes what has arrived (many frames at once under load).
+        let mut bytes: Vec<u8> = Vec::with_capacity(READ_BYTES);
+        let mut receiver = (self.inner.inbound)();
         loop {
-            match codec::read_frame::<Frame>(&mut reader, &mut buffer).await {
-                Ok(Frame::Message(envelope)) => {
-                    if let Some(hold) = (self.inner.inbound)(&link, envelope) {
-                        hold.await;
+            // The whole frames read so far, each a view into `bytes`.
+            let mut taken = 0;
+            let wanted = loop {
+                match codec::next_frame::<Frame>(&bytes[taken..]) {
+                    Ok(Ok((frame, used))) => {
+                        taken += used;
+                        self.take(&link, frame, receiver.as_mut()).await;
+                    }
+                    Ok(Err(wanted)) => break Some(wanted),
+                    Err(error) => {
+                        tracing::warn!(peer = %link.peer(), %error, "transport: dropping the link");
+                        break None;
                     }
                 }
-                Ok(Frame::Reply(Reply { ask_id, outcome })) => {
-                    if let Some((_, waiting)) = self.lock_pending().remove(&ask_id) {
-                        let _ = waiting.send(outcome);
-                    }
-                }
-                Err(CodecError::Io(error)) if error.kind() == std::io::ErrorKind::UnexpectedEof => {
+            };
+            let Some(wanted) = wanted else { break };
+            bytes.drain(..taken);
+            if let Some(hold) = receiver.flush() {
+                hold.await;
+            }
+            bytes.reserve(wanted.max(READ_BYTES / 2).saturating_sub(bytes.len()));
+            match reader.read_buf(&mut bytes).await {
+                Ok(0) => {
                     tracing::info!(peer = %link.peer(), "transport: link closed by the peer");
                     break;
                 }
+                Ok(_) => {}
                 Err(error) => {
                     tracing::warn!(peer = %link.peer(), %error, "transport: dropping the link");
                     break;
@@ -482,6 +527,23 @@ impl Transport {
         self.lock_pending()
             .retain(|_, (peer, _)| !Arc::ptr_eq(peer, &link.peer));
         drop(stop);
+    }
+
+    /// One frame from `link`: a message to the inbound handler (waiting
+    /// while it holds the link), a reply to its ask.
+    async fn take(&self, link: &Link, frame: Frame<'_>, receiver: &mut dyn Receiver) {
+        match frame {
+            Frame::Message(envelope) => {
+                if let Some(hold) = receiver.take(link, envelope) {
+                    hold.await;
+                }
+            }
+            Frame::Reply(Reply { ask_id, outcome }) => {
+                if let Some((_, waiting)) = self.lock_pending().remove(&ask_id) {
+                    let _ = waiting.send(outcome);
+                }
+            }
+        }
     }
 
     fn lock_links(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Link>> {
@@ -629,15 +691,16 @@ mod tests {
 
     /// Answers every ask with its payload; counts every message.
     fn echo(count: Arc<AtomicUsize>) -> Inbound {
-        Arc::new(move |link: &Link, envelope: Envelope| {
+        each(move |link: &Link, envelope: Envelope<'_>| {
             count.fetch_add(1, Ordering::Relaxed);
             if let Some(ask_id) = envelope.ask_id {
                 let link = link.clone();
+                let payload = envelope.payload.into_owned();
                 tokio::spawn(async move {
                     let _ = link
                         .send(Frame::Reply(Reply {
                             ask_id,
-                            outcome: Ok(envelope.payload),
+                            outcome: Ok(payload),
                         }))
                         .await;
                 });
@@ -646,7 +709,7 @@ mod tests {
         })
     }
 
-    fn envelope(n: u64) -> Envelope {
+    fn envelope(n: u64) -> Envelope<'static> {
         Envelope {
             message_id: n,
             ask_id: None,
@@ -655,10 +718,10 @@ mod tests {
             deadline_ms: None,
             target: Target {
                 kind: "architect".into(),
-                key: format!("m-{n}"),
+                key: format!("m-{n}").into(),
             },
             type_id: 1,
-            payload: encode_payload(&n).unwrap(),
+            payload: encode_payload(&n).unwrap().into(),
         }
     }
 
@@ -867,7 +930,7 @@ mod tests {
         // A server stuck in its first message stops reading its socket.
         let release = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let held = release.clone();
-        let slow_handler: Inbound = Arc::new(move |_: &Link, _: Envelope| {
+        let slow_handler: Inbound = each(move |_: &Link, _: Envelope<'_>| {
             while !held.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(5));
             }
@@ -894,7 +957,7 @@ mod tests {
         // Frames of 1 MiB: the socket buffers fill, then the outbox of
         // 4 MiB, then `send` waits instead of growing memory.
         let big = Envelope {
-            payload: vec![0; 1 << 20],
+            payload: vec![0; 1 << 20].into(),
             ..envelope(1)
         };
         let mut sent = 0;
