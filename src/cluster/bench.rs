@@ -231,7 +231,9 @@ async fn measure_agent(
     while sent < tells {
         match agent.tell(EchoMsg::Ping(sent)) {
             Ok(()) => sent += 1,
-            // A full mailbox or outbox: the sender waits its turn.
+            // A full mailbox or outbox: the sender waits its turn. A full
+            // outbox holds 4 MiB of tells, so a 1 ms sleep leaves the pipe
+            // full, and spinning would take the receiver's CPU.
             Err(AgentError::MailboxFull { .. }) => tokio::task::yield_now().await,
             Err(AgentError::Backpressure { .. }) => {
                 tokio::time::sleep(Duration::from_millis(1)).await

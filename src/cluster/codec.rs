@@ -293,7 +293,10 @@ mod tests {
         }
         // A partial frame asks for its whole size, or for its length.
         let first = bytes.len() - encode_payload(&frames[1]).unwrap().len() - 4;
-        assert_eq!(next_frame::<Frame>(&bytes[..first - 1]).unwrap(), Err(first));
+        assert_eq!(
+            next_frame::<Frame>(&bytes[..first - 1]).unwrap(),
+            Err(first)
+        );
         assert_eq!(next_frame::<Frame>(&bytes[..3]).unwrap(), Err(0));
         let mut taken = 0;
         for frame in &frames {
