@@ -102,9 +102,12 @@ struct BenchRemoteArgs {
     /// Tells sent one way.
     #[arg(long, default_value_t = 2_000_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
     tells: u64,
-    /// Asks timed one at a time (and again with 64 in flight).
+    /// Asks timed one at a time.
     #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(64..=10_000_000))]
     asks: u64,
+    /// Asks sent with 64 in flight (asks/s is measured over all of them).
+    #[arg(long, default_value_t = 300_000, value_parser = clap::value_parser!(u64).range(64..=100_000_000))]
+    concurrent_asks: u64,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -480,7 +483,13 @@ async fn bench_remote(args: BenchRemoteArgs) -> anyhow::Result<()> {
         return Ok(bench::serve(&secret).await?);
     }
     let exe = std::env::current_exe().context("cannot find this executable")?;
-    let result = bench::run(&exe, args.tells, args.asks as usize).await?;
+    let result = bench::run(
+        &exe,
+        args.tells,
+        args.asks as usize,
+        args.concurrent_asks as usize,
+    )
+    .await?;
     if args.json {
         println!("{}", serde_json::to_string(&result)?);
     } else {

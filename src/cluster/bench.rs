@@ -137,6 +137,8 @@ pub struct RemoteBench {
     pub ask_p50_us: f64,
     pub ask_p99_us: f64,
     pub asks_in_flight: usize,
+    /// Asks sent in each "64 in flight" measurement.
+    pub concurrent_asks: usize,
     pub asks_per_second_in_flight: f64,
     pub tcp_ping_p50_us: f64,
     pub tcp_ping_p99_us: f64,
@@ -219,7 +221,7 @@ pub async fn serve(secret: &[u8]) -> Result<(), BenchError> {
 async fn measure_agent(
     agent: AgentRef<Echo>,
     tells: u64,
-    asks: usize,
+    asks: Asks,
 ) -> Result<PathFigures, BenchError> {
     let timeout = Duration::from_secs(30);
     let failed = |error: AgentError| BenchError::Peer(error.to_string());
@@ -267,23 +269,33 @@ async fn measure_agent(
     })
 }
 
+/// How many asks each ask measurement sends.
+#[derive(Debug, Clone, Copy)]
+struct Asks {
+    /// One at a time, each timed.
+    sequential: usize,
+    /// With [`IN_FLIGHT`] at once, timed together (long enough that a
+    /// scheduling hiccup of the VM does not decide the figure).
+    concurrent: usize,
+}
+
 /// Asks timed one at a time (round trips in us, sorted), then asks per
 /// second with [`IN_FLIGHT`] at once.
-async fn time_asks<F, Fut, E>(asks: usize, ask: F) -> Result<(Vec<f64>, f64), BenchError>
+async fn time_asks<F, Fut, E>(asks: Asks, ask: F) -> Result<(Vec<f64>, f64), BenchError>
 where
     F: Fn(u64) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = Result<(), E>> + Send,
     E: std::fmt::Display + Send + 'static,
 {
     let failed = |error: E| BenchError::Peer(error.to_string());
-    let mut latencies = Vec::with_capacity(asks);
-    for n in 0..asks as u64 {
+    let mut latencies = Vec::with_capacity(asks.sequential);
+    for n in 0..asks.sequential as u64 {
         let sent = Instant::now();
         ask(n).await.map_err(failed)?;
         latencies.push(sent.elapsed().as_secs_f64() * 1e6);
     }
     latencies.sort_by(f64::total_cmp);
-    let per_task = (asks / IN_FLIGHT).max(1);
+    let per_task = (asks.concurrent / IN_FLIGHT).max(1);
     let started = Instant::now();
     let tasks: Vec<_> = (0..IN_FLIGHT)
         .map(|_| {
@@ -320,7 +332,12 @@ pub async fn run(
     exe: &std::path::Path,
     tells: u64,
     asks: usize,
+    concurrent_asks: usize,
 ) -> Result<RemoteBench, BenchError> {
+    let asks = Asks {
+        sequential: asks,
+        concurrent: concurrent_asks,
+    };
     let secret: [u8; 32] = rand::random();
     let mut child = tokio::process::Command::new(exe)
         .args(["bench", "remote", "--serve"])
@@ -411,9 +428,9 @@ pub async fn run(
     // The baseline: bare TCP ping-pong of 64-byte frames.
     let mut stream = TcpStream::connect(echo).await?;
     stream.set_nodelay(true)?;
-    let mut pings = Vec::with_capacity(asks);
+    let mut pings = Vec::with_capacity(asks.sequential);
     let mut frame = [7u8; 64];
-    for _ in 0..asks {
+    for _ in 0..asks.sequential {
         let sent = Instant::now();
         stream.write_all(&frame).await?;
         stream.read_exact(&mut frame).await?;
@@ -427,10 +444,11 @@ pub async fn run(
         agent_local,
         tells,
         tells_per_second,
-        asks,
+        asks: asks.sequential,
         ask_p50_us: percentile(&latencies, 0.5),
         ask_p99_us: percentile(&latencies, 0.99),
         asks_in_flight: IN_FLIGHT,
+        concurrent_asks: asks.concurrent,
         asks_per_second_in_flight,
         tcp_ping_p50_us: percentile(&pings, 0.5),
         tcp_ping_p99_us: percentile(&pings, 0.99),

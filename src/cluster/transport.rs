@@ -575,7 +575,12 @@ async fn write_frames(
         }
         if sending.is_empty() {
             tokio::select! {
-                _ = outbox.filled.notified() => continue,
+                _ = outbox.filled.notified() => {
+                    // Woken by the first frame of a burst: the tasks queuing
+                    // the rest run first, so that one write carries them.
+                    tokio::task::yield_now().await;
+                    continue;
+                }
                 _ = &mut stopped => break,
             }
         }

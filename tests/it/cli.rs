@@ -368,10 +368,19 @@ fn apikey_create_prints_a_key_once_and_list_and_revoke_manage_it() {
 #[test]
 fn bench_remote_measures_two_processes_and_refuses_bad_counts() {
     let result = json_of(&[
-        "bench", "remote", "--tells", "20000", "--asks", "640", "--json",
+        "bench",
+        "remote",
+        "--tells",
+        "20000",
+        "--asks",
+        "640",
+        "--concurrent-asks",
+        "1280",
+        "--json",
     ]);
     assert_eq!(result["tells"], 20000);
     assert_eq!(result["asks"], 640);
+    assert_eq!(result["concurrent_asks"], 1280);
     for field in [
         "tells_per_second",
         "ask_p50_us",
@@ -387,12 +396,14 @@ fn bench_remote_measures_two_processes_and_refuses_bad_counts() {
             }
         }
     }
-    let refused = valueverse()
-        .args(["bench", "remote", "--asks", "3"])
-        .output()
-        .unwrap();
-    assert!(!refused.status.success());
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("--asks"));
+    for flag in ["--asks", "--concurrent-asks"] {
+        let refused = valueverse()
+            .args(["bench", "remote", flag, "3"])
+            .output()
+            .unwrap();
+        assert!(!refused.status.success());
+        assert!(String::from_utf8_lossy(&refused.stderr).contains(flag));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
