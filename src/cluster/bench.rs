@@ -555,7 +555,13 @@ mod tests {
         }
         let started = Instant::now();
         let counted = loop {
-            let counted = agent.ask(EchoMsg::Count, timeout).await.unwrap();
+            let counted = match agent.ask(EchoMsg::Count, timeout).await {
+                Ok(counted) => counted,
+                // The tells ahead of it still fill the mailbox: an ask is
+                // refused at once, as a local one would be.
+                Err(AgentError::MailboxFull { .. }) => 0,
+                Err(other) => panic!("count: {other:?}"),
+            };
             if counted / 1_000_000 >= TELLS || started.elapsed() > timeout {
                 break counted;
             }
