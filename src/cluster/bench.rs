@@ -479,6 +479,40 @@ mod tests {
         }
     }
 
+    /// Two agent nodes in one process, with mailboxes of `capacity`,
+    /// whose views hold both, hosting `kinds`.
+    async fn node_pair(secret: [u8; 32], capacity: usize, kinds: &[&str]) -> (System, System) {
+        let config = crate::actors::RuntimeConfig {
+            mailbox_capacity: capacity,
+            ..Default::default()
+        };
+        let (near, near_transport) = agent_node("near", &secret, config.clone()).await.unwrap();
+        let (far, far_transport) = agent_node("far", &secret, config).await.unwrap();
+        let placed = |node: &str, addr: SocketAddr| Placed {
+            candidate: Candidate {
+                node: node.to_owned(),
+                kinds: kinds.iter().map(|kind| (*kind).to_owned()).collect(),
+                gpus: 0,
+            },
+            transport_addr: addr,
+        };
+        let view = vec![
+            placed("near", near_transport.local_addr()),
+            placed("far", far_transport.local_addr()),
+        ];
+        near.router().set_view(view.clone());
+        far.router().set_view(view);
+        (near, far)
+    }
+
+    /// A key of `kind` that `near` routes to the other node.
+    fn far_key(near: &System, kind: &str) -> String {
+        (0..)
+            .map(|i| format!("k-{i}"))
+            .find(|key| !near.router().is_local(kind, key))
+            .unwrap()
+    }
+
     /// Counts pings and those that came out of order.
     struct Ordered;
 
@@ -512,35 +546,12 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn remote_tells_into_a_small_mailbox_all_arrive_in_order() {
-        let secret = [7u8; 32];
         // Far smaller than one read of frames: every burst finds the
         // mailbox full and waits for room.
-        let config = crate::actors::RuntimeConfig {
-            mailbox_capacity: 8,
-            ..Default::default()
-        };
-        let (near, near_transport) = agent_node("near", &secret, config.clone()).await.unwrap();
-        let (far, far_transport) = agent_node("far", &secret, config).await.unwrap();
+        let (near, far) = node_pair([7u8; 32], 8, &[Ordered::KIND]).await;
         near.register::<Ordered>();
         far.register::<Ordered>();
-        let placed = |node: &str, addr: SocketAddr| Placed {
-            candidate: Candidate {
-                node: node.to_owned(),
-                kinds: vec![Ordered::KIND.to_owned()],
-                gpus: 0,
-            },
-            transport_addr: addr,
-        };
-        let view = vec![
-            placed("near", near_transport.local_addr()),
-            placed("far", far_transport.local_addr()),
-        ];
-        near.router().set_view(view.clone());
-        far.router().set_view(view);
-        let key = (0..)
-            .map(|i| format!("k-{i}"))
-            .find(|key| !near.router().is_local(Ordered::KIND, key))
-            .unwrap();
+        let key = far_key(&near, Ordered::KIND);
         let agent = near.agent::<Ordered>(key);
         let timeout = Duration::from_secs(10);
         agent.ask(EchoMsg::Count, timeout).await.unwrap();
@@ -574,35 +585,10 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn remote_asks_are_answered_by_the_far_handler_or_refused_typed() {
-        let secret = [9u8; 32];
-        let config = crate::actors::RuntimeConfig {
-            mailbox_capacity: 2,
-            ..Default::default()
-        };
-        let (near, near_transport) = agent_node("near", &secret, config.clone()).await.unwrap();
-        let (far, far_transport) = agent_node("far", &secret, config).await.unwrap();
+        let (near, far) = node_pair([9u8; 32], 2, &[Slow::KIND, Echo::KIND]).await;
         near.register::<Slow>();
         far.register::<Slow>();
-        let placed = |node: &str, addr: SocketAddr| Placed {
-            candidate: Candidate {
-                node: node.to_owned(),
-                kinds: vec![Slow::KIND.to_owned(), Echo::KIND.to_owned()],
-                gpus: 0,
-            },
-            transport_addr: addr,
-        };
-        let view = vec![
-            placed("near", near_transport.local_addr()),
-            placed("far", far_transport.local_addr()),
-        ];
-        near.router().set_view(view.clone());
-        far.router().set_view(view);
-        let far_key = |kind| {
-            (0..)
-                .map(|i| format!("k-{i}"))
-                .find(|key| !near.router().is_local(kind, key))
-                .unwrap()
-        };
+        let far_key = |kind| far_key(&near, kind);
 
         // Answered by the handler on the far node, over the link.
         let echo = near.agent::<Echo>(far_key(Echo::KIND));
