@@ -11,6 +11,7 @@ use crate::actors::executor::{Executor, tick_active_plans};
 use crate::actors::notifier::Notifier;
 use crate::actors::saga::SagaCoordinator;
 use crate::cluster::node::{ClusterError, ClusterNode};
+use crate::cluster::peer_requests::PeerRequests;
 use crate::config::Config;
 use crate::dashboard::Dashboard;
 use crate::http::{HttpApi, Services};
@@ -107,6 +108,14 @@ impl Node {
             }
         };
         let (sagas, saga_poller) = SagaRunner::start(system.clone(), simulations.clone());
+        let peers = std::sync::Arc::new(PeerRequests::new(
+            system.node_name(),
+            config
+                .cluster
+                .secret
+                .clone()
+                .filter(|_| config.cluster.enabled),
+        ));
         let services = Services {
             system: system.clone(),
             simulations: simulations.clone(),
@@ -118,13 +127,10 @@ impl Node {
                     system.clone(),
                     simulations.clone(),
                     cluster.clone(),
-                    config
-                        .cluster
-                        .secret
-                        .clone()
-                        .filter(|_| config.cluster.enabled),
+                    std::sync::Arc::clone(&peers),
                 )
             }),
+            peers,
         };
         let http = match HttpApi::start(http_listener, services, config) {
             Ok(http) => http,

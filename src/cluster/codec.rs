@@ -1,6 +1,7 @@
 //! The wire format between nodes: length-prefixed frames (a big-endian
 //! `u32` length, then a bincode 2 body), size-checked before anything is
-//! read into memory. bincode has no schema evolution, so every payload
+//! read into memory; they travel inside the link's encrypted records
+//! ([`super::channel`]). bincode has no schema evolution, so every payload
 //! type has a stable id and the protocol version is checked at the
 //! handshake: a changed payload is a new id or a new version.
 //!
@@ -11,10 +12,10 @@
 use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Version of the frames and envelopes below; peers must agree.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// 2: links inside the Noise channel, replies bound to their link.
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Largest frame body a node sends or accepts.
 pub const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
 
@@ -130,26 +131,6 @@ pub enum Frame<'a> {
     Reply(Reply),
 }
 
-/// The handshake, before any frame: each side says who it is with a fresh
-/// nonce, then proves it holds the cluster secret over the other's nonce.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Handshake {
-    Hello {
-        version: u16,
-        node: String,
-        /// Where the node's transport listens: an accepted link is kept
-        /// under this address, so the pair shares one connection.
-        listen: std::net::SocketAddr,
-        nonce: [u8; 32],
-    },
-    Proof {
-        mac: [u8; 32],
-    },
-    Refused {
-        reason: String,
-    },
-}
-
 /// Why a frame could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
@@ -179,38 +160,6 @@ pub fn encode_into<T: Serialize>(value: &T, out: &mut Vec<u8>) -> Result<(), Cod
     }
     out[start..start + 4].copy_from_slice(&(size as u32).to_be_bytes());
     Ok(())
-}
-
-/// Writes one frame and flushes.
-pub async fn write_frame<T: Serialize>(
-    writer: &mut (impl AsyncWrite + Unpin),
-    value: &T,
-) -> Result<(), CodecError> {
-    let mut bytes = Vec::new();
-    encode_into(value, &mut bytes)?;
-    writer.write_all(&bytes).await?;
-    writer.flush().await?;
-    Ok(())
-}
-
-/// Reads one frame; the length is checked before the body is read.
-/// `buffer` is reused between calls.
-pub async fn read_frame<T: for<'de> Deserialize<'de>>(
-    reader: &mut (impl AsyncRead + Unpin),
-    buffer: &mut Vec<u8>,
-) -> Result<T, CodecError> {
-    let mut prefix = [0u8; 4];
-    reader.read_exact(&mut prefix).await?;
-    let size = u32::from_be_bytes(prefix) as usize;
-    if size > MAX_FRAME_BYTES {
-        return Err(CodecError::TooLarge {
-            size,
-            limit: MAX_FRAME_BYTES,
-        });
-    }
-    buffer.resize(size, 0);
-    reader.read_exact(buffer).await?;
-    decode(buffer)
 }
 
 /// The first whole frame in `bytes`, decoded as a view into them, and
@@ -313,14 +262,10 @@ mod tests {
         assert_eq!(next_frame::<Frame>(&bytes[taken..]).unwrap(), Err(0));
     }
 
-    #[tokio::test]
-    async fn an_oversized_length_is_refused_before_reading_the_body() {
+    #[test]
+    fn an_oversized_length_is_refused_before_reading_the_body() {
         let mut bytes = ((MAX_FRAME_BYTES + 1) as u32).to_be_bytes().to_vec();
         bytes.extend_from_slice(&[0; 16]);
-        let error = read_frame::<Handshake>(&mut bytes.as_slice(), &mut Vec::new())
-            .await
-            .unwrap_err();
-        assert!(matches!(error, CodecError::TooLarge { .. }), "{error}");
         let error = next_frame::<Frame>(&bytes).unwrap_err();
         assert!(matches!(error, CodecError::TooLarge { .. }), "{error}");
     }
@@ -337,5 +282,114 @@ mod tests {
         // A length inside the body claiming more than a frame can hold.
         let lying = [0u8, 0xfd, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f];
         assert!(decode::<Frame>(&lying).is_err());
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::cluster::largest_allocation;
+
+    fn envelope() -> impl Strategy<Value = Envelope<'static>> {
+        (
+            any::<u64>(),
+            proptest::option::of(any::<u64>()),
+            proptest::option::of("[a-z0-9-]{0,40}"),
+            proptest::option::of(any::<u64>()),
+            "[a-z_]{1,12}",
+            ".{0,40}",
+            any::<u32>(),
+            proptest::collection::vec(any::<u8>(), 0..300),
+        )
+            .prop_map(
+                |(message_id, ask_id, correlation, deadline, kind, key, type_id, payload)| {
+                    Envelope {
+                        message_id,
+                        ask_id,
+                        correlation_id: correlation.map(Cow::Owned),
+                        trace_context: None,
+                        deadline_ms: deadline,
+                        target: Target {
+                            kind: kind.into(),
+                            key: key.into(),
+                        },
+                        type_id,
+                        payload: payload.into(),
+                    }
+                },
+            )
+    }
+
+    fn frame() -> impl Strategy<Value = Frame<'static>> {
+        prop_oneof![
+            envelope().prop_map(Frame::Message),
+            (any::<u64>(), proptest::collection::vec(any::<u8>(), 0..100)).prop_map(
+                |(ask_id, outcome)| Frame::Reply(Reply {
+                    ask_id,
+                    outcome: Ok(outcome),
+                })
+            ),
+            (any::<u64>(), ".{0,30}").prop_map(|(ask_id, reason)| Frame::Reply(Reply {
+                ask_id,
+                outcome: Err(RemoteFailure::Undecodable { reason }),
+            })),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Arbitrary bytes: an error or a frame, never a panic, and never
+        /// an allocation past the frame limit.
+        #[test]
+        fn arbitrary_bytes_decode_or_fail_within_the_limit(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
+            let (outcome, largest) = largest_allocation::during(|| {
+                let mut taken = 0;
+                loop {
+                    match next_frame::<Frame>(&bytes[taken..]) {
+                        Ok(Ok((_, used))) => taken += used,
+                        Ok(Err(wanted)) => break Ok(wanted),
+                        Err(error) => break Err(error),
+                    }
+                }
+            });
+            if let Ok(wanted) = outcome {
+                prop_assert!(wanted <= 4 + MAX_FRAME_BYTES);
+            }
+            prop_assert!(largest <= MAX_FRAME_BYTES, "allocated {largest} bytes");
+        }
+
+        /// Any sequence of frames, cut anywhere, reads back whole and in order.
+        #[test]
+        fn frame_sequences_round_trip_across_any_cut(
+            frames in proptest::collection::vec(frame(), 0..12),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let mut bytes = Vec::new();
+            for frame in &frames {
+                encode_into(frame, &mut bytes).unwrap();
+            }
+            let cut = if bytes.is_empty() { 0 } else { cut.index(bytes.len()) };
+            let mut buffer = bytes[..cut].to_vec();
+            let mut read = Vec::new();
+            let mut taken = 0;
+            for rest in [&bytes[cut..], &[][..]] {
+                while let Ok((frame, used)) = next_frame::<Frame>(&buffer[taken..]).unwrap() {
+                    read.push(frame_owned(frame));
+                    taken += used;
+                }
+                buffer.extend_from_slice(rest);
+            }
+            prop_assert_eq!(read, frames);
+        }
+    }
+
+    fn frame_owned(frame: Frame<'_>) -> Frame<'static> {
+        match frame {
+            Frame::Message(envelope) => Frame::Message(envelope.into_owned()),
+            Frame::Reply(reply) => Frame::Reply(reply),
+        }
     }
 }

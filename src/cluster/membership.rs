@@ -7,6 +7,11 @@
 //! A member the detector suspects is `suspect` here, never `down`: taking
 //! a node out of placement also needs its lease row in PostgreSQL to have
 //! expired (the database arbitrates; gossip alone could split a cluster).
+//!
+//! Gossip is unauthenticated UDP: anyone on the network can forge it. So
+//! nothing that moves keys is taken from it: kinds, GPUs and addresses come
+//! from each node's proven lease row (`node.rs`); gossip shows liveness
+//! (alive, suspect, phi) and load, for operators.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -99,6 +104,18 @@ impl Arrivals {
     }
 }
 
+/// The id gossip runs under: the configured id and a tag derived from the
+/// secret, so nodes (or strangers) without the secret are not even heard
+/// by chitchat. Not a defence on its own (gossip is plaintext UDP, and
+/// the tag can be read off the wire): placement never trusts gossip.
+pub fn gossip_cluster_id(cluster_id: &str, secret: &str) -> String {
+    use hmac::Mac;
+    let tag = super::signed(secret, &[b"valueverse-gossip-id", cluster_id.as_bytes()])
+        .finalize()
+        .into_bytes();
+    format!("{cluster_id}-{}", hex::encode(&tag[..8]))
+}
+
 /// Why membership did not start.
 #[derive(Debug, thiserror::Error)]
 pub enum MembershipError {
@@ -182,6 +199,9 @@ impl Membership {
                 let me = chitchat.self_chitchat_id().clone();
                 let now = Instant::now();
                 let mut arrivals = self.arrivals.lock().unwrap_or_else(|p| p.into_inner());
+                // Members gossip forgot leave no bookkeeping behind.
+                let states = chitchat.node_states();
+                arrivals.by_node.retain(|id, _| states.contains_key(id));
                 chitchat
                     .node_states()
                     .iter()

@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use crate::actors::System;
 use crate::config::ClusterConfig;
-use crate::store::{Lease, StoreError, unix_millis};
+use crate::store::{Lease, LeaseClaim, StoreError, unix_millis};
 
 use super::membership::{Member, MemberInfo, Membership, MembershipConfig, MembershipError};
 use super::placement::Candidate;
@@ -90,6 +90,7 @@ struct Metrics {
     rebalances: IntCounter,
     members: IntGauge,
     handoffs: IntCounter,
+    gossip_ignored: IntCounter,
 }
 
 impl Metrics {
@@ -109,10 +110,18 @@ impl Metrics {
             "Instances asked to passivate because another node owns them now",
         )
         .expect("valid metric");
+        let gossip_ignored = IntCounter::new(
+            "valueverse_cluster_gossip_ignored_total",
+            "Gossip members whose values disagree with the proven lease of the node \
+             they name (addresses, kinds, GPUs), counted at each view refresh: \
+             ignored, placement follows the lease",
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(rebalances.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(members.clone()),
             Box::new(handoffs.clone()),
+            Box::new(gossip_ignored.clone()),
         ] {
             let _ = registry.register(collector);
         }
@@ -120,6 +129,7 @@ impl Metrics {
             rebalances,
             members,
             handoffs,
+            gossip_ignored,
         }
     }
 }
@@ -174,6 +184,7 @@ impl ClusterNode {
                 addr: config.listen,
                 source,
             })?;
+            transport.register(system.metrics().registry());
             let listen = transport.local_addr();
             transport_addr = listen.to_string();
             system
@@ -181,7 +192,7 @@ impl ClusterNode {
                 .attach(transport, tokio::runtime::Handle::current());
             membership = Some(
                 Membership::start(MembershipConfig {
-                    cluster_id: config.cluster_id.clone(),
+                    cluster_id: super::membership::gossip_cluster_id(&config.cluster_id, &secret),
                     gossip_addr: config.gossip,
                     advertise_addr: advertised.map(|ip| SocketAddr::new(ip, config.gossip.port())),
                     seeds: config.seeds.clone(),
@@ -209,23 +220,27 @@ impl ClusterNode {
             let now = unix_millis();
             let leases = store.leases().await.map_err(ClusterError::Lease)?;
             if let Some(other) = leases.iter().find(|lease| {
-                lease.node != name
-                    && lease.is_valid_at(now)
-                    && lease.proof != proof(config, &lease.node)
+                lease.node != name && lease.is_valid_at(now) && !proven(config, lease)
             }) {
                 return Err(ClusterError::WrongSecret {
                     node: other.node.clone(),
                 });
             }
         }
+        let kinds = kinds_field(&system.kinds());
+        let http = http_addr.to_string();
+        let mut claim = LeaseClaim {
+            node: &name,
+            transport_addr: &transport_addr,
+            http_addr: &http,
+            kinds: &kinds,
+            gpus: i64::from(config.gpus),
+            proof: "",
+        };
+        let signature = proof(config, &claim);
+        claim.proof = &signature;
         let token = store
-            .acquire_lease(
-                &name,
-                &transport_addr,
-                &http_addr.to_string(),
-                &proof(config, &name),
-                ttl,
-            )
+            .acquire_lease(claim, ttl)
             .await
             .map_err(ClusterError::Lease)?;
         tracing::info!(node = %name, token, clustered = config.enabled, "cluster: lease taken");
@@ -317,15 +332,14 @@ impl Shared {
                 return;
             }
         };
-        let gossip = self.gossip().await;
+        let heard = self.heard().await;
         let me = self.system.node_name();
         let now = unix_millis();
         let fenced = self.fenced.load(Ordering::Acquire);
         let mut placed = Vec::new();
         for lease in &leases {
             let mine = lease.node == me;
-            let proven = lease.proof == proof(&self.config, &lease.node);
-            if !lease.is_valid_at(now) || !proven || (mine && fenced) {
+            if !lease.is_valid_at(now) || !proven(&self.config, lease) || (mine && fenced) {
                 continue;
             }
             let transport_addr = match lease.transport_addr.parse() {
@@ -334,13 +348,23 @@ impl Shared {
                 Err(_) if mine => SocketAddr::from(([127, 0, 0, 1], 0)),
                 Err(_) => continue,
             };
-            // Until gossip says what a node hosts, it is taken to host every
-            // kind: every node runs the same kinds.
-            let (kinds, gpus) = match gossip.get(&lease.node) {
-                Some(member) => (member.info.kinds.clone(), member.info.gpus),
-                None if mine => (self.system.kinds(), self.config.gpus),
-                None => (self.system.kinds(), 0),
-            };
+            // What a node hosts is what its proven lease says; gossip that
+            // says otherwise is forged or stale, and only counted.
+            let kinds = lease_kinds(lease);
+            let gpus = u32::try_from(lease.gpus).unwrap_or(0);
+            let disagreeing = heard
+                .iter()
+                .filter(|member| {
+                    member.info.node == lease.node
+                        && (member.info.kinds != kinds
+                            || member.info.gpus != gpus
+                            || member.info.transport_addr.to_string() != lease.transport_addr)
+                })
+                .count();
+            if disagreeing > 0 {
+                self.metrics.gossip_ignored.inc_by(disagreeing as u64);
+                tracing::debug!(node = %lease.node, "cluster: gossip disagrees with the lease; ignored");
+            }
             placed.push(Placed {
                 candidate: Candidate {
                     node: lease.node.clone(),
@@ -371,14 +395,18 @@ impl Shared {
         *self.last_leases.lock().unwrap_or_else(|p| p.into_inner()) = leases;
     }
 
+    /// Every member gossip knows, runs of one name apart.
+    async fn heard(&self) -> Vec<Member> {
+        match self.membership.read().await.as_ref() {
+            Some(membership) => membership.members().await,
+            None => Vec::new(),
+        }
+    }
+
     /// Members gossip knows, by name; the newest run of each name wins.
     async fn gossip(&self) -> HashMap<String, Member> {
-        let membership = self.membership.read().await;
-        let Some(membership) = membership.as_ref() else {
-            return HashMap::new();
-        };
         let mut by_name: HashMap<String, Member> = HashMap::new();
-        for member in membership.members().await {
+        for member in self.heard().await {
             let keep = by_name
                 .get(&member.info.node)
                 .is_none_or(|known| known.state != "alive");
@@ -430,8 +458,8 @@ impl Shared {
                     state: state.into(),
                     transport_addr: lease.transport_addr.clone(),
                     http_addr: lease.http_addr.clone(),
-                    kinds: heard.map(|m| m.info.kinds.clone()).unwrap_or_default(),
-                    gpus: heard.map(|m| m.info.gpus).unwrap_or_default(),
+                    kinds: lease_kinds(lease),
+                    gpus: u32::try_from(lease.gpus).unwrap_or(0),
                     load: heard.map(|m| m.info.load).unwrap_or_default(),
                     phi: heard
                         .and_then(|m| m.phi)
@@ -477,15 +505,66 @@ async fn advertised_ip(host: &str) -> Result<std::net::IpAddr, ClusterError> {
         .ok_or_else(|| failed("no address".into()))
 }
 
-/// What a node's lease carries to show it holds the cluster secret:
-/// HMAC-SHA256 of its name. A cluster of one has no secret and no proof.
-fn proof(config: &ClusterConfig, node: &str) -> String {
+/// A lease's kinds as a list.
+fn lease_kinds(lease: &Lease) -> Vec<String> {
+    lease
+        .kinds
+        .split(',')
+        .filter(|kind| !kind.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Kinds as a lease holds them: sorted, comma-separated.
+fn kinds_field(kinds: &[String]) -> String {
+    let mut kinds = kinds.to_vec();
+    kinds.sort();
+    kinds.join(",")
+}
+
+/// What a node's lease carries to show it holds the cluster secret: an
+/// HMAC-SHA256 under the secret of everything placement takes from the
+/// row (name, both addresses, kinds, GPUs), so a row edited by anyone
+/// without the secret, or copied to another name or address, is not
+/// placed on. A cluster of one has no secret and no proof.
+fn proof(config: &ClusterConfig, claim: &LeaseClaim<'_>) -> String {
     use hmac::Mac;
     let Some(secret) = config.secret.as_ref().filter(|_| config.enabled) else {
         return String::new();
     };
-    let mac = super::signed(secret, &[b"valueverse-lease-v1:", node.as_bytes()]);
+    let gpus = claim.gpus.to_string();
+    let mac = super::signed(
+        secret,
+        &[
+            b"valueverse-lease-v2",
+            claim.node.as_bytes(),
+            claim.transport_addr.as_bytes(),
+            claim.http_addr.as_bytes(),
+            claim.kinds.as_bytes(),
+            gpus.as_bytes(),
+        ],
+    );
     hex::encode(mac.finalize().into_bytes())
+}
+
+/// Whether `lease` carries this cluster's proof of what it claims.
+fn proven(config: &ClusterConfig, lease: &Lease) -> bool {
+    let claim = LeaseClaim {
+        node: &lease.node,
+        transport_addr: &lease.transport_addr,
+        http_addr: &lease.http_addr,
+        kinds: &lease.kinds,
+        gpus: lease.gpus,
+        proof: &lease.proof,
+    };
+    let expected = proof(config, &claim);
+    // Constant time: the proof is a MAC.
+    expected.len() == lease.proof.len()
+        && expected
+            .bytes()
+            .zip(lease.proof.bytes())
+            .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+            == 0
 }
 
 impl std::fmt::Debug for ClusterNode {

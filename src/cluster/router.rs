@@ -202,6 +202,7 @@ impl Router {
             match transport.open_link(member.transport_addr) {
                 // A full outbox drops the event: streams are best effort.
                 Some(link) => drop(link.try_send(frame)),
+                None if transport.dialing_is_busy() => {}
                 None => {
                     let transport = transport.clone();
                     let addr = member.transport_addr;
@@ -248,6 +249,11 @@ impl Router {
                         node: route.node.clone(),
                     }
                 }
+            }),
+            // Senders already wait for links in numbers: push back.
+            None if transport.dialing_is_busy() => Err(AgentError::Backpressure {
+                target,
+                node: route.node.clone(),
             }),
             None => {
                 let transport = transport.clone();
@@ -519,24 +525,13 @@ impl RemoteReply {
     }
 
     fn answer(&mut self, outcome: Result<Vec<u8>, RemoteFailure>) {
-        let Some(link) = self.link.take() else {
-            return;
-        };
-        let frame = Frame::Reply(Reply {
-            ask_id: self.ask_id,
-            outcome,
-        });
-        if let Err(frame) = link.try_send(frame) {
-            // The outbox is full: wait for room on a task, where a runtime
-            // runs here (every node thread has one). A closed link has
-            // nobody left to answer.
-            if !link.is_closed()
-                && let Ok(runtime) = tokio::runtime::Handle::try_current()
-            {
-                runtime.spawn(async move {
-                    let _ = link.send(*frame).await;
-                });
-            }
+        if let Some(link) = self.link.take() {
+            // Never waits: a reply past the outbox's headroom is dropped
+            // (counted) and its asker times out.
+            link.reply(Reply {
+                ask_id: self.ask_id,
+                outcome,
+            });
         }
     }
 }

@@ -1,32 +1,43 @@
 //! TCP links between nodes. A link is one connection, used both ways,
-//! opened by a handshake that checks the protocol version and proves on
-//! both sides that each holds the cluster secret (HMAC-SHA256 over the
-//! other side's fresh nonce) before any frame passes. Senders encode their
-//! frame straight into the link's outbox, a byte buffer bounded in size (a
-//! full outbox makes senders wait: backpressure, never unbounded memory),
-//! and a writer task sends whatever gathered while it wrote in one write
-//! (batching) — no per-frame queue operation, one copy of each frame. A peer that sends garbage, an oversized
-//! frame or a bad proof loses its connection, and nothing else does.
+//! inside the Noise channel of [`super::channel`]: the cluster secret's
+//! link key authenticates and encrypts every byte, and the encrypted
+//! hellos carry each side's name, listen address and protocol version.
+//! Senders encode their frame straight into the link's outbox, a byte
+//! buffer bounded in size (a full outbox makes senders wait:
+//! backpressure, never unbounded memory), and a writer task seals
+//! whatever gathered while it wrote into records and sends them in one
+//! write (batching).
+//!
+//! Nothing is trusted before the handshake ends: handshake messages are
+//! capped at [`channel::MAX_HANDSHAKE_BYTES`] and read into fixed buffers,
+//! connections still in their handshake are capped per node and per
+//! source address, and each has [`HANDSHAKE_TIMEOUT`] to finish. A peer
+//! that sends garbage, an oversized frame, a bad record or a bad
+//! handshake loses its connection, and nothing else does.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts};
+use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, oneshot};
 
-use super::codec::{
-    self, CodecError, Envelope, Frame, Handshake, PROTOCOL_VERSION, RemoteFailure, Reply,
-};
+use super::channel::{self, ChannelError, Hello, Opener, Sealer};
+use super::codec::{self, CodecError, Envelope, Frame, PROTOCOL_VERSION, RemoteFailure, Reply};
 
-/// Time a peer has to complete the handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time a peer has, from its connection, to complete the handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Time a dial has to connect.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Connections in their handshake at once, from anyone.
+pub const MAX_HANDSHAKES: usize = 64;
+/// Connections in their handshake at once from one source address.
+pub const MAX_HANDSHAKES_PER_SOURCE: usize = 8;
 /// Bytes the writer gathers before it writes.
 const WRITE_BATCH_BYTES: usize = 64 * 1024;
 /// Bytes a link's reader asks for at a time.
@@ -34,6 +45,16 @@ const READ_BYTES: usize = 64 * 1024;
 /// First and longest wait before dialing an address that failed again.
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Senders waiting, across all addresses, for a dial to finish; past
+/// this a message to a peer without a link is refused, not queued.
+const MAX_DIAL_WAITERS: u64 = 4096;
+/// Room replies may take past the outbox's limit: a reply never waits
+/// (it is sent from a handler's thread), and past this it is dropped.
+const REPLY_HEADROOM_BYTES: usize = 1 << 20;
+/// One refusal logged per source address per this long.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+/// Longest node name a hello may carry.
+const MAX_NODE_NAME: usize = 128;
 
 /// Who this node is on the wire.
 #[derive(Clone)]
@@ -86,6 +107,8 @@ pub enum LinkError {
         addr: SocketAddr,
         retry_in: Duration,
     },
+    #[error("too many senders wait for links to open")]
+    Busy,
     #[error("handshake with {peer} failed: {reason}")]
     Handshake { peer: String, reason: String },
     #[error("the link to {peer} is closed")]
@@ -137,9 +160,9 @@ impl Receiver for Each {
 /// See [`Inbound`].
 pub type Hold = futures_util::future::BoxFuture<'static, ()>;
 
-/// Asks waiting for their reply, by correlation id.
-/// Each with the link it went out on: a link that closes fails its asks at
-/// once instead of leaving them to their timeouts.
+/// Asks waiting for their reply, by ask id, each with the link it went
+/// out on: only that link may answer it, and a link that closes fails its
+/// asks at once instead of leaving them to their timeouts.
 type Waiting = HashMap<u64, (Arc<str>, oneshot::Sender<Result<Vec<u8>, RemoteFailure>>)>;
 
 /// Frames encoded and waiting for the writer.
@@ -163,13 +186,14 @@ impl Outbox {
         self.drained.notify_waiters();
     }
 
-    /// Appends `frame` if there is room: `Ok(true)` taken, `Ok(false)` full.
-    fn offer(&self, frame: &Frame<'_>, peer: &str) -> Result<bool, ()> {
+    /// Appends `frame` if the outbox holds less than `limit`: `Ok(true)`
+    /// taken, `Ok(false)` full.
+    fn offer(&self, frame: &Frame<'_>, peer: &str, limit: usize) -> Result<bool, ()> {
         if self.closed.load(Ordering::Acquire) {
             return Err(());
         }
         let mut bytes = self.lock();
-        if bytes.len() >= self.limit {
+        if bytes.len() >= limit {
             return Ok(false);
         }
         let was_empty = bytes.is_empty();
@@ -190,6 +214,7 @@ impl Outbox {
 pub struct Link {
     peer: Arc<str>,
     outbox: Arc<Outbox>,
+    replies_dropped: IntCounter,
 }
 
 impl Link {
@@ -201,8 +226,9 @@ impl Link {
     /// Queues a frame, waiting while the link's outbox is full; gives the
     /// frame back when the link is closed, so it can go elsewhere.
     pub async fn send<'a>(&self, frame: Frame<'a>) -> Result<(), Frame<'a>> {
+        let limit = self.outbox.limit;
         loop {
-            match self.outbox.offer(&frame, &self.peer) {
+            match self.outbox.offer(&frame, &self.peer, limit) {
                 Ok(true) => return Ok(()),
                 Err(()) => return Err(frame),
                 Ok(false) => {}
@@ -212,7 +238,7 @@ impl Link {
             let drained = self.outbox.drained.notified();
             tokio::pin!(drained);
             drained.as_mut().enable();
-            match self.outbox.offer(&frame, &self.peer) {
+            match self.outbox.offer(&frame, &self.peer, limit) {
                 Ok(true) => return Ok(()),
                 Err(()) => return Err(frame),
                 Ok(false) => drained.await,
@@ -223,9 +249,22 @@ impl Link {
     /// Queues a frame if the outbox has room now; gives it back otherwise
     /// (for an inbound handler, which must not wait).
     pub fn try_send<'a>(&self, frame: Frame<'a>) -> Result<(), Box<Frame<'a>>> {
-        match self.outbox.offer(&frame, &self.peer) {
+        match self.outbox.offer(&frame, &self.peer, self.outbox.limit) {
             Ok(true) => Ok(()),
             Ok(false) | Err(()) => Err(Box::new(frame)),
+        }
+    }
+
+    /// Queues a reply without waiting: replies may use a fixed headroom
+    /// past the outbox's limit (they answer asks the peer is waiting on);
+    /// past that, or on a closed link, the reply is dropped, counted, and
+    /// the asker times out. Never a task per reply.
+    pub fn reply(&self, reply: Reply) {
+        let frame = Frame::Reply(reply);
+        let limit = self.outbox.limit.saturating_add(REPLY_HEADROOM_BYTES);
+        if let Ok(false) = self.outbox.offer(&frame, &self.peer, limit) {
+            self.replies_dropped.inc();
+            tracing::debug!(peer = %self.peer, "transport: outbox full, a reply dropped");
         }
     }
 
@@ -240,22 +279,166 @@ struct Backoff {
     until: Instant,
 }
 
+/// The transport's counters (registered with [`Transport::register`]).
+#[derive(Clone)]
+struct Metrics {
+    refused: IntCounterVec,
+    handshakes: IntGauge,
+    links: IntGauge,
+    replies_dropped: IntCounter,
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        Metrics {
+            refused: IntCounterVec::new(
+                Opts::new(
+                    "valueverse_transport_refused_total",
+                    "Connections the cluster transport refused, by reason (capacity, \
+                     too_large, bad_secret, deadline, peer_refused, malformed, io)",
+                ),
+                &["reason"],
+            )
+            .expect("valid metric"),
+            handshakes: IntGauge::new(
+                "valueverse_transport_handshakes",
+                "Connections in their handshake (not yet authenticated)",
+            )
+            .expect("valid metric"),
+            links: IntGauge::new("valueverse_transport_links", "Authenticated links open")
+                .expect("valid metric"),
+            replies_dropped: IntCounter::new(
+                "valueverse_transport_replies_dropped_total",
+                "Replies dropped because the link's outbox was full past its headroom",
+            )
+            .expect("valid metric"),
+        }
+    }
+}
+
+/// Connections in their handshake, in all and by source address.
+#[derive(Default)]
+struct Unproven {
+    total: usize,
+    by_source: HashMap<IpAddr, usize>,
+}
+
+/// Holds one [`Unproven`] place until dropped.
+struct UnprovenPlace {
+    inner: Arc<Inner>,
+    source: IpAddr,
+}
+
+impl Drop for UnprovenPlace {
+    fn drop(&mut self) {
+        let mut unproven = self.inner.lock_unproven();
+        unproven.total -= 1;
+        if let Some(count) = unproven.by_source.get_mut(&self.source) {
+            *count -= 1;
+            if *count == 0 {
+                unproven.by_source.remove(&self.source);
+            }
+        }
+        self.inner.metrics.handshakes.set(unproven.total as i64);
+    }
+}
+
 struct Inner {
     config: TransportConfig,
+    link_key: [u8; 32],
     inbound: Inbound,
     links: Mutex<HashMap<SocketAddr, Link>>,
     backoff: Mutex<HashMap<SocketAddr, Backoff>>,
+    /// One dial at a time per address: later senders wait for its result.
+    dials: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>>,
+    dial_waiters: AtomicU64,
     pending: Mutex<Waiting>,
     next_id: AtomicU64,
     listen: SocketAddr,
     /// Connections accepted, handshake or not.
     accepted: AtomicU64,
+    unproven: Mutex<Unproven>,
+    /// When a refusal of each kind from each source address was last logged.
+    logged: Mutex<HashMap<(IpAddr, &'static str), Instant>>,
+    metrics: Metrics,
+}
+
+impl Inner {
+    fn lock_unproven(&self) -> std::sync::MutexGuard<'_, Unproven> {
+        self.unproven.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A place for a connection from `source` in its handshake, if the
+    /// caps allow one.
+    fn admit(self: &Arc<Self>, source: IpAddr) -> Option<UnprovenPlace> {
+        let mut unproven = self.lock_unproven();
+        let from_source = unproven.by_source.get(&source).copied().unwrap_or(0);
+        if unproven.total >= MAX_HANDSHAKES || from_source >= MAX_HANDSHAKES_PER_SOURCE {
+            return None;
+        }
+        unproven.total += 1;
+        *unproven.by_source.entry(source).or_default() += 1;
+        self.metrics.handshakes.set(unproven.total as i64);
+        Some(UnprovenPlace {
+            inner: Arc::clone(self),
+            source,
+        })
+    }
+
+    /// Counts a refused connection and logs it, once per source address
+    /// and reason per [`LOG_EVERY`] (an attacker cannot flood the log).
+    fn refused(&self, source: SocketAddr, reason: &'static str, detail: &dyn std::fmt::Display) {
+        self.metrics.refused.with_label_values(&[reason]).inc();
+        let now = Instant::now();
+        let mut logged = self.logged.lock().unwrap_or_else(|p| p.into_inner());
+        if logged.len() >= 1024 {
+            logged.retain(|_, at| now.duration_since(*at) < LOG_EVERY);
+        }
+        let due = logged
+            .get(&(source.ip(), reason))
+            .is_none_or(|at| now.duration_since(*at) >= LOG_EVERY);
+        if due && logged.len() < 1024 {
+            logged.insert((source.ip(), reason), now);
+            tracing::warn!(%source, reason, %detail, "transport: refused a connection (more like it from this address are counted, not logged, for 10 s)");
+        }
+    }
 }
 
 /// This node's end of the transport: the listener and the links it dialed.
 #[derive(Clone)]
 pub struct Transport {
     inner: Arc<Inner>,
+}
+
+/// The reason label and text of a failed handshake.
+fn handshake_failure(error: &ChannelError) -> &'static str {
+    match error {
+        ChannelError::HandshakeTooLarge { .. } => "too_large",
+        ChannelError::BadSecret | ChannelError::BadRecord => "bad_secret",
+        ChannelError::Refused(_) => "peer_refused",
+        ChannelError::Malformed(_) => "malformed",
+        ChannelError::Io(_) => "io",
+    }
+}
+
+/// Whether a peer's hello may open a link with `me`.
+fn vet(me: &str, theirs: &Hello) -> Result<(), String> {
+    if theirs.version != PROTOCOL_VERSION {
+        return Err(format!(
+            "protocol version {} is not this node's {PROTOCOL_VERSION}",
+            theirs.version
+        ));
+    }
+    if theirs.node == me {
+        return Err(format!("the peer claims this node's own name `{me}`"));
+    }
+    if theirs.node.is_empty()
+        || theirs.node.len() > MAX_NODE_NAME
+        || theirs.node.chars().any(char::is_control)
+    {
+        return Err("the peer's node name is empty, too long or has control characters".into());
+    }
+    Ok(())
 }
 
 impl Transport {
@@ -273,18 +456,37 @@ impl Transport {
         };
         let transport = Transport {
             inner: Arc::new(Inner {
+                link_key: channel::link_key(&config.secret),
                 config,
                 inbound,
                 links: Mutex::new(HashMap::new()),
                 backoff: Mutex::new(HashMap::new()),
+                dials: Mutex::new(HashMap::new()),
+                dial_waiters: AtomicU64::new(0),
                 pending: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
                 accepted: AtomicU64::new(0),
                 listen,
+                unproven: Mutex::new(Unproven::default()),
+                logged: Mutex::new(HashMap::new()),
+                metrics: Metrics::new(),
             }),
         };
         tokio::spawn(transport.clone().accept(listener));
         Ok(transport)
+    }
+
+    /// Registers the transport's metrics with `registry`.
+    pub fn register(&self, registry: &prometheus::Registry) {
+        let metrics = &self.inner.metrics;
+        for collector in [
+            Box::new(metrics.refused.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(metrics.handshakes.clone()),
+            Box::new(metrics.links.clone()),
+            Box::new(metrics.replies_dropped.clone()),
+        ] {
+            let _ = registry.register(collector);
+        }
     }
 
     /// The address peers dial.
@@ -301,12 +503,18 @@ impl Transport {
         loop {
             match listener.accept().await {
                 Ok((stream, from)) => {
+                    self.inner.accepted.fetch_add(1, Ordering::Relaxed);
+                    // Over the caps the connection is closed at once: no
+                    // task, no buffer.
+                    let Some(place) = self.inner.admit(from.ip()) else {
+                        self.inner
+                            .refused(from, "capacity", &"too many handshakes in progress");
+                        drop(stream);
+                        continue;
+                    };
                     let this = self.clone();
                     tokio::spawn(async move {
-                        this.inner.accepted.fetch_add(1, Ordering::Relaxed);
-                        if let Err(error) = this.open(stream, from, true).await {
-                            tracing::warn!(%from, %error, "transport: refused a connection");
-                        }
+                        let _ = this.open(stream, from, true, Some(place)).await;
                     });
                 }
                 Err(error) => {
@@ -324,6 +532,12 @@ impl Transport {
         self.lock_backoff().remove(&addr);
     }
 
+    /// Whether as many senders as allowed already wait for dials: a
+    /// message for a peer without a link is then refused, not queued.
+    pub fn dialing_is_busy(&self) -> bool {
+        self.inner.dial_waiters.load(Ordering::Acquire) >= MAX_DIAL_WAITERS
+    }
+
     /// The open link to `addr`, if there is one; never dials.
     pub fn open_link(&self, addr: SocketAddr) -> Option<Link> {
         self.lock_links()
@@ -333,32 +547,70 @@ impl Transport {
     }
 
     /// The link to the node listening at `addr`: the open one, or a new
-    /// connection and handshake.
+    /// connection and handshake. One dial per address at a time: senders
+    /// that come meanwhile wait for it and share its link, or its failure
+    /// (as a backoff).
     pub async fn link(&self, addr: SocketAddr) -> Result<Link, LinkError> {
         if let Some(link) = self.open_link(addr) {
             return Ok(link);
         }
-        if let Some(backoff) = self.lock_backoff().get(&addr) {
-            let now = Instant::now();
-            if backoff.until > now {
-                return Err(LinkError::Backoff {
-                    addr,
-                    retry_in: backoff.until - now,
-                });
+        let waiters = &self.inner.dial_waiters;
+        if waiters.fetch_add(1, Ordering::AcqRel) >= MAX_DIAL_WAITERS {
+            waiters.fetch_sub(1, Ordering::AcqRel);
+            return Err(LinkError::Busy);
+        }
+        let gate = Arc::clone(self.lock_dials().entry(addr).or_default());
+        let outcome = async {
+            let _turn = gate.lock().await;
+            if let Some(link) = self.open_link(addr) {
+                return Ok(link);
+            }
+            if let Some(backoff) = self.lock_backoff().get(&addr) {
+                let now = Instant::now();
+                if backoff.until > now {
+                    return Err(LinkError::Backoff {
+                        addr,
+                        retry_in: backoff.until - now,
+                    });
+                }
+            }
+            self.dial(addr).await
+        }
+        .await;
+        waiters.fetch_sub(1, Ordering::AcqRel);
+        {
+            let mut dials = self.lock_dials();
+            // The map holds one, this call the other: nobody waits.
+            if Arc::strong_count(&gate) == 2 {
+                dials.remove(&addr);
             }
         }
+        outcome
+    }
+
+    async fn dial(&self, addr: SocketAddr) -> Result<Link, LinkError> {
         let dialed = async {
-            let stream = TcpStream::connect(addr)
-                .await
-                .map_err(|source| LinkError::Connect { addr, source })?;
-            self.open(stream, addr, false).await
+            let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await
+            {
+                Ok(connected) => connected.map_err(|source| LinkError::Connect { addr, source })?,
+                Err(_) => {
+                    return Err(LinkError::Connect {
+                        addr,
+                        source: std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!("no connection within {CONNECT_TIMEOUT:?}"),
+                        ),
+                    });
+                }
+            };
+            self.open(stream, addr, false, None).await
         }
         .await;
         match dialed {
             Ok(link) => {
                 self.lock_backoff().remove(&addr);
                 let mut links = self.lock_links();
-                // Two dials at once: the first link in stays.
+                // A link the peer opened meanwhile: the first link in stays.
                 let link = links
                     .entry(addr)
                     .and_modify(|open| {
@@ -388,7 +640,8 @@ impl Transport {
         }
     }
 
-    /// Sends `envelope` and waits for the reply to its correlation id.
+    /// Sends `envelope` and waits for the reply to its ask id, which only
+    /// the link it went out on may give.
     pub async fn ask(
         &self,
         addr: SocketAddr,
@@ -423,33 +676,63 @@ impl Transport {
         outcome
     }
 
-    /// Handshake on a fresh connection (either side), then the link's
-    /// writer and reader tasks.
+    /// The handshake on a fresh connection (either side, within
+    /// [`HANDSHAKE_TIMEOUT`]), then the link's writer and reader tasks.
+    /// `place` is the accepted connection's place among the unproven: it
+    /// is given back when the handshake ends, either way.
     async fn open(
         &self,
         stream: TcpStream,
         addr: SocketAddr,
         accepted: bool,
+        place: Option<UnprovenPlace>,
     ) -> Result<Link, LinkError> {
         stream.set_nodelay(true).map_err(CodecError::Io)?;
         let (mut reader, mut writer) = stream.into_split();
-        let (peer, peer_listen) = tokio::time::timeout(
-            HANDSHAKE_TIMEOUT,
-            handshake(
-                &self.inner.config,
-                self.inner.listen,
-                &mut reader,
-                &mut writer,
-            ),
-        )
-        .await
-        .unwrap_or_else(|_| {
-            Err(LinkError::Handshake {
-                peer: addr.to_string(),
-                reason: "timed out".into(),
-            })
-        })?;
+        let me = Hello {
+            version: PROTOCOL_VERSION,
+            node: self.inner.config.node.clone(),
+            listen: self.inner.listen,
+        };
+        let key = &self.inner.link_key;
+        let check = |theirs: &Hello| vet(&me.node, theirs);
+        let shake = async {
+            if accepted {
+                channel::respond(&mut reader, &mut writer, key, &me, check).await
+            } else {
+                channel::initiate(&mut reader, &mut writer, key, &me, check).await
+            }
+        };
+        let shaken = tokio::time::timeout(HANDSHAKE_TIMEOUT, shake).await;
+        drop(place);
+        let (theirs, sealer, opener) = match shaken {
+            Ok(Ok(shaken)) => shaken,
+            Ok(Err(error)) => {
+                if accepted {
+                    self.inner.refused(addr, handshake_failure(&error), &error);
+                } else {
+                    tracing::warn!(%addr, %error, "transport: handshake failed");
+                }
+                let _ = writer.shutdown().await;
+                return Err(LinkError::Handshake {
+                    peer: addr.to_string(),
+                    reason: error.to_string(),
+                });
+            }
+            Err(_) => {
+                let reason = format!("no handshake within {HANDSHAKE_TIMEOUT:?}");
+                if accepted {
+                    self.inner.refused(addr, "deadline", &reason);
+                }
+                return Err(LinkError::Handshake {
+                    peer: addr.to_string(),
+                    reason,
+                });
+            }
+        };
+        let peer = theirs.node;
         tracing::info!(peer = %peer, %addr, "transport: link open");
+        self.inner.metrics.links.inc();
         let link = Link {
             peer: peer.into(),
             outbox: Arc::new(Outbox {
@@ -459,20 +742,22 @@ impl Transport {
                 filled: Notify::new(),
                 drained: Notify::new(),
             }),
+            replies_dropped: self.inner.metrics.replies_dropped.clone(),
         };
         // The reader's end stops the writer, which closes the connection.
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(write_frames(
             link.outbox.clone(),
             writer,
+            sealer,
             stopped,
             link.peer.clone(),
         ));
-        tokio::spawn(self.clone().read_frames(reader, link.clone(), stop));
+        tokio::spawn(self.clone().read_frames(reader, opener, link.clone(), stop));
         if accepted {
             // Messages to the peer reuse its connection rather than dial back.
             self.lock_links()
-                .entry(peer_listen)
+                .entry(theirs.listen)
                 .and_modify(|open| {
                     if open.is_closed() {
                         *open = link.clone();
@@ -483,7 +768,13 @@ impl Transport {
         Ok(link)
     }
 
-    async fn read_frames(self, mut reader: OwnedReadHalf, link: Link, stop: oneshot::Sender<()>) {
+    async fn read_frames(
+        self,
+        mut reader: OwnedReadHalf,
+        mut opener: Opener,
+        link: Link,
+        stop: oneshot::Sender<()>,
+    ) {
         // Each read takes what has arrived (many frames at once under load).
         let mut bytes: Vec<u8> = Vec::with_capacity(READ_BYTES);
         let mut receiver = (self.inner.inbound)();
@@ -508,8 +799,11 @@ impl Transport {
             if let Some(hold) = receiver.flush() {
                 hold.await;
             }
-            bytes.reserve(wanted.max(READ_BYTES / 2).saturating_sub(bytes.len()));
-            match reader.read_buf(&mut bytes).await {
+            // The frame begun may be large: room for it as records come.
+            let want = wanted
+                .saturating_sub(bytes.len())
+                .clamp(READ_BYTES / 2, READ_BYTES);
+            match opener.read(&mut reader, &mut bytes, want).await {
                 Ok(0) => {
                     tracing::info!(peer = %link.peer(), "transport: link closed by the peer");
                     break;
@@ -521,6 +815,7 @@ impl Transport {
                 }
             }
         }
+        self.inner.metrics.links.dec();
         self.lock_links()
             .retain(|_, open| !Arc::ptr_eq(&open.peer, &link.peer));
         // Dropping their senders answers them `Closed`.
@@ -530,7 +825,8 @@ impl Transport {
     }
 
     /// One frame from `link`: a message to the inbound handler (waiting
-    /// while it holds the link), a reply to its ask.
+    /// while it holds the link), a reply to an ask that went out on this
+    /// very link (a reply to any other ask is dropped).
     async fn take(&self, link: &Link, frame: Frame<'_>, receiver: &mut dyn Receiver) {
         match frame {
             Frame::Message(envelope) => {
@@ -539,8 +835,16 @@ impl Transport {
                 }
             }
             Frame::Reply(Reply { ask_id, outcome }) => {
-                if let Some((_, waiting)) = self.lock_pending().remove(&ask_id) {
-                    let _ = waiting.send(outcome);
+                let mut pending = self.lock_pending();
+                let ours = pending
+                    .get(&ask_id)
+                    .is_some_and(|(peer, _)| Arc::ptr_eq(peer, &link.peer));
+                if ours {
+                    if let Some((_, waiting)) = pending.remove(&ask_id) {
+                        let _ = waiting.send(outcome);
+                    }
+                } else {
+                    tracing::debug!(peer = %link.peer(), ask_id, "transport: a reply to no ask of this link, dropped");
                 }
             }
         }
@@ -554,20 +858,29 @@ impl Transport {
         self.inner.backoff.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn lock_dials(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>> {
+        self.inner.dials.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn lock_pending(&self) -> std::sync::MutexGuard<'_, Waiting> {
         self.inner.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
-/// Sends what gathered in the outbox in one write each time, until the
-/// reader stops or a write fails; then closes the outbox.
+/// Seals what gathered in the outbox into records and sends them in one
+/// write each time, until the reader stops or a write fails; then closes
+/// the outbox.
 async fn write_frames(
     outbox: Arc<Outbox>,
     mut writer: OwnedWriteHalf,
+    mut sealer: Sealer,
     mut stopped: oneshot::Receiver<()>,
     peer: Arc<str>,
 ) {
     let mut sending = Vec::with_capacity(WRITE_BATCH_BYTES);
+    let mut sealed = Vec::with_capacity(WRITE_BATCH_BYTES + 64);
     loop {
         {
             let mut bytes = outbox.lock();
@@ -585,7 +898,12 @@ async fn write_frames(
             }
         }
         outbox.drained.notify_waiters();
-        if let Err(error) = writer.write_all(&sending).await {
+        sealed.clear();
+        if let Err(error) = sealer.seal(&sending, &mut sealed) {
+            tracing::warn!(%peer, %error, "transport: cannot seal; closing the link");
+            break;
+        }
+        if let Err(error) = writer.write_all(&sealed).await {
             tracing::info!(%peer, %error, "transport: link write failed");
             break;
         }
@@ -594,98 +912,11 @@ async fn write_frames(
     outbox.close();
 }
 
-/// The proof over the other side's nonce, binding who we say we are.
-fn mac(secret: &[u8], nonce: &[u8; 32], node: &str, listen: SocketAddr) -> Hmac<Sha256> {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
-    mac.update(b"valueverse-link-v1");
-    mac.update(nonce);
-    for part in [node.as_bytes(), listen.to_string().as_bytes()] {
-        mac.update(&(part.len() as u64).to_le_bytes());
-        mac.update(part);
-    }
-    mac
-}
-
-/// Tells the peer why it is refused (best effort: it may be gone), and
-/// answers the error for this side.
-async fn refuse_peer(writer: &mut OwnedWriteHalf, peer: &str, reason: String) -> LinkError {
-    let refusal = Handshake::Refused {
-        reason: reason.clone(),
-    };
-    let _ = codec::write_frame(writer, &refusal).await;
-    LinkError::Handshake {
-        peer: peer.to_owned(),
-        reason,
-    }
-}
-
-/// Both sides: hello, then proof over the other's nonce. Answers the
-/// peer's node name.
-async fn handshake(
-    config: &TransportConfig,
-    listen: SocketAddr,
-    reader: &mut OwnedReadHalf,
-    writer: &mut OwnedWriteHalf,
-) -> Result<(String, SocketAddr), LinkError> {
-    let nonce: [u8; 32] = rand::random();
-    codec::write_frame(
-        writer,
-        &Handshake::Hello {
-            version: PROTOCOL_VERSION,
-            node: config.node.clone(),
-            listen,
-            nonce,
-        },
-    )
-    .await?;
-    let mut buffer = Vec::new();
-    let refuse = |peer: &str, reason: String| LinkError::Handshake {
-        peer: peer.to_owned(),
-        reason,
-    };
-    let (peer, peer_listen, peer_nonce) =
-        match codec::read_frame::<Handshake>(reader, &mut buffer).await? {
-            Handshake::Hello {
-                version,
-                node,
-                listen,
-                nonce,
-            } => {
-                if version != PROTOCOL_VERSION {
-                    let reason =
-                        format!("protocol version {version} is not this node's {PROTOCOL_VERSION}");
-                    return Err(refuse_peer(writer, &node, reason).await);
-                }
-                (node, listen, nonce)
-            }
-            Handshake::Refused { reason } => return Err(refuse("?", format!("refused: {reason}"))),
-            Handshake::Proof { .. } => return Err(refuse("?", "proof before hello".into())),
-        };
-    let proof = mac(&config.secret, &peer_nonce, &config.node, listen)
-        .finalize()
-        .into_bytes();
-    codec::write_frame(writer, &Handshake::Proof { mac: proof.into() }).await?;
-    match codec::read_frame::<Handshake>(reader, &mut buffer).await? {
-        Handshake::Proof { mac: theirs } => {
-            if mac(&config.secret, &nonce, &peer, peer_listen)
-                .verify_slice(&theirs)
-                .is_err()
-            {
-                let reason = "the peer does not hold the cluster secret".to_owned();
-                return Err(refuse_peer(writer, &peer, reason).await);
-            }
-        }
-        Handshake::Refused { reason } => return Err(refuse(&peer, format!("refused: {reason}"))),
-        Handshake::Hello { .. } => return Err(refuse(&peer, "a second hello".into())),
-    }
-    Ok((peer, peer_listen))
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::AtomicUsize;
 
-    use tokio::io::AsyncReadExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::super::codec::{Target, encode_payload};
     use super::*;
@@ -830,39 +1061,52 @@ mod tests {
         works(&server).await;
     }
 
+    /// A raw connection that completes the handshake as `node` with
+    /// `secret`, as a peer would.
+    async fn handshaken(
+        server: &Transport,
+        node: &str,
+        version: u16,
+    ) -> Result<(TcpStream, Sealer), ChannelError> {
+        let mut raw = TcpStream::connect(server.local_addr()).await.unwrap();
+        let (mut reader, mut writer) = raw.split();
+        let hello = Hello {
+            version,
+            node: node.into(),
+            listen: "127.0.0.1:1".parse().unwrap(),
+        };
+        let (_, sealer, _) = channel::initiate(
+            &mut reader,
+            &mut writer,
+            &channel::link_key(b"s3cret"),
+            &hello,
+            |_| Ok(()),
+        )
+        .await?;
+        Ok((raw, sealer))
+    }
+
     #[tokio::test]
     async fn another_protocol_version_is_refused_with_a_reason() {
         let (server, _) = server("s3cret").await;
-        let mut raw = TcpStream::connect(server.local_addr()).await.unwrap();
-        let hello = Handshake::Hello {
-            version: PROTOCOL_VERSION + 1,
-            node: "future".into(),
-            listen: "127.0.0.1:1".parse().unwrap(),
-            nonce: [1; 32],
-        };
-        codec::write_frame(&mut raw, &hello).await.unwrap();
-        let mut buffer = Vec::new();
-        assert!(matches!(
-            codec::read_frame::<Handshake>(&mut raw, &mut buffer)
-                .await
-                .unwrap(),
-            Handshake::Hello { .. }
-        ));
-        match codec::read_frame::<Handshake>(&mut raw, &mut buffer)
-            .await
-            .unwrap()
-        {
-            Handshake::Refused { reason } => assert!(reason.contains("version"), "{reason}"),
-            other => panic!("{other:?}"),
+        match handshaken(&server, "future", PROTOCOL_VERSION + 1).await {
+            Err(ChannelError::Refused(reason)) => assert!(reason.contains("version"), "{reason}"),
+            Err(other) => panic!("{other}"),
+            Ok(_) => panic!("another version was let in"),
         }
         works(&server).await;
     }
 
     /// Reads until the server closes the connection.
     async fn closed_by_server(raw: &mut TcpStream) -> bool {
+        closed_within(raw, Duration::from_secs(5)).await
+    }
+
+    async fn closed_within(raw: &mut TcpStream, limit: Duration) -> bool {
         let mut sink = [0u8; 4096];
+        let until = tokio::time::Instant::now() + limit;
         loop {
-            match tokio::time::timeout(Duration::from_secs(5), raw.read(&mut sink)).await {
+            match tokio::time::timeout_at(until, raw.read(&mut sink)).await {
                 Ok(Ok(0)) | Ok(Err(_)) => return true,
                 Ok(Ok(_)) => continue,
                 Err(_) => return false,
@@ -875,59 +1119,175 @@ mod tests {
         let (server, count) = server("s3cret").await;
         // Garbage instead of a hello.
         let mut raw = TcpStream::connect(server.local_addr()).await.unwrap();
-        raw.write_all(&[0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4, 5, 6, 7, 8])
+        raw.write_all(&[0, 40, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4, 5, 6, 7, 8])
             .await
             .unwrap();
+        raw.write_all(&[0; 32]).await.unwrap();
         assert!(closed_by_server(&mut raw).await);
         // A correct handshake, then a frame over the limit.
-        let mut raw = TcpStream::connect(server.local_addr()).await.unwrap();
-        let nonce = [7u8; 32];
-        codec::write_frame(
-            &mut raw,
-            &Handshake::Hello {
-                version: PROTOCOL_VERSION,
-                node: "raw".into(),
-                listen: "127.0.0.1:1".parse().unwrap(),
-                nonce,
-            },
-        )
-        .await
-        .unwrap();
-        let mut buffer = Vec::new();
-        let Handshake::Hello {
-            nonce: server_nonce,
-            node,
-            ..
-        } = codec::read_frame::<Handshake>(&mut raw, &mut buffer)
-            .await
-            .unwrap()
-        else {
-            panic!("no hello");
-        };
-        assert_eq!(node, "server");
-        let proof = mac(
-            b"s3cret",
-            &server_nonce,
-            "raw",
-            "127.0.0.1:1".parse().unwrap(),
-        )
-        .finalize()
-        .into_bytes();
-        codec::write_frame(&mut raw, &Handshake::Proof { mac: proof.into() })
-            .await
+        let (mut raw, mut sealer) = handshaken(&server, "raw", PROTOCOL_VERSION).await.unwrap();
+        let mut sealed = Vec::new();
+        sealer
+            .seal(
+                &((codec::MAX_FRAME_BYTES + 1) as u32).to_be_bytes(),
+                &mut sealed,
+            )
             .unwrap();
-        assert!(matches!(
-            codec::read_frame::<Handshake>(&mut raw, &mut buffer)
-                .await
-                .unwrap(),
-            Handshake::Proof { .. }
-        ));
-        raw.write_all(&((codec::MAX_FRAME_BYTES + 1) as u32).to_be_bytes())
-            .await
-            .unwrap();
+        raw.write_all(&sealed).await.unwrap();
+        assert!(closed_by_server(&mut raw).await);
+        // A correct handshake, then bytes that are no record of the link.
+        let (mut raw, _) = handshaken(&server, "raw", PROTOCOL_VERSION).await.unwrap();
+        let mut frame = Vec::new();
+        codec::encode_into(&Frame::Message(envelope(1)), &mut frame).unwrap();
+        raw.write_all(&frame).await.unwrap();
         assert!(closed_by_server(&mut raw).await);
         assert_eq!(count.load(Ordering::Relaxed), 0);
         works(&server).await;
+    }
+
+    /// Before a peer proves itself it gets a fixed, small budget: a huge
+    /// declared length is refused at once, a peer that dribbles is cut at
+    /// the deadline, and one address holds a few handshakes at most.
+    #[tokio::test]
+    async fn unauthenticated_connections_are_capped_and_cut_at_the_deadline() {
+        let (server, _) = server("s3cret").await;
+        let mut huge = TcpStream::connect(server.local_addr()).await.unwrap();
+        huge.write_all(&[0xff, 0xff, 0xff, 0xff]).await.unwrap();
+        assert!(closed_within(&mut huge, Duration::from_millis(500)).await);
+        let mut held = Vec::new();
+        for _ in 0..MAX_HANDSHAKES_PER_SOURCE {
+            let mut raw = TcpStream::connect(server.local_addr()).await.unwrap();
+            raw.write_all(&[0]).await.unwrap();
+            held.push(raw);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // One more from the same address is closed at once.
+        let mut over = TcpStream::connect(server.local_addr()).await.unwrap();
+        assert!(closed_within(&mut over, Duration::from_millis(500)).await);
+        let refused = server
+            .inner
+            .metrics
+            .refused
+            .with_label_values(&["capacity"])
+            .get();
+        assert!(refused >= 1, "{refused}");
+        // The held ones, dribbling, are cut at the deadline.
+        let started = Instant::now();
+        for raw in &mut held {
+            assert!(closed_within(raw, HANDSHAKE_TIMEOUT + Duration::from_secs(2)).await);
+        }
+        assert!(started.elapsed() <= HANDSHAKE_TIMEOUT + Duration::from_secs(2));
+        assert_eq!(server.inner.metrics.handshakes.get(), 0);
+        works(&server).await;
+    }
+
+    /// Relays `from` into `to` until `until`; gives both halves back.
+    async fn relay(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        until: tokio::time::Instant,
+    ) -> (
+        tokio::net::tcp::OwnedReadHalf,
+        tokio::net::tcp::OwnedWriteHalf,
+    ) {
+        let mut buffer = vec![0u8; 4096];
+        while let Ok(Ok(read)) = tokio::time::timeout_at(until, from.read(&mut buffer)).await {
+            if read == 0 || to.write_all(&buffer[..read]).await.is_err() {
+                break;
+            }
+        }
+        (from, to)
+    }
+
+    /// The reflection attack: without the secret, an attacker opens two
+    /// connections to one node and feeds each one's bytes into the other,
+    /// so the node's handshake talks to itself; then injects a frame.
+    #[tokio::test]
+    async fn a_handshake_relayed_back_to_its_node_opens_no_link_and_passes_no_frame() {
+        let (server, count) = server("s3cret").await;
+        let first = TcpStream::connect(server.local_addr()).await.unwrap();
+        let second = TcpStream::connect(server.local_addr()).await.unwrap();
+        let (first_read, first_write) = first.into_split();
+        let (second_read, second_write) = second.into_split();
+        let until = tokio::time::Instant::now() + Duration::from_millis(1500);
+        let there = tokio::spawn(relay(first_read, second_write, until));
+        let back = tokio::spawn(relay(second_read, first_write, until));
+        let (_first_read, _second_write) = there.await.unwrap();
+        let (_second_read, mut first_write) = back.await.unwrap();
+        let mut frame = Vec::new();
+        codec::encode_into(&Frame::Message(envelope(1)), &mut frame).unwrap();
+        let _ = first_write.write_all(&frame).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            count.load(Ordering::Relaxed),
+            0,
+            "an injected frame was processed"
+        );
+        assert!(
+            server.open_link(server.local_addr()).is_none(),
+            "the node holds a link to itself"
+        );
+        works(&server).await;
+    }
+
+    /// A peer that holds the secret but claims the node's own name.
+    #[tokio::test]
+    async fn a_peer_claiming_the_nodes_own_name_is_refused() {
+        let (server, count) = server("s3cret").await;
+        let impostor = Transport::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            config("server", "s3cret"),
+            echo(Arc::new(AtomicUsize::new(0))),
+        )
+        .await
+        .unwrap();
+        let error = impostor.link(server.local_addr()).await.err();
+        assert!(
+            matches!(error, Some(LinkError::Handshake { .. })),
+            "{error:?}"
+        );
+        assert_eq!(count.load(Ordering::Relaxed), 0);
+        works(&server).await;
+    }
+
+    /// A reply is taken only from the link its ask went out on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reply_from_another_link_does_not_answer_an_ask() {
+        let (server, _) = server("s3cret").await;
+        // The asked node never answers; it tells which ask id it got.
+        let (seen, mut asked) = tokio::sync::mpsc::unbounded_channel();
+        let silent = Transport::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            config("silent", "s3cret"),
+            each(move |_: &Link, envelope: Envelope<'_>| {
+                let _ = seen.send(envelope.ask_id);
+                None
+            }),
+        )
+        .await
+        .unwrap();
+        let forger = client("s3cret").await;
+        let forged = forger.link(server.local_addr()).await.unwrap();
+        let asking = server.clone();
+        let addr = silent.local_addr();
+        let ask = tokio::spawn(async move {
+            asking
+                .ask(addr, envelope(3), Duration::from_millis(1500))
+                .await
+        });
+        let ask_id = asked.recv().await.unwrap().unwrap();
+        forged
+            .send(Frame::Reply(Reply {
+                ask_id,
+                outcome: Ok(b"forged".to_vec()),
+            }))
+            .await
+            .unwrap();
+        let outcome = ask.await.unwrap();
+        assert!(
+            matches!(outcome, Err(LinkError::Timeout { .. })),
+            "{outcome:?}"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -23,6 +23,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::actors::{InstanceSnapshot, InstanceStatus, System};
 use crate::cluster::node::{ClusterNode, ClusterView};
+use crate::cluster::peer_requests::{self, PeerRequests};
 use crate::saga::Saga;
 use crate::simulation::{QueueSnapshot, Simulations};
 use crate::store::{Attempt, Notification, StoreError, unix_millis};
@@ -36,10 +37,6 @@ const SAMPLES_KEPT: usize = 150;
 const INSTANCES_SHOWN: usize = 40;
 /// How long a peer may take to answer before its panel shows it unreachable.
 const PEER_TIMEOUT: Duration = Duration::from_millis(800);
-/// Header by which a node asks a peer for its panel, and how long the
-/// signed timestamp in it stays good.
-pub(crate) const PEER_HEADER: &str = "x-valueverse-peer";
-const PEER_TOKEN_TTL_MS: i64 = 30_000;
 
 /// Activity of a node at one moment: running totals.
 #[derive(Debug, Clone, Serialize)]
@@ -118,7 +115,7 @@ struct Inner {
     simulations: Simulations,
     cluster: ClusterNode,
     /// Signs panel requests to peers; `None` in a cluster of one.
-    peer_secret: Option<String>,
+    peers: Arc<PeerRequests>,
     http: reqwest::Client,
     history: Mutex<History>,
     frames: watch::Sender<Option<Arc<str>>>,
@@ -171,7 +168,7 @@ impl Dashboard {
         system: System,
         simulations: Simulations,
         cluster: ClusterNode,
-        peer_secret: Option<String>,
+        peers: Arc<PeerRequests>,
     ) -> Dashboard {
         let registry = system.metrics().registry();
         let viewers = IntGauge::new(
@@ -192,7 +189,7 @@ impl Dashboard {
             system,
             simulations,
             cluster,
-            peer_secret,
+            peers,
             http: reqwest::Client::builder()
                 .timeout(PEER_TIMEOUT)
                 .build()
@@ -238,15 +235,6 @@ impl Dashboard {
     pub fn node_panel(&self) -> NodePanel {
         self.inner.node_panel()
     }
-
-    /// Whether `token` (a peer's request header) was signed with this
-    /// cluster's secret within the last half minute.
-    pub fn is_peer(&self, token: &str) -> bool {
-        self.inner
-            .peer_secret
-            .as_deref()
-            .is_some_and(|secret| peer_token_is_good(secret, token, unix_millis()))
-    }
 }
 
 async fn sample_forever(inner: Weak<Inner>) {
@@ -285,30 +273,6 @@ async fn build_while_watched(inner: Weak<Inner>, wake: Arc<Notify>) {
         drop(strong);
         tokio::time::sleep(FRAME_INTERVAL).await;
     }
-}
-
-/// `<unix ms>.<hex HMAC-SHA256(secret, "valueverse-dashboard-v1:" ms)>`.
-fn peer_token(secret: &str, at_ms: i64) -> String {
-    use hmac::Mac;
-    let at = at_ms.to_string();
-    let mac = crate::cluster::signed(secret, &[PEER_DOMAIN, at.as_bytes()]);
-    format!("{at}.{}", hex::encode(mac.finalize().into_bytes()))
-}
-
-const PEER_DOMAIN: &[u8] = b"valueverse-dashboard-v1:";
-
-fn peer_token_is_good(secret: &str, token: &str, now_ms: i64) -> bool {
-    use hmac::Mac;
-    let Some((at, mac)) = token.split_once('.') else {
-        return false;
-    };
-    let (Ok(at_ms), Ok(mac)) = (at.parse::<i64>(), hex::decode(mac)) else {
-        return false;
-    };
-    (now_ms - at_ms).abs() <= PEER_TOKEN_TTL_MS
-        && crate::cluster::signed(secret, &[PEER_DOMAIN, at.as_bytes()])
-            .verify_slice(&mac)
-            .is_ok()
 }
 
 impl Inner {
@@ -427,19 +391,34 @@ impl Inner {
 
     async fn peer_panel(&self, node: String, http_addr: String) -> serde_json::Value {
         let unreachable = |error: String| serde_json::json!({ "node": node, "error": error });
-        let Some(secret) = &self.peer_secret else {
+        const PANEL: &str = "/api/v1/dashboard/node";
+        let Some((signature, nonce)) = self.peers.sign("GET", PANEL, b"", unix_millis()) else {
             return unreachable("no cluster secret to sign the request".into());
         };
         let request = self
             .http
-            .get(format!("http://{http_addr}/api/v1/dashboard/node"))
-            .header(PEER_HEADER, peer_token(secret, unix_millis()));
+            .get(format!("http://{http_addr}{PANEL}"))
+            .header(peer_requests::HEADER, signature);
         let response = match request.send().await {
             Ok(response) if response.status().is_success() => response,
             Ok(response) => return unreachable(format!("answered {}", response.status())),
             Err(error) => return unreachable(error.to_string()),
         };
-        match response.json::<serde_json::Value>().await {
+        let status = response.status().as_u16();
+        let reply = response
+            .headers()
+            .get(peer_requests::REPLY_HEADER)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let body = match response.bytes().await {
+            Ok(body) => body,
+            Err(error) => return unreachable(error.to_string()),
+        };
+        if !self.peers.reply_is_good(&nonce, status, &body, &reply) {
+            return unreachable("the panel does not carry the node's signature".into());
+        }
+        match serde_json::from_slice::<serde_json::Value>(&body) {
             Ok(panel) => panel,
             Err(error) => unreachable(error.to_string()),
         }
@@ -540,36 +519,6 @@ fn rank(status: InstanceStatus) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const SECRET: &str = "a cluster secret of some length";
-
-    #[test]
-    fn a_peer_token_is_good_only_fresh_and_under_the_same_secret() {
-        let now = 1_800_000_000_000;
-        let token = peer_token(SECRET, now);
-        assert!(peer_token_is_good(SECRET, &token, now));
-        assert!(peer_token_is_good(SECRET, &token, now + PEER_TOKEN_TTL_MS));
-        assert!(!peer_token_is_good(
-            SECRET,
-            &token,
-            now + PEER_TOKEN_TTL_MS + 1
-        ));
-        assert!(!peer_token_is_good(
-            "another secret, just as long",
-            &token,
-            now
-        ));
-        // The timestamp is signed: moving it breaks the MAC.
-        let (_, mac) = token.split_once('.').unwrap();
-        assert!(!peer_token_is_good(
-            SECRET,
-            &format!("{}.{mac}", now + 1),
-            now
-        ));
-        for garbage in ["", ".", "x.y", "1.zz", &format!("{now}.")] {
-            assert!(!peer_token_is_good(SECRET, garbage, now), "{garbage:?}");
-        }
-    }
 
     #[test]
     fn instances_are_ranked_failed_first() {

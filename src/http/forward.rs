@@ -1,6 +1,8 @@
 //! Operator actions on another node (`?node=` on a reset, a crash or a
 //! simulation cancel): what lives in one node's memory is acted on there,
-//! so the request is passed on to that node's API with the caller's key.
+//! so the request is passed on to that node's API, signed as a peer
+//! request under the cluster secret (the caller's key, checked here, does
+//! not travel), and its answer is taken only with the far node's signature.
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -8,6 +10,8 @@ use serde::Deserialize;
 
 use crate::actors::System;
 use crate::cluster::node::ClusterNode;
+use crate::cluster::peer_requests::{self, PeerRequests};
+use crate::store::unix_millis;
 
 use super::error::{ApiError, parse_query};
 use super::middleware::CORRELATION_HEADER;
@@ -52,35 +56,74 @@ pub(crate) async fn elsewhere(
         )
         .with_field("node"));
     };
-    let url = format!("http://{}{}", member.http_addr, request.path());
+    let Some(peers) = request.app_data::<web::Data<PeerRequests>>() else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "node_unreachable",
+            "this node cannot sign peer requests",
+        ));
+    };
+    let path = request.path();
+    let Some((signature, nonce)) = peers.sign(request.method().as_str(), path, body, unix_millis())
+    else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "node_unreachable",
+            "this node has no cluster secret to sign peer requests with",
+        ));
+    };
+    let url = format!("http://{}{path}", member.http_addr);
     let method = reqwest::Method::from_bytes(request.method().as_str().as_bytes())
         .unwrap_or(reqwest::Method::POST);
-    let mut forwarded = reqwest::Client::new()
+    let mut forwarded = peers_client()
         .request(method, url)
         .timeout(FORWARD_TIMEOUT)
+        .header(peer_requests::HEADER, signature)
         .body(body.to_vec());
-    for name in [
-        actix_web::http::header::AUTHORIZATION,
-        actix_web::http::header::CONTENT_TYPE,
-        CORRELATION_HEADER,
-    ] {
+    for name in [actix_web::http::header::CONTENT_TYPE, CORRELATION_HEADER] {
         if let Some(value) = request.headers().get(&name) {
             forwarded = forwarded.header(name.as_str(), value.as_bytes());
         }
     }
-    let unreachable = |error: reqwest::Error| {
+    let unreachable = |reason: String| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "node_unreachable",
-            format!("node `{node}` did not answer: {error}"),
+            format!("node `{node}` did not answer: {reason}"),
         )
     };
-    let answer = forwarded.send().await.map_err(unreachable)?;
-    let status = StatusCode::from_u16(answer.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-    let body = answer.bytes().await.map_err(unreachable)?;
+    let answer = forwarded
+        .send()
+        .await
+        .map_err(|error| unreachable(error.to_string()))?;
+    let status = answer.status().as_u16();
+    let signature = answer
+        .headers()
+        .get(peer_requests::REPLY_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let body = answer
+        .bytes()
+        .await
+        .map_err(|error| unreachable(error.to_string()))?;
+    if !peers.reply_is_good(&nonce, status, &body, &signature) {
+        return Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "peer_unverified",
+            format!("node `{node}`'s answer does not carry its signature; not passed on"),
+        ));
+    }
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
     Ok(Some(
         HttpResponse::build(status)
             .content_type("application/json")
             .body(body),
     ))
+}
+
+/// One HTTP client for every peer request (connections pooled).
+fn peers_client() -> &'static reqwest::Client {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    CLIENT.get_or_init(reqwest::Client::new)
 }

@@ -11,9 +11,13 @@ use actix_web::middleware::Next;
 use actix_web::{Error, HttpMessage, web};
 use tracing::Instrument;
 
+use futures_util::StreamExt;
+
 use crate::actors::{CorrelationId, System};
 use crate::auth::{KeyCache, Role};
+use crate::cluster::peer_requests::{self, PeerRequests};
 use crate::metrics::Metrics;
+use crate::store::unix_millis;
 
 use super::error::ApiError;
 
@@ -123,17 +127,94 @@ fn presented_key(request: &ServiceRequest) -> Option<String> {
     None
 }
 
-/// Another node of the cluster asking for this node's dashboard panel,
-/// signed with the cluster secret (the one route a peer may read).
-fn is_peer(request: &ServiceRequest) -> bool {
-    request.path() == "/api/v1/dashboard/node"
-        && request.method() == actix_web::http::Method::GET
-        && request
-            .headers()
-            .get(crate::dashboard::PEER_HEADER)
-            .and_then(|value| value.to_str().ok())
-            .zip(request.app_data::<web::Data<crate::dashboard::Dashboard>>())
-            .is_some_and(|(token, dashboard)| dashboard.is_peer(token))
+/// The routes another node may call with a signed peer request: its
+/// dashboard panel, and the operator actions passed on with `?node=`.
+fn is_peer_route(method: &actix_web::http::Method, path: &str) -> bool {
+    use actix_web::http::Method;
+    let segments: Vec<&str> = path.split('/').collect();
+    match segments.as_slice() {
+        ["", "api", "v1", "dashboard", "node"] => *method == Method::GET,
+        ["", "api", "v1", "actors", _, _, "crash" | "reset"] => *method == Method::POST,
+        ["", "api", "v1", "simulations", _, "cancel"] => *method == Method::PUT,
+        _ => false,
+    }
+}
+
+/// A request another node signed ([`peer_requests`]): taken only on the
+/// peer routes, only once, only as signed (method, path, query and body);
+/// its answer is signed back for the node that asked.
+async fn peer_request<B: MessageBody>(
+    mut request: ServiceRequest,
+    next: Next<B>,
+    header: String,
+) -> Result<ServiceResponse<EitherBody<B>>, Error> {
+    use actix_web::http::StatusCode;
+    let refuse = |request: ServiceRequest, status: StatusCode, message: String| {
+        let (request, _) = request.into_parts();
+        let error = ApiError::new(status, "peer_refused", message);
+        let response = actix_web::ResponseError::error_response(&error);
+        Ok(ServiceResponse::new(request, response).map_into_right_body())
+    };
+    let Some(peers) = request.app_data::<web::Data<PeerRequests>>().cloned() else {
+        return refuse(
+            request,
+            StatusCode::UNAUTHORIZED,
+            "no peer requests here".into(),
+        );
+    };
+    if !is_peer_route(request.method(), request.path()) {
+        return refuse(
+            request,
+            StatusCode::FORBIDDEN,
+            "peer requests reach only the dashboard panel and operator actions".into(),
+        );
+    }
+    let mut payload = request.take_payload();
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk?;
+        if body.len() + chunk.len() > peer_requests::MAX_BODY_BYTES {
+            return refuse(
+                request,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "a peer request's body is at most 64 KiB".into(),
+            );
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let body = body.freeze();
+    let path_and_query = request
+        .uri()
+        .path_and_query()
+        .map_or_else(|| request.path().to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().as_str().to_owned();
+    let signed = match peers.verify(&header, &method, &path_and_query, &body, unix_millis()) {
+        Ok(signed) => signed,
+        Err(refusal) => {
+            tracing::warn!(%refusal, path = %path_and_query, "http: refused a peer request");
+            return refuse(request, StatusCode::UNAUTHORIZED, refusal.to_string());
+        }
+    };
+    request.set_payload(actix_web::dev::Payload::from(body));
+    // The node that passed it on checked its caller's key for this route.
+    request.extensions_mut().insert(Role::Admin);
+    let response = next.call(request).await?;
+    let (request, response) = response.into_parts();
+    let status = response.status();
+    let (head, body) = response.into_parts();
+    let bytes = actix_web::body::to_bytes(body)
+        .await
+        .map_err(|error| actix_web::error::ErrorInternalServerError(error.into().to_string()))?;
+    let mut answer = head.set_body(actix_web::body::BoxBody::new(bytes.clone()));
+    if let Some(value) = peers
+        .sign_reply(&signed.nonce, status.as_u16(), &bytes)
+        .and_then(|mac| HeaderValue::from_str(&mac).ok())
+    {
+        answer
+            .headers_mut()
+            .insert(HeaderName::from_static(peer_requests::REPLY_HEADER), value);
+    }
+    Ok(ServiceResponse::new(request, answer).map_into_right_body())
 }
 
 /// 401 without a valid key, 403 with too weak a role.
@@ -144,12 +225,19 @@ pub(crate) async fn authenticate<B: MessageBody>(
     let Some(needed) = required_role(request.method(), request.path()) else {
         return Ok(next.call(request).await?.map_into_left_body());
     };
+    if let Some(header) = request
+        .headers()
+        .get(peer_requests::HEADER)
+        .map(|value| value.to_str().unwrap_or_default().to_owned())
+    {
+        return peer_request(request, next, header).await;
+    }
     let auth = request.app_data::<web::Data<Auth>>().cloned();
     let system = request.app_data::<web::Data<System>>().cloned();
     let (Some(auth), Some(system)) = (auth, system) else {
         return Ok(next.call(request).await?.map_into_left_body());
     };
-    if auth.dev || is_peer(&request) {
+    if auth.dev {
         return Ok(next.call(request).await?.map_into_left_body());
     }
     let refuse = |request: ServiceRequest, error: ApiError| {

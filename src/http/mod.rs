@@ -58,6 +58,7 @@ use actix_web::{App, HttpServer, web};
 use crate::actors::System;
 use crate::auth::KeyCache;
 use crate::cluster::node::ClusterNode;
+use crate::cluster::peer_requests::PeerRequests;
 use crate::config::Config;
 use crate::dashboard::Dashboard;
 use crate::notifier::Notifications;
@@ -192,6 +193,8 @@ pub struct Services {
     pub cluster: ClusterNode,
     /// `None` where the dashboard is turned off.
     pub dashboard: Option<Dashboard>,
+    /// Signs and checks requests between nodes.
+    pub peers: std::sync::Arc<PeerRequests>,
 }
 
 /// A running HTTP server.
@@ -216,6 +219,7 @@ impl HttpApi {
             sagas,
             cluster,
             dashboard,
+            peers,
         } = services;
         let body_limit = config.http_body_limit;
         let auth = web::Data::new(middleware::Auth {
@@ -230,6 +234,7 @@ impl HttpApi {
         let sagas = web::Data::new(sagas);
         let cluster = web::Data::new(cluster);
         let dashboard = dashboard.map(web::Data::new);
+        let peers = web::Data::from(peers);
         let server = HttpServer::new(move || {
             // Absent where turned off: its handlers then answer 404.
             let app = match &dashboard {
@@ -243,6 +248,7 @@ impl HttpApi {
                 .app_data(cluster.clone())
                 .app_data(metrics.clone())
                 .app_data(auth.clone())
+                .app_data(peers.clone())
                 .app_data(web::PayloadConfig::new(body_limit))
                 .configure(routes)
                 .wrap(from_fn(middleware::authenticate))

@@ -17,6 +17,20 @@ pub struct Lease {
     pub proof: String,
     pub acquired_at_ms: i64,
     pub expires_at_ms: i64,
+    /// The agent kinds the node hosts, comma-separated and sorted.
+    pub kinds: String,
+    pub gpus: i64,
+}
+
+/// What a node claims when it takes its lease; `proof` signs the rest.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseClaim<'a> {
+    pub node: &'a str,
+    pub transport_addr: &'a str,
+    pub http_addr: &'a str,
+    pub kinds: &'a str,
+    pub gpus: i64,
+    pub proof: &'a str,
 }
 
 impl Lease {
@@ -30,10 +44,7 @@ impl Store {
     /// before it; answers the token.
     pub async fn acquire_lease(
         &self,
-        node: &str,
-        transport_addr: &str,
-        http_addr: &str,
-        proof: &str,
+        claim: LeaseClaim<'_>,
         ttl_ms: i64,
     ) -> Result<i64, StoreError> {
         // Tokens are unique (an index): an acquisition that raced another
@@ -44,22 +55,24 @@ impl Store {
             let token: Result<i64, sqlx::Error> = with_pool!(self, pool => {
                 sqlx::query_scalar(
                     "INSERT INTO cluster_leases (node, token, transport_addr, http_addr, proof, \
-                     acquired_at_ms, expires_at_ms) \
+                     acquired_at_ms, expires_at_ms, kinds, gpus) \
                      VALUES ($1, (SELECT COALESCE(MAX(token), 0) + 1 FROM cluster_leases), \
-                     $2, $3, $4, $5, $6) \
+                     $2, $3, $4, $5, $6, $7, $8) \
                      ON CONFLICT (node) DO UPDATE SET \
                      token = (SELECT COALESCE(MAX(token), 0) + 1 FROM cluster_leases), \
                      transport_addr = excluded.transport_addr, http_addr = excluded.http_addr, \
-                     proof = excluded.proof, \
+                     proof = excluded.proof, kinds = excluded.kinds, gpus = excluded.gpus, \
                      acquired_at_ms = excluded.acquired_at_ms, expires_at_ms = excluded.expires_at_ms \
                      RETURNING token",
                 )
-                .bind(node)
-                .bind(transport_addr)
-                .bind(http_addr)
-                .bind(proof)
+                .bind(claim.node)
+                .bind(claim.transport_addr)
+                .bind(claim.http_addr)
+                .bind(claim.proof)
                 .bind(now)
                 .bind(now + ttl_ms)
+                .bind(claim.kinds)
+                .bind(claim.gpus)
                 .fetch_one(pool)
                 .await
             });

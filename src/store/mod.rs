@@ -117,7 +117,7 @@ mod sagas;
 mod simulations;
 
 pub use api_keys::ApiKeyRow;
-pub use leases::Lease;
+pub use leases::{Lease, LeaseClaim};
 pub use notifications::{Attempt, Notification};
 pub use records::{Column, Page, Record};
 

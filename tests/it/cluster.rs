@@ -23,7 +23,7 @@ const SECRET: &str = "cluster-test-secret-0123456789";
 
 /// A free port for TCP and for UDP (the OS may hand it out again before
 /// the node binds it; on loopback in a test that is rare).
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     loop {
         let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = tcp.local_addr().unwrap().port();

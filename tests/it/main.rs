@@ -3,6 +3,7 @@
 mod auth;
 mod cli;
 mod cluster;
+mod cluster_trust;
 mod commitments;
 mod crash;
 mod dashboard;
