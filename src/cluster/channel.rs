@@ -33,6 +33,8 @@ const NOISE_PARAMS: &str = "Noise_NNpsk0_25519_AESGCM_SHA256";
 const PROLOGUE: &[u8] = b"valueverse cluster link";
 /// Largest handshake message a node reads or writes.
 pub const MAX_HANDSHAKE_BYTES: usize = 1024;
+/// Time the initiator has to send its whole first message.
+pub const FIRST_MESSAGE_WITHIN: std::time::Duration = std::time::Duration::from_secs(1);
 /// Noise's limit on one message, tag included.
 const MAX_RECORD_BYTES: usize = 65_535;
 const TAG_BYTES: usize = 16;
@@ -69,6 +71,8 @@ pub enum ChannelError {
     Refused(String),
     #[error("record failed authentication")]
     BadRecord,
+    #[error("no first handshake message within {FIRST_MESSAGE_WITHIN:?}")]
+    Late,
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
@@ -221,7 +225,12 @@ pub async fn respond(
     check: impl FnOnce(&Hello) -> Result<(), String>,
 ) -> Result<(Hello, Sealer, Opener), ChannelError> {
     let mut noise = handshake_state(psk, false)?;
-    let theirs: Hello = receive_payload(reader, &mut noise).await?;
+    // An initiator sends its first message at once: one that dribbles it
+    // holds a handshake place for nothing.
+    let theirs: Hello =
+        tokio::time::timeout(FIRST_MESSAGE_WITHIN, receive_payload(reader, &mut noise))
+            .await
+            .map_err(|_| ChannelError::Late)??;
     let verdict = check(&theirs);
     let welcome = match &verdict {
         Ok(()) => Welcome::Accepted(hello.clone()),
@@ -403,7 +412,7 @@ mod tests {
     #[tokio::test]
     async fn both_sides_learn_each_other_and_records_round_trip() {
         let (initiator, responder) = pair(b"same secret 0123", b"same secret 0123").await;
-        let (theirs, mut sealer, _) = initiator.unwrap();
+        let (theirs, mut sealer, mut initiator_opener) = initiator.unwrap();
         assert_eq!(theirs.node, "b");
         let (theirs, _, mut opener) = responder.unwrap();
         assert_eq!(theirs.node, "a");
@@ -417,6 +426,15 @@ mod tests {
             opener.open(&mut out).unwrap();
         }
         assert_eq!(out, plain);
+        // A record reflected back to its sender fails (the directions have
+        // keys of their own).
+        let mut reflected = Vec::new();
+        sealer.seal(b"from the initiator", &mut reflected).unwrap();
+        initiator_opener.sealed.extend_from_slice(&reflected);
+        assert!(matches!(
+            initiator_opener.open(&mut Vec::new()),
+            Err(ChannelError::BadRecord)
+        ));
         // A record replayed fails.
         opener
             .sealed
@@ -464,6 +482,7 @@ mod properties {
 
     fn runtime() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_current_thread()
+            .enable_time()
             .build()
             .unwrap()
     }

@@ -21,8 +21,6 @@ use chitchat::transport::UdpTransport;
 use chitchat::{ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, NodeState};
 use serde::Serialize;
 
-use super::placement::Candidate;
-
 const TRANSPORT: &str = "transport_addr";
 const HTTP: &str = "http_addr";
 const KINDS: &str = "kinds";
@@ -228,20 +226,6 @@ impl Membership {
         members
     }
 
-    /// The members placement may choose among: those gossip hears.
-    pub async fn live_candidates(&self) -> Vec<Candidate> {
-        self.members()
-            .await
-            .into_iter()
-            .filter(|member| member.state == "alive")
-            .map(|member| Candidate {
-                node: member.info.node,
-                kinds: member.info.kinds,
-                gpus: member.info.gpus,
-            })
-            .collect()
-    }
-
     /// Leaves gossip; peers then stop hearing this node.
     pub async fn shutdown(self) {
         if let Err(error) = self.handle.shutdown().await {
@@ -359,14 +343,14 @@ mod tests {
                 .any(|m| m.info.node == "n3" && m.state == "suspect")
         })
         .await;
-        let candidates = first.live_candidates().await;
-        assert_eq!(
-            candidates
-                .iter()
-                .map(|c| c.node.as_str())
-                .collect::<Vec<_>>(),
-            ["n1", "n2"]
-        );
+        let alive: Vec<String> = first
+            .members()
+            .await
+            .into_iter()
+            .filter(|member| member.state == "alive")
+            .map(|member| member.info.node)
+            .collect();
+        assert_eq!(alive, ["n1", "n2"]);
         first.shutdown().await;
         second.shutdown().await;
     }

@@ -374,6 +374,14 @@ impl Shared {
                 transport_addr,
             });
         }
+        if let Some(transport) = self.system.router().transport() {
+            transport.set_members(
+                placed
+                    .iter()
+                    .filter(|placed| placed.candidate.node != me)
+                    .map(|placed| placed.transport_addr),
+            );
+        }
         if !self.config.enabled {
             // A cluster of one places on itself alone, whatever else the
             // database holds.

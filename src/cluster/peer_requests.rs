@@ -2,11 +2,13 @@
 //! passed on with `?node=`, a dashboard panel), signed per request under
 //! the cluster secret instead of carrying the caller's API key.
 //!
-//! The signature covers the sending node, a timestamp, a random nonce, the
-//! method, the path with its query, and the body's SHA-256; the receiver
-//! takes it only within [`TTL_MS`] of its timestamp and only once (it
-//! remembers nonces until they are too old to pass anyway), so a request
-//! seen on the wire can be neither replayed nor altered. The answer is
+//! The signature covers the sending and the receiving node, a timestamp, a
+//! random nonce, the method, the path with its query, the content type and
+//! correlation id headers, and the body's SHA-256; the receiver takes it
+//! only when it names this node, within [`TTL_MS`] of its timestamp, and
+//! only once (it remembers nonces until they are too old to pass anyway),
+//! so a request seen on the wire can be neither replayed (to this node or
+//! another) nor altered. Senders follow no redirect. The answer is
 //! signed too, bound to the request's nonce, its status and its body, so a
 //! forged or swapped answer is refused by the node that asked.
 
@@ -53,6 +55,24 @@ pub struct PeerRequests {
     seen: Mutex<HashMap<[u8; 16], i64>>,
 }
 
+/// What a peer request's signature covers besides who and when.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    pub method: &'a str,
+    /// As the receiver sees it on the request line.
+    pub path_and_query: &'a str,
+    /// The `content-type` and `x-correlation-id` headers ("" when absent).
+    pub content_type: &'a str,
+    pub correlation_id: &'a str,
+    pub body: &'a [u8],
+}
+
+/// The sending and the receiving node.
+struct Who<'a> {
+    from: &'a str,
+    to: &'a str,
+}
+
 /// A signed request, as the receiver accepted it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Signed {
@@ -72,48 +92,40 @@ impl PeerRequests {
 
     fn mac(
         secret: &str,
-        node: &str,
+        who: &Who<'_>,
         at: &str,
         nonce: &str,
-        method: &str,
-        path_and_query: &str,
-        body: &[u8],
+        request: &Request<'_>,
     ) -> hmac::Hmac<Sha256> {
-        let digest = Sha256::digest(body);
+        let digest = Sha256::digest(request.body);
         super::signed(
             secret,
             &[
-                b"valueverse-peer-request-v1",
-                node.as_bytes(),
+                b"valueverse-peer-request-v2",
+                who.from.as_bytes(),
+                who.to.as_bytes(),
                 at.as_bytes(),
                 nonce.as_bytes(),
-                method.as_bytes(),
-                path_and_query.as_bytes(),
+                request.method.as_bytes(),
+                request.path_and_query.as_bytes(),
+                request.content_type.as_bytes(),
+                request.correlation_id.as_bytes(),
                 &digest,
             ],
         )
     }
 
-    /// The [`HEADER`] value for a request; `None` without a secret.
-    pub fn sign(
-        &self,
-        method: &str,
-        path_and_query: &str,
-        body: &[u8],
-        now_ms: i64,
-    ) -> Option<(String, String)> {
+    /// The [`HEADER`] value for a request to the node `to`, and its
+    /// nonce; `None` without a secret.
+    pub fn sign(&self, to: &str, request: &Request<'_>, now_ms: i64) -> Option<(String, String)> {
         let secret = self.secret.as_ref()?;
         let nonce = hex::encode(rand::random::<[u8; 16]>());
         let at = now_ms.to_string();
-        let mac = Self::mac(
-            secret,
-            &self.node,
-            &at,
-            &nonce,
-            method,
-            path_and_query,
-            body,
-        );
+        let who = Who {
+            from: &self.node,
+            to,
+        };
+        let mac = Self::mac(secret, &who, &at, &nonce, request);
         let header = format!(
             "{}.{at}.{nonce}.{}",
             self.node,
@@ -122,14 +134,13 @@ impl PeerRequests {
         Some((header, nonce))
     }
 
-    /// Checks a request's [`HEADER`] value against what it asks; takes its
-    /// nonce, so the same request is never accepted twice.
+    /// Checks a request's [`HEADER`] value against what it asks and against
+    /// this node's name; takes its nonce, so the same request is never
+    /// accepted twice.
     pub fn verify(
         &self,
         header: &str,
-        method: &str,
-        path_and_query: &str,
-        body: &[u8],
+        request: &Request<'_>,
         now_ms: i64,
     ) -> Result<Signed, PeerRefusal> {
         let secret = self.secret.as_ref().ok_or(PeerRefusal::NoSecret)?;
@@ -146,10 +157,14 @@ impl PeerRequests {
             .ok()
             .and_then(|bytes| bytes.try_into().ok())
             .ok_or(PeerRefusal::Malformed)?;
-        if (now_ms - at_ms).abs() > TTL_MS {
+        if now_ms.abs_diff(at_ms) > TTL_MS as u64 {
             return Err(PeerRefusal::Stale);
         }
-        Self::mac(secret, node, at, nonce, method, path_and_query, body)
+        let who = Who {
+            from: node,
+            to: &self.node,
+        };
+        Self::mac(secret, &who, at, nonce, request)
             .verify_slice(&mac)
             .map_err(|_| PeerRefusal::BadSignature)?;
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
@@ -159,7 +174,10 @@ impl PeerRequests {
                 return Err(PeerRefusal::Busy);
             }
         }
-        if seen.insert(nonce_bytes, at_ms + TTL_MS).is_some() {
+        if seen
+            .insert(nonce_bytes, at_ms.saturating_add(TTL_MS))
+            .is_some()
+        {
             return Err(PeerRefusal::Replayed);
         }
         Ok(Signed {
@@ -219,55 +237,86 @@ mod tests {
         PeerRequests::new(node, Some(SECRET.into()))
     }
 
+    fn request<'a>(method: &'a str, path: &'a str, body: &'a [u8]) -> Request<'a> {
+        Request {
+            method,
+            path_and_query: path,
+            content_type: "application/json",
+            correlation_id: "c-1",
+            body,
+        }
+    }
+
     #[test]
-    fn a_signed_request_passes_once_and_only_as_signed() {
-        let (n1, n2) = (peers("n1.eu"), peers("n2"));
+    fn a_signed_request_passes_once_only_as_signed_and_only_where_sent() {
+        let (n1, n2, n3) = (peers("n1.eu"), peers("n2"), peers("n3"));
         let now = 1_800_000_000_000;
         let path = "/api/v1/actors/architect/m-1/crash?node=n2";
-        let (header, nonce) = n1.sign("POST", path, b"{}", now).unwrap();
+        let (header, nonce) = n1.sign("n2", &request("POST", path, b"{}"), now).unwrap();
         // Altered in any part: refused.
-        for (method, path, body) in [
-            ("PUT", path, &b"{}"[..]),
-            ("POST", "/api/v1/actors/architect/m-2/crash?node=n2", b"{}"),
-            ("POST", path, b"{\"reason\":\"x\"}"),
+        let other_correlation = Request {
+            correlation_id: "c-2",
+            ..request("POST", path, b"{}")
+        };
+        for altered in [
+            request("PUT", path, b"{}"),
+            request("POST", "/api/v1/actors/architect/m-2/crash?node=n2", b"{}"),
+            request("POST", path, b"{\"reason\":\"x\"}"),
+            other_correlation,
         ] {
             assert_eq!(
-                n2.verify(&header, method, path, body, now),
+                n2.verify(&header, &altered, now),
                 Err(PeerRefusal::BadSignature)
             );
         }
-        let signed = n2.verify(&header, "POST", path, b"{}", now + 1).unwrap();
+        // Sent to n2: no good on n3.
+        assert_eq!(
+            n3.verify(&header, &request("POST", path, b"{}"), now),
+            Err(PeerRefusal::BadSignature)
+        );
+        let signed = n2
+            .verify(&header, &request("POST", path, b"{}"), now + 1)
+            .unwrap();
         assert_eq!(signed.node, "n1.eu");
         assert_eq!(signed.nonce, nonce);
         // Replayed: refused.
         assert_eq!(
-            n2.verify(&header, "POST", path, b"{}", now + 2),
+            n2.verify(&header, &request("POST", path, b"{}"), now + 2),
             Err(PeerRefusal::Replayed)
         );
-        // Too old, or under another secret: refused.
-        let (old, _) = n1.sign("GET", "/x", b"", now - TTL_MS - 1).unwrap();
+        // Too old, too far in the future, or under another secret: refused.
+        let (old, _) = n1
+            .sign("n2", &request("GET", "/x", b""), now - TTL_MS - 1)
+            .unwrap();
         assert_eq!(
-            n2.verify(&old, "GET", "/x", b"", now),
+            n2.verify(&old, &request("GET", "/x", b""), now),
+            Err(PeerRefusal::Stale)
+        );
+        let (far, _) = n1.sign("n2", &request("GET", "/x", b""), i64::MIN).unwrap();
+        assert_eq!(
+            n2.verify(&far, &request("GET", "/x", b""), now),
             Err(PeerRefusal::Stale)
         );
         let stranger = PeerRequests::new("n9", Some("another secret, just as long".into()));
-        let (forged, _) = stranger.sign("GET", "/x", b"", now).unwrap();
+        let (forged, _) = stranger
+            .sign("n2", &request("GET", "/x", b""), now)
+            .unwrap();
         assert_eq!(
-            n2.verify(&forged, "GET", "/x", b"", now),
+            n2.verify(&forged, &request("GET", "/x", b""), now),
             Err(PeerRefusal::BadSignature)
         );
         for garbage in ["", "...", "n1.now.nonce.mac", "n1.1.zz.00"] {
             assert_eq!(
-                n2.verify(garbage, "GET", "/x", b"", now),
+                n2.verify(garbage, &request("GET", "/x", b""), now),
                 Err(PeerRefusal::Malformed),
                 "{garbage}"
             );
         }
         // Without a secret nothing passes.
         let solo = PeerRequests::new("solo", None);
-        assert!(solo.sign("GET", "/x", b"", now).is_none());
+        assert!(solo.sign("n2", &request("GET", "/x", b""), now).is_none());
         assert_eq!(
-            solo.verify(&header, "POST", path, b"{}", now),
+            solo.verify(&header, &request("POST", path, b"{}"), now),
             Err(PeerRefusal::NoSecret)
         );
     }

@@ -202,7 +202,7 @@ impl Router {
             match transport.open_link(member.transport_addr) {
                 // A full outbox drops the event: streams are best effort.
                 Some(link) => drop(link.try_send(frame)),
-                None if transport.dialing_is_busy() => {}
+                None if transport.dialing_is_busy(member.transport_addr) => {}
                 None => {
                     let transport = transport.clone();
                     let addr = member.transport_addr;
@@ -251,7 +251,7 @@ impl Router {
                 }
             }),
             // Senders already wait for links in numbers: push back.
-            None if transport.dialing_is_busy() => Err(AgentError::Backpressure {
+            None if transport.dialing_is_busy(route.addr) => Err(AgentError::Backpressure {
                 target,
                 node: route.node.clone(),
             }),

@@ -45,9 +45,10 @@ const READ_BYTES: usize = 64 * 1024;
 /// First and longest wait before dialing an address that failed again.
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// Senders waiting, across all addresses, for a dial to finish; past
-/// this a message to a peer without a link is refused, not queued.
-const MAX_DIAL_WAITERS: u64 = 4096;
+/// Senders waiting for the dial to one address; past this a message to
+/// that peer is refused, not queued (one unreachable peer cannot hold up
+/// the dials to the others).
+const MAX_DIAL_WAITERS: u64 = 1024;
 /// Room replies may take past the outbox's limit: a reply never waits
 /// (it is sent from a handler's thread), and past this it is dropped.
 const REPLY_HEADROOM_BYTES: usize = 1 << 20;
@@ -316,6 +317,18 @@ impl Metrics {
     }
 }
 
+/// The source a connection counts against: its address, or for IPv6 its
+/// /64 (one host may own a whole /64).
+fn source_group(source: IpAddr) -> IpAddr {
+    match source {
+        IpAddr::V4(_) => source,
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(std::net::Ipv6Addr::from(bits))
+        }
+    }
+}
+
 /// Connections in their handshake, in all and by source address.
 #[derive(Default)]
 struct Unproven {
@@ -343,6 +356,68 @@ impl Drop for UnprovenPlace {
     }
 }
 
+/// The dial of one address: its turn, and the senders waiting for it.
+#[derive(Default)]
+struct DialGate {
+    turn: tokio::sync::Mutex<()>,
+    waiters: AtomicU64,
+}
+
+/// A sender waiting for the dial to an address, counted until dropped
+/// (also when its future is cancelled mid-dial); the last one out
+/// removes the address's gate.
+struct DialWaiter {
+    inner: Arc<Inner>,
+    addr: SocketAddr,
+    gate: Arc<DialGate>,
+}
+
+impl DialWaiter {
+    /// `None` when as many senders as allowed already wait for `addr`.
+    fn new(inner: &Arc<Inner>, addr: SocketAddr) -> Option<DialWaiter> {
+        // Counted under the map's lock, as the last one out removes the
+        // gate under it: a gate in the map always has its waiters counted.
+        let mut dials = inner.lock_dials();
+        let gate = Arc::clone(dials.entry(addr).or_default());
+        if gate.waiters.load(Ordering::Acquire) >= MAX_DIAL_WAITERS {
+            return None;
+        }
+        gate.waiters.fetch_add(1, Ordering::AcqRel);
+        drop(dials);
+        Some(DialWaiter {
+            inner: Arc::clone(inner),
+            addr,
+            gate,
+        })
+    }
+}
+
+impl Drop for DialWaiter {
+    fn drop(&mut self) {
+        let mut dials = self.inner.lock_dials();
+        if self.gate.waiters.fetch_sub(1, Ordering::AcqRel) == 1
+            && dials
+                .get(&self.addr)
+                .is_some_and(|gate| Arc::ptr_eq(gate, &self.gate))
+        {
+            dials.remove(&self.addr);
+        }
+    }
+}
+
+/// An ask waiting for its reply: its entry goes when the ask ends, also
+/// when its future is dropped.
+struct PendingAsk {
+    inner: Arc<Inner>,
+    ask_id: u64,
+}
+
+impl Drop for PendingAsk {
+    fn drop(&mut self) {
+        self.inner.lock_pending().remove(&self.ask_id);
+    }
+}
+
 struct Inner {
     config: TransportConfig,
     link_key: [u8; 32],
@@ -350,30 +425,48 @@ struct Inner {
     links: Mutex<HashMap<SocketAddr, Link>>,
     backoff: Mutex<HashMap<SocketAddr, Backoff>>,
     /// One dial at a time per address: later senders wait for its result.
-    dials: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>>,
-    dial_waiters: AtomicU64,
+    dials: Mutex<HashMap<SocketAddr, Arc<DialGate>>>,
     pending: Mutex<Waiting>,
     next_id: AtomicU64,
     listen: SocketAddr,
     /// Connections accepted, handshake or not.
     accepted: AtomicU64,
     unproven: Mutex<Unproven>,
+    /// Addresses where proven members listen (from their leases).
+    members: std::sync::RwLock<std::collections::HashSet<IpAddr>>,
     /// When a refusal of each kind from each source address was last logged.
     logged: Mutex<HashMap<(IpAddr, &'static str), Instant>>,
     metrics: Metrics,
 }
 
 impl Inner {
+    fn lock_dials(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Arc<DialGate>>> {
+        self.dials.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, Waiting> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn lock_unproven(&self) -> std::sync::MutexGuard<'_, Unproven> {
         self.unproven.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A place for a connection from `source` in its handshake, if the
-    /// caps allow one.
+    /// caps allow one. Sources where proven members listen have places
+    /// of their own (per source only), so strangers that fill the node's
+    /// places do not lock the members out.
     fn admit(self: &Arc<Self>, source: IpAddr) -> Option<UnprovenPlace> {
+        let source = source_group(source);
+        let member = self
+            .members
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&source);
         let mut unproven = self.lock_unproven();
         let from_source = unproven.by_source.get(&source).copied().unwrap_or(0);
-        if unproven.total >= MAX_HANDSHAKES || from_source >= MAX_HANDSHAKES_PER_SOURCE {
+        if (!member && unproven.total >= MAX_HANDSHAKES) || from_source >= MAX_HANDSHAKES_PER_SOURCE
+        {
             return None;
         }
         unproven.total += 1;
@@ -417,6 +510,7 @@ fn handshake_failure(error: &ChannelError) -> &'static str {
         ChannelError::BadSecret | ChannelError::BadRecord => "bad_secret",
         ChannelError::Refused(_) => "peer_refused",
         ChannelError::Malformed(_) => "malformed",
+        ChannelError::Late => "deadline",
         ChannelError::Io(_) => "io",
     }
 }
@@ -462,12 +556,12 @@ impl Transport {
                 links: Mutex::new(HashMap::new()),
                 backoff: Mutex::new(HashMap::new()),
                 dials: Mutex::new(HashMap::new()),
-                dial_waiters: AtomicU64::new(0),
                 pending: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
                 accepted: AtomicU64::new(0),
                 listen,
                 unproven: Mutex::new(Unproven::default()),
+                members: std::sync::RwLock::new(std::collections::HashSet::new()),
                 logged: Mutex::new(HashMap::new()),
                 metrics: Metrics::new(),
             }),
@@ -487,6 +581,20 @@ impl Transport {
         ] {
             let _ = registry.register(collector);
         }
+    }
+
+    /// The addresses of the proven members (their leases' transport
+    /// addresses): connections from them have handshake places of their own.
+    pub fn set_members(&self, addrs: impl IntoIterator<Item = SocketAddr>) {
+        let members = addrs
+            .into_iter()
+            .map(|addr| source_group(addr.ip()))
+            .collect();
+        *self
+            .inner
+            .members
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = members;
     }
 
     /// The address peers dial.
@@ -532,10 +640,12 @@ impl Transport {
         self.lock_backoff().remove(&addr);
     }
 
-    /// Whether as many senders as allowed already wait for dials: a
-    /// message for a peer without a link is then refused, not queued.
-    pub fn dialing_is_busy(&self) -> bool {
-        self.inner.dial_waiters.load(Ordering::Acquire) >= MAX_DIAL_WAITERS
+    /// Whether as many senders as allowed already wait for a dial to
+    /// `addr`: a message for it is then refused, not queued.
+    pub fn dialing_is_busy(&self, addr: SocketAddr) -> bool {
+        self.lock_dials()
+            .get(&addr)
+            .is_some_and(|gate| gate.waiters.load(Ordering::Acquire) >= MAX_DIAL_WAITERS)
     }
 
     /// The open link to `addr`, if there is one; never dials.
@@ -554,38 +664,22 @@ impl Transport {
         if let Some(link) = self.open_link(addr) {
             return Ok(link);
         }
-        let waiters = &self.inner.dial_waiters;
-        if waiters.fetch_add(1, Ordering::AcqRel) >= MAX_DIAL_WAITERS {
-            waiters.fetch_sub(1, Ordering::AcqRel);
-            return Err(LinkError::Busy);
+        // Counted out again when this future ends, finished or dropped.
+        let waiter = DialWaiter::new(&self.inner, addr).ok_or(LinkError::Busy)?;
+        let _turn = waiter.gate.turn.lock().await;
+        if let Some(link) = self.open_link(addr) {
+            return Ok(link);
         }
-        let gate = Arc::clone(self.lock_dials().entry(addr).or_default());
-        let outcome = async {
-            let _turn = gate.lock().await;
-            if let Some(link) = self.open_link(addr) {
-                return Ok(link);
-            }
-            if let Some(backoff) = self.lock_backoff().get(&addr) {
-                let now = Instant::now();
-                if backoff.until > now {
-                    return Err(LinkError::Backoff {
-                        addr,
-                        retry_in: backoff.until - now,
-                    });
-                }
-            }
-            self.dial(addr).await
-        }
-        .await;
-        waiters.fetch_sub(1, Ordering::AcqRel);
-        {
-            let mut dials = self.lock_dials();
-            // The map holds one, this call the other: nobody waits.
-            if Arc::strong_count(&gate) == 2 {
-                dials.remove(&addr);
+        if let Some(backoff) = self.lock_backoff().get(&addr) {
+            let now = Instant::now();
+            if backoff.until > now {
+                return Err(LinkError::Backoff {
+                    addr,
+                    retry_in: backoff.until - now,
+                });
             }
         }
-        outcome
+        self.dial(addr).await
     }
 
     async fn dial(&self, addr: SocketAddr) -> Result<Link, LinkError> {
@@ -654,7 +748,11 @@ impl Transport {
         let (reply, answer) = oneshot::channel();
         self.lock_pending()
             .insert(ask_id, (Arc::clone(&link.peer), reply));
-        let outcome = async {
+        let _pending = PendingAsk {
+            inner: Arc::clone(&self.inner),
+            ask_id,
+        };
+        async {
             link.send(Frame::Message(envelope))
                 .await
                 .map_err(|_| LinkError::Closed {
@@ -671,9 +769,7 @@ impl Transport {
                 }),
             }
         }
-        .await;
-        self.lock_pending().remove(&ask_id);
-        outcome
+        .await
     }
 
     /// The handshake on a fresh connection (either side, within
@@ -858,14 +954,12 @@ impl Transport {
         self.inner.backoff.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn lock_dials(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Arc<tokio::sync::Mutex<()>>>> {
-        self.inner.dials.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock_dials(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Arc<DialGate>>> {
+        self.inner.lock_dials()
     }
 
     fn lock_pending(&self) -> std::sync::MutexGuard<'_, Waiting> {
-        self.inner.pending.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner.lock_pending()
     }
 }
 
@@ -1288,6 +1382,121 @@ mod tests {
             matches!(outcome, Err(LinkError::Timeout { .. })),
             "{outcome:?}"
         );
+    }
+
+    /// Senders that give up while a dial hangs (a peer that accepts and
+    /// never answers) leave no count and no gate behind; an ask that is
+    /// dropped leaves no pending entry.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cancelled_dials_and_asks_leave_nothing_behind() {
+        let mute = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mute_addr = mute.local_addr().unwrap();
+        let held = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = mute.accept().await {
+                held.push(stream);
+            }
+        });
+        let sender = client("s3cret").await;
+        for _ in 0..50 {
+            let _ = tokio::time::timeout(Duration::from_millis(2), sender.link(mute_addr)).await;
+        }
+        let cancelled: Vec<_> = (0..20)
+            .map(|_| {
+                let sender = sender.clone();
+                tokio::spawn(async move {
+                    tokio::time::timeout(Duration::from_millis(100), sender.link(mute_addr)).await
+                })
+            })
+            .collect();
+        for task in cancelled {
+            assert!(task.await.unwrap().is_err(), "a mute peer gave a link");
+        }
+        assert!(!sender.dialing_is_busy(mute_addr));
+        assert!(
+            sender.lock_dials().is_empty(),
+            "a gate outlived its senders"
+        );
+        // An ask dropped before its reply.
+        let (seen, mut asked) = tokio::sync::mpsc::unbounded_channel();
+        let silent = Transport::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            config("silent", "s3cret"),
+            each(move |_: &Link, envelope: Envelope<'_>| {
+                let _ = seen.send(envelope.ask_id);
+                None
+            }),
+        )
+        .await
+        .unwrap();
+        let asking = tokio::time::timeout(
+            Duration::from_millis(300),
+            sender.ask(silent.local_addr(), envelope(1), Duration::from_secs(30)),
+        );
+        assert!(asking.await.is_err());
+        assert!(asked.recv().await.is_some());
+        assert!(
+            sender.lock_pending().is_empty(),
+            "a dropped ask stayed pending"
+        );
+        held.abort();
+    }
+
+    /// The reflection that matters under Noise: the node is made to dial a
+    /// relay that pipes it into its own listener. Its own responder sees
+    /// its own name and refuses, so it opens no link to itself.
+    #[tokio::test]
+    async fn a_dial_relayed_into_the_nodes_own_listener_opens_nothing() {
+        let (server, count) = server("s3cret").await;
+        let relay = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let relay_addr = relay.local_addr().unwrap();
+        let target = server.local_addr();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = relay.accept().await {
+                tokio::spawn(async move {
+                    let mut outbound = TcpStream::connect(target).await.unwrap();
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                });
+            }
+        });
+        match server.link(relay_addr).await {
+            Err(LinkError::Handshake { reason, .. }) => {
+                assert!(reason.contains("own name"), "{reason}")
+            }
+            Err(other) => panic!("{other}"),
+            Ok(_) => panic!("the node opened a link to itself"),
+        }
+        assert!(server.open_link(relay_addr).is_none());
+        assert!(server.open_link(target).is_none());
+        assert_eq!(count.load(Ordering::Relaxed), 0);
+        works(&server).await;
+    }
+
+    /// Strangers that fill every handshake place of a node do not lock out
+    /// its members, whose addresses have places of their own.
+    #[tokio::test]
+    async fn members_get_in_while_strangers_hold_every_handshake_place() {
+        let (server, _) = server("s3cret").await;
+        let mut strangers = Vec::new();
+        for i in 0..MAX_HANDSHAKES {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            let source = format!("127.0.0.{}:0", 2 + i % 8).parse().unwrap();
+            socket.bind(source).unwrap();
+            let mut stream = socket.connect(server.local_addr()).await.unwrap();
+            stream.write_all(&[0]).await.unwrap();
+            strangers.push(stream);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(server.inner.metrics.handshakes.get(), MAX_HANDSHAKES as i64);
+        // A stranger from yet another address is turned away ...
+        let intruder = client("s3cret").await;
+        assert!(intruder.link(server.local_addr()).await.is_err());
+        // ... and a member is let in, once its address is a member's.
+        server.set_members(["127.0.0.1:1".parse().unwrap()]);
+        let member = client("s3cret").await;
+        let link = member.link(server.local_addr()).await.unwrap();
+        assert_eq!(link.peer(), "server");
+        drop(strangers);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

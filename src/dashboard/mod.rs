@@ -190,8 +190,10 @@ impl Dashboard {
             simulations,
             cluster,
             peers,
+            // No redirect: it would carry the signature elsewhere.
             http: reqwest::Client::builder()
                 .timeout(PEER_TIMEOUT)
+                .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .unwrap_or_default(),
             history: Mutex::new(History::default()),
@@ -392,7 +394,14 @@ impl Inner {
     async fn peer_panel(&self, node: String, http_addr: String) -> serde_json::Value {
         let unreachable = |error: String| serde_json::json!({ "node": node, "error": error });
         const PANEL: &str = "/api/v1/dashboard/node";
-        let Some((signature, nonce)) = self.peers.sign("GET", PANEL, b"", unix_millis()) else {
+        let panel = peer_requests::Request {
+            method: "GET",
+            path_and_query: PANEL,
+            content_type: "",
+            correlation_id: "",
+            body: b"",
+        };
+        let Some((signature, nonce)) = self.peers.sign(&node, &panel, unix_millis()) else {
             return unreachable("no cluster secret to sign the request".into());
         };
         let request = self

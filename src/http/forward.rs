@@ -63,16 +63,37 @@ pub(crate) async fn elsewhere(
             "this node cannot sign peer requests",
         ));
     };
-    let path = request.path();
-    let Some((signature, nonce)) = peers.sign(request.method().as_str(), path, body, unix_millis())
-    else {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "node_unreachable",
-            "this node has no cluster secret to sign peer requests with",
+    let unsent =
+        |reason: String| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "node_unreachable", reason);
+    // Signed as reqwest will send it (it normalizes the path).
+    let url = reqwest::Url::parse(&format!("http://{}{}", member.http_addr, request.path()))
+        .map_err(|error| unsent(format!("cannot address node `{node}`: {error}")))?;
+    let header_text = |name: &actix_web::http::header::HeaderName| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let content_type = header_text(&actix_web::http::header::CONTENT_TYPE);
+    let correlation_id = header_text(&CORRELATION_HEADER);
+    let path_and_query = match url.query() {
+        Some(query) => format!("{}?{query}", url.path()),
+        None => url.path().to_owned(),
+    };
+    let signed = peer_requests::Request {
+        method: request.method().as_str(),
+        path_and_query: &path_and_query,
+        content_type: &content_type,
+        correlation_id: &correlation_id,
+        body,
+    };
+    let Some((signature, nonce)) = peers.sign(&node, &signed, unix_millis()) else {
+        return Err(unsent(
+            "this node has no cluster secret to sign peer requests with".into(),
         ));
     };
-    let url = format!("http://{}{path}", member.http_addr);
     let method = reqwest::Method::from_bytes(request.method().as_str().as_bytes())
         .unwrap_or(reqwest::Method::POST);
     let mut forwarded = peers_client()
@@ -80,9 +101,12 @@ pub(crate) async fn elsewhere(
         .timeout(FORWARD_TIMEOUT)
         .header(peer_requests::HEADER, signature)
         .body(body.to_vec());
-    for name in [actix_web::http::header::CONTENT_TYPE, CORRELATION_HEADER] {
-        if let Some(value) = request.headers().get(&name) {
-            forwarded = forwarded.header(name.as_str(), value.as_bytes());
+    for (name, value) in [
+        (actix_web::http::header::CONTENT_TYPE, content_type),
+        (CORRELATION_HEADER, correlation_id),
+    ] {
+        if !value.is_empty() {
+            forwarded = forwarded.header(name.as_str(), value);
         }
     }
     let unreachable = |reason: String| {
@@ -122,8 +146,14 @@ pub(crate) async fn elsewhere(
     ))
 }
 
-/// One HTTP client for every peer request (connections pooled).
+/// One HTTP client for every peer request (connections pooled); it
+/// follows no redirect, which would carry the signature elsewhere.
 fn peers_client() -> &'static reqwest::Client {
     static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
-    CLIENT.get_or_init(reqwest::Client::new)
+    CLIENT.get_or_init(|| {
+        reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap_or_default()
+    })
 }

@@ -187,8 +187,24 @@ async fn peer_request<B: MessageBody>(
         .uri()
         .path_and_query()
         .map_or_else(|| request.path().to_owned(), |p| p.as_str().to_owned());
-    let method = request.method().as_str().to_owned();
-    let signed = match peers.verify(&header, &method, &path_and_query, &body, unix_millis()) {
+    let header_text = |name: &str| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let (content_type, correlation_id) =
+        (header_text("content-type"), header_text("x-correlation-id"));
+    let signed_request = peer_requests::Request {
+        method: request.method().as_str(),
+        path_and_query: &path_and_query,
+        content_type: &content_type,
+        correlation_id: &correlation_id,
+        body: &body,
+    };
+    let signed = match peers.verify(&header, &signed_request, unix_millis()) {
         Ok(signed) => signed,
         Err(refusal) => {
             tracing::warn!(%refusal, path = %path_and_query, "http: refused a peer request");
