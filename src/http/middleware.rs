@@ -83,7 +83,20 @@ pub(crate) struct Auth {
     pub keys: KeyCache,
 }
 
-/// The role a request needs; `None`: open to all (probes, metrics, docs).
+/// The route a request reaches: the pattern the router will match it to
+/// (`/api/v1/actors/{kind}/{key}/crash`), found on the path as the router
+/// sees it (percent-encoded letters decoded), never on the raw path; the
+/// router's path itself when no route matches (the answer is a 404).
+pub(crate) fn matched_route(request: &ServiceRequest) -> String {
+    let routed = request.match_info().as_str();
+    request
+        .resource_map()
+        .match_pattern(routed)
+        .unwrap_or_else(|| routed.to_owned())
+}
+
+/// The role a request for `route` (a route pattern) needs; `None`: open
+/// to all (probes, metrics, docs).
 fn required_role(method: &actix_web::http::Method, path: &str) -> Option<Role> {
     use actix_web::http::Method;
     if matches!(path, "/health" | "/ready" | "/metrics" | "/dashboard")
@@ -108,7 +121,7 @@ fn required_role(method: &actix_web::http::Method, path: &str) -> Option<Role> {
 
 /// The key a request carries: `Authorization: Bearer <key>`, or for
 /// WebSocket upgrades (browsers cannot set headers there) `?access_token=`.
-fn presented_key(request: &ServiceRequest) -> Option<String> {
+fn presented_key(request: &ServiceRequest, route: &str) -> Option<String> {
     if let Some(value) = request
         .headers()
         .get(actix_web::http::header::AUTHORIZATION)
@@ -119,7 +132,7 @@ fn presented_key(request: &ServiceRequest) -> Option<String> {
             .and_then(|text| text.strip_prefix("Bearer "))
             .map(|key| key.trim().to_owned());
     }
-    if request.path().starts_with("/ws/") {
+    if route.starts_with("/ws/") {
         return form_urlencoded::parse(request.query_string().as_bytes())
             .find(|(name, _)| name == "access_token")
             .map(|(_, value)| value.into_owned());
@@ -129,15 +142,15 @@ fn presented_key(request: &ServiceRequest) -> Option<String> {
 
 /// The routes another node may call with a signed peer request: its
 /// dashboard panel, and the operator actions passed on with `?node=`.
-fn is_peer_route(method: &actix_web::http::Method, path: &str) -> bool {
+fn is_peer_route(method: &actix_web::http::Method, route: &str) -> bool {
     use actix_web::http::Method;
-    let segments: Vec<&str> = path.split('/').collect();
-    match segments.as_slice() {
-        ["", "api", "v1", "dashboard", "node"] => *method == Method::GET,
-        ["", "api", "v1", "actors", _, _, "crash" | "reset"] => *method == Method::POST,
-        ["", "api", "v1", "simulations", _, "cancel"] => *method == Method::PUT,
-        _ => false,
-    }
+    matches!(
+        (method.clone(), route),
+        (Method::GET, "/api/v1/dashboard/node")
+            | (Method::POST, "/api/v1/actors/{kind}/{key}/crash")
+            | (Method::POST, "/api/v1/actors/{kind}/{key}/reset")
+            | (Method::PUT, "/api/v1/simulations/{id}/cancel")
+    )
 }
 
 /// A request another node signed ([`peer_requests`]): taken only on the
@@ -162,7 +175,7 @@ async fn peer_request<B: MessageBody>(
             "no peer requests here".into(),
         );
     };
-    if !is_peer_route(request.method(), request.path()) {
+    if !is_peer_route(request.method(), &matched_route(&request)) {
         return refuse(
             request,
             StatusCode::FORBIDDEN,
@@ -238,7 +251,10 @@ pub(crate) async fn authenticate<B: MessageBody>(
     request: ServiceRequest,
     next: Next<B>,
 ) -> Result<ServiceResponse<EitherBody<B>>, Error> {
-    let Some(needed) = required_role(request.method(), request.path()) else {
+    // Decided on the route the router will match, so that no encoding of
+    // the path reaches a route under another route's role.
+    let route = matched_route(&request);
+    let Some(needed) = required_role(request.method(), &route) else {
         return Ok(next.call(request).await?.map_into_left_body());
     };
     if let Some(header) = request
@@ -267,7 +283,7 @@ pub(crate) async fn authenticate<B: MessageBody>(
         }
         Ok(ServiceResponse::new(request, response).map_into_right_body())
     };
-    let Some(key) = presented_key(&request) else {
+    let Some(key) = presented_key(&request, &route) else {
         return refuse(
             request,
             ApiError::new(

@@ -226,3 +226,90 @@ async fn a_websocket_client_may_send_its_key_as_access_token() {
     drop(client);
     node.stop().await.unwrap();
 }
+
+/// `%61` for `a`, on the first letter of the segment at `index`.
+fn encode_segment(path: &str, index: usize) -> Option<String> {
+    let mut segments: Vec<String> = path.split('/').map(str::to_owned).collect();
+    let segment = segments.get_mut(index)?;
+    let first = segment.chars().next().filter(char::is_ascii_alphabetic)?;
+    *segment = format!("%{:02X}{}", first as u32, &segment[1..]);
+    Some(segments.join("/"))
+}
+
+/// The attack first: an editor that percent-encodes a letter of the path
+/// must not get what only an admin may do; then every route of the route
+/// table, with every role, answers the same allow/forbid decision for the
+/// path as written and for each of its segments percent-encoded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn percent_encoding_the_path_changes_no_role_decision() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let (node, base) = start_node(&db).await;
+    let store = node.system.store();
+    let mut keys = Vec::new();
+    for role in [Role::Viewer, Role::Editor, Role::Admin] {
+        keys.push((role, create_key(store, role, "test").await.unwrap().1));
+    }
+    let key = |role: Role| keys.iter().find(|(r, _)| *r == role).unwrap().1.clone();
+    let client = reqwest::Client::new();
+    let editor_makes_admin = client
+        .post(format!("{base}/api/v1/%61pi-keys"))
+        .bearer_auth(key(Role::Editor))
+        .json(&json!({ "role": "admin", "name": "escalated" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        editor_makes_admin.status(),
+        StatusCode::FORBIDDEN,
+        "an editor made a key through /api/v1/%61pi-keys: {}",
+        editor_makes_admin.text().await.unwrap()
+    );
+    let viewer_lists_keys = client
+        .get(format!("{base}/api/v1/%61pi-keys"))
+        .bearer_auth(key(Role::Viewer))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(viewer_lists_keys.status(), StatusCode::FORBIDDEN);
+
+    let mut checked = 0;
+    for (method, pattern) in valueverse::http::ROUTES {
+        let path = pattern
+            .replace("{kind}", "architect")
+            .split('/')
+            .map(|segment| {
+                if segment.starts_with('{') {
+                    "x"
+                } else {
+                    segment
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("/");
+        let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+        let variants: Vec<String> = (1..path.split('/').count())
+            .filter_map(|index| encode_segment(&path, index))
+            .collect();
+        for (role, secret) in &keys {
+            let decide = |path: String| {
+                let request = client
+                    .request(method.clone(), format!("{base}{path}"))
+                    .bearer_auth(secret)
+                    .json(&json!({}));
+                async move { request.send().await.unwrap().status() }
+            };
+            let written = decide(path.clone()).await;
+            for variant in &variants {
+                let encoded = decide(variant.clone()).await;
+                assert_eq!(
+                    written == StatusCode::FORBIDDEN,
+                    encoded == StatusCode::FORBIDDEN,
+                    "{role:?} {method} {path} answered {written}, {variant} answered {encoded}"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 100, "{checked} variants checked");
+    node.stop().await.unwrap();
+}
