@@ -403,17 +403,67 @@ async fn attacks_on_the_node_boundary_fail_and_the_cluster_serves_on() {
         .unwrap();
     assert_eq!(elsewhere.status(), 401, "a request for n1 was taken by n2");
 
+    // 7. Forged replies: a peer that holds the secret sprays replies for
+    // every ask id n1 may have in flight; n1's asks to n2 take only n2's.
+    let mut models = Vec::new();
+    for _ in 0..16 {
+        let created: Value = client
+            .post(format!("{}/api/v1/value-models", n1.base))
+            .json(&crate::value_models::acme())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        models.push(created["id"].as_str().unwrap().to_owned());
+    }
+    let forger = Transport::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        TransportConfig::new("mallory", SECRET.as_bytes()),
+        transport::each(|_, _| None),
+    )
+    .await
+    .unwrap();
+    let forged_link = forger.link(n1.transport).await.unwrap();
+    let spraying = tokio::spawn(async move {
+        for round in 0..4u64 {
+            for ask_id in 1..50_000u64 {
+                let reply = Frame::Reply(codec::Reply {
+                    ask_id: ask_id + round * 50_000,
+                    outcome: Err(codec::RemoteFailure::Rejected {
+                        code: "forged".into(),
+                        message: "a forged reply".into(),
+                        field: None,
+                    }),
+                });
+                if forged_link.send(reply).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let until = Instant::now() + Duration::from_secs(2);
+    let mut reads = 0;
+    while Instant::now() < until {
+        for id in &models {
+            let response = client
+                .get(format!("{}/api/v1/value-models/{id}", n1.base))
+                .send()
+                .await
+                .unwrap();
+            let status = response.status();
+            let body = response.text().await.unwrap();
+            assert_eq!(status, 200, "a read through n1 answered {status}: {body}");
+            assert!(!body.contains("forged"), "{body}");
+            reads += 1;
+        }
+    }
+    spraying.abort();
+    assert!(reads >= 32, "{reads} reads");
+
     // The cluster serves on: a model created on n1 is read through n2.
-    let created: Value = client
-        .post(format!("{}/api/v1/value-models", n1.base))
-        .json(&crate::value_models::acme())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = created["id"].as_str().unwrap();
+    let id = &models[0];
     let read = client
         .get(format!("{}/api/v1/value-models/{id}", n2.base))
         .send()
