@@ -41,6 +41,8 @@ pub(crate) struct AgentMetrics {
 pub(crate) struct HttpMetrics {
     pub(crate) requests: IntCounterVec,
     pub(crate) duration_seconds: HistogramVec,
+    /// Stored rows a list route could not decode, skipped, by table.
+    pub(crate) rows_skipped: IntCounterVec,
 }
 
 /// What became of a handled message.
@@ -350,6 +352,12 @@ impl Metrics {
                     &["method", "route"],
                 )
                 .expect("valid metric options"),
+            ),
+            rows_skipped: counter_vec(
+                &registry,
+                "valueverse_http_rows_skipped_total",
+                "Stored rows a list route could not decode (skipped and logged), by table",
+                &["table"],
             ),
         };
         Metrics {

@@ -72,6 +72,11 @@ pub enum DriverCategory {
 }
 
 /// The distribution of a driver's monthly quantity.
+/// The largest present value (in the model's currency) a model may reach
+/// on any path: far beyond any business case, and small enough that every
+/// statistic of a run of 10^9 paths (sums of squares included) is finite.
+pub const MAX_MONEY: f64 = 1e18;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "dist", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Distribution {
@@ -110,6 +115,25 @@ pub enum Distribution {
 }
 
 impl Distribution {
+    /// The largest magnitude a draw can take (normal tails cut at 9 sd,
+    /// beyond what a 53-bit uniform's quantile reaches); infinite when the
+    /// parameters overflow.
+    pub fn extreme(&self) -> f64 {
+        const TAIL: f64 = 9.0;
+        match *self {
+            Distribution::Fixed { value } => value.abs(),
+            Distribution::Normal { mean, sd } => mean.abs() + TAIL * sd,
+            Distribution::Lognormal { mean, sd } => {
+                let sigma2 = (1.0 + (sd / mean).powi(2)).ln();
+                (mean.ln() - sigma2 / 2.0 + TAIL * sigma2.sqrt()).exp()
+            }
+            Distribution::Triangular { min, max, .. }
+            | Distribution::Pert { min, max, .. }
+            | Distribution::Uniform { min, max } => min.abs().max(max.abs()),
+            Distribution::Bernoulli { impact, .. } => impact.abs(),
+        }
+    }
+
     pub fn mean(&self) -> f64 {
         match *self {
             Distribution::Fixed { value } => value,
@@ -358,6 +382,9 @@ impl ValueModel {
                 }
             }
         }
+        if check.errors.is_empty() {
+            self.check_magnitudes(&mut check);
+        }
         if check.errors.is_empty()
             && let Err(error) = self.correlation_matrix().cholesky()
         {
@@ -369,6 +396,51 @@ impl ValueModel {
             Err(InvalidModel {
                 errors: check.errors,
             })
+        }
+    }
+
+    /// Derived values, not only inputs: finite inputs can multiply into
+    /// an infinite NPV (`unit_value` 1e200 times a quantity of 1e200), which
+    /// no JSON can hold. Every present value a path can reach, and so every
+    /// statistic of a run (sums of squares over 10^9 paths included), must
+    /// stay within [`MAX_MONEY`].
+    fn check_magnitudes(&self, check: &mut Checker) {
+        let weights = self.npv_weights();
+        let too_large = |value: f64| !(value.is_finite() && value.abs() <= MAX_MONEY);
+        if too_large(self.costs.one_off) {
+            check.fail(
+                "costs.one_off",
+                format!("must be at most {MAX_MONEY:e}, got {}", self.costs.one_off),
+            );
+        } else if too_large(weights.base) || too_large(weights.cost_basis) {
+            check.fail(
+                "costs.monthly",
+                format!(
+                    "its present value over the horizon is {:e}, beyond the {MAX_MONEY:e} a model may hold",
+                    weights.cost_basis - self.costs.one_off
+                ),
+            );
+        }
+        let mut reach = weights.base.abs();
+        for (index, (driver, weight)) in self.drivers.iter().zip(&weights.weights).enumerate() {
+            let value = weight.abs() * driver.quantity.extreme();
+            if too_large(value) || too_large(driver.unit_value * driver.quantity.mean() * 12.0) {
+                check.fail(
+                    format!("drivers[{index}].unit_value"),
+                    format!(
+                        "unit_value times the largest quantity this driver can draw is worth {value:e} in present value, beyond the {MAX_MONEY:e} a model may hold"
+                    ),
+                );
+            }
+            reach += value;
+        }
+        if check.errors.is_empty() && too_large(reach) {
+            check.fail(
+                "drivers",
+                format!(
+                    "together the drivers can reach a present value of {reach:e}, beyond the {MAX_MONEY:e} a model may hold"
+                ),
+            );
         }
     }
 

@@ -29,18 +29,23 @@ pub(crate) fn check_paging(limit: i64, offset: i64) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// The rows of a page as `T`.
-pub(crate) fn decode<T: DeserializeOwned>(page: &Page) -> Result<Vec<T>, ApiError> {
+/// The rows of a page as `T`. A row that does not decode (written by an
+/// older build, or edited by hand) is skipped, logged and counted: one bad
+/// row must not make the list fail for everyone.
+pub(crate) fn decode<T: DeserializeOwned>(
+    page: &Page,
+    table: &str,
+    metrics: &crate::Metrics,
+) -> Vec<T> {
     page.bodies
         .iter()
-        .map(|body| {
-            serde_json::from_str(body).map_err(|error| {
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    format!("a stored row does not decode: {error}"),
-                )
-            })
+        .filter_map(|body| match serde_json::from_str(body) {
+            Ok(item) => Some(item),
+            Err(error) => {
+                tracing::warn!(table, %error, "a stored row does not decode; skipped from the list");
+                metrics.http.rows_skipped.with_label_values(&[table]).inc();
+                None
+            }
         })
         .collect()
 }
@@ -74,6 +79,9 @@ pub(crate) async fn list_page<T: DeserializeOwned, V: serde::Serialize>(
         .store()
         .list_records(table, filters, limit, offset)
         .await?;
-    let items: Vec<V> = decode::<T>(&page)?.into_iter().map(view).collect();
+    let items: Vec<V> = decode::<T>(&page, table, system.metrics())
+        .into_iter()
+        .map(view)
+        .collect();
     Ok(page_json(&page, limit, offset, items))
 }
