@@ -7,6 +7,7 @@
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::model::{FieldError, MAX_MONEY};
 use crate::store::Column;
 
 use super::agent::{Agent, AgentMessage, Handling};
@@ -32,6 +33,105 @@ impl Terms {
         let fee = self.fixed_fee + self.outcome_share * (realized - target).max(0.0);
         self.cap.map_or(fee, |cap| fee.min(cap))
     }
+}
+
+/// Most milestones a commitment may list.
+pub const MAX_MILESTONES: usize = 100;
+
+/// The rules every way into a commitment obeys (`POST /api/v1/commitments`
+/// and the value-creation saga alike): the first field at fault, with its
+/// JSON path and why.
+pub fn check_commitment(
+    confidence: f64,
+    target: Option<f64>,
+    terms: &Terms,
+    milestones: &[Milestone],
+) -> Result<(), FieldError> {
+    let fail = |path: &str, message: String| {
+        Err(FieldError {
+            path: path.to_owned(),
+            message,
+        })
+    };
+    if !(0.5..=0.95).contains(&confidence) {
+        return fail(
+            "confidence",
+            format!("`confidence` must be within 0.5..=0.95, got {confidence}"),
+        );
+    }
+    if let Some(target) = target
+        && !(target.is_finite() && target.abs() <= MAX_MONEY)
+    {
+        return fail(
+            "target",
+            format!("`target` must be a finite number within ±{MAX_MONEY:e}, got {target}"),
+        );
+    }
+    if !(terms.fixed_fee.is_finite() && (0.0..=MAX_MONEY).contains(&terms.fixed_fee)) {
+        return fail(
+            "terms.fixed_fee",
+            format!("`terms.fixed_fee` must be within 0..={MAX_MONEY:e}"),
+        );
+    }
+    if !(0.0..=1.0).contains(&terms.outcome_share) {
+        return fail(
+            "terms.outcome_share",
+            format!(
+                "`terms.outcome_share` must be within 0..=1, got {}",
+                terms.outcome_share
+            ),
+        );
+    }
+    if let Some(cap) = terms.cap
+        && !(cap.is_finite() && cap >= terms.fixed_fee && cap <= MAX_MONEY)
+    {
+        return fail(
+            "terms.cap",
+            format!(
+                "`terms.cap` must be at least the fixed fee ({}) and at most {MAX_MONEY:e}, got {cap}",
+                terms.fixed_fee
+            ),
+        );
+    }
+    if milestones.len() > MAX_MILESTONES {
+        return fail("milestones", format!("at most {MAX_MILESTONES} milestones"));
+    }
+    let mut names = std::collections::HashSet::new();
+    let earliest = NaiveDate::from_ymd_opt(2000, 1, 1).expect("a valid date");
+    let latest = NaiveDate::from_ymd_opt(2199, 12, 31).expect("a valid date");
+    for (index, milestone) in milestones.iter().enumerate() {
+        let name = milestone.name.trim();
+        if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
+            return fail(
+                &format!("milestones[{index}].name"),
+                "a milestone name has 1 to 200 characters, none of them control characters".into(),
+            );
+        }
+        if !names.insert(name.to_lowercase()) {
+            return fail(
+                &format!("milestones[{index}].name"),
+                format!("milestone `{name}` is listed twice"),
+            );
+        }
+        if !(earliest..=latest).contains(&milestone.due_date) {
+            return fail(
+                &format!("milestones[{index}].due_date"),
+                format!(
+                    "must be within {earliest}..={latest}, got {}",
+                    milestone.due_date
+                ),
+            );
+        }
+        if !(milestone.expected_value.is_finite()
+            && (0.0..=MAX_MONEY).contains(&milestone.expected_value))
+        {
+            return fail(
+                &format!("milestones[{index}].expected_value"),
+                format!("must be within 0..={MAX_MONEY:e}"),
+            );
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]

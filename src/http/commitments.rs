@@ -1,8 +1,6 @@
 //! `/api/v1/commitments`: commit to a value target that the model's latest
 //! simulation supports; read, list and void commitments.
 
-use std::collections::HashSet;
-
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
@@ -11,7 +9,7 @@ use crate::actors::System;
 use crate::actors::architect::{ArchitectMsg, ModelStatus};
 use crate::actors::committer::{
     Commitment, CommitmentRequest, CommitmentStatus, Committer, CommitterMsg, Milestone,
-    SimulatedSupport, Terms,
+    SimulatedSupport, Terms, check_commitment,
 };
 use crate::simulation::Simulations;
 
@@ -35,77 +33,13 @@ struct CommitBody {
 }
 
 fn check(body: &CommitBody) -> Result<(), ApiError> {
-    if !(0.5..=0.95).contains(&body.confidence) {
-        return Err(ApiError::invalid_field(
-            "confidence",
-            format!(
-                "`confidence` must be within 0.5..=0.95, got {}",
-                body.confidence
-            ),
-        ));
-    }
-    if !body.target.is_finite() {
-        return Err(ApiError::invalid_field(
-            "target",
-            "`target` must be a finite number".into(),
-        ));
-    }
-    let terms = &body.terms;
-    if !(terms.fixed_fee.is_finite() && terms.fixed_fee >= 0.0) {
-        return Err(ApiError::invalid_field(
-            "terms.fixed_fee",
-            "`terms.fixed_fee` must be >= 0".into(),
-        ));
-    }
-    if !(0.0..=1.0).contains(&terms.outcome_share) {
-        return Err(ApiError::invalid_field(
-            "terms.outcome_share",
-            format!(
-                "`terms.outcome_share` must be within 0..=1, got {}",
-                terms.outcome_share
-            ),
-        ));
-    }
-    if let Some(cap) = terms.cap
-        && !(cap.is_finite() && cap >= terms.fixed_fee)
-    {
-        return Err(ApiError::invalid_field(
-            "terms.cap",
-            format!(
-                "`terms.cap` must be at least the fixed fee ({}), got {cap}",
-                terms.fixed_fee
-            ),
-        ));
-    }
-    if body.milestones.len() > 100 {
-        return Err(ApiError::invalid_field(
-            "milestones",
-            "at most 100 milestones".into(),
-        ));
-    }
-    let mut names = HashSet::new();
-    for (index, milestone) in body.milestones.iter().enumerate() {
-        let name = milestone.name.trim();
-        if name.is_empty() || name.len() > 200 {
-            return Err(ApiError::invalid_field(
-                &format!("milestones[{index}].name"),
-                "a milestone name has 1 to 200 characters".into(),
-            ));
-        }
-        if !names.insert(name.to_lowercase()) {
-            return Err(ApiError::invalid_field(
-                &format!("milestones[{index}].name"),
-                format!("milestone `{name}` is listed twice"),
-            ));
-        }
-        if !(milestone.expected_value.is_finite() && milestone.expected_value >= 0.0) {
-            return Err(ApiError::invalid_field(
-                &format!("milestones[{index}].expected_value"),
-                "must be >= 0".into(),
-            ));
-        }
-    }
-    Ok(())
+    check_commitment(
+        body.confidence,
+        Some(body.target),
+        &body.terms,
+        &body.milestones,
+    )
+    .map_err(|error| ApiError::invalid_field(&error.path, error.message))
 }
 
 async fn ask(system: &System, id: &str, msg: CommitterMsg) -> Result<Commitment, ApiError> {

@@ -7,7 +7,8 @@ use chrono::Utc;
 use serde::Deserialize;
 
 use crate::actors::System;
-use crate::actors::committer::{Committer, CommitterMsg};
+use crate::actors::architect::{ArchitectMsg, ModelStatus};
+use crate::actors::committer::{CommitmentStatus, Committer, CommitterMsg, check_commitment};
 use crate::actors::saga::SagaMsg;
 use crate::auth::Role;
 use crate::saga::{
@@ -18,6 +19,7 @@ use crate::saga::{
 use super::error::{ApiError, ErrorDoc, parse_json, parse_query};
 use super::listing::list_page;
 use super::middleware::Auth;
+use super::value_models::ask_model;
 use super::ws::{Outgoing, Source};
 
 /// Fault injection is for admins (and `--dev`).
@@ -47,6 +49,17 @@ fn check_fail_step(
                 definition.name,
                 names.join(", ")
             ),
+        ));
+    }
+    Ok(())
+}
+
+/// Paths of a saga's simulation step: the bound value creation always had.
+fn check_paths(paths: u64) -> Result<(), ApiError> {
+    if !(1..=10_000_000).contains(&paths) {
+        return Err(ApiError::invalid_field(
+            "paths",
+            format!("must be within 1..=10000000, got {paths}"),
         ));
     }
     Ok(())
@@ -96,18 +109,15 @@ pub(crate) async fn start_value_creation(
             invalid_model.to_string(),
         ));
     }
-    if !(0.5..=0.95).contains(&input.confidence) {
-        return Err(ApiError::invalid_field(
-            "confidence",
-            format!("must be within 0.5..=0.95, got {}", input.confidence),
-        ));
-    }
-    if !(1..=10_000_000).contains(&input.paths) {
-        return Err(ApiError::invalid_field(
-            "paths",
-            format!("must be within 1..=10000000, got {}", input.paths),
-        ));
-    }
+    // The very rules `POST /api/v1/commitments` applies, at start.
+    check_commitment(
+        input.confidence,
+        input.target,
+        &input.terms,
+        &input.milestones,
+    )
+    .map_err(|error| ApiError::invalid_field(&error.path, error.message))?;
+    check_paths(input.paths)?;
     let input = serde_json::to_value(&input).map_err(|error| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -142,11 +152,38 @@ pub(crate) async fn start_renewal(
     let input: RenewalInput = parse_json(&body, false)?;
     let definition = renewal();
     check_fail_step(&request, &auth, &input.fail_step, &definition)?;
-    // 404 now rather than a failed saga later.
-    system
+    check_paths(input.paths)?;
+    // 404 or 422 now rather than a failed saga later: only an active
+    // commitment of a live model is renewed.
+    let commitment = system
         .agent::<Committer>(input.commitment_id.clone())
         .ask(CommitterMsg::Get, system.runtime_config().ask_timeout)
         .await?;
+    if commitment.status != CommitmentStatus::Active {
+        return Err(ApiError::invalid_field(
+            "commitment_id",
+            format!(
+                "commitment {} is {}; only an active commitment is renewed",
+                commitment.id,
+                commitment.status.as_str()
+            ),
+        ));
+    }
+    let (model, _) = ask_model(
+        &system,
+        &commitment.request.model_id,
+        ArchitectMsg::Get { version: None },
+    )
+    .await?;
+    if model.status != ModelStatus::Active {
+        return Err(ApiError::invalid_field(
+            "commitment_id",
+            format!(
+                "the commitment's model {} is archived; it cannot be renewed",
+                commitment.request.model_id
+            ),
+        ));
+    }
     let input = serde_json::to_value(&input).map_err(|error| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -429,3 +429,113 @@ async fn a_compensation_that_keeps_failing_needs_attention_until_reset_and_retri
     assert_eq!(archived["status"], "archived", "{archived}");
     node.stop().await.unwrap();
 }
+
+/// Sagas obey the rules the routes enforce (the attack: a saga used to
+/// complete with terms and milestones `POST /api/v1/commitments` refuses),
+/// and a renewal needs an active commitment of a live model and paths
+/// within the value-creation bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sagas_refuse_what_the_routes_refuse_naming_the_same_field() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let (node, base) = start_node(&db).await;
+    let client = reqwest::Client::new();
+    let with = |pointer: &str, value: Value| {
+        let mut body = value_creation(None, 5_000);
+        *body.pointer_mut(pointer).unwrap() = value;
+        body
+    };
+    let many: Vec<Value> = (0..101)
+        .map(|i| json!({ "name": format!("m{i}"), "due_date": "2027-06-30", "expected_value": 1 }))
+        .collect();
+    let cases = [
+        (
+            with("/terms/fixed_fee", json!(-5_000_000)),
+            "terms.fixed_fee",
+        ),
+        (
+            with("/terms/outcome_share", json!(-3.5)),
+            "terms.outcome_share",
+        ),
+        (
+            with("/terms/outcome_share", json!(5)),
+            "terms.outcome_share",
+        ),
+        (with("/terms/cap", json!(-1e308)), "terms.cap"),
+        (with("/milestones/0/name", json!("")), "milestones[0].name"),
+        (
+            with("/milestones/0/due_date", json!("0001-01-01")),
+            "milestones[0].due_date",
+        ),
+        (with("/milestones", json!(many)), "milestones"),
+    ];
+    for (body, field) in cases {
+        // The route and the saga answer alike.
+        let mut direct = json!({
+            "model_id": "any",
+            "confidence": body["confidence"],
+            "target": 1000,
+            "terms": body["terms"],
+            "milestones": body["milestones"],
+        });
+        direct["model_id"] = json!("any");
+        let (status, error) = send(client.post(format!("{base}/commitments")).json(&direct)).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{field}: {error}");
+        assert_eq!(error["error"]["field"], field, "{error}");
+        let (status, error) = send(
+            client
+                .post(format!("{base}/sagas/value-creation"))
+                .json(&body),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{field}: {error}");
+        assert_eq!(error["error"]["field"], field, "{error}");
+    }
+    let mut with_target = value_creation(None, 5_000);
+    with_target["target"] = json!(-1e300);
+    let (status, error) = send(
+        client
+            .post(format!("{base}/sagas/value-creation"))
+            .json(&with_target),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{error}");
+    assert_eq!(error["error"]["field"], "target");
+    let (_, listed) = send(client.get(format!("{base}/sagas"))).await;
+    assert_eq!(listed["total"], 0, "a refused saga was started");
+
+    // Renewal: paths bounded, and only an active commitment.
+    let (_, first) = send(
+        client
+            .post(format!("{base}/sagas/value-creation"))
+            .json(&value_creation(None, 5_000)),
+    )
+    .await;
+    let first = first["id"].as_str().unwrap().to_owned();
+    wait_until(&client, &base, &first, "completed").await;
+    let commitment = format!("{first}-commitment");
+    let (status, error) = send(
+        client
+            .post(format!("{base}/sagas/renewal"))
+            .json(&json!({ "commitment_id": commitment, "paths": 1_000_000_000u64 })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{error}");
+    assert_eq!(error["error"]["field"], "paths");
+    let (status, voided) = send(
+        client
+            .post(format!("{base}/commitments/{commitment}/void"))
+            .json(&json!({ "reason": "lost the deal" })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{voided}");
+    let (status, error) = send(
+        client
+            .post(format!("{base}/sagas/renewal"))
+            .json(&json!({ "commitment_id": commitment, "paths": 5000 })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{error}");
+    assert_eq!(error["error"]["field"], "commitment_id");
+    drop(client);
+    node.stop().await.unwrap();
+}
