@@ -124,6 +124,10 @@ pub struct NotifierConfig {
     /// `smtp://host:port` of a relay (plain SMTP); email is off without it.
     pub smtp_url: Option<String>,
     pub email_from: String,
+    /// Networks webhooks may be sent to besides public addresses (for
+    /// internal receivers: `["10.20.0.0/16"]`); loopback, private,
+    /// link-local and metadata addresses are refused otherwise.
+    pub allow_networks: Vec<ipnet::IpNet>,
 }
 
 impl Default for NotifierConfig {
@@ -136,6 +140,7 @@ impl Default for NotifierConfig {
             concurrency: 32,
             smtp_url: None,
             email_from: "ValueVerse <valueverse@localhost>".into(),
+            allow_networks: Vec::new(),
         }
     }
 }

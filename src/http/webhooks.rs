@@ -2,12 +2,13 @@
 //! log, and redelivery of dead letters.
 
 use actix_web::http::{StatusCode, header};
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 
 use crate::actors::System;
 use crate::actors::notifier::{Channel, Notifier, NotifierMsg, Subscription, SubscriptionStatus};
+use crate::auth::Role;
 use crate::notifier::{EVENT_TYPES, Notifications};
 use crate::store::{Attempt, Notification};
 
@@ -145,6 +146,14 @@ pub(crate) async fn subscribe(
 ) -> Result<HttpResponse, ApiError> {
     let body: SubscribeBody = parse_json(&body, false)?;
     let (channel, event_types) = channel_of(body)?;
+    if let Channel::Webhook { url, .. } = &channel {
+        let parsed = reqwest::Url::parse(url)
+            .map_err(|error| ApiError::invalid_field("url", format!("not a URL: {error}")))?;
+        notifications
+            .check_target(&parsed)
+            .await
+            .map_err(|error| ApiError::invalid_field("url", error.to_string()))?;
+    }
     let id = uuid::Uuid::now_v7().to_string();
     let subscription = Subscription {
         id: id.clone(),
@@ -179,9 +188,43 @@ pub(crate) async fn subscribe(
 pub(crate) async fn get(
     system: web::Data<System>,
     id: web::Path<String>,
+    request: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let subscription = ask(&system, &id, NotifierMsg::Get).await?;
-    Ok(HttpResponse::Ok().json(SubscriptionView::from(subscription)))
+    let view = SubscriptionView::from(subscription).for_role(caller_role(&request));
+    Ok(HttpResponse::Ok().json(view))
+}
+
+/// The caller's role; `None` on a `--dev` node (everyone is admin there).
+fn caller_role(request: &HttpRequest) -> Option<Role> {
+    request.extensions().get::<Role>().copied()
+}
+
+/// A webhook URL as a viewer sees it: no user info, no query (receivers
+/// often put their tokens there).
+fn redacted(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut parsed) => {
+            let _ = parsed.set_username("");
+            let _ = parsed.set_password(None);
+            if parsed.query().is_some() {
+                parsed.set_query(Some("redacted"));
+            }
+            parsed.set_fragment(None);
+            parsed.to_string()
+        }
+        Err(_) => "(redacted)".into(),
+    }
+}
+
+impl SubscriptionView {
+    /// Viewers get URLs without user info or query.
+    fn for_role(mut self, role: Option<Role>) -> SubscriptionView {
+        if role == Some(Role::Viewer) {
+            self.url = self.url.as_deref().map(redacted);
+        }
+        self
+    }
 }
 
 #[utoipa::path(
@@ -242,12 +285,13 @@ pub(crate) async fn list(
     request: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let query: ListQuery = parse_query(request.query_string())?;
+    let role = caller_role(&request);
     list_page::<Subscription, _>(
         &system,
         "subscriptions",
         &[("status", query.status.map(SubscriptionStatus::as_str))],
         (query.limit, query.offset),
-        SubscriptionView::from,
+        |subscription| SubscriptionView::from(subscription).for_role(role),
     )
     .await
 }

@@ -6,6 +6,9 @@
 //! redelivered; notifications a restart interrupted are resumed.
 
 mod signing;
+mod targets;
+
+pub use targets::{TargetError, TargetPolicy, non_public};
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -52,6 +55,7 @@ pub enum NotifierError {
 struct Inner {
     system: System,
     config: NotifierConfig,
+    targets: TargetPolicy,
     client: reqwest::Client,
     mailer: Option<AsyncSmtpTransport<Tokio1Executor>>,
     subscriptions: RwLock<HashMap<String, Subscription>>,
@@ -91,9 +95,12 @@ impl Notifications {
                 )
             }
         };
+        let targets = TargetPolicy::new(config.allow_networks.clone());
         let client = reqwest::Client::builder()
             .timeout(config.timeout)
             .redirect(reqwest::redirect::Policy::none())
+            // Connects only to addresses the target policy allows.
+            .dns_resolver(targets.resolver())
             .build()
             .map_err(|error| NotifierError::Client(error.to_string()))?;
         let mut subscriptions = HashMap::new();
@@ -119,6 +126,7 @@ impl Notifications {
                 in_flight: Semaphore::new(config.concurrency),
                 system,
                 config: config.clone(),
+                targets,
                 client,
                 mailer,
                 subscriptions: RwLock::new(subscriptions),
@@ -138,6 +146,12 @@ impl Notifications {
     }
 
     /// A subscription created or deleted: the fan-out sees it at once.
+    /// Whether webhooks may go to `url` (every address its host stands
+    /// for, now); registration refuses what this refuses.
+    pub async fn check_target(&self, url: &reqwest::Url) -> Result<(), TargetError> {
+        self.inner.targets.check_url(url).await
+    }
+
     pub fn update(&self, subscription: Subscription) {
         let mut subscriptions = self
             .inner
@@ -317,6 +331,18 @@ impl Notifications {
         let elapsed = || Some(started.elapsed().as_millis() as i64);
         match channel {
             Channel::Webhook { url, secret } => {
+                // An IP literal never reaches the client's resolver: checked
+                // here (a name is checked by the resolver, as it connects).
+                let literal = reqwest::Url::parse(url)
+                    .ok()
+                    .and_then(|url| match url.host() {
+                        Some(url::Host::Ipv4(ip)) => Some(std::net::IpAddr::V4(ip)),
+                        Some(url::Host::Ipv6(ip)) => Some(std::net::IpAddr::V6(ip)),
+                        _ => None,
+                    });
+                if let Some(Err(error)) = literal.map(|ip| self.inner.targets.check(ip)) {
+                    return Outcome::failed(None, elapsed(), format!("target refused: {error}"));
+                }
                 let timestamp = chrono::Utc::now().timestamp();
                 let signature = sign(secret, timestamp, notification.payload.as_bytes());
                 let sent = self

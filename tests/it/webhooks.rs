@@ -376,3 +376,83 @@ async fn email_goes_through_a_configured_smtp_relay() {
     drop(client);
     node.stop().await.unwrap();
 }
+
+/// SSRF, the attack first: an editor registering the node's own database
+/// port, the metadata service or a private address. Refused at
+/// registration (checked on the address and on what a name resolves to;
+/// no test connects to such an address); viewers see URLs without user
+/// info or query.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_to_private_addresses_are_refused_and_viewers_see_redacted_urls() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let mut config = crate::support::test_config(&db);
+    config.notifier.allow_networks.clear();
+    config.dev = false;
+    let node = Node::start(&config, |_| {}).await.unwrap();
+    let base = format!("http://{}/api/v1", node.http_addr());
+    let store = node.system.store();
+    let editor = valueverse::auth::create_key(store, valueverse::auth::Role::Editor, "e")
+        .await
+        .unwrap()
+        .1;
+    let viewer = valueverse::auth::create_key(store, valueverse::auth::Role::Viewer, "v")
+        .await
+        .unwrap()
+        .1;
+    let client = reqwest::Client::new();
+    for url in [
+        "http://127.0.0.1:5432/",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://10.0.0.1/hook",
+        "http://192.168.1.10/hook",
+        "http://[::1]:8080/hook",
+        "http://[fd00:ec2::254]/",
+        "http://localhost:9/hook",
+    ] {
+        let response = client
+            .post(format!("{base}/webhooks"))
+            .bearer_auth(&editor)
+            .json(&json!({ "url": url, "secret": SECRET, "event_types": ["*"] }))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{url}: {body}");
+        assert_eq!(body["error"]["field"], "url", "{body}");
+    }
+    node.stop().await.unwrap();
+
+    // With loopback allowed (an internal receiver), the URL is kept, and
+    // shown whole to editors only.
+    let mut config = crate::support::test_config(&db);
+    config.dev = false;
+    let node = Node::start(&config, |_| {}).await.unwrap();
+    let base = format!("http://{}/api/v1", node.http_addr());
+    let url = "http://hook-user:hook-password@127.0.0.1:9/hook?token=s3cr3t";
+    let created: Value = client
+        .post(format!("{base}/webhooks"))
+        .bearer_auth(&editor)
+        .json(&json!({ "url": url, "secret": SECRET, "event_types": ["*"] }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap();
+    let shown = |key: String, path: String| {
+        let request = client.get(format!("{base}{path}")).bearer_auth(key);
+        async move { request.send().await.unwrap().text().await.unwrap() }
+    };
+    let to_editor = shown(editor.clone(), format!("/webhooks/{id}")).await;
+    assert!(to_editor.contains("s3cr3t"), "{to_editor}");
+    for path in [format!("/webhooks/{id}"), "/webhooks".to_owned()] {
+        let to_viewer = shown(viewer.clone(), path).await;
+        assert!(to_viewer.contains("127.0.0.1:9/hook"), "{to_viewer}");
+        for secret in ["s3cr3t", "hook-password", "hook-user"] {
+            assert!(!to_viewer.contains(secret), "{to_viewer}");
+        }
+    }
+    node.stop().await.unwrap();
+}
