@@ -61,6 +61,7 @@ struct ClusterUpArgs {
     #[arg(
         long,
         env = "VALUEVERSE_DATABASE_URL",
+        hide_env_values = true,
         value_name = "URL",
         default_value = "postgres://postgres@127.0.0.1:5432/valueverse_cluster"
     )]
@@ -221,7 +222,12 @@ struct ServeArgs {
     #[arg(long = "http", env = "VALUEVERSE_HTTP_ADDR", value_name = "ADDR")]
     http_addr: Option<SocketAddr>,
     /// sqlite://FILE (created when missing) or postgres://... [default: sqlite://valueverse.db].
-    #[arg(long, env = "VALUEVERSE_DATABASE_URL", value_name = "URL")]
+    #[arg(
+        long,
+        env = "VALUEVERSE_DATABASE_URL",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
     database_url: Option<String>,
     /// Connections in the store's pool [default: 8].
     #[arg(long, env = "VALUEVERSE_DATABASE_MAX_CONNECTIONS", value_name = "N")]
@@ -251,7 +257,8 @@ struct ServeArgs {
     #[arg(long, env = "VALUEVERSE_SIMULATION_CPU_WORKERS", value_name = "N")]
     simulation_cpu_workers: Option<usize>,
     /// Development mode: no API keys are checked. Never in production.
-    #[arg(long, env = "VALUEVERSE_DEV")]
+    /// (`VALUEVERSE_DEV` takes 1/0, true/false, yes/no, on/off.)
+    #[arg(long, env = "VALUEVERSE_DEV", value_parser = clap::builder::BoolishValueParser::new())]
     dev: bool,
     /// Largest request body in bytes; larger ones get 413 [default: 1048576].
     #[arg(long, env = "VALUEVERSE_HTTP_BODY_LIMIT", value_name = "BYTES")]
@@ -331,7 +338,12 @@ struct MigrateArgs {
     #[command(flatten)]
     config_file: ConfigFileArg,
     /// sqlite://FILE or postgres://... [default: sqlite://valueverse.db].
-    #[arg(long, env = "VALUEVERSE_DATABASE_URL", value_name = "URL")]
+    #[arg(
+        long,
+        env = "VALUEVERSE_DATABASE_URL",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
     database_url: Option<String>,
 }
 
@@ -644,7 +656,10 @@ async fn apikey(command: ApikeyCommand) -> anyhow::Result<()> {
                 } else {
                     "live"
                 };
-                println!("{}  {:<6}  {:<7}  {}", row.id, row.role, state, row.name);
+                // A name is the key creator's text: control characters
+                // (terminal escapes) are shown escaped, never sent raw.
+                let name: String = row.name.chars().flat_map(char::escape_debug).collect();
+                println!("{}  {:<6}  {:<7}  {}", row.id, row.role, state, name);
             }
             store.close().await;
         }

@@ -83,8 +83,12 @@ impl Notifications {
                 let (host, port) = match address.rsplit_once(':') {
                     Some((host, port)) => (
                         host,
-                        port.parse::<u16>()
-                            .map_err(|_| NotifierError::Smtp(format!("bad port in {url}")))?,
+                        port.parse::<u16>().map_err(|_| {
+                            NotifierError::Smtp(format!(
+                                "bad port in {}",
+                                crate::store::redact_url(url)
+                            ))
+                        })?,
                     ),
                     None => (address, 25),
                 };

@@ -138,7 +138,17 @@ impl Store {
     pub async fn connect(url: &str, max_connections: u32) -> Result<Store, StoreError> {
         let pool = if url.starts_with("sqlite:") {
             let options = SqliteConnectOptions::from_str(url)
-                .map_err(|error| StoreError::InvalidUrl(error.to_string()))?
+                .map_err(|error| StoreError::InvalidUrl(error.to_string()))?;
+            // The file holds webhook secrets and key hashes: created for
+            // this user alone (SQLite gives its -wal and -shm files the
+            // same mode).
+            let file = options.get_filename();
+            if !url.contains(":memory:") && !file.as_os_str().is_empty() && !file.exists() {
+                create_private_file(file).map_err(|error| {
+                    StoreError::InvalidUrl(format!("cannot create {}: {error}", file.display()))
+                })?;
+            }
+            let options = options
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
                 .busy_timeout(Duration::from_secs(10));
@@ -363,22 +373,43 @@ pub(crate) fn unix_millis() -> i64 {
 }
 
 /// Drops the password from a URL before it is shown in an error or a log.
-pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let credentials = &url[scheme_end + 3..at];
-            match credentials.find(':') {
-                Some(colon) => format!(
-                    "{}{}:***{}",
-                    &url[..scheme_end + 3],
-                    &credentials[..colon],
-                    &url[at..]
-                ),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
+/// An empty file only this user may read or write.
+fn create_private_file(path: &std::path::Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(error) => Err(error),
     }
+}
+
+pub fn redact_url(url: &str) -> String {
+    const SECRET_KEYS: [&str; 5] = ["password", "passwd", "pass", "secret", "token"];
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        return "(an unparsable URL, not shown)".into();
+    };
+    if parsed.password().is_some() {
+        let _ = parsed.set_password(Some("***"));
+    }
+    if parsed.query().is_some() {
+        let pairs: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(key, value)| {
+                let secret = SECRET_KEYS.iter().any(|s| key.to_lowercase().contains(s));
+                let value = if secret {
+                    "***".into()
+                } else {
+                    value.into_owned()
+                };
+                (key.into_owned(), value)
+            })
+            .collect();
+        parsed.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    parsed.to_string()
 }
 
 #[cfg(test)]
@@ -404,6 +435,11 @@ mod tests {
             ),
             ("postgres://u@h/db", "postgres://u@h/db"),
             ("sqlite://valueverse.db", "sqlite://valueverse.db"),
+            (
+                "postgres://h/db?user=u&password=hunter2&sslmode=require",
+                "postgres://h/db?user=u&password=***&sslmode=require",
+            ),
+            ("postgres://h/db?PassWord=x", "postgres://h/db?PassWord=***"),
         ];
         for (input, expected) in cases {
             assert_eq!(redact_url(input), expected);

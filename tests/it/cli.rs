@@ -504,3 +504,70 @@ async fn cluster_up(url: &str, nodes: usize) -> (tokio::process::Child, Vec<Stri
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     (child, urls)
 }
+
+/// Small leaks, each tried first: the database URL's password in `--help`,
+/// terminal escapes in a key's name reaching an admin's terminal, a SQLite
+/// file readable by other users, and `VALUEVERSE_DEV=1` (as README says)
+/// refused.
+#[test]
+fn the_cli_keeps_passwords_escapes_and_files_to_itself() {
+    let help = valueverse()
+        .args(["serve", "--help"])
+        .env("VALUEVERSE_DATABASE_URL", "postgres://u:hunter2@db/vv")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(help.status.success());
+    assert!(!text.contains("hunter2"), "{text}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("keys.db").display());
+    let created = valueverse()
+        .args(["apikey", "create", "--role", "viewer", "--name"])
+        .arg("ci\u{1b}[2J\u{1b}[31mFORGED admin key\n")
+        .args(["--database-url", &url])
+        .output()
+        .unwrap();
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let listed = valueverse()
+        .args(["apikey", "list", "--database-url", &url])
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&listed.stdout);
+    assert!(!listing.contains('\u{1b}'), "{listing:?}");
+    assert_eq!(listing.lines().count(), 1, "{listing:?}");
+    assert!(listing.contains("\\u{1b}[2J"), "{listing:?}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("keys.db"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "the database file is {mode:o}");
+    }
+
+    let mut serve = valueverse()
+        .args(["serve", "--http", "127.0.0.1:0", "--database-url", &url])
+        .env("VALUEVERSE_DEV", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = serve.stdout.take().unwrap();
+    let started = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .any(|line| line.contains("listening on"));
+    let _ = serve.kill();
+    let output = serve.wait_with_output().unwrap();
+    assert!(
+        started,
+        "VALUEVERSE_DEV=1 stopped start-up: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
