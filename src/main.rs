@@ -264,7 +264,7 @@ struct ServeArgs {
     #[arg(long, env = "VALUEVERSE_HTTP_BODY_LIMIT", value_name = "BYTES")]
     http_body_limit: Option<usize>,
     /// Do not serve /dashboard and its data.
-    #[arg(long, env = "VALUEVERSE_NO_DASHBOARD")]
+    #[arg(long, env = "VALUEVERSE_NO_DASHBOARD", value_parser = clap::builder::BoolishValueParser::new())]
     no_dashboard: bool,
     /// Simulation jobs that may wait before submissions get 503 [default: 64].
     #[arg(long, env = "VALUEVERSE_SIMULATION_QUEUE_CAPACITY", value_name = "N")]
