@@ -112,6 +112,14 @@ impl Node {
     }
 }
 
+impl Drop for Node {
+    /// A failed assertion must not leave node processes behind.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Waits until both nodes see both alive, each owning a share of keys.
 async fn wait_for_pair(client: &reqwest::Client, nodes: &[&Node]) {
     let deadline = Instant::now() + Duration::from_secs(30);
