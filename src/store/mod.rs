@@ -142,11 +142,11 @@ impl Store {
             // The file holds webhook secrets and key hashes: created for
             // this user alone (SQLite gives its -wal and -shm files the
             // same mode).
+            // Where it cannot be made (no such folder), SQLite's own open
+            // says why, as before.
             let file = options.get_filename();
             if !url.contains(":memory:") && !file.as_os_str().is_empty() && !file.exists() {
-                create_private_file(file).map_err(|error| {
-                    StoreError::InvalidUrl(format!("cannot create {}: {error}", file.display()))
-                })?;
+                let _ = create_private_file(file);
             }
             let options = options
                 .create_if_missing(true)
