@@ -253,9 +253,24 @@ pub(crate) async fn submit(
 pub(crate) async fn get(
     simulations: web::Data<Simulations>,
     id: web::Path<String>,
+    request: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let job = simulations.get(&id).await?;
-    Ok(HttpResponse::Ok().json(JobView::from(job)))
+    let mut view = JobView::from(job);
+    if is_viewer(&request) {
+        view.submitter = HIDDEN.into();
+    }
+    Ok(HttpResponse::Ok().json(view))
+}
+
+/// What viewers see instead of a submitter's address.
+const HIDDEN: &str = "(hidden)";
+
+/// Whether the caller is a viewer (editors submit jobs; their addresses
+/// are not a viewer's business).
+fn is_viewer(request: &HttpRequest) -> bool {
+    use actix_web::HttpMessage;
+    request.extensions().get::<crate::auth::Role>() == Some(&crate::auth::Role::Viewer)
 }
 
 #[utoipa::path(
@@ -342,8 +357,20 @@ pub(crate) async fn cancel(
     ),
     security(("bearer" = [])),
 )]
-pub(crate) async fn queue(simulations: web::Data<Simulations>) -> HttpResponse {
-    HttpResponse::Ok().json(simulations.queue())
+pub(crate) async fn queue(
+    simulations: web::Data<Simulations>,
+    request: HttpRequest,
+) -> HttpResponse {
+    let mut queue = simulations.queue();
+    if is_viewer(&request) {
+        for job in &mut queue.running {
+            job.submitter = HIDDEN.into();
+        }
+        for job in &mut queue.queued {
+            job.submitter = HIDDEN.into();
+        }
+    }
+    HttpResponse::Ok().json(queue)
 }
 
 /// `/ws/simulations/{id}`: the job's state at once, then an event after each

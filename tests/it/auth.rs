@@ -313,3 +313,47 @@ async fn percent_encoding_the_path_changes_no_role_decision() {
     assert!(checked > 100, "{checked} variants checked");
     node.stop().await.unwrap();
 }
+
+/// Viewers do not learn who submitted a job (the submitter is the client's
+/// address); editors and admins still see it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewers_see_no_submitter_addresses() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let (node, base) = start_node(&db).await;
+    let store = node.system.store();
+    let editor = create_key(store, Role::Editor, "e").await.unwrap().1;
+    let viewer = create_key(store, Role::Viewer, "v").await.unwrap().1;
+    let client = reqwest::Client::new();
+    let job: Value = client
+        .post(format!("{base}/api/v1/simulations"))
+        .bearer_auth(&editor)
+        .json(&json!({ "model": acme(), "paths": 1_000_000_000u64, "seed": 1, "device": "cpu" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = job["id"].as_str().unwrap().to_owned();
+    let read = |key: String, path: String| {
+        let request = client.get(format!("{base}{path}")).bearer_auth(key);
+        async move { request.send().await.unwrap().text().await.unwrap() }
+    };
+    for path in [
+        "/api/v1/simulations/queue".to_owned(),
+        format!("/api/v1/simulations/{id}"),
+    ] {
+        let seen = read(viewer.clone(), path.clone()).await;
+        assert!(!seen.contains("127.0.0.1"), "{path}: {seen}");
+        assert!(seen.contains("(hidden)"), "{path}: {seen}");
+    }
+    let seen = read(editor.clone(), format!("/api/v1/simulations/{id}")).await;
+    assert!(seen.contains("127.0.0.1"), "{seen}");
+    client
+        .put(format!("{base}/api/v1/simulations/{id}/cancel"))
+        .bearer_auth(&editor)
+        .send()
+        .await
+        .unwrap();
+    node.stop().await.unwrap();
+}
