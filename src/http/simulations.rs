@@ -253,24 +253,9 @@ pub(crate) async fn submit(
 pub(crate) async fn get(
     simulations: web::Data<Simulations>,
     id: web::Path<String>,
-    request: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let job = simulations.get(&id).await?;
-    let mut view = JobView::from(job);
-    if is_viewer(&request) {
-        view.submitter = HIDDEN.into();
-    }
-    Ok(HttpResponse::Ok().json(view))
-}
-
-/// What viewers see instead of a submitter's address.
-const HIDDEN: &str = "(hidden)";
-
-/// Whether the caller is a viewer (editors submit jobs; their addresses
-/// are not a viewer's business).
-fn is_viewer(request: &HttpRequest) -> bool {
-    use actix_web::HttpMessage;
-    request.extensions().get::<crate::auth::Role>() == Some(&crate::auth::Role::Viewer)
+    Ok(HttpResponse::Ok().json(JobView::from(job)))
 }
 
 #[utoipa::path(
@@ -357,20 +342,8 @@ pub(crate) async fn cancel(
     ),
     security(("bearer" = [])),
 )]
-pub(crate) async fn queue(
-    simulations: web::Data<Simulations>,
-    request: HttpRequest,
-) -> HttpResponse {
-    let mut queue = simulations.queue();
-    if is_viewer(&request) {
-        for job in &mut queue.running {
-            job.submitter = HIDDEN.into();
-        }
-        for job in &mut queue.queued {
-            job.submitter = HIDDEN.into();
-        }
-    }
-    HttpResponse::Ok().json(queue)
+pub(crate) async fn queue(simulations: web::Data<Simulations>) -> HttpResponse {
+    HttpResponse::Ok().json(simulations.queue())
 }
 
 /// `/ws/simulations/{id}`: the job's state at once, then an event after each
