@@ -12,10 +12,6 @@ use sha2::{Digest, Sha256};
 
 use crate::store::{ApiKeyRow, Store, StoreError, unix_millis};
 
-/// How long a verified key is trusted without asking the store again (a
-/// revocation takes effect within this time on every node).
-const CACHE_FOR: Duration = Duration::from_secs(10);
-
 #[derive(
     Debug,
     Clone,
@@ -83,42 +79,145 @@ pub async fn create_key(
     Ok((row, key))
 }
 
-/// Checks keys against the store, remembering recent answers.
-#[derive(Default)]
-pub struct KeyCache {
-    verified: DashMap<String, (Option<Role>, Instant)>,
+/// Who made a request: the API key's id (the unit of quotas) and role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub key_id: String,
+    pub role: Role,
 }
 
+/// What the cache knows of a presented key.
+pub enum Cached {
+    Known(Caller),
+    /// Looked up lately and not found (or revoked).
+    Unknown,
+    /// Not in the cache: ask the store.
+    Miss,
+}
+
+/// Checks keys against the store, remembering recent answers. Live keys and
+/// unknown ones are kept apart, so that a flood of made-up keys evicts only
+/// other made-up keys.
+pub struct KeyCache {
+    /// How long an answer is trusted (a revocation takes effect within
+    /// this time on every node).
+    ttl: Duration,
+    known: DashMap<String, (Caller, Instant)>,
+    unknown: DashMap<String, Instant>,
+    unknown_cap: usize,
+}
+
+/// Live keys remembered at most (more than any deployment has keys).
+const KNOWN_CAP: usize = 100_000;
+
 impl KeyCache {
-    /// The role of a live key, `None` for an unknown or revoked one.
-    pub async fn role_of(&self, store: &Store, key: &str) -> Result<Option<Role>, StoreError> {
-        let digest = hash(key);
-        if let Some(entry) = self.verified.get(&digest)
-            && entry.1.elapsed() < CACHE_FOR
-        {
-            return Ok(entry.0);
+    pub fn new(ttl: Duration, unknown_cap: usize) -> KeyCache {
+        KeyCache {
+            ttl,
+            known: DashMap::new(),
+            unknown: DashMap::new(),
+            unknown_cap,
         }
-        let role = store
-            .api_key_by_hash(&digest)
-            .await?
-            .and_then(|row| Role::parse(&row.role));
-        // Bounded: unknown keys are cached too, so evict when it grows.
-        if self.verified.len() > 10_000 {
-            self.verified.clear();
-        }
-        self.verified.insert(digest, (role, Instant::now()));
-        Ok(role)
     }
 
-    /// Forgets everything: a key revoked here is refused at once.
-    pub fn clear(&self) {
-        self.verified.clear();
+    /// The key's digest and what the cache knows of it, without the store.
+    pub fn cached(&self, key: &str) -> (String, Cached) {
+        let digest = hash(key);
+        if let Some(entry) = self.known.get(&digest)
+            && entry.1.elapsed() < self.ttl
+        {
+            let caller = entry.0.clone();
+            return (digest, Cached::Known(caller));
+        }
+        if let Some(at) = self.unknown.get(&digest)
+            && at.elapsed() < self.ttl
+        {
+            return (digest, Cached::Unknown);
+        }
+        (digest, Cached::Miss)
+    }
+
+    /// Asks the store about a digest from [`KeyCache::cached`] and remembers
+    /// the answer: the caller of a live key, `None` for an unknown or
+    /// revoked one.
+    pub async fn look_up(
+        &self,
+        store: &Store,
+        digest: String,
+    ) -> Result<Option<Caller>, StoreError> {
+        let caller = store.api_key_by_hash(&digest).await?.and_then(|row| {
+            Role::parse(&row.role).map(|role| Caller {
+                key_id: row.id,
+                role,
+            })
+        });
+        match &caller {
+            Some(caller) => {
+                if self.known.len() >= KNOWN_CAP {
+                    self.known.clear();
+                }
+                self.unknown.remove(&digest);
+                self.known.insert(digest, (caller.clone(), Instant::now()));
+            }
+            None => {
+                if self.unknown.len() >= self.unknown_cap {
+                    self.unknown.clear();
+                }
+                self.known.remove(&digest);
+                self.unknown.insert(digest, Instant::now());
+            }
+        }
+        Ok(caller)
+    }
+
+    /// The caller of a live key, `None` for an unknown or revoked one.
+    pub async fn role_of(&self, store: &Store, key: &str) -> Result<Option<Caller>, StoreError> {
+        match self.cached(key) {
+            (_, Cached::Known(caller)) => Ok(Some(caller)),
+            (_, Cached::Unknown) => Ok(None),
+            (digest, Cached::Miss) => self.look_up(store, digest).await,
+        }
+    }
+
+    /// Forgets every live key: a key revoked here is refused at once.
+    pub fn forget_known(&self) {
+        self.known.clear();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn made_up_keys_evict_no_live_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("keys.db").display());
+        let store = Store::connect(&url, 2).await.unwrap();
+        store.migrate().await.unwrap();
+        let (row, key) = create_key(&store, Role::Editor, "ci").await.unwrap();
+        let cache = KeyCache::new(Duration::from_secs(60), 8);
+        let caller = cache.role_of(&store, &key).await.unwrap().unwrap();
+        assert_eq!(
+            (caller.key_id.as_str(), caller.role),
+            (row.id.as_str(), Role::Editor)
+        );
+        for n in 0..100 {
+            assert!(
+                cache
+                    .role_of(&store, &format!("vv_made_up_{n}"))
+                    .await
+                    .unwrap()
+                    .is_none()
+            );
+        }
+        assert!(cache.unknown.len() <= 8, "the unknown keys are bounded");
+        assert!(
+            matches!(cache.cached(&key).1, Cached::Known(_)),
+            "the live key is still cached"
+        );
+        assert!(matches!(cache.cached("vv_made_up_99").1, Cached::Unknown));
+    }
 
     #[test]
     fn roles_are_ordered() {

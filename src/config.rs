@@ -41,6 +41,67 @@ pub struct Config {
     /// Serve `/dashboard` and its data (off: those routes answer 404).
     pub dashboard: bool,
     pub cluster: ClusterConfig,
+    pub limits: LimitsConfig,
+}
+
+/// What one caller may take of a node: request rates, requests and
+/// WebSockets at once, connections, and how long a body may take. The
+/// defaults fit one node serving a few dozen clients.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Requests per second one API key may make (then 429 with
+    /// `Retry-After`).
+    pub requests_per_second: u32,
+    /// Requests a key may make at once above its rate.
+    pub burst: u32,
+    /// Requests per second from one address without a valid key (each
+    /// unknown key costs a store lookup).
+    pub unauthenticated_per_second: u32,
+    /// Requests of one key being handled at once.
+    pub in_flight_per_key: u32,
+    /// Open HTTP connections, all workers together (below the process's
+    /// open-file limit).
+    pub max_connections: usize,
+    /// Time a request's body may take to arrive in full (then 408).
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    /// How long a key's role is trusted without asking the store again:
+    /// a key revoked on another node is refused, and its WebSockets
+    /// closed, within this time.
+    #[serde(with = "humantime_serde")]
+    pub key_cache_ttl: Duration,
+    /// Unknown keys remembered (each would otherwise be a store lookup).
+    pub unknown_keys_cached: usize,
+    /// WebSockets one key may hold open.
+    pub websockets_per_key: u32,
+    /// WebSockets one address may hold open.
+    pub websockets_per_address: u32,
+    /// The server pings each WebSocket this often ...
+    #[serde(with = "humantime_serde")]
+    pub websocket_ping: Duration,
+    /// ... and closes one it has heard nothing from for this long.
+    #[serde(with = "humantime_serde")]
+    pub websocket_idle: Duration,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> LimitsConfig {
+        LimitsConfig {
+            requests_per_second: 50,
+            burst: 100,
+            unauthenticated_per_second: 10,
+            in_flight_per_key: 32,
+            max_connections: 4096,
+            body_read_timeout: Duration::from_secs(10),
+            key_cache_ttl: Duration::from_secs(2),
+            unknown_keys_cached: 4096,
+            websockets_per_key: 32,
+            websockets_per_address: 64,
+            websocket_ping: Duration::from_secs(10),
+            websocket_idle: Duration::from_secs(30),
+        }
+    }
 }
 
 /// Joining a cluster (`valueverse node`). Off, the node is a cluster of
@@ -156,6 +217,14 @@ pub struct SimulationConfig {
     pub queue_capacity: usize,
     /// Use a GPU when one is found (one worker for it).
     pub gpu: bool,
+    /// Jobs one submitter (API key) may have waiting and running at once.
+    pub max_jobs_per_submitter: usize,
+    /// Driver-paths (paths x drivers x (1 + correlated drivers)) one
+    /// submitter may have waiting and running at once; a bigger job is
+    /// refused with 422.
+    pub cost_budget_per_submitter: f64,
+    /// Queue places kept for sagas' steps (at most a quarter of the queue).
+    pub saga_reserve: usize,
 }
 
 impl Default for SimulationConfig {
@@ -164,6 +233,9 @@ impl Default for SimulationConfig {
             cpu_workers: 1,
             queue_capacity: 64,
             gpu: true,
+            max_jobs_per_submitter: 16,
+            cost_budget_per_submitter: 1e11,
+            saga_reserve: 8,
         }
     }
 }
@@ -193,6 +265,7 @@ impl Default for Config {
             http_body_limit: 1 << 20,
             dashboard: true,
             cluster: ClusterConfig::default(),
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -413,11 +486,70 @@ impl Config {
         {
             return invalid("notifier.smtp_url", "must be smtp://host[:port]");
         }
+        let limits = &self.limits;
+        let positive = |field: &str, value: u32| {
+            if value == 0 {
+                invalid(field, "must be at least 1")
+            } else {
+                Ok(())
+            }
+        };
+        positive("limits.requests_per_second", limits.requests_per_second)?;
+        positive(
+            "limits.unauthenticated_per_second",
+            limits.unauthenticated_per_second,
+        )?;
+        positive("limits.in_flight_per_key", limits.in_flight_per_key)?;
+        positive("limits.websockets_per_key", limits.websockets_per_key)?;
+        positive(
+            "limits.websockets_per_address",
+            limits.websockets_per_address,
+        )?;
+        if limits.burst < limits.requests_per_second {
+            return invalid(
+                "limits.burst",
+                "must be at least limits.requests_per_second",
+            );
+        }
+        if !(16..=1_000_000).contains(&limits.max_connections) {
+            return invalid("limits.max_connections", "must be within 16..=1000000");
+        }
+        if limits.max_connections < self.http_workers {
+            return invalid("limits.max_connections", "must be at least http_workers");
+        }
+        if !(1..=100_000_000).contains(&limits.unknown_keys_cached) {
+            return invalid("limits.unknown_keys_cached", "must be within 1..=100000000");
+        }
+        for (field, value) in [
+            ("limits.body_read_timeout", limits.body_read_timeout),
+            ("limits.key_cache_ttl", limits.key_cache_ttl),
+            ("limits.websocket_ping", limits.websocket_ping),
+        ] {
+            if value < Duration::from_millis(10) {
+                return invalid(field, "must be at least 10ms");
+            }
+        }
+        if limits.websocket_idle <= limits.websocket_ping {
+            return invalid(
+                "limits.websocket_idle",
+                "must be longer than limits.websocket_ping",
+            );
+        }
         if !(1..=64).contains(&self.simulation.cpu_workers) {
             return invalid("simulation.cpu_workers", "must be within 1..=64");
         }
         if !(1..=100_000).contains(&self.simulation.queue_capacity) {
             return invalid("simulation.queue_capacity", "must be within 1..=100000");
+        }
+        if self.simulation.max_jobs_per_submitter == 0 {
+            return invalid("simulation.max_jobs_per_submitter", "must be at least 1");
+        }
+        let budget = self.simulation.cost_budget_per_submitter;
+        if !(budget.is_finite() && budget >= 1.0) {
+            return invalid(
+                "simulation.cost_budget_per_submitter",
+                "must be a finite number of at least 1",
+            );
         }
         let cluster = &self.cluster;
         if cluster.enabled {

@@ -67,6 +67,8 @@ pub(crate) struct Host<A: Agent> {
     stash: VecDeque<Envelope<A>>,
     /// Timer answering stashed asks at the earliest deadline among them.
     expiry: Option<(quanta::Instant, SpawnHandle)>,
+    /// Whether a message was handled (not refused) since activation.
+    accepted_any: bool,
 }
 
 /// Operator request to bring a failed instance back, with the correlation id
@@ -110,6 +112,7 @@ impl<A: Agent> Host<A> {
             busy: false,
             stash: VecDeque::new(),
             expiry: None,
+            accepted_any: false,
         }
     }
 
@@ -443,6 +446,7 @@ impl<A: Agent> Host<A> {
         shard.observe_nanos(clock.delta_as_nanos(started_raw, clock.raw()));
         let outcome = match outcome {
             Ok(Ok(value)) if persist => {
+                self.accepted_any = true;
                 shard.count(Outcome::Ok);
                 let save = A::save(&self.kind.node.store, &self.key, state, version);
                 // Later messages wait in the stash for the write: order holds
@@ -474,6 +478,7 @@ impl<A: Agent> Host<A> {
                 return;
             }
             Ok(Ok(value)) => {
+                self.accepted_any = true;
                 shard.count(Outcome::Ok);
                 self.kind.node.publish(events);
                 respond::<A>(reply, Ok(value));
@@ -484,6 +489,13 @@ impl<A: Agent> Host<A> {
                 let target = KindRuntime::<A>::target(&self.key);
                 let rejection = Box::new(rejection);
                 respond::<A>(reply, Err(AgentError::Rejected { target, rejection }));
+                // Woken only to refuse (a read of an id that does not
+                // exist), with nothing stored: it goes at once rather than
+                // live out its idle time, so that requests for made-up ids
+                // leave no instances behind.
+                if version == 0 && !self.accepted_any && self.passivate(ctx) {
+                    tracing::debug!(kind = A::KIND, key = %self.key, "passivated an instance that holds nothing");
+                }
                 return;
             }
             Ok(Err(HandlerError::Fatal(message))) => {

@@ -88,6 +88,7 @@ pub(crate) async fn list(system: web::Data<System>) -> Result<HttpResponse, ApiE
 pub(crate) async fn revoke(
     system: web::Data<System>,
     auth: web::Data<Auth>,
+    limits: web::Data<super::limits::Limits>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     if !system.store().revoke_api_key(&id).await? {
@@ -97,6 +98,7 @@ pub(crate) async fn revoke(
             format!("no live API key `{id}`"),
         ));
     }
-    auth.keys.clear();
+    auth.keys.forget_known();
+    limits.close_sockets_of(&id);
     Ok(HttpResponse::NoContent().finish())
 }

@@ -38,12 +38,21 @@ pub(crate) async fn file(
     Ok(serve(&name))
 }
 
+/// What the page may load and do: its own scripts, styles and socket,
+/// nothing inline, never framed (an operator's controls cannot be
+/// clickjacked from another site).
+const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
+     style-src 'self'; img-src 'self' data:; connect-src 'self'; form-action 'self'; \
+     base-uri 'none'; frame-ancestors 'none'";
+
 fn serve(name: &str) -> HttpResponse {
     match asset(name) {
         Some((content_type, body)) => HttpResponse::Ok()
             .content_type(content_type)
             // Compiled into the binary: a new binary is a new page.
             .insert_header((header::CACHE_CONTROL, "no-cache"))
+            .insert_header((header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY))
+            .insert_header((header::X_FRAME_OPTIONS, "DENY"))
             .body(body),
         None => actix_web::ResponseError::error_response(&ApiError::new(
             actix_web::http::StatusCode::NOT_FOUND,

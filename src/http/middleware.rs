@@ -14,12 +14,13 @@ use tracing::Instrument;
 use futures_util::StreamExt;
 
 use crate::actors::{CorrelationId, System};
-use crate::auth::{KeyCache, Role};
+use crate::auth::{Cached, Caller, KeyCache, Role};
 use crate::cluster::peer_requests::{self, PeerRequests};
 use crate::metrics::Metrics;
 use crate::store::unix_millis;
 
 use super::error::ApiError;
+use super::limits::{self, Limits};
 
 pub const CORRELATION_HEADER: HeaderName = HeaderName::from_static("x-correlation-id");
 
@@ -266,12 +267,11 @@ pub(crate) async fn authenticate<B: MessageBody>(
     }
     let auth = request.app_data::<web::Data<Auth>>().cloned();
     let system = request.app_data::<web::Data<System>>().cloned();
-    let (Some(auth), Some(system)) = (auth, system) else {
+    let limits = request.app_data::<web::Data<Limits>>().cloned();
+    let (Some(auth), Some(system), Some(limits)) = (auth, system, limits) else {
         return Ok(next.call(request).await?.map_into_left_body());
     };
-    if auth.dev {
-        return Ok(next.call(request).await?.map_into_left_body());
-    }
+    let limits = limits.into_inner();
     let refuse = |request: ServiceRequest, error: ApiError| {
         let (request, _) = request.into_parts();
         let mut response = actix_web::ResponseError::error_response(&error);
@@ -283,44 +283,97 @@ pub(crate) async fn authenticate<B: MessageBody>(
         }
         Ok(ServiceResponse::new(request, response).map_into_right_body())
     };
-    let Some(key) = presented_key(&request, &route) else {
-        return refuse(
-            request,
-            ApiError::new(
-                actix_web::http::StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "send an API key as `Authorization: Bearer <key>` (create one with `valueverse apikey create`)",
-            ),
-        );
-    };
-    let role = match auth.keys.role_of(system.store(), &key).await {
-        Ok(role) => role,
-        Err(error) => return refuse(request, ApiError::from(error)),
-    };
-    match role {
-        None => refuse(
-            request,
+    let address = limits::peer_address(&request);
+    let caller = if auth.dev {
+        Caller {
+            key_id: limits::DEV_CALLER.to_owned(),
+            role: Role::Admin,
+        }
+    } else {
+        let unknown = || {
             ApiError::new(
                 actix_web::http::StatusCode::UNAUTHORIZED,
                 "unauthorized",
                 "the API key is unknown or revoked",
-            ),
-        ),
-        Some(role) if role < needed => refuse(
-            request,
-            ApiError::new(
-                actix_web::http::StatusCode::FORBIDDEN,
-                "forbidden",
-                format!(
-                    "this needs the {} role; the key has {}",
-                    needed.as_str(),
-                    role.as_str()
+            )
+        };
+        let Some(key) = presented_key(&request, &route) else {
+            if let Err(error) = limits.charge_address(address) {
+                return refuse(request, error);
+            }
+            return refuse(
+                request,
+                ApiError::new(
+                    actix_web::http::StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "send an API key as `Authorization: Bearer <key>` (create one with `valueverse apikey create`)",
                 ),
-            ),
-        ),
-        Some(role) => {
-            request.extensions_mut().insert(role);
-            Ok(next.call(request).await?.map_into_left_body())
+            );
+        };
+        // Authenticated before anything is allocated for the request. A key
+        // not in the cache costs a store lookup: those run a few at once,
+        // and an address whose keys keep turning out unknown is paced.
+        let found = match auth.keys.cached(&key) {
+            (_, Cached::Known(caller)) => Some(caller),
+            (_, Cached::Unknown) => None,
+            (digest, Cached::Miss) => {
+                if let Err(error) = limits.check_address(address) {
+                    return refuse(request, error);
+                }
+                let permit = match limits.lookup_permit().await {
+                    Ok(permit) => permit,
+                    Err(error) => return refuse(request, error),
+                };
+                let found = auth.keys.look_up(system.store(), digest).await;
+                drop(permit);
+                match found {
+                    Ok(found) => found,
+                    Err(error) => return refuse(request, ApiError::from(error)),
+                }
+            }
+        };
+        let Some(caller) = found else {
+            if let Err(error) = limits.charge_address(address) {
+                return refuse(request, error);
+            }
+            return refuse(request, unknown());
+        };
+        if caller.role < needed {
+            return refuse(
+                request,
+                ApiError::new(
+                    actix_web::http::StatusCode::FORBIDDEN,
+                    "forbidden",
+                    format!(
+                        "this needs the {} role; the key has {}",
+                        needed.as_str(),
+                        caller.role.as_str()
+                    ),
+                ),
+            );
+        }
+        if let Err(error) = limits.check_key_rate(&caller.key_id) {
+            return refuse(request, error);
+        }
+        caller
+    };
+    let in_flight = if auth.dev {
+        None
+    } else {
+        match limits.enter(&caller.key_id) {
+            Ok(place) => Some(place),
+            Err(error) => return refuse(request, error),
+        }
+    };
+    if route.starts_with("/ws/") {
+        match limits.open_socket(&caller.key_id, address) {
+            Ok(ticket) => limits::attach_ticket(&request, ticket),
+            Err(error) => return refuse(request, error),
         }
     }
+    request.extensions_mut().insert(caller.role);
+    request.extensions_mut().insert(caller);
+    let response = next.call(request).await?.map_into_left_body();
+    drop(in_flight);
+    Ok(response)
 }

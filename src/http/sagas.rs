@@ -275,7 +275,7 @@ pub(crate) async fn cancel(
     runner: web::Data<SagaRunner>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(runner.tell(&id, SagaMsg::Cancel).await?))
+    Ok(HttpResponse::Ok().json(runner.cancel(&id).await?))
 }
 
 #[utoipa::path(

@@ -3,13 +3,14 @@
 
 use actix_web::http::StatusCode;
 use actix_web::http::header;
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::actors::System;
 use crate::actors::architect::ArchitectMsg;
 use crate::actors::simulation::{JobProgress, JobStatus, SimulationJob, SimulationRequest};
+use crate::auth::Caller;
 use crate::gpu::{Device, SimulationResult};
 use crate::model::ValueModel;
 use crate::simulation::{QueueSnapshot, SimulationEvent, Simulations, SubmitError};
@@ -147,6 +148,9 @@ impl From<SubmitError> for ApiError {
             SubmitError::QueueFull { .. } => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "queue_full", message).retry_after(5)
             }
+            SubmitError::OverQuota { .. } => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "over_quota", message).retry_after(5)
+            }
             SubmitError::Stopping => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "stopping", message).retry_after(5)
             }
@@ -155,12 +159,13 @@ impl From<SubmitError> for ApiError {
     }
 }
 
-/// The client's address: the unit of fairness until API keys name clients.
+/// The API key that submits: the unit of fairness and of quotas (one
+/// client behind a load balancer is still one client).
 fn submitter(request: &HttpRequest) -> String {
-    request
-        .peer_addr()
-        .map(|addr| addr.ip().to_string())
-        .unwrap_or_else(|| "unknown".into())
+    match request.extensions().get::<Caller>() {
+        Some(caller) => format!("key:{}", caller.key_id),
+        None => "unknown".into(),
+    }
 }
 
 #[utoipa::path(

@@ -1,12 +1,17 @@
 //! The one way a WebSocket stream is served: the server's messages go out
 //! in order while, beside them, the client's pings are answered and its
 //! leaving is noticed. Neither side's pending work is cancelled by the
-//! other's traffic.
+//! other's traffic. The server pings; a client silent for the idle time, or
+//! whose key is revoked, is closed.
 
 use std::future::Future;
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use actix_ws::Message;
+
+/// Pings and idle time of a socket opened without a ticket (no limits set).
+const DEFAULT_PING: std::time::Duration = std::time::Duration::from_secs(10);
+const DEFAULT_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What a stream sends next.
 pub(crate) enum Outgoing {
@@ -31,21 +36,52 @@ pub(crate) fn relay(
     max_frame: usize,
     mut source: impl Source,
 ) -> Result<HttpResponse, actix_web::Error> {
+    let ticket = super::limits::take_ticket(request);
     let (response, mut session, stream) = actix_ws::handle(request, payload)?;
     let mut stream = stream.max_frame_size(max_frame);
     let mut replies = session.clone();
+    let closer = session.clone();
     actix_web::rt::spawn(async move {
+        // Held until the socket ends: its places of key and address.
+        let (ping, idle, mut revoked) = match &ticket {
+            Some(ticket) => (ticket.ping, ticket.idle, Some(ticket.revoked.clone())),
+            None => (DEFAULT_PING, DEFAULT_IDLE, None),
+        };
         let client = async move {
+            let mut pings = tokio::time::interval_at(tokio::time::Instant::now() + ping, ping);
+            let mut heard = tokio::time::Instant::now();
             loop {
-                match stream.recv().await {
-                    Some(Ok(Message::Ping(bytes))) => {
-                        if replies.pong(&bytes).await.is_err() {
-                            return;
+                tokio::select! {
+                    frame = stream.recv() => {
+                        heard = tokio::time::Instant::now();
+                        match frame {
+                            Some(Ok(Message::Ping(bytes))) => {
+                                if replies.pong(&bytes).await.is_err() {
+                                    return "gone";
+                                }
+                            }
+                            Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return "gone",
+                            Some(Ok(_)) => {}
                         }
                     }
-                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
-                    Some(Ok(_)) => {}
+                    _ = pings.tick() => {
+                        if heard.elapsed() >= idle {
+                            return "idle";
+                        }
+                        if replies.ping(b"").await.is_err() {
+                            return "gone";
+                        }
+                    }
                 }
+            }
+        };
+        let revocation = async move {
+            match &mut revoked {
+                Some(revoked) => {
+                    // Ends when the flag is raised (or its sender is gone).
+                    let _ = revoked.wait_for(|revoked| *revoked).await;
+                }
+                None => std::future::pending().await,
             }
         };
         let server = async move {
@@ -65,9 +101,25 @@ pub(crate) fn relay(
             let _ = session.close(None).await;
         };
         tokio::select! {
-            () = client => {}
+            reason = client => {
+                if reason == "idle" {
+                    let reason = actix_ws::CloseReason {
+                        code: actix_ws::CloseCode::Away,
+                        description: Some("idle".into()),
+                    };
+                    let _ = closer.close(Some(reason)).await;
+                }
+            }
             () = server => {}
+            () = revocation => {
+                let reason = actix_ws::CloseReason {
+                    code: actix_ws::CloseCode::Policy,
+                    description: Some("the API key was revoked".into()),
+                };
+                let _ = closer.close(Some(reason)).await;
+            }
         }
+        drop(ticket);
     });
     Ok(response)
 }

@@ -227,6 +227,23 @@ impl SagaRunner {
         Ok(saga)
     }
 
+    /// Cancels a running saga: the steps done are compensated, and a
+    /// simulation it is waiting on is cancelled now rather than run to its
+    /// end.
+    pub async fn cancel(&self, id: &str) -> Result<Saga, AgentError> {
+        let saga = self.tell(id, SagaMsg::Cancel).await?;
+        let simulating = saga.in_flight.is_some_and(|(step, _)| {
+            matches!(
+                saga.steps.get(step).map(|state| state.name.as_str()),
+                Some("simulate" | "resimulate")
+            )
+        });
+        if simulating && let Err(error) = self.cancel_simulation(&Keys::of(id).simulation).await {
+            tracing::warn!(saga = %id, error = %error.message, "saga: could not cancel its simulation");
+        }
+        Ok(saga)
+    }
+
     pub async fn get(&self, id: &str) -> Result<Saga, AgentError> {
         Ok(self.ask(id, SagaMsg::Get).await?.saga())
     }
@@ -441,6 +458,9 @@ impl SagaRunner {
             (_, "plan" | "replan", Direction::Compensate) => {
                 self.cancel_plan(&keys.plan, &saga.id).await
             }
+            (_, "simulate" | "resimulate", Direction::Compensate) => {
+                self.cancel_simulation(&keys.simulation).await
+            }
             (_, "amplify", Direction::Forward) => self.baseline(&keys).await,
             (_, "amplify", Direction::Compensate) => self.remove_baseline(&keys).await,
             ("renewal", "resimulate", Direction::Forward) => {
@@ -561,7 +581,7 @@ impl SagaRunner {
             .submit_as(
                 keys.simulation.clone(),
                 request,
-                "saga".into(),
+                crate::simulation::SAGA_SUBMITTER.into(),
                 Some((model_id.to_owned(), version)),
             )
             .await
@@ -691,6 +711,11 @@ impl SagaRunner {
             Ok(_) => {}
         }
         Ok(serde_json::json!({ "plan_id": keys.plan }))
+    }
+
+    /// Cancels the saga's job if it is still queued or running.
+    async fn cancel_simulation(&self, job_id: &str) -> Result<serde_json::Value, ActionError> {
+        tolerate_done(self.inner.simulations.cancel(job_id).await.map(|_| ()))
     }
 
     async fn cancel_plan(

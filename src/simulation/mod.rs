@@ -51,6 +51,15 @@ pub enum SubmitError {
     Invalid { field: String, reason: String },
     #[error("the simulation queue is full ({capacity} jobs waiting); retry later")]
     QueueFull { capacity: usize },
+    #[error(
+        "this submitter holds {jobs} jobs costing {held:.3e} driver-paths; one may hold {max_jobs} jobs and {budget:.3e} driver-paths at once"
+    )]
+    OverQuota {
+        jobs: usize,
+        held: f64,
+        max_jobs: usize,
+        budget: f64,
+    },
     #[error("`device` is gpu but this node has no GPU engine: {reason}")]
     NoGpu { reason: String },
     #[error("the node is stopping")]
@@ -159,7 +168,25 @@ pub enum Lane {
 struct Queued {
     id: String,
     paths: u64,
+    /// [`job_cost`] of the job.
+    cost: f64,
     since: Instant,
+}
+
+/// Who submits the jobs of sagas' steps: exempt from the per-submitter
+/// quota, and the only one that may use the capacity kept for sagas.
+pub const SAGA_SUBMITTER: &str = "saga";
+
+/// What a job costs, in driver-paths: paths x drivers, times the
+/// correlated drivers (their Cholesky mixing is paid on every path).
+pub fn job_cost(request: &SimulationRequest) -> f64 {
+    let model = &request.model;
+    let correlated: std::collections::HashSet<&str> = model
+        .correlations
+        .iter()
+        .flat_map(|pair| [pair.a.as_str(), pair.b.as_str()])
+        .collect();
+    request.paths as f64 * model.drivers.len().max(1) as f64 * (1 + correlated.len()) as f64
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -168,6 +195,8 @@ pub struct RunningJob {
     pub submitter: String,
     pub lane: Lane,
     pub paths: u64,
+    /// Driver-paths: what counts against its submitter's budget.
+    pub cost: f64,
     pub running_seconds: f64,
     /// The last progress its worker reported.
     pub progress: Option<JobProgress>,
@@ -219,6 +248,28 @@ impl Queues {
 
     fn waiting(&self) -> usize {
         self.cpu.len() + self.gpu.len()
+    }
+
+    /// Jobs a submitter has waiting or running, and what they cost.
+    fn held_by(&self, submitter: &str) -> (usize, f64) {
+        let waiting = self
+            .cpu
+            .items_of(submitter)
+            .chain(self.gpu.items_of(submitter));
+        let running = self
+            .running
+            .values()
+            .filter(|(job, _)| job.submitter == submitter);
+        let (mut jobs, mut cost) = (0, 0.0);
+        for queued in waiting {
+            jobs += 1;
+            cost += queued.cost;
+        }
+        for (job, _) in running {
+            jobs += 1;
+            cost += job.cost;
+        }
+        (jobs, cost)
     }
 }
 
@@ -282,10 +333,20 @@ impl SimulationMetrics {
     }
 }
 
+/// What one submitter may hold of the queue.
+struct Quota {
+    max_jobs: usize,
+    /// Driver-paths ([`job_cost`]) waiting and running at once.
+    budget: f64,
+    /// Places only sagas' steps may take.
+    saga_reserve: usize,
+}
+
 struct Inner {
     system: System,
     runtime: tokio::runtime::Handle,
     capacity: usize,
+    quota: Quota,
     cpu_workers: usize,
     /// The GPUs (one worker each), or why there are none.
     gpu: Result<Vec<String>, String>,
@@ -331,6 +392,12 @@ impl Simulations {
             system,
             runtime: tokio::runtime::Handle::current(),
             capacity: config.queue_capacity,
+            quota: Quota {
+                max_jobs: config.max_jobs_per_submitter,
+                budget: config.cost_budget_per_submitter,
+                // A quarter of a small queue at most.
+                saga_reserve: config.saga_reserve.min(config.queue_capacity / 4),
+            },
             cpu_workers: config.cpu_workers,
             gpu,
             queues: Mutex::new(Queues::default()),
@@ -408,6 +475,18 @@ impl Simulations {
     ) -> Result<SimulationJob, SubmitError> {
         let inner = &self.inner;
         check_request(&request)?;
+        let cost = job_cost(&request);
+        let quota = &inner.quota;
+        let saga = submitter == SAGA_SUBMITTER;
+        if !saga && cost > quota.budget {
+            return Err(SubmitError::Invalid {
+                field: "paths".into(),
+                reason: format!(
+                    "makes a job of {cost:.3e} driver-paths (paths x drivers x (1 + correlated drivers)); one submitter's budget is {:.3e}",
+                    quota.budget
+                ),
+            });
+        }
         let lane = inner
             .lane_for(request.device)
             .map_err(|reason| SubmitError::NoGpu { reason })?;
@@ -416,10 +495,26 @@ impl Simulations {
             if queues.stopping {
                 return Err(SubmitError::Stopping);
             }
-            if queues.waiting() + queues.reserved >= inner.capacity {
-                return Err(SubmitError::QueueFull {
-                    capacity: inner.capacity,
-                });
+            // Places are kept for sagas' steps, so that a flood of direct
+            // submissions cannot fail a saga.
+            let capacity = if saga {
+                inner.capacity
+            } else {
+                inner.capacity - quota.saga_reserve
+            };
+            if queues.waiting() + queues.reserved >= capacity {
+                return Err(SubmitError::QueueFull { capacity });
+            }
+            if !saga {
+                let (jobs, held) = queues.held_by(&submitter);
+                if jobs >= quota.max_jobs || held + cost > quota.budget {
+                    return Err(SubmitError::OverQuota {
+                        jobs,
+                        held,
+                        max_jobs: quota.max_jobs,
+                        budget: quota.budget,
+                    });
+                }
             }
             queues.reserved += 1;
         }
@@ -458,6 +553,7 @@ impl Simulations {
             Queued {
                 id,
                 paths,
+                cost,
                 since: Instant::now(),
             },
         );
@@ -630,6 +726,7 @@ impl Simulations {
                 Queued {
                     id,
                     paths: job.request.paths,
+                    cost: job_cost(&job.request),
                     since: Instant::now(),
                 },
             );
@@ -861,6 +958,7 @@ impl Inner {
                     submitter: job.submitter.clone(),
                     lane,
                     paths: job.request.paths,
+                    cost: job_cost(&job.request),
                     running_seconds: 0.0,
                     progress: None,
                 },

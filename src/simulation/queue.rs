@@ -63,6 +63,14 @@ impl<T> FairQueue<T> {
         None
     }
 
+    /// The items of one submitter.
+    pub fn items_of<'a>(&'a self, submitter: &'a str) -> impl Iterator<Item = &'a T> + 'a {
+        self.lanes
+            .iter()
+            .filter(move |(owner, _)| owner == submitter)
+            .flat_map(|(_, lane)| lane.iter())
+    }
+
     /// Every item with its submitter, in the order they would be served.
     pub fn in_order(&self) -> Vec<(&str, &T)> {
         let mut order = Vec::with_capacity(self.len);

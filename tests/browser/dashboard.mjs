@@ -36,8 +36,18 @@ try {
     if (message.type() === "error") findings.console_errors.push(message.text());
   });
   page.on("pageerror", (error) => findings.console_errors.push(String(error)));
-  await page.addInitScript((apiKey) => localStorage.setItem("valueverse.apiKey", apiKey), key);
-  await page.goto(`${url}/dashboard`);
+  // Under its Content-Security-Policy (no inline script or style): a
+  // violation is a console error, which fails the run below.
+  await page.addInitScript((apiKey) => sessionStorage.setItem("valueverse.apiKey", apiKey), key);
+  const served = await page.goto(`${url}/dashboard`);
+  const headers = served.headers();
+  const csp = headers["content-security-policy"] || "";
+  for (const directive of ["default-src 'none'", "script-src 'self'", "style-src 'self'", "connect-src 'self'", "frame-ancestors 'none'"]) {
+    if (!csp.includes(directive)) fail(`the page's Content-Security-Policy lacks ${directive}: ${csp}`);
+  }
+  if (headers["x-content-type-options"] !== "nosniff") fail("the page is served without nosniff");
+  if (headers["referrer-policy"] !== "no-referrer") fail("the page is served without Referrer-Policy: no-referrer");
+  findings.checks.csp = csp;
 
   // The live tree: the architect supervisor and its instance.
   const row = page.locator(`tr[data-instance="${node}/architect/${env("VV_ARCHITECT_KEY")}"]`);
@@ -45,6 +55,13 @@ try {
   await row.waitFor({ timeout: 10000 });
   findings.checks.tree = await page.locator("details[data-kind]").count();
   if (findings.checks.tree < 6) fail(`expected every supervisor in the tree, saw ${findings.checks.tree}`);
+
+  // The key is kept for the tab only.
+  findings.checks.local_storage_keys = await page.evaluate(() => localStorage.length);
+  if (findings.checks.local_storage_keys !== 0) fail("the page wrote to localStorage");
+  // Mailbox bars get their width through the CSSOM.
+  const widths = await page.locator(".bar > span").evaluateAll((spans) => spans.map((s) => s.style.width));
+  if (widths.length === 0 || widths.some((w) => !w.endsWith("%"))) fail(`mailbox bars without a width: ${widths}`);
 
   // Collapse and expand a supervisor: the state survives live updates.
   const architect = page.locator(`details[data-id="kind:${node}:architect"]`);

@@ -13,6 +13,11 @@ async fn start_node(db: &TestDb) -> (Node, String) {
     let mut config = test_config(db);
     config.dev = false;
     config.http_body_limit = 64 * 1024;
+    // These tests walk every route with every key from one address: the
+    // rate limits have tests of their own (limits.rs).
+    config.limits.requests_per_second = 100_000;
+    config.limits.burst = 100_000;
+    config.limits.unauthenticated_per_second = 100_000;
     let node = Node::start(&config, |_| {}).await.expect("node starts");
     let base = format!("http://{}", node.http_addr());
     (node, base)

@@ -8,6 +8,7 @@ mod commitments;
 mod crash;
 mod dashboard;
 mod http;
+mod limits;
 mod monitoring;
 mod openapi;
 mod partition;

@@ -161,17 +161,25 @@ async fn a_cancel_compensates_what_was_done() {
     let id = saga["id"].as_str().unwrap().to_owned();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let (_, saga) = send(client.get(format!("{base}/sagas/{id}"))).await;
-        if saga["steps"][0]["status"] == "succeeded" {
+        let (_, job) = send(client.get(format!("{base}/simulations/{id}-simulation"))).await;
+        if job["status"] == "running" {
             break;
         }
-        assert!(Instant::now() < deadline);
+        assert!(Instant::now() < deadline, "{job}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let (status, cancelled) = send(client.post(format!("{base}/sagas/{id}/cancel"))).await;
     assert_eq!(status, StatusCode::OK, "{cancelled}");
-    // The simulation is stopped by its own cancel here so the test is quick.
-    send(client.put(format!("{base}/simulations/{id}-simulation/cancel"))).await;
+    // Cancelling the saga cancels the job it started (before, it ran on).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, job) = send(client.get(format!("{base}/simulations/{id}-simulation"))).await;
+        if job["status"] == "cancelled" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the saga's job runs on: {job}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let saga = wait_until(&client, &base, &id, "compensated").await;
     assert_eq!(saga["cancel_requested"], true);
     assert_eq!(saga["steps"][0]["status"], "compensated");

@@ -7,7 +7,9 @@
   const $ = (sel) => document.querySelector(sel);
   const COLORS = ["#58a6ff", "#3fb950", "#d29922", "#bc8cff", "#f778ba", "#39c5cf"];
   const state = {
-    key: localStorage.getItem("valueverse.apiKey") || "",
+    // Kept for this tab only: never in localStorage, where any script that
+    // ever runs on this origin could read it later.
+    key: sessionStorage.getItem("valueverse.apiKey") || "",
     open: new Map(),        // details id -> open?
     handled: new Map(),     // node/kind/key -> [messages_handled, at_ms]
     rates: new Map(),       // node/kind/key -> messages/s
@@ -78,7 +80,7 @@
   $("#key-form").addEventListener("submit", (event) => {
     event.preventDefault();
     state.key = $("#api-key").value.trim();
-    localStorage.setItem("valueverse.apiKey", state.key);
+    sessionStorage.setItem("valueverse.apiKey", state.key);
     const old = state.socket;
     state.socket = null;
     if (old) old.close();
@@ -144,10 +146,13 @@
   // Writes only what changed: a control under the pointer stays put
   // while frames arrive, and an idle page does almost no layout.
   const written = new WeakMap();
+  // The Content-Security-Policy allows no inline style: widths travel as
+  // data-width and are set through the CSSOM, which it allows.
   const put = (el, html) => {
     if (written.get(el) !== html) {
       el.innerHTML = html;
       written.set(el, html);
+      el.querySelectorAll("[data-width]").forEach((node) => { node.style.width = node.dataset.width; });
     }
   };
 
@@ -207,7 +212,7 @@
     });
     put($("#chart-messages"), Charts.lines(messages));
     put($("#chart-restarts"), Charts.lines(restarts));
-    put($("#chart-legend"), frame.nodes.map((p, i) => `<span><i style="background:${COLORS[i % COLORS.length]}"></i>${esc(p.node)}</span>`).join(""));
+    put($("#chart-legend"), frame.nodes.map((p, i) => `<span><i class="c${i % COLORS.length}"></i>${esc(p.node)}</span>`).join(""));
   }
 
   function renderSupervision(frame) {
@@ -239,7 +244,7 @@
       return `<tr data-instance="${esc(iid)}" data-status="${esc(i.status)}" data-restarts="${i.restarts}">
         <td>${chip(i.status)}</td><td title="${esc(i.key)}">${esc(shortId(i.key))}</td>
         <td class="restarts">${i.restarts}</td>
-        <td><span class="bar ${fill >= 0.9 ? "full" : fill >= 0.5 ? "hot" : ""}" title="${i.mailbox_depth} / ${i.mailbox_capacity}"><span style="width:${(fill * 100).toFixed(1)}%"></span></span> ${i.mailbox_depth}</td>
+        <td><span class="bar ${fill >= 0.9 ? "full" : fill >= 0.5 ? "hot" : ""}" title="${i.mailbox_depth} / ${i.mailbox_capacity}"><span data-width="${(fill * 100).toFixed(1)}%"></span></span> ${i.mailbox_depth}</td>
         <td>${rate === undefined ? "-" : compact(rate)}</td><td>${i.messages_handled}</td>
         <td class="wrap">${failure}</td><td>${control}</td></tr>`;
     }).join("");
@@ -268,7 +273,7 @@
         ? `<button class="danger" data-action="saga-cancel" data-id="${esc(s.id)}">cancel</button>`
         : s.status === "needs_attention" ? `<button data-action="saga-retry" data-id="${esc(s.id)}">retry</button>` : "";
       return `<tr data-saga="${esc(s.id)}"><td title="${esc(s.id)}">${esc(shortId(s.id))}</td><td>${esc(s.definition)}</td><td>${chip(s.status)}</td>
-        <td style="width:45%">${timeline(s)}</td><td>${controls ? ago(Date.parse(s.created_at)) : `${took} ms`}</td><td>${control}</td></tr>
+        <td class="w45">${timeline(s)}</td><td>${controls ? ago(Date.parse(s.created_at)) : `${took} ms`}</td><td>${control}</td></tr>
         ${s.error ? `<tr><td></td><td colspan="5" class="wrap muted">${esc(s.error)}</td></tr>` : ""}`;
     }).join("");
   }
@@ -292,7 +297,7 @@
     const live = running.map(({ node, job, queued }) => {
       const pct = job.progress ? job.progress.percent : 0;
       return `<tr data-sim-row="${esc(job.id)}"><td title="${esc(job.id)}">${esc(shortId(job.id))}</td><td>${esc(node)}</td><td>${chip(queued ? "queued" : "running")}</td>
-        <td style="width:40%"><progress class="progress" data-sim="${esc(job.id)}" max="100" value="${pct.toFixed(1)}"></progress></td>
+        <td class="w40"><progress class="progress" data-sim="${esc(job.id)}" max="100" value="${pct.toFixed(1)}"></progress></td>
         <td>${pct.toFixed(0)}%</td><td>${compact(job.paths)} paths</td>
         <td><button class="danger" data-action="sim-cancel" data-id="${esc(job.id)}" data-node="${esc(node)}">cancel</button></td></tr>`;
     }).join("");
