@@ -86,12 +86,22 @@ pub struct Caller {
     pub role: Role,
 }
 
+impl Caller {
+    /// How the caller is named where its share is counted (the simulation
+    /// queue's lanes and quotas): `key:<id>`.
+    pub fn lane(&self) -> String {
+        format!("key:{}", self.key_id)
+    }
+}
+
 /// What the cache knows of a presented key.
 pub enum Cached {
     Known(Caller),
     /// Looked up lately and not found (or revoked).
     Unknown,
-    /// Not in the cache: ask the store.
+    /// A live key whose answer is too old: ask the store again.
+    Stale,
+    /// Never seen (or forgotten): ask the store.
     Miss,
 }
 
@@ -123,11 +133,12 @@ impl KeyCache {
     /// The key's digest and what the cache knows of it, without the store.
     pub fn cached(&self, key: &str) -> (String, Cached) {
         let digest = hash(key);
-        if let Some(entry) = self.known.get(&digest)
-            && entry.1.elapsed() < self.ttl
-        {
-            let caller = entry.0.clone();
-            return (digest, Cached::Known(caller));
+        if let Some(entry) = self.known.get(&digest) {
+            if entry.1.elapsed() < self.ttl {
+                let caller = entry.0.clone();
+                return (digest, Cached::Known(caller));
+            }
+            return (digest, Cached::Stale);
         }
         if let Some(at) = self.unknown.get(&digest)
             && at.elapsed() < self.ttl
@@ -175,13 +186,19 @@ impl KeyCache {
         match self.cached(key) {
             (_, Cached::Known(caller)) => Ok(Some(caller)),
             (_, Cached::Unknown) => Ok(None),
-            (digest, Cached::Miss) => self.look_up(store, digest).await,
+            (digest, Cached::Miss | Cached::Stale) => self.look_up(store, digest).await,
         }
     }
 
-    /// Forgets every live key: a key revoked here is refused at once.
+    /// Makes every live key's answer stale: a key revoked here is refused
+    /// at once (the others are asked about again, as keys already seen).
     pub fn forget_known(&self) {
-        self.known.clear();
+        let long_ago = Instant::now()
+            .checked_sub(self.ttl)
+            .unwrap_or_else(Instant::now);
+        for mut entry in self.known.iter_mut() {
+            entry.1 = long_ago;
+        }
     }
 }
 

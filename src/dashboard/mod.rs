@@ -24,7 +24,7 @@ use tokio::sync::{Notify, watch};
 use crate::actors::{InstanceSnapshot, InstanceStatus, System};
 use crate::cluster::node::{ClusterNode, ClusterView};
 use crate::cluster::peer_requests::{self, PeerRequests};
-use crate::saga::Saga;
+use crate::saga::SagaSummary;
 use crate::simulation::{QueueSnapshot, Simulations};
 use crate::store::{Attempt, Notification, StoreError, unix_millis};
 
@@ -77,10 +77,11 @@ pub struct SagaPanel {
     pub running_total: i64,
     pub compensating_total: i64,
     pub needs_attention_total: i64,
-    /// Running, compensating and needs_attention sagas, newest first.
-    pub in_flight: Vec<Saga>,
+    /// Running, compensating and needs_attention sagas, newest first
+    /// (summaries: no inputs or step outputs, which can be large).
+    pub in_flight: Vec<SagaSummary>,
     /// The latest sagas that ended.
-    pub recent: Vec<Saga>,
+    pub recent: Vec<SagaSummary>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -456,7 +457,7 @@ impl Inner {
             latest("compensated"),
         );
         let (running, compensating, attention) = (running?, compensating?, attention?);
-        let parse = |bodies: Vec<String>| -> Vec<Saga> {
+        let parse = |bodies: Vec<String>| -> Vec<SagaSummary> {
             bodies
                 .iter()
                 .filter_map(|body| serde_json::from_str(body).ok())

@@ -40,8 +40,6 @@ pub(crate) struct Limits {
     body_limit: usize,
     per_key: Keyed<String>,
     per_address: Keyed<IpAddr>,
-    /// Addresses told to wait, and until when.
-    paced: DashMap<IpAddr, std::time::Instant>,
     in_flight: DashMap<String, u32>,
     /// Store lookups of keys not in the cache, at once: they share the pool
     /// that renews the node's lease.
@@ -89,7 +87,6 @@ impl Limits {
                 config.unauthenticated_per_second,
                 config.unauthenticated_per_second.saturating_mul(2),
             )),
-            paced: DashMap::new(),
             in_flight: DashMap::new(),
             lookups: Semaphore::new(lookups.max(1)),
             sockets_by_key: DashMap::new(),
@@ -113,30 +110,18 @@ impl Limits {
             })
     }
 
-    /// 429 while this address is paced for presenting no key or unknown
-    /// ones; a live key is never paced by its address.
-    pub fn check_address(&self, address: Option<IpAddr>) -> Result<(), ApiError> {
-        let group = address.map_or(IpAddr::from([0, 0, 0, 0]), address_group);
-        match self.paced.get(&group) {
-            Some(until) if *until > std::time::Instant::now() => {
-                Err(self.paced_error(*until - std::time::Instant::now()))
-            }
-            _ => Ok(()),
-        }
-    }
-
-    /// Counts a request without a valid key against its address; 429 (and
-    /// the address paced) when they come too fast: each may have cost a
-    /// store lookup.
+    /// Counts a request without a valid key, or with a key never seen,
+    /// against its address (before any store lookup); 429 when they come
+    /// too fast. A live key seen before is never paced by its address.
     pub fn charge_address(&self, address: Option<IpAddr>) -> Result<(), ApiError> {
         let group = address.map_or(IpAddr::from([0, 0, 0, 0]), address_group);
-        if self.per_address.len() >= MAX_ADDRESSES || self.paced.len() >= MAX_ADDRESSES {
+        // A full table (100,000 addresses or /64s seen within a sweep)
+        // makes every request without a valid key wait: live keys never do.
+        if self.per_address.len() >= MAX_ADDRESSES {
             return Err(self.paced_error(Duration::from_secs(10)));
         }
         self.per_address.check_key(&group).map_err(|not_until| {
-            let wait = not_until.wait_time_from(DefaultClock::default().now());
-            self.paced.insert(group, std::time::Instant::now() + wait);
-            self.paced_error(wait)
+            self.paced_error(not_until.wait_time_from(DefaultClock::default().now()))
         })
     }
 
@@ -262,8 +247,6 @@ impl Limits {
         self.per_address.retain_recent();
         self.per_key.shrink_to_fit();
         self.per_address.shrink_to_fit();
-        let now = std::time::Instant::now();
-        self.paced.retain(|_, until| *until > now);
         if self.sockets_by_key.is_empty() {
             return;
         }
@@ -364,10 +347,11 @@ pub(crate) async fn read_body_in_time(
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<actix_web::body::EitherBody<impl MessageBody>>, Error> {
     let limits = request.app_data::<web::Data<Limits>>().cloned();
-    let upgrade = request
-        .headers()
-        .contains_key(actix_web::http::header::UPGRADE);
-    let Some(limits) = limits.filter(|_| !upgrade) else {
+    // Only a WebSocket route's GET skips the deadline (its payload is the
+    // socket); an `Upgrade` header on anything else changes nothing.
+    let socket = request.method() == actix_web::http::Method::GET
+        && super::middleware::matched_route(&request).starts_with("/ws/");
+    let Some(limits) = limits.filter(|_| !socket) else {
         return Ok(next.call(request).await?.map_into_left_body());
     };
     let refuse = |request: ServiceRequest, error: ApiError| {

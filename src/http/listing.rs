@@ -50,19 +50,56 @@ pub(crate) fn decode<T: DeserializeOwned>(
         .collect()
 }
 
-/// The JSON answer of a list route.
+/// Bytes of items one page answers at most: past it the page ends early
+/// (`truncated`, with `next_offset` to go on), whatever `limit` asked.
+pub(crate) const MAX_PAGE_BYTES: usize = 1 << 20;
+
+/// The JSON answer of a list route: `total`, `limit`, `offset`, `items`,
+/// `next_offset` (`null` on the last page) and `truncated` (the byte cap
+/// ended the page before `limit`).
 pub(crate) fn page_json<T: serde::Serialize>(
     page: &Page,
     limit: i64,
     offset: i64,
     items: Vec<T>,
-) -> actix_web::HttpResponse {
-    actix_web::HttpResponse::Ok().json(serde_json::json!({
+) -> Result<actix_web::HttpResponse, ApiError> {
+    let mut json = String::from("[");
+    let mut shown = 0usize;
+    for item in &items {
+        let text = serde_json::to_string(item).map_err(|error| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("a list item does not serialize: {error}"),
+            )
+        })?;
+        // The first item always goes, so that paging moves on.
+        if shown > 0 && json.len() + text.len() > MAX_PAGE_BYTES {
+            break;
+        }
+        if shown > 0 {
+            json.push(',');
+        }
+        json.push_str(&text);
+        shown += 1;
+    }
+    json.push(']');
+    let truncated = shown < items.len();
+    let next = offset + shown as i64;
+    let next_offset = (truncated || next < page.total).then_some(next);
+    let head = serde_json::json!({
         "total": page.total,
         "limit": limit,
         "offset": offset,
-        "items": items,
-    }))
+        "next_offset": next_offset,
+        "truncated": truncated,
+    })
+    .to_string();
+    // `{...head fields..., "items": [...]}`
+    let body = format!("{},\"items\":{json}}}", &head[..head.len() - 1]);
+    Ok(actix_web::HttpResponse::Ok()
+        .content_type("application/json")
+        .body(body))
 }
 
 /// A list route's answer: a page of `table`'s rows matching `filters`,
@@ -83,5 +120,50 @@ pub(crate) async fn list_page<T: DeserializeOwned, V: serde::Serialize>(
         .into_iter()
         .map(view)
         .collect();
-    Ok(page_json(&page, limit, offset, items))
+    page_json(&page, limit, offset, items)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body_of(response: actix_web::HttpResponse) -> serde_json::Value {
+        let bytes =
+            futures_util::FutureExt::now_or_never(actix_web::body::to_bytes(response.into_body()))
+                .unwrap()
+                .unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[test]
+    fn a_page_ends_at_its_byte_cap_and_says_where_to_go_on() {
+        let big = "x".repeat(400 * 1024);
+        let page = Page {
+            total: 10,
+            bodies: Vec::new(),
+        };
+        let items: Vec<String> = (0..5).map(|_| big.clone()).collect();
+        let body = body_of(page_json(&page, 5, 0, items).unwrap());
+        assert_eq!(
+            body["items"].as_array().unwrap().len(),
+            2,
+            "2 x 400 KiB fit in 1 MiB"
+        );
+        assert_eq!(body["truncated"], true);
+        assert_eq!(body["next_offset"], 2);
+        let small = body_of(page_json(&page, 5, 5, vec![1, 2, 3, 4, 5]).unwrap());
+        assert_eq!(small["truncated"], false);
+        assert_eq!(
+            small["next_offset"],
+            serde_json::Value::Null,
+            "the last page"
+        );
+        assert_eq!(small["total"], 10);
+        let huge = body_of(page_json(&page, 1, 0, vec!["y".repeat(2 << 20)]).unwrap());
+        assert_eq!(
+            huge["items"].as_array().unwrap().len(),
+            1,
+            "one item always goes"
+        );
+    }
 }

@@ -183,19 +183,39 @@ async fn peer_request<B: MessageBody>(
             "peer requests reach only the dashboard panel and operator actions".into(),
         );
     }
+    // Read within the body deadline, as every other body is: the signature
+    // can only be checked once the body is in.
+    let deadline = request
+        .app_data::<web::Data<Limits>>()
+        .map_or(std::time::Duration::from_secs(10), |limits| {
+            limits.config.body_read_timeout
+        });
     let mut payload = request.take_payload();
-    let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk?;
-        if body.len() + chunk.len() > peer_requests::MAX_BODY_BYTES {
+    let read = async {
+        let mut body = web::BytesMut::new();
+        while let Some(chunk) = payload.next().await {
+            let chunk = chunk.map_err(|error| (StatusCode::BAD_REQUEST, error.to_string()))?;
+            if body.len() + chunk.len() > peer_requests::MAX_BODY_BYTES {
+                return Err((
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "a peer request's body is at most 64 KiB".to_owned(),
+                ));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    };
+    let body = match tokio::time::timeout(deadline, read).await {
+        Ok(Ok(body)) => body,
+        Ok(Err((status, message))) => return refuse(request, status, message),
+        Err(_) => {
             return refuse(
                 request,
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "a peer request's body is at most 64 KiB".into(),
+                StatusCode::REQUEST_TIMEOUT,
+                "the request body did not arrive in time".into(),
             );
         }
-        body.extend_from_slice(&chunk);
-    }
+    };
     let body = body.freeze();
     let path_and_query = request
         .uri()
@@ -222,6 +242,12 @@ async fn peer_request<B: MessageBody>(
         Ok(signed) => signed,
         Err(refusal) => {
             tracing::warn!(%refusal, path = %path_and_query, "http: refused a peer request");
+            // A forged peer request counts as one without a valid key.
+            if let Some(limits) = request.app_data::<web::Data<Limits>>()
+                && let Err(error) = limits.charge_address(limits::peer_address(&request))
+            {
+                return refuse(request, error.status, error.message);
+            }
             return refuse(request, StatusCode::UNAUTHORIZED, refusal.to_string());
         }
     };
@@ -316,8 +342,12 @@ pub(crate) async fn authenticate<B: MessageBody>(
         let found = match auth.keys.cached(&key) {
             (_, Cached::Known(caller)) => Some(caller),
             (_, Cached::Unknown) => None,
-            (digest, Cached::Miss) => {
-                if let Err(error) = limits.check_address(address) {
+            (digest, looked_up @ (Cached::Stale | Cached::Miss)) => {
+                // A key never seen costs its address a place before the
+                // lookup; a live key seen before is asked about freely.
+                if matches!(looked_up, Cached::Miss)
+                    && let Err(error) = limits.charge_address(address)
+                {
                     return refuse(request, error);
                 }
                 let permit = match limits.lookup_permit().await {
@@ -333,9 +363,6 @@ pub(crate) async fn authenticate<B: MessageBody>(
             }
         };
         let Some(caller) = found else {
-            if let Err(error) = limits.charge_address(address) {
-                return refuse(request, error);
-            }
             return refuse(request, unknown());
         };
         if caller.role < needed {

@@ -62,6 +62,46 @@ impl From<Plan> for PlanView {
     }
 }
 
+/// A plan as lists show it: counts in place of its milestone, task and
+/// delivery arrays (those are on `GET /api/v1/plans/{id}`), so that a page
+/// stays small whatever the plans hold.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct PlanSummary {
+    id: String,
+    status: PlanStatus,
+    commitment_id: String,
+    model_id: String,
+    model_version: i64,
+    start_date: chrono::NaiveDate,
+    milestones: usize,
+    tasks: usize,
+    deliveries: usize,
+    progress_percent: f64,
+    realized_value: f64,
+    created_at: chrono::DateTime<chrono::Utc>,
+    cancelled_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl From<Plan> for PlanSummary {
+    fn from(plan: Plan) -> PlanSummary {
+        PlanSummary {
+            progress_percent: 100.0 * plan.progress(),
+            realized_value: plan.deliveries.iter().map(|d| d.value).sum(),
+            milestones: plan.milestones.len(),
+            tasks: plan.tasks.len(),
+            deliveries: plan.deliveries.len(),
+            id: plan.id,
+            status: plan.status,
+            commitment_id: plan.commitment_id,
+            model_id: plan.model_id,
+            model_version: plan.model_version,
+            start_date: plan.start_date,
+            created_at: plan.created_at,
+            cancelled_at: plan.cancelled_at,
+        }
+    }
+}
+
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct TaskBody {
@@ -415,7 +455,7 @@ pub(crate) async fn list(
             ("status", query.status.map(PlanStatus::as_str)),
         ],
         (query.limit, query.offset),
-        PlanView::from,
+        PlanSummary::from,
     )
     .await
 }

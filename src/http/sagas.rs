@@ -12,8 +12,8 @@ use crate::actors::committer::{CommitmentStatus, Committer, CommitterMsg, check_
 use crate::actors::saga::SagaMsg;
 use crate::auth::Role;
 use crate::saga::{
-    RenewalInput, Saga, SagaDefinition, SagaRunner, SagaStatus, ValueCreationInput, renewal,
-    value_creation,
+    RenewalInput, Saga, SagaDefinition, SagaRunner, SagaStatus, SagaSummary, ValueCreationInput,
+    renewal, value_creation,
 };
 
 use super::error::{ApiError, ErrorDoc, parse_json, parse_query};
@@ -71,13 +71,19 @@ fn accepted(saga: Saga) -> HttpResponse {
         .json(saga)
 }
 
-fn start(definition: &SagaDefinition, input: serde_json::Value) -> Saga {
-    Saga::new(
+/// A new saga of the caller: its jobs count against the caller's key.
+fn start(request: &HttpRequest, definition: &SagaDefinition, input: serde_json::Value) -> Saga {
+    let mut saga = Saga::new(
         uuid::Uuid::now_v7().to_string(),
         definition,
         input,
         Utc::now(),
-    )
+    );
+    saga.started_by = request
+        .extensions()
+        .get::<crate::auth::Caller>()
+        .map(crate::auth::Caller::lane);
+    saga
 }
 
 #[utoipa::path(
@@ -126,7 +132,9 @@ pub(crate) async fn start_value_creation(
         )
     })?;
     Ok(accepted(
-        runner.start_saga(start(&definition, input)).await?,
+        runner
+            .start_saga(start(&request, &definition, input))
+            .await?,
     ))
 }
 
@@ -192,7 +200,9 @@ pub(crate) async fn start_renewal(
         )
     })?;
     Ok(accepted(
-        runner.start_saga(start(&definition, input)).await?,
+        runner
+            .start_saga(start(&request, &definition, input))
+            .await?,
     ))
 }
 
@@ -246,7 +256,7 @@ pub(crate) async fn list(
     request: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let query: ListQuery = parse_query(request.query_string())?;
-    list_page::<Saga, _>(
+    list_page::<SagaSummary, _>(
         &system,
         "sagas",
         &[
@@ -254,7 +264,7 @@ pub(crate) async fn list(
             ("definition", query.definition.as_deref()),
         ],
         (query.limit, query.offset),
-        |saga| saga,
+        |saga: SagaSummary| saga,
     )
     .await
 }

@@ -163,7 +163,7 @@ impl From<SubmitError> for ApiError {
 /// client behind a load balancer is still one client).
 fn submitter(request: &HttpRequest) -> String {
     match request.extensions().get::<Caller>() {
-        Some(caller) => format!("key:{}", caller.key_id),
+        Some(caller) => caller.lane(),
         None => "unknown".into(),
     }
 }

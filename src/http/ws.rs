@@ -13,6 +13,15 @@ use actix_ws::Message;
 const DEFAULT_PING: std::time::Duration = std::time::Duration::from_secs(10);
 const DEFAULT_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// Time a close frame has to go out before the socket is dropped.
+const CLOSE_WITHIN: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// `send`'s outcome, or `None` when it did not finish within `limit` (the
+/// client reads nothing and the session's queue is full).
+async fn within<T>(limit: std::time::Duration, send: impl Future<Output = T>) -> Option<T> {
+    tokio::time::timeout(limit, send).await.ok()
+}
+
 /// What a stream sends next.
 pub(crate) enum Outgoing {
     /// Send this and go on.
@@ -56,8 +65,9 @@ pub(crate) fn relay(
                         heard = tokio::time::Instant::now();
                         match frame {
                             Some(Ok(Message::Ping(bytes))) => {
-                                if replies.pong(&bytes).await.is_err() {
-                                    return "gone";
+                                match within(idle, replies.pong(&bytes)).await {
+                                    Some(Ok(())) => {}
+                                    _ => return "gone",
                                 }
                             }
                             Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return "gone",
@@ -68,8 +78,12 @@ pub(crate) fn relay(
                         if heard.elapsed() >= idle {
                             return "idle";
                         }
-                        if replies.ping(b"").await.is_err() {
-                            return "gone";
+                        // A client that reads nothing fills the session's
+                        // queue: a ping that cannot go out in time ends it.
+                        match within(ping, replies.ping(b"")).await {
+                            Some(Ok(())) => {}
+                            Some(Err(_)) => return "gone",
+                            None => return "idle",
                         }
                     }
                 }
@@ -91,14 +105,15 @@ pub(crate) fn relay(
                     Outgoing::Last(text) => (text, true),
                     Outgoing::End => break,
                 };
-                if session.text(text).await.is_err() {
-                    return;
+                match within(idle, session.text(text)).await {
+                    Some(Ok(())) => {}
+                    _ => return,
                 }
                 if last {
                     break;
                 }
             }
-            let _ = session.close(None).await;
+            let _ = within(CLOSE_WITHIN, session.close(None)).await;
         };
         tokio::select! {
             reason = client => {
@@ -107,7 +122,7 @@ pub(crate) fn relay(
                         code: actix_ws::CloseCode::Away,
                         description: Some("idle".into()),
                     };
-                    let _ = closer.close(Some(reason)).await;
+                    let _ = within(CLOSE_WITHIN, closer.close(Some(reason))).await;
                 }
             }
             () = server => {}
@@ -116,7 +131,7 @@ pub(crate) fn relay(
                     code: actix_ws::CloseCode::Policy,
                     description: Some("the API key was revoked".into()),
                 };
-                let _ = closer.close(Some(reason)).await;
+                let _ = within(CLOSE_WITHIN, closer.close(Some(reason))).await;
             }
         }
         drop(ticket);

@@ -228,6 +228,66 @@ pub struct Saga {
     pub error: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Who started it (`key:<id>`): its simulation counts against that
+    /// key's share of the queue.
+    #[serde(default)]
+    pub started_by: Option<String>,
+}
+
+/// A saga as lists and dashboard frames show it: no input and no step
+/// outputs (those can be large; the whole saga is on its own route).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SagaSummary {
+    pub id: String,
+    pub definition: String,
+    pub status: SagaStatus,
+    pub steps: Vec<StepSummary>,
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub in_flight: Option<(usize, Direction)>,
+    pub cancel_requested: bool,
+    pub error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A step of a [`SagaSummary`]: its state without its output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct StepSummary {
+    pub name: String,
+    pub status: StepStatus,
+    pub attempts: u32,
+    pub compensation_attempts: u32,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+}
+
+impl From<Saga> for SagaSummary {
+    fn from(saga: Saga) -> SagaSummary {
+        SagaSummary {
+            id: saga.id,
+            definition: saga.definition,
+            status: saga.status,
+            steps: saga
+                .steps
+                .into_iter()
+                .map(|step| StepSummary {
+                    name: step.name,
+                    status: step.status,
+                    attempts: step.attempts,
+                    compensation_attempts: step.compensation_attempts,
+                    started_at: step.started_at,
+                    finished_at: step.finished_at,
+                    last_error: step.last_error,
+                })
+                .collect(),
+            in_flight: saga.in_flight,
+            cancel_requested: saga.cancel_requested,
+            error: saga.error,
+            created_at: saga.created_at,
+            updated_at: saga.updated_at,
+        }
+    }
 }
 
 /// Why a transition was refused.
@@ -276,6 +336,7 @@ impl Saga {
             error: None,
             created_at: now,
             updated_at: now,
+            started_by: None,
         }
     }
 

@@ -431,7 +431,7 @@ impl SagaRunner {
             (_, "design", Direction::Compensate) => self.archive(&keys.model).await,
             ("value-creation", "simulate", Direction::Forward) => {
                 let input = value_creation_input(saga)?;
-                self.simulate(&keys, &keys.model, input.paths).await
+                self.simulate(saga, &keys, &keys.model, input.paths).await
             }
             ("value-creation", "commit", Direction::Forward) => {
                 let input = value_creation_input(saga)?;
@@ -467,7 +467,7 @@ impl SagaRunner {
                 let input: RenewalInput = Deserialize::deserialize(&*saga.input)
                     .map_err(|error| final_error(format!("bad saga input: {error}")))?;
                 let old = self.commitment(&input.commitment_id).await?;
-                self.simulate(&keys, &old.request.model_id, input.paths)
+                self.simulate(saga, &keys, &old.request.model_id, input.paths)
                     .await
             }
             ("renewal", "amend", Direction::Forward) => {
@@ -558,6 +558,7 @@ impl SagaRunner {
 
     async fn simulate(
         &self,
+        saga: &Saga,
         keys: &Keys,
         model_id: &str,
         paths: u64,
@@ -581,13 +582,16 @@ impl SagaRunner {
             .submit_as(
                 keys.simulation.clone(),
                 request,
-                crate::simulation::SAGA_SUBMITTER.into(),
+                saga.started_by
+                    .clone()
+                    .unwrap_or_else(|| crate::simulation::SAGA_SUBMITTER.into()),
                 Some((model_id.to_owned(), version)),
             )
             .await
             .map_err(|error| ActionError {
+                // A job bigger than any budget will not fit later either.
+                retryable: !matches!(error, crate::simulation::SubmitError::Invalid { .. }),
                 message: error.to_string(),
-                retryable: true,
             })?;
         let mut job = job;
         // Follow the job's live events; read its record once they end

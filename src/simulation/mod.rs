@@ -173,8 +173,8 @@ struct Queued {
     since: Instant,
 }
 
-/// Who submits the jobs of sagas' steps: exempt from the per-submitter
-/// quota, and the only one that may use the capacity kept for sagas.
+/// Who submits the jobs of sagas started before sagas recorded their key:
+/// charged to no one.
 pub const SAGA_SUBMITTER: &str = "saga";
 
 /// What a job costs, in driver-paths: paths x drivers, times the
@@ -448,11 +448,12 @@ impl Simulations {
             }
             id = uuid::Uuid::now_v7().to_string();
         }
-        self.enqueue(id, request, submitter, model).await
+        self.enqueue(id, request, submitter, model, false).await
     }
 
-    /// [`Simulations::submit`] under a given id; a job that exists already
-    /// is answered as it is (a saga's step sent twice runs once).
+    /// [`Simulations::submit`] under a given id, for a saga's step (which may
+    /// use the places kept for sagas); a job that exists already is
+    /// answered as it is (a saga's step sent twice runs once).
     pub async fn submit_as(
         &self,
         id: String,
@@ -462,7 +463,7 @@ impl Simulations {
     ) -> Result<SimulationJob, SubmitError> {
         match self.get(&id).await {
             Ok(existing) => Ok(existing),
-            Err(_) => self.enqueue(id, request, submitter, model).await,
+            Err(_) => self.enqueue(id, request, submitter, model, true).await,
         }
     }
 
@@ -472,13 +473,16 @@ impl Simulations {
         request: SimulationRequest,
         submitter: String,
         model: Option<(String, i64)>,
+        saga: bool,
     ) -> Result<SimulationJob, SubmitError> {
         let inner = &self.inner;
         check_request(&request)?;
         let cost = job_cost(&request);
         let quota = &inner.quota;
-        let saga = submitter == SAGA_SUBMITTER;
-        if !saga && cost > quota.budget {
+        // A saga's job counts against the key that started the saga; only
+        // sagas from before keys were recorded have no one to charge.
+        let charged = submitter != SAGA_SUBMITTER;
+        if charged && cost > quota.budget {
             return Err(SubmitError::Invalid {
                 field: "paths".into(),
                 reason: format!(
@@ -505,7 +509,7 @@ impl Simulations {
             if queues.waiting() + queues.reserved >= capacity {
                 return Err(SubmitError::QueueFull { capacity });
             }
-            if !saga {
+            if charged {
                 let (jobs, held) = queues.held_by(&submitter);
                 if jobs >= quota.max_jobs || held + cost > quota.budget {
                     return Err(SubmitError::OverQuota {

@@ -392,3 +392,107 @@ async fn reads_of_made_up_ids_leave_no_instances_behind() {
     }
     node.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sagas_simulation_counts_against_the_key_that_started_it() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let (node, base) = start_node(&db, |config| {
+        config.simulation.max_jobs_per_submitter = 1;
+    })
+    .await;
+    let (row, editor) = create_key(node.system.store(), Role::Editor, "sagas")
+        .await
+        .unwrap();
+    let client = reqwest::Client::new();
+    // The key's one place is taken by a long job.
+    let long = client
+        .post(format!("{base}/api/v1/simulations"))
+        .bearer_auth(&editor)
+        .json(&json!({ "model": acme(), "paths": 100_000_000, "device": "cpu" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(long.status(), StatusCode::ACCEPTED);
+    let long: Value = long.json().await.unwrap();
+    let saga: Value = client
+        .post(format!("{base}/api/v1/sagas/value-creation"))
+        .bearer_auth(&editor)
+        .json(&crate::sagas::value_creation(None, 10_000))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = saga["id"].as_str().expect("started").to_owned();
+    // Its simulate step is refused (the key is at its quota) and retried.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let saga: Value = client
+            .get(format!("{base}/api/v1/sagas/{id}"))
+            .bearer_auth(&editor)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let error = saga["steps"][1]["last_error"].as_str().unwrap_or_default();
+        if error.contains("this submitter holds 1 jobs") {
+            assert_eq!(saga["started_by"], json!(format!("key:{}", row.id)));
+            break;
+        }
+        assert!(Instant::now() < deadline, "{saga}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let cancelled = client
+        .put(format!(
+            "{base}/api/v1/simulations/{}/cancel",
+            long["id"].as_str().unwrap()
+        ))
+        .bearer_auth(&editor)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancelled.status(), StatusCode::OK);
+    node.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_header_trick_escapes_the_body_deadline() {
+    use tokio::io::AsyncReadExt;
+    let db = TestDb::new(Backend::Sqlite).await;
+    let (node, base) = start_node(&db, |config| {
+        config.limits.body_read_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let editor = key(&node, Role::Editor).await;
+    let host = base.trim_start_matches("http://");
+    let heads = [
+        // An upgrade asked on a route that is no WebSocket.
+        format!(
+            "POST /api/v1/value-models HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {editor}\r\n\
+             Upgrade: websocket\r\nConnection: upgrade\r\nContent-Length: 1000\r\n\r\n"
+        ),
+        // A forged peer request (no key; the signature is checked after the body).
+        format!(
+            "POST /api/v1/actors/architect/x/crash HTTP/1.1\r\nHost: {host}\r\n\
+             x-valueverse-peer: forged\r\nContent-Length: 1000\r\n\r\n"
+        ),
+    ];
+    for head in heads {
+        let mut socket = tokio::net::TcpStream::connect(node.http_addr())
+            .await
+            .unwrap();
+        socket.write_all(head.as_bytes()).await.unwrap();
+        socket.write_all(b"{").await.unwrap();
+        let mut answer = vec![0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(5), socket.read(&mut answer))
+            .await
+            .expect("answered at the deadline, not held open")
+            .unwrap();
+        let line = String::from_utf8_lossy(&answer[..read]).to_string();
+        assert!(line.starts_with("HTTP/1.1 408"), "{head}: {line}");
+    }
+    node.stop().await.unwrap();
+}

@@ -24,7 +24,7 @@ async fn send(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
-fn value_creation(fail_step: Option<&str>, paths: u64) -> Value {
+pub(crate) fn value_creation(fail_step: Option<&str>, paths: u64) -> Value {
     json!({
         "model": acme(),
         "confidence": 0.8,
@@ -93,6 +93,20 @@ async fn value_creation_completes_on_both_stores() {
         assert_eq!(status, StatusCode::OK, "the baseline is registered");
         let (_, listed) = send(client.get(format!("{base}/sagas?status=completed"))).await;
         assert_eq!(listed["total"], 1);
+        // Lists show summaries: no saga input, no step outputs, no plan
+        // arrays (a page of big sagas was 43 MB); the whole thing is on
+        // its own route.
+        let item = &listed["items"][0];
+        assert!(item.get("input").is_none(), "{item}");
+        assert!(item["steps"][0].get("output").is_none(), "{item}");
+        assert_eq!(listed["next_offset"], Value::Null);
+        assert!(
+            saga.get("input").is_some(),
+            "the saga's own route has it all"
+        );
+        let (_, plans) = send(client.get(format!("{base}/plans"))).await;
+        assert!(plans["items"][0]["milestones"].is_u64(), "{plans}");
+        assert!(plan["milestones"].is_array());
         drop(client);
         node.stop().await.unwrap();
     }
