@@ -639,6 +639,11 @@ async fn bench_sagas(args: BenchSagasArgs) -> anyhow::Result<()> {
 async fn apikey(command: ApikeyCommand) -> anyhow::Result<()> {
     match command {
         ApikeyCommand::Create(args) => {
+            if !args.name.is_empty()
+                && let Some(problem) = valueverse::model::name_problem(&args.name, 200)
+            {
+                anyhow::bail!("--name {problem}");
+            }
             let store = open_store(args.store, true).await?;
             let (row, key) = valueverse::auth::create_key(&store, args.role, &args.name).await?;
             store.close().await;

@@ -154,6 +154,21 @@ pub struct Correlation {
     pub rho: f64,
 }
 
+/// What is wrong with a name (of a model, driver, milestone, API key):
+/// empty, longer than `max_len` characters, or holding control characters
+/// (a terminal escape or a line break forges output where it is shown).
+pub fn name_problem(value: &str, max_len: usize) -> Option<String> {
+    if value.trim().is_empty() {
+        Some("must not be empty".into())
+    } else if value.chars().count() > max_len {
+        Some(format!("must be at most {max_len} characters"))
+    } else if value.chars().any(char::is_control) {
+        Some("must not contain control characters".into())
+    } else {
+        None
+    }
+}
+
 /// One field at fault.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldError {
@@ -197,10 +212,8 @@ impl Checker {
     }
 
     fn text(&mut self, path: &str, value: &str, max_len: usize) {
-        if value.trim().is_empty() {
-            self.fail(path, "must not be empty");
-        } else if value.chars().count() > max_len {
-            self.fail(path, format!("must be at most {max_len} characters"));
+        if let Some(problem) = name_problem(value, max_len) {
+            self.fail(path, problem);
         }
     }
 

@@ -42,6 +42,10 @@ pub struct ModelVersion {
     pub created_at: DateTime<Utc>,
 }
 
+/// Versions one model keeps at most: all of them are one stored row,
+/// rewritten on each change, and commitments refer to any of them.
+pub const MAX_VERSIONS: usize = 100;
+
 /// A value model and all its versions.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelRecord {
@@ -230,6 +234,16 @@ impl Agent for Architect {
                         format!(
                             "value model `{key}` is at version {current}, not {base_version}: \
                              read it again and reapply the change"
+                        ),
+                        None,
+                    ));
+                }
+                if record.versions.len() >= MAX_VERSIONS {
+                    return Err(HandlerError::rejected(
+                        "conflict",
+                        format!(
+                            "value model `{key}` has {MAX_VERSIONS} versions, the most one \
+                             keeps: archive it and create a new model"
                         ),
                         None,
                     ));

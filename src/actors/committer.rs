@@ -101,11 +101,8 @@ pub fn check_commitment(
     let latest = NaiveDate::from_ymd_opt(2199, 12, 31).expect("a valid date");
     for (index, milestone) in milestones.iter().enumerate() {
         let name = milestone.name.trim();
-        if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
-            return fail(
-                &format!("milestones[{index}].name"),
-                "a milestone name has 1 to 200 characters, none of them control characters".into(),
-            );
+        if let Some(problem) = crate::model::name_problem(name, 200) {
+            return fail(&format!("milestones[{index}].name"), problem);
         }
         if !names.insert(name.to_lowercase()) {
             return fail(

@@ -120,6 +120,10 @@ struct Inner {
     http: reqwest::Client,
     history: Mutex<History>,
     frames: watch::Sender<Option<Arc<str>>>,
+    /// The frame last answered to a client that polls, and when it was
+    /// built: polls within its second share it (the lock makes concurrent
+    /// polls wait for one build).
+    polled: tokio::sync::Mutex<Option<(std::time::Instant, Arc<str>)>>,
     wake: Arc<Notify>,
     metrics: Metrics,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -199,6 +203,7 @@ impl Dashboard {
                 .unwrap_or_default(),
             history: Mutex::new(History::default()),
             frames: watch::Sender::new(None),
+            polled: tokio::sync::Mutex::new(None),
             wake: Arc::new(Notify::new()),
             metrics: Metrics { viewers, frames },
             tasks: Mutex::new(Vec::new()),
@@ -229,9 +234,22 @@ impl Dashboard {
         }
     }
 
-    /// A frame built now, for a client that polls (`GET /api/v1/dashboard`).
-    pub async fn frame(&self) -> Result<Frame, StoreError> {
-        self.inner.frame().await
+    /// The frame as JSON for a client that polls (`GET /api/v1/dashboard`):
+    /// built at most once per [`FRAME_INTERVAL`], however many poll.
+    pub async fn frame_json(&self) -> Result<Arc<str>, StoreError> {
+        let mut polled = self.inner.polled.lock().await;
+        if let Some((built, json)) = polled.as_ref()
+            && built.elapsed() < FRAME_INTERVAL
+        {
+            return Ok(Arc::clone(json));
+        }
+        let frame = self.inner.frame().await?;
+        self.inner.metrics.frames.inc();
+        let json: Arc<str> = serde_json::to_string(&frame)
+            .unwrap_or_else(|error| format!("{{\"error\":\"{error}\"}}"))
+            .into();
+        *polled = Some((std::time::Instant::now(), Arc::clone(&json)));
+        Ok(json)
     }
 
     /// This node's own panel (peers fetch it to build their frames).

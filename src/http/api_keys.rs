@@ -40,13 +40,11 @@ pub(crate) async fn create(
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let body: CreateBody = parse_json(&body, false)?;
-    if body.name.len() > 200 {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_field",
-            "`name` has at most 200 characters",
-        )
-        .with_field("name"));
+    // A key's name is optional; one given follows the rules of names.
+    if !body.name.is_empty()
+        && let Some(problem) = crate::model::name_problem(&body.name, 200)
+    {
+        return Err(ApiError::invalid_field("name", format!("`name` {problem}")));
     }
     let (row, key) = create_key(system.store(), body.role, &body.name).await?;
     Ok(HttpResponse::Created().json(serde_json::json!({

@@ -4,7 +4,7 @@
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 
-use crate::dashboard::{Dashboard, Frame, NodePanel, Viewer, asset};
+use crate::dashboard::{Dashboard, NodePanel, Viewer, asset};
 
 use super::error::{ApiError, ErrorDoc};
 use super::ws::{Outgoing, Source};
@@ -78,8 +78,10 @@ fn serve(name: &str) -> HttpResponse {
 pub(crate) async fn frame(
     dashboard: Option<web::Data<Dashboard>>,
 ) -> Result<HttpResponse, ApiError> {
-    let frame: Frame = enabled(dashboard)?.frame().await?;
-    Ok(HttpResponse::Ok().json(frame))
+    let json = enabled(dashboard)?.frame_json().await?;
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .body(json.to_string()))
 }
 
 /// This node's panel: its supervision tree (failed and busy instances

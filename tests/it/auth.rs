@@ -318,3 +318,36 @@ async fn percent_encoding_the_path_changes_no_role_decision() {
     assert!(checked > 100, "{checked} variants checked");
     node.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_with_control_characters_are_refused() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let (node, base) = start_node(&db).await;
+    let (_, admin) = create_key(node.system.store(), Role::Admin, "admin")
+        .await
+        .unwrap();
+    let client = reqwest::Client::new();
+    let key = client
+        .post(format!("{base}/api/v1/api-keys"))
+        .bearer_auth(&admin)
+        .json(&json!({ "role": "viewer", "name": "ci\u{1b}[2J\nFORGED" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(key.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body: Value = key.json().await.unwrap();
+    assert_eq!(body["error"]["field"], "name", "{body}");
+    let mut model = acme();
+    model["drivers"][0]["name"] = json!("ticket\u{7}deflection");
+    let refused = client
+        .post(format!("{base}/api/v1/value-models"))
+        .bearer_auth(&admin)
+        .json(&model)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["field"], "drivers[0].name", "{body}");
+    node.stop().await.unwrap();
+}

@@ -522,17 +522,26 @@ fn the_cli_keeps_passwords_escapes_and_files_to_itself() {
 
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("keys.db").display());
-    let created = valueverse()
-        .args(["apikey", "create", "--role", "viewer", "--name"])
-        .arg("ci\u{1b}[2J\u{1b}[31mFORGED admin key\n")
+    let forged = "ci\u{1b}[2J\u{1b}[31mFORGED admin key\n";
+    let refused = valueverse()
+        .args(["apikey", "create", "--role", "viewer", "--name", forged])
         .args(["--database-url", &url])
         .output()
         .unwrap();
+    assert!(!refused.status.success(), "a name with control characters");
     assert!(
-        created.status.success(),
+        String::from_utf8_lossy(&refused.stderr).contains("control characters"),
         "{}",
-        String::from_utf8_lossy(&created.stderr)
+        String::from_utf8_lossy(&refused.stderr)
     );
+    // One stored by an older build is still shown escaped.
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let store = valueverse::store::Store::open(&url, 1).await.unwrap();
+        valueverse::auth::create_key(&store, valueverse::auth::Role::Viewer, forged)
+            .await
+            .unwrap();
+        store.close().await;
+    });
     let listed = valueverse()
         .args(["apikey", "list", "--database-url", &url])
         .output()

@@ -60,6 +60,26 @@ async fn metrics(base: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_poll_share_one_frame_a_second() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let (node, base, client, _key) = start_node(&db).await;
+    let polls = (0..20).map(|_| {
+        let (client, url) = (client.clone(), format!("{base}/api/v1/dashboard"));
+        async move {
+            let frame: Value = client.get(url).send().await.unwrap().json().await.unwrap();
+            frame["at_ms"].as_i64().unwrap()
+        }
+    });
+    let stamps = futures_util::future::join_all(polls).await;
+    let distinct: std::collections::BTreeSet<i64> = stamps.into_iter().collect();
+    let built = frames_built(&metrics(&base).await);
+    // Before: a frame per call (20 builds, each asking the store and peers).
+    assert!(built <= 2, "{built} frames built for 20 polls");
+    assert_eq!(distinct.len() as u64, built, "{distinct:?}");
+    node.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nobody_watching_builds_nothing_and_viewers_share_each_frame() {
     let db = TestDb::new(Backend::Sqlite).await;
     let (node, base, _client, key) = start_node(&db).await;

@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 use sqlx::Connection;
 use valueverse::Node;
 
-use crate::support::{BACKENDS, TestDb};
+use crate::support::{BACKENDS, Backend, TestDb};
 
 const ACME: &str = include_str!("../../docs/models/acme-support.json");
 
@@ -340,5 +340,34 @@ async fn inputs_whose_products_overflow_are_refused_naming_the_field() {
         metrics.contains("valueverse_http_rows_skipped_total{table=\"value_models\"} 1"),
         "{metrics}"
     );
+    node.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_keeps_at_most_a_hundred_versions() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let (node, base) = start_node(&db).await;
+    let client = reqwest::Client::new();
+    let id = create_model(&client, &base, &acme()).await;
+    let patch = |n: usize| {
+        client
+            .patch(format!("{base}/value-models/{id}"))
+            .json(&json!({ "discount_rate": 0.05 + n as f64 * 0.001 }))
+    };
+    for n in 2..=100 {
+        let (status, body) = send(patch(n)).await;
+        assert_eq!(status, StatusCode::OK, "version {n}: {body}");
+    }
+    // Before: every version stayed, all rewritten in one row on each change.
+    let (status, refused) = send(patch(101)).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("100 versions"),
+        "{refused}"
+    );
+    drop(client);
     node.stop().await.unwrap();
 }
