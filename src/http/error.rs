@@ -272,6 +272,17 @@ fn code_for(status: StatusCode) -> &'static str {
     }
 }
 
+/// `GET, POST`: the methods of the route `pattern` in the route table.
+fn allowed_methods(pattern: Option<&str>) -> Option<String> {
+    let pattern = pattern?;
+    let methods: Vec<String> = super::ROUTES
+        .iter()
+        .filter(|(_, path)| *path == pattern)
+        .map(|(method, _)| method.to_ascii_uppercase())
+        .collect();
+    (!methods.is_empty()).then(|| methods.join(", "))
+}
+
 /// Gives every error response that is not JSON yet (actix's own 404s, 405s,
 /// extractor errors) the API's JSON error shape.
 pub(crate) fn to_json_error<B>(
@@ -302,8 +313,15 @@ pub(crate) fn to_json_error<B>(
         }
         (status, None) => status.canonical_reason().unwrap_or("error").to_lowercase(),
     };
+    let allow = (status == StatusCode::METHOD_NOT_ALLOWED)
+        .then(|| allowed_methods(request.match_pattern().as_deref()))
+        .flatten();
     let (request, _) = response.into_parts();
-    let rewritten = ApiError::new(status, code_for(status), message).error_response();
+    let mut rewritten = ApiError::new(status, code_for(status), message).error_response();
+    // A 405 names the methods the route does take (RFC 9110, 15.5.6).
+    if let Some(allow) = allow.and_then(|allow| HeaderValue::from_str(&allow).ok()) {
+        rewritten.headers_mut().insert(header::ALLOW, allow);
+    }
     let rewritten: ServiceResponse<EitherBody<B>> =
         ServiceResponse::new(request, rewritten).map_into_right_body();
     Ok(ErrorHandlerResponse::Response(rewritten))

@@ -145,7 +145,7 @@ api! {
     ),
     paths(operations::health, operations::ready, operations::metrics, actors::tree, actors::reset, actors::crash, cluster::view, dashboard::frame, dashboard::node, dashboard::events, api_keys::create, api_keys::list, api_keys::revoke, value_models::create, value_models::list, value_models::get, value_models::patch, value_models::versions, value_models::archive, value_models::hypotheses, simulations::submit, simulations::queue, simulations::get, simulations::results, simulations::cancel, simulations::events, commitments::commit, commitments::list, commitments::get, commitments::void, plans::create, plans::list, plans::get, plans::progress, plans::deliver, plans::cancel, plans::insights, webhooks::subscribe, webhooks::list, webhooks::get, webhooks::delete, webhooks::deliveries, webhooks::redeliver, sagas::list, sagas::start_value_creation, sagas::start_renewal, sagas::get, sagas::cancel, sagas::retry, sagas::events),
     components(schemas(error::ErrorDoc)),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &CommonAnswers),
     tags(
         (name = "operations", description = "probes and metrics (no key needed)"),
         (name = "actors", description = "the supervision tree and operator resets"),
@@ -178,6 +178,89 @@ impl utoipa::Modify for BearerAuth {
                     .build(),
             ),
         );
+    }
+}
+
+/// What every route may answer besides its own outcomes, declared on each
+/// operation so that the document is true: the checks in front of every
+/// handler (key, role, rate, body) answer these.
+struct CommonAnswers;
+
+impl utoipa::Modify for CommonAnswers {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+        use utoipa::openapi::{RefOr, ResponseBuilder};
+        let error = |text: &str| {
+            RefOr::T(
+                ResponseBuilder::new()
+                    .description(text)
+                    .content(
+                        "application/json",
+                        utoipa::openapi::ContentBuilder::new()
+                            .schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name(
+                                "ErrorDoc",
+                            ))))
+                            .build(),
+                    )
+                    .build(),
+            )
+        };
+        let keyed = [
+            (
+                "400",
+                "malformed JSON, unknown field or bad query parameter",
+            ),
+            ("401", "no, unknown or revoked API key"),
+            ("403", "the key's role is too weak"),
+            ("408", "the request body did not arrive in time"),
+            ("413", "the request body is too large"),
+            (
+                "429",
+                "the key's (or the address's) rate, requests in flight or quota are spent (Retry-After)",
+            ),
+            (
+                "503",
+                "the store or the node is busy or unreachable (Retry-After)",
+            ),
+        ];
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for operation in operations.into_iter().flatten() {
+                let secured = operation.security.as_ref().is_some_and(|s| !s.is_empty());
+                if secured {
+                    for (status, text) in keyed {
+                        operation
+                            .responses
+                            .responses
+                            .entry(status.to_owned())
+                            .or_insert_with(|| error(text));
+                    }
+                }
+                // Paging: `limit` 1..=100, `offset` >= 0, as the routes check.
+                for parameter in operation.parameters.iter_mut().flatten() {
+                    let bounds = match parameter.name.as_str() {
+                        "limit" => Some((1, Some(100))),
+                        "offset" => Some((0, None)),
+                        _ => None,
+                    };
+                    if let Some((low, high)) = bounds {
+                        parameter.schema = Some(RefOr::T(Schema::Object(
+                            ObjectBuilder::new()
+                                .schema_type(Type::Integer)
+                                .minimum(Some(low))
+                                .maximum(high)
+                                .build(),
+                        )));
+                    }
+                }
+            }
+        }
     }
 }
 

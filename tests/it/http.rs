@@ -196,7 +196,18 @@ async fn errors_share_one_json_shape() {
         .await
         .unwrap();
     assert_eq!(wrong_method.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(
+        wrong_method.headers()["allow"],
+        "GET",
+        "a 405 names what is allowed"
+    );
     assert_error_shape(&json(wrong_method).await, "method_not_allowed");
+    let both = client
+        .put(format!("{base}/api/v1/value-models/x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(both.headers()["allow"], "GET, PATCH");
 
     let reset = format!("{base}/api/v1/actors/counter/x/reset");
     let malformed = client.post(&reset).body("{not json").send().await.unwrap();
