@@ -27,15 +27,34 @@ pub const MAX_DRIVERS: usize = 256;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ValueModel {
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*\\S[^\\x00-\\x1f\\x7f-\\x9f]*$"
+    )]
     pub name: String,
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*\\S[^\\x00-\\x1f\\x7f-\\x9f]*$"
+    )]
     pub customer: String,
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*\\S[^\\x00-\\x1f\\x7f-\\x9f]*$"
+    )]
     pub industry: String,
     /// ISO 4217 code, e.g. `USD`.
+    #[schema(pattern = "^[A-Z]{3}$")]
     pub currency: String,
+    #[schema(minimum = 1, maximum = 600)]
     pub horizon_months: u32,
     /// Annual rate in [0, 1).
+    #[schema(minimum = 0.0, exclusive_maximum = 1.0)]
     pub discount_rate: f64,
     pub costs: Costs,
+    #[schema(min_items = 1, max_items = 256)]
     pub drivers: Vec<Driver>,
     #[serde(default)]
     pub correlations: Vec<Correlation>,
@@ -44,19 +63,27 @@ pub struct ValueModel {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Costs {
+    #[schema(minimum = 0.0, maximum = 9007199254740991.0)]
     pub one_off: f64,
+    #[schema(minimum = 0.0, maximum = 9007199254740991.0)]
     pub monthly: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Driver {
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*\\S[^\\x00-\\x1f\\x7f-\\x9f]*$"
+    )]
     pub name: String,
     pub category: DriverCategory,
     /// Value of one unit of quantity, in the model's currency.
     pub unit_value: f64,
     /// Months to reach full effect (0: from the first month).
     #[serde(default)]
+    #[schema(maximum = 600)]
     pub ramp_months: u32,
     /// Units per month.
     pub quantity: Distribution,
@@ -71,12 +98,14 @@ pub enum DriverCategory {
     Risk,
 }
 
-/// The distribution of a driver's monthly quantity.
 /// The largest present value (in the model's currency) a model may reach
 /// on any path: far beyond any business case, and small enough that every
 /// statistic of a run of 10^9 paths (sums of squares included) is finite.
-pub const MAX_MONEY: f64 = 1e18;
+/// It is 2^53 - 1, the largest integer whose successor an f64 still tells
+/// apart, so that a JSON integer just past it cannot round onto it and pass.
+pub const MAX_MONEY: f64 = 9_007_199_254_740_991.0;
 
+/// The distribution of a driver's monthly quantity.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "dist", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Distribution {
@@ -85,11 +114,14 @@ pub enum Distribution {
     },
     Normal {
         mean: f64,
+        #[schema(minimum = 0.0)]
         sd: f64,
     },
     /// Mean and standard deviation of the quantity itself, not of its log.
     Lognormal {
+        #[schema(exclusive_minimum = 0.0)]
         mean: f64,
+        #[schema(minimum = 0.0)]
         sd: f64,
     },
     Triangular {
@@ -109,6 +141,7 @@ pub enum Distribution {
     },
     /// `impact` with probability `p`, else 0.
     Bernoulli {
+        #[schema(minimum = 0.0, maximum = 1.0)]
         p: f64,
         impact: f64,
     },
@@ -151,6 +184,7 @@ impl Distribution {
 pub struct Correlation {
     pub a: String,
     pub b: String,
+    #[schema(minimum = -1.0, maximum = 1.0)]
     pub rho: f64,
 }
 
@@ -332,8 +366,18 @@ impl ValueModel {
                 format!("must be within [0, 1), got {}", self.discount_rate),
             );
         }
-        check.number("costs.one_off", self.costs.one_off, Some(0.0), None);
-        check.number("costs.monthly", self.costs.monthly, Some(0.0), None);
+        check.number(
+            "costs.one_off",
+            self.costs.one_off,
+            Some(0.0),
+            Some(MAX_MONEY),
+        );
+        check.number(
+            "costs.monthly",
+            self.costs.monthly,
+            Some(0.0),
+            Some(MAX_MONEY),
+        );
 
         if self.drivers.is_empty() {
             check.fail("drivers", "must list at least one driver");

@@ -20,8 +20,10 @@ const TABLE: &str = "commitments";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Terms {
+    #[schema(minimum = 0.0, maximum = 9007199254740991.0)]
     pub fixed_fee: f64,
     /// Share (0 to 1) of realized value above the target.
+    #[schema(minimum = 0.0, maximum = 1.0)]
     pub outcome_share: f64,
     /// Most the customer pays in all; `None`: no cap.
     pub cap: Option<f64>,
@@ -134,8 +136,15 @@ pub fn check_commitment(
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Milestone {
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*\\S[^\\x00-\\x1f\\x7f-\\x9f]*$"
+    )]
     pub name: String,
+    /// 2000-01-01 to 2199-12-31.
     pub due_date: NaiveDate,
+    #[schema(minimum = 0.0, maximum = 9007199254740991.0)]
     pub expected_value: f64,
 }
 

@@ -1504,8 +1504,11 @@ mod tests {
         // A server stuck in its first message stops reading its socket.
         let release = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let held = release.clone();
+        // Bounded: it holds a runtime worker, and a CI run once hung with
+        // it held for good (the test then fails rather than hangs).
         let slow_handler: Inbound = each(move |_: &Link, _: Envelope<'_>| {
-            while !held.load(Ordering::Relaxed) {
+            let since = std::time::Instant::now();
+            while !held.load(Ordering::Relaxed) && since.elapsed() < Duration::from_secs(20) {
                 std::thread::sleep(Duration::from_millis(5));
             }
             None

@@ -111,6 +111,7 @@ async fn operate(
 #[serde(deny_unknown_fields)]
 struct CrashRequest {
     /// Why: goes to the log and the instance's last failure.
+    #[schema(min_length = 1, max_length = 500, pattern = "\\S")]
     reason: String,
 }
 
@@ -145,14 +146,9 @@ pub(crate) async fn crash(
 ) -> Result<HttpResponse, ApiError> {
     operate(&system, path, correlation_id, &http, &body, |body| {
         let request: CrashRequest = parse_json(body, false)?;
-        if request.reason.trim().is_empty() || request.reason.len() > 500 {
-            return Err(ApiError::invalid_field(
-                "reason",
-                "give a reason of 1 to 500 characters".into(),
-            ));
-        }
+        let reason = ApiError::check_reason(&request.reason, 500)?;
         Ok(OperatorAction::Crash {
-            reason: request.reason,
+            reason: reason.to_owned(),
         })
     })
     .await

@@ -17,6 +17,10 @@ struct CreateBody {
     role: Role,
     /// What the key is for [default: empty].
     #[serde(default)]
+    #[schema(
+        max_length = 200,
+        pattern = "^([^\\x00-\\x1f\\x7f-\\x9f]*\\S[^\\x00-\\x1f\\x7f-\\x9f]*)?$"
+    )]
     name: String,
 }
 

@@ -25,10 +25,13 @@ struct CommitBody {
     /// [default: the model's current version]
     model_version: Option<i64>,
     /// 0.5 to 0.95: the probability the outcome reaches the target.
+    #[schema(minimum = 0.5, maximum = 0.95)]
     confidence: f64,
+    #[schema(minimum = -9007199254740991.0, maximum = 9007199254740991.0)]
     target: f64,
     terms: Terms,
     #[serde(default)]
+    #[schema(max_items = 100)]
     milestones: Vec<Milestone>,
 }
 
@@ -152,6 +155,7 @@ pub(crate) async fn get(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct VoidBody {
+    #[schema(min_length = 1, max_length = 1000, pattern = "\\S")]
     reason: String,
 }
 
@@ -179,13 +183,7 @@ pub(crate) async fn void(
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let body: VoidBody = parse_json(&body, false)?;
-    let reason = body.reason.trim();
-    if reason.is_empty() || reason.len() > 1000 {
-        return Err(ApiError::invalid_field(
-            "reason",
-            "a reason has 1 to 1000 characters".into(),
-        ));
-    }
+    let reason = ApiError::check_reason(&body.reason, 1000)?;
     let commitment = ask(
         &system,
         &id,
@@ -219,7 +217,7 @@ struct ListQuery {
         ("offset" = Option<i64>, Query, description = "rows to skip [default: 0]"),
     ),
     responses(
-        (status = 200, description = "a page of commitments", body = Object),
+        (status = 200, description = "a page of commitments", body = super::listing::PageOf<Commitment>),
         (status = 400, description = "malformed JSON, unknown field or bad query", body = ErrorDoc),
         (status = 401, description = "no or unknown API key", body = ErrorDoc),
         (status = 403, description = "the key's role is too weak", body = ErrorDoc),

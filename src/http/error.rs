@@ -72,6 +72,19 @@ impl ApiError {
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", message).with_field(field)
     }
 
+    /// A reason given by an operator: 1 to `max` characters, not all blank.
+    /// Its schema says the same: `min_length = 1, pattern = "\\S"`.
+    pub(crate) fn check_reason(reason: &str, max: usize) -> Result<&str, ApiError> {
+        let trimmed = reason.trim();
+        if trimmed.is_empty() || reason.chars().count() > max {
+            return Err(ApiError::invalid_field(
+                "reason",
+                format!("give a reason of 1 to {max} characters, not all blank"),
+            ));
+        }
+        Ok(trimmed)
+    }
+
     pub fn with_field(mut self, field: impl Into<String>) -> ApiError {
         self.field = Some(field.into());
         self
@@ -141,7 +154,11 @@ impl From<AgentError> for ApiError {
                 // A refusal is a 422 unless its code says the target is
                 // missing or in a state that forbids the request.
                 let status = match rejection.code.as_str() {
-                    "not_found" => StatusCode::NOT_FOUND,
+                    // No insights before a plan: nothing there yet.
+                    "not_found" | "no_baseline" => StatusCode::NOT_FOUND,
+                    // The stored model's industry has no catalogue: its
+                    // state, not the request, refuses.
+                    "unknown_industry" => StatusCode::CONFLICT,
                     "conflict" => StatusCode::CONFLICT,
                     _ => StatusCode::UNPROCESSABLE_ENTITY,
                 };
@@ -203,14 +220,14 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8], empty_is_object: bool) -> Re
     } else {
         body
     };
-    let mut deserializer = serde_json::Deserializer::from_slice(body);
-    match serde_path_to_error::deserialize::<_, T>(&mut deserializer) {
-        Ok(value) => {
-            deserializer.end().map_err(|error| {
-                ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", error.to_string())
-            })?;
-            Ok(value)
-        }
+    let mut value: serde_json::Value = serde_json::from_slice(body).map_err(|error| {
+        ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", error.to_string())
+    })?;
+    // JSON has one number type: `10.0` is the integer 10 to JSON Schema (and
+    // to the OpenAPI document), so it is taken where an integer is asked.
+    integral_floats_as_integers(&mut value);
+    match serde_path_to_error::deserialize::<_, T>(value) {
+        Ok(value) => Ok(value),
         Err(error) => {
             let path = error.path().to_string();
             let inner = error.into_inner();
@@ -236,6 +253,26 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8], empty_is_object: bool) -> Re
                 _ => error,
             })
         }
+    }
+}
+
+/// Rewrites every float with no fractional part (within the 64-bit integer
+/// range) as an integer; a float field reads an integer all the same.
+fn integral_floats_as_integers(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    match value {
+        Value::Number(number) if !number.is_i64() && !number.is_u64() => {
+            if let Some(float) = number.as_f64()
+                && float.fract() == 0.0
+                && float.abs() < 9.0e15
+            {
+                // Below 2^53 every integral float is exact.
+                *value = Value::from(float as i64);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(integral_floats_as_integers),
+        Value::Object(fields) => fields.values_mut().for_each(integral_floats_as_integers),
+        _ => {}
     }
 }
 
@@ -325,4 +362,28 @@ pub(crate) fn to_json_error<B>(
     let rewritten: ServiceResponse<EitherBody<B>> =
         ServiceResponse::new(request, rewritten).map_into_right_body();
     Ok(ErrorHandlerResponse::Response(rewritten))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        paths: u64,
+        share: f64,
+    }
+
+    #[test]
+    fn an_integral_float_is_an_integer_as_json_schema_says() {
+        let body: Body = parse_json(br#"{"paths": 10.0, "share": 1}"#, false).unwrap();
+        assert_eq!((body.paths, body.share), (10, 1.0));
+        let error = parse_json::<Body>(br#"{"paths": 10.5, "share": 1}"#, false).unwrap_err();
+        assert_eq!(error.field.as_deref(), Some("paths"));
+        let error = parse_json::<Body>(br#"{"paths": 1, "share": 1, "x": 2}"#, false).unwrap_err();
+        assert_eq!(error.status, StatusCode::BAD_REQUEST);
+        let error = parse_json::<Body>(b"{not json", false).unwrap_err();
+        assert_eq!(error.code, "malformed_json");
+    }
 }

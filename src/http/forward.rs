@@ -18,6 +18,7 @@ use super::middleware::CORRELATION_HEADER;
 
 /// `?node=`: the node whose instance or job the action is about.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct NodeQuery {
     /// The node that runs it (default: this node).

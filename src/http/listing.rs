@@ -50,6 +50,22 @@ pub(crate) fn decode<T: DeserializeOwned>(
         .collect()
 }
 
+/// A page of a list route, as the OpenAPI document shows it (the answer is
+/// written by [`page_json`]).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct PageOf<T> {
+    /// Rows matching the filters, all pages together.
+    total: i64,
+    limit: i64,
+    offset: i64,
+    /// Where the next page starts; `null` on the last page.
+    next_offset: Option<i64>,
+    /// The 1 MiB cap ended the page before `limit`.
+    truncated: bool,
+    items: Vec<T>,
+}
+
 /// Bytes of items one page answers at most: past it the page ends early
 /// (`truncated`, with `next_offset` to go on), whatever `limit` asked.
 pub(crate) const MAX_PAGE_BYTES: usize = 1 << 20;

@@ -223,6 +223,19 @@ impl utoipa::Modify for CommonAnswers {
                 "the store or the node is busy or unreachable (Retry-After)",
             ),
         ];
+        // A tagged enum that denies unknown fields: each variant is closed.
+        if let Some(components) = openapi.components.as_mut()
+            && let Some(RefOr::T(Schema::OneOf(one_of))) =
+                components.schemas.get_mut("Distribution")
+        {
+            for variant in &mut one_of.items {
+                if let RefOr::T(Schema::Object(object)) = variant {
+                    object.additional_properties = Some(Box::new(
+                        utoipa::openapi::schema::AdditionalProperties::FreeForm(false),
+                    ));
+                }
+            }
+        }
         for item in openapi.paths.paths.values_mut() {
             let operations = [
                 &mut item.get,
@@ -244,20 +257,23 @@ impl utoipa::Modify for CommonAnswers {
                 }
                 // Paging: `limit` 1..=100, `offset` >= 0, as the routes check.
                 for parameter in operation.parameters.iter_mut().flatten() {
-                    let bounds = match parameter.name.as_str() {
-                        "limit" => Some((1, Some(100))),
-                        "offset" => Some((0, None)),
-                        _ => None,
+                    let bounded = match parameter.name.as_str() {
+                        "limit" => ObjectBuilder::new()
+                            .schema_type(Type::Integer)
+                            .minimum(Some(1))
+                            .maximum(Some(100)),
+                        "offset" => ObjectBuilder::new()
+                            .schema_type(Type::Integer)
+                            .minimum(Some(0))
+                            .maximum(Some(i64::MAX)),
+                        // The insights' margin of error around the target.
+                        "margin" => ObjectBuilder::new()
+                            .schema_type(Type::Number)
+                            .minimum(Some(0.0))
+                            .exclusive_maximum(Some(1.0)),
+                        _ => continue,
                     };
-                    if let Some((low, high)) = bounds {
-                        parameter.schema = Some(RefOr::T(Schema::Object(
-                            ObjectBuilder::new()
-                                .schema_type(Type::Integer)
-                                .minimum(Some(low))
-                                .maximum(high)
-                                .build(),
-                        )));
-                    }
+                    parameter.schema = Some(RefOr::T(Schema::Object(bounded.build())));
                 }
             }
         }

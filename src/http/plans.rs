@@ -129,6 +129,7 @@ struct PlanBody {
     tag = "executor",
     request_body = PlanBody,
     responses(
+        (status = 409, description = "the state of what it names refuses it (a voided commitment, an archived model)", body = ErrorDoc),
         (status = 201, description = "the plan, and the amplifier baseline registered", body = PlanView),
         (status = 400, description = "malformed JSON, unknown field or bad query", body = ErrorDoc),
         (status = 404, description = "not found", body = ErrorDoc),
@@ -148,13 +149,15 @@ pub(crate) async fn create(
         .ask(CommitterMsg::Get, timeout(&system))
         .await?;
     if commitment.status != CommitmentStatus::Active {
-        return Err(ApiError::invalid_field(
-            "commitment_id",
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
             format!(
                 "commitment `{}` is voided: it cannot be planned",
                 commitment.id
             ),
-        ));
+        )
+        .with_field("commitment_id"));
     }
     let request = &commitment.request;
     let names: HashSet<&str> = request.milestones.iter().map(|m| m.name.as_str()).collect();
@@ -295,6 +298,7 @@ pub(crate) async fn progress(
 struct DeliveryBody {
     /// The client's id for the delivery: sending it again records it once
     /// [default: a new id].
+    #[schema(min_length = 1, max_length = 100)]
     id: Option<String>,
     driver: String,
     value: f64,
@@ -366,6 +370,7 @@ pub(crate) async fn deliver(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CancelBody {
+    #[schema(min_length = 1, max_length = 1000, pattern = "\\S")]
     reason: String,
 }
 
@@ -393,12 +398,7 @@ pub(crate) async fn cancel(
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let body: CancelBody = parse_json(&body, false)?;
-    if body.reason.trim().is_empty() {
-        return Err(ApiError::invalid_field(
-            "reason",
-            "a reason is required".into(),
-        ));
-    }
+    ApiError::check_reason(&body.reason, 1000)?;
     let plan = ask(
         &system,
         &id,
@@ -434,7 +434,7 @@ struct ListQuery {
         ("offset" = Option<i64>, Query, description = "rows to skip [default: 0]"),
     ),
     responses(
-        (status = 200, description = "a page of plans", body = Object),
+        (status = 200, description = "a page of plans", body = super::listing::PageOf<PlanSummary>),
         (status = 400, description = "malformed JSON, unknown field or bad query", body = ErrorDoc),
         (status = 401, description = "no or unknown API key", body = ErrorDoc),
         (status = 403, description = "the key's role is too weak", body = ErrorDoc),
@@ -476,11 +476,12 @@ struct InsightsQuery {
     tag = "amplifier",
     params(
         ("model_id" = String, Path, description = "value model id"),
-        ("as_of" = Option<String>, Query, description = "YYYY-MM-DD [default: today]"),
+        ("as_of" = Option<chrono::NaiveDate>, Query, description = "YYYY-MM-DD [default: today]"),
         ("margin" = Option<f64>, Query, description = "0 to 1 [default: 0.1]"),
     ),
     responses(
         (status = 200, description = "realized vs committed, trend, opportunities, risks", body = Insights),
+        (status = 404, description = "no such model, or no plan for it yet (`no_baseline`)", body = ErrorDoc),
         (status = 400, description = "malformed JSON, unknown field or bad query", body = ErrorDoc),
         (status = 422, description = "invalid field, named", body = ErrorDoc),
         (status = 401, description = "no or unknown API key", body = ErrorDoc),

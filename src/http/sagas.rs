@@ -144,6 +144,7 @@ pub(crate) async fn start_value_creation(
     tag = "sagas",
     request_body = RenewalInput,
     responses(
+        (status = 409, description = "the state of what it names refuses it (a voided commitment, an archived model)", body = ErrorDoc),
         (status = 202, description = "started", body = Saga),
         (status = 404, description = "no such commitment", body = ErrorDoc),
         (status = 422, description = "invalid field, named", body = ErrorDoc),
@@ -167,15 +168,18 @@ pub(crate) async fn start_renewal(
         .agent::<Committer>(input.commitment_id.clone())
         .ask(CommitterMsg::Get, system.runtime_config().ask_timeout)
         .await?;
+    // The request is well formed; the commitment's state refuses it: 409.
     if commitment.status != CommitmentStatus::Active {
-        return Err(ApiError::invalid_field(
-            "commitment_id",
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
             format!(
                 "commitment {} is {}; only an active commitment is renewed",
                 commitment.id,
                 commitment.status.as_str()
             ),
-        ));
+        )
+        .with_field("commitment_id"));
     }
     let (model, _) = ask_model(
         &system,
@@ -184,13 +188,15 @@ pub(crate) async fn start_renewal(
     )
     .await?;
     if model.status != ModelStatus::Active {
-        return Err(ApiError::invalid_field(
-            "commitment_id",
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
             format!(
                 "the commitment's model {} is archived; it cannot be renewed",
                 commitment.request.model_id
             ),
-        ));
+        )
+        .with_field("commitment_id"));
     }
     let input = serde_json::to_value(&input).map_err(|error| {
         ApiError::new(
@@ -246,7 +252,7 @@ struct ListQuery {
         ("offset" = Option<i64>, Query, description = "rows to skip"),
     ),
     responses(
-        (status = 200, description = "a page of sagas", body = Object),
+        (status = 200, description = "a page of sagas", body = super::listing::PageOf<SagaSummary>),
         (status = 400, description = "bad query", body = ErrorDoc),
     ),
     security(("bearer" = [])),

@@ -43,6 +43,7 @@ struct SubmitBody {
     model_version: Option<i64>,
     /// 1 to 10^9 [default: 100000].
     #[serde(default = "default_paths")]
+    #[schema(minimum = 1, maximum = 1_000_000_000)]
     paths: u64,
     /// [default: drawn at random; the job reports it].
     seed: Option<u64>,
@@ -50,6 +51,7 @@ struct SubmitBody {
     device: Device,
     /// Bins of the result's histogram, 1 to 10000 [default: 50].
     #[serde(default = "default_bins")]
+    #[schema(minimum = 1, maximum = 10000)]
     bins: usize,
     /// Stop once the standard error of the mean is below this fraction of it.
     stop_at_rel_se: Option<f64>,

@@ -256,7 +256,7 @@ struct ModelSummary {
         ("offset" = Option<i64>, Query, description = "rows to skip [default: 0]"),
     ),
     responses(
-        (status = 200, description = "a page of model summaries", body = Object),
+        (status = 200, description = "a page of model summaries", body = super::listing::PageOf<ModelSummary>),
         (status = 400, description = "malformed JSON, unknown field or bad query", body = ErrorDoc),
         (status = 401, description = "no or unknown API key", body = ErrorDoc),
         (status = 403, description = "the key's role is too weak", body = ErrorDoc),
@@ -302,11 +302,30 @@ pub(crate) async fn list(
 /// `PATCH`: a JSON merge patch (RFC 7396) over the current version makes
 /// the next one. `If-Match: "N"` names the version the patch was written
 /// against; without it, the version read here.
+/// A JSON merge patch over a model, as the document shows it: the model's
+/// own fields, each optional (`null` removes one; the result must be a
+/// valid model).
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct ModelPatch {
+    name: Option<String>,
+    customer: Option<String>,
+    industry: Option<String>,
+    currency: Option<String>,
+    horizon_months: Option<u32>,
+    discount_rate: Option<f64>,
+    #[schema(value_type = Option<Object>)]
+    costs: Option<serde_json::Value>,
+    drivers: Option<Vec<crate::model::Driver>>,
+    correlations: Option<Vec<crate::model::Correlation>>,
+}
+
 #[utoipa::path(
     patch,
     path = "/api/v1/value-models/{id}",
     tag = "architect",
-    request_body(content = Object, description = "a JSON merge patch (RFC 7396) over the model", content_type = "application/merge-patch+json"),
+    request_body(content = ModelPatch, description = "a JSON merge patch (RFC 7396) over the model", content_type = "application/merge-patch+json"),
     params(
         ("id" = String, Path, description = "id"),
     ),
@@ -367,7 +386,14 @@ pub(crate) async fn patch(
             error.to_string(),
         )
     })?;
-    let model = model_from(&merged)?;
+    // The patch was well formed; a merged model that does not read as one
+    // (a required field removed with `null`) is invalid: 422.
+    let model: ValueModel = parse_json(&merged, false).map_err(|mut error| {
+        error.status = StatusCode::UNPROCESSABLE_ENTITY;
+        error.code = "invalid_field".into();
+        error
+    })?;
+    let model = validated(model)?;
     let (record, version) = ask_model(
         &system,
         &id,
@@ -430,6 +456,7 @@ fn default_hypotheses() -> usize {
 #[serde(deny_unknown_fields)]
 struct HypothesesBody {
     #[serde(default = "default_hypotheses")]
+    #[schema(minimum = 1, maximum = 50)]
     limit: usize,
 }
 
@@ -442,6 +469,7 @@ struct HypothesesBody {
         ("id" = String, Path, description = "id"),
     ),
     responses(
+        (status = 409, description = "the state of what it names refuses it (a voided commitment, an archived model)", body = ErrorDoc),
         (status = 200, description = "candidate drivers, best first", body = Object),
         (status = 404, description = "not found", body = ErrorDoc),
         (status = 422, description = "invalid field, named", body = ErrorDoc),

@@ -25,7 +25,23 @@ struct SubscribeBody {
     secret: Option<String>,
     /// an email address.
     email: Option<String>,
+    /// The event types to send (`*`: all), at least one.
+    #[schema(schema_with = event_types_schema)]
     event_types: Vec<String>,
+}
+
+/// `event_types` as the document shows it: the names the agents announce.
+fn event_types_schema() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    let names = std::iter::once("*").chain(EVENT_TYPES.iter().copied());
+    ArrayBuilder::new()
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(names)),
+        )
+        .min_items(Some(1))
+        .build()
 }
 
 /// A subscription as shown: the secret never leaves the node.
@@ -273,7 +289,7 @@ struct ListQuery {
         ("offset" = Option<i64>, Query, description = "rows to skip [default: 0]"),
     ),
     responses(
-        (status = 200, description = "a page of subscriptions", body = Object),
+        (status = 200, description = "a page of subscriptions", body = super::listing::PageOf<SubscriptionView>),
         (status = 400, description = "malformed JSON, unknown field or bad query", body = ErrorDoc),
         (status = 401, description = "no or unknown API key", body = ErrorDoc),
         (status = 403, description = "the key's role is too weak", body = ErrorDoc),

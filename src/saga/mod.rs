@@ -222,7 +222,7 @@ pub struct Saga {
     pub next_action_at: Option<DateTime<Utc>>,
     /// The action handed to a runner and not yet reported: `[step,
     /// direction]`.
-    #[schema(value_type = Option<Vec<Object>>)]
+    #[schema(value_type = Option<Vec<serde_json::Value>>)]
     pub in_flight: Option<(usize, Direction)>,
     pub cancel_requested: bool,
     pub error: Option<String>,
@@ -242,7 +242,7 @@ pub struct SagaSummary {
     pub definition: String,
     pub status: SagaStatus,
     pub steps: Vec<StepSummary>,
-    #[schema(value_type = Option<Vec<Object>>)]
+    #[schema(value_type = Option<Vec<serde_json::Value>>)]
     pub in_flight: Option<(usize, Direction)>,
     pub cancel_requested: bool,
     pub error: Option<String>,

@@ -36,18 +36,23 @@ use super::{Direction, Due, Saga};
 pub struct ValueCreationInput {
     pub model: ValueModel,
     /// 0.5 to 0.95.
+    #[schema(minimum = 0.5, maximum = 0.95)]
     pub confidence: f64,
     /// [default: the NPV the simulation reaches at `confidence`]
+    #[schema(minimum = -9007199254740991.0, maximum = 9007199254740991.0)]
     pub target: Option<f64>,
     pub terms: Terms,
     #[serde(default)]
+    #[schema(max_items = 100)]
     pub milestones: Vec<Milestone>,
     /// [default: today]
     pub start_date: Option<NaiveDate>,
-    /// Paths of the simulation step [default: 20000].
+    /// Paths of the simulation step, 1 to 10^7 [default: 20000].
     #[serde(default = "default_paths")]
+    #[schema(minimum = 1, maximum = 10_000_000)]
     pub paths: u64,
     /// Admin only: the step to fail, to see the compensations run.
+    #[schema(pattern = "^(design|simulate|commit|plan|amplify)$")]
     pub fail_step: Option<String>,
 }
 
@@ -60,8 +65,12 @@ pub struct RenewalInput {
     pub commitment_id: String,
     /// [default: today]
     pub start_date: Option<NaiveDate>,
+    /// Paths of the simulation step, 1 to 10^7 [default: 20000].
     #[serde(default = "default_paths")]
+    #[schema(minimum = 1, maximum = 10_000_000)]
     pub paths: u64,
+    /// Admin only: the step to fail, to see the compensations run.
+    #[schema(pattern = "^(resimulate|amend|replan)$")]
     pub fail_step: Option<String>,
 }
 

@@ -176,7 +176,7 @@ async fn a_plan_tracks_progress_deliveries_overdue_milestones_and_insights() {
     // No plan, no baseline.
     let other = create_model(&client, &base, &acme()).await;
     let (status, error) = send(client.get(format!("{base}/amplifications/{other}/insights"))).await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(error["error"]["code"], "no_baseline");
     drop(client);
     node.stop().await.unwrap();

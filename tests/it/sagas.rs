@@ -556,7 +556,7 @@ async fn sagas_refuse_what_the_routes_refuse_naming_the_same_field() {
             .json(&json!({ "commitment_id": commitment, "paths": 5000 })),
     )
     .await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{error}");
+    assert_eq!(status, StatusCode::CONFLICT, "{error}");
     assert_eq!(error["error"]["field"], "commitment_id");
     drop(client);
     node.stop().await.unwrap();

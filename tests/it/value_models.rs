@@ -184,7 +184,9 @@ async fn hypotheses_come_from_the_catalogue_ranked_and_new() {
     let other = create_model(&client, &base, &unknown).await;
     let (status, error) =
         send(client.post(format!("{base}/value-models/{other}/hypotheses"))).await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    // The stored model's state refuses, not the request: 409.
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(error["error"]["code"], "unknown_industry");
     assert_eq!(error["error"]["field"], "industry");
     drop(client);
     node.stop().await.unwrap();
