@@ -83,6 +83,20 @@ enum BenchCommand {
     /// What the dashboard costs a node: its CPU with nobody watching, then
     /// with viewers connected.
     Dashboard(BenchDashboardArgs),
+    /// One key's stalled request bodies against a node: its memory, the
+    /// slowest /health and another key's requests, with the per-caller
+    /// limits lifted (the baseline) and on.
+    StalledBodies(BenchStalledArgs),
+}
+
+#[derive(Args)]
+struct BenchStalledArgs {
+    /// Connections that each send all but one byte of a 1 MiB body.
+    #[arg(long, default_value_t = 3000, value_parser = clap::value_parser!(u64).range(1..=15_000))]
+    connections: u64,
+    /// Print the results as JSON lines.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -575,6 +589,40 @@ async fn bench_dashboard(args: BenchDashboardArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn bench_stalled(args: BenchStalledArgs) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("cannot find this executable")?;
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    let runs = valueverse::http::bench::run(&exe, args.connections as usize, |stage| {
+        bar.set_message(format!("{} stalled bodies, {stage}", args.connections))
+    })
+    .await?;
+    bar.finish_and_clear();
+    if !args.json {
+        println!(
+            "| limits | stalled bodies | node RSS, MB | peak RSS, MB | slowest /health, ms | another key's requests ok |"
+        );
+        println!("|---|---|---|---|---|---|");
+    }
+    for run in &runs {
+        if args.json {
+            println!("{}", serde_json::to_string(run)?);
+        } else {
+            println!(
+                "| {} | {} | {:.0} | {:.0} | {:.1} | {}/{} |",
+                run.limits,
+                run.connections,
+                run.rss_mb,
+                run.peak_rss_mb,
+                run.health_max_ms,
+                run.honest_ok,
+                run.honest_sent
+            );
+        }
+    }
+    Ok(())
+}
+
 async fn bench_sagas(args: BenchSagasArgs) -> anyhow::Result<()> {
     if args.concurrency.iter().any(|&c| !(1..=4096).contains(&c)) {
         anyhow::bail!("--concurrency values must be within 1..=4096");
@@ -819,6 +867,7 @@ fn main() -> ExitCode {
         Command::Bench(BenchCommand::Sagas(args)) => runtime.block_on(bench_sagas(args)),
         Command::Bench(BenchCommand::Remote(args)) => runtime.block_on(bench_remote(args)),
         Command::Bench(BenchCommand::Dashboard(args)) => runtime.block_on(bench_dashboard(args)),
+        Command::Bench(BenchCommand::StalledBodies(args)) => runtime.block_on(bench_stalled(args)),
         // CPU-bound on rayon's threads: no async runtime involved.
         Command::Simulate(args) => simulate(args),
     };

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use serde::Serialize;
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// One measured run.
 #[derive(Debug, Clone, Serialize)]
@@ -24,15 +23,7 @@ pub struct ViewerRun {
     pub bytes_per_frame: f64,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum BenchError {
-    #[error("cannot run the node: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("the node process: {0}")]
-    Node(String),
-    #[error("a viewer could not connect: {0}")]
-    Viewer(String),
-}
+pub use crate::bench::BenchError;
 
 /// Measures a node without the dashboard (the baseline), then a node with
 /// it under each viewer count, `seconds` each. `progress` is told the
@@ -78,34 +69,10 @@ async fn measure(
     if !dashboard {
         command.arg("--no-dashboard");
     }
-    let mut child = command
-        .env("VALUEVERSE_LOG", "warn")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?;
-    let pid = child
-        .id()
-        .ok_or_else(|| BenchError::Node("exited at once".into()))?;
-    let stdout = child
-        .stdout
-        .take()
-        .ok_or_else(|| BenchError::Node("no stdout".into()))?;
-    let mut lines = BufReader::new(stdout).lines();
-    let addr = loop {
-        match lines.next_line().await? {
-            Some(line) if line.contains("listening on http://") => {
-                break line
-                    .rsplit("http://")
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .to_owned();
-            }
-            Some(_) => {}
-            None => return Err(BenchError::Node("exited before listening".into())),
-        }
-    };
+    command.env("VALUEVERSE_LOG", "warn");
+    let (mut child, pid, addr) = crate::bench::serve_process(command)
+        .await
+        .map_err(BenchError::Node)?;
     // Start-up work (migrations, first view) is not the idle cost.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let mut runs = Vec::new();

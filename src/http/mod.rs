@@ -34,6 +34,7 @@
 
 mod actors;
 mod api_keys;
+pub mod bench;
 mod cluster;
 mod commitments;
 mod dashboard;
