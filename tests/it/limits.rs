@@ -496,3 +496,53 @@ async fn no_header_trick_escapes_the_body_deadline() {
     }
     node.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_revoked_elsewhere_loses_its_websockets_within_the_cache_lifetime() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let (node, base) = start_node(&db, |config| {
+        config.limits.key_cache_ttl = Duration::from_millis(500);
+    })
+    .await;
+    let (row, viewer) = create_key(node.system.store(), Role::Viewer, "watcher")
+        .await
+        .unwrap();
+    let ws = format!(
+        "{}/ws/dashboard?access_token={viewer}",
+        base.replace("http://", "ws://")
+    );
+    let (mut socket, _) = tokio_tungstenite::connect_async(&ws).await.unwrap();
+    // Revoked in the shared store, as another node of the cluster does:
+    // this node hears of it only through its sweep.
+    assert!(node.system.store().revoke_api_key(&row.id).await.unwrap());
+    let revoked_at = Instant::now();
+    let reason = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            match socket.next().await {
+                Some(Ok(tokio_tungstenite::tungstenite::Message::Close(frame))) => {
+                    return frame.map(|frame| frame.reason.to_string());
+                }
+                Some(Ok(_)) => continue,
+                _ => return None,
+            }
+        }
+    })
+    .await
+    .expect("closed within the cache lifetime and a sweep");
+    assert_eq!(reason.as_deref(), Some("the API key was revoked"));
+    assert!(
+        revoked_at.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        revoked_at.elapsed()
+    );
+    // And requests once the cached answer has aged out.
+    tokio::time::sleep_until((revoked_at + Duration::from_millis(600)).into()).await;
+    let refused = reqwest::Client::new()
+        .get(format!("{base}/api/v1/value-models"))
+        .bearer_auth(&viewer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    node.stop().await.unwrap();
+}
