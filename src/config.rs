@@ -83,6 +83,9 @@ pub struct LimitsConfig {
     /// ... and closes one it has heard nothing from for this long.
     #[serde(with = "humantime_serde")]
     pub websocket_idle: Duration,
+    /// Versions one value model keeps (all of them are one stored row,
+    /// rewritten on each change); a change past it is refused with 409.
+    pub model_versions: usize,
 }
 
 impl Default for LimitsConfig {
@@ -100,6 +103,7 @@ impl Default for LimitsConfig {
             websockets_per_address: 64,
             websocket_ping: Duration::from_secs(10),
             websocket_idle: Duration::from_secs(30),
+            model_versions: 100,
         }
     }
 }
@@ -516,6 +520,9 @@ impl Config {
         }
         if limits.max_connections < self.http_workers {
             return invalid("limits.max_connections", "must be at least http_workers");
+        }
+        if !(1..=10_000).contains(&limits.model_versions) {
+            return invalid("limits.model_versions", "must be within 1..=10000");
         }
         if !(1..=100_000_000).contains(&limits.unknown_keys_cached) {
             return invalid("limits.unknown_keys_cached", "must be within 1..=100000000");

@@ -42,10 +42,6 @@ pub struct ModelVersion {
     pub created_at: DateTime<Utc>,
 }
 
-/// Versions one model keeps at most: all of them are one stored row,
-/// rewritten on each change, and commitments refer to any of them.
-pub const MAX_VERSIONS: usize = 100;
-
 /// A value model and all its versions.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelRecord {
@@ -110,6 +106,8 @@ pub enum ArchitectMsg {
     Update {
         model: Box<ValueModel>,
         base_version: i64,
+        /// Versions the model may hold after this one (`limits.model_versions`).
+        max_versions: usize,
     },
     Archive {
         reason: Option<String>,
@@ -217,6 +215,7 @@ impl Agent for Architect {
                 ArchitectMsg::Update {
                     model,
                     base_version,
+                    max_versions,
                 },
                 Some(record),
             ) => {
@@ -238,11 +237,11 @@ impl Agent for Architect {
                         None,
                     ));
                 }
-                if record.versions.len() >= MAX_VERSIONS {
+                if record.versions.len() >= max_versions {
                     return Err(HandlerError::rejected(
                         "conflict",
                         format!(
-                            "value model `{key}` has {MAX_VERSIONS} versions, the most one \
+                            "value model `{key}` has {max_versions} versions, the most one \
                              keeps: archive it and create a new model"
                         ),
                         None,

@@ -119,7 +119,9 @@ struct Inner {
     peers: Arc<PeerRequests>,
     http: reqwest::Client,
     history: Mutex<History>,
-    frames: watch::Sender<Option<Arc<str>>>,
+    /// The latest frame's JSON: every viewer's socket sends this one
+    /// buffer (a clone is a reference count, not a copy).
+    frames: watch::Sender<Option<bytestring::ByteString>>,
     /// The frame last answered to a client that polls, and when it was
     /// built: polls within its second share it (the lock makes concurrent
     /// polls wait for one build).
@@ -154,7 +156,7 @@ pub struct Dashboard {
 /// A viewer's subscription: frames as they are built. Dropping it is
 /// leaving; the builder stops when the last viewer leaves.
 pub struct Viewer {
-    pub frames: watch::Receiver<Option<Arc<str>>>,
+    pub frames: watch::Receiver<Option<bytestring::ByteString>>,
     inner: Arc<Inner>,
 }
 

@@ -140,7 +140,7 @@ impl Source for Frames {
             }
             let frame = frames.borrow_and_update().clone();
             if let Some(frame) = frame {
-                return Outgoing::Text(frame.to_string());
+                return Outgoing::Text(frame);
             }
         }
     }

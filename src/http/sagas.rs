@@ -366,9 +366,9 @@ impl Source for Transitions {
         if let Some(saga) = self.first.take() {
             let text = state_message(&saga);
             return if saga.status.is_final() {
-                Outgoing::Last(text)
+                Outgoing::Last(text.into())
             } else {
-                Outgoing::Text(text)
+                Outgoing::Text(text.into())
             };
         }
         loop {
@@ -382,9 +382,9 @@ impl Source for Transitions {
                         .is_some_and(|status| status == "completed" || status == "compensated");
                     let text = serde_json::json!({ "type": "transition", "at": event.occurred_at, "transition": event.data }).to_string();
                     return if done {
-                        Outgoing::Last(text)
+                        Outgoing::Last(text.into())
                     } else {
-                        Outgoing::Text(text)
+                        Outgoing::Text(text.into())
                     };
                 }
                 Ok(_) => {}
@@ -392,7 +392,7 @@ impl Source for Transitions {
                 // was missed.
                 Err(RecvError::Lagged(_)) => {
                     return match self.runner.get(&self.id).await {
-                        Ok(saga) => Outgoing::Text(state_message(&saga)),
+                        Ok(saga) => Outgoing::Text(state_message(&saga).into()),
                         Err(_) => Outgoing::End,
                     };
                 }

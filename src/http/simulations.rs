@@ -423,9 +423,9 @@ impl Source for Feed {
             Some("done" | "failed" | "cancelled")
         );
         if last {
-            Outgoing::Last(event.to_string())
+            Outgoing::Last(event.to_string().into())
         } else {
-            Outgoing::Text(event.to_string())
+            Outgoing::Text(event.to_string().into())
         }
     }
 }

@@ -342,6 +342,7 @@ struct ModelPatch {
 )]
 pub(crate) async fn patch(
     system: web::Data<System>,
+    limits: web::Data<super::limits::Limits>,
     id: web::Path<String>,
     request: HttpRequest,
     body: web::Bytes,
@@ -400,6 +401,7 @@ pub(crate) async fn patch(
         ArchitectMsg::Update {
             model: Box::new(model),
             base_version,
+            max_versions: limits.config.model_versions,
         },
     )
     .await?;

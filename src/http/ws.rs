@@ -24,10 +24,10 @@ async fn within<T>(limit: std::time::Duration, send: impl Future<Output = T>) ->
 
 /// What a stream sends next.
 pub(crate) enum Outgoing {
-    /// Send this and go on.
-    Text(String),
+    /// Send this and go on (a shared buffer is sent without a copy).
+    Text(bytestring::ByteString),
     /// Send this, then close: the stream is complete.
-    Last(String),
+    Last(bytestring::ByteString),
     /// Close now (the node is stopping, or the source is gone).
     End,
 }
