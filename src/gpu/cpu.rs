@@ -9,18 +9,25 @@ use rayon::prelude::*;
 
 use crate::model::NpvWeights;
 
-use super::engine::{Backend, FineHistogram, Moments, RunError, npv_moments};
+use super::engine::{
+    Backend, FineHistogram, GRAIN_PATHS, Moments, Reduction, RunError, npv_moments,
+};
 use super::sampling::Sampler;
 
-/// Paths per unit of parallel work.
-const CHUNK_PATHS: u64 = 16_384;
-/// Chunks per thread in a batch: enough to balance the threads.
+/// Paths per batch of a run stopped at a precision: the same on every
+/// machine, so it stops at the same path whatever its thread count.
+const FIXED_BATCH_PATHS: u64 = 16 * GRAIN_PATHS;
+/// Chunks per thread in a batch of any other run: enough to balance the
+/// threads (its batches only pace progress and cancellation).
 const CHUNKS_PER_THREAD: u64 = 8;
 
 pub(crate) struct CpuBackend<'a> {
     sampler: &'a Sampler,
     weights: &'a NpvWeights,
     seed: u64,
+    /// Paths per unit of parallel work: a whole number of grains that
+    /// divides a batch.
+    chunk_paths: u64,
     per_thread: Vec<Mutex<FineHistogram>>,
 }
 
@@ -30,8 +37,25 @@ impl<'a> CpuBackend<'a> {
             sampler,
             weights,
             seed,
+            chunk_paths: GRAIN_PATHS,
             per_thread: Vec::new(),
         }
+    }
+
+    /// Another size of parallel work (a test shows it changes nothing).
+    #[cfg(test)]
+    pub fn with_chunk_grains(mut self, grains: u64) -> CpuBackend<'a> {
+        assert!(grains >= 1 && FIXED_BATCH_PATHS.is_multiple_of(grains * GRAIN_PATHS));
+        self.chunk_paths = grains * GRAIN_PATHS;
+        self
+    }
+
+    /// The moments of each grain of `paths`, in order.
+    fn grains(&self, paths: Range<u64>, shift: f64, histogram: &mut FineHistogram) -> Vec<Moments> {
+        (paths.start..paths.end)
+            .step_by(GRAIN_PATHS as usize)
+            .map(|from| self.chunk(from..(from + GRAIN_PATHS).min(paths.end), shift, histogram))
+            .collect()
     }
 
     fn chunk(&self, paths: Range<u64>, shift: f64, histogram: &mut FineHistogram) -> Moments {
@@ -93,8 +117,13 @@ impl Backend for CpuBackend<'_> {
         "cpu"
     }
 
-    fn batch_paths(&self) -> u64 {
-        CHUNK_PATHS * CHUNKS_PER_THREAD * rayon::current_num_threads() as u64
+    fn batch_paths(&self, fixed: bool) -> u64 {
+        if fixed {
+            FIXED_BATCH_PATHS
+        } else {
+            let threads = rayon::current_num_threads().max(1) as u64;
+            (CHUNKS_PER_THREAD * threads * self.chunk_paths).max(FIXED_BATCH_PATHS)
+        }
     }
 
     fn run_batch(
@@ -102,15 +131,20 @@ impl Backend for CpuBackend<'_> {
         paths: Range<u64>,
         shift: f64,
         histogram: &mut FineHistogram,
-    ) -> Result<Moments, RunError> {
-        if paths.end - paths.start <= CHUNK_PATHS {
+        into: &mut Reduction,
+    ) -> Result<(), RunError> {
+        if paths.end - paths.start <= self.chunk_paths {
             // One chunk (a small run): on this thread, straight into the
             // run's histogram, without the pool or per-thread histograms.
-            return Ok(self.chunk(paths, shift, histogram));
+            for grain in self.grains(paths, shift, histogram) {
+                into.push(grain);
+            }
+            return Ok(());
         }
+        let chunk = self.chunk_paths;
         let chunks: Vec<Range<u64>> = (paths.start..paths.end)
-            .step_by(CHUNK_PATHS as usize)
-            .map(|from| from..(from + CHUNK_PATHS).min(paths.end))
+            .step_by(chunk as usize)
+            .map(|from| from..(from + chunk).min(paths.end))
             .collect();
         // One fine histogram per thread, kept across batches: the chunks
         // stay small for balance without each costing a histogram.
@@ -127,15 +161,16 @@ impl Backend for CpuBackend<'_> {
                 .collect();
         }
         let this = &*self;
-        // Moments are kept per chunk and merged in path order, so the
-        // result does not depend on the thread count, not even in its last
-        // bit.
-        let partials: Vec<Moments> = chunks
+        // Moments are kept per grain and merged in the fixed tree of
+        // `Reduction`, so the result depends on neither the thread count
+        // nor the chunk size, not even in its last bit (the histograms are
+        // counts: their sum has no order).
+        let partials: Vec<Vec<Moments>> = chunks
             .into_par_iter()
             .map(|range| {
                 let slot = rayon::current_thread_index().unwrap_or(0) % threads;
                 let mut own = this.per_thread[slot].lock().expect("histogram lock");
-                this.chunk(range, shift, &mut own)
+                this.grains(range, shift, &mut own)
             })
             .collect();
         for own in &self.per_thread {
@@ -143,8 +178,9 @@ impl Backend for CpuBackend<'_> {
             histogram.merge(&own);
             own.clear();
         }
-        Ok(partials
-            .into_iter()
-            .fold(Moments::EMPTY, |total, part| total.merge(part)))
+        for grain in partials.into_iter().flatten() {
+            into.push(grain);
+        }
+        Ok(())
     }
 }

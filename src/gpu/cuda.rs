@@ -16,7 +16,7 @@ use cudarc::nvrtc::{CompileOptions, Ptx, compile_ptx_with_opts};
 
 use crate::model::NpvWeights;
 
-use super::engine::{Backend, FINE_BINS, FineHistogram, Moments, RunError};
+use super::engine::{Backend, FINE_BINS, FineHistogram, Moments, Reduction, RunError};
 use super::sampling::Sampler;
 
 const KERNEL_SOURCE: &str = include_str!("kernels/montecarlo.cu");
@@ -192,7 +192,7 @@ impl Backend for CudaBackend {
         "cuda"
     }
 
-    fn batch_paths(&self) -> u64 {
+    fn batch_paths(&self, _fixed: bool) -> u64 {
         BATCH_PATHS
     }
 
@@ -201,7 +201,8 @@ impl Backend for CudaBackend {
         paths: Range<u64>,
         shift: f64,
         histogram: &mut FineHistogram,
-    ) -> Result<Moments, RunError> {
+        into: &mut Reduction,
+    ) -> Result<(), RunError> {
         let stream = &self.stream;
         stream.memset_zeros(&mut self.histogram).map_err(failed)?;
         stream.memset_zeros(&mut self.outside).map_err(failed)?;
@@ -259,12 +260,15 @@ impl Backend for CudaBackend {
             .for_each(|(total, count)| *total += count);
         histogram.under += outside[0];
         histogram.over += outside[1];
-        Ok(Moments {
+        // One grain per batch: the batches are fixed in size, so the tree
+        // is too (the device's block sums are summed in block order).
+        into.push(Moments {
             min: mins.iter().copied().fold(f64::INFINITY, f64::min),
             max: maxs.iter().copied().fold(f64::NEG_INFINITY, f64::max),
             losses: losses.iter().sum(),
             ..Moments::from_shifted_sums(count, shift, sums.iter().sum(), sums_sq.iter().sum())
-        })
+        });
+        Ok(())
     }
 }
 

@@ -396,22 +396,64 @@ impl FineHistogram {
     }
 }
 
+/// Paths whose moments are computed in one piece, aligned at path 0: the
+/// leaves of [`Reduction`]'s tree, whatever the batches, chunks or threads.
+pub(crate) const GRAIN_PATHS: u64 = 16_384;
+
+/// Moments of consecutive grains of paths, merged in a tree that their
+/// count alone fixes (a binary counter: two subtrees of equal height merge
+/// as soon as both exist). Floating-point merges are not associative, so a
+/// fixed tree is what makes a run's result the same to the last bit for a
+/// seed, whatever the thread count, batch or chunk size.
+#[derive(Debug, Default)]
+pub(crate) struct Reduction {
+    /// Subtrees, oldest first, each with its height.
+    stack: Vec<(u32, Moments)>,
+}
+
+impl Reduction {
+    /// Adds the next grain's moments.
+    pub fn push(&mut self, grain: Moments) {
+        let (mut height, mut merged) = (0, grain);
+        while let Some(&(top, older)) = self.stack.last() {
+            if top != height {
+                break;
+            }
+            self.stack.pop();
+            merged = older.merge(merged);
+            height += 1;
+        }
+        self.stack.push((height, merged));
+    }
+
+    /// The moments of every grain so far (oldest subtree first).
+    pub fn total(&self) -> Moments {
+        self.stack
+            .iter()
+            .fold(Moments::EMPTY, |total, &(_, subtree)| total.merge(subtree))
+    }
+}
+
 /// An engine: NPV moments of a range of paths, each NPV also binned.
 pub(crate) trait Backend {
     /// The name a result reports (`cpu`, `cuda`).
     fn name(&self) -> &'static str;
 
     /// Paths per batch: the grain of progress, cancellation and precision
-    /// control.
-    fn batch_paths(&self) -> u64;
+    /// control; a whole number of grains. `fixed`: the same on every
+    /// machine (a run stopped at a precision stops at the same path).
+    fn batch_paths(&self, fixed: bool) -> u64;
 
     /// `shift` is the pilot's mean (see [`Moments::from_shifted_sums`]).
+    /// The moments go into `into` in path order, one per grain of the
+    /// backend ([`GRAIN_PATHS`] on the CPU); a batch starts on a grain.
     fn run_batch(
         &mut self,
         paths: Range<u64>,
         shift: f64,
         histogram: &mut FineHistogram,
-    ) -> Result<Moments, RunError>;
+        into: &mut Reduction,
+    ) -> Result<(), RunError>;
 }
 
 /// NPV moments of `paths`, each binned into `histogram`, on this thread:
@@ -604,12 +646,15 @@ fn run_on(
     let mut histogram = FineHistogram::new(pilot.min - margin, pilot.max + margin, bins);
     let shift = pilot.mean;
 
+    let mut reduction = Reduction::default();
     let mut moments = Moments::EMPTY;
     let mut done = 0u64;
     let mut stop_reason = StopReason::AllPaths;
+    let fixed = settings.stop_at_rel_se.is_some();
     while done < settings.paths {
-        let end = (done + backend.batch_paths()).min(settings.paths);
-        moments = moments.merge(backend.run_batch(done..end, shift, &mut histogram)?);
+        let end = (done + backend.batch_paths(fixed)).min(settings.paths);
+        backend.run_batch(done..end, shift, &mut histogram, &mut reduction)?;
+        moments = reduction.total();
         done = end;
         let elapsed = started.elapsed().as_secs_f64().max(1e-9);
         let (p50, p90) = match histogram.percentiles(&[0.5, 0.9])[..] {
@@ -647,8 +692,14 @@ fn run_on(
             histogram = FineHistogram::new(low, high, bins);
             let mut redone = 0;
             while redone < paths {
-                let end = (redone + backend.batch_paths()).min(paths);
-                backend.run_batch(redone..end, shift, &mut histogram)?;
+                let end = (redone + backend.batch_paths(fixed)).min(paths);
+                // Only the binning is wanted: the moments are known.
+                backend.run_batch(
+                    redone..end,
+                    shift,
+                    &mut histogram,
+                    &mut Reduction::default(),
+                )?;
                 redone = end;
             }
             // Rounding can put the extremes themselves just outside.
@@ -1113,6 +1164,67 @@ mod tests {
             let expected: Vec<Option<f64>> = ps.iter().map(|&p| walk(&histogram, p)).collect();
             assert_eq!(histogram.percentiles(&ps), expected);
         }
+    }
+
+    /// The whole result but its timings, as the API and the CLI print it.
+    fn without_timings(result: &SimulationResult) -> String {
+        let mut json = serde_json::to_value(result).unwrap();
+        let object = json.as_object_mut().unwrap();
+        object.remove("wall_seconds");
+        object.remove("samples_per_second");
+        serde_json::to_string(&json).unwrap()
+    }
+
+    #[test]
+    fn a_seed_gives_the_same_bytes_whatever_the_threads_and_chunks() {
+        // Before: the mean differed in its last bit between 1 and 2 threads
+        // (batches, and so merge order, followed the thread count).
+        let model = normals();
+        let (sampler, weights) = (Sampler::new(&model), model.npv_weights());
+        // Not a whole number of grains or batches, so partial ones count.
+        let paths = 2_000_000 + 12_345;
+        let mut precise = settings(paths);
+        precise.stop_at_rel_se = Some(2e-4);
+        let mut seen: Vec<(usize, u64, String, String)> = Vec::new();
+        for threads in [1, 2, 7] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            for grains in [1, 4] {
+                let run_it = |settings: &RunSettings| {
+                    pool.install(|| {
+                        let mut backend =
+                            CpuBackend::new(&sampler, &weights, 42).with_chunk_grains(grains);
+                        run_on(
+                            &model,
+                            settings,
+                            &sampler,
+                            &weights,
+                            &mut backend,
+                            PILOT_PATHS,
+                            |_| Control::Continue,
+                        )
+                        .unwrap()
+                    })
+                };
+                let all = without_timings(&run_it(&settings(paths)));
+                let stopped = without_timings(&run_it(&precise));
+                seen.push((threads, grains, all, stopped));
+            }
+        }
+        let (_, _, first_all, first_stopped) = &seen[0];
+        for (threads, grains, all, stopped) in &seen {
+            assert_eq!(
+                all, first_all,
+                "{threads} threads, chunks of {grains} grains"
+            );
+            assert_eq!(
+                stopped, first_stopped,
+                "stopped at a precision: {threads} threads, chunks of {grains} grains"
+            );
+        }
+        assert!(first_stopped.contains("\"paths\":"));
     }
 
     #[test]
