@@ -193,6 +193,14 @@ pub struct NotifierConfig {
     /// internal receivers: `["10.20.0.0/16"]`); loopback, private,
     /// link-local and metadata addresses are refused otherwise.
     pub allow_networks: Vec<ipnet::IpNet>,
+    /// How often every node looks in the shared store for events to
+    /// dispatch and deliveries due (its own events go at once).
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// How long dispatched events stay in the outbox (their notifications
+    /// keep the payload).
+    #[serde(with = "humantime_serde")]
+    pub outbox_retention: Duration,
 }
 
 impl Default for NotifierConfig {
@@ -206,6 +214,8 @@ impl Default for NotifierConfig {
             smtp_url: None,
             email_from: "ValueVerse <valueverse@localhost>".into(),
             allow_networks: Vec::new(),
+            poll_interval: Duration::from_millis(250),
+            outbox_retention: Duration::from_secs(3600),
         }
     }
 }
@@ -481,6 +491,11 @@ impl Config {
         }
         if notifier.timeout.is_zero() {
             return invalid("notifier.timeout", "must be longer than 0s");
+        }
+        if notifier.poll_interval < Duration::from_millis(10)
+            || notifier.poll_interval > Duration::from_secs(60)
+        {
+            return invalid("notifier.poll_interval", "must be within 10ms..=60s");
         }
         if !(1..=1024).contains(&notifier.concurrency) {
             return invalid("notifier.concurrency", "must be within 1..=1024");

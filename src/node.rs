@@ -92,21 +92,22 @@ impl Node {
             .await
             .map_err(NodeError::Cluster)?;
         let (notifications, listener) =
-            match Notifications::start(system.clone(), &config.notifier).await {
+            match Notifications::start(system.clone(), cluster.clone(), &config.notifier) {
                 Ok(started) => started,
                 Err(error) => {
                     cluster.leave(cluster_task).await;
                     return Err(NodeError::Notifier(error));
                 }
             };
-        let simulations = match Simulations::start(system.clone(), &config.simulation).await {
-            Ok(simulations) => simulations,
-            Err(error) => {
-                listener.abort();
-                cluster.leave(cluster_task).await;
-                return Err(NodeError::Simulations(error));
-            }
-        };
+        let simulations =
+            match Simulations::start(system.clone(), cluster.clone(), &config.simulation).await {
+                Ok(simulations) => simulations,
+                Err(error) => {
+                    listener.abort();
+                    cluster.leave(cluster_task).await;
+                    return Err(NodeError::Simulations(error));
+                }
+            };
         let (sagas, saga_poller) = SagaRunner::start(system.clone(), simulations.clone());
         let peers = std::sync::Arc::new(PeerRequests::new(
             system.node_name(),

@@ -6,7 +6,7 @@ use futures_util::future::BoxFuture;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::store::{Column, Record, Store, StoreError, VersionedState, encode_state};
+use crate::store::{Column, OutboxEvent, Record, Store, StoreError, VersionedState, encode_state};
 
 use super::envelope::{CorrelationId, Header, MessageId};
 use super::error::HandlerError;
@@ -61,19 +61,21 @@ pub trait Agent: Sized + Send + 'static {
     }
 
     /// Saves an instance's state if the store still holds `expected_version`
-    /// (0: never saved); returns the new version.
+    /// (0: never saved), with the events the change raised in the same
+    /// transaction (the outbox); returns the new version.
     fn save(
         store: &Store,
         key: &str,
         state: &Self::State,
         expected_version: i64,
+        events: Vec<OutboxEvent>,
     ) -> BoxFuture<'static, Result<i64, StoreError>> {
         let store = store.clone();
         let key = key.to_owned();
         let encoded = encode_state(Self::KIND, &key, state);
         Box::pin(async move {
             store
-                .save_state_text(Self::KIND, &key, encoded?, expected_version)
+                .save_state_text(Self::KIND, &key, encoded?, expected_version, &events)
                 .await
         })
     }
@@ -186,11 +188,11 @@ pub(crate) fn load_json_record<S: DeserializeOwned + Send + 'static>(
 pub(crate) fn save_json_record<S: Serialize>(
     store: &Store,
     kind: &'static str,
-    table: &'static str,
     key: &str,
     state: &S,
-    columns: Vec<(&'static str, Column)>,
+    (table, columns): (&'static str, Vec<(&'static str, Column)>),
     expected_version: i64,
+    events: Vec<OutboxEvent>,
 ) -> BoxFuture<'static, Result<i64, StoreError>> {
     let store = store.clone();
     let key = key.to_owned();
@@ -201,6 +203,7 @@ pub(crate) fn save_json_record<S: Serialize>(
             id: &key,
             columns,
             body: body?,
+            events,
         };
         store.save_record(&record, expected_version).await
     })
@@ -241,6 +244,7 @@ macro_rules! table_persistence {
             key: &str,
             state: &Self::State,
             expected_version: i64,
+            events: Vec<$crate::store::OutboxEvent>,
         ) -> futures_util::future::BoxFuture<'static, Result<i64, $crate::store::StoreError>> {
             let Some($record) = state else {
                 return $crate::actors::agent::nothing_to_save(Self::KIND, key);
@@ -249,11 +253,11 @@ macro_rules! table_persistence {
             $crate::actors::agent::save_json_record(
                 store,
                 Self::KIND,
-                $table,
                 key,
                 $record,
-                columns,
+                ($table, columns),
                 expected_version,
+                events,
             )
         }
     };

@@ -20,3 +20,15 @@ pub struct DomainEvent {
     pub correlation_id: Option<String>,
     pub data: serde_json::Value,
 }
+
+impl DomainEvent {
+    /// The event as the outbox stores it.
+    pub(crate) fn to_outbox(&self) -> crate::store::OutboxEvent {
+        crate::store::OutboxEvent {
+            id: self.id.clone(),
+            event_type: self.event_type.clone(),
+            occurred_at_ms: self.occurred_at.timestamp_millis(),
+            payload: serde_json::to_string(self).unwrap_or_else(|_| "{}".into()),
+        }
+    }
+}

@@ -25,11 +25,13 @@ use actix::{
 use super::agent::{Agent, AgentMessage, Handling};
 use super::envelope::{CorrelationId, Envelope, ReplySender};
 use super::error::{AgentError, HandlerError};
+use super::events::DomainEvent;
 use super::registry::{InstanceCell, KindRuntime};
 use super::supervisor::{
     Decision, InstanceStatus, LifecycleChange, OperatorAction, RestartHistory,
 };
 use crate::metrics::Outcome;
+use crate::store::StoreError;
 
 enum Phase<S> {
     /// State is being loaded (activation, restart or reset).
@@ -445,10 +447,22 @@ impl<A: Agent> Host<A> {
         let events = handling.take_events(A::KIND);
         shard.observe_nanos(clock.delta_as_nanos(started_raw, clock.raw()));
         let outcome = match outcome {
-            Ok(Ok(value)) if persist => {
+            Ok(Ok(value)) if persist || !events.is_empty() => {
                 self.accepted_any = true;
                 shard.count(Outcome::Ok);
-                let save = A::save(&self.kind.node.store, &self.key, state, version);
+                // The events go in the state's transaction (the outbox), or
+                // alone when the handler changed nothing durable.
+                let outbox = events.iter().map(DomainEvent::to_outbox).collect();
+                let store = &self.kind.node.store;
+                let save: futures_util::future::BoxFuture<'static, Result<i64, StoreError>> =
+                    if persist {
+                        A::save(store, &self.key, state, version, outbox)
+                    } else {
+                        let store = store.clone();
+                        Box::pin(
+                            async move { store.append_events(&outbox).await.map(|()| version) },
+                        )
+                    };
                 // Later messages wait in the stash for the write: order holds
                 // and the reply is sent only once the change is durable.
                 self.busy = true;

@@ -68,6 +68,15 @@ pub struct JobProgress {
     pub eta_seconds: Option<f64>,
 }
 
+/// The node that queues and runs a job, under its lease token: while that
+/// lease is live the job is its; once it is not, the job's owner takes it
+/// over.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Runner {
+    pub node: String,
+    pub token: i64,
+}
+
 /// A simulation job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SimulationJob {
@@ -89,6 +98,9 @@ pub struct SimulationJob {
     pub progress: Option<JobProgress>,
     pub result: Option<Box<SimulationResult>>,
     pub error: Option<String>,
+    /// Where it is queued or runs (none in records from before runners).
+    #[serde(default)]
+    pub runner: Option<Runner>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -112,8 +124,14 @@ pub enum SimulationMsg {
     Cancelled {
         paths_done: u64,
     },
-    /// After a node restart: a job that was running is queued again.
-    Requeue,
+    /// A node takes over a job whose runner's lease ended (its own earlier
+    /// run, after a restart, or a dead node): a running job is queued
+    /// again. Only if the job's runner is still `expected` (what the node
+    /// saw lapse), so two nodes never both take it.
+    Requeue {
+        runner: Runner,
+        expected: Option<Runner>,
+    },
 }
 
 impl AgentMessage for SimulationMsg {
@@ -127,7 +145,7 @@ impl AgentMessage for SimulationMsg {
             SimulationMsg::Fail { .. } => "fail",
             SimulationMsg::Cancel => "cancel",
             SimulationMsg::Cancelled { .. } => "cancelled",
-            SimulationMsg::Requeue => "requeue",
+            SimulationMsg::Requeue { .. } => "requeue",
         }
     }
 }
@@ -273,12 +291,21 @@ impl Agent for Simulation {
                 job.error = Some(format!("cancelled after {paths_done} paths"));
                 ctx.persist();
             }
-            SimulationMsg::Requeue => {
-                if job.status == JobStatus::Running {
-                    job.status = JobStatus::Queued;
-                    job.progress = None;
-                    ctx.persist();
+            SimulationMsg::Requeue { runner, expected } => {
+                if job.status.is_finished() {
+                    return Err(conflict(job, "queue it again"));
                 }
+                if job.runner != expected {
+                    return Err(HandlerError::rejected(
+                        "conflict",
+                        format!("simulation `{}` was taken over already", job.id),
+                        None,
+                    ));
+                }
+                job.status = JobStatus::Queued;
+                job.progress = None;
+                job.runner = Some(runner);
+                ctx.persist();
             }
         }
         Ok(reply(state))
@@ -292,6 +319,14 @@ impl Agent for Simulation {
         (
             "created_at_ms",
             Column::Int(Some(job.created_at.timestamp_millis()))
+        ),
+        (
+            "runner_node",
+            Column::Text(job.runner.as_ref().map(|runner| runner.node.clone()))
+        ),
+        (
+            "runner_token",
+            Column::Int(job.runner.as_ref().map(|runner| runner.token))
         ),
     ]);
 }

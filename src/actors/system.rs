@@ -99,6 +99,9 @@ pub(crate) struct NodeContext {
     /// shared ones, and those peers forwarded. Streams to clients read it;
     /// the notifier does not (each event is notified once, where it arose).
     cluster_events: broadcast::Sender<Arc<DomainEvent>>,
+    /// Rung once events are committed to the outbox, so the notifier
+    /// dispatches this node's events at once instead of at its next poll.
+    pub(crate) outbox_written: Arc<tokio::sync::Notify>,
     /// Where instances live; local for all while the view is this node.
     pub(crate) router: Arc<Router>,
 }
@@ -151,6 +154,7 @@ impl NodeContext {
         if events.is_empty() {
             return;
         }
+        self.outbox_written.notify_one();
         // No stream listening and no peer: no copy.
         let shared = self.cluster_events.receiver_count() > 0 || !self.router.is_solo();
         for event in events {
@@ -281,6 +285,7 @@ impl System {
             events,
             domain_events,
             cluster_events,
+            outbox_written: Arc::new(tokio::sync::Notify::new()),
         };
         Ok(System {
             inner: Arc::new(SystemInner {
@@ -451,14 +456,14 @@ impl System {
         self.inner.node.events.subscribe()
     }
 
+    /// Rung whenever this node committed domain events to the outbox.
+    pub fn outbox_written(&self) -> Arc<tokio::sync::Notify> {
+        Arc::clone(&self.inner.node.outbox_written)
+    }
+
     /// Domain events of every agent on this node, from now on.
     pub fn subscribe_domain_events(&self) -> broadcast::Receiver<Arc<DomainEvent>> {
         self.inner.node.domain_events.subscribe()
-    }
-
-    /// Publishes an event that no agent handler emitted (a service's own).
-    pub fn publish(&self, event: DomainEvent) {
-        self.inner.node.publish(vec![event]);
     }
 
     /// Events of every node of the cluster, from now on: what streams to

@@ -260,6 +260,13 @@ impl ClusterNode {
         Ok((ClusterNode { shared }, task))
     }
 
+    /// The node's lease token, while the node holds its lease (not
+    /// fenced by another run of itself): what its claims are made under.
+    pub fn lease_token(&self) -> Option<i64> {
+        let shared = &self.shared;
+        (!shared.fenced.load(Ordering::Acquire)).then(|| shared.token.load(Ordering::Acquire))
+    }
+
     /// The members as this node sees them.
     pub async fn view(&self) -> ClusterView {
         self.shared.view().await

@@ -180,7 +180,6 @@ pub(crate) async fn subscribe(
         deleted_at: None,
     };
     let subscription = ask(&system, &id, NotifierMsg::Create(Box::new(subscription))).await?;
-    notifications.update(subscription.clone());
     Ok(HttpResponse::Created()
         .insert_header((header::LOCATION, format!("/api/v1/webhooks/{id}")))
         .json(SubscriptionView::from(subscription)))
@@ -261,11 +260,9 @@ impl SubscriptionView {
 )]
 pub(crate) async fn delete(
     system: web::Data<System>,
-    notifications: web::Data<Notifications>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let subscription = ask(&system, &id, NotifierMsg::Delete).await?;
-    notifications.update(subscription.clone());
     Ok(HttpResponse::Ok().json(SubscriptionView::from(subscription)))
 }
 

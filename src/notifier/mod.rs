@@ -1,27 +1,42 @@
-//! The notifier service: fans every domain event out to the subscriptions
-//! that want its type, and delivers each one durably: a `notifications` row
-//! first, then attempts (signed webhook POSTs or emails) with exponential
-//! backoff and full jitter, each logged, until one succeeds or the attempts
-//! run out and the notification is dead-lettered. A dead letter can be
-//! redelivered; notifications a restart interrupted are resumed.
+//! The notifier service: turns the domain events of the outbox into
+//! notifications and delivers them. Every node runs it over the shared
+//! store:
+//!
+//! - the **dispatcher** takes undispatched events from the outbox (written
+//!   in the transactions of the changes that raised them) and writes one
+//!   pending notification per active subscription that wants the event's
+//!   type, in one transaction (a unique index: never two for one
+//!   subscription and event);
+//! - the **deliverer** claims due notifications under the node's lease
+//!   (one node at a time; a claim whose node's lease ended is taken over)
+//!   and makes one attempt each: a signed webhook POST or an email, logged,
+//!   then released with its next due time (exponential backoff, full
+//!   jitter) until it succeeds or its attempts run out (dead letter). A
+//!   dead letter can be redelivered.
+//!
+//! The notification's id is the `ValueVerse-Delivery` header: the same on
+//! every attempt and after a takeover, so a receiver deduplicates on it.
 
+mod metrics;
 mod signing;
 mod targets;
 
 pub use targets::{TargetError, TargetPolicy, non_public};
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use rand::Rng;
-use tokio::sync::{Semaphore, broadcast};
+use tokio::sync::{Notify, Semaphore};
 
+use crate::actors::System;
 use crate::actors::notifier::{Channel, Subscription, SubscriptionStatus};
-use crate::actors::{DomainEvent, System};
+use crate::cluster::node::ClusterNode;
 use crate::config::NotifierConfig;
-use crate::store::{Attempt, Notification, StoreError, unix_millis};
+use crate::store::{Attempt, Claimant, ClaimedDelivery, Notification, StoreError, unix_millis};
+
+use metrics::OutboxMetrics;
 
 pub use signing::{SIGNATURE_HEADER, sign, verify};
 
@@ -41,11 +56,25 @@ pub const EVENT_TYPES: &[&str] = &[
     "saga.finished",
 ];
 
+/// Events one dispatch transaction takes at most.
+const DISPATCH_BATCH: i64 = 256;
+/// Notifications one claim takes at most.
+const CLAIM_BATCH: usize = 64;
+/// How long the subscriptions read from the store serve dispatches: a
+/// subscription made on any node applies to events raised a second later.
+const SUBSCRIPTIONS_FRESH: Duration = Duration::from_millis(500);
+/// How often the outbox's depth and age are read for the metrics.
+const STATS_EVERY: Duration = Duration::from_secs(5);
+/// How often dispatched events past their retention are deleted.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// Tries at logging an attempt before its claim is left to lapse.
+const RECORD_ATTEMPTS: u32 = 4;
+/// Wait after a store error before a loop tries again.
+const STORE_RETRY: Duration = Duration::from_secs(1);
+
 /// Why the service did not start.
 #[derive(Debug, thiserror::Error)]
 pub enum NotifierError {
-    #[error("cannot read the subscriptions")]
-    Store(#[from] StoreError),
     #[error("invalid notifier.smtp_url: {0}")]
     Smtp(String),
     #[error("cannot build the HTTP client: {0}")]
@@ -54,12 +83,19 @@ pub enum NotifierError {
 
 struct Inner {
     system: System,
+    cluster: ClusterNode,
     config: NotifierConfig,
     targets: TargetPolicy,
     client: reqwest::Client,
     mailer: Option<AsyncSmtpTransport<Tokio1Executor>>,
-    subscriptions: RwLock<HashMap<String, Subscription>>,
-    in_flight: Semaphore,
+    /// Active subscriptions as last read from the store, and when.
+    subscriptions: Mutex<(Option<Instant>, Arc<Vec<Subscription>>)>,
+    /// Attempts under way on this node; what the deliverer claims is
+    /// bounded by the permits free.
+    in_flight: Arc<Semaphore>,
+    /// Rung when notifications were written or released here.
+    deliveries_due: Notify,
+    metrics: OutboxMetrics,
 }
 
 /// The notifier service of a node. Cheap to clone.
@@ -69,10 +105,13 @@ pub struct Notifications {
 }
 
 impl Notifications {
-    /// Loads the active subscriptions, resumes pending notifications and
-    /// starts listening to the node's events. Call inside a tokio runtime.
-    pub async fn start(
+    /// Starts the dispatcher, the deliverer and the outbox's housekeeping
+    /// (which resume whatever the outbox holds: events a crash left
+    /// undispatched, deliveries a dead node held). Call inside a tokio
+    /// runtime, once the node holds its lease.
+    pub fn start(
         system: System,
+        cluster: ClusterNode,
         config: &NotifierConfig,
     ) -> Result<(Notifications, tokio::task::JoinHandle<()>), NotifierError> {
         let mailer = match &config.smtp_url {
@@ -107,157 +146,257 @@ impl Notifications {
             .dns_resolver(targets.resolver())
             .build()
             .map_err(|error| NotifierError::Client(error.to_string()))?;
-        let mut subscriptions = HashMap::new();
-        let mut offset = 0;
-        loop {
-            let page = system
-                .store()
-                .list_records("subscriptions", &[("status", Some("active"))], 100, offset)
-                .await?;
-            for body in &page.bodies {
-                if let Ok(subscription) = serde_json::from_str::<Subscription>(body) {
-                    subscriptions.insert(subscription.id.clone(), subscription);
-                }
-            }
-            if page.bodies.len() < 100 {
-                break;
-            }
-            offset += 100;
-        }
-        let events = system.subscribe_domain_events();
+        let metrics = OutboxMetrics::new(system.metrics().registry());
         let notifications = Notifications {
             inner: Arc::new(Inner {
-                in_flight: Semaphore::new(config.concurrency),
+                in_flight: Arc::new(Semaphore::new(config.concurrency)),
                 system,
+                cluster,
                 config: config.clone(),
                 targets,
                 client,
                 mailer,
-                subscriptions: RwLock::new(subscriptions),
+                subscriptions: Mutex::new((None, Arc::new(Vec::new()))),
+                deliveries_due: Notify::new(),
+                metrics,
             }),
         };
-        for pending in notifications
-            .inner
-            .system
-            .store()
-            .pending_notifications()
-            .await?
-        {
-            notifications.spawn_delivery(pending);
-        }
-        let listener = tokio::spawn(notifications.clone().listen(events));
-        Ok((notifications, listener))
+        let this = notifications.clone();
+        let task = tokio::spawn(async move {
+            tokio::join!(
+                this.clone().dispatch_loop(),
+                this.clone().deliver_loop(),
+                this.housekeeping(),
+            );
+        });
+        Ok((notifications, task))
     }
 
-    /// A subscription created or deleted: the fan-out sees it at once.
     /// Whether webhooks may go to `url` (every address its host stands
     /// for, now); registration refuses what this refuses.
     pub async fn check_target(&self, url: &reqwest::Url) -> Result<(), TargetError> {
         self.inner.targets.check_url(url).await
     }
 
-    pub fn update(&self, subscription: Subscription) {
-        let mut subscriptions = self
-            .inner
-            .subscriptions
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if subscription.status == SubscriptionStatus::Active {
-            subscriptions.insert(subscription.id.clone(), subscription);
-        } else {
-            subscriptions.remove(&subscription.id);
-        }
-    }
-
-    /// Sends a dead notification again, from its first attempt's backoff.
-    /// False when it is not dead (delivered, or still being tried).
+    /// Sends a dead notification again (under the same delivery id), with
+    /// a fresh budget of attempts. False when it is not dead (delivered,
+    /// or still being tried).
     pub async fn redeliver(&self, notification_id: &str) -> Result<bool, StoreError> {
-        let store = self.inner.system.store();
-        if !store.revive_notification(notification_id).await? {
-            return Ok(false);
+        let budget = i64::from(self.inner.config.max_attempts);
+        let revived = self
+            .inner
+            .system
+            .store()
+            .revive_notification(notification_id, budget)
+            .await?;
+        if revived {
+            self.inner.deliveries_due.notify_one();
         }
-        if let Some(mut notification) = store.notification(notification_id).await? {
-            // Attempt numbers go on; the budget starts over.
-            notification.status = "pending".into();
-            self.spawn_redelivery(notification);
-        }
-        Ok(true)
+        Ok(revived)
     }
 
-    async fn listen(self, mut events: broadcast::Receiver<std::sync::Arc<DomainEvent>>) {
+    fn claimant(&self) -> Option<(String, i64)> {
+        let token = self.inner.cluster.lease_token()?;
+        Some((self.inner.system.node_name().to_owned(), token))
+    }
+
+    /// Dispatches this node's events as soon as they are committed, and
+    /// every node's at each poll.
+    async fn dispatch_loop(self) {
+        let written = self.inner.system.outbox_written();
         loop {
-            match events.recv().await {
-                Ok(event) => {
-                    if let Err(error) = self.fan_out(&event).await {
-                        tracing::error!(%error, event = %event.event_type, "notifier: cannot queue the event");
+            tokio::select! {
+                _ = written.notified() => {}
+                _ = tokio::time::sleep(self.inner.config.poll_interval) => {}
+            }
+            loop {
+                match self.dispatch_once().await {
+                    Ok(taken) if taken < DISPATCH_BATCH as usize => break,
+                    Ok(_) => {}
+                    Err(error) => {
+                        tracing::warn!(%error, "notifier: cannot dispatch the outbox; trying again");
+                        tokio::time::sleep(STORE_RETRY).await;
+                        break;
                     }
                 }
-                Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    tracing::error!(missed, "notifier: fell behind the event bus; events lost");
-                }
-                Err(broadcast::error::RecvError::Closed) => return,
             }
         }
     }
 
-    async fn fan_out(&self, event: &DomainEvent) -> Result<(), StoreError> {
-        let wanted: Vec<Subscription> = self
-            .inner
-            .subscriptions
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .values()
-            .filter(|subscription| subscription.wants(&event.event_type))
-            .cloned()
-            .collect();
-        if wanted.is_empty() {
-            return Ok(());
+    /// One dispatch transaction; answers how many events it took.
+    async fn dispatch_once(&self) -> Result<usize, StoreError> {
+        let store = self.inner.system.store();
+        if !store.has_undispatched_events().await? {
+            return Ok(0);
         }
-        let payload = serde_json::to_string(event).unwrap_or_else(|_| "{}".into());
-        for subscription in wanted {
-            let now = unix_millis();
-            let notification = Notification {
-                id: uuid::Uuid::now_v7().to_string(),
-                subscription_id: subscription.id.clone(),
-                event_id: event.id.clone(),
-                event_type: event.event_type.clone(),
-                payload: payload.clone(),
-                status: "pending".into(),
-                attempts: 0,
-                created_at_ms: now,
-                updated_at_ms: now,
-            };
-            self.inner
+        let subscriptions = self.subscriptions().await?;
+        let attempt_limit = i64::from(self.inner.config.max_attempts);
+        let done = store
+            .dispatch_events(DISPATCH_BATCH, unix_millis(), attempt_limit, |event_type| {
+                subscriptions
+                    .iter()
+                    .filter(|subscription| subscription.wants(event_type))
+                    .map(|subscription| subscription.id.clone())
+                    .collect()
+            })
+            .await?;
+        self.inner.metrics.dispatched.inc_by(done.events as u64);
+        if done.notifications > 0 {
+            self.inner.deliveries_due.notify_one();
+        }
+        Ok(done.events)
+    }
+
+    /// The active subscriptions, read again from the store once
+    /// [`SUBSCRIPTIONS_FRESH`] has passed.
+    async fn subscriptions(&self) -> Result<Arc<Vec<Subscription>>, StoreError> {
+        {
+            let cached = self
+                .inner
+                .subscriptions
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if let (Some(read_at), subscriptions) = &*cached
+                && read_at.elapsed() < SUBSCRIPTIONS_FRESH
+            {
+                return Ok(Arc::clone(subscriptions));
+            }
+        }
+        let read_at = Instant::now();
+        let mut subscriptions = Vec::new();
+        let mut offset = 0;
+        loop {
+            let page = self
+                .inner
                 .system
                 .store()
-                .insert_notification(&notification)
+                .list_records("subscriptions", &[("status", Some("active"))], 100, offset)
                 .await?;
-            self.spawn_delivery(notification);
+            subscriptions.extend(
+                page.bodies
+                    .iter()
+                    .filter_map(|body| serde_json::from_str::<Subscription>(body).ok()),
+            );
+            if page.bodies.len() < 100 {
+                break;
+            }
+            offset += 100;
         }
-        Ok(())
+        let subscriptions = Arc::new(subscriptions);
+        *self
+            .inner
+            .subscriptions
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) =
+            (Some(read_at), Arc::clone(&subscriptions));
+        Ok(subscriptions)
     }
 
-    fn spawn_delivery(&self, notification: Notification) {
-        let this = self.clone();
-        let first = notification.attempts + 1;
-        tokio::spawn(async move { this.deliver(notification, first, None).await });
+    /// Claims due notifications while this node has attempts to spare, and
+    /// makes one attempt at each.
+    async fn deliver_loop(self) {
+        loop {
+            tokio::select! {
+                _ = self.inner.deliveries_due.notified() => {}
+                _ = tokio::time::sleep(self.inner.config.poll_interval) => {}
+            }
+            loop {
+                // Wait for a free attempt before claiming: a claim held in
+                // memory while nothing can send it only delays others.
+                let Ok(first) = Arc::clone(&self.inner.in_flight).acquire_owned().await else {
+                    return;
+                };
+                let free = (self.inner.in_flight.available_permits() + 1).min(CLAIM_BATCH);
+                let Some((node, token)) = self.claimant() else {
+                    break;
+                };
+                let claimant = Claimant { node: &node, token };
+                let claimed = match self
+                    .inner
+                    .system
+                    .store()
+                    .claim_deliveries(claimant, free as i64, unix_millis())
+                    .await
+                {
+                    Ok(claimed) => claimed,
+                    Err(error) => {
+                        tracing::warn!(%error, "notifier: cannot claim deliveries; trying again");
+                        tokio::time::sleep(STORE_RETRY).await;
+                        break;
+                    }
+                };
+                let full = claimed.len() == free;
+                let mut first = Some(first);
+                for delivery in claimed {
+                    let permit = match first.take() {
+                        Some(permit) => permit,
+                        None => match Arc::clone(&self.inner.in_flight).acquire_owned().await {
+                            Ok(permit) => permit,
+                            Err(_) => return,
+                        },
+                    };
+                    self.count_claim(&delivery);
+                    let this = self.clone();
+                    let (node, token) = (node.clone(), token);
+                    tokio::spawn(async move {
+                        this.deliver(delivery.notification, &node, token).await;
+                        drop(permit);
+                    });
+                }
+                if !full {
+                    break;
+                }
+            }
+        }
     }
 
-    fn spawn_redelivery(&self, notification: Notification) {
-        let this = self.clone();
-        let first = notification.attempts + 1;
-        let budget = i64::from(self.inner.config.max_attempts);
-        tokio::spawn(async move {
-            this.deliver(notification, first, Some(first + budget - 1))
-                .await
-        });
+    fn count_claim(&self, delivery: &ClaimedDelivery) {
+        let metrics = &self.inner.metrics;
+        metrics.claimed.inc();
+        if let Some(from) = &delivery.taken_from {
+            metrics.takeovers.inc();
+            tracing::info!(notification = %delivery.notification.id, from = %from,
+                "notifier: took over a delivery whose node's lease ended");
+        }
     }
 
-    /// Attempts from `first` until one succeeds or `last` (by default the
-    /// configured number of attempts) has failed.
-    async fn deliver(self, notification: Notification, first: i64, last: Option<i64>) {
+    /// Reads the outbox's depth and age for the metrics, and deletes
+    /// dispatched events past their retention.
+    async fn housekeeping(self) {
+        let mut stats = tokio::time::interval(STATS_EVERY);
+        let mut prune = tokio::time::interval(PRUNE_EVERY);
+        for timer in [&mut stats, &mut prune] {
+            timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        }
+        let store = self.inner.system.store().clone();
+        loop {
+            tokio::select! {
+                _ = stats.tick() => match store.outbox_stats().await {
+                    Ok(stats) => self.inner.metrics.observe(&stats, unix_millis()),
+                    Err(error) => tracing::warn!(%error, "notifier: cannot read the outbox's depth"),
+                },
+                _ = prune.tick() => {
+                    let before = unix_millis()
+                        .saturating_sub(self.inner.config.outbox_retention.as_millis() as i64);
+                    if let Err(error) = store.prune_dispatched_events(before).await {
+                        tracing::warn!(%error, "notifier: cannot prune the outbox");
+                    }
+                }
+            }
+        }
+    }
+
+    /// One attempt at a claimed notification, logged; the notification is
+    /// then released: delivered, dead, or pending until its next due time.
+    async fn deliver(self, notification: Notification, node: &str, token: i64) {
         let config = &self.inner.config;
-        let last = last.unwrap_or(i64::from(config.max_attempts));
+        let budget = i64::from(config.max_attempts);
+        let last = if notification.attempt_limit > 0 {
+            notification.attempt_limit
+        } else {
+            budget
+        };
+        let attempt = notification.attempts + 1;
         let subscription = self
             .inner
             .system
@@ -267,53 +406,65 @@ impl Notifications {
                 self.inner.system.runtime_config().ask_timeout,
             )
             .await;
-        let mut attempt = first;
-        loop {
-            let outcome = match &subscription {
-                Ok(subscription) if subscription.status == SubscriptionStatus::Active => {
-                    let _permit = self.inner.in_flight.acquire().await;
-                    self.attempt(&subscription.channel, &notification).await
-                }
-                Ok(_) => Outcome::gave_up("the subscription was deleted"),
-                Err(error) => {
-                    Outcome::failed(None, None, format!("cannot read the subscription: {error}"))
-                }
-            };
-            let final_attempt = attempt >= last || outcome.give_up;
-            let (label, status) = match (outcome.success, final_attempt) {
-                (true, _) => ("succeeded", "delivered"),
-                (false, false) => ("failed", "pending"),
-                (false, true) if outcome.not_configured => ("not_configured", "dead"),
-                (false, true) => ("dead", "dead"),
-            };
-            let record = Attempt {
-                id: uuid::Uuid::now_v7().to_string(),
-                notification_id: notification.id.clone(),
-                attempt,
-                outcome: label.into(),
-                http_status: outcome.http_status,
-                latency_ms: outcome.latency_ms,
-                error: outcome.error.clone(),
-                at_ms: unix_millis(),
-            };
-            if let Err(error) = self
-                .inner
-                .system
-                .store()
-                .record_attempt(&record, status)
+        let outcome = match &subscription {
+            Ok(subscription) if subscription.status == SubscriptionStatus::Active => {
+                self.attempt(&subscription.channel, &notification).await
+            }
+            Ok(_) => Outcome::gave_up("the subscription was deleted"),
+            Err(error) => {
+                Outcome::failed(None, None, format!("cannot read the subscription: {error}"))
+            }
+        };
+        let final_attempt = attempt >= last || outcome.give_up;
+        let (label, status) = match (outcome.success, final_attempt) {
+            (true, _) => ("succeeded", "delivered"),
+            (false, false) => ("failed", "pending"),
+            (false, true) if outcome.not_configured => ("not_configured", "dead"),
+            (false, true) => ("dead", "dead"),
+        };
+        let now = unix_millis();
+        // Retries count from the start of this budget (a redelivery starts
+        // its backoff over).
+        let retry = attempt - (last - budget).max(0);
+        let due_at_ms = if status == "pending" {
+            now.saturating_add(self.backoff(retry).as_millis() as i64)
+        } else {
+            now
+        };
+        let record = Attempt {
+            id: uuid::Uuid::now_v7().to_string(),
+            notification_id: notification.id.clone(),
+            attempt,
+            outcome: label.into(),
+            http_status: outcome.http_status,
+            latency_ms: outcome.latency_ms,
+            error: outcome.error.clone(),
+            at_ms: now,
+        };
+        let claimant = Claimant { node, token };
+        let store = self.inner.system.store();
+        for retry in 1..=RECORD_ATTEMPTS {
+            match store
+                .record_attempt(&record, status, due_at_ms, claimant)
                 .await
             {
-                tracing::error!(%error, notification = %notification.id, "notifier: cannot log an attempt");
-            }
-            if status != "pending" {
-                if status == "dead" {
-                    tracing::warn!(notification = %notification.id, attempts = attempt,
-                        error = ?outcome.error, "notifier: dead-lettered");
+                Ok(true) => break,
+                Ok(false) => {
+                    tracing::warn!(notification = %notification.id,
+                        "notifier: the claim was taken over while an attempt ran; the new holder goes on");
+                    break;
                 }
-                return;
+                Err(error) if retry == RECORD_ATTEMPTS => {
+                    // The claim stays with this node until its lease ends
+                    // or it restarts; then another attempt is made.
+                    tracing::error!(%error, notification = %notification.id, "notifier: cannot log an attempt");
+                }
+                Err(_) => tokio::time::sleep(STORE_RETRY * retry).await,
             }
-            tokio::time::sleep(self.backoff(attempt - first + 1)).await;
-            attempt += 1;
+        }
+        if status == "dead" {
+            tracing::warn!(notification = %notification.id, attempts = attempt,
+                error = ?outcome.error, "notifier: dead-lettered");
         }
     }
 

@@ -24,10 +24,11 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::actors::simulation::{
-    JobProgress, JobStatus, Simulation, SimulationJob, SimulationMsg, SimulationReply,
+    JobProgress, JobStatus, Runner, Simulation, SimulationJob, SimulationMsg, SimulationReply,
     SimulationRequest,
 };
 use crate::actors::{Agent, AgentError, AgentId, System};
+use crate::cluster::node::ClusterNode;
 use crate::config::SimulationConfig;
 use crate::gpu::{self, Control, Device, RunError, RunSettings, SimulationResult};
 use crate::store::StoreError;
@@ -40,6 +41,9 @@ const AGENT_PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
 /// starting under load (many jobs to recover, a busy store) must not give up
 /// after the usual HTTP timeout.
 const RECOVERY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often a node looks for jobs whose runner's lease ended among the
+/// keys it owns.
+const TAKEOVER_EVERY: Duration = Duration::from_secs(2);
 /// Attempts at recording a job's outcome before giving up (the job then
 /// stays `running` in the store and runs again after a restart).
 const RECORD_ATTEMPTS: u32 = 5;
@@ -284,6 +288,7 @@ struct SimulationMetrics {
     queued: IntGauge,
     running: IntGauge,
     samples: IntCounter,
+    takeovers: IntCounter,
 }
 
 impl SimulationMetrics {
@@ -312,11 +317,17 @@ impl SimulationMetrics {
             "Driver samples drawn by finished simulations (paths x drivers)",
         )
         .expect("valid metric options");
+        let takeovers = IntCounter::new(
+            "valueverse_simulation_takeovers_total",
+            "Unfinished jobs this node took over from a node whose lease ended",
+        )
+        .expect("valid metric options");
         for collector in [
             Box::new(jobs.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(queued.clone()),
             Box::new(running.clone()),
             Box::new(samples.clone()),
+            Box::new(takeovers.clone()),
         ] {
             // A second node in one process has its own registry; a clash
             // here would be a programming error caught by the tests.
@@ -329,6 +340,7 @@ impl SimulationMetrics {
             queued,
             running,
             samples,
+            takeovers,
         }
     }
 }
@@ -344,6 +356,8 @@ struct Quota {
 
 struct Inner {
     system: System,
+    /// The node's lease, under which its jobs are recorded as its own.
+    cluster: ClusterNode,
     runtime: tokio::runtime::Handle,
     capacity: usize,
     quota: Quota,
@@ -367,10 +381,12 @@ pub struct Simulations {
 }
 
 impl Simulations {
-    /// Starts the workers and queues again the jobs a previous run of the
-    /// node left unfinished. Must be called inside a tokio runtime.
+    /// Starts the workers, queues again the jobs a previous run of the node
+    /// left unfinished, and from then on takes over the jobs of nodes whose
+    /// lease ended. Must be called inside a tokio runtime.
     pub async fn start(
         system: System,
+        cluster: ClusterNode,
         config: &SimulationConfig,
     ) -> Result<Simulations, StartError> {
         system.register::<Simulation>();
@@ -390,6 +406,7 @@ impl Simulations {
         let inner = Arc::new(Inner {
             metrics: SimulationMetrics::new(system.metrics().registry()),
             system,
+            cluster,
             runtime: tokio::runtime::Handle::current(),
             capacity: config.queue_capacity,
             quota: Quota {
@@ -423,7 +440,22 @@ impl Simulations {
             Arc::downgrade(&inner),
         ));
         let simulations = Simulations { inner };
-        simulations.recover().await?;
+        simulations.take_over().await?;
+        let sweeper = simulations.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(TAKEOVER_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            every.tick().await;
+            loop {
+                every.tick().await;
+                if sweeper.inner.stopping() {
+                    return;
+                }
+                if let Err(error) = sweeper.take_over().await {
+                    tracing::warn!(%error, "simulation: cannot take over jobs");
+                }
+            }
+        });
         Ok(simulations)
     }
 
@@ -538,6 +570,7 @@ impl Simulations {
             progress: None,
             result: None,
             error: None,
+            runner: inner.runner(),
         };
         let paths = job.request.paths;
         inner.publish_new(&job);
@@ -680,29 +713,43 @@ impl Simulations {
         .await;
     }
 
-    async fn recover(&self) -> Result<(), StartError> {
+    /// Queues here the unfinished jobs this node owns whose runner holds no
+    /// live lease: those its own earlier run left (after a restart) and
+    /// those of a node that died (their keys are this node's now).
+    async fn take_over(&self) -> Result<(), StartError> {
         let inner = &self.inner;
-        let ids = inner
+        let orphans = inner
             .system
             .store()
-            .unfinished_simulations()
+            .orphaned_simulations(crate::store::unix_millis())
             .await
             .map_err(StartError::Store)?;
         let router = inner.system.router();
-        // Each node queues again the jobs it owns; another node's running
-        // jobs are its own.
-        for id in ids
+        let me = inner.system.node_name();
+        for (id, node, token) in orphans
             .into_iter()
-            .filter(|id| router.is_local(Simulation::KIND, id))
+            .filter(|(id, _, _)| router.is_local(Simulation::KIND, id))
         {
+            let expected = node.zip(token).map(|(node, token)| Runner { node, token });
+            let Some(runner) = inner.runner() else {
+                return Ok(());
+            };
             let requeue = |source| StartError::Requeue {
                 id: id.clone(),
                 source,
             };
-            let job = inner
-                .ask_within(&id, SimulationMsg::Requeue, RECOVERY_TIMEOUT)
-                .await
-                .map_err(requeue)?;
+            let from = expected.as_ref().map(|runner| runner.node.clone());
+            let msg = SimulationMsg::Requeue { runner, expected };
+            let job = match inner.ask_within(&id, msg, RECOVERY_TIMEOUT).await {
+                Ok(job) => job,
+                // Finished or taken by another node meanwhile.
+                Err(AgentError::Rejected { .. }) => continue,
+                Err(error) => return Err(requeue(error)),
+            };
+            if from.as_deref().is_some_and(|from| from != me) {
+                inner.metrics.takeovers.inc();
+                tracing::info!(job = %id, from = ?from, "simulation: took over a job whose node's lease ended");
+            }
             let lane = match inner.lane_for(job.request.device) {
                 Ok(lane) => lane,
                 Err(reason) => {
@@ -722,7 +769,7 @@ impl Simulations {
                     continue;
                 }
             };
-            tracing::info!(job = %id, attempts = job.attempts, "simulation: queued again after a restart");
+            tracing::info!(job = %id, attempts = job.attempts, "simulation: queued again");
             inner.publish_new(&job);
             let mut queues = inner.queues();
             queues.lane(lane).push(
@@ -808,6 +855,15 @@ impl Inner {
     fn wake_all(&self) {
         self.wake_cpu.notify_all();
         self.wake_gpu.notify_all();
+    }
+
+    /// This node as a job's runner; none while its lease is fenced.
+    fn runner(&self) -> Option<Runner> {
+        let token = self.cluster.lease_token()?;
+        Some(Runner {
+            node: self.system.node_name().to_owned(),
+            token,
+        })
     }
 
     fn ask_timeout(&self) -> Duration {

@@ -204,6 +204,7 @@ async fn commit(store: &Store, batch: &[Pending]) -> Result<Vec<bool>, StoreErro
                     applied[at] = ids.contains(&batch[at].record.id);
                 }
             }
+            insert_postgres_events(&mut tx, batch, &applied).await?;
             tx.commit().await?;
         }
         Pool::Sqlite(pool) => {
@@ -217,11 +218,56 @@ async fn commit(store: &Store, batch: &[Pending]) -> Result<Vec<bool>, StoreErro
                     pending.now
                 );
                 applied[at] = query.execute(&mut *tx).await?.rows_affected() == 1;
+                if applied[at] {
+                    for event in &pending.record.events {
+                        super::outbox::insert_event!(event)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                }
             }
             tx.commit().await?;
         }
     }
     Ok(applied)
+}
+
+/// The events of the writes that applied, in one statement.
+async fn insert_postgres_events(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    batch: &[Pending],
+    applied: &[bool],
+) -> Result<(), StoreError> {
+    let events: Vec<&super::OutboxEvent> = batch
+        .iter()
+        .zip(applied)
+        .filter(|(_, applied)| **applied)
+        .flat_map(|(pending, _)| &pending.record.events)
+        .collect();
+    if events.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO outbox_events (id, event_type, occurred_at_ms, payload) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[])",
+    )
+    .bind(events.iter().map(|e| e.id.as_str()).collect::<Vec<_>>())
+    .bind(
+        events
+            .iter()
+            .map(|e| e.event_type.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(events.iter().map(|e| e.occurred_at_ms).collect::<Vec<_>>())
+    .bind(
+        events
+            .iter()
+            .map(|e| e.payload.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// The batch, by index, in groups that one statement writes: same table,

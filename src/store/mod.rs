@@ -112,6 +112,7 @@ mod api_keys;
 mod batch;
 mod leases;
 mod notifications;
+mod outbox;
 mod records;
 mod sagas;
 mod simulations;
@@ -119,6 +120,7 @@ mod simulations;
 pub use api_keys::ApiKeyRow;
 pub use leases::{Lease, LeaseClaim};
 pub use notifications::{Attempt, Notification};
+pub use outbox::{Claimant, ClaimedDelivery, Dispatched, OutboxEvent, OutboxStats};
 pub use records::{Column, Page, Record};
 
 macro_rules! with_pool {
@@ -284,50 +286,49 @@ impl Store {
         expected_version: i64,
     ) -> Result<i64, StoreError> {
         let text = encode_state(kind, key, state)?;
-        self.save_state_text(kind, key, text, expected_version)
+        self.save_state_text(kind, key, text, expected_version, &[])
             .await
     }
 
-    /// Like [`Store::save_state`] over state already encoded by [`encode_state`].
+    /// Like [`Store::save_state`] over state already encoded by
+    /// [`encode_state`], with the events the change raised written in the
+    /// same transaction.
     pub(crate) async fn save_state_text(
         &self,
         kind: &str,
         key: &str,
         text: String,
         expected_version: i64,
+        events: &[OutboxEvent],
     ) -> Result<i64, StoreError> {
         let now = unix_millis();
-        let rows = if expected_version == 0 {
-            with_pool!(self, pool => {
-                sqlx::query(
-                    "INSERT INTO agent_state (kind, key, version, state, updated_at_ms) \
-                     VALUES ($1, $2, 1, $3, $4) ON CONFLICT (kind, key) DO NOTHING",
-                )
-                .bind(kind)
-                .bind(key)
-                .bind(&text)
-                .bind(now)
-                .execute(pool)
-                .await
-                .map(|done| done.rows_affected())
-            })?
+        let sql = if expected_version == 0 {
+            "INSERT INTO agent_state (kind, key, version, state, updated_at_ms) \
+             VALUES ($1, $2, 1, $3, $4) ON CONFLICT (kind, key) DO NOTHING"
         } else {
-            with_pool!(self, pool => {
-                sqlx::query(
-                    "UPDATE agent_state SET version = version + 1, state = $1, updated_at_ms = $2 \
-                     WHERE kind = $3 AND key = $4 AND version = $5",
-                )
-                .bind(&text)
-                .bind(now)
-                .bind(kind)
-                .bind(key)
-                .bind(expected_version)
-                .execute(pool)
-                .await
-                .map(|done| done.rows_affected())
-            })?
+            "UPDATE agent_state SET version = version + 1, state = $3, updated_at_ms = $4 \
+             WHERE kind = $1 AND key = $2 AND version = $5"
         };
-        if rows == 1 {
+        let applied = with_pool!(self, pool => {
+            let bound = || {
+                let query = sqlx::query(sql).bind(kind).bind(key).bind(&text).bind(now);
+                if expected_version != 0 { query.bind(expected_version) } else { query }
+            };
+            // Most kinds raise no event: no transaction for them.
+            if events.is_empty() {
+                bound().execute(pool).await.map(|done| done.rows_affected() == 1)
+            } else {
+                let mut tx = pool.begin().await?;
+                let applied = bound().execute(&mut *tx).await?.rows_affected() == 1;
+                if applied {
+                    for event in events {
+                        outbox::insert_event!(event).execute(&mut *tx).await?;
+                    }
+                }
+                tx.commit().await.map(|()| applied)
+            }
+        })?;
+        if applied {
             return Ok(expected_version + 1);
         }
         let actual = self.state_version(kind, key).await?;

@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 
+use super::outbox::Claimant;
 use super::{Store, StoreError, unix_millis, with_pool};
 
 /// One event bound for one subscription.
@@ -18,6 +19,17 @@ pub struct Notification {
     pub attempts: i64,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+    /// When the next attempt may go (while `pending`).
+    pub due_at_ms: i64,
+    /// The last attempt number before the dead letter (0: the node's
+    /// configured number of attempts).
+    pub attempt_limit: i64,
+    /// How many times a node took it over from one whose lease ended.
+    pub takeovers: i64,
+    #[serde(skip)]
+    pub claimed_by: Option<String>,
+    #[serde(skip)]
+    pub claim_token: Option<i64>,
 }
 
 /// One attempt at a notification.
@@ -67,9 +79,18 @@ impl Store {
         })?)
     }
 
-    /// Records an attempt and the notification's new status, together.
-    pub async fn record_attempt(&self, attempt: &Attempt, status: &str) -> Result<(), StoreError> {
-        with_pool!(self, pool => {
+    /// Records an attempt and, if `claimant` still holds the notification,
+    /// its new status, next due time and the release of the claim, together.
+    /// False when the claim was lost (taken over after this node's lease
+    /// ended): the attempt is logged, the status left to the new holder.
+    pub async fn record_attempt(
+        &self,
+        attempt: &Attempt,
+        status: &str,
+        due_at_ms: i64,
+        claimant: Claimant<'_>,
+    ) -> Result<bool, StoreError> {
+        let held = with_pool!(self, pool => {
             let mut transaction = pool.begin().await?;
             sqlx::query(
                 "INSERT INTO notification_attempts (id, notification_id, attempt, outcome, \
@@ -85,30 +106,40 @@ impl Store {
             .bind(attempt.at_ms)
             .execute(&mut *transaction)
             .await?;
-            sqlx::query(
-                "UPDATE notifications SET status = $1, attempts = $2, updated_at_ms = $3 WHERE id = $4",
+            let updated = sqlx::query(
+                "UPDATE notifications SET status = $1, attempts = $2, updated_at_ms = $3, \
+                 due_at_ms = $4, claimed_by = NULL, claim_token = NULL \
+                 WHERE id = $5 AND claimed_by = $6 AND claim_token = $7",
             )
             .bind(status)
             .bind(attempt.attempt)
             .bind(unix_millis())
+            .bind(due_at_ms)
             .bind(&attempt.notification_id)
+            .bind(claimant.node)
+            .bind(claimant.token)
             .execute(&mut *transaction)
-            .await?;
-            transaction.commit().await
+            .await?
+            .rows_affected();
+            transaction.commit().await?;
+            Ok::<_, sqlx::Error>(updated == 1)
         })?;
-        Ok(())
+        Ok(held)
     }
 
-    /// Puts a dead notification back to `pending` for a redelivery; false
-    /// when it is not dead.
-    pub async fn revive_notification(&self, id: &str) -> Result<bool, StoreError> {
+    /// Puts a dead notification back to `pending`, due now, with `budget`
+    /// more attempts (their numbers go on); false when it is not dead.
+    pub async fn revive_notification(&self, id: &str, budget: i64) -> Result<bool, StoreError> {
+        let now = unix_millis();
         let rows = with_pool!(self, pool => {
             sqlx::query(
-                "UPDATE notifications SET status = 'pending', updated_at_ms = $1 \
+                "UPDATE notifications SET status = 'pending', updated_at_ms = $1, due_at_ms = $1, \
+                 attempt_limit = attempts + $3, claimed_by = NULL, claim_token = NULL \
                  WHERE id = $2 AND status = 'dead'",
             )
-            .bind(unix_millis())
+            .bind(now)
             .bind(id)
+            .bind(budget)
             .execute(pool)
             .await
             .map(|done| done.rows_affected())
@@ -181,15 +212,6 @@ impl Store {
             .bind(limit)
             .fetch_all(pool)
             .await
-        })?)
-    }
-
-    /// Notifications left `pending` (a restart interrupted them).
-    pub async fn pending_notifications(&self) -> Result<Vec<Notification>, StoreError> {
-        Ok(with_pool!(self, pool => {
-            sqlx::query_as("SELECT * FROM notifications WHERE status = 'pending' ORDER BY created_at_ms")
-                .fetch_all(pool)
-                .await
         })?)
     }
 }

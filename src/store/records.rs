@@ -19,6 +19,9 @@ pub struct Record<'a> {
     pub id: &'a str,
     pub columns: Vec<(&'static str, Column)>,
     pub body: String,
+    /// Events the change raised: written in its transaction, only if the
+    /// row write applies.
+    pub events: Vec<super::OutboxEvent>,
 }
 
 impl Store {
@@ -51,6 +54,7 @@ impl Store {
             id: record.id.to_owned(),
             columns: record.columns.clone(),
             body: record.body.clone(),
+            events: record.events.clone(),
         };
         let now = unix_millis();
         let batched = match &self.writer {
@@ -92,13 +96,21 @@ impl Store {
         now: i64,
     ) -> Result<bool, StoreError> {
         let sql = single_row_sql(record, expected_version);
-        let rows = with_pool!(self, pool => {
-            bind_row!(sqlx::query(&sql), record, expected_version, now)
-                .execute(pool)
-                .await
-                .map(|done| done.rows_affected())
+        let applied = with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let applied = bind_row!(sqlx::query(&sql), record, expected_version, now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                == 1;
+            if applied {
+                for event in &record.events {
+                    super::outbox::insert_event!(event).execute(&mut *tx).await?;
+                }
+            }
+            tx.commit().await.map(|()| applied)
         })?;
-        Ok(rows == 1)
+        Ok(applied)
     }
 }
 
@@ -109,6 +121,7 @@ pub(super) struct OwnedRecord {
     pub id: String,
     pub columns: Vec<(&'static str, Column)>,
     pub body: String,
+    pub events: Vec<super::OutboxEvent>,
 }
 
 /// The statement of one row write: binds id, now, body, the columns, and

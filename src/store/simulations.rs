@@ -4,19 +4,6 @@
 use super::{Store, StoreError, with_pool};
 
 impl Store {
-    /// Jobs that were queued or running, oldest first: what a restarted
-    /// node runs again.
-    pub async fn unfinished_simulations(&self) -> Result<Vec<String>, StoreError> {
-        Ok(with_pool!(self, pool => {
-            sqlx::query_scalar(
-                "SELECT id FROM simulations WHERE status IN ('queued', 'running') \
-                 ORDER BY created_at_ms, id",
-            )
-            .fetch_all(pool)
-            .await
-        })?)
-    }
-
     /// The most recently finished `done` job of a model version.
     pub async fn latest_done_simulation(
         &self,

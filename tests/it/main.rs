@@ -11,6 +11,7 @@ mod http;
 mod limits;
 mod monitoring;
 mod openapi;
+mod outbox;
 mod partition;
 mod plans;
 mod runtime;

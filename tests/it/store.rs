@@ -62,6 +62,7 @@ fn saga_row<'a>(id: &'a str, body: &str) -> Record<'a> {
             ("created_at_ms", Column::Int(Some(1))),
         ],
         body: body.to_owned(),
+        events: Vec::new(),
     }
 }
 

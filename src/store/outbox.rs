@@ -1,0 +1,265 @@
+//! The transactional outbox (`outbox_events`) and the claims on deliveries.
+//!
+//! An agent's state write and the events it raised go in one transaction
+//! (see `batch`), so an event exists exactly when its change does. A node
+//! then dispatches undispatched events (each turned into one notification
+//! per subscription that wants it, and marked dispatched, in one
+//! transaction) and claims due notifications to deliver. A claim names the
+//! node and its lease token: it holds while that lease is live in
+//! `cluster_leases` and may be taken over once it is not.
+
+use super::notifications::Notification;
+use super::{Pool, Store, StoreError, with_pool};
+
+/// The insert of one event (a macro: the query type differs per database).
+macro_rules! insert_event {
+    ($event:expr) => {
+        sqlx::query(
+            "INSERT INTO outbox_events (id, event_type, occurred_at_ms, payload) \
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind($event.id.as_str())
+        .bind($event.event_type.as_str())
+        .bind($event.occurred_at_ms)
+        .bind($event.payload.as_str())
+    };
+}
+pub(super) use insert_event;
+
+/// A domain event as the outbox keeps it: `payload` is the event's JSON.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxEvent {
+    pub id: String,
+    pub event_type: String,
+    pub occurred_at_ms: i64,
+    pub payload: String,
+}
+
+/// The node and lease token a claim is made under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claimant<'a> {
+    pub node: &'a str,
+    pub token: i64,
+}
+
+/// What one dispatch did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Dispatched {
+    pub events: usize,
+    pub notifications: usize,
+}
+
+/// A claimed delivery; `taken_from` names the node whose lapsed claim
+/// this one replaced (none for a claim of an unclaimed notification).
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct ClaimedDelivery {
+    #[sqlx(flatten)]
+    pub notification: Notification,
+    pub taken_from: Option<String>,
+}
+
+/// Depth and age of what waits in the outbox.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, sqlx::FromRow)]
+pub struct OutboxStats {
+    pub undispatched_events: i64,
+    pub pending_deliveries: i64,
+    /// When the oldest event not dispatched, or the oldest notification not
+    /// delivered, was raised (ms since the epoch).
+    pub oldest_undelivered_ms: Option<i64>,
+}
+
+/// True where `{alias}.{node}`/`{alias}.{token}` name no live lease at
+/// `now` (bound as `$now`): the SQL of "this claim has lapsed".
+fn lapsed(alias: &str, node: &str, token: &str, now: &str) -> String {
+    format!(
+        "({alias}.{node} IS NULL OR NOT EXISTS (SELECT 1 FROM cluster_leases l \
+         WHERE l.node = {alias}.{node} AND l.token = {alias}.{token} AND l.expires_at_ms > {now}))"
+    )
+}
+
+/// The columns of a [`Notification`].
+const NOTIFICATION_COLUMNS: &str = "id, subscription_id, event_id, event_type, payload, status, \
+     attempts, created_at_ms, updated_at_ms, due_at_ms, attempt_limit, takeovers, claimed_by, \
+     claim_token";
+
+/// The SQL of "the claimant's own lease is live": a node whose lease
+/// ended claims nothing.
+const CLAIMANT_LIVE: &str = "EXISTS (SELECT 1 FROM cluster_leases l \
+     WHERE l.node = $1 AND l.token = $2 AND l.expires_at_ms > $3)";
+
+impl Store {
+    /// Writes events on their own (a handler that emitted without changing
+    /// its state).
+    pub async fn append_events(&self, events: &[OutboxEvent]) -> Result<(), StoreError> {
+        with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            for event in events {
+                insert_event!(event).execute(&mut *tx).await?;
+            }
+            tx.commit().await
+        })?;
+        Ok(())
+    }
+
+    /// Whether any event waits to be dispatched (a read: no write
+    /// transaction while the outbox is empty).
+    pub async fn has_undispatched_events(&self) -> Result<bool, StoreError> {
+        Ok(with_pool!(self, pool => {
+            sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM outbox_events WHERE dispatched_at_ms IS NULL)",
+            )
+            .fetch_one(pool)
+            .await
+        })?)
+    }
+
+    /// Takes up to `limit` undispatched events, asks `wanting` which
+    /// subscriptions want each one (by event type), and writes one pending
+    /// notification per subscription (none twice: a unique index), all in
+    /// one transaction. On PostgreSQL other nodes skip the events this one
+    /// holds (`SKIP LOCKED`).
+    pub async fn dispatch_events(
+        &self,
+        limit: i64,
+        now: i64,
+        attempt_limit: i64,
+        wanting: impl Fn(&str) -> Vec<String>,
+    ) -> Result<Dispatched, StoreError> {
+        let lock = match self.pool {
+            Pool::Postgres(_) => " FOR UPDATE SKIP LOCKED",
+            Pool::Sqlite(_) => "",
+        };
+        let take = format!(
+            "UPDATE outbox_events SET dispatched_at_ms = $1 WHERE id IN \
+             (SELECT id FROM outbox_events WHERE dispatched_at_ms IS NULL ORDER BY id LIMIT $2{lock}) \
+             RETURNING id, event_type, payload"
+        );
+        let mut done = Dispatched::default();
+        with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let events: Vec<(String, String, String)> = sqlx::query_as(&take)
+                .bind(now)
+                .bind(limit)
+                .fetch_all(&mut *tx)
+                .await?;
+            done.events = events.len();
+            for (event_id, event_type, payload) in &events {
+                for subscription_id in wanting(event_type) {
+                    let inserted = sqlx::query(
+                        "INSERT INTO notifications (id, subscription_id, event_id, event_type, \
+                         payload, status, attempts, created_at_ms, updated_at_ms, due_at_ms, \
+                         attempt_limit) VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, $6, $6, $7) \
+                         ON CONFLICT (event_id, subscription_id) DO NOTHING",
+                    )
+                    .bind(uuid::Uuid::now_v7().to_string())
+                    .bind(&subscription_id)
+                    .bind(event_id)
+                    .bind(event_type)
+                    .bind(payload)
+                    .bind(now)
+                    .bind(attempt_limit)
+                    .execute(&mut *tx)
+                    .await?;
+                    done.notifications += inserted.rows_affected() as usize;
+                }
+            }
+            tx.commit().await
+        })?;
+        Ok(done)
+    }
+
+    /// Claims up to `limit` due pending notifications for `claimant`:
+    /// unclaimed ones, and those whose claimant's lease is no longer live.
+    /// Nothing while the claimant's own lease is not live.
+    pub async fn claim_deliveries(
+        &self,
+        claimant: Claimant<'_>,
+        limit: i64,
+        now: i64,
+    ) -> Result<Vec<ClaimedDelivery>, StoreError> {
+        let lock = match self.pool {
+            Pool::Postgres(_) => " FOR UPDATE OF n SKIP LOCKED",
+            Pool::Sqlite(_) => "",
+        };
+        // SQLite's RETURNING sees only the updated table: the previous
+        // claimant is copied into `taken_from` to come back.
+        let sql = format!(
+            "UPDATE notifications SET claimed_by = $1, claim_token = $2, \
+             takeovers = takeovers + CASE WHEN picked.previous IS NULL THEN 0 ELSE 1 END, \
+             taken_from = picked.previous \
+             FROM (SELECT n.id AS picked_id, n.claimed_by AS previous FROM notifications n \
+                   WHERE n.status = 'pending' AND n.due_at_ms <= $3 AND {lapsed} \
+                   ORDER BY n.due_at_ms LIMIT $4{lock}) AS picked \
+             WHERE id = picked.picked_id AND {CLAIMANT_LIVE} \
+             RETURNING {NOTIFICATION_COLUMNS}, taken_from",
+            lapsed = lapsed("n", "claimed_by", "claim_token", "$3"),
+        );
+        Ok(with_pool!(self, pool => {
+            sqlx::query_as(&sql)
+                .bind(claimant.node)
+                .bind(claimant.token)
+                .bind(now)
+                .bind(limit)
+                .fetch_all(pool)
+                .await
+        })?)
+    }
+
+    /// Depth and age of the outbox, over the whole store.
+    pub async fn outbox_stats(&self) -> Result<OutboxStats, StoreError> {
+        let (undispatched_events, pending_deliveries, oldest_event, oldest_delivery): (
+            i64,
+            i64,
+            Option<i64>,
+            Option<i64>,
+        ) = with_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT (SELECT COUNT(*) FROM outbox_events WHERE dispatched_at_ms IS NULL), \
+                 (SELECT COUNT(*) FROM notifications WHERE status = 'pending'), \
+                 (SELECT MIN(occurred_at_ms) FROM outbox_events WHERE dispatched_at_ms IS NULL), \
+                 (SELECT MIN(created_at_ms) FROM notifications WHERE status = 'pending')",
+            )
+            .fetch_one(pool)
+            .await
+        })?;
+        Ok(OutboxStats {
+            undispatched_events,
+            pending_deliveries,
+            oldest_undelivered_ms: match (oldest_event, oldest_delivery) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
+        })
+    }
+
+    /// Deletes events dispatched before `before_ms` (their notifications
+    /// keep the payload); answers how many.
+    pub async fn prune_dispatched_events(&self, before_ms: i64) -> Result<u64, StoreError> {
+        Ok(with_pool!(self, pool => {
+            sqlx::query(
+                "DELETE FROM outbox_events WHERE dispatched_at_ms IS NOT NULL AND dispatched_at_ms < $1",
+            )
+            .bind(before_ms)
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected())
+        })?)
+    }
+
+    /// Queued or running simulation jobs whose runner holds no live lease
+    /// (the node died, or restarted under a new token), oldest first: id,
+    /// runner node and token.
+    pub async fn orphaned_simulations(
+        &self,
+        now: i64,
+    ) -> Result<Vec<(String, Option<String>, Option<i64>)>, StoreError> {
+        let sql = format!(
+            "SELECT s.id, s.runner_node, s.runner_token FROM simulations s WHERE s.status IN ('queued', 'running') AND {} \
+             ORDER BY s.created_at_ms, s.id",
+            lapsed("s", "runner_node", "runner_token", "$1")
+        );
+        Ok(with_pool!(self, pool => {
+            sqlx::query_as(&sql).bind(now).fetch_all(pool).await
+        })?)
+    }
+}
