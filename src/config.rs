@@ -197,10 +197,6 @@ pub struct NotifierConfig {
     /// dispatch and deliveries due (its own events go at once).
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
-    /// How long dispatched events stay in the outbox (their notifications
-    /// keep the payload).
-    #[serde(with = "humantime_serde")]
-    pub outbox_retention: Duration,
 }
 
 impl Default for NotifierConfig {
@@ -215,7 +211,6 @@ impl Default for NotifierConfig {
             email_from: "ValueVerse <valueverse@localhost>".into(),
             allow_networks: Vec::new(),
             poll_interval: Duration::from_millis(250),
-            outbox_retention: Duration::from_secs(3600),
         }
     }
 }

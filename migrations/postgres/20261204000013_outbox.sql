@@ -1,15 +1,13 @@
 -- The transactional outbox: a domain event is written in the transaction
 -- of the state change that raised it, and stays here until a node has
--- turned it into one notification per subscription that wants it.
+-- turned it into one notification per subscription that wants it (the
+-- same transaction deletes it).
 CREATE TABLE outbox_events (
-    id               TEXT   PRIMARY KEY,
-    event_type       TEXT   NOT NULL,
-    occurred_at_ms   BIGINT NOT NULL,
-    payload          TEXT   NOT NULL,
-    dispatched_at_ms BIGINT
+    id             TEXT   PRIMARY KEY,
+    event_type     TEXT   NOT NULL,
+    occurred_at_ms BIGINT NOT NULL,
+    payload        TEXT   NOT NULL
 );
-CREATE INDEX outbox_events_undispatched ON outbox_events (id) WHERE dispatched_at_ms IS NULL;
-CREATE INDEX outbox_events_dispatched ON outbox_events (dispatched_at_ms) WHERE dispatched_at_ms IS NOT NULL;
 
 -- Deliveries are claimed by one node at a time: `claimed_by`/`claim_token`
 -- name the node and its lease token; a claim whose lease is no longer live

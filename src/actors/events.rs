@@ -4,8 +4,116 @@
 //! succeeded and its state is durable, so no subscriber hears of a change
 //! the store does not hold.
 
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+
+/// The event types notifications are made of: what a subscription names
+/// (or `*` for all of them), and what the outbox keeps. Other events
+/// (`saga.transition`: a saga's every step) go to live streams only.
+pub const EVENT_TYPES: &[&str] = &[
+    "model.created",
+    "model.updated",
+    "model.archived",
+    "simulation.finished",
+    "commitment.made",
+    "commitment.voided",
+    "plan.created",
+    "plan.cancelled",
+    "milestone.completed",
+    "milestone.overdue",
+    "delivery.recorded",
+    "saga.finished",
+];
+
+/// Whether an event of this type can be notified at all.
+pub fn is_notified(event_type: &str) -> bool {
+    EVENT_TYPES.contains(&event_type)
+}
+
+/// The notified types some active subscription wants, a bit per
+/// [`EVENT_TYPES`] entry: what the outbox keeps. An event nobody wants is
+/// not written: the notifier reads the subscriptions every few hundred
+/// milliseconds, so a subscription made on another node applies to events
+/// raised a second later, and one made on this node at once (it is added
+/// here and kept until a read that began after it). Until the first read,
+/// every type is wanted.
+#[derive(Debug)]
+pub struct WantedTypes {
+    mask: AtomicU64,
+    /// Types added on this node, and when: a read begun before then may
+    /// not hold them yet.
+    added: Mutex<(u64, Option<Instant>)>,
+}
+
+impl Default for WantedTypes {
+    fn default() -> WantedTypes {
+        WantedTypes {
+            mask: AtomicU64::new(u64::MAX),
+            added: Mutex::new((0, None)),
+        }
+    }
+}
+
+impl WantedTypes {
+    /// What the active subscriptions want, as read from the store by a
+    /// read begun at `read_began` (`*`: every type).
+    pub fn set<'a>(&self, read_began: Instant, wanted: impl IntoIterator<Item = &'a str>) {
+        let mut mask = Self::mask_of(wanted);
+        let mut added = self
+            .added
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match added.1 {
+            Some(at) if at >= read_began => mask |= added.0,
+            _ => *added = (0, None),
+        }
+        self.mask.store(mask, Ordering::Relaxed);
+    }
+
+    /// A subscription made on this node: its types are wanted from now.
+    pub fn add<'a>(&self, wanted: impl IntoIterator<Item = &'a str>) {
+        let bits = Self::mask_of(wanted);
+        let mut added = self
+            .added
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *added = (added.0 | bits, Some(Instant::now()));
+        self.mask.fetch_or(bits, Ordering::Relaxed);
+    }
+
+    /// When types were last added on this node.
+    pub fn last_added(&self) -> Option<Instant> {
+        self.added
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .1
+    }
+
+    pub fn wants(&self, event_type: &str) -> bool {
+        self.mask.load(Ordering::Relaxed) & Self::bit(event_type) != 0
+    }
+
+    fn mask_of<'a>(wanted: impl IntoIterator<Item = &'a str>) -> u64 {
+        wanted.into_iter().fold(0u64, |mask, wanted| {
+            if wanted == "*" {
+                u64::MAX
+            } else {
+                mask | Self::bit(wanted)
+            }
+        })
+    }
+
+    fn bit(event_type: &str) -> u64 {
+        EVENT_TYPES
+            .iter()
+            .position(|known| *known == event_type)
+            .map_or(0, |index| 1 << index)
+    }
+}
 
 /// One event, as subscribers (the notifier, WebSocket streams) receive it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -30,5 +138,36 @@ impl DomainEvent {
             occurred_at_ms: self.occurred_at.timestamp_millis(),
             payload: serde_json::to_string(self).unwrap_or_else(|_| "{}".into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_wanted_notified_types_are_kept() {
+        let wanted = WantedTypes::default();
+        assert!(
+            wanted.wants("model.created"),
+            "everything until the first read"
+        );
+        assert!(!wanted.wants("saga.transition"), "never notified");
+        let read = Instant::now();
+        wanted.set(read, ["model.created", "plan.created"]);
+        assert!(wanted.wants("model.created") && wanted.wants("plan.created"));
+        assert!(!wanted.wants("commitment.made"));
+        wanted.set(Instant::now(), []);
+        assert!(!wanted.wants("model.created"));
+        // Added here: kept through a read begun before, dropped by one after.
+        let begun = Instant::now();
+        wanted.add(["commitment.made"]);
+        wanted.set(begun, []);
+        assert!(wanted.wants("commitment.made"));
+        wanted.set(Instant::now(), []);
+        assert!(!wanted.wants("commitment.made"));
+        wanted.set(Instant::now(), ["*"]);
+        assert!(EVENT_TYPES.iter().all(|known| wanted.wants(known)));
+        assert!(!wanted.wants("saga.transition"));
     }
 }

@@ -445,14 +445,21 @@ impl<A: Agent> Host<A> {
         }));
         let persist = handling.wants_persist();
         let events = handling.take_events(A::KIND);
+        let wanted = &self.kind.node.wanted_events;
+        let notified = events.iter().any(|event| wanted.wants(&event.event_type));
         shard.observe_nanos(clock.delta_as_nanos(started_raw, clock.raw()));
         let outcome = match outcome {
-            Ok(Ok(value)) if persist || !events.is_empty() => {
+            Ok(Ok(value)) if persist || notified => {
                 self.accepted_any = true;
                 shard.count(Outcome::Ok);
                 // The events go in the state's transaction (the outbox), or
                 // alone when the handler changed nothing durable.
-                let outbox = events.iter().map(DomainEvent::to_outbox).collect();
+                let outbox: Vec<_> = events
+                    .iter()
+                    .filter(|event| wanted.wants(&event.event_type))
+                    .map(DomainEvent::to_outbox)
+                    .collect();
+                let wrote = !outbox.is_empty();
                 let store = &self.kind.node.store;
                 let save: futures_util::future::BoxFuture<'static, Result<i64, StoreError>> =
                     if persist {
@@ -472,6 +479,9 @@ impl<A: Agent> Host<A> {
                         Ok(new_version) => {
                             if let Phase::Active { version, .. } = &mut host.phase {
                                 *version = new_version;
+                            }
+                            if wrote {
+                                host.kind.node.outbox_written.notify_one();
                             }
                             host.kind.node.publish(events);
                             respond::<A>(reply, Ok(value));

@@ -38,7 +38,7 @@ pub use agent::{Agent, AgentMessage, Handling};
 pub use agent_ref::AgentRef;
 pub use envelope::{AgentId, CorrelationId, MAX_CORRELATION_ID_LEN, MessageId};
 pub use error::{AgentError, HandlerError, Rejection};
-pub use events::DomainEvent;
+pub use events::{DomainEvent, EVENT_TYPES};
 pub(crate) use registry::Stage;
 pub use supervisor::{
     FailureRecord, InstanceSnapshot, InstanceStatus, LifecycleChange, RestartStrategy,

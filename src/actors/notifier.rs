@@ -56,10 +56,9 @@ pub struct Subscription {
 impl Subscription {
     pub fn wants(&self, event_type: &str) -> bool {
         self.status == SubscriptionStatus::Active
-            && self
-                .event_types
-                .iter()
-                .any(|wanted| wanted == "*" || wanted == event_type)
+            && self.event_types.iter().any(|wanted| {
+                wanted == event_type || (wanted == "*" && super::events::is_notified(event_type))
+            })
     }
 }
 

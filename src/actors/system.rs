@@ -102,6 +102,8 @@ pub(crate) struct NodeContext {
     /// Rung once events are committed to the outbox, so the notifier
     /// dispatches this node's events at once instead of at its next poll.
     pub(crate) outbox_written: Arc<tokio::sync::Notify>,
+    /// The event types the outbox keeps (the notifier keeps it current).
+    pub(crate) wanted_events: Arc<super::events::WantedTypes>,
     /// Where instances live; local for all while the view is this node.
     pub(crate) router: Arc<Router>,
 }
@@ -154,7 +156,6 @@ impl NodeContext {
         if events.is_empty() {
             return;
         }
-        self.outbox_written.notify_one();
         // No stream listening and no peer: no copy.
         let shared = self.cluster_events.receiver_count() > 0 || !self.router.is_solo();
         for event in events {
@@ -286,6 +287,7 @@ impl System {
             domain_events,
             cluster_events,
             outbox_written: Arc::new(tokio::sync::Notify::new()),
+            wanted_events: Arc::default(),
         };
         Ok(System {
             inner: Arc::new(SystemInner {
@@ -457,8 +459,14 @@ impl System {
     }
 
     /// Rung whenever this node committed domain events to the outbox.
-    pub fn outbox_written(&self) -> Arc<tokio::sync::Notify> {
+    pub(crate) fn outbox_written(&self) -> Arc<tokio::sync::Notify> {
         Arc::clone(&self.inner.node.outbox_written)
+    }
+
+    /// The event types the outbox keeps: the notifier sets them from the
+    /// active subscriptions.
+    pub(crate) fn wanted_events(&self) -> Arc<super::events::WantedTypes> {
+        Arc::clone(&self.inner.node.wanted_events)
     }
 
     /// Domain events of every agent on this node, from now on.

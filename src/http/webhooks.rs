@@ -180,6 +180,7 @@ pub(crate) async fn subscribe(
         deleted_at: None,
     };
     let subscription = ask(&system, &id, NotifierMsg::Create(Box::new(subscription))).await?;
+    notifications.subscribed(&subscription);
     Ok(HttpResponse::Created()
         .insert_header((header::LOCATION, format!("/api/v1/webhooks/{id}")))
         .json(SubscriptionView::from(subscription)))

@@ -40,33 +40,23 @@ use metrics::OutboxMetrics;
 
 pub use signing::{SIGNATURE_HEADER, sign, verify};
 
-/// Every event type the agents announce; a subscription names some, or `*`.
-pub const EVENT_TYPES: &[&str] = &[
-    "model.created",
-    "model.updated",
-    "model.archived",
-    "simulation.finished",
-    "commitment.made",
-    "commitment.voided",
-    "plan.created",
-    "plan.cancelled",
-    "milestone.completed",
-    "milestone.overdue",
-    "delivery.recorded",
-    "saga.finished",
-];
+pub use crate::actors::EVENT_TYPES;
 
 /// Events one dispatch transaction takes at most.
 const DISPATCH_BATCH: i64 = 256;
+/// How long a dispatch waits after this node committed events, so that
+/// events committed about together go in one transaction.
+const DISPATCH_COALESCE: Duration = Duration::from_millis(20);
 /// Notifications one claim takes at most.
 const CLAIM_BATCH: usize = 64;
 /// How long the subscriptions read from the store serve dispatches: a
 /// subscription made on any node applies to events raised a second later.
-const SUBSCRIPTIONS_FRESH: Duration = Duration::from_millis(500);
+const SUBSCRIPTIONS_FRESH: Duration = Duration::from_millis(400);
+/// How often the housekeeping looks whether the subscriptions are stale:
+/// a read is at most 650 ms old, plus its own time.
+const SUBSCRIPTIONS_CHECK: Duration = Duration::from_millis(250);
 /// How often the outbox's depth and age are read for the metrics.
 const STATS_EVERY: Duration = Duration::from_secs(5);
-/// How often dispatched events past their retention are deleted.
-const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// Tries at logging an attempt before its claim is left to lapse.
 const RECORD_ATTEMPTS: u32 = 4;
 /// Wait after a store error before a loop tries again.
@@ -178,6 +168,15 @@ impl Notifications {
         self.inner.targets.check_url(url).await
     }
 
+    /// A subscription made on this node: events of its types are kept
+    /// from now on here (other nodes read it from the store).
+    pub fn subscribed(&self, subscription: &Subscription) {
+        self.inner
+            .system
+            .wanted_events()
+            .add(subscription.event_types.iter().map(String::as_str));
+    }
+
     /// Sends a dead notification again (under the same delivery id), with
     /// a fresh budget of attempts. False when it is not dead (delivered,
     /// or still being tried).
@@ -205,14 +204,19 @@ impl Notifications {
     async fn dispatch_loop(self) {
         let written = self.inner.system.outbox_written();
         loop {
-            tokio::select! {
-                _ = written.notified() => {}
-                _ = tokio::time::sleep(self.inner.config.poll_interval) => {}
+            let rung = tokio::select! {
+                _ = written.notified() => true,
+                _ = tokio::time::sleep(self.inner.config.poll_interval) => false,
+            };
+            if rung {
+                // Events committed together go in one dispatch.
+                tokio::time::sleep(DISPATCH_COALESCE).await;
             }
+            let mut known = rung;
             loop {
-                match self.dispatch_once().await {
+                match self.dispatch_once(known).await {
                     Ok(taken) if taken < DISPATCH_BATCH as usize => break,
-                    Ok(_) => {}
+                    Ok(_) => known = false,
                     Err(error) => {
                         tracing::warn!(%error, "notifier: cannot dispatch the outbox; trying again");
                         tokio::time::sleep(STORE_RETRY).await;
@@ -223,24 +227,60 @@ impl Notifications {
         }
     }
 
-    /// One dispatch transaction; answers how many events it took.
-    async fn dispatch_once(&self) -> Result<usize, StoreError> {
+    /// One dispatch transaction; answers how many events it took. Unless
+    /// events are `known` to wait, a read looks first (no write
+    /// transaction while the outbox is empty).
+    async fn dispatch_once(&self, known: bool) -> Result<usize, StoreError> {
         let store = self.inner.system.store();
-        if !store.has_undispatched_events().await? {
+        if !known && !store.has_undispatched_events().await? {
             return Ok(0);
         }
         let subscriptions = self.subscriptions().await?;
         let attempt_limit = i64::from(self.inner.config.max_attempts);
-        let done = store
-            .dispatch_events(DISPATCH_BATCH, unix_millis(), attempt_limit, |event_type| {
-                subscriptions
-                    .iter()
-                    .filter(|subscription| subscription.wants(event_type))
-                    .map(|subscription| subscription.id.clone())
-                    .collect()
-            })
+        // Notifications this node can attempt now are written claimed by
+        // it and attempted at once; the rest wait for any node's claim.
+        let mut permits = Vec::new();
+        while permits.len() < CLAIM_BATCH {
+            match Arc::clone(&self.inner.in_flight).try_acquire_owned() {
+                Ok(permit) => permits.push(permit),
+                Err(_) => break,
+            }
+        }
+        let claimant = self.claimant();
+        let claim = claimant.as_ref().map(|(node, token)| {
+            let claimant = Claimant {
+                node,
+                token: *token,
+            };
+            (claimant, permits.len())
+        });
+        let (done, claimed) = store
+            .dispatch_events(
+                DISPATCH_BATCH,
+                unix_millis(),
+                attempt_limit,
+                |event_type| {
+                    subscriptions
+                        .iter()
+                        .filter(|subscription| subscription.wants(event_type))
+                        .map(|subscription| subscription.id.clone())
+                        .collect()
+                },
+                claim,
+            )
             .await?;
         self.inner.metrics.dispatched.inc_by(done.events as u64);
+        if let Some((node, token)) = claimant {
+            for (notification, permit) in claimed.into_iter().zip(permits) {
+                self.inner.metrics.claimed.inc();
+                let this = self.clone();
+                let node = node.clone();
+                tokio::spawn(async move {
+                    this.deliver(notification, &node, token).await;
+                    drop(permit);
+                });
+            }
+        }
         if done.notifications > 0 {
             self.inner.deliveries_due.notify_one();
         }
@@ -248,7 +288,8 @@ impl Notifications {
     }
 
     /// The active subscriptions, read again from the store once
-    /// [`SUBSCRIPTIONS_FRESH`] has passed.
+    /// [`SUBSCRIPTIONS_FRESH`] has passed; the types they want are what
+    /// this node's agents write to the outbox.
     async fn subscriptions(&self) -> Result<Arc<Vec<Subscription>>, StoreError> {
         {
             let cached = self
@@ -256,8 +297,11 @@ impl Notifications {
                 .subscriptions
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
+            // Fresh, and begun after any subscription made here.
+            let last_added = self.inner.system.wanted_events().last_added();
             if let (Some(read_at), subscriptions) = &*cached
                 && read_at.elapsed() < SUBSCRIPTIONS_FRESH
+                && last_added.is_none_or(|added| *read_at > added)
             {
                 return Ok(Arc::clone(subscriptions));
             }
@@ -282,6 +326,12 @@ impl Notifications {
             }
             offset += 100;
         }
+        self.inner.system.wanted_events().set(
+            read_at,
+            subscriptions
+                .iter()
+                .flat_map(|subscription| subscription.event_types.iter().map(String::as_str)),
+        );
         let subscriptions = Arc::new(subscriptions);
         *self
             .inner
@@ -360,28 +410,26 @@ impl Notifications {
         }
     }
 
-    /// Reads the outbox's depth and age for the metrics, and deletes
-    /// dispatched events past their retention.
+    /// Reads the subscriptions when stale (what the outbox keeps
+    /// follows them), and the outbox's depth and age for the metrics.
     async fn housekeeping(self) {
+        let mut subscriptions = tokio::time::interval(SUBSCRIPTIONS_CHECK);
         let mut stats = tokio::time::interval(STATS_EVERY);
-        let mut prune = tokio::time::interval(PRUNE_EVERY);
-        for timer in [&mut stats, &mut prune] {
+        for timer in [&mut subscriptions, &mut stats] {
             timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         }
         let store = self.inner.system.store().clone();
         loop {
             tokio::select! {
+                _ = subscriptions.tick() => {
+                    if let Err(error) = self.subscriptions().await {
+                        tracing::warn!(%error, "notifier: cannot read the subscriptions");
+                    }
+                }
                 _ = stats.tick() => match store.outbox_stats().await {
                     Ok(stats) => self.inner.metrics.observe(&stats, unix_millis()),
                     Err(error) => tracing::warn!(%error, "notifier: cannot read the outbox's depth"),
                 },
-                _ = prune.tick() => {
-                    let before = unix_millis()
-                        .saturating_sub(self.inner.config.outbox_retention.as_millis() as i64);
-                    if let Err(error) = store.prune_dispatched_events(before).await {
-                        tracing::warn!(%error, "notifier: cannot prune the outbox");
-                    }
-                }
             }
         }
     }

@@ -8,6 +8,8 @@
 //! node and its lease token: it holds while that lease is live in
 //! `cluster_leases` and may be taken over once it is not.
 
+use std::collections::HashSet;
+
 use super::notifications::Notification;
 use super::{Pool, Store, StoreError, with_pool};
 
@@ -105,67 +107,75 @@ impl Store {
     /// transaction while the outbox is empty).
     pub async fn has_undispatched_events(&self) -> Result<bool, StoreError> {
         Ok(with_pool!(self, pool => {
-            sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM outbox_events WHERE dispatched_at_ms IS NULL)",
-            )
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM outbox_events)")
             .fetch_one(pool)
             .await
         })?)
     }
 
-    /// Takes up to `limit` undispatched events, asks `wanting` which
+    /// Takes up to `limit` events out of the outbox, asks `wanting` which
     /// subscriptions want each one (by event type), and writes one pending
     /// notification per subscription (none twice: a unique index), all in
     /// one transaction. On PostgreSQL other nodes skip the events this one
-    /// holds (`SKIP LOCKED`).
+    /// holds (`SKIP LOCKED`). The first `claim.1` notifications are written
+    /// claimed by `claim.0` and answered, for it to attempt at once.
     pub async fn dispatch_events(
         &self,
         limit: i64,
         now: i64,
         attempt_limit: i64,
         wanting: impl Fn(&str) -> Vec<String>,
-    ) -> Result<Dispatched, StoreError> {
+        claim: Option<(Claimant<'_>, usize)>,
+    ) -> Result<(Dispatched, Vec<Notification>), StoreError> {
         let lock = match self.pool {
             Pool::Postgres(_) => " FOR UPDATE SKIP LOCKED",
             Pool::Sqlite(_) => "",
         };
         let take = format!(
-            "UPDATE outbox_events SET dispatched_at_ms = $1 WHERE id IN \
-             (SELECT id FROM outbox_events WHERE dispatched_at_ms IS NULL ORDER BY id LIMIT $2{lock}) \
+            "DELETE FROM outbox_events WHERE id IN \
+             (SELECT id FROM outbox_events ORDER BY id LIMIT $1{lock}) \
              RETURNING id, event_type, payload"
         );
+        let (claimant, claimable) = match claim {
+            Some((claimant, count)) => (Some(claimant), count),
+            None => (None, 0),
+        };
         let mut done = Dispatched::default();
-        with_pool!(self, pool => {
+        let mut rows: Vec<Notification> = Vec::new();
+        let inserted = with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             let events: Vec<(String, String, String)> = sqlx::query_as(&take)
-                .bind(now)
                 .bind(limit)
                 .fetch_all(&mut *tx)
                 .await?;
             done.events = events.len();
-            for (event_id, event_type, payload) in &events {
-                for subscription_id in wanting(event_type) {
-                    let inserted = sqlx::query(
-                        "INSERT INTO notifications (id, subscription_id, event_id, event_type, \
-                         payload, status, attempts, created_at_ms, updated_at_ms, due_at_ms, \
-                         attempt_limit) VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, $6, $6, $7) \
-                         ON CONFLICT (event_id, subscription_id) DO NOTHING",
-                    )
-                    .bind(uuid::Uuid::now_v7().to_string())
-                    .bind(&subscription_id)
-                    .bind(event_id)
-                    .bind(event_type)
-                    .bind(payload)
-                    .bind(now)
-                    .bind(attempt_limit)
-                    .execute(&mut *tx)
-                    .await?;
-                    done.notifications += inserted.rows_affected() as usize;
+            for (event_id, event_type, payload) in events {
+                for subscription_id in wanting(&event_type) {
+                    let claimed = rows.len() < claimable;
+                    rows.push(Notification {
+                        id: uuid::Uuid::now_v7().to_string(),
+                        subscription_id,
+                        event_id: event_id.clone(),
+                        event_type: event_type.clone(),
+                        payload: payload.clone(),
+                        status: "pending".into(),
+                        attempts: 0,
+                        created_at_ms: now,
+                        updated_at_ms: now,
+                        due_at_ms: now,
+                        attempt_limit,
+                        takeovers: 0,
+                        claimed_by: claimant.filter(|_| claimed).map(|c| c.node.to_owned()),
+                        claim_token: claimant.filter(|_| claimed).map(|c| c.token),
+                    });
                 }
             }
-            tx.commit().await
+            let inserted = insert_notifications(&mut tx, &rows).await?;
+            tx.commit().await.map(|()| inserted)
         })?;
-        Ok(done)
+        done.notifications = inserted.len();
+        rows.retain(|row| row.claimed_by.is_some() && inserted.contains(&row.id));
+        Ok((done, rows))
     }
 
     /// Claims up to `limit` due pending notifications for `claimant`:
@@ -214,9 +224,9 @@ impl Store {
             Option<i64>,
         ) = with_pool!(self, pool => {
             sqlx::query_as(
-                "SELECT (SELECT COUNT(*) FROM outbox_events WHERE dispatched_at_ms IS NULL), \
+                "SELECT (SELECT COUNT(*) FROM outbox_events), \
                  (SELECT COUNT(*) FROM notifications WHERE status = 'pending'), \
-                 (SELECT MIN(occurred_at_ms) FROM outbox_events WHERE dispatched_at_ms IS NULL), \
+                 (SELECT MIN(occurred_at_ms) FROM outbox_events), \
                  (SELECT MIN(created_at_ms) FROM notifications WHERE status = 'pending')",
             )
             .fetch_one(pool)
@@ -230,20 +240,6 @@ impl Store {
                 (a, b) => a.or(b),
             },
         })
-    }
-
-    /// Deletes events dispatched before `before_ms` (their notifications
-    /// keep the payload); answers how many.
-    pub async fn prune_dispatched_events(&self, before_ms: i64) -> Result<u64, StoreError> {
-        Ok(with_pool!(self, pool => {
-            sqlx::query(
-                "DELETE FROM outbox_events WHERE dispatched_at_ms IS NOT NULL AND dispatched_at_ms < $1",
-            )
-            .bind(before_ms)
-            .execute(pool)
-            .await
-            .map(|done| done.rows_affected())
-        })?)
     }
 
     /// Queued or running simulation jobs whose runner holds no live lease
@@ -262,4 +258,82 @@ impl Store {
             sqlx::query_as(&sql).bind(now).fetch_all(pool).await
         })?)
     }
+}
+
+/// Writes new notifications (one statement on PostgreSQL); a second one
+/// for the same event and subscription is skipped. Answers the ids written.
+trait InsertNotifications {
+    async fn insert_all(&mut self, rows: &[Notification]) -> Result<HashSet<String>, sqlx::Error>;
+}
+
+const INSERT_NOTIFICATION: &str = "INSERT INTO notifications (id, subscription_id, event_id, \
+     event_type, payload, status, attempts, created_at_ms, updated_at_ms, due_at_ms, \
+     attempt_limit, claimed_by, claim_token) ";
+
+impl InsertNotifications for sqlx::Transaction<'_, sqlx::Postgres> {
+    async fn insert_all(&mut self, rows: &[Notification]) -> Result<HashSet<String>, sqlx::Error> {
+        if rows.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let column = |get: fn(&Notification) -> &str| rows.iter().map(get).collect::<Vec<_>>();
+        let sql = format!(
+            "{INSERT_NOTIFICATION} SELECT u.id, u.subscription_id, u.event_id, u.event_type, \
+             u.payload, 'pending', 0, $7, $7, $7, $8, u.claimed_by, u.claim_token \
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $9::bigint[]) \
+             AS u(id, subscription_id, event_id, event_type, payload, claimed_by, claim_token) \
+             ON CONFLICT (event_id, subscription_id) DO NOTHING RETURNING id"
+        );
+        let ids: Vec<String> = sqlx::query_scalar(&sql)
+            .bind(column(|row| &row.id))
+            .bind(column(|row| &row.subscription_id))
+            .bind(column(|row| &row.event_id))
+            .bind(column(|row| &row.event_type))
+            .bind(column(|row| &row.payload))
+            .bind(
+                rows.iter()
+                    .map(|row| row.claimed_by.clone())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(rows[0].created_at_ms)
+            .bind(rows[0].attempt_limit)
+            .bind(rows.iter().map(|row| row.claim_token).collect::<Vec<_>>())
+            .fetch_all(&mut **self)
+            .await?;
+        Ok(ids.into_iter().collect())
+    }
+}
+
+impl InsertNotifications for sqlx::Transaction<'_, sqlx::Sqlite> {
+    async fn insert_all(&mut self, rows: &[Notification]) -> Result<HashSet<String>, sqlx::Error> {
+        let sql = format!(
+            "{INSERT_NOTIFICATION} VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, $6, $6, $7, $8, $9) \
+             ON CONFLICT (event_id, subscription_id) DO NOTHING"
+        );
+        let mut written = HashSet::new();
+        for row in rows {
+            let done = sqlx::query(&sql)
+                .bind(&row.id)
+                .bind(&row.subscription_id)
+                .bind(&row.event_id)
+                .bind(&row.event_type)
+                .bind(&row.payload)
+                .bind(row.created_at_ms)
+                .bind(row.attempt_limit)
+                .bind(&row.claimed_by)
+                .bind(row.claim_token)
+                .execute(&mut **self)
+                .await?;
+            if done.rows_affected() == 1 {
+                written.insert(row.id.clone());
+            }
+        }
+        Ok(written)
+    }
+}
+
+async fn insert_notifications<T: InsertNotifications>(
+    tx: &mut T,
+    rows: &[Notification],
+) -> Result<HashSet<String>, sqlx::Error> {
+    tx.insert_all(rows).await
 }

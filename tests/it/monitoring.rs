@@ -83,7 +83,8 @@ async fn the_dashboard_and_alerts_use_only_exported_series() {
             "ValueVerseRestartStorm",
             "ValueVerseMailboxSaturation",
             "ValueVerseSagaNeedsAttention",
-            "ValueVerseNodeDown"
+            "ValueVerseNodeDown",
+            "ValueVerseOutboxStuck"
         ]
     );
     let exprs: Vec<String> = dashboard_exprs().into_iter().chain(alert_exprs).collect();

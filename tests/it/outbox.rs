@@ -129,14 +129,23 @@ async fn a_claim_holds_while_its_lease_lives_and_passes_on_when_it_ends() {
             .await
             .unwrap();
         let wanting = |_: &str| vec!["sub-1".to_owned(), "sub-2".to_owned()];
-        let done = store.dispatch_events(100, now(), 3, wanting).await.unwrap();
+        // The dispatching node may claim some at once (here one of two).
+        let (done, claimed_at_once) = store
+            .dispatch_events(100, now(), 3, wanting, Some((node_a, 1)))
+            .await
+            .unwrap();
         assert_eq!((done.events, done.notifications), (1, 2), "{backend:?}");
+        assert_eq!(claimed_at_once.len(), 1);
+        assert_eq!(claimed_at_once[0].claimed_by.as_deref(), Some("a"));
         // Dispatched once: a second dispatch finds nothing.
-        let again = store.dispatch_events(100, now(), 3, wanting).await.unwrap();
+        let (again, _) = store
+            .dispatch_events(100, now(), 3, wanting, None)
+            .await
+            .unwrap();
         assert_eq!((again.events, again.notifications), (0, 0));
 
         let claimed = store.claim_deliveries(node_a, 10, now()).await.unwrap();
-        assert_eq!(claimed.len(), 2, "{backend:?}");
+        assert_eq!(claimed.len(), 1, "{backend:?}: the other one");
         assert!(claimed.iter().all(|claim| claim.taken_from.is_none()));
         assert!(
             store
@@ -234,10 +243,14 @@ async fn nodes_dispatching_together_write_each_notification_once() {
         let run = |store: Store| async move {
             let mut taken = 0;
             loop {
-                let done = store
-                    .dispatch_events(7, now(), 3, |_| {
-                        vec!["sub-1".to_owned(), "sub-2".to_owned()]
-                    })
+                let (done, _) = store
+                    .dispatch_events(
+                        7,
+                        now(),
+                        3,
+                        |_| vec!["sub-1".to_owned(), "sub-2".to_owned()],
+                        None,
+                    )
                     .await
                     .unwrap();
                 if done.events == 0 {
@@ -484,18 +497,25 @@ async fn check_deliveries(
             .filter(|model| !models.contains(model))
             .collect()
     };
-    // A model whose reply the kill cut off may exist; one delivered must.
+    // A model whose reply the kill cut off may exist; one delivered must
+    // (asked until its owner answers: a node may still be rejoining).
     for model in extra {
-        let response = client
-            .get(format!("{base}/value-models/{model}"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(
-            response.status(),
-            reqwest::StatusCode::OK,
-            "{model} was announced but does not exist"
-        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = client
+                .get(format!("{base}/value-models/{model}"))
+                .send()
+                .await
+                .map(|response| response.status());
+            match status {
+                Ok(reqwest::StatusCode::OK) => break,
+                Ok(reqwest::StatusCode::NOT_FOUND) => {
+                    panic!("{model} was announced but does not exist")
+                }
+                other => assert!(Instant::now() < deadline, "{model}: {other:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
     let seen = seen.lock().unwrap();
     seen.deliveries.values().map(|(_, times)| times - 1).sum()
@@ -529,6 +549,8 @@ async fn webhooks_survive_kill_9_at_random_moments() {
         for name in names {
             subscribe(&client, &nodes[0].base, &hook, name).await;
         }
+        // A subscription applies on the other nodes a second after it is made.
+        tokio::time::sleep(Duration::from_secs(1)).await;
         let mut models = HashSet::new();
         for _round in 0..6 {
             let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -706,4 +728,37 @@ async fn a_dead_nodes_deliveries_and_jobs_pass_to_the_survivor() {
     let mut b = b;
     kill_9(&mut b.child);
     receiver.stop(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_made_on_one_node_applies_to_events_raised_on_another() {
+    let db = TestDb::new(Backend::Postgres).await;
+    let (hook, seen, receiver) = start_receiver();
+    let start = |name: &str| {
+        let mut config = crate::support::test_config(&db);
+        config.node_name = name.into();
+        async move { valueverse::Node::start(&config, |_| {}).await.unwrap() }
+    };
+    let (a, b) = (start("a").await, start("b").await);
+    let base = |node: &valueverse::Node| format!("http://{}/api/v1", node.http_addr());
+    let client = reqwest::Client::new();
+    subscribe(&client, &base(&a), &hook, "one").await;
+    // The contract: events raised a second after the subscription was made.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let response = client
+        .post(format!("{}/value-models", base(&b)))
+        .json(&acme())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::CREATED);
+    let model = response.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let models = HashSet::from([model]);
+    check_deliveries(&client, &base(&b), &seen, &["one"], &models).await;
+    receiver.stop(false).await;
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
 }
