@@ -248,6 +248,19 @@ impl Agent for Committer {
                 None,
             )),
             (CommitterMsg::Commit { request, simulated }, None) => {
+                // The rules hold whoever sends the commit (a route, a saga).
+                if let Err(error) = check_commitment(
+                    request.confidence,
+                    Some(request.target),
+                    &request.terms,
+                    &request.milestones,
+                ) {
+                    return Err(HandlerError::rejected(
+                        "invalid",
+                        error.message,
+                        Some(&error.path),
+                    ));
+                }
                 let Some(simulated) = simulated else {
                     return Err(HandlerError::rejected(
                         "no_simulation",
@@ -341,7 +354,58 @@ fn event_data(commitment: &Commitment) -> serde_json::Value {
 
 #[cfg(test)]
 mod tests {
-    use super::Terms;
+    use super::super::agent::{Agent, Handling};
+    use super::super::envelope::{Header, MessageId};
+    use super::super::error::HandlerError;
+    use super::{CommitmentRequest, Committer, CommitterMsg, SimulatedSupport, Terms};
+
+    /// The committer refuses what breaks the rules of a commitment,
+    /// whoever sends it (the HTTP route checks first; a saga's step did
+    /// not, and committed `outcome_share: 5`).
+    #[test]
+    fn a_commit_breaking_the_rules_is_refused_by_the_agent_itself() {
+        let header = Header {
+            message_id: MessageId(1),
+            correlation_id: None,
+            deadline: None,
+        };
+        let request = |outcome_share: f64| CommitmentRequest {
+            model_id: "m".into(),
+            model_version: 1,
+            model_name: "m".into(),
+            currency: "USD".into(),
+            confidence: 0.8,
+            target: 100.0,
+            terms: Terms {
+                fixed_fee: 10.0,
+                outcome_share,
+                cap: None,
+            },
+            milestones: Vec::new(),
+        };
+        let support = SimulatedSupport {
+            simulation_id: "s".into(),
+            paths: 1000,
+            npv_mean: 500.0,
+            npv_at_confidence: 400.0,
+        };
+        let commit = |outcome_share| {
+            let mut state = None;
+            let mut ctx = Handling::new(&header, "c");
+            let msg = CommitterMsg::Commit {
+                request: Box::new(request(outcome_share)),
+                simulated: Some(support.clone()),
+            };
+            Committer::handle(&mut state, msg, &mut ctx).map(|_| state.is_some())
+        };
+        match commit(5.0) {
+            Err(HandlerError::Rejected(rejection)) => {
+                assert_eq!(rejection.field.as_deref(), Some("terms.outcome_share"));
+            }
+            other => panic!("committed: {other:?}"),
+        }
+        assert!(commit(0.2).unwrap());
+    }
 
     #[test]
     fn the_fee_is_fixed_plus_a_share_above_target_capped() {
