@@ -165,16 +165,21 @@ impl Node {
         self.http.local_addr
     }
 
-    /// Stops HTTP (finishing requests in flight), then the simulation
-    /// workers (a running job is left to run again at the next start), then
-    /// the runtime, then the store.
+    /// Stops HTTP (finishing requests in flight), the notifier's attempts
+    /// under way, then the simulation workers (a running job is left to
+    /// run again at the next start or on another node), then releases the
+    /// lease, then the runtime, then the store.
     pub async fn stop(self) -> std::io::Result<()> {
         self.ticker.abort();
         self.listener.abort();
         self.saga_poller.abort();
         let stopped = self.http.stop().await;
-        self.cluster.leave(self.cluster_task).await;
+        // Attempts and jobs under way end before the lease is released:
+        // released first, another node would take them over while they
+        // still run here.
+        self.notifications.drain().await;
         self.simulations.stop().await;
+        self.cluster.leave(self.cluster_task).await;
         let system = self.system;
         let store = system.store().clone();
         // Joining the actor threads blocks: keep it off the async workers.

@@ -18,6 +18,9 @@ ALTER TABLE notifications ADD COLUMN due_at_ms BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE notifications ADD COLUMN attempt_limit BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE notifications ADD COLUMN claimed_by TEXT;
 ALTER TABLE notifications ADD COLUMN claim_token BIGINT;
+-- When the claim was made: one older than an attempt can take has lapsed
+-- too (its node lost track of it without losing its lease).
+ALTER TABLE notifications ADD COLUMN claimed_at_ms BIGINT;
 ALTER TABLE notifications ADD COLUMN takeovers BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE notifications ADD COLUMN taken_from TEXT;
 -- One delivery per subscription per event, whichever node dispatches it.

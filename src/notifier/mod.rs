@@ -23,6 +23,7 @@ mod targets;
 
 pub use targets::{TargetError, TargetPolicy, non_public};
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -47,6 +48,9 @@ const DISPATCH_BATCH: i64 = 256;
 /// How long a dispatch waits after this node committed events, so that
 /// events committed about together go in one transaction.
 const DISPATCH_COALESCE: Duration = Duration::from_millis(20);
+/// About the most notifications one dispatch writes: events are taken
+/// fewer at a time when many subscriptions want them.
+const MAX_FAN_OUT: usize = 4096;
 /// Notifications one claim takes at most.
 const CLAIM_BATCH: usize = 64;
 /// How long the subscriptions read from the store serve dispatches: a
@@ -85,6 +89,8 @@ struct Inner {
     in_flight: Arc<Semaphore>,
     /// Rung when notifications were written or released here.
     deliveries_due: Notify,
+    /// Active subscriptions at the last dispatch (sizes the next one).
+    subscribers: AtomicUsize,
     metrics: OutboxMetrics,
 }
 
@@ -148,6 +154,7 @@ impl Notifications {
                 mailer,
                 subscriptions: Mutex::new((None, Arc::new(Vec::new()))),
                 deliveries_due: Notify::new(),
+                subscribers: AtomicUsize::new(0),
                 metrics,
             }),
         };
@@ -166,6 +173,14 @@ impl Notifications {
     /// for, now); registration refuses what this refuses.
     pub async fn check_target(&self, url: &reqwest::Url) -> Result<(), TargetError> {
         self.inner.targets.check_url(url).await
+    }
+
+    /// Waits for the attempts under way (at most the receivers' timeout
+    /// and a second); call once the service's task is stopped.
+    pub async fn drain(&self) {
+        let all = u32::try_from(self.inner.config.concurrency).unwrap_or(u32::MAX);
+        let wait = self.inner.config.timeout + Duration::from_secs(1);
+        let _ = tokio::time::timeout(wait, self.inner.in_flight.acquire_many(all)).await;
     }
 
     /// A subscription made on this node: events of its types are kept
@@ -215,7 +230,7 @@ impl Notifications {
             let mut known = rung;
             loop {
                 match self.dispatch_once(known).await {
-                    Ok(taken) if taken < DISPATCH_BATCH as usize => break,
+                    Ok(0) => break,
                     Ok(_) => known = false,
                     Err(error) => {
                         tracing::warn!(%error, "notifier: cannot dispatch the outbox; trying again");
@@ -227,7 +242,8 @@ impl Notifications {
         }
     }
 
-    /// One dispatch transaction; answers how many events it took. Unless
+    /// One dispatch transaction; answers how many events it took (the
+    /// loop goes on until none is left). Unless
     /// events are `known` to wait, a read looks first (no write
     /// transaction while the outbox is empty).
     async fn dispatch_once(&self, known: bool) -> Result<usize, StoreError> {
@@ -235,7 +251,6 @@ impl Notifications {
         if !known && !store.has_undispatched_events().await? {
             return Ok(0);
         }
-        let subscriptions = self.subscriptions().await?;
         let attempt_limit = i64::from(self.inner.config.max_attempts);
         // Notifications this node can attempt now are written claimed by
         // it and attempted at once; the rest wait for any node's claim.
@@ -254,17 +269,29 @@ impl Notifications {
             };
             (claimant, permits.len())
         });
+        // Fewer events at once when many subscriptions want them: a
+        // dispatch writes at most about MAX_FAN_OUT notifications.
+        let subscribers = self.inner.subscribers.load(Ordering::Relaxed).max(1);
+        let limit = (MAX_FAN_OUT / subscribers).clamp(1, DISPATCH_BATCH as usize) as i64;
+        let counted = &self.inner.subscribers;
         let (done, claimed) = store
             .dispatch_events(
-                DISPATCH_BATCH,
+                limit,
                 unix_millis(),
                 attempt_limit,
-                |event_type| {
-                    subscriptions
+                |bodies| {
+                    let subscriptions: Vec<Subscription> = bodies
                         .iter()
-                        .filter(|subscription| subscription.wants(event_type))
-                        .map(|subscription| subscription.id.clone())
-                        .collect()
+                        .filter_map(|body| serde_json::from_str(body).ok())
+                        .collect();
+                    counted.store(subscriptions.len(), Ordering::Relaxed);
+                    move |event_type: &str| {
+                        subscriptions
+                            .iter()
+                            .filter(|subscription| subscription.wants(event_type))
+                            .map(|subscription| subscription.id.clone())
+                            .collect()
+                    }
                 },
                 claim,
             )
@@ -365,7 +392,12 @@ impl Notifications {
                     .inner
                     .system
                     .store()
-                    .claim_deliveries(claimant, free as i64, unix_millis())
+                    .claim_deliveries(
+                        claimant,
+                        free as i64,
+                        unix_millis(),
+                        self.stale_claims_before(),
+                    )
                     .await
                 {
                     Ok(claimed) => claimed,
@@ -398,6 +430,16 @@ impl Notifications {
                 }
             }
         }
+    }
+
+    /// Claims made before this are lapsed: longer ago than one attempt can
+    /// take (the receiver's timeout, the subscription's read, an SMTP
+    /// exchange), so their node lost track of them.
+    fn stale_claims_before(&self) -> i64 {
+        let longest = self.inner.config.timeout
+            + self.inner.system.runtime_config().ask_timeout
+            + Duration::from_secs(90);
+        unix_millis().saturating_sub(longest.as_millis() as i64)
     }
 
     fn count_claim(&self, delivery: &ClaimedDelivery) {

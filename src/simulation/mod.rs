@@ -79,12 +79,6 @@ pub enum StartError {
     Worker(#[source] std::io::Error),
     #[error("cannot list the unfinished simulations")]
     Store(#[source] StoreError),
-    #[error("cannot queue simulation {id} again")]
-    Requeue {
-        id: String,
-        #[source]
-        source: AgentError,
-    },
 }
 
 /// Type of the cluster event that carries a [`SimulationEvent`] as data.
@@ -731,22 +725,37 @@ impl Simulations {
             .filter(|(id, _, _)| router.is_local(Simulation::KIND, id))
         {
             let expected = node.zip(token).map(|(node, token)| Runner { node, token });
+            // Another node's GPU job waits for a node with a GPU (placement
+            // gives simulation keys to GPU members when there are some);
+            // only this node's own job, after a restart without its GPU, is
+            // failed.
+            if inner.gpu.is_err()
+                && expected.as_ref().is_some_and(|runner| runner.node != me)
+                && let Ok(job) = inner
+                    .ask_within(&id, SimulationMsg::Get, RECOVERY_TIMEOUT)
+                    .await
+                && job.request.device == Device::Gpu
+            {
+                continue;
+            }
             let Some(runner) = inner.runner() else {
                 return Ok(());
             };
-            let requeue = |source| StartError::Requeue {
-                id: id.clone(),
-                source,
-            };
             let from = expected.as_ref().map(|runner| runner.node.clone());
+            let own = from.as_deref().is_none_or(|from| from == me);
             let msg = SimulationMsg::Requeue { runner, expected };
             let job = match inner.ask_within(&id, msg, RECOVERY_TIMEOUT).await {
                 Ok(job) => job,
                 // Finished or taken by another node meanwhile.
                 Err(AgentError::Rejected { .. }) => continue,
-                Err(error) => return Err(requeue(error)),
+                // One job that cannot be asked holds up no other: the next
+                // sweep tries it again.
+                Err(error) => {
+                    tracing::warn!(job = %id, %error, "simulation: cannot take the job over now");
+                    continue;
+                }
             };
-            if from.as_deref().is_some_and(|from| from != me) {
+            if !own {
                 inner.metrics.takeovers.inc();
                 tracing::info!(job = %id, from = ?from, "simulation: took over a job whose node's lease ended");
             }
@@ -756,16 +765,23 @@ impl Simulations {
                     // Asked for a GPU this node no longer has.
                     let error = format!("no GPU on this node after a restart: {reason}");
                     let engine = "none".to_owned();
-                    inner
-                        .ask_within(&id, SimulationMsg::Start { engine }, RECOVERY_TIMEOUT)
-                        .await
-                        .map_err(requeue)?;
-                    let job = inner
-                        .ask_within(&id, SimulationMsg::Fail { error }, RECOVERY_TIMEOUT)
-                        .await
-                        .map_err(requeue)?;
-                    inner.metrics.jobs.with_label_values(&["failed"]).inc();
-                    tracing::warn!(job = %job.id, "simulation: failed after a restart, no GPU");
+                    let failed = async {
+                        inner
+                            .ask_within(&id, SimulationMsg::Start { engine }, RECOVERY_TIMEOUT)
+                            .await?;
+                        inner
+                            .ask_within(&id, SimulationMsg::Fail { error }, RECOVERY_TIMEOUT)
+                            .await
+                    };
+                    match failed.await {
+                        Ok(job) => {
+                            inner.metrics.jobs.with_label_values(&["failed"]).inc();
+                            tracing::warn!(job = %job.id, "simulation: failed after a restart, no GPU");
+                        }
+                        Err(error) => {
+                            tracing::warn!(job = %id, %error, "simulation: cannot fail the job")
+                        }
+                    }
                     continue;
                 }
             };

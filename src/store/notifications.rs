@@ -108,7 +108,7 @@ impl Store {
             .await?;
             let updated = sqlx::query(
                 "UPDATE notifications SET status = $1, attempts = $2, updated_at_ms = $3, \
-                 due_at_ms = $4, claimed_by = NULL, claim_token = NULL \
+                 due_at_ms = $4, claimed_by = NULL, claim_token = NULL, claimed_at_ms = NULL \
                  WHERE id = $5 AND claimed_by = $6 AND claim_token = $7",
             )
             .bind(status)
@@ -193,7 +193,8 @@ impl Store {
         Ok(with_pool!(self, pool => {
             sqlx::query_as(
                 "SELECT id, subscription_id, event_id, event_type, '' AS payload, status, \
-                 attempts, created_at_ms, updated_at_ms FROM notifications \
+                 attempts, created_at_ms, updated_at_ms, due_at_ms, attempt_limit, takeovers, \
+                 claimed_by, claim_token FROM notifications \
                  ORDER BY updated_at_ms DESC, id DESC LIMIT $1",
             )
             .bind(limit)

@@ -113,18 +113,20 @@ impl Store {
         })?)
     }
 
-    /// Takes up to `limit` events out of the outbox, asks `wanting` which
-    /// subscriptions want each one (by event type), and writes one pending
-    /// notification per subscription (none twice: a unique index), all in
-    /// one transaction. On PostgreSQL other nodes skip the events this one
+    /// Takes up to `limit` events out of the outbox, reads the active
+    /// subscriptions (their bodies, handed to `wanting`, which answers who
+    /// wants an event type), and writes one pending notification per
+    /// wanting subscription (none twice: a unique index), all in one
+    /// transaction: the subscriptions are those committed before the
+    /// events were taken. On PostgreSQL other nodes skip the events this one
     /// holds (`SKIP LOCKED`). The first `claim.1` notifications are written
     /// claimed by `claim.0` and answered, for it to attempt at once.
-    pub async fn dispatch_events(
+    pub async fn dispatch_events<W: Fn(&str) -> Vec<String>>(
         &self,
         limit: i64,
         now: i64,
         attempt_limit: i64,
-        wanting: impl Fn(&str) -> Vec<String>,
+        wanting: impl FnOnce(Vec<String>) -> W,
         claim: Option<(Claimant<'_>, usize)>,
     ) -> Result<(Dispatched, Vec<Notification>), StoreError> {
         let lock = match self.pool {
@@ -149,6 +151,16 @@ impl Store {
                 .fetch_all(&mut *tx)
                 .await?;
             done.events = events.len();
+            // Read after the events were taken (the first statement wrote:
+            // no lock upgrade on SQLite).
+            let bodies: Vec<String> = if events.is_empty() {
+                Vec::new()
+            } else {
+                sqlx::query_scalar("SELECT body FROM subscriptions WHERE status = 'active'")
+                    .fetch_all(&mut *tx)
+                    .await?
+            };
+            let wanting = wanting(bodies);
             for (event_id, event_type, payload) in events {
                 for subscription_id in wanting(&event_type) {
                     let claimed = rows.len() < claimable;
@@ -179,13 +191,16 @@ impl Store {
     }
 
     /// Claims up to `limit` due pending notifications for `claimant`:
-    /// unclaimed ones, and those whose claimant's lease is no longer live.
-    /// Nothing while the claimant's own lease is not live.
+    /// unclaimed ones, those whose claimant's lease is no longer live, and
+    /// those claimed before `stale_before_ms` (longer ago than an attempt
+    /// can take: the node lost track of them). Nothing while the claimant's
+    /// own lease is not live.
     pub async fn claim_deliveries(
         &self,
         claimant: Claimant<'_>,
         limit: i64,
         now: i64,
+        stale_before_ms: i64,
     ) -> Result<Vec<ClaimedDelivery>, StoreError> {
         let lock = match self.pool {
             Pool::Postgres(_) => " FOR UPDATE OF n SKIP LOCKED",
@@ -194,11 +209,12 @@ impl Store {
         // SQLite's RETURNING sees only the updated table: the previous
         // claimant is copied into `taken_from` to come back.
         let sql = format!(
-            "UPDATE notifications SET claimed_by = $1, claim_token = $2, \
+            "UPDATE notifications SET claimed_by = $1, claim_token = $2, claimed_at_ms = $3, \
              takeovers = takeovers + CASE WHEN picked.previous IS NULL THEN 0 ELSE 1 END, \
              taken_from = picked.previous \
              FROM (SELECT n.id AS picked_id, n.claimed_by AS previous FROM notifications n \
-                   WHERE n.status = 'pending' AND n.due_at_ms <= $3 AND {lapsed} \
+                   WHERE n.status = 'pending' AND n.due_at_ms <= $3 \
+                   AND ({lapsed} OR n.claimed_at_ms < $5) \
                    ORDER BY n.due_at_ms LIMIT $4{lock}) AS picked \
              WHERE id = picked.picked_id AND {CLAIMANT_LIVE} \
              RETURNING {NOTIFICATION_COLUMNS}, taken_from",
@@ -210,6 +226,7 @@ impl Store {
                 .bind(claimant.token)
                 .bind(now)
                 .bind(limit)
+                .bind(stale_before_ms)
                 .fetch_all(pool)
                 .await
         })?)
@@ -268,7 +285,7 @@ trait InsertNotifications {
 
 const INSERT_NOTIFICATION: &str = "INSERT INTO notifications (id, subscription_id, event_id, \
      event_type, payload, status, attempts, created_at_ms, updated_at_ms, due_at_ms, \
-     attempt_limit, claimed_by, claim_token) ";
+     attempt_limit, claimed_by, claim_token, claimed_at_ms) ";
 
 impl InsertNotifications for sqlx::Transaction<'_, sqlx::Postgres> {
     async fn insert_all(&mut self, rows: &[Notification]) -> Result<HashSet<String>, sqlx::Error> {
@@ -278,7 +295,8 @@ impl InsertNotifications for sqlx::Transaction<'_, sqlx::Postgres> {
         let column = |get: fn(&Notification) -> &str| rows.iter().map(get).collect::<Vec<_>>();
         let sql = format!(
             "{INSERT_NOTIFICATION} SELECT u.id, u.subscription_id, u.event_id, u.event_type, \
-             u.payload, 'pending', 0, $7, $7, $7, $8, u.claimed_by, u.claim_token \
+             u.payload, 'pending', 0, $7, $7, $7, $8, u.claimed_by, u.claim_token, \
+             CASE WHEN u.claimed_by IS NULL THEN NULL ELSE $7 END \
              FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $9::bigint[]) \
              AS u(id, subscription_id, event_id, event_type, payload, claimed_by, claim_token) \
              ON CONFLICT (event_id, subscription_id) DO NOTHING RETURNING id"
@@ -306,7 +324,8 @@ impl InsertNotifications for sqlx::Transaction<'_, sqlx::Postgres> {
 impl InsertNotifications for sqlx::Transaction<'_, sqlx::Sqlite> {
     async fn insert_all(&mut self, rows: &[Notification]) -> Result<HashSet<String>, sqlx::Error> {
         let sql = format!(
-            "{INSERT_NOTIFICATION} VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, $6, $6, $7, $8, $9) \
+            "{INSERT_NOTIFICATION} VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, $6, $6, $7, $8, $9, \
+             CASE WHEN $8 IS NULL THEN NULL ELSE $6 END) \
              ON CONFLICT (event_id, subscription_id) DO NOTHING"
         );
         let mut written = HashSet::new();
