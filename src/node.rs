@@ -78,6 +78,9 @@ impl Node {
             .register::<Notifier>()
             .register::<SagaCoordinator>();
         register(&system);
+        if config.cluster.enabled {
+            system.wanted_events().keep_all();
+        }
         // Bound first: the lease and gossip advertise the real address
         // (port 0 picks one).
         let (http_listener, http_addr) = std::net::TcpListener::bind(config.http_addr)

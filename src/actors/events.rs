@@ -5,7 +5,7 @@
 //! the store does not hold.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
@@ -35,14 +35,17 @@ pub fn is_notified(event_type: &str) -> bool {
 }
 
 /// The notified types some active subscription wants, a bit per
-/// [`EVENT_TYPES`] entry: what the outbox keeps. An event nobody wants is
-/// not written: the notifier reads the subscriptions every few hundred
-/// milliseconds, so a subscription made on another node applies to events
-/// raised a second later, and one made on this node at once (it is added
-/// here and kept until a read that began after it). Until the first read,
-/// every type is wanted.
+/// [`EVENT_TYPES`] entry: what the outbox of a node alone keeps. An event
+/// nobody wants is not written; a subscription is made on this node, so
+/// its types are added at once (and kept until a read of the store that
+/// began after it). Until the first read, every type is wanted. A node of a
+/// cluster keeps every notified type ([`WantedTypes::keep_all`]): a
+/// subscription made on another node must apply to its events at once.
 #[derive(Debug)]
 pub struct WantedTypes {
+    /// Every notified type is kept (a node of a cluster: a subscription
+    /// made on another node must apply here at once).
+    all: AtomicBool,
     mask: AtomicU64,
     /// Types added on this node, and when: a read begun before then may
     /// not hold them yet.
@@ -52,6 +55,7 @@ pub struct WantedTypes {
 impl Default for WantedTypes {
     fn default() -> WantedTypes {
         WantedTypes {
+            all: AtomicBool::new(false),
             mask: AtomicU64::new(u64::MAX),
             added: Mutex::new((0, None)),
         }
@@ -94,7 +98,17 @@ impl WantedTypes {
     }
 
     pub fn wants(&self, event_type: &str) -> bool {
-        self.mask.load(Ordering::Relaxed) & Self::bit(event_type) != 0
+        let mask = if self.all.load(Ordering::Relaxed) {
+            u64::MAX
+        } else {
+            self.mask.load(Ordering::Relaxed)
+        };
+        mask & Self::bit(event_type) != 0
+    }
+
+    /// Keeps every notified type from now on, whatever the subscriptions.
+    pub fn keep_all(&self) {
+        self.all.store(true, Ordering::Relaxed);
     }
 
     fn mask_of<'a>(wanted: impl IntoIterator<Item = &'a str>) -> u64 {
@@ -167,6 +181,10 @@ mod tests {
         wanted.set(Instant::now(), []);
         assert!(!wanted.wants("commitment.made"));
         wanted.set(Instant::now(), ["*"]);
+        assert!(EVENT_TYPES.iter().all(|known| wanted.wants(known)));
+        assert!(!wanted.wants("saga.transition"));
+        wanted.set(Instant::now(), []);
+        wanted.keep_all();
         assert!(EVENT_TYPES.iter().all(|known| wanted.wants(known)));
         assert!(!wanted.wants("saga.transition"));
     }

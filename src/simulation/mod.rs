@@ -720,10 +720,11 @@ impl Simulations {
             .map_err(StartError::Store)?;
         let router = inner.system.router();
         let me = inner.system.node_name();
-        for (id, node, token) in orphans
-            .into_iter()
-            .filter(|(id, _, _)| router.is_local(Simulation::KIND, id))
-        {
+        // A job queued or running here is this node's whatever its lease
+        // did meanwhile (a renewal late past expiry): never queued twice.
+        for (id, node, token) in orphans.into_iter().filter(|(id, _, _)| {
+            router.is_local(Simulation::KIND, id) && !inner.live.contains_key(id)
+        }) {
             let expected = node.zip(token).map(|(node, token)| Runner { node, token });
             // Another node's GPU job waits for a node with a GPU (placement
             // gives simulation keys to GPU members when there are some);
