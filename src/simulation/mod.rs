@@ -712,10 +712,18 @@ impl Simulations {
     /// those of a node that died (their keys are this node's now).
     async fn take_over(&self) -> Result<(), StartError> {
         let inner = &self.inner;
+        // This node's own jobs are listed too: one it recorded as its own
+        // but holds no longer (an ask that timed out after its write, an
+        // outcome it could not record) is queued again here.
+        let held_as = inner.runner();
+        let mine = held_as.as_ref().map(|runner| crate::store::Claimant {
+            node: &runner.node,
+            token: runner.token,
+        });
         let orphans = inner
             .system
             .store()
-            .orphaned_simulations(crate::store::unix_millis())
+            .orphaned_simulations(crate::store::unix_millis(), mine)
             .await
             .map_err(StartError::Store)?;
         let router = inner.system.router();
@@ -1124,6 +1132,8 @@ impl Inner {
                 }
             }
         }
+        // Not held here any more: the takeover sweep queues it again.
+        self.live.remove(id);
     }
 }
 

@@ -260,19 +260,28 @@ impl Store {
     }
 
     /// Queued or running simulation jobs whose runner holds no live lease
-    /// (the node died, or restarted under a new token), oldest first: id,
-    /// runner node and token.
+    /// (the node died, or restarted under a new token), and those recorded
+    /// as `mine` (the caller then keeps the ones it still holds), oldest
+    /// first: id, runner node and token.
     pub async fn orphaned_simulations(
         &self,
         now: i64,
+        mine: Option<Claimant<'_>>,
     ) -> Result<Vec<(String, Option<String>, Option<i64>)>, StoreError> {
         let sql = format!(
-            "SELECT s.id, s.runner_node, s.runner_token FROM simulations s WHERE s.status IN ('queued', 'running') AND {} \
+            "SELECT s.id, s.runner_node, s.runner_token FROM simulations s \
+             WHERE s.status IN ('queued', 'running') \
+             AND ({} OR (s.runner_node = $2 AND s.runner_token = $3)) \
              ORDER BY s.created_at_ms, s.id",
             lapsed("s", "runner_node", "runner_token", "$1")
         );
         Ok(with_pool!(self, pool => {
-            sqlx::query_as(&sql).bind(now).fetch_all(pool).await
+            sqlx::query_as(&sql)
+                .bind(now)
+                .bind(mine.map(|me| me.node))
+                .bind(mine.map(|me| me.token))
+                .fetch_all(pool)
+                .await
         })?)
     }
 }

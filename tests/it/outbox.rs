@@ -775,3 +775,72 @@ async fn a_subscription_made_on_one_node_applies_to_events_raised_on_another() {
     a.stop().await.unwrap();
     b.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_recorded_as_this_nodes_but_not_held_runs_again() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let node = valueverse::Node::start(&crate::support::test_config(&db), |_| {})
+        .await
+        .unwrap();
+    let base = format!("http://{}/api/v1", node.http_addr());
+    let client = reqwest::Client::new();
+    let model: Value =
+        serde_json::from_str(include_str!("../../docs/models/ten-drivers.json")).unwrap();
+    let job = client
+        .post(format!("{base}/simulations"))
+        .json(&json!({ "model": model, "paths": 1000, "seed": 3, "device": "cpu" }))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    let id = job["id"].as_str().unwrap();
+    let done = loop {
+        let job = get_json(&client, &format!("{base}/simulations/{id}")).await;
+        if job["status"] == "done" {
+            break job;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // A job this node recorded as its own under its current lease, that it
+    // does not hold (as after an ask that timed out once its write was
+    // made): queued and run again by the sweep.
+    let store = db.store().await;
+    let (_, body) = store.load_record("simulations", id).await.unwrap().unwrap();
+    let mut lost: Value = serde_json::from_str(&body).unwrap();
+    let lost_id = uuid::Uuid::now_v7().to_string();
+    lost["id"] = json!(lost_id);
+    lost["status"] = json!("queued");
+    lost["result"] = Value::Null;
+    lost["progress"] = Value::Null;
+    lost["finished_at"] = Value::Null;
+    let runner = &lost["runner"];
+    assert_eq!(runner["node"], "node-1", "{done}");
+    let row = Record {
+        table: "simulations",
+        id: &lost_id,
+        columns: vec![
+            ("status", Column::Text(Some("queued".into()))),
+            ("submitter", Column::Text(Some("test".into()))),
+            ("created_at_ms", Column::Int(Some(now()))),
+            ("runner_node", Column::Text(Some("node-1".into()))),
+            ("runner_token", Column::Int(runner["token"].as_i64())),
+        ],
+        body: lost.to_string(),
+        events: Vec::new(),
+    };
+    store.save_record(&row, 0).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let job = get_json(&client, &format!("{base}/simulations/{lost_id}")).await;
+        if job["status"] == "done" {
+            assert_eq!(job["attempts"], 2, "{job}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never run again: {job}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    store.close().await;
+    node.stop().await.unwrap();
+}
