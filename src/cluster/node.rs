@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use crate::actors::System;
 use crate::config::ClusterConfig;
-use crate::store::{Lease, LeaseClaim, StoreError, unix_millis};
+use crate::store::{Lease, LeaseClaim, Renewal, StoreError, unix_millis};
 
 use super::membership::{Member, MemberInfo, Membership, MembershipConfig, MembershipError};
 use super::placement::Candidate;
@@ -313,8 +313,34 @@ impl Shared {
         let token = self.token.load(Ordering::Acquire);
         let ttl = self.config.lease_ttl.as_millis() as i64;
         match self.system.store().renew_lease(name, token, ttl).await {
-            Ok(true) => {}
-            Ok(false) => {
+            Ok(Renewal::Renewed) => {}
+            Ok(Renewal::Lapsed) => {
+                // Stalled past the lease (a slow store): what was claimed
+                // under the old token may be another node's now. A new
+                // token, as a restart would take, keeps it so.
+                let kinds = kinds_field(&self.system.kinds());
+                let mut claim = LeaseClaim {
+                    node: name,
+                    transport_addr: &self.transport_addr,
+                    http_addr: &self.http_addr,
+                    kinds: &kinds,
+                    gpus: i64::from(self.config.gpus),
+                    proof: "",
+                };
+                let signature = proof(&self.config, &claim);
+                claim.proof = &signature;
+                match self.system.store().acquire_lease(claim, ttl).await {
+                    Ok(new) => {
+                        self.token.store(new, Ordering::Release);
+                        tracing::warn!(node = %name, old = token, new,
+                            "cluster: the lease lapsed before its renewal; took a new one");
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "cluster: the lease lapsed and cannot be taken again")
+                    }
+                }
+            }
+            Ok(Renewal::TakenOver) => {
                 // Another run of this node holds the lease now: serving
                 // beside it would make two owners of our keys.
                 tracing::error!(

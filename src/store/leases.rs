@@ -33,6 +33,16 @@ pub struct LeaseClaim<'a> {
     pub proof: &'a str,
 }
 
+/// What a renewal found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewal {
+    Renewed,
+    /// The lease expired before the renewal: the node takes a new one.
+    Lapsed,
+    /// Another run of the node holds it (or the row is gone).
+    TakenOver,
+}
+
 impl Lease {
     pub fn is_valid_at(&self, now_ms: i64) -> bool {
         self.expires_at_ms > now_ms
@@ -83,26 +93,44 @@ impl Store {
         }
     }
 
-    /// Extends `node`'s lease if it still holds `token`; false when another
-    /// run of the node took it over (or the row is gone).
+    /// Extends `node`'s lease if it still holds `token` and the lease is
+    /// live. A lapsed lease is not brought back under the same token:
+    /// others may have taken over what was claimed under it, and the node
+    /// takes a new lease instead.
     pub async fn renew_lease(
         &self,
         node: &str,
         token: i64,
         ttl_ms: i64,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Renewal, StoreError> {
+        let now = unix_millis();
         let renewed = with_pool!(self, pool => {
             sqlx::query(
-                "UPDATE cluster_leases SET expires_at_ms = $3 WHERE node = $1 AND token = $2",
+                "UPDATE cluster_leases SET expires_at_ms = $3 \
+                 WHERE node = $1 AND token = $2 AND expires_at_ms > $4",
             )
             .bind(node)
             .bind(token)
-            .bind(unix_millis() + ttl_ms)
+            .bind(now + ttl_ms)
+            .bind(now)
             .execute(pool)
             .await
             .map(|done| done.rows_affected())
         })?;
-        Ok(renewed == 1)
+        if renewed == 1 {
+            return Ok(Renewal::Renewed);
+        }
+        let held: Option<i64> = with_pool!(self, pool => {
+            sqlx::query_scalar("SELECT token FROM cluster_leases WHERE node = $1")
+                .bind(node)
+                .fetch_optional(pool)
+                .await
+        })?;
+        Ok(if held == Some(token) {
+            Renewal::Lapsed
+        } else {
+            Renewal::TakenOver
+        })
     }
 
     /// Gives the lease up at a clean stop, so placement moves at once.

@@ -118,7 +118,7 @@ mod sagas;
 mod simulations;
 
 pub use api_keys::ApiKeyRow;
-pub use leases::{Lease, LeaseClaim};
+pub use leases::{Lease, LeaseClaim, Renewal};
 pub use notifications::{Attempt, Notification};
 pub use outbox::{Claimant, ClaimedDelivery, Dispatched, OutboxEvent, OutboxStats};
 pub use records::{Column, Page, Record};

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use rand::Rng;
 use serde_json::{Value, json};
-use valueverse::store::{Attempt, Claimant, Column, LeaseClaim, OutboxEvent, Record};
+use valueverse::store::{Attempt, Claimant, Column, LeaseClaim, OutboxEvent, Record, Renewal};
 use valueverse::{Store, StoreError};
 
 use crate::cluster::free_port;
@@ -843,4 +843,33 @@ async fn a_job_recorded_as_this_nodes_but_not_held_runs_again() {
     }
     store.close().await;
     node.stop().await.unwrap();
+}
+
+/// A lease renewed only while it is live: one that lapsed (its node
+/// stalled, and others took its claims over) is not brought back under the
+/// same token, which would make those claims its own again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lapsed_lease_is_not_renewed_under_its_old_token() {
+    for backend in BACKENDS {
+        let db = TestDb::new(backend).await;
+        let store = db.store().await;
+        let token = lease(&store, "a", 600_000).await;
+        assert_eq!(
+            store.renew_lease("a", token, 600_000).await.unwrap(),
+            Renewal::Renewed
+        );
+        store.release_lease("a", token).await.unwrap();
+        assert_eq!(
+            store.renew_lease("a", token, 600_000).await.unwrap(),
+            Renewal::Lapsed,
+            "{backend:?}"
+        );
+        let newer = lease(&store, "a", 600_000).await;
+        assert!(newer > token);
+        assert_eq!(
+            store.renew_lease("a", token, 600_000).await.unwrap(),
+            Renewal::TakenOver
+        );
+        store.close().await;
+    }
 }
