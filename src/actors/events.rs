@@ -89,16 +89,13 @@ impl WantedTypes {
         self.mask.fetch_or(bits, Ordering::Relaxed);
     }
 
-    /// When types were last added on this node.
-    pub fn last_added(&self) -> Option<Instant> {
-        self.added
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .1
+    /// Whether every notified type is kept whatever the subscriptions.
+    pub fn keeps_all(&self) -> bool {
+        self.all.load(Ordering::Relaxed)
     }
 
     pub fn wants(&self, event_type: &str) -> bool {
-        let mask = if self.all.load(Ordering::Relaxed) {
+        let mask = if self.keeps_all() {
             u64::MAX
         } else {
             self.mask.load(Ordering::Relaxed)

@@ -445,21 +445,20 @@ impl<A: Agent> Host<A> {
         }));
         let persist = handling.wants_persist();
         let events = handling.take_events(A::KIND);
-        let wanted = &self.kind.node.wanted_events;
-        let notified = events.iter().any(|event| wanted.wants(&event.event_type));
         shard.observe_nanos(clock.delta_as_nanos(started_raw, clock.raw()));
+        // What of them the outbox keeps: written in the state's
+        // transaction, or alone when the handler changed nothing durable.
+        let wanted = &self.kind.node.wanted_events;
+        let outbox: Vec<_> = events
+            .iter()
+            .filter(|event| wanted.wants(&event.event_type))
+            .map(DomainEvent::to_outbox)
+            .collect();
+        let wrote = !outbox.is_empty();
         let outcome = match outcome {
-            Ok(Ok(value)) if persist || notified => {
+            Ok(Ok(value)) if persist || wrote => {
                 self.accepted_any = true;
                 shard.count(Outcome::Ok);
-                // The events go in the state's transaction (the outbox), or
-                // alone when the handler changed nothing durable.
-                let outbox: Vec<_> = events
-                    .iter()
-                    .filter(|event| wanted.wants(&event.event_type))
-                    .map(DomainEvent::to_outbox)
-                    .collect();
-                let wrote = !outbox.is_empty();
                 let store = &self.kind.node.store;
                 let save: futures_util::future::BoxFuture<'static, Result<i64, StoreError>> =
                     if persist {

@@ -23,8 +23,8 @@ mod targets;
 
 pub use targets::{TargetError, TargetPolicy, non_public};
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
@@ -53,11 +53,8 @@ const DISPATCH_COALESCE: Duration = Duration::from_millis(20);
 const MAX_FAN_OUT: usize = 4096;
 /// Notifications one claim takes at most.
 const CLAIM_BATCH: usize = 64;
-/// How long the subscriptions read from the store serve dispatches: a
-/// subscription made on any node applies to events raised a second later.
-const SUBSCRIPTIONS_FRESH: Duration = Duration::from_millis(400);
-/// How often the housekeeping looks whether the subscriptions are stale:
-/// a read is at most 650 ms old, plus its own time.
+/// How often a node alone reads the subscriptions for what its outbox
+/// keeps (types added on the node itself apply at once).
 const SUBSCRIPTIONS_CHECK: Duration = Duration::from_millis(250);
 /// How often the outbox's depth and age are read for the metrics.
 const STATS_EVERY: Duration = Duration::from_secs(5);
@@ -82,8 +79,6 @@ struct Inner {
     targets: TargetPolicy,
     client: reqwest::Client,
     mailer: Option<AsyncSmtpTransport<Tokio1Executor>>,
-    /// Active subscriptions as last read from the store, and when.
-    subscriptions: Mutex<(Option<Instant>, Arc<Vec<Subscription>>)>,
     /// Attempts under way on this node; what the deliverer claims is
     /// bounded by the permits free.
     in_flight: Arc<Semaphore>,
@@ -152,7 +147,6 @@ impl Notifications {
                 targets,
                 client,
                 mailer,
-                subscriptions: Mutex::new((None, Arc::new(Vec::new()))),
                 deliveries_due: Notify::new(),
                 subscribers: AtomicUsize::new(0),
                 metrics,
@@ -280,10 +274,7 @@ impl Notifications {
                 unix_millis(),
                 attempt_limit,
                 |bodies| {
-                    let subscriptions: Vec<Subscription> = bodies
-                        .iter()
-                        .filter_map(|body| serde_json::from_str(body).ok())
-                        .collect();
+                    let subscriptions = parse_subscriptions(&bodies);
                     counted.store(subscriptions.len(), Ordering::Relaxed);
                     move |event_type: &str| {
                         subscriptions
@@ -314,59 +305,24 @@ impl Notifications {
         Ok(done.events)
     }
 
-    /// The active subscriptions, read again from the store once
-    /// [`SUBSCRIPTIONS_FRESH`] has passed; the types they want are what
-    /// this node's agents write to the outbox.
-    async fn subscriptions(&self) -> Result<Arc<Vec<Subscription>>, StoreError> {
-        {
-            let cached = self
-                .inner
-                .subscriptions
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            // Fresh, and begun after any subscription made here.
-            let last_added = self.inner.system.wanted_events().last_added();
-            if let (Some(read_at), subscriptions) = &*cached
-                && read_at.elapsed() < SUBSCRIPTIONS_FRESH
-                && last_added.is_none_or(|added| *read_at > added)
-            {
-                return Ok(Arc::clone(subscriptions));
-            }
+    /// Reads the active subscriptions and sets what this node's agents
+    /// keep in the outbox from them (a node alone only: a node of a
+    /// cluster keeps every notified event and needs no read).
+    async fn refresh_wanted(&self) -> Result<(), StoreError> {
+        let wanted = self.inner.system.wanted_events();
+        if wanted.keeps_all() {
+            return Ok(());
         }
-        let read_at = Instant::now();
-        let mut subscriptions = Vec::new();
-        let mut offset = 0;
-        loop {
-            let page = self
-                .inner
-                .system
-                .store()
-                .list_records("subscriptions", &[("status", Some("active"))], 100, offset)
-                .await?;
-            subscriptions.extend(
-                page.bodies
-                    .iter()
-                    .filter_map(|body| serde_json::from_str::<Subscription>(body).ok()),
-            );
-            if page.bodies.len() < 100 {
-                break;
-            }
-            offset += 100;
-        }
-        self.inner.system.wanted_events().set(
-            read_at,
+        let read_began = Instant::now();
+        let bodies = self.inner.system.store().active_subscriptions().await?;
+        let subscriptions = parse_subscriptions(&bodies);
+        wanted.set(
+            read_began,
             subscriptions
                 .iter()
                 .flat_map(|subscription| subscription.event_types.iter().map(String::as_str)),
         );
-        let subscriptions = Arc::new(subscriptions);
-        *self
-            .inner
-            .subscriptions
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) =
-            (Some(read_at), Arc::clone(&subscriptions));
-        Ok(subscriptions)
+        Ok(())
     }
 
     /// Claims due notifications while this node has attempts to spare, and
@@ -452,7 +408,7 @@ impl Notifications {
         }
     }
 
-    /// Reads the subscriptions when stale (what the outbox keeps
+    /// Reads the subscriptions (what the outbox keeps
     /// follows them), and the outbox's depth and age for the metrics.
     async fn housekeeping(self) {
         let mut subscriptions = tokio::time::interval(SUBSCRIPTIONS_CHECK);
@@ -464,7 +420,7 @@ impl Notifications {
         loop {
             tokio::select! {
                 _ = subscriptions.tick() => {
-                    if let Err(error) = self.subscriptions().await {
+                    if let Err(error) = self.refresh_wanted().await {
                         tracing::warn!(%error, "notifier: cannot read the subscriptions");
                     }
                 }
@@ -686,4 +642,13 @@ impl Outcome {
             ..Outcome::default()
         }
     }
+}
+
+/// The subscriptions among stored bodies (one that cannot be read is
+/// skipped, as the agent would refuse it).
+fn parse_subscriptions(bodies: &[String]) -> Vec<Subscription> {
+    bodies
+        .iter()
+        .filter_map(|body| serde_json::from_str(body).ok())
+        .collect()
 }

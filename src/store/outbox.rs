@@ -79,6 +79,8 @@ fn lapsed(alias: &str, node: &str, token: &str, now: &str) -> String {
     )
 }
 
+const ACTIVE_SUBSCRIPTIONS: &str = "SELECT body FROM subscriptions WHERE status = 'active'";
+
 /// The columns of a [`Notification`].
 const NOTIFICATION_COLUMNS: &str = "id, subscription_id, event_id, event_type, payload, status, \
      attempts, created_at_ms, updated_at_ms, due_at_ms, attempt_limit, takeovers, claimed_by, \
@@ -101,6 +103,13 @@ impl Store {
             tx.commit().await
         })?;
         Ok(())
+    }
+
+    /// The bodies of the active subscriptions.
+    pub async fn active_subscriptions(&self) -> Result<Vec<String>, StoreError> {
+        Ok(with_pool!(self, pool => {
+            sqlx::query_scalar(ACTIVE_SUBSCRIPTIONS).fetch_all(pool).await
+        })?)
     }
 
     /// Whether any event waits to be dispatched (a read: no write
@@ -156,7 +165,7 @@ impl Store {
             let bodies: Vec<String> = if events.is_empty() {
                 Vec::new()
             } else {
-                sqlx::query_scalar("SELECT body FROM subscriptions WHERE status = 'active'")
+                sqlx::query_scalar(ACTIVE_SUBSCRIPTIONS)
                     .fetch_all(&mut *tx)
                     .await?
             };
@@ -182,7 +191,7 @@ impl Store {
                     });
                 }
             }
-            let inserted = insert_notifications(&mut tx, &rows).await?;
+            let inserted = tx.insert_all(&rows).await?;
             tx.commit().await.map(|()| inserted)
         })?;
         done.notifications = inserted.len();
@@ -357,11 +366,4 @@ impl InsertNotifications for sqlx::Transaction<'_, sqlx::Sqlite> {
         }
         Ok(written)
     }
-}
-
-async fn insert_notifications<T: InsertNotifications>(
-    tx: &mut T,
-    rows: &[Notification],
-) -> Result<HashSet<String>, sqlx::Error> {
-    tx.insert_all(rows).await
 }
