@@ -18,7 +18,7 @@ mod node;
 pub mod notifier;
 pub mod saga;
 pub mod simulation;
-pub mod store;
+pub use valueverse_store as store;
 
 pub use actors::{
     Agent, AgentError, AgentMessage, AgentRef, CorrelationId, HandlerError, Handling, Rejection,

@@ -13,6 +13,7 @@ use super::agent::Agent;
 use super::envelope::{CorrelationId, Envelope, Header, ReplySender};
 use super::error::AgentError;
 use super::registry::{Instance, KindRuntime};
+use super::remote::{Outbound, decode_payload, encode_payload, type_id};
 
 /// A reference to the agent instance `(A::KIND, key)`.
 pub struct AgentRef<A: Agent> {
@@ -77,11 +78,25 @@ impl<A: Agent> AgentRef<A> {
         }
     }
 
+    /// `msg` encoded for the node that owns the instance.
+    fn outbound(&self, msg: &A::Msg) -> Result<Outbound<'_>, AgentError> {
+        Ok(Outbound {
+            kind: A::KIND,
+            key: &self.key,
+            correlation_id: self.correlation_id.as_ref(),
+            type_id: type_id::<A>(),
+            payload: encode_payload(msg).map_err(|reason| AgentError::Unencodable {
+                target: KindRuntime::<A>::target(&self.key),
+                reason,
+            })?,
+        })
+    }
+
     /// Sends without waiting for a reply. Fails at once with
     /// [`AgentError::MailboxFull`] when the mailbox is full.
     pub fn tell(&self, msg: A::Msg) -> Result<(), AgentError> {
-        if let Some((router, route)) = self.kind.node.route(A::KIND, &self.key) {
-            return router.tell::<A>(&route, &self.key, self.correlation_id.as_ref(), &msg);
+        if let Some((remote, route)) = self.kind.node.route(A::KIND, &self.key) {
+            return remote.tell(&route, self.outbound(&msg)?);
         }
         self.kind
             .deliver(&self.key, self.envelope(msg, None, None), &self.instance)
@@ -98,16 +113,16 @@ impl<A: Agent> AgentRef<A> {
         let started = std::time::Instant::now();
         let mut pause = Duration::from_millis(10);
         loop {
-            let Some((router, route)) = self.kind.node.route(A::KIND, &self.key) else {
+            let Some((remote, route)) = self.kind.node.route(A::KIND, &self.key) else {
                 return self.ask_here(msg, timeout).await;
             };
             let left = timeout.saturating_sub(started.elapsed());
-            let correlation_id = self.correlation_id.as_ref();
-            if let Some(reply) = router
-                .ask::<A>(&route, &self.key, correlation_id, &msg, left)
-                .await?
-            {
-                return Ok(reply);
+            if let Some(bytes) = remote.ask(&route, self.outbound(&msg)?, left).await? {
+                return decode_payload(&bytes).map_err(|reason| AgentError::Remote {
+                    target: KindRuntime::<A>::target(&self.key),
+                    node: route.node.clone(),
+                    message: format!("undecodable reply: {reason}"),
+                });
             }
             if started.elapsed() + pause >= timeout {
                 return Err(AgentError::Timeout {

@@ -12,6 +12,7 @@ use tokio::sync::oneshot;
 
 use super::agent::Agent;
 use super::error::AgentError;
+use super::remote::{Refusal, ReplyPort, encode_payload};
 
 /// Names one agent instance: its kind and its key.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -82,7 +83,7 @@ pub(crate) enum ReplySender<A: Agent> {
     Local(oneshot::Sender<Result<A::Reply, Box<AgentError>>>),
     /// An ask from another node: the handler's thread encodes the answer
     /// straight onto the link it came on (no task per ask to carry it).
-    Remote(crate::cluster::router::RemoteReply),
+    Remote(Box<dyn ReplyPort>),
 }
 
 impl<A: Agent> ReplySender<A> {
@@ -92,10 +93,11 @@ impl<A: Agent> ReplySender<A> {
             ReplySender::Local(sender) => {
                 let _ = sender.send(result.map_err(Box::new));
             }
-            ReplySender::Remote(reply) => reply.send(match result {
-                Ok(value) => crate::cluster::router::encode_payload(&value)
-                    .map_err(|message| crate::cluster::codec::RemoteFailure::Agent { message }),
-                Err(error) => Err(crate::cluster::router::failure_of(error)),
+            ReplySender::Remote(reply) => reply.answer(match result {
+                Ok(value) => {
+                    encode_payload(&value).map_err(|reason| Refusal::Unencodable { reason })
+                }
+                Err(error) => Err(Refusal::Agent(error)),
             }),
         }
     }

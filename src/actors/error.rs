@@ -61,6 +61,9 @@ pub enum AgentError {
     /// The link to the owner's node has a full outbox: try again shortly.
     #[error("the link to node {node}, which owns {target}, is full")]
     Backpressure { target: AgentId, node: String },
+    /// The message could not be encoded for the node that owns `target`.
+    #[error("a message to {target} could not be encoded: {reason}")]
+    Unencodable { target: AgentId, reason: String },
     /// The owner's node answered with an error that has no local variant.
     #[error("{target} on node {node} failed: {message}")]
     Remote {

@@ -354,7 +354,7 @@ pub async fn tick_active_plans(system: &super::System) -> Result<usize, StoreErr
                 continue;
             };
             // Each node ticks the plans it owns.
-            if !system.router().is_local(Executor::KIND, &plan.id) {
+            if !system.is_local(Executor::KIND, &plan.id) {
                 continue;
             }
             // A full mailbox only delays the check to the next tick.

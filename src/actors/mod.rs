@@ -29,6 +29,7 @@ pub mod executor;
 mod host;
 pub mod notifier;
 mod registry;
+mod remote;
 pub mod saga;
 pub mod simulation;
 mod supervisor;
@@ -39,10 +40,10 @@ pub use agent_ref::AgentRef;
 pub use envelope::{AgentId, CorrelationId, MAX_CORRELATION_ID_LEN, MessageId};
 pub use error::{AgentError, HandlerError, Rejection};
 pub use events::{DomainEvent, EVENT_TYPES};
-pub(crate) use registry::Stage;
+pub use registry::Stage;
+pub use remote::{Hold, Inbound, Outbound, Refusal, Remote, ReplyPort, Route, type_id};
 pub use supervisor::{
     FailureRecord, InstanceSnapshot, InstanceStatus, LifecycleChange, RestartStrategy,
     SupervisionEvent, SupervisionTree, SupervisorSnapshot,
 };
-pub(crate) use system::WeakSystem;
-pub use system::{RuntimeConfig, System};
+pub use system::{RuntimeConfig, System, WeakSystem};

@@ -17,15 +17,13 @@ use chrono::{DateTime, Utc};
 use dashmap::DashMap;
 use futures_util::future::BoxFuture;
 
-use crate::cluster::codec::{self, RemoteFailure};
-use crate::cluster::router::{self, RemoteReply};
-use crate::cluster::transport::Hold;
 use crate::metrics::KindMetrics;
 
 use super::agent::Agent;
 use super::envelope::{AgentId, CorrelationId, Envelope, Header, ReplySender};
 use super::error::AgentError;
 use super::host::{Batch, Handoff, Host, Operate};
+use super::remote::{self, Hold, Inbound, Refusal, ReplyPort};
 use super::supervisor::{
     FailureRecord, InstanceSnapshot, InstanceStatus, LifecycleChange, OperatorAction,
     RestartStrategy, SupervisorSnapshot,
@@ -432,38 +430,32 @@ pub(crate) trait KindControl: Send + Sync {
 impl<A: Agent> KindRuntime<A> {
     /// The target key and the local envelope (no reply yet) of a message
     /// this node takes.
-    fn check_remote(
-        &self,
-        envelope: &codec::Envelope<'_>,
-    ) -> Result<(Arc<str>, Envelope<A>), RemoteFailure> {
-        if envelope.type_id != router::type_id::<A>() {
-            return Err(RemoteFailure::UnknownType {
+    fn check_remote(&self, envelope: &Inbound<'_>) -> Result<(Arc<str>, Envelope<A>), Refusal> {
+        if envelope.type_id != remote::type_id::<A>() {
+            return Err(Refusal::UnknownType {
                 type_id: envelope.type_id,
             });
         }
-        let key: Arc<str> = envelope.target.key.as_ref().into();
+        let key: Arc<str> = envelope.key.into();
         // The sender's view put the key here; ours may not (yet): the
         // sender routes again rather than two nodes serving one key.
         if let Some((_, route)) = self.node.route(A::KIND, &key) {
-            return Err(RemoteFailure::NotOwner {
+            return Err(Refusal::NotOwner {
                 owner: Some(route.node),
             });
         }
         let deadline = match envelope.deadline_ms {
             Some(deadline_ms) => {
-                let left = router::time_left(deadline_ms).ok_or(RemoteFailure::DeadlineExpired)?;
+                let left = remote::time_left(deadline_ms).ok_or(Refusal::DeadlineExpired)?;
                 Some(self.node.clock.now() + left)
             }
             None => None,
         };
-        let payload = router::decode_payload::<A::Msg>(&envelope.payload)
-            .map_err(|reason| RemoteFailure::Undecodable { reason })?;
+        let payload = remote::decode_payload::<A::Msg>(envelope.payload)
+            .map_err(|reason| Refusal::Undecodable { reason })?;
         let header = Header {
             message_id: self.node.next_message_id(),
-            correlation_id: envelope
-                .correlation_id
-                .as_deref()
-                .and_then(CorrelationId::parse),
+            correlation_id: envelope.correlation_id.and_then(CorrelationId::parse),
             deadline,
         };
         Ok((
@@ -482,10 +474,10 @@ impl<A: Agent> KindRuntime<A> {
 /// reach a mailbox faster than its host empties it, so the host is woken
 /// once per burst rather than once every few messages (a cross-thread
 /// wake costs more than handling a message).
-pub(crate) trait Stage: Send {
+pub trait Stage: Send {
     /// Decodes and keeps `envelope`; a message this node will not take is
     /// refused at once (answered, if an ask).
-    fn take(&mut self, envelope: codec::Envelope<'_>, reply: Option<RemoteReply>);
+    fn take(&mut self, envelope: Inbound<'_>, reply: Option<Box<dyn ReplyPort>>);
     /// Delivers what was taken, in order. A tell that finds its mailbox
     /// full comes back, with those after it, as the wait for room, which
     /// holds the link's reader; an ask is answered `MailboxFull` at once,
@@ -501,13 +493,13 @@ struct KindStage<A: Agent> {
 }
 
 impl<A: Agent> Stage for KindStage<A> {
-    fn take(&mut self, envelope: codec::Envelope<'_>, reply: Option<RemoteReply>) {
+    fn take(&mut self, envelope: Inbound<'_>, reply: Option<Box<dyn ReplyPort>>) {
         match self.kind.check_remote(&envelope) {
             Ok((key, mut local)) => {
                 local.reply = reply.map(ReplySender::Remote);
                 self.staged.push_back((key, local));
             }
-            Err(failure) if reply.is_some() => RemoteReply::refuse(reply, failure),
+            Err(failure) if reply.is_some() => remote::refuse(reply, failure),
             Err(failure) => {
                 tracing::debug!(kind = A::KIND, ?failure, "cluster: remote tell dropped");
             }

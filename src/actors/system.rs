@@ -8,14 +8,13 @@
 use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use actix_rt::{Arbiter, ArbiterHandle};
 use tokio::sync::broadcast;
 
-use crate::cluster::router::{Route, Router};
 use crate::metrics::Metrics;
 use crate::store::Store;
 
@@ -25,6 +24,7 @@ use super::envelope::{CorrelationId, MessageId};
 use super::error::AgentError;
 use super::events::DomainEvent;
 use super::registry::{KindControl, KindRuntime, Stage};
+use super::remote::{Remote, Route, decode_payload, encode_payload};
 use super::supervisor::{
     InstanceSnapshot, InstanceStatus, LifecycleChange, OperatorAction, RestartStrategy,
     SupervisionEvent, SupervisionTree,
@@ -104,8 +104,11 @@ pub(crate) struct NodeContext {
     pub(crate) outbox_written: Arc<tokio::sync::Notify>,
     /// The event types the outbox keeps (the notifier keeps it current).
     pub(crate) wanted_events: Arc<super::events::WantedTypes>,
-    /// Where instances live; local for all while the view is this node.
-    pub(crate) router: Arc<Router>,
+    /// Where other nodes' instances are reached; none: every key is here.
+    pub(crate) remote: OnceLock<Arc<dyn Remote>>,
+    /// Counts changes of placement, for those who act on one (the remote
+    /// rings it).
+    pub(crate) placement: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl NodeContext {
@@ -144,10 +147,15 @@ impl NodeContext {
 
     /// The owner's node of `(kind, key)` when that is not this one.
     #[inline]
-    pub(crate) fn route(&self, kind: &str, key: &str) -> Option<(&Router, Route)> {
-        self.router
+    pub(crate) fn route(&self, kind: &str, key: &str) -> Option<(&dyn Remote, Route)> {
+        let remote = self.remote.get()?;
+        remote
             .route(kind, key)
-            .map(|route| (self.router.as_ref(), route))
+            .map(|route| (remote.as_ref(), route))
+    }
+
+    fn is_solo(&self) -> bool {
+        self.remote.get().is_none_or(|remote| remote.is_solo())
     }
 
     /// Publishes domain events (no subscriber is fine), here and to the
@@ -157,7 +165,7 @@ impl NodeContext {
             return;
         }
         // No stream listening and no peer: no copy.
-        let shared = self.cluster_events.receiver_count() > 0 || !self.router.is_solo();
+        let shared = self.cluster_events.receiver_count() > 0 || !self.is_solo();
         for event in events {
             let event = Arc::new(event);
             if shared {
@@ -169,7 +177,14 @@ impl NodeContext {
 
     /// To every node's stream subscribers, this one's included.
     pub(crate) fn share(&self, event: Arc<DomainEvent>) {
-        self.router.forward_event(&event);
+        if let Some(remote) = self.remote.get().filter(|remote| !remote.is_solo()) {
+            match encode_payload(event.as_ref()) {
+                Ok(payload) => {
+                    remote.share(&event.source, event.correlation_id.as_deref(), payload);
+                }
+                Err(error) => tracing::warn!(%error, "cannot encode an event to share"),
+            }
+        }
         let _ = self.cluster_events.send(event);
     }
 
@@ -216,12 +231,12 @@ fn stop_actix(actix: Option<ActixThread>) {
 
 /// A [`System`] that may have stopped.
 #[derive(Clone)]
-pub(crate) struct WeakSystem {
+pub struct WeakSystem {
     inner: std::sync::Weak<SystemInner>,
 }
 
 impl WeakSystem {
-    pub(crate) fn upgrade(&self) -> Option<System> {
+    pub fn upgrade(&self) -> Option<System> {
         self.inner.upgrade().map(|inner| System { inner })
     }
 }
@@ -274,7 +289,8 @@ impl System {
         let name: String = node_name.into();
         let node = NodeContext {
             id,
-            router: Arc::new(Router::new(&name)),
+            remote: OnceLock::new(),
+            placement: Arc::new(tokio::sync::watch::Sender::new(0)),
             name,
             clock: quanta::Clock::new(),
             store,
@@ -299,15 +315,37 @@ impl System {
     }
 
     /// A handle that does not keep the runtime alive.
-    pub(crate) fn downgrade(&self) -> WeakSystem {
+    pub fn downgrade(&self) -> WeakSystem {
         WeakSystem {
             inner: Arc::downgrade(&self.inner),
         }
     }
 
-    /// This node's routing: its view of the cluster and its transport.
-    pub fn router(&self) -> &Arc<Router> {
-        &self.inner.node.router
+    /// Messages for keys `remote` places on other nodes go through it
+    /// from now on. A node has one remote at most: a second is refused.
+    pub fn attach_remote(&self, remote: Arc<dyn Remote>) -> Result<(), Arc<dyn Remote>> {
+        self.inner.node.remote.set(remote)
+    }
+
+    /// What a remote rings at each change of placement.
+    pub fn placement_changes(&self) -> Arc<tokio::sync::watch::Sender<u64>> {
+        Arc::clone(&self.inner.node.placement)
+    }
+
+    /// Wakes at every change of placement.
+    pub fn watch_placement(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.node.placement.subscribe()
+    }
+
+    /// Whether `(kind, key)` is owned here in the current view.
+    pub fn is_local(&self, kind: &str, key: &str) -> bool {
+        self.inner.node.route(kind, key).is_none()
+    }
+
+    /// Whether this node is the whole view (no remote, or one that sees
+    /// no other member).
+    pub fn is_solo(&self) -> bool {
+        self.inner.node.is_solo()
     }
 
     /// After a change of placement: instances whose keys another node owns
@@ -330,7 +368,7 @@ impl System {
 
     /// Where one link's messages for `kind` wait to be delivered here;
     /// `None` when no agent of that kind is registered.
-    pub(crate) fn stage(&self, kind: &str) -> Option<Box<dyn Stage>> {
+    pub fn stage(&self, kind: &str) -> Option<Box<dyn Stage>> {
         self.control(kind).ok().map(KindControl::stage)
     }
 
@@ -487,8 +525,16 @@ impl System {
     }
 
     /// An event another node shared.
-    pub(crate) fn receive_shared(&self, event: DomainEvent) {
-        let _ = self.inner.node.cluster_events.send(Arc::new(event));
+    /// An event another node shared (encoded as [`Remote::share`] got it):
+    /// to this node's stream subscribers. One that does not decode is
+    /// dropped: streams are best effort.
+    pub fn receive_shared(&self, payload: &[u8]) {
+        match decode_payload::<DomainEvent>(payload) {
+            Ok(event) => {
+                let _ = self.inner.node.cluster_events.send(Arc::new(event));
+            }
+            Err(error) => tracing::debug!(%error, "an undecodable shared event dropped"),
+        }
     }
 
     /// Prometheus text of this node's metrics, gauges refreshed from the tree.

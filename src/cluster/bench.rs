@@ -22,7 +22,7 @@ use crate::store::Store;
 
 use super::codec::{Envelope, Frame, Reply, Target};
 use super::placement::Candidate;
-use super::router::{self, Placed};
+use super::router::{self, Placed, Router};
 use super::transport::{self, Inbound, Link, LinkError, Transport, TransportConfig};
 
 /// The agent both processes host: counts pings, answers each with its
@@ -67,7 +67,10 @@ impl Agent for Echo {
 
 /// A node of the benchmark: an agent runtime on an in-memory store, with
 /// a transport that delivers to it.
-async fn echo_node(name: &str, secret: &[u8]) -> Result<(System, Transport), BenchError> {
+/// A node of the benchmarks: its runtime, its router and its transport.
+type BenchNode = (System, Arc<Router>, Transport);
+
+async fn echo_node(name: &str, secret: &[u8]) -> Result<BenchNode, BenchError> {
     agent_node(name, secret, crate::actors::RuntimeConfig::default()).await
 }
 
@@ -75,12 +78,19 @@ async fn agent_node(
     name: &str,
     secret: &[u8],
     config: crate::actors::RuntimeConfig,
-) -> Result<(System, Transport), BenchError> {
+) -> Result<BenchNode, BenchError> {
     let store = Store::open("sqlite::memory:", 1)
         .await
         .map_err(|error| BenchError::Peer(error.to_string()))?;
     let system = System::start(name, config, store)?;
     system.register::<Echo>();
+    let router = Arc::new(Router::new(name, system.placement_changes()));
+    if system
+        .attach_remote(Arc::clone(&router) as Arc<dyn crate::actors::Remote>)
+        .is_err()
+    {
+        return Err(BenchError::Peer("a fresh system has a remote".into()));
+    }
     let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
     let transport = Transport::bind(
         loopback,
@@ -88,10 +98,8 @@ async fn agent_node(
         router::inbound(system.downgrade()),
     )
     .await?;
-    system
-        .router()
-        .attach(transport.clone(), tokio::runtime::Handle::current());
-    Ok((system, transport))
+    router.attach(transport.clone(), tokio::runtime::Handle::current());
+    Ok((system, router, transport))
 }
 
 /// The environment variable that carries the run's secret to the child.
@@ -190,7 +198,7 @@ pub async fn serve(secret: &[u8]) -> Result<(), BenchError> {
         Transport::bind(loopback, TransportConfig::new("peer", secret), inbound).await?;
     let echo = TcpListener::bind(loopback).await?;
     // Its view is itself: every key sent here is served here.
-    let (_system, agents) = echo_node("peer-agents", secret).await?;
+    let (_system, _router, agents) = echo_node("peer-agents", secret).await?;
     println!(
         "{} {} {}",
         transport.local_addr(),
@@ -360,7 +368,7 @@ pub async fn run(
     };
 
     // AgentRef: this process and the peer in the view, one key each side.
-    let (system, agents) = echo_node("bench-agents", &secret).await?;
+    let (system, router, agents) = echo_node("bench-agents", &secret).await?;
     let placed = |node: &str, addr: SocketAddr| Placed {
         candidate: Candidate {
             node: node.to_owned(),
@@ -369,14 +377,14 @@ pub async fn run(
         },
         transport_addr: addr,
     };
-    system.router().set_view(vec![
+    router.set_view(vec![
         placed("bench-agents", agents.local_addr()),
         placed("peer-agents", peer_agents),
     ]);
     let key_where = |remote: bool| {
         (0..)
             .map(|i| format!("k-{i}"))
-            .find(|key| system.router().is_local(Echo::KIND, key) != remote)
+            .find(|key| router.is_local(Echo::KIND, key) != remote)
             .expect("keys on both sides")
     };
     let agent_remote = measure_agent(system.agent(key_where(true)), tells, asks).await?;
@@ -486,8 +494,9 @@ mod tests {
             mailbox_capacity: capacity,
             ..Default::default()
         };
-        let (near, near_transport) = agent_node("near", &secret, config.clone()).await.unwrap();
-        let (far, far_transport) = agent_node("far", &secret, config).await.unwrap();
+        let (near, near_router, near_transport) =
+            agent_node("near", &secret, config.clone()).await.unwrap();
+        let (far, far_router, far_transport) = agent_node("far", &secret, config).await.unwrap();
         let placed = |node: &str, addr: SocketAddr| Placed {
             candidate: Candidate {
                 node: node.to_owned(),
@@ -500,8 +509,8 @@ mod tests {
             placed("near", near_transport.local_addr()),
             placed("far", far_transport.local_addr()),
         ];
-        near.router().set_view(view.clone());
-        far.router().set_view(view);
+        near_router.set_view(view.clone());
+        far_router.set_view(view);
         (near, far)
     }
 
@@ -509,7 +518,7 @@ mod tests {
     fn far_key(near: &System, kind: &str) -> String {
         (0..)
             .map(|i| format!("k-{i}"))
-            .find(|key| !near.router().is_local(kind, key))
+            .find(|key| !near.is_local(kind, key))
             .unwrap()
     }
 

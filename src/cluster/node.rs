@@ -22,7 +22,7 @@ use crate::store::{Lease, LeaseClaim, Renewal, StoreError, unix_millis};
 
 use super::membership::{Member, MemberInfo, Membership, MembershipConfig, MembershipError};
 use super::placement::Candidate;
-use super::router::{self, Placed};
+use super::router::{self, Placed, Router};
 use super::transport::{Transport, TransportConfig};
 
 /// How often the view is rebuilt from the leases and gossip.
@@ -46,6 +46,10 @@ pub enum ClusterError {
         "node {node} of this cluster holds another cluster secret: give every node the same --secret"
     )]
     WrongSecret { node: String },
+    #[error(
+        "this node's runtime already has a way to other nodes: start one cluster node per system"
+    )]
+    AlreadyAttached,
 }
 
 /// One member as `GET /api/v1/cluster` shows it.
@@ -136,6 +140,7 @@ impl Metrics {
 
 struct Shared {
     system: System,
+    router: Arc<Router>,
     config: ClusterConfig,
     transport_addr: String,
     http_addr: String,
@@ -163,6 +168,10 @@ impl ClusterNode {
         http_addr: SocketAddr,
     ) -> Result<(ClusterNode, tokio::task::JoinHandle<()>), ClusterError> {
         let name = system.node_name().to_owned();
+        let router = Arc::new(Router::new(&name, system.placement_changes()));
+        system
+            .attach_remote(Arc::clone(&router) as Arc<dyn crate::actors::Remote>)
+            .map_err(|_| ClusterError::AlreadyAttached)?;
         let mut membership = None;
         let mut transport_addr = String::new();
         if config.enabled {
@@ -187,9 +196,7 @@ impl ClusterNode {
             transport.register(system.metrics().registry());
             let listen = transport.local_addr();
             transport_addr = listen.to_string();
-            system
-                .router()
-                .attach(transport, tokio::runtime::Handle::current());
+            router.attach(transport, tokio::runtime::Handle::current());
             membership = Some(
                 Membership::start(MembershipConfig {
                     cluster_id: super::membership::gossip_cluster_id(&config.cluster_id, &secret),
@@ -246,6 +253,7 @@ impl ClusterNode {
         tracing::info!(node = %name, token, clustered = config.enabled, "cluster: lease taken");
         let shared = Arc::new(Shared {
             system: system.clone(),
+            router,
             config: config.clone(),
             transport_addr,
             http_addr: http_addr.to_string(),
@@ -407,7 +415,7 @@ impl Shared {
                 transport_addr,
             });
         }
-        if let Some(transport) = self.system.router().transport() {
+        if let Some(transport) = self.router.transport() {
             transport.set_members(
                 placed
                     .iter()
@@ -422,7 +430,7 @@ impl Shared {
         }
         let count = placed.len();
         let nodes: Vec<String> = placed.iter().map(|p| p.candidate.node.clone()).collect();
-        if self.system.router().set_view(placed) {
+        if self.router.set_view(placed) {
             self.metrics.rebalances.inc();
             self.metrics.members.set(count as i64);
             let handed_off = self.system.hand_off_unowned();
@@ -465,7 +473,7 @@ impl Shared {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let router = self.system.router();
+        let router = &self.router;
         let placed = router.view();
         let me = self.system.node_name().to_owned();
         let now = unix_millis();

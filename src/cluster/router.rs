@@ -13,15 +13,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
-use serde::Serialize;
-use serde::de::DeserializeOwned;
+use futures_util::future::BoxFuture;
 
-use crate::actors::Stage;
-use crate::actors::{Agent, AgentError, AgentId, CorrelationId};
+use crate::actors::{
+    AgentError, AgentId, Inbound, Outbound, Refusal, Remote, ReplyPort, Route, Stage, WeakSystem,
+};
 
 use super::codec::{self, Frame, RemoteFailure, Reply, Target};
 use super::placement::{Candidate, owner};
-use super::transport::{Hold, Inbound, Link, LinkError, Receiver, Transport};
+use super::transport::{self, Hold, Link, LinkError, Receiver, Transport};
 
 /// Target kind of a shared event (no agent has this name: it starts with _).
 pub(crate) const EVENTS_KIND: &str = "_events";
@@ -35,13 +35,6 @@ const GPU_KIND: &str = "simulation";
 pub struct Placed {
     pub candidate: Candidate,
     pub transport_addr: SocketAddr,
-}
-
-/// Where a message for a remote instance goes.
-#[derive(Debug, Clone)]
-pub(crate) struct Route {
-    pub node: String,
-    pub addr: SocketAddr,
 }
 
 /// The members placement chooses among, and their candidates apart (the
@@ -59,19 +52,21 @@ pub struct Router {
     /// The view is this node alone: every route is local.
     solo: AtomicBool,
     transport: OnceLock<(Transport, tokio::runtime::Handle)>,
-    /// Counts changes of the view, for those who act on one.
-    changes: tokio::sync::watch::Sender<u64>,
+    /// Counts changes of the view, for those who act on one (the
+    /// runtime's: its agents watch placement through it).
+    changes: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl Router {
-    /// A router whose view is `me` alone until [`Router::set_view`].
-    pub fn new(me: &str) -> Router {
+    /// A router whose view is `me` alone until [`Router::set_view`]; it
+    /// counts each change of its view on `changes`.
+    pub fn new(me: &str, changes: Arc<tokio::sync::watch::Sender<u64>>) -> Router {
         Router {
             me: me.to_owned(),
             view: RwLock::new(Arc::new(View::default())),
             solo: AtomicBool::new(true),
             transport: OnceLock::new(),
-            changes: tokio::sync::watch::Sender::new(0),
+            changes,
         }
     }
 
@@ -147,7 +142,7 @@ impl Router {
     }
 
     /// `None` when `(kind, key)` is owned here.
-    pub(crate) fn route(&self, kind: &str, key: &str) -> Option<Route> {
+    pub fn route(&self, kind: &str, key: &str) -> Option<Route> {
         if self.solo.load(Ordering::Acquire) {
             return None;
         }
@@ -168,31 +163,25 @@ impl Router {
         })
     }
 
-    /// Sends `event` to every other member, best effort: a member without
-    /// an open link gets it once the link is up, one that is gone never.
-    pub(crate) fn forward_event(&self, event: &crate::actors::DomainEvent) {
+    /// Sends an encoded event to every other member, best effort: a member
+    /// without an open link gets it once the link is up, one that is gone
+    /// never.
+    fn forward_event(&self, source: &str, correlation_id: Option<&str>, payload: Vec<u8>) {
         if self.solo.load(Ordering::Acquire) {
             return;
         }
         let Some((transport, runtime)) = self.transport.get() else {
             return;
         };
-        let payload = match encode_payload(event) {
-            Ok(payload) => payload,
-            Err(error) => {
-                tracing::warn!(%error, "cluster: cannot encode an event to share");
-                return;
-            }
-        };
         let envelope = codec::Envelope {
             message_id: transport.next_id(),
             ask_id: None,
-            correlation_id: event.correlation_id.as_deref().map(Cow::Borrowed),
+            correlation_id: correlation_id.map(Cow::Borrowed),
             trace_context: None,
             deadline_ms: None,
             target: Target {
                 kind: Cow::Borrowed(EVENTS_KIND),
-                key: Cow::Borrowed(&event.source),
+                key: Cow::Borrowed(source),
             },
             type_id: EVENTS_TYPE,
             payload: Cow::Owned(payload),
@@ -224,21 +213,15 @@ impl Router {
         }
     }
 
-    /// Sends `msg` to the remote owner without waiting for a reply. With
-    /// no open link yet the send waits for the dial on a task of its own.
-    pub(crate) fn tell<A: Agent>(
-        &self,
-        route: &Route,
-        key: &str,
-        correlation_id: Option<&CorrelationId>,
-        msg: &A::Msg,
-    ) -> Result<(), AgentError> {
-        let target = target_of::<A>(key);
+    /// Sends `message` to the remote owner without waiting for a reply.
+    /// With no open link yet the send waits for the dial on a task of its
+    /// own.
+    fn send(&self, route: &Route, message: Outbound<'_>) -> Result<(), AgentError> {
+        let target = target_of(&message);
         let Some((transport, runtime)) = self.transport.get() else {
             return Err(self.unreachable(target, route, "this node has no transport".into()));
         };
-        let envelope = envelope::<A>(transport, key, correlation_id, msg, None)
-            .map_err(|error| self.unreachable(target.clone(), route, error))?;
+        let envelope = envelope(transport, message, None);
         match transport.open_link(route.addr) {
             Some(link) => link.try_send(Frame::Message(envelope)).map_err(|_| {
                 if link.is_closed() {
@@ -274,20 +257,17 @@ impl Router {
 
     /// Asks the remote owner; `Ok(None)` when it answers that it is not the
     /// owner (the caller routes again).
-    pub(crate) async fn ask<A: Agent>(
+    async fn request(
         &self,
         route: &Route,
-        key: &str,
-        correlation_id: Option<&CorrelationId>,
-        msg: &A::Msg,
+        message: Outbound<'_>,
         timeout: Duration,
-    ) -> Result<Option<A::Reply>, AgentError> {
-        let target = target_of::<A>(key);
+    ) -> Result<Option<Vec<u8>>, AgentError> {
+        let target = target_of(&message);
         let Some((transport, _)) = self.transport.get() else {
             return Err(self.unreachable(target, route, "this node has no transport".into()));
         };
-        let envelope = envelope::<A>(transport, key, correlation_id, msg, Some(timeout))
-            .map_err(|error| self.unreachable(target.clone(), route, error))?;
+        let envelope = envelope(transport, message, Some(timeout));
         let outcome = match transport.ask(route.addr, envelope, timeout).await {
             Ok(outcome) => outcome,
             Err(LinkError::Timeout { .. }) => {
@@ -299,78 +279,81 @@ impl Router {
             Err(error) => return Err(self.unreachable(target, route, error.to_string())),
         };
         match outcome {
-            Ok(bytes) => decode_payload(&bytes)
-                .map(Some)
-                .map_err(|reason| AgentError::Remote {
-                    target,
-                    node: route.node.clone(),
-                    message: format!("undecodable reply: {reason}"),
-                }),
+            Ok(bytes) => Ok(Some(bytes)),
             Err(RemoteFailure::NotOwner { .. }) => Ok(None),
             Err(failure) => Err(error_of(failure, target, &route.node, timeout)),
         }
     }
 }
 
-fn target_of<A: Agent>(key: &str) -> AgentId {
-    AgentId {
-        kind: A::KIND,
-        key: key.into(),
+impl Remote for Router {
+    fn route(&self, kind: &str, key: &str) -> Option<Route> {
+        Router::route(self, kind, key)
+    }
+
+    fn is_solo(&self) -> bool {
+        Router::is_solo(self)
+    }
+
+    fn tell(&self, route: &Route, message: Outbound<'_>) -> Result<(), AgentError> {
+        self.send(route, message)
+    }
+
+    fn ask<'a>(
+        &'a self,
+        route: &'a Route,
+        message: Outbound<'a>,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<Option<Vec<u8>>, AgentError>> {
+        Box::pin(self.request(route, message, timeout))
+    }
+
+    fn share(&self, source: &str, correlation_id: Option<&str>, payload: Vec<u8>) {
+        self.forward_event(source, correlation_id, payload);
     }
 }
 
-/// The stable id of a kind's message type on the wire.
-pub(crate) fn type_id<A: Agent>() -> u32 {
-    let hash = xxhash_rust::xxh3::xxh3_64(A::KIND.as_bytes());
-    (hash as u32) ^ (hash >> 32) as u32
+fn target_of(message: &Outbound<'_>) -> AgentId {
+    AgentId {
+        kind: message.kind,
+        key: message.key.into(),
+    }
 }
 
 fn unix_millis() -> u64 {
     crate::store::unix_millis().max(0) as u64
 }
 
-/// Time left before a wire deadline; `None` once it has passed.
-pub(crate) fn time_left(deadline_ms: u64) -> Option<Duration> {
-    deadline_ms
-        .checked_sub(unix_millis())
-        .filter(|left| *left > 0)
-        .map(Duration::from_millis)
-}
-
-fn envelope<'a, A: Agent>(
+fn envelope<'a>(
     transport: &Transport,
-    key: &'a str,
-    correlation_id: Option<&'a CorrelationId>,
-    msg: &A::Msg,
+    message: Outbound<'a>,
     timeout: Option<Duration>,
-) -> Result<codec::Envelope<'a>, String> {
-    Ok(codec::Envelope {
+) -> codec::Envelope<'a> {
+    codec::Envelope {
         message_id: transport.next_id(),
         ask_id: None,
-        correlation_id: correlation_id.map(|id| Cow::Borrowed(id.as_str())),
+        correlation_id: message.correlation_id.map(|id| Cow::Borrowed(id.as_str())),
         trace_context: None,
         deadline_ms: timeout.map(|timeout| unix_millis() + timeout.as_millis() as u64),
         target: Target {
-            kind: Cow::Borrowed(A::KIND),
-            key: Cow::Borrowed(key),
+            kind: Cow::Borrowed(message.kind),
+            key: Cow::Borrowed(message.key),
         },
-        type_id: type_id::<A>(),
-        payload: Cow::Owned(encode_payload(msg)?),
-    })
+        type_id: message.type_id,
+        payload: Cow::Owned(message.payload),
+    }
 }
 
-/// Payloads are MessagePack with field names: self-describing, so the
-/// agents' tagged and flattened serde types round-trip.
-pub(crate) fn encode_payload<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
-    rmp_serde::to_vec_named(value).map_err(|error| error.to_string())
-}
-
-pub(crate) fn decode_payload<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-    rmp_serde::from_slice(bytes).map_err(|error| error.to_string())
-}
-
-/// How an agent's error travels back to the asking node.
-pub(crate) fn failure_of(error: AgentError) -> RemoteFailure {
+/// How a refusal travels back to the asking node.
+fn failure_of(refusal: Refusal) -> RemoteFailure {
+    let error = match refusal {
+        Refusal::NotOwner { owner } => return RemoteFailure::NotOwner { owner },
+        Refusal::UnknownType { type_id } => return RemoteFailure::UnknownType { type_id },
+        Refusal::Undecodable { reason } => return RemoteFailure::Undecodable { reason },
+        Refusal::DeadlineExpired => return RemoteFailure::DeadlineExpired,
+        Refusal::Unencodable { reason } => return RemoteFailure::Agent { message: reason },
+        Refusal::Agent(error) => error,
+    };
     match error {
         AgentError::MailboxFull { capacity, .. } => RemoteFailure::MailboxFull {
             capacity: capacity as u64,
@@ -428,7 +411,7 @@ fn error_of(failure: RemoteFailure, target: AgentId, node: &str, timeout: Durati
 /// The transport's handler of messages from other nodes: each goes to its
 /// kind's registry here, which checks that this node owns the target;
 /// asks are answered on the link they came on.
-pub(crate) fn inbound(system: crate::actors::WeakSystem) -> Inbound {
+pub(crate) fn inbound(system: WeakSystem) -> transport::Inbound {
     Arc::new(move || {
         Box::new(SystemReceiver {
             system: system.clone(),
@@ -440,7 +423,7 @@ pub(crate) fn inbound(system: crate::actors::WeakSystem) -> Inbound {
 /// One link's receiver: each kind's messages staged by its registry (the
 /// kinds looked up once per link, not once per message).
 struct SystemReceiver {
-    system: crate::actors::WeakSystem,
+    system: WeakSystem,
     stages: Vec<(String, Box<dyn Stage>)>,
 }
 
@@ -448,16 +431,16 @@ impl Receiver for SystemReceiver {
     fn take(&mut self, link: &Link, envelope: codec::Envelope<'_>) -> Option<Hold> {
         if envelope.target.kind == EVENTS_KIND {
             if envelope.type_id == EVENTS_TYPE
-                && let Ok(event) = decode_payload(&envelope.payload)
                 && let Some(system) = self.system.upgrade()
             {
-                system.receive_shared(event);
+                system.receive_shared(&envelope.payload);
             }
             return None;
         }
-        let reply = envelope
-            .ask_id
-            .map(|ask_id| RemoteReply::new(link.clone(), ask_id));
+        let reply = envelope.ask_id.map(|ask_id| RemoteReply {
+            link: Some(link.clone()),
+            ask_id,
+        });
         let kind = &envelope.target.kind;
         let index = match self.stages.iter().position(|(staged, _)| staged == kind) {
             Some(index) => index,
@@ -475,7 +458,17 @@ impl Receiver for SystemReceiver {
                 self.stages.len() - 1
             }
         };
-        self.stages[index].1.take(envelope, reply);
+        let inbound = Inbound {
+            type_id: envelope.type_id,
+            key: &envelope.target.key,
+            deadline_ms: envelope.deadline_ms,
+            correlation_id: envelope.correlation_id.as_deref(),
+            payload: &envelope.payload,
+        };
+        self.stages[index].1.take(
+            inbound,
+            reply.map(|reply| Box::new(reply) as Box<dyn ReplyPort>),
+        );
         None
     }
 
@@ -500,31 +493,20 @@ impl Receiver for SystemReceiver {
 /// not take it) queues the reply frame from its own thread. Dropped
 /// unanswered (its mailbox went away with it), it answers `Stopped`, as a
 /// local asker's dropped channel does.
-pub(crate) struct RemoteReply {
+struct RemoteReply {
     link: Option<Link>,
     ask_id: u64,
 }
 
 impl RemoteReply {
-    fn new(link: Link, ask_id: u64) -> RemoteReply {
-        RemoteReply {
-            link: Some(link),
-            ask_id,
-        }
-    }
-
-    pub(crate) fn send(mut self, outcome: Result<Vec<u8>, RemoteFailure>) {
-        self.answer(outcome);
-    }
-
     /// Answers `failure` to the ask, if the message was one.
-    pub(crate) fn refuse(reply: Option<RemoteReply>, failure: RemoteFailure) {
-        if let Some(reply) = reply {
+    fn refuse(reply: Option<RemoteReply>, failure: RemoteFailure) {
+        if let Some(mut reply) = reply {
             reply.send(Err(failure));
         }
     }
 
-    fn answer(&mut self, outcome: Result<Vec<u8>, RemoteFailure>) {
+    fn send(&mut self, outcome: Result<Vec<u8>, RemoteFailure>) {
         if let Some(link) = self.link.take() {
             // Never waits: a reply past the outbox's headroom is dropped
             // (counted) and its asker times out.
@@ -536,9 +518,15 @@ impl RemoteReply {
     }
 }
 
+impl ReplyPort for RemoteReply {
+    fn answer(mut self: Box<Self>, outcome: Result<Vec<u8>, Refusal>) {
+        self.send(outcome.map_err(failure_of));
+    }
+}
+
 impl Drop for RemoteReply {
     fn drop(&mut self) {
-        self.answer(Err(RemoteFailure::Stopped));
+        self.send(Err(RemoteFailure::Stopped));
     }
 }
 
@@ -559,7 +547,7 @@ mod tests {
 
     #[test]
     fn a_view_of_this_node_alone_routes_everything_here() {
-        let router = Router::new("n1");
+        let router = Router::new("n1", Arc::new(tokio::sync::watch::Sender::new(0)));
         assert!(router.route("architect", "m-1").is_none());
         assert!(!router.set_view(Vec::new()));
         assert!(router.set_view(vec![placed("n1", 7001)]));
@@ -569,7 +557,7 @@ mod tests {
 
     #[test]
     fn keys_spread_over_the_view_and_all_move_off_a_node_that_left_it() {
-        let router = Router::new("n1");
+        let router = Router::new("n1", Arc::new(tokio::sync::watch::Sender::new(0)));
         router.set_view(vec![
             placed("n1", 7001),
             placed("n2", 7002),
@@ -583,42 +571,5 @@ mod tests {
         // A view without this node (its lease lapsed): nothing is local.
         router.set_view(vec![placed("n2", 7002), placed("n3", 7003)]);
         assert!((0..100).all(|i| router.route("architect", &format!("m-{i}")).is_some()));
-    }
-
-    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    #[serde(tag = "channel", rename_all = "snake_case")]
-    enum Tagged {
-        Webhook { url: String },
-    }
-
-    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    struct Outer {
-        #[serde(flatten)]
-        inner: Inner,
-        data: serde_json::Value,
-        tagged: Tagged,
-    }
-
-    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-    struct Inner {
-        id: String,
-        amount: f64,
-    }
-
-    #[test]
-    fn payloads_keep_tagged_flattened_and_json_values() {
-        let value = Outer {
-            inner: Inner {
-                id: "m-1".into(),
-                amount: 1.5,
-            },
-            data: serde_json::json!({"a": [1, "two", null], "b": {"c": true}}),
-            tagged: Tagged::Webhook {
-                url: "http://x".into(),
-            },
-        };
-        let bytes = encode_payload(&value).unwrap();
-        assert_eq!(decode_payload::<Outer>(&bytes).unwrap(), value);
-        assert!(decode_payload::<Outer>(&[0xc1, 0x00]).is_err());
     }
 }

@@ -139,7 +139,9 @@ impl From<AgentError> for ApiError {
             AgentError::Timeout { .. } | AgentError::Expired { .. } => {
                 ApiError::new(StatusCode::GATEWAY_TIMEOUT, "timeout", message)
             }
-            AgentError::Panicked { .. } | AgentError::Fatal { .. } => {
+            AgentError::Panicked { .. }
+            | AgentError::Fatal { .. }
+            | AgentError::Unencodable { .. } => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "agent_failure", message)
             }
             AgentError::Failed { .. } => {

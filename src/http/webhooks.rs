@@ -319,11 +319,82 @@ struct PageQuery {
     offset: i64,
 }
 
+/// One notification of a subscription, as the API shows it (the store's
+/// row also holds the claim, which is the nodes' business).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 struct DeliveryView {
-    #[serde(flatten)]
-    notification: Notification,
-    attempts: Vec<Attempt>,
+    id: String,
+    subscription_id: String,
+    event_id: String,
+    event_type: String,
+    /// The event's JSON, as delivered.
+    payload: String,
+    /// `pending`, `delivered` or `dead`.
+    status: String,
+    attempts_made: i64,
+    created_at_ms: i64,
+    updated_at_ms: i64,
+    /// When the next attempt may go (while `pending`).
+    due_at_ms: i64,
+    /// The last attempt before the dead letter (0: the node's configured
+    /// number of attempts).
+    attempt_limit: i64,
+    /// How many times a node took it over from one whose lease ended.
+    takeovers: i64,
+    attempts: Vec<AttemptView>,
+}
+
+/// One attempt at a delivery.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct AttemptView {
+    id: String,
+    attempt: i64,
+    /// `succeeded`, `failed`, `dead` or `not_configured`.
+    outcome: String,
+    http_status: Option<i64>,
+    latency_ms: Option<i64>,
+    error: Option<String>,
+    at_ms: i64,
+}
+
+/// A page of deliveries, newest first.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct DeliveryPage {
+    total: i64,
+    limit: i64,
+    offset: i64,
+    items: Vec<DeliveryView>,
+}
+
+impl DeliveryView {
+    fn new(notification: Notification, attempts: Vec<Attempt>) -> DeliveryView {
+        DeliveryView {
+            id: notification.id,
+            subscription_id: notification.subscription_id,
+            event_id: notification.event_id,
+            event_type: notification.event_type,
+            payload: notification.payload,
+            status: notification.status,
+            attempts_made: notification.attempts,
+            created_at_ms: notification.created_at_ms,
+            updated_at_ms: notification.updated_at_ms,
+            due_at_ms: notification.due_at_ms,
+            attempt_limit: notification.attempt_limit,
+            takeovers: notification.takeovers,
+            attempts: attempts
+                .into_iter()
+                .map(|attempt| AttemptView {
+                    id: attempt.id,
+                    attempt: attempt.attempt,
+                    outcome: attempt.outcome,
+                    http_status: attempt.http_status,
+                    latency_ms: attempt.latency_ms,
+                    error: attempt.error,
+                    at_ms: attempt.at_ms,
+                })
+                .collect(),
+        }
+    }
 }
 
 /// Every notification of the subscription, newest first, with each attempt
@@ -338,7 +409,7 @@ struct DeliveryView {
         ("offset" = Option<i64>, Query, description = "rows to skip [default: 0]"),
     ),
     responses(
-        (status = 200, description = "notifications with every attempt", body = Object),
+        (status = 200, description = "notifications with every attempt", body = DeliveryPage),
         (status = 404, description = "not found", body = ErrorDoc),
         (status = 401, description = "no or unknown API key", body = ErrorDoc),
         (status = 403, description = "the key's role is too weak", body = ErrorDoc),
@@ -358,16 +429,15 @@ pub(crate) async fn deliveries(
         .store()
         .notifications_of(&id, query.limit, query.offset)
         .await?;
-    let items: Vec<DeliveryView> = rows
-        .into_iter()
-        .map(|(notification, attempts)| DeliveryView {
-            notification,
-            attempts,
-        })
-        .collect();
-    Ok(HttpResponse::Ok().json(serde_json::json!({
-        "total": total, "limit": query.limit, "offset": query.offset, "items": items,
-    })))
+    Ok(HttpResponse::Ok().json(DeliveryPage {
+        total,
+        limit: query.limit,
+        offset: query.offset,
+        items: rows
+            .into_iter()
+            .map(|(notification, attempts)| DeliveryView::new(notification, attempts))
+            .collect(),
+    }))
 }
 
 #[utoipa::path(

@@ -270,7 +270,6 @@ impl SagaRunner {
     fn owns(&self, id: &str) -> bool {
         self.inner
             .system
-            .router()
             .is_local(<SagaCoordinator as crate::actors::Agent>::KIND, id)
     }
 
@@ -295,7 +294,7 @@ impl SagaRunner {
     }
 
     async fn poll(self) {
-        let mut placement = self.inner.system.router().watch();
+        let mut placement = self.inner.system.watch_placement();
         placement.mark_unchanged();
         self.resume_owned().await;
         loop {

@@ -466,10 +466,10 @@ impl Simulations {
         // worker runs and a restart of another node never queues it again.
         // (With GPU members in the view, a CPU-only node owns no simulation
         // key: the job then runs here all the same.)
-        let router = self.inner.system.router();
+        let system = &self.inner.system;
         let mut id = uuid::Uuid::now_v7().to_string();
         for _ in 0..64 {
-            if router.is_local(Simulation::KIND, &id) {
+            if system.is_local(Simulation::KIND, &id) {
                 break;
             }
             id = uuid::Uuid::now_v7().to_string();
@@ -726,12 +726,12 @@ impl Simulations {
             .orphaned_simulations(crate::store::unix_millis(), mine)
             .await
             .map_err(StartError::Store)?;
-        let router = inner.system.router();
+        let system = &inner.system;
         let me = inner.system.node_name();
         // A job queued or running here is this node's whatever its lease
         // did meanwhile (a renewal late past expiry): never queued twice.
         for (id, node, token) in orphans.into_iter().filter(|(id, _, _)| {
-            router.is_local(Simulation::KIND, id) && !inner.live.contains_key(id)
+            system.is_local(Simulation::KIND, id) && !inner.live.contains_key(id)
         }) {
             let expected = node.zip(token).map(|(node, token)| Runner { node, token });
             // Another node's GPU job waits for a node with a GPU (placement
@@ -964,7 +964,7 @@ impl Inner {
         event_type: &str,
         data: impl FnOnce() -> Option<serde_json::Value>,
     ) {
-        if self.system.router().is_solo() {
+        if self.system.is_solo() {
             return;
         }
         let Some(data) = data() else {

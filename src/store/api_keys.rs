@@ -4,7 +4,7 @@ use serde::Serialize;
 
 use super::{Store, StoreError, unix_millis, with_pool};
 
-#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 pub struct ApiKeyRow {
     pub id: String,
     pub name: String,

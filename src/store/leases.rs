@@ -7,7 +7,7 @@ use serde::Serialize;
 use super::{Store, StoreError, unix_millis, with_pool};
 
 /// A node's lease as the database holds it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct Lease {
     pub node: String,
     pub token: i64,

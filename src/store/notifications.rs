@@ -7,7 +7,7 @@ use super::outbox::Claimant;
 use super::{Store, StoreError, unix_millis, with_pool};
 
 /// One event bound for one subscription.
-#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 pub struct Notification {
     pub id: String,
     pub subscription_id: String,
@@ -33,7 +33,7 @@ pub struct Notification {
 }
 
 /// One attempt at a notification.
-#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 pub struct Attempt {
     pub id: String,
     pub notification_id: String,

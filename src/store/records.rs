@@ -167,8 +167,8 @@ macro_rules! bind_row {
             .bind($record.body.as_str());
         for (_, value) in &$record.columns {
             query = match value {
-                $crate::store::Column::Text(text) => query.bind(text.clone()),
-                $crate::store::Column::Int(number) => query.bind(*number),
+                $crate::Column::Text(text) => query.bind(text.clone()),
+                $crate::Column::Int(number) => query.bind(*number),
             };
         }
         if $expected_version != 0 {

@@ -5,7 +5,7 @@
 //! read; a stale write fails with [`StoreError::VersionConflict`]. That check
 //! is what keeps two owners of one key from overwriting each other.
 //!
-//! Only this module touches sqlx.
+//! The only crate of the workspace that depends on sqlx.
 
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -16,8 +16,8 @@ use sqlx::migrate::{MigrateDatabase, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 
-static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
-static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../../migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("../../migrations/postgres");
 
 /// Errors of the store boundary.
 #[derive(Debug, thiserror::Error)]
@@ -126,8 +126,8 @@ pub use records::{Column, Page, Record};
 macro_rules! with_pool {
     ($store:expr, $pool:ident => $body:expr) => {
         match &$store.pool {
-            $crate::store::Pool::Sqlite($pool) => $body,
-            $crate::store::Pool::Postgres($pool) => $body,
+            $crate::Pool::Sqlite($pool) => $body,
+            $crate::Pool::Postgres($pool) => $body,
         }
     };
 }
@@ -293,7 +293,7 @@ impl Store {
     /// Like [`Store::save_state`] over state already encoded by
     /// [`encode_state`], with the events the change raised written in the
     /// same transaction.
-    pub(crate) async fn save_state_text(
+    pub async fn save_state_text(
         &self,
         kind: &str,
         key: &str,
@@ -354,7 +354,7 @@ impl Store {
 
 /// Encodes state the way [`Store::save_state`] stores it (JSON text), so a
 /// caller can encode synchronously and write later.
-pub(crate) fn encode_state<S: Serialize + ?Sized>(
+pub fn encode_state<S: Serialize + ?Sized>(
     kind: &str,
     key: &str,
     state: &S,
@@ -366,7 +366,7 @@ pub(crate) fn encode_state<S: Serialize + ?Sized>(
     })
 }
 
-pub(crate) fn unix_millis() -> i64 {
+pub fn unix_millis() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|elapsed| elapsed.as_millis() as i64)
