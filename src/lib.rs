@@ -12,7 +12,7 @@ pub mod config;
 pub mod dashboard;
 pub mod gpu;
 pub mod http;
-mod metrics;
+pub use valueverse_runtime::metrics;
 pub mod model;
 mod node;
 pub mod notifier;
@@ -25,6 +25,6 @@ pub use actors::{
     RestartStrategy, RuntimeConfig, System,
 };
 pub use config::Config;
-pub use metrics::Metrics;
 pub use node::{Node, NodeError};
 pub use store::{Store, StoreError};
+pub use valueverse_runtime::Metrics;

@@ -12,9 +12,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::store::Column;
 
-use super::agent::{Agent, AgentMessage, Handling};
-use super::error::HandlerError;
 use super::executor::Delivery;
+use valueverse_runtime::HandlerError;
+use valueverse_runtime::{Agent, AgentMessage, Handling};
 
 /// Average days in a month, to turn dates into elapsed months.
 const DAYS_PER_MONTH: f64 = 30.4375;
@@ -211,7 +211,7 @@ impl Agent for Amplifier {
         }
     }
 
-    super::agent::table_persistence!(Amplifier::TABLE, |amplification| vec![(
+    valueverse_runtime::table_persistence!(Amplifier::TABLE, |amplification| vec![(
         "plan_id",
         Column::Text(plan_of(&amplification.baseline).map(str::to_owned)),
     )]);

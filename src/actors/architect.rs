@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 use crate::model::{Analytics, Driver, ValueModel};
 use crate::store::Column;
 
-use super::agent::{Agent, AgentMessage, Handling};
-use super::error::HandlerError;
+use valueverse_runtime::HandlerError;
+use valueverse_runtime::{Agent, AgentMessage, Handling};
 
 const TABLE: &str = "value_models";
 
@@ -285,7 +285,7 @@ impl Agent for Architect {
         })
     }
 
-    super::agent::table_persistence!(TABLE, |record| {
+    valueverse_runtime::table_persistence!(TABLE, |record| {
         let model = &record.current().model;
         vec![
             ("status", Column::Text(Some(record.status.as_str().into()))),

@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use crate::model::{FieldError, MAX_MONEY};
 use crate::store::Column;
 
-use super::agent::{Agent, AgentMessage, Handling};
-use super::error::HandlerError;
+use valueverse_runtime::HandlerError;
+use valueverse_runtime::{Agent, AgentMessage, Handling};
 
 const TABLE: &str = "commitments";
 
@@ -324,7 +324,7 @@ impl Agent for Committer {
         }
     }
 
-    super::agent::table_persistence!(TABLE, |commitment| vec![
+    valueverse_runtime::table_persistence!(TABLE, |commitment| vec![
         (
             "status",
             Column::Text(Some(commitment.status.as_str().into()))
@@ -354,9 +354,8 @@ fn event_data(commitment: &Commitment) -> serde_json::Value {
 
 #[cfg(test)]
 mod tests {
-    use super::super::agent::{Agent, Handling};
-    use super::super::envelope::{Header, MessageId};
-    use super::super::error::HandlerError;
+    use valueverse_runtime::{Agent, HandlerError, Handling};
+
     use super::{CommitmentRequest, Committer, CommitterMsg, SimulatedSupport, Terms};
 
     /// The committer refuses what breaks the rules of a commitment,
@@ -364,11 +363,6 @@ mod tests {
     /// not, and committed `outcome_share: 5`).
     #[test]
     fn a_commit_breaking_the_rules_is_refused_by_the_agent_itself() {
-        let header = Header {
-            message_id: MessageId(1),
-            correlation_id: None,
-            deadline: None,
-        };
         let request = |outcome_share: f64| CommitmentRequest {
             model_id: "m".into(),
             model_version: 1,
@@ -391,7 +385,7 @@ mod tests {
         };
         let commit = |outcome_share| {
             let mut state = None;
-            let mut ctx = Handling::new(&header, "c");
+            let mut ctx = Handling::detached("c");
             let msg = CommitterMsg::Commit {
                 request: Box::new(request(outcome_share)),
                 simulated: Some(support.clone()),

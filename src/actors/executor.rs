@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::store::{Column, StoreError};
 
-use super::agent::{Agent, AgentMessage, Handling};
-use super::error::HandlerError;
+use valueverse_runtime::HandlerError;
+use valueverse_runtime::{Agent, AgentMessage, Handling};
 
 pub(crate) const TABLE: &str = "plans";
 
@@ -311,7 +311,7 @@ impl Agent for Executor {
         Ok(plan.clone())
     }
 
-    super::agent::table_persistence!(TABLE, |plan| vec![
+    valueverse_runtime::table_persistence!(TABLE, |plan| vec![
         ("status", Column::Text(Some(plan.status.as_str().into()))),
         (
             "commitment_id",

@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::store::Column;
 
-use super::agent::{Agent, AgentMessage, Handling};
-use super::error::HandlerError;
+use valueverse_runtime::HandlerError;
+use valueverse_runtime::{Agent, AgentMessage, Handling};
 
 /// Where notifications go.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -57,7 +57,8 @@ impl Subscription {
     pub fn wants(&self, event_type: &str) -> bool {
         self.status == SubscriptionStatus::Active
             && self.event_types.iter().any(|wanted| {
-                wanted == event_type || (wanted == "*" && super::events::is_notified(event_type))
+                wanted == event_type
+                    || (wanted == "*" && valueverse_runtime::is_notified(event_type))
             })
     }
 }
@@ -129,7 +130,7 @@ impl Agent for Notifier {
         }
     }
 
-    super::agent::table_persistence!("subscriptions", |subscription| vec![
+    valueverse_runtime::table_persistence!("subscriptions", |subscription| vec![
         (
             "status",
             Column::Text(Some(subscription.status.as_str().into()))

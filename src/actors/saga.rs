@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 use crate::saga::{Due, Saga, SagaDefinition, SagaStatus, TransitionError, definition};
 use crate::store::Column;
 
-use super::agent::{Agent, AgentMessage, Handling};
-use super::error::HandlerError;
+use valueverse_runtime::HandlerError;
+use valueverse_runtime::{Agent, AgentMessage, Handling};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum SagaMsg {
@@ -241,7 +241,7 @@ impl Agent for SagaCoordinator {
         Ok(SagaReply::Saga(Box::new(saga.clone())))
     }
 
-    super::agent::table_persistence!("sagas", |saga| vec![
+    valueverse_runtime::table_persistence!("sagas", |saga| vec![
         ("status", Column::Text(Some(saga.status.as_str().into()))),
         ("definition", Column::Text(Some(saga.definition.clone()))),
         (

@@ -11,8 +11,8 @@ use crate::gpu::{Device, SimulationResult};
 use crate::model::ValueModel;
 use crate::store::Column;
 
-use super::agent::{Agent, AgentMessage, Handling};
-use super::error::HandlerError;
+use valueverse_runtime::HandlerError;
+use valueverse_runtime::{Agent, AgentMessage, Handling};
 
 /// What a client asked to run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -311,7 +311,7 @@ impl Agent for Simulation {
         Ok(reply(state))
     }
 
-    super::agent::table_persistence!(TABLE, |job| vec![
+    valueverse_runtime::table_persistence!(TABLE, |job| vec![
         ("status", Column::Text(Some(job.status.as_str().into()))),
         ("model_id", Column::Text(job.model_id.clone())),
         ("model_version", Column::Int(job.model_version)),

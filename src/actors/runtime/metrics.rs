@@ -22,7 +22,7 @@ use prometheus::{
 pub struct Metrics {
     registry: Registry,
     pub(crate) agents: AgentMetrics,
-    pub(crate) http: HttpMetrics,
+    pub http: HttpMetrics,
 }
 
 #[derive(Clone)]
@@ -38,11 +38,11 @@ pub(crate) struct AgentMetrics {
 }
 
 #[derive(Clone)]
-pub(crate) struct HttpMetrics {
-    pub(crate) requests: IntCounterVec,
-    pub(crate) duration_seconds: HistogramVec,
+pub struct HttpMetrics {
+    pub requests: IntCounterVec,
+    pub duration_seconds: HistogramVec,
     /// Stored rows a list route could not decode, skipped, by table.
-    pub(crate) rows_skipped: IntCounterVec,
+    pub rows_skipped: IntCounterVec,
 }
 
 /// What became of a handled message.
@@ -218,7 +218,7 @@ impl Collector for ShardCollector {
 
 /// Running totals of one kind.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct KindActivity {
+pub struct KindActivity {
     pub kind: String,
     pub messages: u64,
     pub restarts: u64,
@@ -368,13 +368,13 @@ impl Metrics {
     }
 
     /// The node's registry, for subsystems that add families of their own.
-    pub(crate) fn registry(&self) -> &Registry {
+    pub fn registry(&self) -> &Registry {
         &self.registry
     }
 
     /// Messages handled and restarts so far, per kind (cheap: a few atomic
     /// loads per kind; the dashboard samples it).
-    pub(crate) fn activity(&self) -> Vec<KindActivity> {
+    pub fn activity(&self) -> Vec<KindActivity> {
         let agents = &self.agents;
         let shards = agents
             .shards

@@ -497,13 +497,13 @@ impl System {
     }
 
     /// Rung whenever this node committed domain events to the outbox.
-    pub(crate) fn outbox_written(&self) -> Arc<tokio::sync::Notify> {
+    pub fn outbox_written(&self) -> Arc<tokio::sync::Notify> {
         Arc::clone(&self.inner.node.outbox_written)
     }
 
     /// The event types the outbox keeps: the notifier sets them from the
     /// active subscriptions.
-    pub(crate) fn wanted_events(&self) -> Arc<super::events::WantedTypes> {
+    pub fn wanted_events(&self) -> Arc<super::events::WantedTypes> {
         Arc::clone(&self.inner.node.wanted_events)
     }
 

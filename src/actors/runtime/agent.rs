@@ -101,6 +101,17 @@ impl<'a> Handling<'a> {
         }
     }
 
+    /// The context of a handler called outside any message (message id
+    /// 0, no correlation id, no deadline): for unit tests of handlers.
+    pub fn detached(key: &'a str) -> Handling<'a> {
+        static DETACHED: Header = Header {
+            message_id: MessageId(0),
+            correlation_id: None,
+            deadline: None,
+        };
+        Handling::new(&DETACHED, key)
+    }
+
     pub fn key(&self) -> &str {
         self.key
     }
@@ -159,7 +170,7 @@ impl<'a> Handling<'a> {
 
 /// `Agent::load` for kinds with a table of their own: the row's `body` is
 /// the state's JSON; no row is `Ok(None)` (an optional state's `None`).
-pub(crate) fn load_json_record<S: DeserializeOwned + Send + 'static>(
+pub fn load_json_record<S: DeserializeOwned + Send + 'static>(
     store: &Store,
     kind: &'static str,
     table: &'static str,
@@ -185,7 +196,7 @@ pub(crate) fn load_json_record<S: DeserializeOwned + Send + 'static>(
 
 /// `Agent::save` for kinds with a table of their own: `state` as the row's
 /// body, `columns` beside it for the kind's queries.
-pub(crate) fn save_json_record<S: Serialize>(
+pub fn save_json_record<S: Serialize>(
     store: &Store,
     kind: &'static str,
     key: &str,
@@ -211,7 +222,7 @@ pub(crate) fn save_json_record<S: Serialize>(
 
 /// What `save` answers for an optional state that is `None` (handlers
 /// only persist a state they created).
-pub(crate) fn nothing_to_save(
+pub fn nothing_to_save(
     kind: &'static str,
     key: &str,
 ) -> BoxFuture<'static, Result<i64, StoreError>> {
@@ -227,16 +238,17 @@ pub(crate) fn nothing_to_save(
 /// `Option<Record>` kept in a table of its own: the record as the row's
 /// JSON body, and beside it the columns `|record| [...]` names for the
 /// kind's queries.
+#[macro_export]
 macro_rules! table_persistence {
     ($table:expr, |$record:ident| $columns:expr) => {
         fn load(
             store: &$crate::store::Store,
             key: &str,
-        ) -> futures_util::future::BoxFuture<
+        ) -> $crate::__agent::BoxFuture<
             'static,
             Result<Option<$crate::store::VersionedState<Self::State>>, $crate::store::StoreError>,
         > {
-            $crate::actors::agent::load_json_record(store, Self::KIND, $table, key)
+            $crate::__agent::load_json_record(store, Self::KIND, $table, key)
         }
 
         fn save(
@@ -245,12 +257,12 @@ macro_rules! table_persistence {
             state: &Self::State,
             expected_version: i64,
             events: Vec<$crate::store::OutboxEvent>,
-        ) -> futures_util::future::BoxFuture<'static, Result<i64, $crate::store::StoreError>> {
+        ) -> $crate::__agent::BoxFuture<'static, Result<i64, $crate::store::StoreError>> {
             let Some($record) = state else {
-                return $crate::actors::agent::nothing_to_save(Self::KIND, key);
+                return $crate::__agent::nothing_to_save(Self::KIND, key);
             };
             let columns = $columns;
-            $crate::actors::agent::save_json_record(
+            $crate::__agent::save_json_record(
                 store,
                 Self::KIND,
                 key,
@@ -262,4 +274,3 @@ macro_rules! table_persistence {
         }
     };
 }
-pub(crate) use table_persistence;
