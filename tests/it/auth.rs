@@ -3,30 +3,25 @@
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use valueverse::Node;
 use valueverse::auth::{Role, create_key};
 
-use crate::support::{Backend, TestDb, test_config};
+use crate::support::{Backend, Started, TestDb, start_node};
 use crate::value_models::acme;
 
-async fn start_node(db: &TestDb) -> (Node, String) {
-    let mut config = test_config(db);
+/// Keys on; the rate limits lifted: these tests walk every route with
+/// every key from one address (the limits have tests of their own).
+fn configure(config: &mut valueverse::Config) {
     config.dev = false;
     config.http_body_limit = 64 * 1024;
-    // These tests walk every route with every key from one address: the
-    // rate limits have tests of their own (limits.rs).
     config.limits.requests_per_second = 100_000;
     config.limits.burst = 100_000;
     config.limits.unauthenticated_per_second = 100_000;
-    let node = Node::start(&config, |_| {}).await.expect("node starts");
-    let base = format!("http://{}", node.http_addr());
-    (node, base)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_route_checks_the_key_and_its_role() {
     let db = TestDb::new(Backend::Sqlite).await;
-    let (node, base) = start_node(&db).await;
+    let Started { node, base, .. } = start_node(&db, configure).await;
     let store = node.system.store();
     let keys: Vec<(Role, String)> = {
         let mut keys = Vec::new();
@@ -108,7 +103,7 @@ async fn every_route_checks_the_key_and_its_role() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_are_made_and_revoked_over_the_api() {
     let db = TestDb::new(Backend::Postgres).await;
-    let (node, base) = start_node(&db).await;
+    let Started { node, base, .. } = start_node(&db, configure).await;
     let (_, admin) = create_key(node.system.store(), Role::Admin, "bootstrap")
         .await
         .unwrap();
@@ -197,7 +192,7 @@ async fn keys_are_made_and_revoked_over_the_api() {
 async fn a_websocket_client_may_send_its_key_as_access_token() {
     use futures_util::StreamExt;
     let db = TestDb::new(Backend::Sqlite).await;
-    let (node, base) = start_node(&db).await;
+    let Started { node, base, .. } = start_node(&db, configure).await;
     let (_, key) = create_key(node.system.store(), Role::Viewer, "ws")
         .await
         .unwrap();
@@ -248,7 +243,7 @@ fn encode_segment(path: &str, index: usize) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn percent_encoding_the_path_changes_no_role_decision() {
     let db = TestDb::new(Backend::Sqlite).await;
-    let (node, base) = start_node(&db).await;
+    let Started { node, base, .. } = start_node(&db, configure).await;
     let store = node.system.store();
     let mut keys = Vec::new();
     for role in [Role::Viewer, Role::Editor, Role::Admin] {
@@ -322,7 +317,7 @@ async fn percent_encoding_the_path_changes_no_role_decision() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn names_with_control_characters_are_refused() {
     let db = TestDb::new(Backend::Sqlite).await;
-    let (node, base) = start_node(&db).await;
+    let Started { node, base, .. } = start_node(&db, configure).await;
     let (_, admin) = create_key(node.system.store(), Role::Admin, "admin")
         .await
         .unwrap();

@@ -1,19 +1,13 @@
 //! The committer through `/api/v1/commitments`: it commits only to what the
 //! model version's latest simulation supports.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::support::{BACKENDS, Backend, TestDb};
-use crate::value_models::{acme, create_model, start_node};
-
-async fn send(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
-    let response = request.send().await.unwrap();
-    let status = response.status();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
+use crate::support::{BACKENDS, Backend, Started, TestDb, poll_json, send, start_node};
+use crate::value_models::{acme, create_model};
 
 /// Simulates a stored model version to the end; answers the result.
 pub(crate) async fn simulate(
@@ -28,15 +22,11 @@ pub(crate) async fn simulate(
     .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{job}");
     let id = job["id"].as_str().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (_, job) = send(client.get(format!("{base}/simulations/{id}"))).await;
-        if job["status"] == "done" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{job}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let url = format!("{base}/simulations/{id}");
+    poll_json(client, &url, Duration::from_secs(20), |job| {
+        job["status"] == "done"
+    })
+    .await;
     send(client.get(format!("{base}/simulations/{id}/results")))
         .await
         .1["result"]
@@ -60,7 +50,9 @@ pub(crate) fn commitment(model_id: &str, target: f64) -> Value {
 async fn commitments_follow_the_simulation_on_both_stores() {
     for backend in BACKENDS {
         let db = TestDb::new(backend).await;
-        let (node, base) = start_node(&db).await;
+        let Started {
+            node, api: base, ..
+        } = start_node(&db, |_| {}).await;
         let client = reqwest::Client::new();
         let model_id = create_model(&client, &base, &acme()).await;
 
@@ -157,7 +149,9 @@ async fn commitments_follow_the_simulation_on_both_stores() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_commitments_name_the_field() {
     let db = TestDb::new(Backend::Sqlite).await;
-    let (node, base) = start_node(&db).await;
+    let Started {
+        node, api: base, ..
+    } = start_node(&db, |_| {}).await;
     let client = reqwest::Client::new();
     let model_id = create_model(&client, &base, &acme()).await;
     let with = |path: &str, value: Value| {

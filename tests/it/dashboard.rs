@@ -15,14 +15,14 @@ use valueverse::auth::{Role, create_key};
 
 use crate::crash::wait_until_final;
 use crate::simulations::submit_ok;
-use crate::support::{Backend, TestDb, get_json};
+use crate::support::{Backend, Started, TestDb, get_json};
 use crate::value_models::{acme, create_model};
 
 /// A node that checks API keys, and a client that sends an admin key.
-async fn start_node(db: &TestDb) -> (Node, String, reqwest::Client, String) {
-    let mut config = crate::support::test_config(db);
-    config.dev = false;
-    let node = Node::start(&config, |_| {}).await.expect("node starts");
+/// A node with keys on, an admin key and a client that sends it.
+async fn keyed_node(db: &TestDb) -> (Node, String, reqwest::Client, String) {
+    let Started { node, base, .. } =
+        crate::support::start_node(db, |config| config.dev = false).await;
     let (_, key) = create_key(node.system.store(), Role::Admin, "dashboard test")
         .await
         .unwrap();
@@ -35,7 +35,6 @@ async fn start_node(db: &TestDb) -> (Node, String, reqwest::Client, String) {
         .default_headers(headers)
         .build()
         .unwrap();
-    let base = format!("http://{}", node.http_addr());
     (node, base, client, key)
 }
 
@@ -62,7 +61,7 @@ async fn metrics(base: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_that_poll_share_one_frame_a_second() {
     let db = TestDb::new(Backend::Sqlite).await;
-    let (node, base, client, _key) = start_node(&db).await;
+    let (node, base, client, _key) = keyed_node(&db).await;
     let polls = (0..20).map(|_| {
         let (client, url) = (client.clone(), format!("{base}/api/v1/dashboard"));
         async move {
@@ -82,7 +81,7 @@ async fn clients_that_poll_share_one_frame_a_second() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nobody_watching_builds_nothing_and_viewers_share_each_frame() {
     let db = TestDb::new(Backend::Sqlite).await;
-    let (node, base, _client, key) = start_node(&db).await;
+    let (node, base, _client, key) = keyed_node(&db).await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(
         frames_built(&metrics(&base).await),
@@ -144,7 +143,7 @@ async fn nobody_watching_builds_nothing_and_viewers_share_each_frame() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frame_shows_the_tree_sagas_simulations_and_notifications() {
     let db = TestDb::new(Backend::Postgres).await;
-    let (node, base, client, _) = start_node(&db).await;
+    let (node, base, client, _) = keyed_node(&db).await;
     let api = format!("{base}/api/v1");
     let model = create_model(&client, &api, &acme()).await;
     let frame = get_json(&client, &format!("{api}/dashboard")).await;
@@ -196,7 +195,7 @@ async fn a_frame_shows_the_tree_sagas_simulations_and_notifications() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_injection_restarts_an_instance_and_refuses_bad_requests() {
     let db = TestDb::new(Backend::Sqlite).await;
-    let (node, base, client, _) = start_node(&db).await;
+    let (node, base, client, _) = keyed_node(&db).await;
     let api = format!("{base}/api/v1");
     let model = create_model(&client, &api, &acme()).await;
     let crash = |path: String, body: Value| client.post(format!("{api}{path}")).json(&body).send();
@@ -332,7 +331,7 @@ fn browser_tools() -> (PathBuf, PathBuf) {
 async fn the_page_is_live_in_a_real_browser() {
     let (chromium, script_dir) = browser_tools();
     let db = TestDb::new(Backend::Sqlite).await;
-    let (node, base, client, key) = start_node(&db).await;
+    let (node, base, client, key) = keyed_node(&db).await;
     let api = format!("{base}/api/v1");
     let model = create_model(&client, &api, &acme()).await;
 

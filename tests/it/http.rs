@@ -4,20 +4,8 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::Value;
-use valueverse::Node;
 
-use crate::support::{BACKENDS, Backend, Counter, CounterMsg, TestDb};
-
-async fn start_node(db: &TestDb) -> (Node, String) {
-    let config = crate::support::test_config(db);
-    let node = Node::start(&config, |system| {
-        system.register::<Counter>();
-    })
-    .await
-    .expect("node starts");
-    let base = format!("http://{}", node.http_addr());
-    (node, base)
-}
+use crate::support::{BACKENDS, Backend, Counter, CounterMsg, Started, TestDb, start_node_with};
 
 async fn json(response: reqwest::Response) -> Value {
     assert_eq!(
@@ -52,7 +40,14 @@ fn assert_error_shape(body: &Value, code: &str) {
 async fn operational_endpoints_on_both_stores() {
     for backend in BACKENDS {
         let db = TestDb::new(backend).await;
-        let (node, base) = start_node(&db).await;
+        let Started { node, base, .. } = start_node_with(
+            &db,
+            |_| {},
+            |system| {
+                system.register::<Counter>();
+            },
+        )
+        .await;
         let client = reqwest::Client::new();
 
         let health = client.get(format!("{base}/health")).send().await.unwrap();
@@ -179,7 +174,14 @@ async fn too_large_request(addr: std::net::SocketAddr, path: &str, length: usize
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_share_one_json_shape() {
     let db = TestDb::new(Backend::Sqlite).await;
-    let (node, base) = start_node(&db).await;
+    let Started { node, base, .. } = start_node_with(
+        &db,
+        |_| {},
+        |system| {
+            system.register::<Counter>();
+        },
+    )
+    .await;
     let client = reqwest::Client::new();
 
     let missing = client
@@ -265,7 +267,14 @@ async fn errors_share_one_json_shape() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn correlation_ids_are_echoed_or_created() {
     let db = TestDb::new(Backend::Sqlite).await;
-    let (node, base) = start_node(&db).await;
+    let Started { node, base, .. } = start_node_with(
+        &db,
+        |_| {},
+        |system| {
+            system.register::<Counter>();
+        },
+    )
+    .await;
     let client = reqwest::Client::new();
     let given = client
         .get(format!("{base}/health"))
@@ -296,7 +305,14 @@ async fn correlation_ids_are_echoed_or_created() {
 async fn a_failed_instance_is_reset_over_http() {
     for backend in BACKENDS {
         let db = TestDb::new(backend).await;
-        let (node, base) = start_node(&db).await;
+        let Started { node, base, .. } = start_node_with(
+            &db,
+            |_| {},
+            |system| {
+                system.register::<Counter>();
+            },
+        )
+        .await;
         let client = reqwest::Client::new();
         let counter = node.system.agent::<Counter>("y");
         let ask = Duration::from_secs(5);

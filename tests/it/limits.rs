@@ -12,16 +12,15 @@ use tokio::io::AsyncWriteExt;
 use valueverse::auth::{Role, create_key};
 use valueverse::{Config, Node};
 
-use crate::support::{Backend, TestDb, test_config};
+use crate::support::{Backend, Started, TestDb, start_node, test_config};
 use crate::value_models::acme;
 
-async fn start_node(db: &TestDb, limit: impl FnOnce(&mut Config)) -> (Node, String) {
-    let mut config = test_config(db);
-    config.dev = false;
-    limit(&mut config);
-    let node = Node::start(&config, |_| {}).await.expect("node starts");
-    let base = format!("http://{}", node.http_addr());
-    (node, base)
+/// Keys on, then the test's limits.
+fn keyed(limit: impl FnOnce(&mut Config)) -> impl FnOnce(&mut Config) {
+    |config| {
+        config.dev = false;
+        limit(config);
+    }
 }
 
 async fn key(node: &Node, role: Role) -> String {
@@ -34,10 +33,13 @@ async fn key(node: &Node, role: Role) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_past_its_rate_is_told_when_to_return_and_other_keys_go_on() {
     let db = TestDb::new(Backend::Sqlite).await;
-    let (node, base) = start_node(&db, |config| {
-        config.limits.requests_per_second = 2;
-        config.limits.burst = 4;
-    })
+    let Started { node, base, .. } = start_node(
+        &db,
+        keyed(|config| {
+            config.limits.requests_per_second = 2;
+            config.limits.burst = 4;
+        }),
+    )
     .await;
     let (greedy, honest) = (
         key(&node, Role::Viewer).await,
@@ -75,11 +77,14 @@ async fn a_key_past_its_rate_is_told_when_to_return_and_other_keys_go_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn made_up_keys_are_paced_per_address_and_evict_no_live_key() {
     let db = TestDb::new(Backend::Sqlite).await;
-    let (node, base) = start_node(&db, |config| {
-        config.limits.unauthenticated_per_second = 5;
-        config.limits.unknown_keys_cached = 16;
-        config.limits.key_cache_ttl = Duration::from_secs(60);
-    })
+    let Started { node, base, .. } = start_node(
+        &db,
+        keyed(|config| {
+            config.limits.unauthenticated_per_second = 5;
+            config.limits.unknown_keys_cached = 16;
+            config.limits.key_cache_ttl = Duration::from_secs(60);
+        }),
+    )
     .await;
     let live = key(&node, Role::Viewer).await;
     let client = reqwest::Client::new();
@@ -128,11 +133,14 @@ fn stalled_post(base: &str, key: &str, length: usize) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_bodies_of_one_key_hold_neither_the_node_nor_other_keys() {
     let db = TestDb::new(Backend::Sqlite).await;
-    let (node, base) = start_node(&db, |config| {
-        config.limits.in_flight_per_key = 8;
-        config.limits.body_read_timeout = Duration::from_secs(1);
-        config.http_body_limit = 256 * 1024;
-    })
+    let Started { node, base, .. } = start_node(
+        &db,
+        keyed(|config| {
+            config.limits.in_flight_per_key = 8;
+            config.limits.body_read_timeout = Duration::from_secs(1);
+            config.http_body_limit = 256 * 1024;
+        }),
+    )
     .await;
     let (attacker, honest) = (
         key(&node, Role::Editor).await,
@@ -197,9 +205,12 @@ async fn stalled_bodies_of_one_key_hold_neither_the_node_nor_other_keys() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websockets_are_capped_per_key_and_closed_when_the_key_is_revoked() {
     let db = TestDb::new(Backend::Sqlite).await;
-    let (node, base) = start_node(&db, |config| {
-        config.limits.websockets_per_key = 2;
-    })
+    let Started { node, base, .. } = start_node(
+        &db,
+        keyed(|config| {
+            config.limits.websockets_per_key = 2;
+        }),
+    )
     .await;
     let admin = key(&node, Role::Admin).await;
     let (row, viewer) = create_key(node.system.store(), Role::Viewer, "watcher")
@@ -246,10 +257,13 @@ async fn websockets_are_capped_per_key_and_closed_when_the_key_is_revoked() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_websocket_is_pinged_and_then_closed() {
     let db = TestDb::new(Backend::Sqlite).await;
-    let (node, base) = start_node(&db, |config| {
-        config.limits.websocket_ping = Duration::from_millis(100);
-        config.limits.websocket_idle = Duration::from_millis(400);
-    })
+    let Started { node, base, .. } = start_node(
+        &db,
+        keyed(|config| {
+            config.limits.websocket_ping = Duration::from_millis(100);
+            config.limits.websocket_idle = Duration::from_millis(400);
+        }),
+    )
     .await;
     let viewer = key(&node, Role::Viewer).await;
     let ws = format!(
@@ -295,10 +309,13 @@ async fn a_silent_websocket_is_pinged_and_then_closed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_key_cannot_take_the_simulation_queue() {
     let db = TestDb::new(Backend::Sqlite).await;
-    let (node, base) = start_node(&db, |config| {
-        config.simulation.max_jobs_per_submitter = 2;
-        config.simulation.cost_budget_per_submitter = 5e9;
-    })
+    let Started { node, base, .. } = start_node(
+        &db,
+        keyed(|config| {
+            config.simulation.max_jobs_per_submitter = 2;
+            config.simulation.cost_budget_per_submitter = 5e9;
+        }),
+    )
     .await;
     let (greedy, honest) = (
         key(&node, Role::Editor).await,
@@ -396,9 +413,12 @@ async fn reads_of_made_up_ids_leave_no_instances_behind() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sagas_simulation_counts_against_the_key_that_started_it() {
     let db = TestDb::new(Backend::Sqlite).await;
-    let (node, base) = start_node(&db, |config| {
-        config.simulation.max_jobs_per_submitter = 1;
-    })
+    let Started { node, base, .. } = start_node(
+        &db,
+        keyed(|config| {
+            config.simulation.max_jobs_per_submitter = 1;
+        }),
+    )
     .await;
     let (row, editor) = create_key(node.system.store(), Role::Editor, "sagas")
         .await
@@ -462,9 +482,12 @@ async fn a_sagas_simulation_counts_against_the_key_that_started_it() {
 async fn no_header_trick_escapes_the_body_deadline() {
     use tokio::io::AsyncReadExt;
     let db = TestDb::new(Backend::Sqlite).await;
-    let (node, base) = start_node(&db, |config| {
-        config.limits.body_read_timeout = Duration::from_millis(500);
-    })
+    let Started { node, base, .. } = start_node(
+        &db,
+        keyed(|config| {
+            config.limits.body_read_timeout = Duration::from_millis(500);
+        }),
+    )
     .await;
     let editor = key(&node, Role::Editor).await;
     let host = base.trim_start_matches("http://");
@@ -500,9 +523,12 @@ async fn no_header_trick_escapes_the_body_deadline() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_revoked_elsewhere_loses_its_websockets_within_the_cache_lifetime() {
     let db = TestDb::new(Backend::Sqlite).await;
-    let (node, base) = start_node(&db, |config| {
-        config.limits.key_cache_ttl = Duration::from_millis(500);
-    })
+    let Started { node, base, .. } = start_node(
+        &db,
+        keyed(|config| {
+            config.limits.key_cache_ttl = Duration::from_millis(500);
+        }),
+    )
     .await;
     let (row, viewer) = create_key(node.system.store(), Role::Viewer, "watcher")
         .await

@@ -5,25 +5,14 @@
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use serde_json::{Value, json};
-use valueverse::Node;
+use serde_json::json;
 
 use crate::commitments::{commitment, simulate};
-use crate::support::{Backend, TestDb};
+use crate::support::{Backend, Started, TestDb, send, start_node};
 use crate::value_models::{acme, create_model};
 
-async fn send(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
-    let response = request.send().await.unwrap();
-    let status = response.status();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
-async fn start_node(db: &TestDb) -> (Node, String) {
-    let mut config = crate::support::test_config(db);
+fn configure(config: &mut valueverse::Config) {
     config.executor_tick = Duration::from_millis(50);
-    let node = Node::start(&config, |_| {}).await.expect("node starts");
-    let base = format!("http://{}/api/v1", node.http_addr());
-    (node, base)
 }
 
 /// A model, simulated, and an active commitment with one milestone long
@@ -42,7 +31,9 @@ pub(crate) async fn committed_model(client: &reqwest::Client, base: &str) -> (St
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plan_tracks_progress_deliveries_overdue_milestones_and_insights() {
     let db = TestDb::new(Backend::Postgres).await;
-    let (node, base) = start_node(&db).await;
+    let Started {
+        node, api: base, ..
+    } = start_node(&db, configure).await;
     let mut events = node.system.subscribe_domain_events();
     let client = reqwest::Client::new();
     let (model_id, commitment_id) = committed_model(&client, &base).await;
@@ -185,7 +176,9 @@ async fn a_plan_tracks_progress_deliveries_overdue_milestones_and_insights() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_plans_name_the_field() {
     let db = TestDb::new(Backend::Sqlite).await;
-    let (node, base) = start_node(&db).await;
+    let Started {
+        node, api: base, ..
+    } = start_node(&db, configure).await;
     let client = reqwest::Client::new();
     let (_, commitment_id) = committed_model(&client, &base).await;
     for (body, field) in [

@@ -5,24 +5,9 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use valueverse::Node;
 
-use crate::support::{BACKENDS, Backend, TestDb, test_config};
+use crate::support::{BACKENDS, Backend, Started, TestDb, poll_json, send, start_node};
 use crate::value_models::acme;
-
-async fn start_node(db: &TestDb) -> (Node, String) {
-    let node = Node::start(&test_config(db), |_| {})
-        .await
-        .expect("node starts");
-    let base = format!("http://{}/api/v1", node.http_addr());
-    (node, base)
-}
-
-async fn send(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
-    let response = request.send().await.unwrap();
-    let status = response.status();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
 
 pub(crate) fn value_creation(fail_step: Option<&str>, paths: u64) -> Value {
     json!({
@@ -37,15 +22,11 @@ pub(crate) fn value_creation(fail_step: Option<&str>, paths: u64) -> Value {
 }
 
 async fn wait_until(client: &reqwest::Client, base: &str, id: &str, status: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (_, saga) = send(client.get(format!("{base}/sagas/{id}"))).await;
-        if saga["status"] == status {
-            return saga;
-        }
-        assert!(Instant::now() < deadline, "never {status}: {saga}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let url = format!("{base}/sagas/{id}");
+    poll_json(client, &url, Duration::from_secs(30), |saga| {
+        saga["status"] == status
+    })
+    .await
 }
 
 fn step_statuses(saga: &Value) -> Vec<String> {
@@ -61,7 +42,9 @@ fn step_statuses(saga: &Value) -> Vec<String> {
 async fn value_creation_completes_on_both_stores() {
     for backend in BACKENDS {
         let db = TestDb::new(backend).await;
-        let (node, base) = start_node(&db).await;
+        let Started {
+            node, api: base, ..
+        } = start_node(&db, |_| {}).await;
         let client = reqwest::Client::new();
         let (status, saga) = send(
             client
@@ -115,7 +98,9 @@ async fn value_creation_completes_on_both_stores() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_step_compensates_the_steps_before_it_in_reverse() {
     let db = TestDb::new(Backend::Sqlite).await;
-    let (node, base) = start_node(&db).await;
+    let Started {
+        node, api: base, ..
+    } = start_node(&db, |_| {}).await;
     let mut events = node.system.subscribe_domain_events();
     let client = reqwest::Client::new();
     let (_, saga) = send(
@@ -163,7 +148,9 @@ async fn a_failed_step_compensates_the_steps_before_it_in_reverse() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_compensates_what_was_done() {
     let db = TestDb::new(Backend::Sqlite).await;
-    let (node, base) = start_node(&db).await;
+    let Started {
+        node, api: base, ..
+    } = start_node(&db, |_| {}).await;
     let client = reqwest::Client::new();
     // A long simulation step, cancelled while it runs.
     let (_, saga) = send(
@@ -173,27 +160,18 @@ async fn a_cancel_compensates_what_was_done() {
     )
     .await;
     let id = saga["id"].as_str().unwrap().to_owned();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (_, job) = send(client.get(format!("{base}/simulations/{id}-simulation"))).await;
-        if job["status"] == "running" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{job}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let job_url = format!("{base}/simulations/{id}-simulation");
+    poll_json(&client, &job_url, Duration::from_secs(20), |job| {
+        job["status"] == "running"
+    })
+    .await;
     let (status, cancelled) = send(client.post(format!("{base}/sagas/{id}/cancel"))).await;
     assert_eq!(status, StatusCode::OK, "{cancelled}");
     // Cancelling the saga cancels the job it started (before, it ran on).
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let (_, job) = send(client.get(format!("{base}/simulations/{id}-simulation"))).await;
-        if job["status"] == "cancelled" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the saga's job runs on: {job}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    poll_json(&client, &job_url, Duration::from_secs(5), |job| {
+        job["status"] == "cancelled"
+    })
+    .await;
     let saga = wait_until(&client, &base, &id, "compensated").await;
     assert_eq!(saga["cancel_requested"], true);
     assert_eq!(saga["steps"][0]["status"], "compensated");
@@ -208,7 +186,9 @@ async fn a_cancel_compensates_what_was_done() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renewal_resimulates_amends_and_replans() {
     let db = TestDb::new(Backend::Sqlite).await;
-    let (node, base) = start_node(&db).await;
+    let Started {
+        node, api: base, ..
+    } = start_node(&db, |_| {}).await;
     let client = reqwest::Client::new();
     let (_, first) = send(
         client
@@ -240,7 +220,9 @@ async fn renewal_resimulates_amends_and_replans() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_saga_requests_name_the_field() {
     let db = TestDb::new(Backend::Sqlite).await;
-    let (node, base) = start_node(&db).await;
+    let Started {
+        node, api: base, ..
+    } = start_node(&db, |_| {}).await;
     let client = reqwest::Client::new();
     let mut low = value_creation(None, 5_000);
     low["confidence"] = json!(0.2);
@@ -278,7 +260,9 @@ async fn the_websocket_streams_every_transition_and_metrics_count_sagas() {
     use futures_util::StreamExt;
     use tokio_tungstenite::tungstenite::Message;
     let db = TestDb::new(Backend::Sqlite).await;
-    let (node, base) = start_node(&db).await;
+    let Started {
+        node, api: base, ..
+    } = start_node(&db, |_| {}).await;
     let client = reqwest::Client::new();
     let (_, saga) = send(
         client
@@ -351,7 +335,9 @@ async fn architect_instance(client: &reqwest::Client, base: &str, key: &str) -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_compensation_that_keeps_failing_needs_attention_until_reset_and_retried() {
     let db = TestDb::new(Backend::Sqlite).await;
-    let (node, base) = start_node(&db).await;
+    let Started {
+        node, api: base, ..
+    } = start_node(&db, |_| {}).await;
     let client = reqwest::Client::new();
     // The one simulation worker is busy: the saga waits at its simulate step.
     let (status, blocker) = send(
@@ -370,15 +356,15 @@ async fn a_compensation_that_keeps_failing_needs_attention_until_reset_and_retri
     .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{saga}");
     let id = saga["id"].as_str().unwrap().to_owned();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let model = loop {
-        let (_, saga) = send(client.get(format!("{base}/sagas/{id}"))).await;
-        if let Some(model) = saga["steps"][0]["output"]["model_id"].as_str() {
-            break model.to_owned();
-        }
-        assert!(Instant::now() < deadline, "design never done: {saga}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let url = format!("{base}/sagas/{id}");
+    let saga = poll_json(&client, &url, Duration::from_secs(20), |saga| {
+        saga["steps"][0]["output"]["model_id"].is_string()
+    })
+    .await;
+    let model = saga["steps"][0]["output"]["model_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
 
     // The model's architect instance fails past its restart budget (5 in a
     // minute): failed until an operator resets it.
@@ -459,7 +445,9 @@ async fn a_compensation_that_keeps_failing_needs_attention_until_reset_and_retri
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sagas_refuse_what_the_routes_refuse_naming_the_same_field() {
     let db = TestDb::new(Backend::Sqlite).await;
-    let (node, base) = start_node(&db).await;
+    let Started {
+        node, api: base, ..
+    } = start_node(&db, |_| {}).await;
     let client = reqwest::Client::new();
     let with = |pointer: &str, value: Value| {
         let mut body = value_creation(None, 5_000);

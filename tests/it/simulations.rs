@@ -1,7 +1,7 @@
 //! The simulation agent through its HTTP API and WebSocket stream, on a node
 //! started inside the test.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use reqwest::StatusCode;
@@ -11,7 +11,7 @@ use valueverse::Node;
 use valueverse::gpu::{self, Control, Device, RunSettings};
 use valueverse::model::ValueModel;
 
-use crate::support::{BACKENDS, Backend, TestDb};
+use crate::support::{BACKENDS, Backend, Started, TestDb, poll_json, send, start_node};
 
 const TEN_DRIVERS: &str = include_str!("../../docs/models/ten-drivers.json");
 
@@ -28,7 +28,10 @@ struct Running {
 
 impl Running {
     async fn start(db: &TestDb, queue_capacity: usize) -> Running {
-        let (node, base) = start_node(db, queue_capacity).await;
+        let Started { node, base, .. } = start_node(db, |config| {
+            config.simulation.queue_capacity = queue_capacity;
+        })
+        .await;
         Running {
             node,
             base,
@@ -67,14 +70,6 @@ impl Running {
     }
 }
 
-async fn start_node(db: &TestDb, queue_capacity: usize) -> (Node, String) {
-    let mut config = crate::support::test_config(db);
-    config.simulation.queue_capacity = queue_capacity;
-    let node = Node::start(&config, |_| {}).await.expect("node starts");
-    let base = format!("http://{}", node.http_addr());
-    (node, base)
-}
-
 async fn submit(client: &reqwest::Client, base: &str, body: Value) -> reqwest::Response {
     client
         .post(format!("{base}/api/v1/simulations"))
@@ -98,28 +93,15 @@ pub(crate) async fn submit_ok(client: &reqwest::Client, base: &str, body: Value)
     job["id"].as_str().unwrap().to_owned()
 }
 
-async fn get(client: &reqwest::Client, url: String) -> (StatusCode, Value) {
-    let response = client.get(url).send().await.unwrap();
-    (response.status(), response.json().await.unwrap())
-}
-
-/// Polls the job until `done(job)` or ten seconds.
+/// Polls the job until `done(job)`, at most 20 seconds.
 async fn wait_for(
     client: &reqwest::Client,
     base: &str,
     id: &str,
     done: impl Fn(&Value) -> bool,
 ) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (status, job) = get(client, format!("{base}/api/v1/simulations/{id}")).await;
-        assert_eq!(status, StatusCode::OK, "{job}");
-        if done(&job) {
-            return job;
-        }
-        assert!(Instant::now() < deadline, "job never got there: {job}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let url = format!("{base}/api/v1/simulations/{id}");
+    poll_json(client, &url, Duration::from_secs(20), done).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -133,7 +115,8 @@ async fn a_job_runs_to_its_result_and_matches_the_engine_on_both_stores() {
         assert_eq!(job["engine"], "cpu");
         assert_eq!(job["attempts"], 1);
         assert_eq!(job["progress"]["percent"], 100.0);
-        let (status, body) = get(client, format!("{base}/api/v1/simulations/{id}/results")).await;
+        let (status, body) =
+            send(client.get(format!("{base}/api/v1/simulations/{id}/results"))).await;
         assert_eq!(status, StatusCode::OK, "{body}");
         let result = &body["result"];
         assert_eq!(result["paths"], 300_000);
@@ -156,7 +139,8 @@ async fn a_job_runs_to_its_result_and_matches_the_engine_on_both_stores() {
         node.stop().await;
         let node = Running::start(&db, 8).await;
         let (client, base) = (&node.client, node.base.clone());
-        let (status, again) = get(client, format!("{base}/api/v1/simulations/{id}/results")).await;
+        let (status, again) =
+            send(client.get(format!("{base}/api/v1/simulations/{id}/results"))).await;
         assert_eq!(status, StatusCode::OK, "{backend:?}");
         assert_eq!(again["result"]["npv"], body["result"]["npv"]);
         node.stop().await;
@@ -264,7 +248,7 @@ async fn closing_the_socket_leaves_the_job_running_and_cancel_stops_it() {
             .starts_with("cancelled after"),
         "{job}"
     );
-    let (status, body) = get(client, format!("{base}/api/v1/simulations/{id}/results")).await;
+    let (status, body) = send(client.get(format!("{base}/api/v1/simulations/{id}/results"))).await;
     assert_eq!(status, StatusCode::CONFLICT);
     assert_eq!(body["error"]["code"], "not_finished");
     // Cancelling again is a conflict, not a second cancellation.
@@ -290,7 +274,7 @@ async fn a_full_queue_answers_503_and_a_queued_job_cancels_at_once() {
     let body: Value = refused.json().await.unwrap();
     assert_eq!(body["error"]["code"], "queue_full");
 
-    let (_, queue) = get(client, format!("{base}/api/v1/simulations/queue")).await;
+    let (_, queue) = send(client.get(format!("{base}/api/v1/simulations/queue"))).await;
     assert_eq!(queue["capacity"], 2);
     assert_eq!(queue["running"][0]["id"], running.as_str());
     let queued: Vec<&str> = queue["queued"]
@@ -304,7 +288,7 @@ async fn a_full_queue_answers_503_and_a_queued_job_cancels_at_once() {
     // A queued job is cancelled at once and leaves the queue.
     let cancelled: Value = node.cancel(&first).await.json().await.unwrap();
     assert_eq!(cancelled["status"], "cancelled");
-    let (_, queue) = get(client, format!("{base}/api/v1/simulations/queue")).await;
+    let (_, queue) = send(client.get(format!("{base}/api/v1/simulations/queue"))).await;
     assert_eq!(queue["queued"].as_array().unwrap().len(), 1);
     node.submit(long).await;
     for id in [&running, &second] {
@@ -377,11 +361,11 @@ async fn bad_requests_name_the_field() {
         assert_eq!(error["error"]["code"], "no_gpu");
         assert_eq!(error["error"]["field"], "device");
     }
-    let (status, body) = get(client, format!("{base}/api/v1/simulations/no-such-job")).await;
+    let (status, body) = send(client.get(format!("{base}/api/v1/simulations/no-such-job"))).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(body["error"]["code"], "not_found");
     // Nothing of the refused requests reached the queue.
-    let (_, queue) = get(client, format!("{base}/api/v1/simulations/queue")).await;
+    let (_, queue) = send(client.get(format!("{base}/api/v1/simulations/queue"))).await;
     assert_eq!(queue["queued"].as_array().unwrap().len(), 0);
     assert_eq!(queue["running"].as_array().unwrap().len(), 0);
     node.stop().await;

@@ -256,3 +256,86 @@ pub async fn get_json(client: &reqwest::Client, url: &str) -> serde_json::Value 
         .await
         .unwrap_or_else(|error| panic!("GET {url}: not JSON: {error}"))
 }
+
+/// A node started for a test, with the base URLs of its HTTP API.
+pub struct Started {
+    pub node: valueverse::Node,
+    /// `http://127.0.0.1:port`
+    pub base: String,
+    /// `http://127.0.0.1:port/api/v1`
+    pub api: String,
+}
+
+/// Starts a node on `db` with [`test_config`] as `configure` leaves it.
+pub async fn start_node(db: &TestDb, configure: impl FnOnce(&mut valueverse::Config)) -> Started {
+    start_node_with(db, configure, |_| {}).await
+}
+
+/// [`start_node`], registering agent kinds of the test's own first.
+pub async fn start_node_with(
+    db: &TestDb,
+    configure: impl FnOnce(&mut valueverse::Config),
+    register: impl FnOnce(&valueverse::System),
+) -> Started {
+    let mut config = test_config(db);
+    configure(&mut config);
+    let node = valueverse::Node::start(&config, register)
+        .await
+        .expect("node starts");
+    let base = format!("http://{}", node.http_addr());
+    Started {
+        api: format!("{base}/api/v1"),
+        base,
+        node,
+    }
+}
+
+/// Sends `request`; answers its status and JSON body (`null` when the
+/// body is not JSON).
+pub async fn send(request: reqwest::RequestBuilder) -> (reqwest::StatusCode, serde_json::Value) {
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    (
+        status,
+        response.json().await.unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// Polls `check` every 20 ms until it answers `Some`, at most `within`;
+/// panics naming `what` (and the last state `check` saw) after that.
+pub async fn eventually<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        match check().await {
+            Ok(value) => return value,
+            Err(last) if Instant::now() >= deadline => {
+                panic!("{what}: not within {within:?} (last seen: {last})")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// GETs `url` until its JSON body satisfies `done`, at most `within`;
+/// answers that body.
+pub async fn poll_json(
+    client: &reqwest::Client,
+    url: &str,
+    within: Duration,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let done = &done;
+    eventually(&format!("GET {url}"), within, move || async move {
+        let (_, body) = send(client.get(url)).await;
+        if done(&body) {
+            Ok(body)
+        } else {
+            Err(body.to_string())
+        }
+    })
+    .await
+}

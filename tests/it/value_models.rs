@@ -3,27 +3,13 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::Connection;
-use valueverse::Node;
 
-use crate::support::{BACKENDS, Backend, TestDb};
+use crate::support::{BACKENDS, Backend, Started, TestDb, send, start_node};
 
 const ACME: &str = include_str!("../../docs/models/acme-support.json");
 
 pub(crate) fn acme() -> Value {
     serde_json::from_str(ACME).unwrap()
-}
-
-pub(crate) async fn start_node(db: &TestDb) -> (Node, String) {
-    let config = crate::support::test_config(db);
-    let node = Node::start(&config, |_| {}).await.expect("node starts");
-    let base = format!("http://{}/api/v1", node.http_addr());
-    (node, base)
-}
-
-async fn send(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
-    let response = request.send().await.unwrap();
-    let status = response.status();
-    (status, response.json().await.unwrap_or(Value::Null))
 }
 
 /// Creates a model; answers its id.
@@ -37,7 +23,9 @@ pub(crate) async fn create_model(client: &reqwest::Client, base: &str, model: &V
 async fn models_are_stored_versioned_listed_and_archived_on_both_stores() {
     for backend in BACKENDS {
         let db = TestDb::new(backend).await;
-        let (node, base) = start_node(&db).await;
+        let Started {
+            node, api: base, ..
+        } = start_node(&db, |_| {}).await;
         let client = reqwest::Client::new();
 
         let id = create_model(&client, &base, &acme()).await;
@@ -136,7 +124,9 @@ async fn models_are_stored_versioned_listed_and_archived_on_both_stores() {
         // It all survives a restart.
         drop(client);
         node.stop().await.unwrap();
-        let (node, base) = start_node(&db).await;
+        let Started {
+            node, api: base, ..
+        } = start_node(&db, |_| {}).await;
         let client = reqwest::Client::new();
         let (_, again) = send(client.get(format!("{base}/value-models/{id}"))).await;
         assert_eq!(again["status"], "archived", "{backend:?}");
@@ -149,7 +139,9 @@ async fn models_are_stored_versioned_listed_and_archived_on_both_stores() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hypotheses_come_from_the_catalogue_ranked_and_new() {
     let db = TestDb::new(crate::support::Backend::Sqlite).await;
-    let (node, base) = start_node(&db).await;
+    let Started {
+        node, api: base, ..
+    } = start_node(&db, |_| {}).await;
     let client = reqwest::Client::new();
     // acme-support is a saas model that already has "ticket deflection".
     let id = create_model(&client, &base, &acme()).await;
@@ -195,7 +187,9 @@ async fn hypotheses_come_from_the_catalogue_ranked_and_new() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_models_and_queries_name_the_field() {
     let db = TestDb::new(crate::support::Backend::Sqlite).await;
-    let (node, base) = start_node(&db).await;
+    let Started {
+        node, api: base, ..
+    } = start_node(&db, |_| {}).await;
     let client = reqwest::Client::new();
     let mut bad = acme();
     bad["drivers"][0]["quantity"]["max"] = json!(10);
@@ -239,7 +233,9 @@ async fn bad_models_and_queries_name_the_field() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stored_model_is_simulated_by_id_and_version() {
     let db = TestDb::new(crate::support::Backend::Sqlite).await;
-    let (node, base) = start_node(&db).await;
+    let Started {
+        node, api: base, ..
+    } = start_node(&db, |_| {}).await;
     let client = reqwest::Client::new();
     let id = create_model(&client, &base, &acme()).await;
     let (status, job) = send(
@@ -280,7 +276,9 @@ async fn a_stored_model_is_simulated_by_id_and_version() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inputs_whose_products_overflow_are_refused_naming_the_field() {
     let db = TestDb::new(crate::support::Backend::Sqlite).await;
-    let (node, base) = start_node(&db).await;
+    let Started {
+        node, api: base, ..
+    } = start_node(&db, |_| {}).await;
     let client = reqwest::Client::new();
     let mut huge = acme();
     huge["drivers"][0]["unit_value"] = json!(1e200);
@@ -348,7 +346,9 @@ async fn inputs_whose_products_overflow_are_refused_naming_the_field() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_keeps_at_most_a_hundred_versions() {
     let db = TestDb::new(Backend::Sqlite).await;
-    let (node, base) = start_node(&db).await;
+    let Started {
+        node, api: base, ..
+    } = start_node(&db, |_| {}).await;
     let client = reqwest::Client::new();
     let id = create_model(&client, &base, &acme()).await;
     let patch = |n: usize| {

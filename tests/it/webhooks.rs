@@ -3,7 +3,7 @@
 //! SMTP, validation.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use hmac::{Hmac, Mac};
@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 use valueverse::Node;
 
-use crate::support::{Backend, TestDb};
+use crate::support::{Backend, Started, TestDb, poll_json, send, start_node};
 use crate::value_models::{acme, create_model};
 
 const SECRET: &str = "a-test-secret-of-some-length";
@@ -74,20 +74,10 @@ fn start_receiver(failures: usize) -> (String, Arc<Mutex<Receiver>>, actix_web::
     (format!("http://{addr}/hook"), state, handle)
 }
 
-async fn start_node(db: &TestDb) -> (Node, String) {
-    let mut config = crate::support::test_config(db);
+fn configure(config: &mut valueverse::Config) {
     config.notifier.max_attempts = 4;
     config.notifier.initial_backoff = Duration::from_millis(20);
     config.notifier.max_backoff = Duration::from_millis(100);
-    let node = Node::start(&config, |_| {}).await.expect("node starts");
-    let base = format!("http://{}/api/v1", node.http_addr());
-    (node, base)
-}
-
-async fn send(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
-    let response = request.send().await.unwrap();
-    let status = response.status();
-    (status, response.json().await.unwrap_or(Value::Null))
 }
 
 async fn subscribe(client: &reqwest::Client, base: &str, body: Value) -> String {
@@ -102,15 +92,11 @@ async fn subscribe(client: &reqwest::Client, base: &str, body: Value) -> String 
 
 /// The subscription's deliveries once the first is `status`.
 async fn wait_for_delivery(client: &reqwest::Client, base: &str, id: &str, status: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, log) = send(client.get(format!("{base}/webhooks/{id}/deliveries"))).await;
-        if log["items"][0]["status"] == status {
-            return log;
-        }
-        assert!(Instant::now() < deadline, "never {status}: {log}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let url = format!("{base}/webhooks/{id}/deliveries");
+    poll_json(client, &url, Duration::from_secs(10), |log| {
+        log["items"][0]["status"] == status
+    })
+    .await
 }
 
 fn outcomes(delivery: &Value) -> Vec<String> {
@@ -125,7 +111,9 @@ fn outcomes(delivery: &Value) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deliveries_are_signed_retried_and_logged() {
     let db = TestDb::new(Backend::Postgres).await;
-    let (node, base) = start_node(&db).await;
+    let Started {
+        node, api: base, ..
+    } = start_node(&db, configure).await;
     let (url, receiver, server) = start_receiver(2);
     let client = reqwest::Client::new();
     let id = subscribe(
@@ -184,7 +172,9 @@ async fn deliveries_are_signed_retried_and_logged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_letter_can_be_redelivered() {
     let db = TestDb::new(Backend::Sqlite).await;
-    let (node, base) = start_node(&db).await;
+    let Started {
+        node, api: base, ..
+    } = start_node(&db, configure).await;
     let (url, receiver, server) = start_receiver(usize::MAX);
     let client = reqwest::Client::new();
     let id = subscribe(
@@ -236,7 +226,9 @@ async fn a_dead_letter_can_be_redelivered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn email_without_smtp_says_so_in_the_log() {
     let db = TestDb::new(Backend::Sqlite).await;
-    let (node, base) = start_node(&db).await;
+    let Started {
+        node, api: base, ..
+    } = start_node(&db, configure).await;
     let client = reqwest::Client::new();
     let id = subscribe(
         &client,
@@ -261,7 +253,9 @@ async fn email_without_smtp_says_so_in_the_log() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_subscriptions_name_the_field() {
     let db = TestDb::new(Backend::Sqlite).await;
-    let (node, base) = start_node(&db).await;
+    let Started {
+        node, api: base, ..
+    } = start_node(&db, configure).await;
     let client = reqwest::Client::new();
     let hook = "http://127.0.0.1:9/hook";
     for (body, field) in [
