@@ -7,6 +7,18 @@ use serde_json::Value;
 
 use crate::support::{BACKENDS, Backend, Counter, CounterMsg, Started, TestDb, start_node_with};
 
+/// A node with the test's counter agent registered.
+async fn with_counter(db: &TestDb) -> Started {
+    start_node_with(
+        db,
+        |_| {},
+        |system| {
+            system.register::<Counter>();
+        },
+    )
+    .await
+}
+
 async fn json(response: reqwest::Response) -> Value {
     assert_eq!(
         response.headers().get("content-type").unwrap(),
@@ -40,14 +52,7 @@ fn assert_error_shape(body: &Value, code: &str) {
 async fn operational_endpoints_on_both_stores() {
     for backend in BACKENDS {
         let db = TestDb::new(backend).await;
-        let Started { node, base, .. } = start_node_with(
-            &db,
-            |_| {},
-            |system| {
-                system.register::<Counter>();
-            },
-        )
-        .await;
+        let Started { node, base, .. } = with_counter(&db).await;
         let client = reqwest::Client::new();
 
         let health = client.get(format!("{base}/health")).send().await.unwrap();
@@ -174,14 +179,7 @@ async fn too_large_request(addr: std::net::SocketAddr, path: &str, length: usize
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_share_one_json_shape() {
     let db = TestDb::new(Backend::Sqlite).await;
-    let Started { node, base, .. } = start_node_with(
-        &db,
-        |_| {},
-        |system| {
-            system.register::<Counter>();
-        },
-    )
-    .await;
+    let Started { node, base, .. } = with_counter(&db).await;
     let client = reqwest::Client::new();
 
     let missing = client
@@ -267,14 +265,7 @@ async fn errors_share_one_json_shape() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn correlation_ids_are_echoed_or_created() {
     let db = TestDb::new(Backend::Sqlite).await;
-    let Started { node, base, .. } = start_node_with(
-        &db,
-        |_| {},
-        |system| {
-            system.register::<Counter>();
-        },
-    )
-    .await;
+    let Started { node, base, .. } = with_counter(&db).await;
     let client = reqwest::Client::new();
     let given = client
         .get(format!("{base}/health"))
@@ -305,14 +296,7 @@ async fn correlation_ids_are_echoed_or_created() {
 async fn a_failed_instance_is_reset_over_http() {
     for backend in BACKENDS {
         let db = TestDb::new(backend).await;
-        let Started { node, base, .. } = start_node_with(
-            &db,
-            |_| {},
-            |system| {
-                system.register::<Counter>();
-            },
-        )
-        .await;
+        let Started { node, base, .. } = with_counter(&db).await;
         let client = reqwest::Client::new();
         let counter = node.system.agent::<Counter>("y");
         let ask = Duration::from_secs(5);
