@@ -44,6 +44,7 @@ impl AgentMessage for TallyMsg {
 }
 
 impl Agent for Tally {
+    const MESSAGE_ID: u32 = 0xbe10;
     const KIND: &'static str = "tally";
     type State = u64;
     type Msg = TallyMsg;

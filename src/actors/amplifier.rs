@@ -152,6 +152,7 @@ pub struct Amplifier;
 
 impl Agent for Amplifier {
     const KIND: &'static str = "amplifier";
+    const MESSAGE_ID: u32 = 0x0104;
     /// `None` until the first baseline or delivery.
     type State = Option<Amplification>;
     type Msg = AmplifierMsg;

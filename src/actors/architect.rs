@@ -151,6 +151,7 @@ fn not_found(key: &str) -> HandlerError {
 
 impl Agent for Architect {
     const KIND: &'static str = "architect";
+    const MESSAGE_ID: u32 = 0x0101;
     type State = Option<ModelRecord>;
     type Msg = ArchitectMsg;
     type Reply = ArchitectReply;

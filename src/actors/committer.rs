@@ -227,6 +227,7 @@ pub struct Committer;
 
 impl Agent for Committer {
     const KIND: &'static str = "committer";
+    const MESSAGE_ID: u32 = 0x0102;
     type State = Option<Commitment>;
     type Msg = CommitterMsg;
     type Reply = Commitment;

@@ -168,6 +168,7 @@ fn refuse(code: &str, message: String, field: Option<&str>) -> HandlerError {
 
 impl Agent for Executor {
     const KIND: &'static str = "executor";
+    const MESSAGE_ID: u32 = 0x0103;
     type State = Option<Plan>;
     type Msg = ExecutorMsg;
     type Reply = Plan;

@@ -84,6 +84,7 @@ pub struct Notifier;
 
 impl Agent for Notifier {
     const KIND: &'static str = "notifier";
+    const MESSAGE_ID: u32 = 0x0105;
     type State = Option<Subscription>;
     type Msg = NotifierMsg;
     type Reply = Subscription;

@@ -150,6 +150,7 @@ fn hand_out(
 
 impl Agent for SagaCoordinator {
     const KIND: &'static str = "saga";
+    const MESSAGE_ID: u32 = 0x0107;
     type State = Option<Saga>;
     type Msg = SagaMsg;
     type Reply = SagaReply;

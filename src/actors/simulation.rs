@@ -187,6 +187,7 @@ fn conflict(job: &SimulationJob, what: &str) -> HandlerError {
 
 impl Agent for Simulation {
     const KIND: &'static str = "simulation";
+    const MESSAGE_ID: u32 = 0x0106;
     type State = Option<SimulationJob>;
     type Msg = SimulationMsg;
     type Reply = SimulationReply;

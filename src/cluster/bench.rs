@@ -46,6 +46,7 @@ impl AgentMessage for EchoMsg {
 
 impl Agent for Echo {
     const KIND: &'static str = "bench_echo";
+    const MESSAGE_ID: u32 = 0xbe01;
     type State = u64;
     type Msg = EchoMsg;
     type Reply = u64;
@@ -92,9 +93,11 @@ async fn agent_node(
         return Err(BenchError::Peer("a fresh system has a remote".into()));
     }
     let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
+    let mut transport_config = TransportConfig::new(name, secret);
+    transport_config.messages = system.message_versions();
     let transport = Transport::bind(
         loopback,
-        TransportConfig::new(name, secret),
+        transport_config,
         router::inbound(system.downgrade()),
     )
     .await?;
@@ -164,6 +167,7 @@ fn envelope(type_id: u32, n: u64) -> Envelope<'static> {
             key: "k".into(),
         },
         type_id,
+        type_version: 1,
         payload: n.to_le_bytes().to_vec().into(),
     }
 }
@@ -471,6 +475,7 @@ mod tests {
     struct Slow;
 
     impl Agent for Slow {
+        const MESSAGE_ID: u32 = 0xbe02;
         const KIND: &'static str = "test_slow";
         type State = u64;
         type Msg = EchoMsg;
@@ -526,6 +531,7 @@ mod tests {
     struct Ordered;
 
     impl Agent for Ordered {
+        const MESSAGE_ID: u32 = 0xbe03;
         const KIND: &'static str = "test_ordered";
         type State = (u64, u64);
         type Msg = EchoMsg;

@@ -41,15 +41,25 @@ const TAG_BYTES: usize = 16;
 /// Plaintext bytes one record carries at most.
 pub const MAX_RECORD_PLAIN: usize = MAX_RECORD_BYTES - TAG_BYTES;
 
-/// Who a node says it is, inside the encrypted handshake.
+/// Who a node says it is, inside the encrypted handshake. Its layout
+/// outlives releases: a later one may only append fields, which this one
+/// skips (a hello is read with trailing bytes allowed).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
+    /// The highest protocol version the node speaks.
     pub version: u16,
     pub node: String,
     /// Where the node's transport listens: an accepted link is kept under
     /// this address, so a pair of nodes shares one connection.
     pub listen: SocketAddr,
+    /// The lowest protocol version it speaks.
+    pub min_version: u16,
+    /// `(message id, version)` of each agent kind it hosts.
+    pub messages: Vec<(u32, u16)>,
 }
+
+/// Most message kinds a hello may list.
+pub const MAX_HELLO_MESSAGES: usize = 64;
 
 /// The responder's answer to a [`Hello`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,12 +119,11 @@ fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, ChannelError> {
         .map_err(|error| ChannelError::Malformed(error.to_string()))
 }
 
+/// Decodes a handshake message; bytes after it are what a later release
+/// appended (inside the authenticated, size-capped payload), skipped.
 fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, ChannelError> {
-    let (value, used) = bincode::serde::decode_from_slice(bytes, handshake_config())
+    let (value, _used) = bincode::serde::decode_from_slice(bytes, handshake_config())
         .map_err(|error| ChannelError::Malformed(error.to_string()))?;
-    if used != bytes.len() {
-        return Err(ChannelError::Malformed("trailing bytes".into()));
-    }
     Ok(value)
 }
 
@@ -382,9 +391,11 @@ mod tests {
 
     fn hello(node: &str) -> Hello {
         Hello {
-            version: 2,
+            version: 3,
             node: node.into(),
             listen: "127.0.0.1:7001".parse().unwrap(),
+            min_version: 2,
+            messages: vec![(1, 1)],
         }
     }
 
@@ -489,9 +500,11 @@ mod properties {
 
     fn hello() -> Hello {
         Hello {
-            version: 2,
+            version: 3,
             node: "n1".into(),
             listen: "127.0.0.1:7001".parse().unwrap(),
+            min_version: 2,
+            messages: Vec::new(),
         }
     }
 

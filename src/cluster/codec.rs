@@ -1,9 +1,12 @@
 //! The wire format between nodes: length-prefixed frames (a big-endian
 //! `u32` length, then a bincode 2 body), size-checked before anything is
 //! read into memory; they travel inside the link's encrypted records
-//! ([`super::channel`]). bincode has no schema evolution, so every payload
-//! type has a stable id and the protocol version is checked at the
-//! handshake: a changed payload is a new id or a new version.
+//! ([`super::channel`]). bincode has no schema evolution, so the layout of
+//! frames is versioned: the handshake settles each link on the highest
+//! protocol version both ends speak, and the link's frames are encoded and
+//! read at that version (this release speaks 3 and the one before, 2).
+//! Payloads carry their kind's explicit message id and version; the
+//! runtime decides which message versions it takes.
 //!
 //! Envelopes borrow their strings and payload: a sender encodes from its
 //! own, a receiver decodes views into the bytes it read (no allocation per
@@ -13,9 +16,14 @@ use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 
-/// Version of the frames and envelopes below; peers must agree.
+/// The highest version of the frames and envelopes below this node speaks.
 /// 2: links inside the Noise channel, replies bound to their link.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// 3: envelopes carry the version of their message (`type_version`); the
+///    hello lists the message versions a node speaks.
+pub const PROTOCOL_VERSION: u16 = 3;
+/// The lowest version this node still speaks: a link to a node of the
+/// release before settles on it.
+pub const MIN_PROTOCOL_VERSION: u16 = 2;
 /// Largest frame body a node sends or accepts.
 pub const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
 
@@ -50,6 +58,9 @@ pub struct Envelope<'a> {
     pub target: Target<'a>,
     /// Stable id of the payload's type.
     pub type_id: u32,
+    /// The version of that type the payload is encoded at (1 on a link at
+    /// protocol 2, whose envelopes do not carry it).
+    pub type_version: u16,
     /// The message: MessagePack with field names (self-describing, so
     /// tagged and flattened serde types survive, which bincode cannot do).
     /// Bytes, not a sequence: one copy instead of a visit per byte.
@@ -71,6 +82,7 @@ impl Envelope<'_> {
                 key: Cow::Owned(self.target.key.into_owned()),
             },
             type_id: self.type_id,
+            type_version: self.type_version,
             payload: Cow::Owned(self.payload.into_owned()),
         }
     }
@@ -129,6 +141,102 @@ pub enum Frame<'a> {
     #[serde(borrow)]
     Message(Envelope<'a>),
     Reply(Reply),
+}
+
+/// An envelope as protocol 2 lays it out (no `type_version`).
+#[derive(Debug, Serialize, Deserialize)]
+struct EnvelopeV2<'a> {
+    message_id: u64,
+    ask_id: Option<u64>,
+    correlation_id: Option<Cow<'a, str>>,
+    trace_context: Option<Cow<'a, str>>,
+    deadline_ms: Option<u64>,
+    #[serde(borrow)]
+    target: Target<'a>,
+    type_id: u32,
+    #[serde(borrow, with = "serde_bytes")]
+    payload: Cow<'a, [u8]>,
+}
+
+/// A frame as protocol 2 lays it out.
+#[derive(Debug, Deserialize)]
+enum FrameV2<'a> {
+    #[serde(borrow)]
+    Message(EnvelopeV2<'a>),
+    Reply(Reply),
+}
+
+/// [`FrameV2`] to encode, borrowing the frame (variants in the same order).
+#[derive(Serialize)]
+enum FrameV2Out<'a> {
+    Message(EnvelopeV2<'a>),
+    Reply(&'a Reply),
+}
+
+/// Borrows `value` (no copy of strings or payload).
+fn borrowed<T: ?Sized + ToOwned>(value: &T) -> Cow<'_, T> {
+    Cow::Borrowed(value)
+}
+
+impl<'a> FrameV2Out<'a> {
+    fn of(frame: &'a Frame<'_>) -> FrameV2Out<'a> {
+        match frame {
+            Frame::Reply(reply) => FrameV2Out::Reply(reply),
+            Frame::Message(envelope) => FrameV2Out::Message(EnvelopeV2 {
+                message_id: envelope.message_id,
+                ask_id: envelope.ask_id,
+                correlation_id: envelope.correlation_id.as_deref().map(borrowed),
+                trace_context: envelope.trace_context.as_deref().map(borrowed),
+                deadline_ms: envelope.deadline_ms,
+                target: Target {
+                    kind: borrowed(&envelope.target.kind),
+                    key: borrowed(&envelope.target.key),
+                },
+                type_id: envelope.type_id,
+                payload: borrowed(&envelope.payload),
+            }),
+        }
+    }
+}
+
+impl<'a> FrameV2<'a> {
+    fn into_frame(self) -> Frame<'a> {
+        match self {
+            FrameV2::Reply(reply) => Frame::Reply(reply),
+            FrameV2::Message(envelope) => Frame::Message(Envelope {
+                message_id: envelope.message_id,
+                ask_id: envelope.ask_id,
+                correlation_id: envelope.correlation_id,
+                trace_context: envelope.trace_context,
+                deadline_ms: envelope.deadline_ms,
+                target: envelope.target,
+                type_id: envelope.type_id,
+                type_version: 1,
+                payload: envelope.payload,
+            }),
+        }
+    }
+}
+
+/// Encodes `frame` as protocol `version` lays it out, onto `out`.
+pub fn encode_frame(frame: &Frame<'_>, version: u16, out: &mut Vec<u8>) -> Result<(), CodecError> {
+    if version >= 3 {
+        encode_into(frame, out)
+    } else {
+        encode_into(&FrameV2Out::of(frame), out)
+    }
+}
+
+/// [`next_frame`] for a frame laid out as protocol `version` lays it out.
+pub fn next_frame_at(
+    bytes: &[u8],
+    version: u16,
+) -> Result<Result<(Frame<'_>, usize), usize>, CodecError> {
+    if version >= 3 {
+        next_frame(bytes)
+    } else {
+        Ok(next_frame::<FrameV2>(bytes)?.map(|(frame, used)| (frame.into_frame(), used)))
+    }
 }
 
 /// Why a frame could not be read or written.
@@ -221,7 +329,40 @@ mod tests {
                 key: "m-1".into(),
             },
             type_id: 3,
+            type_version: 2,
             payload: encode_payload(&("hello", 42u32)).unwrap().into(),
+        }
+    }
+
+    /// A link at protocol 2 carries envelopes without a message version:
+    /// written and read at 2 they come back as version 1, the rest intact;
+    /// read at the wrong version they do not decode.
+    #[test]
+    fn frames_at_the_previous_protocol_lose_only_the_message_version() {
+        let reply = Frame::Reply(Reply {
+            ask_id: 4,
+            outcome: Ok(vec![1, 2, 3]),
+        });
+        for frame in [Frame::Message(envelope()), reply] {
+            let mut v2 = Vec::new();
+            encode_frame(&frame, 2, &mut v2).unwrap();
+            let mut v3 = Vec::new();
+            encode_frame(&frame, 3, &mut v3).unwrap();
+            let (read, used) = next_frame_at(&v2, 2).unwrap().unwrap();
+            assert_eq!(used, v2.len());
+            let expected = match frame.clone() {
+                Frame::Message(envelope) => Frame::Message(Envelope {
+                    type_version: 1,
+                    ..envelope
+                }),
+                reply => reply,
+            };
+            assert_eq!(read, expected);
+            assert_eq!(next_frame_at(&v3, 3).unwrap().unwrap().0, frame);
+            if matches!(frame, Frame::Message(_)) {
+                assert_ne!(v2, v3);
+                assert!(next_frame_at(&v2, 3).is_err() || next_frame_at(&v2, 3).unwrap().is_err());
+            }
         }
     }
 
@@ -316,6 +457,7 @@ mod properties {
                             key: key.into(),
                         },
                         type_id,
+                        type_version: 1,
                         payload: payload.into(),
                     }
                 },

@@ -13,6 +13,8 @@ pub mod peer_requests;
 pub mod placement;
 pub mod router;
 pub mod transport;
+#[cfg(test)]
+mod upgrade_tests;
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;

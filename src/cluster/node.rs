@@ -183,6 +183,7 @@ impl ClusterNode {
             let mut transport_config = TransportConfig::new(&name, secret.as_bytes());
             transport_config.advertise =
                 advertised.map(|ip| SocketAddr::new(ip, config.listen.port()));
+            transport_config.messages = system.message_versions();
             let transport = Transport::bind(
                 config.listen,
                 transport_config,

@@ -16,10 +16,11 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 
 use crate::actors::{
-    AgentError, AgentId, Inbound, Outbound, Refusal, Remote, ReplyPort, Route, Stage, WeakSystem,
+    AgentError, AgentId, CorrelationId, Inbound, Outbound, Refusal, Remote, ReplyPort, Route,
+    Stage, WeakSystem,
 };
 
-use super::codec::{self, Frame, RemoteFailure, Reply, Target};
+use super::codec::{self, Envelope, Frame, RemoteFailure, Reply, Target};
 use super::placement::{Candidate, owner};
 use super::transport::{self, Hold, Link, LinkError, Receiver, Transport};
 
@@ -184,6 +185,7 @@ impl Router {
                 key: Cow::Borrowed(source),
             },
             type_id: EVENTS_TYPE,
+            type_version: 1,
             payload: Cow::Owned(payload),
         };
         for member in self.view().iter().filter(|p| p.candidate.node != self.me) {
@@ -221,18 +223,21 @@ impl Router {
         let Some((transport, runtime)) = self.transport.get() else {
             return Err(self.unreachable(target, route, "this node has no transport".into()));
         };
-        let envelope = envelope(transport, message, None);
         match transport.open_link(route.addr) {
-            Some(link) => link.try_send(Frame::Message(envelope)).map_err(|_| {
-                if link.is_closed() {
-                    self.unreachable(target, route, "the link closed".into())
-                } else {
-                    AgentError::Backpressure {
-                        target,
-                        node: route.node.clone(),
+            Some(link) => {
+                let envelope = envelope(transport, &link, message, None)
+                    .map_err(|reason| self.unreachable(target.clone(), route, reason))?;
+                link.try_send(Frame::Message(envelope)).map_err(|_| {
+                    if link.is_closed() {
+                        self.unreachable(target, route, "the link closed".into())
+                    } else {
+                        AgentError::Backpressure {
+                            target,
+                            node: route.node.clone(),
+                        }
                     }
-                }
-            }),
+                })
+            }
             // Senders already wait for links in numbers: push back.
             None if transport.dialing_is_busy(route.addr) => Err(AgentError::Backpressure {
                 target,
@@ -241,13 +246,20 @@ impl Router {
             None => {
                 let transport = transport.clone();
                 let addr = route.addr;
-                let envelope = envelope.into_owned();
+                let message = OwnedOutbound::of(message);
                 runtime.spawn(async move {
-                    match transport.link(addr).await {
-                        Ok(link) => {
+                    let link = match transport.link(addr).await {
+                        Ok(link) => link,
+                        Err(error) => {
+                            tracing::debug!(%addr, %error, "cluster: tell dropped");
+                            return;
+                        }
+                    };
+                    match message.envelope(&transport, &link) {
+                        Ok(envelope) => {
                             let _ = link.send(Frame::Message(envelope)).await;
                         }
-                        Err(error) => tracing::debug!(%addr, %error, "cluster: tell dropped"),
+                        Err(reason) => tracing::debug!(%addr, %reason, "cluster: tell dropped"),
                     }
                 });
                 Ok(())
@@ -267,8 +279,21 @@ impl Router {
         let Some((transport, _)) = self.transport.get() else {
             return Err(self.unreachable(target, route, "this node has no transport".into()));
         };
-        let envelope = envelope(transport, message, Some(timeout));
-        let outcome = match transport.ask(route.addr, envelope, timeout).await {
+        let started = std::time::Instant::now();
+        let link = match tokio::time::timeout(timeout, transport.link(route.addr)).await {
+            Ok(Ok(link)) => link,
+            Ok(Err(error)) => return Err(self.unreachable(target, route, error.to_string())),
+            Err(_) => {
+                return Err(AgentError::Timeout {
+                    target,
+                    after: timeout,
+                });
+            }
+        };
+        let left = timeout.saturating_sub(started.elapsed());
+        let envelope = envelope(transport, &link, message, Some(left))
+            .map_err(|reason| self.unreachable(target.clone(), route, reason))?;
+        let outcome = match transport.ask(route.addr, envelope, left).await {
             Ok(outcome) => outcome,
             Err(LinkError::Timeout { .. }) => {
                 return Err(AgentError::Timeout {
@@ -286,9 +311,93 @@ impl Router {
     }
 }
 
+/// An [`Outbound`] kept for a send that waits for its link.
+struct OwnedOutbound {
+    kind: &'static str,
+    key: String,
+    correlation_id: Option<CorrelationId>,
+    type_id: u32,
+    version: u16,
+    payload: Vec<u8>,
+    previous: Option<Vec<u8>>,
+}
+
+impl OwnedOutbound {
+    fn of(message: Outbound<'_>) -> OwnedOutbound {
+        OwnedOutbound {
+            kind: message.kind,
+            key: message.key.to_owned(),
+            correlation_id: message.correlation_id.cloned(),
+            type_id: message.type_id,
+            version: message.version,
+            payload: message.payload,
+            previous: message.previous,
+        }
+    }
+
+    fn envelope(self, transport: &Transport, link: &Link) -> Result<Envelope<'static>, String> {
+        let (type_version, payload) = for_peer(
+            link,
+            self.type_id,
+            self.version,
+            self.payload,
+            self.previous,
+        )?;
+        Ok(Envelope {
+            message_id: transport.next_id(),
+            ask_id: None,
+            correlation_id: self
+                .correlation_id
+                .map(|id| Cow::Owned(id.as_str().to_owned())),
+            trace_context: None,
+            deadline_ms: None,
+            target: Target {
+                kind: Cow::Borrowed(self.kind),
+                key: Cow::Owned(self.key),
+            },
+            type_id: self.type_id,
+            type_version,
+            payload: Cow::Owned(payload),
+        })
+    }
+}
+
+/// The version and bytes of a message that `link`'s peer reads: this
+/// node's version, or the one before where the peer speaks only that.
+fn for_peer(
+    link: &Link,
+    type_id: u32,
+    version: u16,
+    payload: Vec<u8>,
+    previous: Option<Vec<u8>>,
+) -> Result<(u16, Vec<u8>), String> {
+    let peer = link.peer_version(type_id);
+    // On a link at protocol 2 envelopes cannot say their version: 1.
+    let speaks = if link.version() < 3 { Some(1) } else { peer };
+    match speaks {
+        Some(theirs) if theirs + 1 == version => previous
+            .map(|previous| (theirs, previous))
+            .ok_or_else(|| format!("no encoding at version {theirs} of message {type_id:#x}")),
+        Some(theirs) if theirs + 1 < version => Err(format!(
+            "node {} speaks version {theirs} of message {type_id:#x}, this node {version}:              two or more releases apart",
+            link.peer()
+        )),
+        _ => Ok((version, payload)),
+    }
+}
+
 impl Remote for Router {
     fn route(&self, kind: &str, key: &str) -> Option<Route> {
         Router::route(self, kind, key)
+    }
+
+    fn peer_version(&self, route: &Route, type_id: u32) -> Option<u16> {
+        let (transport, _) = self.transport.get()?;
+        let link = transport.open_link(route.addr)?;
+        if link.version() < 3 {
+            return Some(1);
+        }
+        link.peer_version(type_id)
     }
 
     fn is_solo(&self) -> bool {
@@ -326,10 +435,18 @@ fn unix_millis() -> u64 {
 
 fn envelope<'a>(
     transport: &Transport,
+    link: &Link,
     message: Outbound<'a>,
     timeout: Option<Duration>,
-) -> codec::Envelope<'a> {
-    codec::Envelope {
+) -> Result<codec::Envelope<'a>, String> {
+    let (type_version, payload) = for_peer(
+        link,
+        message.type_id,
+        message.version,
+        message.payload,
+        message.previous,
+    )?;
+    Ok(codec::Envelope {
         message_id: transport.next_id(),
         ask_id: None,
         correlation_id: message.correlation_id.map(|id| Cow::Borrowed(id.as_str())),
@@ -340,8 +457,9 @@ fn envelope<'a>(
             key: Cow::Borrowed(message.key),
         },
         type_id: message.type_id,
-        payload: Cow::Owned(message.payload),
-    }
+        type_version,
+        payload: Cow::Owned(payload),
+    })
 }
 
 /// How a refusal travels back to the asking node.
@@ -350,6 +468,19 @@ fn failure_of(refusal: Refusal) -> RemoteFailure {
         Refusal::NotOwner { owner } => return RemoteFailure::NotOwner { owner },
         Refusal::UnknownType { type_id } => return RemoteFailure::UnknownType { type_id },
         Refusal::Undecodable { reason } => return RemoteFailure::Undecodable { reason },
+        // No variant of its own: the reply's layout stays what protocol 2 reads.
+        Refusal::UnknownVersion {
+            type_id,
+            version,
+            speaks,
+        } => {
+            return RemoteFailure::Undecodable {
+                reason: format!(
+                    "version {version} of message {type_id:#x}: this node reads {}..={speaks}",
+                    speaks.saturating_sub(1)
+                ),
+            };
+        }
         Refusal::DeadlineExpired => return RemoteFailure::DeadlineExpired,
         Refusal::Unencodable { reason } => return RemoteFailure::Agent { message: reason },
         Refusal::Agent(error) => error,
@@ -460,6 +591,7 @@ impl Receiver for SystemReceiver {
         };
         let inbound = Inbound {
             type_id: envelope.type_id,
+            version: envelope.type_version,
             key: &envelope.target.key,
             deadline_ms: envelope.deadline_ms,
             correlation_id: envelope.correlation_id.as_deref(),

@@ -28,7 +28,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, oneshot};
 
 use super::channel::{self, ChannelError, Hello, Opener, Sealer};
-use super::codec::{self, CodecError, Envelope, Frame, PROTOCOL_VERSION, RemoteFailure, Reply};
+use super::codec::{
+    self, CodecError, Envelope, Frame, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, RemoteFailure, Reply,
+};
 
 /// Time a peer has, from its connection, to complete the handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -70,6 +72,12 @@ pub struct TransportConfig {
     /// The address peers dial, when it is not the one bound (a wildcard
     /// bind, a container's name).
     pub advertise: Option<SocketAddr>,
+    /// The highest protocol version this node offers: [`PROTOCOL_VERSION`]
+    /// unless pinned lower (a node that plays the release before, in tests).
+    pub max_version: u16,
+    /// `(message id, version)` of each agent kind this node hosts, told to
+    /// peers so that they send what it reads.
+    pub messages: Vec<(u32, u16)>,
 }
 
 impl TransportConfig {
@@ -80,6 +88,8 @@ impl TransportConfig {
             secret: secret.to_vec(),
             queue_bytes: 4 << 20,
             advertise: None,
+            max_version: PROTOCOL_VERSION,
+            messages: Vec::new(),
         }
     }
 }
@@ -169,6 +179,8 @@ type Waiting = HashMap<u64, (Arc<str>, oneshot::Sender<Result<Vec<u8>, RemoteFai
 /// Frames encoded and waiting for the writer.
 struct Outbox {
     bytes: Mutex<Vec<u8>>,
+    /// The link's protocol version: how its frames are laid out.
+    version: u16,
     limit: usize,
     closed: AtomicBool,
     /// Wakes the writer when bytes arrive.
@@ -198,7 +210,7 @@ impl Outbox {
             return Ok(false);
         }
         let was_empty = bytes.is_empty();
-        if let Err(error) = codec::encode_into(frame, &mut bytes) {
+        if let Err(error) = codec::encode_frame(frame, self.version, &mut bytes) {
             tracing::warn!(%peer, %error, "transport: frame not sent");
             return Ok(true);
         }
@@ -214,6 +226,10 @@ impl Outbox {
 #[derive(Clone)]
 pub struct Link {
     peer: Arc<str>,
+    /// The protocol version both ends settled on.
+    version: u16,
+    /// The peer's message versions, by message id.
+    messages: Arc<HashMap<u32, u16>>,
     outbox: Arc<Outbox>,
     replies_dropped: IntCounter,
 }
@@ -222,6 +238,17 @@ impl Link {
     /// The peer's node name, from its handshake.
     pub fn peer(&self) -> &str {
         &self.peer
+    }
+
+    /// The protocol version of the link.
+    pub fn version(&self) -> u16 {
+        self.version
+    }
+
+    /// The version of `type_id`'s messages the peer speaks, if it hosts
+    /// that kind.
+    pub fn peer_version(&self, type_id: u32) -> Option<u16> {
+        self.messages.get(&type_id).copied()
     }
 
     /// Queues a frame, waiting while the link's outbox is full; gives the
@@ -515,15 +542,32 @@ fn handshake_failure(error: &ChannelError) -> &'static str {
     }
 }
 
-/// Whether a peer's hello may open a link with `me`.
-fn vet(me: &str, theirs: &Hello) -> Result<(), String> {
-    if theirs.version != PROTOCOL_VERSION {
+/// The protocol version a link between `mine` and `theirs` speaks: the
+/// highest both speak (each side works it out alike from the two hellos).
+fn negotiated(mine: &Hello, theirs: &Hello) -> Result<u16, String> {
+    let version = mine.version.min(theirs.version);
+    let lowest = mine.min_version.max(theirs.min_version);
+    if version < lowest {
         return Err(format!(
-            "protocol version {} is not this node's {PROTOCOL_VERSION}",
-            theirs.version
+            "no protocol version in common: the peer speaks {}..={}, this node {}..={}",
+            theirs.min_version, theirs.version, mine.min_version, mine.version
         ));
     }
-    if theirs.node == me {
+    Ok(version)
+}
+
+/// Whether a peer's hello may open a link with `me`.
+fn vet(me: &Hello, theirs: &Hello) -> Result<(), String> {
+    negotiated(me, theirs)?;
+    if theirs.messages.len() > channel::MAX_HELLO_MESSAGES {
+        return Err(format!(
+            "the peer lists {} message kinds, more than {}",
+            theirs.messages.len(),
+            channel::MAX_HELLO_MESSAGES
+        ));
+    }
+    let me = &me.node;
+    if theirs.node == *me {
         return Err(format!("the peer claims this node's own name `{me}`"));
     }
     if theirs.node.is_empty()
@@ -785,13 +829,16 @@ impl Transport {
     ) -> Result<Link, LinkError> {
         stream.set_nodelay(true).map_err(CodecError::Io)?;
         let (mut reader, mut writer) = stream.into_split();
+        let config = &self.inner.config;
         let me = Hello {
-            version: PROTOCOL_VERSION,
-            node: self.inner.config.node.clone(),
+            version: config.max_version,
+            node: config.node.clone(),
             listen: self.inner.listen,
+            min_version: MIN_PROTOCOL_VERSION.min(config.max_version),
+            messages: config.messages.clone(),
         };
         let key = &self.inner.link_key;
-        let check = |theirs: &Hello| vet(&me.node, theirs);
+        let check = |theirs: &Hello| vet(&me, theirs);
         let shake = async {
             if accepted {
                 channel::respond(&mut reader, &mut writer, key, &me, check).await
@@ -826,13 +873,18 @@ impl Transport {
                 });
             }
         };
+        // Vetted already: the two hellos have a version in common.
+        let version = negotiated(&me, &theirs).unwrap_or(MIN_PROTOCOL_VERSION);
         let peer = theirs.node;
-        tracing::info!(peer = %peer, %addr, "transport: link open");
+        tracing::info!(peer = %peer, %addr, version, "transport: link open");
         self.inner.metrics.links.inc();
         let link = Link {
             peer: peer.into(),
+            version,
+            messages: Arc::new(theirs.messages.into_iter().collect()),
             outbox: Arc::new(Outbox {
                 bytes: Mutex::new(Vec::with_capacity(WRITE_BATCH_BYTES)),
+                version,
                 limit: self.inner.config.queue_bytes.max(1),
                 closed: AtomicBool::new(false),
                 filled: Notify::new(),
@@ -878,7 +930,7 @@ impl Transport {
             // The whole frames read so far, each a view into `bytes`.
             let mut taken = 0;
             let wanted = loop {
-                match codec::next_frame::<Frame>(&bytes[taken..]) {
+                match codec::next_frame_at(&bytes[taken..], link.version) {
                     Ok(Ok((frame, used))) => {
                         taken += used;
                         self.take(&link, frame, receiver.as_mut()).await;
@@ -1051,6 +1103,7 @@ mod tests {
                 key: format!("m-{n}").into(),
             },
             type_id: 1,
+            type_version: 1,
             payload: encode_payload(&n).unwrap().into(),
         }
     }
@@ -1168,6 +1221,8 @@ mod tests {
             version,
             node: node.into(),
             listen: "127.0.0.1:1".parse().unwrap(),
+            min_version: version,
+            messages: Vec::new(),
         };
         let (_, sealer, _) = channel::initiate(
             &mut reader,

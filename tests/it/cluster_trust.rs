@@ -180,6 +180,7 @@ fn frame() -> Vec<u8> {
             key: "forged".into(),
         },
         type_id: 1,
+        type_version: 1,
         payload: codec::encode_payload(&1u64).unwrap().into(),
     };
     let mut bytes = Vec::new();

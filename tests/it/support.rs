@@ -154,6 +154,7 @@ pub enum CounterReply {
 }
 
 impl Agent for Counter {
+    const MESSAGE_ID: u32 = 0x7e01;
     const KIND: &'static str = "counter";
     type State = CounterState;
     type Msg = CounterMsg;

@@ -33,6 +33,38 @@ pub trait Agent: Sized + Send + 'static {
     type Msg: AgentMessage;
     type Reply: Serialize + DeserializeOwned + Send + 'static;
 
+    /// The id of this kind's messages on the wire: explicit and stable
+    /// across releases (a renamed kind keeps it; a new kind takes a new one).
+    const MESSAGE_ID: u32;
+    /// The version of `Msg` and `Reply` on the wire. A release that changes
+    /// either bumps it; a node takes version N and N - 1 (see
+    /// [`Agent::decode_message`]) and sends N - 1 to a peer that speaks only
+    /// that (see [`Agent::encode_previous`]).
+    const MESSAGE_VERSION: u16 = 1;
+
+    /// Decodes a message from another node sent at `version`, which is
+    /// [`Agent::MESSAGE_VERSION`] or the one before. The default reads both
+    /// the same way: right for a change that only adds fields with
+    /// defaults (the payload names its fields; unknown ones are skipped).
+    /// A kind whose change is not additive reads version N - 1 into its
+    /// own shape here.
+    fn decode_message(version: u16, bytes: &[u8]) -> Result<Self::Msg, String> {
+        let _ = version;
+        super::remote::decode_payload(bytes)
+    }
+
+    /// Encodes `msg` for a node that speaks version N - 1 of this kind's
+    /// messages. The default sends it as it is (an additive change: the
+    /// older node skips the fields it does not know).
+    fn encode_previous(msg: &Self::Msg) -> Result<Vec<u8>, String> {
+        super::remote::encode_payload(msg)
+    }
+
+    /// Encodes `reply` for an ask that came at version N - 1.
+    fn encode_previous_reply(reply: &Self::Reply) -> Result<Vec<u8>, String> {
+        super::remote::encode_payload(reply)
+    }
+
     /// State of an instance that has nothing in the store yet.
     fn init(key: &str) -> Self::State;
 

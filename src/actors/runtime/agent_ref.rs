@@ -13,7 +13,7 @@ use super::agent::Agent;
 use super::envelope::{CorrelationId, Envelope, Header, ReplySender};
 use super::error::AgentError;
 use super::registry::{Instance, KindRuntime};
-use super::remote::{Outbound, decode_payload, encode_payload, type_id};
+use super::remote::{Outbound, Remote, Route, decode_payload, encode_payload};
 
 /// A reference to the agent instance `(A::KIND, key)`.
 pub struct AgentRef<A: Agent> {
@@ -78,17 +78,39 @@ impl<A: Agent> AgentRef<A> {
         }
     }
 
-    /// `msg` encoded for the node that owns the instance.
-    fn outbound(&self, msg: &A::Msg) -> Result<Outbound<'_>, AgentError> {
+    /// `msg` encoded for the node that owns the instance: at this kind's
+    /// version, and at the one before too where that node speaks only it
+    /// or is not known yet.
+    fn outbound(
+        &self,
+        remote: &dyn Remote,
+        route: &Route,
+        msg: &A::Msg,
+    ) -> Result<Outbound<'_>, AgentError> {
+        let unencodable = |reason| AgentError::Unencodable {
+            target: KindRuntime::<A>::target(&self.key),
+            reason,
+        };
+        let peer = remote.peer_version(route, A::MESSAGE_ID);
+        let previous =
+            if A::MESSAGE_VERSION > 1 && peer.is_none_or(|version| version < A::MESSAGE_VERSION) {
+                Some(A::encode_previous(msg).map_err(unencodable)?)
+            } else {
+                None
+            };
+        let payload = if peer.is_some_and(|version| version < A::MESSAGE_VERSION) {
+            Vec::new()
+        } else {
+            encode_payload(msg).map_err(unencodable)?
+        };
         Ok(Outbound {
             kind: A::KIND,
             key: &self.key,
             correlation_id: self.correlation_id.as_ref(),
-            type_id: type_id::<A>(),
-            payload: encode_payload(msg).map_err(|reason| AgentError::Unencodable {
-                target: KindRuntime::<A>::target(&self.key),
-                reason,
-            })?,
+            type_id: A::MESSAGE_ID,
+            version: A::MESSAGE_VERSION,
+            payload,
+            previous,
         })
     }
 
@@ -96,7 +118,7 @@ impl<A: Agent> AgentRef<A> {
     /// [`AgentError::MailboxFull`] when the mailbox is full.
     pub fn tell(&self, msg: A::Msg) -> Result<(), AgentError> {
         if let Some((remote, route)) = self.kind.node.route(A::KIND, &self.key) {
-            return remote.tell(&route, self.outbound(&msg)?);
+            return remote.tell(&route, self.outbound(remote, &route, &msg)?);
         }
         self.kind
             .deliver(&self.key, self.envelope(msg, None, None), &self.instance)
@@ -117,7 +139,8 @@ impl<A: Agent> AgentRef<A> {
                 return self.ask_here(msg, timeout).await;
             };
             let left = timeout.saturating_sub(started.elapsed());
-            if let Some(bytes) = remote.ask(&route, self.outbound(&msg)?, left).await? {
+            let outbound = self.outbound(remote, &route, &msg)?;
+            if let Some(bytes) = remote.ask(&route, outbound, left).await? {
                 return decode_payload(&bytes).map_err(|reason| AgentError::Remote {
                     target: KindRuntime::<A>::target(&self.key),
                     node: route.node.clone(),

@@ -82,8 +82,12 @@ pub(crate) enum ReplySender<A: Agent> {
     /// carries a small value on the hot path, not the largest error's size.
     Local(oneshot::Sender<Result<A::Reply, Box<AgentError>>>),
     /// An ask from another node: the handler's thread encodes the answer
-    /// straight onto the link it came on (no task per ask to carry it).
-    Remote(Box<dyn ReplyPort>),
+    /// straight onto the link it came on (no task per ask to carry it);
+    /// `previous` when the ask came at the version before the kind's.
+    Remote {
+        port: Box<dyn ReplyPort>,
+        previous: bool,
+    },
 }
 
 impl<A: Agent> ReplySender<A> {
@@ -93,12 +97,18 @@ impl<A: Agent> ReplySender<A> {
             ReplySender::Local(sender) => {
                 let _ = sender.send(result.map_err(Box::new));
             }
-            ReplySender::Remote(reply) => reply.answer(match result {
-                Ok(value) => {
-                    encode_payload(&value).map_err(|reason| Refusal::Unencodable { reason })
-                }
-                Err(error) => Err(Refusal::Agent(error)),
-            }),
+            ReplySender::Remote { port, previous } => {
+                let encoded = match &result {
+                    Ok(value) if previous => A::encode_previous_reply(value),
+                    Ok(value) => encode_payload(value),
+                    Err(_) => Ok(Vec::new()),
+                };
+                port.answer(match (result, encoded) {
+                    (Err(error), _) => Err(Refusal::Agent(error)),
+                    (Ok(_), Ok(bytes)) => Ok(bytes),
+                    (Ok(_), Err(reason)) => Err(Refusal::Unencodable { reason }),
+                });
+            }
         }
     }
 }

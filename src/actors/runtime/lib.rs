@@ -48,7 +48,9 @@ pub use error::{AgentError, HandlerError, Rejection};
 pub use events::{DomainEvent, EVENT_TYPES, WantedTypes, is_notified};
 pub use metrics::Metrics;
 pub use registry::Stage;
-pub use remote::{Hold, Inbound, Outbound, Refusal, Remote, ReplyPort, Route, type_id};
+pub use remote::{
+    Hold, Inbound, Outbound, Refusal, Remote, ReplyPort, Route, decode_payload, encode_payload,
+};
 pub use supervisor::{
     FailureRecord, InstanceSnapshot, InstanceStatus, LifecycleChange, RestartStrategy,
     SupervisionEvent, SupervisionTree, SupervisorSnapshot,

@@ -423,6 +423,8 @@ pub(crate) trait KindControl: Send + Sync {
     /// Asks every instance whose key another node owns now to passivate;
     /// answers how many were asked.
     fn hand_off_unowned(&self) -> usize;
+    /// The kind's message id and version on the wire.
+    fn message_version(&self) -> (u32, u16);
     /// Where one link's messages for this kind wait to be delivered.
     fn stage(self: Arc<Self>) -> Box<dyn Stage>;
 }
@@ -431,9 +433,17 @@ impl<A: Agent> KindRuntime<A> {
     /// The target key and the local envelope (no reply yet) of a message
     /// this node takes.
     fn check_remote(&self, envelope: &Inbound<'_>) -> Result<(Arc<str>, Envelope<A>), Refusal> {
-        if envelope.type_id != remote::type_id::<A>() {
+        if envelope.type_id != A::MESSAGE_ID {
             return Err(Refusal::UnknownType {
                 type_id: envelope.type_id,
+            });
+        }
+        if !(A::MESSAGE_VERSION.saturating_sub(1)..=A::MESSAGE_VERSION).contains(&envelope.version)
+        {
+            return Err(Refusal::UnknownVersion {
+                type_id: envelope.type_id,
+                version: envelope.version,
+                speaks: A::MESSAGE_VERSION,
             });
         }
         let key: Arc<str> = envelope.key.into();
@@ -451,7 +461,7 @@ impl<A: Agent> KindRuntime<A> {
             }
             None => None,
         };
-        let payload = remote::decode_payload::<A::Msg>(envelope.payload)
+        let payload = A::decode_message(envelope.version, envelope.payload)
             .map_err(|reason| Refusal::Undecodable { reason })?;
         let header = Header {
             message_id: self.node.next_message_id(),
@@ -496,7 +506,8 @@ impl<A: Agent> Stage for KindStage<A> {
     fn take(&mut self, envelope: Inbound<'_>, reply: Option<Box<dyn ReplyPort>>) {
         match self.kind.check_remote(&envelope) {
             Ok((key, mut local)) => {
-                local.reply = reply.map(ReplySender::Remote);
+                let previous = envelope.version < A::MESSAGE_VERSION;
+                local.reply = reply.map(|port| ReplySender::Remote { port, previous });
                 self.staged.push_back((key, local));
             }
             Err(failure) if reply.is_some() => remote::refuse(reply, failure),
@@ -671,6 +682,10 @@ impl<A: Agent> KindControl for KindRuntime<A> {
             }
         }
         asked
+    }
+
+    fn message_version(&self) -> (u32, u16) {
+        (A::MESSAGE_ID, A::MESSAGE_VERSION)
     }
 
     fn stage(self: Arc<Self>) -> Box<dyn Stage> {

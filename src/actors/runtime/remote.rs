@@ -12,7 +12,6 @@ use futures_util::future::BoxFuture;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::agent::Agent;
 use super::envelope::CorrelationId;
 use super::error::AgentError;
 
@@ -27,13 +26,18 @@ pub struct Route {
 }
 
 /// A message for an instance another node owns, encoded.
-#[derive(Debug)]
 pub struct Outbound<'a> {
     pub kind: &'static str,
     pub key: &'a str,
     pub correlation_id: Option<&'a CorrelationId>,
+    /// The kind's [`Agent::MESSAGE_ID`].
     pub type_id: u32,
+    /// The kind's [`Agent::MESSAGE_VERSION`], at which `payload` is encoded.
+    pub version: u16,
     pub payload: Vec<u8>,
+    /// The message encoded at `version - 1`, for a peer that speaks only
+    /// that: made when the route's peer is known to, or not known yet.
+    pub previous: Option<Vec<u8>>,
 }
 
 /// The way to the other nodes of a cluster.
@@ -43,6 +47,10 @@ pub trait Remote: Send + Sync + 'static {
     fn route(&self, kind: &str, key: &str) -> Option<Route>;
     /// Whether this node is the whole view (every route is local).
     fn is_solo(&self) -> bool;
+    /// The version of `type_id`'s messages the node `route` leads to
+    /// speaks, once a link to it is up (`None` before, or when it does not
+    /// host the kind).
+    fn peer_version(&self, route: &Route, type_id: u32) -> Option<u16>;
     /// Sends without waiting for an answer.
     fn tell(&self, route: &Route, message: Outbound<'_>) -> Result<(), AgentError>;
     /// Sends and waits at most `timeout` for the encoded reply; `Ok(None)`
@@ -61,6 +69,8 @@ pub trait Remote: Send + Sync + 'static {
 #[derive(Debug)]
 pub struct Inbound<'a> {
     pub type_id: u32,
+    /// The version of the kind's messages it is encoded at.
+    pub version: u16,
     pub key: &'a str,
     /// Unix milliseconds after which nobody waits for the answer.
     pub deadline_ms: Option<u64>,
@@ -75,6 +85,13 @@ pub enum Refusal {
     NotOwner { owner: Option<String> },
     /// No message type of the kind has this id.
     UnknownType { type_id: u32 },
+    /// This node's messages of the kind are at version `speaks`; it takes
+    /// that and the one before, not `version`.
+    UnknownVersion {
+        type_id: u32,
+        version: u16,
+        speaks: u16,
+    },
     /// The payload is not a message of the kind.
     Undecodable { reason: String },
     /// The reply could not be encoded.
@@ -97,19 +114,13 @@ pub(crate) fn refuse(reply: Option<Box<dyn ReplyPort>>, refusal: Refusal) {
     }
 }
 
-/// The id of a kind's message type on the wire.
-pub fn type_id<A: Agent>() -> u32 {
-    let hash = xxhash_rust::xxh3::xxh3_64(A::KIND.as_bytes());
-    (hash as u32) ^ (hash >> 32) as u32
-}
-
 /// Payloads are MessagePack with field names: self-describing, so the
 /// agents' tagged and flattened serde types round-trip.
-pub(crate) fn encode_payload<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
+pub fn encode_payload<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
     rmp_serde::to_vec_named(value).map_err(|error| error.to_string())
 }
 
-pub(crate) fn decode_payload<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+pub fn decode_payload<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     rmp_serde::from_slice(bytes).map_err(|error| error.to_string())
 }
 

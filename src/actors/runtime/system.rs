@@ -366,6 +366,15 @@ impl System {
             .collect()
     }
 
+    /// `(message id, version)` of every kind registered here: what this
+    /// node tells its peers it speaks.
+    pub fn message_versions(&self) -> Vec<(u32, u16)> {
+        self.controls()
+            .iter()
+            .map(|control| control.message_version())
+            .collect()
+    }
+
     /// Where one link's messages for `kind` wait to be delivered here;
     /// `None` when no agent of that kind is registered.
     pub fn stage(&self, kind: &str) -> Option<Box<dyn Stage>> {
