@@ -147,4 +147,62 @@ mod tests {
         assert_eq!(xxhash_rust::xxh3::xxh3_64(&joined), GOLDEN);
         assert_ne!(score("ab", "c", "k"), score("a", "bc", "k"));
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::{Candidate, owner};
+
+        fn cluster() -> impl Strategy<Value = Vec<Candidate>> {
+            proptest::collection::btree_set("[a-z][a-z0-9]{0,6}", 1..8).prop_map(|names| {
+                names
+                    .into_iter()
+                    .map(|node| Candidate {
+                        node,
+                        kinds: vec!["architect".into()],
+                        gpus: 0,
+                    })
+                    .collect()
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// Every key has one owner among the candidates, whatever their
+            /// order; when a node leaves, only its keys move, and each to a
+            /// node that stayed.
+            #[test]
+            fn one_owner_per_key_and_a_leaving_node_moves_only_its_keys(
+                candidates in cluster(),
+                keys in proptest::collection::vec(".{0,24}", 1..40),
+                leaving in any::<prop::sample::Index>(),
+            ) {
+                let mut reversed = candidates.clone();
+                reversed.reverse();
+                let gone = leaving.index(candidates.len());
+                let stayed: Vec<Candidate> = candidates
+                    .iter()
+                    .enumerate()
+                    .filter(|(index, _)| *index != gone)
+                    .map(|(_, candidate)| candidate.clone())
+                    .collect();
+                for key in &keys {
+                    let before = owner("architect", key, &candidates, false).unwrap();
+                    prop_assert_eq!(
+                        &before.node,
+                        &owner("architect", key, &reversed, false).unwrap().node
+                    );
+                    let after = owner("architect", key, &stayed, false);
+                    if before.node == candidates[gone].node {
+                        if let Some(after) = after {
+                            prop_assert_ne!(&after.node, &candidates[gone].node);
+                        }
+                    } else {
+                        prop_assert_eq!(&after.unwrap().node, &before.node);
+                    }
+                }
+            }
+        }
+    }
 }

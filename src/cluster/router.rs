@@ -274,26 +274,24 @@ impl Router {
         route: &Route,
         message: Outbound<'_>,
         timeout: Duration,
-    ) -> Result<Option<Vec<u8>>, AgentError> {
+    ) -> Result<crate::actors::RemoteAnswer, AgentError> {
         let target = target_of(&message);
         let Some((transport, _)) = self.transport.get() else {
             return Err(self.unreachable(target, route, "this node has no transport".into()));
         };
         let started = std::time::Instant::now();
-        let link = match tokio::time::timeout(timeout, transport.link(route.addr)).await {
-            Ok(Ok(link)) => link,
-            Ok(Err(error)) => return Err(self.unreachable(target, route, error.to_string())),
-            Err(_) => {
-                return Err(AgentError::Timeout {
-                    target,
-                    after: timeout,
-                });
-            }
+        // The dial runs to its own bounds (connect, handshake), as before:
+        // cut short, it would record no failure and the next ask would dial
+        // a dead peer again at once.
+        let link = match transport.link(route.addr).await {
+            Ok(link) => link,
+            Err(error) => return Err(self.unreachable(target, route, error.to_string())),
         };
         let left = timeout.saturating_sub(started.elapsed());
         let envelope = envelope(transport, &link, message, Some(left))
             .map_err(|reason| self.unreachable(target.clone(), route, reason))?;
-        let outcome = match transport.ask(route.addr, envelope, left).await {
+        let type_version = envelope.type_version;
+        let outcome = match transport.ask_on(&link, envelope, left).await {
             Ok(outcome) => outcome,
             Err(LinkError::Timeout { .. }) => {
                 return Err(AgentError::Timeout {
@@ -304,7 +302,7 @@ impl Router {
             Err(error) => return Err(self.unreachable(target, route, error.to_string())),
         };
         match outcome {
-            Ok(bytes) => Ok(Some(bytes)),
+            Ok(bytes) => Ok(Some((type_version, bytes))),
             Err(RemoteFailure::NotOwner { .. }) => Ok(None),
             Err(failure) => Err(error_of(failure, target, &route.node, timeout)),
         }
@@ -318,7 +316,7 @@ struct OwnedOutbound {
     correlation_id: Option<CorrelationId>,
     type_id: u32,
     version: u16,
-    payload: Vec<u8>,
+    payload: Option<Vec<u8>>,
     previous: Option<Vec<u8>>,
 }
 
@@ -368,21 +366,28 @@ fn for_peer(
     link: &Link,
     type_id: u32,
     version: u16,
-    payload: Vec<u8>,
+    payload: Option<Vec<u8>>,
     previous: Option<Vec<u8>>,
 ) -> Result<(u16, Vec<u8>), String> {
-    let peer = link.peer_version(type_id);
     // On a link at protocol 2 envelopes cannot say their version: 1.
-    let speaks = if link.version() < 3 { Some(1) } else { peer };
+    let speaks = if link.version() < 3 {
+        Some(1)
+    } else {
+        link.peer_version(type_id)
+    };
+    let missing = |at: u16| format!("message {type_id:#x} was not encoded at version {at}");
     match speaks {
-        Some(theirs) if theirs + 1 == version => previous
+        Some(theirs) if theirs < version && version.checked_sub(1) == Some(theirs) => previous
             .map(|previous| (theirs, previous))
-            .ok_or_else(|| format!("no encoding at version {theirs} of message {type_id:#x}")),
-        Some(theirs) if theirs + 1 < version => Err(format!(
-            "node {} speaks version {theirs} of message {type_id:#x}, this node {version}:              two or more releases apart",
+            .ok_or_else(|| missing(theirs)),
+        Some(theirs) if theirs < version => Err(format!(
+            "node {} speaks version {theirs} of message {type_id:#x}, this node {version}: \
+             two or more releases apart",
             link.peer()
         )),
-        _ => Ok((version, payload)),
+        _ => payload
+            .map(|payload| (version, payload))
+            .ok_or_else(|| missing(version)),
     }
 }
 
@@ -413,7 +418,7 @@ impl Remote for Router {
         route: &'a Route,
         message: Outbound<'a>,
         timeout: Duration,
-    ) -> BoxFuture<'a, Result<Option<Vec<u8>>, AgentError>> {
+    ) -> BoxFuture<'a, Result<crate::actors::RemoteAnswer, AgentError>> {
         Box::pin(self.request(route, message, timeout))
     }
 

@@ -587,6 +587,17 @@ impl Transport {
         config: TransportConfig,
         inbound: Inbound,
     ) -> std::io::Result<Transport> {
+        // Peers refuse a hello listing more kinds: say so here, not there.
+        if config.messages.len() > channel::MAX_HELLO_MESSAGES {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "this node hosts {} agent kinds; a cluster node may host at most {}",
+                    config.messages.len(),
+                    channel::MAX_HELLO_MESSAGES
+                ),
+            ));
+        }
         let listener = TcpListener::bind(addr).await?;
         let listen = match config.advertise {
             Some(advertised) => advertised,
@@ -783,10 +794,22 @@ impl Transport {
     pub async fn ask(
         &self,
         addr: SocketAddr,
-        mut envelope: Envelope<'_>,
+        envelope: Envelope<'_>,
         timeout: Duration,
     ) -> Result<Result<Vec<u8>, RemoteFailure>, LinkError> {
         let link = self.link(addr).await?;
+        self.ask_on(&link, envelope, timeout).await
+    }
+
+    /// [`Transport::ask`] on a link already open (the one the envelope was
+    /// laid out for); `timeout` bounds the wait for room in its outbox and
+    /// for the reply together.
+    pub async fn ask_on(
+        &self,
+        link: &Link,
+        mut envelope: Envelope<'_>,
+        timeout: Duration,
+    ) -> Result<Result<Vec<u8>, RemoteFailure>, LinkError> {
         let ask_id = self.next_id();
         envelope.ask_id = Some(ask_id);
         let (reply, answer) = oneshot::channel();
@@ -796,24 +819,23 @@ impl Transport {
             inner: Arc::clone(&self.inner),
             ask_id,
         };
-        async {
+        let exchange = async {
             link.send(Frame::Message(envelope))
                 .await
                 .map_err(|_| LinkError::Closed {
                     peer: link.peer().to_owned(),
                 })?;
-            match tokio::time::timeout(timeout, answer).await {
-                Ok(Ok(outcome)) => Ok(outcome),
-                Ok(Err(_)) => Err(LinkError::Closed {
-                    peer: link.peer().to_owned(),
-                }),
-                Err(_) => Err(LinkError::Timeout {
-                    peer: link.peer().to_owned(),
-                    timeout,
-                }),
-            }
+            answer.await.map_err(|_| LinkError::Closed {
+                peer: link.peer().to_owned(),
+            })
+        };
+        match tokio::time::timeout(timeout, exchange).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(LinkError::Timeout {
+                peer: link.peer().to_owned(),
+                timeout,
+            }),
         }
-        .await
     }
 
     /// The handshake on a fresh connection (either side, within

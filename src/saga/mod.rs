@@ -793,4 +793,108 @@ mod tests {
             "capped at 100x"
         );
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        /// What befalls an action handed out: it succeeds, fails for good,
+        /// fails and may be retried (forward), or its compensation fails.
+        #[derive(Debug, Clone, Copy)]
+        enum Outcome {
+            Succeed,
+            FailFinal,
+            FailRetryable,
+        }
+
+        fn outcome() -> impl Strategy<Value = Outcome> {
+            prop_oneof![
+                4 => Just(Outcome::Succeed),
+                1 => Just(Outcome::FailFinal),
+                1 => Just(Outcome::FailRetryable),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// Whatever each action's outcome, a saga ends completed with
+            /// every step done, compensated with every done step that has a
+            /// compensation undone (in reverse order, never a step twice), or
+            /// needing attention; forward steps run in order, and nothing is
+            /// due once it has ended.
+            #[test]
+            fn any_run_ends_in_a_consistent_state(
+                outcomes in proptest::collection::vec(outcome(), 1..200),
+                renewal_saga in any::<bool>(),
+            ) {
+                let definition = if renewal_saga { renewal() } else { value_creation() };
+                let mut at = Utc::now();
+                let mut saga = Saga::new("p".into(), &definition, serde_json::json!({}), at);
+                let mut forward = Vec::new();
+                let mut undone = Vec::new();
+                let mut outcomes = outcomes.into_iter().cycle();
+                for _ in 0..1000 {
+                    let Some(due) = saga.due(&definition, at) else {
+                        match saga.next_action_at {
+                            Some(next) if next > at => {
+                                at = next;
+                                continue;
+                            }
+                            _ => break,
+                        }
+                    };
+                    saga.begin(&definition, &due, at);
+                    let outcome = outcomes.next().unwrap();
+                    match (due.direction, outcome) {
+                        (Direction::Forward, Outcome::Succeed) => {
+                            forward.push(due.step);
+                            saga.succeeded(&definition, due.step, serde_json::json!({}), at).unwrap();
+                        }
+                        (Direction::Forward, Outcome::FailFinal) => {
+                            saga.failed(&definition, due.step, "final".into(), false, at).unwrap();
+                        }
+                        (Direction::Forward, Outcome::FailRetryable) => {
+                            saga.failed(&definition, due.step, "again".into(), true, at).unwrap();
+                        }
+                        (Direction::Compensate, Outcome::Succeed) => {
+                            undone.push(due.step);
+                            saga.compensated(&definition, due.step, at).unwrap();
+                        }
+                        (Direction::Compensate, _) => {
+                            saga.compensation_failed(&definition, due.step, "down".into(), at).unwrap();
+                        }
+                    }
+                    if saga.status == SagaStatus::NeedsAttention {
+                        break;
+                    }
+                }
+                prop_assert!(forward.windows(2).all(|pair| pair[0] < pair[1]), "{forward:?}");
+                prop_assert!(undone.windows(2).all(|pair| pair[0] > pair[1]), "{undone:?}");
+                match saga.status {
+                    SagaStatus::Completed => {
+                        prop_assert_eq!(forward.len(), definition.steps.len());
+                        prop_assert!(undone.is_empty());
+                    }
+                    SagaStatus::Compensated => {
+                        let expected: Vec<usize> = forward
+                            .iter()
+                            .rev()
+                            .copied()
+                            .filter(|step| definition.steps[*step].compensation.is_some())
+                            .collect();
+                        prop_assert_eq!(&undone, &expected);
+                    }
+                    SagaStatus::NeedsAttention => {
+                        prop_assert!(saga.steps.iter().any(|step| step.status == StepStatus::CompensationFailed));
+                    }
+                    other => prop_assert!(false, "ended {other:?}"),
+                }
+                if saga.status.is_final() {
+                    prop_assert_eq!(saga.due(&definition, at), None);
+                }
+            }
+        }
+    }
 }

@@ -60,6 +60,14 @@ pub trait Agent: Sized + Send + 'static {
         super::remote::encode_payload(msg)
     }
 
+    /// Decodes a reply from another node to an ask sent at `version` (N, or
+    /// N - 1 to a node of the release before). The default reads both the
+    /// same way, as [`Agent::decode_message`] does.
+    fn decode_reply(version: u16, bytes: &[u8]) -> Result<Self::Reply, String> {
+        let _ = version;
+        super::remote::decode_payload(bytes)
+    }
+
     /// Encodes `reply` for an ask that came at version N - 1.
     fn encode_previous_reply(reply: &Self::Reply) -> Result<Vec<u8>, String> {
         super::remote::encode_payload(reply)

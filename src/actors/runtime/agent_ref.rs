@@ -13,7 +13,7 @@ use super::agent::Agent;
 use super::envelope::{CorrelationId, Envelope, Header, ReplySender};
 use super::error::AgentError;
 use super::registry::{Instance, KindRuntime};
-use super::remote::{Outbound, Remote, Route, decode_payload, encode_payload};
+use super::remote::{Outbound, Remote, Route, encode_payload};
 
 /// A reference to the agent instance `(A::KIND, key)`.
 pub struct AgentRef<A: Agent> {
@@ -99,9 +99,9 @@ impl<A: Agent> AgentRef<A> {
                 None
             };
         let payload = if peer.is_some_and(|version| version < A::MESSAGE_VERSION) {
-            Vec::new()
+            None
         } else {
-            encode_payload(msg).map_err(unencodable)?
+            Some(encode_payload(msg).map_err(unencodable)?)
         };
         Ok(Outbound {
             kind: A::KIND,
@@ -140,8 +140,8 @@ impl<A: Agent> AgentRef<A> {
             };
             let left = timeout.saturating_sub(started.elapsed());
             let outbound = self.outbound(remote, &route, &msg)?;
-            if let Some(bytes) = remote.ask(&route, outbound, left).await? {
-                return decode_payload(&bytes).map_err(|reason| AgentError::Remote {
+            if let Some((version, bytes)) = remote.ask(&route, outbound, left).await? {
+                return A::decode_reply(version, &bytes).map_err(|reason| AgentError::Remote {
                     target: KindRuntime::<A>::target(&self.key),
                     node: route.node.clone(),
                     message: format!("undecodable reply: {reason}"),

@@ -49,7 +49,8 @@ pub use events::{DomainEvent, EVENT_TYPES, WantedTypes, is_notified};
 pub use metrics::Metrics;
 pub use registry::Stage;
 pub use remote::{
-    Hold, Inbound, Outbound, Refusal, Remote, ReplyPort, Route, decode_payload, encode_payload,
+    Hold, Inbound, Outbound, Refusal, Remote, RemoteAnswer, ReplyPort, Route, decode_payload,
+    encode_payload,
 };
 pub use supervisor::{
     FailureRecord, InstanceSnapshot, InstanceStatus, LifecycleChange, RestartStrategy,

@@ -438,8 +438,8 @@ impl<A: Agent> KindRuntime<A> {
                 type_id: envelope.type_id,
             });
         }
-        if !(A::MESSAGE_VERSION.saturating_sub(1)..=A::MESSAGE_VERSION).contains(&envelope.version)
-        {
+        let oldest = A::MESSAGE_VERSION.saturating_sub(1).max(1);
+        if !(oldest..=A::MESSAGE_VERSION).contains(&envelope.version) {
             return Err(Refusal::UnknownVersion {
                 type_id: envelope.type_id,
                 version: envelope.version,

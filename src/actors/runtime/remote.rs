@@ -34,11 +34,16 @@ pub struct Outbound<'a> {
     pub type_id: u32,
     /// The kind's [`Agent::MESSAGE_VERSION`], at which `payload` is encoded.
     pub version: u16,
-    pub payload: Vec<u8>,
+    /// `None` where the route's peer is known to speak only `version - 1`.
+    pub payload: Option<Vec<u8>>,
     /// The message encoded at `version - 1`, for a peer that speaks only
     /// that: made when the route's peer is known to, or not known yet.
     pub previous: Option<Vec<u8>>,
 }
+
+/// A reply from another node and the message version it was asked at;
+/// `None` when that node does not own the key.
+pub type RemoteAnswer = Option<(u16, Vec<u8>)>;
 
 /// The way to the other nodes of a cluster.
 pub trait Remote: Send + Sync + 'static {
@@ -53,14 +58,15 @@ pub trait Remote: Send + Sync + 'static {
     fn peer_version(&self, route: &Route, type_id: u32) -> Option<u16>;
     /// Sends without waiting for an answer.
     fn tell(&self, route: &Route, message: Outbound<'_>) -> Result<(), AgentError>;
-    /// Sends and waits at most `timeout` for the encoded reply; `Ok(None)`
-    /// when the node answers that it does not own the key (route again).
+    /// Sends and waits at most `timeout` for the encoded reply and the
+    /// message version it was asked at (the reply's too); `Ok(None)` when
+    /// the node answers that it does not own the key (route again).
     fn ask<'a>(
         &'a self,
         route: &'a Route,
         message: Outbound<'a>,
         timeout: Duration,
-    ) -> BoxFuture<'a, Result<Option<Vec<u8>>, AgentError>>;
+    ) -> BoxFuture<'a, Result<RemoteAnswer, AgentError>>;
     /// Shares an encoded domain event with every other node, best effort.
     fn share(&self, source: &str, correlation_id: Option<&str>, payload: Vec<u8>);
 }
