@@ -57,3 +57,6 @@ pub use supervisor::{
     SupervisionEvent, SupervisionTree, SupervisorSnapshot,
 };
 pub use system::{RuntimeConfig, System, WeakSystem};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,218 @@
+//! The runtime on its own (an in-memory SQLite store, no cluster, no
+//! business agent): the registry's admission and passivation, the host's
+//! restart path and escalation.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use crate::store::Store;
+use crate::{
+    Agent, AgentError, AgentMessage, HandlerError, Handling, InstanceStatus, LifecycleChange,
+    RestartStrategy, RuntimeConfig, SupervisionEvent, System,
+};
+
+const ASK: Duration = Duration::from_secs(5);
+
+/// Adds, reads, sleeps or panics, as told.
+struct Tally;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum TallyMsg {
+    Add(i64),
+    Get,
+    Sleep(u64),
+    Panic,
+}
+
+impl AgentMessage for TallyMsg {
+    fn name(&self) -> &'static str {
+        match self {
+            TallyMsg::Add(_) => "add",
+            TallyMsg::Get => "get",
+            TallyMsg::Sleep(_) => "sleep",
+            TallyMsg::Panic => "panic",
+        }
+    }
+}
+
+impl Agent for Tally {
+    const KIND: &'static str = "tally";
+    const MESSAGE_ID: u32 = 0x7a11;
+    type State = i64;
+    type Msg = TallyMsg;
+    type Reply = i64;
+
+    fn init(_key: &str) -> i64 {
+        0
+    }
+
+    fn handle(state: &mut i64, msg: TallyMsg, ctx: &mut Handling<'_>) -> Result<i64, HandlerError> {
+        match msg {
+            TallyMsg::Add(amount) => {
+                *state += amount;
+                ctx.persist();
+            }
+            TallyMsg::Get => {}
+            TallyMsg::Sleep(millis) => std::thread::sleep(Duration::from_millis(millis)),
+            TallyMsg::Panic => {
+                // Changed in memory, never saved: the restart drops it.
+                *state += 1_000;
+                panic!("told to panic");
+            }
+        }
+        Ok(*state)
+    }
+
+    fn strategy() -> RestartStrategy {
+        RestartStrategy {
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(40),
+            backoff_factor: 2.0,
+            jitter: 0.0,
+            max_restarts: 2,
+            restart_window: Duration::from_secs(30),
+        }
+    }
+}
+
+async fn system(config: RuntimeConfig) -> System {
+    let store = Store::open("sqlite::memory:", 1).await.unwrap();
+    System::start(
+        "unit",
+        RuntimeConfig {
+            workers: 1,
+            ..config
+        },
+        store,
+    )
+    .unwrap()
+}
+
+fn status(system: &System, key: &str) -> Option<InstanceStatus> {
+    system
+        .supervision_tree()
+        .supervisors
+        .into_iter()
+        .find(|supervisor| supervisor.kind == Tally::KIND)?
+        .instances
+        .into_iter()
+        .find(|instance| instance.key == key)
+        .map(|instance| instance.status)
+}
+
+async fn until(
+    events: &mut broadcast::Receiver<SupervisionEvent>,
+    key: &str,
+    wanted: impl Fn(&LifecycleChange) -> bool,
+) {
+    let waited = tokio::time::timeout(ASK, async {
+        loop {
+            let event = events.recv().await.unwrap();
+            if *event.key == *key && wanted(&event.change) {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "no such event for {key} within {ASK:?}");
+}
+
+/// Admission: a mailbox at its bound refuses at once (no wait, no loss of
+/// what it holds), and takes messages again once drained.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_mailbox_refuses_at_once_and_admits_again_once_drained() {
+    let system = system(RuntimeConfig {
+        mailbox_capacity: 2,
+        ..RuntimeConfig::default()
+    })
+    .await;
+    let tally = system.agent::<Tally>("a");
+    tally.ask(TallyMsg::Add(1), ASK).await.unwrap();
+    tally.tell(TallyMsg::Sleep(300)).unwrap();
+    let mut refused = None;
+    for _ in 0..4 {
+        if let Err(error) = tally.tell(TallyMsg::Add(10)) {
+            refused = Some(error);
+            break;
+        }
+    }
+    assert!(
+        matches!(refused, Some(AgentError::MailboxFull { capacity: 2, .. })),
+        "{refused:?}"
+    );
+    // The asker is refused as well while the mailbox is full; once the
+    // sleeper is done every admitted message has been handled: 1 and the
+    // tens admitted.
+    let total = tokio::time::timeout(ASK, async {
+        loop {
+            match tally.ask(TallyMsg::Get, ASK).await {
+                Err(AgentError::MailboxFull { .. }) => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                other => break other.unwrap(),
+            }
+        }
+    })
+    .await
+    .expect("the mailbox drains");
+    assert!(total > 1 && (total - 1) % 10 == 0, "{total}");
+}
+
+/// Passivation: an idle instance goes, its state stays in the store, and
+/// the next message brings it back with that state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_instance_passivates_and_comes_back_with_its_state() {
+    let system = system(RuntimeConfig {
+        passivate_after: Duration::from_millis(50),
+        ..RuntimeConfig::default()
+    })
+    .await;
+    let mut events = system.subscribe();
+    let tally = system.agent::<Tally>("b");
+    tally.ask(TallyMsg::Add(7), ASK).await.unwrap();
+    until(&mut events, "b", |change| {
+        *change == LifecycleChange::Passivated
+    })
+    .await;
+    assert_eq!(status(&system, "b"), Some(InstanceStatus::Passivated));
+    assert_eq!(tally.ask(TallyMsg::Get, ASK).await.unwrap(), 7);
+    assert_eq!(status(&system, "b"), Some(InstanceStatus::Active));
+}
+
+/// The host's restart path: a panic answers the asker, the instance
+/// restarts with the state it last saved; past its budget it escalates to
+/// failed, refuses until an operator resets it, and comes back intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_restarts_from_the_saved_state_and_too_many_escalate_until_reset() {
+    let system = system(RuntimeConfig::default()).await;
+    let mut events = system.subscribe();
+    let tally = system.agent::<Tally>("c");
+    tally.ask(TallyMsg::Add(5), ASK).await.unwrap();
+    let panicked = tally.ask(TallyMsg::Panic, ASK).await.unwrap_err();
+    assert!(
+        matches!(panicked, AgentError::Panicked { .. }),
+        "{panicked}"
+    );
+    until(&mut events, "c", |change| {
+        matches!(change, LifecycleChange::Restarted { attempt: 1 })
+    })
+    .await;
+    assert_eq!(tally.ask(TallyMsg::Get, ASK).await.unwrap(), 5);
+    // Two restarts allowed in the window: the third failure escalates.
+    for _ in 0..2 {
+        tally.ask(TallyMsg::Panic, ASK).await.unwrap_err();
+    }
+    until(&mut events, "c", |change| {
+        matches!(change, LifecycleChange::Escalated { .. })
+    })
+    .await;
+    assert_eq!(status(&system, "c"), Some(InstanceStatus::Failed));
+    let refused = tally.ask(TallyMsg::Get, ASK).await.unwrap_err();
+    assert!(matches!(refused, AgentError::Failed { .. }), "{refused}");
+    system.reset(Tally::KIND, "c", None).await.unwrap();
+    assert_eq!(tally.ask(TallyMsg::Get, ASK).await.unwrap(), 5);
+    let again = system.reset(Tally::KIND, "c", None).await.unwrap_err();
+    assert!(matches!(again, AgentError::NotFailed { .. }), "{again}");
+}
