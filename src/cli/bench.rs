@@ -1,0 +1,284 @@
+//! `valueverse bench ...`: the benchmarks a node runs against itself, each
+//! with its baseline in the same run (BENCHMARKS.md has the figures).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use valueverse::Config;
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Value-creation sagas per second end to end, with p50/p99 latency.
+    Sagas(BenchSagasArgs),
+    /// The cluster transport between two node processes on loopback: tells
+    /// per second, ask round trips, beside a bare TCP ping-pong.
+    Remote(BenchRemoteArgs),
+    /// What the dashboard costs a node: its CPU with nobody watching, then
+    /// with viewers connected.
+    Dashboard(BenchDashboardArgs),
+    /// One key's stalled request bodies against a node: its memory, the
+    /// slowest /health and another key's requests, with the per-caller
+    /// limits lifted (the baseline) and on.
+    StalledBodies(BenchStalledArgs),
+}
+
+#[derive(Args)]
+pub struct BenchStalledArgs {
+    /// Connections that each send all but one byte of a 1 MiB body.
+    #[arg(long, default_value_t = 3000, value_parser = clap::value_parser!(u64).range(1..=15_000))]
+    connections: u64,
+    /// Print the results as JSON lines.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct BenchDashboardArgs {
+    /// Viewer counts measured in turn (the first is the baseline).
+    #[arg(long, value_delimiter = ',', default_value = "0,1,10", value_parser = clap::value_parser!(u16).range(0..=1000))]
+    viewers: Vec<u16>,
+    /// Seconds measured per viewer count.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(2..=3600))]
+    seconds: u64,
+    /// Print the results as JSON lines.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct BenchRemoteArgs {
+    /// Tells sent one way.
+    #[arg(long, default_value_t = 2_000_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    tells: u64,
+    /// Asks timed one at a time.
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(64..=10_000_000))]
+    asks: u64,
+    /// Asks sent with 64 in flight (asks/s is measured over all of them).
+    #[arg(long, default_value_t = 300_000, value_parser = clap::value_parser!(u64).range(64..=100_000_000))]
+    concurrent_asks: u64,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Be the peer process (started by the benchmark itself).
+    #[arg(long, hide = true)]
+    serve: bool,
+}
+
+#[derive(Args)]
+pub struct BenchSagasArgs {
+    /// Sagas in flight at once; a list runs each in turn.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
+    concurrency: Vec<usize>,
+    /// Sagas per concurrency level.
+    #[arg(long, default_value_t = 500)]
+    sagas: usize,
+    /// Paths of each saga's simulation (small: the saga machinery is measured).
+    #[arg(long, default_value_t = 1000)]
+    paths: u64,
+    /// A scratch database: sqlite://FILE or postgres://... [default: a new SQLite file in the temp directory].
+    #[arg(long, value_name = "URL")]
+    database_url: Option<String>,
+    /// Print the results as JSON lines.
+    #[arg(long)]
+    json: bool,
+    /// Also print the mean time of each step.
+    #[arg(long)]
+    steps: bool,
+}
+
+/// Runs one benchmark.
+pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
+    match command {
+        BenchCommand::Sagas(args) => bench_sagas(args).await,
+        BenchCommand::Remote(args) => bench_remote(args).await,
+        BenchCommand::Dashboard(args) => bench_dashboard(args).await,
+        BenchCommand::StalledBodies(args) => bench_stalled(args).await,
+    }
+}
+
+async fn bench_remote(args: BenchRemoteArgs) -> anyhow::Result<()> {
+    use valueverse::cluster::bench;
+    if args.serve {
+        let secret = std::env::var(bench::SECRET_ENV)
+            .ok()
+            .and_then(|text| hex::decode(text).ok())
+            .context("the peer process needs its secret")?;
+        return Ok(bench::serve(&secret).await?);
+    }
+    let exe = std::env::current_exe().context("cannot find this executable")?;
+    let result = bench::run(
+        &exe,
+        args.tells,
+        args.asks as usize,
+        args.concurrent_asks as usize,
+    )
+    .await?;
+    if args.json {
+        println!("{}", serde_json::to_string(&result)?);
+    } else {
+        let (remote, local) = (&result.agent_remote, &result.agent_local);
+        println!(
+            "| measure | AgentRef, remote (2 processes) | AgentRef, local | transport only | bare TCP, 64-byte frames |"
+        );
+        println!("|---|---|---|---|---|");
+        println!(
+            "| tells/s | {:.0} | {:.0} | {:.0} | |",
+            remote.tells_per_second, local.tells_per_second, result.tells_per_second
+        );
+        println!(
+            "| ask p50 / p99, 1 in flight | {:.1} / {:.1} us | {:.1} / {:.1} us | {:.1} / {:.1} us | {:.1} / {:.1} us |",
+            remote.ask_p50_us,
+            remote.ask_p99_us,
+            local.ask_p50_us,
+            local.ask_p99_us,
+            result.ask_p50_us,
+            result.ask_p99_us,
+            result.tcp_ping_p50_us,
+            result.tcp_ping_p99_us
+        );
+        println!(
+            "| asks/s, {} in flight | {:.0} | {:.0} | {:.0} | |",
+            result.asks_in_flight,
+            remote.asks_per_second_in_flight,
+            local.asks_per_second_in_flight,
+            result.asks_per_second_in_flight
+        );
+    }
+    Ok(())
+}
+
+async fn bench_dashboard(args: BenchDashboardArgs) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("cannot find this executable")?;
+    let viewers: Vec<usize> = args.viewers.iter().map(|&v| v as usize).collect();
+    let bar = indicatif::ProgressBar::new(args.seconds * (viewers.len() as u64 + 1));
+    let runs = valueverse::dashboard::bench::run(&exe, &viewers, args.seconds, |done| {
+        bar.set_position(done)
+    })
+    .await?;
+    bar.finish_and_clear();
+    // The first run is the node without the dashboard.
+    let baseline = runs.first().map_or(0.0, |run| run.cpu_percent);
+    if !args.json {
+        println!(
+            "| node | viewers | node CPU, % of a core | minus the node without it | frames/s per viewer | bytes/frame |"
+        );
+        println!("|---|---|---|---|---|---|");
+    }
+    for run in &runs {
+        if args.json {
+            println!("{}", serde_json::to_string(run)?);
+        } else {
+            println!(
+                "| {} | {} | {:.2} | {:+.2} | {:.2} | {:.0} |",
+                if run.dashboard {
+                    "with the dashboard"
+                } else {
+                    "--no-dashboard"
+                },
+                run.viewers,
+                run.cpu_percent,
+                run.cpu_percent - baseline,
+                run.frames_per_viewer_per_second,
+                run.bytes_per_frame
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn bench_stalled(args: BenchStalledArgs) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("cannot find this executable")?;
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    let runs = valueverse::http::bench::run(&exe, args.connections as usize, |stage| {
+        bar.set_message(format!("{} stalled bodies, {stage}", args.connections))
+    })
+    .await?;
+    bar.finish_and_clear();
+    if !args.json {
+        println!(
+            "| limits | stalled bodies | node RSS, MB | peak RSS, MB | slowest /health, ms | another key's requests ok |"
+        );
+        println!("|---|---|---|---|---|---|");
+    }
+    for run in &runs {
+        if args.json {
+            println!("{}", serde_json::to_string(run)?);
+        } else {
+            println!(
+                "| {} | {} | {:.0} | {:.0} | {:.1} | {}/{} |",
+                run.limits,
+                run.connections,
+                run.rss_mb,
+                run.peak_rss_mb,
+                run.health_max_ms,
+                run.honest_ok,
+                run.honest_sent
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn bench_sagas(args: BenchSagasArgs) -> anyhow::Result<()> {
+    if args.concurrency.iter().any(|&c| !(1..=4096).contains(&c)) {
+        anyhow::bail!("--concurrency values must be within 1..=4096");
+    }
+    if !(1..=1_000_000).contains(&args.sagas) {
+        anyhow::bail!("--sagas must be within 1..=1000000");
+    }
+    let url = args.database_url.clone().unwrap_or_else(|| {
+        let file =
+            std::env::temp_dir().join(format!("valueverse-bench-{}.db", uuid::Uuid::new_v4()));
+        format!("sqlite://{}", file.display())
+    });
+    let mut config = Config {
+        database_url: url,
+        http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        dev: true,
+        database_max_connections: 16,
+        ..Config::default()
+    };
+    config.simulation.queue_capacity = 100_000;
+    // Each saga's simulation is tiny: its worker mostly waits on the job's
+    // writes, so many run at once.
+    config.simulation.cpu_workers = 64;
+    config.runtime.mailbox_capacity = 100_000;
+    config.runtime.ask_timeout = Duration::from_secs(60);
+    config.validate()?;
+    if !args.json {
+        println!("| store | concurrency | sagas | seconds | sagas/s | p50 ms | p99 ms |");
+        println!("|---|---|---|---|---|---|---|");
+    }
+    for &concurrency in &args.concurrency {
+        let bar = indicatif::ProgressBar::new(args.sagas as u64);
+        let result =
+            valueverse::bench::sagas(&config, concurrency, args.sagas, args.paths, |done| {
+                bar.set_position(done as u64)
+            })
+            .await?;
+        bar.finish_and_clear();
+        if args.json {
+            println!("{}", serde_json::to_string(&result)?);
+        } else {
+            println!(
+                "| {} | {} | {} | {:.2} | {:.0} | {:.1} | {:.1} |",
+                result.store,
+                result.concurrency,
+                result.sagas,
+                result.seconds,
+                result.sagas_per_second,
+                result.p50_ms,
+                result.p99_ms
+            );
+        }
+        if args.steps {
+            for (step, ms) in &result.step_ms {
+                eprintln!("  {step}: {ms:.2} ms");
+            }
+        }
+    }
+    Ok(())
+}
