@@ -160,17 +160,19 @@ async fn bench_dashboard(args: BenchDashboardArgs) -> anyhow::Result<()> {
     bar.finish_and_clear();
     // The first run is the node without the dashboard.
     let baseline = runs.first().map_or(0.0, |run| run.cpu_percent);
-    if !args.json {
-        println!(
-            "| node | viewers | node CPU, % of a core | minus the node without it | frames/s per viewer | bytes/frame |"
-        );
-        println!("|---|---|---|---|---|---|");
-    }
-    for run in &runs {
-        if args.json {
-            println!("{}", serde_json::to_string(run)?);
-        } else {
-            println!(
+    print_runs(
+        args.json,
+        &[
+            "node",
+            "viewers",
+            "node CPU, % of a core",
+            "minus the node without it",
+            "frames/s per viewer",
+            "bytes/frame",
+        ],
+        &runs,
+        |run| {
+            format!(
                 "| {} | {} | {:.2} | {:+.2} | {:.2} | {:.0} |",
                 if run.dashboard {
                     "with the dashboard"
@@ -182,10 +184,9 @@ async fn bench_dashboard(args: BenchDashboardArgs) -> anyhow::Result<()> {
                 run.cpu_percent - baseline,
                 run.frames_per_viewer_per_second,
                 run.bytes_per_frame
-            );
-        }
-    }
-    Ok(())
+            )
+        },
+    )
 }
 
 async fn bench_stalled(args: BenchStalledArgs) -> anyhow::Result<()> {
@@ -197,17 +198,19 @@ async fn bench_stalled(args: BenchStalledArgs) -> anyhow::Result<()> {
     })
     .await?;
     bar.finish_and_clear();
-    if !args.json {
-        println!(
-            "| limits | stalled bodies | node RSS, MB | peak RSS, MB | slowest /health, ms | another key's requests ok |"
-        );
-        println!("|---|---|---|---|---|---|");
-    }
-    for run in &runs {
-        if args.json {
-            println!("{}", serde_json::to_string(run)?);
-        } else {
-            println!(
+    print_runs(
+        args.json,
+        &[
+            "limits",
+            "stalled bodies",
+            "node RSS, MB",
+            "peak RSS, MB",
+            "slowest /health, ms",
+            "another key's requests ok",
+        ],
+        &runs,
+        |run| {
+            format!(
                 "| {} | {} | {:.0} | {:.0} | {:.1} | {}/{} |",
                 run.limits,
                 run.connections,
@@ -216,10 +219,9 @@ async fn bench_stalled(args: BenchStalledArgs) -> anyhow::Result<()> {
                 run.health_max_ms,
                 run.honest_ok,
                 run.honest_sent
-            );
-        }
-    }
-    Ok(())
+            )
+        },
+    )
 }
 
 async fn bench_sagas(args: BenchSagasArgs) -> anyhow::Result<()> {
@@ -278,6 +280,27 @@ async fn bench_sagas(args: BenchSagasArgs) -> anyhow::Result<()> {
             for (step, ms) in &result.step_ms {
                 eprintln!("  {step}: {ms:.2} ms");
             }
+        }
+    }
+    Ok(())
+}
+
+/// Prints `runs` as JSON lines, or as a Markdown table under `header`.
+fn print_runs<T: serde::Serialize>(
+    json: bool,
+    header: &[&str],
+    runs: &[T],
+    row: impl Fn(&T) -> String,
+) -> anyhow::Result<()> {
+    if !json {
+        println!("| {} |", header.join(" | "));
+        println!("|{}", "---|".repeat(header.len()));
+    }
+    for run in runs {
+        if json {
+            println!("{}", serde_json::to_string(run)?);
+        } else {
+            println!("{}", row(run));
         }
     }
     Ok(())
