@@ -540,12 +540,7 @@ impl SagaRunner {
             .agent::<Architect>(keys.model.clone())
             .ask(ArchitectMsg::Create(Box::new(model)), self.timeout())
             .await;
-        match created {
-            // Made by an earlier attempt: applied once.
-            Err(error) if rejection_code(&error) == Some("conflict") => {}
-            Err(error) => return Err(error.into()),
-            Ok(_) => {}
-        }
+        applied_once(created)?;
         Ok(serde_json::json!({ "model_id": keys.model, "model_version": 1 }))
     }
 
@@ -672,11 +667,7 @@ impl SagaRunner {
                 self.timeout(),
             )
             .await;
-        match committed {
-            Err(error) if rejection_code(&error) == Some("conflict") => {}
-            Err(error) => return Err(error.into()),
-            Ok(_) => {}
-        }
+        applied_once(committed)?;
         Ok(serde_json::json!({ "commitment_id": keys.commitment }))
     }
 
@@ -717,11 +708,7 @@ impl SagaRunner {
             .agent::<Executor>(keys.plan.clone())
             .ask(ExecutorMsg::Create(Box::new(plan)), self.timeout())
             .await;
-        match created {
-            Err(error) if rejection_code(&error) == Some("conflict") => {}
-            Err(error) => return Err(error.into()),
-            Ok(_) => {}
-        }
+        applied_once(created)?;
         Ok(serde_json::json!({ "plan_id": keys.plan }))
     }
 
@@ -799,6 +786,16 @@ impl SagaRunner {
 
 /// A compensation finding its work done already, or nothing to undo, has
 /// succeeded: compensations are idempotent.
+/// A step's creation that an earlier attempt already made (the agent
+/// answers `conflict` for its key) is applied once: done.
+fn applied_once<T>(outcome: Result<T, AgentError>) -> Result<(), ActionError> {
+    match outcome {
+        Ok(_) => Ok(()),
+        Err(error) if rejection_code(&error) == Some("conflict") => Ok(()),
+        Err(error) => Err(error.into()),
+    }
+}
+
 fn tolerate_done(outcome: Result<(), AgentError>) -> Result<serde_json::Value, ActionError> {
     match outcome {
         Ok(()) => Ok(serde_json::Value::Null),
