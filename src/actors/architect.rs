@@ -67,7 +67,7 @@ impl ModelRecord {
 }
 
 /// A candidate driver from the catalogue.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Hypothesis {
     #[serde(flatten)]
     pub driver: Driver,

@@ -56,9 +56,7 @@ pub enum Control {
     Cancel,
 }
 
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StopReason {
     AllPaths,
@@ -82,17 +80,7 @@ pub enum RunError {
 }
 
 /// Where to run: `auto` takes the GPU when one is usable, else the CPU.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Default,
-    serde::Serialize,
-    serde::Deserialize,
-    utoipa::ToSchema,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Device {
     #[default]
@@ -101,7 +89,7 @@ pub enum Device {
     Gpu,
 }
 
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Percentiles {
     pub p5: f64,
     pub p10: f64,
@@ -112,7 +100,7 @@ pub struct Percentiles {
     pub p95: f64,
 }
 
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Summary {
     pub mean: f64,
     pub std: f64,
@@ -121,7 +109,7 @@ pub struct Summary {
     pub percentiles: Percentiles,
 }
 
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Histogram {
     /// `bins + 1` edges.
     pub edges: Vec<f64>,
@@ -130,7 +118,7 @@ pub struct Histogram {
 
 /// One bar of the tornado: NPV with this driver at its P10 and P90, every
 /// other driver at its mean; and the driver's rank correlation with NPV.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Sensitivity {
     pub driver: String,
     pub npv_at_p10: f64,
@@ -141,7 +129,7 @@ pub struct Sensitivity {
 
 /// Payback months over the first paths of the run (payback needs a month
 /// loop per path, so it is estimated from a sample).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PaybackSummary {
     pub sampled_paths: u64,
     /// Share of sampled paths that pay back within the horizon.
@@ -152,7 +140,7 @@ pub struct PaybackSummary {
     pub p90: Option<u32>,
 }
 
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SimulationResult {
     pub npv: Summary,
     /// NPV percentiles P1 to P99 (`npv_quantiles[i]` is P(i + 1)).

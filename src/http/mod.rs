@@ -46,6 +46,7 @@ mod middleware;
 mod operations;
 mod plans;
 mod sagas;
+mod schemas;
 mod simulations;
 mod value_models;
 mod webhooks;

@@ -3,12 +3,14 @@
 
 use actix_web::http::{StatusCode, header};
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
-use chrono::Utc;
+use chrono::{NaiveDate, Utc};
 use serde::Deserialize;
 
 use crate::actors::System;
 use crate::actors::architect::{ArchitectMsg, ModelStatus};
-use crate::actors::committer::{CommitmentStatus, Committer, CommitterMsg, check_commitment};
+use crate::actors::committer::{
+    CommitmentStatus, Committer, CommitterMsg, Milestone, Terms, check_commitment,
+};
 use crate::actors::saga::SagaMsg;
 use crate::auth::Role;
 use crate::saga::{
@@ -19,8 +21,65 @@ use crate::saga::{
 use super::error::{ApiError, ErrorDoc, parse_json, parse_query};
 use super::listing::list_page;
 use super::middleware::Auth;
+use super::schemas;
 use super::value_models::ask_model;
 use super::ws::{Outgoing, Source};
+
+/// What a value-creation saga is asked to do.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(as = ValueCreationInput)]
+#[serde(deny_unknown_fields)]
+struct ValueCreationBody {
+    model: schemas::ValueModel,
+    /// 0.5 to 0.95.
+    #[schema(minimum = 0.5, maximum = 0.95)]
+    confidence: f64,
+    /// [default: the NPV the simulation reaches at `confidence`]
+    #[schema(minimum = -9007199254740991.0, maximum = 9007199254740991.0)]
+    target: Option<f64>,
+    terms: Terms,
+    #[serde(default)]
+    #[schema(max_items = 100)]
+    milestones: Vec<Milestone>,
+    /// [default: today]
+    start_date: Option<NaiveDate>,
+    /// Paths of the simulation step, 1 to 10^7 [default: 20000].
+    #[serde(default = "default_saga_paths")]
+    #[schema(minimum = 1, maximum = 10_000_000)]
+    paths: u64,
+    /// Admin only: the step to fail, to see the compensations run.
+    #[schema(pattern = "^(design|simulate|commit|plan|amplify)$")]
+    fail_step: Option<String>,
+}
+
+fn default_saga_paths() -> u64 {
+    crate::saga::DEFAULT_PATHS
+}
+
+impl From<ValueCreationBody> for ValueCreationInput {
+    fn from(body: ValueCreationBody) -> ValueCreationInput {
+        let ValueCreationBody {
+            model,
+            confidence,
+            target,
+            terms,
+            milestones,
+            start_date,
+            paths,
+            fail_step,
+        } = body;
+        ValueCreationInput {
+            model: model.into(),
+            confidence,
+            target,
+            terms,
+            milestones,
+            start_date,
+            paths,
+            fail_step,
+        }
+    }
+}
 
 /// Fault injection is for admins (and `--dev`).
 fn check_fail_step(
@@ -90,7 +149,7 @@ fn start(request: &HttpRequest, definition: &SagaDefinition, input: serde_json::
     post,
     path = "/api/v1/sagas/value-creation",
     tag = "sagas",
-    request_body = ValueCreationInput,
+    request_body = ValueCreationBody,
     responses(
         (status = 202, description = "started", body = Saga),
         (status = 400, description = "malformed JSON or unknown field", body = ErrorDoc),
@@ -105,7 +164,7 @@ pub(crate) async fn start_value_creation(
     request: HttpRequest,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    let input: ValueCreationInput = parse_json(&body, false)?;
+    let input = ValueCreationInput::from(parse_json::<ValueCreationBody>(&body, false)?);
     let definition = value_creation();
     check_fail_step(&request, &auth, &input.fail_step, &definition)?;
     if let Err(invalid_model) = input.model.validate() {

@@ -7,12 +7,11 @@ use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::schemas::{Device, SimulationResult, ValueModel};
 use crate::actors::System;
 use crate::actors::architect::ArchitectMsg;
 use crate::actors::simulation::{JobProgress, JobStatus, SimulationJob, SimulationRequest};
 use crate::auth::Caller;
-use crate::gpu::{Device, SimulationResult};
-use crate::model::ValueModel;
 use crate::simulation::{QueueSnapshot, SimulationEvent, Simulations, SubmitError};
 
 use super::error::ErrorDoc;
@@ -120,7 +119,7 @@ impl From<SimulationJob> for JobView {
             model_version: job.model_version,
             paths: request.paths,
             seed: request.seed,
-            device: request.device,
+            device: request.device.into(),
             bins: request.bins,
             stop_at_rel_se: request.stop_at_rel_se,
             engine: job.engine,
@@ -203,7 +202,7 @@ pub(crate) async fn submit(
                 )
                 .with_field("model_version"));
             }
-            (model, None)
+            (model.into(), None)
         }
         (None, Some(id)) => {
             let msg = ArchitectMsg::Get {
@@ -229,7 +228,7 @@ pub(crate) async fn submit(
         model,
         paths: body.paths,
         seed: body.seed.unwrap_or_else(rand::random),
-        device: body.device,
+        device: body.device.into(),
         bins: body.bins,
         stop_at_rel_se: body.stop_at_rel_se,
     };
@@ -291,7 +290,7 @@ pub(crate) async fn results(
             id: job.id,
             model_name: job.request.model.name,
             currency: job.request.model.currency,
-            result: *result,
+            result: (*result).into(),
         })),
         (status, _) => {
             let mut message = format!(

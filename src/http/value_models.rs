@@ -8,9 +8,10 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::schemas;
 use crate::actors::System;
 use crate::actors::architect::{Architect, ArchitectMsg, ArchitectReply, ModelRecord, ModelStatus};
-use crate::model::{Analytics, ValueModel};
+use crate::model::ValueModel;
 
 use super::error::ErrorDoc;
 use super::error::{ApiError, parse_json, parse_query};
@@ -27,8 +28,8 @@ pub(crate) struct ModelView {
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     version_created_at: DateTime<Utc>,
-    model: ValueModel,
-    analytics: Analytics,
+    model: schemas::ValueModel,
+    analytics: schemas::Analytics,
 }
 
 impl ModelView {
@@ -43,8 +44,8 @@ impl ModelView {
             created_at: record.created_at,
             updated_at: record.updated_at,
             version_created_at: at.created_at,
-            model: at.model.clone(),
-            analytics: at.analytics.clone(),
+            model: at.model.clone().into(),
+            analytics: at.analytics.clone().into(),
         })
     }
 }
@@ -110,7 +111,7 @@ fn validated(model: ValueModel) -> Result<ValueModel, ApiError> {
     post,
     path = "/api/v1/value-models",
     tag = "architect",
-    request_body = ValueModel,
+    request_body = schemas::ValueModel,
     responses(
         (status = 201, description = "stored as version 1, with analytics", body = ModelView),
         (status = 400, description = "malformed JSON, unknown field or bad query", body = ErrorDoc),
@@ -317,8 +318,8 @@ struct ModelPatch {
     discount_rate: Option<f64>,
     #[schema(value_type = Option<Object>)]
     costs: Option<serde_json::Value>,
-    drivers: Option<Vec<crate::model::Driver>>,
-    correlations: Option<Vec<crate::model::Correlation>>,
+    drivers: Option<Vec<schemas::Driver>>,
+    correlations: Option<Vec<schemas::Correlation>>,
 }
 
 #[utoipa::path(

@@ -12,7 +12,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-pub use runner::{RenewalInput, SagaRunner, ValueCreationInput};
+pub use runner::{DEFAULT_PATHS, RenewalInput, SagaRunner, ValueCreationInput};
 
 /// Retry policy of a step (and of its compensation), as Temporal's default:
 /// 1 s initial interval, factor 2, capped at 100 times the initial interval;

@@ -30,29 +30,20 @@ use crate::simulation::Simulations;
 
 use super::{Direction, Due, Saga};
 
-/// What a value-creation saga is asked to do.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+/// What a value-creation saga is asked to do (kept in the saga log as
+/// JSON; the API's own shape of it is `http`'s).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ValueCreationInput {
     pub model: ValueModel,
-    /// 0.5 to 0.95.
-    #[schema(minimum = 0.5, maximum = 0.95)]
     pub confidence: f64,
-    /// [default: the NPV the simulation reaches at `confidence`]
-    #[schema(minimum = -9007199254740991.0, maximum = 9007199254740991.0)]
     pub target: Option<f64>,
     pub terms: Terms,
     #[serde(default)]
-    #[schema(max_items = 100)]
     pub milestones: Vec<Milestone>,
-    /// [default: today]
     pub start_date: Option<NaiveDate>,
-    /// Paths of the simulation step, 1 to 10^7 [default: 20000].
     #[serde(default = "default_paths")]
-    #[schema(minimum = 1, maximum = 10_000_000)]
     pub paths: u64,
-    /// Admin only: the step to fail, to see the compensations run.
-    #[schema(pattern = "^(design|simulate|commit|plan|amplify)$")]
     pub fail_step: Option<String>,
 }
 
@@ -74,8 +65,11 @@ pub struct RenewalInput {
     pub fail_step: Option<String>,
 }
 
+/// Paths of a saga's simulation step when the request names none.
+pub const DEFAULT_PATHS: u64 = 20_000;
+
 fn default_paths() -> u64 {
-    20_000
+    DEFAULT_PATHS
 }
 
 /// Why an action failed, and whether trying again may help.

@@ -24,72 +24,45 @@ pub const MAX_HORIZON_MONTHS: u32 = 600;
 /// Most drivers a model may have.
 pub const MAX_DRIVERS: usize = 256;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ValueModel {
-    #[schema(
-        min_length = 1,
-        max_length = 200,
-        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*\\S[^\\x00-\\x1f\\x7f-\\x9f]*$"
-    )]
     pub name: String,
-    #[schema(
-        min_length = 1,
-        max_length = 200,
-        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*\\S[^\\x00-\\x1f\\x7f-\\x9f]*$"
-    )]
     pub customer: String,
-    #[schema(
-        min_length = 1,
-        max_length = 64,
-        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*\\S[^\\x00-\\x1f\\x7f-\\x9f]*$"
-    )]
     pub industry: String,
     /// ISO 4217 code, e.g. `USD`.
-    #[schema(pattern = "^[A-Z]{3}$")]
     pub currency: String,
-    #[schema(minimum = 1, maximum = 600)]
     pub horizon_months: u32,
     /// Annual rate in [0, 1).
-    #[schema(minimum = 0.0, exclusive_maximum = 1.0)]
     pub discount_rate: f64,
     pub costs: Costs,
-    #[schema(min_items = 1, max_items = 256)]
     pub drivers: Vec<Driver>,
     #[serde(default)]
     pub correlations: Vec<Correlation>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Costs {
-    #[schema(minimum = 0.0, maximum = 9007199254740991.0)]
     pub one_off: f64,
-    #[schema(minimum = 0.0, maximum = 9007199254740991.0)]
     pub monthly: f64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Driver {
-    #[schema(
-        min_length = 1,
-        max_length = 200,
-        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*\\S[^\\x00-\\x1f\\x7f-\\x9f]*$"
-    )]
     pub name: String,
     pub category: DriverCategory,
     /// Value of one unit of quantity, in the model's currency.
     pub unit_value: f64,
     /// Months to reach full effect (0: from the first month).
     #[serde(default)]
-    #[schema(maximum = 600)]
     pub ramp_months: u32,
     /// Units per month.
     pub quantity: Distribution,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DriverCategory {
     Revenue,
@@ -106,7 +79,7 @@ pub enum DriverCategory {
 pub const MAX_MONEY: f64 = 9_007_199_254_740_991.0;
 
 /// The distribution of a driver's monthly quantity.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "dist", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Distribution {
     Fixed {
@@ -114,14 +87,11 @@ pub enum Distribution {
     },
     Normal {
         mean: f64,
-        #[schema(minimum = 0.0)]
         sd: f64,
     },
     /// Mean and standard deviation of the quantity itself, not of its log.
     Lognormal {
-        #[schema(exclusive_minimum = 0.0)]
         mean: f64,
-        #[schema(minimum = 0.0)]
         sd: f64,
     },
     Triangular {
@@ -141,7 +111,6 @@ pub enum Distribution {
     },
     /// `impact` with probability `p`, else 0.
     Bernoulli {
-        #[schema(minimum = 0.0, maximum = 1.0)]
         p: f64,
         impact: f64,
     },
@@ -179,12 +148,11 @@ impl Distribution {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Correlation {
     pub a: String,
     pub b: String,
-    #[schema(minimum = -1.0, maximum = 1.0)]
     pub rho: f64,
 }
 
@@ -690,7 +658,7 @@ impl NpvWeights {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Analytics {
     pub npv: f64,
     pub roi: Option<f64>,
@@ -698,7 +666,7 @@ pub struct Analytics {
     pub drivers: Vec<DriverAnalytics>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DriverAnalytics {
     pub name: String,
     pub mean_quantity: f64,
