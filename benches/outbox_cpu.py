@@ -3,7 +3,8 @@
 
     benches/outbox_cpu.py BEFORE AFTER [--rounds 4] [--sagas 2000] [--subscribed]
 
-Each run is `BINARY bench sagas --concurrency 64 --sagas N` on SQLite and on
+Each run is `valueverse-bench sagas --concurrency 64 --sagas N` (the one beside
+BINARY; `BINARY bench sagas` for a build from before the split) on SQLite and on
 PostgreSQL (127.0.0.1:5432, a fresh database each time), and reports sagas/s,
 the CPU of the bench process (node and load together) and the machine's
 (from /proc/stat: PostgreSQL counted) per saga, as JSON lines. With
@@ -12,7 +13,7 @@ every notified event type is inserted (to a loopback address the node
 refuses, so every event makes a notification and a failed attempt in both
 builds): the whole notification path, not only the outbox's writes.
 """
-import argparse, json, resource, sqlite3, subprocess, tempfile, uuid
+import argparse, json, os, resource, sqlite3, subprocess, tempfile, uuid
 
 TYPES = ["model.created", "model.updated", "model.archived", "simulation.finished",
          "commitment.made", "commitment.voided", "plan.created", "plan.cancelled",
@@ -29,6 +30,12 @@ def subscription(sid):
                        "url": "http://127.0.0.1:9/hook", "secret": "a-secret-of-some-length",
                        "event_types": TYPES, "created_at": "2026-12-04T00:00:00Z",
                        "deleted_at": None})
+
+
+def bench_command(binary):
+    """The benchmark binary beside the node binary, or the node's own `bench`."""
+    beside = os.path.join(os.path.dirname(binary), "valueverse-bench")
+    return [beside] if os.access(beside, os.X_OK) else [binary, "bench"]
 
 
 def prepare(binary, store, subscribed):
@@ -66,7 +73,7 @@ def main():
         for build, binary in (("before", args.before), ("after", args.after)):
             for store in ("sqlite", "postgres"):
                 url = prepare(binary, store, args.subscribed)
-                command = [binary, "bench", "sagas", "--concurrency", "64", "--sagas",
+                command = bench_command(binary) + ["sagas", "--concurrency", "64", "--sagas",
                            str(args.sagas), "--json", "--database-url", url]
                 usage, ticks = resource.getrusage(resource.RUSAGE_CHILDREN), busy_ticks()
                 out = subprocess.run(command, capture_output=True, text=True, check=True)

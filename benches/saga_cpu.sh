@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# CPU per saga, from one `bench sagas` run: the machine's (node and
+# CPU per saga, from one `valueverse-bench sagas` run: the machine's (node and
 # PostgreSQL together, /proc/stat) and the node process's own (user + system
 # time): steadier than sagas/s on a VM whose speed drifts.
-# Usage: benches/saga_cpu.sh [SAGAS] [CONCURRENCY] [BINARY]   (release build first)
+# Usage: benches/saga_cpu.sh [SAGAS] [CONCURRENCY] [BINARY]   (cargo build --release --workspace first)
+# BINARY is a `valueverse`; the `valueverse-bench` beside it runs the sagas
+# (a build from before the split has no such file: its `bench sagas` does).
 # Two binaries compare best run alternately: A B A B ...
 set -euo pipefail
 sagas=${1:-4000}
@@ -13,7 +15,12 @@ url="postgres://postgres@127.0.0.1/$db"
 psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db" >/dev/null 2>&1
 "$binary" migrate --database-url "$url" >/dev/null
 read -r _ u1 n1 s1 _ _ q1 sq1 _ < /proc/stat
-result=$("$binary" bench sagas --concurrency "$concurrency" --sagas "$sagas" --database-url "$url" | tail -1)
+if [ -x "$(dirname "$binary")/valueverse-bench" ]; then
+    bench=("$(dirname "$binary")/valueverse-bench")
+else
+    bench=("$binary" bench)
+fi
+result=$("${bench[@]}" sagas --concurrency "$concurrency" --sagas "$sagas" --database-url "$url" | tail -1)
 read -r _ u2 n2 s2 _ _ q2 sq2 _ < /proc/stat
 # The children's user and system time: the bench process, all but psql.
 times_file=$(mktemp)

@@ -6,7 +6,6 @@
 
 pub mod actors;
 pub mod auth;
-pub mod bench;
 pub mod cluster;
 pub mod config;
 pub mod dashboard;

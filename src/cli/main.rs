@@ -11,13 +11,10 @@ use tracing_subscriber::EnvFilter;
 use valueverse::config::{ClusterOverrides, LogFormat, Overrides};
 use valueverse::{Config, Node, Store};
 
-mod bench;
-
-use bench::BenchCommand;
-
 /// ValueVerse: business agents as supervised, location-transparent actors.
 // Many small allocations on many threads (messages, JSON, futures): glibc's
-// malloc showed as a tenth of the saga benchmark's CPU.
+// malloc showed as a tenth of the saga benchmark's CPU (valueverse-bench
+// uses the same allocator, so its in-process figures match the node's).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -44,9 +41,6 @@ enum Command {
     /// Local clusters.
     #[command(subcommand)]
     Cluster(ClusterCommand),
-    /// Benchmarks.
-    #[command(subcommand)]
-    Bench(BenchCommand),
 }
 
 #[derive(Subcommand)]
@@ -603,7 +597,6 @@ fn main() -> ExitCode {
         Command::Cluster(ClusterCommand::Up(args)) => runtime.block_on(cluster_up(args)),
         Command::Migrate(args) => runtime.block_on(migrate(args)),
         Command::Apikey(command) => runtime.block_on(apikey(command)),
-        Command::Bench(command) => runtime.block_on(bench::run(command)),
         // CPU-bound on rayon's threads: no async runtime involved.
         Command::Simulate(args) => simulate(args),
     };

@@ -3,7 +3,6 @@
 //! ([`transport`]) inside an authenticated, encrypted channel ([`channel`]), and who owns which agent instance ([`placement`]).
 //! [`router`] sends an `AgentRef`'s messages to the owner's node.
 
-pub mod bench;
 pub mod channel;
 pub mod codec;
 pub mod launch;
@@ -11,7 +10,11 @@ pub mod membership;
 pub mod node;
 pub mod peer_requests;
 pub mod placement;
+#[cfg(test)]
+mod remote_tests;
 pub mod router;
+#[cfg(test)]
+mod test_nodes;
 pub mod transport;
 #[cfg(test)]
 mod upgrade_tests;

@@ -547,7 +547,7 @@ fn error_of(failure: RemoteFailure, target: AgentId, node: &str, timeout: Durati
 /// The transport's handler of messages from other nodes: each goes to its
 /// kind's registry here, which checks that this node owns the target;
 /// asks are answered on the link they came on.
-pub(crate) fn inbound(system: WeakSystem) -> transport::Inbound {
+pub fn inbound(system: WeakSystem) -> transport::Inbound {
     Arc::new(move || {
         Box::new(SystemReceiver {
             system: system.clone(),

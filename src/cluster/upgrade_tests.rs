@@ -3,19 +3,14 @@
 //! and one of this release (protocol 3, the agent's messages at version 2,
 //! with a field added). Messages and replies flow both ways.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::actors::{Agent, AgentMessage, HandlerError, Handling, RuntimeConfig, System};
-use crate::store::Store;
 
 use super::codec::PROTOCOL_VERSION;
-use super::placement::Candidate;
-use super::router::{self, Placed, Router};
-use super::transport::{Transport, TransportConfig};
+use super::test_nodes::{self, TestNode, key_here, share_view};
 
 const KIND: &str = "upgrade_greeter";
 const MESSAGE_ID: u32 = 0x7e57;
@@ -88,50 +83,27 @@ impl Agent for GreeterV2 {
 }
 
 /// A node hosting `A`, its transport offering at most `max_version`.
-async fn node<A: Agent>(name: &str, max_version: u16) -> (System, Arc<Router>, Transport) {
-    let store = Store::open("sqlite::memory:", 1).await.unwrap();
-    let system = System::start(name, RuntimeConfig::default(), store).unwrap();
-    system.register::<A>();
-    let router = Arc::new(Router::new(name, system.placement_changes()));
-    assert!(system.attach_remote(router.clone()).is_ok());
-    let mut config = TransportConfig::new(name, b"upgrade secret");
-    config.max_version = max_version;
-    config.messages = system.message_versions();
-    let transport = Transport::bind(
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-        config,
-        router::inbound(system.downgrade()),
+async fn node<A: Agent>(name: &str, max_version: u16) -> TestNode {
+    test_nodes::node(
+        name,
+        RuntimeConfig::default(),
+        max_version,
+        b"upgrade secret",
+        |system| {
+            system.register::<A>();
+        },
     )
     .await
-    .unwrap();
-    router.attach(transport.clone(), tokio::runtime::Handle::current());
-    (system, router, transport)
 }
 
 /// The release before (`old_protocol`) and this one, each in the other's
 /// view; answers them and a key each owns.
 async fn pair(old_protocol: u16) -> [(System, String); 2] {
-    let (old, old_router, old_transport) = node::<GreeterV1>("old", old_protocol).await;
-    let (new, new_router, new_transport) = node::<GreeterV2>("new", PROTOCOL_VERSION).await;
-    let placed = |node: &str, transport: &Transport| Placed {
-        candidate: Candidate {
-            node: node.into(),
-            kinds: vec![KIND.into()],
-            gpus: 0,
-        },
-        transport_addr: transport.local_addr(),
-    };
-    let view = vec![placed("old", &old_transport), placed("new", &new_transport)];
-    old_router.set_view(view.clone());
-    new_router.set_view(view);
-    let key_of = |system: &System| {
-        (0..)
-            .map(|i| format!("k-{i}"))
-            .find(|key| system.is_local(KIND, key))
-            .unwrap()
-    };
-    let (old_key, new_key) = (key_of(&old), key_of(&new));
-    [(old, old_key), (new, new_key)]
+    let old = node::<GreeterV1>("old", old_protocol).await;
+    let new = node::<GreeterV2>("new", PROTOCOL_VERSION).await;
+    share_view(&[&old, &new], &[KIND]);
+    let (old_key, new_key) = (key_here(&old.system, KIND), key_here(&new.system, KIND));
+    [(old.system, old_key), (new.system, new_key)]
 }
 
 async fn both_ways(old_protocol: u16) {
@@ -199,14 +171,14 @@ async fn nodes_whose_messages_are_a_version_apart_talk_at_protocol_3() {
 /// what it cannot read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_two_protocol_versions_behind_is_refused() {
-    let (old, _, old_transport) = node::<GreeterV1>("ancient", 1).await;
-    let (_new, _, new_transport) = node::<GreeterV2>("new", PROTOCOL_VERSION).await;
-    match old_transport.link(new_transport.local_addr()).await {
+    let old = node::<GreeterV1>("ancient", 1).await;
+    let new = node::<GreeterV2>("new", PROTOCOL_VERSION).await;
+    match old.transport.link(new.transport.local_addr()).await {
         Err(error) => assert!(
             error.to_string().contains("no protocol version in common"),
             "{error}"
         ),
         Ok(_) => panic!("a node speaking only protocol 1 got a link"),
     }
-    drop(old);
+    drop((old, new));
 }

@@ -9,7 +9,6 @@
 //! one frame (one build, one serialization per interval).
 
 mod assets;
-pub mod bench;
 
 pub(crate) use assets::asset;
 

@@ -34,7 +34,6 @@
 
 mod actors;
 mod api_keys;
-pub mod bench;
 mod cluster;
 mod commitments;
 mod dashboard;

@@ -365,47 +365,6 @@ fn apikey_create_prints_a_key_once_and_list_and_revoke_manage_it() {
     assert!(String::from_utf8_lossy(&bad_role.stderr).contains("root"));
 }
 
-#[test]
-fn bench_remote_measures_two_processes_and_refuses_bad_counts() {
-    let result = json_of(&[
-        "bench",
-        "remote",
-        "--tells",
-        "20000",
-        "--asks",
-        "640",
-        "--concurrent-asks",
-        "1280",
-        "--json",
-    ]);
-    assert_eq!(result["tells"], 20000);
-    assert_eq!(result["asks"], 640);
-    assert_eq!(result["concurrent_asks"], 1280);
-    for field in [
-        "tells_per_second",
-        "ask_p50_us",
-        "ask_p99_us",
-        "asks_per_second_in_flight",
-        "tcp_ping_p99_us",
-    ] {
-        assert!(result[field].as_f64().unwrap() > 0.0, "{field}: {result}");
-        if field != "tcp_ping_p99_us" {
-            for path in ["agent_remote", "agent_local"] {
-                let value = result[path][field].as_f64().unwrap();
-                assert!(value > 0.0, "{path}.{field}: {result}");
-            }
-        }
-    }
-    for flag in ["--asks", "--concurrent-asks"] {
-        let refused = valueverse()
-            .args(["bench", "remote", flag, "3"])
-            .output()
-            .unwrap();
-        assert!(!refused.status.success());
-        assert!(String::from_utf8_lossy(&refused.stderr).contains(flag));
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_up_launches_nodes_that_form_a_cluster_and_stops_them() {
     let db = crate::support::TestDb::new(crate::support::Backend::Postgres).await;

@@ -1,6 +1,6 @@
-//! `valueverse bench stalled-bodies`: one editor key opens N connections,
+//! `valueverse-bench stalled-bodies`: one editor key opens N connections,
 //! each sending all but the last byte of a 1 MiB body, and stalls. A
-//! `serve` process of this binary runs twice on a scratch SQLite file:
+//! `valueverse serve` process runs twice on a scratch SQLite file:
 //! with the per-caller limits lifted (the node as it was before them: the
 //! baseline) and with the default limits. Measured while the bodies stall:
 //! the node's resident memory (and its peak), the slowest `/health`, and
@@ -28,7 +28,7 @@ pub struct StalledRun {
     pub honest_sent: usize,
 }
 
-pub use crate::bench::BenchError;
+use crate::process::BenchError;
 
 const BODY: usize = 1 << 20;
 const PROBES: usize = 20;
@@ -87,7 +87,7 @@ async fn measure(exe: &Path, lifted: bool, connections: usize) -> Result<Stalled
         ])
         .arg(&config)
         .env("VALUEVERSE_LOG", "error");
-    let (mut child, pid, addr) = crate::bench::serve_process(command)
+    let (mut child, pid, addr) = crate::process::serve_process(command)
         .await
         .map_err(BenchError::Node)?;
 

@@ -1,4 +1,4 @@
-//! `valueverse bench sagas`: value-creation sagas end to end (the durable
+//! `valueverse-bench sagas`: value-creation sagas end to end (the durable
 //! saga log, every agent, a small simulation each) on a node started in
 //! this process, at a given concurrency.
 
@@ -6,54 +6,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::config::Config;
-use crate::node::Node;
-use crate::saga::{Saga, value_creation};
-
-/// Why a benchmark that runs node processes could not finish.
-#[derive(Debug, thiserror::Error)]
-pub enum BenchError {
-    #[error("cannot run the node: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("the node process: {0}")]
-    Node(String),
-    #[error("a viewer could not connect: {0}")]
-    Viewer(String),
-}
-
-/// Starts `command` (a `serve` of this binary, stdout piped) and waits for
-/// it to say where it listens: the child, its pid and `host:port`.
-pub(crate) async fn serve_process(
-    mut command: tokio::process::Command,
-) -> Result<(tokio::process::Child, u32, String), String> {
-    use tokio::io::AsyncBufReadExt;
-    let mut child = command
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|error| error.to_string())?;
-    let pid = child.id().ok_or("exited at once")?;
-    let stdout = child.stdout.take().ok_or("no stdout")?;
-    let mut lines = tokio::io::BufReader::new(stdout).lines();
-    loop {
-        match lines.next_line().await.map_err(|error| error.to_string())? {
-            Some(line) if line.contains("listening on http://") => {
-                let addr = line
-                    .rsplit("http://")
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .to_owned();
-                // Keep reading, so the node never blocks on a full pipe.
-                tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-                return Ok((child, pid, addr));
-            }
-            Some(_) => {}
-            None => return Err("exited before listening".into()),
-        }
-    }
-}
+use valueverse::saga::{Saga, value_creation};
+use valueverse::{Config, Node, NodeError};
 
 /// One measurement.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -96,7 +50,7 @@ pub async fn sagas(
     sagas: usize,
     paths: u64,
     on_done: impl Fn(usize),
-) -> Result<SagaBench, crate::NodeError> {
+) -> Result<SagaBench, NodeError> {
     let node = Node::start(config, |_| {}).await?;
     let mut events = node.system.subscribe_domain_events();
     let runner = node.sagas.clone();

@@ -1,5 +1,5 @@
-//! `valueverse bench dashboard`: what the dashboard costs a node. A `serve`
-//! process of this binary runs on a scratch SQLite file; its CPU time is
+//! `valueverse-bench dashboard`: what the dashboard costs a node. A `valueverse serve`
+//! process runs on a scratch SQLite file; its CPU time is
 //! read from /proc while 0, 1, then N WebSocket viewers watch. The first
 //! run is the baseline (nobody watching): the others are reported beside it.
 
@@ -23,7 +23,7 @@ pub struct ViewerRun {
     pub bytes_per_frame: f64,
 }
 
-pub use crate::bench::BenchError;
+use crate::process::BenchError;
 
 /// Measures a node without the dashboard (the baseline), then a node with
 /// it under each viewer count, `seconds` each. `progress` is told the
@@ -70,7 +70,7 @@ async fn measure(
         command.arg("--no-dashboard");
     }
     command.env("VALUEVERSE_LOG", "warn");
-    let (mut child, pid, addr) = crate::bench::serve_process(command)
+    let (mut child, pid, addr) = crate::process::serve_process(command)
         .await
         .map_err(BenchError::Node)?;
     // Start-up work (migrations, first view) is not the idle cost.

@@ -1,15 +1,38 @@
-//! `valueverse bench ...`: the benchmarks a node runs against itself, each
-//! with its baseline in the same run (BENCHMARKS.md has the figures).
+//! `valueverse-bench ...`: ValueVerse's benchmarks, each with its baseline
+//! in the same run (BENCHMARKS.md has the figures). They live outside the
+//! library and the `valueverse` binary: a production build compiles none
+//! of this code and none of its dependencies.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use valueverse::Config;
 
+mod dashboard;
+mod process;
+mod remote;
+mod sagas;
+mod stalled;
+
+// The node's allocator, so that what runs in this process (the sagas, the
+// remote agents) is measured as a node runs it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// ValueVerse's benchmarks, each beside its baseline in the same run.
+#[derive(Parser)]
+#[command(name = "valueverse-bench", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: BenchCommand,
+}
+
 #[derive(Subcommand)]
-pub enum BenchCommand {
+enum BenchCommand {
     /// Value-creation sagas per second end to end, with p50/p99 latency.
     Sagas(BenchSagasArgs),
     /// The cluster transport between two node processes on loopback: tells
@@ -24,18 +47,30 @@ pub enum BenchCommand {
     StalledBodies(BenchStalledArgs),
 }
 
+/// The `valueverse` binary a benchmark runs as its node.
 #[derive(Args)]
-pub struct BenchStalledArgs {
+struct NodeBinary {
+    /// [default: the `valueverse` beside this executable]
+    #[arg(long = "valueverse", value_name = "PATH")]
+    path: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct BenchStalledArgs {
     /// Connections that each send all but one byte of a 1 MiB body.
     #[arg(long, default_value_t = 3000, value_parser = clap::value_parser!(u64).range(1..=15_000))]
     connections: u64,
+    #[command(flatten)]
+    node: NodeBinary,
     /// Print the results as JSON lines.
     #[arg(long)]
     json: bool,
 }
 
 #[derive(Args)]
-pub struct BenchDashboardArgs {
+struct BenchDashboardArgs {
+    #[command(flatten)]
+    node: NodeBinary,
     /// Viewer counts measured in turn (the first is the baseline).
     #[arg(long, value_delimiter = ',', default_value = "0,1,10", value_parser = clap::value_parser!(u16).range(0..=1000))]
     viewers: Vec<u16>,
@@ -48,7 +83,7 @@ pub struct BenchDashboardArgs {
 }
 
 #[derive(Args)]
-pub struct BenchRemoteArgs {
+struct BenchRemoteArgs {
     /// Tells sent one way.
     #[arg(long, default_value_t = 2_000_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
     tells: u64,
@@ -67,7 +102,7 @@ pub struct BenchRemoteArgs {
 }
 
 #[derive(Args)]
-pub struct BenchSagasArgs {
+struct BenchSagasArgs {
     /// Sagas in flight at once; a list runs each in turn.
     #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
     concurrency: Vec<usize>,
@@ -88,8 +123,29 @@ pub struct BenchSagasArgs {
     steps: bool,
 }
 
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Runs one benchmark.
-pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
+async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Sagas(args) => bench_sagas(args).await,
         BenchCommand::Remote(args) => bench_remote(args).await,
@@ -99,7 +155,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
 }
 
 async fn bench_remote(args: BenchRemoteArgs) -> anyhow::Result<()> {
-    use valueverse::cluster::bench;
+    use crate::remote as bench;
     if args.serve {
         let secret = std::env::var(bench::SECRET_ENV)
             .ok()
@@ -150,13 +206,10 @@ async fn bench_remote(args: BenchRemoteArgs) -> anyhow::Result<()> {
 }
 
 async fn bench_dashboard(args: BenchDashboardArgs) -> anyhow::Result<()> {
-    let exe = std::env::current_exe().context("cannot find this executable")?;
+    let exe = process::node_binary(args.node.path.as_deref())?;
     let viewers: Vec<usize> = args.viewers.iter().map(|&v| v as usize).collect();
     let bar = indicatif::ProgressBar::new(args.seconds * (viewers.len() as u64 + 1));
-    let runs = valueverse::dashboard::bench::run(&exe, &viewers, args.seconds, |done| {
-        bar.set_position(done)
-    })
-    .await?;
+    let runs = dashboard::run(&exe, &viewers, args.seconds, |done| bar.set_position(done)).await?;
     bar.finish_and_clear();
     // The first run is the node without the dashboard.
     let baseline = runs.first().map_or(0.0, |run| run.cpu_percent);
@@ -190,10 +243,10 @@ async fn bench_dashboard(args: BenchDashboardArgs) -> anyhow::Result<()> {
 }
 
 async fn bench_stalled(args: BenchStalledArgs) -> anyhow::Result<()> {
-    let exe = std::env::current_exe().context("cannot find this executable")?;
+    let exe = process::node_binary(args.node.path.as_deref())?;
     let bar = indicatif::ProgressBar::new_spinner();
     bar.enable_steady_tick(std::time::Duration::from_millis(200));
-    let runs = valueverse::http::bench::run(&exe, args.connections as usize, |stage| {
+    let runs = stalled::run(&exe, args.connections as usize, |stage| {
         bar.set_message(format!("{} stalled bodies, {stage}", args.connections))
     })
     .await?;
@@ -256,11 +309,10 @@ async fn bench_sagas(args: BenchSagasArgs) -> anyhow::Result<()> {
     }
     for &concurrency in &args.concurrency {
         let bar = indicatif::ProgressBar::new(args.sagas as u64);
-        let result =
-            valueverse::bench::sagas(&config, concurrency, args.sagas, args.paths, |done| {
-                bar.set_position(done as u64)
-            })
-            .await?;
+        let result = sagas::sagas(&config, concurrency, args.sagas, args.paths, |done| {
+            bar.set_position(done as u64)
+        })
+        .await?;
         bar.finish_and_clear();
         if args.json {
             println!("{}", serde_json::to_string(&result)?);

@@ -1,5 +1,5 @@
-//! `valueverse bench remote`: messaging between two node processes on
-//! loopback. The parent starts a second `valueverse` process that runs an
+//! `valueverse-bench remote`: messaging between two node processes on
+//! loopback. The parent starts a second process of this binary that runs an
 //! agent runtime with an echo agent behind a cluster transport, a bare
 //! transport (it counts tells and answers asks with their payload), and a
 //! bare TCP echo of 64-byte frames. The parent measures, in one run:
@@ -17,13 +17,15 @@ use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::actors::{Agent, AgentError, AgentMessage, AgentRef, HandlerError, Handling, System};
-use crate::store::Store;
+use valueverse::actors::{
+    Agent, AgentError, AgentMessage, AgentRef, HandlerError, Handling, System,
+};
+use valueverse::store::Store;
 
-use super::codec::{Envelope, Frame, Reply, Target};
-use super::placement::Candidate;
-use super::router::{self, Placed, Router};
-use super::transport::{self, Inbound, Link, LinkError, Transport, TransportConfig};
+use valueverse::cluster::codec::{Envelope, Frame, Reply, Target};
+use valueverse::cluster::placement::Candidate;
+use valueverse::cluster::router::{self, Placed, Router};
+use valueverse::cluster::transport::{self, Inbound, Link, LinkError, Transport, TransportConfig};
 
 /// The agent both processes host: counts pings, answers each with its
 /// number, and the count when asked.
@@ -72,13 +74,13 @@ impl Agent for Echo {
 type BenchNode = (System, Arc<Router>, Transport);
 
 async fn echo_node(name: &str, secret: &[u8]) -> Result<BenchNode, BenchError> {
-    agent_node(name, secret, crate::actors::RuntimeConfig::default()).await
+    agent_node(name, secret, valueverse::actors::RuntimeConfig::default()).await
 }
 
 async fn agent_node(
     name: &str,
     secret: &[u8],
-    config: crate::actors::RuntimeConfig,
+    config: valueverse::actors::RuntimeConfig,
 ) -> Result<BenchNode, BenchError> {
     let store = Store::open("sqlite::memory:", 1)
         .await
@@ -87,7 +89,7 @@ async fn agent_node(
     system.register::<Echo>();
     let router = Arc::new(Router::new(name, system.placement_changes()));
     if system
-        .attach_remote(Arc::clone(&router) as Arc<dyn crate::actors::Remote>)
+        .attach_remote(Arc::clone(&router) as Arc<dyn valueverse::actors::Remote>)
         .is_err()
     {
         return Err(BenchError::Peer("a fresh system has a remote".into()));
@@ -352,7 +354,7 @@ pub async fn run(
     };
     let secret: [u8; 32] = rand::random();
     let mut child = tokio::process::Command::new(exe)
-        .args(["bench", "remote", "--serve"])
+        .args(["remote", "--serve"])
         .env(SECRET_ENV, hex::encode(secret))
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -465,178 +467,4 @@ pub async fn run(
         tcp_ping_p50_us: percentile(&pings, 0.5),
         tcp_ping_p99_us: percentile(&pings, 0.99),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Takes its time over each message, so that its mailbox fills.
-    struct Slow;
-
-    impl Agent for Slow {
-        const MESSAGE_ID: u32 = 0xbe02;
-        const KIND: &'static str = "test_slow";
-        type State = u64;
-        type Msg = EchoMsg;
-        type Reply = u64;
-
-        fn init(_key: &str) -> u64 {
-            0
-        }
-
-        fn handle(state: &mut u64, _: EchoMsg, _: &mut Handling<'_>) -> Result<u64, HandlerError> {
-            std::thread::sleep(Duration::from_millis(20));
-            *state += 1;
-            Ok(*state)
-        }
-    }
-
-    /// Two agent nodes in one process, with mailboxes of `capacity`,
-    /// whose views hold both, hosting `kinds`.
-    async fn node_pair(secret: [u8; 32], capacity: usize, kinds: &[&str]) -> (System, System) {
-        let config = crate::actors::RuntimeConfig {
-            mailbox_capacity: capacity,
-            ..Default::default()
-        };
-        let (near, near_router, near_transport) =
-            agent_node("near", &secret, config.clone()).await.unwrap();
-        let (far, far_router, far_transport) = agent_node("far", &secret, config).await.unwrap();
-        let placed = |node: &str, addr: SocketAddr| Placed {
-            candidate: Candidate {
-                node: node.to_owned(),
-                kinds: kinds.iter().map(|kind| (*kind).to_owned()).collect(),
-                gpus: 0,
-            },
-            transport_addr: addr,
-        };
-        let view = vec![
-            placed("near", near_transport.local_addr()),
-            placed("far", far_transport.local_addr()),
-        ];
-        near_router.set_view(view.clone());
-        far_router.set_view(view);
-        (near, far)
-    }
-
-    /// A key of `kind` that `near` routes to the other node.
-    fn far_key(near: &System, kind: &str) -> String {
-        (0..)
-            .map(|i| format!("k-{i}"))
-            .find(|key| !near.is_local(kind, key))
-            .unwrap()
-    }
-
-    /// Counts pings and those that came out of order.
-    struct Ordered;
-
-    impl Agent for Ordered {
-        const MESSAGE_ID: u32 = 0xbe03;
-        const KIND: &'static str = "test_ordered";
-        type State = (u64, u64);
-        type Msg = EchoMsg;
-        type Reply = u64;
-
-        fn init(_key: &str) -> (u64, u64) {
-            (0, 0)
-        }
-
-        fn handle(
-            (count, misordered): &mut (u64, u64),
-            msg: EchoMsg,
-            _: &mut Handling<'_>,
-        ) -> Result<u64, HandlerError> {
-            Ok(match msg {
-                EchoMsg::Ping(n) => {
-                    if n != *count {
-                        *misordered += 1;
-                    }
-                    *count += 1;
-                    *count
-                }
-                EchoMsg::Count => *count * 1_000_000 + *misordered,
-            })
-        }
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn remote_tells_into_a_small_mailbox_all_arrive_in_order() {
-        // Far smaller than one read of frames: every burst finds the
-        // mailbox full and waits for room.
-        let (near, far) = node_pair([7u8; 32], 8, &[Ordered::KIND]).await;
-        near.register::<Ordered>();
-        far.register::<Ordered>();
-        let key = far_key(&near, Ordered::KIND);
-        let agent = near.agent::<Ordered>(key);
-        let timeout = Duration::from_secs(10);
-        agent.ask(EchoMsg::Count, timeout).await.unwrap();
-        const TELLS: u64 = 20_000;
-        let mut sent = 0;
-        while sent < TELLS {
-            match agent.tell(EchoMsg::Ping(sent)) {
-                Ok(()) => sent += 1,
-                Err(AgentError::Backpressure { .. }) => tokio::task::yield_now().await,
-                Err(other) => panic!("tell {sent}: {other:?}"),
-            }
-        }
-        let started = Instant::now();
-        let counted = loop {
-            let counted = match agent.ask(EchoMsg::Count, timeout).await {
-                Ok(counted) => counted,
-                // The tells ahead of it still fill the mailbox: an ask is
-                // refused at once, as a local one would be.
-                Err(AgentError::MailboxFull { .. }) => 0,
-                Err(other) => panic!("count: {other:?}"),
-            };
-            if counted / 1_000_000 >= TELLS || started.elapsed() > timeout {
-                break counted;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        assert_eq!(counted, TELLS * 1_000_000, "count * 10^6 + out of order");
-        near.shutdown();
-        far.shutdown();
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn remote_asks_are_answered_by_the_far_handler_or_refused_typed() {
-        let (near, far) = node_pair([9u8; 32], 2, &[Slow::KIND, Echo::KIND]).await;
-        near.register::<Slow>();
-        far.register::<Slow>();
-        let far_key = |kind| far_key(&near, kind);
-
-        // Answered by the handler on the far node, over the link.
-        let echo = near.agent::<Echo>(far_key(Echo::KIND));
-        for n in 0..100 {
-            assert_eq!(
-                echo.ask(EchoMsg::Ping(n), Duration::from_secs(5))
-                    .await
-                    .unwrap(),
-                n
-            );
-        }
-
-        // A full mailbox there is refused as such here, at once: not a
-        // timeout, not `Stopped`.
-        let slow = near.agent::<Slow>(far_key(Slow::KIND));
-        let asks = (0..12).map(|_| {
-            let slow = slow.clone();
-            tokio::spawn(async move { slow.ask(EchoMsg::Count, Duration::from_secs(5)).await })
-        });
-        let (mut answered, mut full) = (0, 0);
-        for ask in futures_util::future::join_all(asks).await {
-            match ask.unwrap() {
-                Ok(_) => answered += 1,
-                Err(AgentError::MailboxFull { capacity: 2, .. }) => full += 1,
-                Err(other) => panic!("unexpected {other:?}"),
-            }
-        }
-        assert!(
-            answered >= 1 && full >= 1,
-            "{answered} answered, {full} full"
-        );
-        assert_eq!(answered + full, 12);
-        near.shutdown();
-        far.shutdown();
-    }
 }
