@@ -356,6 +356,23 @@ fn hypotheses(model: &ValueModel, limit: usize) -> Result<ArchitectReply, Handle
     })
 }
 
+/// A page of the stored models, newest first, filtered by customer,
+/// industry and status.
+pub async fn list_models(
+    system: &super::System,
+    customer: Option<&str>,
+    industry: Option<&str>,
+    status: Option<ModelStatus>,
+    page: (i64, i64),
+) -> Result<super::Listed<ModelRecord>, crate::store::StoreError> {
+    let listing = crate::store::Listing::ValueModels {
+        customer,
+        industry,
+        status: status.map(ModelStatus::as_str),
+    };
+    super::listing::page(system, listing, page).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -353,6 +353,20 @@ fn event_data(commitment: &Commitment) -> serde_json::Value {
     })
 }
 
+/// A page of the commitments, newest first, filtered by model and status.
+pub async fn list_commitments(
+    system: &super::System,
+    model_id: Option<&str>,
+    status: Option<CommitmentStatus>,
+    page: (i64, i64),
+) -> Result<super::Listed<Commitment>, crate::store::StoreError> {
+    let listing = crate::store::Listing::Commitments {
+        model_id,
+        status: status.map(CommitmentStatus::as_str),
+    };
+    super::listing::page(system, listing, page).await
+}
+
 #[cfg(test)]
 mod tests {
     use valueverse_runtime::{Agent, HandlerError, Handling};

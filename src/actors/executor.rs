@@ -346,14 +346,8 @@ pub async fn tick_active_plans(system: &super::System) -> Result<usize, StoreErr
     let today = Utc::now().date_naive();
     let (mut offset, mut told) = (0, 0);
     loop {
-        let page = system
-            .store()
-            .list_records(TABLE, &[("status", Some("active"))], 100, offset)
-            .await?;
-        for body in &page.bodies {
-            let Ok(plan) = serde_json::from_str::<Plan>(body) else {
-                continue;
-            };
+        let page = list_plans(system, None, None, Some(PlanStatus::Active), (100, offset)).await?;
+        for plan in page.items {
             // Each node ticks the plans it owns.
             if !system.is_local(Executor::KIND, &plan.id) {
                 continue;
@@ -367,10 +361,10 @@ pub async fn tick_active_plans(system: &super::System) -> Result<usize, StoreErr
                 told += 1;
             }
         }
-        if page.bodies.len() < 100 {
+        offset += 100;
+        if offset >= page.total {
             return Ok(told);
         }
-        offset += 100;
     }
 }
 
@@ -414,4 +408,21 @@ pub fn plan_for(
         cancelled_at: None,
         cancel_reason: None,
     }
+}
+
+/// A page of the plans, newest first, filtered by commitment, model and
+/// status.
+pub async fn list_plans(
+    system: &super::System,
+    commitment_id: Option<&str>,
+    model_id: Option<&str>,
+    status: Option<PlanStatus>,
+    page: (i64, i64),
+) -> Result<super::Listed<Plan>, StoreError> {
+    let listing = crate::store::Listing::Plans {
+        commitment_id,
+        model_id,
+        status: status.map(PlanStatus::as_str),
+    };
+    super::listing::page(system, listing, page).await
 }

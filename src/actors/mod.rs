@@ -7,6 +7,8 @@ pub mod amplifier;
 pub mod architect;
 pub mod committer;
 pub mod executor;
+pub(crate) mod listing;
+pub use listing::Listed;
 pub mod notifier;
 pub mod saga;
 pub mod simulation;

@@ -142,3 +142,15 @@ impl Agent for Notifier {
         ),
     ]);
 }
+
+/// A page of the subscriptions, newest first, filtered by status.
+pub async fn list_subscriptions(
+    system: &super::System,
+    status: Option<SubscriptionStatus>,
+    page: (i64, i64),
+) -> Result<super::Listed<Subscription>, crate::store::StoreError> {
+    let listing = crate::store::Listing::Subscriptions {
+        status: status.map(SubscriptionStatus::as_str),
+    };
+    super::listing::page(system, listing, page).await
+}

@@ -350,3 +350,11 @@ fn final_progress(job: &SimulationJob, result: &SimulationResult) -> JobProgress
         eta_seconds: Some(0.0),
     }
 }
+
+/// The newest `limit` jobs, uncounted.
+pub async fn latest_jobs(
+    system: &super::System,
+    limit: i64,
+) -> Result<Vec<SimulationJob>, crate::store::StoreError> {
+    super::listing::latest(system, crate::store::Listing::Simulations, limit).await
+}

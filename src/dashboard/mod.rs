@@ -16,14 +16,19 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use prometheus::{IntCounter, IntGauge};
 use serde::Serialize;
 use tokio::sync::{Notify, watch};
 
+use crate::actors::simulation::{
+    JobProgress, JobStatus, SimulationJob, SimulationRequest, latest_jobs,
+};
 use crate::actors::{InstanceSnapshot, InstanceStatus, System};
 use crate::cluster::node::{ClusterNode, ClusterView};
 use crate::cluster::peer_requests::{self, PeerRequests};
-use crate::saga::SagaSummary;
+use crate::gpu::{Device, SimulationResult};
+use crate::saga::{SagaStatus, SagaSummary, latest_sagas, list_sagas};
 use crate::simulation::{QueueSnapshot, Simulations};
 use crate::store::{Attempt, Notification, StoreError, unix_millis};
 
@@ -101,8 +106,81 @@ pub struct Frame {
     pub nodes: Vec<serde_json::Value>,
     pub sagas: SagaPanel,
     /// The latest simulation jobs, with results where finished.
-    pub simulations: Vec<serde_json::Value>,
+    pub simulations: Vec<RecentJob>,
     pub notifications: NotificationPanel,
+}
+
+/// A recent simulation job as the page shows it: the request without its
+/// model, the result without its raw quantiles (the page draws the
+/// histogram, the tornado and the summary).
+#[derive(Debug, Clone, Serialize)]
+pub struct RecentJob {
+    pub id: String,
+    pub status: JobStatus,
+    pub submitter: String,
+    pub model_id: Option<String>,
+    pub model_version: Option<i64>,
+    pub model_name: String,
+    pub request: RecentRequest,
+    pub engine: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub attempts: u32,
+    pub cancel_requested: bool,
+    pub progress: Option<JobProgress>,
+    pub result: Option<Box<SimulationResult>>,
+    pub error: Option<String>,
+}
+
+/// What a recent job was asked to do, its model aside.
+#[derive(Debug, Clone, Serialize)]
+pub struct RecentRequest {
+    pub paths: u64,
+    pub seed: u64,
+    pub device: Device,
+    pub bins: usize,
+    pub stop_at_rel_se: Option<f64>,
+}
+
+impl From<SimulationJob> for RecentJob {
+    fn from(job: SimulationJob) -> RecentJob {
+        let SimulationRequest {
+            model,
+            paths,
+            seed,
+            device,
+            bins,
+            stop_at_rel_se,
+        } = job.request;
+        RecentJob {
+            id: job.id,
+            status: job.status,
+            submitter: job.submitter,
+            model_id: job.model_id,
+            model_version: job.model_version,
+            model_name: model.name,
+            request: RecentRequest {
+                paths,
+                seed,
+                device,
+                bins,
+                stop_at_rel_se,
+            },
+            engine: job.engine,
+            created_at: job.created_at,
+            started_at: job.started_at,
+            finished_at: job.finished_at,
+            attempts: job.attempts,
+            cancel_requested: job.cancel_requested,
+            progress: job.progress,
+            result: job.result.map(|mut result| {
+                result.npv_quantiles = Vec::new();
+                result
+            }),
+            error: job.error,
+        }
+    }
 }
 
 struct Metrics {
@@ -454,39 +532,25 @@ impl Inner {
     }
 
     async fn sagas(&self) -> Result<SagaPanel, StoreError> {
-        let store = self.system.store();
-        let page = |status: &'static str, limit| async move {
-            store
-                .list_records("sagas", &[("status", Some(status))], limit, 0)
-                .await
-        };
+        let system = &self.system;
+        let page = |status, limit| list_sagas(system, Some(status), None, (limit, 0));
         // Counts of the states that stay small; only the latest of the
         // ended ones (counting every completed saga each second would cost
         // more than the rest of the frame).
-        let latest = |status: &'static str| async move {
-            store
-                .latest_records("sagas", &[("status", Some(status))], 10)
-                .await
-        };
+        let latest = |status| latest_sagas(system, status, 10);
         let (running, compensating, attention, completed, compensated) = tokio::join!(
-            page("running", 15),
-            page("compensating", 10),
-            page("needs_attention", 10),
-            latest("completed"),
-            latest("compensated"),
+            page(SagaStatus::Running, 15),
+            page(SagaStatus::Compensating, 10),
+            page(SagaStatus::NeedsAttention, 10),
+            latest(SagaStatus::Completed),
+            latest(SagaStatus::Compensated),
         );
         let (running, compensating, attention) = (running?, compensating?, attention?);
-        let parse = |bodies: Vec<String>| -> Vec<SagaSummary> {
-            bodies
-                .iter()
-                .filter_map(|body| serde_json::from_str(body).ok())
-                .collect()
-        };
-        let mut in_flight = parse(attention.bodies);
-        in_flight.extend(parse(compensating.bodies));
-        in_flight.extend(parse(running.bodies));
-        let mut recent = parse(completed?);
-        recent.extend(parse(compensated?));
+        let mut in_flight = attention.items;
+        in_flight.extend(compensating.items);
+        in_flight.extend(running.items);
+        let mut recent = completed?;
+        recent.extend(compensated?);
         recent.sort_by_key(|saga| std::cmp::Reverse(saga.updated_at));
         recent.truncate(10);
         Ok(SagaPanel {
@@ -498,27 +562,9 @@ impl Inner {
         })
     }
 
-    /// The latest jobs, the request's model and the raw quantiles left out
-    /// (the page draws the histogram, the tornado and the summary).
-    async fn recent_simulations(&self) -> Result<Vec<serde_json::Value>, StoreError> {
-        let bodies = self
-            .system
-            .store()
-            .latest_records("simulations", &[], 8)
-            .await?;
-        Ok(bodies
-            .iter()
-            .filter_map(|body| serde_json::from_str::<serde_json::Value>(body).ok())
-            .map(|mut job| {
-                if let Some(request) = job.get_mut("request").and_then(|r| r.as_object_mut()) {
-                    request.remove("model");
-                }
-                if let Some(result) = job.get_mut("result").and_then(|r| r.as_object_mut()) {
-                    result.remove("npv_quantiles");
-                }
-                job
-            })
-            .collect())
+    async fn recent_simulations(&self) -> Result<Vec<RecentJob>, StoreError> {
+        let jobs = latest_jobs(&self.system, 8).await?;
+        Ok(jobs.into_iter().map(RecentJob::from).collect())
     }
 
     async fn notifications(&self) -> Result<NotificationPanel, StoreError> {

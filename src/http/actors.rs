@@ -16,8 +16,6 @@ use super::forward::{self, NodeQuery};
     tag = "actors",
     responses(
         (status = 200, description = "the live supervision tree of this node", body = Object),
-        (status = 401, description = "no or unknown API key", body = ErrorDoc),
-        (status = 403, description = "the key's role is too weak", body = ErrorDoc),
     ),
     security(("bearer" = [])),
 )]
@@ -46,8 +44,6 @@ struct ResetRequest {
     ),
     responses(
         (status = 200, description = "the instance, reset", body = Object),
-        (status = 401, description = "no or unknown API key", body = ErrorDoc),
-        (status = 403, description = "the key's role is too weak", body = ErrorDoc),
         (status = 404, description = "not found", body = ErrorDoc),
         (status = 409, description = "conflict with the current state", body = ErrorDoc),
     ),
@@ -129,8 +125,6 @@ struct CrashRequest {
     ),
     responses(
         (status = 200, description = "the instance, failed and in its supervisor's hands", body = Object),
-        (status = 401, description = "no or unknown API key", body = ErrorDoc),
-        (status = 403, description = "the key's role is too weak", body = ErrorDoc),
         (status = 404, description = "no such instance on the node", body = ErrorDoc),
         (status = 409, description = "the instance is not running", body = ErrorDoc),
         (status = 422, description = "invalid body", body = ErrorDoc),

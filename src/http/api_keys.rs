@@ -32,10 +32,7 @@ struct CreateBody {
     request_body = CreateBody,
     responses(
         (status = 201, description = "the key, shown once", body = Object),
-        (status = 400, description = "malformed JSON, unknown field or bad query", body = ErrorDoc),
         (status = 422, description = "invalid field, named", body = ErrorDoc),
-        (status = 401, description = "no or unknown API key", body = ErrorDoc),
-        (status = 403, description = "the key's role is too weak", body = ErrorDoc),
     ),
     security(("bearer" = [])),
 )]
@@ -63,8 +60,6 @@ pub(crate) async fn create(
     tag = "api-keys",
     responses(
         (status = 200, description = "every key (never the keys themselves)", body = Object),
-        (status = 401, description = "no or unknown API key", body = ErrorDoc),
-        (status = 403, description = "the key's role is too weak", body = ErrorDoc),
     ),
     security(("bearer" = [])),
 )]
@@ -81,8 +76,6 @@ pub(crate) async fn list(system: web::Data<System>) -> Result<HttpResponse, ApiE
     ),
     responses(
         (status = 204, description = "revoked"),
-        (status = 401, description = "no or unknown API key", body = ErrorDoc),
-        (status = 403, description = "the key's role is too weak", body = ErrorDoc),
         (status = 404, description = "not found", body = ErrorDoc),
     ),
     security(("bearer" = [])),

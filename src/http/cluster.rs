@@ -4,7 +4,6 @@ use actix_web::{HttpResponse, web};
 
 use crate::cluster::node::{ClusterNode, ClusterView};
 
-use super::error::ErrorDoc;
 
 /// Members with their state (alive, suspect, down), addresses, lease,
 /// load, and this node's view of how ownership spreads over them.
@@ -14,7 +13,6 @@ use super::error::ErrorDoc;
     tag = "cluster",
     responses(
         (status = 200, description = "this node's view of the cluster", body = ClusterView),
-        (status = 401, description = "no or unknown API key", body = ErrorDoc),
     ),
     security(("bearer" = [])),
 )]

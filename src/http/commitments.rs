@@ -17,6 +17,7 @@ use super::error::ErrorDoc;
 use super::error::{ApiError, parse_json, parse_query};
 use super::listing::list_page;
 use super::value_models::ask_model;
+use crate::actors::committer::list_commitments;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -59,11 +60,8 @@ async fn ask(system: &System, id: &str, msg: CommitterMsg) -> Result<Commitment,
     request_body = CommitBody,
     responses(
         (status = 201, description = "committed", body = Commitment),
-        (status = 400, description = "malformed JSON, unknown field or bad query", body = ErrorDoc),
         (status = 404, description = "not found", body = ErrorDoc),
         (status = 422, description = "invalid field, named", body = ErrorDoc),
-        (status = 401, description = "no or unknown API key", body = ErrorDoc),
-        (status = 403, description = "the key's role is too weak", body = ErrorDoc),
     ),
     security(("bearer" = [])),
 )]
@@ -140,8 +138,6 @@ pub(crate) async fn commit(
     responses(
         (status = 200, description = "the commitment", body = Commitment),
         (status = 404, description = "not found", body = ErrorDoc),
-        (status = 401, description = "no or unknown API key", body = ErrorDoc),
-        (status = 403, description = "the key's role is too weak", body = ErrorDoc),
     ),
     security(("bearer" = [])),
 )]
@@ -172,8 +168,6 @@ struct VoidBody {
         (status = 404, description = "not found", body = ErrorDoc),
         (status = 409, description = "conflict with the current state", body = ErrorDoc),
         (status = 422, description = "invalid field, named", body = ErrorDoc),
-        (status = 401, description = "no or unknown API key", body = ErrorDoc),
-        (status = 403, description = "the key's role is too weak", body = ErrorDoc),
     ),
     security(("bearer" = [])),
 )]
@@ -218,9 +212,6 @@ struct ListQuery {
     ),
     responses(
         (status = 200, description = "a page of commitments", body = super::listing::PageOf<Commitment>),
-        (status = 400, description = "malformed JSON, unknown field or bad query", body = ErrorDoc),
-        (status = 401, description = "no or unknown API key", body = ErrorDoc),
-        (status = 403, description = "the key's role is too weak", body = ErrorDoc),
     ),
     security(("bearer" = [])),
 )]
@@ -229,15 +220,10 @@ pub(crate) async fn list(
     request: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let query: ListQuery = parse_query(request.query_string())?;
-    list_page::<Commitment, _>(
-        &system,
-        "commitments",
-        &[
-            ("model_id", query.model_id.as_deref()),
-            ("status", query.status.map(CommitmentStatus::as_str)),
-        ],
+    list_page(
         (query.limit, query.offset),
-        |commitment| commitment,
+        |page| list_commitments(&system, query.model_id.as_deref(), query.status, page),
+        |commitment: Commitment| commitment,
     )
     .await
 }

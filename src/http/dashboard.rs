@@ -71,7 +71,6 @@ fn serve(name: &str) -> HttpResponse {
     responses(
         (status = 200, description = "the whole cluster as the dashboard shows it", body = Object),
         (status = 404, description = "the dashboard is turned off", body = ErrorDoc),
-        (status = 401, description = "no or unknown API key", body = ErrorDoc),
     ),
     security(("bearer" = [])),
 )]
@@ -93,7 +92,6 @@ pub(crate) async fn frame(
     responses(
         (status = 200, description = "this node's panel", body = Object),
         (status = 404, description = "the dashboard is turned off", body = ErrorDoc),
-        (status = 401, description = "no or unknown API key", body = ErrorDoc),
     ),
     security(("bearer" = [])),
 )]
@@ -113,7 +111,6 @@ pub(crate) async fn node(
     params(("access_token" = Option<String>, Query, description = "API key (browsers cannot set headers on a WebSocket)")),
     responses(
         (status = 101, description = "frames follow as JSON text messages"),
-        (status = 401, description = "no or unknown API key", body = ErrorDoc),
     ),
     security(("bearer" = [])),
 )]

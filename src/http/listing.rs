@@ -1,10 +1,9 @@
-//! What every list route shares: `limit`/`offset` checks and decoding a
-//! page of stored rows.
+//! What every list route shares: `limit`/`offset` checks and the page's
+//! JSON (its byte cap, where to go on).
 
 use actix_web::http::StatusCode;
-use serde::de::DeserializeOwned;
 
-use crate::store::Page;
+use crate::actors::Listed;
 
 use super::error::ApiError;
 
@@ -27,27 +26,6 @@ pub(crate) fn check_paging(limit: i64, offset: i64) -> Result<(), ApiError> {
         return invalid("offset", format!("`offset` must be >= 0, got {offset}"));
     }
     Ok(())
-}
-
-/// The rows of a page as `T`. A row that does not decode (written by an
-/// older build, or edited by hand) is skipped, logged and counted: one bad
-/// row must not make the list fail for everyone.
-pub(crate) fn decode<T: DeserializeOwned>(
-    page: &Page,
-    table: &str,
-    metrics: &crate::Metrics,
-) -> Vec<T> {
-    page.bodies
-        .iter()
-        .filter_map(|body| match serde_json::from_str(body) {
-            Ok(item) => Some(item),
-            Err(error) => {
-                tracing::warn!(table, %error, "a stored row does not decode; skipped from the list");
-                metrics.http.rows_skipped.with_label_values(&[table]).inc();
-                None
-            }
-        })
-        .collect()
 }
 
 /// A page of a list route, as the OpenAPI document shows it (the answer is
@@ -74,7 +52,7 @@ pub(crate) const MAX_PAGE_BYTES: usize = 1 << 20;
 /// `next_offset` (`null` on the last page) and `truncated` (the byte cap
 /// ended the page before `limit`).
 pub(crate) fn page_json<T: serde::Serialize>(
-    page: &Page,
+    total: i64,
     limit: i64,
     offset: i64,
     items: Vec<T>,
@@ -102,9 +80,9 @@ pub(crate) fn page_json<T: serde::Serialize>(
     json.push(']');
     let truncated = shown < items.len();
     let next = offset + shown as i64;
-    let next_offset = (truncated || next < page.total).then_some(next);
+    let next_offset = (truncated || next < total).then_some(next);
     let head = serde_json::json!({
-        "total": page.total,
+        "total": total,
         "limit": limit,
         "offset": offset,
         "next_offset": next_offset,
@@ -118,25 +96,21 @@ pub(crate) fn page_json<T: serde::Serialize>(
         .body(body))
 }
 
-/// A list route's answer: a page of `table`'s rows matching `filters`,
-/// each decoded as `T` and shown as `view(row)`.
-pub(crate) async fn list_page<T: DeserializeOwned, V: serde::Serialize>(
-    system: &crate::actors::System,
-    table: &'static str,
-    filters: &[(&'static str, Option<&str>)],
+/// A list route's answer: the paging checked, then the page `fetch`
+/// reads (through the agents' own list functions), each item shown as
+/// `view(item)`.
+pub(crate) async fn list_page<T, V: serde::Serialize, F>(
     (limit, offset): (i64, i64),
+    fetch: impl FnOnce((i64, i64)) -> F,
     view: impl Fn(T) -> V,
-) -> Result<actix_web::HttpResponse, ApiError> {
+) -> Result<actix_web::HttpResponse, ApiError>
+where
+    F: std::future::Future<Output = Result<Listed<T>, crate::store::StoreError>>,
+{
     check_paging(limit, offset)?;
-    let page = system
-        .store()
-        .list_records(table, filters, limit, offset)
-        .await?;
-    let items: Vec<V> = decode::<T>(&page, table, system.metrics())
-        .into_iter()
-        .map(view)
-        .collect();
-    page_json(&page, limit, offset, items)
+    let listed = fetch((limit, offset)).await?;
+    let items: Vec<V> = listed.items.into_iter().map(view).collect();
+    page_json(listed.total, limit, offset, items)
 }
 
 #[cfg(test)]
@@ -154,12 +128,8 @@ mod tests {
     #[test]
     fn a_page_ends_at_its_byte_cap_and_says_where_to_go_on() {
         let big = "x".repeat(400 * 1024);
-        let page = Page {
-            total: 10,
-            bodies: Vec::new(),
-        };
         let items: Vec<String> = (0..5).map(|_| big.clone()).collect();
-        let body = body_of(page_json(&page, 5, 0, items).unwrap());
+        let body = body_of(page_json(10, 5, 0, items).unwrap());
         assert_eq!(
             body["items"].as_array().unwrap().len(),
             2,
@@ -167,7 +137,7 @@ mod tests {
         );
         assert_eq!(body["truncated"], true);
         assert_eq!(body["next_offset"], 2);
-        let small = body_of(page_json(&page, 5, 5, vec![1, 2, 3, 4, 5]).unwrap());
+        let small = body_of(page_json(10, 5, 5, vec![1, 2, 3, 4, 5]).unwrap());
         assert_eq!(small["truncated"], false);
         assert_eq!(
             small["next_offset"],
@@ -175,7 +145,7 @@ mod tests {
             "the last page"
         );
         assert_eq!(small["total"], 10);
-        let huge = body_of(page_json(&page, 1, 0, vec!["y".repeat(2 << 20)]).unwrap());
+        let huge = body_of(page_json(10, 1, 0, vec!["y".repeat(2 << 20)]).unwrap());
         assert_eq!(
             huge["items"].as_array().unwrap().len(),
             1,

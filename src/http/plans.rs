@@ -20,6 +20,7 @@ use super::error::ErrorDoc;
 use super::error::{ApiError, parse_json, parse_query};
 use super::listing::list_page;
 use super::value_models::ask_model;
+use crate::actors::executor::list_plans;
 
 fn timeout(system: &System) -> std::time::Duration {
     system.runtime_config().ask_timeout
@@ -131,11 +132,8 @@ struct PlanBody {
     responses(
         (status = 409, description = "the state of what it names refuses it (a voided commitment, an archived model)", body = ErrorDoc),
         (status = 201, description = "the plan, and the amplifier baseline registered", body = PlanView),
-        (status = 400, description = "malformed JSON, unknown field or bad query", body = ErrorDoc),
         (status = 404, description = "not found", body = ErrorDoc),
         (status = 422, description = "invalid field, named", body = ErrorDoc),
-        (status = 401, description = "no or unknown API key", body = ErrorDoc),
-        (status = 403, description = "the key's role is too weak", body = ErrorDoc),
     ),
     security(("bearer" = [])),
 )]
@@ -224,8 +222,6 @@ pub(crate) async fn create(
     responses(
         (status = 200, description = "the plan", body = PlanView),
         (status = 404, description = "not found", body = ErrorDoc),
-        (status = 401, description = "no or unknown API key", body = ErrorDoc),
-        (status = 403, description = "the key's role is too weak", body = ErrorDoc),
     ),
     security(("bearer" = [])),
 )]
@@ -260,8 +256,6 @@ struct ProgressBody {
         (status = 404, description = "not found", body = ErrorDoc),
         (status = 409, description = "conflict with the current state", body = ErrorDoc),
         (status = 422, description = "invalid field, named", body = ErrorDoc),
-        (status = 401, description = "no or unknown API key", body = ErrorDoc),
-        (status = 403, description = "the key's role is too weak", body = ErrorDoc),
     ),
     security(("bearer" = [])),
 )]
@@ -321,8 +315,6 @@ struct DeliveryBody {
         (status = 404, description = "not found", body = ErrorDoc),
         (status = 409, description = "conflict with the current state", body = ErrorDoc),
         (status = 422, description = "invalid field, named", body = ErrorDoc),
-        (status = 401, description = "no or unknown API key", body = ErrorDoc),
-        (status = 403, description = "the key's role is too weak", body = ErrorDoc),
     ),
     security(("bearer" = [])),
 )]
@@ -387,8 +379,6 @@ struct CancelBody {
         (status = 404, description = "not found", body = ErrorDoc),
         (status = 409, description = "conflict with the current state", body = ErrorDoc),
         (status = 422, description = "invalid field, named", body = ErrorDoc),
-        (status = 401, description = "no or unknown API key", body = ErrorDoc),
-        (status = 403, description = "the key's role is too weak", body = ErrorDoc),
     ),
     security(("bearer" = [])),
 )]
@@ -435,9 +425,6 @@ struct ListQuery {
     ),
     responses(
         (status = 200, description = "a page of plans", body = super::listing::PageOf<PlanSummary>),
-        (status = 400, description = "malformed JSON, unknown field or bad query", body = ErrorDoc),
-        (status = 401, description = "no or unknown API key", body = ErrorDoc),
-        (status = 403, description = "the key's role is too weak", body = ErrorDoc),
     ),
     security(("bearer" = [])),
 )]
@@ -446,15 +433,17 @@ pub(crate) async fn list(
     request: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let query: ListQuery = parse_query(request.query_string())?;
-    list_page::<Plan, _>(
-        &system,
-        "plans",
-        &[
-            ("commitment_id", query.commitment_id.as_deref()),
-            ("model_id", query.model_id.as_deref()),
-            ("status", query.status.map(PlanStatus::as_str)),
-        ],
+    list_page(
         (query.limit, query.offset),
+        |page| {
+            list_plans(
+                &system,
+                query.commitment_id.as_deref(),
+                query.model_id.as_deref(),
+                query.status,
+                page,
+            )
+        },
         PlanSummary::from,
     )
     .await
@@ -482,10 +471,7 @@ struct InsightsQuery {
     responses(
         (status = 200, description = "realized vs committed, trend, opportunities, risks", body = Insights),
         (status = 404, description = "no such model, or no plan for it yet (`no_baseline`)", body = ErrorDoc),
-        (status = 400, description = "malformed JSON, unknown field or bad query", body = ErrorDoc),
         (status = 422, description = "invalid field, named", body = ErrorDoc),
-        (status = 401, description = "no or unknown API key", body = ErrorDoc),
-        (status = 403, description = "the key's role is too weak", body = ErrorDoc),
     ),
     security(("bearer" = [])),
 )]

@@ -321,14 +321,9 @@ pub(crate) async fn list(
     request: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let query: ListQuery = parse_query(request.query_string())?;
-    list_page::<SagaSummary, _>(
-        &system,
-        "sagas",
-        &[
-            ("status", query.status.map(SagaStatus::as_str)),
-            ("definition", query.definition.as_deref()),
-        ],
+    list_page(
         (query.limit, query.offset),
+        |page| crate::saga::list_sagas(&system, query.status, query.definition.as_deref(), page),
         |saga: SagaSummary| saga,
     )
     .await

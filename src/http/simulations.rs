@@ -176,12 +176,9 @@ fn submitter(request: &HttpRequest) -> String {
     request_body = SubmitBody,
     responses(
         (status = 202, description = "queued", body = JobView),
-        (status = 400, description = "malformed JSON, unknown field or bad query", body = ErrorDoc),
         (status = 404, description = "not found", body = ErrorDoc),
         (status = 422, description = "invalid field, named", body = ErrorDoc),
         (status = 503, description = "store unavailable or queue full (Retry-After)", body = ErrorDoc),
-        (status = 401, description = "no or unknown API key", body = ErrorDoc),
-        (status = 403, description = "the key's role is too weak", body = ErrorDoc),
     ),
     security(("bearer" = [])),
 )]
@@ -251,8 +248,6 @@ pub(crate) async fn submit(
     responses(
         (status = 200, description = "status and progress", body = JobView),
         (status = 404, description = "not found", body = ErrorDoc),
-        (status = 401, description = "no or unknown API key", body = ErrorDoc),
-        (status = 403, description = "the key's role is too weak", body = ErrorDoc),
     ),
     security(("bearer" = [])),
 )]
@@ -275,8 +270,6 @@ pub(crate) async fn get(
         (status = 200, description = "the result of a finished job", body = ResultsView),
         (status = 404, description = "not found", body = ErrorDoc),
         (status = 409, description = "conflict with the current state", body = ErrorDoc),
-        (status = 401, description = "no or unknown API key", body = ErrorDoc),
-        (status = 403, description = "the key's role is too weak", body = ErrorDoc),
     ),
     security(("bearer" = [])),
 )]
@@ -318,8 +311,6 @@ pub(crate) async fn results(
         (status = 200, description = "cancelled, or cancelling", body = JobView),
         (status = 404, description = "not found", body = ErrorDoc),
         (status = 409, description = "conflict with the current state", body = ErrorDoc),
-        (status = 401, description = "no or unknown API key", body = ErrorDoc),
-        (status = 403, description = "the key's role is too weak", body = ErrorDoc),
     ),
     security(("bearer" = [])),
 )]
@@ -343,8 +334,6 @@ pub(crate) async fn cancel(
     tag = "simulations",
     responses(
         (status = 200, description = "running and queued jobs", body = QueueSnapshot),
-        (status = 401, description = "no or unknown API key", body = ErrorDoc),
-        (status = 403, description = "the key's role is too weak", body = ErrorDoc),
     ),
     security(("bearer" = [])),
 )]
@@ -366,8 +355,6 @@ pub(crate) async fn queue(simulations: web::Data<Simulations>) -> HttpResponse {
     responses(
         (status = 101, description = "WebSocket: JSON events (the state at once, progress after each batch, then done/failed/cancelled)"),
         (status = 404, description = "not found", body = ErrorDoc),
-        (status = 401, description = "no or unknown API key", body = ErrorDoc),
-        (status = 403, description = "the key's role is too weak", body = ErrorDoc),
     ),
     security(("bearer" = [])),
 )]

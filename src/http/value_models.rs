@@ -16,6 +16,7 @@ use crate::model::ValueModel;
 use super::error::ErrorDoc;
 use super::error::{ApiError, parse_json, parse_query};
 use super::listing::list_page;
+use crate::actors::architect::list_models;
 
 /// A model at one version, as the API shows it.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -114,10 +115,7 @@ fn validated(model: ValueModel) -> Result<ValueModel, ApiError> {
     request_body = schemas::ValueModel,
     responses(
         (status = 201, description = "stored as version 1, with analytics", body = ModelView),
-        (status = 400, description = "malformed JSON, unknown field or bad query", body = ErrorDoc),
         (status = 422, description = "invalid field, named", body = ErrorDoc),
-        (status = 401, description = "no or unknown API key", body = ErrorDoc),
-        (status = 403, description = "the key's role is too weak", body = ErrorDoc),
     ),
     security(("bearer" = [])),
 )]
@@ -150,8 +148,6 @@ struct VersionQuery {
     responses(
         (status = 200, description = "the model at a version", body = ModelView),
         (status = 404, description = "not found", body = ErrorDoc),
-        (status = 401, description = "no or unknown API key", body = ErrorDoc),
-        (status = 403, description = "the key's role is too weak", body = ErrorDoc),
     ),
     security(("bearer" = [])),
 )]
@@ -192,8 +188,6 @@ struct VersionSummary {
     responses(
         (status = 200, description = "every version", body = Object),
         (status = 404, description = "not found", body = ErrorDoc),
-        (status = 401, description = "no or unknown API key", body = ErrorDoc),
-        (status = 403, description = "the key's role is too weak", body = ErrorDoc),
     ),
     security(("bearer" = [])),
 )]
@@ -258,9 +252,6 @@ struct ModelSummary {
     ),
     responses(
         (status = 200, description = "a page of model summaries", body = super::listing::PageOf<ModelSummary>),
-        (status = 400, description = "malformed JSON, unknown field or bad query", body = ErrorDoc),
-        (status = 401, description = "no or unknown API key", body = ErrorDoc),
-        (status = 403, description = "the key's role is too weak", body = ErrorDoc),
     ),
     security(("bearer" = [])),
 )]
@@ -269,17 +260,18 @@ pub(crate) async fn list(
     request: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let query: ListQuery = parse_query(request.query_string())?;
-    let filters = [
-        ("customer", query.customer.as_deref()),
-        ("industry", query.industry.as_deref()),
-        ("status", query.status.map(ModelStatus::as_str)),
-    ];
-    list_page::<ModelRecord, _>(
-        &system,
-        "value_models",
-        &filters,
+    list_page(
         (query.limit, query.offset),
-        |record| {
+        |page| {
+            list_models(
+                &system,
+                query.customer.as_deref(),
+                query.industry.as_deref(),
+                query.status,
+                page,
+            )
+        },
+        |record: ModelRecord| {
             let current = record.current();
             ModelSummary {
                 id: record.id.clone(),
@@ -332,12 +324,9 @@ struct ModelPatch {
     ),
     responses(
         (status = 200, description = "the new version (a JSON merge patch over the current one; If-Match: the version it was written against)", body = ModelView),
-        (status = 400, description = "malformed JSON, unknown field or bad query", body = ErrorDoc),
         (status = 404, description = "not found", body = ErrorDoc),
         (status = 409, description = "conflict with the current state", body = ErrorDoc),
         (status = 422, description = "invalid field, named", body = ErrorDoc),
-        (status = 401, description = "no or unknown API key", body = ErrorDoc),
-        (status = 403, description = "the key's role is too weak", body = ErrorDoc),
     ),
     security(("bearer" = [])),
 )]
@@ -429,8 +418,6 @@ struct ArchiveBody {
         (status = 200, description = "archived", body = ModelView),
         (status = 404, description = "not found", body = ErrorDoc),
         (status = 409, description = "conflict with the current state", body = ErrorDoc),
-        (status = 401, description = "no or unknown API key", body = ErrorDoc),
-        (status = 403, description = "the key's role is too weak", body = ErrorDoc),
     ),
     security(("bearer" = [])),
 )]
@@ -476,8 +463,6 @@ struct HypothesesBody {
         (status = 200, description = "candidate drivers, best first", body = Object),
         (status = 404, description = "not found", body = ErrorDoc),
         (status = 422, description = "invalid field, named", body = ErrorDoc),
-        (status = 401, description = "no or unknown API key", body = ErrorDoc),
-        (status = 403, description = "the key's role is too weak", body = ErrorDoc),
     ),
     security(("bearer" = [])),
 )]

@@ -15,6 +15,7 @@ use crate::store::{Attempt, Notification};
 use super::error::ErrorDoc;
 use super::error::{ApiError, parse_json, parse_query};
 use super::listing::{check_paging, list_page};
+use crate::actors::notifier::list_subscriptions;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -148,10 +149,7 @@ async fn ask(system: &System, id: &str, msg: NotifierMsg) -> Result<Subscription
     request_body = SubscribeBody,
     responses(
         (status = 201, description = "subscribed", body = SubscriptionView),
-        (status = 400, description = "malformed JSON, unknown field or bad query", body = ErrorDoc),
         (status = 422, description = "invalid field, named", body = ErrorDoc),
-        (status = 401, description = "no or unknown API key", body = ErrorDoc),
-        (status = 403, description = "the key's role is too weak", body = ErrorDoc),
     ),
     security(("bearer" = [])),
 )]
@@ -196,8 +194,6 @@ pub(crate) async fn subscribe(
     responses(
         (status = 200, description = "the subscription (never its secret)", body = SubscriptionView),
         (status = 404, description = "not found", body = ErrorDoc),
-        (status = 401, description = "no or unknown API key", body = ErrorDoc),
-        (status = 403, description = "the key's role is too weak", body = ErrorDoc),
     ),
     security(("bearer" = [])),
 )]
@@ -254,8 +250,6 @@ impl SubscriptionView {
         (status = 200, description = "deleted", body = SubscriptionView),
         (status = 404, description = "not found", body = ErrorDoc),
         (status = 409, description = "conflict with the current state", body = ErrorDoc),
-        (status = 401, description = "no or unknown API key", body = ErrorDoc),
-        (status = 403, description = "the key's role is too weak", body = ErrorDoc),
     ),
     security(("bearer" = [])),
 )]
@@ -288,9 +282,6 @@ struct ListQuery {
     ),
     responses(
         (status = 200, description = "a page of subscriptions", body = super::listing::PageOf<SubscriptionView>),
-        (status = 400, description = "malformed JSON, unknown field or bad query", body = ErrorDoc),
-        (status = 401, description = "no or unknown API key", body = ErrorDoc),
-        (status = 403, description = "the key's role is too weak", body = ErrorDoc),
     ),
     security(("bearer" = [])),
 )]
@@ -300,12 +291,10 @@ pub(crate) async fn list(
 ) -> Result<HttpResponse, ApiError> {
     let query: ListQuery = parse_query(request.query_string())?;
     let role = caller_role(&request);
-    list_page::<Subscription, _>(
-        &system,
-        "subscriptions",
-        &[("status", query.status.map(SubscriptionStatus::as_str))],
+    list_page(
         (query.limit, query.offset),
-        |subscription| SubscriptionView::from(subscription).for_role(role),
+        |page| list_subscriptions(&system, query.status, page),
+        |subscription: Subscription| SubscriptionView::from(subscription).for_role(role),
     )
     .await
 }
@@ -411,8 +400,6 @@ impl DeliveryView {
     responses(
         (status = 200, description = "notifications with every attempt", body = DeliveryPage),
         (status = 404, description = "not found", body = ErrorDoc),
-        (status = 401, description = "no or unknown API key", body = ErrorDoc),
-        (status = 403, description = "the key's role is too weak", body = ErrorDoc),
     ),
     security(("bearer" = [])),
 )]
@@ -452,8 +439,6 @@ pub(crate) async fn deliveries(
         (status = 202, description = "sent again", body = Object),
         (status = 404, description = "not found", body = ErrorDoc),
         (status = 409, description = "conflict with the current state", body = ErrorDoc),
-        (status = 401, description = "no or unknown API key", body = ErrorDoc),
-        (status = 403, description = "the key's role is too weak", body = ErrorDoc),
     ),
     security(("bearer" = [])),
 )]

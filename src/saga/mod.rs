@@ -613,6 +613,34 @@ impl Saga {
     }
 }
 
+/// A page of the sagas' summaries, newest first, filtered by status and
+/// definition.
+pub async fn list_sagas(
+    system: &crate::actors::System,
+    status: Option<SagaStatus>,
+    definition: Option<&str>,
+    page: (i64, i64),
+) -> Result<crate::actors::Listed<SagaSummary>, crate::store::StoreError> {
+    let listing = crate::store::Listing::Sagas {
+        status: status.map(SagaStatus::as_str),
+        definition,
+    };
+    crate::actors::listing::page(system, listing, page).await
+}
+
+/// The newest `limit` summaries of sagas in `status`, uncounted.
+pub async fn latest_sagas(
+    system: &crate::actors::System,
+    status: SagaStatus,
+    limit: i64,
+) -> Result<Vec<SagaSummary>, crate::store::StoreError> {
+    let listing = crate::store::Listing::Sagas {
+        status: Some(status.as_str()),
+        definition: None,
+    };
+    crate::actors::listing::latest(system, listing, limit).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -121,7 +121,7 @@ pub use api_keys::ApiKeyRow;
 pub use leases::{Lease, LeaseClaim, Renewal};
 pub use notifications::{Attempt, Notification};
 pub use outbox::{Claimant, ClaimedDelivery, Dispatched, OutboxEvent, OutboxStats};
-pub use records::{Column, Page, Record};
+pub use records::{Column, Listing, Page, Record};
 
 macro_rules! with_pool {
     ($store:expr, $pool:ident => $body:expr) => {

@@ -188,18 +188,92 @@ pub struct Page {
     pub bodies: Vec<String>,
 }
 
+/// What a list reads: one agent's table, filtered on the columns its
+/// migrations index (`None`: that column filters nothing). Typed, so that
+/// no caller writes a table's or a column's name: they are written here
+/// and in the migrations only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listing<'a> {
+    ValueModels {
+        customer: Option<&'a str>,
+        industry: Option<&'a str>,
+        status: Option<&'a str>,
+    },
+    Commitments {
+        model_id: Option<&'a str>,
+        status: Option<&'a str>,
+    },
+    Plans {
+        commitment_id: Option<&'a str>,
+        model_id: Option<&'a str>,
+        status: Option<&'a str>,
+    },
+    Sagas {
+        status: Option<&'a str>,
+        definition: Option<&'a str>,
+    },
+    Subscriptions {
+        status: Option<&'a str>,
+    },
+    Simulations,
+}
+
+impl<'a> Listing<'a> {
+    /// The table, as the skipped-rows metric labels it.
+    pub fn table(&self) -> &'static str {
+        match self {
+            Listing::ValueModels { .. } => "value_models",
+            Listing::Commitments { .. } => "commitments",
+            Listing::Plans { .. } => "plans",
+            Listing::Sagas { .. } => "sagas",
+            Listing::Subscriptions { .. } => "subscriptions",
+            Listing::Simulations => "simulations",
+        }
+    }
+
+    fn filters(&self) -> Vec<(&'static str, Option<&'a str>)> {
+        match *self {
+            Listing::ValueModels {
+                customer,
+                industry,
+                status,
+            } => vec![
+                ("customer", customer),
+                ("industry", industry),
+                ("status", status),
+            ],
+            Listing::Commitments { model_id, status } => {
+                vec![("model_id", model_id), ("status", status)]
+            }
+            Listing::Plans {
+                commitment_id,
+                model_id,
+                status,
+            } => vec![
+                ("commitment_id", commitment_id),
+                ("model_id", model_id),
+                ("status", status),
+            ],
+            Listing::Sagas { status, definition } => {
+                vec![("status", status), ("definition", definition)]
+            }
+            Listing::Subscriptions { status } => vec![("status", status)],
+            Listing::Simulations => Vec::new(),
+        }
+    }
+}
+
 impl Store {
-    /// Bodies of `table`'s rows whose text columns equal the given values
-    /// (`None` filters nothing), newest first.
-    pub async fn list_records(
+    /// A page of the bodies `listing` matches, newest first, with the
+    /// count of all of them.
+    pub async fn list(
         &self,
-        table: &'static str,
-        filters: &[(&'static str, Option<&str>)],
+        listing: Listing<'_>,
         limit: i64,
         offset: i64,
     ) -> Result<Page, StoreError> {
         let (total, bodies) = self
-            .select_records(table, filters, limit, offset, true)
+            .select_records(listing.table(), &listing.filters(), limit, offset, true)
             .await?;
         Ok(Page {
             total: total.unwrap_or_default(),
@@ -209,13 +283,14 @@ impl Store {
 
     /// The newest `limit` bodies only: no count of all the matching rows
     /// (which a caller polling the latest rows of a large table pays for).
-    pub async fn latest_records(
+    pub async fn latest(
         &self,
-        table: &'static str,
-        filters: &[(&'static str, Option<&str>)],
+        listing: Listing<'_>,
         limit: i64,
     ) -> Result<Vec<String>, StoreError> {
-        let (_, bodies) = self.select_records(table, filters, limit, 0, false).await?;
+        let (_, bodies) = self
+            .select_records(listing.table(), &listing.filters(), limit, 0, false)
+            .await?;
         Ok(bodies)
     }
 
@@ -266,5 +341,66 @@ impl Store {
             };
             Ok::<_, sqlx::Error>((total, bodies))
         })?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Column, Listing, Record};
+    use crate::Store;
+
+    /// Every listing names a table and columns the migrations made: each
+    /// runs, with every filter set, and finds the row written to it.
+    #[tokio::test]
+    async fn every_listing_reads_its_table_with_every_filter() {
+        let store = Store::open("sqlite::memory:", 1).await.unwrap();
+        let x = Some("x");
+        let listings = [
+            Listing::ValueModels {
+                customer: x,
+                industry: x,
+                status: x,
+            },
+            Listing::Commitments {
+                model_id: x,
+                status: x,
+            },
+            Listing::Plans {
+                commitment_id: x,
+                model_id: x,
+                status: x,
+            },
+            Listing::Sagas {
+                status: x,
+                definition: x,
+            },
+            Listing::Subscriptions { status: x },
+            Listing::Simulations,
+        ];
+        for listing in listings {
+            let page = store.list(listing, 10, 0).await.unwrap();
+            assert_eq!((page.total, page.bodies.len()), (0, 0), "{listing:?}");
+            assert!(store.latest(listing, 10).await.unwrap().is_empty());
+        }
+        // A row whose filtered columns hold `x` is found by its listing.
+        let record = Record {
+            table: "commitments",
+            id: "c1",
+            columns: vec![
+                ("model_id", Column::Text(Some("x".into()))),
+                ("status", Column::Text(Some("x".into()))),
+                ("created_at_ms", Column::Int(Some(1))),
+            ],
+            body: "{}".into(),
+            events: Vec::new(),
+        };
+        store.save_record(&record, 0).await.unwrap();
+        let found = store.list(listings[1], 10, 0).await.unwrap();
+        assert_eq!((found.total, found.bodies), (1, vec!["{}".to_owned()]));
+        let other = Listing::Commitments {
+            model_id: Some("y"),
+            status: None,
+        };
+        assert_eq!(store.list(other, 10, 0).await.unwrap().total, 0);
     }
 }
