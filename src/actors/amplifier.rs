@@ -14,7 +14,7 @@ use crate::store::Column;
 
 use super::executor::Delivery;
 use valueverse_runtime::HandlerError;
-use valueverse_runtime::{Agent, AgentMessage, Handling};
+use valueverse_runtime::{Agent, AgentMessage, Handling, RejectionCode};
 
 /// Average days in a month, to turn dates into elapsed months.
 const DAYS_PER_MONTH: f64 = 30.4375;
@@ -193,7 +193,7 @@ impl Agent for Amplifier {
             AmplifierMsg::Insights { as_of, margin } => {
                 let Some(baseline) = &state.baseline else {
                     return Err(HandlerError::rejected(
-                        "no_baseline",
+                        RejectionCode::NoBaseline,
                         format!(
                             "model `{}` has no execution plan yet: insights need its baseline",
                             ctx.key()

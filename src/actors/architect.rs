@@ -13,7 +13,7 @@ use crate::model::{Analytics, Driver, ValueModel};
 use crate::store::Column;
 
 use valueverse_runtime::HandlerError;
-use valueverse_runtime::{Agent, AgentMessage, Handling};
+use valueverse_runtime::{Agent, AgentMessage, Handling, RejectionCode};
 
 const TABLE: &str = "value_models";
 
@@ -146,7 +146,11 @@ pub enum ArchitectReply {
 pub struct Architect;
 
 fn not_found(key: &str) -> HandlerError {
-    HandlerError::rejected("not_found", format!("no value model `{key}`"), None)
+    HandlerError::rejected(
+        RejectionCode::NotFound,
+        format!("no value model `{key}`"),
+        None,
+    )
 }
 
 impl Agent for Architect {
@@ -189,7 +193,7 @@ impl Agent for Architect {
             }
             (ArchitectMsg::Create(_), Some(_)) => {
                 return Err(HandlerError::rejected(
-                    "conflict",
+                    RejectionCode::Conflict,
                     format!("value model `{key}` exists"),
                     None,
                 ));
@@ -199,7 +203,7 @@ impl Agent for Architect {
                 let version = version.unwrap_or(record.current().version);
                 if record.version(version).is_none() {
                     return Err(HandlerError::rejected(
-                        "not_found",
+                        RejectionCode::NotFound,
                         format!(
                             "value model `{key}` has no version {version} (it has 1 to {})",
                             record.current().version
@@ -222,7 +226,7 @@ impl Agent for Architect {
             ) => {
                 if record.status == ModelStatus::Archived {
                     return Err(HandlerError::rejected(
-                        "conflict",
+                        RejectionCode::Conflict,
                         format!("value model `{key}` is archived: it cannot change"),
                         None,
                     ));
@@ -230,7 +234,7 @@ impl Agent for Architect {
                 let current = record.current().version;
                 if base_version != current {
                     return Err(HandlerError::rejected(
-                        "conflict",
+                        RejectionCode::Conflict,
                         format!(
                             "value model `{key}` is at version {current}, not {base_version}: \
                              read it again and reapply the change"
@@ -240,7 +244,7 @@ impl Agent for Architect {
                 }
                 if record.versions.len() >= max_versions {
                     return Err(HandlerError::rejected(
-                        "conflict",
+                        RejectionCode::Conflict,
                         format!(
                             "value model `{key}` has {max_versions} versions, the most one \
                              keeps: archive it and create a new model"
@@ -263,7 +267,7 @@ impl Agent for Architect {
             (ArchitectMsg::Archive { reason }, Some(record)) => {
                 if record.status == ModelStatus::Archived {
                     return Err(HandlerError::rejected(
-                        "conflict",
+                        RejectionCode::Conflict,
                         format!("value model `{key}` is already archived"),
                         None,
                     ));
@@ -324,7 +328,7 @@ fn hypotheses(model: &ValueModel, limit: usize) -> Result<ArchitectReply, Handle
     let Some(candidates) = catalogue().get(&industry) else {
         let known: Vec<&str> = catalogue().keys().map(String::as_str).collect();
         return Err(HandlerError::rejected(
-            "unknown_industry",
+            RejectionCode::UnknownIndustry,
             format!(
                 "no hypotheses for industry `{}`; the catalogue covers {}",
                 model.industry,

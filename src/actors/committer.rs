@@ -11,7 +11,7 @@ use crate::model::{FieldError, MAX_MONEY};
 use crate::store::Column;
 
 use valueverse_runtime::HandlerError;
-use valueverse_runtime::{Agent, AgentMessage, Handling};
+use valueverse_runtime::{Agent, AgentMessage, Handling, RejectionCode};
 
 const TABLE: &str = "commitments";
 
@@ -244,7 +244,7 @@ impl Agent for Committer {
         let key = ctx.key().to_owned();
         match (msg, state.as_mut()) {
             (CommitterMsg::Commit { .. }, Some(_)) => Err(HandlerError::rejected(
-                "conflict",
+                RejectionCode::Conflict,
                 format!("commitment `{key}` exists"),
                 None,
             )),
@@ -257,14 +257,14 @@ impl Agent for Committer {
                     &request.milestones,
                 ) {
                     return Err(HandlerError::rejected(
-                        "invalid",
+                        RejectionCode::Invalid,
                         error.message,
                         Some(&error.path),
                     ));
                 }
                 let Some(simulated) = simulated else {
                     return Err(HandlerError::rejected(
-                        "no_simulation",
+                        RejectionCode::NoSimulation,
                         format!(
                             "model `{}` version {} has no finished simulation: simulate it first",
                             request.model_id, request.model_version
@@ -274,7 +274,7 @@ impl Agent for Committer {
                 };
                 if request.target > simulated.npv_at_confidence {
                     return Err(HandlerError::rejected(
-                        "target_not_supported",
+                        RejectionCode::TargetNotSupported,
                         format!(
                             "target {:.0} {} is {:.0} above the NPV the simulation reaches \
                              with {:.0}% confidence ({:.0}, simulation {})",
@@ -302,7 +302,7 @@ impl Agent for Committer {
                 Ok(state.insert(commitment).clone())
             }
             (_, None) => Err(HandlerError::rejected(
-                "not_found",
+                RejectionCode::NotFound,
                 format!("no commitment `{key}`"),
                 None,
             )),
@@ -310,7 +310,7 @@ impl Agent for Committer {
             (CommitterMsg::Void { reason }, Some(commitment)) => {
                 if commitment.status == CommitmentStatus::Voided {
                     return Err(HandlerError::rejected(
-                        "conflict",
+                        RejectionCode::Conflict,
                         format!("commitment `{key}` is already voided"),
                         None,
                     ));

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::store::{Column, StoreError};
 
 use valueverse_runtime::HandlerError;
-use valueverse_runtime::{Agent, AgentMessage, Handling};
+use valueverse_runtime::{Agent, AgentMessage, Handling, RejectionCode};
 
 pub(crate) const TABLE: &str = "plans";
 
@@ -162,7 +162,7 @@ impl AgentMessage for ExecutorMsg {
 
 pub struct Executor;
 
-fn refuse(code: &str, message: String, field: Option<&str>) -> HandlerError {
+fn refuse(code: RejectionCode, message: String, field: Option<&str>) -> HandlerError {
     HandlerError::rejected(code, message, field)
 }
 
@@ -196,13 +196,23 @@ impl Agent for Executor {
                 state.insert(*plan)
             }
             (ExecutorMsg::Create(_), Some(_)) => {
-                return Err(refuse("conflict", format!("plan `{key}` exists"), None));
+                return Err(refuse(
+                    RejectionCode::Conflict,
+                    format!("plan `{key}` exists"),
+                    None,
+                ));
             }
-            (_, None) => return Err(refuse("not_found", format!("no plan `{key}`"), None)),
+            (_, None) => {
+                return Err(refuse(
+                    RejectionCode::NotFound,
+                    format!("no plan `{key}`"),
+                    None,
+                ));
+            }
             (ExecutorMsg::Get, Some(plan)) => plan,
             (_, Some(plan)) if plan.status == PlanStatus::Cancelled => {
                 return Err(refuse(
-                    "conflict",
+                    RejectionCode::Conflict,
                     format!("plan `{key}` is cancelled"),
                     None,
                 ));
@@ -210,7 +220,7 @@ impl Agent for Executor {
             (ExecutorMsg::UpdateTask { task, status }, Some(plan)) => {
                 let Some(index) = plan.tasks.iter().position(|t| t.id == task) else {
                     return Err(refuse(
-                        "not_found",
+                        RejectionCode::NotFound,
                         format!("plan `{key}` has no task `{task}`"),
                         Some("task"),
                     ));
@@ -233,7 +243,7 @@ impl Agent for Executor {
             (ExecutorMsg::CompleteMilestone { milestone, on }, Some(plan)) => {
                 if !plan.milestones.iter().any(|m| m.name == milestone) {
                     return Err(refuse(
-                        "not_found",
+                        RejectionCode::NotFound,
                         format!("plan `{key}` has no milestone `{milestone}`"),
                         Some("milestone"),
                     ));
@@ -246,7 +256,7 @@ impl Agent for Executor {
                 if let Some(existing) = plan.deliveries.iter().find(|d| d.id == delivery.id) {
                     if *existing != delivery {
                         return Err(refuse(
-                            "conflict",
+                            RejectionCode::Conflict,
                             format!("delivery `{}` was recorded with other values", delivery.id),
                             Some("id"),
                         ));
@@ -255,7 +265,7 @@ impl Agent for Executor {
                 }
                 if !plan.drivers.contains(&delivery.driver) {
                     return Err(refuse(
-                        "unknown_driver",
+                        RejectionCode::UnknownDriver,
                         format!(
                             "model `{}` v{} has no driver `{}` (it has: {})",
                             plan.model_id,

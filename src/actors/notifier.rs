@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::store::Column;
 
 use valueverse_runtime::HandlerError;
-use valueverse_runtime::{Agent, AgentMessage, Handling};
+use valueverse_runtime::{Agent, AgentMessage, Handling, RejectionCode};
 
 /// Where notifications go.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -105,12 +105,12 @@ impl Agent for Notifier {
                 Ok(state.insert(*subscription).clone())
             }
             (NotifierMsg::Create(_), Some(_)) => Err(HandlerError::rejected(
-                "conflict",
+                RejectionCode::Conflict,
                 format!("subscription `{key}` exists"),
                 None,
             )),
             (_, None) => Err(HandlerError::rejected(
-                "not_found",
+                RejectionCode::NotFound,
                 format!("no subscription `{key}`"),
                 None,
             )),
@@ -118,7 +118,7 @@ impl Agent for Notifier {
             (NotifierMsg::Delete, Some(subscription)) => {
                 if subscription.status == SubscriptionStatus::Deleted {
                     return Err(HandlerError::rejected(
-                        "conflict",
+                        RejectionCode::Conflict,
                         format!("subscription `{key}` is already deleted"),
                         None,
                     ));

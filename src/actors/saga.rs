@@ -12,7 +12,7 @@ use crate::saga::{Due, Saga, SagaDefinition, SagaStatus, TransitionError, defini
 use crate::store::Column;
 
 use valueverse_runtime::HandlerError;
-use valueverse_runtime::{Agent, AgentMessage, Handling};
+use valueverse_runtime::{Agent, AgentMessage, Handling, RejectionCode};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum SagaMsg {
@@ -77,7 +77,7 @@ impl SagaReply {
 pub struct SagaCoordinator;
 
 fn refused(error: TransitionError) -> HandlerError {
-    HandlerError::rejected("conflict", error.to_string(), None)
+    HandlerError::rejected(RejectionCode::Conflict, error.to_string(), None)
 }
 
 fn definition_of(saga: &Saga) -> Result<SagaDefinition, HandlerError> {
@@ -179,7 +179,7 @@ impl Agent for SagaCoordinator {
             (SagaMsg::Start(_), Some(saga)) => saga,
             (_, None) => {
                 return Err(HandlerError::rejected(
-                    "not_found",
+                    RejectionCode::NotFound,
                     format!("no saga `{key}`"),
                     None,
                 ));

@@ -12,7 +12,7 @@ use crate::model::ValueModel;
 use crate::store::Column;
 
 use valueverse_runtime::HandlerError;
-use valueverse_runtime::{Agent, AgentMessage, Handling};
+use valueverse_runtime::{Agent, AgentMessage, Handling, RejectionCode};
 
 /// What a client asked to run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -170,12 +170,16 @@ impl SimulationReply {
 pub struct Simulation;
 
 fn not_found(key: &str) -> HandlerError {
-    HandlerError::rejected("not_found", format!("no simulation `{key}`"), None)
+    HandlerError::rejected(
+        RejectionCode::NotFound,
+        format!("no simulation `{key}`"),
+        None,
+    )
 }
 
 fn conflict(job: &SimulationJob, what: &str) -> HandlerError {
     HandlerError::rejected(
-        "conflict",
+        RejectionCode::Conflict,
         format!(
             "simulation `{}` is {}: cannot {what}",
             job.id,
@@ -298,7 +302,7 @@ impl Agent for Simulation {
                 }
                 if job.runner != expected {
                     return Err(HandlerError::rejected(
-                        "conflict",
+                        RejectionCode::Conflict,
                         format!("simulation `{}` was taken over already", job.id),
                         None,
                     ));

@@ -496,7 +496,7 @@ fn failure_of(refusal: Refusal) -> RemoteFailure {
         },
         AgentError::Timeout { .. } | AgentError::Expired { .. } => RemoteFailure::DeadlineExpired,
         AgentError::Rejected { rejection, .. } => RemoteFailure::Rejected {
-            code: rejection.code,
+            code: rejection.code.as_str().to_owned(),
             message: rejection.message,
             field: rejection.field,
         },
@@ -526,7 +526,7 @@ fn error_of(failure: RemoteFailure, target: AgentId, node: &str, timeout: Durati
         } => AgentError::Rejected {
             target,
             rejection: Box::new(crate::actors::Rejection {
-                code,
+                code: crate::actors::RejectionCode::from_wire(&code),
                 message,
                 field,
             }),

@@ -4,7 +4,6 @@ use actix_web::{HttpResponse, web};
 
 use crate::cluster::node::{ClusterNode, ClusterView};
 
-
 /// Members with their state (alive, suspect, down), addresses, lease,
 /// load, and this node's view of how ownership spreads over them.
 #[utoipa::path(

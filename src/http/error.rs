@@ -10,7 +10,7 @@ use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::actors::AgentError;
+use crate::actors::{AgentError, RejectionCode};
 use crate::store::StoreError;
 
 /// An error answered to an HTTP client.
@@ -155,18 +155,22 @@ impl From<AgentError> for ApiError {
                 let rejection = *rejection;
                 // A refusal is a 422 unless its code says the target is
                 // missing or in a state that forbids the request.
-                let status = match rejection.code.as_str() {
+                let status = match rejection.code {
                     // No insights before a plan: nothing there yet.
-                    "not_found" | "no_baseline" => StatusCode::NOT_FOUND,
+                    RejectionCode::NotFound | RejectionCode::NoBaseline => StatusCode::NOT_FOUND,
                     // The stored model's industry has no catalogue: its
                     // state, not the request, refuses.
-                    "unknown_industry" => StatusCode::CONFLICT,
-                    "conflict" => StatusCode::CONFLICT,
-                    _ => StatusCode::UNPROCESSABLE_ENTITY,
+                    RejectionCode::UnknownIndustry | RejectionCode::Conflict => {
+                        StatusCode::CONFLICT
+                    }
+                    RejectionCode::Invalid
+                    | RejectionCode::NoSimulation
+                    | RejectionCode::TargetNotSupported
+                    | RejectionCode::UnknownDriver => StatusCode::UNPROCESSABLE_ENTITY,
                 };
                 ApiError {
                     field: rejection.field,
-                    ..ApiError::new(status, rejection.code, rejection.message)
+                    ..ApiError::new(status, rejection.code.as_str(), rejection.message)
                 }
             }
             AgentError::NotFailed { .. } => {

@@ -14,8 +14,8 @@ use crate::actors::committer::{
 use crate::actors::saga::SagaMsg;
 use crate::auth::Role;
 use crate::saga::{
-    RenewalInput, Saga, SagaDefinition, SagaRunner, SagaStatus, SagaSummary, ValueCreationInput,
-    renewal, value_creation,
+    RenewalInput, Saga, SagaDefinition, SagaInput, SagaRunner, SagaStatus, SagaSummary,
+    ValueCreationInput, renewal, value_creation,
 };
 
 use super::error::{ApiError, ErrorDoc, parse_json, parse_query};
@@ -99,8 +99,8 @@ fn check_fail_step(
             "`fail_step` (fault injection) needs the admin role",
         ));
     }
-    if !definition.steps.iter().any(|s| s.name == step) {
-        let names: Vec<&str> = definition.steps.iter().map(|s| s.name).collect();
+    if !definition.steps.iter().any(|s| s.name() == step) {
+        let names: Vec<&str> = definition.steps.iter().map(|s| s.name()).collect();
         return Err(ApiError::invalid_field(
             "fail_step",
             format!(
@@ -131,18 +131,21 @@ fn accepted(saga: Saga) -> HttpResponse {
 }
 
 /// A new saga of the caller: its jobs count against the caller's key.
-fn start(request: &HttpRequest, definition: &SagaDefinition, input: serde_json::Value) -> Saga {
-    let mut saga = Saga::new(
-        uuid::Uuid::now_v7().to_string(),
-        definition,
-        input,
-        Utc::now(),
-    );
+fn start(request: &HttpRequest, input: &SagaInput) -> Result<Saga, ApiError> {
+    let mut saga = input
+        .start(uuid::Uuid::now_v7().to_string(), Utc::now())
+        .map_err(|error| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("the saga's input does not serialize: {error}"),
+            )
+        })?;
     saga.started_by = request
         .extensions()
         .get::<crate::auth::Caller>()
         .map(crate::auth::Caller::lane);
-    saga
+    Ok(saga)
 }
 
 #[utoipa::path(
@@ -183,18 +186,8 @@ pub(crate) async fn start_value_creation(
     )
     .map_err(|error| ApiError::invalid_field(&error.path, error.message))?;
     check_paths(input.paths)?;
-    let input = serde_json::to_value(&input).map_err(|error| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            error.to_string(),
-        )
-    })?;
-    Ok(accepted(
-        runner
-            .start_saga(start(&request, &definition, input))
-            .await?,
-    ))
+    let saga = start(&request, &SagaInput::ValueCreation(Box::new(input)))?;
+    Ok(accepted(runner.start_saga(saga).await?))
 }
 
 #[utoipa::path(
@@ -257,18 +250,8 @@ pub(crate) async fn start_renewal(
         )
         .with_field("commitment_id"));
     }
-    let input = serde_json::to_value(&input).map_err(|error| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            error.to_string(),
-        )
-    })?;
-    Ok(accepted(
-        runner
-            .start_saga(start(&request, &definition, input))
-            .await?,
-    ))
+    let saga = start(&request, &SagaInput::Renewal(input))?;
+    Ok(accepted(runner.start_saga(saga).await?))
 }
 
 #[utoipa::path(

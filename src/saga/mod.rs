@@ -12,7 +12,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-pub use runner::{DEFAULT_PATHS, RenewalInput, SagaRunner, ValueCreationInput};
+pub use runner::{DEFAULT_PATHS, RenewalInput, SagaInput, SagaRunner, ValueCreationInput};
 
 /// Retry policy of a step (and of its compensation), as Temporal's default:
 /// 1 s initial interval, factor 2, capped at 100 times the initial interval;
@@ -46,26 +46,89 @@ impl RetryPolicy {
     }
 }
 
-/// One step: what it does and what undoes it (both named, carried out by
-/// the saga runner against the agents).
+/// What a step does: the closed set of steps the saga runner carries out
+/// against the agents (each names its action and what undoes it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Step {
+    /// architect: create the model (undone: archive it).
+    Design,
+    /// simulation: run the model (nothing to undo; cancelled with the saga).
+    Simulate,
+    /// committer: commit against the simulation (undone: void).
+    Commit,
+    /// executor: plan the commitment (undone: cancel the plan).
+    Plan,
+    /// amplifier: register the plan's baseline (undone: remove it).
+    Amplify,
+    /// simulation: run the renewed commitment's model again.
+    Resimulate,
+    /// committer: commit again with the old commitment's terms (undone: void).
+    Amend,
+    /// executor: plan the amended commitment (undone: cancel the plan).
+    Replan,
+}
+
+impl Step {
+    const ALL: [Step; 8] = [
+        Step::Design,
+        Step::Simulate,
+        Step::Commit,
+        Step::Plan,
+        Step::Amplify,
+        Step::Resimulate,
+        Step::Amend,
+        Step::Replan,
+    ];
+
+    /// Its name in the saga log, the API and the metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::Design => "design",
+            Step::Simulate => "simulate",
+            Step::Commit => "commit",
+            Step::Plan => "plan",
+            Step::Amplify => "amplify",
+            Step::Resimulate => "resimulate",
+            Step::Amend => "amend",
+            Step::Replan => "replan",
+        }
+    }
+
+    /// The step a saga log names.
+    pub fn named(name: &str) -> Option<Step> {
+        Step::ALL.into_iter().find(|step| step.name() == name)
+    }
+
+    /// Whether a failed saga undoes it.
+    fn compensable(self) -> bool {
+        !matches!(self, Step::Simulate | Step::Resimulate)
+    }
+}
+
+/// One step of a definition, with its time limit and retries.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepDef {
-    pub name: &'static str,
-    pub action: &'static str,
-    pub compensation: Option<&'static str>,
+    pub step: Step,
     pub timeout: Duration,
     pub retry: RetryPolicy,
 }
 
 impl StepDef {
-    fn new(name: &'static str, action: &'static str, compensation: Option<&'static str>) -> Self {
+    fn new(step: Step) -> Self {
         StepDef {
-            name,
-            action,
-            compensation,
+            step,
             timeout: Duration::from_secs(30),
             retry: RetryPolicy::default(),
         }
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.step.name()
+    }
+
+    /// Whether a failed saga undoes it.
+    pub fn compensable(&self) -> bool {
+        self.step.compensable()
     }
 }
 
@@ -84,22 +147,14 @@ pub fn value_creation() -> SagaDefinition {
         name: "value-creation",
         version: 1,
         steps: vec![
-            StepDef::new(
-                "design",
-                "architect.create_model",
-                Some("architect.archive_model"),
-            ),
+            StepDef::new(Step::Design),
             StepDef {
                 timeout: Duration::from_secs(120),
-                ..StepDef::new("simulate", "simulation.run", None)
+                ..StepDef::new(Step::Simulate)
             },
-            StepDef::new("commit", "committer.commit", Some("committer.void")),
-            StepDef::new("plan", "executor.create_plan", Some("executor.cancel_plan")),
-            StepDef::new(
-                "amplify",
-                "amplifier.register_baseline",
-                Some("amplifier.remove_baseline"),
-            ),
+            StepDef::new(Step::Commit),
+            StepDef::new(Step::Plan),
+            StepDef::new(Step::Amplify),
         ],
     }
 }
@@ -113,14 +168,10 @@ pub fn renewal() -> SagaDefinition {
         steps: vec![
             StepDef {
                 timeout: Duration::from_secs(120),
-                ..StepDef::new("resimulate", "simulation.run", None)
+                ..StepDef::new(Step::Resimulate)
             },
-            StepDef::new("amend", "committer.amend", Some("committer.void")),
-            StepDef::new(
-                "replan",
-                "executor.create_plan",
-                Some("executor.cancel_plan"),
-            ),
+            StepDef::new(Step::Amend),
+            StepDef::new(Step::Replan),
         ],
     }
 }
@@ -320,7 +371,7 @@ impl Saga {
                 .steps
                 .iter()
                 .map(|step| StepState {
-                    name: step.name.to_owned(),
+                    name: step.name().to_owned(),
                     status: StepStatus::Pending,
                     attempts: 0,
                     compensation_attempts: 0,
@@ -360,7 +411,7 @@ impl Saga {
     fn compensation_step(&self, definition: &SagaDefinition) -> Option<usize> {
         (0..self.steps.len()).rev().find(|&index| {
             self.steps[index].status == StepStatus::Succeeded
-                && definition.steps[index].compensation.is_some()
+                && definition.steps[index].compensable()
         })
     }
 
@@ -671,7 +722,7 @@ mod tests {
             );
             assert_eq!(
                 due.idempotency_key,
-                format!("s1:{}:do", definition.steps[index].name)
+                format!("s1:{}:do", definition.steps[index].name())
             );
             saga.succeeded(&definition, index, serde_json::json!({ "i": index }), now)
                 .unwrap();
@@ -910,7 +961,7 @@ mod tests {
                             .iter()
                             .rev()
                             .copied()
-                            .filter(|step| definition.steps[*step].compensation.is_some())
+                            .filter(|step| definition.steps[*step].compensable())
                             .collect();
                         prop_assert_eq!(&undone, &expected);
                     }

@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chrono::NaiveDate;
+use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
@@ -23,12 +23,12 @@ use crate::actors::committer::{
 use crate::actors::executor::{Executor, ExecutorMsg, plan_for};
 use crate::actors::saga::{SagaCoordinator, SagaMsg, SagaReply};
 use crate::actors::simulation::{JobStatus, SimulationRequest};
-use crate::actors::{AgentError, System};
+use crate::actors::{AgentError, RejectionCode, System};
 use crate::gpu::Device;
 use crate::model::ValueModel;
 use crate::simulation::Simulations;
 
-use super::{Direction, Due, Saga};
+use super::{Direction, Due, Saga, SagaDefinition, Step, StepDef};
 
 /// What a value-creation saga is asked to do (kept in the saga log as
 /// JSON; the API's own shape of it is `http`'s).
@@ -96,9 +96,9 @@ fn final_error(message: impl Into<String>) -> ActionError {
     }
 }
 
-fn rejection_code(error: &AgentError) -> Option<&str> {
+fn rejection_code(error: &AgentError) -> Option<RejectionCode> {
     match error {
-        AgentError::Rejected { rejection, .. } => Some(rejection.code.as_str()),
+        AgentError::Rejected { rejection, .. } => Some(rejection.code),
         _ => None,
     }
 }
@@ -147,7 +147,7 @@ impl SagaMetrics {
             for status in ["completed", "compensated", "needs_attention"] {
                 finished.with_label_values(&[definition.name, status]);
             }
-            for step in definition.steps.iter().map(|step| step.name).chain(["log"]) {
+            for step in definition.steps.iter().map(StepDef::name).chain(["log"]) {
                 for direction in ["forward", "compensate"] {
                     step_seconds.with_label_values(&[definition.name, step, direction]);
                 }
@@ -237,8 +237,8 @@ impl SagaRunner {
         let saga = self.tell(id, SagaMsg::Cancel).await?;
         let simulating = saga.in_flight.is_some_and(|(step, _)| {
             matches!(
-                saga.steps.get(step).map(|state| state.name.as_str()),
-                Some("simulate" | "resimulate")
+                saga.steps.get(step).and_then(|state| Step::named(&state.name)),
+                Some(Step::Simulate | Step::Resimulate)
             )
         });
         if simulating && let Err(error) = self.cancel_simulation(&Keys::of(id).simulation).await {
@@ -419,24 +419,29 @@ impl SagaRunner {
 
     /// Carries out one action; answers what a forward step produced.
     async fn perform(&self, saga: &Saga, due: &Due) -> Result<serde_json::Value, ActionError> {
-        let step = saga.steps[due.step].name.as_str();
-        let fail_step = saga.input.get("fail_step").and_then(|value| value.as_str());
-        if due.direction == Direction::Forward && fail_step == Some(step) {
-            return Err(final_error(format!("failure injected at step {step}")));
+        let name = saga.steps[due.step].name.as_str();
+        let step = Step::named(name)
+            .ok_or_else(|| final_error(format!("this build has no step `{name}`")))?;
+        let input = SagaInput::of(saga).map_err(final_error)?;
+        if due.direction == Direction::Forward && input.fail_step() == Some(name) {
+            return Err(final_error(format!("failure injected at step {name}")));
         }
         let keys = Keys::of(&saga.id);
-        match (saga.definition.as_str(), step, due.direction) {
-            ("value-creation", "design", Direction::Forward) => {
-                let input = value_creation_input(saga)?;
+        match (due.direction, step, input) {
+            (Direction::Compensate, step, _) => match step {
+                Step::Design => self.archive(&keys.model).await,
+                Step::Simulate | Step::Resimulate => self.cancel_simulation(&keys.simulation).await,
+                Step::Commit | Step::Amend => self.void(&keys.commitment, &saga.id).await,
+                Step::Plan | Step::Replan => self.cancel_plan(&keys.plan, &saga.id).await,
+                Step::Amplify => self.remove_baseline(&keys).await,
+            },
+            (Direction::Forward, Step::Design, SagaInput::ValueCreation(input)) => {
                 self.design(&keys, input.model).await
             }
-            (_, "design", Direction::Compensate) => self.archive(&keys.model).await,
-            ("value-creation", "simulate", Direction::Forward) => {
-                let input = value_creation_input(saga)?;
+            (Direction::Forward, Step::Simulate, SagaInput::ValueCreation(input)) => {
                 self.simulate(saga, &keys, &keys.model, input.paths).await
             }
-            ("value-creation", "commit", Direction::Forward) => {
-                let input = value_creation_input(saga)?;
+            (Direction::Forward, Step::Commit, SagaInput::ValueCreation(input)) => {
                 self.commit(
                     &keys,
                     &keys.model,
@@ -447,34 +452,16 @@ impl SagaRunner {
                 )
                 .await
             }
-            (_, "commit" | "amend", Direction::Compensate) => {
-                self.void(&keys.commitment, &saga.id).await
+            (Direction::Forward, Step::Plan | Step::Replan, input) => {
+                self.plan(&keys, input.start_date()).await
             }
-            (_, "plan" | "replan", Direction::Forward) => {
-                let start = saga
-                    .input
-                    .get("start_date")
-                    .and_then(|value| NaiveDate::deserialize(value).ok());
-                self.plan(&keys, start).await
-            }
-            (_, "plan" | "replan", Direction::Compensate) => {
-                self.cancel_plan(&keys.plan, &saga.id).await
-            }
-            (_, "simulate" | "resimulate", Direction::Compensate) => {
-                self.cancel_simulation(&keys.simulation).await
-            }
-            (_, "amplify", Direction::Forward) => self.baseline(&keys).await,
-            (_, "amplify", Direction::Compensate) => self.remove_baseline(&keys).await,
-            ("renewal", "resimulate", Direction::Forward) => {
-                let input: RenewalInput = Deserialize::deserialize(&*saga.input)
-                    .map_err(|error| final_error(format!("bad saga input: {error}")))?;
+            (Direction::Forward, Step::Amplify, _) => self.baseline(&keys).await,
+            (Direction::Forward, Step::Resimulate, SagaInput::Renewal(input)) => {
                 let old = self.commitment(&input.commitment_id).await?;
                 self.simulate(saga, &keys, &old.request.model_id, input.paths)
                     .await
             }
-            ("renewal", "amend", Direction::Forward) => {
-                let input: RenewalInput = Deserialize::deserialize(&*saga.input)
-                    .map_err(|error| final_error(format!("bad saga input: {error}")))?;
+            (Direction::Forward, Step::Amend, SagaInput::Renewal(input)) => {
                 let old = self.commitment(&input.commitment_id).await?;
                 let request = old.request;
                 self.commit(
@@ -487,9 +474,10 @@ impl SagaRunner {
                 )
                 .await
             }
-            (_, _, Direction::Compensate) => Ok(serde_json::Value::Null),
-            (definition, step, _) => Err(final_error(format!(
-                "{definition} has no action for step {step}"
+            (Direction::Forward, step, _) => Err(final_error(format!(
+                "{} has no action for step {}",
+                saga.definition,
+                step.name()
             ))),
         }
     }
@@ -761,7 +749,7 @@ impl SagaRunner {
             .await;
         let plan = match plan {
             Ok(plan) => plan,
-            Err(error) if rejection_code(&error) == Some("not_found") => {
+            Err(error) if rejection_code(&error) == Some(RejectionCode::NotFound) => {
                 return Ok(serde_json::Value::Null);
             }
             Err(error) => return Err(error.into()),
@@ -785,7 +773,7 @@ impl SagaRunner {
 fn applied_once<T>(outcome: Result<T, AgentError>) -> Result<(), ActionError> {
     match outcome {
         Ok(_) => Ok(()),
-        Err(error) if rejection_code(&error) == Some("conflict") => Ok(()),
+        Err(error) if rejection_code(&error) == Some(RejectionCode::Conflict) => Ok(()),
         Err(error) => Err(error.into()),
     }
 }
@@ -793,16 +781,71 @@ fn applied_once<T>(outcome: Result<T, AgentError>) -> Result<(), ActionError> {
 fn tolerate_done(outcome: Result<(), AgentError>) -> Result<serde_json::Value, ActionError> {
     match outcome {
         Ok(()) => Ok(serde_json::Value::Null),
-        Err(error) if matches!(rejection_code(&error), Some("conflict" | "not_found")) => {
+        Err(error)
+            if matches!(
+                rejection_code(&error),
+                Some(RejectionCode::Conflict | RejectionCode::NotFound)
+            ) =>
+        {
             Ok(serde_json::Value::Null)
         }
         Err(error) => Err(error.into()),
     }
 }
 
-fn value_creation_input(saga: &Saga) -> Result<ValueCreationInput, ActionError> {
-    Deserialize::deserialize(&*saga.input)
-        .map_err(|error| final_error(format!("bad saga input: {error}")))
+/// What a saga was asked to do, typed: its definition's input, read from
+/// the JSON the saga log keeps.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SagaInput {
+    ValueCreation(Box<ValueCreationInput>),
+    Renewal(RenewalInput),
+}
+
+impl SagaInput {
+    pub fn definition(&self) -> SagaDefinition {
+        match self {
+            SagaInput::ValueCreation(_) => super::value_creation(),
+            SagaInput::Renewal(_) => super::renewal(),
+        }
+    }
+
+    /// The step to fail on purpose (admin only).
+    pub fn fail_step(&self) -> Option<&str> {
+        match self {
+            SagaInput::ValueCreation(input) => input.fail_step.as_deref(),
+            SagaInput::Renewal(input) => input.fail_step.as_deref(),
+        }
+    }
+
+    fn start_date(&self) -> Option<NaiveDate> {
+        match self {
+            SagaInput::ValueCreation(input) => input.start_date,
+            SagaInput::Renewal(input) => input.start_date,
+        }
+    }
+
+    /// A new saga (id `id`) that does this, its input kept in the log.
+    pub fn start(&self, id: String, now: DateTime<Utc>) -> Result<Saga, serde_json::Error> {
+        let json = match self {
+            SagaInput::ValueCreation(input) => serde_json::to_value(&**input)?,
+            SagaInput::Renewal(input) => serde_json::to_value(input)?,
+        };
+        Ok(Saga::new(id, &self.definition(), json, now))
+    }
+
+    /// The input `saga` recorded, as its definition reads it.
+    pub fn of(saga: &Saga) -> Result<SagaInput, String> {
+        let bad = |error: serde_json::Error| format!("bad saga input: {error}");
+        match saga.definition.as_str() {
+            "value-creation" => Deserialize::deserialize(&*saga.input)
+                .map(|input| SagaInput::ValueCreation(Box::new(input)))
+                .map_err(bad),
+            "renewal" => Deserialize::deserialize(&*saga.input)
+                .map(SagaInput::Renewal)
+                .map_err(bad),
+            other => Err(format!("this build has no saga definition `{other}`")),
+        }
+    }
 }
 
 /// The instance keys of a saga's steps.
@@ -823,3 +866,39 @@ impl Keys {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each definition's steps read back from the names the log keeps, and
+    /// a saga's input reads back as its definition's type.
+    #[test]
+    fn steps_and_inputs_read_back_typed() {
+        for definition in super::super::definitions() {
+            for step in &definition.steps {
+                assert_eq!(Step::named(step.name()), Some(step.step));
+            }
+        }
+        assert_eq!(Step::named("teleport"), None);
+        let renewal = SagaInput::Renewal(RenewalInput {
+            commitment_id: "c1".into(),
+            start_date: NaiveDate::from_ymd_opt(2027, 1, 1),
+            paths: 500,
+            fail_step: Some("amend".into()),
+        });
+        let saga = renewal.start("s1".into(), Utc::now()).unwrap();
+        assert_eq!(saga.definition, "renewal");
+        assert_eq!(saga.steps.len(), 3);
+        let read = SagaInput::of(&saga).unwrap();
+        assert_eq!(read, renewal);
+        assert_eq!(read.fail_step(), Some("amend"));
+        let mut unknown = saga.clone();
+        unknown.definition = "teleport".into();
+        assert!(SagaInput::of(&unknown).unwrap_err().contains("teleport"));
+        let mut garbled = saga;
+        garbled.input = serde_json::json!({ "commitment_id": 5 }).into();
+        assert!(SagaInput::of(&garbled).unwrap_err().contains("bad saga input"));
+    }
+}
+

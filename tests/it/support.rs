@@ -183,7 +183,7 @@ impl Agent for Counter {
             }
             CounterMsg::Fatal => Err(HandlerError::fatal("counter told to fail")),
             CounterMsg::Reject => Err(HandlerError::rejected(
-                "too_much",
+                valueverse::actors::RejectionCode::Invalid,
                 "amount is above the limit",
                 Some("amount"),
             )),

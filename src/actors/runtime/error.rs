@@ -81,13 +81,73 @@ pub enum AgentError {
 }
 
 /// A business refusal: the instance is fine, the request is not. It reaches
-/// the caller as [`AgentError::Rejected`] and an HTTP 422 naming the field.
+/// the caller as [`AgentError::Rejected`] and an HTTP 4xx naming the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct Rejection {
-    pub code: String,
+    pub code: RejectionCode,
     pub message: String,
     pub field: Option<String>,
+}
+
+/// Why a request is refused: the closed set callers branch on (the API
+/// maps each to its status, the saga runner reads a step's own earlier
+/// attempt in `Conflict`). On the wire and in API bodies it is its
+/// snake_case name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RejectionCode {
+    /// What the request names does not exist.
+    NotFound,
+    /// The target's state refuses it: already made, voided, archived,
+    /// recorded with other values.
+    Conflict,
+    /// A field of the request is invalid for the target.
+    Invalid,
+    /// The model version has no finished simulation to commit against.
+    NoSimulation,
+    /// The simulation does not support the target at the confidence.
+    TargetNotSupported,
+    /// The model's industry has no hypothesis catalogue.
+    UnknownIndustry,
+    /// No plan has registered a baseline for the model.
+    NoBaseline,
+    /// A delivery names a driver the plan does not track.
+    UnknownDriver,
+}
+
+impl RejectionCode {
+    const ALL: [RejectionCode; 8] = [
+        RejectionCode::NotFound,
+        RejectionCode::Conflict,
+        RejectionCode::Invalid,
+        RejectionCode::NoSimulation,
+        RejectionCode::TargetNotSupported,
+        RejectionCode::UnknownIndustry,
+        RejectionCode::NoBaseline,
+        RejectionCode::UnknownDriver,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectionCode::NotFound => "not_found",
+            RejectionCode::Conflict => "conflict",
+            RejectionCode::Invalid => "invalid",
+            RejectionCode::NoSimulation => "no_simulation",
+            RejectionCode::TargetNotSupported => "target_not_supported",
+            RejectionCode::UnknownIndustry => "unknown_industry",
+            RejectionCode::NoBaseline => "no_baseline",
+            RejectionCode::UnknownDriver => "unknown_driver",
+        }
+    }
+
+    /// The code a peer sent; one this release does not know (a later
+    /// release's) reads as `Invalid`, its message kept.
+    pub fn from_wire(code: &str) -> RejectionCode {
+        Self::ALL
+            .into_iter()
+            .find(|known| known.as_str() == code)
+            .unwrap_or(RejectionCode::Invalid)
+    }
 }
 
 /// What a handler returns instead of a reply.
@@ -104,12 +164,12 @@ pub enum HandlerError {
 
 impl HandlerError {
     pub fn rejected(
-        code: impl Into<String>,
+        code: RejectionCode,
         message: impl Into<String>,
         field: Option<&str>,
     ) -> HandlerError {
         HandlerError::Rejected(Rejection {
-            code: code.into(),
+            code,
             message: message.into(),
             field: field.map(str::to_owned),
         })
@@ -117,5 +177,27 @@ impl HandlerError {
 
     pub fn fatal(message: impl Into<String>) -> HandlerError {
         HandlerError::Fatal(message.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RejectionCode;
+
+    #[test]
+    fn every_rejection_code_reads_back_from_its_wire_name() {
+        for code in RejectionCode::ALL {
+            assert_eq!(RejectionCode::from_wire(code.as_str()), code);
+        }
+        let names: std::collections::HashSet<_> = RejectionCode::ALL
+            .iter()
+            .map(|code| code.as_str())
+            .collect();
+        assert_eq!(names.len(), RejectionCode::ALL.len(), "names are distinct");
+        // A later release's code reads as a refusal of the request.
+        assert_eq!(
+            RejectionCode::from_wire("a_code_from_the_future"),
+            RejectionCode::Invalid
+        );
     }
 }
