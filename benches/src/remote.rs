@@ -20,6 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 use valueverse::actors::{
     Agent, AgentError, AgentMessage, AgentRef, HandlerError, Handling, System,
 };
+use valueverse::actors::{RemoteError, SendError};
 use valueverse::store::Store;
 
 use valueverse::cluster::codec::{Envelope, Frame, Reply, Target};
@@ -250,8 +251,8 @@ async fn measure_agent(
             // A full mailbox or outbox: the sender waits its turn. A full
             // outbox holds 4 MiB of tells, so a 1 ms sleep leaves the pipe
             // full, and spinning would take the receiver's CPU.
-            Err(AgentError::MailboxFull { .. }) => tokio::task::yield_now().await,
-            Err(AgentError::Backpressure { .. }) => {
+            Err(AgentError::Send(SendError::MailboxFull { .. })) => tokio::task::yield_now().await,
+            Err(AgentError::Remote(RemoteError::Backpressure { .. })) => {
                 tokio::time::sleep(Duration::from_millis(1)).await
             }
             Err(error) => return Err(failed(error)),

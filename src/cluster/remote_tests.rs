@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use crate::actors::{
     Agent, AgentError, AgentMessage, HandlerError, Handling, RuntimeConfig, System,
 };
+use crate::actors::{RemoteError, SendError};
 
 use super::codec::PROTOCOL_VERSION;
 use super::test_nodes::{self, key_elsewhere, share_view};
@@ -145,7 +146,9 @@ async fn remote_tells_into_a_small_mailbox_all_arrive_in_order() {
     while sent < TELLS {
         match agent.tell(EchoMsg::Ping(sent)) {
             Ok(()) => sent += 1,
-            Err(AgentError::Backpressure { .. }) => tokio::task::yield_now().await,
+            Err(AgentError::Remote(RemoteError::Backpressure { .. })) => {
+                tokio::task::yield_now().await
+            }
             Err(other) => panic!("tell {sent}: {other:?}"),
         }
     }
@@ -155,7 +158,7 @@ async fn remote_tells_into_a_small_mailbox_all_arrive_in_order() {
             Ok(counted) => counted,
             // The tells ahead of it still fill the mailbox: an ask is
             // refused at once, as a local one would be.
-            Err(AgentError::MailboxFull { .. }) => 0,
+            Err(AgentError::Send(SendError::MailboxFull { .. })) => 0,
             Err(other) => panic!("count: {other:?}"),
         };
         if counted / 1_000_000 >= TELLS || started.elapsed() > timeout {
@@ -198,7 +201,7 @@ async fn remote_asks_are_answered_by_the_far_handler_or_refused_typed() {
     for ask in futures_util::future::join_all(asks).await {
         match ask.unwrap() {
             Ok(_) => answered += 1,
-            Err(AgentError::MailboxFull { capacity: 2, .. }) => full += 1,
+            Err(AgentError::Send(SendError::MailboxFull { capacity: 2, .. })) => full += 1,
             Err(other) => panic!("unexpected {other:?}"),
         }
     }

@@ -19,6 +19,7 @@ use crate::actors::{
     AgentError, AgentId, CorrelationId, Inbound, Outbound, Refusal, Remote, ReplyPort, Route,
     Stage, WeakSystem,
 };
+use crate::actors::{HandlingError, RemoteError, SendError};
 
 use super::codec::{self, Envelope, Frame, RemoteFailure, Reply, Target};
 use super::placement::{Candidate, owner};
@@ -208,11 +209,11 @@ impl Router {
     }
 
     fn unreachable(&self, target: AgentId, route: &Route, reason: String) -> AgentError {
-        AgentError::Unreachable {
+        AgentError::Remote(RemoteError::Unreachable {
             target,
             node: route.node.clone(),
             reason,
-        }
+        })
     }
 
     /// Sends `message` to the remote owner without waiting for a reply.
@@ -231,18 +232,20 @@ impl Router {
                     if link.is_closed() {
                         self.unreachable(target, route, "the link closed".into())
                     } else {
-                        AgentError::Backpressure {
+                        AgentError::Remote(RemoteError::Backpressure {
                             target,
                             node: route.node.clone(),
-                        }
+                        })
                     }
                 })
             }
             // Senders already wait for links in numbers: push back.
-            None if transport.dialing_is_busy(route.addr) => Err(AgentError::Backpressure {
-                target,
-                node: route.node.clone(),
-            }),
+            None if transport.dialing_is_busy(route.addr) => {
+                Err(AgentError::Remote(RemoteError::Backpressure {
+                    target,
+                    node: route.node.clone(),
+                }))
+            }
             None => {
                 let transport = transport.clone();
                 let addr = route.addr;
@@ -294,10 +297,10 @@ impl Router {
         let outcome = match transport.ask_on(&link, envelope, left).await {
             Ok(outcome) => outcome,
             Err(LinkError::Timeout { .. }) => {
-                return Err(AgentError::Timeout {
+                return Err(AgentError::Send(SendError::Timeout {
                     target,
                     after: timeout,
-                });
+                }));
             }
             Err(error) => return Err(self.unreachable(target, route, error.to_string())),
         };
@@ -491,17 +494,22 @@ fn failure_of(refusal: Refusal) -> RemoteFailure {
         Refusal::Agent(error) => error,
     };
     match error {
-        AgentError::MailboxFull { capacity, .. } => RemoteFailure::MailboxFull {
+        AgentError::Send(SendError::MailboxFull { capacity, .. }) => RemoteFailure::MailboxFull {
             capacity: capacity as u64,
         },
-        AgentError::Timeout { .. } | AgentError::Expired { .. } => RemoteFailure::DeadlineExpired,
-        AgentError::Rejected { rejection, .. } => RemoteFailure::Rejected {
-            code: rejection.code.as_str().to_owned(),
-            message: rejection.message,
-            field: rejection.field,
+        AgentError::Send(SendError::Timeout { .. })
+        | AgentError::Send(SendError::Expired { .. }) => RemoteFailure::DeadlineExpired,
+        AgentError::Handling(HandlingError::Rejected { rejection, .. }) => {
+            RemoteFailure::Rejected {
+                code: rejection.code.as_str().to_owned(),
+                message: rejection.message,
+                field: rejection.field,
+            }
+        }
+        AgentError::Handling(HandlingError::Failed { last_failure, .. }) => RemoteFailure::Failed {
+            last_failure: last_failure.to_string(),
         },
-        AgentError::Failed { last_failure, .. } => RemoteFailure::Failed { last_failure },
-        AgentError::Stopped { .. } => RemoteFailure::Stopped,
+        AgentError::Send(SendError::Stopped { .. }) => RemoteFailure::Stopped,
         other => RemoteFailure::Agent {
             message: other.to_string(),
         },
@@ -511,36 +519,39 @@ fn failure_of(refusal: Refusal) -> RemoteFailure {
 /// The local error for a failure the owner's node answered.
 fn error_of(failure: RemoteFailure, target: AgentId, node: &str, timeout: Duration) -> AgentError {
     match failure {
-        RemoteFailure::MailboxFull { capacity } => AgentError::MailboxFull {
+        RemoteFailure::MailboxFull { capacity } => AgentError::Send(SendError::MailboxFull {
             target,
             capacity: capacity as usize,
-        },
-        RemoteFailure::DeadlineExpired => AgentError::Timeout {
+        }),
+        RemoteFailure::DeadlineExpired => AgentError::Send(SendError::Timeout {
             target,
             after: timeout,
-        },
+        }),
         RemoteFailure::Rejected {
             code,
             message,
             field,
-        } => AgentError::Rejected {
+        } => AgentError::Handling(HandlingError::Rejected {
             target,
             rejection: Box::new(crate::actors::Rejection {
                 code: crate::actors::RejectionCode::from_wire(&code),
                 message,
                 field,
             }),
-        },
-        RemoteFailure::Failed { last_failure } => AgentError::Failed {
+        }),
+        RemoteFailure::Failed { last_failure } => AgentError::Handling(HandlingError::Failed {
             target,
-            last_failure,
-        },
-        RemoteFailure::Stopped => AgentError::Stopped { target },
-        other => AgentError::Remote {
+            // Another node's status arrives as its text.
+            last_failure: Box::new(crate::actors::ExitStatus::Reported {
+                message: last_failure,
+            }),
+        }),
+        RemoteFailure::Stopped => AgentError::Send(SendError::Stopped { target }),
+        other => AgentError::Remote(RemoteError::Failed {
             target,
             node: node.to_owned(),
             message: format!("{other:?}"),
-        },
+        }),
     }
 }
 

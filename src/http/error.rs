@@ -11,6 +11,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::actors::{AgentError, RejectionCode};
+use crate::actors::{HandlingError, OperatorError, RemoteError, SendError};
 use crate::store::StoreError;
 
 /// An error answered to an HTTP client.
@@ -132,26 +133,27 @@ impl From<AgentError> for ApiError {
     fn from(error: AgentError) -> ApiError {
         let message = error.to_string();
         match error {
-            AgentError::MailboxFull { .. } => {
+            AgentError::Send(SendError::MailboxFull { .. }) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "mailbox_full", message)
                     .retry_after(1)
             }
-            AgentError::Timeout { .. } | AgentError::Expired { .. } => {
+            AgentError::Send(SendError::Timeout { .. })
+            | AgentError::Send(SendError::Expired { .. }) => {
                 ApiError::new(StatusCode::GATEWAY_TIMEOUT, "timeout", message)
             }
-            AgentError::Panicked { .. }
-            | AgentError::Fatal { .. }
-            | AgentError::Unencodable { .. } => {
+            AgentError::Handling(HandlingError::Panicked { .. })
+            | AgentError::Handling(HandlingError::Fatal { .. })
+            | AgentError::Remote(RemoteError::Unencodable { .. }) => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "agent_failure", message)
             }
-            AgentError::Failed { .. } => {
+            AgentError::Handling(HandlingError::Failed { .. }) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "agent_failed", message)
             }
-            AgentError::Stopped { .. } => {
+            AgentError::Send(SendError::Stopped { .. }) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "agent_stopped", message)
                     .retry_after(1)
             }
-            AgentError::Rejected { rejection, .. } => {
+            AgentError::Handling(HandlingError::Rejected { rejection, .. }) => {
                 let rejection = *rejection;
                 // A refusal is a 422 unless its code says the target is
                 // missing or in a state that forbids the request.
@@ -173,28 +175,28 @@ impl From<AgentError> for ApiError {
                     ..ApiError::new(status, rejection.code.as_str(), rejection.message)
                 }
             }
-            AgentError::NotFailed { .. } => {
+            AgentError::Operator(OperatorError::NotFailed { .. }) => {
                 ApiError::new(StatusCode::CONFLICT, "not_failed", message)
             }
-            AgentError::NotActive { .. } => {
+            AgentError::Operator(OperatorError::NotActive { .. }) => {
                 ApiError::new(StatusCode::CONFLICT, "not_active", message)
             }
-            AgentError::UnknownInstance { .. } => {
+            AgentError::Operator(OperatorError::UnknownInstance { .. }) => {
                 ApiError::new(StatusCode::NOT_FOUND, "unknown_instance", message)
             }
-            AgentError::UnknownKind { .. } => {
+            AgentError::Send(SendError::UnknownKind { .. }) => {
                 ApiError::new(StatusCode::NOT_FOUND, "unknown_kind", message)
             }
             AgentError::Store { cause, .. } => ApiError::from(*cause),
-            AgentError::Unreachable { .. } => {
+            AgentError::Remote(RemoteError::Unreachable { .. }) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "node_unreachable", message)
                     .retry_after(1)
             }
-            AgentError::Backpressure { .. } => {
+            AgentError::Remote(RemoteError::Backpressure { .. }) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "backpressure", message)
                     .retry_after(1)
             }
-            AgentError::Remote { .. } => {
+            AgentError::Remote(RemoteError::Failed { .. }) => {
                 ApiError::new(StatusCode::BAD_GATEWAY, "remote_failure", message)
             }
         }

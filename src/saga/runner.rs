@@ -15,6 +15,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
+use crate::actors::HandlingError;
 use crate::actors::amplifier::{Amplifier, AmplifierMsg, baseline_for};
 use crate::actors::architect::{Architect, ArchitectMsg, ArchitectReply, ModelRecord};
 use crate::actors::committer::{
@@ -81,7 +82,7 @@ struct ActionError {
 impl From<AgentError> for ActionError {
     fn from(error: AgentError) -> ActionError {
         // A refusal will be refused again; anything else may pass later.
-        let retryable = !matches!(error, AgentError::Rejected { .. });
+        let retryable = !matches!(error, AgentError::Handling(HandlingError::Rejected { .. }));
         ActionError {
             message: error.to_string(),
             retryable,
@@ -98,7 +99,7 @@ fn final_error(message: impl Into<String>) -> ActionError {
 
 fn rejection_code(error: &AgentError) -> Option<RejectionCode> {
     match error {
-        AgentError::Rejected { rejection, .. } => Some(rejection.code),
+        AgentError::Handling(HandlingError::Rejected { rejection, .. }) => Some(rejection.code),
         _ => None,
     }
 }
@@ -237,7 +238,9 @@ impl SagaRunner {
         let saga = self.tell(id, SagaMsg::Cancel).await?;
         let simulating = saga.in_flight.is_some_and(|(step, _)| {
             matches!(
-                saga.steps.get(step).and_then(|state| Step::named(&state.name)),
+                saga.steps
+                    .get(step)
+                    .and_then(|state| Step::named(&state.name)),
                 Some(Step::Simulate | Step::Resimulate)
             )
         });
@@ -898,7 +901,10 @@ mod tests {
         assert!(SagaInput::of(&unknown).unwrap_err().contains("teleport"));
         let mut garbled = saga;
         garbled.input = serde_json::json!({ "commitment_id": 5 }).into();
-        assert!(SagaInput::of(&garbled).unwrap_err().contains("bad saga input"));
+        assert!(
+            SagaInput::of(&garbled)
+                .unwrap_err()
+                .contains("bad saga input")
+        );
     }
 }
-

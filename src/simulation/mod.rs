@@ -23,6 +23,7 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts};
 use serde::Serialize;
 use tokio::sync::watch;
 
+use crate::actors::HandlingError;
 use crate::actors::simulation::{
     JobProgress, JobStatus, Runner, Simulation, SimulationJob, SimulationMsg, SimulationReply,
     SimulationRequest,
@@ -756,7 +757,7 @@ impl Simulations {
             let job = match inner.ask_within(&id, msg, RECOVERY_TIMEOUT).await {
                 Ok(job) => job,
                 // Finished or taken by another node meanwhile.
-                Err(AgentError::Rejected { .. }) => continue,
+                Err(AgentError::Handling(HandlingError::Rejected { .. })) => continue,
                 // One job that cannot be asked holds up no other: the next
                 // sweep tries it again.
                 Err(error) => {
@@ -912,13 +913,13 @@ impl Inner {
     ) -> Result<SimulationJob, AgentError> {
         match self.agent(id).ask(msg, timeout).await? {
             SimulationReply::Job(job) => Ok(*job),
-            SimulationReply::Ack => Err(AgentError::Fatal {
+            SimulationReply::Ack => Err(AgentError::Handling(HandlingError::Fatal {
                 target: AgentId {
                     kind: Simulation::KIND,
                     key: id.into(),
                 },
                 message: "answered a request for the job with an acknowledgement".into(),
-            }),
+            })),
         }
     }
 

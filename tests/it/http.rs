@@ -330,6 +330,7 @@ async fn a_failed_instance_is_reset_over_http() {
                 .contains("panic")
         );
         assert!(instance["last_failure"]["at"].as_str().is_some());
+        assert_eq!(instance["last_failure"]["cause"], "panicked");
 
         let reset = client
             .post(format!("{base}/api/v1/actors/counter/y/reset"))

@@ -146,6 +146,17 @@ async fn stalled_bodies_of_one_key_hold_neither_the_node_nor_other_keys() {
         key(&node, Role::Editor).await,
         key(&node, Role::Editor).await,
     );
+    // The other key has been used before, as a live key is: its requests
+    // are never paced by the address it shares here with the attacker
+    // (whose 200 first requests may each pay that address a cell before
+    // its own key is cached, on a slow machine).
+    let warm = reqwest::Client::new()
+        .get(format!("{base}/api/v1/value-models"))
+        .bearer_auth(&honest)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(warm.status(), StatusCode::OK);
     let address = node.http_addr();
     let length = 200 * 1024;
     let mut stalled = Vec::new();

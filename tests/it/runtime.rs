@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use valueverse::actors::{ExitStatus, HandlingError, OperatorError, SendError};
 use valueverse::actors::{InstanceStatus, LifecycleChange, SupervisorSnapshot};
 use valueverse::{AgentError, CorrelationId, RestartStrategy, RuntimeConfig, System};
 
@@ -60,7 +61,7 @@ async fn panicking_handler_restarts_with_state_from_the_store() {
 
         let error = counter.ask(CounterMsg::Panic, ASK).await.unwrap_err();
         assert!(
-            matches!(error, AgentError::Panicked { .. }),
+            matches!(error, AgentError::Handling(HandlingError::Panicked { .. })),
             "{backend:?}: {error}"
         );
         // The next message waits for the restart and sees the stored state,
@@ -80,8 +81,11 @@ async fn panicking_handler_restarts_with_state_from_the_store() {
             .last_failure
             .clone()
             .unwrap();
-        assert!(
-            failure.message.contains("counter told to panic"),
+        assert_eq!(
+            failure.status,
+            ExitStatus::Panicked {
+                message: "counter told to panic".into()
+            },
             "{failure:?}"
         );
         let metrics = system.render_metrics();
@@ -105,7 +109,7 @@ async fn fatal_error_restarts_and_rejection_does_not() {
     counter.ask(CounterMsg::Add(2), ASK).await.unwrap();
     let rejected = counter.ask(CounterMsg::Reject, ASK).await.unwrap_err();
     match rejected {
-        AgentError::Rejected { rejection, .. } => {
+        AgentError::Handling(HandlingError::Rejected { rejection, .. }) => {
             assert_eq!(rejection.field.as_deref(), Some("amount"));
         }
         other => panic!("expected a rejection, got {other}"),
@@ -116,7 +120,10 @@ async fn fatal_error_restarts_and_rejection_does_not() {
         "a rejection is no failure"
     );
     let fatal = counter.ask(CounterMsg::Fatal, ASK).await.unwrap_err();
-    assert!(matches!(fatal, AgentError::Fatal { .. }), "{fatal}");
+    assert!(
+        matches!(fatal, AgentError::Handling(HandlingError::Fatal { .. })),
+        "{fatal}"
+    );
     assert_eq!(total(&system, "b").await, 2);
     assert_eq!(instance_status(&system, "b").1, 1);
 }
@@ -181,7 +188,7 @@ async fn too_many_restarts_escalate_until_reset() {
         assert_eq!(instance_status(&system, "d").0, InstanceStatus::Failed);
         let refused = counter.ask(CounterMsg::Get, ASK).await.unwrap_err();
         assert!(
-            matches!(&refused, AgentError::Failed { last_failure, .. } if last_failure.contains("panic")),
+            matches!(&refused, AgentError::Handling(HandlingError::Failed { last_failure, .. }) if matches!(**last_failure, ExitStatus::Panicked { .. })),
             "{refused}"
         );
         assert!(
@@ -204,7 +211,10 @@ async fn too_many_restarts_escalate_until_reset() {
         assert_eq!(instance_status(&system, "d").0, InstanceStatus::Active);
         let not_failed = system.reset("counter", "d", None).await.unwrap_err();
         assert!(
-            matches!(not_failed, AgentError::NotFailed { .. }),
+            matches!(
+                not_failed,
+                AgentError::Operator(OperatorError::NotFailed { .. })
+            ),
             "{not_failed}"
         );
         let metrics = system.render_metrics();
@@ -294,7 +304,7 @@ async fn a_flooded_mailbox_answers_mailbox_full_at_once() {
     for _ in 0..50 {
         match counter.tell(CounterMsg::Add(1)) {
             Ok(()) => accepted += 1,
-            Err(AgentError::MailboxFull { capacity: 4, .. }) => full += 1,
+            Err(AgentError::Send(SendError::MailboxFull { capacity: 4, .. })) => full += 1,
             Err(other) => panic!("unexpected {other}"),
         }
     }
@@ -305,7 +315,10 @@ async fn a_flooded_mailbox_answers_mailbox_full_at_once() {
     assert!((3..=4).contains(&accepted), "accepted {accepted}");
     assert_eq!(full, 50 - accepted);
     let asked = counter.ask(CounterMsg::Get, ASK).await;
-    assert!(matches!(asked, Err(AgentError::MailboxFull { .. }) | Ok(_)));
+    assert!(matches!(
+        asked,
+        Err(AgentError::Send(SendError::MailboxFull { .. })) | Ok(_)
+    ));
     // Nothing admitted is lost once the mailbox drains.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(total(&system, "g").await, accepted);
@@ -322,7 +335,10 @@ async fn an_ask_times_out_instead_of_hanging() {
         .ask(CounterMsg::Get, Duration::from_millis(100))
         .await
         .unwrap_err();
-    assert!(matches!(error, AgentError::Timeout { .. }), "{error}");
+    assert!(
+        matches!(error, AgentError::Send(SendError::Timeout { .. })),
+        "{error}"
+    );
     assert!(started.elapsed() < Duration::from_millis(400));
     // The expired message is dropped unhandled, then the instance carries on.
     assert_eq!(total(&system, "h").await, 0);
@@ -434,7 +450,10 @@ async fn asks_time_out_at_their_deadline_while_the_instance_waits_out_a_backoff(
         .ask(CounterMsg::Get, Duration::from_millis(150))
         .await
         .unwrap_err();
-    assert!(matches!(error, AgentError::Timeout { .. }), "{error}");
+    assert!(
+        matches!(error, AgentError::Send(SendError::Timeout { .. })),
+        "{error}"
+    );
     assert!(
         started.elapsed() < Duration::from_millis(1000),
         "{:?}",
@@ -454,7 +473,7 @@ async fn asks_time_out_at_their_deadline_while_the_instance_waits_out_a_backoff(
     }));
     let (result, elapsed) = outcome.await.unwrap();
     assert!(
-        matches!(result, Err(AgentError::Timeout { .. })),
+        matches!(result, Err(AgentError::Send(SendError::Timeout { .. }))),
         "{result:?}"
     );
     assert!(elapsed >= Duration::from_millis(150), "{elapsed:?}");

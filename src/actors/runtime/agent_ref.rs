@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 
 use super::agent::Agent;
 use super::envelope::{CorrelationId, Envelope, Header, ReplySender};
-use super::error::AgentError;
+use super::error::{AgentError, RemoteError, SendError};
 use super::registry::{Instance, KindRuntime};
 use super::remote::{Outbound, Remote, Route, encode_payload};
 
@@ -87,9 +87,11 @@ impl<A: Agent> AgentRef<A> {
         route: &Route,
         msg: &A::Msg,
     ) -> Result<Outbound<'_>, AgentError> {
-        let unencodable = |reason| AgentError::Unencodable {
-            target: KindRuntime::<A>::target(&self.key),
-            reason,
+        let unencodable = |reason| {
+            AgentError::Remote(RemoteError::Unencodable {
+                target: KindRuntime::<A>::target(&self.key),
+                reason,
+            })
         };
         let peer = remote.peer_version(route, A::MESSAGE_ID);
         let previous =
@@ -115,7 +117,7 @@ impl<A: Agent> AgentRef<A> {
     }
 
     /// Sends without waiting for a reply. Fails at once with
-    /// [`AgentError::MailboxFull`] when the mailbox is full.
+    /// [`AgentError::Send(SendError::MailboxFull)`] when the mailbox is full.
     pub fn tell(&self, msg: A::Msg) -> Result<(), AgentError> {
         if let Some((remote, route)) = self.kind.node.route(A::KIND, &self.key) {
             return remote.tell(&route, self.outbound(remote, &route, &msg)?);
@@ -141,17 +143,19 @@ impl<A: Agent> AgentRef<A> {
             let left = timeout.saturating_sub(started.elapsed());
             let outbound = self.outbound(remote, &route, &msg)?;
             if let Some((version, bytes)) = remote.ask(&route, outbound, left).await? {
-                return A::decode_reply(version, &bytes).map_err(|reason| AgentError::Remote {
-                    target: KindRuntime::<A>::target(&self.key),
-                    node: route.node.clone(),
-                    message: format!("undecodable reply: {reason}"),
+                return A::decode_reply(version, &bytes).map_err(|reason| {
+                    AgentError::Remote(RemoteError::Failed {
+                        target: KindRuntime::<A>::target(&self.key),
+                        node: route.node.clone(),
+                        message: format!("undecodable reply: {reason}"),
+                    })
                 });
             }
             if started.elapsed() + pause >= timeout {
-                return Err(AgentError::Timeout {
+                return Err(AgentError::Send(SendError::Timeout {
                     target: KindRuntime::<A>::target(&self.key),
                     after: timeout,
-                });
+                }));
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(200));
@@ -175,20 +179,20 @@ impl<A: Agent> AgentRef<A> {
             tokio::time::timeout(timeout, answer).await
         };
         match answered {
-            Ok(Ok(Err(error))) if matches!(*error, AgentError::Expired { .. }) => {
-                Err(AgentError::Timeout {
+            Ok(Ok(Err(error))) if matches!(*error, AgentError::Send(SendError::Expired { .. })) => {
+                Err(AgentError::Send(SendError::Timeout {
                     target: KindRuntime::<A>::target(&self.key),
                     after: timeout,
-                })
+                }))
             }
-            Err(_) => Err(AgentError::Timeout {
+            Err(_) => Err(AgentError::Send(SendError::Timeout {
                 target: KindRuntime::<A>::target(&self.key),
                 after: timeout,
-            }),
+            })),
             Ok(Ok(result)) => result.map_err(|error| *error),
-            Ok(Err(_dropped)) => Err(AgentError::Stopped {
+            Ok(Err(_dropped)) => Err(AgentError::Send(SendError::Stopped {
                 target: KindRuntime::<A>::target(&self.key),
-            }),
+            })),
         }
     }
 }

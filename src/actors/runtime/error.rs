@@ -8,15 +8,56 @@ use crate::store::StoreError;
 use super::envelope::AgentId;
 use super::supervisor::InstanceStatus;
 
-/// Why a `tell` or `ask` did not produce a reply.
+/// Why a `tell` or `ask` did not produce a reply, by concern: the message
+/// was not delivered or answered in time ([`SendError`]), the handler did
+/// not reply ([`HandlingError`]), an operator's action does not apply
+/// ([`OperatorError`]), the owner's node could not be reached or failed
+/// ([`RemoteError`]), or the store failed under the instance.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
+    #[error(transparent)]
+    Send(#[from] SendError),
+    #[error(transparent)]
+    Handling(#[from] HandlingError),
+    #[error(transparent)]
+    Operator(#[from] OperatorError),
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+    /// The store failed under the instance (its message is included here,
+    /// so it is not also a `source`: chains would print it twice).
+    #[error("store error at {target}: {cause}")]
+    Store {
+        target: AgentId,
+        cause: Box<StoreError>,
+    },
+}
+
+/// The message was not delivered, or not answered in time.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
     #[error("mailbox of {target} is full (capacity {capacity})")]
     MailboxFull { target: AgentId, capacity: usize },
     #[error("no reply from {target} within {after:?}")]
     Timeout { target: AgentId, after: Duration },
     #[error("message to {target} expired in the mailbox before it was handled")]
     Expired { target: AgentId },
+    #[error("{target} stopped before it replied")]
+    Stopped { target: AgentId },
+    #[error("no agent kind `{kind}` on this node")]
+    UnknownKind { kind: String },
+}
+
+/// The handler did not reply: it refused, failed or panicked, or the
+/// instance is stopped after repeated failures.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlingError {
+    #[error("{target} refused the message: {rejection}")]
+    Rejected {
+        target: AgentId,
+        // Boxed, as is `Store`'s source: every ask's result is as large as
+        // the largest error, and it is moved on the hot path.
+        rejection: Box<Rejection>,
+    },
     #[error("handler of {target} panicked: {message}")]
     Panicked { target: AgentId, message: String },
     #[error("handler of {target} failed: {message}")]
@@ -26,15 +67,13 @@ pub enum AgentError {
     )]
     Failed {
         target: AgentId,
-        last_failure: String,
+        last_failure: Box<ExitStatus>,
     },
-    #[error("{target} refused the message: {rejection}")]
-    Rejected {
-        target: AgentId,
-        // Boxed, as is `Store`'s source: every ask's result is as large as
-        // the largest error, and it is moved on the hot path.
-        rejection: Box<Rejection>,
-    },
+}
+
+/// An operator's action that does not apply to the instance as it is.
+#[derive(Debug, thiserror::Error)]
+pub enum OperatorError {
     #[error("{target} is {status}, not failed: nothing to reset")]
     NotFailed {
         target: AgentId,
@@ -47,11 +86,12 @@ pub enum AgentError {
     },
     #[error("no instance {target} on this node")]
     UnknownInstance { target: AgentId },
-    #[error("no agent kind `{kind}` on this node")]
-    UnknownKind { kind: String },
-    #[error("{target} stopped before it replied")]
-    Stopped { target: AgentId },
-    /// The node that owns the instance could not be reached.
+}
+
+/// The node that owns the instance could not be reached, or answered
+/// with a failure of its own.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
     #[error("{target} lives on node {node}, which cannot be reached: {reason}")]
     Unreachable {
         target: AgentId,
@@ -66,18 +106,59 @@ pub enum AgentError {
     Unencodable { target: AgentId, reason: String },
     /// The owner's node answered with an error that has no local variant.
     #[error("{target} on node {node} failed: {message}")]
-    Remote {
+    Failed {
         target: AgentId,
         node: String,
         message: String,
     },
-    /// The store failed under the instance (its message is included here,
-    /// so it is not also a `source`: chains would print it twice).
-    #[error("store error at {target}: {cause}")]
-    Store {
-        target: AgentId,
-        cause: Box<StoreError>,
-    },
+}
+
+/// How an instance ended badly: the closed set of failures its supervisor
+/// restarts from (and, past its budget, stops on).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// The handler panicked.
+    Panicked { message: String },
+    /// The handler returned a fatal error: its state cannot be trusted.
+    Fatal { message: String },
+    /// The instance's state could not be loaded.
+    LoadFailed { message: String },
+    /// A change could not be saved.
+    SaveFailed { message: String },
+    /// An operator injected a fault.
+    Injected { reason: String },
+    /// Another node's instance failed; its own status arrives as text.
+    Reported { message: String },
+}
+
+impl ExitStatus {
+    /// Its name in the supervision tree's JSON (`last_failure.cause`).
+    pub fn cause(&self) -> &'static str {
+        match self {
+            ExitStatus::Panicked { .. } => "panicked",
+            ExitStatus::Fatal { .. } => "fatal",
+            ExitStatus::LoadFailed { .. } => "load_failed",
+            ExitStatus::SaveFailed { .. } => "save_failed",
+            ExitStatus::Injected { .. } => "injected",
+            ExitStatus::Reported { .. } => "reported",
+        }
+    }
+}
+
+impl std::fmt::Display for ExitStatus {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExitStatus::Panicked { message } => write!(formatter, "panic: {message}"),
+            ExitStatus::Fatal { message } | ExitStatus::Reported { message } => {
+                formatter.write_str(message)
+            }
+            ExitStatus::LoadFailed { message } => write!(formatter, "state load failed: {message}"),
+            ExitStatus::SaveFailed { message } => write!(formatter, "state save failed: {message}"),
+            ExitStatus::Injected { reason } => {
+                write!(formatter, "fault injected by an operator: {reason}")
+            }
+        }
+    }
 }
 
 /// A business refusal: the instance is fine, the request is not. It reaches

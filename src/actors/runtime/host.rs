@@ -24,7 +24,7 @@ use actix::{
 
 use super::agent::{Agent, AgentMessage, Handling};
 use super::envelope::{CorrelationId, Envelope, ReplySender};
-use super::error::{AgentError, HandlerError};
+use super::error::{AgentError, ExitStatus, HandlerError, HandlingError, OperatorError, SendError};
 use super::events::DomainEvent;
 use super::registry::{InstanceCell, KindRuntime};
 use super::supervisor::{
@@ -167,12 +167,18 @@ impl<A: Agent> Host<A> {
                         retry_in = ?after,
                         "state load failed: the store is unreachable"
                     );
-                    host.cell
-                        .record_failure(format!("state load failed: {error}"));
+                    host.cell.record_failure(ExitStatus::LoadFailed {
+                        message: error.to_string(),
+                    });
                     host.cell.set_status(InstanceStatus::Restarting);
                     host.load_state(ctx, after);
                 }
-                Err(error) => host.fail(ctx, format!("state load failed: {error}")),
+                Err(error) => host.fail(
+                    ctx,
+                    ExitStatus::LoadFailed {
+                        message: error.to_string(),
+                    },
+                ),
             }
             host.drain_stash(ctx);
         }));
@@ -218,7 +224,10 @@ impl<A: Agent> Host<A> {
                         .worker(self.worker)
                         .count(Outcome::Expired);
                     let target = KindRuntime::<A>::target(&self.key);
-                    respond::<A>(envelope.reply, Err(AgentError::Expired { target }));
+                    respond::<A>(
+                        envelope.reply,
+                        Err(AgentError::Send(SendError::Expired { target })),
+                    );
                 }
                 deadline => {
                     if let Some(deadline) = deadline {
@@ -250,12 +259,12 @@ impl<A: Agent> Host<A> {
     }
 
     /// Drops the state and carries out the supervisor's decision.
-    fn fail(&mut self, ctx: &mut Context<Self>, reason: String) {
-        tracing::warn!(kind = A::KIND, key = %self.key, %reason, "agent instance failed");
+    fn fail(&mut self, ctx: &mut Context<Self>, status: ExitStatus) {
+        tracing::warn!(kind = A::KIND, key = %self.key, reason = %status, "agent instance failed");
         self.phase = Phase::Loading;
-        self.cell.record_failure(reason.clone());
+        self.cell.record_failure(status.clone());
         let node = &self.kind.node;
-        node.emit(A::KIND, &self.key, LifecycleChange::Failed { reason });
+        node.emit(A::KIND, &self.key, LifecycleChange::Failed { status });
         match self.history.on_failure(&self.kind.strategy, Instant::now()) {
             Decision::Restart { attempt, after } => {
                 self.cell.set_status(InstanceStatus::Restarting);
@@ -401,28 +410,28 @@ impl<A: Agent> Host<A> {
             Phase::Active { state, version } => (state, *version),
             Phase::Failed => {
                 shard.count(Outcome::RefusedFailed);
-                let last_failure = self.cell.last_failure_message();
+                let last_failure = Box::new(self.cell.last_failure());
                 let target = KindRuntime::<A>::target(&self.key);
                 respond::<A>(
                     reply,
-                    Err(AgentError::Failed {
+                    Err(AgentError::Handling(HandlingError::Failed {
                         target,
                         last_failure,
-                    }),
+                    })),
                 );
                 return;
             }
             // Loading means busy: such messages are stashed, not processed.
             Phase::Loading => {
                 let target = KindRuntime::<A>::target(&self.key);
-                respond::<A>(reply, Err(AgentError::Stopped { target }));
+                respond::<A>(reply, Err(AgentError::Send(SendError::Stopped { target })));
                 return;
             }
         };
         if header.deadline.is_some_and(|deadline| deadline <= started) {
             shard.count(Outcome::Expired);
             let target = KindRuntime::<A>::target(&self.key);
-            respond::<A>(reply, Err(AgentError::Expired { target }));
+            respond::<A>(reply, Err(AgentError::Send(SendError::Expired { target })));
             return;
         }
         // With no subscriber at all, skip even the disabled span: tracing's
@@ -486,14 +495,16 @@ impl<A: Agent> Host<A> {
                             respond::<A>(reply, Ok(value));
                         }
                         Err(error) => {
-                            let reason = format!("state save failed: {error}");
+                            let status = ExitStatus::SaveFailed {
+                                message: error.to_string(),
+                            };
                             let target = KindRuntime::<A>::target(&host.key);
                             let error = AgentError::Store {
                                 target,
                                 cause: Box::new(error),
                             };
                             respond::<A>(reply, Err(error));
-                            host.fail(ctx, reason);
+                            host.fail(ctx, status);
                         }
                     }
                     host.drain_stash(ctx);
@@ -511,7 +522,13 @@ impl<A: Agent> Host<A> {
                 shard.count(Outcome::Rejected);
                 let target = KindRuntime::<A>::target(&self.key);
                 let rejection = Box::new(rejection);
-                respond::<A>(reply, Err(AgentError::Rejected { target, rejection }));
+                respond::<A>(
+                    reply,
+                    Err(AgentError::Handling(HandlingError::Rejected {
+                        target,
+                        rejection,
+                    })),
+                );
                 // Woken only to refuse (a read of an id that does not
                 // exist), with nothing stored: it goes at once rather than
                 // live out its idle time, so that requests for made-up ids
@@ -523,25 +540,30 @@ impl<A: Agent> Host<A> {
             }
             Ok(Err(HandlerError::Fatal(message))) => {
                 shard.count(Outcome::Fatal);
-                (message.clone(), message, false)
+                ExitStatus::Fatal { message }
             }
             Err(payload) => {
                 shard.count(Outcome::Panicked);
-                let message = panic_message(payload.as_ref());
-                (format!("panic: {message}"), message, true)
+                ExitStatus::Panicked {
+                    message: panic_message(payload.as_ref()),
+                }
             }
         };
         // A panic or fatal error: answer, then let the supervisor decide.
-        let (reason, message, panicked) = outcome;
         let target = KindRuntime::<A>::target(&self.key);
-        let error = if panicked {
-            AgentError::Panicked { target, message }
-        } else {
-            AgentError::Fatal { target, message }
+        let error = match &outcome {
+            ExitStatus::Panicked { message } => HandlingError::Panicked {
+                target,
+                message: message.clone(),
+            },
+            other => HandlingError::Fatal {
+                target,
+                message: other.to_string(),
+            },
         };
-        respond::<A>(reply, Err(error));
+        respond::<A>(reply, Err(error.into()));
         drop(entered);
-        self.fail(ctx, reason);
+        self.fail(ctx, outcome);
     }
 }
 
@@ -561,10 +583,10 @@ impl<A: Agent> Handler<Operate> for Host<A> {
         match operate.action {
             OperatorAction::Reset => {
                 if !matches!(self.phase, Phase::Failed) {
-                    return Err(AgentError::NotFailed {
+                    return Err(AgentError::Operator(OperatorError::NotFailed {
                         target: self.target(),
                         status: self.cell.status(),
-                    });
+                    }));
                 }
                 tracing::info!(
                     kind = A::KIND,
@@ -583,10 +605,10 @@ impl<A: Agent> Handler<Operate> for Host<A> {
                 // Only a running instance: crashing one that is loading or
                 // failed would count a failure the supervisor never saw.
                 if !matches!(self.phase, Phase::Active { .. }) || self.busy {
-                    return Err(AgentError::NotActive {
+                    return Err(AgentError::Operator(OperatorError::NotActive {
                         target: self.target(),
                         status: self.cell.status(),
-                    });
+                    }));
                 }
                 tracing::info!(
                     kind = A::KIND,
@@ -594,7 +616,7 @@ impl<A: Agent> Handler<Operate> for Host<A> {
                     correlation_id,
                     "operator fault injection"
                 );
-                self.fail(ctx, format!("fault injected by an operator: {reason}"));
+                self.fail(ctx, ExitStatus::Injected { reason });
             }
         }
         Ok(())

@@ -44,7 +44,10 @@ pub mod __agent {
 }
 pub use agent_ref::AgentRef;
 pub use envelope::{AgentId, CorrelationId, MAX_CORRELATION_ID_LEN, MessageId};
-pub use error::{AgentError, HandlerError, Rejection, RejectionCode};
+pub use error::{
+    AgentError, ExitStatus, HandlerError, HandlingError, OperatorError, Rejection, RejectionCode,
+    RemoteError, SendError,
+};
 pub use events::{DomainEvent, EVENT_TYPES, WantedTypes, is_notified};
 pub use metrics::Metrics;
 pub use registry::Stage;

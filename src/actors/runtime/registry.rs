@@ -21,7 +21,7 @@ use crate::metrics::KindMetrics;
 
 use super::agent::Agent;
 use super::envelope::{AgentId, CorrelationId, Envelope, Header, ReplySender};
-use super::error::AgentError;
+use super::error::{AgentError, ExitStatus, OperatorError, SendError};
 use super::host::{Batch, Handoff, Host, Operate};
 use super::remote::{self, Hold, Inbound, Refusal, ReplyPort};
 use super::supervisor::{
@@ -141,9 +141,9 @@ impl InstanceCell {
         self.messages_handled.store(handled + 1, Ordering::Relaxed);
     }
 
-    pub(crate) fn record_failure(&self, message: String) {
+    pub(crate) fn record_failure(&self, status: ExitStatus) {
         let record = FailureRecord {
-            message,
+            status,
             at: Utc::now(),
         };
         *self
@@ -152,13 +152,16 @@ impl InstanceCell {
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(record);
     }
 
-    pub(crate) fn last_failure_message(&self) -> String {
+    /// How the instance last failed (a failed instance always has one).
+    pub(crate) fn last_failure(&self) -> ExitStatus {
         self.last_failure
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .as_ref()
-            .map(|record| record.message.clone())
-            .unwrap_or_default()
+            .map(|record| record.status.clone())
+            .unwrap_or_else(|| ExitStatus::Fatal {
+                message: "no failure recorded".into(),
+            })
     }
 
     pub(crate) fn count_restart(&self) {
@@ -289,11 +292,11 @@ impl<A: Agent> KindRuntime<A> {
         self.try_deliver(key, envelope, cache)
             .map_err(|undelivered| match undelivered {
                 Undelivered::Full(envelope, _) => self.refuse(envelope, key, Self::full),
-                Undelivered::Stopped(envelope) => {
-                    self.refuse(envelope, key, |_, key| AgentError::Stopped {
+                Undelivered::Stopped(envelope) => self.refuse(envelope, key, |_, key| {
+                    AgentError::Send(SendError::Stopped {
                         target: Self::target(key),
                     })
-                }
+                }),
             })
     }
 
@@ -362,10 +365,10 @@ impl<A: Agent> KindRuntime<A> {
     }
 
     fn full(&self, key: &Arc<str>) -> AgentError {
-        AgentError::MailboxFull {
+        AgentError::Send(SendError::MailboxFull {
             target: Self::target(key),
             capacity: self.mailbox_capacity,
-        }
+        })
     }
 
     fn spawn(self: &Arc<Self>, key: &Arc<str>) -> Instance<A> {
@@ -544,8 +547,10 @@ impl<A: Agent> KindRuntime<A> {
                 None
             }
             Err(Undelivered::Stopped(envelope)) => {
-                self.refuse(envelope, key, |_, key| AgentError::Stopped {
-                    target: Self::target(key),
+                self.refuse(envelope, key, |_, key| {
+                    AgentError::Send(SendError::Stopped {
+                        target: Self::target(key),
+                    })
                 });
                 None
             }
@@ -751,9 +756,9 @@ impl<A: Agent> KindControl for KindRuntime<A> {
         let capacity = self.mailbox_capacity;
         let Some((addr, cell)) = found else {
             return Box::pin(async move {
-                Err(AgentError::UnknownInstance {
+                Err(AgentError::Operator(OperatorError::UnknownInstance {
                     target: KindRuntime::<A>::target(&key),
-                })
+                }))
             });
         };
         Box::pin(async move {
@@ -763,8 +768,10 @@ impl<A: Agent> KindControl for KindRuntime<A> {
                 correlation_id,
             })
             .await
-            .map_err(|_| AgentError::Stopped {
-                target: KindRuntime::<A>::target(&key),
+            .map_err(|_| {
+                AgentError::Send(SendError::Stopped {
+                    target: KindRuntime::<A>::target(&key),
+                })
             })??;
             Ok(cell.snapshot(&key, capacity))
         })

@@ -14,6 +14,8 @@ use chrono::{DateTime, Utc};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
+use super::error::ExitStatus;
+
 /// How a kind's supervisor reacts to a failed instance.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -168,11 +170,28 @@ impl fmt::Display for InstanceStatus {
     }
 }
 
-/// The last failure of an instance.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// The last failure of an instance; shown as `{cause, message, at}`.
+#[derive(Debug, Clone, PartialEq)]
 pub struct FailureRecord {
-    pub message: String,
+    pub status: ExitStatus,
     pub at: DateTime<Utc>,
+}
+
+impl Serialize for FailureRecord {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Shown<'a> {
+            cause: &'static str,
+            message: String,
+            at: &'a DateTime<Utc>,
+        }
+        Shown {
+            cause: self.status.cause(),
+            message: self.status.to_string(),
+            at: &self.at,
+        }
+        .serialize(serializer)
+    }
 }
 
 /// One instance in the supervision tree.
@@ -231,7 +250,7 @@ pub(crate) enum OperatorAction {
 #[derive(Debug, Clone, PartialEq)]
 pub enum LifecycleChange {
     Activated,
-    Failed { reason: String },
+    Failed { status: ExitStatus },
     RestartScheduled { attempt: u32, after: Duration },
     Restarted { attempt: u32 },
     Escalated { restarts_in_window: u32 },

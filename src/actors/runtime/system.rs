@@ -21,7 +21,7 @@ use crate::store::Store;
 use super::agent::Agent;
 use super::agent_ref::AgentRef;
 use super::envelope::{CorrelationId, MessageId};
-use super::error::AgentError;
+use super::error::{AgentError, SendError};
 use super::events::DomainEvent;
 use super::registry::{KindControl, KindRuntime, Stage};
 use super::remote::{Remote, Route, decode_payload, encode_payload};
@@ -443,8 +443,10 @@ impl System {
         self.read_kinds()
             .get(kind)
             .map(|registered| Arc::clone(&registered.control))
-            .ok_or_else(|| AgentError::UnknownKind {
-                kind: kind.to_owned(),
+            .ok_or_else(|| {
+                AgentError::Send(SendError::UnknownKind {
+                    kind: kind.to_owned(),
+                })
             })
     }
 

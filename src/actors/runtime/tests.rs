@@ -9,8 +9,9 @@ use tokio::sync::broadcast;
 
 use crate::store::Store;
 use crate::{
-    Agent, AgentError, AgentMessage, HandlerError, Handling, InstanceStatus, LifecycleChange,
-    RestartStrategy, RuntimeConfig, SupervisionEvent, System,
+    Agent, AgentError, AgentMessage, HandlerError, Handling, HandlingError, InstanceStatus,
+    LifecycleChange, OperatorError, RestartStrategy, RuntimeConfig, SendError, SupervisionEvent,
+    System,
 };
 
 const ASK: Duration = Duration::from_secs(5);
@@ -139,7 +140,10 @@ async fn a_full_mailbox_refuses_at_once_and_admits_again_once_drained() {
         }
     }
     assert!(
-        matches!(refused, Some(AgentError::MailboxFull { capacity: 2, .. })),
+        matches!(
+            refused,
+            Some(AgentError::Send(SendError::MailboxFull { capacity: 2, .. }))
+        ),
         "{refused:?}"
     );
     // The asker is refused as well while the mailbox is full; once the
@@ -148,7 +152,7 @@ async fn a_full_mailbox_refuses_at_once_and_admits_again_once_drained() {
     let total = tokio::time::timeout(ASK, async {
         loop {
             match tally.ask(TallyMsg::Get, ASK).await {
-                Err(AgentError::MailboxFull { .. }) => {
+                Err(AgentError::Send(SendError::MailboxFull { .. })) => {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 other => break other.unwrap(),
@@ -192,7 +196,10 @@ async fn a_panic_restarts_from_the_saved_state_and_too_many_escalate_until_reset
     tally.ask(TallyMsg::Add(5), ASK).await.unwrap();
     let panicked = tally.ask(TallyMsg::Panic, ASK).await.unwrap_err();
     assert!(
-        matches!(panicked, AgentError::Panicked { .. }),
+        matches!(
+            panicked,
+            AgentError::Handling(HandlingError::Panicked { .. })
+        ),
         "{panicked}"
     );
     until(&mut events, "c", |change| {
@@ -210,9 +217,15 @@ async fn a_panic_restarts_from_the_saved_state_and_too_many_escalate_until_reset
     .await;
     assert_eq!(status(&system, "c"), Some(InstanceStatus::Failed));
     let refused = tally.ask(TallyMsg::Get, ASK).await.unwrap_err();
-    assert!(matches!(refused, AgentError::Failed { .. }), "{refused}");
+    assert!(
+        matches!(refused, AgentError::Handling(HandlingError::Failed { .. })),
+        "{refused}"
+    );
     system.reset(Tally::KIND, "c", None).await.unwrap();
     assert_eq!(tally.ask(TallyMsg::Get, ASK).await.unwrap(), 5);
     let again = system.reset(Tally::KIND, "c", None).await.unwrap_err();
-    assert!(matches!(again, AgentError::NotFailed { .. }), "{again}");
+    assert!(
+        matches!(again, AgentError::Operator(OperatorError::NotFailed { .. })),
+        "{again}"
+    );
 }
