@@ -6,7 +6,7 @@
 
 pub mod actors;
 pub mod auth;
-pub mod cluster;
+pub use valueverse_cluster as cluster;
 pub mod config;
 pub mod dashboard;
 pub use valueverse_gpu as gpu;

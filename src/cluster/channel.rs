@@ -489,7 +489,7 @@ mod properties {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::cluster::largest_allocation;
+    use crate::largest_allocation;
 
     fn runtime() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_current_thread()
@@ -515,7 +515,7 @@ mod properties {
     const HANDSHAKE_ALLOCATION_CAP: usize = 16 * 1024;
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(128))]
+        #![proptest_config(crate::regressions_at(128, "channel"))]
 
         #[test]
         fn arbitrary_bytes_never_open_a_channel(bytes in proptest::collection::vec(any::<u8>(), 0..3000)) {

@@ -431,7 +431,7 @@ mod properties {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::cluster::largest_allocation;
+    use crate::largest_allocation;
 
     fn envelope() -> impl Strategy<Value = Envelope<'static>> {
         (
@@ -490,7 +490,7 @@ mod properties {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(512))]
+        #![proptest_config(crate::regressions_at(512, "codec"))]
 
         /// Arbitrary bytes: an error or a frame, never a panic, and never
         /// an allocation past the frame limit.
@@ -538,7 +538,7 @@ mod properties {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(256))]
+        #![proptest_config(crate::regressions_at(256, "codec"))]
 
         /// At either protocol version a link speaks, any sequence of frames
         /// reads back as written, but for the message version protocol 2

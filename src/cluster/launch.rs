@@ -178,7 +178,7 @@ fn print_summary(launched: &[Launched], options: &LaunchOptions, secret: &str) {
     println!(
         "cluster of {} nodes up on {}",
         launched.len(),
-        crate::store::redact_url(&options.database_url)
+        valueverse_store::redact_url(&options.database_url)
     );
     println!();
     println!("| node | dashboard | HTTP API | members |");
@@ -198,7 +198,7 @@ fn print_summary(launched: &[Launched], options: &LaunchOptions, secret: &str) {
         println!("create an API key, then try:");
         println!(
             "  valueverse apikey create --role admin --database-url {}",
-            crate::store::redact_url(&options.database_url)
+            valueverse_store::redact_url(&options.database_url)
         );
         println!("  curl -s -H \"Authorization: Bearer $KEY\" {first}/api/v1/cluster");
     }
@@ -215,7 +215,7 @@ fn print_summary(launched: &[Launched], options: &LaunchOptions, secret: &str) {
             .map(|node| node.gossip.as_str())
             .collect::<Vec<_>>()
             .join(","),
-        crate::store::redact_url(&options.database_url)
+        valueverse_store::redact_url(&options.database_url)
     );
     println!("Ctrl-C stops every node.");
 }

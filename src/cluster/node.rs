@@ -16,9 +16,9 @@ use std::time::Duration;
 use prometheus::{IntCounter, IntGauge};
 use serde::Serialize;
 
-use crate::actors::System;
 use crate::config::ClusterConfig;
-use crate::store::{Lease, LeaseClaim, Renewal, StoreError, unix_millis};
+use valueverse_runtime::System;
+use valueverse_store::{Lease, LeaseClaim, Renewal, StoreError, unix_millis};
 
 use super::membership::{Member, MemberInfo, Membership, MembershipConfig, MembershipError};
 use super::placement::Candidate;
@@ -53,7 +53,7 @@ pub enum ClusterError {
 }
 
 /// One member as `GET /api/v1/cluster` shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct MemberView {
     pub node: String,
     /// `alive` (gossip hears it, lease valid), `suspect` (gossip does not
@@ -77,7 +77,7 @@ pub struct MemberView {
 }
 
 /// `GET /api/v1/cluster`.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ClusterView {
     pub node: String,
     /// Whether this node joined a cluster (`valueverse node`) or is a
@@ -170,7 +170,7 @@ impl ClusterNode {
         let name = system.node_name().to_owned();
         let router = Arc::new(Router::new(&name, system.placement_changes()));
         system
-            .attach_remote(Arc::clone(&router) as Arc<dyn crate::actors::Remote>)
+            .attach_remote(Arc::clone(&router) as Arc<dyn valueverse_runtime::Remote>)
             .map_err(|_| ClusterError::AlreadyAttached)?;
         let mut membership = None;
         let mut transport_addr = String::new();

@@ -5,10 +5,10 @@
 
 use std::time::{Duration, Instant};
 
-use crate::actors::{
+use valueverse_runtime::{
     Agent, AgentError, AgentMessage, HandlerError, Handling, RuntimeConfig, System,
 };
-use crate::actors::{RemoteError, SendError};
+use valueverse_runtime::{RemoteError, SendError};
 
 use super::codec::PROTOCOL_VERSION;
 use super::test_nodes::{self, key_elsewhere, share_view};

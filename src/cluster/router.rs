@@ -15,11 +15,11 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 
-use crate::actors::{
+use valueverse_runtime::{
     AgentError, AgentId, CorrelationId, Inbound, Outbound, Refusal, Remote, ReplyPort, Route,
     Stage, WeakSystem,
 };
-use crate::actors::{HandlingError, RemoteError, SendError};
+use valueverse_runtime::{HandlingError, RemoteError, SendError};
 
 use super::codec::{self, Envelope, Frame, RemoteFailure, Reply, Target};
 use super::placement::{Candidate, owner};
@@ -277,7 +277,7 @@ impl Router {
         route: &Route,
         message: Outbound<'_>,
         timeout: Duration,
-    ) -> Result<crate::actors::RemoteAnswer, AgentError> {
+    ) -> Result<valueverse_runtime::RemoteAnswer, AgentError> {
         let target = target_of(&message);
         let Some((transport, _)) = self.transport.get() else {
             return Err(self.unreachable(target, route, "this node has no transport".into()));
@@ -421,7 +421,7 @@ impl Remote for Router {
         route: &'a Route,
         message: Outbound<'a>,
         timeout: Duration,
-    ) -> BoxFuture<'a, Result<crate::actors::RemoteAnswer, AgentError>> {
+    ) -> BoxFuture<'a, Result<valueverse_runtime::RemoteAnswer, AgentError>> {
         Box::pin(self.request(route, message, timeout))
     }
 
@@ -438,7 +438,7 @@ fn target_of(message: &Outbound<'_>) -> AgentId {
 }
 
 fn unix_millis() -> u64 {
-    crate::store::unix_millis().max(0) as u64
+    valueverse_store::unix_millis().max(0) as u64
 }
 
 fn envelope<'a>(
@@ -533,8 +533,8 @@ fn error_of(failure: RemoteFailure, target: AgentId, node: &str, timeout: Durati
             field,
         } => AgentError::Handling(HandlingError::Rejected {
             target,
-            rejection: Box::new(crate::actors::Rejection {
-                code: crate::actors::RejectionCode::from_wire(&code),
+            rejection: Box::new(valueverse_runtime::Rejection {
+                code: valueverse_runtime::RejectionCode::from_wire(&code),
                 message,
                 field,
             }),
@@ -542,7 +542,7 @@ fn error_of(failure: RemoteFailure, target: AgentId, node: &str, timeout: Durati
         RemoteFailure::Failed { last_failure } => AgentError::Handling(HandlingError::Failed {
             target,
             // Another node's status arrives as its text.
-            last_failure: Box::new(crate::actors::ExitStatus::Reported {
+            last_failure: Box::new(valueverse_runtime::ExitStatus::Reported {
                 message: last_failure,
             }),
         }),

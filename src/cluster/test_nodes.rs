@@ -5,8 +5,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crate::actors::{RuntimeConfig, System};
-use crate::store::Store;
+use valueverse_runtime::{RuntimeConfig, System};
+use valueverse_store::Store;
 
 use super::placement::Candidate;
 use super::router::{self, Placed, Router};

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::actors::{Agent, AgentMessage, HandlerError, Handling, RuntimeConfig, System};
+use valueverse_runtime::{Agent, AgentMessage, HandlerError, Handling, RuntimeConfig, System};
 
 use super::codec::PROTOCOL_VERSION;
 use super::test_nodes::{self, TestNode, key_here, share_view};

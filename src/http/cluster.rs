@@ -2,7 +2,9 @@
 
 use actix_web::{HttpResponse, web};
 
-use crate::cluster::node::{ClusterNode, ClusterView};
+use crate::cluster::node::ClusterNode;
+
+use super::schemas::ClusterView;
 
 /// Members with their state (alive, suspect, down), addresses, lease,
 /// load, and this node's view of how ownership spreads over them.
@@ -16,5 +18,5 @@ use crate::cluster::node::{ClusterNode, ClusterView};
     security(("bearer" = [])),
 )]
 pub(crate) async fn view(cluster: web::Data<ClusterNode>) -> HttpResponse {
-    HttpResponse::Ok().json(cluster.view().await)
+    HttpResponse::Ok().json(ClusterView::from(cluster.view().await))
 }

@@ -1,10 +1,12 @@
-//! The API's own shapes of the value model and of a simulation's result:
-//! the engines' crate (`valueverse-gpu`) knows nothing of OpenAPI, so the
+//! The API's own shapes of the value model, of a simulation's result and
+//! of the cluster's view: the engines' crate (`valueverse-gpu`) and the
+//! cluster's (`valueverse-cluster`) know nothing of OpenAPI, so the
 //! document's schemas are these, converted at the edge. Their JSON is the
 //! domain types' JSON field for field; a unit test holds the two together.
 
 use serde::{Deserialize, Serialize};
 
+use crate::cluster::node as cluster_types;
 use crate::gpu::engine as engine_types;
 use crate::model as domain;
 
@@ -238,6 +240,44 @@ pub struct SimulationResult {
     /// Paths times drivers per second of wall time, pilot and statistics
     /// included.
     pub samples_per_second: f64,
+}
+
+/// One member as `GET /api/v1/cluster` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct MemberView {
+    pub node: String,
+    /// `alive` (gossip hears it, lease valid), `suspect` (gossip does not
+    /// hear it, lease still valid: it keeps its keys), `down` (lease expired).
+    pub state: String,
+    pub transport_addr: String,
+    pub http_addr: String,
+    pub kinds: Vec<String>,
+    pub gpus: u32,
+    pub load: f64,
+    /// How long gossip has not heard the member, over its usual heartbeat
+    /// interval (phi; about 8 marks it suspect); `None` for this node.
+    pub phi: Option<f64>,
+    /// Fencing token of the node's current lease.
+    pub lease_token: i64,
+    pub lease_expires_in_ms: i64,
+    /// Instances this node would place on the member, out of a sample of
+    /// keys per kind: how evenly the view spreads ownership.
+    pub owns_share: f64,
+    pub is_self: bool,
+}
+
+/// `GET /api/v1/cluster`.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct ClusterView {
+    pub node: String,
+    /// Whether this node joined a cluster (`valueverse node`) or is a
+    /// cluster of one (`serve`).
+    pub clustered: bool,
+    pub members: Vec<MemberView>,
+    /// Instances active on this node, and how many of them this node owns
+    /// in the current view (the rest are being handed off).
+    pub local_instances: usize,
+    pub rebalances: u64,
 }
 
 // Conversions: exhaustive destructuring, so that a field added on either
@@ -550,6 +590,57 @@ impl From<engine_types::SimulationResult> for SimulationResult {
             },
             wall_seconds,
             samples_per_second,
+        }
+    }
+}
+
+impl From<cluster_types::ClusterView> for ClusterView {
+    fn from(view: cluster_types::ClusterView) -> ClusterView {
+        let cluster_types::ClusterView {
+            node,
+            clustered,
+            members,
+            local_instances,
+            rebalances,
+        } = view;
+        ClusterView {
+            node,
+            clustered,
+            members: members
+                .into_iter()
+                .map(|member| {
+                    let cluster_types::MemberView {
+                        node,
+                        state,
+                        transport_addr,
+                        http_addr,
+                        kinds,
+                        gpus,
+                        load,
+                        phi,
+                        lease_token,
+                        lease_expires_in_ms,
+                        owns_share,
+                        is_self,
+                    } = member;
+                    MemberView {
+                        node,
+                        state,
+                        transport_addr,
+                        http_addr,
+                        kinds,
+                        gpus,
+                        load,
+                        phi,
+                        lease_token,
+                        lease_expires_in_ms,
+                        owns_share,
+                        is_self,
+                    }
+                })
+                .collect(),
+            local_instances,
+            rebalances,
         }
     }
 }
