@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The architecture's dependency rules, checked on the crate graph
+# (ARCHITECTURE.md, "Architecture invariants"): each rule is a dependency
+# edge that must not exist.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+failed=0
+tree() {
+    local out
+    out=$(cargo tree --locked -e normal --prefix none "$@") || { echo "crate graph: cargo tree $* failed" >&2; exit 1; }
+    [ -n "$out" ] || { echo "crate graph: cargo tree $* printed nothing" >&2; exit 1; }
+    sed 's/ (.*//; s/ v[0-9].*//' <<<"$out" | sort -u
+}
+refuse() { # PACKAGE FORBIDDEN...
+    local package=$1; shift
+    local deps
+    deps=$(tree -p "$package") || exit 1
+    for forbidden in "$@"; do
+        if grep -qx "$forbidden" <<<"$deps"; then
+            echo "crate graph: $package depends on $forbidden" >&2
+            failed=1
+        fi
+    done
+}
+
+# Only the store crate reaches the database.
+sqlx_users=$(tree -i sqlx --depth 1 | grep -v '^sqlx$')
+if [ "$sqlx_users" != "valueverse-store" ]; then
+    echo "crate graph: sqlx is a direct dependency of: $sqlx_users (only valueverse-store may)" >&2
+    failed=1
+fi
+refuse valueverse-gpu actix actix-web sqlx utoipa valueverse-store valueverse-runtime valueverse-cluster
+refuse valueverse-runtime valueverse-cluster valueverse actix-web utoipa
+refuse valueverse-cluster valueverse actix-web utoipa
+refuse valueverse tokio-tungstenite criterion
+[ "$failed" = 0 ] && echo "crate graph: every rule holds"
+exit "$failed"
