@@ -79,6 +79,44 @@ pub async fn create_key(
     Ok((row, key))
 }
 
+/// The API keys in the store: the one way the API makes, lists, revokes
+/// and looks them up.
+#[derive(Clone)]
+pub struct ApiKeys {
+    store: Store,
+}
+
+impl ApiKeys {
+    pub fn new(store: Store) -> ApiKeys {
+        ApiKeys { store }
+    }
+
+    /// Makes a key; answers its stored row and the key itself (shown once).
+    pub async fn create(&self, role: Role, name: &str) -> Result<(ApiKeyRow, String), StoreError> {
+        create_key(&self.store, role, name).await
+    }
+
+    /// Every key, revoked ones included.
+    pub async fn list(&self) -> Result<Vec<ApiKeyRow>, StoreError> {
+        self.store.api_keys().await
+    }
+
+    /// Revokes a live key; `false` when there is no live key `id`.
+    pub async fn revoke(&self, id: &str) -> Result<bool, StoreError> {
+        self.store.revoke_api_key(id).await
+    }
+
+    /// The caller of the live key with this digest.
+    async fn by_digest(&self, digest: &str) -> Result<Option<Caller>, StoreError> {
+        Ok(self.store.api_key_by_hash(digest).await?.and_then(|row| {
+            Role::parse(&row.role).map(|role| Caller {
+                key_id: row.id,
+                role,
+            })
+        }))
+    }
+}
+
 /// Who made a request: the API key's id (the unit of quotas) and role.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
@@ -109,6 +147,7 @@ pub enum Cached {
 /// unknown ones are kept apart, so that a flood of made-up keys evicts only
 /// other made-up keys.
 pub struct KeyCache {
+    keys: ApiKeys,
     /// How long an answer is trusted (a revocation takes effect within
     /// this time on every node).
     ttl: Duration,
@@ -121,8 +160,9 @@ pub struct KeyCache {
 const KNOWN_CAP: usize = 100_000;
 
 impl KeyCache {
-    pub fn new(ttl: Duration, unknown_cap: usize) -> KeyCache {
+    pub fn new(keys: ApiKeys, ttl: Duration, unknown_cap: usize) -> KeyCache {
         KeyCache {
+            keys,
             ttl,
             known: DashMap::new(),
             unknown: DashMap::new(),
@@ -151,17 +191,8 @@ impl KeyCache {
     /// Asks the store about a digest from [`KeyCache::cached`] and remembers
     /// the answer: the caller of a live key, `None` for an unknown or
     /// revoked one.
-    pub async fn look_up(
-        &self,
-        store: &Store,
-        digest: String,
-    ) -> Result<Option<Caller>, StoreError> {
-        let caller = store.api_key_by_hash(&digest).await?.and_then(|row| {
-            Role::parse(&row.role).map(|role| Caller {
-                key_id: row.id,
-                role,
-            })
-        });
+    pub async fn look_up(&self, digest: String) -> Result<Option<Caller>, StoreError> {
+        let caller = self.keys.by_digest(&digest).await?;
         match &caller {
             Some(caller) => {
                 if self.known.len() >= KNOWN_CAP {
@@ -182,11 +213,11 @@ impl KeyCache {
     }
 
     /// The caller of a live key, `None` for an unknown or revoked one.
-    pub async fn role_of(&self, store: &Store, key: &str) -> Result<Option<Caller>, StoreError> {
+    pub async fn role_of(&self, key: &str) -> Result<Option<Caller>, StoreError> {
         match self.cached(key) {
             (_, Cached::Known(caller)) => Ok(Some(caller)),
             (_, Cached::Unknown) => Ok(None),
-            (digest, Cached::Miss | Cached::Stale) => self.look_up(store, digest).await,
+            (digest, Cached::Miss | Cached::Stale) => self.look_up(digest).await,
         }
     }
 
@@ -212,9 +243,10 @@ mod tests {
         let url = format!("sqlite://{}", dir.path().join("keys.db").display());
         let store = Store::connect(&url, 2).await.unwrap();
         store.migrate().await.unwrap();
-        let (row, key) = create_key(&store, Role::Editor, "ci").await.unwrap();
-        let cache = KeyCache::new(Duration::from_secs(60), 8);
-        let caller = cache.role_of(&store, &key).await.unwrap().unwrap();
+        let keys = ApiKeys::new(store);
+        let (row, key) = keys.create(Role::Editor, "ci").await.unwrap();
+        let cache = KeyCache::new(keys, Duration::from_secs(60), 8);
+        let caller = cache.role_of(&key).await.unwrap().unwrap();
         assert_eq!(
             (caller.key_id.as_str(), caller.role),
             (row.id.as_str(), Role::Editor)
@@ -222,7 +254,7 @@ mod tests {
         for n in 0..100 {
             assert!(
                 cache
-                    .role_of(&store, &format!("vv_made_up_{n}"))
+                    .role_of(&format!("vv_made_up_{n}"))
                     .await
                     .unwrap()
                     .is_none()

@@ -135,6 +135,7 @@ impl Node {
                 )
             }),
             peers,
+            api_keys: crate::auth::ApiKeys::new(system.store().clone()),
         };
         let http = match HttpApi::start(http_listener, services, config) {
             Ok(http) => http,

@@ -4,8 +4,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};
 use serde::Deserialize;
 
-use crate::actors::System;
-use crate::auth::{Role, create_key};
+use crate::auth::{ApiKeys, Role};
 
 use super::error::ErrorDoc;
 use super::error::{ApiError, parse_json};
@@ -37,7 +36,7 @@ struct CreateBody {
     security(("bearer" = [])),
 )]
 pub(crate) async fn create(
-    system: web::Data<System>,
+    api_keys: web::Data<ApiKeys>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let body: CreateBody = parse_json(&body, false)?;
@@ -47,7 +46,7 @@ pub(crate) async fn create(
     {
         return Err(ApiError::invalid_field("name", format!("`name` {problem}")));
     }
-    let (row, key) = create_key(system.store(), body.role, &body.name).await?;
+    let (row, key) = api_keys.create(body.role, &body.name).await?;
     Ok(HttpResponse::Created().json(serde_json::json!({
         "id": row.id, "name": row.name, "role": row.role, "key": key,
         "created_at_ms": row.created_at_ms,
@@ -63,8 +62,8 @@ pub(crate) async fn create(
     ),
     security(("bearer" = [])),
 )]
-pub(crate) async fn list(system: web::Data<System>) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "items": system.store().api_keys().await? })))
+pub(crate) async fn list(api_keys: web::Data<ApiKeys>) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "items": api_keys.list().await? })))
 }
 
 #[utoipa::path(
@@ -81,12 +80,12 @@ pub(crate) async fn list(system: web::Data<System>) -> Result<HttpResponse, ApiE
     security(("bearer" = [])),
 )]
 pub(crate) async fn revoke(
-    system: web::Data<System>,
+    api_keys: web::Data<ApiKeys>,
     auth: web::Data<Auth>,
     limits: web::Data<super::limits::Limits>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    if !system.store().revoke_api_key(&id).await? {
+    if !api_keys.revoke(&id).await? {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",

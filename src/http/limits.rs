@@ -22,8 +22,8 @@ use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
 use tokio::sync::{Semaphore, watch};
 
+use crate::auth::ApiKeys;
 use crate::config::LimitsConfig;
-use crate::store::Store;
 
 use super::error::ApiError;
 
@@ -242,7 +242,7 @@ impl Limits {
 
     /// Closes the WebSockets of keys revoked anywhere in the cluster and
     /// forgets rate state of callers gone quiet.
-    async fn sweep(&self, store: &Store) {
+    async fn sweep(&self, api_keys: &ApiKeys) {
         self.per_key.retain_recent();
         self.per_address.retain_recent();
         self.per_key.shrink_to_fit();
@@ -250,7 +250,7 @@ impl Limits {
         if self.sockets_by_key.is_empty() {
             return;
         }
-        let keys = match store.api_keys().await {
+        let keys = match api_keys.list().await {
             Ok(keys) => keys,
             Err(error) => {
                 tracing::warn!(%error, "http: could not check the keys of open WebSockets");
@@ -277,7 +277,7 @@ pub(crate) const DEV_CALLER: &str = "dev";
 /// Sweeps `limits` every `every` until it is dropped.
 pub(crate) fn sweep_while_alive(
     limits: Weak<Limits>,
-    store: Store,
+    api_keys: ApiKeys,
     every: Duration,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -288,7 +288,7 @@ pub(crate) fn sweep_while_alive(
             let Some(limits) = limits.upgrade() else {
                 return;
             };
-            limits.sweep(&store).await;
+            limits.sweep(&api_keys).await;
         }
     })
 }

@@ -13,7 +13,7 @@ use tracing::Instrument;
 
 use futures_util::StreamExt;
 
-use crate::actors::{CorrelationId, System};
+use crate::actors::CorrelationId;
 use crate::auth::{Cached, Caller, KeyCache, Role};
 use crate::cluster::peer_requests::{self, PeerRequests};
 use crate::metrics::Metrics;
@@ -292,9 +292,8 @@ pub(crate) async fn authenticate<B: MessageBody>(
         return peer_request(request, next, header).await;
     }
     let auth = request.app_data::<web::Data<Auth>>().cloned();
-    let system = request.app_data::<web::Data<System>>().cloned();
     let limits = request.app_data::<web::Data<Limits>>().cloned();
-    let (Some(auth), Some(system), Some(limits)) = (auth, system, limits) else {
+    let (Some(auth), Some(limits)) = (auth, limits) else {
         return Ok(next.call(request).await?.map_into_left_body());
     };
     let limits = limits.into_inner();
@@ -354,7 +353,7 @@ pub(crate) async fn authenticate<B: MessageBody>(
                     Ok(permit) => permit,
                     Err(error) => return refuse(request, error),
                 };
-                let found = auth.keys.look_up(system.store(), digest).await;
+                let found = auth.keys.look_up(digest).await;
                 drop(permit);
                 match found {
                     Ok(found) => found,

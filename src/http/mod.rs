@@ -58,7 +58,7 @@ use actix_web::middleware::{ErrorHandlers, from_fn};
 use actix_web::{App, HttpServer, web};
 
 use crate::actors::System;
-use crate::auth::KeyCache;
+use crate::auth::{ApiKeys, KeyCache};
 use crate::cluster::node::ClusterNode;
 use crate::cluster::peer_requests::PeerRequests;
 use crate::config::Config;
@@ -296,6 +296,7 @@ pub struct Services {
     pub dashboard: Option<Dashboard>,
     /// Signs and checks requests between nodes.
     pub peers: std::sync::Arc<PeerRequests>,
+    pub api_keys: ApiKeys,
 }
 
 /// A running HTTP server.
@@ -322,11 +323,13 @@ impl HttpApi {
             cluster,
             dashboard,
             peers,
+            api_keys,
         } = services;
         let body_limit = config.http_body_limit;
         let auth = web::Data::new(middleware::Auth {
             dev: config.dev,
             keys: KeyCache::new(
+                api_keys.clone(),
                 config.limits.key_cache_ttl,
                 config.limits.unknown_keys_cached,
             ),
@@ -340,7 +343,7 @@ impl HttpApi {
         ));
         let sweeper = limits::sweep_while_alive(
             std::sync::Arc::downgrade(&limits.clone().into_inner()),
-            system.store().clone(),
+            api_keys.clone(),
             config.limits.key_cache_ttl,
         );
         let connections_per_worker = config.limits.max_connections / config.http_workers.max(1);
@@ -351,6 +354,7 @@ impl HttpApi {
         let notifications = web::Data::new(notifications);
         let sagas = web::Data::new(sagas);
         let cluster = web::Data::new(cluster);
+        let api_keys = web::Data::new(api_keys);
         let dashboard = dashboard.map(web::Data::new);
         let peers = web::Data::from(peers);
         let server = HttpServer::new(move || {
@@ -364,6 +368,7 @@ impl HttpApi {
                 .app_data(notifications.clone())
                 .app_data(sagas.clone())
                 .app_data(cluster.clone())
+                .app_data(api_keys.clone())
                 .app_data(metrics.clone())
                 .app_data(auth.clone())
                 .app_data(limits.clone())

@@ -405,6 +405,7 @@ impl DeliveryView {
 )]
 pub(crate) async fn deliveries(
     system: web::Data<System>,
+    notifications: web::Data<Notifications>,
     id: web::Path<String>,
     request: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
@@ -412,9 +413,8 @@ pub(crate) async fn deliveries(
     check_paging(query.limit, query.offset)?;
     // 404 for an unknown subscription.
     ask(&system, &id, NotifierMsg::Get).await?;
-    let (total, rows) = system
-        .store()
-        .notifications_of(&id, query.limit, query.offset)
+    let (total, rows) = notifications
+        .deliveries(&id, (query.limit, query.offset))
         .await?;
     Ok(HttpResponse::Ok().json(DeliveryPage {
         total,
@@ -443,21 +443,20 @@ pub(crate) async fn deliveries(
     security(("bearer" = [])),
 )]
 pub(crate) async fn redeliver(
-    system: web::Data<System>,
     notifications: web::Data<Notifications>,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (id, notification_id) = path.into_inner();
-    let notification = system.store().notification(&notification_id).await?;
-    match notification {
-        Some(notification) if notification.subscription_id == id => {}
-        _ => {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("subscription `{id}` has no delivery `{notification_id}`"),
-            ));
-        }
+    if notifications
+        .delivery(&id, &notification_id)
+        .await?
+        .is_none()
+    {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("subscription `{id}` has no delivery `{notification_id}`"),
+        ));
     }
     if !notifications.redeliver(&notification_id).await? {
         return Err(ApiError::new(

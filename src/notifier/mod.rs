@@ -186,6 +186,35 @@ impl Notifications {
             .add(subscription.event_types.iter().map(String::as_str));
     }
 
+    /// A page of a subscription's delivery log, newest first: each
+    /// notification with its attempts, and the count of all.
+    pub async fn deliveries(
+        &self,
+        subscription_id: &str,
+        (limit, offset): (i64, i64),
+    ) -> Result<(i64, Vec<(Notification, Vec<Attempt>)>), StoreError> {
+        self.inner
+            .system
+            .store()
+            .notifications_of(subscription_id, limit, offset)
+            .await
+    }
+
+    /// The notification of a subscription with this id, if it has one.
+    pub async fn delivery(
+        &self,
+        subscription_id: &str,
+        notification_id: &str,
+    ) -> Result<Option<Notification>, StoreError> {
+        let found = self
+            .inner
+            .system
+            .store()
+            .notification(notification_id)
+            .await?;
+        Ok(found.filter(|notification| notification.subscription_id == subscription_id))
+    }
+
     /// Sends a dead notification again (under the same delivery id), with
     /// a fresh budget of attempts. False when it is not dead (delivered,
     /// or still being tried).
