@@ -407,6 +407,25 @@ impl System {
             .kinds
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // A message id names a kind on the wire: two kinds with one id
+        // would take each other's messages from other nodes. A wiring
+        // mistake, refused at registration like a kind name used twice.
+        let clash = (!kinds.contains_key(A::KIND))
+            .then(|| {
+                kinds
+                    .iter()
+                    .find(|(_, registered)| registered.control.message_version().0 == A::MESSAGE_ID)
+                    .map(|(kind, _)| *kind)
+            })
+            .flatten();
+        if let Some(kind) = clash {
+            drop(kinds);
+            panic!(
+                "agent kinds `{kind}` and `{}` declare the same MESSAGE_ID {:#x}",
+                A::KIND,
+                A::MESSAGE_ID
+            );
+        }
         let registered = kinds.entry(A::KIND).or_insert_with(|| {
             let node = &self.inner.node;
             let strategy = node

@@ -78,6 +78,25 @@ impl Agent for Tally {
     }
 }
 
+/// Another kind that took `Tally`'s message id by mistake.
+struct Impostor;
+
+impl Agent for Impostor {
+    const KIND: &'static str = "impostor";
+    const MESSAGE_ID: u32 = Tally::MESSAGE_ID;
+    type State = i64;
+    type Msg = TallyMsg;
+    type Reply = i64;
+
+    fn init(_key: &str) -> i64 {
+        0
+    }
+
+    fn handle(state: &mut i64, _: TallyMsg, _: &mut Handling<'_>) -> Result<i64, HandlerError> {
+        Ok(*state)
+    }
+}
+
 async fn system(config: RuntimeConfig) -> System {
     let store = Store::open("sqlite::memory:", 1).await.unwrap();
     System::start(
@@ -228,4 +247,27 @@ async fn a_panic_restarts_from_the_saved_state_and_too_many_escalate_until_reset
         matches!(again, AgentError::Operator(OperatorError::NotFailed { .. })),
         "{again}"
     );
+}
+
+#[tokio::test]
+async fn two_kinds_with_one_message_id_are_refused_at_registration() {
+    let system = system(RuntimeConfig::default()).await;
+    system.register::<Tally>();
+    // Registering the same kind again is fine.
+    system.register::<Tally>();
+    let refused = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        system.register::<Impostor>();
+    }))
+    .expect_err("a second kind with Tally's message id");
+    let message = refused
+        .downcast_ref::<String>()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        message.contains("`tally`") && message.contains("`impostor`") && message.contains("0x7a11"),
+        "{message}"
+    );
+    // The registry is still usable: the lock was released before the panic.
+    assert_eq!(system.message_versions().len(), 1);
+    system.shutdown();
 }
