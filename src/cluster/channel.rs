@@ -515,7 +515,7 @@ mod properties {
     const HANDSHAKE_ALLOCATION_CAP: usize = 16 * 1024;
 
     proptest! {
-        #![proptest_config(crate::regressions_at(128, "channel"))]
+        #![proptest_config(crate::regressions_at(128, "proptest-regressions/channel.txt"))]
 
         #[test]
         fn arbitrary_bytes_never_open_a_channel(bytes in proptest::collection::vec(any::<u8>(), 0..3000)) {

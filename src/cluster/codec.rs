@@ -490,7 +490,7 @@ mod properties {
     }
 
     proptest! {
-        #![proptest_config(crate::regressions_at(512, "codec"))]
+        #![proptest_config(crate::regressions_at(512, "proptest-regressions/codec.txt"))]
 
         /// Arbitrary bytes: an error or a frame, never a panic, and never
         /// an allocation past the frame limit.
@@ -538,7 +538,7 @@ mod properties {
     }
 
     proptest! {
-        #![proptest_config(crate::regressions_at(256, "codec"))]
+        #![proptest_config(crate::regressions_at(256, "proptest-regressions/codec.txt"))]
 
         /// At either protocol version a link speaks, any sequence of frames
         /// reads back as written, but for the message version protocol 2

@@ -36,13 +36,12 @@ pub(crate) fn signed(secret: &str, parts: &[&[u8]]) -> Hmac<Sha256> {
     mac
 }
 
-/// Property tests' settings: `cases` cases, failures kept in this crate's
-/// `proptest-regressions/{file}.txt` (proptest's default would look for
+/// Property tests' settings: `cases` cases, failures kept at `path`, in
+/// this crate's `proptest-regressions/` (proptest's default would look for
 /// the `src` of the file's crate, which a crate inside `src/` is not).
 #[cfg(test)]
-pub(crate) fn regressions_at(cases: u32, file: &str) -> proptest::test_runner::Config {
+pub(crate) fn regressions_at(cases: u32, path: &'static str) -> proptest::test_runner::Config {
     use proptest::test_runner::FileFailurePersistence;
-    let path: &'static str = Box::leak(format!("proptest-regressions/{file}.txt").into_boxed_str());
     proptest::test_runner::Config {
         failure_persistence: Some(Box::new(FileFailurePersistence::Direct(path))),
         ..proptest::test_runner::Config::with_cases(cases)

@@ -167,7 +167,7 @@ mod tests {
         }
 
         proptest! {
-            #![proptest_config(crate::regressions_at(256, "placement"))]
+            #![proptest_config(crate::regressions_at(256, "proptest-regressions/placement.txt"))]
 
             /// Every key has one owner among the candidates, whatever their
             /// order; when a node leaves, only its keys move, and each to a

@@ -410,14 +410,13 @@ impl System {
         // A message id names a kind on the wire: two kinds with one id
         // would take each other's messages from other nodes. A wiring
         // mistake, refused at registration like a kind name used twice.
-        let clash = (!kinds.contains_key(A::KIND))
-            .then(|| {
-                kinds
-                    .iter()
-                    .find(|(_, registered)| registered.control.message_version().0 == A::MESSAGE_ID)
-                    .map(|(kind, _)| *kind)
-            })
-            .flatten();
+        let clash = match kinds.contains_key(A::KIND) {
+            true => None,
+            false => kinds
+                .iter()
+                .find(|(_, registered)| registered.control.message_version().0 == A::MESSAGE_ID)
+                .map(|(kind, _)| *kind),
+        };
         if let Some(kind) = clash {
             drop(kinds);
             panic!(
