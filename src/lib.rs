@@ -3,9 +3,18 @@
 //! A node runs a [`System`] of agent kinds; callers reach an instance through
 //! an [`AgentRef`] named by `(kind, key)`. State lives in a [`Store`]
 //! (SQLite embedded, PostgreSQL shared). The [`http`] module serves the API.
+//! This package is the binary's library: configuration and wiring; the
+//! crates it re-exports hold the rest.
 
-pub mod actors;
-pub mod auth;
+/// The runtime (`valueverse-runtime`) and the business agents on it
+/// (`valueverse-agents`), under one name.
+pub mod actors {
+    pub use valueverse_agents::{
+        Listed, amplifier, architect, committer, executor, notifier, saga, simulation,
+    };
+    pub use valueverse_runtime::*;
+}
+pub use valueverse_agents::{auth, notifications, sagas, simulations};
 pub use valueverse_cluster as cluster;
 pub mod config;
 pub mod dashboard;
@@ -14,9 +23,6 @@ pub mod http;
 pub use valueverse_gpu::model;
 pub use valueverse_runtime::metrics;
 mod node;
-pub mod notifier;
-pub mod saga;
-pub mod simulation;
 pub use valueverse_store as store;
 
 pub use actors::{

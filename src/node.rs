@@ -15,9 +15,9 @@ use crate::cluster::peer_requests::PeerRequests;
 use crate::config::Config;
 use crate::dashboard::Dashboard;
 use crate::http::{HttpApi, Services};
-use crate::notifier::{Notifications, NotifierError};
-use crate::saga::SagaRunner;
-use crate::simulation::{Simulations, StartError};
+use crate::notifications::{Notifications, NotifierError};
+use crate::sagas::SagaRunner;
+use crate::simulations::{Simulations, StartError};
 use crate::store::{Store, StoreError, redact_url};
 
 #[derive(Debug, thiserror::Error)]

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::broadcast::error::RecvError;
 
-use valueverse::saga::{Saga, value_creation};
+use valueverse::sagas::{Saga, value_creation};
 use valueverse::{Config, Node, NodeError};
 
 /// One measurement.

@@ -28,8 +28,8 @@ use crate::actors::{InstanceSnapshot, InstanceStatus, System};
 use crate::cluster::node::{ClusterNode, ClusterView};
 use crate::cluster::peer_requests::{self, PeerRequests};
 use crate::gpu::{Device, SimulationResult};
-use crate::saga::{SagaStatus, SagaSummary, latest_sagas, list_sagas};
-use crate::simulation::{QueueSnapshot, Simulations};
+use crate::sagas::{SagaStatus, SagaSummary, latest_sagas, list_sagas};
+use crate::simulations::{QueueSnapshot, Simulations};
 use crate::store::{Attempt, Notification, StoreError, unix_millis};
 
 /// How often a watched dashboard is rebuilt.

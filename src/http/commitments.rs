@@ -11,7 +11,7 @@ use crate::actors::committer::{
     Commitment, CommitmentRequest, CommitmentStatus, Committer, CommitterMsg, Milestone,
     SimulatedSupport, Terms, check_commitment,
 };
-use crate::simulation::Simulations;
+use crate::simulations::Simulations;
 
 use super::error::ErrorDoc;
 use super::error::{ApiError, parse_json, parse_query};

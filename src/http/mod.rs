@@ -63,9 +63,9 @@ use crate::cluster::node::ClusterNode;
 use crate::cluster::peer_requests::PeerRequests;
 use crate::config::Config;
 use crate::dashboard::Dashboard;
-use crate::notifier::Notifications;
-use crate::saga::SagaRunner;
-use crate::simulation::Simulations;
+use crate::notifications::Notifications;
+use crate::sagas::SagaRunner;
+use crate::simulations::Simulations;
 
 pub use error::{ApiError, parse_json};
 pub use middleware::CORRELATION_HEADER;

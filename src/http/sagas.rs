@@ -13,7 +13,7 @@ use crate::actors::committer::{
 };
 use crate::actors::saga::SagaMsg;
 use crate::auth::Role;
-use crate::saga::{
+use crate::sagas::{
     RenewalInput, Saga, SagaDefinition, SagaInput, SagaRunner, SagaStatus, SagaSummary,
     ValueCreationInput, renewal, value_creation,
 };
@@ -53,7 +53,7 @@ struct ValueCreationBody {
 }
 
 fn default_saga_paths() -> u64 {
-    crate::saga::DEFAULT_PATHS
+    crate::sagas::DEFAULT_PATHS
 }
 
 impl From<ValueCreationBody> for ValueCreationInput {
@@ -306,7 +306,7 @@ pub(crate) async fn list(
     let query: ListQuery = parse_query(request.query_string())?;
     list_page(
         (query.limit, query.offset),
-        |page| crate::saga::list_sagas(&system, query.status, query.definition.as_deref(), page),
+        |page| crate::sagas::list_sagas(&system, query.status, query.definition.as_deref(), page),
         |saga: SagaSummary| saga,
     )
     .await

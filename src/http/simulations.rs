@@ -12,7 +12,7 @@ use crate::actors::System;
 use crate::actors::architect::ArchitectMsg;
 use crate::actors::simulation::{JobProgress, JobStatus, SimulationJob, SimulationRequest};
 use crate::auth::Caller;
-use crate::simulation::{QueueSnapshot, SimulationEvent, Simulations, SubmitError};
+use crate::simulations::{QueueSnapshot, SimulationEvent, Simulations, SubmitError};
 
 use super::error::ErrorDoc;
 use super::error::{ApiError, parse_json};
@@ -434,7 +434,7 @@ impl Feed {
                     match bus.recv().await {
                         Ok(event)
                             if event.source == *source
-                                && event.event_type == crate::simulation::SHARED_EVENT =>
+                                && event.event_type == crate::simulations::SHARED_EVENT =>
                         {
                             return Some(event.data.clone());
                         }

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::actors::System;
 use crate::actors::notifier::{Channel, Notifier, NotifierMsg, Subscription, SubscriptionStatus};
 use crate::auth::Role;
-use crate::notifier::{EVENT_TYPES, Notifications};
+use crate::notifications::{EVENT_TYPES, Notifications};
 use crate::store::{Attempt, Notification};
 
 use super::error::ErrorDoc;

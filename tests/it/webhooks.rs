@@ -153,7 +153,7 @@ async fn deliveries_are_signed_retried_and_logged() {
         let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
         mac.update(format!("{timestamp}.{body}").as_bytes());
         mac.verify_slice(&given).expect("a valid signature");
-        assert!(valueverse::notifier::verify(
+        assert!(valueverse::notifications::verify(
             SECRET,
             signature,
             body.as_bytes(),

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use chrono::{Datelike, NaiveDate};
 use serde::{Deserialize, Serialize};
 
-use crate::store::Column;
+use valueverse_store::Column;
 
 use super::executor::Delivery;
 use valueverse_runtime::HandlerError;

@@ -1,12 +1,12 @@
 //! The notifier agent: one instance per subscription (a webhook or an email
 //! address, and the event types it wants). Delivery itself (signing,
 //! retries, the log, dead letters) is the notifier service's
-//! (`crate::notifier`), which keeps the active subscriptions in memory.
+//! (`crate::notifications`), which keeps the active subscriptions in memory.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::store::Column;
+use valueverse_store::Column;
 
 use valueverse_runtime::HandlerError;
 use valueverse_runtime::{Agent, AgentMessage, Handling, RejectionCode};
@@ -145,11 +145,11 @@ impl Agent for Notifier {
 
 /// A page of the subscriptions, newest first, filtered by status.
 pub async fn list_subscriptions(
-    system: &super::System,
+    system: &valueverse_runtime::System,
     status: Option<SubscriptionStatus>,
     page: (i64, i64),
-) -> Result<super::Listed<Subscription>, crate::store::StoreError> {
-    let listing = crate::store::Listing::Subscriptions {
+) -> Result<super::Listed<Subscription>, valueverse_store::StoreError> {
+    let listing = valueverse_store::Listing::Subscriptions {
         status: status.map(SubscriptionStatus::as_str),
     };
     super::listing::page(system, listing, page).await

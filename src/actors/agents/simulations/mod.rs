@@ -23,16 +23,16 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts};
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::actors::HandlingError;
-use crate::actors::simulation::{
+use crate::config::SimulationConfig;
+use crate::simulation::{
     JobProgress, JobStatus, Runner, Simulation, SimulationJob, SimulationMsg, SimulationReply,
     SimulationRequest,
 };
-use crate::actors::{Agent, AgentError, AgentId, System};
-use crate::cluster::node::ClusterNode;
-use crate::config::SimulationConfig;
-use crate::gpu::{self, Control, Device, RunError, RunSettings, SimulationResult};
-use crate::store::StoreError;
+use valueverse_cluster::node::ClusterNode;
+use valueverse_gpu::{self as gpu, Control, Device, RunError, RunSettings, SimulationResult};
+use valueverse_runtime::HandlingError;
+use valueverse_runtime::{Agent, AgentError, AgentId, System};
+use valueverse_store::StoreError;
 
 use queue::FairQueue;
 
@@ -90,7 +90,7 @@ const CANCEL_EVENT: &str = "simulation.cancel";
 /// Stops the jobs this node runs when a cancel for them was taken on
 /// another node (the cancel flag a worker reads lives where it runs).
 async fn follow_cancels(
-    mut bus: tokio::sync::broadcast::Receiver<std::sync::Arc<crate::actors::DomainEvent>>,
+    mut bus: tokio::sync::broadcast::Receiver<std::sync::Arc<valueverse_runtime::DomainEvent>>,
     inner: std::sync::Weak<Inner>,
 ) {
     use tokio::sync::broadcast::error::RecvError;
@@ -717,14 +717,14 @@ impl Simulations {
         // but holds no longer (an ask that timed out after its write, an
         // outcome it could not record) is queued again here.
         let held_as = inner.runner();
-        let mine = held_as.as_ref().map(|runner| crate::store::Claimant {
+        let mine = held_as.as_ref().map(|runner| valueverse_store::Claimant {
             node: &runner.node,
             token: runner.token,
         });
         let orphans = inner
             .system
             .store()
-            .orphaned_simulations(crate::store::unix_millis(), mine)
+            .orphaned_simulations(valueverse_store::unix_millis(), mine)
             .await
             .map_err(StartError::Store)?;
         let system = &inner.system;
@@ -896,7 +896,7 @@ impl Inner {
         self.system.runtime_config().ask_timeout
     }
 
-    fn agent(&self, id: &str) -> crate::actors::AgentRef<Simulation> {
+    fn agent(&self, id: &str) -> valueverse_runtime::AgentRef<Simulation> {
         self.system.agent::<Simulation>(id.to_owned())
     }
 
@@ -971,7 +971,7 @@ impl Inner {
         let Some(data) = data() else {
             return;
         };
-        self.system.share(crate::actors::DomainEvent {
+        self.system.share(valueverse_runtime::DomainEvent {
             id: uuid::Uuid::now_v7().to_string(),
             event_type: event_type.into(),
             occurred_at: chrono::Utc::now(),

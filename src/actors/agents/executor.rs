@@ -6,7 +6,7 @@
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::store::{Column, StoreError};
+use valueverse_store::{Column, StoreError};
 
 use valueverse_runtime::HandlerError;
 use valueverse_runtime::{Agent, AgentMessage, Handling, RejectionCode};
@@ -352,7 +352,7 @@ fn complete(plan: &mut Plan, name: &str, on: NaiveDate, ctx: &mut Handling<'_>) 
 /// Tells every active plan the date, so that it marks and announces its
 /// overdue milestones; answers how many were told. The node runs it every
 /// `executor_tick`.
-pub async fn tick_active_plans(system: &super::System) -> Result<usize, StoreError> {
+pub async fn tick_active_plans(system: &valueverse_runtime::System) -> Result<usize, StoreError> {
     let today = Utc::now().date_naive();
     let (mut offset, mut told) = (0, 0);
     loop {
@@ -423,13 +423,13 @@ pub fn plan_for(
 /// A page of the plans, newest first, filtered by commitment, model and
 /// status.
 pub async fn list_plans(
-    system: &super::System,
+    system: &valueverse_runtime::System,
     commitment_id: Option<&str>,
     model_id: Option<&str>,
     status: Option<PlanStatus>,
     page: (i64, i64),
 ) -> Result<super::Listed<Plan>, StoreError> {
-    let listing = crate::store::Listing::Plans {
+    let listing = valueverse_store::Listing::Plans {
         commitment_id,
         model_id,
         status: status.map(PlanStatus::as_str),

@@ -10,7 +10,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::store::{ApiKeyRow, Store, StoreError, unix_millis};
+use valueverse_store::{ApiKeyRow, Store, StoreError, unix_millis};
 
 #[derive(
     Debug,

@@ -9,8 +9,8 @@ use std::sync::OnceLock;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Analytics, Driver, ValueModel};
-use crate::store::Column;
+use valueverse_gpu::model::{Analytics, Driver, ValueModel};
+use valueverse_store::Column;
 
 use valueverse_runtime::HandlerError;
 use valueverse_runtime::{Agent, AgentMessage, Handling, RejectionCode};
@@ -88,8 +88,9 @@ struct Catalogue {
 fn catalogue() -> &'static BTreeMap<String, Vec<Hypothesis>> {
     static CATALOGUE: OnceLock<BTreeMap<String, Vec<Hypothesis>>> = OnceLock::new();
     CATALOGUE.get_or_init(|| {
-        let catalogue: Catalogue = serde_json::from_str(include_str!("../../data/hypotheses.json"))
-            .expect("data/hypotheses.json is valid (checked by a test)");
+        let catalogue: Catalogue =
+            serde_json::from_str(include_str!("../../../data/hypotheses.json"))
+                .expect("data/hypotheses.json is valid (checked by a test)");
         catalogue.industries
     })
 }
@@ -363,13 +364,13 @@ fn hypotheses(model: &ValueModel, limit: usize) -> Result<ArchitectReply, Handle
 /// A page of the stored models, newest first, filtered by customer,
 /// industry and status.
 pub async fn list_models(
-    system: &super::System,
+    system: &valueverse_runtime::System,
     customer: Option<&str>,
     industry: Option<&str>,
     status: Option<ModelStatus>,
     page: (i64, i64),
-) -> Result<super::Listed<ModelRecord>, crate::store::StoreError> {
-    let listing = crate::store::Listing::ValueModels {
+) -> Result<super::Listed<ModelRecord>, valueverse_store::StoreError> {
+    let listing = valueverse_store::Listing::ValueModels {
         customer,
         industry,
         status: status.map(ModelStatus::as_str),
@@ -395,7 +396,7 @@ mod tests {
                 currency: "USD".into(),
                 horizon_months: 36,
                 discount_rate: 0.1,
-                costs: crate::model::Costs {
+                costs: valueverse_gpu::model::Costs {
                     one_off: 0.0,
                     monthly: 0.0,
                 },

@@ -3,7 +3,7 @@
 
 use prometheus::{IntCounter, IntGauge};
 
-use crate::store::OutboxStats;
+use valueverse_store::OutboxStats;
 
 pub(super) struct OutboxMetrics {
     pub dispatched: IntCounter,

@@ -1,15 +1,15 @@
 //! The simulation agent: one instance per job, keyed by the job id. It owns
 //! the job's record (request, status, progress, result) and writes it to its
 //! own table at every change of status; the work runs on the simulation
-//! workers (`crate::simulation`), which report to it by message. Progress is
+//! workers (`crate::simulations`), which report to it by message. Progress is
 //! kept in memory only: a restart runs an unfinished job again.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::gpu::{Device, SimulationResult};
-use crate::model::ValueModel;
-use crate::store::Column;
+use valueverse_gpu::model::ValueModel;
+use valueverse_gpu::{Device, SimulationResult};
+use valueverse_store::Column;
 
 use valueverse_runtime::HandlerError;
 use valueverse_runtime::{Agent, AgentMessage, Handling, RejectionCode};
@@ -357,8 +357,8 @@ fn final_progress(job: &SimulationJob, result: &SimulationResult) -> JobProgress
 
 /// The newest `limit` jobs, uncounted.
 pub async fn latest_jobs(
-    system: &super::System,
+    system: &valueverse_runtime::System,
     limit: i64,
-) -> Result<Vec<SimulationJob>, crate::store::StoreError> {
-    super::listing::latest(system, crate::store::Listing::Simulations, limit).await
+) -> Result<Vec<SimulationJob>, valueverse_store::StoreError> {
+    super::listing::latest(system, valueverse_store::Listing::Simulations, limit).await
 }

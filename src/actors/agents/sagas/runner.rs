@@ -15,19 +15,19 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
-use crate::actors::HandlingError;
-use crate::actors::amplifier::{Amplifier, AmplifierMsg, baseline_for};
-use crate::actors::architect::{Architect, ArchitectMsg, ArchitectReply, ModelRecord};
-use crate::actors::committer::{
+use crate::amplifier::{Amplifier, AmplifierMsg, baseline_for};
+use crate::architect::{Architect, ArchitectMsg, ArchitectReply, ModelRecord};
+use crate::committer::{
     Commitment, CommitmentRequest, Committer, CommitterMsg, Milestone, SimulatedSupport, Terms,
 };
-use crate::actors::executor::{Executor, ExecutorMsg, plan_for};
-use crate::actors::saga::{SagaCoordinator, SagaMsg, SagaReply};
-use crate::actors::simulation::{JobStatus, SimulationRequest};
-use crate::actors::{AgentError, RejectionCode, System};
-use crate::gpu::Device;
-use crate::model::ValueModel;
-use crate::simulation::Simulations;
+use crate::executor::{Executor, ExecutorMsg, plan_for};
+use crate::saga::{SagaCoordinator, SagaMsg, SagaReply};
+use crate::simulation::{JobStatus, SimulationRequest};
+use crate::simulations::Simulations;
+use valueverse_gpu::Device;
+use valueverse_gpu::model::ValueModel;
+use valueverse_runtime::HandlingError;
+use valueverse_runtime::{AgentError, RejectionCode, System};
 
 use super::{Direction, Due, Saga, SagaDefinition, Step, StepDef};
 
@@ -267,7 +267,7 @@ impl SagaRunner {
     fn owns(&self, id: &str) -> bool {
         self.inner
             .system
-            .is_local(<SagaCoordinator as crate::actors::Agent>::KIND, id)
+            .is_local(<SagaCoordinator as valueverse_runtime::Agent>::KIND, id)
     }
 
     /// Whatever was in flight for sagas owned here died with its node: at
@@ -572,13 +572,13 @@ impl SagaRunner {
                 request,
                 saga.started_by
                     .clone()
-                    .unwrap_or_else(|| crate::simulation::SAGA_SUBMITTER.into()),
+                    .unwrap_or_else(|| crate::simulations::SAGA_SUBMITTER.into()),
                 Some((model_id.to_owned(), version)),
             )
             .await
             .map_err(|error| ActionError {
                 // A job bigger than any budget will not fit later either.
-                retryable: !matches!(error, crate::simulation::SubmitError::Invalid { .. }),
+                retryable: !matches!(error, crate::simulations::SubmitError::Invalid { .. }),
                 message: error.to_string(),
             })?;
         let mut job = job;

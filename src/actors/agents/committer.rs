@@ -7,8 +7,8 @@
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{FieldError, MAX_MONEY};
-use crate::store::Column;
+use valueverse_gpu::model::{FieldError, MAX_MONEY};
+use valueverse_store::Column;
 
 use valueverse_runtime::HandlerError;
 use valueverse_runtime::{Agent, AgentMessage, Handling, RejectionCode};
@@ -103,7 +103,7 @@ pub fn check_commitment(
     let latest = NaiveDate::from_ymd_opt(2199, 12, 31).expect("a valid date");
     for (index, milestone) in milestones.iter().enumerate() {
         let name = milestone.name.trim();
-        if let Some(problem) = crate::model::name_problem(name, 200) {
+        if let Some(problem) = valueverse_gpu::model::name_problem(name, 200) {
             return fail(&format!("milestones[{index}].name"), problem);
         }
         if !names.insert(name.to_lowercase()) {
@@ -355,12 +355,12 @@ fn event_data(commitment: &Commitment) -> serde_json::Value {
 
 /// A page of the commitments, newest first, filtered by model and status.
 pub async fn list_commitments(
-    system: &super::System,
+    system: &valueverse_runtime::System,
     model_id: Option<&str>,
     status: Option<CommitmentStatus>,
     page: (i64, i64),
-) -> Result<super::Listed<Commitment>, crate::store::StoreError> {
-    let listing = crate::store::Listing::Commitments {
+) -> Result<super::Listed<Commitment>, valueverse_store::StoreError> {
+    let listing = valueverse_store::Listing::Commitments {
         model_id,
         status: status.map(CommitmentStatus::as_str),
     };

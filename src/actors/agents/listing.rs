@@ -4,9 +4,9 @@
 
 use serde::de::DeserializeOwned;
 
-use crate::store::{Listing, StoreError};
+use valueverse_store::{Listing, StoreError};
 
-use super::System;
+use valueverse_runtime::System;
 
 /// A page of an agent's rows.
 #[derive(Debug, Clone, PartialEq)]

@@ -667,29 +667,29 @@ impl Saga {
 /// A page of the sagas' summaries, newest first, filtered by status and
 /// definition.
 pub async fn list_sagas(
-    system: &crate::actors::System,
+    system: &valueverse_runtime::System,
     status: Option<SagaStatus>,
     definition: Option<&str>,
     page: (i64, i64),
-) -> Result<crate::actors::Listed<SagaSummary>, crate::store::StoreError> {
-    let listing = crate::store::Listing::Sagas {
+) -> Result<crate::Listed<SagaSummary>, valueverse_store::StoreError> {
+    let listing = valueverse_store::Listing::Sagas {
         status: status.map(SagaStatus::as_str),
         definition,
     };
-    crate::actors::listing::page(system, listing, page).await
+    crate::listing::page(system, listing, page).await
 }
 
 /// The newest `limit` summaries of sagas in `status`, uncounted.
 pub async fn latest_sagas(
-    system: &crate::actors::System,
+    system: &valueverse_runtime::System,
     status: SagaStatus,
     limit: i64,
-) -> Result<Vec<SagaSummary>, crate::store::StoreError> {
-    let listing = crate::store::Listing::Sagas {
+) -> Result<Vec<SagaSummary>, valueverse_store::StoreError> {
+    let listing = valueverse_store::Listing::Sagas {
         status: Some(status.as_str()),
         definition: None,
     };
-    crate::actors::listing::latest(system, listing, limit).await
+    crate::listing::latest(system, listing, limit).await
 }
 
 #[cfg(test)]

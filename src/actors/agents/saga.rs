@@ -1,15 +1,15 @@
 //! The saga coordinator agent: one instance per saga, keyed by its id, so
 //! that the cluster can place it like any other instance. It owns the
 //! durable saga log (table `sagas`): every transition of the state machine
-//! in `crate::saga` is written before the reply, so before the runner takes
+//! in `crate::sagas` is written before the reply, so before the runner takes
 //! the next action; the time of the next action is a column of the same
 //! row, so a restart finds every saga that something must drive.
 
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 
-use crate::saga::{Due, Saga, SagaDefinition, SagaStatus, TransitionError, definition};
-use crate::store::Column;
+use crate::sagas::{Due, Saga, SagaDefinition, SagaStatus, TransitionError, definition};
+use valueverse_store::Column;
 
 use valueverse_runtime::HandlerError;
 use valueverse_runtime::{Agent, AgentMessage, Handling, RejectionCode};
@@ -105,7 +105,7 @@ struct Transition<'a> {
 #[derive(Serialize)]
 struct StepTransition<'a> {
     name: &'a str,
-    status: crate::saga::StepStatus,
+    status: crate::sagas::StepStatus,
     attempts: u32,
     compensation_attempts: u32,
     last_error: &'a Option<String>,

@@ -31,17 +31,17 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use rand::Rng;
 use tokio::sync::{Notify, Semaphore};
 
-use crate::actors::System;
-use crate::actors::notifier::{Channel, Subscription, SubscriptionStatus};
-use crate::cluster::node::ClusterNode;
 use crate::config::NotifierConfig;
-use crate::store::{Attempt, Claimant, ClaimedDelivery, Notification, StoreError, unix_millis};
+use crate::notifier::{Channel, Subscription, SubscriptionStatus};
+use valueverse_cluster::node::ClusterNode;
+use valueverse_runtime::System;
+use valueverse_store::{Attempt, Claimant, ClaimedDelivery, Notification, StoreError, unix_millis};
 
 use metrics::OutboxMetrics;
 
 pub use signing::{SIGNATURE_HEADER, sign, verify};
 
-pub use crate::actors::EVENT_TYPES;
+pub use valueverse_runtime::EVENT_TYPES;
 
 /// Events one dispatch transaction takes at most.
 const DISPATCH_BATCH: i64 = 256;
@@ -116,7 +116,7 @@ impl Notifications {
                         port.parse::<u16>().map_err(|_| {
                             NotifierError::Smtp(format!(
                                 "bad port in {}",
-                                crate::store::redact_url(url)
+                                valueverse_store::redact_url(url)
                             ))
                         })?,
                     ),
@@ -475,9 +475,9 @@ impl Notifications {
         let subscription = self
             .inner
             .system
-            .agent::<crate::actors::notifier::Notifier>(notification.subscription_id.clone())
+            .agent::<crate::notifier::Notifier>(notification.subscription_id.clone())
             .ask(
-                crate::actors::notifier::NotifierMsg::Get,
+                crate::notifier::NotifierMsg::Get,
                 self.inner.system.runtime_config().ask_timeout,
             )
             .await;
