@@ -33,7 +33,7 @@ fi
 refuse valueverse-gpu actix actix-web sqlx utoipa valueverse-store valueverse-runtime valueverse-cluster
 refuse valueverse-runtime valueverse-cluster valueverse actix-web utoipa
 refuse valueverse-cluster valueverse valueverse-agents actix-web utoipa
-refuse valueverse-agents valueverse actix-web
+refuse valueverse-agents valueverse valueverse-http actix-web
 refuse valueverse tokio-tungstenite criterion
 [ "$failed" = 0 ] && echo "crate graph: every rule holds"
 exit "$failed"

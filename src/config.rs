@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::actors::RuntimeConfig;
 pub use valueverse_agents::config::{NotifierConfig, SimulationConfig};
 pub use valueverse_cluster::config::ClusterConfig;
+pub use valueverse_http::LimitsConfig;
 
 /// Configuration of one node.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -44,70 +45,6 @@ pub struct Config {
     pub dashboard: bool,
     pub cluster: ClusterConfig,
     pub limits: LimitsConfig,
-}
-
-/// What one caller may take of a node: request rates, requests and
-/// WebSockets at once, connections, and how long a body may take. The
-/// defaults fit one node serving a few dozen clients.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LimitsConfig {
-    /// Requests per second one API key may make (then 429 with
-    /// `Retry-After`).
-    pub requests_per_second: u32,
-    /// Requests a key may make at once above its rate.
-    pub burst: u32,
-    /// Requests per second from one address without a valid key (each
-    /// unknown key costs a store lookup).
-    pub unauthenticated_per_second: u32,
-    /// Requests of one key being handled at once.
-    pub in_flight_per_key: u32,
-    /// Open HTTP connections, all workers together (below the process's
-    /// open-file limit).
-    pub max_connections: usize,
-    /// Time a request's body may take to arrive in full (then 408).
-    #[serde(with = "humantime_serde")]
-    pub body_read_timeout: Duration,
-    /// How long a key's role is trusted without asking the store again:
-    /// a key revoked on another node is refused, and its WebSockets
-    /// closed, within this time.
-    #[serde(with = "humantime_serde")]
-    pub key_cache_ttl: Duration,
-    /// Unknown keys remembered (each would otherwise be a store lookup).
-    pub unknown_keys_cached: usize,
-    /// WebSockets one key may hold open.
-    pub websockets_per_key: u32,
-    /// WebSockets one address may hold open.
-    pub websockets_per_address: u32,
-    /// The server pings each WebSocket this often ...
-    #[serde(with = "humantime_serde")]
-    pub websocket_ping: Duration,
-    /// ... and closes one it has heard nothing from for this long.
-    #[serde(with = "humantime_serde")]
-    pub websocket_idle: Duration,
-    /// Versions one value model keeps (all of them are one stored row,
-    /// rewritten on each change); a change past it is refused with 409.
-    pub model_versions: usize,
-}
-
-impl Default for LimitsConfig {
-    fn default() -> LimitsConfig {
-        LimitsConfig {
-            requests_per_second: 50,
-            burst: 100,
-            unauthenticated_per_second: 10,
-            in_flight_per_key: 32,
-            max_connections: 4096,
-            body_read_timeout: Duration::from_secs(10),
-            key_cache_ttl: Duration::from_secs(2),
-            unknown_keys_cached: 4096,
-            websockets_per_key: 32,
-            websockets_per_address: 64,
-            websocket_ping: Duration::from_secs(10),
-            websocket_idle: Duration::from_secs(30),
-            model_versions: 100,
-        }
-    }
 }
 
 /// Shortest cluster secret accepted.

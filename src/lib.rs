@@ -17,10 +17,10 @@ pub mod actors {
 pub use valueverse_agents::{auth, notifications, sagas, simulations};
 pub use valueverse_cluster as cluster;
 pub mod config;
-pub mod dashboard;
 pub use valueverse_gpu as gpu;
-pub mod http;
 pub use valueverse_gpu::model;
+pub use valueverse_http as http;
+pub use valueverse_http::dashboard;
 pub use valueverse_runtime::metrics;
 mod node;
 pub use valueverse_store as store;

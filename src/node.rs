@@ -14,7 +14,7 @@ use crate::cluster::node::{ClusterError, ClusterNode};
 use crate::cluster::peer_requests::PeerRequests;
 use crate::config::Config;
 use crate::dashboard::Dashboard;
-use crate::http::{HttpApi, Services};
+use crate::http::{HttpApi, HttpSettings, Services};
 use crate::notifications::{Notifications, NotifierError};
 use crate::sagas::SagaRunner;
 use crate::simulations::{Simulations, StartError};
@@ -137,7 +137,7 @@ impl Node {
             peers,
             api_keys: crate::auth::ApiKeys::new(system.store().clone()),
         };
-        let http = match HttpApi::start(http_listener, services, config) {
+        let http = match HttpApi::start(http_listener, services, &http_settings(config)) {
             Ok(http) => http,
             Err(source) => {
                 saga_poller.abort();
@@ -204,5 +204,16 @@ async fn tick_plans(system: System, every: std::time::Duration) {
         if let Err(error) = tick_active_plans(&system).await {
             tracing::warn!(%error, "executor tick: cannot list the active plans");
         }
+    }
+}
+
+/// What the API reads of a node's configuration.
+fn http_settings(config: &Config) -> HttpSettings {
+    HttpSettings {
+        workers: config.http_workers,
+        body_limit: config.http_body_limit,
+        dev: config.dev,
+        limits: config.limits.clone(),
+        store_connections: config.database_max_connections,
     }
 }

@@ -3,7 +3,7 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 
-use crate::actors::{CorrelationId, System};
+use valueverse_runtime::{CorrelationId, System};
 
 use super::error::ErrorDoc;
 use super::error::{ApiError, parse_json};

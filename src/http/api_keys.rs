@@ -4,7 +4,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};
 use serde::Deserialize;
 
-use crate::auth::{ApiKeys, Role};
+use valueverse_agents::auth::{ApiKeys, Role};
 
 use super::error::ErrorDoc;
 use super::error::{ApiError, parse_json};
@@ -42,7 +42,7 @@ pub(crate) async fn create(
     let body: CreateBody = parse_json(&body, false)?;
     // A key's name is optional; one given follows the rules of names.
     if !body.name.is_empty()
-        && let Some(problem) = crate::model::name_problem(&body.name, 200)
+        && let Some(problem) = valueverse_gpu::model::name_problem(&body.name, 200)
     {
         return Err(ApiError::invalid_field("name", format!("`name` {problem}")));
     }

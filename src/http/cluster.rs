@@ -2,7 +2,7 @@
 
 use actix_web::{HttpResponse, web};
 
-use crate::cluster::node::ClusterNode;
+use valueverse_cluster::node::ClusterNode;
 
 use super::schemas::ClusterView;
 

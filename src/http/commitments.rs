@@ -5,19 +5,19 @@ use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 
-use crate::actors::System;
-use crate::actors::architect::{ArchitectMsg, ModelStatus};
-use crate::actors::committer::{
+use valueverse_agents::architect::{ArchitectMsg, ModelStatus};
+use valueverse_agents::committer::{
     Commitment, CommitmentRequest, CommitmentStatus, Committer, CommitterMsg, Milestone,
     SimulatedSupport, Terms, check_commitment,
 };
-use crate::simulations::Simulations;
+use valueverse_agents::simulations::Simulations;
+use valueverse_runtime::System;
 
 use super::error::ErrorDoc;
 use super::error::{ApiError, parse_json, parse_query};
 use super::listing::list_page;
 use super::value_models::ask_model;
-use crate::actors::committer::list_commitments;
+use valueverse_agents::committer::list_commitments;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -10,9 +10,9 @@ use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::actors::{AgentError, RejectionCode};
-use crate::actors::{HandlingError, OperatorError, RemoteError, SendError};
-use crate::store::StoreError;
+use valueverse_runtime::{AgentError, RejectionCode};
+use valueverse_runtime::{HandlingError, OperatorError, RemoteError, SendError};
+use valueverse_store::StoreError;
 
 /// An error answered to an HTTP client.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,10 +8,10 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 
-use crate::actors::System;
-use crate::cluster::node::ClusterNode;
-use crate::cluster::peer_requests::{self, PeerRequests};
-use crate::store::unix_millis;
+use valueverse_cluster::node::ClusterNode;
+use valueverse_cluster::peer_requests::{self, PeerRequests};
+use valueverse_runtime::System;
+use valueverse_store::unix_millis;
 
 use super::error::{ApiError, parse_query};
 use super::middleware::CORRELATION_HEADER;

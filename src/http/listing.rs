@@ -3,7 +3,7 @@
 
 use actix_web::http::StatusCode;
 
-use crate::actors::Listed;
+use valueverse_agents::Listed;
 
 use super::error::ApiError;
 
@@ -105,7 +105,7 @@ pub(crate) async fn list_page<T, V: serde::Serialize, F>(
     view: impl Fn(T) -> V,
 ) -> Result<actix_web::HttpResponse, ApiError>
 where
-    F: std::future::Future<Output = Result<Listed<T>, crate::store::StoreError>>,
+    F: std::future::Future<Output = Result<Listed<T>, valueverse_store::StoreError>>,
 {
     check_paging(limit, offset)?;
     let listed = fetch((limit, offset)).await?;

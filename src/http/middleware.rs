@@ -13,11 +13,11 @@ use tracing::Instrument;
 
 use futures_util::StreamExt;
 
-use crate::actors::CorrelationId;
-use crate::auth::{Cached, Caller, KeyCache, Role};
-use crate::cluster::peer_requests::{self, PeerRequests};
-use crate::metrics::Metrics;
-use crate::store::unix_millis;
+use valueverse_agents::auth::{Cached, Caller, KeyCache, Role};
+use valueverse_cluster::peer_requests::{self, PeerRequests};
+use valueverse_runtime::CorrelationId;
+use valueverse_runtime::metrics::Metrics;
+use valueverse_store::unix_millis;
 
 use super::error::ApiError;
 use super::limits::{self, Limits};

@@ -4,7 +4,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};
 use serde_json::json;
 
-use crate::actors::System;
+use valueverse_runtime::System;
 
 use super::error::ApiError;
 use super::error::ErrorDoc;

@@ -8,19 +8,21 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::actors::System;
-use crate::actors::amplifier::{Amplifier, AmplifierMsg, AmplifierReply, Insights, baseline_for};
-use crate::actors::architect::ArchitectMsg;
-use crate::actors::committer::{CommitmentStatus, Committer, CommitterMsg};
-use crate::actors::executor::{
+use valueverse_agents::amplifier::{
+    Amplifier, AmplifierMsg, AmplifierReply, Insights, baseline_for,
+};
+use valueverse_agents::architect::ArchitectMsg;
+use valueverse_agents::committer::{CommitmentStatus, Committer, CommitterMsg};
+use valueverse_agents::executor::{
     Delivery, Executor, ExecutorMsg, Plan, PlanStatus, Task, TaskStatus, plan_for,
 };
+use valueverse_runtime::System;
 
 use super::error::ErrorDoc;
 use super::error::{ApiError, parse_json, parse_query};
 use super::listing::list_page;
 use super::value_models::ask_model;
-use crate::actors::executor::list_plans;
+use valueverse_agents::executor::list_plans;
 
 fn timeout(system: &System) -> std::time::Duration {
     system.runtime_config().ask_timeout

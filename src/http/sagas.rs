@@ -6,17 +6,17 @@ use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use chrono::{NaiveDate, Utc};
 use serde::Deserialize;
 
-use crate::actors::System;
-use crate::actors::architect::{ArchitectMsg, ModelStatus};
-use crate::actors::committer::{
+use valueverse_agents::architect::{ArchitectMsg, ModelStatus};
+use valueverse_agents::auth::Role;
+use valueverse_agents::committer::{
     CommitmentStatus, Committer, CommitterMsg, Milestone, Terms, check_commitment,
 };
-use crate::actors::saga::SagaMsg;
-use crate::auth::Role;
-use crate::sagas::{
+use valueverse_agents::saga::SagaMsg;
+use valueverse_agents::sagas::{
     RenewalInput, Saga, SagaDefinition, SagaInput, SagaRunner, SagaStatus, SagaSummary,
     ValueCreationInput, renewal, value_creation,
 };
+use valueverse_runtime::System;
 
 use super::error::{ApiError, ErrorDoc, parse_json, parse_query};
 use super::listing::list_page;
@@ -53,7 +53,7 @@ struct ValueCreationBody {
 }
 
 fn default_saga_paths() -> u64 {
-    crate::sagas::DEFAULT_PATHS
+    valueverse_agents::sagas::DEFAULT_PATHS
 }
 
 impl From<ValueCreationBody> for ValueCreationInput {
@@ -143,8 +143,8 @@ fn start(request: &HttpRequest, input: &SagaInput) -> Result<Saga, ApiError> {
         })?;
     saga.started_by = request
         .extensions()
-        .get::<crate::auth::Caller>()
-        .map(crate::auth::Caller::lane);
+        .get::<valueverse_agents::auth::Caller>()
+        .map(valueverse_agents::auth::Caller::lane);
     Ok(saga)
 }
 
@@ -306,7 +306,14 @@ pub(crate) async fn list(
     let query: ListQuery = parse_query(request.query_string())?;
     list_page(
         (query.limit, query.offset),
-        |page| crate::sagas::list_sagas(&system, query.status, query.definition.as_deref(), page),
+        |page| {
+            valueverse_agents::sagas::list_sagas(
+                &system,
+                query.status,
+                query.definition.as_deref(),
+                page,
+            )
+        },
         |saga: SagaSummary| saga,
     )
     .await
@@ -387,7 +394,7 @@ pub(crate) async fn events(
 /// A saga's state, then each of its transitions until it completes or is
 /// compensated.
 struct Transitions {
-    bus: tokio::sync::broadcast::Receiver<std::sync::Arc<crate::actors::DomainEvent>>,
+    bus: tokio::sync::broadcast::Receiver<std::sync::Arc<valueverse_runtime::DomainEvent>>,
     runner: std::sync::Arc<SagaRunner>,
     id: String,
     first: Option<Saga>,

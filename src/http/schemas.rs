@@ -6,9 +6,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::node as cluster_types;
-use crate::gpu::engine as engine_types;
-use crate::model as domain;
+use valueverse_cluster::node as cluster_types;
+use valueverse_gpu::engine as engine_types;
+use valueverse_gpu::model as domain;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -648,7 +648,7 @@ impl From<cluster_types::ClusterView> for ClusterView {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gpu::{Control, RunSettings};
+    use valueverse_gpu::{Control, RunSettings};
 
     fn model_json() -> serde_json::Value {
         let distributions = [
@@ -706,7 +706,7 @@ mod tests {
             bins: 20,
             stop_at_rel_se: None,
         };
-        let result = crate::gpu::run(&model, &settings, engine_types::Device::Cpu, |_| {
+        let result = valueverse_gpu::run(&model, &settings, engine_types::Device::Cpu, |_| {
             Control::Continue
         })
         .unwrap();

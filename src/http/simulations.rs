@@ -8,11 +8,11 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::schemas::{Device, SimulationResult, ValueModel};
-use crate::actors::System;
-use crate::actors::architect::ArchitectMsg;
-use crate::actors::simulation::{JobProgress, JobStatus, SimulationJob, SimulationRequest};
-use crate::auth::Caller;
-use crate::simulations::{QueueSnapshot, SimulationEvent, Simulations, SubmitError};
+use valueverse_agents::architect::ArchitectMsg;
+use valueverse_agents::auth::Caller;
+use valueverse_agents::simulation::{JobProgress, JobStatus, SimulationJob, SimulationRequest};
+use valueverse_agents::simulations::{QueueSnapshot, SimulationEvent, Simulations, SubmitError};
+use valueverse_runtime::System;
 
 use super::error::ErrorDoc;
 use super::error::{ApiError, parse_json};
@@ -392,7 +392,7 @@ enum Feed {
         sent: bool,
     },
     Shared {
-        bus: tokio::sync::broadcast::Receiver<std::sync::Arc<crate::actors::DomainEvent>>,
+        bus: tokio::sync::broadcast::Receiver<std::sync::Arc<valueverse_runtime::DomainEvent>>,
         source: String,
         first: Option<serde_json::Value>,
     },
@@ -434,7 +434,8 @@ impl Feed {
                     match bus.recv().await {
                         Ok(event)
                             if event.source == *source
-                                && event.event_type == crate::simulations::SHARED_EVENT =>
+                                && event.event_type
+                                    == valueverse_agents::simulations::SHARED_EVENT =>
                         {
                             return Some(event.data.clone());
                         }

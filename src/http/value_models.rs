@@ -9,14 +9,16 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::schemas;
-use crate::actors::System;
-use crate::actors::architect::{Architect, ArchitectMsg, ArchitectReply, ModelRecord, ModelStatus};
-use crate::model::ValueModel;
+use valueverse_agents::architect::{
+    Architect, ArchitectMsg, ArchitectReply, ModelRecord, ModelStatus,
+};
+use valueverse_gpu::model::ValueModel;
+use valueverse_runtime::System;
 
 use super::error::ErrorDoc;
 use super::error::{ApiError, parse_json, parse_query};
 use super::listing::list_page;
-use crate::actors::architect::list_models;
+use valueverse_agents::architect::list_models;
 
 /// A model at one version, as the API shows it.
 #[derive(Debug, Serialize, utoipa::ToSchema)]

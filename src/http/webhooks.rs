@@ -6,16 +6,18 @@ use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 
-use crate::actors::System;
-use crate::actors::notifier::{Channel, Notifier, NotifierMsg, Subscription, SubscriptionStatus};
-use crate::auth::Role;
-use crate::notifications::{EVENT_TYPES, Notifications};
-use crate::store::{Attempt, Notification};
+use valueverse_agents::auth::Role;
+use valueverse_agents::notifications::{EVENT_TYPES, Notifications};
+use valueverse_agents::notifier::{
+    Channel, Notifier, NotifierMsg, Subscription, SubscriptionStatus,
+};
+use valueverse_runtime::System;
+use valueverse_store::{Attempt, Notification};
 
 use super::error::ErrorDoc;
 use super::error::{ApiError, parse_json, parse_query};
 use super::listing::{check_paging, list_page};
-use crate::actors::notifier::list_subscriptions;
+use valueverse_agents::notifier::list_subscriptions;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -120,9 +122,8 @@ fn channel_of(body: SubscribeBody) -> Result<(Channel, Vec<String>), ApiError> {
             ));
         }
         (None, None, Some(address)) => {
-            address.parse::<lettre::Address>().map_err(|error| {
-                ApiError::invalid_field("email", format!("not an email address: {error}"))
-            })?;
+            valueverse_agents::notifications::check_email(&address)
+                .map_err(|reason| ApiError::invalid_field("email", reason))?;
             Channel::Email { address }
         }
         _ => {

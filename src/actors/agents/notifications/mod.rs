@@ -43,6 +43,15 @@ pub use signing::{SIGNATURE_HEADER, sign, verify};
 
 pub use valueverse_runtime::EVENT_TYPES;
 
+/// Whether `address` is one email can be sent to (as the mailer parses
+/// it); the reason when it is not.
+pub fn check_email(address: &str) -> Result<(), String> {
+    address
+        .parse::<lettre::Address>()
+        .map(drop)
+        .map_err(|error| format!("not an email address: {error}"))
+}
+
 /// Events one dispatch transaction takes at most.
 const DISPATCH_BATCH: i64 = 256;
 /// How long a dispatch waits after this node committed events, so that

@@ -9,6 +9,7 @@
 //! one frame (one build, one serialization per interval).
 
 mod assets;
+pub(crate) mod routes;
 
 pub(crate) use assets::asset;
 
@@ -21,16 +22,16 @@ use prometheus::{IntCounter, IntGauge};
 use serde::Serialize;
 use tokio::sync::{Notify, watch};
 
-use crate::actors::simulation::{
+use valueverse_agents::sagas::{SagaStatus, SagaSummary, latest_sagas, list_sagas};
+use valueverse_agents::simulation::{
     JobProgress, JobStatus, SimulationJob, SimulationRequest, latest_jobs,
 };
-use crate::actors::{InstanceSnapshot, InstanceStatus, System};
-use crate::cluster::node::{ClusterNode, ClusterView};
-use crate::cluster::peer_requests::{self, PeerRequests};
-use crate::gpu::{Device, SimulationResult};
-use crate::sagas::{SagaStatus, SagaSummary, latest_sagas, list_sagas};
-use crate::simulations::{QueueSnapshot, Simulations};
-use crate::store::{Attempt, Notification, StoreError, unix_millis};
+use valueverse_agents::simulations::{QueueSnapshot, Simulations};
+use valueverse_cluster::node::{ClusterNode, ClusterView};
+use valueverse_cluster::peer_requests::{self, PeerRequests};
+use valueverse_gpu::{Device, SimulationResult};
+use valueverse_runtime::{InstanceSnapshot, InstanceStatus, System};
+use valueverse_store::{Attempt, Notification, StoreError, unix_millis};
 
 /// How often a watched dashboard is rebuilt.
 pub const FRAME_INTERVAL: Duration = Duration::from_secs(1);

@@ -36,7 +36,7 @@ mod actors;
 mod api_keys;
 mod cluster;
 mod commitments;
-mod dashboard;
+pub mod dashboard;
 mod error;
 mod forward;
 mod limits;
@@ -57,17 +57,17 @@ use actix_web::dev::ServerHandle;
 use actix_web::middleware::{ErrorHandlers, from_fn};
 use actix_web::{App, HttpServer, web};
 
-use crate::actors::System;
-use crate::auth::{ApiKeys, KeyCache};
-use crate::cluster::node::ClusterNode;
-use crate::cluster::peer_requests::PeerRequests;
-use crate::config::Config;
 use crate::dashboard::Dashboard;
-use crate::notifications::Notifications;
-use crate::sagas::SagaRunner;
-use crate::simulations::Simulations;
+use valueverse_agents::auth::{ApiKeys, KeyCache};
+use valueverse_agents::notifications::Notifications;
+use valueverse_agents::sagas::SagaRunner;
+use valueverse_agents::simulations::Simulations;
+use valueverse_cluster::node::ClusterNode;
+use valueverse_cluster::peer_requests::PeerRequests;
+use valueverse_runtime::System;
 
 pub use error::{ApiError, parse_json};
+pub use limits::LimitsConfig;
 pub use middleware::CORRELATION_HEADER;
 
 /// Declares every route once: the router registers them, `ROUTES` lists
@@ -83,8 +83,8 @@ macro_rules! api {
             config.service(web::resource("/api-docs/openapi.json").route(web::get().to(openapi_json)));
             // The page and its assets: static, open to all (the data behind
             // them needs a key).
-            config.service(web::resource("/dashboard").route(web::get().to(dashboard::page)));
-            config.service(web::resource("/dashboard/{file}").route(web::get().to(dashboard::file)));
+            config.service(web::resource("/dashboard").route(web::get().to(dashboard::routes::page)));
+            config.service(web::resource("/dashboard/{file}").route(web::get().to(dashboard::routes::file)));
         }
     };
 }
@@ -96,9 +96,9 @@ api! {
     "/api/v1/actors" => { get: actors::tree }
     "/api/v1/actors/{kind}/{key}/reset" => { post: actors::reset }
     "/api/v1/actors/{kind}/{key}/crash" => { post: actors::crash }
-    "/api/v1/dashboard" => { get: dashboard::frame }
-    "/api/v1/dashboard/node" => { get: dashboard::node }
-    "/ws/dashboard" => { get: dashboard::events }
+    "/api/v1/dashboard" => { get: dashboard::routes::frame }
+    "/api/v1/dashboard/node" => { get: dashboard::routes::node }
+    "/ws/dashboard" => { get: dashboard::routes::events }
     "/api/v1/cluster" => { get: cluster::view }
     "/api/v1/api-keys" => { post: api_keys::create, get: api_keys::list }
     "/api/v1/api-keys/{id}" => { delete: api_keys::revoke }
@@ -144,7 +144,7 @@ api! {
         title = "ValueVerse API",
         description = "Business agents as supervised actors: value models, simulations, commitments, plans, insights, notifications."
     ),
-    paths(operations::health, operations::ready, operations::metrics, actors::tree, actors::reset, actors::crash, cluster::view, dashboard::frame, dashboard::node, dashboard::events, api_keys::create, api_keys::list, api_keys::revoke, value_models::create, value_models::list, value_models::get, value_models::patch, value_models::versions, value_models::archive, value_models::hypotheses, simulations::submit, simulations::queue, simulations::get, simulations::results, simulations::cancel, simulations::events, commitments::commit, commitments::list, commitments::get, commitments::void, plans::create, plans::list, plans::get, plans::progress, plans::deliver, plans::cancel, plans::insights, webhooks::subscribe, webhooks::list, webhooks::get, webhooks::delete, webhooks::deliveries, webhooks::redeliver, sagas::list, sagas::start_value_creation, sagas::start_renewal, sagas::get, sagas::cancel, sagas::retry, sagas::events),
+    paths(operations::health, operations::ready, operations::metrics, actors::tree, actors::reset, actors::crash, cluster::view, dashboard::routes::frame, dashboard::routes::node, dashboard::routes::events, api_keys::create, api_keys::list, api_keys::revoke, value_models::create, value_models::list, value_models::get, value_models::patch, value_models::versions, value_models::archive, value_models::hypotheses, simulations::submit, simulations::queue, simulations::get, simulations::results, simulations::cancel, simulations::events, commitments::commit, commitments::list, commitments::get, commitments::void, plans::create, plans::list, plans::get, plans::progress, plans::deliver, plans::cancel, plans::insights, webhooks::subscribe, webhooks::list, webhooks::get, webhooks::delete, webhooks::deliveries, webhooks::redeliver, sagas::list, sagas::start_value_creation, sagas::start_renewal, sagas::get, sagas::cancel, sagas::retry, sagas::events),
     components(schemas(error::ErrorDoc)),
     modifiers(&BearerAuth, &CommonAnswers),
     tags(
@@ -299,6 +299,21 @@ pub struct Services {
     pub api_keys: ApiKeys,
 }
 
+/// How a node serves HTTP: the part of its configuration the API reads.
+#[derive(Clone, Debug)]
+pub struct HttpSettings {
+    /// Worker threads (each with its own event loop).
+    pub workers: usize,
+    /// Largest request body, in bytes.
+    pub body_limit: usize,
+    /// Development mode: requests without a key are admins.
+    pub dev: bool,
+    pub limits: LimitsConfig,
+    /// Connections of the node's store pool (a quarter of them at most
+    /// checks unknown keys).
+    pub store_connections: u32,
+}
+
 /// A running HTTP server.
 pub struct HttpApi {
     pub local_addr: SocketAddr,
@@ -313,7 +328,7 @@ impl HttpApi {
     pub fn start(
         listener: TcpListener,
         services: Services,
-        config: &Config,
+        config: &HttpSettings,
     ) -> std::io::Result<HttpApi> {
         let Services {
             system,
@@ -325,7 +340,7 @@ impl HttpApi {
             peers,
             api_keys,
         } = services;
-        let body_limit = config.http_body_limit;
+        let body_limit = config.body_limit;
         let auth = web::Data::new(middleware::Auth {
             dev: config.dev,
             keys: KeyCache::new(
@@ -338,7 +353,7 @@ impl HttpApi {
         // renews the lease and serves requests.
         let limits = web::Data::new(limits::Limits::new(
             config.limits.clone(),
-            (config.database_max_connections / 4).max(1) as usize,
+            (config.store_connections / 4).max(1) as usize,
             body_limit,
         ));
         let sweeper = limits::sweep_while_alive(
@@ -346,7 +361,7 @@ impl HttpApi {
             api_keys.clone(),
             config.limits.key_cache_ttl,
         );
-        let connections_per_worker = config.limits.max_connections / config.http_workers.max(1);
+        let connections_per_worker = config.limits.max_connections / config.workers.max(1);
         let local_addr = listener.local_addr()?;
         let metrics = web::Data::new(system.metrics().clone());
         let system = web::Data::new(system);
@@ -387,7 +402,7 @@ impl HttpApi {
                         .add((actix_web::http::header::REFERRER_POLICY, "no-referrer")),
                 )
         })
-        .workers(config.http_workers)
+        .workers(config.workers)
         .max_connections(connections_per_worker.max(1))
         .client_request_timeout(std::time::Duration::from_secs(5))
         .disable_signals()

@@ -6,8 +6,8 @@ use actix_web::{HttpRequest, HttpResponse, web};
 
 use crate::dashboard::{Dashboard, NodePanel, Viewer, asset};
 
-use super::error::{ApiError, ErrorDoc};
-use super::ws::{Outgoing, Source};
+use crate::error::{ApiError, ErrorDoc};
+use crate::ws::{Outgoing, Source};
 
 /// Client frames are pings and closes: anything big is a misbehaving client.
 const MAX_CLIENT_FRAME: usize = 4 * 1024;
@@ -122,7 +122,7 @@ pub(crate) async fn events(
     let mut viewer = enabled(dashboard)?.watch();
     // A frame built before this viewer came is shown at once.
     viewer.frames.mark_changed();
-    super::ws::relay(&request, payload, MAX_CLIENT_FRAME, Frames(viewer))
+    crate::ws::relay(&request, payload, MAX_CLIENT_FRAME, Frames(viewer))
 }
 
 /// A viewer's frames, as they are built; held while the socket is open.
