@@ -31,9 +31,21 @@ if [ "$sqlx_users" != "valueverse-store" ]; then
     failed=1
 fi
 refuse valueverse-gpu actix actix-web sqlx utoipa valueverse-store valueverse-runtime valueverse-cluster
-refuse valueverse-runtime valueverse-cluster valueverse actix-web utoipa
+refuse valueverse-runtime valueverse-store valueverse-cluster valueverse-agents valueverse actix-web utoipa
 refuse valueverse-cluster valueverse valueverse-agents actix-web utoipa
 refuse valueverse-agents valueverse valueverse-http actix-web
+refuse valueverse-http valueverse
 refuse valueverse tokio-tungstenite criterion
+# The API reaches the store only through the agents' services: no direct
+# edge (the agents crate does not re-export it).
+http_direct=$(cargo tree --locked -e normal --prefix none -p valueverse-http --depth 1 | sed 's/ (.*//; s/ v[0-9].*//')
+if grep -qx valueverse-store <<<"$http_direct"; then
+    echo "crate graph: valueverse-http depends on valueverse-store directly" >&2
+    failed=1
+fi
+if grep -rqE 'pub use valueverse_store( |;|::\*)' src/actors/agents; then
+    echo "crate graph: valueverse-agents re-exports the store crate" >&2
+    failed=1
+fi
 [ "$failed" = 0 ] && echo "crate graph: every rule holds"
 exit "$failed"

@@ -19,6 +19,7 @@ use crate::notifications::{Notifications, NotifierError};
 use crate::sagas::SagaRunner;
 use crate::simulations::{Simulations, StartError};
 use crate::store::{Store, StoreError, redact_url};
+use valueverse_agents::Records;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -47,6 +48,8 @@ pub enum NodeError {
 /// A running node.
 pub struct Node {
     pub system: System,
+    /// The store under the node's agents, services and leases.
+    pub store: Store,
     pub simulations: Simulations,
     pub http: HttpApi,
     pub notifications: Notifications,
@@ -68,8 +71,12 @@ impl Node {
                 url: redact_url(&config.database_url),
                 source,
             })?;
-        let system = System::start(config.node_name.clone(), config.runtime.clone(), store)
-            .map_err(NodeError::Runtime)?;
+        let system = System::start(
+            config.node_name.clone(),
+            config.runtime.clone(),
+            store.clone(),
+        )
+        .map_err(NodeError::Runtime)?;
         system
             .register::<Architect>()
             .register::<Committer>()
@@ -91,27 +98,40 @@ impl Node {
             })?;
         // Before anything that acts on ownership (the saga poller resumes
         // the sagas this node owns): the view holds the cluster by then.
-        let (cluster, cluster_task) = ClusterNode::start(&system, &config.cluster, http_addr)
-            .await
-            .map_err(NodeError::Cluster)?;
-        let (notifications, listener) =
-            match Notifications::start(system.clone(), cluster.clone(), &config.notifier) {
-                Ok(started) => started,
-                Err(error) => {
-                    cluster.leave(cluster_task).await;
-                    return Err(NodeError::Notifier(error));
-                }
-            };
-        let simulations =
-            match Simulations::start(system.clone(), cluster.clone(), &config.simulation).await {
-                Ok(simulations) => simulations,
-                Err(error) => {
-                    listener.abort();
-                    cluster.leave(cluster_task).await;
-                    return Err(NodeError::Simulations(error));
-                }
-            };
-        let (sagas, saga_poller) = SagaRunner::start(system.clone(), simulations.clone());
+        let (cluster, cluster_task) =
+            ClusterNode::start(&system, &store, &config.cluster, http_addr)
+                .await
+                .map_err(NodeError::Cluster)?;
+        let (notifications, listener) = match Notifications::start(
+            system.clone(),
+            store.clone(),
+            cluster.clone(),
+            &config.notifier,
+        ) {
+            Ok(started) => started,
+            Err(error) => {
+                cluster.leave(cluster_task).await;
+                return Err(NodeError::Notifier(error));
+            }
+        };
+        let simulations = match Simulations::start(
+            system.clone(),
+            store.clone(),
+            cluster.clone(),
+            &config.simulation,
+        )
+        .await
+        {
+            Ok(simulations) => simulations,
+            Err(error) => {
+                listener.abort();
+                cluster.leave(cluster_task).await;
+                return Err(NodeError::Simulations(error));
+            }
+        };
+        let (sagas, saga_poller) =
+            SagaRunner::start(system.clone(), store.clone(), simulations.clone());
+        let records = Records::new(store.clone(), &system);
         let peers = std::sync::Arc::new(PeerRequests::new(
             system.node_name(),
             config
@@ -122,6 +142,7 @@ impl Node {
         ));
         let services = Services {
             system: system.clone(),
+            records: records.clone(),
             simulations: simulations.clone(),
             notifications: notifications.clone(),
             sagas: sagas.clone(),
@@ -129,13 +150,15 @@ impl Node {
             dashboard: config.dashboard.then(|| {
                 Dashboard::start(
                     system.clone(),
+                    records.clone(),
                     simulations.clone(),
+                    notifications.clone(),
                     cluster.clone(),
                     std::sync::Arc::clone(&peers),
                 )
             }),
             peers,
-            api_keys: crate::auth::ApiKeys::new(system.store().clone()),
+            api_keys: crate::auth::ApiKeys::new(store.clone()),
         };
         let http = match HttpApi::start(http_listener, services, &http_settings(config)) {
             Ok(http) => http,
@@ -150,9 +173,10 @@ impl Node {
                 });
             }
         };
-        let ticker = tokio::spawn(tick_plans(system.clone(), config.executor_tick));
+        let ticker = tokio::spawn(tick_plans(system.clone(), records, config.executor_tick));
         Ok(Node {
             system,
+            store,
             simulations,
             http,
             notifications,
@@ -185,7 +209,7 @@ impl Node {
         self.simulations.stop().await;
         self.cluster.leave(self.cluster_task).await;
         let system = self.system;
-        let store = system.store().clone();
+        let store = self.store;
         // Joining the actor threads blocks: keep it off the async workers.
         tokio::task::spawn_blocking(move || system.shutdown())
             .await
@@ -196,12 +220,12 @@ impl Node {
 }
 
 /// The executor's periodic tick: active plans look for overdue milestones.
-async fn tick_plans(system: System, every: std::time::Duration) {
+async fn tick_plans(system: System, records: Records, every: std::time::Duration) {
     let mut interval = tokio::time::interval(every);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
-        if let Err(error) = tick_active_plans(&system).await {
+        if let Err(error) = tick_active_plans(&system, &records).await {
             tracing::warn!(%error, "executor tick: cannot list the active plans");
         }
     }

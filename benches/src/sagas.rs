@@ -115,7 +115,7 @@ pub async fn sagas(
         }
     }
     let seconds = started_at.elapsed().as_secs_f64();
-    let store = format!("{:?}", node.system.store().backend()).to_lowercase();
+    let store = format!("{:?}", node.store.backend()).to_lowercase();
     // Mean time of each step and of the log writes between them.
     let mut step_ms = std::collections::BTreeMap::new();
     for family in node.system.metrics().registry().gather() {

@@ -335,7 +335,7 @@ async fn run_node(config: Config) -> anyhow::Result<()> {
             "DEVELOPMENT MODE: authentication is OFF, every request acts as admin; \
              never run --dev where others can reach this port"
         );
-    } else if node.system.store().api_keys().await?.is_empty() {
+    } else if node.store.api_keys().await?.is_empty() {
         tracing::warn!(
             "no API keys yet: every API request will get 401. Create one with \
              `valueverse apikey create --role admin --database-url {}` (or run `serve --dev` locally)",
@@ -345,7 +345,7 @@ async fn run_node(config: Config) -> anyhow::Result<()> {
     tracing::info!(
         node = %config.node_name,
         http = %node.http_addr(),
-        store = ?node.system.store().backend(),
+        store = ?node.store.backend(),
         "node started: API at http://{}/api/v1/actors, metrics at /metrics",
         node.http_addr()
     );

@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use crate::config::ClusterConfig;
 use valueverse_runtime::System;
-use valueverse_store::{Lease, LeaseClaim, Renewal, StoreError, unix_millis};
+use valueverse_store::{Lease, LeaseClaim, Renewal, Store, StoreError, unix_millis};
 
 use super::membership::{Member, MemberInfo, Membership, MembershipConfig, MembershipError};
 use super::placement::Candidate;
@@ -140,6 +140,8 @@ impl Metrics {
 
 struct Shared {
     system: System,
+    /// Where the leases are.
+    store: Store,
     router: Arc<Router>,
     config: ClusterConfig,
     transport_addr: String,
@@ -164,6 +166,7 @@ impl ClusterNode {
     /// joins gossip; the task returned keeps the router's view current.
     pub async fn start(
         system: &System,
+        store: &Store,
         config: &ClusterConfig,
         http_addr: SocketAddr,
     ) -> Result<(ClusterNode, tokio::task::JoinHandle<()>), ClusterError> {
@@ -223,7 +226,6 @@ impl ClusterNode {
             _ => http_addr,
         };
         let ttl = config.lease_ttl.as_millis() as i64;
-        let store = system.store();
         if config.enabled {
             let now = unix_millis();
             let leases = store.leases().await.map_err(ClusterError::Lease)?;
@@ -254,6 +256,7 @@ impl ClusterNode {
         tracing::info!(node = %name, token, clustered = config.enabled, "cluster: lease taken");
         let shared = Arc::new(Shared {
             system: system.clone(),
+            store: store.clone(),
             router,
             config: config.clone(),
             transport_addr,
@@ -289,7 +292,7 @@ impl ClusterNode {
         let shared = &self.shared;
         let name = shared.system.node_name();
         let token = shared.token.load(Ordering::Acquire);
-        if let Err(error) = shared.system.store().release_lease(name, token).await {
+        if let Err(error) = shared.store.release_lease(name, token).await {
             tracing::warn!(%error, "cluster: could not release the lease");
         }
         if let Some(membership) = shared.membership.write().await.take() {
@@ -321,7 +324,7 @@ impl Shared {
         let name = self.system.node_name();
         let token = self.token.load(Ordering::Acquire);
         let ttl = self.config.lease_ttl.as_millis() as i64;
-        match self.system.store().renew_lease(name, token, ttl).await {
+        match self.store.renew_lease(name, token, ttl).await {
             Ok(Renewal::Renewed) => {}
             Ok(Renewal::Lapsed) => {
                 // Stalled past the lease (a slow store): what was claimed
@@ -338,7 +341,7 @@ impl Shared {
                 };
                 let signature = proof(&self.config, &claim);
                 claim.proof = &signature;
-                match self.system.store().acquire_lease(claim, ttl).await {
+                match self.store.acquire_lease(claim, ttl).await {
                     Ok(new) => {
                         self.token.store(new, Ordering::Release);
                         tracing::warn!(node = %name, old = token, new,
@@ -367,7 +370,7 @@ impl Shared {
 
     /// Rebuilds the router's view: the nodes with a valid lease.
     async fn refresh(&self) {
-        let leases = match self.system.store().leases().await {
+        let leases = match self.store.leases().await {
             Ok(leases) => leases,
             Err(error) => {
                 tracing::warn!(%error, "cluster: cannot read the leases; keeping the view");

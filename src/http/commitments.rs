@@ -5,6 +5,7 @@ use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 
+use valueverse_agents::Records;
 use valueverse_agents::architect::{ArchitectMsg, ModelStatus};
 use valueverse_agents::committer::{
     Commitment, CommitmentRequest, CommitmentStatus, Committer, CommitterMsg, Milestone,
@@ -216,13 +217,13 @@ struct ListQuery {
     security(("bearer" = [])),
 )]
 pub(crate) async fn list(
-    system: web::Data<System>,
+    records: web::Data<Records>,
     request: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let query: ListQuery = parse_query(request.query_string())?;
     list_page(
         (query.limit, query.offset),
-        |page| list_commitments(&system, query.model_id.as_deref(), query.status, page),
+        |page| list_commitments(&records, query.model_id.as_deref(), query.status, page),
         |commitment: Commitment| commitment,
     )
     .await

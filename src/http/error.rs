@@ -10,9 +10,9 @@ use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use valueverse_runtime::StateError;
 use valueverse_runtime::{AgentError, RejectionCode};
 use valueverse_runtime::{HandlingError, OperatorError, RemoteError, SendError};
-use valueverse_store::StoreError;
 
 /// An error answered to an HTTP client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -203,11 +203,11 @@ impl From<AgentError> for ApiError {
     }
 }
 
-impl From<StoreError> for ApiError {
-    fn from(error: StoreError) -> ApiError {
+impl From<StateError> for ApiError {
+    fn from(error: StateError) -> ApiError {
         let message = error.to_string();
         match error {
-            StoreError::VersionConflict { .. } => {
+            StateError::Conflict { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "version_conflict", message)
             }
             _ => ApiError::new(

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use valueverse_cluster::node::ClusterNode;
 use valueverse_cluster::peer_requests::{self, PeerRequests};
 use valueverse_runtime::System;
-use valueverse_store::unix_millis;
+use valueverse_runtime::unix_millis;
 
 use super::error::{ApiError, parse_query};
 use super::middleware::CORRELATION_HEADER;

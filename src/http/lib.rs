@@ -58,6 +58,7 @@ use actix_web::middleware::{ErrorHandlers, from_fn};
 use actix_web::{App, HttpServer, web};
 
 use crate::dashboard::Dashboard;
+use valueverse_agents::Records;
 use valueverse_agents::auth::{ApiKeys, KeyCache};
 use valueverse_agents::notifications::Notifications;
 use valueverse_agents::sagas::SagaRunner;
@@ -288,6 +289,8 @@ async fn openapi_json() -> actix_web::HttpResponse {
 /// What the handlers serve.
 pub struct Services {
     pub system: System,
+    /// The agents' rows, for the list routes.
+    pub records: Records,
     pub simulations: Simulations,
     pub notifications: Notifications,
     pub sagas: SagaRunner,
@@ -332,6 +335,7 @@ impl HttpApi {
     ) -> std::io::Result<HttpApi> {
         let Services {
             system,
+            records,
             simulations,
             notifications,
             sagas,
@@ -365,6 +369,7 @@ impl HttpApi {
         let local_addr = listener.local_addr()?;
         let metrics = web::Data::new(system.metrics().clone());
         let system = web::Data::new(system);
+        let records = web::Data::new(records);
         let simulations = web::Data::new(simulations);
         let notifications = web::Data::new(notifications);
         let sagas = web::Data::new(sagas);
@@ -379,6 +384,7 @@ impl HttpApi {
                 None => App::new(),
             };
             app.app_data(system.clone())
+                .app_data(records.clone())
                 .app_data(simulations.clone())
                 .app_data(notifications.clone())
                 .app_data(sagas.clone())

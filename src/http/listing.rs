@@ -105,7 +105,7 @@ pub(crate) async fn list_page<T, V: serde::Serialize, F>(
     view: impl Fn(T) -> V,
 ) -> Result<actix_web::HttpResponse, ApiError>
 where
-    F: std::future::Future<Output = Result<Listed<T>, valueverse_store::StoreError>>,
+    F: std::future::Future<Output = Result<Listed<T>, valueverse_runtime::StateError>>,
 {
     check_paging(limit, offset)?;
     let listed = fetch((limit, offset)).await?;

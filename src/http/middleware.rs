@@ -17,7 +17,7 @@ use valueverse_agents::auth::{Cached, Caller, KeyCache, Role};
 use valueverse_cluster::peer_requests::{self, PeerRequests};
 use valueverse_runtime::CorrelationId;
 use valueverse_runtime::metrics::Metrics;
-use valueverse_store::unix_millis;
+use valueverse_runtime::unix_millis;
 
 use super::error::ApiError;
 use super::limits::{self, Limits};

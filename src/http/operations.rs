@@ -34,14 +34,14 @@ pub(crate) async fn health(system: web::Data<System>) -> HttpResponse {
 )]
 pub(crate) async fn ready(system: web::Data<System>) -> Result<HttpResponse, ApiError> {
     system
-        .store()
+        .state()
         .check_ready()
         .await
         .map_err(|reason| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", reason))?;
     Ok(HttpResponse::Ok().json(json!({
         "status": "ready",
         "node": system.node_name(),
-        "store": system.store().backend(),
+        "store": system.state().backend(),
     })))
 }
 

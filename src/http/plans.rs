@@ -8,6 +8,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
+use valueverse_agents::Records;
 use valueverse_agents::amplifier::{
     Amplifier, AmplifierMsg, AmplifierReply, Insights, baseline_for,
 };
@@ -431,7 +432,7 @@ struct ListQuery {
     security(("bearer" = [])),
 )]
 pub(crate) async fn list(
-    system: web::Data<System>,
+    records: web::Data<Records>,
     request: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let query: ListQuery = parse_query(request.query_string())?;
@@ -439,7 +440,7 @@ pub(crate) async fn list(
         (query.limit, query.offset),
         |page| {
             list_plans(
-                &system,
+                &records,
                 query.commitment_id.as_deref(),
                 query.model_id.as_deref(),
                 query.status,

@@ -6,6 +6,7 @@ use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use chrono::{NaiveDate, Utc};
 use serde::Deserialize;
 
+use valueverse_agents::Records;
 use valueverse_agents::architect::{ArchitectMsg, ModelStatus};
 use valueverse_agents::auth::Role;
 use valueverse_agents::committer::{
@@ -300,7 +301,7 @@ struct ListQuery {
     security(("bearer" = [])),
 )]
 pub(crate) async fn list(
-    system: web::Data<System>,
+    records: web::Data<Records>,
     request: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let query: ListQuery = parse_query(request.query_string())?;
@@ -308,7 +309,7 @@ pub(crate) async fn list(
         (query.limit, query.offset),
         |page| {
             valueverse_agents::sagas::list_sagas(
-                &system,
+                &records,
                 query.status,
                 query.definition.as_deref(),
                 page,

@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::schemas;
+use valueverse_agents::Records;
 use valueverse_agents::architect::{
     Architect, ArchitectMsg, ArchitectReply, ModelRecord, ModelStatus,
 };
@@ -258,7 +259,7 @@ struct ModelSummary {
     security(("bearer" = [])),
 )]
 pub(crate) async fn list(
-    system: web::Data<System>,
+    records: web::Data<Records>,
     request: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let query: ListQuery = parse_query(request.query_string())?;
@@ -266,7 +267,7 @@ pub(crate) async fn list(
         (query.limit, query.offset),
         |page| {
             list_models(
-                &system,
+                &records,
                 query.customer.as_deref(),
                 query.industry.as_deref(),
                 query.status,

@@ -6,13 +6,14 @@ use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 
+use valueverse_agents::Records;
 use valueverse_agents::auth::Role;
+use valueverse_agents::notifications::{Attempt, Notification};
 use valueverse_agents::notifications::{EVENT_TYPES, Notifications};
 use valueverse_agents::notifier::{
     Channel, Notifier, NotifierMsg, Subscription, SubscriptionStatus,
 };
 use valueverse_runtime::System;
-use valueverse_store::{Attempt, Notification};
 
 use super::error::ErrorDoc;
 use super::error::{ApiError, parse_json, parse_query};
@@ -287,14 +288,14 @@ struct ListQuery {
     security(("bearer" = [])),
 )]
 pub(crate) async fn list(
-    system: web::Data<System>,
+    records: web::Data<Records>,
     request: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let query: ListQuery = parse_query(request.query_string())?;
     let role = caller_role(&request);
     list_page(
         (query.limit, query.offset),
-        |page| list_subscriptions(&system, query.status, page),
+        |page| list_subscriptions(&records, query.status, page),
         |subscription: Subscription| SubscriptionView::from(subscription).for_role(role),
     )
     .await

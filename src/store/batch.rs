@@ -16,7 +16,8 @@ use std::sync::Arc;
 
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use super::records::{Column, OwnedRecord};
+use super::Column;
+use super::records::OwnedRecord;
 use super::{Pool, Store, StoreError};
 
 /// Most items in one batch.

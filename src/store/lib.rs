@@ -84,13 +84,6 @@ pub enum Backend {
     Postgres,
 }
 
-/// A state row as read from the store.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VersionedState<S> {
-    pub version: i64,
-    pub state: S,
-}
-
 /// Connection pool over one of the supported databases.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -116,12 +109,14 @@ mod outbox;
 mod records;
 mod sagas;
 mod simulations;
+mod state;
 
 pub use api_keys::ApiKeyRow;
 pub use leases::{Lease, LeaseClaim, Renewal};
 pub use notifications::{Attempt, Notification};
-pub use outbox::{Claimant, ClaimedDelivery, Dispatched, OutboxEvent, OutboxStats};
-pub use records::{Column, Listing, Page, Record};
+pub use outbox::{Claimant, ClaimedDelivery, Dispatched, OutboxStats};
+pub use records::{Listing, Page, Record};
+pub use valueverse_runtime::{Column, OutboxEvent, VersionedState};
 
 macro_rules! with_pool {
     ($store:expr, $pool:ident => $body:expr) => {
@@ -251,29 +246,36 @@ impl Store {
         }
     }
 
-    /// Reads the state row of an agent instance.
-    pub async fn load_state<S: DeserializeOwned>(
+    /// `(version, state JSON)` of an agent instance's generic state row.
+    pub async fn load_state_text(
         &self,
         kind: &str,
         key: &str,
-    ) -> Result<Option<VersionedState<S>>, StoreError> {
-        let row: Option<(i64, String)> = with_pool!(self, pool => {
+    ) -> Result<Option<(i64, String)>, StoreError> {
+        Ok(with_pool!(self, pool => {
             sqlx::query_as("SELECT version, state FROM agent_state WHERE kind = $1 AND key = $2")
                 .bind(kind)
                 .bind(key)
                 .fetch_optional(pool)
                 .await
+        })?)
+    }
+
+    /// Reads the state row of an agent instance, decoded.
+    pub async fn load_state<S: DeserializeOwned>(
+        &self,
+        kind: &str,
+        key: &str,
+    ) -> Result<Option<VersionedState<S>>, StoreError> {
+        let Some((version, text)) = self.load_state_text(kind, key).await? else {
+            return Ok(None);
+        };
+        let state = serde_json::from_str(&text).map_err(|error| StoreError::Codec {
+            kind: kind.to_owned(),
+            key: key.to_owned(),
+            reason: error.to_string(),
         })?;
-        row.map(|(version, text)| {
-            serde_json::from_str(&text)
-                .map(|state| VersionedState { version, state })
-                .map_err(|error| StoreError::Codec {
-                    kind: kind.to_owned(),
-                    key: key.to_owned(),
-                    reason: error.to_string(),
-                })
-        })
-        .transpose()
+        Ok(Some(VersionedState { version, state }))
     }
 
     /// Writes the state row if the store still holds `expected_version`

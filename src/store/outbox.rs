@@ -11,7 +11,7 @@
 use std::collections::HashSet;
 
 use super::notifications::Notification;
-use super::{Pool, Store, StoreError, with_pool};
+use super::{OutboxEvent, Pool, Store, StoreError, with_pool};
 
 /// The insert of one event (a macro: the query type differs per database).
 macro_rules! insert_event {
@@ -27,15 +27,6 @@ macro_rules! insert_event {
     };
 }
 pub(super) use insert_event;
-
-/// A domain event as the outbox keeps it: `payload` is the event's JSON.
-#[derive(Debug, Clone, PartialEq)]
-pub struct OutboxEvent {
-    pub id: String,
-    pub event_type: String,
-    pub occurred_at_ms: i64,
-    pub payload: String,
-}
 
 /// The node and lease token a claim is made under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

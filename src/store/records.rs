@@ -2,14 +2,7 @@
 //! as JSON in `body`, a row `version` checked on every write, and the
 //! indexed columns the kind's queries filter on.
 
-use super::{Store, StoreError, unix_millis, with_pool};
-
-/// A value of an indexed column.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Column {
-    Text(Option<String>),
-    Int(Option<i64>),
-}
+use super::{Column, Store, StoreError, unix_millis, with_pool};
 
 /// One row to write: `table` has `id`, `version`, `updated_at_ms`, `body`
 /// and the named columns.

@@ -22,7 +22,7 @@ fn configure(config: &mut valueverse::Config) {
 async fn every_route_checks_the_key_and_its_role() {
     let db = TestDb::new(Backend::Sqlite).await;
     let Started { node, base, .. } = start_node(&db, configure).await;
-    let store = node.system.store();
+    let store = &node.store;
     let keys: Vec<(Role, String)> = {
         let mut keys = Vec::new();
         for role in [Role::Viewer, Role::Editor, Role::Admin] {
@@ -104,7 +104,7 @@ async fn every_route_checks_the_key_and_its_role() {
 async fn keys_are_made_and_revoked_over_the_api() {
     let db = TestDb::new(Backend::Postgres).await;
     let Started { node, base, .. } = start_node(&db, configure).await;
-    let (_, admin) = create_key(node.system.store(), Role::Admin, "bootstrap")
+    let (_, admin) = create_key(&node.store, Role::Admin, "bootstrap")
         .await
         .unwrap();
     let client = reqwest::Client::new();
@@ -193,12 +193,8 @@ async fn a_websocket_client_may_send_its_key_as_access_token() {
     use futures_util::StreamExt;
     let db = TestDb::new(Backend::Sqlite).await;
     let Started { node, base, .. } = start_node(&db, configure).await;
-    let (_, key) = create_key(node.system.store(), Role::Viewer, "ws")
-        .await
-        .unwrap();
-    let (_, editor) = create_key(node.system.store(), Role::Editor, "sim")
-        .await
-        .unwrap();
+    let (_, key) = create_key(&node.store, Role::Viewer, "ws").await.unwrap();
+    let (_, editor) = create_key(&node.store, Role::Editor, "sim").await.unwrap();
     let client = reqwest::Client::new();
     let job: Value = client
         .post(format!("{base}/api/v1/simulations"))
@@ -244,7 +240,7 @@ fn encode_segment(path: &str, index: usize) -> Option<String> {
 async fn percent_encoding_the_path_changes_no_role_decision() {
     let db = TestDb::new(Backend::Sqlite).await;
     let Started { node, base, .. } = start_node(&db, configure).await;
-    let store = node.system.store();
+    let store = &node.store;
     let mut keys = Vec::new();
     for role in [Role::Viewer, Role::Editor, Role::Admin] {
         keys.push((role, create_key(store, role, "test").await.unwrap().1));
@@ -318,9 +314,7 @@ async fn percent_encoding_the_path_changes_no_role_decision() {
 async fn names_with_control_characters_are_refused() {
     let db = TestDb::new(Backend::Sqlite).await;
     let Started { node, base, .. } = start_node(&db, configure).await;
-    let (_, admin) = create_key(node.system.store(), Role::Admin, "admin")
-        .await
-        .unwrap();
+    let (_, admin) = create_key(&node.store, Role::Admin, "admin").await.unwrap();
     let client = reqwest::Client::new();
     let key = client
         .post(format!("{base}/api/v1/api-keys"))

@@ -23,7 +23,7 @@ use crate::value_models::{acme, create_model};
 async fn keyed_node(db: &TestDb) -> (Node, String, reqwest::Client, String) {
     let Started { node, base, .. } =
         crate::support::start_node(db, |config| config.dev = false).await;
-    let (_, key) = create_key(node.system.store(), Role::Admin, "dashboard test")
+    let (_, key) = create_key(&node.store, Role::Admin, "dashboard test")
         .await
         .unwrap();
     let mut headers = HeaderMap::new();
@@ -292,7 +292,7 @@ async fn fault_injection_restarts_an_instance_and_refuses_bad_requests() {
         }
     }
     // Admin only.
-    let (_, editor) = create_key(node.system.store(), Role::Editor, "editor")
+    let (_, editor) = create_key(&node.store, Role::Editor, "editor")
         .await
         .unwrap();
     let refused = reqwest::Client::new()

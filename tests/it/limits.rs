@@ -24,10 +24,7 @@ fn keyed(limit: impl FnOnce(&mut Config)) -> impl FnOnce(&mut Config) {
 }
 
 async fn key(node: &Node, role: Role) -> String {
-    create_key(node.system.store(), role, "limits")
-        .await
-        .unwrap()
-        .1
+    create_key(&node.store, role, "limits").await.unwrap().1
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -224,7 +221,7 @@ async fn websockets_are_capped_per_key_and_closed_when_the_key_is_revoked() {
     )
     .await;
     let admin = key(&node, Role::Admin).await;
-    let (row, viewer) = create_key(node.system.store(), Role::Viewer, "watcher")
+    let (row, viewer) = create_key(&node.store, Role::Viewer, "watcher")
         .await
         .unwrap();
     let ws = format!(
@@ -431,7 +428,7 @@ async fn a_sagas_simulation_counts_against_the_key_that_started_it() {
         }),
     )
     .await;
-    let (row, editor) = create_key(node.system.store(), Role::Editor, "sagas")
+    let (row, editor) = create_key(&node.store, Role::Editor, "sagas")
         .await
         .unwrap();
     let client = reqwest::Client::new();
@@ -541,7 +538,7 @@ async fn a_key_revoked_elsewhere_loses_its_websockets_within_the_cache_lifetime(
         }),
     )
     .await;
-    let (row, viewer) = create_key(node.system.store(), Role::Viewer, "watcher")
+    let (row, viewer) = create_key(&node.store, Role::Viewer, "watcher")
         .await
         .unwrap();
     let ws = format!(
@@ -551,7 +548,7 @@ async fn a_key_revoked_elsewhere_loses_its_websockets_within_the_cache_lifetime(
     let (mut socket, _) = tokio_tungstenite::connect_async(&ws).await.unwrap();
     // Revoked in the shared store, as another node of the cluster does:
     // this node hears of it only through its sweep.
-    assert!(node.system.store().revoke_api_key(&row.id).await.unwrap());
+    assert!(node.store.revoke_api_key(&row.id).await.unwrap());
     let revoked_at = Instant::now();
     let reason = tokio::time::timeout(Duration::from_secs(3), async {
         loop {

@@ -769,7 +769,7 @@ async fn a_subscription_made_on_one_node_applies_to_events_raised_on_another() {
     let models = HashSet::from([model]);
     check_deliveries(&client, &base(&b), &seen, &["one"], &models).await;
     // The dashboard's feed reads the notifications too.
-    let recent = b.system.store().recent_notifications(10).await.unwrap();
+    let recent = b.store.recent_notifications(10).await.unwrap();
     assert_eq!(recent.len(), 1);
     receiver.stop(false).await;
     a.stop().await.unwrap();

@@ -374,7 +374,7 @@ async fn a_stale_version_never_overwrites_the_store() {
         let counter = system.agent::<Counter>("j");
         counter.ask(CounterMsg::Add(1), ASK).await.unwrap();
         // Another writer (a second owner, say) moves the row on.
-        let store = system.store().clone();
+        let store = db.store().await;
         let version = store.state_version("counter", "j").await.unwrap().unwrap();
         store
             .save_state(
@@ -389,7 +389,7 @@ async fn a_stale_version_never_overwrites_the_store() {
         let error = counter.ask(CounterMsg::Add(1), ASK).await.unwrap_err();
         assert!(
             matches!(&error, AgentError::Store { cause, .. }
-                if matches!(**cause, valueverse::StoreError::VersionConflict { .. })),
+                if matches!(**cause, valueverse::actors::StateError::Conflict { .. })),
             "{backend:?}: {error}"
         );
         // ...and its restart reloads what the store holds.
@@ -502,8 +502,9 @@ async fn messages_arriving_during_a_write_are_handled_in_order() {
             (1..=40).sum::<i64>(),
             "{backend:?}"
         );
-        let stored = system
+        let stored = db
             .store()
+            .await
             .load_state::<crate::support::CounterState>("counter", "m")
             .await
             .unwrap()

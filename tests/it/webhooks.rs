@@ -384,7 +384,7 @@ async fn webhooks_to_private_addresses_are_refused_and_viewers_see_redacted_urls
     config.dev = false;
     let node = Node::start(&config, |_| {}).await.unwrap();
     let base = format!("http://{}/api/v1", node.http_addr());
-    let store = node.system.store();
+    let store = &node.store;
     let editor = valueverse::auth::create_key(store, valueverse::auth::Role::Editor, "e")
         .await
         .unwrap()

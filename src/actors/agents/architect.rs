@@ -364,18 +364,18 @@ fn hypotheses(model: &ValueModel, limit: usize) -> Result<ArchitectReply, Handle
 /// A page of the stored models, newest first, filtered by customer,
 /// industry and status.
 pub async fn list_models(
-    system: &valueverse_runtime::System,
+    records: &crate::Records,
     customer: Option<&str>,
     industry: Option<&str>,
     status: Option<ModelStatus>,
     page: (i64, i64),
-) -> Result<super::Listed<ModelRecord>, valueverse_store::StoreError> {
+) -> Result<super::Listed<ModelRecord>, valueverse_runtime::StateError> {
     let listing = valueverse_store::Listing::ValueModels {
         customer,
         industry,
         status: status.map(ModelStatus::as_str),
     };
-    super::listing::page(system, listing, page).await
+    super::listing::page(records, listing, page).await
 }
 
 #[cfg(test)]

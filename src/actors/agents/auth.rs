@@ -10,6 +10,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use valueverse_runtime::StateError;
 use valueverse_store::{ApiKeyRow, Store, StoreError, unix_millis};
 
 #[derive(
@@ -92,18 +93,18 @@ impl ApiKeys {
     }
 
     /// Makes a key; answers its stored row and the key itself (shown once).
-    pub async fn create(&self, role: Role, name: &str) -> Result<(ApiKeyRow, String), StoreError> {
-        create_key(&self.store, role, name).await
+    pub async fn create(&self, role: Role, name: &str) -> Result<(ApiKeyRow, String), StateError> {
+        Ok(create_key(&self.store, role, name).await?)
     }
 
     /// Every key, revoked ones included.
-    pub async fn list(&self) -> Result<Vec<ApiKeyRow>, StoreError> {
-        self.store.api_keys().await
+    pub async fn list(&self) -> Result<Vec<ApiKeyRow>, StateError> {
+        Ok(self.store.api_keys().await?)
     }
 
     /// Revokes a live key; `false` when there is no live key `id`.
-    pub async fn revoke(&self, id: &str) -> Result<bool, StoreError> {
-        self.store.revoke_api_key(id).await
+    pub async fn revoke(&self, id: &str) -> Result<bool, StateError> {
+        Ok(self.store.revoke_api_key(id).await?)
     }
 
     /// The caller of the live key with this digest.
@@ -191,7 +192,7 @@ impl KeyCache {
     /// Asks the store about a digest from [`KeyCache::cached`] and remembers
     /// the answer: the caller of a live key, `None` for an unknown or
     /// revoked one.
-    pub async fn look_up(&self, digest: String) -> Result<Option<Caller>, StoreError> {
+    pub async fn look_up(&self, digest: String) -> Result<Option<Caller>, StateError> {
         let caller = self.keys.by_digest(&digest).await?;
         match &caller {
             Some(caller) => {
@@ -213,7 +214,7 @@ impl KeyCache {
     }
 
     /// The caller of a live key, `None` for an unknown or revoked one.
-    pub async fn role_of(&self, key: &str) -> Result<Option<Caller>, StoreError> {
+    pub async fn role_of(&self, key: &str) -> Result<Option<Caller>, StateError> {
         match self.cached(key) {
             (_, Cached::Known(caller)) => Ok(Some(caller)),
             (_, Cached::Unknown) => Ok(None),

@@ -355,16 +355,16 @@ fn event_data(commitment: &Commitment) -> serde_json::Value {
 
 /// A page of the commitments, newest first, filtered by model and status.
 pub async fn list_commitments(
-    system: &valueverse_runtime::System,
+    records: &crate::Records,
     model_id: Option<&str>,
     status: Option<CommitmentStatus>,
     page: (i64, i64),
-) -> Result<super::Listed<Commitment>, valueverse_store::StoreError> {
+) -> Result<super::Listed<Commitment>, valueverse_runtime::StateError> {
     let listing = valueverse_store::Listing::Commitments {
         model_id,
         status: status.map(CommitmentStatus::as_str),
     };
-    super::listing::page(system, listing, page).await
+    super::listing::page(records, listing, page).await
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
-use valueverse_store::{Column, StoreError};
+use valueverse_store::Column;
 
 use valueverse_runtime::HandlerError;
 use valueverse_runtime::{Agent, AgentMessage, Handling, RejectionCode};
@@ -352,11 +352,14 @@ fn complete(plan: &mut Plan, name: &str, on: NaiveDate, ctx: &mut Handling<'_>) 
 /// Tells every active plan the date, so that it marks and announces its
 /// overdue milestones; answers how many were told. The node runs it every
 /// `executor_tick`.
-pub async fn tick_active_plans(system: &valueverse_runtime::System) -> Result<usize, StoreError> {
+pub async fn tick_active_plans(
+    system: &valueverse_runtime::System,
+    records: &crate::Records,
+) -> Result<usize, valueverse_runtime::StateError> {
     let today = Utc::now().date_naive();
     let (mut offset, mut told) = (0, 0);
     loop {
-        let page = list_plans(system, None, None, Some(PlanStatus::Active), (100, offset)).await?;
+        let page = list_plans(records, None, None, Some(PlanStatus::Active), (100, offset)).await?;
         for plan in page.items {
             // Each node ticks the plans it owns.
             if !system.is_local(Executor::KIND, &plan.id) {
@@ -423,16 +426,16 @@ pub fn plan_for(
 /// A page of the plans, newest first, filtered by commitment, model and
 /// status.
 pub async fn list_plans(
-    system: &valueverse_runtime::System,
+    records: &crate::Records,
     commitment_id: Option<&str>,
     model_id: Option<&str>,
     status: Option<PlanStatus>,
     page: (i64, i64),
-) -> Result<super::Listed<Plan>, StoreError> {
+) -> Result<super::Listed<Plan>, valueverse_runtime::StateError> {
     let listing = valueverse_store::Listing::Plans {
         commitment_id,
         model_id,
         status: status.map(PlanStatus::as_str),
     };
-    super::listing::page(system, listing, page).await
+    super::listing::page(records, listing, page).await
 }

@@ -12,7 +12,7 @@ pub mod committer;
 pub mod config;
 pub mod executor;
 mod listing;
-pub use listing::Listed;
+pub use listing::{Listed, Records};
 pub mod notifications;
 pub mod notifier;
 pub mod saga;

@@ -4,9 +4,25 @@
 
 use serde::de::DeserializeOwned;
 
-use valueverse_store::{Listing, StoreError};
+use valueverse_runtime::{Metrics, System};
+use valueverse_store::{Listing, Store};
 
-use valueverse_runtime::System;
+/// The agents' rows as lists read them: the store under the agents and the
+/// node's metrics (rows that do not decode are counted). Cheap to clone.
+#[derive(Clone)]
+pub struct Records {
+    store: Store,
+    metrics: Metrics,
+}
+
+impl Records {
+    pub fn new(store: Store, system: &System) -> Records {
+        Records {
+            store,
+            metrics: system.metrics().clone(),
+        }
+    }
+}
 
 /// A page of an agent's rows.
 #[derive(Debug, Clone, PartialEq)]
@@ -20,31 +36,35 @@ pub struct Listed<T> {
 /// `limit` rows of `listing` from `offset`, newest first, with the count
 /// of all.
 pub(crate) async fn page<T: DeserializeOwned>(
-    system: &System,
+    records: &Records,
     listing: Listing<'_>,
     (limit, offset): (i64, i64),
-) -> Result<Listed<T>, StoreError> {
-    let page = system.store().list(listing, limit, offset).await?;
+) -> Result<Listed<T>, valueverse_runtime::StateError> {
+    let page = records.store.list(listing, limit, offset).await?;
     Ok(Listed {
         total: page.total,
-        items: decode(system, listing, &page.bodies),
+        items: decode(records, listing, &page.bodies),
     })
 }
 
 /// The newest `limit` rows of `listing`, uncounted.
 pub(crate) async fn latest<T: DeserializeOwned>(
-    system: &System,
+    records: &Records,
     listing: Listing<'_>,
     limit: i64,
-) -> Result<Vec<T>, StoreError> {
-    let bodies = system.store().latest(listing, limit).await?;
-    Ok(decode(system, listing, &bodies))
+) -> Result<Vec<T>, valueverse_runtime::StateError> {
+    let bodies = records.store.latest(listing, limit).await?;
+    Ok(decode(records, listing, &bodies))
 }
 
 /// The rows as `T`. A row that does not decode (written by an older build,
 /// or edited by hand) is skipped, logged and counted: one bad row must not
 /// make the list fail for everyone.
-fn decode<T: DeserializeOwned>(system: &System, listing: Listing<'_>, bodies: &[String]) -> Vec<T> {
+fn decode<T: DeserializeOwned>(
+    records: &Records,
+    listing: Listing<'_>,
+    bodies: &[String],
+) -> Vec<T> {
     let table = listing.table();
     bodies
         .iter()
@@ -52,8 +72,8 @@ fn decode<T: DeserializeOwned>(system: &System, listing: Listing<'_>, bodies: &[
             Ok(item) => Some(item),
             Err(error) => {
                 tracing::warn!(table, %error, "a stored row does not decode; skipped from the list");
-                system
-                    .metrics()
+                records
+                    .metrics
                     .http
                     .rows_skipped
                     .with_label_values(&[table])

@@ -357,8 +357,8 @@ fn final_progress(job: &SimulationJob, result: &SimulationResult) -> JobProgress
 
 /// The newest `limit` jobs, uncounted.
 pub async fn latest_jobs(
-    system: &valueverse_runtime::System,
+    records: &crate::Records,
     limit: i64,
-) -> Result<Vec<SimulationJob>, valueverse_store::StoreError> {
-    super::listing::latest(system, valueverse_store::Listing::Simulations, limit).await
+) -> Result<Vec<SimulationJob>, valueverse_runtime::StateError> {
+    super::listing::latest(records, valueverse_store::Listing::Simulations, limit).await
 }

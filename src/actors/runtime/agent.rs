@@ -6,7 +6,9 @@ use futures_util::future::BoxFuture;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::store::{Column, OutboxEvent, Record, Store, StoreError, VersionedState, encode_state};
+use crate::state::{
+    Column, OutboxEvent, Place, StateError, StateStore, StateWrite, VersionedState, encode_state,
+};
 
 use super::envelope::{CorrelationId, Header, MessageId};
 use super::error::HandlerError;
@@ -92,32 +94,41 @@ pub trait Agent: Sized + Send + 'static {
     /// Loads an instance's state. The default reads the generic
     /// `agent_state` row; agents with tables of their own override it.
     fn load(
-        store: &Store,
+        store: &dyn StateStore,
         key: &str,
-    ) -> BoxFuture<'static, Result<Option<VersionedState<Self::State>>, StoreError>> {
-        let store = store.clone();
+    ) -> BoxFuture<'static, Result<Option<VersionedState<Self::State>>, StateError>> {
+        let load = store.load(Place::Shared { kind: Self::KIND }, key);
         let key = key.to_owned();
-        Box::pin(async move { store.load_state(Self::KIND, &key).await })
+        Box::pin(async move {
+            let Some((version, body)) = load.await? else {
+                return Ok(None);
+            };
+            let state = decode_state(Self::KIND, &key, &body)?;
+            Ok(Some(VersionedState { version, state }))
+        })
     }
 
     /// Saves an instance's state if the store still holds `expected_version`
     /// (0: never saved), with the events the change raised in the same
     /// transaction (the outbox); returns the new version.
     fn save(
-        store: &Store,
+        store: &dyn StateStore,
         key: &str,
         state: &Self::State,
         expected_version: i64,
         events: Vec<OutboxEvent>,
-    ) -> BoxFuture<'static, Result<i64, StoreError>> {
-        let store = store.clone();
-        let key = key.to_owned();
-        let encoded = encode_state(Self::KIND, &key, state);
-        Box::pin(async move {
-            store
-                .save_state_text(Self::KIND, &key, encoded?, expected_version, &events)
-                .await
-        })
+    ) -> BoxFuture<'static, Result<i64, StateError>> {
+        match encode_state(Self::KIND, key, state) {
+            Ok(body) => store.save(StateWrite {
+                place: Place::Shared { kind: Self::KIND },
+                key: key.to_owned(),
+                body,
+                columns: Vec::new(),
+                expected_version,
+                events,
+            }),
+            Err(error) => Box::pin(std::future::ready(Err(error))),
+        }
     }
 }
 
@@ -208,28 +219,31 @@ impl<'a> Handling<'a> {
     }
 }
 
+fn decode_state<S: DeserializeOwned>(kind: &str, key: &str, body: &str) -> Result<S, StateError> {
+    serde_json::from_str(body).map_err(|error| StateError::Codec {
+        kind: kind.into(),
+        key: key.to_owned(),
+        reason: error.to_string(),
+    })
+}
+
 /// `Agent::load` for kinds with a table of their own: the row's `body` is
 /// the state's JSON; no row is `Ok(None)` (an optional state's `None`).
 pub fn load_json_record<S: DeserializeOwned + Send + 'static>(
-    store: &Store,
+    store: &dyn StateStore,
     kind: &'static str,
     table: &'static str,
     key: &str,
-) -> BoxFuture<'static, Result<Option<VersionedState<Option<S>>>, StoreError>> {
-    let store = store.clone();
+) -> BoxFuture<'static, Result<Option<VersionedState<Option<S>>>, StateError>> {
+    let load = store.load(Place::Table(table), key);
     let key = key.to_owned();
     Box::pin(async move {
-        let Some((version, body)) = store.load_record(table, &key).await? else {
+        let Some((version, body)) = load.await? else {
             return Ok(None);
         };
-        let state = serde_json::from_str(&body).map_err(|error| StoreError::Codec {
-            kind: kind.into(),
-            key: key.clone(),
-            reason: error.to_string(),
-        })?;
         Ok(Some(VersionedState {
             version,
-            state: Some(state),
+            state: Some(decode_state(kind, &key, &body)?),
         }))
     })
 }
@@ -237,27 +251,25 @@ pub fn load_json_record<S: DeserializeOwned + Send + 'static>(
 /// `Agent::save` for kinds with a table of their own: `state` as the row's
 /// body, `columns` beside it for the kind's queries.
 pub fn save_json_record<S: Serialize>(
-    store: &Store,
+    store: &dyn StateStore,
     kind: &'static str,
     key: &str,
     state: &S,
     (table, columns): (&'static str, Vec<(&'static str, Column)>),
     expected_version: i64,
     events: Vec<OutboxEvent>,
-) -> BoxFuture<'static, Result<i64, StoreError>> {
-    let store = store.clone();
-    let key = key.to_owned();
-    let body = encode_state(kind, &key, state);
-    Box::pin(async move {
-        let record = Record {
-            table,
-            id: &key,
+) -> BoxFuture<'static, Result<i64, StateError>> {
+    match encode_state(kind, key, state) {
+        Ok(body) => store.save(StateWrite {
+            place: Place::Table(table),
+            key: key.to_owned(),
+            body,
             columns,
-            body: body?,
+            expected_version,
             events,
-        };
-        store.save_record(&record, expected_version).await
-    })
+        }),
+        Err(error) => Box::pin(std::future::ready(Err(error))),
+    }
 }
 
 /// What `save` answers for an optional state that is `None` (handlers
@@ -265,8 +277,8 @@ pub fn save_json_record<S: Serialize>(
 pub fn nothing_to_save(
     kind: &'static str,
     key: &str,
-) -> BoxFuture<'static, Result<i64, StoreError>> {
-    let error = StoreError::Codec {
+) -> BoxFuture<'static, Result<i64, StateError>> {
+    let error = StateError::Codec {
         kind: kind.into(),
         key: key.to_owned(),
         reason: "no state to save".into(),
@@ -282,22 +294,22 @@ pub fn nothing_to_save(
 macro_rules! table_persistence {
     ($table:expr, |$record:ident| $columns:expr) => {
         fn load(
-            store: &$crate::store::Store,
+            store: &dyn $crate::StateStore,
             key: &str,
         ) -> $crate::__agent::BoxFuture<
             'static,
-            Result<Option<$crate::store::VersionedState<Self::State>>, $crate::store::StoreError>,
+            Result<Option<$crate::VersionedState<Self::State>>, $crate::StateError>,
         > {
             $crate::__agent::load_json_record(store, Self::KIND, $table, key)
         }
 
         fn save(
-            store: &$crate::store::Store,
+            store: &dyn $crate::StateStore,
             key: &str,
             state: &Self::State,
             expected_version: i64,
-            events: Vec<$crate::store::OutboxEvent>,
-        ) -> $crate::__agent::BoxFuture<'static, Result<i64, $crate::store::StoreError>> {
+            events: Vec<$crate::OutboxEvent>,
+        ) -> $crate::__agent::BoxFuture<'static, Result<i64, $crate::StateError>> {
             let Some($record) = state else {
                 return $crate::__agent::nothing_to_save(Self::KIND, key);
             };

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::store::StoreError;
+use crate::state::StateError;
 
 use super::envelope::AgentId;
 use super::supervisor::InstanceStatus;
@@ -28,7 +28,7 @@ pub enum AgentError {
     #[error("store error at {target}: {cause}")]
     Store {
         target: AgentId,
-        cause: Box<StoreError>,
+        cause: Box<StateError>,
     },
 }
 

@@ -142,8 +142,8 @@ pub struct DomainEvent {
 
 impl DomainEvent {
     /// The event as the outbox stores it.
-    pub(crate) fn to_outbox(&self) -> crate::store::OutboxEvent {
-        crate::store::OutboxEvent {
+    pub(crate) fn to_outbox(&self) -> crate::state::OutboxEvent {
+        crate::state::OutboxEvent {
             id: self.id.clone(),
             event_type: self.event_type.clone(),
             occurred_at_ms: self.occurred_at.timestamp_millis(),

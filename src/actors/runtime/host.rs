@@ -31,7 +31,7 @@ use super::supervisor::{
     Decision, InstanceStatus, LifecycleChange, OperatorAction, RestartHistory,
 };
 use crate::metrics::Outcome;
-use crate::store::StoreError;
+use crate::state::StateError;
 
 enum Phase<S> {
     /// State is being loaded (activation, restart or reset).
@@ -132,7 +132,7 @@ impl<A: Agent> Host<A> {
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
-            A::load(&store, &key).await
+            A::load(&*store, &key).await
         };
         ctx.spawn(load.into_actor(self).map(|loaded, host, ctx| {
             host.busy = false;
@@ -298,7 +298,13 @@ impl<A: Agent> Host<A> {
     }
 
     fn maybe_passivate(&mut self, ctx: &mut Context<Self>) {
-        let idle = self.last_active.elapsed() >= self.kind.node.runtime.passivate_after;
+        let idle = self
+            .kind
+            .node
+            .clock
+            .now()
+            .saturating_duration_since(self.last_active)
+            >= self.kind.node.runtime.passivate_after;
         if idle && self.passivate(ctx) {
             tracing::debug!(kind = A::KIND, key = %self.key, "passivated idle agent instance");
         }
@@ -469,14 +475,12 @@ impl<A: Agent> Host<A> {
                 self.accepted_any = true;
                 shard.count(Outcome::Ok);
                 let store = &self.kind.node.store;
-                let save: futures_util::future::BoxFuture<'static, Result<i64, StoreError>> =
+                let save: futures_util::future::BoxFuture<'static, Result<i64, StateError>> =
                     if persist {
-                        A::save(store, &self.key, state, version, outbox)
+                        A::save(&**store, &self.key, state, version, outbox)
                     } else {
                         let store = store.clone();
-                        Box::pin(
-                            async move { store.append_events(&outbox).await.map(|()| version) },
-                        )
+                        Box::pin(async move { store.append_events(outbox).await.map(|()| version) })
                     };
                 // Later messages wait in the stash for the write: order holds
                 // and the reply is sent only once the change is durable.

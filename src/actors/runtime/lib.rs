@@ -29,11 +29,9 @@ mod host;
 pub mod metrics;
 mod registry;
 mod remote;
+pub mod state;
 mod supervisor;
 mod system;
-
-/// The store the agents' state lives in (for [`Agent`]'s macro).
-pub use valueverse_store as store;
 
 pub use agent::{Agent, AgentMessage, Handling};
 /// What [`table_persistence!`]'s expansion calls, in the agents' crates.
@@ -54,6 +52,10 @@ pub use registry::Stage;
 pub use remote::{
     Hold, Inbound, Outbound, Refusal, Remote, RemoteAnswer, ReplyPort, Route, decode_payload,
     encode_payload,
+};
+pub use state::{
+    Column, MemoryState, OutboxEvent, Place, StateError, StateStore, StateWrite, VersionedState,
+    encode_state, unix_millis,
 };
 pub use supervisor::{
     FailureRecord, InstanceSnapshot, InstanceStatus, LifecycleChange, RestartStrategy,

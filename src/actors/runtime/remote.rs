@@ -133,7 +133,7 @@ pub fn decode_payload<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
 /// Time left before a wire deadline; `None` once it has passed.
 pub(crate) fn time_left(deadline_ms: u64) -> Option<Duration> {
     deadline_ms
-        .checked_sub(crate::store::unix_millis().max(0) as u64)
+        .checked_sub(crate::state::unix_millis().max(0) as u64)
         .filter(|left| *left > 0)
         .map(Duration::from_millis)
 }

@@ -16,7 +16,7 @@ use actix_rt::{Arbiter, ArbiterHandle};
 use tokio::sync::broadcast;
 
 use crate::metrics::Metrics;
-use crate::store::Store;
+use crate::state::StateStore;
 
 use super::agent::Agent;
 use super::agent_ref::AgentRef;
@@ -85,7 +85,7 @@ pub(crate) struct NodeContext {
     /// The TSC clock, held directly: reading it skips quanta's thread-local
     /// override check and global lookup on every message.
     pub(crate) clock: quanta::Clock,
-    pub(crate) store: Store,
+    pub(crate) store: Arc<dyn StateStore>,
     pub(crate) metrics: Metrics,
     pub(crate) runtime: RuntimeConfig,
     arbiters: Vec<ArbiterHandle>,
@@ -253,7 +253,18 @@ impl System {
     pub fn start(
         node_name: impl Into<String>,
         runtime: RuntimeConfig,
-        store: Store,
+        store: impl StateStore,
+    ) -> std::io::Result<System> {
+        System::start_with_clock(node_name, runtime, store, quanta::Clock::new())
+    }
+
+    /// [`System::start`] with the clock that times deadlines and idleness:
+    /// tests pass a mock (`quanta::Clock::mock`) and move time themselves.
+    pub fn start_with_clock(
+        node_name: impl Into<String>,
+        runtime: RuntimeConfig,
+        store: impl StateStore,
+        clock: quanta::Clock,
     ) -> std::io::Result<System> {
         let workers = runtime.workers.max(1);
         let (ready, arbiters) = std::sync::mpsc::channel();
@@ -292,8 +303,8 @@ impl System {
             remote: OnceLock::new(),
             placement: Arc::new(tokio::sync::watch::Sender::new(0)),
             name,
-            clock: quanta::Clock::new(),
-            store,
+            clock,
+            store: Arc::new(store),
             metrics: Metrics::new(),
             runtime,
             arbiters,
@@ -476,8 +487,9 @@ impl System {
         &self.inner.node.name
     }
 
-    pub fn store(&self) -> &Store {
-        &self.inner.node.store
+    /// The store the instances' state lives in.
+    pub fn state(&self) -> &dyn StateStore {
+        &*self.inner.node.store
     }
 
     pub fn metrics(&self) -> &Metrics {

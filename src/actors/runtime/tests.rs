@@ -1,13 +1,14 @@
-//! The runtime on its own (an in-memory SQLite store, no cluster, no
+//! The runtime on its own (the in-memory state store, no cluster, no
 //! business agent): the registry's admission and passivation, the host's
-//! restart path and escalation.
+//! restart path and escalation, write-through and its version check, and
+//! time by the node's clock.
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
-use crate::store::Store;
+use crate::state::{MemoryState, Place, StateError, StateStore, StateWrite};
 use crate::{
     Agent, AgentError, AgentMessage, HandlerError, Handling, HandlingError, InstanceStatus,
     LifecycleChange, OperatorError, RestartStrategy, RuntimeConfig, SendError, SupervisionEvent,
@@ -54,6 +55,8 @@ impl Agent for Tally {
             TallyMsg::Add(amount) => {
                 *state += amount;
                 ctx.persist();
+                // A notified type: the outbox keeps only those.
+                ctx.emit("model.updated", amount);
             }
             TallyMsg::Get => {}
             TallyMsg::Sleep(millis) => std::thread::sleep(Duration::from_millis(millis)),
@@ -98,14 +101,13 @@ impl Agent for Impostor {
 }
 
 async fn system(config: RuntimeConfig) -> System {
-    let store = Store::open("sqlite::memory:", 1).await.unwrap();
     System::start(
         "unit",
         RuntimeConfig {
             workers: 1,
             ..config
         },
-        store,
+        MemoryState::new(),
     )
     .unwrap()
 }
@@ -270,4 +272,129 @@ async fn two_kinds_with_one_message_id_are_refused_at_registration() {
     // The registry is still usable: the lock was released before the panic.
     assert_eq!(system.message_versions().len(), 1);
     system.shutdown();
+}
+
+/// Write-through over the state port: each change is saved before the
+/// reply with the events it raised (same write); a write that expects a
+/// version the store no longer holds is refused, never applied, and the
+/// instance reloads what the store holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_go_through_version_checked_with_their_events() {
+    let store = MemoryState::new();
+    let system = System::start(
+        "unit",
+        RuntimeConfig {
+            workers: 1,
+            ..RuntimeConfig::default()
+        },
+        store.clone(),
+    )
+    .unwrap();
+    system.wanted_events().keep_all();
+    let place = Place::Shared { kind: Tally::KIND };
+    let tally = system.agent::<Tally>("w");
+    assert_eq!(tally.ask(TallyMsg::Add(2), ASK).await.unwrap(), 2);
+    assert_eq!(store.row(place, "w"), Some((1, "2".into())));
+    let outbox = store.outbox();
+    assert_eq!(outbox.len(), 1);
+    assert_eq!(outbox[0].event_type, "model.updated");
+    // A read changes nothing and writes nothing.
+    assert_eq!(tally.ask(TallyMsg::Get, ASK).await.unwrap(), 2);
+    assert_eq!(store.row(place, "w"), Some((1, "2".into())));
+    // Another writer moves the row on behind the instance's back.
+    let moved = store.save(StateWrite {
+        place,
+        key: "w".into(),
+        body: "100".into(),
+        columns: Vec::new(),
+        expected_version: 1,
+        events: Vec::new(),
+    });
+    assert_eq!(moved.await.unwrap(), 2);
+    let error = tally.ask(TallyMsg::Add(1), ASK).await.unwrap_err();
+    assert!(
+        matches!(&error, AgentError::Store { cause, .. }
+            if matches!(**cause, StateError::Conflict { expected: 1, actual: Some(2), .. })),
+        "{error}"
+    );
+    // Nothing of the refused write landed: neither its state nor its event.
+    assert_eq!(store.row(place, "w"), Some((2, "100".into())));
+    assert_eq!(store.outbox().len(), 1);
+    // The instance restarts from what the store holds.
+    let mut events = system.subscribe();
+    until(&mut events, "w", |change| {
+        matches!(change, LifecycleChange::Restarted { .. })
+    })
+    .await;
+    assert_eq!(tally.ask(TallyMsg::Get, ASK).await.unwrap(), 100);
+}
+
+/// An unreachable store is not the instance's fault: its load is retried
+/// with a backoff, and once the store is back the message is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_from_an_unreachable_store_is_retried_until_it_answers() {
+    let store = MemoryState::new();
+    let system = System::start("unit", RuntimeConfig::default(), store.clone()).unwrap();
+    store.set_unavailable(true);
+    let tally = system.agent::<Tally>("u");
+    let asked = {
+        let tally = tally.clone();
+        tokio::spawn(async move { tally.ask(TallyMsg::Add(5), Duration::from_secs(30)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !asked.is_finished(),
+        "answered while the store was unreachable"
+    );
+    assert_eq!(status(&system, "u"), Some(InstanceStatus::Restarting));
+    store.set_unavailable(false);
+    assert_eq!(asked.await.unwrap().unwrap(), 5);
+    assert_eq!(status(&system, "u"), Some(InstanceStatus::Active));
+}
+
+/// Deadlines are read on the node's clock: an ask whose deadline passed
+/// (the clock moved on while it waited behind a busy handler) is never
+/// handled, and its caller is told it ran out of time. The clock is a mock
+/// moved by the test, so two hours pass in no time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ask_past_its_deadline_on_the_nodes_clock_expires_unhandled() {
+    let (clock, mock) = quanta::Clock::mock();
+    let system = System::start_with_clock(
+        "unit",
+        RuntimeConfig {
+            workers: 1,
+            ..RuntimeConfig::default()
+        },
+        MemoryState::new(),
+        clock,
+    )
+    .unwrap();
+    let tally = system.agent::<Tally>("t");
+    assert_eq!(tally.ask(TallyMsg::Add(1), ASK).await.unwrap(), 1);
+    let busy = {
+        let tally = tally.clone();
+        tokio::spawn(async move { tally.ask(TallyMsg::Sleep(400), ASK).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let late = {
+        let tally = tally.clone();
+        tokio::spawn(async move {
+            tally
+                .ask(TallyMsg::Add(10), Duration::from_secs(3600))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Two hours pass on the node's clock while the handler sleeps.
+    mock.increment(Duration::from_secs(7200));
+    assert_eq!(busy.await.unwrap().unwrap(), 1);
+    let error = late.await.unwrap().unwrap_err();
+    assert!(
+        matches!(
+            error,
+            AgentError::Send(SendError::Expired { .. } | SendError::Timeout { .. })
+        ),
+        "{error}"
+    );
+    assert_eq!(tally.ask(TallyMsg::Get, ASK).await.unwrap(), 1);
 }

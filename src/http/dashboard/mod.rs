@@ -22,6 +22,8 @@ use prometheus::{IntCounter, IntGauge};
 use serde::Serialize;
 use tokio::sync::{Notify, watch};
 
+use valueverse_agents::Records;
+use valueverse_agents::notifications::{Attempt, Notification, Notifications};
 use valueverse_agents::sagas::{SagaStatus, SagaSummary, latest_sagas, list_sagas};
 use valueverse_agents::simulation::{
     JobProgress, JobStatus, SimulationJob, SimulationRequest, latest_jobs,
@@ -31,7 +33,7 @@ use valueverse_cluster::node::{ClusterNode, ClusterView};
 use valueverse_cluster::peer_requests::{self, PeerRequests};
 use valueverse_gpu::{Device, SimulationResult};
 use valueverse_runtime::{InstanceSnapshot, InstanceStatus, System};
-use valueverse_store::{Attempt, Notification, StoreError, unix_millis};
+use valueverse_runtime::{StateError, unix_millis};
 
 /// How often a watched dashboard is rebuilt.
 pub const FRAME_INTERVAL: Duration = Duration::from_secs(1);
@@ -191,7 +193,9 @@ struct Metrics {
 
 struct Inner {
     system: System,
+    records: Records,
     simulations: Simulations,
+    notifications: Notifications,
     cluster: ClusterNode,
     /// Signs panel requests to peers; `None` in a cluster of one.
     peers: Arc<PeerRequests>,
@@ -251,7 +255,9 @@ impl Dashboard {
     /// inside a tokio runtime.
     pub fn start(
         system: System,
+        records: Records,
         simulations: Simulations,
+        notifications: Notifications,
         cluster: ClusterNode,
         peers: Arc<PeerRequests>,
     ) -> Dashboard {
@@ -272,7 +278,9 @@ impl Dashboard {
             .expect("dashboard metrics registered once per node");
         let inner = Arc::new(Inner {
             system,
+            records,
             simulations,
+            notifications,
             cluster,
             peers,
             // No redirect: it would carry the signature elsewhere.
@@ -316,7 +324,7 @@ impl Dashboard {
 
     /// The frame as JSON for a client that polls (`GET /api/v1/dashboard`):
     /// built at most once per [`FRAME_INTERVAL`], however many poll.
-    pub async fn frame_json(&self) -> Result<Arc<str>, StoreError> {
+    pub async fn frame_json(&self) -> Result<Arc<str>, StateError> {
         let mut polled = self.inner.polled.lock().await;
         if let Some((built, json)) = polled.as_ref()
             && built.elapsed() < FRAME_INTERVAL
@@ -461,7 +469,7 @@ impl Inner {
         }
     }
 
-    async fn frame(&self) -> Result<Frame, StoreError> {
+    async fn frame(&self) -> Result<Frame, StateError> {
         let cluster = self.cluster.view().await;
         let me = self.system.node_name().to_owned();
         let peers = cluster
@@ -532,13 +540,13 @@ impl Inner {
         }
     }
 
-    async fn sagas(&self) -> Result<SagaPanel, StoreError> {
-        let system = &self.system;
-        let page = |status, limit| list_sagas(system, Some(status), None, (limit, 0));
+    async fn sagas(&self) -> Result<SagaPanel, StateError> {
+        let records = &self.records;
+        let page = |status, limit| list_sagas(records, Some(status), None, (limit, 0));
         // Counts of the states that stay small; only the latest of the
         // ended ones (counting every completed saga each second would cost
         // more than the rest of the frame).
-        let latest = |status| latest_sagas(system, status, 10);
+        let latest = |status| latest_sagas(records, status, 10);
         let (running, compensating, attention, completed, compensated) = tokio::join!(
             page(SagaStatus::Running, 15),
             page(SagaStatus::Compensating, 10),
@@ -563,21 +571,14 @@ impl Inner {
         })
     }
 
-    async fn recent_simulations(&self) -> Result<Vec<RecentJob>, StoreError> {
-        let jobs = latest_jobs(&self.system, 8).await?;
+    async fn recent_simulations(&self) -> Result<Vec<RecentJob>, StateError> {
+        let jobs = latest_jobs(&self.records, 8).await?;
         Ok(jobs.into_iter().map(RecentJob::from).collect())
     }
 
-    async fn notifications(&self) -> Result<NotificationPanel, StoreError> {
-        let store = self.system.store();
-        let (recent, failures) = tokio::join!(
-            store.recent_notifications(10),
-            store.recent_failed_attempts(10)
-        );
-        Ok(NotificationPanel {
-            recent: recent?,
-            failures: failures?,
-        })
+    async fn notifications(&self) -> Result<NotificationPanel, StateError> {
+        let (recent, failures) = self.notifications.recent(10).await?;
+        Ok(NotificationPanel { recent, failures })
     }
 }
 

@@ -22,6 +22,8 @@ mod signing;
 mod targets;
 
 pub use targets::{TargetError, TargetPolicy, non_public};
+/// The delivery log's rows, as [`Notifications::deliveries`] hands them out.
+pub use valueverse_store::{Attempt, Notification};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -34,8 +36,8 @@ use tokio::sync::{Notify, Semaphore};
 use crate::config::NotifierConfig;
 use crate::notifier::{Channel, Subscription, SubscriptionStatus};
 use valueverse_cluster::node::ClusterNode;
-use valueverse_runtime::System;
-use valueverse_store::{Attempt, Claimant, ClaimedDelivery, Notification, StoreError, unix_millis};
+use valueverse_runtime::{StateError, System};
+use valueverse_store::{Claimant, ClaimedDelivery, Store, StoreError, unix_millis};
 
 use metrics::OutboxMetrics;
 
@@ -83,6 +85,7 @@ pub enum NotifierError {
 
 struct Inner {
     system: System,
+    store: Store,
     cluster: ClusterNode,
     config: NotifierConfig,
     targets: TargetPolicy,
@@ -111,6 +114,7 @@ impl Notifications {
     /// runtime, once the node holds its lease.
     pub fn start(
         system: System,
+        store: Store,
         cluster: ClusterNode,
         config: &NotifierConfig,
     ) -> Result<(Notifications, tokio::task::JoinHandle<()>), NotifierError> {
@@ -151,6 +155,7 @@ impl Notifications {
             inner: Arc::new(Inner {
                 in_flight: Arc::new(Semaphore::new(config.concurrency)),
                 system,
+                store,
                 cluster,
                 config: config.clone(),
                 targets,
@@ -201,12 +206,26 @@ impl Notifications {
         &self,
         subscription_id: &str,
         (limit, offset): (i64, i64),
-    ) -> Result<(i64, Vec<(Notification, Vec<Attempt>)>), StoreError> {
-        self.inner
-            .system
-            .store()
+    ) -> Result<(i64, Vec<(Notification, Vec<Attempt>)>), StateError> {
+        Ok(self
+            .inner
+            .store
             .notifications_of(subscription_id, limit, offset)
-            .await
+            .await?)
+    }
+
+    /// The latest `limit` notifications of every subscription, and the
+    /// latest `limit` failed attempts (the dashboard's panel).
+    pub async fn recent(
+        &self,
+        limit: i64,
+    ) -> Result<(Vec<Notification>, Vec<Attempt>), StateError> {
+        let store = &self.inner.store;
+        let (recent, failures) = tokio::join!(
+            store.recent_notifications(limit),
+            store.recent_failed_attempts(limit)
+        );
+        Ok((recent?, failures?))
     }
 
     /// The notification of a subscription with this id, if it has one.
@@ -214,25 +233,19 @@ impl Notifications {
         &self,
         subscription_id: &str,
         notification_id: &str,
-    ) -> Result<Option<Notification>, StoreError> {
-        let found = self
-            .inner
-            .system
-            .store()
-            .notification(notification_id)
-            .await?;
+    ) -> Result<Option<Notification>, StateError> {
+        let found = self.inner.store.notification(notification_id).await?;
         Ok(found.filter(|notification| notification.subscription_id == subscription_id))
     }
 
     /// Sends a dead notification again (under the same delivery id), with
     /// a fresh budget of attempts. False when it is not dead (delivered,
     /// or still being tried).
-    pub async fn redeliver(&self, notification_id: &str) -> Result<bool, StoreError> {
+    pub async fn redeliver(&self, notification_id: &str) -> Result<bool, StateError> {
         let budget = i64::from(self.inner.config.max_attempts);
         let revived = self
             .inner
-            .system
-            .store()
+            .store
             .revive_notification(notification_id, budget)
             .await?;
         if revived {
@@ -279,7 +292,7 @@ impl Notifications {
     /// events are `known` to wait, a read looks first (no write
     /// transaction while the outbox is empty).
     async fn dispatch_once(&self, known: bool) -> Result<usize, StoreError> {
-        let store = self.inner.system.store();
+        let store = &self.inner.store;
         if !known && !store.has_undispatched_events().await? {
             return Ok(0);
         }
@@ -352,7 +365,7 @@ impl Notifications {
             return Ok(());
         }
         let read_began = Instant::now();
-        let bodies = self.inner.system.store().active_subscriptions().await?;
+        let bodies = self.inner.store.active_subscriptions().await?;
         let subscriptions = parse_subscriptions(&bodies);
         wanted.set(
             read_began,
@@ -384,8 +397,7 @@ impl Notifications {
                 let claimant = Claimant { node: &node, token };
                 let claimed = match self
                     .inner
-                    .system
-                    .store()
+                    .store
                     .claim_deliveries(
                         claimant,
                         free as i64,
@@ -454,7 +466,7 @@ impl Notifications {
         for timer in [&mut subscriptions, &mut stats] {
             timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         }
-        let store = self.inner.system.store().clone();
+        let store = self.inner.store.clone();
         loop {
             tokio::select! {
                 _ = subscriptions.tick() => {
@@ -526,7 +538,7 @@ impl Notifications {
             at_ms: now,
         };
         let claimant = Claimant { node, token };
-        let store = self.inner.system.store();
+        let store = &self.inner.store;
         for retry in 1..=RECORD_ATTEMPTS {
             match store
                 .record_attempt(&record, status, due_at_ms, claimant)

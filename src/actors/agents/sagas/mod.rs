@@ -667,29 +667,29 @@ impl Saga {
 /// A page of the sagas' summaries, newest first, filtered by status and
 /// definition.
 pub async fn list_sagas(
-    system: &valueverse_runtime::System,
+    records: &crate::Records,
     status: Option<SagaStatus>,
     definition: Option<&str>,
     page: (i64, i64),
-) -> Result<crate::Listed<SagaSummary>, valueverse_store::StoreError> {
+) -> Result<crate::Listed<SagaSummary>, valueverse_runtime::StateError> {
     let listing = valueverse_store::Listing::Sagas {
         status: status.map(SagaStatus::as_str),
         definition,
     };
-    crate::listing::page(system, listing, page).await
+    crate::listing::page(records, listing, page).await
 }
 
 /// The newest `limit` summaries of sagas in `status`, uncounted.
 pub async fn latest_sagas(
-    system: &valueverse_runtime::System,
+    records: &crate::Records,
     status: SagaStatus,
     limit: i64,
-) -> Result<Vec<SagaSummary>, valueverse_store::StoreError> {
+) -> Result<Vec<SagaSummary>, valueverse_runtime::StateError> {
     let listing = valueverse_store::Listing::Sagas {
         status: Some(status.as_str()),
         definition: None,
     };
-    crate::listing::latest(system, listing, limit).await
+    crate::listing::latest(records, listing, limit).await
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
+use valueverse_store::Store;
 
 use crate::amplifier::{Amplifier, AmplifierMsg, baseline_for};
 use crate::architect::{Architect, ArchitectMsg, ArchitectReply, ModelRecord};
@@ -173,6 +174,7 @@ impl SagaMetrics {
 
 struct Inner {
     system: System,
+    store: Store,
     simulations: Simulations,
     metrics: SagaMetrics,
     /// Sagas a task of this node is driving now.
@@ -186,12 +188,14 @@ impl SagaRunner {
     /// Starts the poller. Call inside a tokio runtime.
     pub fn start(
         system: System,
+        store: Store,
         simulations: Simulations,
     ) -> (SagaRunner, tokio::task::JoinHandle<()>) {
         let runner = SagaRunner {
             inner: Arc::new(Inner {
                 metrics: SagaMetrics::new(system.metrics().registry()),
                 system,
+                store,
                 simulations,
                 driving: Mutex::new(HashSet::new()),
                 wake: Notify::new(),
@@ -274,7 +278,7 @@ impl SagaRunner {
     /// a restart this node's previous run, after a change of placement the
     /// node that owned them before. Sagas this node is driving are left be.
     async fn resume_owned(&self) {
-        match self.inner.system.store().unfinished_sagas().await {
+        match self.inner.store.unfinished_sagas().await {
             Ok(ids) => {
                 for id in ids {
                     let driving = self.lock_driving().contains(&id);
@@ -296,7 +300,7 @@ impl SagaRunner {
         self.resume_owned().await;
         loop {
             let now = chrono::Utc::now().timestamp_millis();
-            match self.inner.system.store().due_sagas(now, 500).await {
+            match self.inner.store.due_sagas(now, 500).await {
                 Ok(ids) => ids
                     .into_iter()
                     .filter(|id| self.owns(id))

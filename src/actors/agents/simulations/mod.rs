@@ -32,7 +32,7 @@ use valueverse_cluster::node::ClusterNode;
 use valueverse_gpu::{self as gpu, Control, Device, RunError, RunSettings, SimulationResult};
 use valueverse_runtime::HandlingError;
 use valueverse_runtime::{Agent, AgentError, AgentId, System};
-use valueverse_store::StoreError;
+use valueverse_store::{Store, StoreError};
 
 use queue::FairQueue;
 
@@ -351,6 +351,7 @@ struct Quota {
 
 struct Inner {
     system: System,
+    store: Store,
     /// The node's lease, under which its jobs are recorded as its own.
     cluster: ClusterNode,
     runtime: tokio::runtime::Handle,
@@ -381,6 +382,7 @@ impl Simulations {
     /// lease ended. Must be called inside a tokio runtime.
     pub async fn start(
         system: System,
+        store: Store,
         cluster: ClusterNode,
         config: &SimulationConfig,
     ) -> Result<Simulations, StartError> {
@@ -401,6 +403,7 @@ impl Simulations {
         let inner = Arc::new(Inner {
             metrics: SimulationMetrics::new(system.metrics().registry()),
             system,
+            store,
             cluster,
             runtime: tokio::runtime::Handle::current(),
             capacity: config.queue_capacity,
@@ -606,7 +609,7 @@ impl Simulations {
         model_id: &str,
         model_version: i64,
     ) -> Result<Option<SimulationJob>, AgentError> {
-        let store = self.inner.system.store();
+        let store = &self.inner.store;
         let id = store
             .latest_done_simulation(model_id, model_version)
             .await
@@ -615,7 +618,7 @@ impl Simulations {
                     kind: Simulation::KIND,
                     key: format!("model {model_id} v{model_version}").into(),
                 },
-                cause: Box::new(cause),
+                cause: Box::new(cause.into()),
             })?;
         match id {
             Some(id) => Ok(Some(self.get(&id).await?)),
@@ -722,8 +725,7 @@ impl Simulations {
             token: runner.token,
         });
         let orphans = inner
-            .system
-            .store()
+            .store
             .orphaned_simulations(valueverse_store::unix_millis(), mine)
             .await
             .map_err(StartError::Store)?;
