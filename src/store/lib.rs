@@ -8,7 +8,7 @@
 //! The only crate of the workspace that depends on sqlx.
 
 use std::str::FromStr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -116,7 +116,7 @@ pub use leases::{Lease, LeaseClaim, Renewal};
 pub use notifications::{Attempt, Notification};
 pub use outbox::{Claimant, ClaimedDelivery, Dispatched, OutboxStats};
 pub use records::{Listing, Page, Record};
-pub use valueverse_runtime::{Column, OutboxEvent, VersionedState};
+pub use valueverse_runtime::{Column, OutboxEvent, VersionedState, unix_millis};
 
 macro_rules! with_pool {
     ($store:expr, $pool:ident => $body:expr) => {
@@ -287,13 +287,23 @@ impl Store {
         state: &S,
         expected_version: i64,
     ) -> Result<i64, StoreError> {
-        let text = encode_state(kind, key, state)?;
+        let text = valueverse_runtime::encode_state(kind, key, state).map_err(|error| {
+            let reason = match error {
+                valueverse_runtime::StateError::Codec { reason, .. } => reason,
+                other => other.to_string(),
+            };
+            StoreError::Codec {
+                kind: kind.to_owned(),
+                key: key.to_owned(),
+                reason,
+            }
+        })?;
         self.save_state_text(kind, key, text, expected_version, &[])
             .await
     }
 
     /// Like [`Store::save_state`] over state already encoded by
-    /// [`encode_state`], with the events the change raised written in the
+    /// `valueverse_runtime::encode_state`, with the events the change raised written in the
     /// same transaction.
     pub async fn save_state_text(
         &self,
@@ -354,26 +364,6 @@ impl Store {
     }
 }
 
-/// Encodes state the way [`Store::save_state`] stores it (JSON text), so a
-/// caller can encode synchronously and write later.
-pub fn encode_state<S: Serialize + ?Sized>(
-    kind: &str,
-    key: &str,
-    state: &S,
-) -> Result<String, StoreError> {
-    serde_json::to_string(state).map_err(|error| StoreError::Codec {
-        kind: kind.to_owned(),
-        key: key.to_owned(),
-        reason: error.to_string(),
-    })
-}
-
-pub fn unix_millis() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_millis() as i64)
-        .unwrap_or_default()
-}
 
 /// Drops the password from a URL before it is shown in an error or a log.
 /// An empty file only this user may read or write.
