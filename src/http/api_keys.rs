@@ -4,11 +4,12 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};
 use serde::Deserialize;
 
-use valueverse_agents::auth::{ApiKeys, Role};
+use valueverse_agents::auth::ApiKeys;
 
 use super::error::ErrorDoc;
 use super::error::{ApiError, parse_json};
 use super::middleware::Auth;
+use super::schemas::auth::Role;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -46,7 +47,7 @@ pub(crate) async fn create(
     {
         return Err(ApiError::invalid_field("name", format!("`name` {problem}")));
     }
-    let (row, key) = api_keys.create(body.role, &body.name).await?;
+    let (row, key) = api_keys.create(body.role.into(), &body.name).await?;
     Ok(HttpResponse::Created().json(serde_json::json!({
         "id": row.id, "name": row.name, "role": row.role, "key": key,
         "created_at_ms": row.created_at_ms,

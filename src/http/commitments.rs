@@ -8,8 +8,7 @@ use serde::Deserialize;
 use valueverse_agents::Records;
 use valueverse_agents::architect::{ArchitectMsg, ModelStatus};
 use valueverse_agents::committer::{
-    Commitment, CommitmentRequest, CommitmentStatus, Committer, CommitterMsg, Milestone,
-    SimulatedSupport, Terms, check_commitment,
+    Commitment, CommitmentRequest, Committer, CommitterMsg, SimulatedSupport, check_commitment,
 };
 use valueverse_agents::simulations::Simulations;
 use valueverse_runtime::System;
@@ -17,6 +16,7 @@ use valueverse_runtime::System;
 use super::error::ErrorDoc;
 use super::error::{ApiError, parse_json, parse_query};
 use super::listing::list_page;
+use super::schemas::committer as api;
 use super::value_models::ask_model;
 use valueverse_agents::committer::list_commitments;
 
@@ -31,20 +31,10 @@ struct CommitBody {
     confidence: f64,
     #[schema(minimum = -9007199254740991.0, maximum = 9007199254740991.0)]
     target: f64,
-    terms: Terms,
+    terms: api::Terms,
     #[serde(default)]
     #[schema(max_items = 100)]
-    milestones: Vec<Milestone>,
-}
-
-fn check(body: &CommitBody) -> Result<(), ApiError> {
-    check_commitment(
-        body.confidence,
-        Some(body.target),
-        &body.terms,
-        &body.milestones,
-    )
-    .map_err(|error| ApiError::invalid_field(&error.path, error.message))
+    milestones: Vec<api::Milestone>,
 }
 
 async fn ask(system: &System, id: &str, msg: CommitterMsg) -> Result<Commitment, ApiError> {
@@ -60,7 +50,7 @@ async fn ask(system: &System, id: &str, msg: CommitterMsg) -> Result<Commitment,
     tag = "committer",
     request_body = CommitBody,
     responses(
-        (status = 201, description = "committed", body = Commitment),
+        (status = 201, description = "committed", body = api::Commitment),
         (status = 404, description = "not found", body = ErrorDoc),
         (status = 422, description = "invalid field, named", body = ErrorDoc),
     ),
@@ -72,7 +62,10 @@ pub(crate) async fn commit(
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let body: CommitBody = parse_json(&body, false)?;
-    check(&body)?;
+    let terms = body.terms.into();
+    let milestones: Vec<_> = body.milestones.into_iter().map(Into::into).collect();
+    check_commitment(body.confidence, Some(body.target), &terms, &milestones)
+        .map_err(|error| ApiError::invalid_field(&error.path, error.message))?;
     let (record, version) = ask_model(
         &system,
         &body.model_id,
@@ -111,8 +104,8 @@ pub(crate) async fn commit(
         currency: model.currency.clone(),
         confidence: body.confidence,
         target: body.target,
-        terms: body.terms,
-        milestones: body.milestones,
+        terms,
+        milestones,
     };
     let id = uuid::Uuid::now_v7().to_string();
     let commitment = ask(
@@ -126,7 +119,7 @@ pub(crate) async fn commit(
     .await?;
     Ok(HttpResponse::Created()
         .insert_header((header::LOCATION, format!("/api/v1/commitments/{id}")))
-        .json(commitment))
+        .json(api::Commitment::from(commitment)))
 }
 
 #[utoipa::path(
@@ -137,7 +130,7 @@ pub(crate) async fn commit(
         ("id" = String, Path, description = "id"),
     ),
     responses(
-        (status = 200, description = "the commitment", body = Commitment),
+        (status = 200, description = "the commitment", body = api::Commitment),
         (status = 404, description = "not found", body = ErrorDoc),
     ),
     security(("bearer" = [])),
@@ -146,7 +139,8 @@ pub(crate) async fn get(
     system: web::Data<System>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(ask(&system, &id, CommitterMsg::Get).await?))
+    let commitment = ask(&system, &id, CommitterMsg::Get).await?;
+    Ok(HttpResponse::Ok().json(api::Commitment::from(commitment)))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -165,7 +159,7 @@ struct VoidBody {
         ("id" = String, Path, description = "id"),
     ),
     responses(
-        (status = 200, description = "voided", body = Commitment),
+        (status = 200, description = "voided", body = api::Commitment),
         (status = 404, description = "not found", body = ErrorDoc),
         (status = 409, description = "conflict with the current state", body = ErrorDoc),
         (status = 422, description = "invalid field, named", body = ErrorDoc),
@@ -187,14 +181,14 @@ pub(crate) async fn void(
         },
     )
     .await?;
-    Ok(HttpResponse::Ok().json(commitment))
+    Ok(HttpResponse::Ok().json(api::Commitment::from(commitment)))
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
     model_id: Option<String>,
-    status: Option<CommitmentStatus>,
+    status: Option<api::CommitmentStatus>,
     #[serde(default = "super::listing::default_limit")]
     limit: i64,
     #[serde(default)]
@@ -207,12 +201,12 @@ struct ListQuery {
     tag = "committer",
     params(
         ("model_id" = Option<String>, Query, description = "filter"),
-        ("status" = Option<CommitmentStatus>, Query, description = "filter"),
+        ("status" = Option<api::CommitmentStatus>, Query, description = "filter"),
         ("limit" = Option<i64>, Query, description = "1 to 100 [default: 20]"),
         ("offset" = Option<i64>, Query, description = "rows to skip [default: 0]"),
     ),
     responses(
-        (status = 200, description = "a page of commitments", body = super::listing::PageOf<Commitment>),
+        (status = 200, description = "a page of commitments", body = super::listing::PageOf<api::Commitment>),
     ),
     security(("bearer" = [])),
 )]
@@ -223,8 +217,11 @@ pub(crate) async fn list(
     let query: ListQuery = parse_query(request.query_string())?;
     list_page(
         (query.limit, query.offset),
-        |page| list_commitments(&records, query.model_id.as_deref(), query.status, page),
-        |commitment: Commitment| commitment,
+        |page| {
+            let status = query.status.map(Into::into);
+            list_commitments(&records, query.model_id.as_deref(), status, page)
+        },
+        api::Commitment::from,
     )
     .await
 }

@@ -9,19 +9,19 @@ use chrono::{NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
 use valueverse_agents::Records;
-use valueverse_agents::amplifier::{
-    Amplifier, AmplifierMsg, AmplifierReply, Insights, baseline_for,
-};
+use valueverse_agents::amplifier::{Amplifier, AmplifierMsg, AmplifierReply, baseline_for};
 use valueverse_agents::architect::ArchitectMsg;
 use valueverse_agents::committer::{CommitmentStatus, Committer, CommitterMsg};
 use valueverse_agents::executor::{
-    Delivery, Executor, ExecutorMsg, Plan, PlanStatus, Task, TaskStatus, plan_for,
+    Delivery, Executor, ExecutorMsg, Plan, Task, TaskStatus, plan_for,
 };
 use valueverse_runtime::System;
 
 use super::error::ErrorDoc;
 use super::error::{ApiError, parse_json, parse_query};
 use super::listing::list_page;
+use super::schemas::amplifier as amplifier_api;
+use super::schemas::executor as api;
 use super::value_models::ask_model;
 use valueverse_agents::executor::list_plans;
 
@@ -51,7 +51,7 @@ async fn amplify(
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 struct PlanView {
     #[serde(flatten)]
-    plan: Plan,
+    plan: api::Plan,
     progress_percent: f64,
     realized_value: f64,
 }
@@ -61,7 +61,7 @@ impl From<Plan> for PlanView {
         PlanView {
             progress_percent: 100.0 * plan.progress(),
             realized_value: plan.deliveries.iter().map(|d| d.value).sum(),
-            plan,
+            plan: plan.into(),
         }
     }
 }
@@ -72,7 +72,7 @@ impl From<Plan> for PlanView {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 struct PlanSummary {
     id: String,
-    status: PlanStatus,
+    status: api::PlanStatus,
     commitment_id: String,
     model_id: String,
     model_version: i64,
@@ -95,7 +95,7 @@ impl From<Plan> for PlanSummary {
             tasks: plan.tasks.len(),
             deliveries: plan.deliveries.len(),
             id: plan.id,
-            status: plan.status,
+            status: plan.status.into(),
             commitment_id: plan.commitment_id,
             model_id: plan.model_id,
             model_version: plan.model_version,
@@ -240,7 +240,7 @@ pub(crate) async fn get(
 struct ProgressBody {
     /// A task id (`t1`) and its new status, or
     task: Option<String>,
-    status: Option<TaskStatus>,
+    status: Option<api::TaskStatus>,
     /// a milestone reached (on `on`, default today).
     milestone: Option<String>,
     on: Option<NaiveDate>,
@@ -269,7 +269,10 @@ pub(crate) async fn progress(
 ) -> Result<HttpResponse, ApiError> {
     let body: ProgressBody = parse_json(&body, false)?;
     let msg = match (body.task, body.status, body.milestone) {
-        (Some(task), Some(status), None) => ExecutorMsg::UpdateTask { task, status },
+        (Some(task), Some(status), None) => ExecutorMsg::UpdateTask {
+            task,
+            status: status.into(),
+        },
         (Some(_), None, None) => {
             return Err(ApiError::invalid_field(
                 "status",
@@ -357,7 +360,7 @@ pub(crate) async fn deliver(
     .await?;
     Ok(HttpResponse::Created().json(serde_json::json!({
         "plan_id": plan.id,
-        "delivery": delivery,
+        "delivery": api::Delivery::from(delivery),
         "realized_value": plan.deliveries.iter().map(|d| d.value).sum::<f64>(),
     })))
 }
@@ -408,7 +411,7 @@ pub(crate) async fn cancel(
 struct ListQuery {
     commitment_id: Option<String>,
     model_id: Option<String>,
-    status: Option<PlanStatus>,
+    status: Option<api::PlanStatus>,
     #[serde(default = "super::listing::default_limit")]
     limit: i64,
     #[serde(default)]
@@ -422,7 +425,7 @@ struct ListQuery {
     params(
         ("commitment_id" = Option<String>, Query, description = "filter"),
         ("model_id" = Option<String>, Query, description = "filter"),
-        ("status" = Option<PlanStatus>, Query, description = "filter"),
+        ("status" = Option<api::PlanStatus>, Query, description = "filter"),
         ("limit" = Option<i64>, Query, description = "1 to 100 [default: 20]"),
         ("offset" = Option<i64>, Query, description = "rows to skip [default: 0]"),
     ),
@@ -443,7 +446,7 @@ pub(crate) async fn list(
                 &records,
                 query.commitment_id.as_deref(),
                 query.model_id.as_deref(),
-                query.status,
+                query.status.map(Into::into),
                 page,
             )
         },
@@ -472,7 +475,7 @@ struct InsightsQuery {
         ("margin" = Option<f64>, Query, description = "0 to 1 [default: 0.1]"),
     ),
     responses(
-        (status = 200, description = "realized vs committed, trend, opportunities, risks", body = Insights),
+        (status = 200, description = "realized vs committed, trend, opportunities, risks", body = amplifier_api::Insights),
         (status = 404, description = "no such model, or no plan for it yet (`no_baseline`)", body = ErrorDoc),
         (status = 422, description = "invalid field, named", body = ErrorDoc),
     ),
@@ -495,7 +498,9 @@ pub(crate) async fn insights(
     }
     let as_of = query.as_of.unwrap_or_else(|| Utc::now().date_naive());
     match amplify(&system, &model_id, AmplifierMsg::Insights { as_of, margin }).await? {
-        AmplifierReply::Insights(insights) => Ok(HttpResponse::Ok().json(insights)),
+        AmplifierReply::Insights(insights) => {
+            Ok(HttpResponse::Ok().json(amplifier_api::Insights::from(*insights)))
+        }
         AmplifierReply::Done => Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",

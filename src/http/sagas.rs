@@ -9,13 +9,11 @@ use serde::Deserialize;
 use valueverse_agents::Records;
 use valueverse_agents::architect::{ArchitectMsg, ModelStatus};
 use valueverse_agents::auth::Role;
-use valueverse_agents::committer::{
-    CommitmentStatus, Committer, CommitterMsg, Milestone, Terms, check_commitment,
-};
+use valueverse_agents::committer::{CommitmentStatus, Committer, CommitterMsg, check_commitment};
 use valueverse_agents::saga::SagaMsg;
 use valueverse_agents::sagas::{
-    RenewalInput, Saga, SagaDefinition, SagaInput, SagaRunner, SagaStatus, SagaSummary,
-    ValueCreationInput, renewal, value_creation,
+    RenewalInput, Saga, SagaDefinition, SagaInput, SagaRunner, ValueCreationInput, renewal,
+    value_creation,
 };
 use valueverse_runtime::System;
 
@@ -23,6 +21,8 @@ use super::error::{ApiError, ErrorDoc, parse_json, parse_query};
 use super::listing::list_page;
 use super::middleware::Auth;
 use super::schemas;
+use super::schemas::committer as committer_api;
+use super::schemas::sagas as api;
 use super::value_models::ask_model;
 use super::ws::{Outgoing, Source};
 
@@ -38,23 +38,19 @@ struct ValueCreationBody {
     /// [default: the NPV the simulation reaches at `confidence`]
     #[schema(minimum = -9007199254740991.0, maximum = 9007199254740991.0)]
     target: Option<f64>,
-    terms: Terms,
+    terms: committer_api::Terms,
     #[serde(default)]
     #[schema(max_items = 100)]
-    milestones: Vec<Milestone>,
+    milestones: Vec<committer_api::Milestone>,
     /// [default: today]
     start_date: Option<NaiveDate>,
     /// Paths of the simulation step, 1 to 10^7 [default: 20000].
-    #[serde(default = "default_saga_paths")]
+    #[serde(default = "api::default_paths")]
     #[schema(minimum = 1, maximum = 10_000_000)]
     paths: u64,
     /// Admin only: the step to fail, to see the compensations run.
     #[schema(pattern = "^(design|simulate|commit|plan|amplify)$")]
     fail_step: Option<String>,
-}
-
-fn default_saga_paths() -> u64 {
-    valueverse_agents::sagas::DEFAULT_PATHS
 }
 
 impl From<ValueCreationBody> for ValueCreationInput {
@@ -73,8 +69,8 @@ impl From<ValueCreationBody> for ValueCreationInput {
             model: model.into(),
             confidence,
             target,
-            terms,
-            milestones,
+            terms: terms.into(),
+            milestones: milestones.into_iter().map(Into::into).collect(),
             start_date,
             paths,
             fail_step,
@@ -128,7 +124,7 @@ fn check_paths(paths: u64) -> Result<(), ApiError> {
 fn accepted(saga: Saga) -> HttpResponse {
     HttpResponse::Accepted()
         .insert_header((header::LOCATION, format!("/api/v1/sagas/{}", saga.id)))
-        .json(saga)
+        .json(api::Saga::from(saga))
 }
 
 /// A new saga of the caller: its jobs count against the caller's key.
@@ -155,7 +151,7 @@ fn start(request: &HttpRequest, input: &SagaInput) -> Result<Saga, ApiError> {
     tag = "sagas",
     request_body = ValueCreationBody,
     responses(
-        (status = 202, description = "started", body = Saga),
+        (status = 202, description = "started", body = api::Saga),
         (status = 400, description = "malformed JSON or unknown field", body = ErrorDoc),
         (status = 403, description = "fail_step without the admin role", body = ErrorDoc),
         (status = 422, description = "invalid field, named", body = ErrorDoc),
@@ -195,10 +191,10 @@ pub(crate) async fn start_value_creation(
     post,
     path = "/api/v1/sagas/renewal",
     tag = "sagas",
-    request_body = RenewalInput,
+    request_body = api::RenewalInput,
     responses(
         (status = 409, description = "the state of what it names refuses it (a voided commitment, an archived model)", body = ErrorDoc),
-        (status = 202, description = "started", body = Saga),
+        (status = 202, description = "started", body = api::Saga),
         (status = 404, description = "no such commitment", body = ErrorDoc),
         (status = 422, description = "invalid field, named", body = ErrorDoc),
     ),
@@ -211,7 +207,7 @@ pub(crate) async fn start_renewal(
     request: HttpRequest,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    let input: RenewalInput = parse_json(&body, false)?;
+    let input = RenewalInput::from(parse_json::<api::RenewalInput>(&body, false)?);
     let definition = renewal();
     check_fail_step(&request, &auth, &input.fail_step, &definition)?;
     check_paths(input.paths)?;
@@ -261,7 +257,7 @@ pub(crate) async fn start_renewal(
     tag = "sagas",
     params(("id" = String, Path, description = "saga id")),
     responses(
-        (status = 200, description = "the saga: status, each step's state, attempts, timings, errors", body = Saga),
+        (status = 200, description = "the saga: status, each step's state, attempts, timings, errors", body = api::Saga),
         (status = 404, description = "not found", body = ErrorDoc),
     ),
     security(("bearer" = [])),
@@ -270,13 +266,13 @@ pub(crate) async fn get(
     runner: web::Data<SagaRunner>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(runner.get(&id).await?))
+    Ok(HttpResponse::Ok().json(api::Saga::from(runner.get(&id).await?)))
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
-    status: Option<SagaStatus>,
+    status: Option<api::SagaStatus>,
     definition: Option<String>,
     #[serde(default = "super::listing::default_limit")]
     limit: i64,
@@ -289,13 +285,13 @@ struct ListQuery {
     path = "/api/v1/sagas",
     tag = "sagas",
     params(
-        ("status" = Option<SagaStatus>, Query, description = "filter"),
+        ("status" = Option<api::SagaStatus>, Query, description = "filter"),
         ("definition" = Option<String>, Query, description = "value-creation or renewal"),
         ("limit" = Option<i64>, Query, description = "1 to 100 [default: 20]"),
         ("offset" = Option<i64>, Query, description = "rows to skip"),
     ),
     responses(
-        (status = 200, description = "a page of sagas", body = super::listing::PageOf<SagaSummary>),
+        (status = 200, description = "a page of sagas", body = super::listing::PageOf<api::SagaSummary>),
         (status = 400, description = "bad query", body = ErrorDoc),
     ),
     security(("bearer" = [])),
@@ -310,12 +306,12 @@ pub(crate) async fn list(
         |page| {
             valueverse_agents::sagas::list_sagas(
                 &records,
-                query.status,
+                query.status.map(Into::into),
                 query.definition.as_deref(),
                 page,
             )
         },
-        |saga: SagaSummary| saga,
+        api::SagaSummary::from,
     )
     .await
 }
@@ -326,7 +322,7 @@ pub(crate) async fn list(
     tag = "sagas",
     params(("id" = String, Path, description = "saga id")),
     responses(
-        (status = 200, description = "compensating what was done", body = Saga),
+        (status = 200, description = "compensating what was done", body = api::Saga),
         (status = 404, description = "not found", body = ErrorDoc),
         (status = 409, description = "not running", body = ErrorDoc),
     ),
@@ -336,7 +332,7 @@ pub(crate) async fn cancel(
     runner: web::Data<SagaRunner>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(runner.cancel(&id).await?))
+    Ok(HttpResponse::Ok().json(api::Saga::from(runner.cancel(&id).await?)))
 }
 
 #[utoipa::path(
@@ -345,7 +341,7 @@ pub(crate) async fn cancel(
     tag = "sagas",
     params(("id" = String, Path, description = "saga id")),
     responses(
-        (status = 200, description = "compensating again", body = Saga),
+        (status = 200, description = "compensating again", body = api::Saga),
         (status = 404, description = "not found", body = ErrorDoc),
         (status = 409, description = "does not need attention", body = ErrorDoc),
     ),
@@ -355,7 +351,8 @@ pub(crate) async fn retry(
     runner: web::Data<SagaRunner>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(runner.tell(&id, SagaMsg::Retry).await?))
+    let saga = runner.tell(&id, SagaMsg::Retry).await?;
+    Ok(HttpResponse::Ok().json(api::Saga::from(saga)))
 }
 
 #[utoipa::path(
@@ -401,16 +398,17 @@ struct Transitions {
     first: Option<Saga>,
 }
 
-fn state_message(saga: &Saga) -> String {
-    serde_json::json!({ "type": "state", "saga": saga }).to_string()
+fn state_message(saga: Saga) -> String {
+    serde_json::json!({ "type": "state", "saga": api::Saga::from(saga) }).to_string()
 }
 
 impl Source for Transitions {
     async fn next(&mut self) -> Outgoing {
         use tokio::sync::broadcast::error::RecvError;
         if let Some(saga) = self.first.take() {
-            let text = state_message(&saga);
-            return if saga.status.is_final() {
+            let last = saga.status.is_final();
+            let text = state_message(saga);
+            return if last {
                 Outgoing::Last(text.into())
             } else {
                 Outgoing::Text(text.into())
@@ -437,7 +435,7 @@ impl Source for Transitions {
                 // was missed.
                 Err(RecvError::Lagged(_)) => {
                     return match self.runner.get(&self.id).await {
-                        Ok(saga) => Outgoing::Text(state_message(&saga).into()),
+                        Ok(saga) => Outgoing::Text(state_message(saga).into()),
                         Err(_) => Outgoing::End,
                     };
                 }

@@ -7,11 +7,13 @@ use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::schemas::simulation as api;
+use super::schemas::simulations as queue_api;
 use super::schemas::{Device, SimulationResult, ValueModel};
 use valueverse_agents::architect::ArchitectMsg;
 use valueverse_agents::auth::Caller;
-use valueverse_agents::simulation::{JobProgress, JobStatus, SimulationJob, SimulationRequest};
-use valueverse_agents::simulations::{QueueSnapshot, SimulationEvent, Simulations, SubmitError};
+use valueverse_agents::simulation::{JobStatus, SimulationJob, SimulationRequest};
+use valueverse_agents::simulations::{SimulationEvent, Simulations, SubmitError};
 use valueverse_runtime::System;
 
 use super::error::ErrorDoc;
@@ -61,7 +63,7 @@ struct SubmitBody {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 struct JobView {
     id: String,
-    status: JobStatus,
+    status: api::JobStatus,
     submitter: String,
     model_name: String,
     model_id: Option<String>,
@@ -77,7 +79,7 @@ struct JobView {
     created_at: DateTime<Utc>,
     started_at: Option<DateTime<Utc>>,
     finished_at: Option<DateTime<Utc>>,
-    progress: Option<JobProgress>,
+    progress: Option<api::JobProgress>,
     error: Option<String>,
     links: Links,
 }
@@ -112,7 +114,7 @@ impl From<SimulationJob> for JobView {
                 this: base,
             },
             id: job.id,
-            status: job.status,
+            status: job.status.into(),
             submitter: job.submitter,
             model_name: request.model.name,
             model_id: job.model_id,
@@ -128,7 +130,7 @@ impl From<SimulationJob> for JobView {
             created_at: job.created_at,
             started_at: job.started_at,
             finished_at: job.finished_at,
-            progress: job.progress,
+            progress: job.progress.map(Into::into),
             error: job.error,
         }
     }
@@ -333,12 +335,12 @@ pub(crate) async fn cancel(
     path = "/api/v1/simulations/queue",
     tag = "simulations",
     responses(
-        (status = 200, description = "running and queued jobs", body = QueueSnapshot),
+        (status = 200, description = "running and queued jobs", body = queue_api::QueueSnapshot),
     ),
     security(("bearer" = [])),
 )]
 pub(crate) async fn queue(simulations: web::Data<Simulations>) -> HttpResponse {
-    HttpResponse::Ok().json(simulations.queue())
+    HttpResponse::Ok().json(queue_api::QueueSnapshot::from(simulations.queue()))
 }
 
 /// `/ws/simulations/{id}`: the job's state at once, then an event after each
@@ -374,7 +376,8 @@ pub(crate) async fn events(
             let bus = system.subscribe_cluster_events();
             // An unknown job is a 404 before any upgrade.
             let job = simulations.get(&id).await.map_err(ApiError::from)?;
-            let event = serde_json::to_value(SimulationEvent::of(&job)).unwrap_or_default();
+            let event = api::SimulationEvent::from(SimulationEvent::of(&job));
+            let event = serde_json::to_value(event).unwrap_or_default();
             Feed::Shared {
                 bus,
                 source: format!("simulation/{}", id.as_str()),
@@ -424,7 +427,8 @@ impl Feed {
                 if std::mem::replace(sent, true) {
                     live.changed().await.ok()?;
                 }
-                serde_json::to_value(&*live.borrow_and_update()).ok()
+                let event = api::SimulationEvent::from(live.borrow_and_update().clone());
+                serde_json::to_value(event).ok()
             }
             Feed::Shared { bus, source, first } => {
                 if let Some(first) = first.take() {
@@ -437,7 +441,7 @@ impl Feed {
                                 && event.event_type
                                     == valueverse_agents::simulations::SHARED_EVENT =>
                         {
-                            return Some(event.data.clone());
+                            return Some(shared_event(&event.data));
                         }
                         Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                         Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
@@ -446,4 +450,16 @@ impl Feed {
             }
         }
     }
+}
+
+/// An event another node shared, as this API writes it: read through the
+/// API's shape (the same JSON; a test holds them together). One that does
+/// not read (a node of another version) goes as it came.
+fn shared_event(data: &serde_json::Value) -> serde_json::Value {
+    serde_json::from_value::<api::SimulationEvent>(data.clone())
+        .and_then(serde_json::to_value)
+        .unwrap_or_else(|error| {
+            tracing::debug!(%error, "simulation: a shared event does not read; relayed as it came");
+            data.clone()
+        })
 }

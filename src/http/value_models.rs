@@ -9,10 +9,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::schemas;
+use super::schemas::architect::ModelStatus;
 use valueverse_agents::Records;
-use valueverse_agents::architect::{
-    Architect, ArchitectMsg, ArchitectReply, ModelRecord, ModelStatus,
-};
+use valueverse_agents::architect::{Architect, ArchitectMsg, ArchitectReply, ModelRecord};
 use valueverse_gpu::model::ValueModel;
 use valueverse_runtime::System;
 
@@ -41,7 +40,7 @@ impl ModelView {
         let at = record.version(version)?;
         Some(ModelView {
             id: record.id.clone(),
-            status: record.status,
+            status: record.status.into(),
             version,
             latest_version: record.current().version,
             archive_reason: record.archive_reason.clone(),
@@ -270,7 +269,7 @@ pub(crate) async fn list(
                 &records,
                 query.customer.as_deref(),
                 query.industry.as_deref(),
-                query.status,
+                query.status.map(Into::into),
                 page,
             )
         },
@@ -278,7 +277,7 @@ pub(crate) async fn list(
             let current = record.current();
             ModelSummary {
                 id: record.id.clone(),
-                status: record.status,
+                status: record.status.into(),
                 version: current.version,
                 name: current.model.name.clone(),
                 customer: current.model.customer.clone(),

@@ -10,14 +10,13 @@ use valueverse_agents::Records;
 use valueverse_agents::auth::Role;
 use valueverse_agents::notifications::{Attempt, Notification};
 use valueverse_agents::notifications::{EVENT_TYPES, Notifications};
-use valueverse_agents::notifier::{
-    Channel, Notifier, NotifierMsg, Subscription, SubscriptionStatus,
-};
+use valueverse_agents::notifier::{Channel, Notifier, NotifierMsg, Subscription};
 use valueverse_runtime::System;
 
 use super::error::ErrorDoc;
 use super::error::{ApiError, parse_json, parse_query};
 use super::listing::{check_paging, list_page};
+use super::schemas::notifier::SubscriptionStatus;
 use valueverse_agents::notifier::list_subscriptions;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -69,7 +68,7 @@ impl From<Subscription> for SubscriptionView {
         };
         SubscriptionView {
             id: subscription.id,
-            status: subscription.status,
+            status: subscription.status.into(),
             channel,
             url,
             email,
@@ -173,7 +172,7 @@ pub(crate) async fn subscribe(
     let id = uuid::Uuid::now_v7().to_string();
     let subscription = Subscription {
         id: id.clone(),
-        status: SubscriptionStatus::Active,
+        status: valueverse_agents::notifier::SubscriptionStatus::Active,
         channel,
         event_types,
         created_at: Utc::now(),
@@ -295,7 +294,7 @@ pub(crate) async fn list(
     let role = caller_role(&request);
     list_page(
         (query.limit, query.offset),
-        |page| list_subscriptions(&records, query.status, page),
+        |page| list_subscriptions(&records, query.status.map(Into::into), page),
         |subscription: Subscription| SubscriptionView::from(subscription).for_role(role),
     )
     .await

@@ -364,7 +364,6 @@ impl Store {
     }
 }
 
-
 /// Drops the password from a URL before it is shown in an error or a log.
 /// An empty file only this user may read or write.
 fn create_private_file(path: &std::path::Path) -> std::io::Result<()> {

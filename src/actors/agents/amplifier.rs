@@ -63,7 +63,7 @@ pub struct Amplification {
     pub deliveries: Vec<Delivery>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DriverInsight {
     pub driver: String,
     pub committed_to_date: f64,
@@ -72,7 +72,7 @@ pub struct DriverInsight {
     pub realization_percent: Option<f64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrendPoint {
     /// `YYYY-MM`.
     pub month: String,
@@ -80,7 +80,7 @@ pub struct TrendPoint {
     pub cumulative_realized: f64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Opportunity {
     pub driver: String,
     pub realization_percent: f64,
@@ -88,7 +88,7 @@ pub struct Opportunity {
     pub added_value_at_horizon: f64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Risk {
     pub driver: String,
     pub realization_percent: f64,
@@ -96,7 +96,7 @@ pub struct Risk {
     pub projected_shortfall_at_horizon: f64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Insights {
     pub model_id: String,
     pub plan_id: String,

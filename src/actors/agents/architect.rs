@@ -17,7 +17,7 @@ use valueverse_runtime::{Agent, AgentMessage, Handling, RejectionCode};
 
 const TABLE: &str = "value_models";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ModelStatus {
     Active,

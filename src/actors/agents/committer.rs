@@ -17,13 +17,11 @@ const TABLE: &str = "commitments";
 
 /// Contract terms: a fixed fee, plus a share of realized value above the
 /// target, the whole capped.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Terms {
-    #[schema(minimum = 0.0, maximum = 9007199254740991.0)]
     pub fixed_fee: f64,
     /// Share (0 to 1) of realized value above the target.
-    #[schema(minimum = 0.0, maximum = 1.0)]
     pub outcome_share: f64,
     /// Most the customer pays in all; `None`: no cap.
     pub cap: Option<f64>,
@@ -133,23 +131,17 @@ pub fn check_commitment(
     Ok(())
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Milestone {
-    #[schema(
-        min_length = 1,
-        max_length = 200,
-        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*\\S[^\\x00-\\x1f\\x7f-\\x9f]*$"
-    )]
     pub name: String,
     /// 2000-01-01 to 2199-12-31.
     pub due_date: NaiveDate,
-    #[schema(minimum = 0.0, maximum = 9007199254740991.0)]
     pub expected_value: f64,
 }
 
 /// What the simulation said, as the commitment was made.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SimulatedSupport {
     pub simulation_id: String,
     pub paths: u64,
@@ -158,7 +150,7 @@ pub struct SimulatedSupport {
     pub npv_at_confidence: f64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CommitmentStatus {
     Active,
@@ -175,7 +167,7 @@ impl CommitmentStatus {
 }
 
 /// What a client asks to commit to (checked by the caller).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CommitmentRequest {
     pub model_id: String,
     pub model_version: i64,
@@ -187,7 +179,7 @@ pub struct CommitmentRequest {
     pub milestones: Vec<Milestone>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Commitment {
     pub id: String,
     pub status: CommitmentStatus,

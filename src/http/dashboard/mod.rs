@@ -22,16 +22,17 @@ use prometheus::{IntCounter, IntGauge};
 use serde::Serialize;
 use tokio::sync::{Notify, watch};
 
+use crate::schemas::sagas::SagaSummary;
+use crate::schemas::simulation::{JobProgress, JobStatus};
+use crate::schemas::simulations::QueueSnapshot;
+use crate::schemas::{ClusterView, Device, SimulationResult};
 use valueverse_agents::Records;
 use valueverse_agents::notifications::{Attempt, Notification, Notifications};
-use valueverse_agents::sagas::{SagaStatus, SagaSummary, latest_sagas, list_sagas};
-use valueverse_agents::simulation::{
-    JobProgress, JobStatus, SimulationJob, SimulationRequest, latest_jobs,
-};
-use valueverse_agents::simulations::{QueueSnapshot, Simulations};
-use valueverse_cluster::node::{ClusterNode, ClusterView};
+use valueverse_agents::sagas::{SagaStatus, latest_sagas, list_sagas};
+use valueverse_agents::simulation::{SimulationJob, SimulationRequest, latest_jobs};
+use valueverse_agents::simulations::Simulations;
+use valueverse_cluster::node::ClusterNode;
 use valueverse_cluster::peer_requests::{self, PeerRequests};
-use valueverse_gpu::{Device, SimulationResult};
 use valueverse_runtime::{InstanceSnapshot, InstanceStatus, System};
 use valueverse_runtime::{StateError, unix_millis};
 
@@ -158,7 +159,7 @@ impl From<SimulationJob> for RecentJob {
         } = job.request;
         RecentJob {
             id: job.id,
-            status: job.status,
+            status: job.status.into(),
             submitter: job.submitter,
             model_id: job.model_id,
             model_version: job.model_version,
@@ -166,7 +167,7 @@ impl From<SimulationJob> for RecentJob {
             request: RecentRequest {
                 paths,
                 seed,
-                device,
+                device: device.into(),
                 bins,
                 stop_at_rel_se,
             },
@@ -176,10 +177,11 @@ impl From<SimulationJob> for RecentJob {
             finished_at: job.finished_at,
             attempts: job.attempts,
             cancel_requested: job.cancel_requested,
-            progress: job.progress,
-            result: job.result.map(|mut result| {
+            progress: job.progress.map(Into::into),
+            result: job.result.map(|result| {
+                let mut result = SimulationResult::from(*result);
                 result.npv_quantiles = Vec::new();
-                result
+                Box::new(result)
             }),
             error: job.error,
         }
@@ -465,7 +467,7 @@ impl Inner {
             at_ms: unix_millis(),
             kinds,
             history: history.samples.iter().cloned().collect(),
-            simulations: self.simulations.queue(),
+            simulations: self.simulations.queue().into(),
         }
     }
 
@@ -490,7 +492,7 @@ impl Inner {
             at_ms: unix_millis(),
             node: me,
             viewers: self.frames.receiver_count(),
-            cluster,
+            cluster: cluster.into(),
             nodes,
             sagas: sagas?,
             simulations: simulations?,
@@ -562,6 +564,10 @@ impl Inner {
         recent.extend(compensated?);
         recent.sort_by_key(|saga| std::cmp::Reverse(saga.updated_at));
         recent.truncate(10);
+        let (in_flight, recent) = (
+            in_flight.into_iter().map(SagaSummary::from).collect(),
+            recent.into_iter().map(SagaSummary::from).collect(),
+        );
         Ok(SagaPanel {
             running_total: running.total,
             compensating_total: compensating.total,

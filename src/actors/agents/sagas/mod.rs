@@ -188,7 +188,7 @@ pub fn definition(name: &str, version: u32) -> Option<SagaDefinition> {
         .find(|definition| definition.name == name && definition.version == version)
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SagaStatus {
     Running,
@@ -214,7 +214,7 @@ impl SagaStatus {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StepStatus {
     Pending,
@@ -225,7 +225,7 @@ pub enum StepStatus {
     CompensationFailed,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepState {
     pub name: String,
     pub status: StepStatus,
@@ -238,7 +238,7 @@ pub struct StepState {
     pub output: Option<serde_json::Value>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Direction {
     Forward,
@@ -256,7 +256,7 @@ pub struct Due {
 }
 
 /// One saga instance.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Saga {
     pub id: String,
     pub definition: String,
@@ -264,7 +264,6 @@ pub struct Saga {
     pub status: SagaStatus,
     /// The request that started it. Shared: a saga is copied into every
     /// reply of its coordinator, the model in its input need not be.
-    #[schema(value_type = Object)]
     pub input: std::sync::Arc<serde_json::Value>,
     pub steps: Vec<StepState>,
     /// When the next action is due (`None` when nothing is). While an
@@ -273,7 +272,6 @@ pub struct Saga {
     pub next_action_at: Option<DateTime<Utc>>,
     /// The action handed to a runner and not yet reported: `[step,
     /// direction]`.
-    #[schema(value_type = Option<Vec<serde_json::Value>>)]
     pub in_flight: Option<(usize, Direction)>,
     pub cancel_requested: bool,
     pub error: Option<String>,
@@ -287,13 +285,12 @@ pub struct Saga {
 
 /// A saga as lists and dashboard frames show it: no input and no step
 /// outputs (those can be large; the whole saga is on its own route).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SagaSummary {
     pub id: String,
     pub definition: String,
     pub status: SagaStatus,
     pub steps: Vec<StepSummary>,
-    #[schema(value_type = Option<Vec<serde_json::Value>>)]
     pub in_flight: Option<(usize, Direction)>,
     pub cancel_requested: bool,
     pub error: Option<String>,
@@ -302,7 +299,7 @@ pub struct SagaSummary {
 }
 
 /// A step of a [`SagaSummary`]: its state without its output.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepSummary {
     pub name: String,
     pub status: StepStatus,

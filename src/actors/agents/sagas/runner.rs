@@ -50,7 +50,7 @@ pub struct ValueCreationInput {
 }
 
 /// What a renewal saga is asked to do.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RenewalInput {
     /// The commitment renewed: its model is simulated again at its current
@@ -60,10 +60,8 @@ pub struct RenewalInput {
     pub start_date: Option<NaiveDate>,
     /// Paths of the simulation step, 1 to 10^7 [default: 20000].
     #[serde(default = "default_paths")]
-    #[schema(minimum = 1, maximum = 10_000_000)]
     pub paths: u64,
     /// Admin only: the step to fail, to see the compensations run.
-    #[schema(pattern = "^(resimulate|amend|replan)$")]
     pub fail_step: Option<String>,
 }
 

@@ -156,7 +156,7 @@ impl SimulationEvent {
 }
 
 /// Which workers run a job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Lane {
     Cpu,
@@ -188,7 +188,7 @@ pub fn job_cost(request: &SimulationRequest) -> f64 {
     request.paths as f64 * model.drivers.len().max(1) as f64 * (1 + correlated.len()) as f64
 }
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize)]
 pub struct RunningJob {
     pub id: String,
     pub submitter: String,
@@ -201,7 +201,7 @@ pub struct RunningJob {
     pub progress: Option<JobProgress>,
 }
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize)]
 pub struct QueuedJob {
     pub id: String,
     pub submitter: String,
@@ -213,7 +213,7 @@ pub struct QueuedJob {
 }
 
 /// The queue as `GET /api/v1/simulations/queue` shows it.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize)]
 pub struct QueueSnapshot {
     pub capacity: usize,
     pub cpu_workers: usize,

@@ -1,10 +1,70 @@
-//! The API's own shapes of the value model, of a simulation's result and
-//! of the cluster's view: the engines' crate (`valueverse-gpu`) and the
-//! cluster's (`valueverse-cluster`) know nothing of OpenAPI, so the
-//! document's schemas are these, converted at the edge. Their JSON is the
-//! domain types' JSON field for field; a unit test holds the two together.
+//! The API's own shapes of the value model, of a simulation's result, of
+//! the cluster's view (here) and of the agents' types (one submodule per
+//! agent): the engines' crate (`valueverse-gpu`), the cluster's
+//! (`valueverse-cluster`) and the agents' (`valueverse-agents`) know
+//! nothing of OpenAPI, so the document's schemas are these, converted at
+//! the edge. Their JSON is the domain types' JSON field for field; unit
+//! tests hold the two together.
 
 use serde::{Deserialize, Serialize};
+
+/// `From` between a domain struct and its API twin, both ways (`<=>`) or
+/// one way (`=>`): each field listed once, the value destructured
+/// exhaustively, so that a field added on either side is a compile error
+/// here rather than a silently dropped value. A field converts as is (the
+/// same type), or `into` (`From`), `each` (a `Vec` of convertible values)
+/// or `opt` (an `Option` of one).
+macro_rules! convert_struct {
+    (@how $field:ident) => { $field };
+    (@how $field:ident into) => { $field.into() };
+    (@how $field:ident each) => { $field.into_iter().map(Into::into).collect() };
+    (@how $field:ident opt) => { $field.map(Into::into) };
+    ($($a:ident)::+ <=> $($b:ident)::+ { $($field:ident $(: $how:ident)?),* $(,)? }) => {
+        convert_struct!($($a)::+ => $($b)::+ { $($field $(: $how)?),* });
+        convert_struct!($($b)::+ => $($a)::+ { $($field $(: $how)?),* });
+    };
+    ($($from:ident)::+ => $($to:ident)::+ { $($field:ident $(: $how:ident)?),* $(,)? }) => {
+        impl From<$($from)::+> for $($to)::+ {
+            fn from(value: $($from)::+) -> $($to)::+ {
+                use $($from)::+ as From_;
+                use $($to)::+ as To;
+                let From_ { $($field),* } = value;
+                To { $($field: convert_struct!(@how $field $($how)?)),* }
+            }
+        }
+    };
+}
+
+/// `From` both ways between a domain enum of unit variants and its API
+/// twin: an exhaustive match each way, so that a variant added on either
+/// side is a compile error.
+macro_rules! convert_enum {
+    (@one $($from:ident)::+ => $($to:ident)::+ { $($variant:ident),* }) => {
+        impl From<$($from)::+> for $($to)::+ {
+            fn from(value: $($from)::+) -> $($to)::+ {
+                use $($from)::+ as From_;
+                use $($to)::+ as To;
+                match value {
+                    $(From_::$variant => To::$variant,)*
+                }
+            }
+        }
+    };
+    ($($a:ident)::+ <=> $($b:ident)::+ { $($variant:ident),* $(,)? }) => {
+        convert_enum!(@one $($a)::+ => $($b)::+ { $($variant),* });
+        convert_enum!(@one $($b)::+ => $($a)::+ { $($variant),* });
+    };
+}
+
+pub(crate) mod amplifier;
+pub(crate) mod architect;
+pub(crate) mod auth;
+pub(crate) mod committer;
+pub(crate) mod executor;
+pub(crate) mod notifier;
+pub(crate) mod sagas;
+pub(crate) mod simulation;
+pub(crate) mod simulations;
 
 use valueverse_cluster::node as cluster_types;
 use valueverse_gpu::engine as engine_types;
@@ -646,11 +706,14 @@ impl From<cluster_types::ClusterView> for ClusterView {
 }
 
 #[cfg(test)]
+mod agent_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use valueverse_gpu::{Control, RunSettings};
 
-    fn model_json() -> serde_json::Value {
+    pub(super) fn model_json() -> serde_json::Value {
         let distributions = [
             serde_json::json!({ "dist": "fixed", "value": 3.0 }),
             serde_json::json!({ "dist": "normal", "mean": 10.0, "sd": 2.0 }),
