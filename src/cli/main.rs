@@ -84,7 +84,7 @@ enum ApikeyCommand {
 #[derive(Args)]
 struct ApikeyCreateArgs {
     /// viewer (read), editor (write) or admin (keys, actors, operations).
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = role_parser())]
     role: valueverse::auth::Role,
     /// What the key is for.
     #[arg(long, default_value = "")]
@@ -301,6 +301,16 @@ impl ServeArgs {
             cluster: None,
         }
     }
+}
+
+/// `--role`: one of the roles' names, listed in `--help` and in the error
+/// for any other word.
+fn role_parser() -> impl clap::builder::TypedValueParser<Value = valueverse::auth::Role> {
+    use clap::builder::TypedValueParser;
+    use valueverse::auth::Role;
+    clap::builder::PossibleValuesParser::new(Role::ALL.map(Role::as_str))
+        // Only the listed names get here, and each is a role's.
+        .map(|name| Role::parse(&name).unwrap_or(Role::Viewer))
 }
 
 fn init_tracing(config: &Config) {

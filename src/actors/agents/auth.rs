@@ -13,9 +13,7 @@ use sha2::{Digest, Sha256};
 use valueverse_runtime::StateError;
 use valueverse_store::{ApiKeyRow, Store, StoreError, unix_millis};
 
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Viewer,
@@ -24,6 +22,9 @@ pub enum Role {
 }
 
 impl Role {
+    /// Every role, least first.
+    pub const ALL: [Role; 3] = [Role::Viewer, Role::Editor, Role::Admin];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Viewer => "viewer",
@@ -32,7 +33,8 @@ impl Role {
         }
     }
 
-    fn parse(text: &str) -> Option<Role> {
+    /// The role of a name (`as_str`'s), if it is one.
+    pub fn parse(text: &str) -> Option<Role> {
         match text {
             "viewer" => Some(Role::Viewer),
             "editor" => Some(Role::Editor),
