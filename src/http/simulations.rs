@@ -441,7 +441,11 @@ impl Feed {
                                 && event.event_type
                                     == valueverse_agents::simulations::SHARED_EVENT =>
                         {
-                            return Some(shared_event(&event.data));
+                            // The domain event's JSON, which is the API's
+                            // shape (a unit test holds them together): sent
+                            // as it came, not read and written again per
+                            // subscriber (the last one carries the result).
+                            return Some(event.data.clone());
                         }
                         Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                         Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
@@ -450,16 +454,4 @@ impl Feed {
             }
         }
     }
-}
-
-/// An event another node shared, as this API writes it: read through the
-/// API's shape (the same JSON; a test holds them together). One that does
-/// not read (a node of another version) goes as it came.
-fn shared_event(data: &serde_json::Value) -> serde_json::Value {
-    serde_json::from_value::<api::SimulationEvent>(data.clone())
-        .and_then(serde_json::to_value)
-        .unwrap_or_else(|error| {
-            tracing::debug!(%error, "simulation: a shared event does not read; relayed as it came");
-            data.clone()
-        })
 }

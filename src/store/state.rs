@@ -95,3 +95,105 @@ impl StateStore for Store {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use valueverse_runtime::{Column, OutboxEvent, Place, StateError, StateStore, StateWrite};
+
+    use crate::{Store, StoreError};
+
+    /// The classification the runtime retries on and the API answers by.
+    #[test]
+    fn store_errors_map_to_the_ports_classes() {
+        let io = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let io = StateError::from(StoreError::Database(sqlx::Error::Io(io)));
+        assert!(matches!(io, StateError::Unavailable(_)), "{io}");
+        let timed_out = StateError::from(StoreError::Database(sqlx::Error::PoolTimedOut));
+        assert!(timed_out.is_unavailable(), "{timed_out}");
+        let missing = StateError::from(StoreError::Database(sqlx::Error::RowNotFound));
+        assert!(matches!(missing, StateError::Failed(_)), "{missing}");
+        let conflict = StateError::from(StoreError::conflict("k", "key", 1, Some(2)));
+        assert!(
+            matches!(
+                conflict,
+                StateError::Conflict {
+                    expected: 1,
+                    actual: Some(2),
+                    ..
+                }
+            ),
+            "{conflict}"
+        );
+        let codec = StateError::from(StoreError::Codec {
+            kind: "k".into(),
+            key: "key".into(),
+            reason: "bad".into(),
+        });
+        assert!(matches!(codec, StateError::Codec { .. }), "{codec}");
+    }
+
+    fn commitment(body: &str, expected_version: i64, event: &str) -> StateWrite {
+        StateWrite {
+            place: Place::Table("commitments"),
+            key: "c-1".into(),
+            body: body.into(),
+            columns: vec![
+                ("status", Column::Text(Some("active".into()))),
+                ("model_id", Column::Text(Some("m-1".into()))),
+                ("created_at_ms", Column::Int(Some(1))),
+            ],
+            expected_version,
+            events: vec![OutboxEvent {
+                id: event.into(),
+                event_type: "commitment.created".into(),
+                occurred_at_ms: 1,
+                payload: "{}".into(),
+            }],
+        }
+    }
+
+    /// Through the port, a kind's own table is written version-checked with
+    /// its events: a stale write is a `Conflict`, and neither its row nor
+    /// its event lands.
+    #[tokio::test]
+    async fn a_tables_writes_through_the_port_are_version_checked() {
+        let store = Store::open("sqlite::memory:", 1).await.unwrap();
+        let port: &dyn StateStore = &store;
+        let place = Place::Table("commitments");
+        assert_eq!(port.load(place, "c-1").await.unwrap(), None);
+        assert_eq!(
+            port.save(commitment("{\"a\":1}", 0, "e-1")).await.unwrap(),
+            1
+        );
+        let stale = port
+            .save(commitment("{\"a\":2}", 0, "e-2"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                stale,
+                StateError::Conflict {
+                    expected: 0,
+                    actual: Some(1),
+                    ..
+                }
+            ),
+            "{stale}"
+        );
+        assert_eq!(
+            port.save(commitment("{\"a\":3}", 1, "e-3")).await.unwrap(),
+            2
+        );
+        assert_eq!(
+            port.load(place, "c-1").await.unwrap(),
+            Some((2, "{\"a\":3}".into()))
+        );
+        let stats = store.outbox_stats().await.unwrap();
+        assert_eq!(
+            stats.undispatched_events, 2,
+            "e-1 and e-3, not the stale e-2"
+        );
+        assert_eq!(port.check_ready().await, Ok(()));
+        assert_eq!(port.backend(), "sqlite");
+    }
+}

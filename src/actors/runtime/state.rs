@@ -220,24 +220,30 @@ fn place_kind(place: Place) -> &'static str {
 }
 
 impl StateStore for MemoryState {
+    // Each call does its work when awaited, as the store's do: a future
+    // dropped unpolled changes nothing.
     fn load(
         &self,
         place: Place,
         key: &str,
     ) -> BoxFuture<'static, Result<Option<(i64, String)>, StateError>> {
-        let memory = self.lock();
-        let loaded = MemoryState::reachable(&memory).map(|()| {
-            memory
+        let this = self.clone();
+        let key = key.to_owned();
+        Box::pin(async move {
+            let memory = this.lock();
+            MemoryState::reachable(&memory)?;
+            Ok(memory
                 .rows
-                .get(&(place, key.to_owned()))
-                .map(|row| (row.version, row.body.clone()))
-        });
-        Box::pin(std::future::ready(loaded))
+                .get(&(place, key))
+                .map(|row| (row.version, row.body.clone())))
+        })
     }
 
     fn save(&self, write: StateWrite) -> BoxFuture<'static, Result<i64, StateError>> {
-        let mut memory = self.lock();
-        let saved = MemoryState::reachable(&memory).and_then(|()| {
+        let this = self.clone();
+        Box::pin(async move {
+            let mut memory = this.lock();
+            MemoryState::reachable(&memory)?;
             let row = (write.place, write.key.clone());
             let actual = memory.rows.get(&row).map(|stored| stored.version);
             if actual.unwrap_or(0) != write.expected_version {
@@ -259,25 +265,99 @@ impl StateStore for MemoryState {
             );
             memory.outbox.extend(write.events);
             Ok(version)
-        });
-        Box::pin(std::future::ready(saved))
+        })
     }
 
     fn append_events(
         &self,
         events: Vec<OutboxEvent>,
     ) -> BoxFuture<'static, Result<(), StateError>> {
-        let mut memory = self.lock();
-        let appended = MemoryState::reachable(&memory).map(|()| memory.outbox.extend(events));
-        Box::pin(std::future::ready(appended))
+        let this = self.clone();
+        Box::pin(async move {
+            let mut memory = this.lock();
+            MemoryState::reachable(&memory)?;
+            memory.outbox.extend(events);
+            Ok(())
+        })
     }
 
     fn check_ready(&self) -> BoxFuture<'static, Result<(), String>> {
-        let ready = MemoryState::reachable(&self.lock()).map_err(|error| error.to_string());
-        Box::pin(std::future::ready(ready))
+        let this = self.clone();
+        Box::pin(
+            async move { MemoryState::reachable(&this.lock()).map_err(|error| error.to_string()) },
+        )
     }
 
     fn backend(&self) -> &'static str {
         "memory"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(key: &str, body: &str, expected_version: i64) -> StateWrite {
+        StateWrite {
+            place: Place::Table("things"),
+            key: key.into(),
+            body: body.into(),
+            columns: vec![("name", Column::Text(Some(body.into())))],
+            expected_version,
+            events: vec![OutboxEvent {
+                id: format!("{key}-{expected_version}"),
+                event_type: "model.updated".into(),
+                occurred_at_ms: 0,
+                payload: "{}".into(),
+            }],
+        }
+    }
+
+    /// The twin keeps the store's rules: 0 is "no row yet", a write that
+    /// expects another version is a conflict naming the one held, events
+    /// land only with a write that applies, and a future dropped unpolled
+    /// changes nothing.
+    #[tokio::test]
+    async fn the_twin_checks_versions_as_the_store_does() {
+        let store = MemoryState::new();
+        let place = Place::Table("things");
+        assert_eq!(store.load(place, "a").await.unwrap(), None);
+        drop(store.save(write("a", "never", 0)));
+        assert_eq!(store.row(place, "a"), None);
+        assert_eq!(store.save(write("a", "one", 0)).await.unwrap(), 1);
+        let stale = store.save(write("a", "two", 0)).await.unwrap_err();
+        assert!(
+            matches!(stale, StateError::Conflict { expected: 0, actual: Some(1), ref kind, .. } if kind == "things"),
+            "{stale}"
+        );
+        let missing = store.save(write("b", "two", 3)).await.unwrap_err();
+        assert!(
+            matches!(missing, StateError::Conflict { actual: None, .. }),
+            "{missing}"
+        );
+        assert_eq!(store.save(write("a", "two", 1)).await.unwrap(), 2);
+        assert_eq!(
+            store.load(place, "a").await.unwrap(),
+            Some((2, "two".into()))
+        );
+        assert_eq!(
+            store.columns(place, "a"),
+            vec![("name", Column::Text(Some("two".into())))]
+        );
+        let ids: Vec<_> = store.outbox().into_iter().map(|event| event.id).collect();
+        assert_eq!(ids, ["a-0", "a-1"]);
+        // The shared rows of a kind are another place.
+        assert_eq!(
+            store
+                .load(Place::Shared { kind: "things" }, "a")
+                .await
+                .unwrap(),
+            None
+        );
+        store.set_unavailable(true);
+        assert!(store.load(place, "a").await.unwrap_err().is_unavailable());
+        assert!(store.check_ready().await.is_err());
+        store.set_unavailable(false);
+        assert_eq!(store.check_ready().await, Ok(()));
     }
 }
