@@ -33,7 +33,7 @@ fi
 refuse valueverse-gpu actix actix-web sqlx utoipa valueverse-store valueverse-runtime valueverse-cluster
 refuse valueverse-runtime valueverse-store valueverse-cluster valueverse-agents valueverse actix-web utoipa
 refuse valueverse-cluster valueverse valueverse-agents actix-web utoipa
-refuse valueverse-agents valueverse valueverse-http actix-web utoipa
+refuse valueverse-agents valueverse valueverse-http actix-web utoipa clap
 refuse valueverse-http valueverse
 refuse valueverse tokio-tungstenite criterion
 # The API reaches the store only through the agents' services: no direct
