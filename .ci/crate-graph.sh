@@ -24,6 +24,18 @@ refuse() { # PACKAGE FORBIDDEN...
     done
 }
 
+refuse_direct() { # PACKAGE FORBIDDEN...: no direct (normal) dependency
+    local package=$1; shift
+    local deps
+    deps=$(tree -p "$package" --depth 1) || exit 1
+    for forbidden in "$@"; do
+        if grep -qx "$forbidden" <<<"$deps"; then
+            echo "crate graph: $package depends on $forbidden directly" >&2
+            failed=1
+        fi
+    done
+}
+
 # Only the store crate reaches the database.
 sqlx_users=$(tree -i sqlx --depth 1 | grep -v '^sqlx$')
 if [ "$sqlx_users" != "valueverse-store" ]; then
@@ -36,13 +48,11 @@ refuse valueverse-cluster valueverse valueverse-agents actix-web utoipa
 refuse valueverse-agents valueverse valueverse-http actix-web utoipa clap
 refuse valueverse-http valueverse
 refuse valueverse tokio-tungstenite criterion
-# The API reaches the store only through the agents' services: no direct
-# edge (the agents crate does not re-export it).
-http_direct=$(cargo tree --locked -e normal --prefix none -p valueverse-http --depth 1 | sed 's/ (.*//; s/ v[0-9].*//')
-if grep -qx valueverse-store <<<"$http_direct"; then
-    echo "crate graph: valueverse-http depends on valueverse-store directly" >&2
-    failed=1
-fi
+# The API reaches the store only through the agents' services, and the
+# binary reaches HTTP only through the API crate: no direct edge (the
+# store is in the API's tree through the agents, which do not re-export it).
+refuse_direct valueverse-http valueverse-store
+refuse_direct valueverse actix-web actix-ws utoipa sqlx
 if grep -rqE 'pub use valueverse_store( |;|::\*)' src/actors/agents; then
     echo "crate graph: valueverse-agents re-exports the store crate" >&2
     failed=1
