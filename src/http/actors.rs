@@ -8,6 +8,7 @@ use valueverse_runtime::{CorrelationId, System};
 use super::error::ErrorDoc;
 use super::error::{ApiError, parse_json};
 use super::forward::{self, NodeQuery};
+use super::schemas::supervision::SupervisionTree;
 
 /// The supervision tree of this node.
 #[utoipa::path(
@@ -15,12 +16,12 @@ use super::forward::{self, NodeQuery};
     path = "/api/v1/actors",
     tag = "actors",
     responses(
-        (status = 200, description = "the live supervision tree of this node", body = Object),
+        (status = 200, description = "the live supervision tree of this node", body = SupervisionTree),
     ),
     security(("bearer" = [])),
 )]
 pub(crate) async fn tree(system: web::Data<System>) -> HttpResponse {
-    HttpResponse::Ok().json(system.supervision_tree())
+    HttpResponse::Ok().json(SupervisionTree::from(system.supervision_tree()))
 }
 
 /// Optional body of a reset.

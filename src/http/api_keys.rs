@@ -2,9 +2,9 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use valueverse_agents::auth::ApiKeys;
+use valueverse_agents::auth::{ApiKeyRow, ApiKeys};
 
 use super::error::ErrorDoc;
 use super::error::{ApiError, parse_json};
@@ -22,6 +22,44 @@ struct CreateBody {
         pattern = "^([^\\x00-\\x1f\\x7f-\\x9f]*\\S[^\\x00-\\x1f\\x7f-\\x9f]*)?$"
     )]
     name: String,
+}
+
+/// A key as the API lists it: never the key itself or its hash.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct KeyView {
+    id: String,
+    name: String,
+    /// `viewer`, `editor` or `admin`.
+    role: String,
+    created_at_ms: i64,
+    /// When it was revoked; `null` while it is live.
+    revoked_at_ms: Option<i64>,
+}
+
+impl From<ApiKeyRow> for KeyView {
+    fn from(row: ApiKeyRow) -> KeyView {
+        let ApiKeyRow {
+            id,
+            name,
+            role,
+            hash: _,
+            created_at_ms,
+            revoked_at_ms,
+        } = row;
+        KeyView {
+            id,
+            name,
+            role,
+            created_at_ms,
+            revoked_at_ms,
+        }
+    }
+}
+
+/// Every key, revoked ones included.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct KeyList {
+    items: Vec<KeyView>,
 }
 
 /// Answers the key itself, once; only its hash is stored.
@@ -59,12 +97,18 @@ pub(crate) async fn create(
     path = "/api/v1/api-keys",
     tag = "api-keys",
     responses(
-        (status = 200, description = "every key (never the keys themselves)", body = Object),
+        (status = 200, description = "every key (never the keys themselves)", body = KeyList),
     ),
     security(("bearer" = [])),
 )]
 pub(crate) async fn list(api_keys: web::Data<ApiKeys>) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "items": api_keys.list().await? })))
+    let items = api_keys
+        .list()
+        .await?
+        .into_iter()
+        .map(KeyView::from)
+        .collect();
+    Ok(HttpResponse::Ok().json(KeyList { items }))
 }
 
 #[utoipa::path(
@@ -96,4 +140,25 @@ pub(crate) async fn revoke(
     auth.keys.forget_known();
     limits.close_sockets_of(&id);
     Ok(HttpResponse::NoContent().finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The list shows what the stored row shows, and never its hash.
+    #[test]
+    fn a_listed_key_is_its_row_without_the_hash() {
+        let row = ApiKeyRow {
+            id: "k-1".into(),
+            name: "ci".into(),
+            role: "editor".into(),
+            hash: "secret-digest".into(),
+            created_at_ms: 1,
+            revoked_at_ms: Some(2),
+        };
+        let shown = serde_json::to_value(KeyView::from(row.clone())).unwrap();
+        assert_eq!(shown, serde_json::to_value(&row).unwrap());
+        assert!(!shown.to_string().contains("secret-digest"));
+    }
 }

@@ -91,8 +91,8 @@ fn view(record: &ModelRecord, version: i64) -> Result<ModelView, ApiError> {
 /// A model from a request body: parsed (unknown fields refused) and
 /// validated, each error naming its JSON path.
 fn model_from(body: &[u8]) -> Result<ValueModel, ApiError> {
-    let model: ValueModel = parse_json(body, false)?;
-    validated(model)
+    let model: schemas::ValueModel = parse_json(body, false)?;
+    validated(model.into())
 }
 
 fn validated(model: ValueModel) -> Result<ValueModel, ApiError> {
@@ -381,12 +381,12 @@ pub(crate) async fn patch(
     })?;
     // The patch was well formed; a merged model that does not read as one
     // (a required field removed with `null`) is invalid: 422.
-    let model: ValueModel = parse_json(&merged, false).map_err(|mut error| {
+    let model: schemas::ValueModel = parse_json(&merged, false).map_err(|mut error| {
         error.status = StatusCode::UNPROCESSABLE_ENTITY;
         error.code = "invalid_field".into();
         error
     })?;
-    let model = validated(model)?;
+    let model = validated(model.into())?;
     let (record, version) = ask_model(
         &system,
         &id,
@@ -462,7 +462,7 @@ struct HypothesesBody {
     ),
     responses(
         (status = 409, description = "the state of what it names refuses it (a voided commitment, an archived model)", body = ErrorDoc),
-        (status = 200, description = "candidate drivers, best first", body = Object),
+        (status = 200, description = "candidate drivers, best first", body = schemas::architect::Hypotheses),
         (status = 404, description = "not found", body = ErrorDoc),
         (status = 422, description = "invalid field, named", body = ErrorDoc),
     ),
@@ -493,10 +493,10 @@ pub(crate) async fn hypotheses(
         ArchitectReply::Hypotheses {
             industry,
             hypotheses,
-        } => Ok(HttpResponse::Ok().json(serde_json::json!({
-            "industry": industry,
-            "hypotheses": hypotheses,
-        }))),
+        } => Ok(HttpResponse::Ok().json(schemas::architect::Hypotheses {
+            industry,
+            hypotheses: hypotheses.into_iter().map(Into::into).collect(),
+        })),
         ArchitectReply::Model { .. } => Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",

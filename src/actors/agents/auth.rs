@@ -11,7 +11,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use valueverse_runtime::StateError;
-use valueverse_store::{ApiKeyRow, Store, StoreError, unix_millis};
+/// A key as stored (its hash, never the key), as [`ApiKeys::list`] hands
+/// it out.
+pub use valueverse_store::ApiKeyRow;
+use valueverse_store::{Store, StoreError, unix_millis};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

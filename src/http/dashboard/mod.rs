@@ -25,6 +25,7 @@ use tokio::sync::{Notify, watch};
 use crate::schemas::sagas::SagaSummary;
 use crate::schemas::simulation::{JobProgress, JobStatus};
 use crate::schemas::simulations::QueueSnapshot;
+use crate::schemas::supervision::{InstanceSnapshot, InstanceStatus};
 use crate::schemas::{ClusterView, Device, SimulationResult};
 use valueverse_agents::Records;
 use valueverse_agents::notifications::{Attempt, Notification, Notifications};
@@ -33,7 +34,7 @@ use valueverse_agents::simulation::{SimulationJob, SimulationRequest, latest_job
 use valueverse_agents::simulations::Simulations;
 use valueverse_cluster::node::ClusterNode;
 use valueverse_cluster::peer_requests::{self, PeerRequests};
-use valueverse_runtime::{InstanceSnapshot, InstanceStatus, System};
+use valueverse_runtime::System;
 use valueverse_runtime::{StateError, unix_millis};
 
 /// How often a watched dashboard is rebuilt.
@@ -94,8 +95,99 @@ pub struct SagaPanel {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct NotificationPanel {
-    pub recent: Vec<Notification>,
-    pub failures: Vec<Attempt>,
+    pub recent: Vec<RecentNotification>,
+    pub failures: Vec<FailedAttempt>,
+}
+
+/// A notification as the panel shows it (the delivery log's row, its
+/// claim left out).
+#[derive(Debug, Clone, Serialize)]
+pub struct RecentNotification {
+    pub id: String,
+    pub subscription_id: String,
+    pub event_id: String,
+    pub event_type: String,
+    pub payload: String,
+    pub status: String,
+    pub attempts: i64,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub due_at_ms: i64,
+    pub attempt_limit: i64,
+    pub takeovers: i64,
+}
+
+/// A failed attempt as the panel shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct FailedAttempt {
+    pub id: String,
+    pub notification_id: String,
+    pub attempt: i64,
+    pub outcome: String,
+    pub http_status: Option<i64>,
+    pub latency_ms: Option<i64>,
+    pub error: Option<String>,
+    pub at_ms: i64,
+}
+
+impl From<Notification> for RecentNotification {
+    fn from(notification: Notification) -> RecentNotification {
+        let Notification {
+            id,
+            subscription_id,
+            event_id,
+            event_type,
+            payload,
+            status,
+            attempts,
+            created_at_ms,
+            updated_at_ms,
+            due_at_ms,
+            attempt_limit,
+            takeovers,
+            claimed_by: _,
+            claim_token: _,
+        } = notification;
+        RecentNotification {
+            id,
+            subscription_id,
+            event_id,
+            event_type,
+            payload,
+            status,
+            attempts,
+            created_at_ms,
+            updated_at_ms,
+            due_at_ms,
+            attempt_limit,
+            takeovers,
+        }
+    }
+}
+
+impl From<Attempt> for FailedAttempt {
+    fn from(attempt: Attempt) -> FailedAttempt {
+        let Attempt {
+            id,
+            notification_id,
+            attempt,
+            outcome,
+            http_status,
+            latency_ms,
+            error,
+            at_ms,
+        } = attempt;
+        FailedAttempt {
+            id,
+            notification_id,
+            attempt,
+            outcome,
+            http_status,
+            latency_ms,
+            error,
+            at_ms,
+        }
+    }
 }
 
 /// Everything the page shows, as one JSON frame.
@@ -443,12 +535,13 @@ impl Inner {
                 let instances_total = supervisor.instances.len();
                 let mut instances = supervisor.instances;
                 instances.sort_by(|a, b| {
-                    rank(a.status)
-                        .cmp(&rank(b.status))
+                    rank(a.status.into())
+                        .cmp(&rank(b.status.into()))
                         .then(b.mailbox_depth.cmp(&a.mailbox_depth))
                         .then(b.messages_handled.cmp(&a.messages_handled))
                 });
                 instances.truncate(INSTANCES_SHOWN);
+                let instances = instances.into_iter().map(InstanceSnapshot::from).collect();
                 KindPanel {
                     kind: supervisor.kind,
                     num_active: supervisor.num_active,
@@ -584,7 +677,10 @@ impl Inner {
 
     async fn notifications(&self) -> Result<NotificationPanel, StateError> {
         let (recent, failures) = self.notifications.recent(10).await?;
-        Ok(NotificationPanel { recent, failures })
+        Ok(NotificationPanel {
+            recent: recent.into_iter().map(Into::into).collect(),
+            failures: failures.into_iter().map(Into::into).collect(),
+        })
     }
 }
 
@@ -602,6 +698,46 @@ fn rank(status: InstanceStatus) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The panel's rows write the delivery log's JSON, less nothing the
+    /// log shows.
+    #[test]
+    fn the_notification_rows_are_the_logs_json() {
+        let notification = Notification {
+            id: "n-1".into(),
+            subscription_id: "s-1".into(),
+            event_id: "e-1".into(),
+            event_type: "model.created".into(),
+            payload: "{}".into(),
+            status: "pending".into(),
+            attempts: 2,
+            created_at_ms: 1,
+            updated_at_ms: 2,
+            due_at_ms: 3,
+            attempt_limit: 6,
+            takeovers: 1,
+            claimed_by: Some("node-a".into()),
+            claim_token: Some(7),
+        };
+        let attempt = Attempt {
+            id: "a-1".into(),
+            notification_id: "n-1".into(),
+            attempt: 2,
+            outcome: "failed".into(),
+            http_status: Some(500),
+            latency_ms: Some(12),
+            error: Some("HTTP 500".into()),
+            at_ms: 4,
+        };
+        assert_eq!(
+            serde_json::to_value(RecentNotification::from(notification.clone())).unwrap(),
+            serde_json::to_value(&notification).unwrap()
+        );
+        assert_eq!(
+            serde_json::to_value(FailedAttempt::from(attempt.clone())).unwrap(),
+            serde_json::to_value(&attempt).unwrap()
+        );
+    }
 
     #[test]
     fn instances_are_ranked_failed_first() {

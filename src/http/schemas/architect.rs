@@ -12,3 +12,36 @@ pub enum ModelStatus {
 }
 
 convert_enum!(domain::ModelStatus <=> ModelStatus { Active, Archived });
+
+/// A candidate driver from the shipped catalogue of the model's industry.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct Hypothesis {
+    #[serde(flatten)]
+    pub driver: super::Driver,
+    /// Where the default range comes from.
+    pub why: String,
+    /// `unit_value * mean quantity * 12`: the ranking key.
+    pub expected_annual_value: f64,
+}
+
+/// The hypotheses for a model, best first.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct Hypotheses {
+    pub industry: String,
+    pub hypotheses: Vec<Hypothesis>,
+}
+
+impl From<domain::Hypothesis> for Hypothesis {
+    fn from(hypothesis: domain::Hypothesis) -> Hypothesis {
+        let domain::Hypothesis {
+            driver,
+            why,
+            expected_annual_value,
+        } = hypothesis;
+        Hypothesis {
+            driver: driver.into(),
+            why,
+            expected_annual_value,
+        }
+    }
+}

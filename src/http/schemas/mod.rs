@@ -65,6 +65,7 @@ pub(crate) mod notifier;
 pub(crate) mod sagas;
 pub(crate) mod simulation;
 pub(crate) mod simulations;
+pub(crate) mod supervision;
 
 use valueverse_cluster::node as cluster_types;
 use valueverse_gpu::engine as engine_types;
