@@ -22,13 +22,14 @@ use prometheus::{IntCounter, IntGauge};
 use serde::Serialize;
 use tokio::sync::{Notify, watch};
 
+use crate::schemas::notifier::{FailedAttempt, RecentNotification};
 use crate::schemas::sagas::SagaSummary;
 use crate::schemas::simulation::{JobProgress, JobStatus};
 use crate::schemas::simulations::QueueSnapshot;
 use crate::schemas::supervision::{InstanceSnapshot, InstanceStatus};
 use crate::schemas::{ClusterView, Device, SimulationResult};
 use valueverse_agents::Records;
-use valueverse_agents::notifications::{Attempt, Notification, Notifications};
+use valueverse_agents::notifications::Notifications;
 use valueverse_agents::sagas::{SagaStatus, latest_sagas, list_sagas};
 use valueverse_agents::simulation::{SimulationJob, SimulationRequest, latest_jobs};
 use valueverse_agents::simulations::Simulations;
@@ -97,97 +98,6 @@ pub struct SagaPanel {
 pub struct NotificationPanel {
     pub recent: Vec<RecentNotification>,
     pub failures: Vec<FailedAttempt>,
-}
-
-/// A notification as the panel shows it (the delivery log's row, its
-/// claim left out).
-#[derive(Debug, Clone, Serialize)]
-pub struct RecentNotification {
-    pub id: String,
-    pub subscription_id: String,
-    pub event_id: String,
-    pub event_type: String,
-    pub payload: String,
-    pub status: String,
-    pub attempts: i64,
-    pub created_at_ms: i64,
-    pub updated_at_ms: i64,
-    pub due_at_ms: i64,
-    pub attempt_limit: i64,
-    pub takeovers: i64,
-}
-
-/// A failed attempt as the panel shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct FailedAttempt {
-    pub id: String,
-    pub notification_id: String,
-    pub attempt: i64,
-    pub outcome: String,
-    pub http_status: Option<i64>,
-    pub latency_ms: Option<i64>,
-    pub error: Option<String>,
-    pub at_ms: i64,
-}
-
-impl From<Notification> for RecentNotification {
-    fn from(notification: Notification) -> RecentNotification {
-        let Notification {
-            id,
-            subscription_id,
-            event_id,
-            event_type,
-            payload,
-            status,
-            attempts,
-            created_at_ms,
-            updated_at_ms,
-            due_at_ms,
-            attempt_limit,
-            takeovers,
-            claimed_by: _,
-            claim_token: _,
-        } = notification;
-        RecentNotification {
-            id,
-            subscription_id,
-            event_id,
-            event_type,
-            payload,
-            status,
-            attempts,
-            created_at_ms,
-            updated_at_ms,
-            due_at_ms,
-            attempt_limit,
-            takeovers,
-        }
-    }
-}
-
-impl From<Attempt> for FailedAttempt {
-    fn from(attempt: Attempt) -> FailedAttempt {
-        let Attempt {
-            id,
-            notification_id,
-            attempt,
-            outcome,
-            http_status,
-            latency_ms,
-            error,
-            at_ms,
-        } = attempt;
-        FailedAttempt {
-            id,
-            notification_id,
-            attempt,
-            outcome,
-            http_status,
-            latency_ms,
-            error,
-            at_ms,
-        }
-    }
 }
 
 /// Everything the page shows, as one JSON frame.
@@ -698,6 +608,7 @@ fn rank(status: InstanceStatus) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use valueverse_agents::notifications::{Attempt, Notification};
 
     /// The panel's rows write the delivery log's JSON, less nothing the
     /// log shows.

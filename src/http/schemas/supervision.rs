@@ -80,94 +80,44 @@ pub struct FailureRecord {
     pub at: DateTime<Utc>,
 }
 
-impl From<domain::SupervisionTree> for SupervisionTree {
-    fn from(tree: domain::SupervisionTree) -> SupervisionTree {
-        let domain::SupervisionTree { node, supervisors } = tree;
-        SupervisionTree {
-            node,
-            supervisors: supervisors.into_iter().map(Into::into).collect(),
-        }
-    }
-}
+convert_struct!(domain::SupervisionTree => SupervisionTree { node, supervisors: each });
 
-impl From<domain::SupervisorSnapshot> for SupervisorSnapshot {
-    fn from(supervisor: domain::SupervisorSnapshot) -> SupervisorSnapshot {
-        let domain::SupervisorSnapshot {
-            kind,
-            strategy,
-            num_active,
-            num_restarting,
-            num_failed,
-            instances,
-        } = supervisor;
-        SupervisorSnapshot {
-            kind,
-            strategy: strategy.into(),
-            num_active,
-            num_restarting,
-            num_failed,
-            instances: instances.into_iter().map(Into::into).collect(),
-        }
-    }
-}
+convert_struct!(domain::SupervisorSnapshot => SupervisorSnapshot {
+    kind,
+    strategy: into,
+    num_active,
+    num_restarting,
+    num_failed,
+    instances: each,
+});
 
-impl From<domain::RestartStrategy> for RestartStrategy {
-    fn from(strategy: domain::RestartStrategy) -> RestartStrategy {
-        let domain::RestartStrategy {
-            initial_backoff,
-            max_backoff,
-            backoff_factor,
-            jitter,
-            max_restarts,
-            restart_window,
-        } = strategy;
-        RestartStrategy {
-            initial_backoff,
-            max_backoff,
-            backoff_factor,
-            jitter,
-            max_restarts,
-            restart_window,
-        }
-    }
-}
+convert_struct!(domain::RestartStrategy => RestartStrategy {
+    initial_backoff,
+    max_backoff,
+    backoff_factor,
+    jitter,
+    max_restarts,
+    restart_window,
+});
 
-impl From<domain::InstanceSnapshot> for InstanceSnapshot {
-    fn from(instance: domain::InstanceSnapshot) -> InstanceSnapshot {
-        let domain::InstanceSnapshot {
-            key,
-            status,
-            restarts,
-            last_failure,
-            mailbox_depth,
-            mailbox_capacity,
-            messages_handled,
-            activated_at,
-        } = instance;
-        InstanceSnapshot {
-            key,
-            status: status.into(),
-            restarts,
-            last_failure: last_failure.map(Into::into),
-            mailbox_depth,
-            mailbox_capacity,
-            messages_handled,
-            activated_at,
-        }
-    }
-}
+convert_struct!(domain::InstanceSnapshot => InstanceSnapshot {
+    key,
+    status: into,
+    restarts,
+    last_failure: opt,
+    mailbox_depth,
+    mailbox_capacity,
+    messages_handled,
+    activated_at,
+});
 
-impl From<domain::InstanceStatus> for InstanceStatus {
-    fn from(status: domain::InstanceStatus) -> InstanceStatus {
-        match status {
-            domain::InstanceStatus::Activating => InstanceStatus::Activating,
-            domain::InstanceStatus::Active => InstanceStatus::Active,
-            domain::InstanceStatus::Restarting => InstanceStatus::Restarting,
-            domain::InstanceStatus::Passivated => InstanceStatus::Passivated,
-            domain::InstanceStatus::Failed => InstanceStatus::Failed,
-        }
-    }
-}
+convert_enum!(domain::InstanceStatus <=> InstanceStatus {
+    Activating,
+    Active,
+    Restarting,
+    Passivated,
+    Failed,
+});
 
 impl From<domain::FailureRecord> for FailureRecord {
     fn from(failure: domain::FailureRecord) -> FailureRecord {
