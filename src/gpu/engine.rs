@@ -1249,13 +1249,23 @@ mod tests {
     fn progress_is_reported_and_cancel_stops_the_run() {
         let model = normals();
         let mut reports = Vec::new();
-        let result = run(&model, &settings(2_000_000), Device::Cpu, |progress| {
-            reports.push(progress.paths_done);
-            if progress.paths_done >= 300_000 {
-                Control::Cancel
-            } else {
-                Control::Continue
-            }
+        // A batch is 8 chunks per thread: on a machine of many threads one
+        // batch held all 2,000,000 paths (seen on 16 cores), so the run
+        // ended before it could be cancelled. Two threads, whatever the
+        // machine.
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        let result = pool.install(|| {
+            run(&model, &settings(2_000_000), Device::Cpu, |progress| {
+                reports.push(progress.paths_done);
+                if progress.paths_done >= 300_000 {
+                    Control::Cancel
+                } else {
+                    Control::Continue
+                }
+            })
         });
         assert!(
             matches!(result, Err(RunError::Cancelled { paths_done }) if paths_done < 2_000_000)
