@@ -58,6 +58,10 @@ pub fn compile_kernel() -> Result<Ptx, String> {
             // No contracted multiply-adds: the draws must round as the CPU's.
             fmad: Some(false),
             name: Some("montecarlo.cu".into()),
+            // 72 registers a thread: three blocks of 256 per multiprocessor
+            // instead of two (the compiler's choice, 84), 4% more samples a
+            // second on an H200, the same results (BENCHMARKS.md).
+            maxrregcount: Some(72),
             ..Default::default()
         },
     )
@@ -333,15 +337,29 @@ mod tests {
             return;
         }
         let settings = settings(3_000_000, 11);
-        for correlations in [
-            serde_json::json!([]),
-            serde_json::json!([{ "a": "a", "b": "b", "rho": 0.5 }, { "a": "c", "b": "e", "rho": -0.3 }]),
+        // The same Philox draws and the same reduction order. Without
+        // correlations only the last ulp of log, exp or erfc can differ
+        // (seen on an H200: at most 3.7e-16 of the value); with them the
+        // Cholesky mix rounds differently in the CPU's vector code and the
+        // GPU's, so one path's NPV can move in its twelfth digit (seen:
+        // 5.7e-12 on the minimum, 6.7e-13 on the mean).
+        for (correlations, bound) in [
+            (serde_json::json!([]), 1e-14),
+            (
+                serde_json::json!([{ "a": "a", "b": "b", "rho": 0.5 }, { "a": "c", "b": "e", "rho": -0.3 }]),
+                1e-10,
+            ),
         ] {
             let model = model(correlations);
             let cpu = run(&model, &settings, Device::Cpu, |_| Control::Continue).unwrap();
             let gpu = run(&model, &settings, Device::Gpu, |_| Control::Continue).unwrap();
             assert_eq!((cpu.engine.as_str(), gpu.engine.as_str()), ("cpu", "cuda"));
-            let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * a.abs().max(1.0);
+            let scale = cpu.npv.std.max(1.0);
+            let close = |a: f64, b: f64| {
+                let relative = (a - b).abs() / a.abs().max(scale);
+                eprintln!("cpu {a} gpu {b} relative difference {relative:e}");
+                relative <= bound
+            };
             assert!(
                 close(cpu.npv.mean, gpu.npv.mean),
                 "{} vs {}",
