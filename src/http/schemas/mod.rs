@@ -480,70 +480,23 @@ macro_rules! convert_distribution {
 convert_distribution!(domain::Distribution => Distribution);
 convert_distribution!(Distribution => domain::Distribution);
 
-impl From<domain::Correlation> for Correlation {
-    fn from(domain::Correlation { a, b, rho }: domain::Correlation) -> Correlation {
-        Correlation { a, b, rho }
-    }
-}
+convert_struct!(domain::Correlation <=> Correlation { a, b, rho });
 
-impl From<Correlation> for domain::Correlation {
-    fn from(Correlation { a, b, rho }: Correlation) -> domain::Correlation {
-        domain::Correlation { a, b, rho }
-    }
-}
+convert_struct!(domain::Analytics => Analytics {
+    npv,
+    roi,
+    payback_month,
+    drivers: each,
+});
 
-impl From<domain::Analytics> for Analytics {
-    fn from(analytics: domain::Analytics) -> Analytics {
-        let domain::Analytics {
-            npv,
-            roi,
-            payback_month,
-            drivers,
-        } = analytics;
-        Analytics {
-            npv,
-            roi,
-            payback_month,
-            drivers: drivers
-                .into_iter()
-                .map(|driver| {
-                    let domain::DriverAnalytics {
-                        name,
-                        mean_quantity,
-                        annual_value_at_full_ramp,
-                        present_value,
-                    } = driver;
-                    DriverAnalytics {
-                        name,
-                        mean_quantity,
-                        annual_value_at_full_ramp,
-                        present_value,
-                    }
-                })
-                .collect(),
-        }
-    }
-}
+convert_struct!(domain::DriverAnalytics => DriverAnalytics {
+    name,
+    mean_quantity,
+    annual_value_at_full_ramp,
+    present_value,
+});
 
-impl From<engine_types::Device> for Device {
-    fn from(device: engine_types::Device) -> Device {
-        match device {
-            engine_types::Device::Auto => Device::Auto,
-            engine_types::Device::Cpu => Device::Cpu,
-            engine_types::Device::Gpu => Device::Gpu,
-        }
-    }
-}
-
-impl From<Device> for engine_types::Device {
-    fn from(device: Device) -> engine_types::Device {
-        match device {
-            Device::Auto => engine_types::Device::Auto,
-            Device::Cpu => engine_types::Device::Cpu,
-            Device::Gpu => engine_types::Device::Gpu,
-        }
-    }
-}
+convert_enum!(engine_types::Device <=> Device { Auto, Cpu, Gpu });
 
 impl From<engine_types::Summary> for Summary {
     fn from(summary: engine_types::Summary) -> Summary {
@@ -655,56 +608,28 @@ impl From<engine_types::SimulationResult> for SimulationResult {
     }
 }
 
-impl From<cluster_types::ClusterView> for ClusterView {
-    fn from(view: cluster_types::ClusterView) -> ClusterView {
-        let cluster_types::ClusterView {
-            node,
-            clustered,
-            members,
-            local_instances,
-            rebalances,
-        } = view;
-        ClusterView {
-            node,
-            clustered,
-            members: members
-                .into_iter()
-                .map(|member| {
-                    let cluster_types::MemberView {
-                        node,
-                        state,
-                        transport_addr,
-                        http_addr,
-                        kinds,
-                        gpus,
-                        load,
-                        phi,
-                        lease_token,
-                        lease_expires_in_ms,
-                        owns_share,
-                        is_self,
-                    } = member;
-                    MemberView {
-                        node,
-                        state,
-                        transport_addr,
-                        http_addr,
-                        kinds,
-                        gpus,
-                        load,
-                        phi,
-                        lease_token,
-                        lease_expires_in_ms,
-                        owns_share,
-                        is_self,
-                    }
-                })
-                .collect(),
-            local_instances,
-            rebalances,
-        }
-    }
-}
+convert_struct!(cluster_types::ClusterView => ClusterView {
+    node,
+    clustered,
+    members: each,
+    local_instances,
+    rebalances,
+});
+
+convert_struct!(cluster_types::MemberView => MemberView {
+    node,
+    state,
+    transport_addr,
+    http_addr,
+    kinds,
+    gpus,
+    load,
+    phi,
+    lease_token,
+    lease_expires_in_ms,
+    owns_share,
+    is_self,
+});
 
 #[cfg(test)]
 mod agent_tests;
