@@ -45,6 +45,9 @@ pub struct Config {
     pub dashboard: bool,
     pub cluster: ClusterConfig,
     pub limits: LimitsConfig,
+    /// People sign in through this OpenID Connect provider (bearer JWTs);
+    /// unset: API keys only.
+    pub oidc: Option<valueverse_http::oidc::OidcSettings>,
 }
 
 /// Shortest cluster secret accepted.
@@ -76,6 +79,7 @@ impl Default for Config {
             dashboard: true,
             cluster: ClusterConfig::default(),
             limits: LimitsConfig::default(),
+            oidc: None,
         }
     }
 }
@@ -300,6 +304,11 @@ impl Config {
             && !url.starts_with("smtp://")
         {
             return invalid("notifier.smtp_url", "must be smtp://host[:port]");
+        }
+        if let Some(oidc) = &self.oidc
+            && let Err(error) = oidc.check()
+        {
+            return invalid("oidc", &error.to_string());
         }
         let limits = &self.limits;
         let positive = |field: &str, value: u32| {

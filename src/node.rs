@@ -239,5 +239,6 @@ fn http_settings(config: &Config) -> HttpSettings {
         dev: config.dev,
         limits: config.limits.clone(),
         store_connections: config.database_max_connections,
+        oidc: config.oidc.clone(),
     }
 }

@@ -113,7 +113,7 @@ fn start_agent(runtime: &tokio::runtime::Runtime) -> (System, AgentRef<Tally>) {
         ..RuntimeConfig::default()
     };
     let system = System::start("bench", config, store).expect("system");
-    let agent = system.agent::<Tally>("bench");
+    let agent = system.agent_by_key::<Tally>("bench");
     runtime
         .block_on(agent.ask(TallyMsg::Get, ASK_TIMEOUT))
         .expect("activated");

@@ -394,8 +394,8 @@ pub async fn run(
             .find(|key| router.is_local(Echo::KIND, key) != remote)
             .expect("keys on both sides")
     };
-    let agent_remote = measure_agent(system.agent(key_where(true)), tells, asks).await?;
-    let agent_local = measure_agent(system.agent(key_where(false)), tells, asks).await?;
+    let agent_remote = measure_agent(system.agent_by_key(key_where(true)), tells, asks).await?;
+    let agent_local = measure_agent(system.agent_by_key(key_where(false)), tells, asks).await?;
     system.shutdown();
     let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
     let ignore: Inbound = transport::each(|_: &Link, _: Envelope<'_>| None);

@@ -38,6 +38,9 @@ enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Apikey(ApikeyCommand),
+    /// Manage tenants (the organizations whose data is walled off).
+    #[command(subcommand)]
+    Tenant(TenantCommand),
     /// Local clusters.
     #[command(subcommand)]
     Cluster(ClusterCommand),
@@ -75,17 +78,59 @@ struct ClusterUpArgs {
 enum ApikeyCommand {
     /// Create a key and print it (only its hash is stored: it is shown once).
     Create(ApikeyCreateArgs),
-    /// List keys (never the keys themselves).
-    List(MigrateArgs),
+    /// List a tenant's keys (never the keys themselves).
+    List(ApikeyListArgs),
     /// Revoke a key by id.
     Revoke(ApikeyRevokeArgs),
 }
 
+#[derive(Subcommand)]
+enum TenantCommand {
+    /// Create a tenant.
+    Create(TenantCreateArgs),
+    /// List the tenants.
+    List(MigrateArgs),
+}
+
+#[derive(Args)]
+struct TenantCreateArgs {
+    /// 1 to 63 of a-z, 0-9 and -, starting with a letter or digit.
+    #[arg(value_parser = tenant_parser)]
+    name: valueverse::actors::Tenant,
+    /// A name to show (default: the tenant's name).
+    #[arg(long, default_value = "")]
+    display_name: String,
+    #[command(flatten)]
+    store: MigrateArgs,
+}
+
+fn tenant_parser(text: &str) -> Result<valueverse::actors::Tenant, String> {
+    valueverse::actors::Tenant::parse(text).map_err(|error| error.to_string())
+}
+
+#[derive(Args)]
+struct TenantArg {
+    /// The tenant the key acts for (it must exist: `valueverse tenant create`).
+    #[arg(long, default_value = "default", value_parser = tenant_parser)]
+    tenant: valueverse::actors::Tenant,
+}
+
+#[derive(Args)]
+struct ApikeyListArgs {
+    #[command(flatten)]
+    tenant: TenantArg,
+    #[command(flatten)]
+    store: MigrateArgs,
+}
+
 #[derive(Args)]
 struct ApikeyCreateArgs {
-    /// viewer (read), editor (write) or admin (keys, actors, operations).
+    /// viewer (read), editor (write), admin (the tenant's keys) or platform
+    /// (the operator's: supervision tree, cluster, resets; no tenant's data).
     #[arg(long, value_parser = role_parser())]
     role: valueverse::auth::Role,
+    #[command(flatten)]
+    tenant: TenantArg,
     /// What the key is for.
     #[arg(long, default_value = "")]
     name: String,
@@ -96,6 +141,8 @@ struct ApikeyCreateArgs {
 #[derive(Args)]
 struct ApikeyRevokeArgs {
     id: String,
+    #[command(flatten)]
+    tenant: TenantArg,
     #[command(flatten)]
     store: MigrateArgs,
 }
@@ -345,7 +392,7 @@ async fn run_node(config: Config) -> anyhow::Result<()> {
             "DEVELOPMENT MODE: authentication is OFF, every request acts as admin; \
              never run --dev where others can reach this port"
         );
-    } else if node.store.api_keys().await?.is_empty() {
+    } else if node.store.live_api_key_ids().await?.is_empty() {
         tracing::warn!(
             "no API keys yet: every API request will get 401. Create one with \
              `valueverse apikey create --role admin --database-url {}` (or run `serve --dev` locally)",
@@ -436,17 +483,25 @@ async fn apikey(command: ApikeyCommand) -> anyhow::Result<()> {
                 anyhow::bail!("--name {problem}");
             }
             let store = open_store(args.store, true).await?;
-            let (row, key) = valueverse::auth::create_key(&store, args.role, &args.name).await?;
+            let tenant = args.tenant.tenant;
+            if store.tenant(tenant.as_str()).await?.is_none() {
+                store.close().await;
+                anyhow::bail!(
+                    "--tenant: no tenant `{tenant}` (create it with `valueverse tenant create {tenant}`)"
+                );
+            }
+            let made = valueverse::auth::create_key(&store, &tenant, args.role, &args.name).await;
             store.close().await;
+            let (row, key) = made?;
             eprintln!(
-                "API key {} ({}) created; it is shown once, keep it now:",
-                row.id, row.role
+                "API key {} ({} of tenant {}) created; it is shown once, keep it now:",
+                row.id, row.role, row.tenant
             );
             println!("{key}");
         }
         ApikeyCommand::List(args) => {
-            let store = open_store(args, true).await?;
-            for row in store.api_keys().await? {
+            let store = open_store(args.store, true).await?;
+            for row in store.api_keys(args.tenant.tenant.as_str()).await? {
                 let state = if row.revoked_at_ms.is_some() {
                     "revoked"
                 } else {
@@ -461,12 +516,52 @@ async fn apikey(command: ApikeyCommand) -> anyhow::Result<()> {
         }
         ApikeyCommand::Revoke(args) => {
             let store = open_store(args.store, true).await?;
-            let revoked = store.revoke_api_key(&args.id).await?;
+            let revoked = store
+                .revoke_api_key(args.tenant.tenant.as_str(), &args.id)
+                .await?;
             store.close().await;
             if !revoked {
                 anyhow::bail!("no live API key `{}`", args.id);
             }
             println!("revoked {}", args.id);
+        }
+    }
+    Ok(())
+}
+
+async fn tenant(command: TenantCommand) -> anyhow::Result<()> {
+    match command {
+        TenantCommand::Create(args) => {
+            if let Some(problem) = valueverse::model::name_problem(&args.display_name, 200)
+                && !args.display_name.is_empty()
+            {
+                anyhow::bail!("--display-name {problem}");
+            }
+            let display = if args.display_name.is_empty() {
+                args.name.as_str().to_owned()
+            } else {
+                args.display_name
+            };
+            let store = open_store(args.store, true).await?;
+            let made = store.insert_tenant(args.name.as_str(), &display).await;
+            store.close().await;
+            if !made? {
+                anyhow::bail!("tenant `{}` exists", args.name);
+            }
+            println!("tenant {} created", args.name);
+        }
+        TenantCommand::List(args) => {
+            let store = open_store(args, true).await?;
+            let tenants = store.tenants().await;
+            store.close().await;
+            for row in tenants? {
+                let name: String = row
+                    .display_name
+                    .chars()
+                    .flat_map(char::escape_debug)
+                    .collect();
+                println!("{}  {}", row.name, name);
+            }
         }
     }
     Ok(())
@@ -607,6 +702,7 @@ fn main() -> ExitCode {
         Command::Cluster(ClusterCommand::Up(args)) => runtime.block_on(cluster_up(args)),
         Command::Migrate(args) => runtime.block_on(migrate(args)),
         Command::Apikey(command) => runtime.block_on(apikey(command)),
+        Command::Tenant(command) => runtime.block_on(tenant(command)),
         // CPU-bound on rayon's threads: no async runtime involved.
         Command::Simulate(args) => simulate(args),
     };

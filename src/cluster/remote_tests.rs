@@ -138,7 +138,7 @@ async fn remote_tells_into_a_small_mailbox_all_arrive_in_order() {
     })
     .await;
     let key = key_elsewhere(&near, Ordered::KIND);
-    let agent = near.agent::<Ordered>(key);
+    let agent = near.agent_by_key::<Ordered>(key);
     let timeout = Duration::from_secs(10);
     agent.ask(EchoMsg::Count, timeout).await.unwrap();
     const TELLS: u64 = 20_000;
@@ -180,7 +180,7 @@ async fn remote_asks_are_answered_by_the_far_handler_or_refused_typed() {
     let far_key = |kind| key_elsewhere(&near, kind);
 
     // Answered by the handler on the far node, over the link.
-    let echo = near.agent::<Echo>(far_key(Echo::KIND));
+    let echo = near.agent_by_key::<Echo>(far_key(Echo::KIND));
     for n in 0..100 {
         assert_eq!(
             echo.ask(EchoMsg::Ping(n), Duration::from_secs(5))
@@ -192,7 +192,7 @@ async fn remote_asks_are_answered_by_the_far_handler_or_refused_typed() {
 
     // A full mailbox there is refused as such here, at once: not a
     // timeout, not `Stopped`.
-    let slow = near.agent::<Slow>(far_key(Slow::KIND));
+    let slow = near.agent_by_key::<Slow>(far_key(Slow::KIND));
     let asks = (0..12).map(|_| {
         let slow = slow.clone();
         tokio::spawn(async move { slow.ask(EchoMsg::Count, Duration::from_secs(5)).await })

@@ -111,7 +111,7 @@ async fn both_ways(old_protocol: u16) {
     let within = Duration::from_secs(10);
     // The old node asks the new one: version 1 in, the reply back at 1.
     let answer = old
-        .agent::<GreeterV1>(new_key.clone())
+        .agent_by_key::<GreeterV1>(new_key.clone())
         .ask(GreetV1::Greet { name: "ada".into() }, within)
         .await
         .unwrap();
@@ -122,7 +122,7 @@ async fn both_ways(old_protocol: u16) {
         title: Some("admiral".into()),
     };
     let answer = new
-        .agent::<GreeterV2>(old_key.clone())
+        .agent_by_key::<GreeterV2>(old_key.clone())
         .ask(msg, within)
         .await;
     assert_eq!(answer.unwrap(), format!("v1 {old_key} greets grace"));
@@ -132,7 +132,7 @@ async fn both_ways(old_protocol: u16) {
         title: Some("admiral".into()),
     };
     let answer = new
-        .agent::<GreeterV2>(new_key.clone())
+        .agent_by_key::<GreeterV2>(new_key.clone())
         .ask(msg, within)
         .await;
     assert_eq!(
@@ -140,12 +140,12 @@ async fn both_ways(old_protocol: u16) {
         format!("v2 {new_key} greets admiral grace")
     );
     // Tells go both ways too (answered by a later ask on the same link).
-    old.agent::<GreeterV1>(new_key.clone())
+    old.agent_by_key::<GreeterV1>(new_key.clone())
         .tell(GreetV1::Greet {
             name: "tell".into(),
         })
         .unwrap();
-    new.agent::<GreeterV2>(old_key.clone())
+    new.agent_by_key::<GreeterV2>(old_key.clone())
         .tell(GreetV2::Greet {
             name: "tell".into(),
             title: None,

@@ -9,6 +9,8 @@ use super::error::ErrorDoc;
 use super::error::{ApiError, parse_json};
 use super::forward::{self, NodeQuery};
 use super::schemas::supervision::SupervisionTree;
+use super::scope::Scope;
+use valueverse_agents::auth::Role;
 
 /// The supervision tree of this node.
 #[utoipa::path(
@@ -20,8 +22,14 @@ use super::schemas::supervision::SupervisionTree;
     ),
     security(("bearer" = [])),
 )]
-pub(crate) async fn tree(system: web::Data<System>) -> HttpResponse {
-    HttpResponse::Ok().json(SupervisionTree::from(system.supervision_tree()))
+pub(crate) async fn tree(scope: Scope, system: web::Data<System>) -> HttpResponse {
+    let tree = system.supervision_tree();
+    // The operator sees every tenant's instances; a tenant its own.
+    let tree = match scope.0.role {
+        Role::Platform => tree,
+        _ => tree.of_tenant(scope.tenant()),
+    };
+    HttpResponse::Ok().json(SupervisionTree::from(tree))
 }
 
 /// Optional body of a reset.
@@ -51,18 +59,27 @@ struct ResetRequest {
     security(("bearer" = [])),
 )]
 pub(crate) async fn reset(
+    scope: Scope,
     system: web::Data<System>,
     path: web::Path<(String, String)>,
     correlation_id: web::ReqData<CorrelationId>,
     http: HttpRequest,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    operate(&system, path, correlation_id, &http, &body, |body| {
-        let request: ResetRequest = parse_json(body, true)?;
-        Ok(OperatorAction::Reset {
-            reason: request.reason.unwrap_or_default(),
-        })
-    })
+    operate(
+        &scope,
+        &system,
+        path,
+        correlation_id,
+        &http,
+        &body,
+        |body| {
+            let request: ResetRequest = parse_json(body, true)?;
+            Ok(OperatorAction::Reset {
+                reason: request.reason.unwrap_or_default(),
+            })
+        },
+    )
     .await
 }
 
@@ -75,6 +92,7 @@ enum OperatorAction {
 /// An operator action on one instance: passed on to the node that holds
 /// it (`?node=`), or carried out here and logged with its reason.
 async fn operate(
+    scope: &Scope,
     system: &System,
     path: web::Path<(String, String)>,
     correlation_id: web::ReqData<CorrelationId>,
@@ -86,7 +104,16 @@ async fn operate(
         return Ok(answer);
     }
     let action = parse(body)?;
-    let (kind, key) = path.into_inner();
+    let (kind, id) = path.into_inner();
+    // A tenant's admin operates its own instances (named by id); the
+    // operator any instance, named by its key or by `?tenant=` and id.
+    let key = match scope.0.role {
+        Role::Platform => match tenant_of(http)? {
+            Some(tenant) => tenant.key(&id).to_string(),
+            None => id,
+        },
+        _ => scope.tenant().key(&id).to_string(),
+    };
     let correlation_id = correlation_id.into_inner();
     let snapshot = match action {
         OperatorAction::Reset { reason } => {
@@ -133,18 +160,40 @@ struct CrashRequest {
     security(("bearer" = [])),
 )]
 pub(crate) async fn crash(
+    scope: Scope,
     system: web::Data<System>,
     path: web::Path<(String, String)>,
     correlation_id: web::ReqData<CorrelationId>,
     http: HttpRequest,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    operate(&system, path, correlation_id, &http, &body, |body| {
-        let request: CrashRequest = parse_json(body, false)?;
-        let reason = ApiError::check_reason(&request.reason, 500)?;
-        Ok(OperatorAction::Crash {
-            reason: reason.to_owned(),
-        })
-    })
+    operate(
+        &scope,
+        &system,
+        path,
+        correlation_id,
+        &http,
+        &body,
+        |body| {
+            let request: CrashRequest = parse_json(body, false)?;
+            let reason = ApiError::check_reason(&request.reason, 500)?;
+            Ok(OperatorAction::Crash {
+                reason: reason.to_owned(),
+            })
+        },
+    )
     .await
+}
+
+/// The operator's `?tenant=` (next to `?node=`): whose instance it names.
+fn tenant_of(http: &HttpRequest) -> Result<Option<valueverse_runtime::Tenant>, ApiError> {
+    let tenant = form_urlencoded::parse(http.query_string().as_bytes())
+        .find(|(name, _)| name == "tenant")
+        .map(|(_, value)| value.into_owned());
+    tenant
+        .map(|name| {
+            valueverse_runtime::Tenant::parse(&name)
+                .map_err(|error| ApiError::invalid_field("tenant", error.to_string()))
+        })
+        .transpose()
 }

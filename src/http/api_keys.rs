@@ -4,12 +4,13 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};
 use serde::{Deserialize, Serialize};
 
-use valueverse_agents::auth::{ApiKeyRow, ApiKeys};
+use valueverse_agents::auth::{ApiKeyRow, ApiKeys, Role as DomainRole};
 
 use super::error::ErrorDoc;
 use super::error::{ApiError, parse_json};
 use super::middleware::Auth;
 use super::schemas::auth::Role;
+use super::scope::Scope;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -28,8 +29,10 @@ struct CreateBody {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 struct KeyView {
     id: String,
+    /// The tenant the key acts for.
+    tenant: String,
     name: String,
-    /// `viewer`, `editor` or `admin`.
+    /// `viewer`, `editor`, `admin` or `platform`.
     role: String,
     created_at_ms: i64,
     /// When it was revoked; `null` while it is live.
@@ -40,6 +43,7 @@ impl From<ApiKeyRow> for KeyView {
     fn from(row: ApiKeyRow) -> KeyView {
         let ApiKeyRow {
             id,
+            tenant,
             name,
             role,
             hash: _,
@@ -48,6 +52,7 @@ impl From<ApiKeyRow> for KeyView {
         } = row;
         KeyView {
             id,
+            tenant,
             name,
             role,
             created_at_ms,
@@ -75,6 +80,7 @@ struct KeyList {
     security(("bearer" = [])),
 )]
 pub(crate) async fn create(
+    scope: Scope,
     api_keys: web::Data<ApiKeys>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
@@ -85,7 +91,16 @@ pub(crate) async fn create(
     {
         return Err(ApiError::invalid_field("name", format!("`name` {problem}")));
     }
-    let (row, key) = api_keys.create(body.role.into(), &body.name).await?;
+    let role: DomainRole = body.role.into();
+    // A tenant's admin makes keys of its tenant; the operator's keys are
+    // made on the command line only.
+    if !role.is_tenant_role() {
+        return Err(ApiError::invalid_field(
+            "role",
+            "`platform` keys are made with `valueverse apikey create --role platform` only".into(),
+        ));
+    }
+    let (row, key) = api_keys.create(scope.tenant(), role, &body.name).await?;
     Ok(HttpResponse::Created().json(serde_json::json!({
         "id": row.id, "name": row.name, "role": row.role, "key": key,
         "created_at_ms": row.created_at_ms,
@@ -101,9 +116,12 @@ pub(crate) async fn create(
     ),
     security(("bearer" = [])),
 )]
-pub(crate) async fn list(api_keys: web::Data<ApiKeys>) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn list(
+    scope: Scope,
+    api_keys: web::Data<ApiKeys>,
+) -> Result<HttpResponse, ApiError> {
     let items = api_keys
-        .list()
+        .list(scope.tenant())
         .await?
         .into_iter()
         .map(KeyView::from)
@@ -125,12 +143,13 @@ pub(crate) async fn list(api_keys: web::Data<ApiKeys>) -> Result<HttpResponse, A
     security(("bearer" = [])),
 )]
 pub(crate) async fn revoke(
+    scope: Scope,
     api_keys: web::Data<ApiKeys>,
     auth: web::Data<Auth>,
     limits: web::Data<super::limits::Limits>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    if !api_keys.revoke(&id).await? {
+    if !api_keys.revoke(scope.tenant(), &id).await? {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -142,6 +161,45 @@ pub(crate) async fn revoke(
     Ok(HttpResponse::NoContent().finish())
 }
 
+/// Who the caller is, as the API authenticated it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct MeView {
+    /// The tenant the caller acts for.
+    tenant: String,
+    role: Role,
+    /// `api_key` or `oidc`.
+    via: &'static str,
+    /// The API key's id, for a key.
+    key_id: Option<String>,
+    /// The identity provider's subject, for a person.
+    subject: Option<String>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/me",
+    tag = "api-keys",
+    responses(
+        (status = 200, description = "the caller: tenant, role, key or subject", body = MeView),
+        (status = 401, description = "no valid key or token", body = ErrorDoc),
+    ),
+    security(("bearer" = [])),
+)]
+pub(crate) async fn me(scope: Scope) -> HttpResponse {
+    let caller = scope.0;
+    let (via, key_id) = match &caller.subject {
+        Some(_) => ("oidc", None),
+        None => ("api_key", Some(caller.key_id.clone())),
+    };
+    HttpResponse::Ok().json(MeView {
+        tenant: caller.tenant.as_str().to_owned(),
+        role: caller.role.into(),
+        via,
+        key_id,
+        subject: caller.subject,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,6 +209,7 @@ mod tests {
     fn a_listed_key_is_its_row_without_the_hash() {
         let row = ApiKeyRow {
             id: "k-1".into(),
+            tenant: "acme".into(),
             name: "ci".into(),
             role: "editor".into(),
             hash: "secret-digest".into(),

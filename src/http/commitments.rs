@@ -11,12 +11,13 @@ use valueverse_agents::committer::{
     Commitment, CommitmentRequest, Committer, CommitterMsg, SimulatedSupport, check_commitment,
 };
 use valueverse_agents::simulations::Simulations;
-use valueverse_runtime::System;
+use valueverse_runtime::{System, Tenant};
 
 use super::error::ErrorDoc;
 use super::error::{ApiError, parse_json, parse_query};
 use super::listing::list_page;
 use super::schemas::committer as api;
+use super::scope::Scope;
 use super::value_models::ask_model;
 use valueverse_agents::committer::list_commitments;
 
@@ -37,9 +38,14 @@ struct CommitBody {
     milestones: Vec<api::Milestone>,
 }
 
-async fn ask(system: &System, id: &str, msg: CommitterMsg) -> Result<Commitment, ApiError> {
+async fn ask(
+    system: &System,
+    tenant: &Tenant,
+    id: &str,
+    msg: CommitterMsg,
+) -> Result<Commitment, ApiError> {
     Ok(system
-        .agent::<Committer>(id.to_owned())
+        .agent::<Committer>(tenant, id)
         .ask(msg, system.runtime_config().ask_timeout)
         .await?)
 }
@@ -57,6 +63,7 @@ async fn ask(system: &System, id: &str, msg: CommitterMsg) -> Result<Commitment,
     security(("bearer" = [])),
 )]
 pub(crate) async fn commit(
+    scope: Scope,
     system: web::Data<System>,
     simulations: web::Data<Simulations>,
     body: web::Bytes,
@@ -68,6 +75,7 @@ pub(crate) async fn commit(
         .map_err(|error| ApiError::invalid_field(&error.path, error.message))?;
     let (record, version) = ask_model(
         &system,
+        scope.tenant(),
         &body.model_id,
         ArchitectMsg::Get {
             version: body.model_version,
@@ -86,7 +94,7 @@ pub(crate) async fn commit(
     let model = &record.version(version).expect("an existing version").model;
     // The committer decides; the simulation kind answers what it needs.
     let simulated = simulations
-        .latest_done(&record.id, version)
+        .latest_done(scope.tenant(), &record.id, version)
         .await?
         .and_then(|job| {
             let result = job.result?;
@@ -110,6 +118,7 @@ pub(crate) async fn commit(
     let id = uuid::Uuid::now_v7().to_string();
     let commitment = ask(
         &system,
+        scope.tenant(),
         &id,
         CommitterMsg::Commit {
             request: Box::new(request),
@@ -136,10 +145,11 @@ pub(crate) async fn commit(
     security(("bearer" = [])),
 )]
 pub(crate) async fn get(
+    scope: Scope,
     system: web::Data<System>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let commitment = ask(&system, &id, CommitterMsg::Get).await?;
+    let commitment = ask(&system, scope.tenant(), &id, CommitterMsg::Get).await?;
     Ok(HttpResponse::Ok().json(api::Commitment::from(commitment)))
 }
 
@@ -167,6 +177,7 @@ struct VoidBody {
     security(("bearer" = [])),
 )]
 pub(crate) async fn void(
+    scope: Scope,
     system: web::Data<System>,
     id: web::Path<String>,
     body: web::Bytes,
@@ -175,6 +186,7 @@ pub(crate) async fn void(
     let reason = ApiError::check_reason(&body.reason, 1000)?;
     let commitment = ask(
         &system,
+        scope.tenant(),
         &id,
         CommitterMsg::Void {
             reason: reason.to_owned(),
@@ -211,6 +223,7 @@ struct ListQuery {
     security(("bearer" = [])),
 )]
 pub(crate) async fn list(
+    scope: Scope,
     records: web::Data<Records>,
     request: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
@@ -219,7 +232,13 @@ pub(crate) async fn list(
         (query.limit, query.offset),
         |page| {
             let status = query.status.map(Into::into);
-            list_commitments(&records, query.model_id.as_deref(), status, page)
+            list_commitments(
+                &records,
+                scope.tenant(),
+                query.model_id.as_deref(),
+                status,
+                page,
+            )
         },
         api::Commitment::from,
     )

@@ -23,6 +23,9 @@ use super::middleware::CORRELATION_HEADER;
 pub(crate) struct NodeQuery {
     /// The node that runs it (default: this node).
     node: Option<String>,
+    /// The operator's: whose instance `key` is (a tenant's caller acts on
+    /// its own tenant only).
+    tenant: Option<String>,
 }
 
 const FORWARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -67,8 +70,19 @@ pub(crate) async fn elsewhere(
     let unsent =
         |reason: String| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "node_unreachable", reason);
     // Signed as reqwest will send it (it normalizes the path).
-    let url = reqwest::Url::parse(&format!("http://{}{}", member.http_addr, request.path()))
+    let mut url = reqwest::Url::parse(&format!("http://{}{}", member.http_addr, request.path()))
         .map_err(|error| unsent(format!("cannot address node `{node}`: {error}")))?;
+    // A tenant's route acts for the caller's tenant there too (signed with
+    // the rest of the request).
+    // The operator's own `?tenant=` names whose instance it operates.
+    let tenant = match super::scope::Scope::of(request) {
+        Ok(scope) if scope.0.role.is_tenant_role() => Some(scope.tenant().as_str().to_owned()),
+        Ok(_) => query.tenant,
+        Err(_) => None,
+    };
+    if let Some(tenant) = tenant {
+        url.query_pairs_mut().append_pair("tenant", &tenant);
+    }
     let header_text = |name: &actix_web::http::header::HeaderName| {
         request
             .headers()

@@ -42,10 +42,12 @@ mod forward;
 mod limits;
 mod listing;
 mod middleware;
+pub mod oidc;
 mod operations;
 mod plans;
 mod sagas;
 mod schemas;
+mod scope;
 mod simulations;
 mod value_models;
 mod webhooks;
@@ -103,6 +105,7 @@ api! {
     "/api/v1/cluster" => { get: cluster::view }
     "/api/v1/api-keys" => { post: api_keys::create, get: api_keys::list }
     "/api/v1/api-keys/{id}" => { delete: api_keys::revoke }
+    "/api/v1/me" => { get: api_keys::me }
     "/api/v1/simulations" => { post: simulations::submit }
     // Before `{id}`, which would otherwise match it.
     "/api/v1/simulations/queue" => { get: simulations::queue }
@@ -145,7 +148,7 @@ api! {
         title = "ValueVerse API",
         description = "Business agents as supervised actors: value models, simulations, commitments, plans, insights, notifications."
     ),
-    paths(operations::health, operations::ready, operations::metrics, actors::tree, actors::reset, actors::crash, cluster::view, dashboard::routes::frame, dashboard::routes::node, dashboard::routes::events, api_keys::create, api_keys::list, api_keys::revoke, value_models::create, value_models::list, value_models::get, value_models::patch, value_models::versions, value_models::archive, value_models::hypotheses, simulations::submit, simulations::queue, simulations::get, simulations::results, simulations::cancel, simulations::events, commitments::commit, commitments::list, commitments::get, commitments::void, plans::create, plans::list, plans::get, plans::progress, plans::deliver, plans::cancel, plans::insights, webhooks::subscribe, webhooks::list, webhooks::get, webhooks::delete, webhooks::deliveries, webhooks::redeliver, sagas::list, sagas::start_value_creation, sagas::start_renewal, sagas::get, sagas::cancel, sagas::retry, sagas::events),
+    paths(operations::health, operations::ready, operations::metrics, actors::tree, actors::reset, actors::crash, cluster::view, dashboard::routes::frame, dashboard::routes::node, dashboard::routes::events, api_keys::create, api_keys::list, api_keys::revoke, api_keys::me, value_models::create, value_models::list, value_models::get, value_models::patch, value_models::versions, value_models::archive, value_models::hypotheses, simulations::submit, simulations::queue, simulations::get, simulations::results, simulations::cancel, simulations::events, commitments::commit, commitments::list, commitments::get, commitments::void, plans::create, plans::list, plans::get, plans::progress, plans::deliver, plans::cancel, plans::insights, webhooks::subscribe, webhooks::list, webhooks::get, webhooks::delete, webhooks::deliveries, webhooks::redeliver, sagas::list, sagas::start_value_creation, sagas::start_renewal, sagas::get, sagas::cancel, sagas::retry, sagas::events),
     components(schemas(error::ErrorDoc)),
     modifiers(&BearerAuth, &CommonAnswers),
     tags(
@@ -315,6 +318,8 @@ pub struct HttpSettings {
     /// Connections of the node's store pool (a quarter of them at most
     /// checks unknown keys).
     pub store_connections: u32,
+    /// Sign-in of people through an OpenID Connect provider.
+    pub oidc: Option<oidc::OidcSettings>,
 }
 
 /// A running HTTP server.
@@ -345,6 +350,21 @@ impl HttpApi {
             api_keys,
         } = services;
         let body_limit = config.body_limit;
+        let oidc = match &config.oidc {
+            Some(settings) => {
+                // No redirect: a provider's answer comes from where it was
+                // asked, or not at all.
+                let client = reqwest::Client::builder()
+                    .redirect(reqwest::redirect::Policy::none())
+                    .build()
+                    .map_err(std::io::Error::other)?;
+                Some(
+                    oidc::OidcVerifier::new(settings.clone(), client)
+                        .map_err(std::io::Error::other)?,
+                )
+            }
+            None => None,
+        };
         let auth = web::Data::new(middleware::Auth {
             dev: config.dev,
             keys: KeyCache::new(
@@ -352,6 +372,9 @@ impl HttpApi {
                 config.limits.key_cache_ttl,
                 config.limits.unknown_keys_cached,
             ),
+            oidc,
+            tenants: dashmap::DashMap::new(),
+            tenant_ttl: config.limits.key_cache_ttl,
         });
         // A quarter of the pool at most checks unknown keys: the rest
         // renews the lease and serves requests.

@@ -314,21 +314,18 @@ impl Limits {
         if self.sockets_by_key.is_empty() {
             return;
         }
-        let keys = match api_keys.list().await {
-            Ok(keys) => keys,
+        let live = match api_keys.live_ids().await {
+            Ok(live) => live,
             Err(error) => {
                 tracing::warn!(%error, "http: could not check the keys of open WebSockets");
                 return;
             }
         };
-        let live: std::collections::HashSet<&str> = keys
-            .iter()
-            .filter(|key| key.revoked_at_ms.is_none())
-            .map(|key| key.id.as_str())
-            .collect();
         for sockets in &self.sockets_by_key {
-            // `dev` is the one caller of a node that checks no keys.
-            if sockets.key() != DEV_CALLER && !live.contains(sockets.key().as_str()) {
+            // `dev` is the one caller of a node that checks no keys; a
+            // person's socket lives by its token, not by a key.
+            let person = sockets.key().starts_with("oidc:");
+            if sockets.key() != DEV_CALLER && !person && !live.contains(sockets.key().as_str()) {
                 sockets.revoked.send_replace(true);
             }
         }

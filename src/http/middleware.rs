@@ -13,11 +13,14 @@ use tracing::Instrument;
 
 use futures_util::StreamExt;
 
+use dashmap::DashMap;
 use valueverse_agents::auth::{Cached, Caller, KeyCache, Role};
+
+use super::oidc::OidcVerifier;
 use valueverse_cluster::peer_requests::{self, PeerRequests};
-use valueverse_runtime::CorrelationId;
 use valueverse_runtime::metrics::Metrics;
 use valueverse_runtime::unix_millis;
+use valueverse_runtime::{CorrelationId, Tenant};
 
 use super::error::ApiError;
 use super::limits::{self, Limits};
@@ -82,6 +85,84 @@ pub(crate) struct Auth {
     /// `serve --dev`: every request is admin.
     pub dev: bool,
     pub keys: KeyCache,
+    /// People signed in with an identity provider (bearer JWTs).
+    pub oidc: Option<OidcVerifier>,
+    /// Tenants seen to exist lately (a token names one by a claim).
+    pub tenants: DashMap<String, Instant>,
+    pub tenant_ttl: std::time::Duration,
+}
+
+/// Tenants remembered at most.
+const TENANTS_CACHED: usize = 10_000;
+
+impl Auth {
+    /// The caller a signed-in person's token makes: its tenant must exist,
+    /// its roles name a ValueVerse role (the highest counts; `platform`
+    /// over the tenant roles).
+    async fn person(&self, token: &str) -> Result<Caller, ApiError> {
+        use actix_web::http::StatusCode;
+        let Some(oidc) = &self.oidc else {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "the API key is unknown or revoked (this node takes no identity provider's tokens)",
+            ));
+        };
+        let identity = oidc.verify(token).await.map_err(|error| {
+            if error.is_provider_failure() {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "identity_provider_unavailable",
+                    format!("the token could not be checked: {error}"),
+                )
+            } else {
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    format!("the token is refused: {error}"),
+                )
+            }
+        })?;
+        let role = identity
+            .roles
+            .iter()
+            .filter_map(|role| Role::parse(role))
+            .max_by_key(|role| (*role == Role::Platform, *role));
+        let Some(role) = role else {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "the token names no ValueVerse role (viewer, editor, admin or platform)",
+            ));
+        };
+        let tenant = Tenant::parse(&identity.tenant).map_err(|error| {
+            ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", error.to_string())
+        })?;
+        let known = self
+            .tenants
+            .get(tenant.as_str())
+            .is_some_and(|seen| seen.elapsed() < self.tenant_ttl);
+        if !known {
+            if !self.keys.keys().tenant_exists(&tenant).await? {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    format!("the token's tenant `{tenant}` does not exist here"),
+                ));
+            }
+            if self.tenants.len() >= TENANTS_CACHED {
+                self.tenants.clear();
+            }
+            self.tenants
+                .insert(tenant.as_str().to_owned(), Instant::now());
+        }
+        Ok(Caller {
+            key_id: format!("oidc:{}", identity.subject),
+            role,
+            tenant,
+            subject: Some(identity.subject),
+        })
+    }
 }
 
 /// The route a request reaches: the pattern the router will match it to
@@ -96,9 +177,51 @@ pub(crate) fn matched_route(request: &ServiceRequest) -> String {
         .unwrap_or_else(|| routed.to_owned())
 }
 
-/// The role a request for `route` (a route pattern) needs; `None`: open
-/// to all (probes, metrics, docs).
-fn required_role(method: &actix_web::http::Method, path: &str) -> Option<Role> {
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// A tenant's caller with at least this role: the tenant's data.
+    Tenant(Role),
+    /// The operator (`platform` role): the supervision tree, the cluster,
+    /// resets, the dashboard's node panels; no tenant's data.
+    Platform,
+    /// Any authenticated caller (`/api/v1/me`).
+    Anyone,
+    /// A tenant's caller with at least this role, or the operator (who
+    /// stops a runaway job from the dashboard).
+    TenantOrPlatform(Role),
+}
+
+impl Access {
+    /// Why `caller` may not call a route of this access, if it may not.
+    fn refusal(self, caller: &Caller) -> Option<String> {
+        match self {
+            Access::Anyone => None,
+            Access::Platform if caller.role == Role::Platform => None,
+            Access::Platform => Some(format!(
+                "this is an operator's route: it needs the platform role; the caller has {}",
+                caller.role.as_str()
+            )),
+            Access::Tenant(_) if caller.role == Role::Platform => Some(
+                "the platform role operates the nodes and reads no tenant's data: \
+                 use a key of the tenant"
+                    .to_owned(),
+            ),
+            Access::Tenant(needed) if caller.role < needed => Some(format!(
+                "this needs the {} role; the caller has {}",
+                needed.as_str(),
+                caller.role.as_str()
+            )),
+            Access::Tenant(_) => None,
+            Access::TenantOrPlatform(_) if caller.role == Role::Platform => None,
+            Access::TenantOrPlatform(needed) => Access::Tenant(needed).refusal(caller),
+        }
+    }
+}
+
+/// Who may call `route` (a route pattern); `None`: open to all (probes,
+/// metrics, docs, the dashboard's static page).
+pub(crate) fn required_access(method: &actix_web::http::Method, path: &str) -> Option<Access> {
     use actix_web::http::Method;
     if matches!(path, "/health" | "/ready" | "/metrics" | "/dashboard")
         || path.starts_with("/api-docs")
@@ -106,18 +229,41 @@ fn required_role(method: &actix_web::http::Method, path: &str) -> Option<Role> {
     {
         return None;
     }
-    let reads = matches!(*method, Method::GET | Method::HEAD);
-    let saga_retry = path.starts_with("/api/v1/sagas/") && path.ends_with("/retry");
-    if path.starts_with("/api/v1/api-keys")
-        || (path.starts_with("/api/v1/actors") && !reads)
-        || saga_retry
-    {
-        Some(Role::Admin)
-    } else if reads {
-        Some(Role::Viewer)
-    } else {
-        Some(Role::Editor)
+    if path == "/api/v1/me" {
+        return Some(Access::Anyone);
     }
+    let reads = matches!(*method, Method::GET | Method::HEAD);
+    // The node's own panel is for its peers (signed requests) and the
+    // operator: it shows every tenant's instances.
+    if path == "/api/v1/dashboard/node" {
+        return Some(Access::Platform);
+    }
+    // Operations: the operator across tenants, a tenant on its own
+    // instances and jobs (the handlers scope what each sees).
+    if path.starts_with("/api/v1/actors")
+        || path.starts_with("/api/v1/cluster")
+        || path.starts_with("/api/v1/dashboard")
+        || path == "/ws/dashboard"
+    {
+        return Some(Access::TenantOrPlatform(if reads {
+            Role::Viewer
+        } else {
+            Role::Admin
+        }));
+    }
+    if *method == Method::PUT && path == "/api/v1/simulations/{id}/cancel" {
+        return Some(Access::TenantOrPlatform(Role::Editor));
+    }
+    let saga_retry = path.starts_with("/api/v1/sagas/") && path.ends_with("/retry");
+    Some(Access::Tenant(
+        if path.starts_with("/api/v1/api-keys") || saga_retry {
+            Role::Admin
+        } else if reads {
+            Role::Viewer
+        } else {
+            Role::Editor
+        },
+    ))
 }
 
 /// The key a request carries: `Authorization: Bearer <key>`, or for
@@ -252,8 +398,44 @@ async fn peer_request<B: MessageBody>(
         }
     };
     request.set_payload(actix_web::dev::Payload::from(body));
-    // The node that passed it on checked its caller's key for this route.
-    request.extensions_mut().insert(Role::Admin);
+    // The node that passed it on checked its caller for this route; a
+    // tenant's route names the caller's tenant in the signed query.
+    let tenant = form_urlencoded::parse(request.query_string().as_bytes())
+        .find(|(name, _)| name == "tenant")
+        .map(|(_, value)| value.into_owned());
+    let access = required_access(request.method(), &matched_route(&request));
+    let caller = match (access, tenant) {
+        // The operator's action, passed on without a tenant.
+        (Some(Access::TenantOrPlatform(_)), None) => Caller {
+            key_id: format!("peer:{}", signed.node),
+            role: Role::Platform,
+            tenant: Tenant::default_tenant(),
+            subject: None,
+        },
+        (Some(Access::Tenant(role) | Access::TenantOrPlatform(role)), tenant) => {
+            let Some(tenant) = tenant.and_then(|name| Tenant::parse(&name).ok()) else {
+                return refuse(
+                    request,
+                    StatusCode::BAD_REQUEST,
+                    "a peer request for a tenant's data names the tenant".into(),
+                );
+            };
+            Caller {
+                key_id: format!("peer:{}", signed.node),
+                role,
+                tenant,
+                subject: None,
+            }
+        }
+        _ => Caller {
+            key_id: format!("peer:{}", signed.node),
+            role: Role::Platform,
+            tenant: Tenant::default_tenant(),
+            subject: None,
+        },
+    };
+    request.extensions_mut().insert(caller.role);
+    request.extensions_mut().insert(caller);
     let response = next.call(request).await?;
     let (request, response) = response.into_parts();
     let status = response.status();
@@ -281,7 +463,7 @@ pub(crate) async fn authenticate<B: MessageBody>(
     // Decided on the route the router will match, so that no encoding of
     // the path reaches a route under another route's role.
     let route = matched_route(&request);
-    let Some(needed) = required_role(request.method(), &route) else {
+    let Some(needed) = required_access(request.method(), &route) else {
         return Ok(next.call(request).await?.map_into_left_body());
     };
     if let Some(header) = request
@@ -310,9 +492,17 @@ pub(crate) async fn authenticate<B: MessageBody>(
     };
     let address = limits::peer_address(&request);
     let caller = if auth.dev {
+        // Development: every route, as the default tenant's admin (and the
+        // operator's routes too).
         Caller {
             key_id: limits::DEV_CALLER.to_owned(),
-            role: Role::Admin,
+            role: if needed == Access::Platform {
+                Role::Platform
+            } else {
+                Role::Admin
+            },
+            tenant: Tenant::default_tenant(),
+            subject: None,
         }
     } else {
         let unknown = || {
@@ -335,47 +525,52 @@ pub(crate) async fn authenticate<B: MessageBody>(
                 ),
             );
         };
-        // Authenticated before anything is allocated for the request. A key
-        // not in the cache costs a store lookup: those run a few at once,
-        // and an address whose keys keep turning out unknown is paced.
-        let found = match auth.keys.cached(&key) {
-            (_, Cached::Known(caller)) => Some(caller),
-            (_, Cached::Unknown) => None,
-            (digest, looked_up @ (Cached::Stale | Cached::Miss)) => {
-                // A key never seen costs its address a place before the
-                // lookup; a live key seen before is asked about freely.
-                if matches!(looked_up, Cached::Miss)
-                    && let Err(error) = limits.charge_address(address)
-                {
-                    return refuse(request, error);
-                }
-                let permit = match limits.lookup_permit().await {
-                    Ok(permit) => permit,
-                    Err(error) => return refuse(request, error),
-                };
-                let found = auth.keys.look_up(digest).await;
-                drop(permit);
-                match found {
-                    Ok(found) => found,
-                    Err(error) => return refuse(request, ApiError::from(error)),
+        // Not an API key: a person's token from the identity provider,
+        // checked (signature, issuer, audience, expiry) before anything is
+        // allocated; a token costs its address a place like an unseen key.
+        // An API key not in the cache costs a store lookup: those run a few
+        // at once, and an address whose keys keep turning out unknown is
+        // paced.
+        let found = if !key.starts_with("vv_") {
+            if let Err(error) = limits.charge_address(address) {
+                return refuse(request, error);
+            }
+            match auth.person(&key).await {
+                Ok(caller) => Some(caller),
+                Err(error) => return refuse(request, error),
+            }
+        } else {
+            match auth.keys.cached(&key) {
+                (_, Cached::Known(caller)) => Some(caller),
+                (_, Cached::Unknown) => None,
+                (digest, looked_up @ (Cached::Stale | Cached::Miss)) => {
+                    // A key never seen costs its address a place before the
+                    // lookup; a live key seen before is asked about freely.
+                    if matches!(looked_up, Cached::Miss)
+                        && let Err(error) = limits.charge_address(address)
+                    {
+                        return refuse(request, error);
+                    }
+                    let permit = match limits.lookup_permit().await {
+                        Ok(permit) => permit,
+                        Err(error) => return refuse(request, error),
+                    };
+                    let found = auth.keys.look_up(digest).await;
+                    drop(permit);
+                    match found {
+                        Ok(found) => found,
+                        Err(error) => return refuse(request, ApiError::from(error)),
+                    }
                 }
             }
         };
         let Some(caller) = found else {
             return refuse(request, unknown());
         };
-        if caller.role < needed {
+        if let Some(reason) = needed.refusal(&caller) {
             return refuse(
                 request,
-                ApiError::new(
-                    actix_web::http::StatusCode::FORBIDDEN,
-                    "forbidden",
-                    format!(
-                        "this needs the {} role; the key has {}",
-                        needed.as_str(),
-                        caller.role.as_str()
-                    ),
-                ),
+                ApiError::new(actix_web::http::StatusCode::FORBIDDEN, "forbidden", reason),
             );
         }
         if let Err(error) = limits.check_key_rate(&caller.key_id) {
@@ -383,7 +578,25 @@ pub(crate) async fn authenticate<B: MessageBody>(
         }
         caller
     };
-    let in_flight = if auth.dev {
+    admitted(request, next, limits, caller, &route, address, auth.dev).await
+}
+
+/// Serves an authenticated caller's request within its limits.
+async fn admitted<B: MessageBody>(
+    request: ServiceRequest,
+    next: Next<B>,
+    limits: std::sync::Arc<Limits>,
+    caller: Caller,
+    route: &str,
+    address: Option<std::net::IpAddr>,
+    dev: bool,
+) -> Result<ServiceResponse<EitherBody<B>>, Error> {
+    let refuse = |request: ServiceRequest, error: ApiError| {
+        let (request, _) = request.into_parts();
+        let response = actix_web::ResponseError::error_response(&error);
+        Ok(ServiceResponse::new(request, response).map_into_right_body())
+    };
+    let in_flight = if dev {
         None
     } else {
         match limits.enter(&caller.key_id) {

@@ -15,13 +15,14 @@ use valueverse_agents::committer::{CommitmentStatus, Committer, CommitterMsg};
 use valueverse_agents::executor::{
     Delivery, Executor, ExecutorMsg, Plan, Task, TaskStatus, plan_for,
 };
-use valueverse_runtime::System;
+use valueverse_runtime::{System, Tenant};
 
 use super::error::ErrorDoc;
 use super::error::{ApiError, parse_json, parse_query};
 use super::listing::list_page;
 use super::schemas::amplifier as amplifier_api;
 use super::schemas::executor as api;
+use super::scope::Scope;
 use super::value_models::ask_model;
 use valueverse_agents::executor::list_plans;
 
@@ -29,20 +30,26 @@ fn timeout(system: &System) -> std::time::Duration {
     system.runtime_config().ask_timeout
 }
 
-async fn ask(system: &System, id: &str, msg: ExecutorMsg) -> Result<Plan, ApiError> {
+async fn ask(
+    system: &System,
+    tenant: &Tenant,
+    id: &str,
+    msg: ExecutorMsg,
+) -> Result<Plan, ApiError> {
     Ok(system
-        .agent::<Executor>(id.to_owned())
+        .agent::<Executor>(tenant, id)
         .ask(msg, timeout(system))
         .await?)
 }
 
 async fn amplify(
     system: &System,
+    tenant: &Tenant,
     model_id: &str,
     msg: AmplifierMsg,
 ) -> Result<AmplifierReply, ApiError> {
     Ok(system
-        .agent::<Amplifier>(model_id.to_owned())
+        .agent::<Amplifier>(tenant, model_id)
         .ask(msg, timeout(system))
         .await?)
 }
@@ -141,12 +148,13 @@ struct PlanBody {
     security(("bearer" = [])),
 )]
 pub(crate) async fn create(
+    scope: Scope,
     system: web::Data<System>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let body: PlanBody = parse_json(&body, false)?;
     let commitment = system
-        .agent::<Committer>(body.commitment_id.clone())
+        .agent::<Committer>(scope.tenant(), &body.commitment_id)
         .ask(CommitterMsg::Get, timeout(&system))
         .await?;
     if commitment.status != CommitmentStatus::Active {
@@ -192,6 +200,7 @@ pub(crate) async fn create(
     }
     let (record, version) = ask_model(
         &system,
+        scope.tenant(),
         &request.model_id,
         ArchitectMsg::Get {
             version: Some(request.model_version),
@@ -202,10 +211,17 @@ pub(crate) async fn create(
     let start_date = body.start_date.unwrap_or_else(|| Utc::now().date_naive());
     let id = uuid::Uuid::now_v7().to_string();
     let plan = plan_for(id.clone(), &commitment, at, start_date, tasks);
-    let plan = ask(&system, &id, ExecutorMsg::Create(Box::new(plan))).await?;
+    let plan = ask(
+        &system,
+        scope.tenant(),
+        &id,
+        ExecutorMsg::Create(Box::new(plan)),
+    )
+    .await?;
     let baseline = baseline_for(&plan, at);
     amplify(
         &system,
+        scope.tenant(),
         &request.model_id,
         AmplifierMsg::RegisterBaseline(Box::new(baseline)),
     )
@@ -229,10 +245,13 @@ pub(crate) async fn create(
     security(("bearer" = [])),
 )]
 pub(crate) async fn get(
+    scope: Scope,
     system: web::Data<System>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(PlanView::from(ask(&system, &id, ExecutorMsg::Get).await?)))
+    Ok(HttpResponse::Ok().json(PlanView::from(
+        ask(&system, scope.tenant(), &id, ExecutorMsg::Get).await?,
+    )))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -263,6 +282,7 @@ struct ProgressBody {
     security(("bearer" = [])),
 )]
 pub(crate) async fn progress(
+    scope: Scope,
     system: web::Data<System>,
     id: web::Path<String>,
     body: web::Bytes,
@@ -290,7 +310,9 @@ pub(crate) async fn progress(
             ));
         }
     };
-    Ok(HttpResponse::Ok().json(PlanView::from(ask(&system, &id, msg).await?)))
+    Ok(HttpResponse::Ok().json(PlanView::from(
+        ask(&system, scope.tenant(), &id, msg).await?,
+    )))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -325,6 +347,7 @@ struct DeliveryBody {
     security(("bearer" = [])),
 )]
 pub(crate) async fn deliver(
+    scope: Scope,
     system: web::Data<System>,
     id: web::Path<String>,
     body: web::Bytes,
@@ -351,9 +374,16 @@ pub(crate) async fn deliver(
         date: body.date,
         note: body.note,
     };
-    let plan = ask(&system, &id, ExecutorMsg::RecordDelivery(delivery.clone())).await?;
+    let plan = ask(
+        &system,
+        scope.tenant(),
+        &id,
+        ExecutorMsg::RecordDelivery(delivery.clone()),
+    )
+    .await?;
     amplify(
         &system,
+        scope.tenant(),
         &plan.model_id,
         AmplifierMsg::RecordDelivery(delivery.clone()),
     )
@@ -389,6 +419,7 @@ struct CancelBody {
     security(("bearer" = [])),
 )]
 pub(crate) async fn cancel(
+    scope: Scope,
     system: web::Data<System>,
     id: web::Path<String>,
     body: web::Bytes,
@@ -397,6 +428,7 @@ pub(crate) async fn cancel(
     ApiError::check_reason(&body.reason, 1000)?;
     let plan = ask(
         &system,
+        scope.tenant(),
         &id,
         ExecutorMsg::Cancel {
             reason: body.reason,
@@ -435,6 +467,7 @@ struct ListQuery {
     security(("bearer" = [])),
 )]
 pub(crate) async fn list(
+    scope: Scope,
     records: web::Data<Records>,
     request: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
@@ -444,6 +477,7 @@ pub(crate) async fn list(
         |page| {
             list_plans(
                 &records,
+                scope.tenant(),
                 query.commitment_id.as_deref(),
                 query.model_id.as_deref(),
                 query.status.map(Into::into),
@@ -482,6 +516,7 @@ struct InsightsQuery {
     security(("bearer" = [])),
 )]
 pub(crate) async fn insights(
+    scope: Scope,
     system: web::Data<System>,
     model_id: web::Path<String>,
     request: HttpRequest,
@@ -497,7 +532,14 @@ pub(crate) async fn insights(
         .with_field("margin"));
     }
     let as_of = query.as_of.unwrap_or_else(|| Utc::now().date_naive());
-    match amplify(&system, &model_id, AmplifierMsg::Insights { as_of, margin }).await? {
+    match amplify(
+        &system,
+        scope.tenant(),
+        &model_id,
+        AmplifierMsg::Insights { as_of, margin },
+    )
+    .await?
+    {
         AmplifierReply::Insights(insights) => {
             Ok(HttpResponse::Ok().json(amplifier_api::Insights::from(*insights)))
         }

@@ -23,6 +23,7 @@ use super::middleware::Auth;
 use super::schemas;
 use super::schemas::committer as committer_api;
 use super::schemas::sagas as api;
+use super::scope::Scope;
 use super::value_models::ask_model;
 use super::ws::{Outgoing, Source};
 
@@ -122,22 +123,24 @@ fn check_paths(paths: u64) -> Result<(), ApiError> {
 }
 
 fn accepted(saga: Saga) -> HttpResponse {
+    let view = api::Saga::from(saga);
     HttpResponse::Accepted()
-        .insert_header((header::LOCATION, format!("/api/v1/sagas/{}", saga.id)))
-        .json(api::Saga::from(saga))
+        .insert_header((header::LOCATION, format!("/api/v1/sagas/{}", view.id)))
+        .json(view)
 }
 
-/// A new saga of the caller: its jobs count against the caller's key.
-fn start(request: &HttpRequest, input: &SagaInput) -> Result<Saga, ApiError> {
-    let mut saga = input
-        .start(uuid::Uuid::now_v7().to_string(), Utc::now())
-        .map_err(|error| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                format!("the saga's input does not serialize: {error}"),
-            )
-        })?;
+/// A new saga of the caller, in its tenant (the saga's id is its instance
+/// key, from which the keys of what it makes follow): its jobs count
+/// against the caller's key.
+fn start(scope: &Scope, request: &HttpRequest, input: &SagaInput) -> Result<Saga, ApiError> {
+    let key = scope.tenant().key(&uuid::Uuid::now_v7().to_string());
+    let mut saga = input.start(key.to_string(), Utc::now()).map_err(|error| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("the saga's input does not serialize: {error}"),
+        )
+    })?;
     saga.started_by = request
         .extensions()
         .get::<valueverse_agents::auth::Caller>()
@@ -159,6 +162,7 @@ fn start(request: &HttpRequest, input: &SagaInput) -> Result<Saga, ApiError> {
     security(("bearer" = [])),
 )]
 pub(crate) async fn start_value_creation(
+    scope: Scope,
     runner: web::Data<SagaRunner>,
     auth: web::Data<Auth>,
     request: HttpRequest,
@@ -183,7 +187,7 @@ pub(crate) async fn start_value_creation(
     )
     .map_err(|error| ApiError::invalid_field(&error.path, error.message))?;
     check_paths(input.paths)?;
-    let saga = start(&request, &SagaInput::ValueCreation(Box::new(input)))?;
+    let saga = start(&scope, &request, &SagaInput::ValueCreation(Box::new(input)))?;
     Ok(accepted(runner.start_saga(saga).await?))
 }
 
@@ -201,6 +205,7 @@ pub(crate) async fn start_value_creation(
     security(("bearer" = [])),
 )]
 pub(crate) async fn start_renewal(
+    scope: Scope,
     runner: web::Data<SagaRunner>,
     system: web::Data<System>,
     auth: web::Data<Auth>,
@@ -214,7 +219,7 @@ pub(crate) async fn start_renewal(
     // 404 or 422 now rather than a failed saga later: only an active
     // commitment of a live model is renewed.
     let commitment = system
-        .agent::<Committer>(input.commitment_id.clone())
+        .agent::<Committer>(scope.tenant(), &input.commitment_id)
         .ask(CommitterMsg::Get, system.runtime_config().ask_timeout)
         .await?;
     // The request is well formed; the commitment's state refuses it: 409.
@@ -232,6 +237,7 @@ pub(crate) async fn start_renewal(
     }
     let (model, _) = ask_model(
         &system,
+        scope.tenant(),
         &commitment.request.model_id,
         ArchitectMsg::Get { version: None },
     )
@@ -247,7 +253,7 @@ pub(crate) async fn start_renewal(
         )
         .with_field("commitment_id"));
     }
-    let saga = start(&request, &SagaInput::Renewal(input))?;
+    let saga = start(&scope, &request, &SagaInput::Renewal(input))?;
     Ok(accepted(runner.start_saga(saga).await?))
 }
 
@@ -263,10 +269,11 @@ pub(crate) async fn start_renewal(
     security(("bearer" = [])),
 )]
 pub(crate) async fn get(
+    scope: Scope,
     runner: web::Data<SagaRunner>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(api::Saga::from(runner.get(&id).await?)))
+    Ok(HttpResponse::Ok().json(api::Saga::from(runner.get(&scope.tenant().key(&id)).await?)))
 }
 
 #[derive(Debug, Deserialize)]
@@ -297,6 +304,7 @@ struct ListQuery {
     security(("bearer" = [])),
 )]
 pub(crate) async fn list(
+    scope: Scope,
     records: web::Data<Records>,
     request: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
@@ -306,6 +314,7 @@ pub(crate) async fn list(
         |page| {
             valueverse_agents::sagas::list_sagas(
                 &records,
+                scope.tenant(),
                 query.status.map(Into::into),
                 query.definition.as_deref(),
                 page,
@@ -329,10 +338,13 @@ pub(crate) async fn list(
     security(("bearer" = [])),
 )]
 pub(crate) async fn cancel(
+    scope: Scope,
     runner: web::Data<SagaRunner>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(api::Saga::from(runner.cancel(&id).await?)))
+    Ok(HttpResponse::Ok().json(api::Saga::from(
+        runner.cancel(&scope.tenant().key(&id)).await?,
+    )))
 }
 
 #[utoipa::path(
@@ -348,10 +360,13 @@ pub(crate) async fn cancel(
     security(("bearer" = [])),
 )]
 pub(crate) async fn retry(
+    scope: Scope,
     runner: web::Data<SagaRunner>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let saga = runner.tell(&id, SagaMsg::Retry).await?;
+    let saga = runner
+        .tell(&scope.tenant().key(&id), SagaMsg::Retry)
+        .await?;
     Ok(HttpResponse::Ok().json(api::Saga::from(saga)))
 }
 
@@ -370,6 +385,7 @@ pub(crate) async fn retry(
     security(("bearer" = [])),
 )]
 pub(crate) async fn events(
+    scope: Scope,
     runner: web::Data<SagaRunner>,
     system: web::Data<System>,
     id: web::Path<String>,
@@ -379,10 +395,12 @@ pub(crate) async fn events(
     // Subscribed before the state is read, so no transition falls between.
     // The cluster's events: the coordinator may live on another node.
     let bus = system.subscribe_cluster_events();
-    let saga = runner.get(&id).await.map_err(ApiError::from)?;
+    let key = scope.tenant().key(&id);
+    let saga = runner.get(&key).await.map_err(ApiError::from)?;
     let feed = Transitions {
         bus,
         runner: runner.into_inner(),
+        tenant: scope.tenant().clone(),
         id: id.into_inner(),
         first: Some(saga),
     };
@@ -394,6 +412,7 @@ pub(crate) async fn events(
 struct Transitions {
     bus: tokio::sync::broadcast::Receiver<std::sync::Arc<valueverse_runtime::DomainEvent>>,
     runner: std::sync::Arc<SagaRunner>,
+    tenant: valueverse_runtime::Tenant,
     id: String,
     first: Option<Saga>,
 }
@@ -418,6 +437,7 @@ impl Source for Transitions {
             match self.bus.recv().await {
                 Ok(event)
                     if event.event_type == "saga.transition"
+                        && event.tenant == self.tenant.as_str()
                         && event.source.strip_prefix("saga/") == Some(self.id.as_str()) =>
                 {
                     let done = event.data["status"]
@@ -434,7 +454,7 @@ impl Source for Transitions {
                 // Too slow for the bus: the current state instead of what
                 // was missed.
                 Err(RecvError::Lagged(_)) => {
-                    return match self.runner.get(&self.id).await {
+                    return match self.runner.get(&self.tenant.key(&self.id)).await {
                         Ok(saga) => Outgoing::Text(state_message(saga).into()),
                         Err(_) => Outgoing::End,
                     };

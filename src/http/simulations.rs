@@ -18,6 +18,7 @@ use valueverse_runtime::System;
 
 use super::error::ErrorDoc;
 use super::error::{ApiError, parse_json};
+use super::scope::Scope;
 use super::value_models::ask_model;
 use super::ws::{Outgoing, Source};
 
@@ -104,16 +105,18 @@ struct ResultsView {
 
 impl From<SimulationJob> for JobView {
     fn from(job: SimulationJob) -> JobView {
-        let base = format!("/api/v1/simulations/{}", job.id);
+        // The job's key names its tenant; the API shows the id.
+        let id = valueverse_runtime::split_key(&job.id).1.to_owned();
+        let base = format!("/api/v1/simulations/{id}");
         let request = job.request;
         JobView {
             links: Links {
                 results: format!("{base}/results"),
-                events: format!("/ws/simulations/{}", job.id),
+                events: format!("/ws/simulations/{id}"),
                 cancel: format!("{base}/cancel"),
                 this: base,
             },
-            id: job.id,
+            id,
             status: job.status.into(),
             submitter: job.submitter,
             model_name: request.model.name,
@@ -185,6 +188,7 @@ fn submitter(request: &HttpRequest) -> String {
     security(("bearer" = [])),
 )]
 pub(crate) async fn submit(
+    scope: Scope,
     simulations: web::Data<Simulations>,
     system: web::Data<System>,
     request: HttpRequest,
@@ -207,7 +211,7 @@ pub(crate) async fn submit(
             let msg = ArchitectMsg::Get {
                 version: body.model_version,
             };
-            let (record, version) = ask_model(&system, &id, msg).await?;
+            let (record, version) = ask_model(&system, scope.tenant(), &id, msg).await?;
             let model = record
                 .version(version)
                 .map(|at| at.model.clone())
@@ -232,7 +236,7 @@ pub(crate) async fn submit(
         stop_at_rel_se: body.stop_at_rel_se,
     };
     let job = simulations
-        .submit(request_data, submitter(&request), source)
+        .submit(scope.tenant(), request_data, submitter(&request), source)
         .await?;
     let view = JobView::from(job);
     Ok(HttpResponse::Accepted()
@@ -254,10 +258,11 @@ pub(crate) async fn submit(
     security(("bearer" = [])),
 )]
 pub(crate) async fn get(
+    scope: Scope,
     simulations: web::Data<Simulations>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let job = simulations.get(&id).await?;
+    let job = simulations.get(&scope.tenant().key(&id)).await?;
     Ok(HttpResponse::Ok().json(JobView::from(job)))
 }
 
@@ -276,13 +281,14 @@ pub(crate) async fn get(
     security(("bearer" = [])),
 )]
 pub(crate) async fn results(
+    scope: Scope,
     simulations: web::Data<Simulations>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let job = simulations.get(&id).await?;
+    let job = simulations.get(&scope.tenant().key(&id)).await?;
     match (job.status, job.result) {
         (JobStatus::Done, Some(result)) => Ok(HttpResponse::Ok().json(ResultsView {
-            id: job.id,
+            id: id.into_inner(),
             model_name: job.request.model.name,
             currency: job.request.model.currency,
             result: (*result).into(),
@@ -290,7 +296,7 @@ pub(crate) async fn results(
         (status, _) => {
             let mut message = format!(
                 "simulation `{}` is {}: it has no results",
-                job.id,
+                id.as_str(),
                 status.as_str()
             );
             if let Some(error) = job.error {
@@ -317,6 +323,7 @@ pub(crate) async fn results(
     security(("bearer" = [])),
 )]
 pub(crate) async fn cancel(
+    scope: Scope,
     simulations: web::Data<Simulations>,
     id: web::Path<String>,
     request: HttpRequest,
@@ -326,7 +333,7 @@ pub(crate) async fn cancel(
     if let Some(answer) = super::forward::elsewhere(&request, &body).await? {
         return Ok(answer);
     }
-    let job = simulations.cancel(&id).await?;
+    let job = simulations.cancel(&scope.tenant().key(&id)).await?;
     Ok(HttpResponse::Ok().json(JobView::from(job)))
 }
 
@@ -339,8 +346,9 @@ pub(crate) async fn cancel(
     ),
     security(("bearer" = [])),
 )]
-pub(crate) async fn queue(simulations: web::Data<Simulations>) -> HttpResponse {
-    HttpResponse::Ok().json(queue_api::QueueSnapshot::from(simulations.queue()))
+pub(crate) async fn queue(scope: Scope, simulations: web::Data<Simulations>) -> HttpResponse {
+    let queue = simulations.queue(Some(scope.tenant()));
+    HttpResponse::Ok().json(queue_api::QueueSnapshot::from(queue))
 }
 
 /// `/ws/simulations/{id}`: the job's state at once, then an event after each
@@ -361,6 +369,7 @@ pub(crate) async fn queue(simulations: web::Data<Simulations>) -> HttpResponse {
     security(("bearer" = [])),
 )]
 pub(crate) async fn events(
+    scope: Scope,
     simulations: web::Data<Simulations>,
     system: web::Data<System>,
     id: web::Path<String>,
@@ -369,18 +378,19 @@ pub(crate) async fn events(
 ) -> Result<HttpResponse, actix_web::Error> {
     // Where the events come from: this node's worker, or (for a job that
     // runs on another node of the cluster) the events it shares.
-    let feed = match simulations.subscribe(&id) {
+    let key = scope.tenant().key(&id);
+    let feed = match simulations.subscribe(&key) {
         Some(live) => Feed::Local { live, sent: false },
         None => {
             // Subscribed before the state is read, so no event falls between.
             let bus = system.subscribe_cluster_events();
             // An unknown job is a 404 before any upgrade.
-            let job = simulations.get(&id).await.map_err(ApiError::from)?;
+            let job = simulations.get(&key).await.map_err(ApiError::from)?;
             let event = api::SimulationEvent::from(SimulationEvent::of(&job));
             let event = serde_json::to_value(event).unwrap_or_default();
             Feed::Shared {
                 bus,
-                source: format!("simulation/{}", id.as_str()),
+                source: format!("simulation/{key}"),
                 first: Some(event),
             }
         }

@@ -13,11 +13,12 @@ use super::schemas::architect::ModelStatus;
 use valueverse_agents::Records;
 use valueverse_agents::architect::{Architect, ArchitectMsg, ArchitectReply, ModelRecord};
 use valueverse_gpu::model::ValueModel;
-use valueverse_runtime::System;
+use valueverse_runtime::{System, Tenant};
 
 use super::error::ErrorDoc;
 use super::error::{ApiError, parse_json, parse_query};
 use super::listing::list_page;
+use super::scope::Scope;
 use valueverse_agents::architect::list_models;
 
 /// A model at one version, as the API shows it.
@@ -60,11 +61,12 @@ fn ask_timeout(system: &System) -> Duration {
 /// Asks the architect instance `id`; answers the record and version.
 pub(crate) async fn ask_model(
     system: &System,
+    tenant: &Tenant,
     id: &str,
     msg: ArchitectMsg,
 ) -> Result<(ModelRecord, i64), ApiError> {
     match system
-        .agent::<Architect>(id.to_owned())
+        .agent::<Architect>(tenant, id)
         .ask(msg, ask_timeout(system))
         .await?
     {
@@ -122,12 +124,19 @@ fn validated(model: ValueModel) -> Result<ValueModel, ApiError> {
     security(("bearer" = [])),
 )]
 pub(crate) async fn create(
+    scope: Scope,
     system: web::Data<System>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let model = model_from(&body)?;
     let id = uuid::Uuid::now_v7().to_string();
-    let (record, version) = ask_model(&system, &id, ArchitectMsg::Create(Box::new(model))).await?;
+    let (record, version) = ask_model(
+        &system,
+        scope.tenant(),
+        &id,
+        ArchitectMsg::Create(Box::new(model)),
+    )
+    .await?;
     Ok(HttpResponse::Created()
         .insert_header((header::LOCATION, format!("/api/v1/value-models/{id}")))
         .json(view(&record, version)?))
@@ -154,6 +163,7 @@ struct VersionQuery {
     security(("bearer" = [])),
 )]
 pub(crate) async fn get(
+    scope: Scope,
     system: web::Data<System>,
     id: web::Path<String>,
     request: HttpRequest,
@@ -161,6 +171,7 @@ pub(crate) async fn get(
     let query: VersionQuery = parse_query(request.query_string())?;
     let (record, version) = ask_model(
         &system,
+        scope.tenant(),
         &id,
         ArchitectMsg::Get {
             version: query.version,
@@ -194,10 +205,17 @@ struct VersionSummary {
     security(("bearer" = [])),
 )]
 pub(crate) async fn versions(
+    scope: Scope,
     system: web::Data<System>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let (record, _) = ask_model(&system, &id, ArchitectMsg::Get { version: None }).await?;
+    let (record, _) = ask_model(
+        &system,
+        scope.tenant(),
+        &id,
+        ArchitectMsg::Get { version: None },
+    )
+    .await?;
     let versions: Vec<VersionSummary> = record
         .versions
         .iter()
@@ -258,6 +276,7 @@ struct ModelSummary {
     security(("bearer" = [])),
 )]
 pub(crate) async fn list(
+    scope: Scope,
     records: web::Data<Records>,
     request: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
@@ -267,6 +286,7 @@ pub(crate) async fn list(
         |page| {
             list_models(
                 &records,
+                scope.tenant(),
                 query.customer.as_deref(),
                 query.industry.as_deref(),
                 query.status.map(Into::into),
@@ -333,6 +353,7 @@ struct ModelPatch {
     security(("bearer" = [])),
 )]
 pub(crate) async fn patch(
+    scope: Scope,
     system: web::Data<System>,
     limits: web::Data<super::limits::Limits>,
     id: web::Path<String>,
@@ -347,7 +368,13 @@ pub(crate) async fn patch(
             "a merge patch must be a JSON object",
         ));
     }
-    let (record, current) = ask_model(&system, &id, ArchitectMsg::Get { version: None }).await?;
+    let (record, current) = ask_model(
+        &system,
+        scope.tenant(),
+        &id,
+        ArchitectMsg::Get { version: None },
+    )
+    .await?;
     let base_version = match request.headers().get(header::IF_MATCH) {
         None => current,
         Some(value) => value
@@ -389,6 +416,7 @@ pub(crate) async fn patch(
     let model = validated(model.into())?;
     let (record, version) = ask_model(
         &system,
+        scope.tenant(),
         &id,
         ArchitectMsg::Update {
             model: Box::new(model),
@@ -424,6 +452,7 @@ struct ArchiveBody {
     security(("bearer" = [])),
 )]
 pub(crate) async fn archive(
+    scope: Scope,
     system: web::Data<System>,
     id: web::Path<String>,
     body: web::Bytes,
@@ -431,6 +460,7 @@ pub(crate) async fn archive(
     let body: ArchiveBody = parse_json(&body, true)?;
     let (record, version) = ask_model(
         &system,
+        scope.tenant(),
         &id,
         ArchitectMsg::Archive {
             reason: body.reason,
@@ -469,6 +499,7 @@ struct HypothesesBody {
     security(("bearer" = [])),
 )]
 pub(crate) async fn hypotheses(
+    scope: Scope,
     system: web::Data<System>,
     id: web::Path<String>,
     body: web::Bytes,
@@ -483,7 +514,7 @@ pub(crate) async fn hypotheses(
         .with_field("limit"));
     }
     let reply = system
-        .agent::<Architect>(id.into_inner())
+        .agent::<Architect>(scope.tenant(), &id)
         .ask(
             ArchitectMsg::Hypotheses { limit: body.limit },
             ask_timeout(&system),

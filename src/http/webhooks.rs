@@ -11,12 +11,13 @@ use valueverse_agents::auth::Role;
 use valueverse_agents::notifications::{Attempt, Notification};
 use valueverse_agents::notifications::{EVENT_TYPES, Notifications};
 use valueverse_agents::notifier::{Channel, Notifier, NotifierMsg, Subscription};
-use valueverse_runtime::System;
+use valueverse_runtime::{System, Tenant};
 
 use super::error::ErrorDoc;
 use super::error::{ApiError, parse_json, parse_query};
 use super::listing::{check_paging, list_page};
 use super::schemas::notifier::SubscriptionStatus;
+use super::scope::Scope;
 use valueverse_agents::notifier::list_subscriptions;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -136,9 +137,14 @@ fn channel_of(body: SubscribeBody) -> Result<(Channel, Vec<String>), ApiError> {
     Ok((channel, body.event_types))
 }
 
-async fn ask(system: &System, id: &str, msg: NotifierMsg) -> Result<Subscription, ApiError> {
+async fn ask(
+    system: &System,
+    tenant: &Tenant,
+    id: &str,
+    msg: NotifierMsg,
+) -> Result<Subscription, ApiError> {
     Ok(system
-        .agent::<Notifier>(id.to_owned())
+        .agent::<Notifier>(tenant, id)
         .ask(msg, system.runtime_config().ask_timeout)
         .await?)
 }
@@ -155,6 +161,7 @@ async fn ask(system: &System, id: &str, msg: NotifierMsg) -> Result<Subscription
     security(("bearer" = [])),
 )]
 pub(crate) async fn subscribe(
+    scope: Scope,
     system: web::Data<System>,
     notifications: web::Data<Notifications>,
     body: web::Bytes,
@@ -178,7 +185,13 @@ pub(crate) async fn subscribe(
         created_at: Utc::now(),
         deleted_at: None,
     };
-    let subscription = ask(&system, &id, NotifierMsg::Create(Box::new(subscription))).await?;
+    let subscription = ask(
+        &system,
+        scope.tenant(),
+        &id,
+        NotifierMsg::Create(Box::new(subscription)),
+    )
+    .await?;
     notifications.subscribed(&subscription);
     Ok(HttpResponse::Created()
         .insert_header((header::LOCATION, format!("/api/v1/webhooks/{id}")))
@@ -199,11 +212,12 @@ pub(crate) async fn subscribe(
     security(("bearer" = [])),
 )]
 pub(crate) async fn get(
+    scope: Scope,
     system: web::Data<System>,
     id: web::Path<String>,
     request: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let subscription = ask(&system, &id, NotifierMsg::Get).await?;
+    let subscription = ask(&system, scope.tenant(), &id, NotifierMsg::Get).await?;
     let view = SubscriptionView::from(subscription).for_role(caller_role(&request));
     Ok(HttpResponse::Ok().json(view))
 }
@@ -255,10 +269,11 @@ impl SubscriptionView {
     security(("bearer" = [])),
 )]
 pub(crate) async fn delete(
+    scope: Scope,
     system: web::Data<System>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let subscription = ask(&system, &id, NotifierMsg::Delete).await?;
+    let subscription = ask(&system, scope.tenant(), &id, NotifierMsg::Delete).await?;
     Ok(HttpResponse::Ok().json(SubscriptionView::from(subscription)))
 }
 
@@ -287,6 +302,7 @@ struct ListQuery {
     security(("bearer" = [])),
 )]
 pub(crate) async fn list(
+    scope: Scope,
     records: web::Data<Records>,
     request: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
@@ -294,7 +310,7 @@ pub(crate) async fn list(
     let role = caller_role(&request);
     list_page(
         (query.limit, query.offset),
-        |page| list_subscriptions(&records, query.status.map(Into::into), page),
+        |page| list_subscriptions(&records, scope.tenant(), query.status.map(Into::into), page),
         |subscription: Subscription| SubscriptionView::from(subscription).for_role(role),
     )
     .await
@@ -405,6 +421,7 @@ impl DeliveryView {
     security(("bearer" = [])),
 )]
 pub(crate) async fn deliveries(
+    scope: Scope,
     system: web::Data<System>,
     notifications: web::Data<Notifications>,
     id: web::Path<String>,
@@ -413,9 +430,9 @@ pub(crate) async fn deliveries(
     let query: PageQuery = parse_query(request.query_string())?;
     check_paging(query.limit, query.offset)?;
     // 404 for an unknown subscription.
-    ask(&system, &id, NotifierMsg::Get).await?;
+    ask(&system, scope.tenant(), &id, NotifierMsg::Get).await?;
     let (total, rows) = notifications
-        .deliveries(&id, (query.limit, query.offset))
+        .deliveries(&scope.tenant().key(&id), (query.limit, query.offset))
         .await?;
     Ok(HttpResponse::Ok().json(DeliveryPage {
         total,
@@ -444,12 +461,13 @@ pub(crate) async fn deliveries(
     security(("bearer" = [])),
 )]
 pub(crate) async fn redeliver(
+    scope: Scope,
     notifications: web::Data<Notifications>,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (id, notification_id) = path.into_inner();
     if notifications
-        .delivery(&id, &notification_id)
+        .delivery(&scope.tenant().key(&id), &notification_id)
         .await?
         .is_none()
     {

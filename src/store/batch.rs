@@ -249,8 +249,8 @@ async fn insert_postgres_events(
         return Ok(());
     }
     sqlx::query(
-        "INSERT INTO outbox_events (id, event_type, occurred_at_ms, payload) \
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[])",
+        "INSERT INTO outbox_events (id, event_type, occurred_at_ms, payload, tenant) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[])",
     )
     .bind(events.iter().map(|e| e.id.as_str()).collect::<Vec<_>>())
     .bind(
@@ -266,6 +266,7 @@ async fn insert_postgres_events(
             .map(|e| e.payload.as_str())
             .collect::<Vec<_>>(),
     )
+    .bind(events.iter().map(|e| e.tenant.as_str()).collect::<Vec<_>>())
     .execute(&mut **tx)
     .await?;
     Ok(())

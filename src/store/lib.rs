@@ -111,7 +111,7 @@ mod sagas;
 mod simulations;
 mod state;
 
-pub use api_keys::ApiKeyRow;
+pub use api_keys::{ApiKeyRow, TenantRow};
 pub use leases::{Lease, LeaseClaim, Renewal};
 pub use notifications::{Attempt, Notification};
 pub use outbox::{Claimant, ClaimedDelivery, Dispatched, OutboxStats};
@@ -315,8 +315,8 @@ impl Store {
     ) -> Result<i64, StoreError> {
         let now = unix_millis();
         let sql = if expected_version == 0 {
-            "INSERT INTO agent_state (kind, key, version, state, updated_at_ms) \
-             VALUES ($1, $2, 1, $3, $4) ON CONFLICT (kind, key) DO NOTHING"
+            "INSERT INTO agent_state (kind, key, version, state, updated_at_ms, tenant) \
+             VALUES ($1, $2, 1, $3, $4, $5) ON CONFLICT (kind, key) DO NOTHING"
         } else {
             "UPDATE agent_state SET version = version + 1, state = $3, updated_at_ms = $4 \
              WHERE kind = $1 AND key = $2 AND version = $5"
@@ -324,7 +324,11 @@ impl Store {
         let applied = with_pool!(self, pool => {
             let bound = || {
                 let query = sqlx::query(sql).bind(kind).bind(key).bind(&text).bind(now);
-                if expected_version != 0 { query.bind(expected_version) } else { query }
+                if expected_version != 0 {
+                    query.bind(expected_version)
+                } else {
+                    query.bind(valueverse_runtime::split_key(key).0)
+                }
             };
             // Most kinds raise no event: no transaction for them.
             if events.is_empty() {

@@ -189,28 +189,40 @@ impl Store {
 
     /// The latest notifications of every subscription, newest change first
     /// (the dashboard's feed; payloads left out).
-    pub async fn recent_notifications(&self, limit: i64) -> Result<Vec<Notification>, StoreError> {
+    pub async fn recent_notifications(
+        &self,
+        tenant: &str,
+        limit: i64,
+    ) -> Result<Vec<Notification>, StoreError> {
         Ok(with_pool!(self, pool => {
             sqlx::query_as(
                 "SELECT id, subscription_id, event_id, event_type, '' AS payload, status, \
                  attempts, created_at_ms, updated_at_ms, due_at_ms, attempt_limit, takeovers, \
-                 claimed_by, claim_token FROM notifications \
+                 claimed_by, claim_token FROM notifications WHERE tenant = $2 \
                  ORDER BY updated_at_ms DESC, id DESC LIMIT $1",
             )
             .bind(limit)
+            .bind(tenant)
             .fetch_all(pool)
             .await
         })?)
     }
 
     /// The latest attempts that did not deliver, newest first.
-    pub async fn recent_failed_attempts(&self, limit: i64) -> Result<Vec<Attempt>, StoreError> {
+    pub async fn recent_failed_attempts(
+        &self,
+        tenant: &str,
+        limit: i64,
+    ) -> Result<Vec<Attempt>, StoreError> {
         Ok(with_pool!(self, pool => {
             sqlx::query_as(
-                "SELECT * FROM notification_attempts WHERE outcome <> 'succeeded' \
-                 ORDER BY at_ms DESC, id DESC LIMIT $1",
+                "SELECT a.* FROM notification_attempts a \
+                 JOIN notifications n ON n.id = a.notification_id \
+                 WHERE a.outcome <> 'succeeded' AND n.tenant = $2 \
+                 ORDER BY a.at_ms DESC, a.id DESC LIMIT $1",
             )
             .bind(limit)
+            .bind(tenant)
             .fetch_all(pool)
             .await
         })?)

@@ -17,13 +17,14 @@ use super::{OutboxEvent, Pool, Store, StoreError, with_pool};
 macro_rules! insert_event {
     ($event:expr) => {
         sqlx::query(
-            "INSERT INTO outbox_events (id, event_type, occurred_at_ms, payload) \
-             VALUES ($1, $2, $3, $4)",
+            "INSERT INTO outbox_events (id, event_type, occurred_at_ms, payload, tenant) \
+             VALUES ($1, $2, $3, $4, $5)",
         )
         .bind($event.id.as_str())
         .bind($event.event_type.as_str())
         .bind($event.occurred_at_ms)
         .bind($event.payload.as_str())
+        .bind($event.tenant.as_str())
     };
 }
 pub(super) use insert_event;
@@ -71,6 +72,8 @@ fn lapsed(alias: &str, node: &str, token: &str, now: &str) -> String {
 }
 
 const ACTIVE_SUBSCRIPTIONS: &str = "SELECT body FROM subscriptions WHERE status = 'active'";
+/// `(key, body)` of the active subscriptions: the key names the tenant.
+const ACTIVE_SUBSCRIPTION_ROWS: &str = "SELECT id, body FROM subscriptions WHERE status = 'active'";
 
 /// The columns of a [`Notification`].
 const NOTIFICATION_COLUMNS: &str = "id, subscription_id, event_id, event_type, payload, status, \
@@ -121,12 +124,12 @@ impl Store {
     /// events were taken. On PostgreSQL other nodes skip the events this one
     /// holds (`SKIP LOCKED`). The first `claim.1` notifications are written
     /// claimed by `claim.0` and answered, for it to attempt at once.
-    pub async fn dispatch_events<W: Fn(&str) -> Vec<String>>(
+    pub async fn dispatch_events<W: Fn(&str, &str) -> Vec<String>>(
         &self,
         limit: i64,
         now: i64,
         attempt_limit: i64,
-        wanting: impl FnOnce(Vec<String>) -> W,
+        wanting: impl FnOnce(Vec<(String, String)>) -> W,
         claim: Option<(Claimant<'_>, usize)>,
     ) -> Result<(Dispatched, Vec<Notification>), StoreError> {
         let lock = match self.pool {
@@ -136,7 +139,7 @@ impl Store {
         let take = format!(
             "DELETE FROM outbox_events WHERE id IN \
              (SELECT id FROM outbox_events ORDER BY id LIMIT $1{lock}) \
-             RETURNING id, event_type, payload"
+             RETURNING id, event_type, payload, tenant"
         );
         let (claimant, claimable) = match claim {
             Some((claimant, count)) => (Some(claimant), count),
@@ -146,23 +149,24 @@ impl Store {
         let mut rows: Vec<Notification> = Vec::new();
         let inserted = with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
-            let events: Vec<(String, String, String)> = sqlx::query_as(&take)
+            let events: Vec<(String, String, String, String)> = sqlx::query_as(&take)
                 .bind(limit)
                 .fetch_all(&mut *tx)
                 .await?;
             done.events = events.len();
             // Read after the events were taken (the first statement wrote:
             // no lock upgrade on SQLite).
-            let bodies: Vec<String> = if events.is_empty() {
+            let bodies: Vec<(String, String)> = if events.is_empty() {
                 Vec::new()
             } else {
-                sqlx::query_scalar(ACTIVE_SUBSCRIPTIONS)
+                sqlx::query_as(ACTIVE_SUBSCRIPTION_ROWS)
                     .fetch_all(&mut *tx)
                     .await?
             };
             let wanting = wanting(bodies);
-            for (event_id, event_type, payload) in events {
-                for subscription_id in wanting(&event_type) {
+            for (event_id, event_type, payload, tenant) in events {
+                // Only the event's tenant's subscriptions hear of it.
+                for subscription_id in wanting(&event_type, &tenant) {
                     let claimed = rows.len() < claimable;
                     rows.push(Notification {
                         id: uuid::Uuid::now_v7().to_string(),
@@ -294,7 +298,12 @@ trait InsertNotifications {
 
 const INSERT_NOTIFICATION: &str = "INSERT INTO notifications (id, subscription_id, event_id, \
      event_type, payload, status, attempts, created_at_ms, updated_at_ms, due_at_ms, \
-     attempt_limit, claimed_by, claim_token, claimed_at_ms) ";
+     attempt_limit, claimed_by, claim_token, claimed_at_ms, tenant) ";
+
+/// The tenant of a notification: its subscription's.
+fn tenant_of(row: &Notification) -> &str {
+    valueverse_runtime::split_key(&row.subscription_id).0
+}
 
 impl InsertNotifications for sqlx::Transaction<'_, sqlx::Postgres> {
     async fn insert_all(&mut self, rows: &[Notification]) -> Result<HashSet<String>, sqlx::Error> {
@@ -305,9 +314,9 @@ impl InsertNotifications for sqlx::Transaction<'_, sqlx::Postgres> {
         let sql = format!(
             "{INSERT_NOTIFICATION} SELECT u.id, u.subscription_id, u.event_id, u.event_type, \
              u.payload, 'pending', 0, $7, $7, $7, $8, u.claimed_by, u.claim_token, \
-             CASE WHEN u.claimed_by IS NULL THEN NULL ELSE $7 END \
-             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $9::bigint[]) \
-             AS u(id, subscription_id, event_id, event_type, payload, claimed_by, claim_token) \
+             CASE WHEN u.claimed_by IS NULL THEN NULL ELSE $7 END, u.tenant \
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $9::bigint[], $10::text[]) \
+             AS u(id, subscription_id, event_id, event_type, payload, claimed_by, claim_token, tenant) \
              ON CONFLICT (event_id, subscription_id) DO NOTHING RETURNING id"
         );
         let ids: Vec<String> = sqlx::query_scalar(&sql)
@@ -324,6 +333,7 @@ impl InsertNotifications for sqlx::Transaction<'_, sqlx::Postgres> {
             .bind(rows[0].created_at_ms)
             .bind(rows[0].attempt_limit)
             .bind(rows.iter().map(|row| row.claim_token).collect::<Vec<_>>())
+            .bind(rows.iter().map(tenant_of).collect::<Vec<_>>())
             .fetch_all(&mut **self)
             .await?;
         Ok(ids.into_iter().collect())
@@ -334,7 +344,7 @@ impl InsertNotifications for sqlx::Transaction<'_, sqlx::Sqlite> {
     async fn insert_all(&mut self, rows: &[Notification]) -> Result<HashSet<String>, sqlx::Error> {
         let sql = format!(
             "{INSERT_NOTIFICATION} VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, $6, $6, $7, $8, $9, \
-             CASE WHEN $8 IS NULL THEN NULL ELSE $6 END) \
+             CASE WHEN $8 IS NULL THEN NULL ELSE $6 END, $10) \
              ON CONFLICT (event_id, subscription_id) DO NOTHING"
         );
         let mut written = HashSet::new();
@@ -349,6 +359,7 @@ impl InsertNotifications for sqlx::Transaction<'_, sqlx::Sqlite> {
                 .bind(row.attempt_limit)
                 .bind(&row.claimed_by)
                 .bind(row.claim_token)
+                .bind(tenant_of(row))
                 .execute(&mut **self)
                 .await?;
             if done.rows_affected() == 1 {

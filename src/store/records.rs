@@ -261,12 +261,20 @@ impl Store {
     /// count of all of them.
     pub async fn list(
         &self,
+        tenant: &str,
         listing: Listing<'_>,
         limit: i64,
         offset: i64,
     ) -> Result<Page, StoreError> {
         let (total, bodies) = self
-            .select_records(listing.table(), &listing.filters(), limit, offset, true)
+            .select_records(
+                tenant,
+                listing.table(),
+                &listing.filters(),
+                limit,
+                offset,
+                true,
+            )
             .await?;
         Ok(Page {
             total: total.unwrap_or_default(),
@@ -278,26 +286,50 @@ impl Store {
     /// (which a caller polling the latest rows of a large table pays for).
     pub async fn latest(
         &self,
+        tenant: &str,
         listing: Listing<'_>,
         limit: i64,
     ) -> Result<Vec<String>, StoreError> {
         let (_, bodies) = self
-            .select_records(listing.table(), &listing.filters(), limit, 0, false)
+            .select_records(tenant, listing.table(), &listing.filters(), limit, 0, false)
             .await?;
         Ok(bodies)
     }
 
+    /// Instance keys (all tenants) of the active plans, a page at a time
+    /// in key order: what the executor's tick wakes.
+    pub async fn active_plan_keys(
+        &self,
+        limit: i64,
+        offset: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        Ok(with_pool!(self, pool => {
+            sqlx::query_scalar(
+                "SELECT id FROM plans WHERE status = 'active' ORDER BY id LIMIT $1 OFFSET $2",
+            )
+            .bind(limit)
+            .bind(offset)
+            .fetch_all(pool)
+            .await
+        })?)
+    }
+
     async fn select_records(
         &self,
+        tenant: &str,
         table: &'static str,
         filters: &[(&'static str, Option<&str>)],
         limit: i64,
         offset: i64,
         counted: bool,
     ) -> Result<(Option<i64>, Vec<String>), StoreError> {
-        let active: Vec<(&str, &str)> = filters
-            .iter()
-            .filter_map(|(name, value)| value.map(|value| (*name, value)))
+        // A list is one tenant's rows, always.
+        let active: Vec<(&str, &str)> = std::iter::once(("tenant", tenant))
+            .chain(
+                filters
+                    .iter()
+                    .filter_map(|(name, value)| value.map(|value| (*name, value))),
+            )
             .collect();
         let clause: String = active
             .iter()
@@ -371,9 +403,15 @@ mod tests {
             Listing::Simulations,
         ];
         for listing in listings {
-            let page = store.list(listing, 10, 0).await.unwrap();
+            let page = store.list("default", listing, 10, 0).await.unwrap();
             assert_eq!((page.total, page.bodies.len()), (0, 0), "{listing:?}");
-            assert!(store.latest(listing, 10).await.unwrap().is_empty());
+            assert!(
+                store
+                    .latest("default", listing, 10)
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
         }
         // A row whose filtered columns hold `x` is found by its listing.
         let record = Record {
@@ -388,12 +426,30 @@ mod tests {
             events: Vec::new(),
         };
         store.save_record(&record, 0).await.unwrap();
-        let found = store.list(listings[1], 10, 0).await.unwrap();
+        let found = store.list("default", listings[1], 10, 0).await.unwrap();
         assert_eq!((found.total, found.bodies), (1, vec!["{}".to_owned()]));
         let other = Listing::Commitments {
             model_id: Some("y"),
             status: None,
         };
-        assert_eq!(store.list(other, 10, 0).await.unwrap().total, 0);
+        assert_eq!(store.list("default", other, 10, 0).await.unwrap().total, 0);
+        // Another tenant's row is not in this tenant's list, nor the other way.
+        let theirs = Record {
+            table: "commitments",
+            id: "acme/c1",
+            columns: vec![
+                ("model_id", Column::Text(Some("x".into()))),
+                ("status", Column::Text(Some("x".into()))),
+                ("created_at_ms", Column::Int(Some(2))),
+                ("tenant", Column::Text(Some("acme".into()))),
+            ],
+            body: "{\"theirs\":1}".into(),
+            events: Vec::new(),
+        };
+        store.save_record(&theirs, 0).await.unwrap();
+        let ours = store.list("default", listings[1], 10, 0).await.unwrap();
+        assert_eq!((ours.total, ours.bodies), (1, vec!["{}".to_owned()]));
+        let acme = store.list("acme", listings[1], 10, 0).await.unwrap();
+        assert_eq!(acme.bodies, vec!["{\"theirs\":1}".to_owned()]);
     }
 }

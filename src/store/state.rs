@@ -3,7 +3,7 @@
 //! the outbox written in the same transaction.
 
 use futures_util::future::BoxFuture;
-use valueverse_runtime::{OutboxEvent, Place, StateError, StateStore, StateWrite};
+use valueverse_runtime::{Column, OutboxEvent, Place, StateError, StateStore, StateWrite};
 
 use super::{Backend, Record, Store, StoreError};
 
@@ -62,6 +62,9 @@ impl StateStore for Store {
                         .await?
                 }
                 Place::Table(table) => {
+                    let mut columns = columns;
+                    let tenant = valueverse_runtime::split_key(&key).0.to_owned();
+                    columns.push(("tenant", Column::Text(Some(tenant))));
                     let record = Record {
                         table,
                         id: &key,
@@ -145,6 +148,7 @@ mod tests {
             expected_version,
             events: vec![OutboxEvent {
                 id: event.into(),
+                tenant: "default".into(),
                 event_type: "commitment.created".into(),
                 occurred_at_ms: 1,
                 payload: "{}".into(),

@@ -3,6 +3,7 @@
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+use valueverse::actors::Tenant;
 use valueverse::auth::{Role, create_key};
 
 use crate::support::{Backend, Started, TestDb, start_node};
@@ -26,7 +27,13 @@ async fn every_route_checks_the_key_and_its_role() {
     let keys: Vec<(Role, String)> = {
         let mut keys = Vec::new();
         for role in [Role::Viewer, Role::Editor, Role::Admin] {
-            keys.push((role, create_key(store, role, "test").await.unwrap().1));
+            keys.push((
+                role,
+                create_key(store, &Tenant::default_tenant(), role, "test")
+                    .await
+                    .unwrap()
+                    .1,
+            ));
         }
         keys
     };
@@ -55,7 +62,7 @@ async fn every_route_checks_the_key_and_its_role() {
         ),
         (Method::GET, "/api/v1/api-keys", Role::Admin),
     ];
-    for (method, path, needed) in routes {
+    for (method, path, needed) in routes.clone() {
         let response = call(method.clone(), path, None).send().await.unwrap();
         assert_eq!(
             response.status(),
@@ -86,6 +93,41 @@ async fn every_route_checks_the_key_and_its_role() {
             }
         }
     }
+    // The operator's key reaches the operations, and no tenant's data.
+    let (_, platform) = create_key(store, &Tenant::default_tenant(), Role::Platform, "ops")
+        .await
+        .unwrap();
+    for (method, path, _) in routes {
+        let status = call(method.clone(), path, Some(platform.clone()))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        let operations = path.starts_with("/api/v1/actors");
+        if operations {
+            assert!(
+                status != StatusCode::FORBIDDEN && status != StatusCode::UNAUTHORIZED,
+                "platform on {method} {path}: {status}"
+            );
+        } else {
+            assert_eq!(status, StatusCode::FORBIDDEN, "platform on {method} {path}");
+        }
+    }
+    for path in ["/api/v1/cluster", "/api/v1/dashboard", "/api/v1/me"] {
+        let status = call(Method::GET, path, Some(platform.clone()))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, StatusCode::OK, "platform on {path}");
+    }
+    // A tenant's admin makes no platform key.
+    let refused = call(Method::POST, "/api/v1/api-keys", Some(key(Role::Admin)))
+        .json(&json!({ "role": "platform", "name": "escalate" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::UNPROCESSABLE_ENTITY);
     // Probes and metrics stay open.
     for path in ["/health", "/ready", "/metrics"] {
         let status = client
@@ -104,9 +146,14 @@ async fn every_route_checks_the_key_and_its_role() {
 async fn keys_are_made_and_revoked_over_the_api() {
     let db = TestDb::new(Backend::Postgres).await;
     let Started { node, base, .. } = start_node(&db, configure).await;
-    let (_, admin) = create_key(&node.store, Role::Admin, "bootstrap")
-        .await
-        .unwrap();
+    let (_, admin) = create_key(
+        &node.store,
+        &Tenant::default_tenant(),
+        Role::Admin,
+        "bootstrap",
+    )
+    .await
+    .unwrap();
     let client = reqwest::Client::new();
     let response = client
         .post(format!("{base}/api/v1/api-keys"))
@@ -193,8 +240,12 @@ async fn a_websocket_client_may_send_its_key_as_access_token() {
     use futures_util::StreamExt;
     let db = TestDb::new(Backend::Sqlite).await;
     let Started { node, base, .. } = start_node(&db, configure).await;
-    let (_, key) = create_key(&node.store, Role::Viewer, "ws").await.unwrap();
-    let (_, editor) = create_key(&node.store, Role::Editor, "sim").await.unwrap();
+    let (_, key) = create_key(&node.store, &Tenant::default_tenant(), Role::Viewer, "ws")
+        .await
+        .unwrap();
+    let (_, editor) = create_key(&node.store, &Tenant::default_tenant(), Role::Editor, "sim")
+        .await
+        .unwrap();
     let client = reqwest::Client::new();
     let job: Value = client
         .post(format!("{base}/api/v1/simulations"))
@@ -243,7 +294,13 @@ async fn percent_encoding_the_path_changes_no_role_decision() {
     let store = &node.store;
     let mut keys = Vec::new();
     for role in [Role::Viewer, Role::Editor, Role::Admin] {
-        keys.push((role, create_key(store, role, "test").await.unwrap().1));
+        keys.push((
+            role,
+            create_key(store, &Tenant::default_tenant(), role, "test")
+                .await
+                .unwrap()
+                .1,
+        ));
     }
     let key = |role: Role| keys.iter().find(|(r, _)| *r == role).unwrap().1.clone();
     let client = reqwest::Client::new();
@@ -314,7 +371,9 @@ async fn percent_encoding_the_path_changes_no_role_decision() {
 async fn names_with_control_characters_are_refused() {
     let db = TestDb::new(Backend::Sqlite).await;
     let Started { node, base, .. } = start_node(&db, configure).await;
-    let (_, admin) = create_key(&node.store, Role::Admin, "admin").await.unwrap();
+    let (_, admin) = create_key(&node.store, &Tenant::default_tenant(), Role::Admin, "admin")
+        .await
+        .unwrap();
     let client = reqwest::Client::new();
     let key = client
         .post(format!("{base}/api/v1/api-keys"))

@@ -496,9 +496,14 @@ fn the_cli_keeps_passwords_escapes_and_files_to_itself() {
     // One stored by an older build is still shown escaped.
     tokio::runtime::Runtime::new().unwrap().block_on(async {
         let store = valueverse::store::Store::open(&url, 1).await.unwrap();
-        valueverse::auth::create_key(&store, valueverse::auth::Role::Viewer, forged)
-            .await
-            .unwrap();
+        valueverse::auth::create_key(
+            &store,
+            &valueverse::actors::Tenant::default_tenant(),
+            valueverse::auth::Role::Viewer,
+            forged,
+        )
+        .await
+        .unwrap();
         store.close().await;
     });
     let listed = valueverse()

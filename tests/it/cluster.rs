@@ -33,15 +33,15 @@ pub(crate) fn free_port() -> u16 {
     }
 }
 
-struct Ports {
-    transport: u16,
-    gossip: u16,
+pub(crate) struct Ports {
+    pub(crate) transport: u16,
+    pub(crate) gossip: u16,
 }
 
-struct Node {
-    name: String,
-    child: Child,
-    base: String,
+pub(crate) struct Node {
+    pub(crate) name: String,
+    pub(crate) child: Child,
+    pub(crate) base: String,
 }
 
 fn spawn_node(
@@ -52,13 +52,30 @@ fn spawn_node(
     seeds: &[u16],
     secret: &str,
 ) -> Result<Node, String> {
+    spawn(binary, url, name, ports, seeds, secret, true)
+}
+
+/// A node process; `dev`: no API keys checked.
+pub(crate) fn spawn(
+    binary: &PathBuf,
+    url: &str,
+    name: &str,
+    ports: &Ports,
+    seeds: &[u16],
+    secret: &str,
+    dev: bool,
+) -> Result<Node, String> {
     let seeds: Vec<String> = seeds
         .iter()
         .map(|port| format!("127.0.0.1:{port}"))
         .collect();
     let mut command = Command::new(binary);
+    command.arg("node");
+    if dev {
+        command.arg("--dev");
+    }
     command
-        .args(["node", "--dev", "--name", name, "--http", "127.0.0.1:0"])
+        .args(["--name", name, "--http", "127.0.0.1:0"])
         .args(["--listen", &format!("127.0.0.1:{}", ports.transport)])
         .args(["--gossip", &format!("127.0.0.1:{}", ports.gossip)])
         .args(["--seeds", &seeds.join(",")])
@@ -79,7 +96,11 @@ async fn get(client: &reqwest::Client, url: &str) -> Option<Value> {
 }
 
 /// Waits until `node` sees exactly `alive` as its alive members.
-async fn wait_for_members(client: &reqwest::Client, node: &Node, alive: &[&str]) -> Value {
+pub(crate) async fn wait_for_members(
+    client: &reqwest::Client,
+    node: &Node,
+    alive: &[&str],
+) -> Value {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Some(view) = get(client, &format!("{}/cluster", node.base)).await {

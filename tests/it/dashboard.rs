@@ -23,9 +23,14 @@ use crate::value_models::{acme, create_model};
 async fn keyed_node(db: &TestDb) -> (Node, String, reqwest::Client, String) {
     let Started { node, base, .. } =
         crate::support::start_node(db, |config| config.dev = false).await;
-    let (_, key) = create_key(&node.store, Role::Admin, "dashboard test")
-        .await
-        .unwrap();
+    let (_, key) = create_key(
+        &node.store,
+        &valueverse::actors::Tenant::default_tenant(),
+        Role::Admin,
+        "dashboard test",
+    )
+    .await
+    .unwrap();
     let mut headers = HeaderMap::new();
     headers.insert(
         AUTHORIZATION,
@@ -292,9 +297,14 @@ async fn fault_injection_restarts_an_instance_and_refuses_bad_requests() {
         }
     }
     // Admin only.
-    let (_, editor) = create_key(&node.store, Role::Editor, "editor")
-        .await
-        .unwrap();
+    let (_, editor) = create_key(
+        &node.store,
+        &valueverse::actors::Tenant::default_tenant(),
+        Role::Editor,
+        "editor",
+    )
+    .await
+    .unwrap();
     let refused = reqwest::Client::new()
         .post(format!("{api}/actors/architect/{model}/crash"))
         .bearer_auth(editor)

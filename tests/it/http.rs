@@ -85,7 +85,7 @@ async fn operational_endpoints_on_both_stores() {
         assert_eq!(json(ready).await["store"], expected);
 
         node.system
-            .agent::<Counter>("x")
+            .agent_by_key::<Counter>("x")
             .ask(CounterMsg::Add(3), Duration::from_secs(5))
             .await
             .unwrap();
@@ -298,7 +298,7 @@ async fn a_failed_instance_is_reset_over_http() {
         let db = TestDb::new(backend).await;
         let Started { node, base, .. } = with_counter(&db).await;
         let client = reqwest::Client::new();
-        let counter = node.system.agent::<Counter>("y");
+        let counter = node.system.agent_by_key::<Counter>("y");
         let ask = Duration::from_secs(5);
         counter.ask(CounterMsg::Add(4), ask).await.unwrap();
         let mut events = node.system.subscribe();

@@ -24,7 +24,15 @@ fn keyed(limit: impl FnOnce(&mut Config)) -> impl FnOnce(&mut Config) {
 }
 
 async fn key(node: &Node, role: Role) -> String {
-    create_key(&node.store, role, "limits").await.unwrap().1
+    create_key(
+        &node.store,
+        &valueverse::actors::Tenant::default_tenant(),
+        role,
+        "limits",
+    )
+    .await
+    .unwrap()
+    .1
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -221,9 +229,14 @@ async fn websockets_are_capped_per_key_and_closed_when_the_key_is_revoked() {
     )
     .await;
     let admin = key(&node, Role::Admin).await;
-    let (row, viewer) = create_key(&node.store, Role::Viewer, "watcher")
-        .await
-        .unwrap();
+    let (row, viewer) = create_key(
+        &node.store,
+        &valueverse::actors::Tenant::default_tenant(),
+        Role::Viewer,
+        "watcher",
+    )
+    .await
+    .unwrap();
     let ws = format!(
         "{}/ws/dashboard?access_token={viewer}",
         base.replace("http://", "ws://")
@@ -428,9 +441,14 @@ async fn a_sagas_simulation_counts_against_the_key_that_started_it() {
         }),
     )
     .await;
-    let (row, editor) = create_key(&node.store, Role::Editor, "sagas")
-        .await
-        .unwrap();
+    let (row, editor) = create_key(
+        &node.store,
+        &valueverse::actors::Tenant::default_tenant(),
+        Role::Editor,
+        "sagas",
+    )
+    .await
+    .unwrap();
     let client = reqwest::Client::new();
     // The key's one place is taken by a long job.
     let long = client
@@ -538,9 +556,14 @@ async fn a_key_revoked_elsewhere_loses_its_websockets_within_the_cache_lifetime(
         }),
     )
     .await;
-    let (row, viewer) = create_key(&node.store, Role::Viewer, "watcher")
-        .await
-        .unwrap();
+    let (row, viewer) = create_key(
+        &node.store,
+        &valueverse::actors::Tenant::default_tenant(),
+        Role::Viewer,
+        "watcher",
+    )
+    .await
+    .unwrap();
     let ws = format!(
         "{}/ws/dashboard?access_token={viewer}",
         base.replace("http://", "ws://")
@@ -548,7 +571,7 @@ async fn a_key_revoked_elsewhere_loses_its_websockets_within_the_cache_lifetime(
     let (mut socket, _) = tokio_tungstenite::connect_async(&ws).await.unwrap();
     // Revoked in the shared store, as another node of the cluster does:
     // this node hears of it only through its sweep.
-    assert!(node.store.revoke_api_key(&row.id).await.unwrap());
+    assert!(node.store.revoke_api_key("default", &row.id).await.unwrap());
     let revoked_at = Instant::now();
     let reason = tokio::time::timeout(Duration::from_secs(3), async {
         loop {

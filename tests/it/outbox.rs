@@ -28,6 +28,7 @@ use crate::value_models::acme;
 fn event(id: &str) -> OutboxEvent {
     OutboxEvent {
         id: id.to_owned(),
+        tenant: "default".into(),
         event_type: "model.created".into(),
         occurred_at_ms: 1,
         payload: format!(r#"{{"id":"{id}"}}"#),
@@ -128,7 +129,9 @@ async fn a_claim_holds_while_its_lease_lives_and_passes_on_when_it_ends() {
             .save_record(&subscription_row("x", vec![event("e1")]), 0)
             .await
             .unwrap();
-        let wanting = |_: Vec<String>| |_: &str| vec!["sub-1".to_owned(), "sub-2".to_owned()];
+        let wanting = |_: Vec<(String, String)>| {
+            |_: &str, _: &str| vec!["sub-1".to_owned(), "sub-2".to_owned()]
+        };
         // The dispatching node may claim some at once (here one of two).
         let (done, claimed_at_once) = store
             .dispatch_events(100, now(), 3, wanting, Some((node_a, 1)))
@@ -256,7 +259,7 @@ async fn nodes_dispatching_together_write_each_notification_once() {
                         7,
                         now(),
                         3,
-                        |_| |_: &str| vec!["sub-1".to_owned(), "sub-2".to_owned()],
+                        |_| |_: &str, _: &str| vec!["sub-1".to_owned(), "sub-2".to_owned()],
                         None,
                     )
                     .await
@@ -769,7 +772,7 @@ async fn a_subscription_made_on_one_node_applies_to_events_raised_on_another() {
     let models = HashSet::from([model]);
     check_deliveries(&client, &base(&b), &seen, &["one"], &models).await;
     // The dashboard's feed reads the notifications too.
-    let recent = b.store.recent_notifications(10).await.unwrap();
+    let recent = b.store.recent_notifications("default", 10).await.unwrap();
     assert_eq!(recent.len(), 1);
     receiver.stop(false).await;
     a.stop().await.unwrap();

@@ -44,7 +44,11 @@ fn instance_status(system: &System, key: &str) -> (InstanceStatus, u32) {
 }
 
 async fn total(system: &System, key: &str) -> i64 {
-    match system.agent::<Counter>(key).ask(CounterMsg::Get, ASK).await {
+    match system
+        .agent_by_key::<Counter>(key)
+        .ask(CounterMsg::Get, ASK)
+        .await
+    {
         Ok(CounterReply::Total(total)) => total,
         other => panic!("unexpected reply {other:?}"),
     }
@@ -56,7 +60,7 @@ async fn panicking_handler_restarts_with_state_from_the_store() {
         let db = TestDb::new(backend).await;
         let system = start(&db, runtime()).await;
         let mut events = system.subscribe();
-        let counter = system.agent::<Counter>("a");
+        let counter = system.agent_by_key::<Counter>("a");
         counter.ask(CounterMsg::Add(5), ASK).await.unwrap();
 
         let error = counter.ask(CounterMsg::Panic, ASK).await.unwrap_err();
@@ -105,7 +109,7 @@ async fn panicking_handler_restarts_with_state_from_the_store() {
 async fn fatal_error_restarts_and_rejection_does_not() {
     let db = TestDb::new(Backend::Sqlite).await;
     let system = start(&db, runtime()).await;
-    let counter = system.agent::<Counter>("b");
+    let counter = system.agent_by_key::<Counter>("b");
     counter.ask(CounterMsg::Add(2), ASK).await.unwrap();
     let rejected = counter.ask(CounterMsg::Reject, ASK).await.unwrap_err();
     match rejected {
@@ -145,7 +149,7 @@ async fn restarts_wait_an_exponential_backoff() {
     );
     let system = start(&db, config).await;
     let mut events = system.subscribe();
-    let counter = system.agent::<Counter>("c");
+    let counter = system.agent_by_key::<Counter>("c");
     let mut gaps = Vec::new();
     for attempt in 1..=2u32 {
         counter.ask(CounterMsg::Panic, ASK).await.unwrap_err();
@@ -170,7 +174,7 @@ async fn too_many_restarts_escalate_until_reset() {
         let db = TestDb::new(backend).await;
         let system = start(&db, runtime()).await;
         let mut events = system.subscribe();
-        let counter = system.agent::<Counter>("d");
+        let counter = system.agent_by_key::<Counter>("d");
         counter.ask(CounterMsg::Add(9), ASK).await.unwrap();
         // The strategy allows 3 restarts; the 4th failure escalates.
         for _ in 0..4 {
@@ -235,7 +239,7 @@ async fn idle_instances_passivate_and_reactivate_with_their_state() {
         )
         .await;
         let mut events = system.subscribe();
-        let counter = system.agent::<Counter>("e");
+        let counter = system.agent_by_key::<Counter>("e");
         counter.ask(CounterMsg::Add(7), ASK).await.unwrap();
         wait_for_event(&mut events, "e", ASK, |change| {
             *change == LifecycleChange::Passivated
@@ -272,7 +276,7 @@ async fn passivation_never_strands_a_message() {
         },
     )
     .await;
-    let counter = system.agent::<Counter>("f");
+    let counter = system.agent_by_key::<Counter>("f");
     let mut sent: i64 = 0;
     let started = Instant::now();
     while started.elapsed() < Duration::from_millis(800) {
@@ -296,7 +300,7 @@ async fn a_flooded_mailbox_answers_mailbox_full_at_once() {
         },
     )
     .await;
-    let counter = system.agent::<Counter>("g");
+    let counter = system.agent_by_key::<Counter>("g");
     counter.tell(CounterMsg::Sleep(400)).unwrap();
     let flood_started = Instant::now();
     let mut accepted = 0;
@@ -328,7 +332,7 @@ async fn a_flooded_mailbox_answers_mailbox_full_at_once() {
 async fn an_ask_times_out_instead_of_hanging() {
     let db = TestDb::new(Backend::Sqlite).await;
     let system = start(&db, runtime()).await;
-    let counter = system.agent::<Counter>("h");
+    let counter = system.agent_by_key::<Counter>("h");
     counter.tell(CounterMsg::Sleep(500)).unwrap();
     let started = Instant::now();
     let error = counter
@@ -352,14 +356,14 @@ async fn the_correlation_id_travels_in_the_envelope() {
     let system = start(&db, runtime()).await;
     let id = CorrelationId::parse("req-42").unwrap();
     let reply = system
-        .agent::<Counter>("i")
+        .agent_by_key::<Counter>("i")
         .with_correlation_id(id)
         .ask(CounterMsg::EchoCorrelation, ASK)
         .await
         .unwrap();
     assert_eq!(reply, CounterReply::Correlation(Some("req-42".into())));
     let reply = system
-        .agent::<Counter>("i")
+        .agent_by_key::<Counter>("i")
         .ask(CounterMsg::EchoCorrelation, ASK)
         .await
         .unwrap();
@@ -371,7 +375,7 @@ async fn a_stale_version_never_overwrites_the_store() {
     for backend in BACKENDS {
         let db = TestDb::new(backend).await;
         let system = start(&db, runtime()).await;
-        let counter = system.agent::<Counter>("j");
+        let counter = system.agent_by_key::<Counter>("j");
         counter.ask(CounterMsg::Add(1), ASK).await.unwrap();
         // Another writer (a second owner, say) moves the row on.
         let store = db.store().await;
@@ -407,7 +411,7 @@ async fn the_tree_lists_registered_kinds_and_instance_details() {
     assert_eq!(supervisor.strategy.max_restarts, 3);
     for _ in 0..3 {
         system
-            .agent::<Counter>("k")
+            .agent_by_key::<Counter>("k")
             .ask(CounterMsg::Add(1), ASK)
             .await
             .unwrap();
@@ -441,7 +445,7 @@ fn slow_restarts() -> RuntimeConfig {
 async fn asks_time_out_at_their_deadline_while_the_instance_waits_out_a_backoff() {
     let db = TestDb::new(Backend::Sqlite).await;
     let system = start(&db, slow_restarts()).await;
-    let counter = system.agent::<Counter>("l");
+    let counter = system.agent_by_key::<Counter>("l");
     counter.ask(CounterMsg::Panic, ASK).await.unwrap_err();
 
     // From another thread: the caller's own timer answers.
@@ -492,7 +496,7 @@ async fn messages_arriving_during_a_write_are_handled_in_order() {
     for backend in BACKENDS {
         let db = TestDb::new(backend).await;
         let system = start(&db, runtime()).await;
-        let counter = system.agent::<Counter>("m");
+        let counter = system.agent_by_key::<Counter>("m");
         // Each Add writes through; the next ones arrive while it writes.
         for amount in 1..=40 {
             counter.tell(CounterMsg::Add(amount)).unwrap();

@@ -21,7 +21,12 @@ pub(crate) fn value_creation(fail_step: Option<&str>, paths: u64) -> Value {
     })
 }
 
-async fn wait_until(client: &reqwest::Client, base: &str, id: &str, status: &str) -> Value {
+pub(crate) async fn wait_until(
+    client: &reqwest::Client,
+    base: &str,
+    id: &str,
+    status: &str,
+) -> Value {
     let url = format!("{base}/sagas/{id}");
     poll_json(client, &url, Duration::from_secs(30), |saga| {
         saga["status"] == status

@@ -67,7 +67,7 @@ async fn each_message_is_handled_in_a_span_with_its_identity() {
     };
     let system = System::start("spans", runtime, db.store().await).unwrap();
     system
-        .agent::<Counter>("traced-key")
+        .agent_by_key::<Counter>("traced-key")
         .with_correlation_id(CorrelationId::parse("corr-7").unwrap())
         .ask(CounterMsg::Add(1), Duration::from_secs(5))
         .await

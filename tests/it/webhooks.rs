@@ -20,8 +20,8 @@ const SECRET: &str = "a-test-secret-of-some-length";
 /// What the receiver saw, and how it answers: the first `failures`
 /// requests get 500.
 #[derive(Default)]
-struct Receiver {
-    requests: Vec<(String, String, String)>,
+pub(crate) struct Receiver {
+    pub(crate) requests: Vec<(String, String, String)>,
     failures: usize,
 }
 
@@ -52,7 +52,9 @@ async fn receive(
 }
 
 /// Starts the receiver; answers its URL, its state and its handle.
-fn start_receiver(failures: usize) -> (String, Arc<Mutex<Receiver>>, actix_web::dev::ServerHandle) {
+pub(crate) fn start_receiver(
+    failures: usize,
+) -> (String, Arc<Mutex<Receiver>>, actix_web::dev::ServerHandle) {
     let state = Arc::new(Mutex::new(Receiver {
         failures,
         ..Receiver::default()
@@ -385,14 +387,24 @@ async fn webhooks_to_private_addresses_are_refused_and_viewers_see_redacted_urls
     let node = Node::start(&config, |_| {}).await.unwrap();
     let base = format!("http://{}/api/v1", node.http_addr());
     let store = &node.store;
-    let editor = valueverse::auth::create_key(store, valueverse::auth::Role::Editor, "e")
-        .await
-        .unwrap()
-        .1;
-    let viewer = valueverse::auth::create_key(store, valueverse::auth::Role::Viewer, "v")
-        .await
-        .unwrap()
-        .1;
+    let editor = valueverse::auth::create_key(
+        store,
+        &valueverse::actors::Tenant::default_tenant(),
+        valueverse::auth::Role::Editor,
+        "e",
+    )
+    .await
+    .unwrap()
+    .1;
+    let viewer = valueverse::auth::create_key(
+        store,
+        &valueverse::actors::Tenant::default_tenant(),
+        valueverse::auth::Role::Viewer,
+        "v",
+    )
+    .await
+    .unwrap()
+    .1;
     let client = reqwest::Client::new();
     for url in [
         "http://127.0.0.1:5432/",

@@ -365,6 +365,7 @@ fn hypotheses(model: &ValueModel, limit: usize) -> Result<ArchitectReply, Handle
 /// industry and status.
 pub async fn list_models(
     records: &crate::Records,
+    tenant: &valueverse_runtime::Tenant,
     customer: Option<&str>,
     industry: Option<&str>,
     status: Option<ModelStatus>,
@@ -375,7 +376,7 @@ pub async fn list_models(
         industry,
         status: status.map(ModelStatus::as_str),
     };
-    super::listing::page(records, listing, page).await
+    super::listing::page(records, tenant, listing, page).await
 }
 
 #[cfg(test)]

@@ -1,7 +1,9 @@
-//! API keys and roles. A key is `vv_` and 43 random base62 characters
-//! (about 256 bits); only its SHA-256 is stored, so a stolen database
-//! yields no usable key. Roles are ordered: viewer (read) < editor (write)
-//! < admin (keys, actors, operations).
+//! API keys, tenants and roles. A key is `vv_` and 43 random base62
+//! characters (about 256 bits); only its SHA-256 is stored, so a stolen
+//! database yields no usable key. A key acts for one tenant. The tenant
+//! roles are ordered: viewer (read) < editor (write) < admin (the tenant's
+//! keys). `platform` is the operator's: the supervision tree, the cluster
+//! and resets across tenants, and no tenant's business data.
 
 use std::time::{Duration, Instant};
 
@@ -10,7 +12,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use valueverse_runtime::StateError;
+use valueverse_runtime::{StateError, Tenant};
 /// A key as stored (its hash, never the key), as [`ApiKeys::list`] hands
 /// it out.
 pub use valueverse_store::ApiKeyRow;
@@ -22,17 +24,19 @@ pub enum Role {
     Viewer,
     Editor,
     Admin,
+    Platform,
 }
 
 impl Role {
-    /// Every role, least first.
-    pub const ALL: [Role; 3] = [Role::Viewer, Role::Editor, Role::Admin];
+    /// Every role, the tenant roles least first, then the operator's.
+    pub const ALL: [Role; 4] = [Role::Viewer, Role::Editor, Role::Admin, Role::Platform];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Viewer => "viewer",
             Role::Editor => "editor",
             Role::Admin => "admin",
+            Role::Platform => "platform",
         }
     }
 
@@ -42,8 +46,14 @@ impl Role {
             "viewer" => Some(Role::Viewer),
             "editor" => Some(Role::Editor),
             "admin" => Some(Role::Admin),
+            "platform" => Some(Role::Platform),
             _ => None,
         }
+    }
+
+    /// A role within a tenant (not the operator's).
+    pub fn is_tenant_role(self) -> bool {
+        self != Role::Platform
     }
 }
 
@@ -54,6 +64,7 @@ fn hash(key: &str) -> String {
 /// Makes a key; answers its stored row and the key itself (shown once).
 pub async fn create_key(
     store: &Store,
+    tenant: &Tenant,
     role: Role,
     name: &str,
 ) -> Result<(ApiKeyRow, String), StoreError> {
@@ -65,6 +76,7 @@ pub async fn create_key(
     let key = format!("vv_{secret}");
     let row = ApiKeyRow {
         id: uuid::Uuid::now_v7().to_string(),
+        tenant: tenant.as_str().to_owned(),
         name: name.to_owned(),
         role: role.as_str().to_owned(),
         hash: hash(&key),
@@ -88,36 +100,61 @@ impl ApiKeys {
     }
 
     /// Makes a key; answers its stored row and the key itself (shown once).
-    pub async fn create(&self, role: Role, name: &str) -> Result<(ApiKeyRow, String), StateError> {
-        Ok(create_key(&self.store, role, name).await?)
+    pub async fn create(
+        &self,
+        tenant: &Tenant,
+        role: Role,
+        name: &str,
+    ) -> Result<(ApiKeyRow, String), StateError> {
+        Ok(create_key(&self.store, tenant, role, name).await?)
     }
 
-    /// Every key, revoked ones included.
-    pub async fn list(&self) -> Result<Vec<ApiKeyRow>, StateError> {
-        Ok(self.store.api_keys().await?)
+    /// Every key of `tenant`, revoked ones included.
+    pub async fn list(&self, tenant: &Tenant) -> Result<Vec<ApiKeyRow>, StateError> {
+        Ok(self.store.api_keys(tenant.as_str()).await?)
     }
 
-    /// Revokes a live key; `false` when there is no live key `id`.
-    pub async fn revoke(&self, id: &str) -> Result<bool, StateError> {
-        Ok(self.store.revoke_api_key(id).await?)
+    /// Revokes a live key of `tenant`; `false` when it has no live key `id`.
+    pub async fn revoke(&self, tenant: &Tenant, id: &str) -> Result<bool, StateError> {
+        Ok(self.store.revoke_api_key(tenant.as_str(), id).await?)
+    }
+
+    /// The ids of every tenant's live keys (the sweep that closes the
+    /// WebSockets of revoked keys).
+    pub async fn live_ids(&self) -> Result<std::collections::HashSet<String>, StateError> {
+        Ok(self.store.live_api_key_ids().await?.into_iter().collect())
+    }
+
+    /// Whether a tenant of this name exists.
+    pub async fn tenant_exists(&self, tenant: &Tenant) -> Result<bool, StateError> {
+        Ok(self.store.tenant(tenant.as_str()).await?.is_some())
     }
 
     /// The caller of the live key with this digest.
     async fn by_digest(&self, digest: &str) -> Result<Option<Caller>, StoreError> {
         Ok(self.store.api_key_by_hash(digest).await?.and_then(|row| {
-            Role::parse(&row.role).map(|role| Caller {
+            let role = Role::parse(&row.role)?;
+            let tenant = Tenant::parse(&row.tenant).ok()?;
+            Some(Caller {
                 key_id: row.id,
                 role,
+                tenant,
+                subject: None,
             })
         }))
     }
 }
 
-/// Who made a request: the API key's id (the unit of quotas) and role.
+/// Who made a request: the API key's id or the signed-in person's
+/// (the unit of per-caller limits), the role, and the tenant it acts for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
+    /// `key_id` of an API key; `oidc:<subject>` of a person.
     pub key_id: String,
     pub role: Role,
+    pub tenant: Tenant,
+    /// The identity provider's subject, for a person.
+    pub subject: Option<String>,
 }
 
 impl Caller {
@@ -164,6 +201,11 @@ impl KeyCache {
             unknown: DashMap::new(),
             unknown_cap,
         }
+    }
+
+    /// The keys behind the cache.
+    pub fn keys(&self) -> &ApiKeys {
+        &self.keys
     }
 
     /// The key's digest and what the cache knows of it, without the store.
@@ -240,7 +282,10 @@ mod tests {
         let store = Store::connect(&url, 2).await.unwrap();
         store.migrate().await.unwrap();
         let keys = ApiKeys::new(store);
-        let (row, key) = keys.create(Role::Editor, "ci").await.unwrap();
+        let (row, key) = keys
+            .create(&Tenant::default_tenant(), Role::Editor, "ci")
+            .await
+            .unwrap();
         let cache = KeyCache::new(keys, Duration::from_secs(60), 8);
         let caller = cache.role_of(&key).await.unwrap().unwrap();
         assert_eq!(
@@ -267,6 +312,7 @@ mod tests {
     #[test]
     fn roles_are_ordered() {
         assert!(Role::Viewer < Role::Editor && Role::Editor < Role::Admin);
+        assert!(!Role::Platform.is_tenant_role() && Role::Admin.is_tenant_role());
         assert_eq!(Role::parse("editor"), Some(Role::Editor));
         assert_eq!(Role::parse("root"), None);
     }

@@ -348,6 +348,7 @@ fn event_data(commitment: &Commitment) -> serde_json::Value {
 /// A page of the commitments, newest first, filtered by model and status.
 pub async fn list_commitments(
     records: &crate::Records,
+    tenant: &valueverse_runtime::Tenant,
     model_id: Option<&str>,
     status: Option<CommitmentStatus>,
     page: (i64, i64),
@@ -356,7 +357,7 @@ pub async fn list_commitments(
         model_id,
         status: status.map(CommitmentStatus::as_str),
     };
-    super::listing::page(records, listing, page).await
+    super::listing::page(records, tenant, listing, page).await
 }
 
 #[cfg(test)]

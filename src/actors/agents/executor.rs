@@ -359,25 +359,25 @@ pub async fn tick_active_plans(
     let today = Utc::now().date_naive();
     let (mut offset, mut told) = (0, 0);
     loop {
-        let page = list_plans(records, None, None, Some(PlanStatus::Active), (100, offset)).await?;
-        for plan in page.items {
+        let keys = records.store().active_plan_keys(100, offset).await?;
+        for key in &keys {
             // Each node ticks the plans it owns.
-            if !system.is_local(Executor::KIND, &plan.id) {
+            if !system.is_local(Executor::KIND, key) {
                 continue;
             }
             // A full mailbox only delays the check to the next tick.
             if system
-                .agent::<Executor>(plan.id)
+                .agent_by_key::<Executor>(key.as_str())
                 .tell(ExecutorMsg::Tick { today })
                 .is_ok()
             {
                 told += 1;
             }
         }
-        offset += 100;
-        if offset >= page.total {
+        if keys.len() < 100 {
             return Ok(told);
         }
+        offset += 100;
     }
 }
 
@@ -427,6 +427,7 @@ pub fn plan_for(
 /// status.
 pub async fn list_plans(
     records: &crate::Records,
+    tenant: &valueverse_runtime::Tenant,
     commitment_id: Option<&str>,
     model_id: Option<&str>,
     status: Option<PlanStatus>,
@@ -437,5 +438,5 @@ pub async fn list_plans(
         model_id,
         status: status.map(PlanStatus::as_str),
     };
-    super::listing::page(records, listing, page).await
+    super::listing::page(records, tenant, listing, page).await
 }

@@ -4,7 +4,7 @@
 
 use serde::de::DeserializeOwned;
 
-use valueverse_runtime::{Metrics, System};
+use valueverse_runtime::{Metrics, System, Tenant};
 use valueverse_store::{Listing, Store};
 
 /// The agents' rows as lists read them: the store under the agents and the
@@ -22,6 +22,10 @@ impl Records {
             metrics: system.metrics().clone(),
         }
     }
+
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
+    }
 }
 
 /// A page of an agent's rows.
@@ -37,10 +41,14 @@ pub struct Listed<T> {
 /// of all.
 pub(crate) async fn page<T: DeserializeOwned>(
     records: &Records,
+    tenant: &Tenant,
     listing: Listing<'_>,
     (limit, offset): (i64, i64),
 ) -> Result<Listed<T>, valueverse_runtime::StateError> {
-    let page = records.store.list(listing, limit, offset).await?;
+    let page = records
+        .store
+        .list(tenant.as_str(), listing, limit, offset)
+        .await?;
     Ok(Listed {
         total: page.total,
         items: decode(records, listing, &page.bodies),
@@ -50,10 +58,14 @@ pub(crate) async fn page<T: DeserializeOwned>(
 /// The newest `limit` rows of `listing`, uncounted.
 pub(crate) async fn latest<T: DeserializeOwned>(
     records: &Records,
+    tenant: &Tenant,
     listing: Listing<'_>,
     limit: i64,
 ) -> Result<Vec<T>, valueverse_runtime::StateError> {
-    let bodies = records.store.latest(listing, limit).await?;
+    let bodies = records
+        .store
+        .latest(tenant.as_str(), listing, limit)
+        .await?;
     Ok(decode(records, listing, &bodies))
 }
 

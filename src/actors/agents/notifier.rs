@@ -146,11 +146,12 @@ impl Agent for Notifier {
 /// A page of the subscriptions, newest first, filtered by status.
 pub async fn list_subscriptions(
     records: &crate::Records,
+    tenant: &valueverse_runtime::Tenant,
     status: Option<SubscriptionStatus>,
     page: (i64, i64),
 ) -> Result<super::Listed<Subscription>, valueverse_runtime::StateError> {
     let listing = valueverse_store::Listing::Subscriptions {
         status: status.map(SubscriptionStatus::as_str),
     };
-    super::listing::page(records, listing, page).await
+    super::listing::page(records, tenant, listing, page).await
 }

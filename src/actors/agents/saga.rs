@@ -113,7 +113,7 @@ struct StepTransition<'a> {
 
 fn transition(saga: &Saga) -> Transition<'_> {
     Transition {
-        saga_id: &saga.id,
+        saga_id: valueverse_runtime::split_key(&saga.id).1,
         definition: &saga.definition,
         status: saga.status,
         error: &saga.error,

@@ -182,7 +182,7 @@ fn conflict(job: &SimulationJob, what: &str) -> HandlerError {
         RejectionCode::Conflict,
         format!(
             "simulation `{}` is {}: cannot {what}",
-            job.id,
+            valueverse_runtime::split_key(&job.id).1,
             job.status.as_str()
         ),
         None,
@@ -210,7 +210,7 @@ impl Agent for Simulation {
             if let Some(existing) = state {
                 return Err(conflict(existing, "submit it again"));
             }
-            if job.id != key {
+            if job.id != ctx.instance_key() {
                 return Err(HandlerError::fatal("job id differs from the instance key"));
             }
             *state = Some(*job);
@@ -250,7 +250,7 @@ impl Agent for Simulation {
                 ctx.emit(
                     "simulation.finished",
                     serde_json::json!({
-                        "simulation_id": job.id,
+                        "simulation_id": key,
                         "model_id": job.model_id,
                         "model_version": job.model_version,
                         "model_name": job.request.model.name,
@@ -358,7 +358,14 @@ fn final_progress(job: &SimulationJob, result: &SimulationResult) -> JobProgress
 /// The newest `limit` jobs, uncounted.
 pub async fn latest_jobs(
     records: &crate::Records,
+    tenant: &valueverse_runtime::Tenant,
     limit: i64,
 ) -> Result<Vec<SimulationJob>, valueverse_runtime::StateError> {
-    super::listing::latest(records, valueverse_store::Listing::Simulations, limit).await
+    super::listing::latest(
+        records,
+        tenant,
+        valueverse_store::Listing::Simulations,
+        limit,
+    )
+    .await
 }

@@ -163,7 +163,18 @@ impl<'a> Handling<'a> {
         Handling::new(&DETACHED, key)
     }
 
+    /// The instance's id within its tenant (what the API calls its id).
     pub fn key(&self) -> &str {
+        super::tenant::split_key(self.key).1
+    }
+
+    /// The tenant the instance belongs to.
+    pub fn tenant(&self) -> &str {
+        super::tenant::split_key(self.key).0
+    }
+
+    /// The instance's key: its tenant and id ([`crate::Tenant::key`]).
+    pub fn instance_key(&self) -> &str {
         self.key
     }
 
@@ -199,7 +210,9 @@ impl<'a> Handling<'a> {
         if self.events.is_empty() {
             return Vec::new();
         }
-        let source = format!("{kind}/{}", self.key);
+        let (tenant, id) = super::tenant::split_key(self.key);
+        let source = format!("{kind}/{id}");
+        let tenant = tenant.to_owned();
         let correlation_id = self
             .header
             .correlation_id
@@ -212,6 +225,7 @@ impl<'a> Handling<'a> {
                 event_type: event_type.to_owned(),
                 occurred_at: chrono::Utc::now(),
                 source: source.clone(),
+                tenant: tenant.clone(),
                 correlation_id: correlation_id.clone(),
                 data,
             })

@@ -136,8 +136,16 @@ pub struct DomainEvent {
     pub occurred_at: DateTime<Utc>,
     /// `kind/key` of the instance that emitted it.
     pub source: String,
+    /// The tenant of the instance that raised it: only that tenant's
+    /// subscriptions and streams hear of it.
+    #[serde(default = "default_tenant")]
+    pub tenant: String,
     pub correlation_id: Option<String>,
     pub data: serde_json::Value,
+}
+
+fn default_tenant() -> String {
+    crate::tenant::DEFAULT_TENANT.to_owned()
 }
 
 impl DomainEvent {
@@ -145,6 +153,7 @@ impl DomainEvent {
     pub(crate) fn to_outbox(&self) -> crate::state::OutboxEvent {
         crate::state::OutboxEvent {
             id: self.id.clone(),
+            tenant: self.tenant.clone(),
             event_type: self.event_type.clone(),
             occurred_at_ms: self.occurred_at.timestamp_millis(),
             payload: serde_json::to_string(self).unwrap_or_else(|_| "{}".into()),

@@ -32,6 +32,7 @@ mod remote;
 pub mod state;
 mod supervisor;
 mod system;
+mod tenant;
 
 pub use agent::{Agent, AgentMessage, Handling};
 /// What [`table_persistence!`]'s expansion calls, in the agents' crates.
@@ -62,6 +63,7 @@ pub use supervisor::{
     SupervisionEvent, SupervisionTree, SupervisorSnapshot,
 };
 pub use system::{RuntimeConfig, System, WeakSystem};
+pub use tenant::{DEFAULT_TENANT, InvalidTenant, MAX_TENANT_LEN, Tenant, join_key, split_key};
 
 #[cfg(test)]
 mod tests;

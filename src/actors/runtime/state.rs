@@ -22,6 +22,8 @@ pub struct VersionedState<S> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutboxEvent {
     pub id: String,
+    /// The tenant of the instance that raised it.
+    pub tenant: String,
     pub event_type: String,
     pub occurred_at_ms: i64,
     pub payload: String,
@@ -306,6 +308,7 @@ mod tests {
             expected_version,
             events: vec![OutboxEvent {
                 id: format!("{key}-{expected_version}"),
+                tenant: "default".into(),
                 event_type: "model.updated".into(),
                 occurred_at_ms: 0,
                 payload: "{}".into(),

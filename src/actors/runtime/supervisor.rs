@@ -227,6 +227,32 @@ pub struct SupervisionTree {
     pub supervisors: Vec<SupervisorSnapshot>,
 }
 
+impl SupervisionTree {
+    /// The tree as a tenant sees it: only its instances, named by their
+    /// ids, with the counts of those only.
+    pub fn of_tenant(mut self, tenant: &crate::Tenant) -> SupervisionTree {
+        for supervisor in &mut self.supervisors {
+            supervisor
+                .instances
+                .retain(|instance| crate::tenant::split_key(&instance.key).0 == tenant.as_str());
+            for instance in &mut supervisor.instances {
+                instance.key = crate::tenant::split_key(&instance.key).1.to_owned();
+            }
+            let live = |status| {
+                supervisor
+                    .instances
+                    .iter()
+                    .filter(|instance| instance.status == status)
+                    .count()
+            };
+            supervisor.num_active = live(InstanceStatus::Active);
+            supervisor.num_restarting = live(InstanceStatus::Restarting);
+            supervisor.num_failed = live(InstanceStatus::Failed);
+        }
+        self
+    }
+}
+
 /// A change in the life of an instance, broadcast to whoever watches
 /// (tests, the dashboard).
 #[derive(Debug, Clone, PartialEq)]

@@ -399,8 +399,15 @@ impl System {
         self
     }
 
-    /// A reference to the instance `(A::KIND, key)`, wherever it lives.
-    pub fn agent<A: Agent>(&self, key: impl Into<Arc<str>>) -> AgentRef<A> {
+    /// A reference to the instance `(tenant, A::KIND, id)`, wherever it
+    /// lives.
+    pub fn agent<A: Agent>(&self, tenant: &crate::Tenant, id: &str) -> AgentRef<A> {
+        AgentRef::new(self.kind::<A>(), tenant.key(id))
+    }
+
+    /// A reference to the instance of `A::KIND` under an instance key (one
+    /// [`crate::Tenant::key`] made, or read back from the store).
+    pub fn agent_by_key<A: Agent>(&self, key: impl Into<Arc<str>>) -> AgentRef<A> {
         AgentRef::new(self.kind::<A>(), key.into())
     }
 

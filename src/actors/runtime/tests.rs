@@ -150,7 +150,7 @@ async fn a_full_mailbox_refuses_at_once_and_admits_again_once_drained() {
         ..RuntimeConfig::default()
     })
     .await;
-    let tally = system.agent::<Tally>("a");
+    let tally = system.agent_by_key::<Tally>("a");
     tally.ask(TallyMsg::Add(1), ASK).await.unwrap();
     tally.tell(TallyMsg::Sleep(300)).unwrap();
     let mut refused = None;
@@ -195,7 +195,7 @@ async fn an_idle_instance_passivates_and_comes_back_with_its_state() {
     })
     .await;
     let mut events = system.subscribe();
-    let tally = system.agent::<Tally>("b");
+    let tally = system.agent_by_key::<Tally>("b");
     tally.ask(TallyMsg::Add(7), ASK).await.unwrap();
     until(&mut events, "b", |change| {
         *change == LifecycleChange::Passivated
@@ -213,7 +213,7 @@ async fn an_idle_instance_passivates_and_comes_back_with_its_state() {
 async fn a_panic_restarts_from_the_saved_state_and_too_many_escalate_until_reset() {
     let system = system(RuntimeConfig::default()).await;
     let mut events = system.subscribe();
-    let tally = system.agent::<Tally>("c");
+    let tally = system.agent_by_key::<Tally>("c");
     tally.ask(TallyMsg::Add(5), ASK).await.unwrap();
     let panicked = tally.ask(TallyMsg::Panic, ASK).await.unwrap_err();
     assert!(
@@ -292,7 +292,7 @@ async fn writes_go_through_version_checked_with_their_events() {
     .unwrap();
     system.wanted_events().keep_all();
     let place = Place::Shared { kind: Tally::KIND };
-    let tally = system.agent::<Tally>("w");
+    let tally = system.agent_by_key::<Tally>("w");
     assert_eq!(tally.ask(TallyMsg::Add(2), ASK).await.unwrap(), 2);
     assert_eq!(store.row(place, "w"), Some((1, "2".into())));
     let outbox = store.outbox();
@@ -336,7 +336,7 @@ async fn a_load_from_an_unreachable_store_is_retried_until_it_answers() {
     let store = MemoryState::new();
     let system = System::start("unit", RuntimeConfig::default(), store.clone()).unwrap();
     store.set_unavailable(true);
-    let tally = system.agent::<Tally>("u");
+    let tally = system.agent_by_key::<Tally>("u");
     let asked = {
         let tally = tally.clone();
         tokio::spawn(async move { tally.ask(TallyMsg::Add(5), Duration::from_secs(30)).await })
@@ -369,7 +369,7 @@ async fn an_ask_past_its_deadline_on_the_nodes_clock_expires_unhandled() {
         clock,
     )
     .unwrap();
-    let tally = system.agent::<Tally>("t");
+    let tally = system.agent_by_key::<Tally>("t");
     assert_eq!(tally.ask(TallyMsg::Add(1), ASK).await.unwrap(), 1);
     let busy = {
         let tally = tally.clone();

@@ -1,7 +1,10 @@
-//! The operator dashboard's data: one frame of the whole cluster (members,
-//! each node's supervision tree and activity, sagas, simulations,
-//! notifications), built once per interval while somebody watches and
-//! shared by every viewer.
+//! The dashboard's data: one frame of the whole cluster (members, each
+//! node's supervision tree and activity, sagas, simulations,
+//! notifications), built once per interval per audience while somebody
+//! of it watches, and shared by that audience's viewers. The operator's
+//! frame (`platform` role) shows every tenant's instances and jobs and no
+//! tenant's business panels; a tenant's frame shows its own instances,
+//! jobs, sagas and deliveries and none of the node-wide activity.
 //!
 //! Cost: with nobody watching the builder sleeps on a `Notify` and does
 //! nothing; a sampler reads a few atomic counters every two seconds so that
@@ -35,8 +38,8 @@ use valueverse_agents::simulation::{SimulationJob, SimulationRequest, latest_job
 use valueverse_agents::simulations::Simulations;
 use valueverse_cluster::node::ClusterNode;
 use valueverse_cluster::peer_requests::{self, PeerRequests};
-use valueverse_runtime::System;
 use valueverse_runtime::{StateError, unix_millis};
+use valueverse_runtime::{System, Tenant};
 
 /// How often a watched dashboard is rebuilt.
 pub const FRAME_INTERVAL: Duration = Duration::from_secs(1);
@@ -82,7 +85,7 @@ pub struct NodePanel {
     pub simulations: QueueSnapshot,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct SagaPanel {
     pub running_total: i64,
     pub compensating_total: i64,
@@ -94,11 +97,17 @@ pub struct SagaPanel {
     pub recent: Vec<SagaSummary>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct NotificationPanel {
     pub recent: Vec<RecentNotification>,
     pub failures: Vec<FailedAttempt>,
 }
+
+/// Whose frame: the operator's (`None`) or a tenant's.
+pub type Audience = Option<Tenant>;
+
+/// Audiences with a frame kept at most (a frame is per tenant watching).
+const AUDIENCES_KEPT: usize = 1024;
 
 /// Everything the page shows, as one JSON frame.
 #[derive(Debug, Clone, Serialize)]
@@ -160,7 +169,8 @@ impl From<SimulationJob> for RecentJob {
             stop_at_rel_se,
         } = job.request;
         RecentJob {
-            id: job.id,
+            // The job's key names its tenant; the page shows the id.
+            id: valueverse_runtime::split_key(&job.id).1.to_owned(),
             status: job.status.into(),
             submitter: job.submitter,
             model_id: job.model_id,
@@ -205,13 +215,14 @@ struct Inner {
     peers: Arc<PeerRequests>,
     http: reqwest::Client,
     history: Mutex<History>,
-    /// The latest frame's JSON: every viewer's socket sends this one
-    /// buffer (a clone is a reference count, not a copy).
-    frames: watch::Sender<Option<bytestring::ByteString>>,
-    /// The frame last answered to a client that polls, and when it was
-    /// built: polls within its second share it (the lock makes concurrent
-    /// polls wait for one build).
-    polled: tokio::sync::Mutex<Option<(std::time::Instant, Arc<str>)>>,
+    /// Each audience's latest frame's JSON: every viewer's socket sends
+    /// its audience's one buffer (a clone is a reference count, not a
+    /// copy).
+    frames: Mutex<HashMap<Audience, watch::Sender<Option<bytestring::ByteString>>>>,
+    /// Per audience, the frame last answered to a client that polls, and
+    /// when it was built: polls within its second share it (the lock makes
+    /// concurrent polls wait for one build).
+    polled: tokio::sync::Mutex<HashMap<Audience, (std::time::Instant, Arc<str>)>>,
     wake: Arc<Notify>,
     metrics: Metrics,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -249,7 +260,7 @@ pub struct Viewer {
 impl Drop for Viewer {
     fn drop(&mut self) {
         // The receiver is still counted here, hence the minus one.
-        let left = self.inner.frames.receiver_count().saturating_sub(1);
+        let left = self.inner.viewers().saturating_sub(1);
         self.inner.metrics.viewers.set(left as i64);
     }
 }
@@ -294,8 +305,8 @@ impl Dashboard {
                 .build()
                 .unwrap_or_default(),
             history: Mutex::new(History::default()),
-            frames: watch::Sender::new(None),
-            polled: tokio::sync::Mutex::new(None),
+            frames: Mutex::new(HashMap::new()),
+            polled: tokio::sync::Mutex::new(HashMap::new()),
             wake: Arc::new(Notify::new()),
             metrics: Metrics { viewers, frames },
             tasks: Mutex::new(Vec::new()),
@@ -312,13 +323,19 @@ impl Dashboard {
 
     /// Joins the viewers; the first frame comes within one interval (at
     /// once if one was built recently).
-    pub fn watch(&self) -> Viewer {
+    pub fn watch(&self, audience: Audience) -> Viewer {
         let inner = &self.inner;
-        let frames = inner.frames.subscribe();
-        inner
-            .metrics
-            .viewers
-            .set(inner.frames.receiver_count() as i64);
+        let frames = {
+            let mut senders = inner.senders();
+            if senders.len() >= AUDIENCES_KEPT {
+                senders.retain(|_, sender| sender.receiver_count() > 0);
+            }
+            senders
+                .entry(audience)
+                .or_insert_with(|| watch::Sender::new(None))
+                .subscribe()
+        };
+        inner.metrics.viewers.set(inner.viewers() as i64);
         inner.wake.notify_one();
         Viewer {
             frames,
@@ -328,25 +345,29 @@ impl Dashboard {
 
     /// The frame as JSON for a client that polls (`GET /api/v1/dashboard`):
     /// built at most once per [`FRAME_INTERVAL`], however many poll.
-    pub async fn frame_json(&self) -> Result<Arc<str>, StateError> {
+    pub async fn frame_json(&self, audience: Audience) -> Result<Arc<str>, StateError> {
         let mut polled = self.inner.polled.lock().await;
-        if let Some((built, json)) = polled.as_ref()
+        if let Some((built, json)) = polled.get(&audience)
             && built.elapsed() < FRAME_INTERVAL
         {
             return Ok(Arc::clone(json));
         }
-        let frame = self.inner.frame().await?;
+        if polled.len() >= AUDIENCES_KEPT {
+            polled.retain(|_, (built, _)| built.elapsed() < FRAME_INTERVAL);
+        }
+        let frame = self.inner.frame(audience.as_ref()).await?;
         self.inner.metrics.frames.inc();
         let json: Arc<str> = serde_json::to_string(&frame)
             .unwrap_or_else(|error| format!("{{\"error\":\"{error}\"}}"))
             .into();
-        *polled = Some((std::time::Instant::now(), Arc::clone(&json)));
+        polled.insert(audience, (std::time::Instant::now(), Arc::clone(&json)));
         Ok(json)
     }
 
-    /// This node's own panel (peers fetch it to build their frames).
-    pub fn node_panel(&self) -> NodePanel {
-        self.inner.node_panel()
+    /// This node's own panel for an audience (peers fetch it to build
+    /// their frames).
+    pub fn node_panel(&self, audience: Option<&Tenant>) -> NodePanel {
+        self.inner.node_panel(audience)
     }
 }
 
@@ -368,20 +389,31 @@ async fn build_while_watched(inner: Weak<Inner>, wake: Arc<Notify>) {
         let Some(strong) = inner.upgrade() else {
             return;
         };
-        if strong.frames.receiver_count() == 0 {
+        // The audiences somebody watches; the others are forgotten.
+        let watched: Vec<(Audience, watch::Sender<Option<bytestring::ByteString>>)> = {
+            let mut senders = strong.senders();
+            senders.retain(|_, sender| sender.receiver_count() > 0);
+            senders
+                .iter()
+                .map(|(audience, sender)| (audience.clone(), sender.clone()))
+                .collect()
+        };
+        if watched.is_empty() {
             drop(strong);
             wake.notified().await;
             continue;
         }
-        match strong.frame().await {
-            Ok(frame) => match serde_json::to_string(&frame) {
-                Ok(text) => {
-                    strong.metrics.frames.inc();
-                    strong.frames.send_replace(Some(text.into()));
-                }
-                Err(error) => tracing::warn!(%error, "dashboard: cannot encode a frame"),
-            },
-            Err(error) => tracing::warn!(%error, "dashboard: cannot read the store"),
+        for (audience, sender) in watched {
+            match strong.frame(audience.as_ref()).await {
+                Ok(frame) => match serde_json::to_string(&frame) {
+                    Ok(text) => {
+                        strong.metrics.frames.inc();
+                        sender.send_replace(Some(text.into()));
+                    }
+                    Err(error) => tracing::warn!(%error, "dashboard: cannot encode a frame"),
+                },
+                Err(error) => tracing::warn!(%error, "dashboard: cannot read the store"),
+            }
         }
         drop(strong);
         tokio::time::sleep(FRAME_INTERVAL).await;
@@ -395,6 +427,21 @@ impl Inner {
 
     fn history(&self) -> std::sync::MutexGuard<'_, History> {
         self.history.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn senders(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<Audience, watch::Sender<Option<bytestring::ByteString>>>>
+    {
+        self.frames.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Viewers of every audience.
+    fn viewers(&self) -> usize {
+        self.senders()
+            .values()
+            .map(watch::Sender::receiver_count)
+            .sum()
     }
 
     fn sample(&self) {
@@ -422,8 +469,11 @@ impl Inner {
         });
     }
 
-    fn node_panel(&self) -> NodePanel {
-        let tree = self.system.supervision_tree();
+    fn node_panel(&self, audience: Option<&Tenant>) -> NodePanel {
+        let tree = match audience {
+            None => self.system.supervision_tree(),
+            Some(tenant) => self.system.supervision_tree().of_tenant(tenant),
+        };
         let activity: HashMap<String, (u64, u64)> = self
             .system
             .metrics()
@@ -436,12 +486,19 @@ impl Inner {
             .supervisors
             .into_iter()
             .map(|supervisor| {
-                let (messages_total, restarts_total) =
-                    activity.get(&supervisor.kind).copied().unwrap_or_default();
-                let messages_per_second = history
-                    .kinds
-                    .get(&supervisor.kind)
-                    .map_or(0.0, |(_, rate)| *rate);
+                // Node-wide figures (every tenant's messages): the
+                // operator's only.
+                let (messages_total, restarts_total) = match audience {
+                    None => activity.get(&supervisor.kind).copied().unwrap_or_default(),
+                    Some(_) => (0, 0),
+                };
+                let messages_per_second = match audience {
+                    None => history
+                        .kinds
+                        .get(&supervisor.kind)
+                        .map_or(0.0, |(_, rate)| *rate),
+                    Some(_) => 0.0,
+                };
                 let instances_total = supervisor.instances.len();
                 let mut instances = supervisor.instances;
                 instances.sort_by(|a, b| {
@@ -469,32 +526,35 @@ impl Inner {
             node: tree.node,
             at_ms: unix_millis(),
             kinds,
-            history: history.samples.iter().cloned().collect(),
-            simulations: self.simulations.queue().into(),
+            history: match audience {
+                None => history.samples.iter().cloned().collect(),
+                Some(_) => Vec::new(),
+            },
+            simulations: self.simulations.queue(audience).into(),
         }
     }
 
-    async fn frame(&self) -> Result<Frame, StateError> {
+    async fn frame(&self, audience: Option<&Tenant>) -> Result<Frame, StateError> {
         let cluster = self.cluster.view().await;
         let me = self.system.node_name().to_owned();
         let peers = cluster
             .members
             .iter()
             .filter(|member| !member.is_self && member.state != "down")
-            .map(|member| self.peer_panel(member.node.clone(), member.http_addr.clone()));
+            .map(|member| self.peer_panel(member.node.clone(), member.http_addr.clone(), audience));
         let (peers, sagas, simulations, notifications) = tokio::join!(
             futures_util::future::join_all(peers),
-            self.sagas(),
-            self.recent_simulations(),
-            self.notifications(),
+            self.sagas(audience),
+            self.recent_simulations(audience),
+            self.notifications(audience),
         );
-        let own = serde_json::to_value(self.node_panel()).unwrap_or_default();
+        let own = serde_json::to_value(self.node_panel(audience)).unwrap_or_default();
         let mut nodes = vec![own];
         nodes.extend(peers);
         Ok(Frame {
             at_ms: unix_millis(),
             node: me,
-            viewers: self.frames.receiver_count(),
+            viewers: self.viewers(),
             cluster: cluster.into(),
             nodes,
             sagas: sagas?,
@@ -503,12 +563,21 @@ impl Inner {
         })
     }
 
-    async fn peer_panel(&self, node: String, http_addr: String) -> serde_json::Value {
+    async fn peer_panel(
+        &self,
+        node: String,
+        http_addr: String,
+        audience: Option<&Tenant>,
+    ) -> serde_json::Value {
         let unreachable = |error: String| serde_json::json!({ "node": node, "error": error });
-        const PANEL: &str = "/api/v1/dashboard/node";
+        // A tenant's panel is asked for by name (signed with the rest).
+        let path = match audience {
+            None => "/api/v1/dashboard/node".to_owned(),
+            Some(tenant) => format!("/api/v1/dashboard/node?tenant={tenant}"),
+        };
         let panel = peer_requests::Request {
             method: "GET",
-            path_and_query: PANEL,
+            path_and_query: &path,
             content_type: "",
             correlation_id: "",
             body: b"",
@@ -518,7 +587,7 @@ impl Inner {
         };
         let request = self
             .http
-            .get(format!("http://{http_addr}{PANEL}"))
+            .get(format!("http://{http_addr}{path}"))
             .header(peer_requests::HEADER, signature);
         let response = match request.send().await {
             Ok(response) if response.status().is_success() => response,
@@ -545,13 +614,17 @@ impl Inner {
         }
     }
 
-    async fn sagas(&self) -> Result<SagaPanel, StateError> {
+    /// A tenant's sagas; none in the operator's frame (business data).
+    async fn sagas(&self, audience: Option<&Tenant>) -> Result<SagaPanel, StateError> {
+        let Some(tenant) = audience else {
+            return Ok(SagaPanel::default());
+        };
         let records = &self.records;
-        let page = |status, limit| list_sagas(records, Some(status), None, (limit, 0));
+        let page = |status, limit| list_sagas(records, tenant, Some(status), None, (limit, 0));
         // Counts of the states that stay small; only the latest of the
         // ended ones (counting every completed saga each second would cost
         // more than the rest of the frame).
-        let latest = |status| latest_sagas(records, status, 10);
+        let latest = |status| latest_sagas(records, tenant, status, 10);
         let (running, compensating, attention, completed, compensated) = tokio::join!(
             page(SagaStatus::Running, 15),
             page(SagaStatus::Compensating, 10),
@@ -580,13 +653,25 @@ impl Inner {
         })
     }
 
-    async fn recent_simulations(&self) -> Result<Vec<RecentJob>, StateError> {
-        let jobs = latest_jobs(&self.records, 8).await?;
+    async fn recent_simulations(
+        &self,
+        audience: Option<&Tenant>,
+    ) -> Result<Vec<RecentJob>, StateError> {
+        let Some(tenant) = audience else {
+            return Ok(Vec::new());
+        };
+        let jobs = latest_jobs(&self.records, tenant, 8).await?;
         Ok(jobs.into_iter().map(RecentJob::from).collect())
     }
 
-    async fn notifications(&self) -> Result<NotificationPanel, StateError> {
-        let (recent, failures) = self.notifications.recent(10).await?;
+    async fn notifications(
+        &self,
+        audience: Option<&Tenant>,
+    ) -> Result<NotificationPanel, StateError> {
+        let Some(tenant) = audience else {
+            return Ok(NotificationPanel::default());
+        };
+        let (recent, failures) = self.notifications.recent(tenant, 10).await?;
         Ok(NotificationPanel {
             recent: recent.into_iter().map(Into::into).collect(),
             failures: failures.into_iter().map(Into::into).collect(),

@@ -4,10 +4,13 @@
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 
-use crate::dashboard::{Dashboard, NodePanel, Viewer, asset};
+use crate::dashboard::{Audience, Dashboard, NodePanel, Viewer, asset};
 
-use crate::error::{ApiError, ErrorDoc};
+use crate::error::{ApiError, ErrorDoc, parse_query};
+use crate::scope::Scope;
 use crate::ws::{Outgoing, Source};
+use valueverse_agents::auth::Role;
+use valueverse_runtime::Tenant;
 
 /// Client frames are pings and closes: anything big is a misbehaving client.
 const MAX_CLIENT_FRAME: usize = 4 * 1024;
@@ -75,9 +78,10 @@ fn serve(name: &str) -> HttpResponse {
     security(("bearer" = [])),
 )]
 pub(crate) async fn frame(
+    scope: Scope,
     dashboard: Option<web::Data<Dashboard>>,
 ) -> Result<HttpResponse, ApiError> {
-    let json = enabled(dashboard)?.frame_json().await?;
+    let json = enabled(dashboard)?.frame_json(audience(&scope)).await?;
     Ok(HttpResponse::Ok()
         .content_type("application/json")
         .body(json.to_string()))
@@ -97,8 +101,18 @@ pub(crate) async fn frame(
 )]
 pub(crate) async fn node(
     dashboard: Option<web::Data<Dashboard>>,
+    request: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let panel: NodePanel = enabled(dashboard)?.node_panel();
+    // The peer that asks names the tenant whose frame it builds.
+    let query: PanelQuery = parse_query(request.query_string())?;
+    let tenant = query
+        .tenant
+        .map(|name| {
+            Tenant::parse(&name)
+                .map_err(|error| ApiError::invalid_field("tenant", error.to_string()))
+        })
+        .transpose()?;
+    let panel: NodePanel = enabled(dashboard)?.node_panel(tenant.as_ref());
     Ok(HttpResponse::Ok().json(panel))
 }
 
@@ -115,11 +129,12 @@ pub(crate) async fn node(
     security(("bearer" = [])),
 )]
 pub(crate) async fn events(
+    scope: Scope,
     dashboard: Option<web::Data<Dashboard>>,
     request: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, actix_web::Error> {
-    let mut viewer = enabled(dashboard)?.watch();
+    let mut viewer = enabled(dashboard)?.watch(audience(&scope));
     // A frame built before this viewer came is shown at once.
     viewer.frames.mark_changed();
     crate::ws::relay(&request, payload, MAX_CLIENT_FRAME, Frames(viewer))
@@ -141,4 +156,18 @@ impl Source for Frames {
             }
         }
     }
+}
+
+/// The operator's frame, or the caller's tenant's.
+fn audience(scope: &Scope) -> Audience {
+    match scope.0.role {
+        Role::Platform => None,
+        _ => Some(scope.tenant().clone()),
+    }
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PanelQuery {
+    tenant: Option<String>,
 }

@@ -10,10 +10,14 @@ pub enum Role {
     Viewer,
     Editor,
     Admin,
+    /// The operator's: the supervision tree, the cluster, resets; no
+    /// tenant's data.
+    Platform,
 }
 
 convert_enum!(domain::Role <=> Role {
     Viewer,
     Editor,
-    Admin
+    Admin,
+    Platform
 });

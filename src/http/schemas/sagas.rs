@@ -189,7 +189,8 @@ impl From<domain::Saga> for Saga {
             started_by,
         } = saga;
         Saga {
-            id,
+            // The saga's key names its tenant; the API shows the id.
+            id: valueverse_runtime::split_key(&id).1.to_owned(),
             definition,
             definition_version,
             status: status.into(),
@@ -220,7 +221,7 @@ impl From<domain::SagaSummary> for SagaSummary {
             updated_at,
         } = summary;
         SagaSummary {
-            id,
+            id: valueverse_runtime::split_key(&id).1.to_owned(),
             definition,
             status: status.into(),
             steps: steps.into_iter().map(StepSummary::from).collect(),

@@ -78,7 +78,8 @@ impl From<DomainEvent> for SimulationEvent {
         } = event;
         SimulationEvent {
             kind: kind.to_owned(),
-            id,
+            // The job's key names its tenant; the API shows the id.
+            id: valueverse_runtime::split_key(&id).1.to_owned(),
             status: status.into(),
             progress: progress.map(JobProgress::from),
             result: result.map(|result| Box::new(SimulationResult::from(*result))),

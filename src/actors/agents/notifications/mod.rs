@@ -214,16 +214,17 @@ impl Notifications {
             .await?)
     }
 
-    /// The latest `limit` notifications of every subscription, and the
-    /// latest `limit` failed attempts (the dashboard's panel).
+    /// The latest `limit` notifications of a tenant's subscriptions, and
+    /// their latest `limit` failed attempts (the dashboard's panel).
     pub async fn recent(
         &self,
+        tenant: &valueverse_runtime::Tenant,
         limit: i64,
     ) -> Result<(Vec<Notification>, Vec<Attempt>), StateError> {
         let store = &self.inner.store;
         let (recent, failures) = tokio::join!(
-            store.recent_notifications(limit),
-            store.recent_failed_attempts(limit)
+            store.recent_notifications(tenant.as_str(), limit),
+            store.recent_failed_attempts(tenant.as_str(), limit)
         );
         Ok((recent?, failures?))
     }
@@ -324,14 +325,21 @@ impl Notifications {
                 limit,
                 unix_millis(),
                 attempt_limit,
-                |bodies| {
-                    let subscriptions = parse_subscriptions(&bodies);
+                |rows| {
+                    // (key, subscription): the key names its tenant.
+                    let subscriptions: Vec<(String, Subscription)> = rows
+                        .into_iter()
+                        .filter_map(|(key, body)| Some((key, serde_json::from_str(&body).ok()?)))
+                        .collect();
                     counted.store(subscriptions.len(), Ordering::Relaxed);
-                    move |event_type: &str| {
+                    move |event_type: &str, tenant: &str| {
                         subscriptions
                             .iter()
-                            .filter(|subscription| subscription.wants(event_type))
-                            .map(|subscription| subscription.id.clone())
+                            .filter(|(key, subscription)| {
+                                valueverse_runtime::split_key(key).0 == tenant
+                                    && subscription.wants(event_type)
+                            })
+                            .map(|(key, _)| key.clone())
                             .collect()
                     }
                 },
@@ -496,7 +504,7 @@ impl Notifications {
         let subscription = self
             .inner
             .system
-            .agent::<crate::notifier::Notifier>(notification.subscription_id.clone())
+            .agent_by_key::<crate::notifier::Notifier>(notification.subscription_id.clone())
             .ask(
                 crate::notifier::NotifierMsg::Get,
                 self.inner.system.runtime_config().ask_timeout,

@@ -665,6 +665,7 @@ impl Saga {
 /// definition.
 pub async fn list_sagas(
     records: &crate::Records,
+    tenant: &valueverse_runtime::Tenant,
     status: Option<SagaStatus>,
     definition: Option<&str>,
     page: (i64, i64),
@@ -673,12 +674,13 @@ pub async fn list_sagas(
         status: status.map(SagaStatus::as_str),
         definition,
     };
-    crate::listing::page(records, listing, page).await
+    crate::listing::page(records, tenant, listing, page).await
 }
 
 /// The newest `limit` summaries of sagas in `status`, uncounted.
 pub async fn latest_sagas(
     records: &crate::Records,
+    tenant: &valueverse_runtime::Tenant,
     status: SagaStatus,
     limit: i64,
 ) -> Result<Vec<SagaSummary>, valueverse_runtime::StateError> {
@@ -686,7 +688,7 @@ pub async fn latest_sagas(
         status: Some(status.as_str()),
         definition: None,
     };
-    crate::listing::latest(records, listing, limit).await
+    crate::listing::latest(records, tenant, listing, limit).await
 }
 
 #[cfg(test)]

@@ -259,7 +259,7 @@ impl SagaRunner {
     async fn ask(&self, id: &str, msg: SagaMsg) -> Result<SagaReply, AgentError> {
         let system = &self.inner.system;
         system
-            .agent::<SagaCoordinator>(id.to_owned())
+            .agent_by_key::<SagaCoordinator>(id.to_owned())
             .ask(msg, system.runtime_config().ask_timeout)
             .await
     }
@@ -462,16 +462,16 @@ impl SagaRunner {
             }
             (Direction::Forward, Step::Amplify, _) => self.baseline(&keys).await,
             (Direction::Forward, Step::Resimulate, SagaInput::Renewal(input)) => {
-                let old = self.commitment(&input.commitment_id).await?;
-                self.simulate(saga, &keys, &old.request.model_id, input.paths)
+                let old = self.commitment(&keys.of_id(&input.commitment_id)).await?;
+                self.simulate(saga, &keys, &keys.of_id(&old.request.model_id), input.paths)
                     .await
             }
             (Direction::Forward, Step::Amend, SagaInput::Renewal(input)) => {
-                let old = self.commitment(&input.commitment_id).await?;
+                let old = self.commitment(&keys.of_id(&input.commitment_id)).await?;
                 let request = old.request;
                 self.commit(
                     &keys,
-                    &request.model_id,
+                    &keys.of_id(&request.model_id),
                     request.confidence,
                     Some(request.target),
                     request.terms,
@@ -495,7 +495,7 @@ impl SagaRunner {
         match self
             .inner
             .system
-            .agent::<Architect>(id.to_owned())
+            .agent_by_key::<Architect>(id.to_owned())
             .ask(ArchitectMsg::Get { version: None }, self.timeout())
             .await?
         {
@@ -508,7 +508,7 @@ impl SagaRunner {
         Ok(self
             .inner
             .system
-            .agent::<Committer>(id.to_owned())
+            .agent_by_key::<Committer>(id.to_owned())
             .ask(CommitterMsg::Get, self.timeout())
             .await?)
     }
@@ -524,18 +524,18 @@ impl SagaRunner {
         let created = self
             .inner
             .system
-            .agent::<Architect>(keys.model.clone())
+            .agent_by_key::<Architect>(keys.model.clone())
             .ask(ArchitectMsg::Create(Box::new(model)), self.timeout())
             .await;
         applied_once(created)?;
-        Ok(serde_json::json!({ "model_id": keys.model, "model_version": 1 }))
+        Ok(serde_json::json!({ "model_id": id_of(&keys.model), "model_version": 1 }))
     }
 
     async fn archive(&self, model_id: &str) -> Result<serde_json::Value, ActionError> {
         let archived = self
             .inner
             .system
-            .agent::<Architect>(model_id.to_owned())
+            .agent_by_key::<Architect>(model_id.to_owned())
             .ask(
                 ArchitectMsg::Archive {
                     reason: Some("saga compensation".into()),
@@ -575,7 +575,7 @@ impl SagaRunner {
                 saga.started_by
                     .clone()
                     .unwrap_or_else(|| crate::simulations::SAGA_SUBMITTER.into()),
-                Some((model_id.to_owned(), version)),
+                Some((id_of(model_id).to_owned(), version)),
             )
             .await
             .map_err(|error| ActionError {
@@ -605,7 +605,7 @@ impl SagaRunner {
                 job.error.unwrap_or_default()
             )));
         }
-        Ok(serde_json::json!({ "simulation_id": job.id, "model_version": version }))
+        Ok(serde_json::json!({ "simulation_id": id_of(&job.id), "model_version": version }))
     }
 
     async fn commit(
@@ -628,7 +628,7 @@ impl SagaRunner {
             .ok_or_else(|| final_error("no version"))?
             .model;
         let request = CommitmentRequest {
-            model_id: model_id.to_owned(),
+            model_id: id_of(model_id).to_owned(),
             model_version: version,
             model_name: model.name.clone(),
             currency: model.currency.clone(),
@@ -640,12 +640,12 @@ impl SagaRunner {
         let committed = self
             .inner
             .system
-            .agent::<Committer>(keys.commitment.clone())
+            .agent_by_key::<Committer>(keys.commitment.clone())
             .ask(
                 CommitterMsg::Commit {
                     request: Box::new(request),
                     simulated: Some(SimulatedSupport {
-                        simulation_id: job.id,
+                        simulation_id: id_of(&job.id).to_owned(),
                         paths: result.paths,
                         npv_mean: result.npv.mean,
                         npv_at_confidence,
@@ -655,7 +655,7 @@ impl SagaRunner {
             )
             .await;
         applied_once(committed)?;
-        Ok(serde_json::json!({ "commitment_id": keys.commitment }))
+        Ok(serde_json::json!({ "commitment_id": id_of(&keys.commitment) }))
     }
 
     async fn void(
@@ -666,7 +666,7 @@ impl SagaRunner {
         let voided = self
             .inner
             .system
-            .agent::<Committer>(commitment_id.to_owned())
+            .agent_by_key::<Committer>(commitment_id.to_owned())
             .ask(
                 CommitterMsg::Void {
                     reason: format!("compensation of saga {saga}"),
@@ -683,20 +683,28 @@ impl SagaRunner {
         start: Option<NaiveDate>,
     ) -> Result<serde_json::Value, ActionError> {
         let commitment = self.commitment(&keys.commitment).await?;
-        let (record, _) = self.model(&commitment.request.model_id).await?;
+        let (record, _) = self
+            .model(&keys.of_id(&commitment.request.model_id))
+            .await?;
         let version = record
             .version(commitment.request.model_version)
             .ok_or_else(|| final_error("no version"))?;
         let start = start.unwrap_or_else(|| chrono::Utc::now().date_naive());
-        let plan = plan_for(keys.plan.clone(), &commitment, version, start, Vec::new());
+        let plan = plan_for(
+            id_of(&keys.plan).to_owned(),
+            &commitment,
+            version,
+            start,
+            Vec::new(),
+        );
         let created = self
             .inner
             .system
-            .agent::<Executor>(keys.plan.clone())
+            .agent_by_key::<Executor>(keys.plan.clone())
             .ask(ExecutorMsg::Create(Box::new(plan)), self.timeout())
             .await;
         applied_once(created)?;
-        Ok(serde_json::json!({ "plan_id": keys.plan }))
+        Ok(serde_json::json!({ "plan_id": id_of(&keys.plan) }))
     }
 
     /// Cancels the saga's job if it is still queued or running.
@@ -712,7 +720,7 @@ impl SagaRunner {
         let cancelled = self
             .inner
             .system
-            .agent::<Executor>(plan_id.to_owned())
+            .agent_by_key::<Executor>(plan_id.to_owned())
             .ask(
                 ExecutorMsg::Cancel {
                     reason: format!("compensation of saga {saga}"),
@@ -727,16 +735,16 @@ impl SagaRunner {
         let plan = self
             .inner
             .system
-            .agent::<Executor>(keys.plan.clone())
+            .agent_by_key::<Executor>(keys.plan.clone())
             .ask(ExecutorMsg::Get, self.timeout())
             .await?;
-        let (record, _) = self.model(&plan.model_id).await?;
+        let (record, _) = self.model(&keys.of_id(&plan.model_id)).await?;
         let version = record
             .version(plan.model_version)
             .ok_or_else(|| final_error("no version"))?;
         self.inner
             .system
-            .agent::<Amplifier>(plan.model_id.clone())
+            .agent_by_key::<Amplifier>(keys.of_id(&plan.model_id))
             .ask(
                 AmplifierMsg::RegisterBaseline(Box::new(baseline_for(&plan, version))),
                 self.timeout(),
@@ -749,7 +757,7 @@ impl SagaRunner {
         let plan = self
             .inner
             .system
-            .agent::<Executor>(keys.plan.clone())
+            .agent_by_key::<Executor>(keys.plan.clone())
             .ask(ExecutorMsg::Get, self.timeout())
             .await;
         let plan = match plan {
@@ -761,7 +769,7 @@ impl SagaRunner {
         };
         self.inner
             .system
-            .agent::<Amplifier>(plan.model_id.clone())
+            .agent_by_key::<Amplifier>(keys.of_id(&plan.model_id))
             .ask(
                 AmplifierMsg::RemoveBaseline { plan_id: plan.id },
                 self.timeout(),
@@ -861,7 +869,22 @@ struct Keys {
     plan: String,
 }
 
+/// The id part of an instance key (what the agents' states and the API
+/// call an id).
+fn id_of(key: &str) -> &str {
+    valueverse_runtime::split_key(key).1
+}
+
 impl Keys {
+    /// The instance key of an id the saga's input or an agent's state
+    /// names: in the saga's tenant, never another's.
+    fn of_id(&self, id: &str) -> String {
+        let tenant = valueverse_runtime::split_key(&self.model).0;
+        valueverse_runtime::join_key(tenant, id).to_string()
+    }
+
+    /// The keys of the agents a saga makes, from the saga's key: in the
+    /// saga's tenant (`acme/s1` makes `acme/s1-model`).
     fn of(saga: &str) -> Keys {
         Keys {
             model: format!("{saga}-model"),

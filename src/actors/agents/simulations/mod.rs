@@ -31,7 +31,7 @@ use crate::simulation::{
 use valueverse_cluster::node::ClusterNode;
 use valueverse_gpu::{self as gpu, Control, Device, RunError, RunSettings, SimulationResult};
 use valueverse_runtime::HandlingError;
-use valueverse_runtime::{Agent, AgentError, AgentId, System};
+use valueverse_runtime::{Agent, AgentError, AgentId, System, Tenant};
 use valueverse_store::{Store, StoreError};
 
 use queue::FairQueue;
@@ -460,8 +460,11 @@ impl Simulations {
     /// Checks and queues a job; answers at once with the queued job.
     /// `model` names the stored model and version the request's model came
     /// from, when it did.
+    /// The job's `id` is its instance key (`Tenant::key`): the API shows
+    /// its id part.
     pub async fn submit(
         &self,
+        tenant: &Tenant,
         request: SimulationRequest,
         submitter: String,
         model: Option<(String, i64)>,
@@ -471,12 +474,12 @@ impl Simulations {
         // (With GPU members in the view, a CPU-only node owns no simulation
         // key: the job then runs here all the same.)
         let system = &self.inner.system;
-        let mut id = uuid::Uuid::now_v7().to_string();
+        let mut id = tenant.key(&uuid::Uuid::now_v7().to_string()).to_string();
         for _ in 0..64 {
             if system.is_local(Simulation::KIND, &id) {
                 break;
             }
-            id = uuid::Uuid::now_v7().to_string();
+            id = tenant.key(&uuid::Uuid::now_v7().to_string()).to_string();
         }
         self.enqueue(id, request, submitter, model, false).await
     }
@@ -598,7 +601,8 @@ impl Simulations {
         Ok(job)
     }
 
-    /// The job as its agent holds it (with live progress).
+    /// The job as its agent holds it (with live progress); `id` is the
+    /// job's instance key.
     pub async fn get(&self, id: &str) -> Result<SimulationJob, AgentError> {
         self.inner.ask(id, SimulationMsg::Get).await
     }
@@ -606,12 +610,13 @@ impl Simulations {
     /// The latest `done` job of a model version, asked of its agent.
     pub async fn latest_done(
         &self,
+        tenant: &Tenant,
         model_id: &str,
         model_version: i64,
     ) -> Result<Option<SimulationJob>, AgentError> {
         let store = &self.inner.store;
         let id = store
-            .latest_done_simulation(model_id, model_version)
+            .latest_done_simulation(tenant.as_str(), model_id, model_version)
             .await
             .map_err(|cause| AgentError::Store {
                 target: AgentId {
@@ -658,15 +663,28 @@ impl Simulations {
         self.inner.live.get(id).map(|live| live.events.subscribe())
     }
 
-    pub fn queue(&self) -> QueueSnapshot {
+    /// The queue as `tenant` may see it: its own jobs (the capacity and
+    /// devices are the node's).
+    pub fn queue(&self, tenant: Option<&Tenant>) -> QueueSnapshot {
         let inner = &self.inner;
+        let visible = |key: &str| {
+            tenant.is_none_or(|tenant| valueverse_runtime::split_key(key).0 == tenant.as_str())
+        };
+        // A tenant sees its jobs' ids; the operator their keys.
+        let shown = |key: &str| match tenant {
+            Some(_) => valueverse_runtime::split_key(key).1.to_owned(),
+            None => key.to_owned(),
+        };
         let queues = inner.queues();
         let now = Instant::now();
         let mut queued = Vec::new();
         for (lane, queue) in [(Lane::Cpu, &queues.cpu), (Lane::Gpu, &queues.gpu)] {
             for (position, (submitter, job)) in queue.in_order().into_iter().enumerate() {
+                if !visible(&job.id) {
+                    continue;
+                }
                 queued.push(QueuedJob {
-                    id: job.id.clone(),
+                    id: shown(&job.id),
                     submitter: submitter.to_owned(),
                     lane,
                     paths: job.paths,
@@ -684,7 +702,9 @@ impl Simulations {
             running: queues
                 .running
                 .values()
+                .filter(|(job, _)| visible(&job.id))
                 .map(|(job, since)| RunningJob {
+                    id: shown(&job.id),
                     running_seconds: now.duration_since(*since).as_secs_f64(),
                     progress: inner
                         .live
@@ -899,7 +919,7 @@ impl Inner {
     }
 
     fn agent(&self, id: &str) -> valueverse_runtime::AgentRef<Simulation> {
-        self.system.agent::<Simulation>(id.to_owned())
+        self.system.agent_by_key::<Simulation>(id.to_owned())
     }
 
     /// Asks a job's agent with a message that answers with the job.
@@ -956,7 +976,12 @@ impl Inner {
     /// Hands a job's event to streams on other nodes of the cluster (a
     /// WebSocket client may follow the job from any node).
     fn share(&self, event: &SimulationEvent) {
-        self.share_about(&event.id, SHARED_EVENT, || serde_json::to_value(event).ok());
+        self.share_about(&event.id, SHARED_EVENT, || {
+            // As clients see it: the job's id, not its key.
+            let mut data = serde_json::to_value(event).ok()?;
+            data["id"] = valueverse_runtime::split_key(&event.id).1.into();
+            Some(data)
+        });
     }
 
     /// Shares an event about job `id` with the other nodes (there are none
@@ -978,6 +1003,7 @@ impl Inner {
             event_type: event_type.into(),
             occurred_at: chrono::Utc::now(),
             source: format!("{}/{id}", Simulation::KIND),
+            tenant: valueverse_runtime::split_key(id).0.to_owned(),
             correlation_id: None,
             data,
         });
