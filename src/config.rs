@@ -48,6 +48,9 @@ pub struct Config {
     /// People sign in through this OpenID Connect provider (bearer JWTs);
     /// unset: API keys only.
     pub oidc: Option<valueverse_http::oidc::OidcSettings>,
+    /// Each tenant's quotas unless it has its own (`valueverse tenant
+    /// quotas`).
+    pub quotas: valueverse_agents::quotas::Quotas,
 }
 
 /// Shortest cluster secret accepted.
@@ -80,6 +83,7 @@ impl Default for Config {
             cluster: ClusterConfig::default(),
             limits: LimitsConfig::default(),
             oidc: None,
+            quotas: valueverse_agents::quotas::Quotas::default(),
         }
     }
 }

@@ -20,6 +20,7 @@ use crate::sagas::SagaRunner;
 use crate::simulations::{Simulations, StartError};
 use crate::store::{Store, StoreError, redact_url};
 use valueverse_agents::Records;
+use valueverse_agents::quotas::TenantQuotas;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -59,6 +60,7 @@ pub struct Node {
     saga_poller: tokio::task::JoinHandle<()>,
     ticker: tokio::task::JoinHandle<()>,
     listener: tokio::task::JoinHandle<()>,
+    quota_refresher: tokio::task::JoinHandle<()>,
 }
 
 impl Node {
@@ -85,6 +87,10 @@ impl Node {
             .register::<Notifier>()
             .register::<SagaCoordinator>();
         register(&system);
+        // Each tenant's quotas: read again every few seconds for the
+        // runtime's check before an activation.
+        let quotas = TenantQuotas::new(store.clone(), config.quotas);
+        system.set_instance_quota(quotas.instance_quota());
         if config.cluster.enabled {
             system.wanted_events().keep_all();
         }
@@ -159,6 +165,7 @@ impl Node {
             }),
             peers,
             api_keys: crate::auth::ApiKeys::new(store.clone()),
+            quotas: quotas.clone(),
         };
         let http = match HttpApi::start(http_listener, services, &http_settings(config)) {
             Ok(http) => http,
@@ -174,6 +181,7 @@ impl Node {
             }
         };
         let ticker = tokio::spawn(tick_plans(system.clone(), records, config.executor_tick));
+        let quota_refresher = tokio::spawn(refresh_quotas(quotas));
         Ok(Node {
             system,
             store,
@@ -186,6 +194,7 @@ impl Node {
             saga_poller,
             ticker,
             listener,
+            quota_refresher,
         })
     }
 
@@ -199,6 +208,7 @@ impl Node {
     /// lease, then the runtime, then the store.
     pub async fn stop(self) -> std::io::Result<()> {
         self.ticker.abort();
+        self.quota_refresher.abort();
         self.listener.abort();
         self.saga_poller.abort();
         let stopped = self.http.stop().await;
@@ -216,6 +226,18 @@ impl Node {
             .map_err(|error| std::io::Error::other(error.to_string()))?;
         store.close().await;
         stopped
+    }
+}
+
+/// Reads the tenants' quotas every few seconds.
+async fn refresh_quotas(quotas: TenantQuotas) {
+    let mut interval = tokio::time::interval(std::time::Duration::from_secs(5));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        if let Err(error) = quotas.refresh().await {
+            tracing::warn!(%error, "could not read the tenants' quotas");
+        }
     }
 }
 

@@ -88,8 +88,28 @@ enum ApikeyCommand {
 enum TenantCommand {
     /// Create a tenant.
     Create(TenantCreateArgs),
-    /// List the tenants.
+    /// List the tenants with their own quotas.
     List(MigrateArgs),
+    /// Set a tenant's own quotas (a quota not given takes the node's
+    /// default, the `[quotas]` of its config).
+    Quotas(TenantQuotasArgs),
+}
+
+#[derive(Args)]
+struct TenantQuotasArgs {
+    #[arg(value_parser = tenant_parser)]
+    name: valueverse::actors::Tenant,
+    /// Live agent instances of the tenant on each node.
+    #[arg(long, value_parser = clap::value_parser!(i64).range(0..))]
+    max_active_instances: Option<i64>,
+    /// Simulation paths the tenant's jobs may ask for in any hour.
+    #[arg(long, value_parser = clap::value_parser!(i64).range(0..))]
+    max_simulation_paths_per_hour: Option<i64>,
+    /// Value models the tenant keeps (archived ones do not count).
+    #[arg(long, value_parser = clap::value_parser!(i64).range(0..))]
+    max_models: Option<i64>,
+    #[command(flatten)]
+    store: MigrateArgs,
 }
 
 #[derive(Args)]
@@ -553,15 +573,44 @@ async fn tenant(command: TenantCommand) -> anyhow::Result<()> {
         TenantCommand::List(args) => {
             let store = open_store(args, true).await?;
             let tenants = store.tenants().await;
+            let quotas = store.tenant_quotas().await;
             store.close().await;
+            let quotas = quotas?;
+            let shown = |value: Option<i64>| value.map_or("default".to_owned(), |v| v.to_string());
             for row in tenants? {
                 let name: String = row
                     .display_name
                     .chars()
                     .flat_map(char::escape_debug)
                     .collect();
-                println!("{}  {}", row.name, name);
+                let own = quotas
+                    .iter()
+                    .find(|(tenant, _)| *tenant == row.name)
+                    .map(|(_, quotas)| *quotas)
+                    .unwrap_or_default();
+                println!(
+                    "{}  {}  max_active_instances={} max_simulation_paths_per_hour={} max_models={}",
+                    row.name,
+                    name,
+                    shown(own.max_active_instances),
+                    shown(own.max_simulation_paths_hour),
+                    shown(own.max_models)
+                );
             }
+        }
+        TenantCommand::Quotas(args) => {
+            let store = open_store(args.store, true).await?;
+            let quotas = valueverse::store::TenantQuotaRow {
+                max_active_instances: args.max_active_instances,
+                max_simulation_paths_hour: args.max_simulation_paths_per_hour,
+                max_models: args.max_models,
+            };
+            let set = store.set_tenant_quotas(args.name.as_str(), quotas).await;
+            store.close().await;
+            if !set? {
+                anyhow::bail!("no tenant `{}`", args.name);
+            }
+            println!("quotas of tenant {} set", args.name);
         }
     }
     Ok(())

@@ -108,7 +108,7 @@ async fn operate(
     // A tenant's admin operates its own instances (named by id); the
     // operator any instance, named by its key or by `?tenant=` and id.
     let key = match scope.0.role {
-        Role::Platform => match tenant_of(http)? {
+        Role::Platform => match super::scope::operator_tenant(http)? {
             Some(tenant) => tenant.key(&id).to_string(),
             None => id,
         },
@@ -183,17 +183,4 @@ pub(crate) async fn crash(
         },
     )
     .await
-}
-
-/// The operator's `?tenant=` (next to `?node=`): whose instance it names.
-fn tenant_of(http: &HttpRequest) -> Result<Option<valueverse_runtime::Tenant>, ApiError> {
-    let tenant = form_urlencoded::parse(http.query_string().as_bytes())
-        .find(|(name, _)| name == "tenant")
-        .map(|(_, value)| value.into_owned());
-    tenant
-        .map(|name| {
-            valueverse_runtime::Tenant::parse(&name)
-                .map_err(|error| ApiError::invalid_field("tenant", error.to_string()))
-        })
-        .transpose()
 }

@@ -25,6 +25,9 @@ struct CreateBody {
     name: String,
 }
 
+/// Live API keys a tenant may have.
+const MAX_KEYS_PER_TENANT: usize = 1000;
+
 /// A key as the API lists it: never the key itself or its hash.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 struct KeyView {
@@ -99,6 +102,25 @@ pub(crate) async fn create(
             "role",
             "`platform` keys are made with `valueverse apikey create --role platform` only".into(),
         ));
+    }
+    // Keys are per caller limits: a tenant's keys are bounded so that
+    // making keys cannot multiply its share of the node.
+    let live = api_keys
+        .list(scope.tenant())
+        .await?
+        .iter()
+        .filter(|key| key.revoked_at_ms.is_none())
+        .count();
+    if live >= MAX_KEYS_PER_TENANT {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "quota_exceeded",
+            format!(
+                "tenant `{}` has {live} live keys, the most a tenant may have: revoke one first",
+                scope.tenant()
+            ),
+        )
+        .with_field("max_keys"));
     }
     let (row, key) = api_keys.create(scope.tenant(), role, &body.name).await?;
     Ok(HttpResponse::Created().json(serde_json::json!({

@@ -169,6 +169,8 @@ impl From<AgentError> for ApiError {
                     | RejectionCode::NoSimulation
                     | RejectionCode::TargetNotSupported
                     | RejectionCode::UnknownDriver => StatusCode::UNPROCESSABLE_ENTITY,
+                    // A tenant's quota: later, or after freeing some.
+                    RejectionCode::QuotaExceeded => StatusCode::TOO_MANY_REQUESTS,
                 };
                 ApiError {
                     field: rejection.field,
@@ -370,6 +372,22 @@ pub(crate) fn to_json_error<B>(
     let rewritten: ServiceResponse<EitherBody<B>> =
         ServiceResponse::new(request, rewritten).map_into_right_body();
     Ok(ErrorHandlerResponse::Response(rewritten))
+}
+
+impl From<valueverse_agents::quotas::QuotaError> for ApiError {
+    fn from(error: valueverse_agents::quotas::QuotaError) -> ApiError {
+        use valueverse_agents::quotas::QuotaError;
+        match error {
+            QuotaError::Exceeded { quota, .. } => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "quota_exceeded",
+                error.to_string(),
+            )
+            .with_field(quota)
+            .retry_after(60),
+            QuotaError::Store(error) => error.into(),
+        }
+    }
 }
 
 #[cfg(test)]

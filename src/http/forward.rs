@@ -26,6 +26,11 @@ pub(crate) struct NodeQuery {
     /// The operator's: whose instance `key` is (a tenant's caller acts on
     /// its own tenant only).
     tenant: Option<String>,
+    /// Set by the node that passes the operator's action on (signed); a
+    /// client's is ignored.
+    #[param(ignore)]
+    #[allow(dead_code)]
+    operator: Option<bool>,
 }
 
 const FORWARD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -74,14 +79,20 @@ pub(crate) async fn elsewhere(
         .map_err(|error| unsent(format!("cannot address node `{node}`: {error}")))?;
     // A tenant's route acts for the caller's tenant there too (signed with
     // the rest of the request).
-    // The operator's own `?tenant=` names whose instance it operates.
-    let tenant = match super::scope::Scope::of(request) {
-        Ok(scope) if scope.0.role.is_tenant_role() => Some(scope.tenant().as_str().to_owned()),
-        Ok(_) => query.tenant,
-        Err(_) => None,
+    // The operator's own `?tenant=` names whose instance it operates; the
+    // node there acts for the operator (`operator=true`), not the tenant.
+    let (tenant, operator) = match super::scope::Scope::of(request) {
+        Ok(scope) if scope.0.role.is_tenant_role() => {
+            (Some(scope.tenant().as_str().to_owned()), false)
+        }
+        Ok(_) => (query.tenant, true),
+        Err(_) => (None, false),
     };
     if let Some(tenant) = tenant {
         url.query_pairs_mut().append_pair("tenant", &tenant);
+    }
+    if operator {
+        url.query_pairs_mut().append_pair("operator", "true");
     }
     let header_text = |name: &actix_web::http::header::HeaderName| {
         request

@@ -303,6 +303,8 @@ pub struct Services {
     /// Signs and checks requests between nodes.
     pub peers: std::sync::Arc<PeerRequests>,
     pub api_keys: ApiKeys,
+    /// Each tenant's quotas.
+    pub quotas: valueverse_agents::quotas::TenantQuotas,
 }
 
 /// How a node serves HTTP: the part of its configuration the API reads.
@@ -348,6 +350,7 @@ impl HttpApi {
             dashboard,
             peers,
             api_keys,
+            quotas,
         } = services;
         let body_limit = config.body_limit;
         let oidc = match &config.oidc {
@@ -374,6 +377,7 @@ impl HttpApi {
             ),
             oidc,
             tenants: dashmap::DashMap::new(),
+            people: dashmap::DashMap::new(),
             tenant_ttl: config.limits.key_cache_ttl,
         });
         // A quarter of the pool at most checks unknown keys: the rest
@@ -398,6 +402,7 @@ impl HttpApi {
         let sagas = web::Data::new(sagas);
         let cluster = web::Data::new(cluster);
         let api_keys = web::Data::new(api_keys);
+        let quotas = web::Data::new(quotas);
         let dashboard = dashboard.map(web::Data::new);
         let peers = web::Data::from(peers);
         let server = HttpServer::new(move || {
@@ -413,6 +418,7 @@ impl HttpApi {
                 .app_data(sagas.clone())
                 .app_data(cluster.clone())
                 .app_data(api_keys.clone())
+                .app_data(quotas.clone())
                 .app_data(metrics.clone())
                 .app_data(auth.clone())
                 .app_data(limits.clone())

@@ -275,6 +275,7 @@ impl Limits {
             revoked,
             ping: self.config.websocket_ping,
             idle: self.config.websocket_idle,
+            ends_at: None,
         })
     }
 
@@ -386,6 +387,8 @@ pub(crate) struct SocketTicket {
     pub ping: Duration,
     /// Silence from the client after which the socket is closed.
     pub idle: Duration,
+    /// When a person's sign-in (their token) ends: the socket closes then.
+    pub ends_at: Option<std::time::Instant>,
 }
 
 impl Drop for SocketTicket {

@@ -90,7 +90,15 @@ pub(crate) struct Auth {
     /// Tenants seen to exist lately (a token names one by a claim).
     pub tenants: DashMap<String, Instant>,
     pub tenant_ttl: std::time::Duration,
+    /// Tokens verified lately, by their SHA-256: the caller and until when
+    /// it holds (the token's expiry, or the tenant cache's time at most).
+    /// A person's next requests cost no verification and no place of the
+    /// address's budget for unknown callers.
+    pub people: DashMap<String, (Caller, Instant, Instant)>,
 }
+
+/// Verified tokens remembered at most.
+const PEOPLE_CACHED: usize = 100_000;
 
 /// Tenants remembered at most.
 const TENANTS_CACHED: usize = 10_000;
@@ -99,7 +107,32 @@ impl Auth {
     /// The caller a signed-in person's token makes: its tenant must exist,
     /// its roles name a ValueVerse role (the highest counts; `platform`
     /// over the tenant roles).
-    async fn person(&self, token: &str) -> Result<Caller, ApiError> {
+    /// A verified token's caller and when its sign-in ends, if the token
+    /// was verified lately.
+    fn known_person(&self, digest: &str) -> Option<(Caller, Instant)> {
+        let entry = self.people.get(digest)?;
+        let (caller, recheck, ends) = entry.value();
+        (Instant::now() < *recheck).then(|| (caller.clone(), *ends))
+    }
+
+    /// [`Auth::person`], remembered until the token expires (and checked
+    /// again after the tenant cache's time).
+    async fn person_cached(
+        &self,
+        token: &str,
+        digest: String,
+    ) -> Result<(Caller, Instant), ApiError> {
+        let (caller, ends) = self.person(token).await?;
+        let recheck =
+            ends.min(Instant::now() + self.tenant_ttl.max(std::time::Duration::from_secs(1)));
+        if self.people.len() >= PEOPLE_CACHED {
+            self.people.clear();
+        }
+        self.people.insert(digest, (caller.clone(), recheck, ends));
+        Ok((caller, ends))
+    }
+
+    async fn person(&self, token: &str) -> Result<(Caller, Instant), ApiError> {
         use actix_web::http::StatusCode;
         let Some(oidc) = &self.oidc else {
             return Err(ApiError::new(
@@ -123,10 +156,17 @@ impl Auth {
                 )
             }
         })?;
+        // The tenant roles by name; the operator's only by the provider's
+        // role configured for it (never by a role a tenant could name).
+        let platform_role = oidc.platform_role();
         let role = identity
             .roles
             .iter()
-            .filter_map(|role| Role::parse(role))
+            .filter_map(|role| match Role::parse(role) {
+                Some(Role::Platform) => None,
+                Some(tenant_role) => Some(tenant_role),
+                None => (Some(role.as_str()) == platform_role).then_some(Role::Platform),
+            })
             .max_by_key(|role| (*role == Role::Platform, *role));
         let Some(role) = role else {
             return Err(ApiError::new(
@@ -156,12 +196,17 @@ impl Auth {
             self.tenants
                 .insert(tenant.as_str().to_owned(), Instant::now());
         }
-        Ok(Caller {
+        let left = identity
+            .expires_at
+            .saturating_sub(unix_millis().max(0) as u64 / 1000);
+        let ends = Instant::now() + std::time::Duration::from_secs(left);
+        let caller = Caller {
             key_id: format!("oidc:{}", identity.subject),
             role,
             tenant,
             subject: Some(identity.subject),
-        })
+        };
+        Ok((caller, ends))
     }
 }
 
@@ -403,9 +448,18 @@ async fn peer_request<B: MessageBody>(
     let tenant = form_urlencoded::parse(request.query_string().as_bytes())
         .find(|(name, _)| name == "tenant")
         .map(|(_, value)| value.into_owned());
+    let operator = form_urlencoded::parse(request.query_string().as_bytes())
+        .any(|(name, value)| name == "operator" && value == "true");
     let access = required_access(request.method(), &matched_route(&request));
     let caller = match (access, tenant) {
-        // The operator's action, passed on without a tenant.
+        // The operator's action, passed on (its `tenant` names whose
+        // instance or job, read by the handler).
+        (Some(Access::TenantOrPlatform(_)), _) if operator => Caller {
+            key_id: format!("peer:{}", signed.node),
+            role: Role::Platform,
+            tenant: Tenant::default_tenant(),
+            subject: None,
+        },
         (Some(Access::TenantOrPlatform(_)), None) => Caller {
             key_id: format!("peer:{}", signed.node),
             role: Role::Platform,
@@ -491,6 +545,7 @@ pub(crate) async fn authenticate<B: MessageBody>(
         Ok(ServiceResponse::new(request, response).map_into_right_body())
     };
     let address = limits::peer_address(&request);
+    let mut session_end = None;
     let caller = if auth.dev {
         // Development: every route, as the default tenant's admin (and the
         // operator's routes too).
@@ -532,12 +587,24 @@ pub(crate) async fn authenticate<B: MessageBody>(
         // at once, and an address whose keys keep turning out unknown is
         // paced.
         let found = if !key.starts_with("vv_") {
-            if let Err(error) = limits.charge_address(address) {
-                return refuse(request, error);
-            }
-            match auth.person(&key).await {
-                Ok(caller) => Some(caller),
-                Err(error) => return refuse(request, error),
+            let digest = valueverse_agents::auth::digest(&key);
+            match auth.known_person(&digest) {
+                Some((caller, ends)) => {
+                    session_end = Some(ends);
+                    Some(caller)
+                }
+                None => {
+                    if let Err(error) = limits.charge_address(address) {
+                        return refuse(request, error);
+                    }
+                    match auth.person_cached(&key, digest).await {
+                        Ok((caller, ends)) => {
+                            session_end = Some(ends);
+                            Some(caller)
+                        }
+                        Err(error) => return refuse(request, error),
+                    }
+                }
             }
         } else {
             match auth.keys.cached(&key) {
@@ -578,25 +645,7 @@ pub(crate) async fn authenticate<B: MessageBody>(
         }
         caller
     };
-    admitted(request, next, limits, caller, &route, address, auth.dev).await
-}
-
-/// Serves an authenticated caller's request within its limits.
-async fn admitted<B: MessageBody>(
-    request: ServiceRequest,
-    next: Next<B>,
-    limits: std::sync::Arc<Limits>,
-    caller: Caller,
-    route: &str,
-    address: Option<std::net::IpAddr>,
-    dev: bool,
-) -> Result<ServiceResponse<EitherBody<B>>, Error> {
-    let refuse = |request: ServiceRequest, error: ApiError| {
-        let (request, _) = request.into_parts();
-        let response = actix_web::ResponseError::error_response(&error);
-        Ok(ServiceResponse::new(request, response).map_into_right_body())
-    };
-    let in_flight = if dev {
+    let in_flight = if auth.dev {
         None
     } else {
         match limits.enter(&caller.key_id) {
@@ -606,7 +655,10 @@ async fn admitted<B: MessageBody>(
     };
     if route.starts_with("/ws/") {
         match limits.open_socket(&caller.key_id, address) {
-            Ok(ticket) => limits::attach_ticket(&request, ticket),
+            Ok(mut ticket) => {
+                ticket.ends_at = session_end;
+                limits::attach_ticket(&request, ticket)
+            }
             Err(error) => return refuse(request, error),
         }
     }

@@ -92,6 +92,11 @@ pub struct OidcSettings {
     /// unknown key fetches it again, at most this often), at most 3600.
     #[serde(default = "default_refresh_min_seconds")]
     pub refresh_min_seconds: u64,
+    /// The provider's role that makes a person the operator (`platform`);
+    /// none: no token does. The tenant roles (`viewer`, `editor`, `admin`)
+    /// are taken by name, `platform` never.
+    #[serde(default)]
+    pub platform_role: Option<String>,
 }
 
 fn default_refresh_min_seconds() -> u64 {
@@ -932,6 +937,13 @@ fn claim_error(claim: &str, reason: &str) -> OidcError {
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl OidcVerifier {
+    /// The provider's role that makes a person the operator, if any.
+    pub fn platform_role(&self) -> Option<&str> {
+        self.inner.settings.platform_role.as_deref()
+    }
 }
 
 impl OidcSettings {

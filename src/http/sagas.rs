@@ -26,6 +26,7 @@ use super::schemas::sagas as api;
 use super::scope::Scope;
 use super::value_models::ask_model;
 use super::ws::{Outgoing, Source};
+use valueverse_agents::quotas::TenantQuotas;
 
 /// What a value-creation saga is asked to do.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -163,6 +164,7 @@ fn start(scope: &Scope, request: &HttpRequest, input: &SagaInput) -> Result<Saga
 )]
 pub(crate) async fn start_value_creation(
     scope: Scope,
+    quotas: web::Data<TenantQuotas>,
     runner: web::Data<SagaRunner>,
     auth: web::Data<Auth>,
     request: HttpRequest,
@@ -187,6 +189,9 @@ pub(crate) async fn start_value_creation(
     )
     .map_err(|error| ApiError::invalid_field(&error.path, error.message))?;
     check_paths(input.paths)?;
+    // The model it designs and the paths it simulates count now.
+    quotas.check_models(scope.tenant(), 1).await?;
+    quotas.check_paths(scope.tenant(), input.paths).await?;
     let saga = start(&scope, &request, &SagaInput::ValueCreation(Box::new(input)))?;
     Ok(accepted(runner.start_saga(saga).await?))
 }
@@ -206,6 +211,7 @@ pub(crate) async fn start_value_creation(
 )]
 pub(crate) async fn start_renewal(
     scope: Scope,
+    quotas: web::Data<TenantQuotas>,
     runner: web::Data<SagaRunner>,
     system: web::Data<System>,
     auth: web::Data<Auth>,
@@ -253,6 +259,7 @@ pub(crate) async fn start_renewal(
         )
         .with_field("commitment_id"));
     }
+    quotas.check_paths(scope.tenant(), input.paths).await?;
     let saga = start(&scope, &request, &SagaInput::Renewal(input))?;
     Ok(accepted(runner.start_saga(saga).await?))
 }

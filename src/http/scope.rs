@@ -46,3 +46,17 @@ impl FromRequest for Scope {
         ready(Scope::of(request))
     }
 }
+
+/// The operator's `?tenant=` (next to `?node=`): whose instance or job its
+/// action names.
+pub(crate) fn operator_tenant(request: &HttpRequest) -> Result<Option<Tenant>, ApiError> {
+    let tenant = form_urlencoded::parse(request.query_string().as_bytes())
+        .find(|(name, _)| name == "tenant")
+        .map(|(_, value)| value.into_owned());
+    tenant
+        .map(|name| {
+            Tenant::parse(&name)
+                .map_err(|error| ApiError::invalid_field("tenant", error.to_string()))
+        })
+        .transpose()
+}

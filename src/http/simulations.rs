@@ -21,6 +21,7 @@ use super::error::{ApiError, parse_json};
 use super::scope::Scope;
 use super::value_models::ask_model;
 use super::ws::{Outgoing, Source};
+use valueverse_agents::quotas::TenantQuotas;
 
 /// Largest WebSocket frame read from a client (they only send control
 /// frames): anything larger drops the connection.
@@ -189,6 +190,7 @@ fn submitter(request: &HttpRequest) -> String {
 )]
 pub(crate) async fn submit(
     scope: Scope,
+    quotas: web::Data<TenantQuotas>,
     simulations: web::Data<Simulations>,
     system: web::Data<System>,
     request: HttpRequest,
@@ -227,6 +229,7 @@ pub(crate) async fn submit(
             .with_field("model"));
         }
     };
+    quotas.check_paths(scope.tenant(), body.paths).await?;
     let request_data = SimulationRequest {
         model,
         paths: body.paths,
@@ -332,6 +335,17 @@ pub(crate) async fn cancel(
     // A running job stops where it runs: `?node=` names that node.
     if let Some(answer) = super::forward::elsewhere(&request, &body).await? {
         return Ok(answer);
+    }
+    // The operator stops a runaway job of the tenant `?tenant=` names and
+    // sees only that it stopped: the job's model is the tenant's data.
+    if scope.0.role == valueverse_agents::auth::Role::Platform {
+        let tenant = super::scope::operator_tenant(&request)?
+            .unwrap_or_else(valueverse_runtime::Tenant::default_tenant);
+        let job = simulations.cancel(&tenant.key(&id)).await?;
+        let status = api::JobStatus::from(job.status);
+        return Ok(
+            HttpResponse::Ok().json(serde_json::json!({ "id": id.as_str(), "status": status }))
+        );
     }
     let job = simulations.cancel(&scope.tenant().key(&id)).await?;
     Ok(HttpResponse::Ok().json(JobView::from(job)))

@@ -20,6 +20,7 @@ use super::error::{ApiError, parse_json, parse_query};
 use super::listing::list_page;
 use super::scope::Scope;
 use valueverse_agents::architect::list_models;
+use valueverse_agents::quotas::TenantQuotas;
 
 /// A model at one version, as the API shows it.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -125,10 +126,12 @@ fn validated(model: ValueModel) -> Result<ValueModel, ApiError> {
 )]
 pub(crate) async fn create(
     scope: Scope,
+    quotas: web::Data<TenantQuotas>,
     system: web::Data<System>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let model = model_from(&body)?;
+    quotas.check_models(scope.tenant(), 1).await?;
     let id = uuid::Uuid::now_v7().to_string();
     let (record, version) = ask_model(
         &system,

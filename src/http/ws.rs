@@ -52,6 +52,7 @@ pub(crate) fn relay(
     let closer = session.clone();
     actix_web::rt::spawn(async move {
         // Held until the socket ends: its places of key and address.
+        let ends_at = ticket.as_ref().and_then(|ticket| ticket.ends_at);
         let (ping, idle, mut revoked) = match &ticket {
             Some(ticket) => (ticket.ping, ticket.idle, Some(ticket.revoked.clone())),
             None => (DEFAULT_PING, DEFAULT_IDLE, None),
@@ -98,6 +99,13 @@ pub(crate) fn relay(
                 None => std::future::pending().await,
             }
         };
+        // A person's socket lives as long as their sign-in.
+        let expiry = async move {
+            match ends_at {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
         let server = async move {
             loop {
                 let (text, last) = match source.next().await {
@@ -130,6 +138,13 @@ pub(crate) fn relay(
                 let reason = actix_ws::CloseReason {
                     code: actix_ws::CloseCode::Policy,
                     description: Some("the API key was revoked".into()),
+                };
+                let _ = within(CLOSE_WITHIN, closer.close(Some(reason))).await;
+            }
+            () = expiry => {
+                let reason = actix_ws::CloseReason {
+                    code: actix_ws::CloseCode::Policy,
+                    description: Some("the sign-in expired".into()),
                 };
                 let _ = within(CLOSE_WITHIN, closer.close(Some(reason))).await;
             }

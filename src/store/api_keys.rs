@@ -131,3 +131,81 @@ impl Store {
         })?)
     }
 }
+
+/// A tenant's own quotas (`None`: the node's default).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, sqlx::FromRow)]
+pub struct TenantQuotaRow {
+    pub max_active_instances: Option<i64>,
+    pub max_simulation_paths_hour: Option<i64>,
+    pub max_models: Option<i64>,
+}
+
+impl Store {
+    /// Every tenant's own quotas.
+    pub async fn tenant_quotas(&self) -> Result<Vec<(String, TenantQuotaRow)>, StoreError> {
+        #[derive(sqlx::FromRow)]
+        struct Row {
+            name: String,
+            #[sqlx(flatten)]
+            quotas: TenantQuotaRow,
+        }
+        let rows: Vec<Row> = with_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT name, max_active_instances, max_simulation_paths_hour, max_models \
+                 FROM tenants",
+            )
+            .fetch_all(pool)
+            .await
+        })?;
+        Ok(rows.into_iter().map(|row| (row.name, row.quotas)).collect())
+    }
+
+    /// Sets a tenant's own quotas; false when there is no such tenant.
+    pub async fn set_tenant_quotas(
+        &self,
+        name: &str,
+        quotas: TenantQuotaRow,
+    ) -> Result<bool, StoreError> {
+        let rows = with_pool!(self, pool => {
+            sqlx::query(
+                "UPDATE tenants SET max_active_instances = $2, max_simulation_paths_hour = $3, \
+                 max_models = $4 WHERE name = $1",
+            )
+            .bind(name)
+            .bind(quotas.max_active_instances)
+            .bind(quotas.max_simulation_paths_hour)
+            .bind(quotas.max_models)
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected())
+        })?;
+        Ok(rows == 1)
+    }
+
+    /// The value models a tenant keeps (archived ones are not counted).
+    pub async fn count_models(&self, tenant: &str) -> Result<i64, StoreError> {
+        Ok(with_pool!(self, pool => {
+            sqlx::query_scalar(
+                "SELECT COUNT(*) FROM value_models WHERE tenant = $1 AND status <> 'archived'",
+            )
+            .bind(tenant)
+            .fetch_one(pool)
+            .await
+        })?)
+    }
+
+    /// The simulation paths a tenant's jobs asked for since `since_ms`.
+    pub async fn paths_since(&self, tenant: &str, since_ms: i64) -> Result<i64, StoreError> {
+        let sum: Option<i64> = with_pool!(self, pool => {
+            sqlx::query_scalar(
+                "SELECT CAST(SUM(paths) AS BIGINT) FROM simulations \
+                 WHERE tenant = $1 AND created_at_ms >= $2",
+            )
+            .bind(tenant)
+            .bind(since_ms)
+            .fetch_one(pool)
+            .await
+        })?;
+        Ok(sum.unwrap_or(0))
+    }
+}

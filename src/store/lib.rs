@@ -111,7 +111,7 @@ mod sagas;
 mod simulations;
 mod state;
 
-pub use api_keys::{ApiKeyRow, TenantRow};
+pub use api_keys::{ApiKeyRow, TenantQuotaRow, TenantRow};
 pub use leases::{Lease, LeaseClaim, Renewal};
 pub use notifications::{Attempt, Notification};
 pub use outbox::{Claimant, ClaimedDelivery, Dispatched, OutboxStats};

@@ -128,6 +128,28 @@ async fn every_route_checks_the_key_and_its_role() {
         .await
         .unwrap();
     assert_eq!(refused.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    // Nor sees or revokes the operator's key, though it was made in its
+    // tenant.
+    let (platform_row, _) = create_key(store, &Tenant::default_tenant(), Role::Platform, "ops 2")
+        .await
+        .unwrap();
+    let listed: Value = call(Method::GET, "/api/v1/api-keys", Some(key(Role::Admin)))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(!listed.to_string().contains(&platform_row.id), "{listed}");
+    let revoke = call(
+        Method::DELETE,
+        &format!("/api/v1/api-keys/{}", platform_row.id),
+        Some(key(Role::Admin)),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(revoke.status(), StatusCode::NOT_FOUND);
     // Probes and metrics stay open.
     for path in ["/health", "/ready", "/metrics"] {
         let status = client

@@ -47,6 +47,7 @@ async fn a_providers_tokens_sign_people_in_and_bad_ones_are_refused() {
         "jwks_url": provider.jwks_url(),
         "role_claim": "realm_access.roles",
         "refresh_min_seconds": 0,
+        "platform_role": "vv-operator",
     }))
     .unwrap();
     let Started { node, api, .. } = start_node(&db, |config| {
@@ -136,6 +137,38 @@ async fn a_providers_tokens_sign_people_in_and_bad_ones_are_refused() {
         let (status, body) = send(bearer(&token).get(format!("{api}/me"))).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{what}: {body}");
     }
+
+    // The operator, by the provider's role configured for it: operations,
+    // and no tenant's data.
+    let operator = bearer(&first.sign(&claims(&provider, "acme", &["vv-operator"])));
+    let me = get_json(&operator, &format!("{api}/me")).await;
+    assert_eq!(me["role"], "platform", "{me}");
+    let (status, _) = send(operator.get(format!("{api}/value-models/{model}"))).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = send(operator.get(format!("{api}/actors"))).await;
+    assert_eq!(status, StatusCode::OK);
+
+    // A person's WebSocket closes when their sign-in ends.
+    let mut short = claims(&provider, "acme", &["viewer"]);
+    short["exp"] = json!(now() + 2);
+    let token = first.sign(&short);
+    let ws = format!(
+        "{}/ws/dashboard?access_token={token}",
+        api.replace("http://", "ws://").replace("/api/v1", "")
+    );
+    let (mut socket, _) = tokio_tungstenite::connect_async(&ws).await.unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        use futures_util::StreamExt;
+        while let Some(message) = socket.next().await {
+            if let Ok(tokio_tungstenite::tungstenite::Message::Close(Some(frame))) = message {
+                return frame.reason.to_string();
+            }
+        }
+        String::new()
+    })
+    .await
+    .expect("the socket closes when the token expires");
+    assert_eq!(closed, "the sign-in expired");
 
     // The provider rotates its key: tokens of the new key sign in (the
     // node fetches the set again), tokens of the old one no longer do.

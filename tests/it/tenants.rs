@@ -646,3 +646,115 @@ async fn another_tenants_data_on_another_node_stays_walled_off() {
         crate::crash::kill_9(&mut node.child);
     }
 }
+
+/// Quotas per tenant: stored models, simulation paths per hour and live
+/// instances are refused past the tenant's own quota with a 429 naming it;
+/// another tenant is not held by them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_past_its_quota_gets_429_naming_it() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    // Tenants and quotas before the node starts: its first read has them.
+    let store = db.store().await;
+    store.migrate().await.unwrap();
+    let small = members(&store, "small").await;
+    let crowded = members(&store, "crowded").await;
+    let other = members(&store, "other").await;
+    let own = |instances: Option<i64>, paths: Option<i64>, models: Option<i64>| {
+        valueverse::store::TenantQuotaRow {
+            max_active_instances: instances,
+            max_simulation_paths_hour: paths,
+            max_models: models,
+        }
+    };
+    assert!(
+        store
+            .set_tenant_quotas("small", own(None, Some(10_000), Some(2)))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .set_tenant_quotas("crowded", own(Some(2), None, None))
+            .await
+            .unwrap()
+    );
+    store.close().await;
+    let Started {
+        node, base, api, ..
+    } = start_node(&db, keyed).await;
+
+    // Models: two, then 429 naming `max_models`; another tenant is free.
+    let model = create_model(&small.editor, &api, &acme()).await;
+    create_model(&small.editor, &api, &acme()).await;
+    let (status, refused) = send(
+        small
+            .editor
+            .post(format!("{api}/value-models"))
+            .json(&acme()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{refused}");
+    assert_eq!(refused["error"]["code"], "quota_exceeded");
+    assert_eq!(refused["error"]["field"], "max_models", "{refused}");
+    create_model(&other.editor, &api, &acme()).await;
+    // Archiving one frees its place.
+    let (status, _) = send(
+        small
+            .editor
+            .post(format!("{api}/value-models/{model}/archive"))
+            .json(&json!({ "reason": "make room" })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    create_model(&small.editor, &api, &acme()).await;
+
+    // Paths per hour: 6,000 of 10,000, then 6,000 more is refused.
+    submit_ok(
+        &small.editor,
+        &base,
+        json!({ "model_id": model, "paths": 6000, "device": "cpu" }),
+    )
+    .await;
+    let (status, refused) = send(
+        small
+            .editor
+            .post(format!("{api}/simulations"))
+            .json(&json!({ "model": acme(), "paths": 6000, "device": "cpu" })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{refused}");
+    assert_eq!(
+        refused["error"]["field"], "max_simulation_paths_per_hour",
+        "{refused}"
+    );
+    let (status, refused) = send(
+        small
+            .editor
+            .post(format!("{api}/sagas/value-creation"))
+            .json(&value_creation(None, 6000)),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "a saga's paths count: {refused}"
+    );
+
+    // Live instances on the node: two models' architects, then none more.
+    create_model(&crowded.editor, &api, &acme()).await;
+    create_model(&crowded.editor, &api, &acme()).await;
+    let (status, refused) = send(
+        crowded
+            .editor
+            .post(format!("{api}/value-models"))
+            .json(&acme()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{refused}");
+    assert_eq!(
+        refused["error"]["field"], "max_active_instances",
+        "{refused}"
+    );
+    create_model(&other.editor, &api, &acme()).await;
+    node.stop().await.unwrap();
+}

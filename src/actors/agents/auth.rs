@@ -61,6 +61,12 @@ fn hash(key: &str) -> String {
     hex::encode(Sha256::digest(key.as_bytes()))
 }
 
+/// The SHA-256 of a presented credential (an API key or a token), as the
+/// caches hold it.
+pub fn digest(credential: &str) -> String {
+    hash(credential)
+}
+
 /// Makes a key; answers its stored row and the key itself (shown once).
 pub async fn create_key(
     store: &Store,
@@ -109,13 +115,21 @@ impl ApiKeys {
         Ok(create_key(&self.store, tenant, role, name).await?)
     }
 
-    /// Every key of `tenant`, revoked ones included.
+    /// Every key of `tenant`, revoked ones included; not the operator's
+    /// (`platform`) keys: those are the command line's to list.
     pub async fn list(&self, tenant: &Tenant) -> Result<Vec<ApiKeyRow>, StateError> {
-        Ok(self.store.api_keys(tenant.as_str()).await?)
+        let mut keys = self.store.api_keys(tenant.as_str()).await?;
+        keys.retain(|key| key.role != Role::Platform.as_str());
+        Ok(keys)
     }
 
-    /// Revokes a live key of `tenant`; `false` when it has no live key `id`.
+    /// Revokes a live key of `tenant`; `false` when it has no live key `id`
+    /// (an operator's key is not the tenant's to revoke).
     pub async fn revoke(&self, tenant: &Tenant, id: &str) -> Result<bool, StateError> {
+        let theirs = self.list(tenant).await?.iter().any(|key| key.id == id);
+        if !theirs {
+            return Ok(false);
+        }
         Ok(self.store.revoke_api_key(tenant.as_str(), id).await?)
     }
 

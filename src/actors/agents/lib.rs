@@ -15,6 +15,7 @@ mod listing;
 pub use listing::{Listed, Records};
 pub mod notifications;
 pub mod notifier;
+pub mod quotas;
 pub mod saga;
 pub mod sagas;
 pub mod simulation;

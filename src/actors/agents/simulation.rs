@@ -333,6 +333,10 @@ impl Agent for Simulation {
             "runner_token",
             Column::Int(job.runner.as_ref().map(|runner| runner.token))
         ),
+        (
+            "paths",
+            Column::Int(Some(i64::try_from(job.request.paths).unwrap_or(i64::MAX)))
+        ),
     ]);
 }
 

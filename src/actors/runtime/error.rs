@@ -194,10 +194,12 @@ pub enum RejectionCode {
     NoBaseline,
     /// A delivery names a driver the plan does not track.
     UnknownDriver,
+    /// The tenant's quota (named in the field) does not allow it.
+    QuotaExceeded,
 }
 
 impl RejectionCode {
-    const ALL: [RejectionCode; 8] = [
+    const ALL: [RejectionCode; 9] = [
         RejectionCode::NotFound,
         RejectionCode::Conflict,
         RejectionCode::Invalid,
@@ -206,6 +208,7 @@ impl RejectionCode {
         RejectionCode::UnknownIndustry,
         RejectionCode::NoBaseline,
         RejectionCode::UnknownDriver,
+        RejectionCode::QuotaExceeded,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -218,6 +221,7 @@ impl RejectionCode {
             RejectionCode::UnknownIndustry => "unknown_industry",
             RejectionCode::NoBaseline => "no_baseline",
             RejectionCode::UnknownDriver => "unknown_driver",
+            RejectionCode::QuotaExceeded => "quota_exceeded",
         }
     }
 

@@ -62,7 +62,7 @@ pub use supervisor::{
     FailureRecord, InstanceSnapshot, InstanceStatus, LifecycleChange, RestartStrategy,
     SupervisionEvent, SupervisionTree, SupervisorSnapshot,
 };
-pub use system::{RuntimeConfig, System, WeakSystem};
+pub use system::{InstanceQuota, RuntimeConfig, System, WeakSystem};
 pub use tenant::{DEFAULT_TENANT, InvalidTenant, MAX_TENANT_LEN, Tenant, join_key, split_key};
 
 #[cfg(test)]

@@ -204,6 +204,8 @@ enum Undelivered<A: Agent> {
     /// The instance's mailbox is full: its cell tells when it has room.
     Full(Envelope<A>, Arc<InstanceCell>),
     Stopped(Envelope<A>),
+    /// Activating the instance would pass its tenant's quota.
+    OverQuota(Envelope<A>, crate::Rejection),
 }
 
 impl<A: Agent> Instance<A> {
@@ -297,6 +299,9 @@ impl<A: Agent> KindRuntime<A> {
                         target: Self::target(key),
                     })
                 }),
+                Undelivered::OverQuota(envelope, rejection) => {
+                    self.refuse(envelope, key, Self::over_quota(rejection))
+                }
             })
     }
 
@@ -323,12 +328,17 @@ impl<A: Agent> KindRuntime<A> {
         for _ in 0..16 {
             let instance = match self.instances.get(key) {
                 Some(instance) => Arc::clone(&instance),
-                None => Arc::clone(
-                    &self
-                        .instances
-                        .entry(key.clone())
-                        .or_insert_with(|| Arc::new(self.spawn(key))),
-                ),
+                None => {
+                    if let Err(rejection) = self.node.tenants.admit(key) {
+                        return Err(Undelivered::OverQuota(envelope, rejection));
+                    }
+                    Arc::clone(
+                        &self
+                            .instances
+                            .entry(key.clone())
+                            .or_insert_with(|| Arc::new(self.spawn(key))),
+                    )
+                }
             };
             match instance.offer(envelope, self.mailbox_capacity) {
                 Ok(()) => {
@@ -364,6 +374,16 @@ impl<A: Agent> KindRuntime<A> {
         error(self, key)
     }
 
+    /// The refusal of an activation past the tenant's quota.
+    fn over_quota(rejection: crate::Rejection) -> impl Fn(&Self, &Arc<str>) -> AgentError {
+        move |_, key| {
+            AgentError::Handling(crate::HandlingError::Rejected {
+                target: Self::target(key),
+                rejection: Box::new(rejection.clone()),
+            })
+        }
+    }
+
     fn full(&self, key: &Arc<str>) -> AgentError {
         AgentError::Send(SendError::MailboxFull {
             target: Self::target(key),
@@ -389,12 +409,16 @@ impl<A: Agent> KindRuntime<A> {
         });
         let addr = Addr::new(sender);
         self.metrics.activations.inc();
+        self.node.tenants.activated(key);
         Instance { cell, addr, worker }
     }
 
     /// Called by a host that closed its idle mailbox and is stopping.
     pub(crate) fn on_passivated(&self, key: &Arc<str>, cell: &Arc<InstanceCell>) {
         cell.set_status(InstanceStatus::Passivated);
+        // Once per instance: its mailbox closed once (a sender may have
+        // removed the closed entry already).
+        self.node.tenants.passivated(key);
         self.instances
             .remove_if(key, |_, instance| Arc::ptr_eq(&instance.cell, cell));
         let mut recent = self
@@ -552,6 +576,10 @@ impl<A: Agent> KindRuntime<A> {
                         target: Self::target(key),
                     })
                 });
+                None
+            }
+            Err(Undelivered::OverQuota(envelope, rejection)) => {
+                self.refuse(envelope, key, Self::over_quota(rejection));
                 None
             }
         }

@@ -104,11 +104,68 @@ pub(crate) struct NodeContext {
     pub(crate) outbox_written: Arc<tokio::sync::Notify>,
     /// The event types the outbox keeps (the notifier keeps it current).
     pub(crate) wanted_events: Arc<super::events::WantedTypes>,
+    /// Live instances of each tenant on this node, and the most a tenant
+    /// may have (none set: no limit).
+    pub(crate) tenants: TenantInstances,
     /// Where other nodes' instances are reached; none: every key is here.
     pub(crate) remote: OnceLock<Arc<dyn Remote>>,
     /// Counts changes of placement, for those who act on one (the remote
     /// rings it).
     pub(crate) placement: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+/// The most live instances a tenant may have on a node.
+pub type InstanceQuota = Arc<dyn Fn(&str) -> Option<usize> + Send + Sync>;
+
+/// Live instances per tenant on this node, checked before an activation.
+#[derive(Default)]
+pub(crate) struct TenantInstances {
+    live: dashmap::DashMap<Box<str>, usize>,
+    quota: std::sync::RwLock<Option<InstanceQuota>>,
+}
+
+impl TenantInstances {
+    /// Whether an instance of `key`'s tenant may be activated; the
+    /// refusal names the quota. Instances activating at once may pass the
+    /// limit by their number.
+    pub(crate) fn admit(&self, key: &str) -> Result<(), crate::Rejection> {
+        let quota = self
+            .quota
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        let Some(quota) = quota else {
+            return Ok(());
+        };
+        let tenant = crate::split_key(key).0;
+        let Some(limit) = quota(tenant) else {
+            return Ok(());
+        };
+        let live = self.live.get(tenant).map_or(0, |count| *count);
+        if live < limit {
+            return Ok(());
+        }
+        Err(crate::Rejection {
+            code: crate::RejectionCode::QuotaExceeded,
+            message: format!(
+                "tenant `{tenant}` has {live} live agent instances on this node; its quota \
+                 `max_active_instances` is {limit}"
+            ),
+            field: Some("max_active_instances".into()),
+        })
+    }
+
+    pub(crate) fn activated(&self, key: &str) {
+        *self.live.entry(crate::split_key(key).0.into()).or_default() += 1;
+    }
+
+    pub(crate) fn passivated(&self, key: &str) {
+        let tenant = crate::split_key(key).0;
+        if let Some(mut count) = self.live.get_mut(tenant) {
+            *count = count.saturating_sub(1);
+        }
+        self.live.remove_if(tenant, |_, count| *count == 0);
+    }
 }
 
 impl NodeContext {
@@ -315,6 +372,7 @@ impl System {
             cluster_events,
             outbox_written: Arc::new(tokio::sync::Notify::new()),
             wanted_events: Arc::default(),
+            tenants: TenantInstances::default(),
         };
         Ok(System {
             inner: Arc::new(SystemInner {
@@ -397,6 +455,18 @@ impl System {
     pub fn register<A: Agent>(&self) -> &System {
         self.kind::<A>();
         self
+    }
+
+    /// Sets the most live instances each tenant may have on this node
+    /// (`None` from the function: no limit for that tenant).
+    pub fn set_instance_quota(&self, quota: InstanceQuota) {
+        *self
+            .inner
+            .node
+            .tenants
+            .quota
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(quota);
     }
 
     /// A reference to the instance `(tenant, A::KIND, id)`, wherever it

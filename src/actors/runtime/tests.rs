@@ -398,3 +398,60 @@ async fn an_ask_past_its_deadline_on_the_nodes_clock_expires_unhandled() {
     );
     assert_eq!(tally.ask(TallyMsg::Get, ASK).await.unwrap(), 1);
 }
+
+/// A tenant past its quota of live instances gets no new one (its refusal
+/// names the quota); its live ones answer, other tenants activate, and an
+/// instance that passivates frees its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_activates_no_more_instances_than_its_quota() {
+    let system = system(RuntimeConfig {
+        passivate_after: Duration::from_millis(100),
+        ..RuntimeConfig::default()
+    })
+    .await;
+    system.set_instance_quota(std::sync::Arc::new(|tenant: &str| {
+        (tenant == "acme").then_some(2)
+    }));
+    let acme = crate::Tenant::parse("acme").unwrap();
+    let globex = crate::Tenant::parse("globex").unwrap();
+    for id in ["a", "b"] {
+        let agent = system.agent::<Tally>(&acme, id);
+        assert_eq!(agent.ask(TallyMsg::Add(1), ASK).await.unwrap(), 1);
+    }
+    let refused = system
+        .agent::<Tally>(&acme, "c")
+        .ask(TallyMsg::Add(1), ASK)
+        .await
+        .unwrap_err();
+    match &refused {
+        AgentError::Handling(HandlingError::Rejected { rejection, .. }) => {
+            assert_eq!(rejection.code, crate::RejectionCode::QuotaExceeded);
+            assert_eq!(rejection.field.as_deref(), Some("max_active_instances"));
+        }
+        other => panic!("{other}"),
+    }
+    // The live ones answer; another tenant has no quota here.
+    assert_eq!(
+        system
+            .agent::<Tally>(&acme, "a")
+            .ask(TallyMsg::Get, ASK)
+            .await
+            .unwrap(),
+        1
+    );
+    for id in ["a", "b", "c"] {
+        let agent = system.agent::<Tally>(&globex, id);
+        assert_eq!(agent.ask(TallyMsg::Add(5), ASK).await.unwrap(), 5);
+    }
+    // Once acme's instances passivate, "c" may activate.
+    let mut events = system.subscribe();
+    let mut passivated = 0;
+    while passivated < 2 {
+        let event = events.recv().await.unwrap();
+        if event.key.starts_with("acme/") && event.change == LifecycleChange::Passivated {
+            passivated += 1;
+        }
+    }
+    let agent = system.agent::<Tally>(&acme, "c");
+    assert_eq!(agent.ask(TallyMsg::Add(1), ASK).await.unwrap(), 1);
+}

@@ -103,6 +103,9 @@ pub struct NotificationPanel {
     pub failures: Vec<FailedAttempt>,
 }
 
+/// The frame last answered to an audience's polls, and when it was built.
+type Polled = Option<(std::time::Instant, Arc<str>)>;
+
 /// Whose frame: the operator's (`None`) or a tenant's.
 pub type Audience = Option<Tenant>;
 
@@ -222,7 +225,7 @@ struct Inner {
     /// Per audience, the frame last answered to a client that polls, and
     /// when it was built: polls within its second share it (the lock makes
     /// concurrent polls wait for one build).
-    polled: tokio::sync::Mutex<HashMap<Audience, (std::time::Instant, Arc<str>)>>,
+    polled: Mutex<HashMap<Audience, Arc<tokio::sync::Mutex<Polled>>>>,
     wake: Arc<Notify>,
     metrics: Metrics,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -306,7 +309,7 @@ impl Dashboard {
                 .unwrap_or_default(),
             history: Mutex::new(History::default()),
             frames: Mutex::new(HashMap::new()),
-            polled: tokio::sync::Mutex::new(HashMap::new()),
+            polled: Mutex::new(HashMap::new()),
             wake: Arc::new(Notify::new()),
             metrics: Metrics { viewers, frames },
             tasks: Mutex::new(Vec::new()),
@@ -346,21 +349,27 @@ impl Dashboard {
     /// The frame as JSON for a client that polls (`GET /api/v1/dashboard`):
     /// built at most once per [`FRAME_INTERVAL`], however many poll.
     pub async fn frame_json(&self, audience: Audience) -> Result<Arc<str>, StateError> {
-        let mut polled = self.inner.polled.lock().await;
-        if let Some((built, json)) = polled.get(&audience)
+        // One lock per audience: a tenant's polls never wait for another's
+        // build.
+        let slot = {
+            let mut polled = self.inner.polled.lock().unwrap_or_else(|p| p.into_inner());
+            if polled.len() >= AUDIENCES_KEPT {
+                polled.retain(|_, slot| Arc::strong_count(slot) > 1);
+            }
+            Arc::clone(polled.entry(audience.clone()).or_default())
+        };
+        let mut polled = slot.lock().await;
+        if let Some((built, json)) = polled.as_ref()
             && built.elapsed() < FRAME_INTERVAL
         {
             return Ok(Arc::clone(json));
-        }
-        if polled.len() >= AUDIENCES_KEPT {
-            polled.retain(|_, (built, _)| built.elapsed() < FRAME_INTERVAL);
         }
         let frame = self.inner.frame(audience.as_ref()).await?;
         self.inner.metrics.frames.inc();
         let json: Arc<str> = serde_json::to_string(&frame)
             .unwrap_or_else(|error| format!("{{\"error\":\"{error}\"}}"))
             .into();
-        polled.insert(audience, (std::time::Instant::now(), Arc::clone(&json)));
+        *polled = Some((std::time::Instant::now(), Arc::clone(&json)));
         Ok(json)
     }
 
@@ -554,7 +563,14 @@ impl Inner {
         Ok(Frame {
             at_ms: unix_millis(),
             node: me,
-            viewers: self.viewers(),
+            // The operator sees every viewer; a tenant its own.
+            viewers: match audience {
+                None => self.viewers(),
+                Some(tenant) => self
+                    .senders()
+                    .get(&Some(tenant.clone()))
+                    .map_or(0, watch::Sender::receiver_count),
+            },
             cluster: cluster.into(),
             nodes,
             sagas: sagas?,

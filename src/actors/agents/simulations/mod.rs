@@ -679,10 +679,13 @@ impl Simulations {
         let now = Instant::now();
         let mut queued = Vec::new();
         for (lane, queue) in [(Lane::Cpu, &queues.cpu), (Lane::Gpu, &queues.gpu)] {
-            for (position, (submitter, job)) in queue.in_order().into_iter().enumerate() {
-                if !visible(&job.id) {
-                    continue;
-                }
+            // A tenant's positions count its own jobs only: how many of
+            // other tenants' wait is not its to know.
+            let visible_jobs = queue
+                .in_order()
+                .into_iter()
+                .filter(|(_, job)| visible(&job.id));
+            for (position, (submitter, job)) in visible_jobs.enumerate() {
                 queued.push(QueuedJob {
                     id: shown(&job.id),
                     submitter: submitter.to_owned(),
