@@ -159,6 +159,7 @@ impl Node {
                     records.clone(),
                     simulations.clone(),
                     notifications.clone(),
+                    crate::auth::ApiKeys::new(store.clone()),
                     cluster.clone(),
                     std::sync::Arc::clone(&peers),
                 )

@@ -163,6 +163,7 @@ fn envelope(type_id: u32, n: u64) -> Envelope<'static> {
         message_id: n,
         ask_id: None,
         correlation_id: None,
+        actor: None,
         trace_context: None,
         deadline_ms: None,
         target: Target {

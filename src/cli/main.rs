@@ -537,7 +537,18 @@ async fn apikey(command: ApikeyCommand) -> anyhow::Result<()> {
         ApikeyCommand::Revoke(args) => {
             let store = open_store(args.store, true).await?;
             let revoked = store
-                .revoke_api_key(args.tenant.tenant.as_str(), &args.id)
+                .revoke_api_key(
+                    args.tenant.tenant.as_str(),
+                    &args.id,
+                    &valueverse::actors::AuditEntry::now(
+                        args.tenant.tenant.as_str(),
+                        "cli",
+                        "revoke key",
+                        &format!("api-key/{}", args.id),
+                        None,
+                        "ok",
+                    ),
+                )
                 .await?;
             store.close().await;
             if !revoked {

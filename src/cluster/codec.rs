@@ -4,7 +4,7 @@
 //! ([`super::channel`]). bincode has no schema evolution, so the layout of
 //! frames is versioned: the handshake settles each link on the highest
 //! protocol version both ends speak, and the link's frames are encoded and
-//! read at that version (this release speaks 3 and the one before, 2).
+//! read at that version (this release speaks 4 and the one before, 3).
 //! Payloads carry their kind's explicit message id and version; the
 //! runtime decides which message versions it takes.
 //!
@@ -20,10 +20,12 @@ use serde::{Deserialize, Serialize};
 /// 2: links inside the Noise channel, replies bound to their link.
 /// 3: envelopes carry the version of their message (`type_version`); the
 ///    hello lists the message versions a node speaks.
-pub const PROTOCOL_VERSION: u16 = 3;
+/// 4: envelopes carry who the message acts for (`actor`: an API key's id or
+///    a person's subject), which the audit log records.
+pub const PROTOCOL_VERSION: u16 = 4;
 /// The lowest version this node still speaks: a link to a node of the
 /// release before settles on it.
-pub const MIN_PROTOCOL_VERSION: u16 = 2;
+pub const MIN_PROTOCOL_VERSION: u16 = 3;
 /// Largest frame body a node sends or accepts.
 pub const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
 
@@ -50,6 +52,8 @@ pub struct Envelope<'a> {
     pub ask_id: Option<u64>,
     /// The id that ties together everything done for one request.
     pub correlation_id: Option<Cow<'a, str>>,
+    /// Who the message acts for (none on a link at protocol 3).
+    pub actor: Option<Cow<'a, str>>,
     /// W3C `traceparent` of the sender's span.
     pub trace_context: Option<Cow<'a, str>>,
     /// Unix milliseconds after which the receiver drops the message.
@@ -58,8 +62,7 @@ pub struct Envelope<'a> {
     pub target: Target<'a>,
     /// Stable id of the payload's type.
     pub type_id: u32,
-    /// The version of that type the payload is encoded at (1 on a link at
-    /// protocol 2, whose envelopes do not carry it).
+    /// The version of that type the payload is encoded at.
     pub type_version: u16,
     /// The message: MessagePack with field names (self-describing, so
     /// tagged and flattened serde types survive, which bincode cannot do).
@@ -75,6 +78,7 @@ impl Envelope<'_> {
             message_id: self.message_id,
             ask_id: self.ask_id,
             correlation_id: self.correlation_id.map(|id| Cow::Owned(id.into_owned())),
+            actor: self.actor.map(|actor| Cow::Owned(actor.into_owned())),
             trace_context: self.trace_context.map(|tc| Cow::Owned(tc.into_owned())),
             deadline_ms: self.deadline_ms,
             target: Target {
@@ -143,9 +147,9 @@ pub enum Frame<'a> {
     Reply(Reply),
 }
 
-/// An envelope as protocol 2 lays it out (no `type_version`).
+/// An envelope as protocol 3 lays it out (no `actor`).
 #[derive(Debug, Serialize, Deserialize)]
-struct EnvelopeV2<'a> {
+struct EnvelopeV3<'a> {
     message_id: u64,
     ask_id: Option<u64>,
     correlation_id: Option<Cow<'a, str>>,
@@ -154,22 +158,23 @@ struct EnvelopeV2<'a> {
     #[serde(borrow)]
     target: Target<'a>,
     type_id: u32,
+    type_version: u16,
     #[serde(borrow, with = "serde_bytes")]
     payload: Cow<'a, [u8]>,
 }
 
-/// A frame as protocol 2 lays it out.
+/// A frame as protocol 3 lays it out.
 #[derive(Debug, Deserialize)]
-enum FrameV2<'a> {
+enum FrameV3<'a> {
     #[serde(borrow)]
-    Message(EnvelopeV2<'a>),
+    Message(EnvelopeV3<'a>),
     Reply(Reply),
 }
 
-/// [`FrameV2`] to encode, borrowing the frame (variants in the same order).
+/// [`FrameV3`] to encode, borrowing the frame (variants in the same order).
 #[derive(Serialize)]
-enum FrameV2Out<'a> {
-    Message(EnvelopeV2<'a>),
+enum FrameV3Out<'a> {
+    Message(EnvelopeV3<'a>),
     Reply(&'a Reply),
 }
 
@@ -178,11 +183,11 @@ fn borrowed<T: ?Sized + ToOwned>(value: &T) -> Cow<'_, T> {
     Cow::Borrowed(value)
 }
 
-impl<'a> FrameV2Out<'a> {
-    fn of(frame: &'a Frame<'_>) -> FrameV2Out<'a> {
+impl<'a> FrameV3Out<'a> {
+    fn of(frame: &'a Frame<'_>) -> FrameV3Out<'a> {
         match frame {
-            Frame::Reply(reply) => FrameV2Out::Reply(reply),
-            Frame::Message(envelope) => FrameV2Out::Message(EnvelopeV2 {
+            Frame::Reply(reply) => FrameV3Out::Reply(reply),
+            Frame::Message(envelope) => FrameV3Out::Message(EnvelopeV3 {
                 message_id: envelope.message_id,
                 ask_id: envelope.ask_id,
                 correlation_id: envelope.correlation_id.as_deref().map(borrowed),
@@ -193,25 +198,27 @@ impl<'a> FrameV2Out<'a> {
                     key: borrowed(&envelope.target.key),
                 },
                 type_id: envelope.type_id,
+                type_version: envelope.type_version,
                 payload: borrowed(&envelope.payload),
             }),
         }
     }
 }
 
-impl<'a> FrameV2<'a> {
+impl<'a> FrameV3<'a> {
     fn into_frame(self) -> Frame<'a> {
         match self {
-            FrameV2::Reply(reply) => Frame::Reply(reply),
-            FrameV2::Message(envelope) => Frame::Message(Envelope {
+            FrameV3::Reply(reply) => Frame::Reply(reply),
+            FrameV3::Message(envelope) => Frame::Message(Envelope {
                 message_id: envelope.message_id,
                 ask_id: envelope.ask_id,
                 correlation_id: envelope.correlation_id,
+                actor: None,
                 trace_context: envelope.trace_context,
                 deadline_ms: envelope.deadline_ms,
                 target: envelope.target,
                 type_id: envelope.type_id,
-                type_version: 1,
+                type_version: envelope.type_version,
                 payload: envelope.payload,
             }),
         }
@@ -220,10 +227,10 @@ impl<'a> FrameV2<'a> {
 
 /// Encodes `frame` as protocol `version` lays it out, onto `out`.
 pub fn encode_frame(frame: &Frame<'_>, version: u16, out: &mut Vec<u8>) -> Result<(), CodecError> {
-    if version >= 3 {
+    if version >= 4 {
         encode_into(frame, out)
     } else {
-        encode_into(&FrameV2Out::of(frame), out)
+        encode_into(&FrameV3Out::of(frame), out)
     }
 }
 
@@ -232,10 +239,10 @@ pub fn next_frame_at(
     bytes: &[u8],
     version: u16,
 ) -> Result<Result<(Frame<'_>, usize), usize>, CodecError> {
-    if version >= 3 {
+    if version >= 4 {
         next_frame(bytes)
     } else {
-        Ok(next_frame::<FrameV2>(bytes)?.map(|(frame, used)| (frame.into_frame(), used)))
+        Ok(next_frame::<FrameV3>(bytes)?.map(|(frame, used)| (frame.into_frame(), used)))
     }
 }
 
@@ -322,6 +329,7 @@ mod tests {
             message_id: 7,
             ask_id: Some(9),
             correlation_id: Some("req-1".into()),
+            actor: Some("key:01-k".into()),
             trace_context: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
             deadline_ms: Some(1_800_000_000_000),
             target: Target {
@@ -334,34 +342,34 @@ mod tests {
         }
     }
 
-    /// A link at protocol 2 carries envelopes without a message version:
-    /// written and read at 2 they come back as version 1, the rest intact;
-    /// read at the wrong version they do not decode.
+    /// A link at protocol 3 carries envelopes without an actor: written
+    /// and read at 3 they come back without one, the rest intact; read at
+    /// the wrong version they do not decode.
     #[test]
-    fn frames_at_the_previous_protocol_lose_only_the_message_version() {
+    fn frames_at_the_previous_protocol_lose_only_the_actor() {
         let reply = Frame::Reply(Reply {
             ask_id: 4,
             outcome: Ok(vec![1, 2, 3]),
         });
         for frame in [Frame::Message(envelope()), reply] {
-            let mut v2 = Vec::new();
-            encode_frame(&frame, 2, &mut v2).unwrap();
             let mut v3 = Vec::new();
             encode_frame(&frame, 3, &mut v3).unwrap();
-            let (read, used) = next_frame_at(&v2, 2).unwrap().unwrap();
-            assert_eq!(used, v2.len());
+            let mut v4 = Vec::new();
+            encode_frame(&frame, 4, &mut v4).unwrap();
+            let (read, used) = next_frame_at(&v3, 3).unwrap().unwrap();
+            assert_eq!(used, v3.len());
             let expected = match frame.clone() {
                 Frame::Message(envelope) => Frame::Message(Envelope {
-                    type_version: 1,
+                    actor: None,
                     ..envelope
                 }),
                 reply => reply,
             };
             assert_eq!(read, expected);
-            assert_eq!(next_frame_at(&v3, 3).unwrap().unwrap().0, frame);
+            assert_eq!(next_frame_at(&v4, 4).unwrap().unwrap().0, frame);
             if matches!(frame, Frame::Message(_)) {
-                assert_ne!(v2, v3);
-                assert!(next_frame_at(&v2, 3).is_err() || next_frame_at(&v2, 3).unwrap().is_err());
+                assert_ne!(v3, v4);
+                assert!(next_frame_at(&v3, 4).is_err() || next_frame_at(&v3, 4).unwrap().is_err());
             }
         }
     }
@@ -458,6 +466,9 @@ mod properties {
                     Envelope {
                         message_id,
                         ask_id,
+                        actor: correlation
+                            .clone()
+                            .map(|id| Cow::Owned(format!("key:{id}"))),
                         correlation_id: correlation.map(Cow::Owned),
                         trace_context: None,
                         deadline_ms: deadline,
@@ -541,8 +552,8 @@ mod properties {
         #![proptest_config(crate::regressions_at(256, "proptest-regressions/codec.txt"))]
 
         /// At either protocol version a link speaks, any sequence of frames
-        /// reads back as written, but for the message version protocol 2
-        /// has no room for (read as 1).
+        /// reads back as written, but for the actor protocol 3 has no room
+        /// for.
         #[test]
         fn frames_round_trip_at_every_protocol_version(
             frames in proptest::collection::vec(frame(), 0..12),
@@ -562,8 +573,8 @@ mod properties {
             let expected: Vec<Frame<'static>> = frames
                 .into_iter()
                 .map(|frame| match frame {
-                    Frame::Message(envelope) if version < 3 => Frame::Message(Envelope {
-                        type_version: 1,
+                    Frame::Message(envelope) if version < 4 => Frame::Message(Envelope {
+                        actor: None,
                         ..envelope
                     }),
                     frame => frame,

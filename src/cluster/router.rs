@@ -179,6 +179,7 @@ impl Router {
             message_id: transport.next_id(),
             ask_id: None,
             correlation_id: correlation_id.map(Cow::Borrowed),
+            actor: None,
             trace_context: None,
             deadline_ms: None,
             target: Target {
@@ -317,6 +318,7 @@ struct OwnedOutbound {
     kind: &'static str,
     key: String,
     correlation_id: Option<CorrelationId>,
+    actor: Option<std::sync::Arc<str>>,
     type_id: u32,
     version: u16,
     payload: Option<Vec<u8>>,
@@ -329,6 +331,7 @@ impl OwnedOutbound {
             kind: message.kind,
             key: message.key.to_owned(),
             correlation_id: message.correlation_id.cloned(),
+            actor: message.actor.cloned(),
             type_id: message.type_id,
             version: message.version,
             payload: message.payload,
@@ -350,6 +353,7 @@ impl OwnedOutbound {
             correlation_id: self
                 .correlation_id
                 .map(|id| Cow::Owned(id.as_str().to_owned())),
+            actor: self.actor.map(|actor| Cow::Owned(actor.to_string())),
             trace_context: None,
             deadline_ms: None,
             target: Target {
@@ -372,12 +376,7 @@ fn for_peer(
     payload: Option<Vec<u8>>,
     previous: Option<Vec<u8>>,
 ) -> Result<(u16, Vec<u8>), String> {
-    // On a link at protocol 2 envelopes cannot say their version: 1.
-    let speaks = if link.version() < 3 {
-        Some(1)
-    } else {
-        link.peer_version(type_id)
-    };
+    let speaks = link.peer_version(type_id);
     let missing = |at: u16| format!("message {type_id:#x} was not encoded at version {at}");
     match speaks {
         Some(theirs) if theirs < version && version.checked_sub(1) == Some(theirs) => previous
@@ -402,9 +401,6 @@ impl Remote for Router {
     fn peer_version(&self, route: &Route, type_id: u32) -> Option<u16> {
         let (transport, _) = self.transport.get()?;
         let link = transport.open_link(route.addr)?;
-        if link.version() < 3 {
-            return Some(1);
-        }
         link.peer_version(type_id)
     }
 
@@ -458,6 +454,7 @@ fn envelope<'a>(
         message_id: transport.next_id(),
         ask_id: None,
         correlation_id: message.correlation_id.map(|id| Cow::Borrowed(id.as_str())),
+        actor: message.actor.map(|actor| Cow::Borrowed(&**actor)),
         trace_context: None,
         deadline_ms: timeout.map(|timeout| unix_millis() + timeout.as_millis() as u64),
         target: Target {
@@ -476,7 +473,7 @@ fn failure_of(refusal: Refusal) -> RemoteFailure {
         Refusal::NotOwner { owner } => return RemoteFailure::NotOwner { owner },
         Refusal::UnknownType { type_id } => return RemoteFailure::UnknownType { type_id },
         Refusal::Undecodable { reason } => return RemoteFailure::Undecodable { reason },
-        // No variant of its own: the reply's layout stays what protocol 2 reads.
+        // No variant of its own: the reply's layout stays what the release before reads.
         Refusal::UnknownVersion {
             type_id,
             version,
@@ -611,6 +608,7 @@ impl Receiver for SystemReceiver {
             key: &envelope.target.key,
             deadline_ms: envelope.deadline_ms,
             correlation_id: envelope.correlation_id.as_deref(),
+            actor: envelope.actor.as_deref(),
             payload: &envelope.payload,
         };
         self.stages[index].1.take(

@@ -1118,6 +1118,7 @@ mod tests {
             message_id: n,
             ask_id: None,
             correlation_id: None,
+            actor: None,
             trace_context: None,
             deadline_ms: None,
             target: Target {

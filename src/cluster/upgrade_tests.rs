@@ -1,5 +1,5 @@
 //! A rolling upgrade in one process: two nodes over real TCP links, one of
-//! the release before (protocol 2, or its agent's messages at version 1)
+//! the release before (protocol 3, or its agent's messages at version 1)
 //! and one of this release (protocol 3, the agent's messages at version 2,
 //! with a field added). Messages and replies flow both ways.
 
@@ -153,25 +153,25 @@ async fn both_ways(old_protocol: u16) {
         .unwrap();
 }
 
-/// The release before speaks protocol 2: the link settles on 2 (envelopes
-/// without a message version), and messages flow both ways.
+/// The release before speaks protocol 3: the link settles on 3 (envelopes
+/// without an actor), and messages flow both ways.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_of_the_release_before_and_one_of_this_release_talk_at_protocol_2() {
-    both_ways(2).await;
+async fn a_node_of_the_release_before_and_one_of_this_release_talk_at_protocol_3() {
+    both_ways(PROTOCOL_VERSION - 1).await;
 }
 
-/// Both speak protocol 3, with the greeter's messages at versions 1 and 2:
+/// Both speak protocol 4, with the greeter's messages at versions 1 and 2:
 /// each sends what the other reads (told in the hello).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nodes_whose_messages_are_a_version_apart_talk_at_protocol_3() {
+async fn nodes_whose_messages_are_a_version_apart_talk_at_protocol_4() {
     both_ways(PROTOCOL_VERSION).await;
 }
 
-/// A node two message versions behind is refused with a reason, not fed
+/// A node two protocol versions behind is refused with a reason, not fed
 /// what it cannot read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_two_protocol_versions_behind_is_refused() {
-    let old = node::<GreeterV1>("ancient", 1).await;
+    let old = node::<GreeterV1>("ancient", PROTOCOL_VERSION - 2).await;
     let new = node::<GreeterV2>("new", PROTOCOL_VERSION).await;
     match old.transport.link(new.transport.local_addr()).await {
         Err(error) => assert!(

@@ -10,7 +10,7 @@ use super::error::{ApiError, parse_json};
 use super::forward::{self, NodeQuery};
 use super::schemas::supervision::SupervisionTree;
 use super::scope::Scope;
-use valueverse_agents::auth::Role;
+use valueverse_agents::auth::{ApiKeys, Role};
 
 /// The supervision tree of this node.
 #[utoipa::path(
@@ -60,26 +60,18 @@ struct ResetRequest {
 )]
 pub(crate) async fn reset(
     scope: Scope,
+    api_keys: web::Data<ApiKeys>,
     system: web::Data<System>,
     path: web::Path<(String, String)>,
-    correlation_id: web::ReqData<CorrelationId>,
     http: HttpRequest,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    operate(
-        &scope,
-        &system,
-        path,
-        correlation_id,
-        &http,
-        &body,
-        |body| {
-            let request: ResetRequest = parse_json(body, true)?;
-            Ok(OperatorAction::Reset {
-                reason: request.reason.unwrap_or_default(),
-            })
-        },
-    )
+    operate(&scope, &api_keys, &system, path, &http, &body, |body| {
+        let request: ResetRequest = parse_json(body, true)?;
+        Ok(OperatorAction::Reset {
+            reason: request.reason.unwrap_or_default(),
+        })
+    })
     .await
 }
 
@@ -93,9 +85,9 @@ enum OperatorAction {
 /// it (`?node=`), or carried out here and logged with its reason.
 async fn operate(
     scope: &Scope,
+    api_keys: &ApiKeys,
     system: &System,
     path: web::Path<(String, String)>,
-    correlation_id: web::ReqData<CorrelationId>,
     http: &HttpRequest,
     body: &web::Bytes,
     parse: impl FnOnce(&[u8]) -> Result<OperatorAction, ApiError>,
@@ -114,20 +106,35 @@ async fn operate(
         },
         _ => scope.tenant().key(&id).to_string(),
     };
-    let correlation_id = correlation_id.into_inner();
-    let snapshot = match action {
+    let correlation_id = scope.1.clone().unwrap_or_else(CorrelationId::generate);
+    let (verb, done) = match action {
         OperatorAction::Reset { reason } => {
             tracing::info!(%kind, %key, %correlation_id, %reason, "reset requested");
-            system.reset(&kind, &key, Some(correlation_id)).await?
+            (
+                "reset",
+                system.reset(&kind, &key, Some(correlation_id)).await,
+            )
         }
         OperatorAction::Crash { reason } => {
             tracing::warn!(%kind, %key, %correlation_id, %reason, "fault injection requested");
-            system
+            let done = system
                 .crash(&kind, &key, reason, Some(correlation_id))
-                .await?
+                .await;
+            ("crash", done)
         }
     };
-    Ok(HttpResponse::Ok().json(snapshot))
+    // In the audit log of the instance's tenant, done or refused.
+    let (tenant, id) = valueverse_runtime::split_key(&key);
+    let outcome = match &done {
+        Ok(_) => "ok".to_owned(),
+        Err(error) => format!("refused: {error}"),
+    };
+    let mut entry = scope.audit(verb, &format!("{kind}/{id}"), &outcome);
+    entry.tenant = tenant.to_owned();
+    if let Err(error) = api_keys.append_audit(&entry).await {
+        tracing::warn!(%error, "the operator's action is not in the audit log");
+    }
+    Ok(HttpResponse::Ok().json(done?))
 }
 
 /// Body of a fault injection.
@@ -161,26 +168,18 @@ struct CrashRequest {
 )]
 pub(crate) async fn crash(
     scope: Scope,
+    api_keys: web::Data<ApiKeys>,
     system: web::Data<System>,
     path: web::Path<(String, String)>,
-    correlation_id: web::ReqData<CorrelationId>,
     http: HttpRequest,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    operate(
-        &scope,
-        &system,
-        path,
-        correlation_id,
-        &http,
-        &body,
-        |body| {
-            let request: CrashRequest = parse_json(body, false)?;
-            let reason = ApiError::check_reason(&request.reason, 500)?;
-            Ok(OperatorAction::Crash {
-                reason: reason.to_owned(),
-            })
-        },
-    )
+    operate(&scope, &api_keys, &system, path, &http, &body, |body| {
+        let request: CrashRequest = parse_json(body, false)?;
+        let reason = ApiError::check_reason(&request.reason, 500)?;
+        Ok(OperatorAction::Crash {
+            reason: reason.to_owned(),
+        })
+    })
     .await
 }

@@ -122,7 +122,16 @@ pub(crate) async fn create(
         )
         .with_field("max_keys"));
     }
-    let (row, key) = api_keys.create(scope.tenant(), role, &body.name).await?;
+    let correlation_id = scope.1.as_ref().map(|id| id.as_str());
+    let (row, key) = api_keys
+        .create(
+            scope.tenant(),
+            role,
+            &body.name,
+            &scope.actor(),
+            correlation_id,
+        )
+        .await?;
     Ok(HttpResponse::Created().json(serde_json::json!({
         "id": row.id, "name": row.name, "role": row.role, "key": key,
         "created_at_ms": row.created_at_ms,
@@ -171,7 +180,11 @@ pub(crate) async fn revoke(
     limits: web::Data<super::limits::Limits>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    if !api_keys.revoke(scope.tenant(), &id).await? {
+    let correlation_id = scope.1.as_ref().map(|id| id.as_str());
+    if !api_keys
+        .revoke(scope.tenant(), &id, &scope.actor(), correlation_id)
+        .await?
+    {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",

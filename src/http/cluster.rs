@@ -1,5 +1,6 @@
 //! `/api/v1/cluster`: the members as this node sees them.
 
+use super::scope::Scope;
 use actix_web::{HttpResponse, web};
 
 use valueverse_cluster::node::ClusterNode;
@@ -17,6 +18,13 @@ use super::schemas::ClusterView;
     ),
     security(("bearer" = [])),
 )]
-pub(crate) async fn view(cluster: web::Data<ClusterNode>) -> HttpResponse {
-    HttpResponse::Ok().json(ClusterView::from(cluster.view().await))
+pub(crate) async fn view(scope: Scope, cluster: web::Data<ClusterNode>) -> HttpResponse {
+    let view = ClusterView::from(cluster.view().await);
+    // The operator sees the links between nodes; a tenant only members.
+    let view = if scope.sees_operations() {
+        view
+    } else {
+        view.for_tenant()
+    };
+    HttpResponse::Ok().json(view)
 }

@@ -11,7 +11,7 @@ use valueverse_agents::committer::{
     Commitment, CommitmentRequest, Committer, CommitterMsg, SimulatedSupport, check_commitment,
 };
 use valueverse_agents::simulations::Simulations;
-use valueverse_runtime::{System, Tenant};
+use valueverse_runtime::System;
 
 use super::error::ErrorDoc;
 use super::error::{ApiError, parse_json, parse_query};
@@ -40,12 +40,12 @@ struct CommitBody {
 
 async fn ask(
     system: &System,
-    tenant: &Tenant,
+    scope: &Scope,
     id: &str,
     msg: CommitterMsg,
 ) -> Result<Commitment, ApiError> {
-    Ok(system
-        .agent::<Committer>(tenant, id)
+    Ok(scope
+        .agent::<Committer>(system, id)
         .ask(msg, system.runtime_config().ask_timeout)
         .await?)
 }
@@ -75,7 +75,7 @@ pub(crate) async fn commit(
         .map_err(|error| ApiError::invalid_field(&error.path, error.message))?;
     let (record, version) = ask_model(
         &system,
-        scope.tenant(),
+        &scope,
         &body.model_id,
         ArchitectMsg::Get {
             version: body.model_version,
@@ -118,7 +118,7 @@ pub(crate) async fn commit(
     let id = uuid::Uuid::now_v7().to_string();
     let commitment = ask(
         &system,
-        scope.tenant(),
+        &scope,
         &id,
         CommitterMsg::Commit {
             request: Box::new(request),
@@ -149,7 +149,7 @@ pub(crate) async fn get(
     system: web::Data<System>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let commitment = ask(&system, scope.tenant(), &id, CommitterMsg::Get).await?;
+    let commitment = ask(&system, &scope, &id, CommitterMsg::Get).await?;
     Ok(HttpResponse::Ok().json(api::Commitment::from(commitment)))
 }
 
@@ -186,7 +186,7 @@ pub(crate) async fn void(
     let reason = ApiError::check_reason(&body.reason, 1000)?;
     let commitment = ask(
         &system,
-        scope.tenant(),
+        &scope,
         &id,
         CommitterMsg::Void {
             reason: reason.to_owned(),

@@ -301,7 +301,7 @@ pub(crate) fn required_access(method: &actix_web::http::Method, path: &str) -> O
     }
     let saga_retry = path.starts_with("/api/v1/sagas/") && path.ends_with("/retry");
     Some(Access::Tenant(
-        if path.starts_with("/api/v1/api-keys") || saga_retry {
+        if path.starts_with("/api/v1/api-keys") || path == "/api/v1/audit" || saga_retry {
             Role::Admin
         } else if reads {
             Role::Viewer
@@ -662,9 +662,46 @@ pub(crate) async fn authenticate<B: MessageBody>(
             Err(error) => return refuse(request, error),
         }
     }
+    // A write refused (or failed) changed nothing: no agent records it, so
+    // it is recorded here, after the answer.
+    let write = !matches!(
+        *request.method(),
+        actix_web::http::Method::GET | actix_web::http::Method::HEAD
+    );
+    let refused = write.then(|| {
+        let correlation_id = request
+            .extensions()
+            .get::<CorrelationId>()
+            .map(|id| id.as_str().to_owned());
+        (
+            caller.clone(),
+            format!("{} {route}", request.method()),
+            request.path().to_owned(),
+            correlation_id,
+        )
+    });
     request.extensions_mut().insert(caller.role);
     request.extensions_mut().insert(caller);
     let response = next.call(request).await?.map_into_left_body();
     drop(in_flight);
+    if let Some((caller, action, target, correlation_id)) = refused
+        && !response.status().is_success()
+        && !auth.dev
+    {
+        let entry = valueverse_runtime::AuditEntry::now(
+            caller.tenant.as_str(),
+            &caller.lane(),
+            &action,
+            &target,
+            correlation_id.as_deref(),
+            &format!("refused {}", response.status().as_u16()),
+        );
+        let keys = auth.keys.keys().clone();
+        tokio::spawn(async move {
+            if let Err(error) = keys.append_audit(&entry).await {
+                tracing::warn!(%error, "a refused write is not in the audit log");
+            }
+        });
+    }
     Ok(response)
 }

@@ -15,7 +15,7 @@ use valueverse_agents::committer::{CommitmentStatus, Committer, CommitterMsg};
 use valueverse_agents::executor::{
     Delivery, Executor, ExecutorMsg, Plan, Task, TaskStatus, plan_for,
 };
-use valueverse_runtime::{System, Tenant};
+use valueverse_runtime::System;
 
 use super::error::ErrorDoc;
 use super::error::{ApiError, parse_json, parse_query};
@@ -30,26 +30,21 @@ fn timeout(system: &System) -> std::time::Duration {
     system.runtime_config().ask_timeout
 }
 
-async fn ask(
-    system: &System,
-    tenant: &Tenant,
-    id: &str,
-    msg: ExecutorMsg,
-) -> Result<Plan, ApiError> {
-    Ok(system
-        .agent::<Executor>(tenant, id)
+async fn ask(system: &System, scope: &Scope, id: &str, msg: ExecutorMsg) -> Result<Plan, ApiError> {
+    Ok(scope
+        .agent::<Executor>(system, id)
         .ask(msg, timeout(system))
         .await?)
 }
 
 async fn amplify(
     system: &System,
-    tenant: &Tenant,
+    scope: &Scope,
     model_id: &str,
     msg: AmplifierMsg,
 ) -> Result<AmplifierReply, ApiError> {
-    Ok(system
-        .agent::<Amplifier>(tenant, model_id)
+    Ok(scope
+        .agent::<Amplifier>(system, model_id)
         .ask(msg, timeout(system))
         .await?)
 }
@@ -153,8 +148,8 @@ pub(crate) async fn create(
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let body: PlanBody = parse_json(&body, false)?;
-    let commitment = system
-        .agent::<Committer>(scope.tenant(), &body.commitment_id)
+    let commitment = scope
+        .agent::<Committer>(&system, &body.commitment_id)
         .ask(CommitterMsg::Get, timeout(&system))
         .await?;
     if commitment.status != CommitmentStatus::Active {
@@ -200,7 +195,7 @@ pub(crate) async fn create(
     }
     let (record, version) = ask_model(
         &system,
-        scope.tenant(),
+        &scope,
         &request.model_id,
         ArchitectMsg::Get {
             version: Some(request.model_version),
@@ -211,17 +206,11 @@ pub(crate) async fn create(
     let start_date = body.start_date.unwrap_or_else(|| Utc::now().date_naive());
     let id = uuid::Uuid::now_v7().to_string();
     let plan = plan_for(id.clone(), &commitment, at, start_date, tasks);
-    let plan = ask(
-        &system,
-        scope.tenant(),
-        &id,
-        ExecutorMsg::Create(Box::new(plan)),
-    )
-    .await?;
+    let plan = ask(&system, &scope, &id, ExecutorMsg::Create(Box::new(plan))).await?;
     let baseline = baseline_for(&plan, at);
     amplify(
         &system,
-        scope.tenant(),
+        &scope,
         &request.model_id,
         AmplifierMsg::RegisterBaseline(Box::new(baseline)),
     )
@@ -250,7 +239,7 @@ pub(crate) async fn get(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(PlanView::from(
-        ask(&system, scope.tenant(), &id, ExecutorMsg::Get).await?,
+        ask(&system, &scope, &id, ExecutorMsg::Get).await?,
     )))
 }
 
@@ -310,9 +299,7 @@ pub(crate) async fn progress(
             ));
         }
     };
-    Ok(HttpResponse::Ok().json(PlanView::from(
-        ask(&system, scope.tenant(), &id, msg).await?,
-    )))
+    Ok(HttpResponse::Ok().json(PlanView::from(ask(&system, &scope, &id, msg).await?)))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -376,14 +363,14 @@ pub(crate) async fn deliver(
     };
     let plan = ask(
         &system,
-        scope.tenant(),
+        &scope,
         &id,
         ExecutorMsg::RecordDelivery(delivery.clone()),
     )
     .await?;
     amplify(
         &system,
-        scope.tenant(),
+        &scope,
         &plan.model_id,
         AmplifierMsg::RecordDelivery(delivery.clone()),
     )
@@ -428,7 +415,7 @@ pub(crate) async fn cancel(
     ApiError::check_reason(&body.reason, 1000)?;
     let plan = ask(
         &system,
-        scope.tenant(),
+        &scope,
         &id,
         ExecutorMsg::Cancel {
             reason: body.reason,
@@ -534,7 +521,7 @@ pub(crate) async fn insights(
     let as_of = query.as_of.unwrap_or_else(|| Utc::now().date_naive());
     match amplify(
         &system,
-        scope.tenant(),
+        &scope,
         &model_id,
         AmplifierMsg::Insights { as_of, margin },
     )

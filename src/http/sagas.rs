@@ -224,8 +224,8 @@ pub(crate) async fn start_renewal(
     check_paths(input.paths)?;
     // 404 or 422 now rather than a failed saga later: only an active
     // commitment of a live model is renewed.
-    let commitment = system
-        .agent::<Committer>(scope.tenant(), &input.commitment_id)
+    let commitment = scope
+        .agent::<Committer>(&system, &input.commitment_id)
         .ask(CommitterMsg::Get, system.runtime_config().ask_timeout)
         .await?;
     // The request is well formed; the commitment's state refuses it: 409.
@@ -243,7 +243,7 @@ pub(crate) async fn start_renewal(
     }
     let (model, _) = ask_model(
         &system,
-        scope.tenant(),
+        &scope,
         &commitment.request.model_id,
         ArchitectMsg::Get { version: None },
     )

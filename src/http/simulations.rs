@@ -213,7 +213,7 @@ pub(crate) async fn submit(
             let msg = ArchitectMsg::Get {
                 version: body.model_version,
             };
-            let (record, version) = ask_model(&system, scope.tenant(), &id, msg).await?;
+            let (record, version) = ask_model(&system, &scope, &id, msg).await?;
             let model = record
                 .version(version)
                 .map(|at| at.model.clone())

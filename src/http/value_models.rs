@@ -13,7 +13,7 @@ use super::schemas::architect::ModelStatus;
 use valueverse_agents::Records;
 use valueverse_agents::architect::{Architect, ArchitectMsg, ArchitectReply, ModelRecord};
 use valueverse_gpu::model::ValueModel;
-use valueverse_runtime::{System, Tenant};
+use valueverse_runtime::System;
 
 use super::error::ErrorDoc;
 use super::error::{ApiError, parse_json, parse_query};
@@ -62,12 +62,12 @@ fn ask_timeout(system: &System) -> Duration {
 /// Asks the architect instance `id`; answers the record and version.
 pub(crate) async fn ask_model(
     system: &System,
-    tenant: &Tenant,
+    scope: &Scope,
     id: &str,
     msg: ArchitectMsg,
 ) -> Result<(ModelRecord, i64), ApiError> {
-    match system
-        .agent::<Architect>(tenant, id)
+    match scope
+        .agent::<Architect>(system, id)
         .ask(msg, ask_timeout(system))
         .await?
     {
@@ -133,13 +133,8 @@ pub(crate) async fn create(
     let model = model_from(&body)?;
     quotas.check_models(scope.tenant(), 1).await?;
     let id = uuid::Uuid::now_v7().to_string();
-    let (record, version) = ask_model(
-        &system,
-        scope.tenant(),
-        &id,
-        ArchitectMsg::Create(Box::new(model)),
-    )
-    .await?;
+    let (record, version) =
+        ask_model(&system, &scope, &id, ArchitectMsg::Create(Box::new(model))).await?;
     Ok(HttpResponse::Created()
         .insert_header((header::LOCATION, format!("/api/v1/value-models/{id}")))
         .json(view(&record, version)?))
@@ -174,7 +169,7 @@ pub(crate) async fn get(
     let query: VersionQuery = parse_query(request.query_string())?;
     let (record, version) = ask_model(
         &system,
-        scope.tenant(),
+        &scope,
         &id,
         ArchitectMsg::Get {
             version: query.version,
@@ -212,13 +207,7 @@ pub(crate) async fn versions(
     system: web::Data<System>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let (record, _) = ask_model(
-        &system,
-        scope.tenant(),
-        &id,
-        ArchitectMsg::Get { version: None },
-    )
-    .await?;
+    let (record, _) = ask_model(&system, &scope, &id, ArchitectMsg::Get { version: None }).await?;
     let versions: Vec<VersionSummary> = record
         .versions
         .iter()
@@ -371,13 +360,8 @@ pub(crate) async fn patch(
             "a merge patch must be a JSON object",
         ));
     }
-    let (record, current) = ask_model(
-        &system,
-        scope.tenant(),
-        &id,
-        ArchitectMsg::Get { version: None },
-    )
-    .await?;
+    let (record, current) =
+        ask_model(&system, &scope, &id, ArchitectMsg::Get { version: None }).await?;
     let base_version = match request.headers().get(header::IF_MATCH) {
         None => current,
         Some(value) => value
@@ -419,7 +403,7 @@ pub(crate) async fn patch(
     let model = validated(model.into())?;
     let (record, version) = ask_model(
         &system,
-        scope.tenant(),
+        &scope,
         &id,
         ArchitectMsg::Update {
             model: Box::new(model),
@@ -463,7 +447,7 @@ pub(crate) async fn archive(
     let body: ArchiveBody = parse_json(&body, true)?;
     let (record, version) = ask_model(
         &system,
-        scope.tenant(),
+        &scope,
         &id,
         ArchitectMsg::Archive {
             reason: body.reason,
@@ -516,8 +500,8 @@ pub(crate) async fn hypotheses(
         )
         .with_field("limit"));
     }
-    let reply = system
-        .agent::<Architect>(scope.tenant(), &id)
+    let reply = scope
+        .agent::<Architect>(&system, &id)
         .ask(
             ArchitectMsg::Hypotheses { limit: body.limit },
             ask_timeout(&system),

@@ -11,7 +11,7 @@ use valueverse_agents::auth::Role;
 use valueverse_agents::notifications::{Attempt, Notification};
 use valueverse_agents::notifications::{EVENT_TYPES, Notifications};
 use valueverse_agents::notifier::{Channel, Notifier, NotifierMsg, Subscription};
-use valueverse_runtime::{System, Tenant};
+use valueverse_runtime::System;
 
 use super::error::ErrorDoc;
 use super::error::{ApiError, parse_json, parse_query};
@@ -139,12 +139,12 @@ fn channel_of(body: SubscribeBody) -> Result<(Channel, Vec<String>), ApiError> {
 
 async fn ask(
     system: &System,
-    tenant: &Tenant,
+    scope: &Scope,
     id: &str,
     msg: NotifierMsg,
 ) -> Result<Subscription, ApiError> {
-    Ok(system
-        .agent::<Notifier>(tenant, id)
+    Ok(scope
+        .agent::<Notifier>(system, id)
         .ask(msg, system.runtime_config().ask_timeout)
         .await?)
 }
@@ -187,7 +187,7 @@ pub(crate) async fn subscribe(
     };
     let subscription = ask(
         &system,
-        scope.tenant(),
+        &scope,
         &id,
         NotifierMsg::Create(Box::new(subscription)),
     )
@@ -217,7 +217,7 @@ pub(crate) async fn get(
     id: web::Path<String>,
     request: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let subscription = ask(&system, scope.tenant(), &id, NotifierMsg::Get).await?;
+    let subscription = ask(&system, &scope, &id, NotifierMsg::Get).await?;
     let view = SubscriptionView::from(subscription).for_role(caller_role(&request));
     Ok(HttpResponse::Ok().json(view))
 }
@@ -273,7 +273,7 @@ pub(crate) async fn delete(
     system: web::Data<System>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let subscription = ask(&system, scope.tenant(), &id, NotifierMsg::Delete).await?;
+    let subscription = ask(&system, &scope, &id, NotifierMsg::Delete).await?;
     Ok(HttpResponse::Ok().json(SubscriptionView::from(subscription)))
 }
 
@@ -430,7 +430,7 @@ pub(crate) async fn deliveries(
     let query: PageQuery = parse_query(request.query_string())?;
     check_paging(query.limit, query.offset)?;
     // 404 for an unknown subscription.
-    ask(&system, scope.tenant(), &id, NotifierMsg::Get).await?;
+    ask(&system, &scope, &id, NotifierMsg::Get).await?;
     let (total, rows) = notifications
         .deliveries(&scope.tenant().key(&id), (query.limit, query.offset))
         .await?;

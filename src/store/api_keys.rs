@@ -19,8 +19,15 @@ pub struct ApiKeyRow {
 }
 
 impl Store {
-    pub async fn insert_api_key(&self, key: &ApiKeyRow) -> Result<(), StoreError> {
+    /// Inserts a key, and the audit entry of its making in the same
+    /// transaction.
+    pub async fn insert_api_key(
+        &self,
+        key: &ApiKeyRow,
+        audit: &valueverse_runtime::AuditEntry,
+    ) -> Result<(), StoreError> {
         with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
             sqlx::query(
                 "INSERT INTO api_keys (id, name, role, hash, created_at_ms, tenant) \
                  VALUES ($1, $2, $3, $4, $5, $6)",
@@ -31,9 +38,10 @@ impl Store {
             .bind(&key.hash)
             .bind(key.created_at_ms)
             .bind(&key.tenant)
-            .execute(pool)
-            .await
-            .map(|_| ())
+            .execute(&mut *tx)
+            .await?;
+            super::outbox::insert_audit!(audit).execute(&mut *tx).await?;
+            tx.commit().await
         })?;
         Ok(())
     }
@@ -67,22 +75,33 @@ impl Store {
         })?)
     }
 
-    /// Revokes a key of `tenant`; false when it has no live key with that
-    /// id.
-    pub async fn revoke_api_key(&self, tenant: &str, id: &str) -> Result<bool, StoreError> {
-        let rows = with_pool!(self, pool => {
-            sqlx::query(
+    /// Revokes a key of `tenant`, with the audit entry of its revocation in
+    /// the same transaction; false when it has no live key with that id
+    /// (and nothing is written).
+    pub async fn revoke_api_key(
+        &self,
+        tenant: &str,
+        id: &str,
+        audit: &valueverse_runtime::AuditEntry,
+    ) -> Result<bool, StoreError> {
+        let revoked = with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let rows = sqlx::query(
                 "UPDATE api_keys SET revoked_at_ms = $1 \
                  WHERE id = $2 AND tenant = $3 AND revoked_at_ms IS NULL",
             )
-                .bind(unix_millis())
-                .bind(id)
-                .bind(tenant)
-                .execute(pool)
-                .await
-                .map(|done| done.rows_affected())
+            .bind(unix_millis())
+            .bind(id)
+            .bind(tenant)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if rows == 1 {
+                super::outbox::insert_audit!(audit).execute(&mut *tx).await?;
+            }
+            tx.commit().await.map(|()| rows == 1)
         })?;
-        Ok(rows == 1)
+        Ok(revoked)
     }
 }
 

@@ -220,11 +220,7 @@ async fn commit(store: &Store, batch: &[Pending]) -> Result<Vec<bool>, StoreErro
                 );
                 applied[at] = query.execute(&mut *tx).await?.rows_affected() == 1;
                 if applied[at] {
-                    for event in &pending.record.events {
-                        super::outbox::insert_event!(event)
-                            .execute(&mut *tx)
-                            .await?;
-                    }
+                    super::outbox::write_events!(tx, &pending.record.events);
                 }
             }
             tx.commit().await?;
@@ -239,12 +235,20 @@ async fn insert_postgres_events(
     batch: &[Pending],
     applied: &[bool],
 ) -> Result<(), StoreError> {
-    let events: Vec<&super::OutboxEvent> = batch
+    let (audit, events): (Vec<&super::OutboxEvent>, Vec<&super::OutboxEvent>) = batch
         .iter()
         .zip(applied)
         .filter(|(_, applied)| **applied)
         .flat_map(|(pending, _)| &pending.record.events)
-        .collect();
+        .partition(|event| event.event_type == valueverse_runtime::AUDIT_EVENT);
+    // Audit entries to the audit log, in the same transaction.
+    for event in audit {
+        if let Some(entry) = valueverse_runtime::AuditEntry::of_event(event) {
+            super::outbox::insert_audit!(entry)
+                .execute(&mut **tx)
+                .await?;
+        }
+    }
     if events.is_empty() {
         return Ok(());
     }

@@ -102,6 +102,7 @@ enum Pool {
 /// Runs the same body against whichever pool the store holds: the SQL we
 /// write is shared by both dialects (`$n` placeholders work in both).
 mod api_keys;
+mod audit;
 mod batch;
 mod leases;
 mod notifications;
@@ -112,6 +113,7 @@ mod simulations;
 mod state;
 
 pub use api_keys::{ApiKeyRow, TenantQuotaRow, TenantRow};
+pub use audit::AuditQuery;
 pub use leases::{Lease, LeaseClaim, Renewal};
 pub use notifications::{Attempt, Notification};
 pub use outbox::{Claimant, ClaimedDelivery, Dispatched, OutboxStats};
@@ -337,9 +339,7 @@ impl Store {
                 let mut tx = pool.begin().await?;
                 let applied = bound().execute(&mut *tx).await?.rows_affected() == 1;
                 if applied {
-                    for event in events {
-                        outbox::insert_event!(event).execute(&mut *tx).await?;
-                    }
+                    outbox::write_events!(tx, events);
                 }
                 tx.commit().await.map(|()| applied)
             }

@@ -29,6 +29,48 @@ macro_rules! insert_event {
 }
 pub(super) use insert_event;
 
+/// The insert of one audit entry (a macro: the query type differs per
+/// database).
+macro_rules! insert_audit {
+    ($entry:expr) => {
+        sqlx::query(
+            "INSERT INTO audit_log (id, tenant, actor, action, target, correlation_id, \
+             outcome, at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind($entry.id.as_str())
+        .bind($entry.tenant.as_str())
+        .bind($entry.actor.as_str())
+        .bind($entry.action.as_str())
+        .bind($entry.target.as_str())
+        .bind($entry.correlation_id.as_deref())
+        .bind($entry.outcome.as_str())
+        .bind($entry.at_ms)
+    };
+}
+pub(super) use insert_audit;
+
+/// Writes a change's events in its transaction: audit entries to the audit
+/// log, the rest to the outbox.
+macro_rules! write_events {
+    ($tx:expr, $events:expr) => {
+        for event in $events {
+            match valueverse_runtime::AuditEntry::of_event(event) {
+                Some(entry) => {
+                    $crate::outbox::insert_audit!(entry)
+                        .execute(&mut *$tx)
+                        .await?;
+                }
+                None => {
+                    $crate::outbox::insert_event!(event)
+                        .execute(&mut *$tx)
+                        .await?;
+                }
+            }
+        }
+    };
+}
+pub(super) use write_events;
+
 /// The node and lease token a claim is made under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Claimant<'a> {
@@ -91,9 +133,7 @@ impl Store {
     pub async fn append_events(&self, events: &[OutboxEvent]) -> Result<(), StoreError> {
         with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
-            for event in events {
-                insert_event!(event).execute(&mut *tx).await?;
-            }
+            write_events!(tx, events);
             tx.commit().await
         })?;
         Ok(())

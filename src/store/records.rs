@@ -97,9 +97,7 @@ impl Store {
                 .rows_affected()
                 == 1;
             if applied {
-                for event in &record.events {
-                    super::outbox::insert_event!(event).execute(&mut *tx).await?;
-                }
+                super::outbox::write_events!(tx, &record.events);
             }
             tx.commit().await.map(|()| applied)
         })?;

@@ -173,6 +173,7 @@ fn frame() -> Vec<u8> {
         message_id: 1,
         ask_id: None,
         correlation_id: None,
+        actor: None,
         trace_context: None,
         deadline_ms: None,
         target: Target {

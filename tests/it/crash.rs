@@ -42,7 +42,7 @@ pub(crate) fn release_binary() -> PathBuf {
 }
 
 /// A node as a child process; answers it and its base URL.
-fn spawn(binary: &PathBuf, url: &str) -> (Child, String) {
+pub(crate) fn spawn(binary: &PathBuf, url: &str) -> (Child, String) {
     let mut command = Command::new(binary);
     command.args([
         "serve",

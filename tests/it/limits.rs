@@ -571,7 +571,23 @@ async fn a_key_revoked_elsewhere_loses_its_websockets_within_the_cache_lifetime(
     let (mut socket, _) = tokio_tungstenite::connect_async(&ws).await.unwrap();
     // Revoked in the shared store, as another node of the cluster does:
     // this node hears of it only through its sweep.
-    assert!(node.store.revoke_api_key("default", &row.id).await.unwrap());
+    assert!(
+        node.store
+            .revoke_api_key(
+                "default",
+                &row.id,
+                &valueverse::actors::AuditEntry::now(
+                    "default",
+                    "test",
+                    "revoke key",
+                    &row.id,
+                    None,
+                    "ok"
+                )
+            )
+            .await
+            .unwrap()
+    );
     let revoked_at = Instant::now();
     let reason = tokio::time::timeout(Duration::from_secs(3), async {
         loop {

@@ -1,5 +1,6 @@
 //! The one integration test binary (see STYLE.md): modules per area.
 
+mod audit;
 mod auth;
 mod cli;
 mod cluster;

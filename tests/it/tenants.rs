@@ -596,6 +596,17 @@ async fn another_tenants_data_on_another_node_stays_walled_off() {
             .any(|model| tree.contains(&format!("acme/{model}"))),
         "n2 hosts none of A's 8 models: {tree}"
     );
+    // Who made them crossed to n2 with the messages: the entries of the
+    // models n2 holds name A's editor, not `system`.
+    let editor = get_json(&a.editor, &format!("{n1}/me")).await;
+    let editor = format!("key:{}", editor["key_id"].as_str().unwrap());
+    for model in models
+        .iter()
+        .filter(|model| tree.contains(&format!("acme/{model}")))
+    {
+        let log = get_json(&a.admin, &format!("{n1}/audit?target=architect/{model}")).await;
+        assert_eq!(log["items"][0]["actor"], editor.as_str(), "{log}");
+    }
     // A's frame holds its instances on both nodes (n2's panel asked for
     // A's tenant by name, signed).
     let frame = get_json(&a.admin, &format!("{n1}/dashboard"))

@@ -12,7 +12,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use valueverse_runtime::{StateError, Tenant};
+use valueverse_runtime::{AuditEntry, StateError, Tenant};
 /// A key as stored (its hash, never the key), as [`ApiKeys::list`] hands
 /// it out.
 pub use valueverse_store::ApiKeyRow;
@@ -74,6 +74,19 @@ pub async fn create_key(
     role: Role,
     name: &str,
 ) -> Result<(ApiKeyRow, String), StoreError> {
+    create_key_by(store, tenant, role, name, "cli", None).await
+}
+
+/// [`create_key`] by `actor`, recorded in the audit log in the key's
+/// transaction.
+pub async fn create_key_by(
+    store: &Store,
+    tenant: &Tenant,
+    role: Role,
+    name: &str,
+    actor: &str,
+    correlation_id: Option<&str>,
+) -> Result<(ApiKeyRow, String), StoreError> {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::rng();
     let secret: String = (0..43)
@@ -89,7 +102,15 @@ pub async fn create_key(
         created_at_ms: unix_millis(),
         revoked_at_ms: None,
     };
-    store.insert_api_key(&row).await?;
+    let audit = AuditEntry::now(
+        tenant.as_str(),
+        actor,
+        &format!("create {} key", role.as_str()),
+        &format!("api-key/{}", row.id),
+        correlation_id,
+        "ok",
+    );
+    store.insert_api_key(&row, &audit).await?;
     Ok((row, key))
 }
 
@@ -111,8 +132,10 @@ impl ApiKeys {
         tenant: &Tenant,
         role: Role,
         name: &str,
+        actor: &str,
+        correlation_id: Option<&str>,
     ) -> Result<(ApiKeyRow, String), StateError> {
-        Ok(create_key(&self.store, tenant, role, name).await?)
+        Ok(create_key_by(&self.store, tenant, role, name, actor, correlation_id).await?)
     }
 
     /// Every key of `tenant`, revoked ones included; not the operator's
@@ -125,12 +148,43 @@ impl ApiKeys {
 
     /// Revokes a live key of `tenant`; `false` when it has no live key `id`
     /// (an operator's key is not the tenant's to revoke).
-    pub async fn revoke(&self, tenant: &Tenant, id: &str) -> Result<bool, StateError> {
+    pub async fn revoke(
+        &self,
+        tenant: &Tenant,
+        id: &str,
+        actor: &str,
+        correlation_id: Option<&str>,
+    ) -> Result<bool, StateError> {
         let theirs = self.list(tenant).await?.iter().any(|key| key.id == id);
         if !theirs {
             return Ok(false);
         }
-        Ok(self.store.revoke_api_key(tenant.as_str(), id).await?)
+        let audit = AuditEntry::now(
+            tenant.as_str(),
+            actor,
+            "revoke key",
+            &format!("api-key/{id}"),
+            correlation_id,
+            "ok",
+        );
+        Ok(self
+            .store
+            .revoke_api_key(tenant.as_str(), id, &audit)
+            .await?)
+    }
+
+    /// A tenant's audit log, newest first.
+    pub async fn audit(
+        &self,
+        tenant: &Tenant,
+        query: AuditFilter<'_>,
+    ) -> Result<Vec<AuditEntry>, StateError> {
+        Ok(self.store.audit(tenant.as_str(), query).await?)
+    }
+
+    /// Appends an entry on its own (an operator's action, a refused write).
+    pub async fn append_audit(&self, entry: &AuditEntry) -> Result<(), StateError> {
+        Ok(self.store.append_audit(entry).await?)
     }
 
     /// The ids of every tenant's live keys (the sweep that closes the
@@ -159,6 +213,9 @@ impl ApiKeys {
     }
 }
 
+/// What a read of the audit log keeps.
+pub use valueverse_store::AuditQuery as AuditFilter;
+
 /// Who made a request: the API key's id or the signed-in person's
 /// (the unit of per-caller limits), the role, and the tenant it acts for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,9 +230,14 @@ pub struct Caller {
 
 impl Caller {
     /// How the caller is named where its share is counted (the simulation
-    /// queue's lanes and quotas): `key:<id>`.
+    /// queue's lanes and quotas) and in the audit log: `key:<id>` of an API
+    /// key, `oidc:<subject>` of a person.
     pub fn lane(&self) -> String {
-        format!("key:{}", self.key_id)
+        if self.subject.is_some() {
+            self.key_id.clone()
+        } else {
+            format!("key:{}", self.key_id)
+        }
     }
 }
 
@@ -297,7 +359,7 @@ mod tests {
         store.migrate().await.unwrap();
         let keys = ApiKeys::new(store);
         let (row, key) = keys
-            .create(&Tenant::default_tenant(), Role::Editor, "ci")
+            .create(&Tenant::default_tenant(), Role::Editor, "ci", "test", None)
             .await
             .unwrap();
         let cache = KeyCache::new(keys, Duration::from_secs(60), 8);

@@ -158,6 +158,7 @@ impl<'a> Handling<'a> {
         static DETACHED: Header = Header {
             message_id: MessageId(0),
             correlation_id: None,
+            actor: None,
             deadline: None,
         };
         Handling::new(&DETACHED, key)
@@ -184,6 +185,11 @@ impl<'a> Handling<'a> {
 
     pub fn correlation_id(&self) -> Option<&CorrelationId> {
         self.header.correlation_id.as_ref()
+    }
+
+    /// Who the message acts for, if its sender said.
+    pub fn actor(&self) -> Option<&str> {
+        self.header.actor.as_deref()
     }
 
     /// Marks the state as changed: it is saved before the reply is sent.

@@ -20,6 +20,8 @@ pub struct AgentRef<A: Agent> {
     kind: Arc<KindRuntime<A>>,
     key: Arc<str>,
     correlation_id: Option<CorrelationId>,
+    /// Who its messages act for.
+    actor: Option<Arc<str>>,
     /// The instance this reference last reached, skipping the registry.
     instance: OnceLock<Arc<Instance<A>>>,
 }
@@ -30,6 +32,7 @@ impl<A: Agent> Clone for AgentRef<A> {
             kind: Arc::clone(&self.kind),
             key: self.key.clone(),
             correlation_id: self.correlation_id.clone(),
+            actor: self.actor.clone(),
             instance: self.instance.clone(),
         }
     }
@@ -47,6 +50,7 @@ impl<A: Agent> AgentRef<A> {
             kind,
             key,
             correlation_id: None,
+            actor: None,
             instance: OnceLock::new(),
         }
     }
@@ -61,6 +65,13 @@ impl<A: Agent> AgentRef<A> {
         self
     }
 
+    /// The same reference, its messages acting for `actor` (an API key's
+    /// id, a person's subject): what the audit log records as "who".
+    pub fn with_actor(mut self, actor: impl Into<Arc<str>>) -> AgentRef<A> {
+        self.actor = Some(actor.into());
+        self
+    }
+
     fn envelope(
         &self,
         payload: A::Msg,
@@ -71,6 +82,7 @@ impl<A: Agent> AgentRef<A> {
             header: Header {
                 message_id: self.kind.node.next_message_id(),
                 correlation_id: self.correlation_id.clone(),
+                actor: self.actor.clone(),
                 deadline,
             },
             payload,
@@ -109,6 +121,7 @@ impl<A: Agent> AgentRef<A> {
             kind: A::KIND,
             key: &self.key,
             correlation_id: self.correlation_id.as_ref(),
+            actor: self.actor.as_ref(),
             type_id: A::MESSAGE_ID,
             version: A::MESSAGE_VERSION,
             payload,

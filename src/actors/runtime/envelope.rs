@@ -38,6 +38,8 @@ pub struct CorrelationId(Arc<str>);
 
 /// Longest correlation id accepted from a client.
 pub const MAX_CORRELATION_ID_LEN: usize = 128;
+/// Longest actor a message from another node may name.
+pub const MAX_ACTOR_LEN: usize = 300;
 
 impl CorrelationId {
     /// A fresh random id (UUID v4).
@@ -71,6 +73,9 @@ impl fmt::Display for CorrelationId {
 pub(crate) struct Header {
     pub(crate) message_id: MessageId,
     pub(crate) correlation_id: Option<CorrelationId>,
+    /// Who the message acts for: an API key's id, a person's subject, a
+    /// saga's starter (the audit log's "who").
+    pub(crate) actor: Option<Arc<str>>,
     /// After this instant (TSC clock) nobody waits for the answer: the
     /// message is dropped unhandled and answered `Expired`.
     pub(crate) deadline: Option<quanta::Instant>,

@@ -454,6 +454,7 @@ impl<A: Agent> Host<A> {
             tracing::Span::none()
         };
         let entered = span.enter();
+        let action = payload.name();
         let mut handling = Handling::new(&header, &self.key);
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             A::handle(state, payload, &mut handling)
@@ -477,6 +478,20 @@ impl<A: Agent> Host<A> {
                 let store = &self.kind.node.store;
                 let save: futures_util::future::BoxFuture<'static, Result<i64, StateError>> =
                     if persist {
+                        // Who changed it, in the change's transaction.
+                        let (tenant, id) = crate::tenant::split_key(&self.key);
+                        let mut outbox = outbox;
+                        outbox.push(
+                            crate::AuditEntry::now(
+                                tenant,
+                                header.actor.as_deref().unwrap_or("system"),
+                                action,
+                                &format!("{}/{id}", A::KIND),
+                                header.correlation_id.as_ref().map(|id| id.as_str()),
+                                "ok",
+                            )
+                            .into_event(),
+                        );
                         A::save(&**store, &self.key, state, version, outbox)
                     } else {
                         let store = store.clone();

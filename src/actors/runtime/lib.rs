@@ -42,7 +42,7 @@ pub mod __agent {
     pub use futures_util::future::BoxFuture;
 }
 pub use agent_ref::AgentRef;
-pub use envelope::{AgentId, CorrelationId, MAX_CORRELATION_ID_LEN, MessageId};
+pub use envelope::{AgentId, CorrelationId, MAX_ACTOR_LEN, MAX_CORRELATION_ID_LEN, MessageId};
 pub use error::{
     AgentError, ExitStatus, HandlerError, HandlingError, OperatorError, Rejection, RejectionCode,
     RemoteError, SendError,
@@ -55,8 +55,8 @@ pub use remote::{
     encode_payload,
 };
 pub use state::{
-    Column, MemoryState, OutboxEvent, Place, StateError, StateStore, StateWrite, VersionedState,
-    encode_state, unix_millis,
+    AUDIT_EVENT, AuditEntry, Column, MemoryState, OutboxEvent, Place, StateError, StateStore,
+    StateWrite, VersionedState, encode_state, unix_millis,
 };
 pub use supervisor::{
     FailureRecord, InstanceSnapshot, InstanceStatus, LifecycleChange, RestartStrategy,

@@ -205,7 +205,7 @@ enum Undelivered<A: Agent> {
     Full(Envelope<A>, Arc<InstanceCell>),
     Stopped(Envelope<A>),
     /// Activating the instance would pass its tenant's quota.
-    OverQuota(Envelope<A>, crate::Rejection),
+    OverQuota(Envelope<A>, Box<crate::Rejection>),
 }
 
 impl<A: Agent> Instance<A> {
@@ -330,7 +330,7 @@ impl<A: Agent> KindRuntime<A> {
                 Some(instance) => Arc::clone(&instance),
                 None => {
                     if let Err(rejection) = self.node.tenants.admit(key) {
-                        return Err(Undelivered::OverQuota(envelope, rejection));
+                        return Err(Undelivered::OverQuota(envelope, Box::new(rejection)));
                     }
                     Arc::clone(
                         &self
@@ -375,11 +375,11 @@ impl<A: Agent> KindRuntime<A> {
     }
 
     /// The refusal of an activation past the tenant's quota.
-    fn over_quota(rejection: crate::Rejection) -> impl Fn(&Self, &Arc<str>) -> AgentError {
+    fn over_quota(rejection: Box<crate::Rejection>) -> impl Fn(&Self, &Arc<str>) -> AgentError {
         move |_, key| {
             AgentError::Handling(crate::HandlingError::Rejected {
                 target: Self::target(key),
-                rejection: Box::new(rejection.clone()),
+                rejection: rejection.clone(),
             })
         }
     }
@@ -493,6 +493,11 @@ impl<A: Agent> KindRuntime<A> {
         let header = Header {
             message_id: self.node.next_message_id(),
             correlation_id: envelope.correlation_id.and_then(CorrelationId::parse),
+            // As long as a correlation id at most: a peer's text, bounded.
+            actor: envelope
+                .actor
+                .filter(|actor| actor.len() <= crate::MAX_ACTOR_LEN)
+                .map(Arc::from),
             deadline,
         };
         Ok((

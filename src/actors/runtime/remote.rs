@@ -30,6 +30,8 @@ pub struct Outbound<'a> {
     pub kind: &'static str,
     pub key: &'a str,
     pub correlation_id: Option<&'a CorrelationId>,
+    /// Who the message acts for.
+    pub actor: Option<&'a std::sync::Arc<str>>,
     /// The kind's [`Agent::MESSAGE_ID`].
     pub type_id: u32,
     /// The kind's [`Agent::MESSAGE_VERSION`], at which `payload` is encoded.
@@ -81,6 +83,8 @@ pub struct Inbound<'a> {
     /// Unix milliseconds after which nobody waits for the answer.
     pub deadline_ms: Option<u64>,
     pub correlation_id: Option<&'a str>,
+    /// Who the message acts for (none from a node at protocol 3).
+    pub actor: Option<&'a str>,
     pub payload: &'a [u8],
 }
 

@@ -29,6 +29,66 @@ pub struct OutboxEvent {
     pub payload: String,
 }
 
+/// The event type of an audit entry riding with a change's events: the
+/// store writes it to the audit log, never to the outbox.
+pub const AUDIT_EVENT: &str = "audit.entry";
+
+/// One row of the audit log: who did what to which target, and how it
+/// ended. An agent's change carries its own as an [`OutboxEvent`]
+/// ([`AuditEntry::into_event`]), written in the change's transaction.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AuditEntry {
+    pub id: String,
+    pub tenant: String,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub correlation_id: Option<String>,
+    pub outcome: String,
+    pub at_ms: i64,
+}
+
+impl AuditEntry {
+    /// An entry made now.
+    pub fn now(
+        tenant: &str,
+        actor: &str,
+        action: &str,
+        target: &str,
+        correlation_id: Option<&str>,
+        outcome: &str,
+    ) -> AuditEntry {
+        AuditEntry {
+            id: uuid::Uuid::now_v7().to_string(),
+            tenant: tenant.to_owned(),
+            actor: actor.to_owned(),
+            action: action.to_owned(),
+            target: target.to_owned(),
+            correlation_id: correlation_id.map(str::to_owned),
+            outcome: outcome.to_owned(),
+            at_ms: unix_millis(),
+        }
+    }
+
+    /// The entry as an event of the change it records.
+    pub fn into_event(self) -> OutboxEvent {
+        OutboxEvent {
+            id: self.id.clone(),
+            tenant: self.tenant.clone(),
+            event_type: AUDIT_EVENT.to_owned(),
+            occurred_at_ms: self.at_ms,
+            payload: serde_json::to_string(&self).unwrap_or_default(),
+        }
+    }
+
+    /// The entry an event of [`AUDIT_EVENT`] carries.
+    pub fn of_event(event: &OutboxEvent) -> Option<AuditEntry> {
+        (event.event_type == AUDIT_EVENT)
+            .then(|| serde_json::from_str(&event.payload).ok())
+            .flatten()
+    }
+}
+
 /// A value of an indexed column of a kind's own table.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Column {
@@ -160,8 +220,22 @@ struct Row {
 struct Memory {
     rows: HashMap<(Place, String), Row>,
     outbox: Vec<OutboxEvent>,
+    audit: Vec<AuditEntry>,
     /// Set by a test: every call fails as an unreachable store does.
     unavailable: bool,
+}
+
+impl Memory {
+    /// A change's events: audit entries to the audit log, the rest to the
+    /// outbox (as the store does).
+    fn keep(&mut self, events: Vec<OutboxEvent>) {
+        for event in events {
+            match AuditEntry::of_event(&event) {
+                Some(entry) => self.audit.push(entry),
+                None => self.outbox.push(event),
+            }
+        }
+    }
 }
 
 impl MemoryState {
@@ -170,6 +244,11 @@ impl MemoryState {
     }
 
     /// The events written so far, oldest first.
+    /// The audit entries written, oldest first.
+    pub fn audit(&self) -> Vec<AuditEntry> {
+        self.lock().audit.clone()
+    }
+
     pub fn outbox(&self) -> Vec<OutboxEvent> {
         self.lock().outbox.clone()
     }
@@ -265,7 +344,7 @@ impl StateStore for MemoryState {
                     columns: write.columns,
                 },
             );
-            memory.outbox.extend(write.events);
+            memory.keep(write.events);
             Ok(version)
         })
     }
@@ -278,7 +357,7 @@ impl StateStore for MemoryState {
         Box::pin(async move {
             let mut memory = this.lock();
             MemoryState::reachable(&memory)?;
-            memory.outbox.extend(events);
+            memory.keep(events);
             Ok(())
         })
     }

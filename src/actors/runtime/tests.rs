@@ -298,6 +298,18 @@ async fn writes_go_through_version_checked_with_their_events() {
     let outbox = store.outbox();
     assert_eq!(outbox.len(), 1);
     assert_eq!(outbox[0].event_type, "model.updated");
+    // Who changed it, with the change.
+    let audit = store.audit();
+    assert_eq!(audit.len(), 1);
+    assert_eq!(
+        (
+            audit[0].actor.as_str(),
+            audit[0].action.as_str(),
+            audit[0].target.as_str()
+        ),
+        ("system", "add", "tally/w")
+    );
+
     // A read changes nothing and writes nothing.
     assert_eq!(tally.ask(TallyMsg::Get, ASK).await.unwrap(), 2);
     assert_eq!(store.row(place, "w"), Some((1, "2".into())));
@@ -454,4 +466,27 @@ async fn a_tenant_activates_no_more_instances_than_its_quota() {
     }
     let agent = system.agent::<Tally>(&acme, "c");
     assert_eq!(agent.ask(TallyMsg::Add(1), ASK).await.unwrap(), 1);
+}
+
+/// A changed state's audit entry names who the message acted for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_records_who_made_it() {
+    let store = MemoryState::new();
+    let system = System::start("unit", RuntimeConfig::default(), store.clone()).unwrap();
+    let acme = crate::Tenant::parse("acme").unwrap();
+    let acting = system.agent::<Tally>(&acme, "w").with_actor("key:k-1");
+    acting.ask(TallyMsg::Add(1), ASK).await.unwrap();
+    acting.ask(TallyMsg::Get, ASK).await.unwrap();
+    let audit = store.audit();
+    assert_eq!(audit.len(), 1, "a read records nothing: {audit:?}");
+    assert_eq!(
+        (
+            audit[0].tenant.as_str(),
+            audit[0].actor.as_str(),
+            audit[0].action.as_str(),
+            audit[0].target.as_str(),
+            audit[0].outcome.as_str()
+        ),
+        ("acme", "key:k-1", "add", "tally/w", "ok")
+    );
 }

@@ -126,6 +126,8 @@ pub struct Frame {
     /// The latest simulation jobs, with results where finished.
     pub simulations: Vec<RecentJob>,
     pub notifications: NotificationPanel,
+    /// The tenant's latest audit entries (none in the operator's frame).
+    pub audit: Vec<crate::audit::AuditView>,
 }
 
 /// A recent simulation job as the page shows it: the request without its
@@ -213,6 +215,7 @@ struct Inner {
     records: Records,
     simulations: Simulations,
     notifications: Notifications,
+    api_keys: valueverse_agents::auth::ApiKeys,
     cluster: ClusterNode,
     /// Signs panel requests to peers; `None` in a cluster of one.
     peers: Arc<PeerRequests>,
@@ -276,6 +279,7 @@ impl Dashboard {
         records: Records,
         simulations: Simulations,
         notifications: Notifications,
+        api_keys: valueverse_agents::auth::ApiKeys,
         cluster: ClusterNode,
         peers: Arc<PeerRequests>,
     ) -> Dashboard {
@@ -299,6 +303,7 @@ impl Dashboard {
             records,
             simulations,
             notifications,
+            api_keys,
             cluster,
             peers,
             // No redirect: it would carry the signature elsewhere.
@@ -551,11 +556,12 @@ impl Inner {
             .iter()
             .filter(|member| !member.is_self && member.state != "down")
             .map(|member| self.peer_panel(member.node.clone(), member.http_addr.clone(), audience));
-        let (peers, sagas, simulations, notifications) = tokio::join!(
+        let (peers, sagas, simulations, notifications, audit) = tokio::join!(
             futures_util::future::join_all(peers),
             self.sagas(audience),
             self.recent_simulations(audience),
             self.notifications(audience),
+            self.audit(audience),
         );
         let own = serde_json::to_value(self.node_panel(audience)).unwrap_or_default();
         let mut nodes = vec![own];
@@ -571,11 +577,15 @@ impl Inner {
                     .get(&Some(tenant.clone()))
                     .map_or(0, watch::Sender::receiver_count),
             },
-            cluster: cluster.into(),
+            cluster: match audience {
+                None => cluster.into(),
+                Some(_) => ClusterView::from(cluster).for_tenant(),
+            },
             nodes,
             sagas: sagas?,
             simulations: simulations?,
             notifications: notifications?,
+            audit: audit?,
         })
     }
 
@@ -678,6 +688,22 @@ impl Inner {
         };
         let jobs = latest_jobs(&self.records, tenant, 8).await?;
         Ok(jobs.into_iter().map(RecentJob::from).collect())
+    }
+
+    /// A tenant's latest audit entries; none in the operator's frame.
+    async fn audit(
+        &self,
+        audience: Option<&Tenant>,
+    ) -> Result<Vec<crate::audit::AuditView>, StateError> {
+        let Some(tenant) = audience else {
+            return Ok(Vec::new());
+        };
+        let latest = valueverse_agents::auth::AuditFilter {
+            limit: 10,
+            ..Default::default()
+        };
+        let entries = self.api_keys.audit(tenant, latest).await?;
+        Ok(entries.into_iter().map(Into::into).collect())
     }
 
     async fn notifications(

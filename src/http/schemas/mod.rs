@@ -341,6 +341,18 @@ pub struct ClusterView {
     pub rebalances: u64,
 }
 
+impl ClusterView {
+    /// The view as a tenant's caller sees it: no node-to-node addresses,
+    /// no count of every tenant's instances.
+    pub fn for_tenant(mut self) -> ClusterView {
+        for member in &mut self.members {
+            member.transport_addr.clear();
+        }
+        self.local_instances = 0;
+        self
+    }
+}
+
 // Conversions: exhaustive destructuring, so that a field added on either
 // side is a compile error here rather than a silently dropped value.
 

@@ -431,13 +431,13 @@ impl SagaRunner {
         if due.direction == Direction::Forward && input.fail_step() == Some(name) {
             return Err(final_error(format!("failure injected at step {name}")));
         }
-        let keys = Keys::of(&saga.id);
+        let keys = Keys::of_started(&saga.id, saga.started_by.as_deref());
         match (due.direction, step, input) {
             (Direction::Compensate, step, _) => match step {
-                Step::Design => self.archive(&keys.model).await,
+                Step::Design => self.archive(&keys, &keys.model).await,
                 Step::Simulate | Step::Resimulate => self.cancel_simulation(&keys.simulation).await,
-                Step::Commit | Step::Amend => self.void(&keys.commitment, &saga.id).await,
-                Step::Plan | Step::Replan => self.cancel_plan(&keys.plan, &saga.id).await,
+                Step::Commit | Step::Amend => self.void(&keys, &keys.commitment, &saga.id).await,
+                Step::Plan | Step::Replan => self.cancel_plan(&keys, &keys.plan, &saga.id).await,
                 Step::Amplify => self.remove_baseline(&keys).await,
             },
             (Direction::Forward, Step::Design, SagaInput::ValueCreation(input)) => {
@@ -462,12 +462,16 @@ impl SagaRunner {
             }
             (Direction::Forward, Step::Amplify, _) => self.baseline(&keys).await,
             (Direction::Forward, Step::Resimulate, SagaInput::Renewal(input)) => {
-                let old = self.commitment(&keys.of_id(&input.commitment_id)).await?;
+                let old = self
+                    .commitment(&keys, &keys.of_id(&input.commitment_id))
+                    .await?;
                 self.simulate(saga, &keys, &keys.of_id(&old.request.model_id), input.paths)
                     .await
             }
             (Direction::Forward, Step::Amend, SagaInput::Renewal(input)) => {
-                let old = self.commitment(&keys.of_id(&input.commitment_id)).await?;
+                let old = self
+                    .commitment(&keys, &keys.of_id(&input.commitment_id))
+                    .await?;
                 let request = old.request;
                 self.commit(
                     &keys,
@@ -491,11 +495,12 @@ impl SagaRunner {
         self.inner.system.runtime_config().ask_timeout
     }
 
-    async fn model(&self, id: &str) -> Result<(ModelRecord, i64), ActionError> {
+    async fn model(&self, keys: &Keys, id: &str) -> Result<(ModelRecord, i64), ActionError> {
         match self
             .inner
             .system
             .agent_by_key::<Architect>(id.to_owned())
+            .with_actor(keys.actor.clone())
             .ask(ArchitectMsg::Get { version: None }, self.timeout())
             .await?
         {
@@ -504,11 +509,12 @@ impl SagaRunner {
         }
     }
 
-    async fn commitment(&self, id: &str) -> Result<Commitment, ActionError> {
+    async fn commitment(&self, keys: &Keys, id: &str) -> Result<Commitment, ActionError> {
         Ok(self
             .inner
             .system
             .agent_by_key::<Committer>(id.to_owned())
+            .with_actor(keys.actor.clone())
             .ask(CommitterMsg::Get, self.timeout())
             .await?)
     }
@@ -525,17 +531,19 @@ impl SagaRunner {
             .inner
             .system
             .agent_by_key::<Architect>(keys.model.clone())
+            .with_actor(keys.actor.clone())
             .ask(ArchitectMsg::Create(Box::new(model)), self.timeout())
             .await;
         applied_once(created)?;
         Ok(serde_json::json!({ "model_id": id_of(&keys.model), "model_version": 1 }))
     }
 
-    async fn archive(&self, model_id: &str) -> Result<serde_json::Value, ActionError> {
+    async fn archive(&self, keys: &Keys, model_id: &str) -> Result<serde_json::Value, ActionError> {
         let archived = self
             .inner
             .system
             .agent_by_key::<Architect>(model_id.to_owned())
+            .with_actor(keys.actor.clone())
             .ask(
                 ArchitectMsg::Archive {
                     reason: Some("saga compensation".into()),
@@ -553,7 +561,7 @@ impl SagaRunner {
         model_id: &str,
         paths: u64,
     ) -> Result<serde_json::Value, ActionError> {
-        let (record, version) = self.model(model_id).await?;
+        let (record, version) = self.model(keys, model_id).await?;
         let model = record
             .version(version)
             .map(|at| at.model.clone())
@@ -622,7 +630,7 @@ impl SagaRunner {
             return Err(final_error("the saga's simulation has no result"));
         };
         let npv_at_confidence = result.npv_at_confidence(confidence);
-        let (record, _) = self.model(model_id).await?;
+        let (record, _) = self.model(keys, model_id).await?;
         let model = &record
             .version(version)
             .ok_or_else(|| final_error("no version"))?
@@ -641,6 +649,7 @@ impl SagaRunner {
             .inner
             .system
             .agent_by_key::<Committer>(keys.commitment.clone())
+            .with_actor(keys.actor.clone())
             .ask(
                 CommitterMsg::Commit {
                     request: Box::new(request),
@@ -660,6 +669,7 @@ impl SagaRunner {
 
     async fn void(
         &self,
+        keys: &Keys,
         commitment_id: &str,
         saga: &str,
     ) -> Result<serde_json::Value, ActionError> {
@@ -667,6 +677,7 @@ impl SagaRunner {
             .inner
             .system
             .agent_by_key::<Committer>(commitment_id.to_owned())
+            .with_actor(keys.actor.clone())
             .ask(
                 CommitterMsg::Void {
                     reason: format!("compensation of saga {saga}"),
@@ -682,9 +693,9 @@ impl SagaRunner {
         keys: &Keys,
         start: Option<NaiveDate>,
     ) -> Result<serde_json::Value, ActionError> {
-        let commitment = self.commitment(&keys.commitment).await?;
+        let commitment = self.commitment(keys, &keys.commitment).await?;
         let (record, _) = self
-            .model(&keys.of_id(&commitment.request.model_id))
+            .model(keys, &keys.of_id(&commitment.request.model_id))
             .await?;
         let version = record
             .version(commitment.request.model_version)
@@ -701,6 +712,7 @@ impl SagaRunner {
             .inner
             .system
             .agent_by_key::<Executor>(keys.plan.clone())
+            .with_actor(keys.actor.clone())
             .ask(ExecutorMsg::Create(Box::new(plan)), self.timeout())
             .await;
         applied_once(created)?;
@@ -714,6 +726,7 @@ impl SagaRunner {
 
     async fn cancel_plan(
         &self,
+        keys: &Keys,
         plan_id: &str,
         saga: &str,
     ) -> Result<serde_json::Value, ActionError> {
@@ -721,6 +734,7 @@ impl SagaRunner {
             .inner
             .system
             .agent_by_key::<Executor>(plan_id.to_owned())
+            .with_actor(keys.actor.clone())
             .ask(
                 ExecutorMsg::Cancel {
                     reason: format!("compensation of saga {saga}"),
@@ -736,15 +750,17 @@ impl SagaRunner {
             .inner
             .system
             .agent_by_key::<Executor>(keys.plan.clone())
+            .with_actor(keys.actor.clone())
             .ask(ExecutorMsg::Get, self.timeout())
             .await?;
-        let (record, _) = self.model(&keys.of_id(&plan.model_id)).await?;
+        let (record, _) = self.model(keys, &keys.of_id(&plan.model_id)).await?;
         let version = record
             .version(plan.model_version)
             .ok_or_else(|| final_error("no version"))?;
         self.inner
             .system
             .agent_by_key::<Amplifier>(keys.of_id(&plan.model_id))
+            .with_actor(keys.actor.clone())
             .ask(
                 AmplifierMsg::RegisterBaseline(Box::new(baseline_for(&plan, version))),
                 self.timeout(),
@@ -758,6 +774,7 @@ impl SagaRunner {
             .inner
             .system
             .agent_by_key::<Executor>(keys.plan.clone())
+            .with_actor(keys.actor.clone())
             .ask(ExecutorMsg::Get, self.timeout())
             .await;
         let plan = match plan {
@@ -770,6 +787,7 @@ impl SagaRunner {
         self.inner
             .system
             .agent_by_key::<Amplifier>(keys.of_id(&plan.model_id))
+            .with_actor(keys.actor.clone())
             .ask(
                 AmplifierMsg::RemoveBaseline { plan_id: plan.id },
                 self.timeout(),
@@ -863,6 +881,8 @@ impl SagaInput {
 
 /// The instance keys of a saga's steps.
 struct Keys {
+    /// Who the saga's steps act for: its starter, through the saga.
+    actor: std::sync::Arc<str>,
     model: String,
     simulation: String,
     commitment: String,
@@ -886,7 +906,18 @@ impl Keys {
     /// The keys of the agents a saga makes, from the saga's key: in the
     /// saga's tenant (`acme/s1` makes `acme/s1-model`).
     fn of(saga: &str) -> Keys {
+        Keys::of_started(saga, None)
+    }
+
+    /// [`Keys::of`], the steps acting for the saga's starter.
+    fn of_started(saga: &str, started_by: Option<&str>) -> Keys {
         Keys {
+            actor: format!(
+                "{} via saga {}",
+                started_by.unwrap_or("system"),
+                id_of(saga)
+            )
+            .into(),
             model: format!("{saga}-model"),
             simulation: format!("{saga}-simulation"),
             commitment: format!("{saga}-commitment"),

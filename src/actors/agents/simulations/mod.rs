@@ -575,7 +575,24 @@ impl Simulations {
         };
         let paths = job.request.paths;
         inner.publish_new(&job);
-        let recorded = inner.ask(&id, SimulationMsg::Submit(Box::new(job))).await;
+        // The job's record is the submitter's change (the audit log's who).
+        let recorded = match inner
+            .agent(&id)
+            .with_actor(submitter.as_str())
+            .ask(SimulationMsg::Submit(Box::new(job)), inner.ask_timeout())
+            .await
+        {
+            Ok(reply) => reply.into_job().ok_or_else(|| {
+                AgentError::Handling(HandlingError::Fatal {
+                    target: AgentId {
+                        kind: Simulation::KIND,
+                        key: id.as_str().into(),
+                    },
+                    message: "answered a submission with an acknowledgement".into(),
+                })
+            }),
+            Err(error) => Err(error),
+        };
         let mut queues = inner.queues();
         queues.reserved -= 1;
         let job = match recorded {

@@ -167,6 +167,7 @@
     renderSagas(frame);
     renderSimulations(frame);
     renderNotifications(frame);
+    renderAudit(frame);
   }
 
   function trackRates(frame) {
@@ -328,6 +329,11 @@
     const failures = n.failures.map((a) => `<tr><td>${time(a.at_ms)}</td><td>${chip(a.outcome)}</td><td>${a.http_status ?? "-"}</td><td>#${a.attempt}</td><td class="wrap">${esc(a.error || "")}</td></tr>`).join("");
     put(body("notifications"), `<div class="charts"><div><h3>Recent notifications</h3>${recent ? `<table><thead><tr><th>at</th><th>event</th><th>subscription</th><th>status</th><th>attempts</th></tr></thead><tbody>${recent}</tbody></table>` : '<div class="empty">none yet</div>'}</div>
       <div><h3>Webhook failures</h3>${failures ? `<table><thead><tr><th>at</th><th>outcome</th><th>HTTP</th><th>attempt</th><th>error</th></tr></thead><tbody>${failures}</tbody></table>` : '<div class="empty">none</div>'}</div></div>`);
+  }
+
+  function renderAudit(frame) {
+    const rows = (frame.audit || []).map((e) => `<tr><td>${time(Date.parse(e.at))}</td><td>${esc(e.actor)}</td><td>${esc(e.action)}</td><td title="${esc(e.target)}">${esc(e.target)}</td><td>${esc(e.outcome)}</td></tr>`).join("");
+    put(body("audit"), rows ? `<table><thead><tr><th>at</th><th>who</th><th>what</th><th>target</th><th>outcome</th></tr></thead><tbody>${rows}</tbody></table>` : '<div class="empty">none yet (the operator sees no tenant\'s log)</div>');
   }
 
   connect();
