@@ -575,6 +575,10 @@ async fn tenant(command: TenantCommand) -> anyhow::Result<()> {
             };
             let store = open_store(args.store, true).await?;
             let made = store.insert_tenant(args.name.as_str(), &display).await;
+            let made = match made {
+                Ok(true) => operator_entry(&store, args.name.as_str(), "create tenant").await,
+                other => other.map_err(anyhow::Error::from),
+            };
             store.close().await;
             if !made? {
                 anyhow::bail!("tenant `{}` exists", args.name);
@@ -617,6 +621,10 @@ async fn tenant(command: TenantCommand) -> anyhow::Result<()> {
                 max_models: args.max_models,
             };
             let set = store.set_tenant_quotas(args.name.as_str(), quotas).await;
+            let set = match set {
+                Ok(true) => operator_entry(&store, args.name.as_str(), "set quotas").await,
+                other => other.map_err(anyhow::Error::from),
+            };
             store.close().await;
             if !set? {
                 anyhow::bail!("no tenant `{}`", args.name);
@@ -625,6 +633,25 @@ async fn tenant(command: TenantCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The audit entry of an operator's command on a tenant: `true` once
+/// written.
+async fn operator_entry(
+    store: &valueverse::Store,
+    tenant: &str,
+    action: &str,
+) -> anyhow::Result<bool> {
+    let entry = valueverse::actors::AuditEntry::now(
+        tenant,
+        "cli",
+        action,
+        &format!("tenant/{tenant}"),
+        None,
+        "ok",
+    );
+    store.append_audit(&entry).await?;
+    Ok(true)
 }
 
 fn simulate(args: SimulateArgs) -> anyhow::Result<()> {

@@ -341,13 +341,15 @@ pub(crate) async fn cancel(
     if scope.0.role == valueverse_agents::auth::Role::Platform {
         let tenant = super::scope::operator_tenant(&request)?
             .unwrap_or_else(valueverse_runtime::Tenant::default_tenant);
-        let job = simulations.cancel(&tenant.key(&id)).await?;
+        let job = simulations.cancel(&tenant.key(&id), &scope.actor()).await?;
         let status = api::JobStatus::from(job.status);
         return Ok(
             HttpResponse::Ok().json(serde_json::json!({ "id": id.as_str(), "status": status }))
         );
     }
-    let job = simulations.cancel(&scope.tenant().key(&id)).await?;
+    let job = simulations
+        .cancel(&scope.tenant().key(&id), &scope.actor())
+        .await?;
     Ok(HttpResponse::Ok().json(JobView::from(job)))
 }
 

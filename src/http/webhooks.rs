@@ -462,6 +462,7 @@ pub(crate) async fn deliveries(
 )]
 pub(crate) async fn redeliver(
     scope: Scope,
+    api_keys: web::Data<valueverse_agents::auth::ApiKeys>,
     notifications: web::Data<Notifications>,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
@@ -484,6 +485,14 @@ pub(crate) async fn redeliver(
             format!("delivery `{notification_id}` is not dead-lettered: nothing to redeliver"),
         ));
     }
+    // The delivery log is not an agent's state: the entry is appended on
+    // its own.
+    let entry = scope.audit(
+        "redeliver",
+        &format!("webhook/{id}/delivery/{notification_id}"),
+        "ok",
+    );
+    api_keys.append_audit(&entry).await?;
     Ok(HttpResponse::Accepted().json(serde_json::json!({
         "id": notification_id, "status": "pending",
     })))

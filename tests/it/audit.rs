@@ -142,6 +142,51 @@ async fn every_write_names_who_did_what_and_how_it_ended() {
         "{crashes:?}"
     );
 
+    // An operator's reset: crashed until its supervisor gives up, then
+    // reset (each crash and the reset in the log).
+    let failed = crate::support::eventually("the instance fails", Duration::from_secs(20), || {
+        let admin = acme_members.admin.clone();
+        let api = api.clone();
+        let model = model.clone();
+        async move {
+            let _ = admin
+                .post(format!("{api}/actors/architect/{model}/crash"))
+                .json(&json!({ "reason": "drill" }))
+                .send()
+                .await;
+            let tree = get_json(&admin, &format!("{api}/actors")).await.to_string();
+            match tree.contains("\"status\":\"failed\"") {
+                true => Ok(()),
+                false => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    Err(tree)
+                }
+            }
+        }
+    })
+    .await;
+    let () = failed;
+    let (status, reset) = send(
+        acme_members
+            .admin
+            .post(format!("{api}/actors/architect/{model}/reset"))
+            .json(&json!({ "reason": "after the drill" })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{reset}");
+    let resets = entries(
+        &acme_members.admin,
+        &api,
+        &format!("target=architect/{model}"),
+    )
+    .await;
+    assert!(
+        resets.iter().any(|entry| entry["action"] == "reset"
+            && entry["outcome"] == "ok"
+            && entry["actor"] == admin.as_str()),
+        "{resets:?}"
+    );
+
     // A key made and revoked.
     let (status, made_key) = send(
         acme_members

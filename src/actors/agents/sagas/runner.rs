@@ -246,7 +246,8 @@ impl SagaRunner {
                 Some(Step::Simulate | Step::Resimulate)
             )
         });
-        if simulating && let Err(error) = self.cancel_simulation(&Keys::of(id).simulation).await {
+        let keys = Keys::of_started(id, saga.started_by.as_deref());
+        if simulating && let Err(error) = self.cancel_simulation(&keys, &keys.simulation).await {
             tracing::warn!(saga = %id, error = %error.message, "saga: could not cancel its simulation");
         }
         Ok(saga)
@@ -435,7 +436,9 @@ impl SagaRunner {
         match (due.direction, step, input) {
             (Direction::Compensate, step, _) => match step {
                 Step::Design => self.archive(&keys, &keys.model).await,
-                Step::Simulate | Step::Resimulate => self.cancel_simulation(&keys.simulation).await,
+                Step::Simulate | Step::Resimulate => {
+                    self.cancel_simulation(&keys, &keys.simulation).await
+                }
                 Step::Commit | Step::Amend => self.void(&keys, &keys.commitment, &saga.id).await,
                 Step::Plan | Step::Replan => self.cancel_plan(&keys, &keys.plan, &saga.id).await,
                 Step::Amplify => self.remove_baseline(&keys).await,
@@ -720,8 +723,13 @@ impl SagaRunner {
     }
 
     /// Cancels the saga's job if it is still queued or running.
-    async fn cancel_simulation(&self, job_id: &str) -> Result<serde_json::Value, ActionError> {
-        tolerate_done(self.inner.simulations.cancel(job_id).await.map(|_| ()))
+    async fn cancel_simulation(
+        &self,
+        keys: &Keys,
+        job_id: &str,
+    ) -> Result<serde_json::Value, ActionError> {
+        let cancelled = self.inner.simulations.cancel(job_id, &keys.actor).await;
+        tolerate_done(cancelled.map(|_| ()))
     }
 
     async fn cancel_plan(
@@ -904,12 +912,8 @@ impl Keys {
     }
 
     /// The keys of the agents a saga makes, from the saga's key: in the
-    /// saga's tenant (`acme/s1` makes `acme/s1-model`).
-    fn of(saga: &str) -> Keys {
-        Keys::of_started(saga, None)
-    }
-
-    /// [`Keys::of`], the steps acting for the saga's starter.
+    /// saga's tenant (`acme/s1` makes `acme/s1-model`); its steps act for
+    /// its starter.
     fn of_started(saga: &str, started_by: Option<&str>) -> Keys {
         Keys {
             actor: format!(

@@ -650,9 +650,24 @@ impl Simulations {
 
     /// Cancels a queued job at once, or asks its worker to stop a running
     /// one (it stops within one batch).
-    pub async fn cancel(&self, id: &str) -> Result<SimulationJob, AgentError> {
+    pub async fn cancel(&self, id: &str, actor: &str) -> Result<SimulationJob, AgentError> {
         let inner = &self.inner;
-        let job = inner.ask(id, SimulationMsg::Cancel).await?;
+        // The cancel is the caller's change (the audit log's who).
+        let job = inner
+            .agent(id)
+            .with_actor(actor)
+            .ask(SimulationMsg::Cancel, inner.ask_timeout())
+            .await?
+            .into_job()
+            .ok_or_else(|| {
+                AgentError::Handling(HandlingError::Fatal {
+                    target: AgentId {
+                        kind: Simulation::KIND,
+                        key: id.into(),
+                    },
+                    message: "answered a cancel with an acknowledgement".into(),
+                })
+            })?;
         match job.status {
             JobStatus::Cancelled => {
                 let mut queues = inner.queues();
