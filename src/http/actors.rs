@@ -55,6 +55,7 @@ struct ResetRequest {
         (status = 200, description = "the instance, reset", body = Object),
         (status = 404, description = "not found", body = ErrorDoc),
         (status = 409, description = "conflict with the current state", body = ErrorDoc),
+        (status = 422, description = "invalid body or `tenant`", body = ErrorDoc),
     ),
     security(("bearer" = [])),
 )]

@@ -23,6 +23,7 @@ pub(crate) struct AuditQuery {
     /// Before this time (RFC 3339).
     until: Option<DateTime<Utc>>,
     /// 1 to 500 [default: 100].
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
 }
 
@@ -75,6 +76,7 @@ pub(crate) struct AuditPage {
     responses(
         (status = 200, description = "the tenant's entries, newest first", body = AuditPage),
         (status = 400, description = "bad query", body = ErrorDoc),
+        (status = 422, description = "a filter out of range, named", body = ErrorDoc),
     ),
     security(("bearer" = [])),
 )]

@@ -322,6 +322,7 @@ pub(crate) async fn results(
         (status = 200, description = "cancelled, or cancelling", body = JobView),
         (status = 404, description = "not found", body = ErrorDoc),
         (status = 409, description = "conflict with the current state", body = ErrorDoc),
+        (status = 422, description = "the operator's `tenant` is not a tenant name", body = ErrorDoc),
     ),
     security(("bearer" = [])),
 )]

@@ -96,6 +96,7 @@ pub(crate) async fn frame(
     responses(
         (status = 200, description = "this node's panel", body = Object),
         (status = 404, description = "the dashboard is turned off", body = ErrorDoc),
+        (status = 422, description = "`tenant` is not a tenant name", body = ErrorDoc),
     ),
     security(("bearer" = [])),
 )]
