@@ -22,8 +22,7 @@ pub(crate) struct AuditQuery {
     since: Option<DateTime<Utc>>,
     /// Before this time (RFC 3339).
     until: Option<DateTime<Utc>>,
-    /// 1 to 500 [default: 100].
-    #[param(minimum = 1, maximum = 500)]
+    /// 1 to 100 [default: 100] (as every page of the API).
     limit: Option<i64>,
 }
 
@@ -87,10 +86,10 @@ pub(crate) async fn list(
 ) -> Result<HttpResponse, ApiError> {
     let query: AuditQuery = parse_query(request.query_string())?;
     let limit = query.limit.unwrap_or(100);
-    if !(1..=500).contains(&limit) {
+    if !(1..=100).contains(&limit) {
         return Err(ApiError::invalid_field(
             "limit",
-            format!("`limit` must be within 1..=500, got {limit}"),
+            format!("`limit` must be within 1..=100, got {limit}"),
         ));
     }
     for (field, value) in [("actor", &query.actor), ("target", &query.target)] {

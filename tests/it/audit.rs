@@ -16,7 +16,7 @@ use crate::value_models::acme;
 
 /// The entries of `api`'s tenant (as its admin sees them) matching `query`.
 async fn entries(admin: &reqwest::Client, api: &str, query: &str) -> Vec<Value> {
-    let page = get_json(admin, &format!("{api}/audit?limit=500&{query}")).await;
+    let page = get_json(admin, &format!("{api}/audit?limit=100&{query}")).await;
     page["items"]
         .as_array()
         .unwrap_or_else(|| panic!("{page}"))
