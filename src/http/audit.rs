@@ -70,7 +70,8 @@ pub(crate) struct AuditPage {
 #[utoipa::path(
     get,
     path = "/api/v1/audit",
-    tag = "api-keys",
+    tag = "audit",
+    operation_id = "audit_log",
     params(AuditQuery),
     responses(
         (status = 200, description = "the tenant's entries, newest first", body = AuditPage),

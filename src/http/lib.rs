@@ -159,6 +159,7 @@ api! {
         (name = "cluster", description = "members, leases and ownership"),
         (name = "dashboard", description = "the operator dashboard's data (the page is /dashboard)"),
         (name = "api-keys", description = "admin: API keys"),
+        (name = "audit", description = "admin: the tenant's audit log"),
         (name = "architect", description = "value models, versions, hypotheses"),
         (name = "simulations", description = "Monte Carlo jobs and their WebSocket"),
         (name = "committer", description = "commitments"),
