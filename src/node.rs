@@ -90,6 +90,10 @@ impl Node {
         // Each tenant's quotas: read again every few seconds for the
         // runtime's check before an activation.
         let quotas = TenantQuotas::new(store.clone(), config.quotas);
+        // Read before the first request; then every few seconds.
+        if let Err(error) = quotas.refresh().await {
+            tracing::warn!(%error, "could not read the tenants' quotas: the defaults hold");
+        }
         system.set_instance_quota(quotas.instance_quota());
         if config.cluster.enabled {
             system.wanted_events().keep_all();
@@ -234,6 +238,8 @@ impl Node {
 async fn refresh_quotas(quotas: TenantQuotas) {
     let mut interval = tokio::time::interval(std::time::Duration::from_secs(5));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Read at start already.
+    interval.tick().await;
     loop {
         interval.tick().await;
         if let Err(error) = quotas.refresh().await {

@@ -452,15 +452,9 @@ async fn peer_request<B: MessageBody>(
         .any(|(name, value)| name == "operator" && value == "true");
     let access = required_access(request.method(), &matched_route(&request));
     let caller = match (access, tenant) {
-        // The operator's action, passed on (its `tenant` names whose
-        // instance or job, read by the handler).
-        (Some(Access::TenantOrPlatform(_)), _) if operator => Caller {
-            key_id: format!("peer:{}", signed.node),
-            role: Role::Platform,
-            tenant: Tenant::default_tenant(),
-            subject: None,
-        },
-        (Some(Access::TenantOrPlatform(_)), None) => Caller {
+        // The operator's action (its `tenant` names whose instance or job,
+        // read by the handler), or one passed on without a tenant.
+        (Some(Access::TenantOrPlatform(_)), tenant) if operator || tenant.is_none() => Caller {
             key_id: format!("peer:{}", signed.node),
             role: Role::Platform,
             tenant: Tenant::default_tenant(),
@@ -662,46 +656,35 @@ pub(crate) async fn authenticate<B: MessageBody>(
             Err(error) => return refuse(request, error),
         }
     }
-    // A write refused (or failed) changed nothing: no agent records it, so
-    // it is recorded here, after the answer.
     let write = !matches!(
         *request.method(),
         actix_web::http::Method::GET | actix_web::http::Method::HEAD
     );
-    let refused = write.then(|| {
-        let correlation_id = request
-            .extensions()
-            .get::<CorrelationId>()
-            .map(|id| id.as_str().to_owned());
-        (
-            caller.clone(),
-            format!("{} {route}", request.method()),
-            request.path().to_owned(),
-            correlation_id,
-        )
-    });
     request.extensions_mut().insert(caller.role);
     request.extensions_mut().insert(caller);
     let response = next.call(request).await?.map_into_left_body();
     drop(in_flight);
-    if let Some((caller, action, target, correlation_id)) = refused
-        && !response.status().is_success()
-        && !auth.dev
-    {
-        let entry = valueverse_runtime::AuditEntry::now(
-            caller.tenant.as_str(),
-            &caller.lane(),
-            &action,
-            &target,
-            correlation_id.as_deref(),
-            &format!("refused {}", response.status().as_u16()),
-        );
-        let keys = auth.keys.keys().clone();
-        tokio::spawn(async move {
-            if let Err(error) = keys.append_audit(&entry).await {
-                tracing::warn!(%error, "a refused write is not in the audit log");
-            }
-        });
+    // A write refused (or failed) changed nothing: no agent records it, so
+    // it is recorded here, after the answer, from what the request holds.
+    if write && !response.status().is_success() && !auth.dev {
+        let request = response.request();
+        let extensions = request.extensions();
+        if let Some(caller) = extensions.get::<Caller>() {
+            let entry = valueverse_runtime::AuditEntry::now(
+                caller.tenant.as_str(),
+                &caller.lane(),
+                &format!("{} {route}", request.method()),
+                request.path(),
+                extensions.get::<CorrelationId>().map(CorrelationId::as_str),
+                &format!("refused {}", response.status().as_u16()),
+            );
+            let keys = auth.keys.keys().clone();
+            tokio::spawn(async move {
+                if let Err(error) = keys.append_audit(&entry).await {
+                    tracing::warn!(%error, "a refused write is not in the audit log");
+                }
+            });
+        }
     }
     Ok(response)
 }

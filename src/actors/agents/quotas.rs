@@ -4,7 +4,6 @@
 //! `valueverse tenant quotas`) override them field by field.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
@@ -63,17 +62,13 @@ pub enum QuotaError {
     Store(#[from] StateError),
 }
 
-/// How long a tenant's own quotas are trusted without the store.
-const REFRESH: Duration = Duration::from_secs(5);
-
-/// The quotas of every tenant, read from the store at most every few
-/// seconds. Cheap to clone.
+/// The quotas of every tenant, as the node last read them from the store
+/// (at start, then every few seconds). Cheap to clone.
 #[derive(Clone)]
 pub struct TenantQuotas {
     store: Store,
     defaults: Quotas,
     own: Arc<DashMap<String, TenantQuotaRow>>,
-    read_at: Arc<std::sync::Mutex<Option<Instant>>>,
 }
 
 impl TenantQuotas {
@@ -82,7 +77,6 @@ impl TenantQuotas {
             store,
             defaults,
             own: Arc::default(),
-            read_at: Arc::default(),
         }
     }
 
@@ -93,22 +87,6 @@ impl TenantQuotas {
             .retain(|name, _| rows.iter().any(|(row, _)| row == name));
         for (name, quotas) in rows {
             self.own.insert(name, quotas);
-        }
-        *self
-            .read_at
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Instant::now());
-        Ok(())
-    }
-
-    async fn fresh(&self) -> Result<(), StateError> {
-        let stale = self
-            .read_at
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .is_none_or(|at| at.elapsed() >= REFRESH);
-        if stale {
-            self.refresh().await?;
         }
         Ok(())
     }
@@ -121,16 +99,16 @@ impl TenantQuotas {
         }
     }
 
-    /// A tenant's quotas, read again when older than a few seconds.
-    pub async fn of(&self, tenant: &Tenant) -> Result<Quotas, StateError> {
-        self.fresh().await?;
-        Ok(self.cached(tenant.as_str()))
+    /// A tenant's quotas as the node's refresher last read them (every
+    /// few seconds): no store read on the request's path.
+    pub fn of(&self, tenant: &Tenant) -> Quotas {
+        self.cached(tenant.as_str())
     }
 
     /// Whether the tenant may keep one more value model. Models made at
     /// the same moment may pass the limit by their number.
     pub async fn check_models(&self, tenant: &Tenant, adding: u64) -> Result<(), QuotaError> {
-        let Some(limit) = self.of(tenant).await?.max_models else {
+        let Some(limit) = self.of(tenant).max_models else {
             return Ok(());
         };
         let held = u64::try_from(
@@ -154,7 +132,7 @@ impl TenantQuotas {
     /// Whether the tenant may ask for `paths` more simulation paths in the
     /// hour up to now.
     pub async fn check_paths(&self, tenant: &Tenant, paths: u64) -> Result<(), QuotaError> {
-        let Some(limit) = self.of(tenant).await?.max_simulation_paths_per_hour else {
+        let Some(limit) = self.of(tenant).max_simulation_paths_per_hour else {
             return Ok(());
         };
         let since = unix_millis() - 3_600_000;

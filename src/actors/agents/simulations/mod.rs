@@ -576,23 +576,9 @@ impl Simulations {
         let paths = job.request.paths;
         inner.publish_new(&job);
         // The job's record is the submitter's change (the audit log's who).
-        let recorded = match inner
-            .agent(&id)
-            .with_actor(submitter.as_str())
-            .ask(SimulationMsg::Submit(Box::new(job)), inner.ask_timeout())
-            .await
-        {
-            Ok(reply) => reply.into_job().ok_or_else(|| {
-                AgentError::Handling(HandlingError::Fatal {
-                    target: AgentId {
-                        kind: Simulation::KIND,
-                        key: id.as_str().into(),
-                    },
-                    message: "answered a submission with an acknowledgement".into(),
-                })
-            }),
-            Err(error) => Err(error),
-        };
+        let recorded = inner
+            .ask_as(&id, SimulationMsg::Submit(Box::new(job)), Some(&submitter))
+            .await;
         let mut queues = inner.queues();
         queues.reserved -= 1;
         let job = match recorded {
@@ -653,21 +639,7 @@ impl Simulations {
     pub async fn cancel(&self, id: &str, actor: &str) -> Result<SimulationJob, AgentError> {
         let inner = &self.inner;
         // The cancel is the caller's change (the audit log's who).
-        let job = inner
-            .agent(id)
-            .with_actor(actor)
-            .ask(SimulationMsg::Cancel, inner.ask_timeout())
-            .await?
-            .into_job()
-            .ok_or_else(|| {
-                AgentError::Handling(HandlingError::Fatal {
-                    target: AgentId {
-                        kind: Simulation::KIND,
-                        key: id.into(),
-                    },
-                    message: "answered a cancel with an acknowledgement".into(),
-                })
-            })?;
+        let job = inner.ask_as(id, SimulationMsg::Cancel, Some(actor)).await?;
         match job.status {
             JobStatus::Cancelled => {
                 let mut queues = inner.queues();
@@ -799,7 +771,7 @@ impl Simulations {
             if inner.gpu.is_err()
                 && expected.as_ref().is_some_and(|runner| runner.node != me)
                 && let Ok(job) = inner
-                    .ask_within(&id, SimulationMsg::Get, RECOVERY_TIMEOUT)
+                    .ask_within(&id, SimulationMsg::Get, RECOVERY_TIMEOUT, None)
                     .await
                 && job.request.device == Device::Gpu
             {
@@ -811,7 +783,7 @@ impl Simulations {
             let from = expected.as_ref().map(|runner| runner.node.clone());
             let own = from.as_deref().is_none_or(|from| from == me);
             let msg = SimulationMsg::Requeue { runner, expected };
-            let job = match inner.ask_within(&id, msg, RECOVERY_TIMEOUT).await {
+            let job = match inner.ask_within(&id, msg, RECOVERY_TIMEOUT, None).await {
                 Ok(job) => job,
                 // Finished or taken by another node meanwhile.
                 Err(AgentError::Handling(HandlingError::Rejected { .. })) => continue,
@@ -834,10 +806,15 @@ impl Simulations {
                     let engine = "none".to_owned();
                     let failed = async {
                         inner
-                            .ask_within(&id, SimulationMsg::Start { engine }, RECOVERY_TIMEOUT)
+                            .ask_within(
+                                &id,
+                                SimulationMsg::Start { engine },
+                                RECOVERY_TIMEOUT,
+                                None,
+                            )
                             .await?;
                         inner
-                            .ask_within(&id, SimulationMsg::Fail { error }, RECOVERY_TIMEOUT)
+                            .ask_within(&id, SimulationMsg::Fail { error }, RECOVERY_TIMEOUT, None)
                             .await
                     };
                     match failed.await {
@@ -959,7 +936,17 @@ impl Inner {
 
     /// Asks a job's agent with a message that answers with the job.
     async fn ask(&self, id: &str, msg: SimulationMsg) -> Result<SimulationJob, AgentError> {
-        self.ask_within(id, msg, self.ask_timeout()).await
+        self.ask_as(id, msg, None).await
+    }
+
+    /// [`Inner::ask`] acting for `actor` (the audit log's who).
+    async fn ask_as(
+        &self,
+        id: &str,
+        msg: SimulationMsg,
+        actor: Option<&str>,
+    ) -> Result<SimulationJob, AgentError> {
+        self.ask_within(id, msg, self.ask_timeout(), actor).await
     }
 
     async fn ask_within(
@@ -967,8 +954,13 @@ impl Inner {
         id: &str,
         msg: SimulationMsg,
         timeout: Duration,
+        actor: Option<&str>,
     ) -> Result<SimulationJob, AgentError> {
-        match self.agent(id).ask(msg, timeout).await? {
+        let agent = match actor {
+            Some(actor) => self.agent(id).with_actor(actor),
+            None => self.agent(id),
+        };
+        match agent.ask(msg, timeout).await? {
             SimulationReply::Job(job) => Ok(*job),
             SimulationReply::Ack => Err(AgentError::Handling(HandlingError::Fatal {
                 target: AgentId {
