@@ -17,7 +17,7 @@ api "$BASE/api/v1/value-models/$MODEL" | jq -c '{id, version, npv: .analytics.np
 api -X POST "$BASE/api/v1/value-models/$MODEL/hypotheses" -d '{"limit": 3}' | jq -c '[.hypotheses[].name]'
 
 # 3. Simulate it (by id), and wait for the result.
-JOB=$(api -X POST "$BASE/api/v1/simulations" -d "{\"model_id\": \"$MODEL\", \"paths\": 1000000, \"seed\": 7}" | jq -r .id)
+JOB=$(api -X POST "$BASE/api/v1/simulations" -d "{\"model_id\": \"$MODEL\", \"paths\": 1000000}" | jq -r .id)
 until [ "$(api "$BASE/api/v1/simulations/$JOB" | jq -r .status)" = done ]; do sleep 0.2; done
 P20=$(api "$BASE/api/v1/simulations/$JOB/results" | jq '.result.npv_quantiles[19]')
 echo "NPV reached with 80% confidence: $P20"

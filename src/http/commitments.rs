@@ -94,16 +94,11 @@ pub(crate) async fn commit(
     let model = &record.version(version).expect("an existing version").model;
     // The committer decides; the simulation kind answers what it needs.
     let simulated = simulations
-        .latest_done(scope.tenant(), &record.id, version)
+        .latest_evidence(scope.tenant(), &record.id, version)
         .await?
         .and_then(|job| {
-            let result = job.result?;
-            Some(SimulatedSupport {
-                simulation_id: job.id,
-                paths: result.paths,
-                npv_mean: result.npv.mean,
-                npv_at_confidence: result.npv_at_confidence(body.confidence),
-            })
+            let id = valueverse_runtime::split_key(&job.id).1;
+            SimulatedSupport::of(id, &job, body.confidence)
         });
     let request = CommitmentRequest {
         model_id: record.id.clone(),
@@ -123,6 +118,7 @@ pub(crate) async fn commit(
         CommitterMsg::Commit {
             request: Box::new(request),
             simulated,
+            min_paths: simulations.min_evidence_paths(),
         },
     )
     .await?;

@@ -48,7 +48,8 @@ struct SubmitBody {
     #[serde(default = "default_paths")]
     #[schema(minimum = 1, maximum = 1_000_000_000)]
     paths: u64,
-    /// [default: drawn at random; the job reports it].
+    /// [default: drawn at random; the job reports it]. Only a run whose
+    /// seed the server drew backs a commitment.
     seed: Option<u64>,
     #[serde(default)]
     device: Device,
@@ -72,6 +73,8 @@ struct JobView {
     model_version: Option<i64>,
     paths: u64,
     seed: u64,
+    /// The server drew the seed: only such a run backs a commitment.
+    seed_by_server: bool,
     device: Device,
     bins: usize,
     stop_at_rel_se: Option<f64>,
@@ -125,6 +128,7 @@ impl From<SimulationJob> for JobView {
             model_version: job.model_version,
             paths: request.paths,
             seed: request.seed,
+            seed_by_server: request.seed_by_server,
             device: request.device.into(),
             bins: request.bins,
             stop_at_rel_se: request.stop_at_rel_se,
@@ -234,6 +238,7 @@ pub(crate) async fn submit(
         model,
         paths: body.paths,
         seed: body.seed.unwrap_or_else(rand::random),
+        seed_by_server: body.seed.is_none(),
         device: body.device.into(),
         bins: body.bins,
         stop_at_rel_se: body.stop_at_rel_se,

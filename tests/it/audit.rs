@@ -99,7 +99,7 @@ async fn every_write_names_who_did_what_and_how_it_ended() {
         acme_members
             .editor
             .post(format!("{api}/sagas/value-creation"))
-            .json(&value_creation(None, 2_000)),
+            .json(&value_creation(None, 10_000)),
     )
     .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{saga}");

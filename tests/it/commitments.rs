@@ -17,7 +17,7 @@ pub(crate) async fn simulate(
     version: i64,
 ) -> Value {
     let (status, job) = send(client.post(format!("{base}/simulations")).json(&json!({
-        "model_id": model_id, "model_version": version, "paths": 50_000, "seed": 3, "device": "cpu"
+        "model_id": model_id, "model_version": version, "paths": 50_000, "device": "cpu"
     })))
     .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{job}");
@@ -217,6 +217,85 @@ async fn bad_commitments_name_the_field() {
     assert_eq!(error["error"]["field"], "reason");
     let (_, listed) = send(client.get(format!("{base}/commitments"))).await;
     assert_eq!(listed["total"], 0);
+    drop(client);
+    node.stop().await.unwrap();
+}
+
+/// Submits a simulation of `paths` paths (with the client's `seed`, if
+/// any); answers its finished record.
+async fn run_job(
+    client: &reqwest::Client,
+    base: &str,
+    model_id: &str,
+    paths: u64,
+    seed: Option<u64>,
+) -> Value {
+    let mut body = json!({ "model_id": model_id, "paths": paths, "device": "cpu" });
+    if let Some(seed) = seed {
+        body["seed"] = json!(seed);
+    }
+    let (status, job) = send(client.post(format!("{base}/simulations")).json(&body)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    let url = format!("{base}/simulations/{}", job["id"].as_str().unwrap());
+    poll_json(client, &url, Duration::from_secs(20), |job| {
+        job["status"] == "done"
+    })
+    .await
+}
+
+/// The attack of issue 22: a client who picks the seed and the paths of
+/// the latest job can run tiny jobs until one finds a lucky outcome, and
+/// commit to it. Only a server-seeded run of enough paths backs a
+/// commitment, and the commitment records which.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cherry_picked_simulation_cannot_back_a_commitment() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let Started {
+        node, api: base, ..
+    } = start_node(&db, |_| {}).await;
+    let client = reqwest::Client::new();
+    let model_id = create_model(&client, &base, &acme()).await;
+    let honest = run_job(&client, &base, &model_id, 50_000, None).await;
+    let (_, result) = send(client.get(format!(
+        "{base}/simulations/{}/results",
+        honest["id"].as_str().unwrap()
+    )))
+    .await;
+    let p5 = result["result"]["npv_quantiles"][4].as_f64().unwrap();
+    // Tiny jobs with chosen seeds until one lands far above the honest P5.
+    let mut lucky = None;
+    for seed in 1..=60 {
+        let job = run_job(&client, &base, &model_id, 1, Some(seed)).await;
+        let (_, result) = send(client.get(format!(
+            "{base}/simulations/{}/results",
+            job["id"].as_str().unwrap()
+        )))
+        .await;
+        let npv = result["result"]["npv"]["mean"].as_f64().unwrap();
+        if npv > p5 * 1.2 + 1000.0 {
+            lucky = Some(npv);
+            break;
+        }
+    }
+    let lucky = lucky.expect("one of 60 one-path runs lands above the P5");
+    let mut body = commitment(&model_id, (p5 + lucky) / 2.0);
+    body["confidence"] = json!(0.95);
+    let (status, answer) = send(client.post(format!("{base}/commitments")).json(&body)).await;
+    assert_eq!(
+        status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "committed on a cherry-picked run: {answer}"
+    );
+    assert_eq!(answer["error"]["code"], "target_not_supported", "{answer}");
+    // Below the honest P5 it stands, on the honest run, which it records.
+    let mut body = commitment(&model_id, p5 - 1000.0);
+    body["confidence"] = json!(0.95);
+    let (status, made) = send(client.post(format!("{base}/commitments")).json(&body)).await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    assert_eq!(made["simulated"]["simulation_id"], honest["id"]);
+    assert_eq!(made["simulated"]["paths"], 50_000);
+    assert_eq!(made["simulated"]["quantile"], 0.05);
+    assert_eq!(made["simulated"]["seed"], honest["seed"]);
     drop(client);
     node.stop().await.unwrap();
 }

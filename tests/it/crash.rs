@@ -90,7 +90,7 @@ pub(crate) fn body(index: usize) -> Value {
         "terms": { "fixed_fee": 1000, "outcome_share": 0.1, "cap": null },
         "milestones": [{ "name": "go live", "due_date": "2027-06-30", "expected_value": 1000 }],
         "start_date": "2027-01-01",
-        "paths": 3000,
+        "paths": 10_000,
         "fail_step": fail_step,
     })
 }

@@ -185,7 +185,7 @@ async fn another_tenant_reads_lists_changes_streams_and_infers_nothing() {
     let (status, saga) = send(
         a.editor
             .post(format!("{api}/sagas/value-creation"))
-            .json(&value_creation(None, 2_000)),
+            .json(&value_creation(None, 10_000)),
     )
     .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{saga}");

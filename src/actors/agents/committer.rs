@@ -145,9 +145,34 @@ pub struct Milestone {
 pub struct SimulatedSupport {
     pub simulation_id: String,
     pub paths: u64,
+    /// The seed of the run (drawn by the server).
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default)]
+    pub seed_by_server: bool,
     pub npv_mean: f64,
     /// The NPV reached with probability `confidence`.
     pub npv_at_confidence: f64,
+    /// The quantile of the NPV relied on: `1 - confidence`.
+    #[serde(default)]
+    pub quantile: f64,
+}
+
+impl SimulatedSupport {
+    /// What a finished job says for a commitment at `confidence` (`None`:
+    /// it has no result). `id` is the job's id as the API shows it.
+    pub fn of(id: &str, job: &crate::simulation::SimulationJob, confidence: f64) -> Option<Self> {
+        let result = job.result.as_ref()?;
+        Some(SimulatedSupport {
+            simulation_id: id.to_owned(),
+            paths: result.paths,
+            seed: job.request.seed,
+            seed_by_server: job.request.seed_by_server,
+            npv_mean: result.npv.mean,
+            npv_at_confidence: result.npv_at_confidence(confidence),
+            quantile: ((1.0 - confidence) * 1e9).round() / 1e9,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -194,10 +219,13 @@ pub struct Commitment {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum CommitterMsg {
     /// Commits, given the model version's latest finished simulation
-    /// (`None`: there is none, and the commitment is refused).
+    /// that may back it (`None`: there is none, and the commitment is
+    /// refused); a run not seeded by the server or of fewer than
+    /// `min_paths` paths is refused too.
     Commit {
         request: Box<CommitmentRequest>,
         simulated: Option<SimulatedSupport>,
+        min_paths: u64,
     },
     Get,
     Void {
@@ -240,7 +268,14 @@ impl Agent for Committer {
                 format!("commitment `{key}` exists"),
                 None,
             )),
-            (CommitterMsg::Commit { request, simulated }, None) => {
+            (
+                CommitterMsg::Commit {
+                    request,
+                    simulated,
+                    min_paths,
+                },
+                None,
+            ) => {
                 // The rules hold whoever sends the commit (a route, a saga).
                 if let Err(error) = check_commitment(
                     request.confidence,
@@ -264,6 +299,25 @@ impl Agent for Committer {
                         Some("model_version"),
                     ));
                 };
+                if !simulated.seed_by_server || simulated.paths < min_paths {
+                    return Err(HandlerError::rejected(
+                        RejectionCode::NoSimulation,
+                        format!(
+                            "simulation {} ({} paths, seed {} by the {}) cannot back a \
+                             commitment: it takes a run of at least {min_paths} paths whose \
+                             seed the server drew (submit one without `seed`)",
+                            simulated.simulation_id,
+                            simulated.paths,
+                            simulated.seed,
+                            if simulated.seed_by_server {
+                                "server"
+                            } else {
+                                "client"
+                            },
+                        ),
+                        Some("model_version"),
+                    ));
+                }
                 if request.target > simulated.npv_at_confidence {
                     return Err(HandlerError::rejected(
                         RejectionCode::TargetNotSupported,
@@ -388,8 +442,11 @@ mod tests {
         let support = SimulatedSupport {
             simulation_id: "s".into(),
             paths: 1000,
+            seed: 7,
+            seed_by_server: true,
             npv_mean: 500.0,
             npv_at_confidence: 400.0,
+            quantile: 0.2,
         };
         let commit = |outcome_share| {
             let mut state = None;
@@ -397,6 +454,7 @@ mod tests {
             let msg = CommitterMsg::Commit {
                 request: Box::new(request(outcome_share)),
                 simulated: Some(support.clone()),
+                min_paths: 1000,
             };
             Committer::handle(&mut state, msg, &mut ctx).map(|_| state.is_some())
         };

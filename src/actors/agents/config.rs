@@ -69,6 +69,9 @@ pub struct SimulationConfig {
     pub cost_budget_per_submitter: f64,
     /// Queue places kept for sagas' steps (at most a quarter of the queue).
     pub saga_reserve: usize,
+    /// Paths a finished, server-seeded simulation must have run to back a
+    /// commitment.
+    pub min_evidence_paths: u64,
 }
 
 impl Default for SimulationConfig {
@@ -80,6 +83,7 @@ impl Default for SimulationConfig {
             max_jobs_per_submitter: 16,
             cost_budget_per_submitter: 1e11,
             saga_reserve: 8,
+            min_evidence_paths: 10_000,
         }
     }
 }

@@ -20,6 +20,11 @@ pub struct SimulationRequest {
     pub model: ValueModel,
     pub paths: u64,
     pub seed: u64,
+    /// The server drew the seed (the client named none): only such a run
+    /// backs a commitment, since a client who picks seeds can pick a lucky
+    /// one.
+    #[serde(default)]
+    pub seed_by_server: bool,
     /// As asked (`auto`, `cpu`, `gpu`); the job's `engine` says where it ran.
     pub device: Device,
     pub bins: usize,
@@ -337,10 +342,19 @@ impl Agent for Simulation {
             "paths",
             Column::Int(Some(i64::try_from(job.request.paths).unwrap_or(i64::MAX)))
         ),
+        ("evidence_paths", Column::Int(evidence_paths(job))),
     ]);
 }
 
 const TABLE: &str = "simulations";
+
+/// The paths a finished, server-seeded job ran: what it weighs as the
+/// evidence of a commitment (`None`: it is none).
+fn evidence_paths(job: &SimulationJob) -> Option<i64> {
+    let result = job.result.as_ref()?;
+    (job.status == JobStatus::Done && job.request.seed_by_server)
+        .then(|| i64::try_from(result.paths).unwrap_or(i64::MAX))
+}
 
 fn reply(state: &Option<SimulationJob>) -> SimulationReply {
     SimulationReply::Job(Box::new(state.clone().expect("a job exists here")))

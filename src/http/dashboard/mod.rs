@@ -169,6 +169,7 @@ impl From<SimulationJob> for RecentJob {
             model,
             paths,
             seed,
+            seed_by_server: _,
             device,
             bins,
             stop_at_rel_se,

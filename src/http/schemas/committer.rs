@@ -39,9 +39,15 @@ pub struct Milestone {
 pub struct SimulatedSupport {
     pub simulation_id: String,
     pub paths: u64,
+    /// The seed of the run.
+    pub seed: u64,
+    /// The server drew it (only such a run backs a commitment).
+    pub seed_by_server: bool,
     pub npv_mean: f64,
     /// The NPV reached with probability `confidence`.
     pub npv_at_confidence: f64,
+    /// The quantile of the NPV relied on: `1 - confidence`.
+    pub quantile: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -89,8 +95,11 @@ convert_struct!(domain::Milestone <=> Milestone {
 convert_struct!(domain::SimulatedSupport <=> SimulatedSupport {
     simulation_id,
     paths,
+    seed,
+    seed_by_server,
     npv_mean,
-    npv_at_confidence
+    npv_at_confidence,
+    quantile
 });
 convert_enum!(domain::CommitmentStatus <=> CommitmentStatus { Active, Voided });
 convert_struct!(domain::CommitmentRequest <=> CommitmentRequest {

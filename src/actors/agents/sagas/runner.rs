@@ -572,7 +572,8 @@ impl SagaRunner {
         let request = SimulationRequest {
             model,
             paths,
-            seed: 1,
+            seed: rand::random(),
+            seed_by_server: true,
             device: Device::Auto,
             bins: 20,
             stop_at_rel_se: None,
@@ -629,10 +630,13 @@ impl SagaRunner {
         milestones: Vec<Milestone>,
     ) -> Result<serde_json::Value, ActionError> {
         let job = self.inner.simulations.get(&keys.simulation).await?;
-        let (Some(result), Some(version)) = (job.result, job.model_version) else {
+        let (Some(simulated), Some(version)) = (
+            SimulatedSupport::of(id_of(&job.id), &job, confidence),
+            job.model_version,
+        ) else {
             return Err(final_error("the saga's simulation has no result"));
         };
-        let npv_at_confidence = result.npv_at_confidence(confidence);
+        let npv_at_confidence = simulated.npv_at_confidence;
         let (record, _) = self.model(keys, model_id).await?;
         let model = &record
             .version(version)
@@ -656,12 +660,8 @@ impl SagaRunner {
             .ask(
                 CommitterMsg::Commit {
                     request: Box::new(request),
-                    simulated: Some(SimulatedSupport {
-                        simulation_id: id_of(&job.id).to_owned(),
-                        paths: result.paths,
-                        npv_mean: result.npv.mean,
-                        npv_at_confidence,
-                    }),
+                    simulated: Some(simulated),
+                    min_paths: self.inner.simulations.min_evidence_paths(),
                 },
                 self.timeout(),
             )

@@ -368,6 +368,7 @@ struct Inner {
     live: DashMap<String, Live>,
     workers: Mutex<Vec<JoinHandle<()>>>,
     metrics: SimulationMetrics,
+    min_evidence_paths: u64,
 }
 
 /// The simulation service of a node. Cheap to clone.
@@ -413,6 +414,7 @@ impl Simulations {
                 // A quarter of a small queue at most.
                 saga_reserve: config.saga_reserve.min(config.queue_capacity / 4),
             },
+            min_evidence_paths: config.min_evidence_paths,
             cpu_workers: config.cpu_workers,
             gpu,
             queues: Mutex::new(Queues::default()),
@@ -604,14 +606,21 @@ impl Simulations {
         Ok(job)
     }
 
+    /// Paths a server-seeded run must have to back a commitment.
+    pub fn min_evidence_paths(&self) -> u64 {
+        self.inner.min_evidence_paths
+    }
+
     /// The job as its agent holds it (with live progress); `id` is the
     /// job's instance key.
     pub async fn get(&self, id: &str) -> Result<SimulationJob, AgentError> {
         self.inner.ask(id, SimulationMsg::Get).await
     }
 
-    /// The latest `done` job of a model version, asked of its agent.
-    pub async fn latest_done(
+    /// The latest finished job of a model version that can back a
+    /// commitment (server-seeded, at least `min_evidence_paths` paths),
+    /// asked of its agent.
+    pub async fn latest_evidence(
         &self,
         tenant: &Tenant,
         model_id: &str,
@@ -619,7 +628,12 @@ impl Simulations {
     ) -> Result<Option<SimulationJob>, AgentError> {
         let store = &self.inner.store;
         let id = store
-            .latest_done_simulation(tenant.as_str(), model_id, model_version)
+            .latest_evidence(
+                tenant.as_str(),
+                model_id,
+                model_version,
+                self.min_evidence_paths(),
+            )
             .await
             .map_err(|cause| AgentError::Store {
                 target: AgentId {
