@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::actors::RuntimeConfig;
-pub use valueverse_agents::config::{NotifierConfig, SimulationConfig};
+pub use valueverse_agents::config::{NotifierConfig, SimulationConfig, ValueConfig};
 pub use valueverse_cluster::config::ClusterConfig;
 pub use valueverse_http::LimitsConfig;
 
@@ -36,6 +36,8 @@ pub struct Config {
     /// How often active execution plans look for overdue milestones.
     #[serde(with = "humantime_serde")]
     pub executor_tick: Duration,
+    /// Statements, snapshots, deliveries and their import.
+    pub value: ValueConfig,
     pub notifier: NotifierConfig,
     /// Development mode: no API keys checked (said loudly in the log).
     pub dev: bool,
@@ -76,6 +78,7 @@ impl Default for Config {
             runtime: RuntimeConfig::default(),
             simulation: SimulationConfig::default(),
             executor_tick: Duration::from_secs(60),
+            value: ValueConfig::default(),
             notifier: NotifierConfig::default(),
             dev: false,
             http_body_limit: 1 << 20,
@@ -282,6 +285,25 @@ impl Config {
         }
         if self.executor_tick < Duration::from_millis(10) {
             return invalid("executor_tick", "must be at least 10ms");
+        }
+        let value = &self.value;
+        if value.tick < Duration::from_millis(10) {
+            return invalid("value.tick", "must be at least 10ms");
+        }
+        if !(value.max_delivery_value.is_finite()
+            && value.max_delivery_value > 0.0
+            && value.max_delivery_value <= 9_007_199_254_740_991.0)
+        {
+            return invalid(
+                "value.max_delivery_value",
+                "must be a positive number of at most 2^53 - 1",
+            );
+        }
+        if !(0.0..1.0).contains(&value.risk_margin) {
+            return invalid("value.risk_margin", "must be within [0, 1)");
+        }
+        if !(1..=1_000_000).contains(&value.import_max_rows) {
+            return invalid("value.import_max_rows", "must be within 1..=1000000");
         }
         let notifier = &self.notifier;
         if !(1..=50).contains(&notifier.max_attempts) {

@@ -12,7 +12,7 @@ use crate::actors::notifier::Notifier;
 use crate::actors::saga::SagaCoordinator;
 use crate::cluster::node::{ClusterError, ClusterNode};
 use crate::cluster::peer_requests::PeerRequests;
-use crate::config::Config;
+use crate::config::{Config, ValueConfig};
 use crate::dashboard::Dashboard;
 use crate::http::{HttpApi, HttpSettings, Services};
 use crate::notifications::{Notifications, NotifierError};
@@ -21,6 +21,7 @@ use crate::simulations::{Simulations, StartError};
 use crate::store::{Store, StoreError, redact_url};
 use valueverse_agents::Records;
 use valueverse_agents::quotas::TenantQuotas;
+use valueverse_agents::statements::{issue_due_statements, take_due_snapshots};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -59,6 +60,7 @@ pub struct Node {
     cluster_task: tokio::task::JoinHandle<()>,
     saga_poller: tokio::task::JoinHandle<()>,
     ticker: tokio::task::JoinHandle<()>,
+    value_ticker: tokio::task::JoinHandle<()>,
     listener: tokio::task::JoinHandle<()>,
     quota_refresher: tokio::task::JoinHandle<()>,
 }
@@ -171,6 +173,7 @@ impl Node {
             peers,
             api_keys: crate::auth::ApiKeys::new(store.clone()),
             quotas: quotas.clone(),
+            value: config.value.clone(),
         };
         let http = match HttpApi::start(http_listener, services, &http_settings(config)) {
             Ok(http) => http,
@@ -185,7 +188,12 @@ impl Node {
                 });
             }
         };
-        let ticker = tokio::spawn(tick_plans(system.clone(), records, config.executor_tick));
+        let ticker = tokio::spawn(tick_plans(
+            system.clone(),
+            records.clone(),
+            config.executor_tick,
+        ));
+        let value_ticker = tokio::spawn(tick_value(system.clone(), records, config.value.clone()));
         let quota_refresher = tokio::spawn(refresh_quotas(quotas));
         Ok(Node {
             system,
@@ -198,6 +206,7 @@ impl Node {
             cluster_task,
             saga_poller,
             ticker,
+            value_ticker,
             listener,
             quota_refresher,
         })
@@ -213,6 +222,7 @@ impl Node {
     /// lease, then the runtime, then the store.
     pub async fn stop(self) -> std::io::Result<()> {
         self.ticker.abort();
+        self.value_ticker.abort();
         self.quota_refresher.abort();
         self.listener.abort();
         self.saga_poller.abort();
@@ -256,6 +266,22 @@ async fn tick_plans(system: System, records: Records, every: std::time::Duration
         interval.tick().await;
         if let Err(error) = tick_active_plans(&system, &records).await {
             tracing::warn!(%error, "executor tick: cannot list the active plans");
+        }
+    }
+}
+
+/// The value loop's tick: statements due are issued, and the daily
+/// snapshots taken, on the instances this node owns.
+async fn tick_value(system: System, records: Records, config: ValueConfig) {
+    let mut interval = tokio::time::interval(config.tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        if let Err(error) = issue_due_statements(&system, &records).await {
+            tracing::warn!(%error, "statements: cannot list the commitments due");
+        }
+        if let Err(error) = take_due_snapshots(&system, &records, config.risk_margin).await {
+            tracing::warn!(%error, "snapshots: cannot list the models due");
         }
     }
 }

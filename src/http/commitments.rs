@@ -8,9 +8,12 @@ use serde::Deserialize;
 use valueverse_agents::Records;
 use valueverse_agents::architect::{ArchitectMsg, ModelStatus};
 use valueverse_agents::committer::{
-    Commitment, CommitmentRequest, Committer, CommitterMsg, SimulatedSupport, check_commitment,
+    Commitment, CommitmentRequest, CommitmentStatus, Committer, CommitterMsg, STATEMENT_MONTHS,
+    SimulatedSupport, check_commitment,
 };
 use valueverse_agents::simulations::Simulations;
+use valueverse_agents::statements::Statement;
+use valueverse_agents::value::Expectation;
 use valueverse_runtime::System;
 
 use super::error::ErrorDoc;
@@ -36,6 +39,15 @@ struct CommitBody {
     #[serde(default)]
     #[schema(max_items = 100)]
     milestones: Vec<api::Milestone>,
+    /// The first day of the first statement period [default: today].
+    start_date: Option<chrono::NaiveDate>,
+    /// Months in a statement period: 1, 3, 6 or 12 [default: 1].
+    #[serde(default = "monthly")]
+    statement_months: u32,
+}
+
+fn monthly() -> u32 {
+    1
 }
 
 async fn ask(
@@ -73,6 +85,23 @@ pub(crate) async fn commit(
     let milestones: Vec<_> = body.milestones.into_iter().map(Into::into).collect();
     check_commitment(body.confidence, Some(body.target), &terms, &milestones)
         .map_err(|error| ApiError::invalid_field(&error.path, error.message))?;
+    if !STATEMENT_MONTHS.contains(&body.statement_months) {
+        return Err(ApiError::invalid_field(
+            "statement_months",
+            format!(
+                "must be one of {STATEMENT_MONTHS:?}, got {}",
+                body.statement_months
+            ),
+        ));
+    }
+    if let Some(start) = body.start_date
+        && !(2000..=2199).contains(&chrono::Datelike::year(&start))
+    {
+        return Err(ApiError::invalid_field(
+            "start_date",
+            format!("must be within 2000-01-01..=2199-12-31, got {start}"),
+        ));
+    }
     let (record, version) = ask_model(
         &system,
         &scope,
@@ -91,7 +120,8 @@ pub(crate) async fn commit(
             ),
         ));
     }
-    let model = &record.version(version).expect("an existing version").model;
+    let at = record.version(version).expect("an existing version");
+    let model = &at.model;
     // The committer decides; the simulation kind answers what it needs.
     let simulated = simulations
         .latest_evidence(scope.tenant(), &record.id, version)
@@ -109,7 +139,11 @@ pub(crate) async fn commit(
         target: body.target,
         terms,
         milestones,
+        start_date: body.start_date,
+        statement_months: body.statement_months,
+        renews: None,
     };
+    let expectation = Box::new(Expectation::of(at, Some(body.target)));
     let id = uuid::Uuid::now_v7().to_string();
     let commitment = ask(
         &system,
@@ -119,6 +153,7 @@ pub(crate) async fn commit(
             request: Box::new(request),
             simulated,
             min_paths: simulations.min_evidence_paths(),
+            expectation,
         },
     )
     .await?;
@@ -175,12 +210,13 @@ struct VoidBody {
 pub(crate) async fn void(
     scope: Scope,
     system: web::Data<System>,
+    records: web::Data<Records>,
     id: web::Path<String>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let body: VoidBody = parse_json(&body, false)?;
     let reason = ApiError::check_reason(&body.reason, 1000)?;
-    let commitment = ask(
+    let voided = ask(
         &system,
         &scope,
         &id,
@@ -188,7 +224,21 @@ pub(crate) async fn void(
             reason: reason.to_owned(),
         },
     )
-    .await?;
+    .await;
+    // The plans go with it; a void asked again (after a failure half way)
+    // finishes what the first left.
+    let commitment = match voided {
+        Ok(commitment) => commitment,
+        Err(error) => {
+            let current = ask(&system, &scope, &id, CommitterMsg::Get).await?;
+            if current.status == CommitmentStatus::Voided {
+                super::plans::end_plans(&system, &records, &scope, &current.id, None, reason)
+                    .await?;
+            }
+            return Err(error);
+        }
+    };
+    super::plans::end_plans(&system, &records, &scope, &commitment.id, None, reason).await?;
     Ok(HttpResponse::Ok().json(api::Commitment::from(commitment)))
 }
 
@@ -239,4 +289,201 @@ pub(crate) async fn list(
         api::Commitment::from,
     )
     .await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatementsQuery {
+    /// `json` or `csv` [default: from `Accept`, else `json`].
+    format: Option<String>,
+}
+
+/// The statements of a commitment as the API shows them.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+struct StatementsView {
+    commitment_id: String,
+    currency: String,
+    /// Months in a period.
+    statement_months: u32,
+    statements: Vec<api::Statement>,
+}
+
+/// CSV when `?format=csv` or `Accept: text/csv` asks for it.
+fn wants_csv(request: &HttpRequest) -> Result<bool, ApiError> {
+    let query: StatementsQuery = parse_query(request.query_string())?;
+    match query.format.as_deref() {
+        Some("csv") => Ok(true),
+        Some("json") => Ok(false),
+        Some(other) => Err(ApiError::new(
+            actix_web::http::StatusCode::BAD_REQUEST,
+            "invalid_query",
+            format!("`format` is `json` or `csv`, got `{other}`"),
+        )
+        .with_field("format")),
+        None => Ok(request
+            .headers()
+            .get(header::ACCEPT)
+            .and_then(|accept| accept.to_str().ok())
+            .is_some_and(|accept| accept.contains("text/csv"))),
+    }
+}
+
+/// One row per driver line and one `total` row per statement.
+fn statements_csv(commitment: &Commitment, statements: &[&Statement]) -> Result<String, ApiError> {
+    let internal = |error: csv::Error| {
+        ApiError::new(
+            actix_web::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            error.to_string(),
+        )
+    };
+    let mut out = csv::Writer::from_writer(Vec::new());
+    out.write_record([
+        "commitment_id",
+        "currency",
+        "period",
+        "period_start",
+        "period_end",
+        "issued_at",
+        "driver",
+        "committed",
+        "realized",
+        "adjustment",
+        "value_above_target",
+        "fixed_fee",
+        "outcome_fee",
+        "fee",
+        "fees_to_date",
+    ])
+    .map_err(internal)?;
+    for statement in statements {
+        let head = [
+            commitment.id.clone(),
+            commitment.request.currency.clone(),
+            statement.period.to_string(),
+            statement.period_start.to_string(),
+            statement.period_end.to_string(),
+            statement.issued_at.to_rfc3339(),
+        ];
+        for line in &statement.lines {
+            let mut row = head.to_vec();
+            row.extend([
+                line.driver.clone(),
+                line.committed.to_string(),
+                line.realized.to_string(),
+                line.adjustment.to_string(),
+                (line.realized + line.adjustment - line.committed).to_string(),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+            ]);
+            out.write_record(&row).map_err(internal)?;
+        }
+        let mut total = head.to_vec();
+        total.extend([
+            "total".to_owned(),
+            statement.committed.to_string(),
+            statement.realized.to_string(),
+            statement.adjustments.to_string(),
+            statement.value_above_target.to_string(),
+            statement.fixed_fee.to_string(),
+            statement.outcome_fee.to_string(),
+            statement.fee.to_string(),
+            statement.to_date.fees.to_string(),
+        ]);
+        out.write_record(&total).map_err(internal)?;
+    }
+    let bytes = out
+        .into_inner()
+        .map_err(|error| internal(error.into_error().into()))?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+fn statements_answer(
+    request: &HttpRequest,
+    commitment: &Commitment,
+    statements: Vec<&Statement>,
+) -> Result<HttpResponse, ApiError> {
+    if wants_csv(request)? {
+        return Ok(HttpResponse::Ok()
+            .content_type("text/csv; charset=utf-8")
+            .body(statements_csv(commitment, &statements)?));
+    }
+    Ok(HttpResponse::Ok().json(StatementsView {
+        commitment_id: commitment.id.clone(),
+        currency: commitment.request.currency.clone(),
+        statement_months: commitment.request.statement_months,
+        statements: statements.into_iter().cloned().map(Into::into).collect(),
+    }))
+}
+
+/// Every statement issued, oldest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/commitments/{id}/statements",
+    tag = "committer",
+    params(
+        ("id" = String, Path, description = "id"),
+        ("format" = Option<String>, Query, description = "`json` or `csv` [default: from `Accept`, else `json`]"),
+    ),
+    responses(
+        (status = 200, description = "the statements (JSON, or CSV: a row per driver and a `total` row per statement)", body = StatementsView),
+        (status = 400, description = "bad query", body = ErrorDoc),
+        (status = 404, description = "not found", body = ErrorDoc),
+    ),
+    security(("bearer" = [])),
+)]
+pub(crate) async fn statements(
+    scope: Scope,
+    system: web::Data<System>,
+    id: web::Path<String>,
+    request: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let commitment = ask(&system, &scope, &id, CommitterMsg::Get).await?;
+    let all = commitment.statements.iter().collect();
+    statements_answer(&request, &commitment, all)
+}
+
+/// One period's statement.
+#[utoipa::path(
+    get,
+    path = "/api/v1/commitments/{id}/statements/{period}",
+    tag = "committer",
+    params(
+        ("id" = String, Path, description = "id"),
+        ("period" = u32, Path, description = "1 for the first period"),
+        ("format" = Option<String>, Query, description = "`json` or `csv` [default: from `Accept`, else `json`]"),
+    ),
+    responses(
+        (status = 200, description = "the statement, as a list of one", body = StatementsView),
+        (status = 400, description = "bad query", body = ErrorDoc),
+        (status = 404, description = "no such commitment, or no statement of that period yet", body = ErrorDoc),
+    ),
+    security(("bearer" = [])),
+)]
+pub(crate) async fn statement(
+    scope: Scope,
+    system: web::Data<System>,
+    path: web::Path<(String, String)>,
+    request: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let (id, period) = path.into_inner();
+    let commitment = ask(&system, &scope, &id, CommitterMsg::Get).await?;
+    let found = period
+        .parse::<u32>()
+        .ok()
+        .and_then(|period| commitment.statements.iter().find(|s| s.period == period));
+    let Some(found) = found else {
+        return Err(ApiError::new(
+            actix_web::http::StatusCode::NOT_FOUND,
+            "not_found",
+            format!(
+                "commitment `{id}` has no statement of period `{period}` ({} issued)",
+                commitment.statements.len()
+            ),
+        )
+        .with_field("period"));
+    };
+    statements_answer(&request, &commitment, vec![found])
 }

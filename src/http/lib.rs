@@ -123,6 +123,8 @@ api! {
     "/api/v1/commitments" => { post: commitments::commit, get: commitments::list }
     "/api/v1/commitments/{id}" => { get: commitments::get }
     "/api/v1/commitments/{id}/void" => { post: commitments::void }
+    "/api/v1/commitments/{id}/statements" => { get: commitments::statements }
+    "/api/v1/commitments/{id}/statements/{period}" => { get: commitments::statement }
     "/api/v1/plans" => { post: plans::create, get: plans::list }
     "/api/v1/plans/{id}" => { get: plans::get }
     "/api/v1/plans/{id}/progress" => { post: plans::progress }
@@ -150,7 +152,7 @@ api! {
         title = "ValueVerse API",
         description = "Business agents as supervised actors: value models, simulations, commitments, plans, insights, notifications."
     ),
-    paths(operations::health, operations::ready, operations::metrics, actors::tree, actors::reset, actors::crash, cluster::view, dashboard::routes::frame, dashboard::routes::node, dashboard::routes::events, api_keys::create, api_keys::list, api_keys::revoke, api_keys::me, audit::list, value_models::create, value_models::list, value_models::get, value_models::patch, value_models::versions, value_models::archive, value_models::hypotheses, simulations::submit, simulations::queue, simulations::get, simulations::results, simulations::cancel, simulations::events, commitments::commit, commitments::list, commitments::get, commitments::void, plans::create, plans::list, plans::get, plans::progress, plans::deliver, plans::cancel, plans::insights, webhooks::subscribe, webhooks::list, webhooks::get, webhooks::delete, webhooks::deliveries, webhooks::redeliver, sagas::list, sagas::start_value_creation, sagas::start_renewal, sagas::get, sagas::cancel, sagas::retry, sagas::events),
+    paths(operations::health, operations::ready, operations::metrics, actors::tree, actors::reset, actors::crash, cluster::view, dashboard::routes::frame, dashboard::routes::node, dashboard::routes::events, api_keys::create, api_keys::list, api_keys::revoke, api_keys::me, audit::list, value_models::create, value_models::list, value_models::get, value_models::patch, value_models::versions, value_models::archive, value_models::hypotheses, simulations::submit, simulations::queue, simulations::get, simulations::results, simulations::cancel, simulations::events, commitments::commit, commitments::list, commitments::get, commitments::void, commitments::statements, commitments::statement, plans::create, plans::list, plans::get, plans::progress, plans::deliver, plans::cancel, plans::insights, webhooks::subscribe, webhooks::list, webhooks::get, webhooks::delete, webhooks::deliveries, webhooks::redeliver, sagas::list, sagas::start_value_creation, sagas::start_renewal, sagas::get, sagas::cancel, sagas::retry, sagas::events),
     components(schemas(error::ErrorDoc)),
     modifiers(&BearerAuth, &CommonAnswers),
     tags(
@@ -308,6 +310,8 @@ pub struct Services {
     pub api_keys: ApiKeys,
     /// Each tenant's quotas.
     pub quotas: valueverse_agents::quotas::TenantQuotas,
+    /// The value loop's settings (delivery bounds, imports).
+    pub value: valueverse_agents::config::ValueConfig,
 }
 
 /// How a node serves HTTP: the part of its configuration the API reads.
@@ -354,6 +358,7 @@ impl HttpApi {
             peers,
             api_keys,
             quotas,
+            value,
         } = services;
         let body_limit = config.body_limit;
         let oidc = match &config.oidc {
@@ -406,6 +411,7 @@ impl HttpApi {
         let cluster = web::Data::new(cluster);
         let api_keys = web::Data::new(api_keys);
         let quotas = web::Data::new(quotas);
+        let value = web::Data::new(value);
         let dashboard = dashboard.map(web::Data::new);
         let peers = web::Data::from(peers);
         let server = HttpServer::new(move || {
@@ -422,6 +428,7 @@ impl HttpApi {
                 .app_data(cluster.clone())
                 .app_data(api_keys.clone())
                 .app_data(quotas.clone())
+                .app_data(value.clone())
                 .app_data(metrics.clone())
                 .app_data(auth.clone())
                 .app_data(limits.clone())

@@ -12,8 +12,9 @@ use valueverse_agents::Records;
 use valueverse_agents::amplifier::{Amplifier, AmplifierMsg, AmplifierReply, baseline_for};
 use valueverse_agents::architect::ArchitectMsg;
 use valueverse_agents::committer::{CommitmentStatus, Committer, CommitterMsg};
+use valueverse_agents::config::ValueConfig;
 use valueverse_agents::executor::{
-    Delivery, Executor, ExecutorMsg, Plan, Task, TaskStatus, plan_for,
+    Delivery, Executor, ExecutorMsg, Plan, PlanStatus, Task, TaskStatus, plan_for,
 };
 use valueverse_runtime::System;
 
@@ -62,7 +63,7 @@ impl From<Plan> for PlanView {
     fn from(plan: Plan) -> PlanView {
         PlanView {
             progress_percent: 100.0 * plan.progress(),
-            realized_value: plan.deliveries.iter().map(|d| d.value).sum(),
+            realized_value: plan.realized_value(),
             plan: plan.into(),
         }
     }
@@ -92,7 +93,7 @@ impl From<Plan> for PlanSummary {
     fn from(plan: Plan) -> PlanSummary {
         PlanSummary {
             progress_percent: 100.0 * plan.progress(),
-            realized_value: plan.deliveries.iter().map(|d| d.value).sum(),
+            realized_value: plan.realized_value(),
             milestones: plan.milestones.len(),
             tasks: plan.tasks.len(),
             deliveries: plan.deliveries.len(),
@@ -127,8 +128,67 @@ struct PlanBody {
     tasks: Vec<TaskBody>,
 }
 
+/// The active plans of a commitment, superseded by plan `by` (those made
+/// before it: of two plans made at once the newer stays) or cancelled with
+/// `reason`; the amplifier stops counting them.
+pub(crate) async fn end_plans(
+    system: &System,
+    records: &Records,
+    scope: &Scope,
+    commitment_id: &str,
+    by: Option<&str>,
+    reason: &str,
+) -> Result<(), ApiError> {
+    loop {
+        let page = list_plans(
+            records,
+            scope.tenant(),
+            Some(commitment_id),
+            None,
+            Some(PlanStatus::Active),
+            (100, 0),
+        )
+        .await?;
+        let ending: Vec<&Plan> = page
+            .items
+            .iter()
+            .filter(|plan| by.is_none_or(|by| plan.id.as_str() < by))
+            .collect();
+        if ending.is_empty() {
+            return Ok(());
+        }
+        for plan in ending {
+            let msg = match by {
+                Some(by) => ExecutorMsg::Supersede { by: by.to_owned() },
+                None => ExecutorMsg::Cancel {
+                    reason: reason.to_owned(),
+                },
+            };
+            match ask(system, scope, &plan.id, msg).await {
+                // Ended meanwhile by another request.
+                Ok(_)
+                | Err(ApiError {
+                    status: StatusCode::CONFLICT,
+                    ..
+                }) => {}
+                Err(error) => return Err(error),
+            }
+            amplify(
+                system,
+                scope,
+                &plan.model_id,
+                AmplifierMsg::RetireBaseline {
+                    plan_id: plan.id.clone(),
+                },
+            )
+            .await?;
+        }
+    }
+}
+
 /// The plan of a commitment: its milestones, the tasks given, and the
-/// amplifier's baseline registered for its model.
+/// amplifier's baseline registered for its model; the commitment's plan
+/// before it is superseded (a commitment has one active plan).
 #[utoipa::path(
     post,
     path = "/api/v1/plans",
@@ -145,6 +205,7 @@ struct PlanBody {
 pub(crate) async fn create(
     scope: Scope,
     system: web::Data<System>,
+    records: web::Data<Records>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let body: PlanBody = parse_json(&body, false)?;
@@ -207,7 +268,7 @@ pub(crate) async fn create(
     let id = uuid::Uuid::now_v7().to_string();
     let plan = plan_for(id.clone(), &commitment, at, start_date, tasks);
     let plan = ask(&system, &scope, &id, ExecutorMsg::Create(Box::new(plan))).await?;
-    let baseline = baseline_for(&plan, at);
+    let baseline = baseline_for(&plan, at, &commitment);
     amplify(
         &system,
         &scope,
@@ -215,6 +276,7 @@ pub(crate) async fn create(
         AmplifierMsg::RegisterBaseline(Box::new(baseline)),
     )
     .await?;
+    end_plans(&system, &records, &scope, &commitment.id, Some(&id), "").await?;
     Ok(HttpResponse::Created()
         .insert_header((header::LOCATION, format!("/api/v1/plans/{id}")))
         .json(PlanView::from(plan)))
@@ -336,24 +398,11 @@ struct DeliveryBody {
 pub(crate) async fn deliver(
     scope: Scope,
     system: web::Data<System>,
+    value: web::Data<ValueConfig>,
     id: web::Path<String>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
     let body: DeliveryBody = parse_json(&body, false)?;
-    if !body.value.is_finite() {
-        return Err(ApiError::invalid_field(
-            "value",
-            "`value` must be a finite number".into(),
-        ));
-    }
-    if let Some(delivery_id) = &body.id
-        && (delivery_id.is_empty() || delivery_id.len() > 100)
-    {
-        return Err(ApiError::invalid_field(
-            "id",
-            "a delivery id has 1 to 100 characters".into(),
-        ));
-    }
     let delivery = Delivery {
         id: body.id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
         driver: body.driver,
@@ -361,25 +410,45 @@ pub(crate) async fn deliver(
         date: body.date,
         note: body.note,
     };
-    let plan = ask(
-        &system,
-        &scope,
-        &id,
-        ExecutorMsg::RecordDelivery(delivery.clone()),
-    )
-    .await?;
-    amplify(
-        &system,
-        &scope,
-        &plan.model_id,
-        AmplifierMsg::RecordDelivery(delivery.clone()),
-    )
-    .await?;
+    let plan = record_deliveries(&system, &scope, &value, &id, vec![delivery.clone()]).await?;
     Ok(HttpResponse::Created().json(serde_json::json!({
         "plan_id": plan.id,
         "delivery": api::Delivery::from(delivery),
-        "realized_value": plan.deliveries.iter().map(|d| d.value).sum::<f64>(),
+        "realized_value": plan.realized_value(),
     })))
+}
+
+/// Records deliveries with the executor (which checks them, all or
+/// none), then with the amplifier (both idempotent on the delivery id
+/// within the plan, so a retry after a failure is safe).
+pub(crate) async fn record_deliveries(
+    system: &System,
+    scope: &Scope,
+    value: &ValueConfig,
+    plan_id: &str,
+    deliveries: Vec<Delivery>,
+) -> Result<Plan, ApiError> {
+    let plan = ask(
+        system,
+        scope,
+        plan_id,
+        ExecutorMsg::RecordDeliveries {
+            deliveries: deliveries.clone(),
+            max_value: value.max_delivery_value,
+        },
+    )
+    .await?;
+    amplify(
+        system,
+        scope,
+        &plan.model_id,
+        AmplifierMsg::RecordDeliveries {
+            plan_id: plan.id.clone(),
+            deliveries,
+        },
+    )
+    .await?;
+    Ok(plan)
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -419,6 +488,16 @@ pub(crate) async fn cancel(
         &id,
         ExecutorMsg::Cancel {
             reason: body.reason,
+        },
+    )
+    .await?;
+    // Insights stop measuring against it.
+    amplify(
+        &system,
+        &scope,
+        &plan.model_id,
+        AmplifierMsg::RetireBaseline {
+            plan_id: plan.id.clone(),
         },
     )
     .await?;
@@ -484,6 +563,8 @@ struct InsightsQuery {
     /// Fraction around 100% realization beyond which a driver is an
     /// opportunity or a risk [default: 0.1].
     margin: Option<f64>,
+    /// One plan's insights [default: the model's active plans together].
+    plan_id: Option<String>,
 }
 
 #[utoipa::path(
@@ -494,6 +575,7 @@ struct InsightsQuery {
         ("model_id" = String, Path, description = "value model id"),
         ("as_of" = Option<chrono::NaiveDate>, Query, description = "YYYY-MM-DD [default: today]"),
         ("margin" = Option<f64>, Query, description = "0 to 1 [default: 0.1]"),
+        ("plan_id" = Option<String>, Query, description = "one plan [default: the model's active plans together]"),
     ),
     responses(
         (status = 200, description = "realized vs committed, trend, opportunities, risks", body = amplifier_api::Insights),
@@ -523,14 +605,18 @@ pub(crate) async fn insights(
         &system,
         &scope,
         &model_id,
-        AmplifierMsg::Insights { as_of, margin },
+        AmplifierMsg::Insights {
+            as_of,
+            margin,
+            plan_id: query.plan_id,
+        },
     )
     .await?
     {
         AmplifierReply::Insights(insights) => {
             Ok(HttpResponse::Ok().json(amplifier_api::Insights::from(*insights)))
         }
-        AmplifierReply::Done => Err(ApiError::new(
+        AmplifierReply::Done | AmplifierReply::Snapshot(_) => Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
             "the amplifier answered an insights request without insights",

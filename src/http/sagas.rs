@@ -76,6 +76,8 @@ impl From<ValueCreationBody> for ValueCreationInput {
             start_date,
             paths,
             fail_step,
+            // Monthly statements: the saga's body has no period of its own.
+            statement_months: 1,
         }
     }
 }

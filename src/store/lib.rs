@@ -107,6 +107,7 @@ mod batch;
 mod leases;
 mod notifications;
 mod outbox;
+mod realization;
 mod records;
 mod sagas;
 mod simulations;
@@ -117,6 +118,7 @@ pub use audit::AuditQuery;
 pub use leases::{Lease, LeaseClaim, Renewal};
 pub use notifications::{Attempt, Notification};
 pub use outbox::{Claimant, ClaimedDelivery, Dispatched, OutboxStats};
+pub use realization::RealizationRow;
 pub use records::{Listing, Page, Record};
 pub use valueverse_runtime::{Column, OutboxEvent, VersionedState, unix_millis};
 

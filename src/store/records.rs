@@ -179,6 +179,14 @@ pub struct Page {
     pub bodies: Vec<String>,
 }
 
+/// The periodic ticks' due columns.
+#[derive(Debug, Clone, Copy)]
+enum Due {
+    Plans,
+    Statements,
+    Snapshots,
+}
+
 /// What a list reads: one agent's table, filtered on the columns its
 /// migrations index (`None`: that column filters nothing). Typed, so that
 /// no caller writes a table's or a column's name: they are written here
@@ -294,22 +302,61 @@ impl Store {
         Ok(bodies)
     }
 
-    /// Instance keys (all tenants) of the active plans, a page at a time
-    /// in key order: what the executor's tick wakes.
-    pub async fn active_plan_keys(
+    /// Instance keys (all tenants) of the rows of `table` whose `column`
+    /// (a due time, Unix milliseconds) has come by `now_ms`, a page at a
+    /// time in key order: what the periodic ticks wake.
+    async fn due_keys(
         &self,
+        table: Due,
+        now_ms: i64,
         limit: i64,
         offset: i64,
     ) -> Result<Vec<String>, StoreError> {
+        let (table, column) = match table {
+            Due::Plans => ("plans", "next_due_ms"),
+            Due::Statements => ("commitments", "next_statement_ms"),
+            Due::Snapshots => ("amplifications", "snapshot_due_ms"),
+        };
+        let sql =
+            format!("SELECT id FROM {table} WHERE {column} <= $1 ORDER BY id LIMIT $2 OFFSET $3");
         Ok(with_pool!(self, pool => {
-            sqlx::query_scalar(
-                "SELECT id FROM plans WHERE status = 'active' ORDER BY id LIMIT $1 OFFSET $2",
-            )
-            .bind(limit)
-            .bind(offset)
-            .fetch_all(pool)
-            .await
+            sqlx::query_scalar(&sql)
+                .bind(now_ms)
+                .bind(limit)
+                .bind(offset)
+                .fetch_all(pool)
+                .await
         })?)
+    }
+
+    /// Plans with a milestone come due: the executor's tick.
+    pub async fn due_plan_keys(
+        &self,
+        now_ms: i64,
+        limit: i64,
+        offset: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        self.due_keys(Due::Plans, now_ms, limit, offset).await
+    }
+
+    /// Commitments with a statement due: the committer's tick.
+    pub async fn due_statement_keys(
+        &self,
+        now_ms: i64,
+        limit: i64,
+        offset: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        self.due_keys(Due::Statements, now_ms, limit, offset).await
+    }
+
+    /// Models whose daily snapshot is due: the amplifier's tick.
+    pub async fn due_snapshot_keys(
+        &self,
+        now_ms: i64,
+        limit: i64,
+        offset: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        self.due_keys(Due::Snapshots, now_ms, limit, offset).await
     }
 
     async fn select_records(

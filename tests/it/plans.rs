@@ -122,7 +122,8 @@ async fn a_plan_tracks_progress_deliveries_overdue_milestones_and_insights() {
     )))
     .await;
     assert_eq!(status, StatusCode::OK, "{insights}");
-    assert_eq!(insights["plan_id"], plan_id.as_str());
+    assert_eq!(insights["plans"], json!([plan_id]));
+    assert_eq!(insights["plan_id"], serde_json::Value::Null);
     assert_eq!(insights["realized_to_date"], 150100.0);
     let opportunities: Vec<&str> = insights["opportunities"]
         .as_array()

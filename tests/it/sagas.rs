@@ -216,12 +216,45 @@ async fn renewal_resimulates_amends_and_replans() {
     assert_eq!(status, StatusCode::ACCEPTED, "{renewal}");
     let id = renewal["id"].as_str().unwrap().to_owned();
     let renewal = wait_until(&client, &base, &id, "completed").await;
-    assert_eq!(step_statuses(&renewal), ["succeeded"; 3]);
+    assert_eq!(step_statuses(&renewal), ["succeeded"; 4]);
     let (_, amended) = send(client.get(format!("{base}/commitments/{id}-commitment"))).await;
     assert_eq!(amended["status"], "active");
     assert_eq!(amended["model_id"], format!("{first}-model"));
+    assert_eq!(amended["renews"], format!("{first}-commitment"));
+    // The renewed commitment is superseded, its open plan moved over.
+    let (_, old) = send(client.get(format!("{base}/commitments/{first}-commitment"))).await;
+    assert_eq!(old["status"], "superseded", "{old}");
+    assert_eq!(old["superseded_by"], format!("{id}-commitment"));
+    let (_, moved) = send(client.get(format!("{base}/plans/{first}-plan"))).await;
+    assert_eq!(moved["status"], "active");
+    assert_eq!(moved["commitment_id"], format!("{id}-commitment"));
     let (status, _) = send(client.get(format!("{base}/plans/{id}-plan"))).await;
-    assert_eq!(status, StatusCode::OK);
+    assert_eq!(status, StatusCode::NOT_FOUND, "no second plan");
+    let (_, insights) = send(client.get(format!(
+        "{base}/amplifications/{first}-model/insights?as_of=2027-06-01"
+    )))
+    .await;
+    assert_eq!(
+        insights["plans"],
+        json!([format!("{first}-plan")]),
+        "{insights}"
+    );
+
+    // A renewal failing at its last step restores what it changed.
+    let (_, undone) = send(client.post(format!("{base}/sagas/renewal")).json(&json!({
+        "commitment_id": format!("{id}-commitment"), "paths": 10_000, "fail_step": "supersede"
+    })))
+    .await;
+    let undone = undone["id"].as_str().unwrap().to_owned();
+    wait_until(&client, &base, &undone, "compensated").await;
+    let (_, amended) = send(client.get(format!("{base}/commitments/{id}-commitment"))).await;
+    assert_eq!(amended["status"], "active", "{amended}");
+    assert_eq!(amended["superseded_by"], serde_json::Value::Null);
+    let (_, voided) = send(client.get(format!("{base}/commitments/{undone}-commitment"))).await;
+    assert_eq!(voided["status"], "voided");
+    let (_, back) = send(client.get(format!("{base}/plans/{first}-plan"))).await;
+    assert_eq!(back["commitment_id"], format!("{id}-commitment"), "{back}");
+    assert_eq!(back["status"], "active");
     drop(client);
     node.stop().await.unwrap();
 }

@@ -2,11 +2,17 @@
 //! a value target for a model version at a confidence level; the committer
 //! accepts it only when the model version's latest finished simulation
 //! supports it (the NPV reached with that probability is at least the
-//! target), and records the contract terms and milestones.
+//! target), and records the contract terms and milestones. Once a period
+//! ends it issues the period's statement (`crate::statements`): realized
+//! value against the committed value, and the fee the terms make of them.
+
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::statements::{Statement, statement};
+use crate::value::{Expectation, add_months};
 use valueverse_gpu::model::{FieldError, MAX_MONEY};
 use valueverse_store::Column;
 
@@ -180,6 +186,8 @@ impl SimulatedSupport {
 pub enum CommitmentStatus {
     Active,
     Voided,
+    /// A renewal's commitment took its place (`superseded_by`).
+    Superseded,
 }
 
 impl CommitmentStatus {
@@ -187,9 +195,17 @@ impl CommitmentStatus {
         match self {
             CommitmentStatus::Active => "active",
             CommitmentStatus::Voided => "voided",
+            CommitmentStatus::Superseded => "superseded",
         }
     }
 }
+
+fn monthly() -> u32 {
+    1
+}
+
+/// Lengths of a statement period, in months.
+pub const STATEMENT_MONTHS: [u32; 4] = [1, 3, 6, 12];
 
 /// What a client asks to commit to (checked by the caller).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -202,6 +218,16 @@ pub struct CommitmentRequest {
     pub target: f64,
     pub terms: Terms,
     pub milestones: Vec<Milestone>,
+    /// The first day of the first statement period [default: the day it
+    /// is made].
+    #[serde(default)]
+    pub start_date: Option<NaiveDate>,
+    /// Months in a statement period: 1, 3, 6 or 12.
+    #[serde(default = "monthly")]
+    pub statement_months: u32,
+    /// The commitment a renewal made this one to replace.
+    #[serde(default)]
+    pub renews: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -214,6 +240,56 @@ pub struct Commitment {
     pub created_at: DateTime<Utc>,
     pub voided_at: Option<DateTime<Utc>>,
     pub void_reason: Option<String>,
+    /// What the target asks of each driver, gross (none in commitments
+    /// from before statements: they issue none).
+    #[serde(default)]
+    pub expectation: Option<Expectation>,
+    /// Issued, oldest first; never changed once issued.
+    #[serde(default)]
+    pub statements: Vec<Statement>,
+    #[serde(default)]
+    pub superseded_by: Option<String>,
+    /// The row carries when the next statement is due (false in rows from
+    /// before it did: the next tick saves it).
+    #[serde(default)]
+    pub statements_indexed: bool,
+}
+
+impl Commitment {
+    /// The first day of the first period.
+    pub fn start(&self) -> NaiveDate {
+        self.request
+            .start_date
+            .unwrap_or_else(|| self.created_at.date_naive())
+    }
+
+    /// The next period to state, `(number, first day, last day)`, while
+    /// the commitment is active and has periods left.
+    pub fn next_period(&self) -> Option<(u32, NaiveDate, NaiveDate)> {
+        let expectation = self.expectation.as_ref()?;
+        if self.status != CommitmentStatus::Active {
+            return None;
+        }
+        let months = self.request.statement_months.max(1);
+        let horizon = expectation.horizon_months;
+        let number = u32::try_from(self.statements.len()).ok()? + 1;
+        let from = (number - 1).checked_mul(months)?;
+        if from >= horizon {
+            return None;
+        }
+        let to = (from + months).min(horizon);
+        let first = add_months(self.start(), from);
+        let last = add_months(self.start(), to).pred_opt()?;
+        Some((number, first, last))
+    }
+
+    /// When the next statement is due: the day after its period (the
+    /// committer's row's `next_statement_ms`).
+    fn next_statement_ms(&self) -> Option<i64> {
+        let (_, _, last) = self.next_period()?;
+        let due = last.succ_opt()?.and_hms_opt(0, 0, 0)?;
+        Some(due.and_utc().timestamp_millis())
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -226,10 +302,32 @@ pub enum CommitterMsg {
         request: Box<CommitmentRequest>,
         simulated: Option<SimulatedSupport>,
         min_paths: u64,
+        /// The model version's expectation, scaled to the target.
+        expectation: Box<Expectation>,
     },
     Get,
     Void {
         reason: String,
+    },
+    /// Issues the statement of period `period` once it has ended by
+    /// `today`, from the realized value by driver of the commitment's plans
+    /// dated from the commitment's start to before the period
+    /// (`realized_before`) and within it (`realized_in`); any other period
+    /// changes nothing (it is issued, or not yet due), so a statement is
+    /// issued once however often it is asked.
+    IssueStatement {
+        period: u32,
+        today: NaiveDate,
+        realized_before: BTreeMap<String, f64>,
+        realized_in: BTreeMap<String, f64>,
+    },
+    /// A renewal's commitment `by` takes this one's place.
+    Supersede {
+        by: String,
+    },
+    /// The renewal's compensation: active again.
+    Restore {
+        by: String,
     },
 }
 
@@ -239,6 +337,9 @@ impl AgentMessage for CommitterMsg {
             CommitterMsg::Commit { .. } => "commit",
             CommitterMsg::Get => "get",
             CommitterMsg::Void { .. } => "void",
+            CommitterMsg::IssueStatement { .. } => "issue_statement",
+            CommitterMsg::Supersede { .. } => "supersede",
+            CommitterMsg::Restore { .. } => "restore",
         }
     }
 }
@@ -273,9 +374,20 @@ impl Agent for Committer {
                     request,
                     simulated,
                     min_paths,
+                    expectation,
                 },
                 None,
             ) => {
+                if !STATEMENT_MONTHS.contains(&request.statement_months) {
+                    return Err(HandlerError::rejected(
+                        RejectionCode::Invalid,
+                        format!(
+                            "`statement_months` must be one of {STATEMENT_MONTHS:?}, got {}",
+                            request.statement_months
+                        ),
+                        Some("statement_months"),
+                    ));
+                }
                 // The rules hold whoever sends the commit (a route, a saga).
                 if let Err(error) = check_commitment(
                     request.confidence,
@@ -334,14 +446,21 @@ impl Agent for Committer {
                         Some("target"),
                     ));
                 }
+                let mut request = *request;
+                let created_at = Utc::now();
+                request.start_date = Some(request.start_date.unwrap_or(created_at.date_naive()));
                 let commitment = Commitment {
                     id: key,
                     status: CommitmentStatus::Active,
-                    request: *request,
+                    request,
                     simulated,
-                    created_at: Utc::now(),
+                    created_at,
                     voided_at: None,
                     void_reason: None,
+                    expectation: Some(*expectation),
+                    statements: Vec::new(),
+                    superseded_by: None,
+                    statements_indexed: true,
                 };
                 ctx.emit("commitment.made", event_data(&commitment));
                 ctx.persist();
@@ -353,11 +472,84 @@ impl Agent for Committer {
                 None,
             )),
             (CommitterMsg::Get, Some(commitment)) => Ok(commitment.clone()),
-            (CommitterMsg::Void { reason }, Some(commitment)) => {
-                if commitment.status == CommitmentStatus::Voided {
+            (
+                CommitterMsg::IssueStatement {
+                    period,
+                    today,
+                    realized_before,
+                    realized_in,
+                },
+                Some(commitment),
+            ) => {
+                let mut changed = !commitment.statements_indexed;
+                commitment.statements_indexed = true;
+                if let Some((number, first, last)) = commitment.next_period()
+                    && number == period
+                    && last < today
+                {
+                    let issued = statement(
+                        commitment,
+                        (number, first, last),
+                        &realized_before,
+                        &realized_in,
+                        Utc::now(),
+                    );
+                    ctx.emit(
+                        "statement.issued",
+                        serde_json::json!({
+                            "commitment_id": commitment.id,
+                            "model_id": commitment.request.model_id,
+                            "currency": commitment.request.currency,
+                            "statement": issued,
+                        }),
+                    );
+                    commitment.statements.push(issued);
+                    changed = true;
+                }
+                if changed {
+                    ctx.persist();
+                }
+                Ok(commitment.clone())
+            }
+            (CommitterMsg::Supersede { by }, Some(commitment)) => {
+                if commitment.superseded_by.as_deref() == Some(by.as_str()) {
+                    return Ok(commitment.clone());
+                }
+                if commitment.status != CommitmentStatus::Active {
                     return Err(HandlerError::rejected(
                         RejectionCode::Conflict,
-                        format!("commitment `{key}` is already voided"),
+                        format!(
+                            "commitment `{key}` is {}: only an active one is superseded",
+                            commitment.status.as_str()
+                        ),
+                        None,
+                    ));
+                }
+                commitment.status = CommitmentStatus::Superseded;
+                commitment.superseded_by = Some(by);
+                ctx.emit("commitment.superseded", event_data(commitment));
+                ctx.persist();
+                Ok(commitment.clone())
+            }
+            (CommitterMsg::Restore { by }, Some(commitment)) => {
+                if commitment.status == CommitmentStatus::Superseded
+                    && commitment.superseded_by.as_deref() == Some(by.as_str())
+                {
+                    commitment.status = CommitmentStatus::Active;
+                    commitment.superseded_by = None;
+                    ctx.emit("commitment.restored", event_data(commitment));
+                    ctx.persist();
+                }
+                Ok(commitment.clone())
+            }
+            (CommitterMsg::Void { reason }, Some(commitment)) => {
+                if commitment.status != CommitmentStatus::Active {
+                    return Err(HandlerError::rejected(
+                        RejectionCode::Conflict,
+                        format!(
+                            "commitment `{key}` is already {}",
+                            commitment.status.as_str()
+                        ),
                         None,
                     ));
                 }
@@ -384,6 +576,10 @@ impl Agent for Committer {
             "created_at_ms",
             Column::Int(Some(commitment.created_at.timestamp_millis()))
         ),
+        (
+            "next_statement_ms",
+            Column::Int(commitment.next_statement_ms())
+        ),
     ]);
 }
 
@@ -396,6 +592,7 @@ fn event_data(commitment: &Commitment) -> serde_json::Value {
         "confidence": commitment.request.confidence,
         "status": commitment.status,
         "void_reason": commitment.void_reason,
+        "superseded_by": commitment.superseded_by,
     })
 }
 
@@ -438,6 +635,9 @@ mod tests {
                 cap: None,
             },
             milestones: Vec::new(),
+            start_date: None,
+            statement_months: 1,
+            renews: None,
         };
         let support = SimulatedSupport {
             simulation_id: "s".into(),
@@ -455,6 +655,12 @@ mod tests {
                 request: Box::new(request(outcome_share)),
                 simulated: Some(support.clone()),
                 min_paths: 1000,
+                expectation: Box::new(crate::value::Expectation {
+                    model_version: 1,
+                    horizon_months: 12,
+                    drivers: Vec::new(),
+                    scale: 1.0,
+                }),
             };
             Committer::handle(&mut state, msg, &mut ctx).map(|_| state.is_some())
         };

@@ -87,3 +87,31 @@ impl Default for SimulationConfig {
         }
     }
 }
+
+/// The value loop: statements, snapshots, deliveries and their import.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ValueConfig {
+    /// How often each node issues the statements due on its commitments
+    /// and takes the daily snapshot of its models.
+    #[serde(with = "humantime_serde")]
+    pub tick: Duration,
+    /// Largest value (either sign) one delivery may record.
+    pub max_delivery_value: f64,
+    /// Fraction around 100% realization beyond which a snapshot finds a
+    /// driver a risk or an opportunity.
+    pub risk_margin: f64,
+    /// Most rows one import file may have.
+    pub import_max_rows: usize,
+}
+
+impl Default for ValueConfig {
+    fn default() -> ValueConfig {
+        ValueConfig {
+            tick: Duration::from_secs(60),
+            max_delivery_value: 1e12,
+            risk_margin: 0.1,
+            import_max_rows: 50_000,
+        }
+    }
+}

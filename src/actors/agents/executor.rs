@@ -1,7 +1,10 @@
 //! The executor agent: one instance per execution plan. A plan comes from a
 //! commitment (its milestones) and adds tasks with owners and due dates; it
-//! records progress and deliveries of realized value, and a periodic tick
-//! marks overdue milestones and announces them.
+//! records progress and deliveries of realized value (checked: a known
+//! driver, a finite value within the configured bound, a date within the
+//! plan's horizon), and a periodic tick marks overdue milestones and
+//! announces them. A commitment has one active plan: a new one supersedes
+//! it, and voiding the commitment cancels it.
 
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
@@ -18,6 +21,8 @@ pub(crate) const TABLE: &str = "plans";
 pub enum PlanStatus {
     Active,
     Cancelled,
+    /// A newer plan of the same commitment took its place.
+    Superseded,
 }
 
 impl PlanStatus {
@@ -25,6 +30,7 @@ impl PlanStatus {
         match self {
             PlanStatus::Active => "active",
             PlanStatus::Cancelled => "cancelled",
+            PlanStatus::Superseded => "superseded",
         }
     }
 }
@@ -87,15 +93,107 @@ pub struct Plan {
     /// Drivers deliveries may name (the model version's).
     pub drivers: Vec<String>,
     pub start_date: NaiveDate,
+    /// The model version's horizon: deliveries are dated within
+    /// `start_date` and that many months after (0 in plans from before it
+    /// was kept: no end).
+    #[serde(default)]
+    pub horizon_months: u32,
     pub milestones: Vec<PlanMilestone>,
     pub tasks: Vec<Task>,
     pub deliveries: Vec<Delivery>,
     pub created_at: DateTime<Utc>,
     pub cancelled_at: Option<DateTime<Utc>>,
     pub cancel_reason: Option<String>,
+    /// The plan that took this one's place.
+    #[serde(default)]
+    pub superseded_by: Option<String>,
+    /// The plan's row carries the date its next milestone falls due (false
+    /// in plans saved before it did: the next tick saves it).
+    #[serde(default)]
+    pub due_indexed: bool,
 }
 
+/// Most deliveries one plan keeps.
+pub const MAX_DELIVERIES: usize = 50_000;
+
 impl Plan {
+    /// The last day a delivery may be dated (`None`: no end).
+    pub fn last_day(&self) -> Option<NaiveDate> {
+        (self.horizon_months > 0).then(|| {
+            super::value::add_months(self.start_date, self.horizon_months)
+                .pred_opt()
+                .unwrap_or(NaiveDate::MAX)
+        })
+    }
+
+    /// Realized value in all.
+    pub fn realized_value(&self) -> f64 {
+        self.deliveries.iter().map(|d| d.value).sum()
+    }
+
+    /// The first day a tick finds a pending milestone overdue, as the
+    /// plans row's `next_due_ms` (none: nothing left to find).
+    fn next_due_ms(&self) -> Option<i64> {
+        if self.status != PlanStatus::Active {
+            return None;
+        }
+        self.milestones
+            .iter()
+            .filter(|m| m.status == MilestoneStatus::Pending)
+            .map(|m| m.due_date)
+            .min()
+            .and_then(|due| due.succ_opt())
+            .and_then(|day| day.and_hms_opt(0, 0, 0))
+            .map(|at| at.and_utc().timestamp_millis())
+    }
+
+    /// Why `delivery` cannot be recorded: `(field, message)`.
+    fn refuse_delivery(
+        &self,
+        delivery: &Delivery,
+        max_value: f64,
+    ) -> Option<(&'static str, String)> {
+        if delivery.id.is_empty() || delivery.id.len() > 100 {
+            return Some(("id", "a delivery id has 1 to 100 characters".into()));
+        }
+        if !self.drivers.contains(&delivery.driver) {
+            return Some((
+                "driver",
+                format!(
+                    "model `{}` v{} has no driver `{}` (it has: {})",
+                    self.model_id,
+                    self.model_version,
+                    delivery.driver,
+                    self.drivers.join(", ")
+                ),
+            ));
+        }
+        let bound = max_value.min(valueverse_gpu::model::MAX_MONEY);
+        if !(delivery.value.is_finite() && delivery.value.abs() <= bound) {
+            return Some((
+                "value",
+                format!(
+                    "must be a finite number within ±{bound:e}, got {}",
+                    delivery.value
+                ),
+            ));
+        }
+        let last = self.last_day().unwrap_or(NaiveDate::MAX);
+        if !(self.start_date..=last).contains(&delivery.date) {
+            return Some((
+                "date",
+                format!(
+                    "must be within the plan's horizon, {}..={last}, got {}",
+                    self.start_date, delivery.date
+                ),
+            ));
+        }
+        if delivery.note.as_ref().is_some_and(|note| note.len() > 1000) {
+            return Some(("note", "at most 1000 characters".into()));
+        }
+        None
+    }
+
     /// Share of tasks done (milestones when there are no tasks), 0 to 1.
     pub fn progress(&self) -> f64 {
         let (done, all) = if self.tasks.is_empty() {
@@ -135,14 +233,31 @@ pub enum ExecutorMsg {
         milestone: String,
         on: NaiveDate,
     },
-    /// Records a delivery; the same id twice is recorded once.
-    RecordDelivery(Delivery),
+    /// Records deliveries, all or none: each checked (values within
+    /// ±`max_value`); an id the plan has with the same values is recorded
+    /// once, with others refused.
+    RecordDeliveries {
+        deliveries: Vec<Delivery>,
+        max_value: f64,
+    },
     /// Marks milestones past due on `today` overdue, announcing each once.
     Tick {
         today: NaiveDate,
     },
     Cancel {
         reason: String,
+    },
+    /// A newer plan of the commitment takes this one's place.
+    Supersede {
+        by: String,
+    },
+    /// A renewal moves the open plan to the commitment that renews its
+    /// own (and its compensation moves it back).
+    Reassign {
+        commitment_id: String,
+        model_version: i64,
+        drivers: Vec<String>,
+        horizon_months: u32,
     },
 }
 
@@ -153,9 +268,11 @@ impl AgentMessage for ExecutorMsg {
             ExecutorMsg::Get => "get",
             ExecutorMsg::UpdateTask { .. } => "update_task",
             ExecutorMsg::CompleteMilestone { .. } => "complete_milestone",
-            ExecutorMsg::RecordDelivery(_) => "record_delivery",
+            ExecutorMsg::RecordDeliveries { .. } => "record_deliveries",
             ExecutorMsg::Tick { .. } => "tick",
             ExecutorMsg::Cancel { .. } => "cancel",
+            ExecutorMsg::Supersede { .. } => "supersede",
+            ExecutorMsg::Reassign { .. } => "reassign",
         }
     }
 }
@@ -210,10 +327,24 @@ impl Agent for Executor {
                 ));
             }
             (ExecutorMsg::Get, Some(plan)) => plan,
-            (_, Some(plan)) if plan.status == PlanStatus::Cancelled => {
+            (ExecutorMsg::Tick { .. }, Some(plan)) if plan.status != PlanStatus::Active => {
+                // A row indexed before the plan ended: saved again, off
+                // the tick's index.
+                if !plan.due_indexed {
+                    plan.due_indexed = true;
+                    ctx.persist();
+                }
+                plan
+            }
+            (ExecutorMsg::Reassign { commitment_id, .. }, Some(plan))
+                if plan.commitment_id == commitment_id =>
+            {
+                plan
+            }
+            (_, Some(plan)) if plan.status != PlanStatus::Active => {
                 return Err(refuse(
                     RejectionCode::Conflict,
-                    format!("plan `{key}` is cancelled"),
+                    format!("plan `{key}` is {}", plan.status.as_str()),
                     None,
                 ));
             }
@@ -252,38 +383,72 @@ impl Agent for Executor {
                 ctx.persist();
                 plan
             }
-            (ExecutorMsg::RecordDelivery(delivery), Some(plan)) => {
-                if let Some(existing) = plan.deliveries.iter().find(|d| d.id == delivery.id) {
-                    if *existing != delivery {
-                        return Err(refuse(
-                            RejectionCode::Conflict,
-                            format!("delivery `{}` was recorded with other values", delivery.id),
-                            Some("id"),
-                        ));
+            (
+                ExecutorMsg::RecordDeliveries {
+                    deliveries,
+                    max_value,
+                },
+                Some(plan),
+            ) => {
+                let mut fresh = Vec::new();
+                // One delivery's fields are named plainly (the single route's
+                // body); a batch's by index.
+                let single = deliveries.len() == 1;
+                for (index, delivery) in deliveries.into_iter().enumerate() {
+                    let at = |field: &str| {
+                        if single {
+                            field.to_owned()
+                        } else {
+                            format!("deliveries[{index}].{field}")
+                        }
+                    };
+                    if let Some(existing) = plan.deliveries.iter().find(|d| d.id == delivery.id) {
+                        if *existing != delivery {
+                            return Err(refuse(
+                                RejectionCode::Conflict,
+                                format!(
+                                    "delivery `{}` was recorded with other values",
+                                    delivery.id
+                                ),
+                                Some(&at("id")),
+                            ));
+                        }
+                        continue;
                     }
-                    return Ok(plan.clone());
+                    if let Some((field, message)) = plan.refuse_delivery(&delivery, max_value) {
+                        let code = if field == "driver" {
+                            RejectionCode::UnknownDriver
+                        } else {
+                            RejectionCode::Invalid
+                        };
+                        return Err(refuse(code, message, Some(&at(field))));
+                    }
+                    if fresh.iter().any(|d: &Delivery| d.id == delivery.id) {
+                        continue;
+                    }
+                    fresh.push(delivery);
                 }
-                if !plan.drivers.contains(&delivery.driver) {
+                if plan.deliveries.len() + fresh.len() > MAX_DELIVERIES {
                     return Err(refuse(
-                        RejectionCode::UnknownDriver,
-                        format!(
-                            "model `{}` v{} has no driver `{}` (it has: {})",
-                            plan.model_id,
-                            plan.model_version,
-                            delivery.driver,
-                            plan.drivers.join(", ")
-                        ),
-                        Some("driver"),
+                        RejectionCode::Invalid,
+                        format!("a plan keeps at most {MAX_DELIVERIES} deliveries"),
+                        Some("deliveries"),
                     ));
                 }
-                ctx.emit(
-                    "delivery.recorded",
-                    serde_json::json!({
-                        "plan_id": plan.id, "model_id": plan.model_id, "delivery": delivery,
-                    }),
-                );
-                plan.deliveries.push(delivery);
-                ctx.persist();
+                if !fresh.is_empty() {
+                    ctx.emit(
+                        "delivery.recorded",
+                        serde_json::json!({
+                            "plan_id": plan.id, "model_id": plan.model_id,
+                            "commitment_id": plan.commitment_id,
+                            "deliveries": fresh.len(),
+                            "value": fresh.iter().map(|d| d.value).sum::<f64>(),
+                            "first": fresh.first(),
+                        }),
+                    );
+                    plan.deliveries.extend(fresh);
+                    ctx.persist();
+                }
                 plan
             }
             (ExecutorMsg::Tick { today }, Some(plan)) => {
@@ -302,7 +467,8 @@ impl Agent for Executor {
                         );
                     }
                 }
-                if changed {
+                if changed || !plan.due_indexed {
+                    plan.due_indexed = true;
                     ctx.persist();
                 }
                 plan
@@ -315,6 +481,48 @@ impl Agent for Executor {
                     "plan.cancelled",
                     serde_json::json!({ "plan_id": plan.id, "reason": plan.cancel_reason }),
                 );
+                ctx.persist();
+                plan
+            }
+            (ExecutorMsg::Supersede { by }, Some(plan)) => {
+                plan.status = PlanStatus::Superseded;
+                plan.cancelled_at = Some(Utc::now());
+                plan.cancel_reason = Some(format!("superseded by plan {by}"));
+                plan.superseded_by = Some(by);
+                ctx.emit(
+                    "plan.superseded",
+                    serde_json::json!({
+                        "plan_id": plan.id, "commitment_id": plan.commitment_id,
+                        "superseded_by": plan.superseded_by,
+                    }),
+                );
+                ctx.persist();
+                plan
+            }
+            (
+                ExecutorMsg::Reassign {
+                    commitment_id,
+                    model_version,
+                    drivers,
+                    horizon_months,
+                },
+                Some(plan),
+            ) => {
+                ctx.emit(
+                    "plan.reassigned",
+                    serde_json::json!({
+                        "plan_id": plan.id, "from": plan.commitment_id, "to": commitment_id,
+                    }),
+                );
+                plan.commitment_id = commitment_id;
+                plan.model_version = model_version;
+                // Deliveries already made name the old version's drivers.
+                for driver in drivers {
+                    if !plan.drivers.contains(&driver) {
+                        plan.drivers.push(driver);
+                    }
+                }
+                plan.horizon_months = horizon_months;
                 ctx.persist();
                 plan
             }
@@ -333,6 +541,7 @@ impl Agent for Executor {
             "created_at_ms",
             Column::Int(Some(plan.created_at.timestamp_millis()))
         ),
+        ("next_due_ms", Column::Int(plan.next_due_ms())),
     ]);
 }
 
@@ -349,17 +558,22 @@ fn complete(plan: &mut Plan, name: &str, on: NaiveDate, ctx: &mut Handling<'_>) 
     }
 }
 
-/// Tells every active plan the date, so that it marks and announces its
-/// overdue milestones; answers how many were told. The node runs it every
-/// `executor_tick`.
+/// Tells every active plan with a milestone due the date, so that it marks
+/// and announces its overdue milestones; answers how many were told. The
+/// node runs it every `executor_tick`. Plans with nothing due are not read
+/// (an index on the next due date), so idle plans stay passivated.
 pub async fn tick_active_plans(
     system: &valueverse_runtime::System,
     records: &crate::Records,
 ) -> Result<usize, valueverse_runtime::StateError> {
-    let today = Utc::now().date_naive();
+    let now = Utc::now();
+    let today = now.date_naive();
     let (mut offset, mut told) = (0, 0);
     loop {
-        let keys = records.store().active_plan_keys(100, offset).await?;
+        let keys = records
+            .store()
+            .due_plan_keys(now.timestamp_millis(), 100, offset)
+            .await?;
         for key in &keys {
             // Each node ticks the plans it owns.
             if !system.is_local(Executor::KIND, key) {
@@ -403,6 +617,7 @@ pub fn plan_for(
             .map(|d| d.name.clone())
             .collect(),
         start_date,
+        horizon_months: version.model.horizon_months,
         milestones: commitment
             .request
             .milestones
@@ -420,6 +635,8 @@ pub fn plan_for(
         created_at: Utc::now(),
         cancelled_at: None,
         cancel_reason: None,
+        superseded_by: None,
+        due_indexed: true,
     }
 }
 

@@ -20,3 +20,5 @@ pub mod saga;
 pub mod sagas;
 pub mod simulation;
 pub mod simulations;
+pub mod statements;
+pub mod value;

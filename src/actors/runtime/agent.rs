@@ -210,6 +210,15 @@ impl<'a> Handling<'a> {
         self.events.push((event_type, data));
     }
 
+    /// The types of the events emitted so far (for unit tests of
+    /// handlers).
+    pub fn emitted(&self) -> Vec<&'static str> {
+        self.events
+            .iter()
+            .map(|(event_type, _)| *event_type)
+            .collect()
+    }
+
     /// The emitted events as published, stamped with their source.
     pub(crate) fn take_events(&mut self, kind: &str) -> Vec<super::events::DomainEvent> {
         // Most messages emit nothing: no source string for them.

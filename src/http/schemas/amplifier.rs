@@ -8,6 +8,9 @@ use valueverse_agents::amplifier as domain;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DriverInsight {
     pub driver: String,
+    /// Gross value the model expects to date (drivers at their means).
+    pub expected_to_date: f64,
+    /// Gross value the commitment asks to date (expected x its scale).
     pub committed_to_date: f64,
     pub realized_to_date: f64,
     /// Realized over committed, in percent; `None` before anything was due.
@@ -41,10 +44,14 @@ pub struct Risk {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Insights {
     pub model_id: String,
-    pub plan_id: String,
+    /// The plan these are of; `null`: the model's active plans together.
+    pub plan_id: Option<String>,
+    /// The plans counted.
+    pub plans: Vec<String>,
     pub as_of: NaiveDate,
     pub months_elapsed: f64,
     pub months_remaining: f64,
+    pub expected_to_date: f64,
     pub committed_to_date: f64,
     pub realized_to_date: f64,
     pub realization_percent: Option<f64>,
@@ -59,6 +66,7 @@ pub struct Insights {
 
 convert_struct!(domain::DriverInsight => DriverInsight {
     driver,
+    expected_to_date,
     committed_to_date,
     realized_to_date,
     realization_percent
@@ -81,9 +89,11 @@ convert_struct!(domain::Risk => Risk {
 convert_struct!(domain::Insights => Insights {
     model_id,
     plan_id,
+    plans,
     as_of,
     months_elapsed,
     months_remaining,
+    expected_to_date,
     committed_to_date,
     realized_to_date,
     realization_percent,

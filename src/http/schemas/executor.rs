@@ -10,6 +10,7 @@ use valueverse_agents::executor as domain;
 pub enum PlanStatus {
     Active,
     Cancelled,
+    Superseded,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -70,15 +71,24 @@ pub struct Plan {
     /// Drivers deliveries may name (the model version's).
     pub drivers: Vec<String>,
     pub start_date: NaiveDate,
+    /// Deliveries are dated from `start_date` to this many months after
+    /// (0: no end, in plans from before it was kept).
+    pub horizon_months: u32,
     pub milestones: Vec<PlanMilestone>,
     pub tasks: Vec<Task>,
     pub deliveries: Vec<Delivery>,
     pub created_at: DateTime<Utc>,
     pub cancelled_at: Option<DateTime<Utc>>,
     pub cancel_reason: Option<String>,
+    /// The plan that took this one's place.
+    pub superseded_by: Option<String>,
 }
 
-convert_enum!(domain::PlanStatus <=> PlanStatus { Active, Cancelled });
+convert_enum!(domain::PlanStatus <=> PlanStatus {
+    Active,
+    Cancelled,
+    Superseded
+});
 convert_enum!(domain::MilestoneStatus <=> MilestoneStatus {
     Pending,
     Overdue,
@@ -113,18 +123,42 @@ convert_struct!(domain::Delivery <=> Delivery {
     date,
     note
 });
-convert_struct!(domain::Plan <=> Plan {
-    id,
-    status: into,
-    commitment_id,
-    model_id,
-    model_version,
-    drivers,
-    start_date,
-    milestones: each,
-    tasks: each,
-    deliveries: each,
-    created_at,
-    cancelled_at,
-    cancel_reason
-});
+impl From<domain::Plan> for Plan {
+    fn from(plan: domain::Plan) -> Plan {
+        let domain::Plan {
+            id,
+            status,
+            commitment_id,
+            model_id,
+            model_version,
+            drivers,
+            start_date,
+            horizon_months,
+            milestones,
+            tasks,
+            deliveries,
+            created_at,
+            cancelled_at,
+            cancel_reason,
+            superseded_by,
+            due_indexed: _,
+        } = plan;
+        Plan {
+            id,
+            status: status.into(),
+            commitment_id,
+            model_id,
+            model_version,
+            drivers,
+            start_date,
+            horizon_months,
+            milestones: milestones.into_iter().map(Into::into).collect(),
+            tasks: tasks.into_iter().map(Into::into).collect(),
+            deliveries: deliveries.into_iter().map(Into::into).collect(),
+            created_at,
+            cancelled_at,
+            cancel_reason,
+            superseded_by,
+        }
+    }
+}

@@ -64,12 +64,17 @@ pub enum Step {
     Resimulate,
     /// committer: commit again with the old commitment's terms (undone: void).
     Amend,
-    /// executor: plan the amended commitment (undone: cancel the plan).
+    /// executor: move the renewed commitment's open plan to the amended
+    /// one, or plan it when there is none, and register the baseline
+    /// (undone: move it back, or cancel the plan).
     Replan,
+    /// committer: the renewed commitment is superseded by the amended one
+    /// (undone: active again).
+    Supersede,
 }
 
 impl Step {
-    const ALL: [Step; 8] = [
+    const ALL: [Step; 9] = [
         Step::Design,
         Step::Simulate,
         Step::Commit,
@@ -78,6 +83,7 @@ impl Step {
         Step::Resimulate,
         Step::Amend,
         Step::Replan,
+        Step::Supersede,
     ];
 
     /// Its name in the saga log, the API and the metrics.
@@ -91,6 +97,7 @@ impl Step {
             Step::Resimulate => "resimulate",
             Step::Amend => "amend",
             Step::Replan => "replan",
+            Step::Supersede => "supersede",
         }
     }
 
@@ -160,8 +167,18 @@ pub fn value_creation() -> SagaDefinition {
 }
 
 /// Renewal: simulate the current model version again, amend the
-/// commitment, plan again.
+/// commitment, move its open plan to the amendment, supersede the renewed
+/// commitment.
 pub fn renewal() -> SagaDefinition {
+    let mut renewal = renewal_v1();
+    renewal.version = 2;
+    renewal.steps.push(StepDef::new(Step::Supersede));
+    renewal
+}
+
+/// Renewal as version 1 ran it (sagas started then finish with it): no
+/// supersede step.
+fn renewal_v1() -> SagaDefinition {
     SagaDefinition {
         name: "renewal",
         version: 1,
@@ -176,15 +193,16 @@ pub fn renewal() -> SagaDefinition {
     }
 }
 
-/// The definition a saga recorded, by name and version.
 /// Every saga definition this build has, in their current versions.
 pub fn definitions() -> [SagaDefinition; 2] {
     [value_creation(), renewal()]
 }
 
+/// The definition a saga recorded, by name and version.
 pub fn definition(name: &str, version: u32) -> Option<SagaDefinition> {
     definitions()
         .into_iter()
+        .chain([renewal_v1()])
         .find(|definition| definition.name == name && definition.version == version)
 }
 
@@ -862,6 +880,7 @@ mod tests {
     fn definitions_are_found_by_the_version_a_saga_recorded() {
         assert_eq!(definition("value-creation", 1), Some(value_creation()));
         assert_eq!(definition("renewal", 1).unwrap().steps.len(), 3);
+        assert_eq!(definition("renewal", 2).unwrap().steps.len(), 4);
         assert_eq!(definition("value-creation", 2), None);
         let policy = RetryPolicy::default();
         assert_eq!(policy.backoff(1), Duration::from_secs(1));

@@ -21,10 +21,11 @@ use crate::architect::{Architect, ArchitectMsg, ArchitectReply, ModelRecord};
 use crate::committer::{
     Commitment, CommitmentRequest, Committer, CommitterMsg, Milestone, SimulatedSupport, Terms,
 };
-use crate::executor::{Executor, ExecutorMsg, plan_for};
+use crate::executor::{Executor, ExecutorMsg, Plan, PlanStatus, plan_for};
 use crate::saga::{SagaCoordinator, SagaMsg, SagaReply};
 use crate::simulation::{JobStatus, SimulationRequest};
 use crate::simulations::Simulations;
+use crate::value::Expectation;
 use valueverse_gpu::Device;
 use valueverse_gpu::model::ValueModel;
 use valueverse_runtime::HandlingError;
@@ -47,6 +48,13 @@ pub struct ValueCreationInput {
     #[serde(default = "default_paths")]
     pub paths: u64,
     pub fail_step: Option<String>,
+    /// Months in a statement period of the commitment [default: 1].
+    #[serde(default = "one_month")]
+    pub statement_months: u32,
+}
+
+fn one_month() -> u32 {
+    1
 }
 
 /// What a renewal saga is asked to do.
@@ -63,6 +71,18 @@ pub struct RenewalInput {
     pub paths: u64,
     /// Admin only: the step to fail, to see the compensations run.
     pub fail_step: Option<String>,
+}
+
+/// What a saga's commit step asks of the committer.
+struct Asked {
+    confidence: f64,
+    /// [default: what the simulation reaches with `confidence`]
+    target: Option<f64>,
+    terms: Terms,
+    milestones: Vec<Milestone>,
+    start_date: Option<NaiveDate>,
+    statement_months: u32,
+    renews: Option<String>,
 }
 
 /// Paths of a saga's simulation step when the request names none.
@@ -434,6 +454,50 @@ impl SagaRunner {
         }
         let keys = Keys::of_started(&saga.id, saga.started_by.as_deref());
         match (due.direction, step, input) {
+            (Direction::Compensate, Step::Replan, SagaInput::Renewal(input)) => {
+                let moved = saga.steps[due.step]
+                    .output
+                    .as_ref()
+                    .and_then(|output| output.get("moved_from"))
+                    .is_some();
+                self.unreplan(&keys, &input, moved, &saga.id).await
+            }
+            (Direction::Compensate, Step::Supersede, SagaInput::Renewal(input)) => {
+                let restored = self
+                    .inner
+                    .system
+                    .agent_by_key::<Committer>(keys.of_id(&input.commitment_id))
+                    .with_actor(keys.actor.clone())
+                    .ask(
+                        CommitterMsg::Restore {
+                            by: id_of(&keys.commitment).to_owned(),
+                        },
+                        self.timeout(),
+                    )
+                    .await;
+                tolerate_done(restored.map(|_| ()))
+            }
+            (Direction::Forward, Step::Replan, SagaInput::Renewal(input)) => {
+                self.replan(&keys, &input).await
+            }
+            (Direction::Forward, Step::Supersede, SagaInput::Renewal(input)) => {
+                let superseded = self
+                    .inner
+                    .system
+                    .agent_by_key::<Committer>(keys.of_id(&input.commitment_id))
+                    .with_actor(keys.actor.clone())
+                    .ask(
+                        CommitterMsg::Supersede {
+                            by: id_of(&keys.commitment).to_owned(),
+                        },
+                        self.timeout(),
+                    )
+                    .await?;
+                Ok(serde_json::json!({
+                    "commitment_id": superseded.id,
+                    "superseded_by": superseded.superseded_by,
+                }))
+            }
             (Direction::Compensate, step, _) => match step {
                 Step::Design => self.archive(&keys, &keys.model).await,
                 Step::Simulate | Step::Resimulate => {
@@ -442,6 +506,8 @@ impl SagaRunner {
                 Step::Commit | Step::Amend => self.void(&keys, &keys.commitment, &saga.id).await,
                 Step::Plan | Step::Replan => self.cancel_plan(&keys, &keys.plan, &saga.id).await,
                 Step::Amplify => self.remove_baseline(&keys).await,
+                // Only renewals have it (above).
+                Step::Supersede => Ok(serde_json::Value::Null),
             },
             (Direction::Forward, Step::Design, SagaInput::ValueCreation(input)) => {
                 self.design(&keys, input.model).await
@@ -453,10 +519,15 @@ impl SagaRunner {
                 self.commit(
                     &keys,
                     &keys.model,
-                    input.confidence,
-                    input.target,
-                    input.terms,
-                    input.milestones,
+                    Asked {
+                        confidence: input.confidence,
+                        target: input.target,
+                        terms: input.terms,
+                        milestones: input.milestones,
+                        start_date: input.start_date,
+                        statement_months: input.statement_months,
+                        renews: None,
+                    },
                 )
                 .await
             }
@@ -475,14 +546,26 @@ impl SagaRunner {
                 let old = self
                     .commitment(&keys, &keys.of_id(&input.commitment_id))
                     .await?;
+                // The new commitment starts where the old one stopped
+                // stating, so no period is left unstated between them.
+                let start_date = input.start_date.or_else(|| {
+                    old.next_period()
+                        .map(|(_, first, _)| first)
+                        .filter(|first| *first > old.start())
+                });
                 let request = old.request;
                 self.commit(
                     &keys,
                     &keys.of_id(&request.model_id),
-                    request.confidence,
-                    Some(request.target),
-                    request.terms,
-                    request.milestones,
+                    Asked {
+                        confidence: request.confidence,
+                        target: Some(request.target),
+                        terms: request.terms,
+                        milestones: request.milestones,
+                        start_date,
+                        statement_months: request.statement_months,
+                        renews: Some(old.id),
+                    },
                 )
                 .await
             }
@@ -624,11 +707,9 @@ impl SagaRunner {
         &self,
         keys: &Keys,
         model_id: &str,
-        confidence: f64,
-        target: Option<f64>,
-        terms: Terms,
-        milestones: Vec<Milestone>,
+        asked: Asked,
     ) -> Result<serde_json::Value, ActionError> {
+        let confidence = asked.confidence;
         let job = self.inner.simulations.get(&keys.simulation).await?;
         let (Some(simulated), Some(version)) = (
             SimulatedSupport::of(id_of(&job.id), &job, confidence),
@@ -638,19 +719,23 @@ impl SagaRunner {
         };
         let npv_at_confidence = simulated.npv_at_confidence;
         let (record, _) = self.model(keys, model_id).await?;
-        let model = &record
+        let at = record
             .version(version)
-            .ok_or_else(|| final_error("no version"))?
-            .model;
+            .ok_or_else(|| final_error("no version"))?;
+        let model = &at.model;
+        let target = asked.target.unwrap_or(npv_at_confidence);
         let request = CommitmentRequest {
             model_id: id_of(model_id).to_owned(),
             model_version: version,
             model_name: model.name.clone(),
             currency: model.currency.clone(),
             confidence,
-            target: target.unwrap_or(npv_at_confidence),
-            terms,
-            milestones,
+            target,
+            terms: asked.terms,
+            milestones: asked.milestones,
+            start_date: asked.start_date,
+            statement_months: asked.statement_months,
+            renews: asked.renews,
         };
         let committed = self
             .inner
@@ -662,6 +747,7 @@ impl SagaRunner {
                     request: Box::new(request),
                     simulated: Some(simulated),
                     min_paths: self.inner.simulations.min_evidence_paths(),
+                    expectation: Box::new(Expectation::of(at, Some(target))),
                 },
                 self.timeout(),
             )
@@ -761,6 +847,15 @@ impl SagaRunner {
             .with_actor(keys.actor.clone())
             .ask(ExecutorMsg::Get, self.timeout())
             .await?;
+        self.register_baseline(keys, &plan).await?;
+        Ok(serde_json::json!({ "model_id": plan.model_id, "plan_id": plan.id }))
+    }
+
+    /// Registers `plan`'s baseline against its commitment as it is now.
+    async fn register_baseline(&self, keys: &Keys, plan: &Plan) -> Result<(), ActionError> {
+        let commitment = self
+            .commitment(keys, &keys.of_id(&plan.commitment_id))
+            .await?;
         let (record, _) = self.model(keys, &keys.of_id(&plan.model_id)).await?;
         let version = record
             .version(plan.model_version)
@@ -770,11 +865,137 @@ impl SagaRunner {
             .agent_by_key::<Amplifier>(keys.of_id(&plan.model_id))
             .with_actor(keys.actor.clone())
             .ask(
-                AmplifierMsg::RegisterBaseline(Box::new(baseline_for(&plan, version))),
+                AmplifierMsg::RegisterBaseline(Box::new(baseline_for(plan, version, &commitment))),
                 self.timeout(),
             )
             .await?;
-        Ok(serde_json::json!({ "model_id": plan.model_id, "plan_id": plan.id }))
+        Ok(())
+    }
+
+    /// The active plan of a commitment (a page of one), if any.
+    async fn open_plan(
+        &self,
+        keys: &Keys,
+        commitment_id: &str,
+    ) -> Result<Option<Plan>, ActionError> {
+        let tenant =
+            valueverse_runtime::Tenant::parse(valueverse_runtime::split_key(&keys.model).0)
+                .map_err(|error| final_error(error.to_string()))?;
+        let records = crate::Records::new(self.inner.store.clone(), &self.inner.system);
+        let listed = crate::executor::list_plans(
+            &records,
+            &tenant,
+            Some(commitment_id),
+            None,
+            Some(PlanStatus::Active),
+            (1, 0),
+        )
+        .await
+        .map_err(|error| ActionError {
+            message: error.to_string(),
+            retryable: true,
+        })?;
+        Ok(listed.items.into_iter().next())
+    }
+
+    /// A renewal's replan: the renewed commitment's open plan moves to the
+    /// amended commitment (its deliveries, tasks and progress with it); a
+    /// commitment without one gets a new plan. Either way its baseline is
+    /// registered against the amended commitment.
+    async fn replan(
+        &self,
+        keys: &Keys,
+        input: &RenewalInput,
+    ) -> Result<serde_json::Value, ActionError> {
+        let amended = self.commitment(keys, &keys.commitment).await?;
+        // A retry may find the move already made.
+        let open = match self.open_plan(keys, &input.commitment_id).await? {
+            Some(plan) => Some(plan),
+            None => self
+                .open_plan(keys, &amended.id)
+                .await?
+                .filter(|plan| plan.id != id_of(&keys.plan)),
+        };
+        let Some(open) = open else {
+            self.plan(keys, input.start_date).await?;
+            self.baseline(keys).await?;
+            return Ok(serde_json::json!({ "plan_id": id_of(&keys.plan) }));
+        };
+        let (record, _) = self
+            .model(keys, &keys.of_id(&amended.request.model_id))
+            .await?;
+        let version = record
+            .version(amended.request.model_version)
+            .ok_or_else(|| final_error("no version"))?;
+        let moved = self
+            .inner
+            .system
+            .agent_by_key::<Executor>(keys.of_id(&open.id))
+            .with_actor(keys.actor.clone())
+            .ask(
+                ExecutorMsg::Reassign {
+                    commitment_id: amended.id.clone(),
+                    model_version: version.version,
+                    drivers: version
+                        .model
+                        .drivers
+                        .iter()
+                        .map(|d| d.name.clone())
+                        .collect(),
+                    horizon_months: version.model.horizon_months,
+                },
+                self.timeout(),
+            )
+            .await?;
+        self.register_baseline(keys, &moved).await?;
+        Ok(serde_json::json!({ "plan_id": moved.id, "moved_from": input.commitment_id }))
+    }
+
+    /// Undoes a renewal's replan: the moved plan goes back to the renewed
+    /// commitment (baseline too), or the new plan is cancelled.
+    async fn unreplan(
+        &self,
+        keys: &Keys,
+        input: &RenewalInput,
+        moved: bool,
+        saga: &str,
+    ) -> Result<serde_json::Value, ActionError> {
+        if !moved {
+            self.remove_baseline(keys).await?;
+            return self.cancel_plan(keys, &keys.plan, saga).await;
+        }
+        let amended = id_of(&keys.commitment);
+        let Some(open) = self
+            .open_plan(keys, amended)
+            .await?
+            .filter(|plan| plan.id != id_of(&keys.plan))
+        else {
+            return Ok(serde_json::Value::Null);
+        };
+        let old = self
+            .commitment(keys, &keys.of_id(&input.commitment_id))
+            .await?;
+        let (record, _) = self.model(keys, &keys.of_id(&old.request.model_id)).await?;
+        let version = record
+            .version(old.request.model_version)
+            .ok_or_else(|| final_error("no version"))?;
+        let back = self
+            .inner
+            .system
+            .agent_by_key::<Executor>(keys.of_id(&open.id))
+            .with_actor(keys.actor.clone())
+            .ask(
+                ExecutorMsg::Reassign {
+                    commitment_id: old.id.clone(),
+                    model_version: version.version,
+                    drivers: Vec::new(),
+                    horizon_months: version.model.horizon_months,
+                },
+                self.timeout(),
+            )
+            .await?;
+        self.register_baseline(keys, &back).await?;
+        Ok(serde_json::Value::Null)
     }
 
     async fn remove_baseline(&self, keys: &Keys) -> Result<serde_json::Value, ActionError> {
@@ -952,7 +1173,7 @@ mod tests {
         });
         let saga = renewal.start("s1".into(), Utc::now()).unwrap();
         assert_eq!(saga.definition, "renewal");
-        assert_eq!(saga.steps.len(), 3);
+        assert_eq!(saga.steps.len(), 4);
         let read = SagaInput::of(&saga).unwrap();
         assert_eq!(read, renewal);
         assert_eq!(read.fail_step(), Some("amend"));
