@@ -40,6 +40,7 @@ mod commitments;
 pub mod dashboard;
 mod error;
 mod forward;
+mod imports;
 mod limits;
 mod listing;
 mod middleware;
@@ -129,8 +130,11 @@ api! {
     "/api/v1/plans/{id}" => { get: plans::get }
     "/api/v1/plans/{id}/progress" => { post: plans::progress }
     "/api/v1/plans/{id}/deliveries" => { post: plans::deliver }
+    "/api/v1/plans/{id}/deliveries:import" => { post: imports::import }
+    "/ws/plans/{id}" => { get: imports::events }
     "/api/v1/plans/{id}/cancel" => { post: plans::cancel }
     "/api/v1/amplifications/{model_id}/insights" => { get: plans::insights }
+    "/api/v1/amplifications/{model_id}/history" => { get: plans::history }
     "/api/v1/webhooks" => { post: webhooks::subscribe, get: webhooks::list }
     "/api/v1/webhooks/{id}" => { get: webhooks::get, delete: webhooks::delete }
     "/api/v1/webhooks/{id}/deliveries" => { get: webhooks::deliveries }
@@ -152,7 +156,7 @@ api! {
         title = "ValueVerse API",
         description = "Business agents as supervised actors: value models, simulations, commitments, plans, insights, notifications."
     ),
-    paths(operations::health, operations::ready, operations::metrics, actors::tree, actors::reset, actors::crash, cluster::view, dashboard::routes::frame, dashboard::routes::node, dashboard::routes::events, api_keys::create, api_keys::list, api_keys::revoke, api_keys::me, audit::list, value_models::create, value_models::list, value_models::get, value_models::patch, value_models::versions, value_models::archive, value_models::hypotheses, simulations::submit, simulations::queue, simulations::get, simulations::results, simulations::cancel, simulations::events, commitments::commit, commitments::list, commitments::get, commitments::void, commitments::statements, commitments::statement, plans::create, plans::list, plans::get, plans::progress, plans::deliver, plans::cancel, plans::insights, webhooks::subscribe, webhooks::list, webhooks::get, webhooks::delete, webhooks::deliveries, webhooks::redeliver, sagas::list, sagas::start_value_creation, sagas::start_renewal, sagas::get, sagas::cancel, sagas::retry, sagas::events),
+    paths(operations::health, operations::ready, operations::metrics, actors::tree, actors::reset, actors::crash, cluster::view, dashboard::routes::frame, dashboard::routes::node, dashboard::routes::events, api_keys::create, api_keys::list, api_keys::revoke, api_keys::me, audit::list, value_models::create, value_models::list, value_models::get, value_models::patch, value_models::versions, value_models::archive, value_models::hypotheses, simulations::submit, simulations::queue, simulations::get, simulations::results, simulations::cancel, simulations::events, commitments::commit, commitments::list, commitments::get, commitments::void, commitments::statements, commitments::statement, plans::create, plans::list, plans::get, plans::progress, plans::deliver, imports::import, imports::events, plans::cancel, plans::insights, plans::history, webhooks::subscribe, webhooks::list, webhooks::get, webhooks::delete, webhooks::deliveries, webhooks::redeliver, sagas::list, sagas::start_value_creation, sagas::start_renewal, sagas::get, sagas::cancel, sagas::retry, sagas::events),
     components(schemas(error::ErrorDoc)),
     modifiers(&BearerAuth, &CommonAnswers),
     tags(

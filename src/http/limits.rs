@@ -402,6 +402,13 @@ impl Drop for SocketTicket {
     }
 }
 
+/// The import of deliveries, whose body is a customer's file.
+pub(crate) const IMPORT_ROUTE: &str = "/api/v1/plans/{id}/deliveries:import";
+
+/// Largest file an import takes (its rows are bounded too:
+/// `[value] import_max_rows`).
+pub(crate) const IMPORT_BODY_LIMIT: usize = 32 << 20;
+
 /// Reads a request's body within `limits.body_read_timeout` (408 past it)
 /// before the handler runs, so that a body trickled in byte by byte holds
 /// no worker, buffer or place in flight for long. WebSocket upgrades, whose
@@ -427,7 +434,14 @@ pub(crate) async fn read_body_in_time(
             .set_connection_type(actix_web::http::ConnectionType::Close);
         Ok(ServiceResponse::new(request, response).map_into_right_body())
     };
-    let (timeout, body_limit) = (limits.config.body_read_timeout, limits.body_limit);
+    let (timeout, mut body_limit) = (limits.config.body_read_timeout, limits.body_limit);
+    // A customer's file of deliveries may be larger than any JSON body.
+    if request
+        .match_pattern()
+        .is_some_and(|pattern| pattern == IMPORT_ROUTE)
+    {
+        body_limit = body_limit.max(IMPORT_BODY_LIMIT);
+    }
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,

@@ -623,3 +623,110 @@ pub(crate) async fn insights(
         )),
     }
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryQuery {
+    plan_id: Option<String>,
+    driver: Option<String>,
+    since: Option<NaiveDate>,
+    #[serde(default = "history_limit")]
+    limit: i64,
+}
+
+fn history_limit() -> i64 {
+    366
+}
+
+/// One day of a model's realization.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct HistoryPoint {
+    day: String,
+    /// Gross value the model expects to date.
+    expected: f64,
+    /// Gross value the commitments ask to date.
+    committed: f64,
+    realized: f64,
+    realization_percent: Option<f64>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct History {
+    model_id: String,
+    /// `null`: the model's active plans together.
+    plan_id: Option<String>,
+    /// `null`: all drivers.
+    driver: Option<String>,
+    points: Vec<HistoryPoint>,
+}
+
+/// The daily snapshots of realization, oldest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/amplifications/{model_id}/history",
+    tag = "amplifier",
+    params(
+        ("model_id" = String, Path, description = "value model id"),
+        ("plan_id" = Option<String>, Query, description = "one plan [default: the model's active plans together]"),
+        ("driver" = Option<String>, Query, description = "one driver [default: all]"),
+        ("since" = Option<chrono::NaiveDate>, Query, description = "YYYY-MM-DD [default: all]"),
+        ("limit" = Option<i64>, Query, description = "1 to 3660 [default: 366]"),
+    ),
+    responses(
+        (status = 200, description = "a point per day", body = History),
+        (status = 400, description = "bad query", body = ErrorDoc),
+    ),
+    security(("bearer" = [])),
+)]
+pub(crate) async fn history(
+    scope: Scope,
+    records: web::Data<Records>,
+    model_id: web::Path<String>,
+    request: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let query: HistoryQuery = parse_query(request.query_string())?;
+    if !(1..=3660).contains(&query.limit) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            format!("`limit` must be within 1..=3660, got {}", query.limit),
+        )
+        .with_field("limit"));
+    }
+    if query.driver.is_some() && query.plan_id.is_none() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            "a driver's history is a plan's: give `plan_id` with `driver`",
+        )
+        .with_field("driver"));
+    }
+    let since = query
+        .since
+        .unwrap_or(NaiveDate::from_ymd_opt(2000, 1, 1).expect("a date"));
+    let rows = valueverse_agents::amplifier::history(
+        &records,
+        scope.tenant(),
+        &model_id,
+        query.plan_id.as_deref(),
+        query.driver.as_deref(),
+        since,
+        query.limit,
+    )
+    .await?;
+    Ok(HttpResponse::Ok().json(History {
+        model_id: model_id.into_inner(),
+        plan_id: query.plan_id,
+        driver: query.driver,
+        points: rows
+            .into_iter()
+            .map(|row| HistoryPoint {
+                day: row.day,
+                expected: row.expected,
+                committed: row.committed,
+                realized: row.realized,
+                realization_percent: row.realization_percent,
+            })
+            .collect(),
+    }))
+}

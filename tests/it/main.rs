@@ -23,5 +23,6 @@ mod store;
 mod support;
 mod tenants;
 mod tracing_spans;
+mod value_loop;
 mod value_models;
 mod webhooks;

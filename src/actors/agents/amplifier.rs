@@ -623,6 +623,31 @@ pub fn baseline_for(
     }
 }
 
+/// A model's daily realization, oldest first: one plan's rows (`None`:
+/// the model's active plans together), one driver's (`None`: all), from
+/// `since`, at most `limit`.
+pub async fn history(
+    records: &crate::Records,
+    tenant: &valueverse_runtime::Tenant,
+    model_id: &str,
+    plan_id: Option<&str>,
+    driver: Option<&str>,
+    since: NaiveDate,
+    limit: i64,
+) -> Result<Vec<valueverse_store::RealizationRow>, valueverse_runtime::StateError> {
+    Ok(records
+        .store()
+        .realization_history(
+            tenant.as_str(),
+            model_id,
+            plan_id.unwrap_or(""),
+            driver.unwrap_or(""),
+            &since.to_string(),
+            limit,
+        )
+        .await?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

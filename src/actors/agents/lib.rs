@@ -11,6 +11,8 @@ pub mod auth;
 pub mod committer;
 pub mod config;
 pub mod executor;
+pub mod hypotheses;
+pub mod import;
 mod listing;
 pub use listing::{Listed, Records};
 pub mod notifications;

@@ -21,11 +21,18 @@ pub const EVENT_TYPES: &[&str] = &[
     "simulation.finished",
     "commitment.made",
     "commitment.voided",
+    "commitment.superseded",
+    "commitment.restored",
+    "statement.issued",
     "plan.created",
     "plan.cancelled",
+    "plan.superseded",
+    "plan.reassigned",
     "milestone.completed",
     "milestone.overdue",
     "delivery.recorded",
+    "risk.detected",
+    "opportunity.detected",
     "saga.finished",
 ];
 
