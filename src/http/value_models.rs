@@ -19,7 +19,7 @@ use super::error::ErrorDoc;
 use super::error::{ApiError, parse_json, parse_query};
 use super::listing::list_page;
 use super::scope::Scope;
-use valueverse_agents::architect::list_models;
+use valueverse_agents::architect::{derived_hypotheses, list_models};
 use valueverse_agents::quotas::TenantQuotas;
 
 /// A model at one version, as the API shows it.
@@ -488,6 +488,7 @@ struct HypothesesBody {
 pub(crate) async fn hypotheses(
     scope: Scope,
     system: web::Data<System>,
+    records: web::Data<Records>,
     id: web::Path<String>,
     body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
@@ -506,19 +507,49 @@ pub(crate) async fn hypotheses(
             ArchitectMsg::Hypotheses { limit: body.limit },
             ask_timeout(&system),
         )
-        .await?;
-    match reply {
-        ArchitectReply::Hypotheses {
+        .await;
+    let refusal = match reply {
+        Ok(ArchitectReply::Hypotheses {
             industry,
             hypotheses,
-        } => Ok(HttpResponse::Ok().json(schemas::architect::Hypotheses {
-            industry,
-            hypotheses: hypotheses.into_iter().map(Into::into).collect(),
-        })),
-        ArchitectReply::Model { .. } => Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "the architect answered a hypotheses request with a model",
-        )),
+        }) => {
+            return Ok(HttpResponse::Ok().json(schemas::architect::Hypotheses {
+                industry,
+                source: "catalogue".into(),
+                hypotheses: hypotheses.into_iter().map(Into::into).collect(),
+            }));
+        }
+        Ok(ArchitectReply::Model { .. }) => {
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the architect answered a hypotheses request with a model",
+            ));
+        }
+        Err(error) => ApiError::from(error),
+    };
+    if refusal.code != "unknown_industry" {
+        return Err(refusal);
     }
+    // No template for the industry: the tenant's own models in similar
+    // industries say what to expect.
+    let (record, _) = ask_model(&system, &scope, &id, ArchitectMsg::Get { version: None }).await?;
+    let derived = derived_hypotheses(&records, scope.tenant(), &record, body.limit).await?;
+    if derived.is_empty() {
+        return Err(ApiError::new(
+            refusal.status,
+            &refusal.code,
+            format!(
+                "{}; and none of your models is in an industry similar to `{}`",
+                refusal.message,
+                record.current().model.industry
+            ),
+        )
+        .with_field("industry"));
+    }
+    Ok(HttpResponse::Ok().json(schemas::architect::Hypotheses {
+        industry: record.current().model.industry.to_lowercase(),
+        source: "derived".into(),
+        hypotheses: derived.into_iter().map(Into::into).collect(),
+    }))
 }

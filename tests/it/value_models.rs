@@ -176,10 +176,43 @@ async fn hypotheses_come_from_the_catalogue_ranked_and_new() {
     let other = create_model(&client, &base, &unknown).await;
     let (status, error) =
         send(client.post(format!("{base}/value-models/{other}/hypotheses"))).await;
-    // The stored model's state refuses, not the request: 409.
+    // The stored model's state refuses, not the request: 409; no model of
+    // the tenant is in a similar industry either.
     assert_eq!(status, StatusCode::CONFLICT);
     assert_eq!(error["error"]["code"], "unknown_industry");
     assert_eq!(error["error"]["field"], "industry");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("none of your models"),
+        "{error}"
+    );
+
+    // Beyond the table: a model in a similar industry lends its drivers.
+    let mut peer = acme();
+    peer["industry"] = json!("Marine shipbuilding");
+    peer["drivers"][0]["name"] = json!("hull inspections saved");
+    peer["correlations"] = json!([]);
+    create_model(&client, &base, &peer).await;
+    let (status, body) = send(client.post(format!("{base}/value-models/{other}/hypotheses"))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["source"], "derived");
+    let derived = body["hypotheses"].as_array().unwrap();
+    let hull = derived
+        .iter()
+        .find(|h| h["name"] == "hull inspections saved")
+        .unwrap_or_else(|| panic!("the peer's driver: {body}"));
+    assert_eq!(hull["unit_value"], 12.5);
+    assert!(
+        hull["why"]
+            .as_str()
+            .unwrap()
+            .contains("marine shipbuilding"),
+        "{hull}"
+    );
+    // Its own drivers are not proposed again.
+    assert!(derived.iter().all(|h| h["name"] != "agent productivity"));
     drop(client);
     node.stop().await.unwrap();
 }

@@ -361,6 +361,90 @@ fn hypotheses(model: &ValueModel, limit: usize) -> Result<ArchitectReply, Handle
     })
 }
 
+/// Most of the tenant's models read to derive hypotheses (the newest).
+const PEERS_READ: i64 = 1000;
+
+/// Candidate drivers for a model whose industry the catalogue lacks,
+/// derived from the drivers of the tenant's other models in similar
+/// industries (`crate::hypotheses`): each driver's median unit value, mean
+/// quantity (as a fixed quantity: give it your own range) and ramp, best
+/// first, with why. Empty when no model is in a similar industry.
+pub async fn derived_hypotheses(
+    records: &crate::Records,
+    tenant: &valueverse_runtime::Tenant,
+    record: &ModelRecord,
+    limit: usize,
+) -> Result<Vec<Hypothesis>, valueverse_runtime::StateError> {
+    use crate::hypotheses::{Peer, PeerDriver, derive};
+    let mut models = Vec::new();
+    let mut offset = 0;
+    while offset < PEERS_READ {
+        let page = list_models(records, tenant, None, None, None, (100, offset)).await?;
+        let read = page.items.len();
+        models.extend(page.items.into_iter().filter(|peer| peer.id != record.id));
+        if read < 100 {
+            break;
+        }
+        offset += 100;
+    }
+    let drivers: Vec<(String, String, Vec<PeerDriver>)> = models
+        .iter()
+        .map(|peer| {
+            let current = peer.current();
+            let drivers = current
+                .model
+                .drivers
+                .iter()
+                .zip(&current.analytics.drivers)
+                .map(|(driver, analytics)| PeerDriver {
+                    name: driver.name.clone(),
+                    category: serde_json::to_value(driver.category)
+                        .ok()
+                        .and_then(|value| value.as_str().map(str::to_owned))
+                        .unwrap_or_default(),
+                    unit_value: driver.unit_value,
+                    mean_quantity: analytics.mean_quantity,
+                    ramp_months: driver.ramp_months,
+                })
+                .collect();
+            (peer.id.clone(), current.model.industry.clone(), drivers)
+        })
+        .collect();
+    let peers: Vec<Peer> = drivers
+        .iter()
+        .map(|(id, industry, drivers)| Peer {
+            model_id: id,
+            industry,
+            drivers,
+        })
+        .collect();
+    let model = &record.current().model;
+    let own: Vec<&str> = model.drivers.iter().map(|d| d.name.as_str()).collect();
+    Ok(derive(&model.industry, &peers, &own, limit)
+        .into_iter()
+        .filter_map(|derived| {
+            let category =
+                serde_json::from_value(serde_json::Value::String(derived.category)).ok()?;
+            Some(Hypothesis {
+                driver: Driver {
+                    name: derived.name,
+                    category,
+                    unit_value: derived.unit_value,
+                    ramp_months: derived.ramp_months,
+                    quantity: valueverse_gpu::model::Distribution::Fixed {
+                        value: derived.mean_quantity,
+                    },
+                },
+                why: format!(
+                    "{}; the median of those models (a fixed quantity: give it your own range)",
+                    derived.rationale
+                ),
+                expected_annual_value: derived.expected_annual_value,
+            })
+        })
+        .collect())
+}
+
 /// A page of the stored models, newest first, filtered by customer,
 /// industry and status.
 pub async fn list_models(

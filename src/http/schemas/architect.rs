@@ -28,6 +28,10 @@ pub struct Hypothesis {
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Hypotheses {
     pub industry: String,
+    /// `catalogue` (the shipped templates of the industry) or `derived`
+    /// (the industry has none: from the drivers of your models in similar
+    /// industries, each saying which).
+    pub source: String,
     pub hypotheses: Vec<Hypothesis>,
 }
 
