@@ -10,7 +10,8 @@
 /// (`valueverse-agents`), under one name.
 pub mod actors {
     pub use valueverse_agents::{
-        Listed, amplifier, architect, committer, executor, notifier, saga, simulation,
+        Listed, amplifier, architect, committer, executor, import, notifier, saga, simulation,
+        statements,
     };
     pub use valueverse_runtime::*;
 }

@@ -44,6 +44,37 @@ enum Command {
     /// Local clusters.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Import realized value into a plan from a CSV or Excel (.xlsx) file,
+    /// through a node's API.
+    Import(ImportArgs),
+}
+
+#[derive(Args)]
+struct ImportArgs {
+    /// The file: `.csv` or `.xlsx`, a header row naming the columns.
+    file: PathBuf,
+    /// The plan the deliveries are of.
+    #[arg(long)]
+    plan: String,
+    /// The node's API.
+    #[arg(long, env = "VALUEVERSE_URL", default_value = "http://127.0.0.1:8080")]
+    url: url::Url,
+    /// An API key of an editor (none for a `--dev` node).
+    #[arg(long, env = "VALUEVERSE_API_KEY", hide_env_values = true)]
+    key: Option<String>,
+    /// Record the good rows of a file with errors (default: nothing).
+    #[arg(long)]
+    partial: bool,
+    #[arg(long, default_value = "id")]
+    id_column: String,
+    #[arg(long, default_value = "driver")]
+    driver_column: String,
+    #[arg(long, default_value = "value")]
+    value_column: String,
+    #[arg(long, default_value = "date")]
+    date_column: String,
+    #[arg(long, default_value = "note")]
+    note_column: String,
 }
 
 #[derive(Subcommand)]
@@ -654,6 +685,145 @@ async fn operator_entry(
     Ok(true)
 }
 
+/// Rows sent to the node per request (each is one progress step).
+const IMPORT_CHUNK: usize = 1000;
+
+/// Reads the file here (against the plan's drivers and horizon, read
+/// first), reports its errors, then sends its rows in chunks of CSV to
+/// `POST /api/v1/plans/{id}/deliveries:import`: idempotent on the row id,
+/// so a run stopped half way is finished by running it again.
+async fn import(args: ImportArgs) -> anyhow::Result<()> {
+    use valueverse::actors::import::{self, Format, Mapping, Rules};
+    let format = args
+        .file
+        .extension()
+        .and_then(|extension| Format::from_name(&extension.to_string_lossy()))
+        .ok_or_else(|| anyhow::anyhow!("{}: a .csv or .xlsx file", args.file.display()))?;
+    let bytes = std::fs::read(&args.file)
+        .with_context(|| format!("cannot read {}", args.file.display()))?;
+    let client = reqwest::Client::new();
+    let plan_url = args
+        .url
+        .join(&format!("api/v1/plans/{}", args.plan))
+        .context("--url")?;
+    let authorized = |request: reqwest::RequestBuilder| match &args.key {
+        Some(key) => request.bearer_auth(key),
+        None => request,
+    };
+    let answer = authorized(client.get(plan_url.clone())).send().await?;
+    let status = answer.status();
+    let plan: serde_json::Value = answer.json().await?;
+    if !status.is_success() {
+        anyhow::bail!("plan {}: {status}: {}", args.plan, plan["error"]["message"]);
+    }
+    let drivers: Vec<String> = serde_json::from_value(plan["drivers"].clone())?;
+    let start: chrono::NaiveDate = serde_json::from_value(plan["start_date"].clone())?;
+    let horizon = plan["horizon_months"].as_u64().unwrap_or(0) as u32;
+    let last = if horizon == 0 {
+        chrono::NaiveDate::from_ymd_opt(2199, 12, 31).expect("a date")
+    } else {
+        start
+            .checked_add_months(chrono::Months::new(horizon))
+            .and_then(|end| end.pred_opt())
+            .unwrap_or(chrono::NaiveDate::MAX)
+    };
+    let mapping = Mapping {
+        id: args.id_column,
+        driver: args.driver_column,
+        value: args.value_column,
+        date: args.date_column,
+        note: Some(args.note_column),
+    };
+    let rules = Rules {
+        drivers: &drivers,
+        max_abs_value: 9_007_199_254_740_991.0,
+        first_date: start,
+        last_date: last,
+        max_rows: 1_000_000,
+    };
+    let style = |unit: &str| {
+        indicatif::ProgressStyle::with_template(&format!(
+            "{{spinner}} {{msg:9}} [{{elapsed_precise}}] {{wide_bar}} {{pos}}/{{len}} {unit} ({{eta}})"
+        ))
+        .expect("valid progress template")
+    };
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(style("rows"));
+    bar.set_message("reading");
+    let parsed = import::read(&bytes, format, &mapping, &rules, &mut |read, total| {
+        bar.set_length(total.max(read) as u64);
+        bar.set_position(read as u64);
+    })
+    .map_err(|error| anyhow::anyhow!("{}: {error}", args.file.display()))?;
+    bar.finish_and_clear();
+    for error in parsed.errors.iter().take(20) {
+        eprintln!(
+            "row {}, column `{}`: {}",
+            error.row, error.column, error.message
+        );
+    }
+    if parsed.errors.len() > 20 {
+        eprintln!("... and {} more", parsed.errors.len() - 20);
+    }
+    if !parsed.errors.is_empty() && !args.partial {
+        anyhow::bail!(
+            "{} of {} rows refused: nothing was imported (fix them, or pass --partial)",
+            parsed.errors.len(),
+            parsed.total_rows
+        );
+    }
+    let mut endpoint = args
+        .url
+        .join(&format!("api/v1/plans/{}/deliveries:import", args.plan))
+        .context("--url")?;
+    endpoint.set_query(Some("format=csv"));
+    let bar = indicatif::ProgressBar::new(parsed.rows.len() as u64);
+    bar.set_style(style("rows"));
+    bar.set_message("recording");
+    let (mut recorded, mut already) = (0u64, 0u64);
+    for chunk in parsed.rows.chunks(IMPORT_CHUNK) {
+        let mut out = csv::Writer::from_writer(Vec::new());
+        out.write_record(["id", "driver", "value", "date", "note"])?;
+        for row in chunk {
+            out.write_record([
+                row.id.as_str(),
+                row.driver.as_str(),
+                &row.value.to_string(),
+                &row.date.to_string(),
+                row.note.as_deref().unwrap_or(""),
+            ])?;
+        }
+        let body = out.into_inner().map_err(|error| error.into_error())?;
+        let answer = authorized(client.post(endpoint.clone()))
+            .header("content-type", "text/csv")
+            .body(body)
+            .send()
+            .await?;
+        let status = answer.status();
+        let report: serde_json::Value = answer.json().await?;
+        if !status.is_success() {
+            bar.abandon();
+            anyhow::bail!(
+                "the node refused rows {}..: {status}: {} ({} recorded before; run again to finish: rows already recorded are skipped)",
+                chunk[0].row,
+                report["error"]["message"],
+                recorded
+            );
+        }
+        recorded += report["recorded"].as_u64().unwrap_or(0);
+        already += report["already_recorded"].as_u64().unwrap_or(0);
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    println!(
+        "{}: {} rows, {recorded} recorded, {already} already recorded, {} refused",
+        args.file.display(),
+        parsed.total_rows,
+        parsed.errors.len()
+    );
+    Ok(())
+}
+
 fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
     use valueverse::gpu::{self, Control, RunSettings};
     use valueverse::model::ValueModel;
@@ -790,6 +960,7 @@ fn main() -> ExitCode {
         Command::Migrate(args) => runtime.block_on(migrate(args)),
         Command::Apikey(command) => runtime.block_on(apikey(command)),
         Command::Tenant(command) => runtime.block_on(tenant(command)),
+        Command::Import(args) => runtime.block_on(import(args)),
         // CPU-bound on rayon's threads: no async runtime involved.
         Command::Simulate(args) => simulate(args),
     };

@@ -544,3 +544,85 @@ fn the_cli_keeps_passwords_escapes_and_files_to_itself() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// `valueverse import`: a file read and checked here, sent in chunks with a
+/// progress bar, idempotent on the row id; a file with errors names each
+/// row and column and imports nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_sends_a_file_of_deliveries_to_a_plan() {
+    use crate::support::{Started, send, start_node};
+    let db = TestDb::new(Backend::Sqlite).await;
+    let Started {
+        node, api: base, ..
+    } = start_node(&db, |_| {}).await;
+    let client = reqwest::Client::new();
+    let (_, commitment_id) = crate::plans::committed_model(&client, &base).await;
+    let (_, plan) = send(
+        client
+            .post(format!("{base}/plans"))
+            .json(&serde_json::json!({
+                "commitment_id": commitment_id, "start_date": "2026-01-01",
+            })),
+    )
+    .await;
+    let plan_id = plan["id"].as_str().unwrap().to_owned();
+    let root = base.trim_end_matches("/api/v1").to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("realized.csv");
+    let mut text = String::from("Row,driver,value,date\n");
+    for row in 0..2500 {
+        text.push_str(&format!(
+            "r{row},churn avoided,10,2026-02-{:02}\n",
+            row % 28 + 1
+        ));
+    }
+    std::fs::write(&good, text).unwrap();
+    let run = |file: std::path::PathBuf| {
+        let (root, plan_id) = (root.clone(), plan_id.clone());
+        tokio::task::spawn_blocking(move || {
+            valueverse()
+                .args([
+                    "import",
+                    "--plan",
+                    &plan_id,
+                    "--url",
+                    &root,
+                    "--id-column",
+                    "Row",
+                ])
+                .arg(file)
+                .output()
+                .unwrap()
+        })
+    };
+    let output = run(good.clone()).await.unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("2500 rows, 2500 recorded"), "{stdout}");
+    let (_, plan) = send(client.get(format!("{base}/plans/{plan_id}"))).await;
+    assert_eq!(plan["realized_value"], 25000.0);
+    let output = run(good).await.unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("0 recorded, 2500 already recorded"),
+        "{stdout}"
+    );
+
+    let bad = dir.path().join("bad.csv");
+    std::fs::write(
+        &bad,
+        "Row,driver,value,date\nb1,churn avoided,ten,2026-02-01\n",
+    )
+    .unwrap();
+    let output = run(bad).await.unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("row 2, column `value`"), "{stderr}");
+    assert!(stderr.contains("nothing was imported"), "{stderr}");
+    drop(client);
+    node.stop().await.unwrap();
+}
