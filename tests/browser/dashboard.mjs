@@ -2,13 +2,14 @@
 // person would: no console errors, the live supervision tree, a fault
 // injected from the page shows as a restart within 2 s, a simulation's
 // progress bar moves and its cancel button stops it, a compensated saga
-// shows with its steps. Prints one JSON line of findings; exits 1 on a
+// shows with its steps, a plan's model has its realization chart. Prints one JSON line of findings; exits 1 on a
 // failed check. Run by tests/it/dashboard.rs, which starts the node.
 //
 // env: VV_URL (http://127.0.0.1:PORT), VV_KEY (admin key), VV_SCREENSHOT
 // (PNG path), VV_NODE, VV_ARCHITECT_KEY (an active architect instance),
 // VV_SIMULATION (a long running simulation id), VV_SAGA (a compensated
-// saga id), CHROMIUM (default /usr/bin/chromium).
+// saga id), VV_REALIZATION_MODEL (a model with a realization snapshot),
+// CHROMIUM (default /usr/bin/chromium).
 import { chromium } from "playwright-core";
 
 const env = (name) => {
@@ -97,6 +98,14 @@ try {
   await saga.waitFor({ timeout: 10000 });
   findings.checks.saga_steps = await saga.locator(".timeline .step").count();
   findings.checks.saga_status = (await saga.locator(".chip").first().textContent()).trim();
+
+  // The realization chart of the planned model: a dot a day, a percentage.
+  const realization = page.locator(`figure.realization[data-model="${env("VV_REALIZATION_MODEL")}"]`);
+  await realization.locator(".realization-chart svg circle.day").first().waitFor({ timeout: 10000 })
+    .catch(() => fail("the planned model's realization chart did not render"));
+  findings.checks.realization_points = await realization.locator("circle.day").count();
+  findings.checks.realization_caption = (await realization.locator("figcaption").textContent()).trim();
+  if (!/% realized/.test(findings.checks.realization_caption)) fail(`no realization % shown: ${findings.checks.realization_caption}`);
 
   // Charts: the activity lines have points by now.
   findings.checks.activity_paths = await page.locator("#chart-messages path").count();

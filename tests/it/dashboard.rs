@@ -15,14 +15,25 @@ use valueverse::auth::{Role, create_key};
 
 use crate::crash::wait_until_final;
 use crate::simulations::submit_ok;
-use crate::support::{Backend, Started, TestDb, get_json};
+use crate::support::{Backend, Started, TestDb, eventually, get_json, send};
 use crate::value_models::{acme, create_model};
 
 /// A node that checks API keys, and a client that sends an admin key.
 /// A node with keys on, an admin key and a client that sends it.
 async fn keyed_node(db: &TestDb) -> (Node, String, reqwest::Client, String) {
-    let Started { node, base, .. } =
-        crate::support::start_node(db, |config| config.dev = false).await;
+    keyed_node_with(db, |_| {}).await
+}
+
+/// [`keyed_node`] with more of the test's own configuration.
+async fn keyed_node_with(
+    db: &TestDb,
+    configure: impl FnOnce(&mut valueverse::Config),
+) -> (Node, String, reqwest::Client, String) {
+    let Started { node, base, .. } = crate::support::start_node(db, |config| {
+        config.dev = false;
+        configure(config);
+    })
+    .await;
     let (_, key) = create_key(
         &node.store,
         &valueverse::actors::Tenant::default_tenant(),
@@ -316,6 +327,88 @@ async fn fault_injection_restarts_an_instance_and_refuses_bad_requests() {
     node.stop().await.unwrap();
 }
 
+/// A tenant's frame charts the realization of its plans' models (the daily
+/// snapshots, committed and realized to date); another tenant's frame and
+/// the operator's carry none of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_frame_charts_its_models_realization() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let Started { node, api, .. } = crate::support::start_node(&db, |config| {
+        crate::tenants::keyed(config);
+        config.value.tick = Duration::from_millis(100);
+    })
+    .await;
+    let acme = crate::tenants::members(&node.store, "acme").await.admin;
+    let globex = crate::tenants::members(&node.store, "globex").await.admin;
+    let (model, commitment) = crate::plans::committed_model(&acme, &api).await;
+    let today = chrono::Utc::now().date_naive();
+    let start = today - chrono::Months::new(3);
+    let (status, plan) = send(acme.post(format!("{api}/plans")).json(&json!({
+        "commitment_id": commitment, "start_date": start,
+    })))
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{plan}");
+    let plan_id = plan["id"].as_str().unwrap();
+    let (status, delivery) = send(
+        acme.post(format!("{api}/plans/{plan_id}/deliveries"))
+            .json(&json!({ "driver": "ticket deflection", "value": 50000, "date": start })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{delivery}");
+    // The first snapshot (the tick finds it due at once).
+    eventually("a snapshot", Duration::from_secs(20), || async {
+        let history = get_json(&acme, &format!("{api}/amplifications/{model}/history")).await;
+        match history["points"].as_array() {
+            Some(points) if !points.is_empty() => Ok(()),
+            _ => Err(history.to_string()),
+        }
+    })
+    .await;
+
+    let frame = get_json(&acme, &format!("{api}/dashboard")).await;
+    let charts = frame["realization"].as_array().expect("realization charts");
+    assert_eq!(charts.len(), 1, "{frame}");
+    assert_eq!(charts[0]["model_id"], model.as_str());
+    let points = charts[0]["points"].as_array().unwrap();
+    assert!(!points.is_empty() && points.len() <= 90, "{points:?}");
+    // The model's totals (its active plans together), as the history
+    // route answers them, to the cent.
+    let history = get_json(&acme, &format!("{api}/amplifications/{model}/history")).await;
+    for point in points {
+        let day = history["points"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|day| day["day"] == point["day"])
+            .unwrap_or_else(|| panic!("{point} is not in the history {history}"));
+        for figure in ["committed", "realized", "realization_percent"] {
+            let (shown, stored) = (point[figure].as_f64(), day[figure].as_f64());
+            assert!(
+                (shown.unwrap() - stored.unwrap()).abs() <= 0.005,
+                "{figure}: {point} against {day}"
+            );
+        }
+        assert!(point["committed"].as_f64().unwrap() > 0.0, "{point}");
+    }
+
+    // Another tenant's frame, and the operator's, chart nothing of it.
+    let other = get_json(&globex, &format!("{api}/dashboard")).await;
+    assert_eq!(other["realization"], json!([]), "{other}");
+    assert!(!other.to_string().contains(&model), "{other}");
+    let (_, platform) = create_key(
+        &node.store,
+        &valueverse::actors::Tenant::default_tenant(),
+        Role::Platform,
+        "ops",
+    )
+    .await
+    .unwrap();
+    let operator = crate::tenants::client_with(&platform);
+    let frame = get_json(&operator, &format!("{api}/dashboard")).await;
+    assert_eq!(frame["realization"], json!([]), "{frame}");
+    node.stop().await.unwrap();
+}
+
 /// Where the browser test's tools are; a clear failure where they are not.
 fn browser_tools() -> (PathBuf, PathBuf) {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -341,9 +434,30 @@ fn browser_tools() -> (PathBuf, PathBuf) {
 async fn the_page_is_live_in_a_real_browser() {
     let (chromium, script_dir) = browser_tools();
     let db = TestDb::new(Backend::Sqlite).await;
-    let (node, base, client, key) = keyed_node(&db).await;
+    // Quick value ticks: the plan below gets its daily snapshot at once.
+    let (node, base, client, key) = keyed_node_with(&db, |config| {
+        config.value.tick = Duration::from_millis(100);
+    })
+    .await;
     let api = format!("{base}/api/v1");
     let model = create_model(&client, &api, &acme()).await;
+
+    // A plan whose model's realization is charted (its snapshot taken).
+    let (planned, commitment) = crate::plans::committed_model(&client, &api).await;
+    let (status, plan) = send(client.post(format!("{api}/plans")).json(&json!({
+        "commitment_id": commitment,
+        "start_date": chrono::Utc::now().date_naive() - chrono::Months::new(2),
+    })))
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{plan}");
+    eventually("a snapshot", Duration::from_secs(20), || async {
+        let history = get_json(&client, &format!("{api}/amplifications/{planned}/history")).await;
+        match history["points"].as_array() {
+            Some(points) if !points.is_empty() => Ok(()),
+            _ => Err(history.to_string()),
+        }
+    })
+    .await;
 
     // A finished simulation (its histogram and tornado), a compensated
     // saga, and a long simulation whose progress bar must move.
@@ -393,6 +507,7 @@ async fn the_page_is_live_in_a_real_browser() {
         .env("VV_ARCHITECT_KEY", &model)
         .env("VV_SIMULATION", &long)
         .env("VV_SAGA", &saga)
+        .env("VV_REALIZATION_MODEL", &planned)
         .env("VV_SCREENSHOT", &screenshot)
         .env("CHROMIUM", &chromium)
         .kill_on_drop(true)
@@ -416,6 +531,7 @@ async fn the_page_is_live_in_a_real_browser() {
     assert_eq!(findings["checks"]["saga_steps"], 5);
     assert!(findings["checks"]["histogram_bars"].as_u64().unwrap() >= 10);
     assert!(findings["checks"]["tornado_bars"].as_u64().unwrap() >= 2);
+    assert!(findings["checks"]["realization_points"].as_u64().unwrap() >= 1);
     assert!(std::fs::metadata(&screenshot).unwrap().len() > 10_000);
     assert_eq!(findings["checks"]["reset_from_page"], true);
     // The page's cancel reached the job.

@@ -6,6 +6,12 @@
 //! tenant's business panels; a tenant's frame shows its own instances,
 //! jobs, sagas and deliveries and none of the node-wide activity.
 //!
+//! A tenant's frame also carries the realization of its latest active
+//! plans' models (at most [`REALIZATION_MODELS`], [`REALIZATION_DAYS`]
+//! daily points each): read from the store at most once per
+//! [`REALIZATION_REFRESH`] per tenant (the snapshots are daily), not per
+//! frame.
+//!
 //! Cost: with nobody watching the builder sleeps on a `Notify` and does
 //! nothing; a sampler reads a few atomic counters every two seconds so that
 //! a viewer who arrives sees the last minutes. Any number of viewers share
@@ -32,6 +38,8 @@ use crate::schemas::simulations::QueueSnapshot;
 use crate::schemas::supervision::{InstanceSnapshot, InstanceStatus};
 use crate::schemas::{ClusterView, Device, SimulationResult};
 use valueverse_agents::Records;
+use valueverse_agents::amplifier;
+use valueverse_agents::executor::{PlanStatus, list_plans};
 use valueverse_agents::notifications::Notifications;
 use valueverse_agents::sagas::{SagaStatus, latest_sagas, list_sagas};
 use valueverse_agents::simulation::{SimulationJob, SimulationRequest, latest_jobs};
@@ -50,6 +58,15 @@ const SAMPLES_KEPT: usize = 150;
 const INSTANCES_SHOWN: usize = 40;
 /// How long a peer may take to answer before its panel shows it unreachable.
 const PEER_TIMEOUT: Duration = Duration::from_millis(800);
+/// Models with a realization chart at most: those of the tenant's latest
+/// [`REALIZATION_PLANS_READ`] active plans, newest first.
+const REALIZATION_MODELS: usize = 6;
+const REALIZATION_PLANS_READ: i64 = 12;
+/// Daily points per chart at most: the last this many days.
+const REALIZATION_DAYS: u32 = 90;
+/// How long a tenant's realization charts are reused before the store is
+/// read again (snapshots are taken once a day).
+const REALIZATION_REFRESH: Duration = Duration::from_secs(30);
 
 /// Activity of a node at one moment: running totals.
 #[derive(Debug, Clone, Serialize)]
@@ -106,6 +123,9 @@ pub struct NotificationPanel {
 /// The frame last answered to an audience's polls, and when it was built.
 type Polled = Option<(std::time::Instant, Arc<str>)>;
 
+/// A tenant's realization charts and when they were read from the store.
+type RealizationRead = (std::time::Instant, Arc<Vec<RealizationChart>>);
+
 /// Whose frame: the operator's (`None`) or a tenant's.
 pub type Audience = Option<Tenant>;
 
@@ -128,6 +148,37 @@ pub struct Frame {
     pub notifications: NotificationPanel,
     /// The tenant's latest audit entries (none in the operator's frame).
     pub audit: Vec<crate::audit::AuditView>,
+    /// The realization of the models of the tenant's latest active plans,
+    /// those with snapshots (none in the operator's frame).
+    pub realization: Arc<Vec<RealizationChart>>,
+}
+
+/// One model's daily realization (its active plans together), oldest day
+/// first: what its commitments ask to date and what was delivered.
+#[derive(Debug, Clone, Serialize)]
+pub struct RealizationChart {
+    pub model_id: String,
+    pub points: Vec<RealizationPoint>,
+}
+
+/// One day of a [`RealizationChart`]; values to the cent, the percentage
+/// to a hundredth (a frame is sent every second).
+#[derive(Debug, Clone, Serialize)]
+pub struct RealizationPoint {
+    /// `YYYY-MM-DD`.
+    pub day: String,
+    /// Gross value the commitments ask to date.
+    pub committed: f64,
+    /// Gross value delivered to date.
+    pub realized: f64,
+    /// Realized over committed, in percent (`null` while nothing is
+    /// committed yet).
+    pub realization_percent: Option<f64>,
+}
+
+/// To the hundredth: cents of value, hundredths of a percent.
+fn hundredths(value: f64) -> f64 {
+    (value * 100.0).round() / 100.0
 }
 
 /// A recent simulation job as the page shows it: the request without its
@@ -230,6 +281,8 @@ struct Inner {
     /// when it was built: polls within its second share it (the lock makes
     /// concurrent polls wait for one build).
     polled: Mutex<HashMap<Audience, Arc<tokio::sync::Mutex<Polled>>>>,
+    /// Per tenant, its realization charts and when they were read.
+    realization: Mutex<HashMap<Tenant, RealizationRead>>,
     wake: Arc<Notify>,
     metrics: Metrics,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -316,6 +369,7 @@ impl Dashboard {
             history: Mutex::new(History::default()),
             frames: Mutex::new(HashMap::new()),
             polled: Mutex::new(HashMap::new()),
+            realization: Mutex::new(HashMap::new()),
             wake: Arc::new(Notify::new()),
             metrics: Metrics { viewers, frames },
             tasks: Mutex::new(Vec::new()),
@@ -557,12 +611,13 @@ impl Inner {
             .iter()
             .filter(|member| !member.is_self && member.state != "down")
             .map(|member| self.peer_panel(member.node.clone(), member.http_addr.clone(), audience));
-        let (peers, sagas, simulations, notifications, audit) = tokio::join!(
+        let (peers, sagas, simulations, notifications, audit, realization) = tokio::join!(
             futures_util::future::join_all(peers),
             self.sagas(audience),
             self.recent_simulations(audience),
             self.notifications(audience),
             self.audit(audience),
+            self.realization(audience),
         );
         let own = serde_json::to_value(self.node_panel(audience)).unwrap_or_default();
         let mut nodes = vec![own];
@@ -587,6 +642,7 @@ impl Inner {
             simulations: simulations?,
             notifications: notifications?,
             audit: audit?,
+            realization: realization?,
         })
     }
 
@@ -689,6 +745,90 @@ impl Inner {
         };
         let jobs = latest_jobs(&self.records, tenant, 8).await?;
         Ok(jobs.into_iter().map(RecentJob::from).collect())
+    }
+
+    /// A tenant's realization charts, read again once they are
+    /// [`REALIZATION_REFRESH`] old; none in the operator's frame.
+    async fn realization(
+        &self,
+        audience: Option<&Tenant>,
+    ) -> Result<Arc<Vec<RealizationChart>>, StateError> {
+        let Some(tenant) = audience else {
+            return Ok(Arc::default());
+        };
+        if let Some((read, charts)) = self.realization_cache().get(tenant)
+            && read.elapsed() < REALIZATION_REFRESH
+        {
+            return Ok(Arc::clone(charts));
+        }
+        let charts = Arc::new(self.read_realization(tenant).await?);
+        let mut cache = self.realization_cache();
+        if cache.len() >= AUDIENCES_KEPT {
+            cache.retain(|_, (read, _)| read.elapsed() < REALIZATION_REFRESH);
+        }
+        cache.insert(
+            tenant.clone(),
+            (std::time::Instant::now(), Arc::clone(&charts)),
+        );
+        Ok(charts)
+    }
+
+    fn realization_cache(&self) -> std::sync::MutexGuard<'_, HashMap<Tenant, RealizationRead>> {
+        self.realization.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The models of the tenant's latest active plans (at most
+    /// [`REALIZATION_MODELS`]), each with its last [`REALIZATION_DAYS`]
+    /// days of snapshots; models without any are left out. One page of
+    /// plans and a read per model.
+    async fn read_realization(&self, tenant: &Tenant) -> Result<Vec<RealizationChart>, StateError> {
+        let plans = list_plans(
+            &self.records,
+            tenant,
+            None,
+            None,
+            Some(PlanStatus::Active),
+            (REALIZATION_PLANS_READ, 0),
+        )
+        .await?;
+        let mut models: Vec<String> = Vec::new();
+        for plan in plans.items {
+            if models.len() == REALIZATION_MODELS {
+                break;
+            }
+            if !models.contains(&plan.model_id) {
+                models.push(plan.model_id);
+            }
+        }
+        let since = Utc::now().date_naive() - chrono::Days::new(u64::from(REALIZATION_DAYS) - 1);
+        let reads = models.iter().map(|model_id| {
+            amplifier::history(
+                &self.records,
+                tenant,
+                model_id,
+                None,
+                None,
+                since,
+                i64::from(REALIZATION_DAYS),
+            )
+        });
+        let histories = futures_util::future::join_all(reads).await;
+        let mut charts = Vec::new();
+        for (model_id, rows) in models.into_iter().zip(histories) {
+            let points: Vec<RealizationPoint> = rows?
+                .into_iter()
+                .map(|row| RealizationPoint {
+                    day: row.day,
+                    committed: hundredths(row.committed),
+                    realized: hundredths(row.realized),
+                    realization_percent: row.realization_percent.map(hundredths),
+                })
+                .collect();
+            if !points.is_empty() {
+                charts.push(RealizationChart { model_id, points });
+            }
+        }
+        Ok(charts)
     }
 
     /// A tenant's latest audit entries; none in the operator's frame.

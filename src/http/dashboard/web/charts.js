@@ -1,4 +1,5 @@
-// Small SVG charts for the dashboard: time series, a histogram, a tornado.
+// Small SVG charts for the dashboard: time series, a histogram, a tornado,
+// a model's realization over days.
 // Drawn as SVG strings so that a frame's re-render is one innerHTML write.
 "use strict";
 
@@ -18,6 +19,10 @@ const Charts = (() => {
   }
 
   function frame(W, inner, yMin, yMax, xLabels) {
+    return framed(W, H, inner, yMin, yMax, xLabels);
+  }
+
+  function framed(W, H, inner, yMin, yMax, xLabels) {
     const y = (v) => PAD.t + (H - PAD.t - PAD.b) * (1 - (v - yMin) / (yMax - yMin || 1));
     let axis = `<line class="axis" x1="${PAD.l}" y1="${H - PAD.b}" x2="${W - PAD.r}" y2="${H - PAD.b}"/>`;
     for (const v of [yMin, (yMin + yMax) / 2, yMax]) {
@@ -93,5 +98,35 @@ const Charts = (() => {
     return `<svg viewBox="0 0 ${W} ${h}" role="img">${inner}</svg>`;
   }
 
-  return { lines, histogram, tornado, compact, esc };
+  // points: [{day: "YYYY-MM-DD", committed, realized, realization_percent}],
+  // oldest first: the gross value committed and realized to date, per day.
+  // Small (two sit side by side in a half card): its own narrow view box.
+  function realization(points) {
+    if (!points || !points.length) return "";
+    const W = 320, HR = 130;
+    const t = points.map((p) => Date.parse(p.day));
+    const t0 = t[0], t1 = t[t.length - 1];
+    const yMax = Math.max(1, ...points.flatMap((p) => [p.committed, p.realized])) * 1.1;
+    const x = (v) => (t1 === t0 ? (PAD.l + W - PAD.r) / 2 : PAD.l + (W - PAD.l - PAD.r) * ((v - t0) / (t1 - t0)));
+    const y = (v) => PAD.t + (HR - PAD.t - PAD.b) * (1 - v / yMax);
+    const last = points[points.length - 1];
+    let inner = "";
+    for (const [key, color, dash] of [["committed", "#8a96a3", ' stroke-dasharray="4 3"'], ["realized", "#3fb950", ""]]) {
+      const d = points.map((p, i) => `${i ? "L" : "M"}${x(t[i]).toFixed(1)},${y(p[key]).toFixed(1)}`).join("");
+      inner += `<path class="${key}" d="${d}" fill="none" stroke="${color}" stroke-width="1.5"${dash}><title>${key}</title></path>`;
+    }
+    // A dot a day on the realized line (hover: the day's figures), the
+    // latest one larger; the committed line's latest day too.
+    points.forEach((p, i) => {
+      const pct = p.realization_percent == null ? "nothing committed yet" : `${p.realization_percent.toFixed(1)}%`;
+      inner += `<circle class="day" cx="${x(t[i]).toFixed(1)}" cy="${y(p.realized).toFixed(1)}" r="${i === points.length - 1 ? 3 : 1.5}" fill="#3fb950"><title>${esc(p.day)}: realized ${compact(p.realized)} of ${compact(p.committed)} committed (${pct})</title></circle>`;
+    });
+    inner += `<circle cx="${x(t1).toFixed(1)}" cy="${y(last.committed).toFixed(1)}" r="2.5" fill="#8a96a3"><title>${esc(last.day)}: committed ${compact(last.committed)}</title></circle>`;
+    const labels = t1 === t0
+      ? [[x(t0), points[0].day.slice(5)]]
+      : [[x(t0) + 14, points[0].day.slice(5)], [x(t1) - 14, last.day.slice(5)]];
+    return framed(W, HR, inner, 0, yMax, labels);
+  }
+
+  return { lines, histogram, tornado, realization, compact, esc };
 })();

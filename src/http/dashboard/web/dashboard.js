@@ -320,7 +320,27 @@
         <figure><figcaption>tornado: NPV with each driver at P10 / P90</figcaption><div class="chart" id="sim-tornado">${Charts.tornado(r.sensitivity, r.npv.mean)}</div></figure></div>`;
     }
     put(body("simulations"), `<h3>Running and queued</h3>${live ? `<table><tbody>${live}</tbody></table>` : '<div class="empty">none</div>'}
-      <h3>Latest jobs</h3>${recent ? `<table><thead><tr><th>job</th><th>status</th><th>size</th><th>mean NPV</th><th>engine</th><th></th></tr></thead><tbody>${recent}</tbody></table>` : '<div class="empty">none yet</div>'}${chart}`);
+      <h3>Latest jobs</h3>${recent ? `<table><thead><tr><th>job</th><th>status</th><th>size</th><th>mean NPV</th><th>engine</th><th></th></tr></thead><tbody>${recent}</tbody></table>` : '<div class="empty">none yet</div>'}${chart}${realization(frame)}`);
+  }
+
+  // The models of the tenant's latest active plans: committed and realized
+  // to date per day (the daily snapshots), the latest realization %. The
+  // operator's frame has none.
+  function realization(frame) {
+    const charts = frame.realization || [];
+    if (!charts.length) return "";
+    const names = new Map((frame.simulations || []).filter((j) => j.model_id).map((j) => [j.model_id, j.model_name]));
+    const figures = charts.map((c) => {
+      const last = c.points[c.points.length - 1];
+      const name = names.get(c.model_id) || shortId(c.model_id);
+      const pct = last.realization_percent == null ? "nothing committed yet" : `${last.realization_percent.toFixed(1)}% realized`;
+      return `<figure class="realization" data-model="${esc(c.model_id)}" data-percent="${last.realization_percent ?? ""}">
+        <figcaption title="${esc(c.model_id)}">${esc(name)} · <b>${pct}</b> <span class="muted">${compact(last.realized)} of ${compact(last.committed)} on ${esc(last.day)}</span></figcaption>
+        <div class="chart realization-chart">${Charts.realization(c.points)}</div></figure>`;
+    }).join("");
+    return `<h3>Realization <span class="muted">to date, per day</span></h3>
+      <div class="legend"><span><i class="committed"></i>committed</span><span><i class="realized"></i>realized</span></div>
+      <div class="realization-grid">${figures}</div>`;
   }
 
   function renderNotifications(frame) {
