@@ -13,15 +13,17 @@ use clap::{Args, Parser, Subcommand};
 use valueverse::Config;
 
 mod dashboard;
+mod import;
 mod process;
 mod remote;
 mod sagas;
 mod stalled;
 
 // The node's allocator, so that what runs in this process (the sagas, the
-// remote agents) is measured as a node runs it.
+// remote agents) is measured as a node runs it; counting its live bytes
+// (two relaxed atomic adds an allocation) for the import's memory.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: import::Counting = import::Counting;
 
 /// ValueVerse's benchmarks, each beside its baseline in the same run.
 #[derive(Parser)]
@@ -45,6 +47,19 @@ enum BenchCommand {
     /// slowest /health and another key's requests, with the per-caller
     /// limits lifted (the baseline) and on.
     StalledBodies(BenchStalledArgs),
+    /// The heap an import of deliveries takes while its file is read (CSV,
+    /// .xlsx), per 10,000 rows, beside the file's size.
+    Import(BenchImportArgs),
+}
+
+#[derive(Args)]
+struct BenchImportArgs {
+    /// Rows of each file measured in turn.
+    #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
+    rows: Vec<usize>,
+    /// Print the results as JSON lines.
+    #[arg(long)]
+    json: bool,
 }
 
 /// The `valueverse` binary a benchmark runs as its node.
@@ -151,7 +166,37 @@ async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Remote(args) => bench_remote(args).await,
         BenchCommand::Dashboard(args) => bench_dashboard(args).await,
         BenchCommand::StalledBodies(args) => bench_stalled(args).await,
+        BenchCommand::Import(args) => bench_import(args),
     }
+}
+
+fn bench_import(args: BenchImportArgs) -> anyhow::Result<()> {
+    let measured = import::run(&args.rows)?;
+    if args.json {
+        for row in &measured {
+            println!("{}", serde_json::to_string(row)?);
+        }
+        return Ok(());
+    }
+    let mb = |bytes: usize| bytes as f64 / 1e6;
+    println!(
+        "| file | rows | file size | peak heap while read | kept (the rows) | peak per 10,000 rows | peak / file size | time |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for row in &measured {
+        println!(
+            "| {} | {} | {:.2} MB | {:.2} MB | {:.2} MB | {:.2} MB | {:.2}x | {:.3} s |",
+            row.format,
+            row.rows,
+            mb(row.file_bytes),
+            mb(row.peak_heap_bytes),
+            mb(row.kept_heap_bytes),
+            mb(row.peak_heap_bytes) * 10_000.0 / row.rows as f64,
+            row.peak_heap_bytes as f64 / row.file_bytes as f64,
+            row.seconds
+        );
+    }
+    Ok(())
 }
 
 async fn bench_remote(args: BenchRemoteArgs) -> anyhow::Result<()> {
