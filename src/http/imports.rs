@@ -17,9 +17,6 @@ use super::error::{ApiError, ErrorDoc, parse_query};
 use super::scope::Scope;
 use super::ws::{Outgoing, Source};
 
-/// Rows recorded per message to the plan (and per progress event).
-const BATCH: usize = 1000;
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ImportQuery {
@@ -152,13 +149,16 @@ pub(crate) async fn import(
     mut payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let query: ImportQuery = parse_query(request.query_string())?;
-    // The limits middleware read it already, within the import's limit.
-    let mut body = web::BytesMut::new();
+    // The limits middleware read it already, within the import's limit,
+    // into one buffer: taken as it is, not copied.
+    let mut chunks = Vec::new();
+    let mut size = 0;
     while let Some(chunk) = futures_util::StreamExt::next(&mut payload).await {
         let chunk = chunk.map_err(|error| {
             ApiError::new(StatusCode::BAD_REQUEST, "bad_body", error.to_string())
         })?;
-        if body.len() + chunk.len() > super::limits::IMPORT_BODY_LIMIT {
+        size += chunk.len();
+        if size > super::limits::IMPORT_BODY_LIMIT {
             return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
@@ -168,9 +168,12 @@ pub(crate) async fn import(
                 ),
             ));
         }
-        body.extend_from_slice(&chunk);
+        chunks.push(chunk);
     }
-    let body = body.freeze();
+    let body = match chunks.len() {
+        1 => chunks.pop().expect("one chunk"),
+        _ => web::Bytes::from(chunks.concat()),
+    };
     let format = format_of(&request, query.format.as_deref())?;
     let defaults = Mapping::default();
     let mapping = Mapping {
@@ -256,27 +259,23 @@ pub(crate) async fn import(
     if !errors.is_empty() && !query.partial {
         return Ok(refused(parsed.total_rows, errors));
     }
-    let mut recorded = 0;
-    let mut realized_value = plan.realized_value();
-    let total = fresh.len();
-    let mut rows = fresh.into_iter();
-    loop {
-        let batch: Vec<Delivery> = rows.by_ref().take(BATCH).collect();
-        if batch.is_empty() {
-            break;
-        }
-        let count = batch.len();
-        let after =
-            super::plans::record_deliveries(&system, &scope, &value, &plan.id, batch).await?;
-        recorded += count;
-        realized_value = after.realized_value();
-        share_progress(
-            &system,
-            &tenant,
-            &plan.id,
-            serde_json::json!({ "stage": "recording", "rows_recorded": recorded, "rows_total": total }),
-        );
-    }
+    // One message: the plan records the file's rows all or none (it checks
+    // each again), in one write.
+    let recorded = fresh.len();
+    share_progress(
+        &system,
+        &tenant,
+        &plan.id,
+        serde_json::json!({ "stage": "recording", "rows_recorded": 0, "rows_total": recorded }),
+    );
+    let realized_value = if fresh.is_empty() {
+        plan.realized_value()
+    } else {
+        super::plans::record_deliveries(&system, &scope, &value, &plan.id, fresh)
+            .await?
+            .realized_value()
+    };
+    let total = recorded;
     share_progress(
         &system,
         &tenant,

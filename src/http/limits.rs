@@ -436,9 +436,10 @@ pub(crate) async fn read_body_in_time(
     };
     let (timeout, mut body_limit) = (limits.config.body_read_timeout, limits.body_limit);
     // A customer's file of deliveries may be larger than any JSON body.
-    if request
-        .match_pattern()
-        .is_some_and(|pattern| pattern == IMPORT_ROUTE)
+    if request.method() == actix_web::http::Method::POST
+        && request
+            .match_pattern()
+            .is_some_and(|pattern| pattern == IMPORT_ROUTE)
     {
         body_limit = body_limit.max(IMPORT_BODY_LIMIT);
     }

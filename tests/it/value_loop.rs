@@ -380,6 +380,17 @@ async fn bad_files_get_a_report_never_a_500() {
         (report["recorded"].as_u64(), report["refused"].as_u64()),
         (Some(1), Some(3))
     );
+    // An id of 60 characters of two bytes each: the import and the plan
+    // count characters alike, so it is recorded (the plan counted bytes
+    // and refused it after earlier rows were stored).
+    let mut file = String::from("id,driver,value,date\n");
+    for row in 0..1500 {
+        file.push_str(&format!("w{row},churn avoided,1,2026-02-01\n"));
+    }
+    file.push_str(&format!("{},churn avoided,1,2026-02-01\n", "é".repeat(60)));
+    let (status, report) = post(import(""), file).await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["recorded"], 1501, "{report}");
     // 100,000 rows: refused as a whole, naming the limit.
     let mut big = String::from("id,driver,value,date\n");
     for row in 0..100_000 {

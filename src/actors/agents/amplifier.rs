@@ -250,6 +250,7 @@ impl Agent for Amplifier {
         state.upgrade();
         match msg {
             AmplifierMsg::RegisterBaseline(baseline) => {
+                state.forget_retired(&baseline.plan_id);
                 let plan = state.plans.entry(baseline.plan_id.clone()).or_default();
                 if plan.baseline.as_ref() == Some(&*baseline) && plan.active {
                     return Ok(AmplifierReply::Done);
@@ -280,8 +281,10 @@ impl Agent for Amplifier {
             } => {
                 let plan = state.plans.entry(plan_id).or_default();
                 let before = plan.deliveries.len();
+                let mut known: std::collections::HashSet<String> =
+                    plan.deliveries.iter().map(|d| d.id.clone()).collect();
                 for delivery in deliveries {
-                    if !plan.deliveries.iter().any(|d| d.id == delivery.id) {
+                    if known.insert(delivery.id.clone()) {
                         plan.deliveries.push(delivery);
                     }
                 }
@@ -341,7 +344,28 @@ impl Agent for Amplifier {
     ]);
 }
 
+/// Most plans a model's amplifier keeps: beyond, the oldest retired ones
+/// are forgotten (their daily history stays in the store).
+pub const MAX_PLANS: usize = 64;
+
 impl Amplification {
+    /// Makes room for `plan_id` under [`MAX_PLANS`], oldest retired first.
+    fn forget_retired(&mut self, plan_id: &str) {
+        while self.plans.len() >= MAX_PLANS && !self.plans.contains_key(plan_id) {
+            // Plan ids are time-ordered (UUIDv7): the first retired is the
+            // oldest.
+            let Some(oldest) = self
+                .plans
+                .iter()
+                .find(|(_, plan)| !plan.active)
+                .map(|(id, _)| id.clone())
+            else {
+                return;
+            };
+            self.plans.remove(&oldest);
+        }
+    }
+
     /// The most recently registered active plan (for the plans column).
     fn active_plan(&self) -> Option<&str> {
         self.plans

@@ -153,7 +153,8 @@ impl Plan {
         delivery: &Delivery,
         max_value: f64,
     ) -> Option<(&'static str, String)> {
-        if delivery.id.is_empty() || delivery.id.len() > 100 {
+        // Characters, as the import counts them.
+        if delivery.id.is_empty() || delivery.id.chars().count() > 100 {
             return Some(("id", "a delivery id has 1 to 100 characters".into()));
         }
         if !self.drivers.contains(&delivery.driver) {
@@ -188,7 +189,11 @@ impl Plan {
                 ),
             ));
         }
-        if delivery.note.as_ref().is_some_and(|note| note.len() > 1000) {
+        if delivery
+            .note
+            .as_ref()
+            .is_some_and(|note| note.chars().count() > 1000)
+        {
             return Some(("note", "at most 1000 characters".into()));
         }
         None
@@ -390,7 +395,11 @@ impl Agent for Executor {
                 },
                 Some(plan),
             ) => {
-                let mut fresh = Vec::new();
+                let mut fresh: Vec<Delivery> = Vec::new();
+                // By id: a file of many rows is checked in one pass.
+                let known: std::collections::HashMap<&str, &Delivery> =
+                    plan.deliveries.iter().map(|d| (d.id.as_str(), d)).collect();
+                let mut seen = std::collections::HashSet::new();
                 // One delivery's fields are named plainly (the single route's
                 // body); a batch's by index.
                 let single = deliveries.len() == 1;
@@ -402,8 +411,8 @@ impl Agent for Executor {
                             format!("deliveries[{index}].{field}")
                         }
                     };
-                    if let Some(existing) = plan.deliveries.iter().find(|d| d.id == delivery.id) {
-                        if *existing != delivery {
+                    if let Some(existing) = known.get(delivery.id.as_str()) {
+                        if **existing != delivery {
                             return Err(refuse(
                                 RejectionCode::Conflict,
                                 format!(
@@ -423,7 +432,7 @@ impl Agent for Executor {
                         };
                         return Err(refuse(code, message, Some(&at(field))));
                     }
-                    if fresh.iter().any(|d: &Delivery| d.id == delivery.id) {
+                    if !seen.insert(delivery.id.clone()) {
                         continue;
                     }
                     fresh.push(delivery);

@@ -143,6 +143,100 @@ pub enum FileError {
     Delimiter { found: char },
     #[error("the file has more than {limit} data rows; please split it into smaller files")]
     TooManyRows { limit: usize },
+    #[error("the header row is refused: {reason}")]
+    Header { reason: String },
+}
+
+/// Most bytes an .xlsx may inflate to, all its parts together: the rows
+/// allowed take a small part of it; more is a decompression bomb.
+const MAX_INFLATED: u64 = 256 << 20;
+/// Most cells, and characters in one, a header row may have.
+const MAX_HEADER_CELLS: usize = 1000;
+const MAX_HEADER_CHARS: usize = 256;
+/// Fewest bytes one shared string takes in its part (`<si><t/></si>`).
+const MIN_SHARED_STRING_BYTES: u64 = 13;
+
+/// Checks an .xlsx before calamine reads it: every part inflated for real
+/// (the sizes a zip declares may lie) within [`MAX_INFLATED`] all together,
+/// and the shared-string table announcing no more strings than its part
+/// can hold (calamine reserves room for the count announced: a huge count
+/// fails an allocation, which aborts the process).
+fn check_xlsx(bytes: &[u8], max_inflated: u64) -> Result<(), FileError> {
+    use std::io::Read;
+    let unreadable = |reason: String| FileError::Unreadable {
+        format: "xlsx",
+        reason,
+    };
+    let mut archive =
+        zip::ZipArchive::new(Cursor::new(bytes)).map_err(|error| unreadable(error.to_string()))?;
+    let mut inflated = 0u64;
+    for index in 0..archive.len() {
+        let mut part = archive
+            .by_index(index)
+            .map_err(|error| unreadable(error.to_string()))?;
+        let shared_strings = part.name().is_ok_and(|name| name == "xl/sharedStrings.xml");
+        let mut limited = (&mut part).take(max_inflated - inflated + 1);
+        // The table's head holds its counts.
+        let mut head = Vec::new();
+        if shared_strings {
+            (&mut limited)
+                .take(4096)
+                .read_to_end(&mut head)
+                .map_err(|error| unreadable(error.to_string()))?;
+        }
+        let rest = std::io::copy(&mut limited, &mut std::io::sink())
+            .map_err(|error| unreadable(error.to_string()))?;
+        let size = head.len() as u64 + rest;
+        inflated += size;
+        if inflated > max_inflated {
+            return Err(unreadable(format!(
+                "it inflates to more than {max_inflated} bytes"
+            )));
+        }
+        if shared_strings {
+            let head = String::from_utf8_lossy(&head);
+            // The table's tag must be in its head, where the counts are read.
+            let tag = head
+                .find("<sst")
+                .and_then(|at| head[at..].find('>').map(|end| &head[at..at + end]))
+                .ok_or_else(|| {
+                    unreadable("its shared strings do not begin in their first 4 KiB".into())
+                })?;
+            // `count` is of references to the table: it may be larger.
+            let announced = attribute_number(tag, "uniqueCount").unwrap_or(0);
+            if announced > size / MIN_SHARED_STRING_BYTES + 1 {
+                return Err(unreadable(format!(
+                    "its shared strings announce {announced} strings in {size} bytes"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The number of attribute `name` in an XML tag (`name = '123'` as well
+/// as `name="123"`), if any.
+fn attribute_number(tag: &str, name: &str) -> Option<u64> {
+    let mut from = 0;
+    while let Some(found) = tag[from..].find(name) {
+        let at = from + found;
+        from = at + name.len();
+        if !tag[..at].ends_with(|c: char| c.is_ascii_whitespace()) {
+            continue;
+        }
+        let rest = tag[from..].trim_start();
+        let Some(rest) = rest.strip_prefix('=') else {
+            continue;
+        };
+        let rest = rest.trim_start();
+        let Some(rest) = rest.strip_prefix(['"', '\'']) else {
+            continue;
+        };
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        // More digits than a u64 holds: as large as can be.
+        return Some(digits.parse().unwrap_or(u64::MAX));
+    }
+    None
 }
 
 /// Reads deliveries from `bytes`. `progress(read, total)` is called every 1000 rows
@@ -275,6 +369,7 @@ fn read_xlsx(
     rules: &Rules,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Parsed, FileError> {
+    check_xlsx(bytes, MAX_INFLATED)?;
     let mut book: Xlsx<_> = guarded(|| Xlsx::new(Cursor::new(bytes)))?;
     let sheet = book
         .sheets_metadata()
@@ -332,6 +427,21 @@ fn read_xlsx(
         blank = false;
         if collector.is_none() {
             if let Ok(Some(name)) = text(&Raw::Cell(value)) {
+                // Each cell may name one huge shared string: bounded
+                // before it is copied.
+                if header.len() >= MAX_HEADER_CELLS {
+                    return Err(FileError::Header {
+                        reason: format!("more than {MAX_HEADER_CELLS} cells"),
+                    });
+                }
+                if name.chars().nth(MAX_HEADER_CHARS).is_some() {
+                    return Err(FileError::Header {
+                        reason: format!(
+                            "cell {} has more than {MAX_HEADER_CHARS} characters",
+                            col + 1
+                        ),
+                    });
+                }
                 header.push((col as usize, name.into_owned()));
             }
         } else {
@@ -1301,5 +1411,123 @@ mod tests {
         assert_eq!(Format::from_name("csv"), Some(Format::Csv));
         assert_eq!(Format::from_name("XLSX"), Some(Format::Xlsx));
         assert_eq!(Format::from_name("xls"), None);
+    }
+
+    /// A workbook of the parts given, as Excel zips them.
+    fn crafted(shared_strings: &str, sheet: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        use zip::write::SimpleFileOptions;
+        let mut book = zip::ZipWriter::new(Cursor::new(Vec::new()));
+        let options =
+            SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
+        let parts: [(&str, &[u8]); 6] = [
+            ("[Content_Types].xml", br#"<?xml version="1.0"?><Types xmlns="http://schemas.openxmlformats.org/package/2006/content-types"><Default Extension="xml" ContentType="application/xml"/><Default Extension="rels" ContentType="application/vnd.openxmlformats-package.relationships+xml"/></Types>"#),
+            ("_rels/.rels", br#"<?xml version="1.0"?><Relationships xmlns="http://schemas.openxmlformats.org/package/2006/relationships"><Relationship Id="rId1" Type="http://schemas.openxmlformats.org/officeDocument/2006/relationships/officeDocument" Target="xl/workbook.xml"/></Relationships>"#),
+            ("xl/workbook.xml", br#"<?xml version="1.0"?><workbook xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main" xmlns:r="http://schemas.openxmlformats.org/officeDocument/2006/relationships"><sheets><sheet name="S" sheetId="1" r:id="rId1"/></sheets></workbook>"#),
+            ("xl/_rels/workbook.xml.rels", br#"<?xml version="1.0"?><Relationships xmlns="http://schemas.openxmlformats.org/package/2006/relationships"><Relationship Id="rId1" Type="http://schemas.openxmlformats.org/officeDocument/2006/relationships/worksheet" Target="worksheets/sheet1.xml"/></Relationships>"#),
+            ("xl/sharedStrings.xml", shared_strings.as_bytes()),
+            ("xl/worksheets/sheet1.xml", sheet),
+        ];
+        for (name, content) in parts {
+            book.start_file(name, options).unwrap();
+            book.write_all(content).unwrap();
+        }
+        book.finish().unwrap().into_inner()
+    }
+
+    const ONE_CELL: &[u8] = br#"<?xml version="1.0"?><worksheet xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main"><sheetData><row r="1"><c r="A1" t="s"><v>0</v></c></row></sheetData></worksheet>"#;
+
+    /// The review's attack: a 1.6 KB file announcing 10^14 shared strings
+    /// made calamine reserve petabytes, and the allocation failure aborted
+    /// the node (no panic to catch). Refused before calamine reads it.
+    #[test]
+    fn a_shared_string_count_beyond_the_file_is_refused() {
+        let file = crafted(
+            r#"<?xml version="1.0"?><sst xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main" count="1" uniqueCount="100000000000000"><si><t>id</t></si></sst>"#,
+            ONE_CELL,
+        );
+        assert!(file.len() < 4096);
+        match read(
+            &file,
+            Format::Xlsx,
+            &Mapping::default(),
+            &rules(&drivers()),
+            &mut |_, _| {},
+        ) {
+            Err(FileError::Unreadable { reason, .. }) => {
+                assert!(reason.contains("shared strings"), "{reason}")
+            }
+            other => panic!("read: {other:?}"),
+        }
+    }
+
+    /// The review's second attack: a header row of thousands of cells, each
+    /// a copy of one 1 MiB shared string, took a node to gigabytes. The
+    /// header's cells and names are bounded.
+    #[test]
+    fn a_header_of_huge_repeated_strings_is_refused() {
+        let big = "a".repeat(1 << 20);
+        let strings = format!(
+            r#"<?xml version="1.0"?><sst xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main" count="1" uniqueCount="1"><si><t>{big}</t></si></sst>"#
+        );
+        let mut sheet = br#"<?xml version="1.0"?><worksheet xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main"><sheetData><row r="1">"#.to_vec();
+        for _ in 0..2_000 {
+            sheet.extend_from_slice(br#"<c t="s"><v>0</v></c>"#);
+        }
+        sheet.extend_from_slice(b"</row></sheetData></worksheet>");
+        let file = crafted(&strings, &sheet);
+        match read(
+            &file,
+            Format::Xlsx,
+            &Mapping::default(),
+            &rules(&drivers()),
+            &mut |_, _| {},
+        ) {
+            Err(FileError::Header { reason }) => assert!(reason.contains("characters"), "{reason}"),
+            other => panic!("read: {other:?}"),
+        }
+    }
+
+    /// A workbook inflating past the bound is refused, whatever sizes its
+    /// zip declares.
+    #[test]
+    fn a_decompression_bomb_is_refused() {
+        let mut sheet = br#"<?xml version="1.0"?><worksheet xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main"><sheetData>"#.to_vec();
+        sheet.resize(sheet.len() + (3 << 20), b' ');
+        sheet.extend_from_slice(b"</sheetData></worksheet>");
+        let file = crafted(
+            r#"<?xml version="1.0"?><sst xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main" count="0" uniqueCount="0"></sst>"#,
+            &sheet,
+        );
+        assert!(file.len() < 64 << 10, "{} bytes", file.len());
+        match check_xlsx(&file, 1 << 20) {
+            Err(FileError::Unreadable { reason, .. }) => {
+                assert!(reason.contains("inflates"), "{reason}")
+            }
+            other => panic!("check: {other:?}"),
+        }
+        assert!(check_xlsx(&file, 8 << 20).is_ok());
+    }
+
+    #[test]
+    fn counts_are_read_however_the_tag_is_written() {
+        for tag in [
+            r#"<sst xmlns="x" count="1" uniqueCount="7""#,
+            "<sst\n uniqueCount = '7' count='1'",
+            "<sst\tuniqueCount=\"7\"",
+        ] {
+            assert_eq!(attribute_number(tag, "uniqueCount"), Some(7), "{tag}");
+        }
+        assert_eq!(
+            attribute_number("<sst xuniqueCount=\"7\"", "uniqueCount"),
+            None
+        );
+        assert_eq!(
+            attribute_number(
+                "<sst uniqueCount=\"99999999999999999999999\"",
+                "uniqueCount"
+            ),
+            Some(u64::MAX)
+        );
     }
 }

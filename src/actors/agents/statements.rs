@@ -275,6 +275,10 @@ async fn realized(
 ) -> Result<(BTreeMap<String, f64>, BTreeMap<String, f64>), StateError> {
     let start = commitment.start();
     let (mut before, mut within) = (BTreeMap::new(), BTreeMap::new());
+    // A delivery id counts once across the commitment's plans (the newest
+    // plan's, read first): a file imported again into the plan that
+    // superseded another is not billed twice.
+    let mut counted = std::collections::HashSet::new();
     let mut offset = 0;
     loop {
         let page: crate::Listed<Plan> = crate::executor::list_plans(
@@ -287,6 +291,9 @@ async fn realized(
         )
         .await?;
         for delivery in page.items.iter().flat_map(|plan| &plan.deliveries) {
+            if !counted.insert(delivery.id.clone()) {
+                continue;
+            }
             let sums = if (start..first).contains(&delivery.date) {
                 &mut before
             } else if (first..=last).contains(&delivery.date) {

@@ -455,12 +455,13 @@ impl SagaRunner {
         let keys = Keys::of_started(&saga.id, saga.started_by.as_deref());
         match (due.direction, step, input) {
             (Direction::Compensate, Step::Replan, SagaInput::Renewal(input)) => {
-                let moved = saga.steps[due.step]
-                    .output
-                    .as_ref()
-                    .and_then(|output| output.get("moved_from"))
-                    .is_some();
-                self.unreplan(&keys, &input, moved, &saga.id).await
+                self.unreplan(&keys, &input, &saga.id).await
+            }
+            // A replan that failed after its move is not compensated
+            // itself: the amendment's undoing moves the plan back first.
+            (Direction::Compensate, Step::Amend, SagaInput::Renewal(input)) => {
+                self.unreplan(&keys, &input, &saga.id).await?;
+                self.void(&keys, &keys.commitment, &saga.id).await
             }
             (Direction::Compensate, Step::Supersede, SagaInput::Renewal(input)) => {
                 let restored = self
@@ -872,7 +873,7 @@ impl SagaRunner {
         Ok(())
     }
 
-    /// The active plan of a commitment (a page of one), if any.
+    /// The active plan of a commitment other than the saga's own, if any.
     async fn open_plan(
         &self,
         keys: &Keys,
@@ -888,14 +889,17 @@ impl SagaRunner {
             Some(commitment_id),
             None,
             Some(PlanStatus::Active),
-            (1, 0),
+            (100, 0),
         )
         .await
         .map_err(|error| ActionError {
             message: error.to_string(),
             retryable: true,
         })?;
-        Ok(listed.items.into_iter().next())
+        Ok(listed
+            .items
+            .into_iter()
+            .find(|plan| plan.id != id_of(&keys.plan)))
     }
 
     /// A renewal's replan: the renewed commitment's open plan moves to the
@@ -911,10 +915,7 @@ impl SagaRunner {
         // A retry may find the move already made.
         let open = match self.open_plan(keys, &input.commitment_id).await? {
             Some(plan) => Some(plan),
-            None => self
-                .open_plan(keys, &amended.id)
-                .await?
-                .filter(|plan| plan.id != id_of(&keys.plan)),
+            None => self.open_plan(keys, &amended.id).await?,
         };
         let Some(open) = open else {
             self.plan(keys, input.start_date).await?;
@@ -951,25 +952,20 @@ impl SagaRunner {
         Ok(serde_json::json!({ "plan_id": moved.id, "moved_from": input.commitment_id }))
     }
 
-    /// Undoes a renewal's replan: the moved plan goes back to the renewed
-    /// commitment (baseline too), or the new plan is cancelled.
+    /// Undoes a renewal's replan from what is, not from what the step
+    /// recorded (a cancel may come while it runs, a failure after its
+    /// move): a plan moved to the amended commitment goes back to the
+    /// renewed one (baseline too), and the saga's own plan is cancelled.
     async fn unreplan(
         &self,
         keys: &Keys,
         input: &RenewalInput,
-        moved: bool,
         saga: &str,
     ) -> Result<serde_json::Value, ActionError> {
-        if !moved {
-            self.remove_baseline(keys).await?;
-            return self.cancel_plan(keys, &keys.plan, saga).await;
-        }
+        self.remove_baseline(keys).await?;
+        self.cancel_plan(keys, &keys.plan, saga).await?;
         let amended = id_of(&keys.commitment);
-        let Some(open) = self
-            .open_plan(keys, amended)
-            .await?
-            .filter(|plan| plan.id != id_of(&keys.plan))
-        else {
+        let Some(open) = self.open_plan(keys, amended).await? else {
             return Ok(serde_json::Value::Null);
         };
         let old = self
