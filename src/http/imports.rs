@@ -132,6 +132,7 @@ fn share_progress(system: &System, tenant: &Tenant, plan_id: &str, data: serde_j
     ),
     responses(
         (status = 200, description = "what was recorded, and each row refused", body = ImportReport),
+        (status = 400, description = "bad query", body = ErrorDoc),
         (status = 404, description = "not found", body = ErrorDoc),
         (status = 409, description = "the plan is not active", body = ErrorDoc),
         (status = 413, description = "the file is too large", body = ErrorDoc),
@@ -334,7 +335,10 @@ fn file_error(error: FileError) -> ApiError {
     get,
     path = "/ws/plans/{id}",
     tag = "executor",
-    params(("id" = String, Path, description = "plan id")),
+    params(
+        ("id" = String, Path, description = "plan id"),
+        ("access_token" = Option<String>, Query, description = "the API key, for clients that cannot set headers"),
+    ),
     responses(
         (status = 101, description = "WebSocket: `{type: \"state\"}`, then `{type: \"import.progress\" | <event type>, data}`"),
         (status = 404, description = "not found", body = ErrorDoc),
