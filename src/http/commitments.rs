@@ -123,13 +123,16 @@ pub(crate) async fn commit(
     let at = record.version(version).expect("an existing version");
     let model = &at.model;
     // The committer decides; the simulation kind answers what it needs.
+    // The most conservative of the recent evidence runs.
     let simulated = simulations
         .latest_evidence(scope.tenant(), &record.id, version)
         .await?
-        .and_then(|job| {
+        .iter()
+        .filter_map(|job| {
             let id = valueverse_runtime::split_key(&job.id).1;
-            SimulatedSupport::of(id, &job, body.confidence)
-        });
+            SimulatedSupport::of(id, job, body.confidence)
+        })
+        .min_by(|a, b| a.npv_at_confidence.total_cmp(&b.npv_at_confidence));
     let request = CommitmentRequest {
         model_id: record.id.clone(),
         model_version: version,

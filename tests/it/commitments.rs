@@ -287,15 +287,34 @@ async fn a_cherry_picked_simulation_cannot_back_a_commitment() {
         "committed on a cherry-picked run: {answer}"
     );
     assert_eq!(answer["error"]["code"], "target_not_supported", "{answer}");
-    // Below the honest P5 it stands, on the honest run, which it records.
-    let mut body = commitment(&model_id, p5 - 1000.0);
+    // Honest runs again and again until a lucky one comes last gain
+    // nothing either: a commitment stands on the most conservative of the
+    // recent evidence runs.
+    let mut runs = vec![(honest["id"].clone(), honest["seed"].clone(), p5)];
+    for _ in 0..2 {
+        let job = run_job(&client, &base, &model_id, 10_000, None).await;
+        let (_, result) = send(client.get(format!(
+            "{base}/simulations/{}/results",
+            job["id"].as_str().unwrap()
+        )))
+        .await;
+        let p5 = result["result"]["npv_quantiles"][4].as_f64().unwrap();
+        runs.push((job["id"].clone(), job["seed"].clone(), p5));
+    }
+    let (id, seed, lowest) = runs
+        .iter()
+        .min_by(|a, b| a.2.total_cmp(&b.2))
+        .cloned()
+        .unwrap();
+    let mut body = commitment(&model_id, lowest - 1000.0);
     body["confidence"] = json!(0.95);
     let (status, made) = send(client.post(format!("{base}/commitments")).json(&body)).await;
     assert_eq!(status, StatusCode::CREATED, "{made}");
-    assert_eq!(made["simulated"]["simulation_id"], honest["id"]);
-    assert_eq!(made["simulated"]["paths"], 50_000);
+    assert_eq!(made["simulated"]["simulation_id"], id, "{made}");
+    assert_eq!(made["simulated"]["npv_at_confidence"], lowest);
     assert_eq!(made["simulated"]["quantile"], 0.05);
-    assert_eq!(made["simulated"]["seed"], honest["seed"]);
+    assert_eq!(made["simulated"]["seed"], seed);
+    assert_eq!(made["simulated"]["seed_by_server"], true);
     drop(client);
     node.stop().await.unwrap();
 }

@@ -371,6 +371,11 @@ struct Inner {
     min_evidence_paths: u64,
 }
 
+/// Recent evidence runs a commitment weighs: it stands on the most
+/// conservative of them, so that running the minimum again until a lucky
+/// run comes last gains nothing.
+pub const EVIDENCE_RUNS: i64 = 5;
+
 /// The simulation service of a node. Cheap to clone.
 #[derive(Clone)]
 pub struct Simulations {
@@ -617,22 +622,23 @@ impl Simulations {
         self.inner.ask(id, SimulationMsg::Get).await
     }
 
-    /// The latest finished job of a model version that can back a
-    /// commitment (server-seeded, at least `min_evidence_paths` paths),
-    /// asked of its agent.
+    /// The latest finished jobs of a model version that can back a
+    /// commitment (server-seeded, at least `min_evidence_paths` paths), at
+    /// most [`EVIDENCE_RUNS`], newest first, asked of their agents.
     pub async fn latest_evidence(
         &self,
         tenant: &Tenant,
         model_id: &str,
         model_version: i64,
-    ) -> Result<Option<SimulationJob>, AgentError> {
+    ) -> Result<Vec<SimulationJob>, AgentError> {
         let store = &self.inner.store;
-        let id = store
+        let ids = store
             .latest_evidence(
                 tenant.as_str(),
                 model_id,
                 model_version,
                 self.min_evidence_paths(),
+                EVIDENCE_RUNS,
             )
             .await
             .map_err(|cause| AgentError::Store {
@@ -642,10 +648,11 @@ impl Simulations {
                 },
                 cause: Box::new(cause.into()),
             })?;
-        match id {
-            Some(id) => Ok(Some(self.get(&id).await?)),
-            None => Ok(None),
+        let mut jobs = Vec::with_capacity(ids.len());
+        for id in ids {
+            jobs.push(self.get(&id).await?);
         }
+        Ok(jobs)
     }
 
     /// Cancels a queued job at once, or asks its worker to stop a running
