@@ -211,10 +211,11 @@ pub(crate) async fn check_agent_tables(db: &TestDb, sagas: &[(usize, Value)]) {
             let (_, amplification) = row("amplifications", format!("{id}-model"))
                 .await
                 .expect("the baseline");
-            assert_eq!(
-                serde_json::from_str::<Value>(&amplification).unwrap()["baseline"]["plan_id"],
-                json!(format!("{id}-plan"))
-            );
+            // A baseline per plan, active.
+            let plans = &serde_json::from_str::<Value>(&amplification).unwrap()["plans"];
+            let plan = &plans[format!("{id}-plan")];
+            assert_eq!(plan["baseline"]["plan_id"], json!(format!("{id}-plan")));
+            assert_eq!(plan["active"], json!(true));
         } else {
             // Made at most once and undone at most once: version 2 at most.
             for (what, record, undone) in [
@@ -228,9 +229,10 @@ pub(crate) async fn check_agent_tables(db: &TestDb, sagas: &[(usize, Value)]) {
                 }
             }
             if let Some((_, amplification)) = row("amplifications", format!("{id}-model")).await {
+                let plans = &serde_json::from_str::<Value>(&amplification).unwrap()["plans"];
                 assert!(
-                    serde_json::from_str::<Value>(&amplification).unwrap()["baseline"].is_null(),
-                    "baseline of {id} removed"
+                    plans[format!("{id}-plan")].is_null(),
+                    "baseline of {id} removed: {plans}"
                 );
             }
         }
