@@ -297,8 +297,16 @@ pub(crate) async fn list(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct StatementsQuery {
-    /// `json` or `csv` [default: from `Accept`, else `json`].
-    format: Option<String>,
+    /// [default: from `Accept`, else `json`].
+    format: Option<StatementFormat>,
+}
+
+/// How statements are answered.
+#[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+enum StatementFormat {
+    Json,
+    Csv,
 }
 
 /// The statements of a commitment as the API shows them.
@@ -314,15 +322,9 @@ struct StatementsView {
 /// CSV when `?format=csv` or `Accept: text/csv` asks for it.
 fn wants_csv(request: &HttpRequest) -> Result<bool, ApiError> {
     let query: StatementsQuery = parse_query(request.query_string())?;
-    match query.format.as_deref() {
-        Some("csv") => Ok(true),
-        Some("json") => Ok(false),
-        Some(other) => Err(ApiError::new(
-            actix_web::http::StatusCode::BAD_REQUEST,
-            "invalid_query",
-            format!("`format` is `json` or `csv`, got `{other}`"),
-        )
-        .with_field("format")),
+    match query.format {
+        Some(StatementFormat::Csv) => Ok(true),
+        Some(StatementFormat::Json) => Ok(false),
         None => Ok(request
             .headers()
             .get(header::ACCEPT)
@@ -439,10 +441,13 @@ fn statements_answer(
     tag = "committer",
     params(
         ("id" = String, Path, description = "id"),
-        ("format" = Option<String>, Query, description = "`json` or `csv` [default: from `Accept`, else `json`]"),
+        ("format" = inline(Option<StatementFormat>), Query, description = "[default: from `Accept`, else `json`]"),
     ),
     responses(
-        (status = 200, description = "the statements (JSON, or CSV: a row per driver and a `total` row per statement)", body = StatementsView),
+        (status = 200, description = "the statements (JSON, or CSV: a row per driver and a `total` row per statement)", content(
+            (StatementsView = "application/json"),
+            (String = "text/csv"),
+        )),
         (status = 400, description = "bad query", body = ErrorDoc),
         (status = 404, description = "not found", body = ErrorDoc),
     ),
@@ -467,10 +472,13 @@ pub(crate) async fn statements(
     params(
         ("id" = String, Path, description = "id"),
         ("period" = u32, Path, description = "1 for the first period"),
-        ("format" = Option<String>, Query, description = "`json` or `csv` [default: from `Accept`, else `json`]"),
+        ("format" = inline(Option<StatementFormat>), Query, description = "[default: from `Accept`, else `json`]"),
     ),
     responses(
-        (status = 200, description = "the statement, as a list of one", body = StatementsView),
+        (status = 200, description = "the statement, as a list of one", content(
+            (StatementsView = "application/json"),
+            (String = "text/csv"),
+        )),
         (status = 400, description = "bad query", body = ErrorDoc),
         (status = 404, description = "no such commitment, or no statement of that period yet", body = ErrorDoc),
     ),

@@ -20,8 +20,8 @@ use super::ws::{Outgoing, Source};
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ImportQuery {
-    /// `csv` or `xlsx` [default: from `Content-Type`].
-    format: Option<String>,
+    /// [default: from `Content-Type`].
+    format: Option<ImportFormat>,
     /// Store the good rows of a file with errors [default: false: nothing].
     #[serde(default)]
     partial: bool,
@@ -31,6 +31,20 @@ struct ImportQuery {
     date_column: Option<String>,
     note_column: Option<String>,
 }
+
+/// The file's format, when `Content-Type` does not say.
+#[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+enum ImportFormat {
+    Csv,
+    Xlsx,
+}
+
+/// A customer's file, as bytes.
+#[derive(utoipa::ToSchema)]
+#[schema(value_type = String, format = Binary)]
+#[allow(dead_code)]
+struct ImportFile(Vec<u8>);
 
 /// What an import did.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -67,18 +81,14 @@ impl From<RowError> for ImportError {
     }
 }
 
-fn format_of(request: &HttpRequest, named: Option<&str>) -> Result<Format, ApiError> {
-    let refuse = |message: String| {
-        ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_format",
-            message,
-        )
-        .with_field("format")
-    };
-    if let Some(name) = named {
-        return Format::from_name(name)
-            .ok_or_else(|| refuse(format!("`format` is `csv` or `xlsx`, got `{name}`")));
+/// The file's format: as `?format=` says, else as `Content-Type` says,
+/// else as its first bytes say (a zip is an .xlsx, anything else is read as
+/// CSV and refused by row if it is not).
+fn format_of(request: &HttpRequest, named: Option<ImportFormat>, body: &[u8]) -> Format {
+    match named {
+        Some(ImportFormat::Csv) => return Format::Csv,
+        Some(ImportFormat::Xlsx) => return Format::Xlsx,
+        None => {}
     }
     let content_type = request
         .headers()
@@ -86,15 +96,14 @@ fn format_of(request: &HttpRequest, named: Option<&str>) -> Result<Format, ApiEr
         .and_then(|value| value.to_str().ok())
         .unwrap_or("");
     if content_type.starts_with("text/csv") {
-        Ok(Format::Csv)
+        Format::Csv
     } else if content_type
         .starts_with("application/vnd.openxmlformats-officedocument.spreadsheetml.sheet")
+        || body.starts_with(b"PK\x03\x04")
     {
-        Ok(Format::Xlsx)
+        Format::Xlsx
     } else {
-        Err(refuse(format!(
-            "send `Content-Type: text/csv` or the .xlsx type, or `?format=csv|xlsx` (got `{content_type}`)"
-        )))
+        Format::Csv
     }
 }
 
@@ -119,10 +128,10 @@ fn share_progress(system: &System, tenant: &Tenant, plan_id: &str, data: serde_j
     post,
     path = "/api/v1/plans/{id}/deliveries:import",
     tag = "executor",
-    request_body(content = String, description = "the file: CSV (`text/csv`) or Excel (`application/vnd.openxmlformats-officedocument.spreadsheetml.sheet`); a header row naming the columns", content_type = "text/csv"),
+    request_body(content = ImportFile, description = "the file, a header row naming the columns: CSV or Excel .xlsx, said by `?format=` (with any content type) or by `Content-Type: text/csv` or `application/vnd.openxmlformats-officedocument.spreadsheetml.sheet`", content_type = "application/octet-stream"),
     params(
         ("id" = String, Path, description = "plan id"),
-        ("format" = Option<String>, Query, description = "`csv` or `xlsx` [default: from `Content-Type`]"),
+        ("format" = inline(Option<ImportFormat>), Query, description = "[default: from `Content-Type`]"),
         ("partial" = Option<bool>, Query, description = "store the good rows of a file with errors [default: false]"),
         ("id_column" = Option<String>, Query, description = "header of the row id [default: id]"),
         ("driver_column" = Option<String>, Query, description = "[default: driver]"),
@@ -136,7 +145,6 @@ fn share_progress(system: &System, tenant: &Tenant, plan_id: &str, data: serde_j
         (status = 404, description = "not found", body = ErrorDoc),
         (status = 409, description = "the plan is not active", body = ErrorDoc),
         (status = 413, description = "the file is too large", body = ErrorDoc),
-        (status = 415, description = "not CSV or .xlsx", body = ErrorDoc),
         (status = 422, description = "the file, or rows of it, refused: `report` names each row and column", body = ErrorDoc),
     ),
     security(("bearer" = [])),
@@ -175,7 +183,7 @@ pub(crate) async fn import(
         1 => chunks.pop().expect("one chunk"),
         _ => web::Bytes::from(chunks.concat()),
     };
-    let format = format_of(&request, query.format.as_deref())?;
+    let format = format_of(&request, query.format, &body);
     let defaults = Mapping::default();
     let mapping = Mapping {
         id: query.id_column.unwrap_or(defaults.id),

@@ -630,11 +630,11 @@ struct HistoryQuery {
     plan_id: Option<String>,
     driver: Option<String>,
     since: Option<NaiveDate>,
-    #[serde(default = "history_limit")]
-    limit: i64,
+    #[serde(default = "history_days")]
+    days: i64,
 }
 
-fn history_limit() -> i64 {
+fn history_days() -> i64 {
     366
 }
 
@@ -668,9 +668,9 @@ struct History {
     params(
         ("model_id" = String, Path, description = "value model id"),
         ("plan_id" = Option<String>, Query, description = "one plan [default: the model's active plans together]"),
-        ("driver" = Option<String>, Query, description = "one driver [default: all]"),
+        ("driver" = Option<String>, Query, description = "one driver of the plan given [default: all; a model's own rows are of all drivers]"),
         ("since" = Option<chrono::NaiveDate>, Query, description = "YYYY-MM-DD [default: all]"),
-        ("limit" = Option<i64>, Query, description = "1 to 3660 [default: 366]"),
+        ("days" = Option<i64>, Query, minimum = 1, maximum = 3660, description = "most points, 1 to 3660 [default: 366]"),
     ),
     responses(
         (status = 200, description = "a point per day", body = History),
@@ -685,21 +685,13 @@ pub(crate) async fn history(
     request: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let query: HistoryQuery = parse_query(request.query_string())?;
-    if !(1..=3660).contains(&query.limit) {
+    if !(1..=3660).contains(&query.days) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_query",
-            format!("`limit` must be within 1..=3660, got {}", query.limit),
+            format!("`days` must be within 1..=3660, got {}", query.days),
         )
-        .with_field("limit"));
-    }
-    if query.driver.is_some() && query.plan_id.is_none() {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_query",
-            "a driver's history is a plan's: give `plan_id` with `driver`",
-        )
-        .with_field("driver"));
+        .with_field("days"));
     }
     let since = query
         .since
@@ -711,7 +703,7 @@ pub(crate) async fn history(
         query.plan_id.as_deref(),
         query.driver.as_deref(),
         since,
-        query.limit,
+        query.days,
     )
     .await?;
     Ok(HttpResponse::Ok().json(History {

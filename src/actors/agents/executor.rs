@@ -355,8 +355,10 @@ impl Agent for Executor {
             }
             (ExecutorMsg::UpdateTask { task, status }, Some(plan)) => {
                 let Some(index) = plan.tasks.iter().position(|t| t.id == task) else {
+                    // The field names what is not there: 422, not 404 (the
+                    // plan is).
                     return Err(refuse(
-                        RejectionCode::NotFound,
+                        RejectionCode::Invalid,
                         format!("plan `{key}` has no task `{task}`"),
                         Some("task"),
                     ));
@@ -379,7 +381,7 @@ impl Agent for Executor {
             (ExecutorMsg::CompleteMilestone { milestone, on }, Some(plan)) => {
                 if !plan.milestones.iter().any(|m| m.name == milestone) {
                     return Err(refuse(
-                        RejectionCode::NotFound,
+                        RejectionCode::Invalid,
                         format!("plan `{key}` has no milestone `{milestone}`"),
                         Some("milestone"),
                     ));
