@@ -7,7 +7,9 @@
 //! so they share a thread; same-thread callers run there too, cross-thread
 //! callers on a tokio current-thread runtime on the bench thread.
 //!
-//! `cargo bench --bench local_messaging`
+//! `cargo bench --bench local_messaging`; with `VALUEVERSE_BENCH_EXPORT=1`
+//! every message's span is exported (batched to an exporter that drops
+//! them), as a node with `--otlp-endpoint` does.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -367,7 +369,47 @@ fn paired_ask_report() {
 
 criterion_group!(benches, same_thread, cross_thread);
 
+/// Drops what it is handed: the cost measured is the spans' and the batch
+/// processor's, not a collector's.
+#[derive(Debug)]
+struct Discard;
+
+impl opentelemetry_sdk::trace::SpanExporter for Discard {
+    fn export(
+        &self,
+        _batch: Vec<opentelemetry_sdk::trace::SpanData>,
+    ) -> impl std::future::Future<Output = opentelemetry_sdk::error::OTelSdkResult> + Send {
+        std::future::ready(Ok(()))
+    }
+}
+
+/// Installs what a node with an OTLP endpoint installs, the exporter aside.
+fn export_spans() {
+    use opentelemetry::trace::TracerProvider as _;
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(Discard)
+        .build();
+    let tracer = provider.tracer("bench");
+    tracing_subscriber::registry()
+        .with(
+            tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_filter(tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    valueverse::actors::enable_propagation();
+    // Exporting until the process ends.
+    std::mem::forget(provider);
+}
+
 fn main() {
+    if std::env::var_os("VALUEVERSE_BENCH_EXPORT").is_some() {
+        export_spans();
+        println!("spans exported (to an exporter that drops them)");
+    }
     benches();
     Criterion::default().configure_from_args().final_summary();
     // `cargo bench -- <filter>` and `--test` runs skip the paired report

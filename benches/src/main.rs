@@ -13,6 +13,7 @@ use clap::{Args, Parser, Subcommand};
 use valueverse::Config;
 
 mod dashboard;
+mod http;
 mod import;
 mod process;
 mod remote;
@@ -50,6 +51,54 @@ enum BenchCommand {
     /// The heap an import of deliveries takes while its file is read (CSV,
     /// .xlsx), per 10,000 rows, beside the file's size.
     Import(BenchImportArgs),
+    /// The HTTP API under a mixed load on a cluster of node processes on
+    /// loopback (a PostgreSQL database of its own): per route count, p50,
+    /// p95, p99 and max latency against p95 < 100 ms, and availability
+    /// against 99.9%.
+    Http(BenchHttpArgs),
+}
+
+#[derive(Args)]
+struct BenchHttpArgs {
+    /// How long the load is measured (after the warm-up), e.g. 20s, 1m.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Load before the measurement, not recorded.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+    /// Clients, each with one request in flight.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    concurrency: u64,
+    /// Node processes of the cluster.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=9))]
+    nodes: u64,
+    /// Paths of each simulation the load starts (small: the API is measured).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    paths: u64,
+    /// The release `valueverse` binary the nodes run [default: the one beside this executable].
+    #[arg(
+        long = "release-bin",
+        visible_alias = "valueverse",
+        env = "VALUEVERSE_RELEASE_BIN",
+        value_name = "PATH"
+    )]
+    release_bin: Option<PathBuf>,
+    /// PostgreSQL's maintenance database, where the benchmark creates (and
+    /// drops) a database of its own.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "VALUEVERSE_TEST_POSTGRES_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    postgres: String,
+    /// Export the nodes' traces (OTLP/HTTP) to a receiver in this process,
+    /// and count what it gets.
+    #[arg(long)]
+    otlp: bool,
+    /// Print the results as JSON lines (each route, then the total).
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -167,7 +216,86 @@ async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Dashboard(args) => bench_dashboard(args).await,
         BenchCommand::StalledBodies(args) => bench_stalled(args).await,
         BenchCommand::Import(args) => bench_import(args),
+        BenchCommand::Http(args) => {
+            // Ctrl-C unwinds, so that the nodes are killed and the
+            // database dropped.
+            tokio::select! {
+                result = bench_http(args) => result,
+                _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted"),
+            }
+        }
     }
+}
+
+async fn bench_http(args: BenchHttpArgs) -> anyhow::Result<()> {
+    let options = http::Options {
+        exe: process::node_binary(args.release_bin.as_deref())?,
+        postgres_admin_url: args.postgres,
+        nodes: args.nodes as usize,
+        concurrency: args.concurrency as usize,
+        warmup: args.warmup,
+        duration: args.duration,
+        paths: args.paths,
+        otlp: args.otlp,
+    };
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.enable_steady_tick(Duration::from_millis(200));
+    let result = http::run(&options, |stage| bar.set_message(stage.to_owned())).await;
+    bar.finish_and_clear();
+    let result = result?;
+    if args.json {
+        for route in &result.routes {
+            println!("{}", serde_json::to_string(route)?);
+        }
+        println!("{}", serde_json::to_string(&result)?);
+        return Ok(());
+    }
+    println!(
+        "| route | requests | 2xx | 4xx | 5xx + no answer | p50 ms | p95 ms | p99 ms | max ms | p95 < {:.0} ms |",
+        http::P95_TARGET_MS
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for route in result.routes.iter().chain([&result.total]) {
+        println!(
+            "| {} | {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {} |",
+            route.route,
+            route.requests,
+            route.ok,
+            route.client_errors,
+            route.server_errors + route.transport_errors,
+            route.p50_ms,
+            route.p95_ms,
+            route.p99_ms,
+            route.max_ms,
+            if route.p95_under_target { "yes" } else { "no" }
+        );
+    }
+    println!();
+    println!(
+        "{} nodes, {} clients, {:.1} s measured: {} requests, {:.0}/s; availability {:.3}% (target {:.1}%: {})",
+        result.nodes,
+        result.concurrency,
+        result.seconds,
+        result.requests,
+        result.requests_per_second,
+        result.availability * 100.0,
+        result.availability_target * 100.0,
+        if result.availability_met {
+            "met"
+        } else {
+            "missed"
+        }
+    );
+    if let Some(otlp) = &result.otlp {
+        println!(
+            "OTLP receiver: {} trace exports, {} bytes ({} other requests)",
+            otlp.trace_requests, otlp.trace_bytes, otlp.other_requests
+        );
+    }
+    for sample in &result.samples {
+        eprintln!("  {sample}");
+    }
+    Ok(())
 }
 
 fn bench_import(args: BenchImportArgs) -> anyhow::Result<()> {

@@ -11,6 +11,8 @@ use tracing_subscriber::EnvFilter;
 use valueverse::config::{ClusterOverrides, LogFormat, Overrides};
 use valueverse::{Config, Node, Store};
 
+mod telemetry;
+
 /// ValueVerse: business agents as supervised, location-transparent actors.
 // Many small allocations on many threads (messages, JSON, futures): glibc's
 // malloc showed as a tenth of the saga benchmark's CPU (valueverse-bench
@@ -268,6 +270,12 @@ struct ServeArgs {
     /// Log output format [default: text].
     #[arg(long, env = "VALUEVERSE_LOG_FORMAT", value_enum)]
     log_format: Option<LogFormat>,
+    /// Export spans to this OpenTelemetry collector, OTLP over HTTP (e.g.
+    /// http://localhost:4318; `/v1/traces` is added). Without it, the
+    /// standard OTEL_EXPORTER_OTLP_ENDPOINT (or ..._TRACES_ENDPOINT) is
+    /// read; with neither, nothing is exported.
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<url::Url>,
     /// HTTP worker threads [default: 2].
     #[arg(long, env = "VALUEVERSE_HTTP_WORKERS", value_name = "N")]
     http_workers: Option<usize>,
@@ -411,32 +419,71 @@ fn role_parser() -> impl clap::builder::TypedValueParser<Value = valueverse::aut
         .map(|name| Role::parse(&name).unwrap_or(Role::Viewer))
 }
 
-fn init_tracing(config: &Config) {
-    let filter = EnvFilter::try_new(&config.log).unwrap_or_else(|_| EnvFilter::new("info"));
-    // Logs go to stderr; stdout carries what a person or script reads.
+/// What spans the exporter gets: ValueVerse's own at `info` (not the HTTP
+/// client's, which would trace the exporter's own requests).
+const EXPORTED_SPANS: &str = "warn,valueverse=info,valueverse_runtime=info,valueverse_http=info,\
+     valueverse_agents=info,valueverse_cluster=info,valueverse_store=info,valueverse_gpu=info";
+
+/// Logs to stderr, and spans to an OTLP collector when one is set.
+async fn init_tracing(
+    config: &Config,
+    otlp_endpoint: Option<url::Url>,
+) -> anyhow::Result<Option<telemetry::Exporting>> {
     use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = EnvFilter::try_new(&config.log).unwrap_or_else(|_| EnvFilter::new("info"));
+    // The exporter's blocking HTTP client is made off the async threads.
+    let node_name = config.node_name.clone();
+    let tracer =
+        tokio::task::spawn_blocking(move || telemetry::tracer(otlp_endpoint.as_ref(), &node_name))
+            .await
+            .context("starting the span exporter")??;
+    // Logs go to stderr; stdout carries what a person or script reads.
+    let ansi = std::io::stderr().is_terminal();
+    let Some((exporting, tracer)) = tracer else {
+        // No exporter: the subscriber is what it was before tracing.
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(ansi)
+            .with_writer(std::io::stderr);
+        match config.log_format {
+            LogFormat::Text => builder.init(),
+            LogFormat::Json => builder.json().init(),
+        }
+        return Ok(None);
+    };
+    let logs = tracing_subscriber::fmt::layer()
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
-    match config.log_format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    let logs = match config.log_format {
+        LogFormat::Text => logs.boxed(),
+        LogFormat::Json => logs.json().boxed(),
+    };
+    let spans = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_filter(EnvFilter::new(EXPORTED_SPANS));
+    tracing_subscriber::registry()
+        .with(logs.with_filter(filter))
+        .with(spans)
+        .init();
+    valueverse::actors::enable_propagation();
+    Ok(Some(exporting))
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = Config::load(args.config_file.config.as_deref(), &args.overrides())?;
-    run_node(config).await
+    run_node(config, args.otlp_endpoint).await
 }
 
 async fn node(args: NodeArgs) -> anyhow::Result<()> {
     let config = Config::load(args.serve.config_file.config.as_deref(), &args.overrides())?;
-    run_node(config).await
+    run_node(config, args.serve.otlp_endpoint).await
 }
 
-async fn run_node(config: Config) -> anyhow::Result<()> {
-    init_tracing(&config);
+async fn run_node(config: Config, otlp_endpoint: Option<url::Url>) -> anyhow::Result<()> {
+    let exporting = init_tracing(&config, otlp_endpoint).await?;
     let node = Node::start(&config, |_system| {}).await?;
     if config.dev {
         tracing::warn!(
@@ -472,6 +519,10 @@ async fn run_node(config: Config) -> anyhow::Result<()> {
     wait_for_shutdown_signal().await?;
     tracing::info!("shutting down");
     node.stop().await.context("shutdown failed")?;
+    // The spans not yet sent go now (the exporter's client blocks).
+    if let Some(exporting) = exporting {
+        let _ = tokio::task::spawn_blocking(move || drop(exporting)).await;
+    }
     Ok(())
 }
 

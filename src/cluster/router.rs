@@ -319,6 +319,7 @@ struct OwnedOutbound {
     key: String,
     correlation_id: Option<CorrelationId>,
     actor: Option<std::sync::Arc<str>>,
+    trace: Option<valueverse_runtime::TraceContext>,
     type_id: u32,
     version: u16,
     payload: Option<Vec<u8>>,
@@ -332,6 +333,7 @@ impl OwnedOutbound {
             key: message.key.to_owned(),
             correlation_id: message.correlation_id.cloned(),
             actor: message.actor.cloned(),
+            trace: message.trace,
             type_id: message.type_id,
             version: message.version,
             payload: message.payload,
@@ -354,7 +356,7 @@ impl OwnedOutbound {
                 .correlation_id
                 .map(|id| Cow::Owned(id.as_str().to_owned())),
             actor: self.actor.map(|actor| Cow::Owned(actor.to_string())),
-            trace_context: None,
+            trace_context: self.trace.map(|trace| Cow::Owned(trace.encode())),
             deadline_ms: None,
             target: Target {
                 kind: Cow::Borrowed(self.kind),
@@ -455,7 +457,7 @@ fn envelope<'a>(
         ask_id: None,
         correlation_id: message.correlation_id.map(|id| Cow::Borrowed(id.as_str())),
         actor: message.actor.map(|actor| Cow::Borrowed(&**actor)),
-        trace_context: None,
+        trace_context: message.trace.map(|trace| Cow::Owned(trace.encode())),
         deadline_ms: timeout.map(|timeout| unix_millis() + timeout.as_millis() as u64),
         target: Target {
             kind: Cow::Borrowed(message.kind),
@@ -609,6 +611,7 @@ impl Receiver for SystemReceiver {
             deadline_ms: envelope.deadline_ms,
             correlation_id: envelope.correlation_id.as_deref(),
             actor: envelope.actor.as_deref(),
+            trace_context: envelope.trace_context.as_deref(),
             payload: &envelope.payload,
         };
         self.stages[index].1.take(

@@ -20,7 +20,7 @@ use super::oidc::OidcVerifier;
 use valueverse_cluster::peer_requests::{self, PeerRequests};
 use valueverse_runtime::metrics::Metrics;
 use valueverse_runtime::unix_millis;
-use valueverse_runtime::{CorrelationId, Tenant};
+use valueverse_runtime::{CorrelationId, Tenant, TraceContext};
 
 use super::error::ApiError;
 use super::limits::{self, Limits};
@@ -43,12 +43,61 @@ pub(crate) async fn correlation(
         method = %request.method(),
         path = %request.path(),
         correlation_id = %correlation_id,
+        tenant = tracing::field::Empty,
+        otel.name = tracing::field::Empty,
+        otel.kind = tracing::field::Empty,
+        http.route = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
     );
-    let mut response = next.call(request).instrument(span).await?;
+    let propagating = valueverse_runtime::propagating();
+    if propagating {
+        // The caller's trace, when it sent one (W3C trace context).
+        let header = |name: &str| {
+            request
+                .headers()
+                .get(name)
+                .and_then(|value| value.to_str().ok())
+        };
+        if let Some(parent) = header("traceparent")
+            .and_then(|parent| TraceContext::from_headers(parent, header("tracestate")))
+        {
+            parent.adopt(&span);
+        }
+        let route = request
+            .match_pattern()
+            .unwrap_or_else(|| "unmatched".to_owned());
+        span.record("otel.name", format!("{} {route}", request.method()));
+        span.record("otel.kind", "server");
+        span.record("http.route", route);
+    }
+    let mut response = next.call(request).instrument(span.clone()).await?;
+    if propagating {
+        let status = response.status();
+        span.record("http.response.status_code", status.as_u16());
+        if status.is_server_error() {
+            span.record("otel.status_code", "ERROR");
+        }
+        // Where to find this request's spans.
+        if let Some(trace) = TraceContext::of(&span)
+            && let Ok(value) = HeaderValue::from_str(&trace.trace_id())
+        {
+            response.headers_mut().insert(TRACE_ID_HEADER, value);
+        }
+    }
     if let Ok(value) = HeaderValue::from_str(correlation_id.as_str()) {
         response.headers_mut().insert(CORRELATION_HEADER, value);
     }
     Ok(response)
+}
+
+/// The trace id of a request's spans, in its response while spans are
+/// exported.
+pub const TRACE_ID_HEADER: HeaderName = HeaderName::from_static("x-trace-id");
+
+/// Names the caller's tenant on the request's span.
+fn mark_tenant(caller: &Caller) {
+    tracing::Span::current().record("tenant", caller.tenant.as_str());
 }
 
 pub(crate) async fn record_metrics(
@@ -482,6 +531,7 @@ async fn peer_request<B: MessageBody>(
             subject: None,
         },
     };
+    mark_tenant(&caller);
     request.extensions_mut().insert(caller.role);
     request.extensions_mut().insert(caller);
     let response = next.call(request).await?;
@@ -660,6 +710,7 @@ pub(crate) async fn authenticate<B: MessageBody>(
         *request.method(),
         actix_web::http::Method::GET | actix_web::http::Method::HEAD
     );
+    mark_tenant(&caller);
     request.extensions_mut().insert(caller.role);
     request.extensions_mut().insert(caller);
     let response = next.call(request).await?.map_into_left_body();

@@ -253,8 +253,8 @@ async fn insert_postgres_events(
         return Ok(());
     }
     sqlx::query(
-        "INSERT INTO outbox_events (id, event_type, occurred_at_ms, payload, tenant) \
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[])",
+        "INSERT INTO outbox_events (id, event_type, occurred_at_ms, payload, tenant, trace_context) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[])",
     )
     .bind(events.iter().map(|e| e.id.as_str()).collect::<Vec<_>>())
     .bind(
@@ -271,6 +271,12 @@ async fn insert_postgres_events(
             .collect::<Vec<_>>(),
     )
     .bind(events.iter().map(|e| e.tenant.as_str()).collect::<Vec<_>>())
+    .bind(
+        events
+            .iter()
+            .map(|e| e.trace_context.as_deref())
+            .collect::<Vec<_>>(),
+    )
     .execute(&mut **tx)
     .await?;
     Ok(())

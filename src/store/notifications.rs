@@ -30,6 +30,9 @@ pub struct Notification {
     pub claimed_by: Option<String>,
     #[serde(skip)]
     pub claim_token: Option<i64>,
+    /// The span that raised the event: each attempt's span is its child.
+    #[serde(skip)]
+    pub trace_context: Option<String>,
 }
 
 /// One attempt at a notification.
@@ -198,7 +201,7 @@ impl Store {
             sqlx::query_as(
                 "SELECT id, subscription_id, event_id, event_type, '' AS payload, status, \
                  attempts, created_at_ms, updated_at_ms, due_at_ms, attempt_limit, takeovers, \
-                 claimed_by, claim_token FROM notifications WHERE tenant = $2 \
+                 claimed_by, claim_token, CAST(NULL AS TEXT) AS trace_context FROM notifications WHERE tenant = $2 \
                  ORDER BY updated_at_ms DESC, id DESC LIMIT $1",
             )
             .bind(limit)

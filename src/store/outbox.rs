@@ -17,14 +17,15 @@ use super::{OutboxEvent, Pool, Store, StoreError, with_pool};
 macro_rules! insert_event {
     ($event:expr) => {
         sqlx::query(
-            "INSERT INTO outbox_events (id, event_type, occurred_at_ms, payload, tenant) \
-             VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO outbox_events (id, event_type, occurred_at_ms, payload, tenant, \
+             trace_context) VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind($event.id.as_str())
         .bind($event.event_type.as_str())
         .bind($event.occurred_at_ms)
         .bind($event.payload.as_str())
         .bind($event.tenant.as_str())
+        .bind($event.trace_context.as_deref())
     };
 }
 pub(super) use insert_event;
@@ -120,7 +121,10 @@ const ACTIVE_SUBSCRIPTION_ROWS: &str = "SELECT id, body FROM subscriptions WHERE
 /// The columns of a [`Notification`].
 const NOTIFICATION_COLUMNS: &str = "id, subscription_id, event_id, event_type, payload, status, \
      attempts, created_at_ms, updated_at_ms, due_at_ms, attempt_limit, takeovers, claimed_by, \
-     claim_token";
+     claim_token, trace_context";
+
+/// An event taken out of the outbox: id, type, payload, tenant, trace.
+type Taken = (String, String, String, String, Option<String>);
 
 /// The SQL of "the claimant's own lease is live": a node whose lease
 /// ended claims nothing.
@@ -179,7 +183,7 @@ impl Store {
         let take = format!(
             "DELETE FROM outbox_events WHERE id IN \
              (SELECT id FROM outbox_events ORDER BY id LIMIT $1{lock}) \
-             RETURNING id, event_type, payload, tenant"
+             RETURNING id, event_type, payload, tenant, trace_context"
         );
         let (claimant, claimable) = match claim {
             Some((claimant, count)) => (Some(claimant), count),
@@ -189,7 +193,7 @@ impl Store {
         let mut rows: Vec<Notification> = Vec::new();
         let inserted = with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
-            let events: Vec<(String, String, String, String)> = sqlx::query_as(&take)
+            let events: Vec<Taken> = sqlx::query_as(&take)
                 .bind(limit)
                 .fetch_all(&mut *tx)
                 .await?;
@@ -204,7 +208,7 @@ impl Store {
                     .await?
             };
             let wanting = wanting(bodies);
-            for (event_id, event_type, payload, tenant) in events {
+            for (event_id, event_type, payload, tenant, trace_context) in events {
                 // Only the event's tenant's subscriptions hear of it.
                 for subscription_id in wanting(&event_type, &tenant) {
                     let claimed = rows.len() < claimable;
@@ -223,6 +227,7 @@ impl Store {
                         takeovers: 0,
                         claimed_by: claimant.filter(|_| claimed).map(|c| c.node.to_owned()),
                         claim_token: claimant.filter(|_| claimed).map(|c| c.token),
+                        trace_context: trace_context.clone(),
                     });
                 }
             }
@@ -338,7 +343,7 @@ trait InsertNotifications {
 
 const INSERT_NOTIFICATION: &str = "INSERT INTO notifications (id, subscription_id, event_id, \
      event_type, payload, status, attempts, created_at_ms, updated_at_ms, due_at_ms, \
-     attempt_limit, claimed_by, claim_token, claimed_at_ms, tenant) ";
+     attempt_limit, claimed_by, claim_token, claimed_at_ms, tenant, trace_context) ";
 
 /// The tenant of a notification: its subscription's.
 fn tenant_of(row: &Notification) -> &str {
@@ -354,9 +359,9 @@ impl InsertNotifications for sqlx::Transaction<'_, sqlx::Postgres> {
         let sql = format!(
             "{INSERT_NOTIFICATION} SELECT u.id, u.subscription_id, u.event_id, u.event_type, \
              u.payload, 'pending', 0, $7, $7, $7, $8, u.claimed_by, u.claim_token, \
-             CASE WHEN u.claimed_by IS NULL THEN NULL ELSE $7 END, u.tenant \
-             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $9::bigint[], $10::text[]) \
-             AS u(id, subscription_id, event_id, event_type, payload, claimed_by, claim_token, tenant) \
+             CASE WHEN u.claimed_by IS NULL THEN NULL ELSE $7 END, u.tenant, u.trace_context \
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $9::bigint[], $10::text[], $11::text[]) \
+             AS u(id, subscription_id, event_id, event_type, payload, claimed_by, claim_token, tenant, trace_context) \
              ON CONFLICT (event_id, subscription_id) DO NOTHING RETURNING id"
         );
         let ids: Vec<String> = sqlx::query_scalar(&sql)
@@ -374,6 +379,11 @@ impl InsertNotifications for sqlx::Transaction<'_, sqlx::Postgres> {
             .bind(rows[0].attempt_limit)
             .bind(rows.iter().map(|row| row.claim_token).collect::<Vec<_>>())
             .bind(rows.iter().map(tenant_of).collect::<Vec<_>>())
+            .bind(
+                rows.iter()
+                    .map(|row| row.trace_context.as_deref())
+                    .collect::<Vec<_>>(),
+            )
             .fetch_all(&mut **self)
             .await?;
         Ok(ids.into_iter().collect())
@@ -384,7 +394,7 @@ impl InsertNotifications for sqlx::Transaction<'_, sqlx::Sqlite> {
     async fn insert_all(&mut self, rows: &[Notification]) -> Result<HashSet<String>, sqlx::Error> {
         let sql = format!(
             "{INSERT_NOTIFICATION} VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, $6, $6, $7, $8, $9, \
-             CASE WHEN $8 IS NULL THEN NULL ELSE $6 END, $10) \
+             CASE WHEN $8 IS NULL THEN NULL ELSE $6 END, $10, $11) \
              ON CONFLICT (event_id, subscription_id) DO NOTHING"
         );
         let mut written = HashSet::new();
@@ -400,6 +410,7 @@ impl InsertNotifications for sqlx::Transaction<'_, sqlx::Sqlite> {
                 .bind(&row.claimed_by)
                 .bind(row.claim_token)
                 .bind(tenant_of(row))
+                .bind(row.trace_context.as_deref())
                 .execute(&mut **self)
                 .await?;
             if done.rows_affected() == 1 {

@@ -152,6 +152,7 @@ mod tests {
                 event_type: "commitment.created".into(),
                 occurred_at_ms: 1,
                 payload: "{}".into(),
+                trace_context: None,
             }],
         }
     }

@@ -65,6 +65,25 @@ pub(crate) fn spawn(
     secret: &str,
     dev: bool,
 ) -> Result<Node, String> {
+    let command = node_command(binary, url, name, ports, seeds, secret, dev);
+    let (child, base) = start_child(command)?;
+    Ok(Node {
+        name: name.to_owned(),
+        child,
+        base,
+    })
+}
+
+/// The command line of a cluster node.
+pub(crate) fn node_command(
+    binary: &PathBuf,
+    url: &str,
+    name: &str,
+    ports: &Ports,
+    seeds: &[u16],
+    secret: &str,
+    dev: bool,
+) -> Command {
     let seeds: Vec<String> = seeds
         .iter()
         .map(|port| format!("127.0.0.1:{port}"))
@@ -81,12 +100,7 @@ pub(crate) fn spawn(
         .args(["--seeds", &seeds.join(",")])
         .args(["--database-url", url])
         .env("VALUEVERSE_CLUSTER_SECRET", secret);
-    let (child, base) = start_child(command)?;
-    Ok(Node {
-        name: name.to_owned(),
-        child,
-        base,
-    })
+    command
 }
 
 async fn get(client: &reqwest::Client, url: &str) -> Option<Value> {

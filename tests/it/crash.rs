@@ -43,6 +43,12 @@ pub(crate) fn release_binary() -> PathBuf {
 
 /// A node as a child process; answers it and its base URL.
 pub(crate) fn spawn(binary: &PathBuf, url: &str) -> (Child, String) {
+    start_child(serve_command(binary, url))
+        .unwrap_or_else(|stderr| panic!("the node did not start: {stderr}"))
+}
+
+/// The command line of a single node in development mode.
+pub(crate) fn serve_command(binary: &PathBuf, url: &str) -> Command {
     let mut command = Command::new(binary);
     command.args([
         "serve",
@@ -52,7 +58,7 @@ pub(crate) fn spawn(binary: &PathBuf, url: &str) -> (Child, String) {
         "--database-url",
         url,
     ]);
-    start_child(command).unwrap_or_else(|stderr| panic!("the node did not start: {stderr}"))
+    command
 }
 
 /// Starts a node process (logging at warn) and waits for the line that

@@ -12,6 +12,7 @@ mod http;
 mod limits;
 mod monitoring;
 mod openapi;
+mod otel;
 mod outbox;
 mod partition;
 mod people;

@@ -32,6 +32,7 @@ fn event(id: &str) -> OutboxEvent {
         event_type: "model.created".into(),
         occurred_at_ms: 1,
         payload: format!(r#"{{"id":"{id}"}}"#),
+        trace_context: None,
     }
 }
 

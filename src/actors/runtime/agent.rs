@@ -160,6 +160,7 @@ impl<'a> Handling<'a> {
             correlation_id: None,
             actor: None,
             deadline: None,
+            trace: None,
         };
         Handling::new(&DETACHED, key)
     }

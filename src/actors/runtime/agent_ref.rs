@@ -14,6 +14,7 @@ use super::envelope::{CorrelationId, Envelope, Header, ReplySender};
 use super::error::{AgentError, RemoteError, SendError};
 use super::registry::{Instance, KindRuntime};
 use super::remote::{Outbound, Remote, Route, encode_payload};
+use super::trace::TraceContext;
 
 /// A reference to the agent instance `(A::KIND, key)`.
 pub struct AgentRef<A: Agent> {
@@ -84,6 +85,7 @@ impl<A: Agent> AgentRef<A> {
                 correlation_id: self.correlation_id.clone(),
                 actor: self.actor.clone(),
                 deadline,
+                trace: TraceContext::current().map(Box::new),
             },
             payload,
             reply,
@@ -122,6 +124,7 @@ impl<A: Agent> AgentRef<A> {
             key: &self.key,
             correlation_id: self.correlation_id.as_ref(),
             actor: self.actor.as_ref(),
+            trace: TraceContext::current(),
             type_id: A::MESSAGE_ID,
             version: A::MESSAGE_VERSION,
             payload,

@@ -79,6 +79,10 @@ pub(crate) struct Header {
     /// After this instant (TSC clock) nobody waits for the answer: the
     /// message is dropped unhandled and answered `Expired`.
     pub(crate) deadline: Option<quanta::Instant>,
+    /// The sender's span, while spans are exported: the handler's span is
+    /// its child.
+    /// Boxed: the header stays small on the path where it is `None`.
+    pub(crate) trace: Option<Box<super::trace::TraceContext>>,
 }
 
 /// Where the answer to an `ask` goes, when the sender waits for one.

@@ -157,8 +157,11 @@ fn default_tenant() -> String {
 
 impl DomainEvent {
     /// The event as the outbox stores it.
-    pub(crate) fn to_outbox(&self) -> crate::state::OutboxEvent {
+    /// The outbox's row of it; `trace_context` is the span that raised it
+    /// (its webhooks' parent).
+    pub(crate) fn to_outbox(&self, trace_context: Option<String>) -> crate::state::OutboxEvent {
         crate::state::OutboxEvent {
+            trace_context,
             id: self.id.clone(),
             tenant: self.tenant.clone(),
             event_type: self.event_type.clone(),

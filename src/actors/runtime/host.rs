@@ -443,13 +443,29 @@ impl<A: Agent> Host<A> {
         // With no subscriber at all, skip even the disabled span: tracing's
         // `log` fallback would still build and check a record per message.
         let span = if tracing::dispatcher::has_been_set() {
-            tracing::info_span!(
+            let span = tracing::info_span!(
                 "handle",
                 kind = A::KIND,
                 key = %self.key,
                 msg = payload.name(),
                 correlation_id = header.correlation_id.as_ref().map(|id| id.as_str()),
-            )
+                tenant = tracing::field::Empty,
+                node = tracing::field::Empty,
+                outcome = tracing::field::Empty,
+                otel.name = tracing::field::Empty,
+                otel.status_code = tracing::field::Empty,
+                otel.status_message = tracing::field::Empty,
+            );
+            // Only while exporting: the log line stays as it was.
+            if crate::propagating() {
+                if let Some(parent) = &header.trace {
+                    parent.adopt(&span);
+                }
+                span.record("otel.name", format!("{} {}", A::KIND, payload.name()));
+                span.record("tenant", crate::tenant::split_key(&self.key).0);
+                span.record("node", self.kind.node.name.as_str());
+            }
+            span
         } else {
             tracing::Span::none()
         };
@@ -465,10 +481,13 @@ impl<A: Agent> Host<A> {
         // What of them the outbox keeps: written in the state's
         // transaction, or alone when the handler changed nothing durable.
         let wanted = &self.kind.node.wanted_events;
+        let trace = crate::propagating()
+            .then(|| crate::TraceContext::of(&span).map(|trace| trace.encode()))
+            .flatten();
         let outbox: Vec<_> = events
             .iter()
             .filter(|event| wanted.wants(&event.event_type))
-            .map(DomainEvent::to_outbox)
+            .map(|event| DomainEvent::to_outbox(event, trace.clone()))
             .collect();
         let wrote = !outbox.is_empty();
         let outcome = match outcome {
@@ -500,10 +519,14 @@ impl<A: Agent> Host<A> {
                 // Later messages wait in the stash for the write: order holds
                 // and the reply is sent only once the change is durable.
                 self.busy = true;
+                drop(entered);
+                // The span lasts until the change is durable.
+                let span = span.clone();
                 ctx.spawn(save.into_actor(self).map(move |saved, host, ctx| {
                     host.busy = false;
                     match saved {
                         Ok(new_version) => {
+                            finish_span(&span, "ok", None);
                             if let Phase::Active { version, .. } = &mut host.phase {
                                 *version = new_version;
                             }
@@ -514,6 +537,7 @@ impl<A: Agent> Host<A> {
                             respond::<A>(reply, Ok(value));
                         }
                         Err(error) => {
+                            finish_span(&span, "save_failed", Some(&error));
                             let status = ExitStatus::SaveFailed {
                                 message: error.to_string(),
                             };
@@ -531,6 +555,7 @@ impl<A: Agent> Host<A> {
                 return;
             }
             Ok(Ok(value)) => {
+                finish_span(&span, "ok", None);
                 self.accepted_any = true;
                 shard.count(Outcome::Ok);
                 self.kind.node.publish(events);
@@ -538,6 +563,8 @@ impl<A: Agent> Host<A> {
                 return;
             }
             Ok(Err(HandlerError::Rejected(rejection))) => {
+                // The caller's mistake, not the handler's: no error status.
+                finish_span(&span, "rejected", None);
                 shard.count(Outcome::Rejected);
                 let target = KindRuntime::<A>::target(&self.key);
                 let rejection = Box::new(rejection);
@@ -580,6 +607,7 @@ impl<A: Agent> Host<A> {
                 message: other.to_string(),
             },
         };
+        finish_span(&span, "failed", Some(&error));
         respond::<A>(reply, Err(error.into()));
         drop(entered);
         self.fail(ctx, outcome);
@@ -639,5 +667,18 @@ impl<A: Agent> Handler<Operate> for Host<A> {
             }
         }
         Ok(())
+    }
+}
+
+/// Records how a message ended on its span, while spans are exported; an
+/// error also sets the span's status.
+fn finish_span(span: &tracing::Span, outcome: &str, error: Option<&dyn std::fmt::Display>) {
+    if !crate::propagating() {
+        return;
+    }
+    span.record("outcome", outcome);
+    if let Some(error) = error {
+        span.record("otel.status_code", "ERROR");
+        span.record("otel.status_message", tracing::field::display(error));
     }
 }

@@ -33,6 +33,7 @@ pub mod state;
 mod supervisor;
 mod system;
 mod tenant;
+mod trace;
 
 pub use agent::{Agent, AgentMessage, Handling};
 /// What [`table_persistence!`]'s expansion calls, in the agents' crates.
@@ -64,6 +65,7 @@ pub use supervisor::{
 };
 pub use system::{InstanceQuota, RuntimeConfig, System, WeakSystem};
 pub use tenant::{DEFAULT_TENANT, InvalidTenant, MAX_TENANT_LEN, Tenant, join_key, split_key};
+pub use trace::{MAX_TRACE_CONTEXT_LEN, TraceContext, enable_propagation, propagating};
 
 #[cfg(test)]
 mod tests;

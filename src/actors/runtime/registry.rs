@@ -499,6 +499,11 @@ impl<A: Agent> KindRuntime<A> {
                 .filter(|actor| actor.len() <= crate::MAX_ACTOR_LEN)
                 .map(Arc::from),
             deadline,
+            trace: envelope
+                .trace_context
+                .filter(|_| crate::propagating())
+                .and_then(crate::TraceContext::decode)
+                .map(Box::new),
         };
         Ok((
             key,

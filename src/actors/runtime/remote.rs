@@ -32,6 +32,8 @@ pub struct Outbound<'a> {
     pub correlation_id: Option<&'a CorrelationId>,
     /// Who the message acts for.
     pub actor: Option<&'a std::sync::Arc<str>>,
+    /// The sender's span, while spans are exported.
+    pub trace: Option<crate::TraceContext>,
     /// The kind's [`Agent::MESSAGE_ID`].
     pub type_id: u32,
     /// The kind's [`Agent::MESSAGE_VERSION`], at which `payload` is encoded.
@@ -85,6 +87,8 @@ pub struct Inbound<'a> {
     pub correlation_id: Option<&'a str>,
     /// Who the message acts for (none from a node at protocol 3).
     pub actor: Option<&'a str>,
+    /// The sender's span ([`crate::TraceContext::encode`]'s text).
+    pub trace_context: Option<&'a str>,
     pub payload: &'a [u8],
 }
 

@@ -27,6 +27,9 @@ pub struct OutboxEvent {
     pub event_type: String,
     pub occurred_at_ms: i64,
     pub payload: String,
+    /// The raising span's [`crate::TraceContext::encode`], while spans are
+    /// exported: the webhooks it causes continue that trace.
+    pub trace_context: Option<String>,
 }
 
 /// The event type of an audit entry riding with a change's events: the
@@ -78,6 +81,7 @@ impl AuditEntry {
             event_type: AUDIT_EVENT.to_owned(),
             occurred_at_ms: self.at_ms,
             payload: serde_json::to_string(&self).unwrap_or_default(),
+            trace_context: None,
         }
     }
 
@@ -391,6 +395,7 @@ mod tests {
                 event_type: "model.updated".into(),
                 occurred_at_ms: 0,
                 payload: "{}".into(),
+                trace_context: None,
             }],
         }
     }

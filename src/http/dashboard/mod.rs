@@ -897,6 +897,7 @@ mod tests {
             takeovers: 1,
             claimed_by: Some("node-a".into()),
             claim_token: Some(7),
+            trace_context: None,
         };
         let attempt = Attempt {
             id: "a-1".into(),

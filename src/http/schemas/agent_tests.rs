@@ -600,6 +600,7 @@ fn the_saga_shapes_are_the_domain_json() {
             created_at: at(0),
             updated_at: at(40),
             started_by,
+            trace_context: None,
         };
         same_json::<_, sagas::Saga>(saga.clone());
         same_json::<_, sagas::SagaSummary>(d_sagas::SagaSummary::from(saga));

@@ -62,6 +62,7 @@ impl From<Notification> for RecentNotification {
             takeovers,
             claimed_by: _,
             claim_token: _,
+            trace_context: _,
         } = notification;
         RecentNotification {
             id,

@@ -74,6 +74,10 @@ pub struct Saga {
     /// key's share of the queue.
     #[serde(default)]
     pub started_by: Option<String>,
+    /// The trace its steps are spans of (32 hex digits), when the node
+    /// that started it exported spans: look it up in Jaeger or Tempo.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 /// A saga as lists and dashboard frames show it: no input and no step
@@ -187,6 +191,7 @@ impl From<domain::Saga> for Saga {
             created_at,
             updated_at,
             started_by,
+            trace_context,
         } = saga;
         Saga {
             // The saga's key names its tenant; the API shows the id.
@@ -203,6 +208,10 @@ impl From<domain::Saga> for Saga {
             created_at,
             updated_at,
             started_by,
+            trace_id: trace_context
+                .as_deref()
+                .and_then(valueverse_runtime::TraceContext::decode)
+                .map(|trace| trace.trace_id()),
         }
     }
 }

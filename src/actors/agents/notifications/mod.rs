@@ -28,6 +28,8 @@ pub use valueverse_store::{Attempt, Notification};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+use tracing::Instrument;
+use valueverse_runtime::TraceContext;
 
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use rand::Rng;
@@ -510,9 +512,38 @@ impl Notifications {
                 self.inner.system.runtime_config().ask_timeout,
             )
             .await;
+        // While spans are exported, each attempt is a span in the trace of
+        // the change that raised the event; its `traceparent` goes along.
+        let span = if valueverse_runtime::propagating() {
+            let span = tracing::info_span!(
+                "notify",
+                otel.name = %format_args!("notify {}", notification.event_type),
+                otel.kind = "client",
+                otel.status_code = tracing::field::Empty,
+                event_type = %notification.event_type,
+                delivery = %notification.id,
+                subscription = %notification.subscription_id,
+                tenant = valueverse_runtime::split_key(&notification.subscription_id).0,
+                attempt,
+                http.response.status_code = tracing::field::Empty,
+                outcome = tracing::field::Empty,
+            );
+            if let Some(parent) = notification
+                .trace_context
+                .as_deref()
+                .and_then(TraceContext::decode)
+            {
+                parent.adopt(&span);
+            }
+            span
+        } else {
+            tracing::Span::none()
+        };
         let outcome = match &subscription {
             Ok(subscription) if subscription.status == SubscriptionStatus::Active => {
-                self.attempt(&subscription.channel, &notification).await
+                self.attempt(&subscription.channel, &notification)
+                    .instrument(span.clone())
+                    .await
             }
             Ok(_) => Outcome::gave_up("the subscription was deleted"),
             Err(error) => {
@@ -526,6 +557,14 @@ impl Notifications {
             (false, true) if outcome.not_configured => ("not_configured", "dead"),
             (false, true) => ("dead", "dead"),
         };
+        span.record("outcome", label);
+        if let Some(status) = outcome.http_status {
+            span.record("http.response.status_code", status);
+        }
+        if !outcome.success {
+            span.record("otel.status_code", "ERROR");
+        }
+        drop(span);
         let now = unix_millis();
         // Retries count from the start of this budget (a redelivery starts
         // its backoff over).
@@ -604,17 +643,24 @@ impl Notifications {
                 }
                 let timestamp = chrono::Utc::now().timestamp();
                 let signature = sign(secret, timestamp, notification.payload.as_bytes());
-                let sent = self
+                let mut request = self
                     .inner
                     .client
                     .post(url)
                     .header(reqwest::header::CONTENT_TYPE, "application/json")
                     .header(SIGNATURE_HEADER, signature)
                     .header("ValueVerse-Event", &notification.event_type)
-                    .header("ValueVerse-Delivery", &notification.id)
-                    .body(notification.payload.clone())
-                    .send()
-                    .await;
+                    .header("ValueVerse-Delivery", &notification.id);
+                // The attempt's span (W3C trace context): the receiver's
+                // spans join the trace.
+                if let Some(trace) = TraceContext::current() {
+                    let (parent, state) = trace.headers();
+                    request = request.header("traceparent", parent);
+                    if let Some(state) = state {
+                        request = request.header("tracestate", state);
+                    }
+                }
+                let sent = request.body(notification.payload.clone()).send().await;
                 match sent {
                     Ok(response) if response.status().is_success() => Outcome {
                         success: true,

@@ -299,6 +299,11 @@ pub struct Saga {
     /// key's share of the queue.
     #[serde(default)]
     pub started_by: Option<String>,
+    /// The saga's span (W3C trace context), while spans are exported: every
+    /// step, its retries and its compensation are spans under it, on any
+    /// node and after any restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_context: Option<String>,
 }
 
 /// A saga as lists and dashboard frames show it: no input and no step
@@ -403,6 +408,7 @@ impl Saga {
             created_at: now,
             updated_at: now,
             started_by: None,
+            trace_context: None,
         }
     }
 

@@ -26,10 +26,11 @@ use crate::saga::{SagaCoordinator, SagaMsg, SagaReply};
 use crate::simulation::{JobStatus, SimulationRequest};
 use crate::simulations::Simulations;
 use crate::value::Expectation;
+use tracing::Instrument;
 use valueverse_gpu::Device;
 use valueverse_gpu::model::ValueModel;
 use valueverse_runtime::HandlingError;
-use valueverse_runtime::{AgentError, RejectionCode, System};
+use valueverse_runtime::{AgentError, RejectionCode, System, TraceContext};
 
 use super::{Direction, Due, Saga, SagaDefinition, Step, StepDef};
 
@@ -224,10 +225,28 @@ impl SagaRunner {
     }
 
     /// Records a new saga and starts driving it.
-    pub async fn start_saga(&self, saga: Saga) -> Result<Saga, AgentError> {
+    pub async fn start_saga(&self, mut saga: Saga) -> Result<Saga, AgentError> {
         let id = saga.id.clone();
         let definition = saga.definition.clone();
-        let reply = self.ask(&id, SagaMsg::Start(Box::new(saga))).await?;
+        // The saga's own span, under the request that starts it: stored in
+        // the saga's log, it is the parent of every step wherever and
+        // whenever the step runs.
+        let span = if valueverse_runtime::propagating() {
+            let span = tracing::info_span!(
+                "saga",
+                otel.name = %format_args!("saga {definition}"),
+                saga.id = %id,
+                saga.definition = %definition,
+            );
+            saga.trace_context = TraceContext::of(&span).map(|trace| trace.encode());
+            span
+        } else {
+            tracing::Span::none()
+        };
+        let reply = self
+            .ask(&id, SagaMsg::Start(Box::new(saga)))
+            .instrument(span)
+            .await?;
         self.inner
             .metrics
             .started
@@ -379,12 +398,18 @@ impl SagaRunner {
                 return Ok(());
             };
             let started = Instant::now();
+            let direction = match due.direction {
+                Direction::Forward => "forward",
+                Direction::Compensate => "compensate",
+            };
+            let span = step_span(&saga, &due, direction);
             let outcome = tokio::time::timeout(
                 super::definition(&saga.definition, saga.definition_version)
                     .map(|definition| definition.steps[due.step].timeout)
                     .unwrap_or(Duration::from_secs(30)),
                 self.perform(&saga, &due),
             )
+            .instrument(span.clone())
             .await
             .unwrap_or_else(|_| {
                 Err(ActionError {
@@ -392,10 +417,13 @@ impl SagaRunner {
                     retryable: true,
                 })
             });
-            let direction = match due.direction {
-                Direction::Forward => "forward",
-                Direction::Compensate => "compensate",
-            };
+            if !span.is_disabled() {
+                span.record("outcome", if outcome.is_ok() { "ok" } else { "failed" });
+                if let Err(error) = &outcome {
+                    span.record("otel.status_code", "ERROR");
+                    span.record("otel.status_message", error.message.as_str());
+                }
+            }
             self.inner
                 .metrics
                 .step_seconds
@@ -422,7 +450,8 @@ impl SagaRunner {
                 },
             };
             let reported = Instant::now();
-            next = self.ask(id, report).await?;
+            // The report (and the log's write) is part of the step.
+            next = self.ask(id, report).instrument(span).await?;
             self.inner
                 .metrics
                 .step_seconds
@@ -1020,6 +1049,36 @@ impl SagaRunner {
             .await?;
         Ok(serde_json::Value::Null)
     }
+}
+
+/// One action's span, under the saga's (none while spans are not exported):
+/// each attempt of a step and each compensation is one.
+fn step_span(saga: &Saga, due: &Due, direction: &str) -> tracing::Span {
+    if !valueverse_runtime::propagating() {
+        return tracing::Span::none();
+    }
+    let step = &saga.steps[due.step];
+    let attempt = match due.direction {
+        Direction::Forward => step.attempts,
+        Direction::Compensate => step.compensation_attempts,
+    };
+    let span = tracing::info_span!(
+        "saga step",
+        otel.name = %format_args!("saga {} {} {direction}", saga.definition, step.name),
+        saga.id = %saga.id,
+        saga.definition = %saga.definition,
+        saga.step = %step.name,
+        saga.direction = direction,
+        saga.attempt = attempt,
+        tenant = valueverse_runtime::split_key(&saga.id).0,
+        outcome = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+        otel.status_message = tracing::field::Empty,
+    );
+    if let Some(parent) = saga.trace_context.as_deref().and_then(TraceContext::decode) {
+        parent.adopt(&span);
+    }
+    span
 }
 
 /// A compensation finding its work done already, or nothing to undo, has
