@@ -33,33 +33,16 @@ fn env(name: &str) -> Option<String> {
 
 /// Whether spans are to be exported, and where (`None`: the variables say).
 fn wanted(flag: Option<&url::Url>) -> anyhow::Result<Option<Option<String>>> {
-    if env("OTEL_SDK_DISABLED").is_some_and(|value| value.eq_ignore_ascii_case("true")) {
+    let exporters = env("OTEL_TRACES_EXPORTER").map(|names| names.to_ascii_lowercase());
+    let named = |name: &str| {
+        exporters
+            .as_deref()
+            .is_some_and(|names| names.split(',').any(|each| each.trim() == name))
+    };
+    if env("OTEL_SDK_DISABLED").is_some_and(|value| value.eq_ignore_ascii_case("true"))
+        || named("none")
+    {
         return Ok(None);
-    }
-    if let Some(exporters) = env("OTEL_TRACES_EXPORTER") {
-        let exporters = exporters.to_ascii_lowercase();
-        if exporters.split(',').any(|name| name.trim() == "none") {
-            return Ok(None);
-        }
-        if let Some(other) = exporters
-            .split(',')
-            .map(str::trim)
-            .find(|name| *name != "otlp")
-        {
-            bail!("OTEL_TRACES_EXPORTER={other}: this build exports spans with `otlp` only");
-        }
-    }
-    for name in [
-        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-        "OTEL_EXPORTER_OTLP_PROTOCOL",
-    ] {
-        if let Some(protocol) = env(name)
-            && !matches!(protocol.as_str(), "http/protobuf" | "http/json")
-        {
-            bail!(
-                "{name}={protocol}: this build exports OTLP over HTTP (http/protobuf or http/json)"
-            );
-        }
     }
     // The exporter's client has no TLS (a collector runs beside the node,
     // as the OpenTelemetry Collector or an agent does, and forwards).
@@ -73,23 +56,47 @@ fn wanted(flag: Option<&url::Url>) -> anyhow::Result<Option<Option<String>>> {
             ))
         }
     };
-    if let Some(url) = flag {
+    let endpoint = if let Some(url) = flag {
         plain("--otlp-endpoint", url.as_str())?;
         // A base address, as OTEL_EXPORTER_OTLP_ENDPOINT is: the signal's path is added.
         let base = url.as_str().trim_end_matches('/');
-        return Ok(Some(Some(format!("{base}/v1/traces"))));
+        Some(format!("{base}/v1/traces"))
+    } else {
+        let mut from_env = false;
+        for name in [
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+        ] {
+            if let Some(url) = env(name) {
+                plain(name, &url)?;
+                from_env = true;
+            }
+        }
+        if !from_env {
+            // No collector: the other variables are not this node's business.
+            return Ok(None);
+        }
+        None
+    };
+    if let Some(other) = exporters
+        .as_deref()
+        .and_then(|names| names.split(',').map(str::trim).find(|name| *name != "otlp"))
+    {
+        bail!("OTEL_TRACES_EXPORTER={other}: this build exports spans with `otlp` only");
     }
-    let mut from_env = false;
     for name in [
-        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
     ] {
-        if let Some(url) = env(name) {
-            plain(name, &url)?;
-            from_env = true;
+        if let Some(protocol) = env(name)
+            && !matches!(protocol.as_str(), "http/protobuf" | "http/json")
+        {
+            bail!(
+                "{name}={protocol}: this build exports OTLP over HTTP (http/protobuf or http/json)"
+            );
         }
     }
-    Ok(from_env.then_some(None))
+    Ok(Some(endpoint))
 }
 
 /// The tracer spans go to, when an endpoint is set; the node's name is the

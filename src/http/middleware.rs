@@ -52,15 +52,18 @@ pub(crate) async fn correlation(
     );
     let propagating = valueverse_runtime::propagating();
     if propagating {
-        // The caller's trace, when it sent one (W3C trace context).
-        let header = |name: &str| {
-            request
-                .headers()
-                .get(name)
-                .and_then(|value| value.to_str().ok())
-        };
-        if let Some(parent) = header("traceparent")
-            .and_then(|parent| TraceContext::from_headers(parent, header("tracestate")))
+        // The caller's trace, when it sent one (W3C trace context; several
+        // `tracestate` headers are one list).
+        let headers = request.headers();
+        let state: Vec<&str> = headers
+            .get_all("tracestate")
+            .filter_map(|value| value.to_str().ok())
+            .collect();
+        let state = (!state.is_empty()).then(|| state.join(","));
+        if let Some(parent) = headers
+            .get("traceparent")
+            .and_then(|value| value.to_str().ok())
+            .and_then(|parent| TraceContext::from_headers(parent, state.as_deref()))
         {
             parent.adopt(&span);
         }
@@ -71,13 +74,23 @@ pub(crate) async fn correlation(
         span.record("otel.kind", "server");
         span.record("http.route", route);
     }
-    let mut response = next.call(request).instrument(span.clone()).await?;
-    if propagating {
-        let status = response.status();
+    let record_status = |status: actix_web::http::StatusCode| {
         span.record("http.response.status_code", status.as_u16());
         if status.is_server_error() {
             span.record("otel.status_code", "ERROR");
         }
+    };
+    let mut response = match next.call(request).instrument(span.clone()).await {
+        Ok(response) => response,
+        Err(error) => {
+            if propagating {
+                record_status(error.as_response_error().status_code());
+            }
+            return Err(error);
+        }
+    };
+    if propagating {
+        record_status(response.status());
         // Where to find this request's spans.
         if let Some(trace) = TraceContext::of(&span)
             && let Ok(value) = HeaderValue::from_str(&trace.trace_id())
@@ -97,7 +110,9 @@ pub const TRACE_ID_HEADER: HeaderName = HeaderName::from_static("x-trace-id");
 
 /// Names the caller's tenant on the request's span.
 fn mark_tenant(caller: &Caller) {
-    tracing::Span::current().record("tenant", caller.tenant.as_str());
+    if valueverse_runtime::propagating() {
+        tracing::Span::current().record("tenant", caller.tenant.as_str());
+    }
 }
 
 pub(crate) async fn record_metrics(

@@ -877,3 +877,55 @@ async fn a_lapsed_lease_is_not_renewed_under_its_old_token() {
         store.close().await;
     }
 }
+
+/// The span that raised an event reaches the notifications made of it,
+/// through both write paths (a change's events and events alone), so that
+/// its webhooks continue its trace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_events_trace_context_reaches_its_notifications() {
+    const TRACE: &str =
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\ncongo=t61rcWkgMzE";
+    for backend in BACKENDS {
+        let db = TestDb::new(backend).await;
+        let store = db.store().await;
+        let traced = |id: &str| OutboxEvent {
+            trace_context: Some(TRACE.into()),
+            ..event(id)
+        };
+        store
+            .save_record(&subscription_row("s1", vec![traced("e1")]), 0)
+            .await
+            .unwrap();
+        store
+            .append_events(&[traced("e2"), event("e3")])
+            .await
+            .unwrap();
+        let (done, _) = store
+            .dispatch_events(
+                10,
+                now(),
+                3,
+                |_| |_: &str, _: &str| vec!["sub-1".to_owned()],
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(done.events, 3, "{backend:?}");
+        let (_, rows) = store.notifications_of("sub-1", 10, 0).await.unwrap();
+        let mut traces: Vec<(String, Option<String>)> = rows
+            .into_iter()
+            .map(|(row, _)| (row.event_id, row.trace_context))
+            .collect();
+        traces.sort();
+        assert_eq!(
+            traces,
+            [
+                ("e1".to_owned(), Some(TRACE.to_owned())),
+                ("e2".to_owned(), Some(TRACE.to_owned())),
+                ("e3".to_owned(), None),
+            ],
+            "{backend:?}"
+        );
+        store.close().await;
+    }
+}

@@ -481,14 +481,20 @@ impl<A: Agent> Host<A> {
         // What of them the outbox keeps: written in the state's
         // transaction, or alone when the handler changed nothing durable.
         let wanted = &self.kind.node.wanted_events;
-        let trace = crate::propagating()
-            .then(|| crate::TraceContext::of(&span).map(|trace| trace.encode()))
-            .flatten();
-        let outbox: Vec<_> = events
+        let mut outbox: Vec<_> = events
             .iter()
             .filter(|event| wanted.wants(&event.event_type))
-            .map(|event| DomainEvent::to_outbox(event, trace.clone()))
+            .map(|event| DomainEvent::to_outbox(event, None))
             .collect();
+        if !outbox.is_empty()
+            && crate::propagating()
+            && let Some(trace) = crate::TraceContext::of(&span)
+        {
+            let trace = trace.encode();
+            for event in &mut outbox {
+                event.trace_context = Some(trace.clone());
+            }
+        }
         let wrote = !outbox.is_empty();
         let outcome = match outcome {
             Ok(Ok(value)) if persist || wrote => {
@@ -520,7 +526,9 @@ impl<A: Agent> Host<A> {
                 // and the reply is sent only once the change is durable.
                 self.busy = true;
                 drop(entered);
-                // The span lasts until the change is durable.
+                // The span lasts until the change is durable: the write runs
+                // in it (its end is its last exit).
+                let save = tracing::Instrument::instrument(save, span.clone());
                 let span = span.clone();
                 ctx.spawn(save.into_actor(self).map(move |saved, host, ctx| {
                     host.busy = false;

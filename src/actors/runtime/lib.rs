@@ -65,7 +65,7 @@ pub use supervisor::{
 };
 pub use system::{InstanceQuota, RuntimeConfig, System, WeakSystem};
 pub use tenant::{DEFAULT_TENANT, InvalidTenant, MAX_TENANT_LEN, Tenant, join_key, split_key};
-pub use trace::{MAX_TRACE_CONTEXT_LEN, TraceContext, enable_propagation, propagating};
+pub use trace::{TraceContext, enable_propagation, propagating};
 
 #[cfg(test)]
 mod tests;

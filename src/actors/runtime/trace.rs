@@ -16,10 +16,6 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 static EXPORTING: AtomicBool = AtomicBool::new(false);
 
-/// Longest trace context taken from a header pair, a peer or the store: a
-/// `traceparent` (55), W3C's 512-character `tracestate` and a separator.
-pub const MAX_TRACE_CONTEXT_LEN: usize = 600;
-
 const TRACEPARENT: &str = "traceparent";
 const TRACESTATE: &str = "tracestate";
 
@@ -60,14 +56,22 @@ impl TraceContext {
     }
 
     /// From the `traceparent` and `tracestate` header values; `None` when
-    /// they are too long or `traceparent` is not a valid one.
+    /// `traceparent` is not a valid one. A `tracestate` over W3C's 512
+    /// characters or holding anything but visible ASCII and spaces is
+    /// dropped (W3C: the parent stands without it), so what is carried on
+    /// is always a valid header value.
     pub fn from_headers(traceparent: &str, tracestate: Option<&str>) -> Option<TraceContext> {
-        if traceparent.len() + tracestate.map_or(0, str::len) > MAX_TRACE_CONTEXT_LEN {
+        const MAX_PARENT: usize = 55;
+        const MAX_STATE: usize = 512;
+        if traceparent.len() > MAX_PARENT {
             return None;
         }
+        let printable = |text: &str| text.bytes().all(|byte| (0x20..=0x7e).contains(&byte));
         let carrier = Pair {
             traceparent: Some(traceparent.to_owned()),
-            tracestate: tracestate.map(str::to_owned),
+            tracestate: tracestate
+                .filter(|state| state.len() <= MAX_STATE && printable(state))
+                .map(str::to_owned),
         };
         let context = TraceContextPropagator::new().extract(&carrier);
         let span_context = context.span().span_context().clone();
@@ -180,7 +184,15 @@ mod tests {
         ] {
             assert_eq!(TraceContext::decode(bad), None, "{bad:?}");
         }
-        let long = format!("{PARENT}\n{}", "a=b,".repeat(200));
-        assert_eq!(TraceContext::decode(&long), None);
+        // A bad or long tracestate is dropped, the parent kept.
+        for state in [
+            "a=b,".repeat(200),
+            "a=b\r\nX-Evil: 1".to_owned(),
+            "a=\u{e9}".to_owned(),
+        ] {
+            let context = TraceContext::from_headers(PARENT, Some(&state)).unwrap();
+            assert_eq!(context.headers(), (PARENT.to_owned(), None), "{state:?}");
+        }
+        assert_eq!(TraceContext::decode(&format!("{PARENT}0")), None);
     }
 }
