@@ -321,16 +321,14 @@ struct ScratchDb {
 
 impl ScratchDb {
     async fn create(admin_url: &str) -> anyhow::Result<ScratchDb> {
-        use sqlx::Connection;
         let name = format!("vv_bench_http_{}", uuid::Uuid::new_v4().simple());
-        let mut connection = sqlx::PgConnection::connect(admin_url)
+        psql(admin_url, &format!("CREATE DATABASE {name}"))
             .await
-            .with_context(|| format!("PostgreSQL must run at {admin_url}"))?;
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut connection)
-            .await
-            .context("cannot create the benchmark's database")?;
-        let _ = connection.close().await;
+            .with_context(|| {
+                format!(
+                    "cannot create the benchmark's database (PostgreSQL must run at {admin_url})"
+                )
+            })?;
         let base = admin_url
             .split_once('?')
             .map_or(admin_url, |(base, _)| base)
@@ -345,13 +343,11 @@ impl ScratchDb {
     }
 
     async fn drop_database(admin_url: &str, name: &str) {
-        use sqlx::Connection;
-        if let Ok(mut connection) = sqlx::PgConnection::connect(admin_url).await {
-            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                .execute(&mut connection)
-                .await;
-            let _ = connection.close().await;
-        }
+        let _ = psql(
+            admin_url,
+            &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+        )
+        .await;
     }
 
     async fn drop_now(mut self) {
@@ -1243,6 +1239,21 @@ async fn serve_otlp(stream: tokio::net::TcpStream, counts: &SinkCounts) -> std::
         if close {
             return Ok(());
         }
+    }
+}
+
+/// Runs one statement with `psql` (only the store crate links a database
+/// driver: ARCHITECTURE.md's crate rules).
+async fn psql(admin_url: &str, sql: &str) -> anyhow::Result<()> {
+    let output = tokio::process::Command::new("psql")
+        .args([admin_url, "-v", "ON_ERROR_STOP=1", "-qc", sql])
+        .output()
+        .await
+        .context("cannot run psql")?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        anyhow::bail!("psql: {}", String::from_utf8_lossy(&output.stderr).trim())
     }
 }
 
