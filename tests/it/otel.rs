@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix_web::{App, HttpResponse, HttpServer, web};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use crate::cluster::{Node, Ports, free_port, node_command, wait_for_members};
 use crate::crash::{kill_9, release_binary, serve_command, start_child};
 use crate::sagas::value_creation;
-use crate::support::{Backend, TestDb, send};
+use crate::support::{Backend, TestDb, eventually, poll_json, send};
 use crate::value_models::acme;
 
 const SECRET: &str = "otel-test-secret-0123456789";
@@ -164,18 +164,12 @@ async fn spans_until<T>(
     what: &str,
     found: impl Fn(&[Span]) -> Option<T>,
 ) -> T {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(answer) = found(&received.lock().unwrap()) {
-            return answer;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not among {:#?}",
-            received.lock().unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let found = &found;
+    eventually(what, Duration::from_secs(30), || async move {
+        let spans = received.lock().unwrap();
+        found(&spans).ok_or_else(|| format!("{spans:#?}"))
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -303,18 +297,20 @@ async fn one_trace_crosses_nodes_webhooks_and_a_kill_9() {
         .await
         .unwrap();
     assert_eq!(response.status(), 201);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let hook_parent = loop {
-        let seen = hooks.lock().unwrap().clone();
-        if let Some(parent) = seen.iter().find(|parent| parent.contains(&trace)) {
-            break parent.clone();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no webhook in trace {trace}: {seen:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let hooks = &hooks;
+    let trace_id = trace.as_str();
+    let hook_parent = eventually(
+        &format!("a webhook in trace {trace}"),
+        Duration::from_secs(30),
+        || async move {
+            let seen = hooks.lock().unwrap().clone();
+            seen.iter()
+                .find(|parent| parent.contains(trace_id))
+                .cloned()
+                .ok_or_else(|| format!("{seen:?}"))
+        },
+    )
+    .await;
     // Its parent is the delivery attempt's span, in the same trace.
     let notify_id = hook_parent.split('-').nth(2).unwrap().to_owned();
     let notify = spans_until(&received, "the delivery's span", |spans| {
@@ -380,26 +376,14 @@ async fn one_trace_crosses_nodes_webhooks_and_a_kill_9() {
         "{}",
         cancel.text().await.unwrap()
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let saga: Value = client
-            .get(format!("{base}/sagas/{id}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if saga["status"] == "completed" {
-            assert_eq!(saga["trace_id"], trace.as_str());
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the saga did not complete: {saga}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let saga = poll_json(
+        &client,
+        &format!("{base}/sagas/{id}"),
+        Duration::from_secs(60),
+        |saga| saga["status"] == "completed",
+    )
+    .await;
+    assert_eq!(saga["trace_id"], trace.as_str());
     // The steps after the restart are spans of the same trace, under the
     // saga's span that the first process made.
     let after = spans_until(&received, "steps after the restart", |spans| {
